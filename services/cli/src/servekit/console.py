@@ -1,0 +1,38 @@
+"""What every command shares: one-line errors on stderr, tables and JSON on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+class CommandError(Exception):
+    """A failure to report in one line, with a non-zero exit code."""
+
+
+def fail(message: str, code: int = 1) -> int:
+    """Print `servekit: error: <message>` on stderr and return the exit code."""
+    sys.stderr.write(f"servekit: error: {message}\n")
+    return code
+
+
+def print_json(data: Any) -> None:
+    """Write machine-readable output for scripts (`--json`)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Write a table for people."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if cell is None else str(cell) for cell in row))
+    Console().print(table)

@@ -1,0 +1,166 @@
+"""The `servekit.json` manifest: what a version is, how to call it, and its files' digests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelregistry.errors import ManifestError
+
+MANIFEST_FILE = "servekit.json"
+SCHEMA_VERSION = 1
+
+DType = Literal[
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
+]
+Framework = Literal["sklearn", "tensorflow"]
+Method = Literal["predict", "classify", "regress"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """One named input or output of a signature."""
+
+    dtype: DType
+    """Element type; `string` holds text or raw bytes."""
+    shape: list[int]
+    """Dimensions with -1 for unknown; the first is the batch dimension."""
+
+
+class Signature(_Strict):
+    """A callable entry point of the model, as TF Serving names them."""
+
+    method: Method = "predict"
+    """Which TF Serving API the signature is meant for."""
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+class Feature(_Strict):
+    """One column of a tabular model's input frame, in column order."""
+
+    name: str
+    dtype: DType
+
+
+class FileDigest(_Strict):
+    """The sha256 and size of one file of the version folder."""
+
+    sha256: str
+    size: int
+
+
+class DataFingerprint(_Strict):
+    """What the model was trained on, so two versions can be told apart by data."""
+
+    sha256: str
+    rows: int
+    columns: list[str] = Field(default_factory=list)
+
+
+class Manifest(_Strict):
+    """The manifest of one published version (`servekit.json`, written last)."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    framework: Framework
+    created: str
+    """UTC time of publication, ISO 8601."""
+    artifact: str
+    """The main file, relative to the version folder (`model.joblib`, `saved_model.pb`)."""
+    code_dir: str | None = None
+    """Folder (relative) put on `sys.path` before unpickling, for the model's own classes."""
+    task: Literal["regression", "classification"] | None = None
+    classes: list[str] | None = None
+    features: list[Feature] = Field(default_factory=list)
+    signatures: dict[str, Signature] = Field(default_factory=dict)
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+    """A few valid input rows: warm-up, documentation and load-test payloads."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    data_fingerprint: DataFingerprint | None = None
+    libraries: dict[str, str | None] = Field(default_factory=dict)
+    files: dict[str, FileDigest] = Field(default_factory=dict)
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Read and validate the manifest of a version folder.
+
+    Raises:
+        ManifestError: the file is missing, is not JSON, or does not fit the schema.
+    """
+    path = version_dir / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no manifest") from exc
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read manifest: {exc.strerror}") from exc
+    try:
+        return Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise ManifestError(
+            f"{path}: invalid manifest at {where}: {first['msg']}"
+        ) from exc
+
+
+def sha256_file(path: Path) -> str:
+    """Digest a file in chunks so large variables files do not fill memory."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_files(version_dir: Path) -> dict[str, FileDigest]:
+    """Digest every file below a version folder except the manifest itself."""
+    digests: dict[str, FileDigest] = {}
+    for dirpath, dirnames, filenames in os.walk(version_dir):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            relative = path.relative_to(version_dir).as_posix()
+            if relative == MANIFEST_FILE:
+                continue
+            digests[relative] = FileDigest(
+                sha256=sha256_file(path), size=path.stat().st_size
+            )
+    return digests
+
+
+def verify_files(version_dir: Path, manifest: Manifest) -> list[str]:
+    """List every way the folder's files differ from the manifest (empty when sound)."""
+    problems: list[str] = []
+    actual = digest_files(version_dir)
+    for relative, expected in sorted(manifest.files.items()):
+        found = actual.get(relative)
+        if found is None:
+            problems.append(f"{relative}: missing")
+        elif found.sha256 != expected.sha256:
+            problems.append(f"{relative}: sha256 mismatch")
+    for relative in sorted(set(actual) - set(manifest.files)):
+        problems.append(f"{relative}: not in the manifest")
+    if manifest.artifact not in manifest.files:
+        problems.append(f"{manifest.artifact}: artifact not listed in the manifest")
+    return problems
