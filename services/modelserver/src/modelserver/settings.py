@@ -1,0 +1,230 @@
+"""Settings of the model server: TF Serving's flags plus a few servekit extensions.
+
+Field names are TF Serving's flag names, so ``__main__`` maps ``--flag=value``
+straight onto ``Settings(flag=value)``. Every field can also come from the
+environment with the ``MODELSERVER_`` prefix (``MODELSERVER_REST_API_PORT=8501``),
+which is how container images set them without rewriting the command line.
+
+The batching and monitoring text protos named by ``batching_parameters_file`` and
+``monitoring_config_file`` are parsed into :class:`BatchingSettings` and
+:class:`MonitoringSettings` when the settings are built, so a bad file fails at
+start-up, as in TF Serving. Settings are created once in ``__main__`` and passed
+down; there is no module-level instance.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchingSettings(BaseModel):
+    """TF Serving's ``BatchingParameters`` (``--batching_parameters_file``).
+
+    Defaults are those TF Serving's shared batch scheduler applies to unset fields.
+    """
+
+    max_batch_size: int = Field(default=1000, ge=1)
+    """Largest number of rows in one batch; larger single requests are refused."""
+
+    batch_timeout_micros: int = Field(default=0, ge=0)
+    """How long the first queued request waits for others before its batch runs."""
+
+    max_enqueued_batches: int = Field(default=10, ge=1)
+    """Queue bound in batches: requests beyond
+    ``max_enqueued_batches * max_batch_size`` waiting rows get UNAVAILABLE at once."""
+
+    num_batch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    """How many batches of one queue may run at the same time."""
+
+    thread_pool_name: str = "batch_threads"
+    """Accepted for compatibility; the pool name only appears in thread names."""
+
+    allowed_batch_sizes: tuple[int, ...] = ()
+    """Increasing batch sizes; a batch is padded (last row repeated) to the next one.
+    The last entry must equal ``max_batch_size``."""
+
+    pad_variable_length_inputs: bool = False
+    """Pad inputs whose non-batch dimensions differ between requests to the largest
+    size so that they can share a batch."""
+
+    enable_large_batch_splitting: bool = False
+    """Accepted for compatibility; requests larger than ``max_batch_size`` are
+    refused instead of split."""
+
+    max_execution_batch_size: int | None = None
+    """Accepted for compatibility (only meaningful with batch splitting)."""
+
+    @model_validator(mode="after")
+    def _check_allowed_sizes(self) -> BatchingSettings:
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if list(sizes) != sorted(set(sizes)) or sizes[0] < 1:
+                raise ValueError("allowed_batch_sizes must be increasing and positive")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(
+                    "Last entry in allowed_batch_sizes must match max_batch_size; "
+                    f"last entry was {sizes[-1]}; expected {self.max_batch_size}"
+                )
+        return self
+
+
+class MonitoringSettings(BaseModel):
+    """TF Serving's ``MonitoringConfig`` (``--monitoring_config_file``)."""
+
+    prometheus_enabled: bool = False
+    """Expose Prometheus metrics on the REST port."""
+
+    prometheus_path: str = "/monitoring/prometheus/metrics"
+    """URL path of the Prometheus text (TF Serving's default)."""
+
+
+class Settings(BaseSettings):
+    """Everything the model server process is configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELSERVER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        protected_namespaces=(),
+    )
+
+    # --- ports and transports -------------------------------------------------
+    host: str = "0.0.0.0"
+    """servekit extension: address both servers bind (TF Serving binds all)."""
+
+    port: int = Field(default=8500, ge=0, le=65535)
+    """gRPC port; 0 disables gRPC."""
+
+    grpc_socket_path: str = ""
+    """If set, also listen for gRPC on this UNIX socket."""
+
+    grpc_max_threads: int = Field(default=0, ge=0)
+    """Accepted for compatibility; gRPC runs on the asyncio loop (0 = auto)."""
+
+    grpc_channel_arguments: str = ""
+    """Comma separated ``key=value`` gRPC server arguments,
+    e.g. ``grpc.max_connection_age_ms=2000``."""
+
+    grpc_max_message_bytes: int = Field(default=256 * 1024 * 1024, ge=4 * 1024 * 1024)
+    """servekit extension: largest gRPC message received or sent (TF Serving: no
+    limit; gRPC's default of 4 MiB is too small for image batches)."""
+
+    enable_grpc_healthcheck_service: bool = True
+    """Serve ``grpc.health.v1.Health`` (TF Serving defaults to off; servekit on)."""
+
+    rest_api_port: int = Field(default=8501, ge=0, le=65535)
+    """REST port; 0 disables REST (TF Serving's default is 0, servekit's 8501)."""
+
+    rest_api_num_threads: int = Field(default=0, ge=0)
+    """Accepted for compatibility; REST runs on the asyncio loop (0 = auto)."""
+
+    rest_api_timeout_in_ms: int = Field(default=30000, ge=0)
+    """Deadline of a REST call; 0 = none. Late calls answer 504."""
+
+    rest_api_enable_cors_support: bool = False
+    """Add permissive CORS headers to REST answers."""
+
+    # --- models -----------------------------------------------------------------
+    model_name: str = "default"
+    """Name of the single model (ignored with ``model_config_file``)."""
+
+    model_base_path: str = ""
+    """Folder of the single model's version directories (ignored with
+    ``model_config_file``, otherwise required)."""
+
+    model_config_file: str = ""
+    """ModelServerConfig text proto listing the models to serve."""
+
+    model_config_file_poll_wait_seconds: int = 0
+    """Re-read ``model_config_file`` this often; 0 = read once at start."""
+
+    file_system_poll_wait_seconds: int = 1
+    """Scan base paths for new/removed versions this often; 0 = once at start,
+    negative = never."""
+
+    allow_version_labels_for_unavailable_models: bool = False
+    """Allow a label to point at a version that is not AVAILABLE (yet)."""
+
+    enable_model_warmup: bool = True
+    """Replay warmup requests (SavedModel ``assets.extra/tf_serving_warmup_requests``,
+    scikit-learn manifest ``examples``) before a version serves."""
+
+    num_request_iterations_for_warmup: int = Field(default=0, ge=0)
+    """Replay each warmup record this many times (0 = the record's own count)."""
+
+    num_load_threads: int = Field(default=0, ge=0)
+    """Versions loaded in parallel (0 = one at a time)."""
+
+    num_unload_threads: int = Field(default=0, ge=0)
+    """Accepted for compatibility; unloads run in the load pool."""
+
+    max_num_load_retries: int = Field(default=5, ge=0)
+    """Retries of a failed load before the version is reported as failed."""
+
+    load_retry_interval_micros: int = 60 * 1000 * 1000
+    """Wait between load retries; negative = no wait."""
+
+    saved_model_tags: str = "serve"
+    """Comma separated MetaGraphDef tags loaded from SavedModels."""
+
+    enable_signature_method_name_check: bool = False
+    """Require classify/regress signatures to carry their method names (when off,
+    as in TF Serving, any signature with the right inputs/outputs serves them)."""
+
+    # --- TensorFlow session -------------------------------------------------------
+    tensorflow_session_parallelism: int = Field(default=0, ge=0)
+    """Threads of a TensorFlow session (0 = auto); sets intra and inter op."""
+
+    tensorflow_intra_op_parallelism: int = Field(default=0, ge=0)
+    """Threads used inside one op (0 = auto)."""
+
+    tensorflow_inter_op_parallelism: int = Field(default=0, ge=0)
+    """Ops run concurrently (0 = auto)."""
+
+    per_process_gpu_memory_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of GPU memory a session may take (0 = TensorFlow decides)."""
+
+    # --- batching and monitoring ---------------------------------------------------
+    enable_batching: bool = False
+    """Merge concurrent requests of one model version and signature into batches."""
+
+    batching_parameters_file: str = ""
+    """BatchingParameters text proto (used with ``enable_batching``)."""
+
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    """Batching parameters; read from ``batching_parameters_file`` when given."""
+
+    monitoring_config_file: str = ""
+    """MonitoringConfig text proto (Prometheus path)."""
+
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    """Monitoring configuration; read from ``monitoring_config_file`` when given."""
+
+    # --- servekit extensions ---------------------------------------------------------
+    inference_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    """Threads running unbatched inference calls."""
+
+    @model_validator(mode="after")
+    def _read_config_files(self) -> Settings:
+        # Imported here: config.py imports the protobuf messages, which this module
+        # does not need when no file is given.
+        from modelserver import config
+
+        if self.batching_parameters_file:
+            self.batching = config.load_batching_settings(
+                Path(self.batching_parameters_file)
+            )
+        if self.monitoring_config_file:
+            self.monitoring = config.load_monitoring_settings(
+                Path(self.monitoring_config_file)
+            )
+        if not self.model_config_file and not self.model_base_path:
+            raise ValueError(
+                "Both server_options.model_base_path and "
+                "server_options.model_config_file are empty!"
+            )
+        return self
