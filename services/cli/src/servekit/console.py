@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -36,3 +39,33 @@ def print_table(
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
     Console().print(table)
+
+
+def default_registry() -> str:
+    """The registry folder: `$SERVEKIT_REGISTRY` if set, else `models/`."""
+    return os.environ.get("SERVEKIT_REGISTRY", "models")
+
+
+def add_registry_argument(parser: argparse.ArgumentParser) -> None:
+    """Give a command the shared `--registry PATH` option."""
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="registry folder (default: $SERVEKIT_REGISTRY or models/)",
+    )
+
+
+def registry_path(args: argparse.Namespace) -> Path:
+    """The registry folder chosen on the command line or by the environment."""
+    chosen: Path | None = args.registry
+    return chosen if chosen is not None else Path(default_registry())
+
+
+def version_argument(text: str) -> int:
+    """argparse type for a version number (a positive integer)."""
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid version {text!r}: versions are positive integers"
+        )
+    return int(text)

@@ -1,0 +1,63 @@
+# servekit — the commands in README.md. Everything installs into .venv/ at the repo root.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+REGISTRY ?= models
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps up test lint format bench protos clean
+
+help:
+	@echo "make up       install, train the default models if $(REGISTRY)/ is empty, serve"
+	@echo "make test     install what the tests need, lint, run the whole suite"
+	@echo "make install  install only (into .venv/)"
+	@echo "make bench    side-by-side benchmarks (not part of make test)"
+
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(BIN)/servekit: uv.lock pyproject.toml $(UV)
+	$(UV) sync --frozen --all-groups
+	@touch $@
+
+install: $(BIN)/servekit
+
+# Debian packages the tests use: docker-compose validates the compose file offline.
+system-deps:
+	@if ! command -v docker-compose >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+	  else echo "note: docker-compose not installed; compose validation tests will be skipped"; fi; \
+	fi
+
+up: install
+	@if [ -z "$$(find $(REGISTRY) -mindepth 2 -maxdepth 2 -type d -name '[0-9]*' 2>/dev/null | head -1)" ]; then \
+	  echo "no models in $(REGISTRY)/: training the defaults"; \
+	  $(BIN)/servekit train tabular --registry $(REGISTRY) && \
+	  $(BIN)/servekit train digits --registry $(REGISTRY); \
+	fi
+	$(BIN)/servekit serve --registry $(REGISTRY)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install system-deps lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
