@@ -1,0 +1,11 @@
+"""TF Serving's wire protocol (protobuf, gRPC, REST JSON) without TensorFlow.
+
+Modules:
+    messages: the generated message classes, wire-compatible with TF Serving's.
+    services: gRPC stubs, servicer base classes and registration helpers.
+    tensors: TensorProto <-> numpy.
+    examples: tf.Example <-> Python dicts.
+    metadata: SignatureDefMap packing for GetModelMetadata.
+    json_codec: TF Serving's REST JSON request and response bodies.
+    errors: the error tree.
+"""

@@ -1,0 +1,397 @@
+"""TensorProto <-> numpy, without TensorFlow.
+
+Numeric tensors are written as ``tensor_content`` (raw little-endian bytes, one
+copy, the layout ``tf.make_tensor_proto`` uses for numpy input). Reading also
+accepts the typed repeated fields (``float_val``, ``int_val``, ``half_val``...)
+that other clients write, including TensorFlow's fill rule: when a field holds
+fewer values than the shape, the last value fills the rest (so one value
+describes a constant tensor of any shape).
+
+DT_STRING tensors become object arrays of ``bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import ml_dtypes
+import numpy as np
+import numpy.typing as npt
+
+from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.messages import DataType, TensorProto, TensorShapeProto
+
+DataTypeLike: TypeAlias = "int | str | np.dtype[Any] | type[Any]"
+
+# A one-value field may describe a tensor of any shape; expanding it is capped
+# so a few request bytes cannot make the server allocate gigabytes.
+MAX_FILL_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    data_type: int
+    name: str
+    numpy: np.dtype[Any]
+    field: str
+    # Written as tensor_content by from_ndarray (False: the typed field).
+    content: bool = True
+
+    @property
+    def enum_name(self) -> str:
+        return DataType.Name(DataType.ValueType(self.data_type))
+
+
+def _kinds() -> list[_Kind]:
+    object_dtype = np.dtype(object)
+    return [
+        _Kind(DataType.DT_FLOAT, "float32", np.dtype(np.float32), "float_val"),
+        _Kind(DataType.DT_DOUBLE, "float64", np.dtype(np.float64), "double_val"),
+        _Kind(DataType.DT_HALF, "float16", np.dtype(np.float16), "half_val"),
+        _Kind(
+            DataType.DT_BFLOAT16, "bfloat16", np.dtype(ml_dtypes.bfloat16), "half_val"
+        ),
+        _Kind(DataType.DT_INT8, "int8", np.dtype(np.int8), "int_val"),
+        _Kind(DataType.DT_INT16, "int16", np.dtype(np.int16), "int_val"),
+        _Kind(DataType.DT_INT32, "int32", np.dtype(np.int32), "int_val"),
+        _Kind(DataType.DT_INT64, "int64", np.dtype(np.int64), "int64_val"),
+        _Kind(DataType.DT_UINT8, "uint8", np.dtype(np.uint8), "int_val"),
+        _Kind(DataType.DT_UINT16, "uint16", np.dtype(np.uint16), "int_val"),
+        _Kind(DataType.DT_UINT32, "uint32", np.dtype(np.uint32), "uint32_val"),
+        _Kind(DataType.DT_UINT64, "uint64", np.dtype(np.uint64), "uint64_val"),
+        _Kind(DataType.DT_BOOL, "bool", np.dtype(np.bool_), "bool_val"),
+        _Kind(DataType.DT_STRING, "string", object_dtype, "string_val", False),
+        _Kind(
+            DataType.DT_COMPLEX64, "complex64", np.dtype(np.complex64), "scomplex_val"
+        ),
+        _Kind(
+            DataType.DT_COMPLEX128,
+            "complex128",
+            np.dtype(np.complex128),
+            "dcomplex_val",
+        ),
+        # Quantized types travel as their storage integers.
+        _Kind(DataType.DT_QINT8, "qint8", np.dtype(np.int8), "int_val"),
+        _Kind(DataType.DT_QUINT8, "quint8", np.dtype(np.uint8), "int_val"),
+        _Kind(DataType.DT_QINT16, "qint16", np.dtype(np.int16), "int_val"),
+        _Kind(DataType.DT_QUINT16, "quint16", np.dtype(np.uint16), "int_val"),
+        _Kind(DataType.DT_QINT32, "qint32", np.dtype(np.int32), "int_val"),
+        _Kind(
+            DataType.DT_FLOAT8_E5M2,
+            "float8_e5m2",
+            np.dtype(ml_dtypes.float8_e5m2),
+            "float8_val",
+        ),
+        _Kind(
+            DataType.DT_FLOAT8_E4M3FN,
+            "float8_e4m3fn",
+            np.dtype(ml_dtypes.float8_e4m3fn),
+            "float8_val",
+        ),
+        _Kind(
+            DataType.DT_FLOAT8_E4M3FNUZ,
+            "float8_e4m3fnuz",
+            np.dtype(ml_dtypes.float8_e4m3fnuz),
+            "float8_val",
+        ),
+        _Kind(
+            DataType.DT_FLOAT8_E4M3B11FNUZ,
+            "float8_e4m3b11fnuz",
+            np.dtype(ml_dtypes.float8_e4m3b11fnuz),
+            "float8_val",
+        ),
+        _Kind(
+            DataType.DT_FLOAT8_E5M2FNUZ,
+            "float8_e5m2fnuz",
+            np.dtype(ml_dtypes.float8_e5m2fnuz),
+            "float8_val",
+        ),
+        # TensorFlow writes sub-byte integers one per int_val entry, never
+        # packed into tensor_content.
+        _Kind(DataType.DT_INT4, "int4", np.dtype(ml_dtypes.int4), "int_val", False),
+        _Kind(DataType.DT_UINT4, "uint4", np.dtype(ml_dtypes.uint4), "int_val", False),
+        _Kind(DataType.DT_INT2, "int2", np.dtype(ml_dtypes.int2), "int_val", False),
+        _Kind(DataType.DT_UINT2, "uint2", np.dtype(ml_dtypes.uint2), "int_val", False),
+    ]
+
+
+_KINDS = _kinds()
+_BY_DATA_TYPE: dict[int, _Kind] = {kind.data_type: kind for kind in _KINDS}
+_BY_NAME: dict[str, _Kind] = {kind.name: kind for kind in _KINDS}
+_BY_NAME.update({kind.enum_name.lower(): kind for kind in _KINDS})
+_BY_NAME.update(
+    {
+        "float": _BY_DATA_TYPE[DataType.DT_FLOAT],
+        "double": _BY_DATA_TYPE[DataType.DT_DOUBLE],
+        "half": _BY_DATA_TYPE[DataType.DT_HALF],
+        "str": _BY_DATA_TYPE[DataType.DT_STRING],
+        "bytes": _BY_DATA_TYPE[DataType.DT_STRING],
+        "object": _BY_DATA_TYPE[DataType.DT_STRING],
+    }
+)
+# Quantized kinds share numpy dtypes with plain integers; plain ones win.
+_BY_NUMPY: dict[np.dtype[Any], _Kind] = {}
+for _entry in _KINDS:
+    _BY_NUMPY.setdefault(_entry.numpy, _entry)
+_STRING_KIND = _BY_DATA_TYPE[DataType.DT_STRING]
+_COMPLEX_PART: dict[int, np.dtype[Any]] = {
+    DataType.DT_COMPLEX64: np.dtype(np.float32),
+    DataType.DT_COMPLEX128: np.dtype(np.float64),
+}
+
+
+def _wire_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if dtype.kind in "biufc" and dtype.itemsize > 1:
+        return dtype.newbyteorder("<")
+    return dtype
+
+
+def _kind(dtype: DataTypeLike) -> _Kind:
+    if isinstance(dtype, bool):
+        raise InvalidArgument(f"Unsupported dtype: {dtype!r}")
+    if isinstance(dtype, int):
+        kind = _BY_DATA_TYPE.get(dtype)
+        if kind is None:
+            try:
+                name = DataType.Name(DataType.ValueType(dtype))
+            except ValueError:
+                name = str(dtype)
+            raise InvalidArgument(f"Unsupported dtype: {name}")
+        return kind
+    if isinstance(dtype, str):
+        kind = _BY_NAME.get(dtype.lower())
+        if kind is not None:
+            return kind
+    if dtype in (str, bytes):
+        return _STRING_KIND
+    try:
+        np_dtype = np.dtype(dtype)
+    except TypeError as exc:
+        raise InvalidArgument(f"Unsupported dtype: {dtype!r}") from exc
+    if np_dtype.kind in "OSU":
+        return _STRING_KIND
+    kind = _BY_NUMPY.get(np_dtype if np_dtype.isnative else np_dtype.newbyteorder("="))
+    if kind is None:
+        raise InvalidArgument(f"Unsupported dtype: {np_dtype}")
+    return kind
+
+
+def data_type(dtype: DataTypeLike) -> DataType.ValueType:
+    """The DataType enum value for a DataType, dtype name or numpy dtype.
+
+    Names may be servekit's ("float32", "string"), TensorFlow's ("DT_FLOAT",
+    "float", "half") or numpy's.
+
+    Raises:
+        InvalidArgument: the dtype has no TensorProto encoding here.
+    """
+    return DataType.ValueType(_kind(dtype).data_type)
+
+
+def dtype_name(dtype: DataTypeLike) -> str:
+    """servekit's dtype string ("float32", "int64", "string"...) for any dtype form.
+
+    Raises:
+        InvalidArgument: the dtype is not supported.
+    """
+    return _kind(dtype).name
+
+
+def data_type_name(dtype: DataTypeLike) -> str:
+    """TensorFlow's enum name ("DT_FLOAT"), as TF Serving's JSON metadata shows it.
+
+    Raises:
+        InvalidArgument: the dtype is not supported.
+    """
+    return _kind(dtype).enum_name
+
+
+def numpy_dtype(dtype: DataTypeLike) -> np.dtype[Any]:
+    """The numpy dtype arrays of this dtype have (object for DT_STRING).
+
+    Raises:
+        InvalidArgument: the dtype is not supported.
+    """
+    return _kind(dtype).numpy
+
+
+def to_shape(shape: TensorShapeProto) -> list[int] | None:
+    """Dimension sizes of a TensorShapeProto (-1 unknown), None for unknown rank."""
+    if shape.unknown_rank:
+        return None
+    return [dim.size for dim in shape.dim]
+
+
+def from_shape(shape: Sequence[int | None] | None) -> TensorShapeProto:
+    """A TensorShapeProto; None is an unknown rank, None or -1 an unknown size."""
+    proto = TensorShapeProto()
+    if shape is None:
+        proto.unknown_rank = True
+        return proto
+    for size in shape:
+        proto.dim.add(size=-1 if size is None else int(size))
+    return proto
+
+
+def _concrete_shape(tensor: TensorProto) -> tuple[int, ...]:
+    shape = tensor.tensor_shape
+    if shape.unknown_rank:
+        raise InvalidArgument("Tensor shape has unknown rank")
+    sizes = tuple(dim.size for dim in shape.dim)
+    if any(size < 0 for size in sizes):
+        raise InvalidArgument(f"Tensor shape has a negative dimension: {list(sizes)}")
+    return sizes
+
+
+def _typed_values(tensor: TensorProto, kind: _Kind) -> np.ndarray[Any, Any]:
+    field = kind.field
+    if field == "half_val":
+        bits = np.asarray(tensor.half_val, dtype=np.int32).astype(np.uint16)
+        return bits.view(kind.numpy)
+    if field == "float8_val":
+        return np.frombuffer(tensor.float8_val, dtype=kind.numpy).copy()
+    if field == "string_val":
+        values = np.empty(len(tensor.string_val), dtype=object)
+        values[:] = list(tensor.string_val)
+        return values
+    part = _COMPLEX_PART.get(kind.data_type)
+    if part is not None:
+        interleaved = np.asarray(getattr(tensor, field), dtype=part)
+        if interleaved.size % 2:
+            raise InvalidArgument(
+                f"{field} has {interleaved.size} values; complex needs pairs"
+            )
+        return interleaved.view(kind.numpy)
+    if field == "int_val":
+        # int_val is int32 for every narrow type; a C++-style cast keeps the
+        # low bits as TensorFlow does instead of failing on overflow.
+        return np.asarray(tensor.int_val, dtype=np.int32).astype(kind.numpy)
+    return np.asarray(getattr(tensor, field), dtype=kind.numpy)
+
+
+def to_ndarray(tensor: TensorProto) -> np.ndarray[Any, Any]:
+    """Decode a TensorProto into a new (writable) numpy array.
+
+    Raises:
+        InvalidArgument: unsupported dtype, bad shape, or values that do not
+            fit the shape.
+    """
+    kind = _kind(tensor.dtype)
+    shape = _concrete_shape(tensor)
+    size = math.prod(shape)
+    content = tensor.tensor_content if kind.field != "string_val" else b""
+    if content:
+        expected = size * kind.numpy.itemsize
+        if len(content) != expected:
+            raise InvalidArgument(
+                f"tensor_content has {len(content)} bytes; a {kind.enum_name} "
+                f"tensor of shape {list(shape)} needs {expected}"
+            )
+        flat = np.frombuffer(content, dtype=_wire_dtype(kind.numpy))
+        return flat.astype(kind.numpy).reshape(shape)
+
+    values = _typed_values(tensor, kind)
+    count = values.shape[0]
+    if count == size:
+        return values.reshape(shape)
+    if count > size:
+        raise InvalidArgument(
+            f"{kind.field} has {count} values but shape {list(shape)} holds {size}"
+        )
+    if size > MAX_FILL_ELEMENTS:
+        raise InvalidArgument(
+            f"Refusing to fill a tensor of {size} elements from {count} values"
+        )
+    if count == 0:
+        if kind is _STRING_KIND:
+            filled = np.empty(size, dtype=object)
+            filled[:] = b""
+            return filled.reshape(shape)
+        return np.zeros(shape, dtype=kind.numpy)
+    filled = np.empty(size, dtype=kind.numpy)
+    filled[:count] = values
+    filled[count:] = values[-1]
+    return filled.reshape(shape)
+
+
+def _to_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise InvalidArgument(
+        f"Cannot encode a {type(value).__name__} value as DT_STRING: {value!r:.40}"
+    )
+
+
+def _string_values(array: np.ndarray[Any, Any]) -> list[bytes]:
+    if array.dtype.kind == "S":
+        return list(array.ravel().tolist())
+    if array.dtype.kind == "U":
+        return [text.encode("utf-8") for text in array.ravel().tolist()]
+    if array.dtype.kind == "O":
+        return [_to_bytes(value) for value in array.ravel().tolist()]
+    raise InvalidArgument(f"Cannot encode a {array.dtype} array as DT_STRING")
+
+
+def from_ndarray(
+    array: npt.ArrayLike,
+    dtype: DataTypeLike | None = None,
+    *,
+    into: TensorProto | None = None,
+) -> TensorProto:
+    """Encode an array (or nested list/scalar) as a TensorProto.
+
+    Args:
+        array: the values; str/bytes elements make a DT_STRING tensor.
+        dtype: the TensorProto dtype to encode as (the array is cast to it);
+            default: inferred from the array's numpy dtype.
+        into: a message to fill (it is cleared first), e.g.
+            ``response.outputs["y"]``, which saves a copy of the bytes.
+
+    Raises:
+        InvalidArgument: the values cannot be represented with that dtype.
+    """
+    kind = None if dtype is None else _kind(dtype)
+    if kind is _STRING_KIND or kind is None:
+        values = np.asarray(array)
+        if kind is None:
+            kind = _kind(values.dtype)
+    else:
+        try:
+            values = np.asarray(array, dtype=kind.numpy)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgument(
+                f"Cannot convert values to {kind.enum_name}: {exc}"
+            ) from exc
+
+    tensor = into if into is not None else TensorProto()
+    tensor.Clear()
+    tensor.dtype = DataType.ValueType(kind.data_type)
+    for size in values.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    if kind is _STRING_KIND:
+        tensor.string_val.extend(_string_values(values))
+    elif kind.content:
+        wire = np.ascontiguousarray(values, dtype=_wire_dtype(kind.numpy))
+        tensor.tensor_content = wire.tobytes()
+    else:
+        tensor.int_val.extend(values.astype(np.int32).ravel().tolist())
+    return tensor
+
+
+__all__ = [
+    "MAX_FILL_ELEMENTS",
+    "DataTypeLike",
+    "data_type",
+    "data_type_name",
+    "dtype_name",
+    "from_ndarray",
+    "from_shape",
+    "numpy_dtype",
+    "to_ndarray",
+    "to_shape",
+]
