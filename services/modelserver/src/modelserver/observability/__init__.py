@@ -1,0 +1,1 @@
+"""Logs (JSON lines with a request id) and Prometheus metrics of the model server."""

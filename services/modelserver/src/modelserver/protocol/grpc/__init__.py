@@ -1,0 +1,1 @@
+"""TF Serving's gRPC API (``--port``): PredictionService, ModelService, health."""

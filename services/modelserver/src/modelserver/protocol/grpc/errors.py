@@ -1,0 +1,89 @@
+"""Map :class:`~modelserver.errors.ServingError` to gRPC status, once for every RPC.
+
+:func:`rpc` wraps each servicer method: it binds the request context for the
+logs (``x-request-id`` from the call metadata, or a new one, sent back in the
+trailing metadata), runs the method, and turns a ``ServingError`` into
+``context.abort(exc.grpc_code, message)``. The code comes from the error class,
+whose HTTP status comes from the same table (:mod:`modelserver.errors`), so REST
+and gRPC cannot disagree. Messages longer than 1024 characters are cut as TF
+Serving cuts them (``...TRUNCATED``). Any other exception is a bug: it is logged
+with its traceback and the client gets INTERNAL without the details.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+import grpc.aio
+
+from modelserver.errors import ServingError
+from modelserver.observability.logging import REQUEST_ID_HEADER, bind_request_id
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_MESSAGE_LENGTH = 1024
+"""TF Serving's ``kErrorMessageLimit`` (``grpc_status_util.cc``)."""
+
+ServicerT = TypeVar("ServicerT")
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+# grpc ships no type information: the servicer context is untyped.
+Context: TypeAlias = Any
+Method = Callable[[ServicerT, RequestT, Context], Awaitable[ResponseT]]
+
+
+def truncate_message(message: str) -> str:
+    """Cut a status message to TF Serving's limit."""
+    if len(message) > MAX_ERROR_MESSAGE_LENGTH:
+        return message[:MAX_ERROR_MESSAGE_LENGTH] + "...TRUNCATED"
+    return message
+
+
+def incoming_request_id(context: Context) -> str | None:
+    """The caller's ``x-request-id`` metadata value, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
+def rpc(
+    method: Method[ServicerT, RequestT, ResponseT],
+) -> Method[ServicerT, RequestT, ResponseT]:
+    """Decorate a servicer method with request ids and error mapping."""
+
+    @functools.wraps(method)
+    async def handle(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        request_id = bind_request_id(incoming_request_id(context), "grpc")
+        trailing = ((REQUEST_ID_HEADER, request_id),)
+        context.set_trailing_metadata(trailing)
+        try:
+            return await method(self, request, context)
+        except ServingError as exc:
+            logger.info(
+                "%s answered %s: %s",
+                method.__name__,
+                exc.grpc_code.name,
+                exc.message,
+                extra={
+                    "grpc_code": exc.grpc_code.name,
+                    "api_error": type(exc).__name__,
+                },
+            )
+            await context.abort(
+                exc.grpc_code, truncate_message(exc.message), trailing_metadata=trailing
+            )
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"Internal server error (request id {request_id})",
+                trailing_metadata=trailing,
+            )
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    return handle

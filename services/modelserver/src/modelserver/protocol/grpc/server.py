@@ -1,0 +1,164 @@
+"""The gRPC server (TF Serving's ``--port``): grpc.aio on the process's event loop.
+
+Services: ``tensorflow.serving.PredictionService``, ``tensorflow.serving.ModelService``
+and, unless disabled, the standard ``grpc.health.v1.Health``. Health reports
+NOT_SERVING for ``""``, both fully qualified service names and TF Serving's short
+names (``PredictionService``, ``ModelService``) until the initial model loads
+finish, SERVING afterwards, and NOT_SERVING again from the start of a shutdown.
+
+Message size: gRPC's 4 MiB default is far too small for image batches, so both
+the receive and the send limit are raised to ``max_message_bytes`` (servekit's
+``Settings.grpc_max_message_bytes``, 256 MiB by default; TF Serving removes the
+limit altogether). ``--grpc_channel_arguments`` (``key=value,key=value``) are
+applied after these defaults and may override them; values that parse as
+integers are passed as integers, as TF Serving does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from servekit_protocol.services import (
+    MODEL_SERVICE,
+    PREDICTION_SERVICE,
+    add_model_service_to_server,
+    add_prediction_service_to_server,
+)
+
+from modelserver.dataplane import DataPlane
+from modelserver.protocol.grpc.servicer import ModelServicer, PredictionServicer
+
+logger = logging.getLogger(__name__)
+
+HEALTH_SERVICE_NAMES = (
+    "",
+    PREDICTION_SERVICE,
+    MODEL_SERVICE,
+    "PredictionService",
+    "ModelService",
+)
+"""Names the health service answers for (TF Serving registers the short ones)."""
+
+ChannelOption = tuple[str, int | str]
+
+
+def parse_channel_arguments(text: str) -> list[ChannelOption]:
+    """Parse ``--grpc_channel_arguments`` (``key=value`` pairs, comma separated).
+
+    Raises:
+        ValueError: A pair has no ``=``.
+    """
+    options: list[ChannelOption] = []
+    for pair in text.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"grpc channel argument {pair!r} is not key=value")
+        value = value.strip()
+        try:
+            options.append((key.strip(), int(value)))
+        except ValueError:
+            options.append((key.strip(), value))
+    return options
+
+
+def server_options(
+    max_message_bytes: int, channel_arguments: Sequence[ChannelOption]
+) -> list[ChannelOption]:
+    """The options the server is built with (defaults, then the user's)."""
+    merged: dict[str, int | str] = {
+        "grpc.max_receive_message_length": max_message_bytes,
+        "grpc.max_send_message_length": max_message_bytes,
+        # Without this a second server could bind the same port silently.
+        "grpc.so_reuseport": 0,
+    }
+    merged.update(channel_arguments)
+    return list(merged.items())
+
+
+class GrpcServer:
+    """PredictionService, ModelService and health on one grpc.aio server.
+
+    Args:
+        dataplane: Where every RPC goes.
+        host: Address to bind.
+        port: TCP port (0 picks a free one; see :attr:`port`).
+        max_message_bytes: Receive and send limit.
+        channel_arguments: Extra server options (``--grpc_channel_arguments``).
+        socket_path: Also listen on this UNIX socket when set.
+        enable_health: Serve ``grpc.health.v1.Health``.
+        grace: Seconds in-flight RPCs get to finish on :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        *,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        channel_arguments: Sequence[ChannelOption] = (),
+        socket_path: str = "",
+        enable_health: bool = True,
+        grace: float = 25.0,
+    ) -> None:
+        self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._socket_path = socket_path
+        self._server = grpc.aio.server(
+            options=server_options(max_message_bytes, channel_arguments)
+        )
+        add_prediction_service_to_server(PredictionServicer(dataplane), self._server)
+        add_model_service_to_server(ModelServicer(dataplane), self._server)
+        self._health: health.aio.HealthServicer | None = None
+        if enable_health:
+            self._health = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._port = port
+        self._grace = grace
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after :meth:`start`)."""
+        return self._port
+
+    async def start(self) -> None:
+        """Bind and start serving (health NOT_SERVING until :meth:`set_serving`).
+
+        Raises:
+            OSError: The address cannot be bound.
+        """
+        if self._health is not None:
+            for name in HEALTH_SERVICE_NAMES:
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            self._port = self._server.add_insecure_port(self._address)
+            if self._socket_path:
+                self._server.add_insecure_port(f"unix:{self._socket_path}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind gRPC to {self._address}: {exc}") from exc
+        if self._port == 0:
+            raise OSError(f"cannot bind gRPC to {self._address}")
+        await self._server.start()
+        logger.info(
+            "Running gRPC ModelServer at %s",
+            self._address,
+            extra={"grpc_port": self._port},
+        )
+
+    async def set_serving(self) -> None:
+        """Report SERVING on every health name (the models are loaded)."""
+        if self._health is not None:
+            for name in HEALTH_SERVICE_NAMES:
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self) -> None:
+        """Stop accepting RPCs and give in-flight ones ``grace`` seconds."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._grace)

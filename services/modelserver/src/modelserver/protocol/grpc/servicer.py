@@ -1,0 +1,109 @@
+"""PredictionService and ModelService: each RPC converts, delegates, converts back.
+
+Errors are mapped by :func:`~modelserver.protocol.grpc.errors.rpc`; the call's
+deadline (``context.time_remaining()``) is handed to the dataplane, which answers
+DEADLINE_EXCEEDED when it passes, as TF Serving's session-run timeout does.
+"""
+
+from __future__ import annotations
+
+from servekit_protocol import messages
+from servekit_protocol.services import (
+    ModelServiceServicer,
+    PredictionServiceServicer,
+)
+
+from modelserver.dataplane import DataPlane
+from modelserver.observability.logging import bind_model
+from modelserver.protocol.grpc import converters
+from modelserver.protocol.grpc.errors import Context, rpc
+
+
+class PredictionServicer(PredictionServiceServicer):
+    """``tensorflow.serving.PredictionService`` over a :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    @rpc
+    async def Predict(
+        self, request: messages.PredictRequest, context: Context
+    ) -> messages.PredictResponse:
+        predict_request = converters.to_predict_request(request)
+        bind_model(predict_request.spec.name, predict_request.spec.version)
+        response = await self._dataplane.predict(
+            predict_request, protocol="grpc", timeout=context.time_remaining()
+        )
+        return converters.from_predict_response(response)
+
+    @rpc
+    async def Classify(
+        self, request: messages.ClassificationRequest, context: Context
+    ) -> messages.ClassificationResponse:
+        classify_request = converters.to_classify_request(request)
+        bind_model(classify_request.spec.name, classify_request.spec.version)
+        response = await self._dataplane.classify(
+            classify_request, protocol="grpc", timeout=context.time_remaining()
+        )
+        return converters.from_classify_response(response)
+
+    @rpc
+    async def Regress(
+        self, request: messages.RegressionRequest, context: Context
+    ) -> messages.RegressionResponse:
+        regress_request = converters.to_regress_request(request)
+        bind_model(regress_request.spec.name, regress_request.spec.version)
+        response = await self._dataplane.regress(
+            regress_request, protocol="grpc", timeout=context.time_remaining()
+        )
+        return converters.from_regress_response(response)
+
+    @rpc
+    async def MultiInference(
+        self, request: messages.MultiInferenceRequest, context: Context
+    ) -> messages.MultiInferenceResponse:
+        multi_request = converters.to_multi_inference_request(request)
+        if multi_request.tasks:
+            bind_model(multi_request.tasks[0].spec.name, None)
+        response = await self._dataplane.multi_inference(
+            multi_request, protocol="grpc", timeout=context.time_remaining()
+        )
+        return converters.from_multi_inference_response(response)
+
+    @rpc
+    async def GetModelMetadata(
+        self,
+        request: messages.GetModelMetadataRequest,
+        context: Context,  # noqa: ARG002
+    ) -> messages.GetModelMetadataResponse:
+        spec = converters.to_metadata_spec(request)
+        bind_model(spec.name, spec.version)
+        metadata = await self._dataplane.metadata(spec, protocol="grpc")
+        return converters.from_model_metadata(metadata)
+
+
+class ModelServicer(ModelServiceServicer):
+    """``tensorflow.serving.ModelService`` over a :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dataplane = dataplane
+
+    @rpc
+    async def GetModelStatus(
+        self,
+        request: messages.GetModelStatusRequest,
+        context: Context,  # noqa: ARG002
+    ) -> messages.GetModelStatusResponse:
+        spec = converters.to_status_spec(request)
+        bind_model(spec.name, spec.version)
+        statuses = await self._dataplane.status(spec, protocol="grpc")
+        return converters.from_version_statuses(statuses)
+
+    @rpc
+    async def HandleReloadConfigRequest(
+        self,
+        request: messages.ReloadConfigRequest,
+        context: Context,  # noqa: ARG002
+    ) -> messages.ReloadConfigResponse:
+        await self._dataplane.reload_config(request.config, protocol="grpc")
+        return converters.reload_config_success(request.metric_names)

@@ -1,0 +1,170 @@
+"""Tiny models built during a test session (never committed).
+
+- :func:`save_tf_half_plus`: a TF2 SavedModel ``y = slope * x + offset`` with a
+  ``serving_default`` signature (``x`` float32 ``[-1]`` → ``y``) and a string
+  signature ``echo`` (``text`` → ``text_bytes`` unchanged, ``length``).
+- :func:`publish_linear_pipeline`: a scikit-learn pipeline
+  ``y = 2 a + 3 b + offset`` published with :mod:`modelregistry`, optionally with
+  a custom ``Sleep`` step (its code travels in the version's ``code/`` folder,
+  so unpickling needs the manifest's ``code_dir``).
+- :func:`copy_tfserving_testdata`: TF Serving's own test SavedModels, copied
+  from ``../shared/tfserving-testdata`` (read-only there).
+
+TensorFlow and scikit-learn are imported inside the functions: importing
+TensorFlow costs seconds and most callers need only one of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TFSERVING_TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
+
+SLEEP_STEP_MODULE = "servekit_test_steps"
+_SLEEP_STEP_SOURCE = textwrap.dedent(
+    '''
+    """A pipeline step that takes time, to keep requests in flight in tests."""
+
+    import time
+
+    from sklearn.base import BaseEstimator, TransformerMixin
+
+
+    class Sleep(TransformerMixin, BaseEstimator):
+        def __init__(self, seconds=0.0):
+            self.seconds = seconds
+
+        def fit(self, X, y=None):
+            return self
+
+        def transform(self, X):
+            time.sleep(self.seconds)
+            return X
+    '''
+)
+
+
+def linear_target(a: float, b: float, offset: float) -> float:
+    """What :func:`publish_linear_pipeline`'s model predicts for one row."""
+    return 2.0 * a + 3.0 * b + offset
+
+
+def save_tf_half_plus(path: Path, *, slope: float = 0.5, offset: float = 2.0) -> Path:
+    """Save the TF2 ``half_plus`` SavedModel into ``path`` (a version folder)."""
+    import tensorflow as tf
+
+    class HalfPlus(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.slope = tf.Variable(slope, dtype=tf.float32)
+            self.offset = tf.Variable(offset, dtype=tf.float32)
+
+        @tf.function(  # type: ignore[untyped-decorator]
+            input_signature=[tf.TensorSpec([None], tf.float32, name="x")]
+        )
+        def predict(self, x: Any) -> dict[str, Any]:
+            return {"y": self.slope * x + self.offset}
+
+        @tf.function(  # type: ignore[untyped-decorator]
+            input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+        )
+        def echo(self, text: Any) -> dict[str, Any]:
+            return {"text_bytes": text, "length": tf.strings.length(text)}
+
+    module = HalfPlus()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf.saved_model.save(
+        module,
+        str(path),
+        signatures={"serving_default": module.predict, "echo": module.echo},
+    )
+    return path
+
+
+def _sleep_step_class(code_dir: Path) -> Any:
+    code_dir.mkdir(parents=True, exist_ok=True)
+    (code_dir / f"{SLEEP_STEP_MODULE}.py").write_text(_SLEEP_STEP_SOURCE)
+    if str(code_dir) not in sys.path:
+        sys.path.insert(0, str(code_dir))
+    module = importlib.import_module(SLEEP_STEP_MODULE)
+    return module.Sleep
+
+
+def publish_linear_pipeline(
+    registry_root: Path,
+    name: str,
+    *,
+    offset: float = 1.0,
+    sleep_seconds: float = 0.0,
+    version: int | None = None,
+) -> int:
+    """Publish ``y = 2 a + 3 b + offset`` as a scikit-learn pipeline; return its version."""
+    import joblib
+    import numpy as np
+    import pandas as pd
+    from modelregistry import Registry
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({"a": rng.normal(size=64), "b": rng.normal(size=64)})
+    target = 2.0 * frame["a"] + 3.0 * frame["b"] + offset
+    steps: list[tuple[str, Any]] = []
+    registry = Registry(registry_root)
+    with registry.publish(name, framework="sklearn", version=version) as draft:
+        manifest_code: dict[str, Any] = {}
+        if sleep_seconds > 0:
+            sleep_class = _sleep_step_class(draft.path / "code")
+            steps.append(("sleep", sleep_class(seconds=sleep_seconds)))
+            manifest_code["code_dir"] = "code"
+        steps.append(("model", LinearRegression()))
+        pipeline = Pipeline(steps).fit(frame, target)
+        joblib.dump(pipeline, draft.path / "model.joblib")
+        draft.manifest.update(
+            artifact="model.joblib",
+            task="regression",
+            features=[
+                {"name": "a", "dtype": "float64"},
+                {"name": "b", "dtype": "float64"},
+            ],
+            signatures={
+                "serving_default": {
+                    "method": "predict",
+                    "inputs": {
+                        "a": {"dtype": "float64", "shape": [-1]},
+                        "b": {"dtype": "float64", "shape": [-1]},
+                    },
+                    "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
+                }
+            },
+            examples=[{"a": 0.5, "b": -1.0}, {"a": 1.0, "b": 2.0}],
+            metrics={"r2": 1.0},
+            **manifest_code,
+        )
+    assert draft.version is not None
+    return draft.version
+
+
+def copy_tfserving_testdata(destination: Path, *names: str) -> Path:
+    """Copy TF Serving's test models (all, or the ``names``) under ``destination``.
+
+    Returns:
+        ``destination``, which then holds ``<name>/<version>/`` folders.
+
+    Raises:
+        FileNotFoundError: The shared test data is absent (callers skip).
+    """
+    source = TFSERVING_TESTDATA / "models"
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} is absent")
+    for model_dir in sorted(source.iterdir()):
+        if names and model_dir.name not in names:
+            continue
+        shutil.copytree(model_dir, destination / model_dir.name)
+    return destination
