@@ -1,0 +1,261 @@
+"""`servekit-gateway`: the composition root.
+
+Flags (or `GATEWAY_*` variables) -> Settings -> Gateway -> the HTTP app (uvicorn)
+and the gRPC server, both on one event loop in one process.
+
+    servekit-gateway [--port 8000 --grpc-port 8001 --default-backend HOST:PORT ...]
+    servekit-gateway keys new --name NAME [--scope MODEL ...] [--rate N --burst N]
+    servekit-gateway keys hash KEY
+
+SIGTERM or SIGINT: gRPC health turns NOT_SERVING, both servers stop accepting,
+in-flight requests finish (up to `DRAIN_SECONDS`), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from pydantic import ValidationError
+
+from gateway.grpcfront.server import create_grpc_server, mark_serving
+from gateway.main import build_gateway, create_app
+from gateway.observability.logging import configure_logging
+from gateway.routing.config import RoutesFileError
+from gateway.security.keys import KeysFileError, generate_key, hash_key
+from gateway.settings import Settings
+
+logger = logging.getLogger("gateway")
+
+DRAIN_SECONDS = 20.0
+"""How long in-flight requests may take after SIGTERM (below Kubernetes' 30 s)."""
+
+# flag -> Settings field; only flags given on the command line override the env.
+_FLAGS: dict[str, tuple[str, type]] = {
+    "--host": ("host", str),
+    "--port": ("port", int),
+    "--grpc-port": ("grpc_port", int),
+    "--registry": ("registry", str),
+    "--routes-file": ("routes_file", str),
+    "--api-keys-file": ("api_keys_file", str),
+    "--default-backend": ("default_backend", str),
+    "--max-body-bytes": ("max_body_bytes", int),
+    "--max-in-flight": ("max_in_flight", int),
+    "--max-timeout-ms": ("max_timeout_ms", int),
+    "--default-timeout-ms": ("default_timeout_ms", int),
+    "--rate-limit-per-second": ("rate_limit_per_second", float),
+    "--rate-limit-burst": ("rate_limit_burst", float),
+    "--retries": ("retries", int),
+    "--breaker-failures": ("breaker_failures", int),
+    "--breaker-reset-seconds": ("breaker_reset_seconds", float),
+    "--metadata-ttl-seconds": ("metadata_ttl_seconds", float),
+    "--reload-interval-seconds": ("reload_interval_seconds", float),
+    "--log-level": ("log_level", str),
+    "--ready-file": ("ready_file", str),
+}
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servekit-gateway",
+        description=(
+            "The servekit gateway: TF Serving REST (/v1), Open Inference Protocol "
+            "(/v2), typed endpoints and TF Serving gRPC in front of model servers. "
+            "Every flag can also be set as GATEWAY_<NAME> (e.g. GATEWAY_GRPC_PORT). "
+            "Subcommands: 'keys new', 'keys hash'."
+        ),
+    )
+    for flag, (field, kind) in _FLAGS.items():
+        description = Settings.model_fields[field].description or ""
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=description)
+    parser.add_argument(
+        "--auth",
+        dest="auth_enabled",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=Settings.model_fields["auth_enabled"].description,
+    )
+    parser.add_argument(
+        "--access-log",
+        dest="access_log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=Settings.model_fields["access_log"].description,
+    )
+    return parser
+
+
+def keys_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servekit-gateway keys", description="Create or hash API keys."
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    new = sub.add_parser(
+        "new", help="generate a key; print it once and the keys-file entry to add"
+    )
+    new.add_argument("--name", required=True, help="name of the key's holder")
+    new.add_argument(
+        "--scope",
+        action="append",
+        default=None,
+        help="model the key may use (repeatable; default: every model, '*')",
+    )
+    new.add_argument("--rate", type=float, default=None, help="requests per second")
+    new.add_argument("--burst", type=float, default=None, help="bucket size")
+    hashed = sub.add_parser("hash", help="print the sha256 to store for a key")
+    hashed.add_argument("key")
+    return parser
+
+
+def run_keys(argv: Sequence[str]) -> int:
+    args = keys_parser().parse_args(argv)
+    if args.action == "hash":
+        sys.stdout.write(hash_key(args.key) + "\n")
+        return 0
+    key = generate_key()
+    entry: dict[str, Any] = {
+        "name": args.name,
+        "sha256": hash_key(key),
+        "scopes": args.scope or ["*"],
+    }
+    if args.rate is not None:
+        entry["rate"] = {"per_second": args.rate}
+        if args.burst is not None:
+            entry["rate"]["burst"] = args.burst
+    sys.stderr.write(
+        "the key (shown once; store it, the gateway keeps only its hash):\n"
+    )
+    sys.stdout.write(key + "\n")
+    sys.stderr.write("add to the keys file under 'keys:':\n")
+    sys.stderr.write(yaml.safe_dump([entry], sort_keys=False))
+    return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: this process owns the signals so
+    the gRPC server drains too, and nothing re-raises them at the end."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("the HTTP server has no listening socket")
+
+
+async def serve(settings: Settings) -> None:
+    """Run both servers until SIGTERM/SIGINT, then drain and stop."""
+    gateway = build_gateway(settings)
+    app = create_app(settings, gateway=gateway)
+    grpc_server, health = create_grpc_server(gateway)
+    grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    if grpc_port == 0:
+        raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
+    await grpc_server.start()
+    await mark_serving(health, True)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(DRAIN_SECONDS),
+        timeout_keep_alive=30,
+    )
+    http_server = _Server(config)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def request_stop(signum: int) -> None:
+        if stopping.is_set():
+            http_server.force_exit = True
+            return
+        logger.info("signal %d: draining and stopping", signum)
+        stopping.set()
+        http_server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, request_stop, signum)
+    http_task = asyncio.create_task(http_server.serve())
+    while not http_server.started and not http_task.done():
+        await asyncio.sleep(0.02)
+    if http_task.done():
+        await http_task
+        raise SystemExit("the HTTP server did not start")
+    http_port = _bound_port(http_server)
+    logger.info(
+        "gateway ready",
+        extra={
+            "http": f"http://{settings.host}:{http_port}",
+            "grpc": f"{settings.host}:{grpc_port}",
+            "default_backend": settings.default_backend,
+        },
+    )
+    if settings.ready_file is not None:
+        _write_ready_file(settings.ready_file, http_port, grpc_port)
+    await stopping.wait()
+    await mark_serving(health, False)
+    await asyncio.gather(http_task, grpc_server.stop(grace=DRAIN_SECONDS))
+    await gateway.close()
+    logger.info("gateway stopped")
+
+
+def _write_ready_file(path: Path, http_port: int, grpc_port: int) -> None:
+    # Written atomically so a poller never reads half a file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(
+        json.dumps({"http_port": http_port, "grpc_port": grpc_port, "pid": os.getpid()})
+    )
+    temporary.replace(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["keys"]:
+        return run_keys(arguments[1:])
+    args = serve_parser().parse_args(arguments)
+    overrides = {name: value for name, value in vars(args).items() if value is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        sys.stderr.write(f"servekit-gateway: invalid settings: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        _run(settings)
+    except (RoutesFileError, KeysFileError, OSError) as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _run(settings: Settings) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire formats the gateway speaks besides TF Serving's own (which servekit_protocol has)."""

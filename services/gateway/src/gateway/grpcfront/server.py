@@ -1,0 +1,50 @@
+"""The gateway's grpc.aio server: the two TF Serving services plus gRPC health."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from servekit_protocol.services import (
+    MODEL_SERVICE,
+    PREDICTION_SERVICE,
+    add_model_service_to_server,
+    add_prediction_service_to_server,
+)
+
+from gateway.dataplane import Gateway
+from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy
+
+
+def create_grpc_server(
+    gateway: Gateway,
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """A server with the proxies registered (not yet bound or started)."""
+    settings = gateway.settings
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=None,
+    )
+    front = GrpcFront(gateway)
+    add_prediction_service_to_server(PredictionProxy(front), server)
+    add_model_service_to_server(ModelProxy(front), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
+
+
+async def mark_serving(
+    health_servicer: health_aio.HealthServicer, serving: bool
+) -> None:
+    """Report SERVING (or NOT_SERVING while draining) for every service."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
+        await health_servicer.set(service, status)

@@ -1,0 +1,217 @@
+"""PredictionService and ModelService proxies: authenticate, route, forward.
+
+Credentials come from metadata (`authorization: Bearer <key>` or `x-api-key`), the
+deadline from the client's gRPC deadline (capped), the request id from
+`x-request-id` (generated when absent) and goes back as trailing metadata. Errors use
+the same table as HTTP (`gateway.errors`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from servekit_protocol import messages
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.services import (
+    ModelServiceServicer,
+    PredictionServiceServicer,
+    ServicerContext,
+)
+
+from gateway.dataplane import CallContext, Gateway, spec_version
+from gateway.errors import GatewayError, InvalidInput, internal_error_message
+from gateway.observability.logging import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    bind_model,
+    bind_request,
+)
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("gateway.access")
+
+PROTOCOL = "grpc"
+Response = TypeVar("Response")
+
+
+class GrpcFront:
+    """The policy every gRPC method shares (mirror of `routes.handling.serve_http`)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def serve(
+        self,
+        context: ServicerContext,
+        method: str,
+        model: str,
+        handle: Callable[[CallContext], Awaitable[Response]],
+    ) -> Response:
+        gateway = self.gateway
+        metadata: dict[str, str] = {}
+        for key, value in context.invocation_metadata() or ():
+            if isinstance(value, str):
+                metadata[key.lower()] = value
+        request_id = accept_request_id(metadata.get(REQUEST_ID_HEADER))
+        bind_request(request_id, PROTOCOL)
+        remaining = context.time_remaining()
+        ctx = CallContext(
+            request_id=request_id,
+            protocol=PROTOCOL,
+            deadline=gateway.deadline(
+                remaining * 1000.0 if remaining is not None else None
+            ),
+            headers=metadata,
+            model=model,
+        )
+        trailing = [(REQUEST_ID_HEADER, request_id)]
+        code = grpc.StatusCode.OK
+        failure: GatewayError | None = None
+        try:
+            with gateway.admission():
+                bind_model(model)
+                if not model:
+                    raise InvalidInput("model_spec.name is required")
+                gateway.authorize(
+                    model, metadata.get("authorization"), metadata.get("x-api-key")
+                )
+                result = await handle(ctx)
+        except GatewayError as exc:
+            failure = exc
+        except ProtocolError as exc:
+            failure = InvalidInput(exc.message)
+        except Exception:
+            logger.exception("unexpected error in %s", method)
+            failure = GatewayError(internal_error_message())
+        if failure is not None:
+            code = failure.grpc_code
+            trailing.extend(
+                (key.lower(), value) for key, value in failure.headers().items()
+            )
+        self._finish(ctx, method, code)
+        context.set_trailing_metadata(tuple(trailing))
+        if failure is not None:
+            await context.abort(code, failure.public_message())
+        return result
+
+    def _finish(self, ctx: CallContext, method: str, code: grpc.StatusCode) -> None:
+        elapsed = time.perf_counter() - ctx.started
+        known = code not in (
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+        self.gateway.metrics.request_duration.labels(
+            ctx.model if known else "", ctx.version, ctx.route, PROTOCOL, code.name
+        ).observe(elapsed)
+        if self.gateway.settings.access_log:
+            bind_model(ctx.model, ctx.version or None)
+            access_logger.info(
+                "%s %s",
+                method,
+                code.name,
+                extra={"status": code.name, "duration_ms": round(elapsed * 1000, 3)},
+            )
+
+
+class PredictionProxy(PredictionServiceServicer):
+    """`tensorflow.serving.PredictionService` in front of the routed backends."""
+
+    def __init__(self, front: GrpcFront) -> None:
+        self._front = front
+        self._gateway = front.gateway
+
+    async def Predict(
+        self, request: messages.PredictRequest, context: ServicerContext
+    ) -> messages.PredictResponse:
+        version, label = spec_version(request.model_spec)
+
+        async def handle(ctx: CallContext) -> messages.PredictResponse:
+            response, _ = await self._gateway.predict(
+                ctx,
+                request.model_spec.name,
+                version,
+                label,
+                lambda _signatures: request,
+                needs_signatures=False,
+            )
+            return response
+
+        return await self._front.serve(
+            context, "Predict", request.model_spec.name, handle
+        )
+
+    async def Classify(
+        self, request: messages.ClassificationRequest, context: ServicerContext
+    ) -> messages.ClassificationResponse:
+        version, label = spec_version(request.model_spec)
+
+        async def handle(ctx: CallContext) -> messages.ClassificationResponse:
+            return await self._gateway.classify(
+                ctx, request.model_spec.name, version, label, request
+            )
+
+        return await self._front.serve(
+            context, "Classify", request.model_spec.name, handle
+        )
+
+    async def Regress(
+        self, request: messages.RegressionRequest, context: ServicerContext
+    ) -> messages.RegressionResponse:
+        version, label = spec_version(request.model_spec)
+
+        async def handle(ctx: CallContext) -> messages.RegressionResponse:
+            return await self._gateway.regress(
+                ctx, request.model_spec.name, version, label, request
+            )
+
+        return await self._front.serve(
+            context, "Regress", request.model_spec.name, handle
+        )
+
+    async def MultiInference(
+        self, request: messages.MultiInferenceRequest, context: ServicerContext
+    ) -> messages.MultiInferenceResponse:
+        model = request.tasks[0].model_spec.name if request.tasks else ""
+
+        async def handle(ctx: CallContext) -> messages.MultiInferenceResponse:
+            return await self._gateway.multi_inference(ctx, request)
+
+        return await self._front.serve(context, "MultiInference", model, handle)
+
+    async def GetModelMetadata(
+        self, request: messages.GetModelMetadataRequest, context: ServicerContext
+    ) -> messages.GetModelMetadataResponse:
+        async def handle(ctx: CallContext) -> messages.GetModelMetadataResponse:
+            return await self._gateway.metadata_request(ctx, request)
+
+        return await self._front.serve(
+            context, "GetModelMetadata", request.model_spec.name, handle
+        )
+
+
+class ModelProxy(ModelServiceServicer):
+    """`tensorflow.serving.ModelService`: status is forwarded; reloading the
+    backends' config is not the gateway's to do (UNIMPLEMENTED)."""
+
+    def __init__(self, front: GrpcFront) -> None:
+        self._front = front
+        self._gateway = front.gateway
+
+    async def GetModelStatus(
+        self, request: messages.GetModelStatusRequest, context: ServicerContext
+    ) -> messages.GetModelStatusResponse:
+        version, label = spec_version(request.model_spec)
+
+        async def handle(ctx: CallContext) -> messages.GetModelStatusResponse:
+            return await self._gateway.status(
+                ctx, request.model_spec.name, version, label
+            )
+
+        return await self._front.serve(
+            context, "GetModelStatus", request.model_spec.name, handle
+        )

@@ -1,0 +1,151 @@
+"""The app factory: build the gateway's parts from Settings and wire the HTTP routes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import Response
+
+import gateway as package
+from gateway.clients.backend import BackendPool, RetryPolicy
+from gateway.clients.breaker import CircuitBreaker
+from gateway.dataplane import Gateway
+from gateway.errors import GatewayError, UnprocessableInput
+from gateway.observability.metrics import GatewayMetrics
+from gateway.registryview import RegistryView
+from gateway.reloader import Reloader
+from gateway.routes.handling import reject
+from gateway.routes.health import ReadinessCache, health_routes
+from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
+from gateway.routes.typed import TypedEndpoints, validation_summary
+from gateway.routes.v1 import v1_routes
+from gateway.routes.v2 import v2_routes
+from gateway.routing.config import RoutesConfig
+from gateway.routing.router import Router
+from gateway.security.keys import Authenticator, RateSpec
+from gateway.settings import Settings
+
+
+def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
+    """Assemble the dataplane (files are loaded by the Reloader, see create_app)."""
+    metrics = metrics if metrics is not None else GatewayMetrics()
+    registry = (
+        RegistryView(settings.registry) if settings.registry is not None else None
+    )
+    framework_backend_of = None
+    if registry is not None and settings.framework_backends:
+        backends = dict(settings.framework_backends)
+        view = registry
+
+        def framework_backend_of(model: str) -> str | None:
+            framework = view.framework(model)
+            return backends.get(framework) if framework is not None else None
+
+    router = Router(
+        RoutesConfig(),
+        settings.default_backend,
+        labels_of=registry.labels if registry is not None else None,
+        framework_backend_of=framework_backend_of,
+    )
+    default_rate = (
+        RateSpec(
+            per_second=settings.rate_limit_per_second,
+            burst=settings.rate_limit_burst or None,
+        )
+        if settings.rate_limit_per_second > 0
+        else None
+    )
+    authenticator = Authenticator(
+        enabled=settings.auth_enabled, default_rate=default_rate
+    )
+    pool = BackendPool(
+        metrics,
+        RetryPolicy(settings.retries, settings.retry_backoff_ms / 1000.0),
+        lambda: CircuitBreaker(
+            settings.breaker_failures, settings.breaker_reset_seconds
+        ),
+    )
+    return Gateway(settings, metrics, router, pool, authenticator, registry)
+
+
+def build_reloader(gateway: Gateway) -> Reloader:
+    settings = gateway.settings
+    return Reloader(
+        gateway.router,
+        gateway.authenticator,
+        gateway.metrics,
+        settings.resolved_routes_file(),
+        settings.api_keys_file,
+        gateway.registry,
+        settings.reload_interval_seconds,
+    )
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
+    """The HTTP app. Without `gateway`, one is built and closed with the app.
+
+    Raises:
+        RoutesFileError, KeysFileError: the routes or keys file is invalid.
+    """
+    owns_gateway = gateway is None
+    gw = gateway if gateway is not None else build_gateway(settings)
+    reloader = build_reloader(gw)
+    reloader.load_initial()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        reloader.start()
+        try:
+            yield
+        finally:
+            await reloader.stop()
+            if owns_gateway:
+                await gw.close()
+
+    app = FastAPI(
+        title="servekit gateway",
+        version=package.__version__,
+        description=(
+            "TF Serving's REST API (`/v1`), the Open Inference Protocol (`/v2`), "
+            "typed per-model endpoints generated from the registry manifests "
+            "(`/models/{model}/predict`), health and metrics. gRPC "
+            "(`tensorflow.serving.PredictionService`, `ModelService`) is served on "
+            "its own port."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_body(
+        request: Request, exc: RequestValidationError
+    ) -> Response:
+        errors = [
+            {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
+            for e in exc.errors()
+        ]
+        return reject(
+            request,
+            TYPED_PROTOCOL,
+            UnprocessableInput(validation_summary(errors), errors),
+        )
+
+    @app.exception_handler(GatewayError)
+    async def on_gateway_error(request: Request, exc: GatewayError) -> Response:
+        return reject(request, TYPED_PROTOCOL, exc)
+
+    app.state.readiness = ReadinessCache(gw)
+    app.state.reloader = reloader
+    app.router.routes.extend(health_routes())
+    app.router.routes.extend(v1_routes())
+    app.router.routes.extend(v2_routes())
+    typed = TypedEndpoints(app, gw)
+    app.state.typed_endpoints = typed
+    typed.rebuild()
+    if gw.registry is not None:
+        reloader.on_registry_change(gw.registry.forget_frameworks)
+    reloader.on_registry_change(typed.rebuild)
+    return app

@@ -1,0 +1,108 @@
+"""JSON-line logs carrying the request id, model, version and protocol.
+
+The context lives in ContextVars: uvicorn and grpc.aio run each request in its own
+task, so values bound for one request never show up in another's lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+REQUEST_ID_HEADER = "x-request-id"
+"""HTTP header and gRPC metadata key of the request id, in and out."""
+
+MAX_REQUEST_ID_LENGTH = 128
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+model_var: ContextVar[str | None] = ContextVar("model", default=None)
+version_var: ContextVar[str | None] = ContextVar("version", default=None)
+protocol_var: ContextVar[str | None] = ContextVar("protocol", default=None)
+
+_CONTEXT_FIELDS = ("request_id", "model", "version", "protocol")
+_STANDARD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", *_CONTEXT_FIELDS}
+)
+
+
+def new_request_id() -> str:
+    """A fresh random id (32 hex digits)."""
+    return os.urandom(16).hex()
+
+
+def accept_request_id(incoming: str | bytes | None) -> str:
+    """Keep the caller's id when it is short printable ASCII, else generate one."""
+    if isinstance(incoming, bytes):
+        incoming = incoming.decode("latin-1")
+    if (
+        incoming
+        and len(incoming) <= MAX_REQUEST_ID_LENGTH
+        and incoming.isascii()
+        and incoming.isprintable()
+    ):
+        return incoming
+    return new_request_id()
+
+
+def bind_request(request_id: str, protocol: str) -> None:
+    """Bind the request context of the current task."""
+    request_id_var.set(request_id)
+    protocol_var.set(protocol)
+    model_var.set(None)
+    version_var.set(None)
+
+
+def bind_model(name: str, version: str | None = None) -> None:
+    model_var.set(name)
+    version_var.set(version)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, context, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, var in (
+            ("request_id", request_id_var),
+            ("model", model_var),
+            ("version", version_var),
+            ("protocol", protocol_var),
+        ):
+            value = var.get()
+            if value is not None:
+                entry[name] = value
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """Send every log line (uvicorn's and grpc's included) as JSON to stderr."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True
+    # The gateway writes its own access line with the request id; uvicorn's would
+    # duplicate it without one.
+    logging.getLogger("uvicorn.access").disabled = True

@@ -1,0 +1,97 @@
+"""The gateway's Prometheus metrics, on a registry owned by the app (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.request_duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to response, by model, version, route, protocol, code.",
+            ["model", "version", "route", "protocol", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_duration = Histogram(
+            "gateway_backend_duration_seconds",
+            "Backend call latency by backend and method.",
+            ["backend", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.backend_errors = Counter(
+            "gateway_backend_errors_total",
+            "Failed backend calls by backend, method and gRPC code.",
+            ["backend", "method", "code"],
+            registry=self.registry,
+        )
+        self.backend_retries = Counter(
+            "gateway_backend_retries_total",
+            "Backend calls retried after UNAVAILABLE.",
+            ["backend", "method"],
+            registry=self.registry,
+        )
+        self.circuit_state = Gauge(
+            "gateway_circuit_open",
+            "1 while a backend's circuit breaker is open or half-open.",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.circuit_rejections = Counter(
+            "gateway_circuit_rejections_total",
+            "Calls refused at once because the backend's circuit was open.",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.route_requests = Counter(
+            "gateway_route_requests_total",
+            "Requests per routing decision (stable, canary, explicit, default).",
+            ["model", "route"],
+            registry=self.registry,
+        )
+        self.shadow_requests = Counter(
+            "gateway_shadow_requests_total",
+            "Mirrored requests by outcome (agree, disagree, error).",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "gateway_rejections_total",
+            "Requests refused before any backend call, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests",
+            "Requests being served now (HTTP and gRPC).",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "gateway_config_reloads_total",
+            "Reloads of the routes file, keys file and registry, by file and result.",
+            ["source", "result"],
+            registry=self.registry,
+        )

@@ -1,0 +1,1 @@
+"""HTTP adapters: parse and convert each API, then delegate to the dataplane."""

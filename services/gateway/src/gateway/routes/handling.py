@@ -1,0 +1,204 @@
+"""What every HTTP model endpoint shares: request id, admission, deadline, body limit,
+auth, error bodies, metrics and the access log line.
+
+The endpoints are plain Starlette handlers (no pydantic body parsing on the hot
+paths); each one hands `serve_http` a coroutine that does its protocol's work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from servekit_protocol.errors import ProtocolError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.dataplane import CallContext, Gateway
+from gateway.errors import (
+    GatewayError,
+    InvalidInput,
+    PayloadTooLarge,
+    UnprocessableInput,
+    internal_error_message,
+)
+from gateway.observability.logging import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    bind_model,
+    bind_request,
+)
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("gateway.access")
+
+TIMEOUT_HEADER = "x-request-timeout-ms"
+JSON = "application/json"
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """Serialize with orjson (numpy scalars and arrays included)."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type=JSON,
+        headers=headers,
+    )
+
+
+def error_response(exc: GatewayError) -> Response:
+    """TF Serving's error body: `{"error": message}` (422s add field `detail`)."""
+    body: dict[str, Any] = {"error": exc.public_message()}
+    if isinstance(exc, UnprocessableInput):
+        body["detail"] = exc.detail
+    return json_response(body, exc.http_status, headers=exc.headers())
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def parse_timeout(raw: str | None) -> float | None:
+    """The client's `x-request-timeout-ms` (None when absent).
+
+    Raises:
+        InvalidInput: not a positive number.
+    """
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{TIMEOUT_HEADER} must be a number of milliseconds"
+        ) from exc
+    if not value > 0:
+        raise InvalidInput(f"{TIMEOUT_HEADER} must be positive")
+    return value
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `limit` bytes.
+
+    Raises:
+        PayloadTooLarge: declared or actual size above the limit.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body.
+
+    Raises:
+        InvalidInput: not JSON.
+    """
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"JSON Parse error: {exc}") from exc
+
+
+def authorize(gateway: Gateway, request: Request, model: str) -> None:
+    """Check the caller's key for `model` (scope and rate).
+
+    Raises:
+        Unauthenticated, PermissionDenied, RateLimited.
+    """
+    bind_model(model)
+    headers = request.headers
+    gateway.authorize(model, headers.get("authorization"), headers.get("x-api-key"))
+
+
+async def serve_http(
+    request: Request,
+    protocol: str,
+    handle: Callable[[CallContext], Awaitable[Response]],
+) -> Response:
+    """Run one model request with the shared policy around `handle`."""
+    gateway = gateway_of(request)
+    headers = request.headers
+    request_id = accept_request_id(headers.get(REQUEST_ID_HEADER))
+    bind_request(request_id, protocol)
+    ctx = CallContext(
+        request_id=request_id,
+        protocol=protocol,
+        deadline=0.0,
+        headers=headers,
+    )
+    try:
+        with gateway.admission():
+            ctx.deadline = gateway.deadline(parse_timeout(headers.get(TIMEOUT_HEADER)))
+            response = await handle(ctx)
+    except GatewayError as exc:
+        if exc.http_status >= 500:
+            logger.warning("request failed: %s", exc.message)
+        response = error_response(exc)
+    except ProtocolError as exc:
+        response = json_response({"error": exc.message}, int(exc.status))
+    except Exception:
+        logger.exception("unexpected error")
+        response = json_response({"error": internal_error_message()}, 500)
+    finish(gateway, ctx, request, response)
+    return response
+
+
+def finish(
+    gateway: Gateway, ctx: CallContext, request: Request, response: Response
+) -> None:
+    """Stamp the request id, record the latency histogram, write the access line."""
+    response.headers[REQUEST_ID_HEADER] = ctx.request_id
+    if ctx.version:
+        response.headers["x-model-version"] = ctx.version
+    if ctx.route:
+        response.headers["x-route"] = ctx.route
+    status = response.status_code
+    elapsed = time.perf_counter() - ctx.started
+    # Unknown or unauthorized model names are client input: keep them out of labels.
+    model = ctx.model if status not in (401, 403, 404) else ""
+    gateway.metrics.request_duration.labels(
+        model, ctx.version, ctx.route, ctx.protocol, str(status)
+    ).observe(elapsed)
+    if gateway.settings.access_log:
+        bind_model(ctx.model, ctx.version or None)
+        access_logger.info(
+            "%s %s %d",
+            request.method,
+            request.url.path,
+            status,
+            extra={"status": status, "duration_ms": round(elapsed * 1000, 3)},
+        )
+
+
+def reject(request: Request, protocol: str, exc: GatewayError) -> Response:
+    """Answer an error raised before a handler ran (dependencies, body validation)."""
+    gateway = gateway_of(request)
+    request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
+    bind_request(request_id, protocol)
+    parts = request.url.path.split("/")
+    ctx = CallContext(
+        request_id=request_id,
+        protocol=protocol,
+        deadline=0.0,
+        model=parts[2] if len(parts) > 2 and parts[1] == "models" else "",
+    )
+    response = error_response(exc)
+    finish(gateway, ctx, request, response)
+    return response

@@ -1,0 +1,1 @@
+"""Where each request goes: the routes file, canary splits, shadows, sticky keys."""

@@ -1,0 +1,1 @@
+"""API keys (stored hashed, scoped per model) and per-key rate limits."""

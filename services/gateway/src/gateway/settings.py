@@ -1,0 +1,87 @@
+"""Gateway settings: environment variables with the `GATEWAY_` prefix, or CLI flags.
+
+Built once in `__main__` (or by the caller of `create_app`) and passed down; nothing
+else in the gateway reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told; each field maps to `GATEWAY_<FIELD>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", extra="ignore", use_attribute_docstrings=True
+    )
+
+    host: str = "127.0.0.1"
+    """Interface both servers bind (`0.0.0.0` in containers)."""
+    port: int = Field(default=8000, ge=0, le=65535)
+    """HTTP port (v1, v2, typed endpoints, health, metrics); 0 picks a free one."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """gRPC port (PredictionService, ModelService); 0 picks a free one."""
+    registry: Path | None = Path("models")
+    """Registry folder: typed endpoints, label lookups, default routes file location."""
+    routes_file: Path | None = None
+    """Routing and rollout YAML; default `<registry>/routes.yaml`; re-read on change."""
+    api_keys_file: Path | None = None
+    """API keys YAML (names, sha256 of the keys, scopes, rates); re-read on change."""
+    auth_enabled: bool = False
+    """Require an API key on model endpoints (on in deployment manifests)."""
+    default_backend: str = "127.0.0.1:8500"
+    """TF Serving gRPC address for models that no route names."""
+    framework_backends: dict[str, str] = Field(default_factory=dict)
+    """Framework -> backend for models no route names, e.g.
+    `{"tensorflow": "tfserving:8500", "sklearn": "modelserver:8500"}` (JSON in the
+    environment); the framework comes from the registry manifest."""
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    """Largest request body accepted; larger gets 413."""
+    max_in_flight: int = Field(default=512, gt=0)
+    """Requests served at once across HTTP and gRPC; more get 503 at once."""
+    max_timeout_ms: int = Field(default=30_000, gt=0)
+    """Cap on client-supplied deadlines (`x-request-timeout-ms`, gRPC deadline)."""
+    default_timeout_ms: int = Field(default=30_000, gt=0)
+    """Deadline of a request that supplies none (capped by `max_timeout_ms`)."""
+    rate_limit_per_second: float = Field(default=0.0, ge=0)
+    """Token refill rate for keys whose entry has no `rate` (0: unlimited)."""
+    rate_limit_burst: float = Field(default=0.0, ge=0)
+    """Bucket size for keys whose entry has no `rate` (0: same as the rate)."""
+    retries: int = Field(default=2, ge=0, le=10)
+    """Extra attempts of an idempotent backend call that failed with UNAVAILABLE."""
+    retry_backoff_ms: float = Field(default=25.0, ge=0)
+    """First retry delay; doubled for each further attempt, with jitter."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive backend failures (UNAVAILABLE) that open its circuit."""
+    breaker_reset_seconds: float = Field(default=2.0, gt=0)
+    """How long an open circuit fails fast before one probe call is let through."""
+    metadata_ttl_seconds: float = Field(default=2.0, ge=0)
+    """How long a signature fetched for `latest` or a label is reused."""
+    reload_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often the routes file, keys file and registry are checked for changes."""
+    access_log: bool = True
+    """Log one JSON line per request."""
+    log_level: str = "INFO"
+    """Root log level."""
+    ready_file: Path | None = None
+    """Once both servers listen, write their ports here as JSON (for supervisors)."""
+
+    @model_validator(mode="after")
+    def _check_auth_has_keys(self) -> Settings:
+        # Turning auth on without keys would lock every client out; refuse to start
+        # rather than serve nothing but 401s.
+        if self.auth_enabled and self.api_keys_file is None:
+            raise ValueError("GATEWAY_AUTH_ENABLED needs GATEWAY_API_KEYS_FILE")
+        return self
+
+    def resolved_routes_file(self) -> Path | None:
+        """The routes file to watch: explicit, else `<registry>/routes.yaml`."""
+        if self.routes_file is not None:
+            return self.routes_file
+        if self.registry is not None:
+            return self.registry / "routes.yaml"
+        return None
