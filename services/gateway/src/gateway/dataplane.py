@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from servekit_protocol import messages
-from servekit_protocol.tensors import to_ndarray
+from servekit_protocol import json_codec, messages
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.tensors import numpy_dtype, to_ndarray
 
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.errors import (
@@ -71,6 +72,10 @@ class SignatureSet:
     signatures: Mapping[str, messages.SignatureDef]
     pinned: bool
     """True when fetched for an explicit version (immutable, never expires)."""
+    specs: dict[str, Mapping[str, json_codec.TensorSpec]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Per signature, the JSON codec's input specs (built once, on first use)."""
 
     def get(self, name: str) -> messages.SignatureDef:
         """The named signature (empty name: `serving_default`).
@@ -87,16 +92,26 @@ class SignatureSet:
             )
         return signature
 
+    def input_specs(self, name: str) -> Mapping[str, json_codec.TensorSpec]:
+        """The codec's view of a signature's inputs.
+
+        Raises:
+            InvalidInput: no such signature.
+        """
+        specs = self.specs.get(name)
+        if specs is None:
+            specs = json_codec.specs_from_tensor_infos(self.get(name).inputs)
+            self.specs[name] = specs
+        return specs
+
     def input_dtypes(self, name: str) -> dict[str, np.dtype[Any]]:
         """Numpy dtypes of a signature's inputs, for converting client data."""
-        from servekit_protocol.tensors import numpy_dtype
-
         signature = self.signatures.get(name or DEFAULT_SIGNATURE)
         if signature is None:
             return {}
         dtypes: dict[str, np.dtype[Any]] = {}
         for key, info in signature.inputs.items():
-            with contextlib.suppress(ValueError, KeyError):
+            with contextlib.suppress(ProtocolError):
                 dtypes[key] = numpy_dtype(info.dtype)
         return dtypes
 
@@ -133,8 +148,11 @@ def outputs_agree(
     if set(first.outputs) != set(second.outputs):
         return False
     for key, tensor in first.outputs.items():
-        left = to_ndarray(tensor)
-        right = to_ndarray(second.outputs[key])
+        try:
+            left = to_ndarray(tensor)
+            right = to_ndarray(second.outputs[key])
+        except ProtocolError:
+            return False
         if left.shape != right.shape:
             return False
         if left.dtype.kind in "biufc" and right.dtype.kind in "biufc":

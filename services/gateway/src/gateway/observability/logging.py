@@ -27,7 +27,8 @@ protocol_var: ContextVar[str | None] = ContextVar("protocol", default=None)
 _CONTEXT_FIELDS = ("request_id", "model", "version", "protocol")
 _STANDARD_ATTRIBUTES = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    | {"message", "asctime", *_CONTEXT_FIELDS}
+    # uvicorn adds an ANSI-coloured duplicate of its message.
+    | {"message", "asctime", "color_message", *_CONTEXT_FIELDS}
 )
 
 
