@@ -142,19 +142,19 @@ def to_regress_request(proto: messages.RegressionRequest) -> RegressRequest:
     return RegressRequest(to_model_spec(proto.model_spec), examples, context)
 
 
-def _fill_classifications(
+def fill_classifications(
     results: Sequence[Sequence[tuple[str, float]]],
     into: messages.ClassificationResult,
 ) -> None:
+    """Append one ``Classifications`` per example to a ClassificationResult."""
     for classes in results:
         classifications = into.classifications.add()
         for label, score in classes:
             classifications.classes.add(label=label, score=score)
 
 
-def _fill_regressions(
-    results: Iterable[float], into: messages.RegressionResult
-) -> None:
+def fill_regressions(results: Iterable[float], into: messages.RegressionResult) -> None:
+    """Append one ``Regression`` per example to a RegressionResult."""
     for value in results:
         into.regressions.add(value=value)
 
@@ -165,7 +165,7 @@ def from_classify_response(
     """Encode a ClassificationResponse."""
     proto = messages.ClassificationResponse()
     from_resolved_spec(response.spec, proto.model_spec)
-    _fill_classifications(response.results, proto.result)
+    fill_classifications(response.results, proto.result)
     return proto
 
 
@@ -173,7 +173,7 @@ def from_regress_response(response: RegressResponse) -> messages.RegressionRespo
     """Encode a RegressionResponse."""
     proto = messages.RegressionResponse()
     from_resolved_spec(response.spec, proto.model_spec)
-    _fill_regressions(response.results, proto.result)
+    fill_regressions(response.results, proto.result)
     return proto
 
 
@@ -202,9 +202,9 @@ def from_multi_inference_response(
         item = proto.results.add()
         from_resolved_spec(result.spec, item.model_spec)
         if isinstance(result, ClassifyResponse):
-            _fill_classifications(result.results, item.classification_result)
+            fill_classifications(result.results, item.classification_result)
         else:
-            _fill_regressions(result.results, item.regression_result)
+            fill_regressions(result.results, item.regression_result)
     return proto
 
 

@@ -1,0 +1,232 @@
+"""The REST API as a lean raw ASGI application (TF Serving's ``--rest_api_port``).
+
+No framework: one ASGI callable reads the body once, picks a handler from the
+route table in :mod:`.routes` (two precompiled regular expressions), awaits the
+dataplane and writes the JSON answer. This keeps the per-request cost near a
+bare ASGI app's, which matters because batching can only amortise the model
+call, not the HTTP layer.
+
+Besides the TF Serving API it serves the Prometheus text at the monitoring
+config's path when enabled. Bodies sent with ``Content-Encoding: gzip`` are
+inflated (as TF Serving does). Request bodies, inflated or not, are limited to
+``max_body_bytes`` (413 beyond). Every answer carries ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from http import HTTPStatus
+from typing import Any
+
+from modelserver.dataplane import DataPlane
+from modelserver.errors import InvalidInput, ServingError
+from modelserver.observability.logging import (
+    REQUEST_ID_HEADER,
+    bind_model,
+    bind_request_id,
+)
+from modelserver.protocol.rest.errors import (
+    PayloadTooLarge,
+    error_body,
+    internal_error_body,
+)
+from modelserver.protocol.rest.routes import API_PATH, Routes
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
+"""Largest request body accepted (after gzip inflation), as the gRPC limit."""
+
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
+_JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+_TEXT_CONTENT_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+_CORS_HEADERS = (
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-allow-methods", b"POST, GET"),
+    (b"access-control-allow-headers", b"Content-Type"),
+)
+
+
+class RestApp:
+    """ASGI application serving TF Serving's REST API over a :class:`DataPlane`.
+
+    Args:
+        dataplane: Where every API call goes.
+        timeout: Seconds a predict/classify/regress call may take (TF Serving's
+            ``--rest_api_timeout_in_ms``); ``None`` for no limit.
+        metrics_path: Path of the Prometheus endpoint, or ``None`` when disabled.
+        render_metrics: Returns the Prometheus text page.
+        enable_cors: Add TF Serving's permissive CORS headers.
+        max_body_bytes: Request body limit (after inflation).
+    """
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        *,
+        timeout: float | None = None,
+        metrics_path: str | None = None,
+        render_metrics: Callable[[], bytes] | None = None,
+        enable_cors: bool = False,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self._routes = Routes(dataplane, timeout=timeout)
+        self._metrics_path = metrics_path if render_metrics is not None else None
+        self._render_metrics = render_metrics
+        self._extra_headers: tuple[tuple[bytes, bytes], ...] = (
+            _CORS_HEADERS if enable_cors else ()
+        )
+        self._max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _handle_lifespan(receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        incoming_id: bytes | None = None
+        content_encoding = b""
+        origin = b""
+        for key, value in scope["headers"]:
+            if key == _REQUEST_ID_HEADER:
+                incoming_id = value
+            elif key == b"content-encoding":
+                content_encoding = value
+            elif key == b"origin":
+                origin = value
+        request_id = bind_request_id(incoming_id, "rest")
+        method: str = scope["method"]
+        raw_path = _raw_path(scope)
+        status = HTTPStatus.OK
+        content_type = _JSON_CONTENT_TYPE
+        try:
+            if raw_path == self._metrics_path and self._render_metrics is not None:
+                content_type = _TEXT_CONTENT_TYPE
+                payload = self._render_metrics()
+            elif API_PATH.fullmatch(raw_path) is None:
+                status = HTTPStatus.NOT_FOUND
+                payload = error_body(f"Not found: {method} {raw_path}")
+            elif method == "OPTIONS":
+                payload = _preflight(origin)
+            else:
+                route = self._routes.match(method, raw_path)
+                bind_model(route.spec.name, route.spec.version)
+                body = await self._read_body(receive, content_encoding)
+                payload = await route.handler(route.spec, body)
+        except ServingError as exc:
+            status = exc.status
+            payload = error_body(exc.message)
+            logger.info(
+                "%s %s answered %d: %s",
+                method,
+                raw_path,
+                status.value,
+                exc.message,
+                extra={"status": status.value, "api_error": type(exc).__name__},
+            )
+        except Exception:
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            payload = internal_error_body(request_id)
+            logger.exception("%s %s failed", method, raw_path)
+        headers = [content_type, (_REQUEST_ID_HEADER, request_id.encode())]
+        headers.extend(self._extra_headers)
+        await send(
+            {"type": "http.response.start", "status": status.value, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _read_body(self, receive: Receive, content_encoding: bytes) -> bytes:
+        limit = self._max_body_bytes
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            chunks = [body]
+            size = len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(_too_large(limit))
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        if len(body) > limit:
+            raise PayloadTooLarge(_too_large(limit))
+        if b"gzip" in content_encoding:
+            body = _gunzip(body, limit)
+        return body
+
+
+def _raw_path(scope: Scope) -> str:
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:
+        path: str = scope["path"]
+        return path
+    query = raw.find(b"?")
+    if query >= 0:
+        raw = raw[:query]
+    return raw.decode("latin-1")
+
+
+def _preflight(origin: bytes) -> bytes:
+    # TF Serving accepts a CORS preflight only with an http(s) Origin header.
+    if origin.startswith((b"http://", b"https://")):
+        return b""
+    raise InvalidInput("Origin header is missing in CORS preflight")
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"Failed to uncompress the gzipped body: {exc}") from exc
+    if len(inflated) > limit:
+        raise PayloadTooLarge(_too_large(limit))
+    if not inflater.eof:
+        raise InvalidInput("Failed to uncompress the gzipped body: truncated data")
+    return inflated
+
+
+def _too_large(limit: int) -> str:
+    return f"Request body is larger than the limit of {limit} bytes"
+
+
+async def _handle_lifespan(receive: Receive, send: Send) -> None:
+    # Start-up and shutdown are driven by the composition root, not by uvicorn;
+    # acknowledge the protocol so servers that insist on it are satisfied.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_app(
+    dataplane: DataPlane,
+    *,
+    timeout: float | None = None,
+    metrics_path: str | None = None,
+    render_metrics: Callable[[], bytes] | None = None,
+    enable_cors: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> RestApp:
+    """Build the REST ASGI app (see :class:`RestApp` for the arguments)."""
+    return RestApp(
+        dataplane,
+        timeout=timeout,
+        metrics_path=metrics_path,
+        render_metrics=render_metrics,
+        enable_cors=enable_cors,
+        max_body_bytes=max_body_bytes,
+    )

@@ -1,0 +1,167 @@
+"""Glue between TF Serving's REST JSON (:mod:`servekit_protocol.json_codec`) and
+the dataplane's types.
+
+The JSON dialect itself (row/columnar formats, ``b64`` values, ``NaN`` tokens,
+TF Serving's error texts) lives in ``json_codec``; this module only adapts its
+inputs and outputs, and turns its ``InvalidArgument`` into
+:class:`~modelserver.errors.InvalidInput`.
+
+Reading a ``:predict`` body needs the signature's input dtypes, which need the
+signature name, which is in the body. To parse a body once on the hot path, a
+body that cannot contain a ``signature_name`` key (the bytes never spell it,
+not even through a ``\\u`` escape) uses the default signature, resolved before
+parsing; other bodies are read once for the name first. When resolving fails
+(unknown model or signature), the body is checked first so that malformed JSON
+is reported before a missing model, in TF Serving's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from servekit_protocol import json_codec, messages
+from servekit_protocol.errors import ProtocolError
+
+from modelserver.errors import InvalidInput, ServingError
+from modelserver.protocol.grpc import converters
+from modelserver.types import (
+    Example,
+    ModelMetadata,
+    ModelSpec,
+    ResolvedSpec,
+    SignatureInfo,
+    Tensor,
+    VersionStatus,
+)
+
+SignatureLookup = Callable[[ModelSpec], Awaitable[tuple[ResolvedSpec, SignatureInfo]]]
+
+_SIGNATURE_KEY = b'"signature_name"'
+_ESCAPE = b"\\u"
+
+
+def input_specs(signature: SignatureInfo) -> dict[str, json_codec.TensorSpec]:
+    """The JSON reader's view of a signature's inputs."""
+    return {
+        name: json_codec.TensorSpec(info.dtype, info.shape)
+        for name, info in signature.inputs.items()
+    }
+
+
+def _document(body: bytes) -> dict[str, Any]:
+    document = json_codec.loads(body)
+    if not isinstance(document, dict):
+        raise InvalidInput(
+            f"JSON Value: {json_codec.dumps(document)[:256].decode()} Is not object"
+        )
+    return document
+
+
+def _signature_name(document: dict[str, Any]) -> str:
+    name = document.get("signature_name", "")
+    if not isinstance(name, str):
+        raise InvalidInput(
+            "JSON Value: not formatted correctly. "
+            "'signature_name' key must be a string value."
+        )
+    return name
+
+
+async def decode_predict(
+    body: bytes, spec: ModelSpec, lookup: SignatureLookup
+) -> tuple[ModelSpec, dict[str, Tensor], json_codec.RequestFormat]:
+    """Read a ``:predict`` body for ``spec``.
+
+    Returns:
+        The spec with the body's signature name, the input arrays and the
+        request format (the answer mirrors it).
+
+    Raises:
+        InvalidInput: Malformed JSON, unknown inputs, wrong dtypes or shapes.
+        ServingError: What ``lookup`` raises (unknown model, version, signature).
+    """
+    try:
+        if _SIGNATURE_KEY in body or _ESCAPE in body:
+            spec = replace(spec, signature_name=_signature_name(_document(body)))
+        try:
+            _, signature = await lookup(spec)
+        except ServingError:
+            _signature_name(_document(body))
+            raise
+        parsed = json_codec.parse_predict_request(body, input_specs(signature))
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+    return spec, parsed.inputs, parsed.format
+
+
+def encode_predict(
+    outputs: dict[str, Tensor], request_format: json_codec.RequestFormat
+) -> bytes:
+    """The ``:predict`` answer in the request's format.
+
+    Raises:
+        InvalidInput: An output JSON cannot carry.
+    """
+    try:
+        return json_codec.format_predict_response(outputs, request_format)
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+
+
+def decode_examples(body: bytes) -> tuple[str, list[Example], Example | None]:
+    """Read a ``:classify``/``:regress`` body: signature name, examples, context.
+
+    Raises:
+        InvalidInput: Malformed JSON, no ``examples`` list or bad features.
+    """
+    try:
+        parsed = json_codec.parse_examples_request(body)
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+    examples, context = converters.to_examples(parsed.input)
+    return parsed.signature_name, examples, context
+
+
+def with_signature(spec: ModelSpec, signature_name: str) -> ModelSpec:
+    """``spec`` naming the body's signature (empty = the default one)."""
+    return replace(spec, signature_name=signature_name) if signature_name else spec
+
+
+def encode_classify(results: Sequence[Sequence[tuple[str, float]]]) -> bytes:
+    """``{"results": [[[label, score], ...], ...]}``.
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+    """
+    result = messages.ClassificationResult()
+    converters.fill_classifications(results, result)
+    try:
+        return json_codec.format_classify_response(result)
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+
+
+def encode_regress(results: Sequence[float]) -> bytes:
+    """``{"results": [value, ...]}``.
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+    """
+    result = messages.RegressionResult()
+    converters.fill_regressions(results, result)
+    try:
+        return json_codec.format_regress_response(result)
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+
+
+def encode_status(statuses: Sequence[VersionStatus]) -> bytes:
+    """GetModelStatusResponse as TF Serving's JSON."""
+    return json_codec.format_status_response(converters.from_version_statuses(statuses))
+
+
+def encode_metadata(metadata: ModelMetadata) -> bytes:
+    """GetModelMetadataResponse as TF Serving's JSON (the map unpacked)."""
+    return json_codec.format_metadata_response(converters.from_model_metadata(metadata))

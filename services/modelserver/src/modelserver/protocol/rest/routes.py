@@ -1,0 +1,170 @@
+"""TF Serving's REST URL grammar and one handler per API.
+
+The route table is TF Serving's own (``http_rest_api_util.cc``): two
+case-insensitive regular expressions matched against the raw (still
+percent-encoded) path, model names and labels percent-decoded afterwards::
+
+    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:(predict|classify|regress)
+    GET  /v1/models/{m}[/versions/{v}|/labels/{l}][/metadata]
+
+Anything else under ``/v1/`` is ``400 Malformed request: <METHOD> <path>``, as in
+TF Serving. The handlers only decode, delegate to the dataplane and encode.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from modelserver.dataplane import DataPlane
+from modelserver.errors import InvalidInput
+from modelserver.protocol.rest import codec
+from modelserver.types import (
+    ClassifyRequest,
+    ModelSpec,
+    PredictRequest,
+    RegressRequest,
+)
+
+PREDICTION_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r":(classify|regress|predict)",
+    re.IGNORECASE | re.ASCII,
+)
+MODEL_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"(?:/(metadata))?",
+    re.IGNORECASE | re.ASCII,
+)
+API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+"""Paths the API answers (with 400 when malformed); others are 404."""
+
+_INT64_MAX = 2**63 - 1
+
+Handler = Callable[[ModelSpec, bytes], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A matched request: which handler, for which model spec."""
+
+    handler: Handler
+    spec: ModelSpec
+    api: str
+
+
+class Routes:
+    """The REST handlers bound to a dataplane, and the table that picks one."""
+
+    def __init__(self, dataplane: DataPlane, *, timeout: float | None) -> None:
+        self._dataplane = dataplane
+        self._timeout = timeout
+        self._post_handlers: dict[str, Handler] = {
+            "predict": self.predict,
+            "classify": self.classify,
+            "regress": self.regress,
+        }
+
+    def match(self, method: str, raw_path: str) -> Route:
+        """Pick the handler for ``method`` and ``raw_path``.
+
+        Raises:
+            InvalidInput: The path or method is not part of the API (TF Serving
+                answers these with INVALID_ARGUMENT, i.e. 400).
+        """
+        if method == "POST":
+            match = PREDICTION_PATH.fullmatch(raw_path)
+            if match is not None:
+                name, version, label, verb = match.groups()
+                handler = self._post_handlers.get(verb)
+                if handler is not None:
+                    return Route(handler, _model_spec(name, version, label), verb)
+        elif method == "GET":
+            match = MODEL_PATH.fullmatch(raw_path)
+            if match is not None:
+                name, version, label, subresource = match.groups()
+                if not name:
+                    raise InvalidInput("Missing model name in request.")
+                spec = _model_spec(name, version, label)
+                if subresource == "metadata":
+                    return Route(self.metadata, spec, "metadata")
+                return Route(self.status, spec, "status")
+        raise InvalidInput(f"Malformed request: {method} {raw_path}")
+
+    async def predict(self, spec: ModelSpec, body: bytes) -> bytes:
+        """``:predict`` with the row (``instances``) or columnar (``inputs``) format.
+
+        Raises:
+            ServingError: Anything the dataplane raises; ``InvalidInput`` for a
+                malformed body.
+        """
+        spec, inputs, request_format = await codec.decode_predict(
+            body, spec, self._dataplane.signature
+        )
+        response = await self._dataplane.predict(
+            PredictRequest(spec, inputs), protocol="rest", timeout=self._timeout
+        )
+        return codec.encode_predict(response.outputs, request_format)
+
+    async def classify(self, spec: ModelSpec, body: bytes) -> bytes:
+        """``:classify`` with ``examples`` (and optional ``context``).
+
+        Raises:
+            ServingError: Anything the dataplane raises.
+        """
+        signature_name, examples, context = codec.decode_examples(body)
+        response = await self._dataplane.classify(
+            ClassifyRequest(
+                codec.with_signature(spec, signature_name), examples, context
+            ),
+            protocol="rest",
+            timeout=self._timeout,
+        )
+        return codec.encode_classify(response.results)
+
+    async def regress(self, spec: ModelSpec, body: bytes) -> bytes:
+        """``:regress`` with ``examples`` (and optional ``context``).
+
+        Raises:
+            ServingError: Anything the dataplane raises.
+        """
+        signature_name, examples, context = codec.decode_examples(body)
+        response = await self._dataplane.regress(
+            RegressRequest(
+                codec.with_signature(spec, signature_name), examples, context
+            ),
+            protocol="rest",
+            timeout=self._timeout,
+        )
+        return codec.encode_regress(response.results)
+
+    async def status(self, spec: ModelSpec, body: bytes) -> bytes:  # noqa: ARG002
+        """``GET /v1/models/{m}[/versions/{v}]``: version states.
+
+        Raises:
+            ServingError: Anything the dataplane raises.
+        """
+        return codec.encode_status(await self._dataplane.status(spec, protocol="rest"))
+
+    async def metadata(self, spec: ModelSpec, body: bytes) -> bytes:  # noqa: ARG002
+        """``GET .../metadata``: the signature defs of the resolved version.
+
+        Raises:
+            ServingError: Anything the dataplane raises.
+        """
+        return codec.encode_metadata(
+            await self._dataplane.metadata(spec, protocol="rest")
+        )
+
+
+def _model_spec(name: str, version: str | None, label: str | None) -> ModelSpec:
+    number: int | None = None
+    if version:
+        number = int(version)
+        if number > _INT64_MAX:
+            raise InvalidInput(f"Failed to convert version: {version} to numeric.")
+    return ModelSpec(
+        name=unquote(name), version=number, label=unquote(label) if label else None
+    )
