@@ -23,6 +23,7 @@ import numpy as np
 from typing_extensions import override
 
 from payloads import (
+    DEFAULT_SIGNATURE,
     InputSchema,
     build_batches,
     describe,
@@ -30,7 +31,7 @@ from payloads import (
     v1_predict_body,
     v2_infer_body,
 )
-from settings import LoadSettings
+from settings import LoadSettings, SettingsError
 from sources import (
     auth_headers,
     http_schema,
@@ -192,7 +193,18 @@ class V2InferUser(ModelUser):
 
 
 class TypedPredictUser(ModelUser):
-    """The gateway's typed endpoint: `POST /models/{m}/predict` with named features."""
+    """The gateway's typed endpoint: `POST /models/{m}[/versions/{v}]/predict`.
+
+    Rows name their features; the answer is `{"model", "version", "predictions"}`.
+    Typed endpoints have no label form: the gateway's routes pick the version.
+    """
+
+    @classmethod
+    @override
+    def configure(cls, settings: LoadSettings) -> None:
+        if settings.label is not None:
+            raise SettingsError("typed endpoints take no label; use SERVEKIT_VERSION")
+        super().configure(settings)
 
     @classmethod
     @override
@@ -201,7 +213,14 @@ class TypedPredictUser(ModelUser):
 
     @classmethod
     def path(cls) -> str:
-        return f"/models/{cls.settings.model}/predict"
+        settings = cls.settings
+        path = f"/models/{settings.model}"
+        if settings.version is not None:
+            path += f"/versions/{settings.version}"
+        suffix = (
+            "predict" if settings.signature == DEFAULT_SIGNATURE else settings.signature
+        )
+        return f"{path}/{suffix}"
 
     def problem(self, body: Any) -> str | None:
         if not isinstance(body, dict):

@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+import gevent
+
 from servekit.loadtest.requestlog import RequestLogWriter
 from servekit.loadtest.slo import (
     Objective,
@@ -61,7 +63,10 @@ else:
         "v2": http_users.V2InferUser,
         "typed": http_users.TypedPredictUser,
     }[SETTINGS.protocol]
-ServekitUser.configure(SETTINGS)
+try:
+    ServekitUser.configure(SETTINGS)
+except SettingsError as error:
+    sys.exit(f"servekit locustfile: {error}")
 ServekitShape = shapes.SHAPE_CLASSES[SETTINGS.shape]
 
 _request_log: RequestLogWriter | None = None
@@ -81,6 +86,10 @@ def prepare(environment: Environment, **_kwargs: Any) -> None:
         except SchemaError as error:
             # Failing here, before any user starts, beats a run of failed requests.
             sys.exit(f"servekit locustfile: cannot build payloads: {error}")
+    # gevent's loop caches the time when it last ran, which was before the imports
+    # and the payload build; Locust's --run-time timer would start from that stale
+    # time and end the run early by as long as they took.
+    gevent.get_hub().loop.update_now()
 
 
 @events.request.add_listener

@@ -87,10 +87,12 @@ def v1_model_path(settings: LoadSettings) -> str:
 
 
 def v2_model_path(settings: LoadSettings) -> str:
-    """`/v2/models/{m}` with the version; the Open Inference Protocol has no labels."""
+    """`/v2/models/{m}` with the version; the gateway takes a label in its place."""
     path = f"/v2/models/{settings.model}"
     if settings.version is not None:
         path += f"/versions/{settings.version}"
+    elif settings.label is not None:
+        path += f"/versions/{settings.label}"
     return path
 
 

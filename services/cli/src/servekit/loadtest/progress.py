@@ -57,7 +57,7 @@ class ProgressTracker:
         self._requests = 0
         self._failures = 0
         self._users = 0
-        self._started = time.time()
+        self._first_start: float | None = None
 
     def _read_new_requests(self) -> None:
         try:
@@ -79,6 +79,8 @@ class ProgressTracker:
             except (IndexError, ValueError):
                 continue
             self._requests += 1
+            if self._first_start is None or start < self._first_start:
+                self._first_start = start
             if success != "1":
                 self._failures += 1
             self._recent.append((start + latency_ms / 1000, latency_ms))
@@ -104,15 +106,13 @@ class ProgressTracker:
         self._read_users()
         while self._recent and self._recent[0][0] < now - WINDOW_SECONDS:
             self._recent.popleft()
-        window = min(WINDOW_SECONDS, max(now - self._started, 1e-9))
+        # The clock starts with the first request, not with Locust's start-up.
+        elapsed = 0.0 if self._first_start is None else now - self._first_start
+        window = min(WINDOW_SECONDS, max(elapsed, 1.0))
         latencies = sorted(latency for _, latency in self._recent)
-        p99 = (
-            latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
-            if latencies
-            else math.nan
-        )
+        p99 = latencies[math.ceil(0.99 * len(latencies)) - 1] if latencies else math.nan
         return Progress(
-            elapsed=now - self._started,
+            elapsed=elapsed,
             users=self._users,
             rps=len(latencies) / window,
             p99_ms=p99,

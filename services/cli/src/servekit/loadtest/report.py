@@ -26,6 +26,8 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 SUMMARY_SCHEMA = 1
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+MAX_ERRORS_SHOWN = 5
+MAX_ERROR_TEXT = 160
 
 
 class ReportError(RuntimeError):
@@ -229,7 +231,10 @@ def results_table(summary: Mapping[str, Any]) -> Table:
         "p99 ms",
         "max ms",
     ):
-        table.add_column(column, justify="left" if column == "endpoint" else "right")
+        if column == "endpoint":
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, justify="right")
     rows = [*summary["endpoints"]]
     if len(rows) != 1:
         rows.append({"name": "total", **summary["totals"]})
@@ -268,14 +273,26 @@ def slo_table(slo: Mapping[str, Any]) -> Table:
     return table
 
 
+def report_console() -> Console:
+    """A console for the tables: 120 columns when not a terminal (logs, CI, pipes),
+    where rich would otherwise assume 80 and squeeze the endpoint names."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    return console
+
+
 def print_report(summary: Mapping[str, Any], console: Console | None = None) -> None:
     """The results table, the SLO table and the errors, for people."""
-    out = console if console is not None else Console()
+    out = console if console is not None else report_console()
     out.print(results_table(summary))
     if summary.get("slo"):
         out.print(slo_table(summary["slo"]))
-    for error in summary["errors"][:5]:
-        out.print(f"[red]{error['count']} x {error['name']}: {error['error']}[/red]")
+    for error in summary["errors"][:MAX_ERRORS_SHOWN]:
+        text = error["error"][:MAX_ERROR_TEXT]
+        out.print(
+            f"{error['count']} x {error['name']}: {text}", style="red", highlight=False
+        )
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
