@@ -42,12 +42,31 @@ _SIGNATURE_KEY = b'"signature_name"'
 _ESCAPE = b"\\u"
 
 
+_SPECS_CACHE_LIMIT = 256
+# Keyed by id(); the cached signature is kept alive (and compared by identity)
+# so that an id can never be reused for another signature while cached.
+_specs_cache: dict[int, tuple[SignatureInfo, dict[str, json_codec.TensorSpec]]] = {}
+
+
 def input_specs(signature: SignatureInfo) -> dict[str, json_codec.TensorSpec]:
-    """The JSON reader's view of a signature's inputs."""
-    return {
-        name: json_codec.TensorSpec(info.dtype, info.shape)
+    """The JSON reader's view of a signature's inputs: dtypes only.
+
+    Shapes are not checked while reading JSON, as in TF Serving: SavedModel
+    signatures often declare shapes their graphs do not enforce (TF Serving's
+    own ``half_plus_two`` declares ``[-1, 1]`` and answers ``[2.0, 3.0, 4.0]``).
+    The runtime sees the real shape.
+    """
+    cached = _specs_cache.get(id(signature))
+    if cached is not None and cached[0] is signature:
+        return cached[1]
+    specs = {
+        name: json_codec.TensorSpec(info.dtype, None)
         for name, info in signature.inputs.items()
     }
+    if len(_specs_cache) >= _SPECS_CACHE_LIMIT:
+        _specs_cache.clear()
+    _specs_cache[id(signature)] = (signature, specs)
+    return specs
 
 
 def _document(body: bytes) -> dict[str, Any]:

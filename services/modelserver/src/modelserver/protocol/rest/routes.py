@@ -165,6 +165,8 @@ def _model_spec(name: str, version: str | None, label: str | None) -> ModelSpec:
         number = int(version)
         if number > _INT64_MAX:
             raise InvalidInput(f"Failed to convert version: {version} to numeric.")
-    return ModelSpec(
-        name=unquote(name), version=number, label=unquote(label) if label else None
-    )
+    if "%" in name:
+        name = unquote(name)
+    if label is not None and "%" in label:
+        label = unquote(label)
+    return ModelSpec(name=name, version=number, label=label or None)

@@ -1,0 +1,351 @@
+"""``servekit-model-server``: the composition root.
+
+Flags → :class:`~modelserver.settings.Settings` → :class:`~modelserver.dataplane.DataPlane`
+→ the REST and gRPC servers, all in one process on one uvloop event loop.
+
+Flags are TF Serving's (``tensorflow_model_server``): ``--flag=value`` and
+``--flag value``; booleans also as a bare ``--flag`` and ``--flag=true|false|1|0``.
+An unknown flag, a bad value or an invalid configuration prints the problem and
+exits with status 255, as TF Serving's ``return -1`` does. Flags that TF Serving
+has but that change nothing here (XLA, TPU, TFLite, profiler, cache flushing...)
+are accepted and logged as ignored; the few whose meaning cannot be honoured
+(TLS/ALTS credentials, platform configs) are refused.
+
+servekit extensions: ``--host`` (bind address, default 0.0.0.0 like TF Serving;
+tests pass 127.0.0.1), ``--grpc_max_message_bytes``, ``--inference_threads`` and
+``--log_level``. Every setting can also come from ``MODELSERVER_<FLAG>`` variables.
+
+Start-up: both servers start first (gRPC health NOT_SERVING, REST answering
+status queries), then the configured models load; once they have, health turns
+SERVING. SIGTERM or SIGINT: health turns NOT_SERVING, both servers stop accepting,
+in-flight requests finish (up to :data:`DRAIN_SECONDS`), the dataplane stops, and
+the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata as package_metadata
+from typing import Any, NoReturn, Protocol
+
+from pydantic import ValidationError
+
+from modelserver.observability.logging import configure_logging
+from modelserver.settings import Settings
+
+logger = logging.getLogger("modelserver")
+
+EXIT_FAILURE = 255
+"""TF Serving's ``return -1`` as seen by a shell."""
+
+DRAIN_SECONDS = 25.0
+"""How long in-flight requests may take to finish after SIGTERM (below
+Kubernetes' default 30 s termination grace period)."""
+
+IGNORED_FLAGS: dict[str, type] = {
+    "enable_per_model_batching_parameters": bool,
+    "flush_filesystem_caches": bool,
+    "remove_unused_fields_from_bundle_metagraph": bool,
+    "prefer_tflite_model": bool,
+    "num_tflite_pools": int,
+    "num_tflite_interpreters_per_pool": int,
+    "xla_cpu_compilation_enabled": bool,
+    "xla_gpu_compilation_enabled": bool,
+    "enable_profiler": bool,
+    "thread_pool_factory_config_file": str,
+    "tensorflow_session_config_file": str,
+    "mixed_precision": str,
+    "skip_initialize_tpu": bool,
+    "enable_serialization_as_tensor_content": bool,
+}
+"""TF Serving flags accepted for command-line compatibility that change nothing."""
+
+UNSUPPORTED_FLAGS: dict[str, type] = {
+    "use_alts_credentials": bool,
+    "ssl_config_file": str,
+    "platform_config_file": str,
+}
+"""TF Serving flags whose meaning servekit cannot honour: refused when set."""
+
+_SETTINGS_FLAG_TYPES = (bool, int, float, str)
+
+
+class Stoppable(Protocol):
+    """A started server (REST or gRPC)."""
+
+    async def stop(self) -> None: ...
+
+
+class FlagError(Exception):
+    """A command line TF Serving would refuse."""
+
+
+class _FlagParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse exits with 2; TF Serving's flag errors exit like every other
+        # start-up failure.
+        raise FlagError(f"{self.prog}: {message}")
+
+
+def parse_bool(text: str) -> bool:
+    """Parse a TensorFlow-style boolean flag value.
+
+    Raises:
+        argparse.ArgumentTypeError: Not one of true/false/1/0.
+    """
+    lowered = text.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def _add_flag(
+    parser: argparse.ArgumentParser, name: str, kind: type, help_text: str
+) -> None:
+    if kind is bool:
+        parser.add_argument(
+            f"--{name}",
+            nargs="?",
+            const=True,
+            type=parse_bool,
+            default=argparse.SUPPRESS,
+            metavar="true|false",
+            help=help_text,
+        )
+    else:
+        converter: Callable[[str], Any] = kind
+        parser.add_argument(
+            f"--{name}",
+            type=converter,
+            default=argparse.SUPPRESS,
+            metavar=kind.__name__.upper(),
+            help=help_text,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flag parser: every simple :class:`Settings` field plus the extras."""
+    parser = _FlagParser(
+        prog="servekit-model-server",
+        description="A TensorFlow-Serving-compatible model server for SavedModels "
+        "and scikit-learn pipelines (flags as tensorflow_model_server's).",
+        allow_abbrev=False,
+    )
+    for name, field in Settings.model_fields.items():
+        kind = field.annotation
+        if kind in _SETTINGS_FLAG_TYPES and isinstance(kind, type):
+            help_text = (field.description or "").strip()
+            if field.default is not None and not callable(field.default_factory):
+                help_text = f"{help_text} (default: {field.default})".strip()
+            _add_flag(parser, name, kind, help_text)
+    for name, kind in IGNORED_FLAGS.items():
+        _add_flag(parser, name, kind, "accepted for compatibility; no effect")
+    for name, kind in UNSUPPORTED_FLAGS.items():
+        _add_flag(parser, name, kind, "not supported; refused when set")
+    parser.add_argument(
+        "--log_level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="servekit extension: level of the JSON log lines on stderr",
+    )
+    parser.add_argument(
+        "--version",
+        nargs="?",
+        const=True,
+        type=parse_bool,
+        default=False,
+        metavar="true|false",
+        help="print the version and exit",
+    )
+    return parser
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], argparse.Namespace]:
+    """Split the command line into settings values and process options.
+
+    Raises:
+        FlagError: Unknown arguments or an unsupported flag was set.
+    """
+    parser = build_parser()
+    namespace, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise FlagError(f"unknown argument: {unknown[0]}\n{parser.format_usage()}")
+    values = vars(namespace)
+    for name in UNSUPPORTED_FLAGS:
+        if values.pop(name, None):
+            raise FlagError(f"--{name} is not supported by servekit-model-server")
+    ignored = [name for name in IGNORED_FLAGS if values.pop(name, None) is not None]
+    options = argparse.Namespace(
+        log_level=values.pop("log_level"),
+        version=values.pop("version"),
+        ignored=ignored,
+    )
+    return values, options
+
+
+def version_text() -> str:
+    """What ``--version`` prints."""
+    lines = [f"servekit-model-server: {_package_version('servekit-modelserver')}"]
+    tensorflow_version = _package_version("tensorflow")
+    if tensorflow_version != "unknown":
+        lines.append(f"TensorFlow Library: {tensorflow_version}")
+    return "\n".join(lines)
+
+
+def _package_version(name: str) -> str:
+    try:
+        return package_metadata.version(name)
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(item) for item in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"--{location}: {message}" if location else message)
+    return "; ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the model server until SIGTERM/SIGINT; return the exit status."""
+    try:
+        values, options = parse_flags(sys.argv[1:] if argv is None else argv)
+    except FlagError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    if options.version:
+        print(version_text())
+        return 0
+    configure_logging(options.log_level)
+    for name in options.ignored:
+        logger.warning("--%s is accepted for compatibility and has no effect", name)
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        logger.error("Failed to start server. Error: %s", _validation_message(exc))
+        return EXIT_FAILURE
+    except (OSError, ValueError) as exc:
+        logger.error("Failed to start server. Error: %s", exc)
+        return EXIT_FAILURE
+    import uvloop
+
+    return uvloop.run(serve(settings))
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until a termination signal; return the exit status.
+
+    Imports the heavy modules here so ``--help`` and flag errors stay fast.
+    """
+    from prometheus_client import generate_latest
+
+    from modelserver.dataplane import DataPlane
+    from modelserver.errors import ServingError
+    from modelserver.observability.metrics import Metrics
+    from modelserver.protocol.grpc.server import GrpcServer, parse_channel_arguments
+    from modelserver.protocol.rest.app import create_app
+    from modelserver.protocol.rest.server import RestServer
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    metrics = Metrics()
+    dataplane = DataPlane.from_settings(settings, metrics)
+    grpc_server: GrpcServer | None = None
+    rest_server: RestServer | None = None
+    if settings.port:
+        grpc_server = GrpcServer(
+            dataplane,
+            host=settings.host,
+            port=settings.port,
+            max_message_bytes=settings.grpc_max_message_bytes,
+            channel_arguments=parse_channel_arguments(settings.grpc_channel_arguments),
+            socket_path=settings.grpc_socket_path,
+            enable_health=settings.enable_grpc_healthcheck_service,
+            grace=DRAIN_SECONDS,
+        )
+    if settings.rest_api_port:
+        if settings.rest_api_port == settings.port:
+            logger.error(
+                "server_options.http_port cannot be same as grpc_port. "
+                "Please use a different port for HTTP/REST API."
+            )
+            return EXIT_FAILURE
+        monitoring = settings.monitoring
+        app = create_app(
+            dataplane,
+            timeout=settings.rest_api_timeout_in_ms / 1000
+            if settings.rest_api_timeout_in_ms > 0
+            else None,
+            metrics_path=monitoring.prometheus_path
+            if monitoring.prometheus_enabled
+            else None,
+            render_metrics=lambda: generate_latest(metrics.registry),
+            enable_cors=settings.rest_api_enable_cors_support,
+            max_body_bytes=settings.grpc_max_message_bytes,
+        )
+        rest_server = RestServer(
+            app, host=settings.host, port=settings.rest_api_port, grace=DRAIN_SECONDS
+        )
+
+    started: list[Stoppable] = []
+    exit_status = 0
+    try:
+        for server in (grpc_server, rest_server):
+            if server is not None:
+                await server.start()
+                started.append(server)
+        loading = asyncio.create_task(dataplane.start(), name="initial-load")
+        stop_waiter = asyncio.create_task(stopping.wait(), name="stop-waiter")
+        await asyncio.wait({loading, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            loading.result()
+            if grpc_server is not None:
+                await grpc_server.set_serving()
+            logger.info("Models loaded; serving")
+        await stop_waiter
+        logger.info("Termination signal received; draining in-flight requests")
+        if not loading.done():
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+    except (OSError, ServingError) as exc:
+        logger.error("Failed to start server. Error: %s", exc)
+        exit_status = EXIT_FAILURE
+    finally:
+        await _shutdown(started)
+        try:
+            await dataplane.stop()
+        except Exception:
+            logger.exception("Stopping the dataplane failed")
+            exit_status = EXIT_FAILURE
+    logger.info("Server stopped", extra={"exit_status": exit_status})
+    return exit_status
+
+
+async def _shutdown(started: Sequence[Stoppable]) -> None:
+    # Both transports stop accepting and drain at the same time; the dataplane
+    # stays up until they are done so that in-flight requests can complete.
+    results = await asyncio.gather(
+        *(server.stop() for server in started), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            logger.error("Stopping a server failed: %r", result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
