@@ -61,7 +61,7 @@ def _fill_feature(name: str, value: FeatureInput, feature: Feature) -> None:
         )
         return
     # bool is an int subclass; TF Serving's parser also stores it as 0/1.
-    integers = [v for v in items if isinstance(v, int)]
+    integers = [int(v) for v in items if isinstance(v, int)]
     if len(integers) == len(items):
         feature.int64_list.value.extend(integers)
         return

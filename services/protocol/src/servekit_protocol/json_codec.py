@@ -809,7 +809,17 @@ def format_metadata_response(response: GetModelMetadataResponse) -> bytes:
 
 
 def format_status_response(response: GetModelStatusResponse) -> bytes:
-    """TF Serving's GET /v1/models/{m}[/versions/{v}] body."""
+    """TF Serving's GET /v1/models/{m}[/versions/{v}] body.
+
+    A version without a status is shown with TF Serving's OK status, which
+    that server always writes.
+    """
+    if any(not entry.HasField("status") for entry in response.model_version_status):
+        complete = GetModelStatusResponse()
+        complete.CopyFrom(response)
+        for entry in complete.model_version_status:
+            entry.status.SetInParent()
+        response = complete
     return dumps(_message_dict(response))
 
 

@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import text_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
 from google.protobuf.message import Message
-from servekit_protocol import messages, metadata, services, tensors
+from servekit_protocol import json_codec, messages, metadata, services, tensors
 
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tensorflow_serving")
@@ -664,3 +664,41 @@ def test_unknown_config_fields_fail_loudly() -> None:
             'model_config_list { config { name: "a" no_such_field: 1 } }',
             messages.ModelServerConfig(),
         )
+
+
+# ---- REST JSON parity with TF Serving's expected answers -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "expected_file"),
+    [
+        ("half_plus_two/00000123", "half_plus_two_model_metadata.json"),
+        (
+            "saved_model_half_plus_two_2_versions/00000123",
+            "saved_model_half_plus_two_2_versions_metadata.json",
+        ),
+    ],
+)
+def test_metadata_json_matches_tf_serving(model: str, expected_file: str) -> None:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model_path = SHARED / "models" / model / "saved_model.pb"
+    expected_path = SHARED / "expected" / expected_file
+    if not saved_model_path.is_file() or not expected_path.is_file():
+        pytest.skip("TF Serving test data is not available")
+    saved_model = saved_model_pb2.SavedModel.FromString(saved_model_path.read_bytes())
+    expected = json_codec.loads(expected_path.read_bytes())
+
+    official = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in saved_model.meta_graphs[0].signature_def.items():
+        # TF Serving hides the SavedModel's internal init signature.
+        if not key.startswith("__"):
+            official.signature_def[key].CopyFrom(signature)
+    response = messages.GetModelMetadataResponse()
+    response.model_spec.name = expected["model_spec"]["name"]
+    response.model_spec.version.value = int(expected["model_spec"]["version"])
+    metadata.pack_signature_def_map(
+        messages.SignatureDefMap.FromString(official.SerializeToString()),
+        into=response.metadata["signature_def"],
+    )
+    assert json_codec.loads(json_codec.format_metadata_response(response)) == expected
