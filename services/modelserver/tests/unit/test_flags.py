@@ -1,0 +1,82 @@
+"""The command line: TF Serving's flag forms map onto Settings fields."""
+
+from __future__ import annotations
+
+import pytest
+from modelserver.__main__ import FlagError, main, parse_bool, parse_flags
+
+
+def test_both_flag_forms_and_tf_booleans() -> None:
+    values, options = parse_flags(
+        [
+            "--port=9000",
+            "--rest_api_port",
+            "9001",
+            "--enable_batching",
+            "--enable_model_warmup=false",
+            "--allow_version_labels_for_unavailable_models=1",
+            "--file_system_poll_wait_seconds",
+            "-1",
+            "--model_base_path=/models/m",
+            "--per_process_gpu_memory_fraction=0.5",
+        ]
+    )
+    assert values == {
+        "port": 9000,
+        "rest_api_port": 9001,
+        "enable_batching": True,
+        "enable_model_warmup": False,
+        "allow_version_labels_for_unavailable_models": True,
+        "file_system_poll_wait_seconds": -1,
+        "model_base_path": "/models/m",
+        "per_process_gpu_memory_fraction": 0.5,
+    }
+    assert options.ignored == []
+    assert options.log_level == "INFO"
+
+
+def test_flags_left_out_are_not_passed() -> None:
+    # Unset flags stay out so MODELSERVER_* variables and defaults apply.
+    values, _ = parse_flags(["--model_config_file=/c"])
+    assert values == {"model_config_file": "/c"}
+
+
+def test_compatibility_flags_are_accepted_and_reported() -> None:
+    values, options = parse_flags(
+        [
+            "--model_base_path=/m",
+            "--xla_cpu_compilation_enabled=true",
+            "--enable_profiler",
+        ]
+    )
+    assert values == {"model_base_path": "/m"}
+    assert options.ignored == ["xla_cpu_compilation_enabled", "enable_profiler"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nope=1"], "unknown argument: --nope=1"),
+        (["positional"], "unknown argument: positional"),
+        (["--port=x"], "--port"),
+        (["--enable_batching=maybe"], "invalid boolean value"),
+        (["--ssl_config_file=/ssl"], "not supported"),
+        (["--use_alts_credentials"], "not supported"),
+        (["--por=1"], "unknown argument"),
+    ],
+)
+def test_bad_flags(argv: list[str], message: str) -> None:
+    with pytest.raises(FlagError, match=message):
+        parse_flags(argv)
+
+
+def test_bool_parser() -> None:
+    assert parse_bool("TRUE") is True
+    assert parse_bool("0") is False
+
+
+def test_main_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert "servekit-model-server" in capsys.readouterr().out
+    assert main(["--nope"]) == 255
+    assert "unknown argument: --nope" in capsys.readouterr().err

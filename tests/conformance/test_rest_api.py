@@ -1,0 +1,478 @@
+"""TF Serving's REST API, as its documentation (``g3doc/api_rest.md``) and its own
+model-server tests describe it, checked against a running servekit-model-server."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+
+import httpx
+import pytest
+
+from tests.conformance.conftest import (
+    METRICS_PATH,
+    TWO_VERSIONS,
+    expected_metadata,
+    without_empty_defaults,
+)
+from tests.support.models import linear_target
+
+pytestmark = pytest.mark.integration
+
+testdata = pytest.mark.usefixtures("needs_testdata")
+
+
+def error_of(response: httpx.Response) -> str:
+    """The ``error`` text of a TF Serving error body (which must be JSON)."""
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    message: str = body["error"]
+    return message
+
+
+# ---- model status ----------------------------------------------------------------
+
+
+@testdata
+def test_status_of_a_model_is_its_version_list(rest: httpx.Client) -> None:
+    response = rest.get("/v1/models/half_plus_two")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {
+        "model_version_status": [
+            {
+                "version": "123",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
+
+
+@testdata
+def test_status_of_one_version(rest: httpx.Client) -> None:
+    response = rest.get(f"/v1/models/{TWO_VERSIONS}/versions/124")
+    assert response.status_code == 200
+    (only,) = response.json()["model_version_status"]
+    assert only["version"] == "124"
+    assert only["state"] == "AVAILABLE"
+
+
+@testdata
+def test_status_lists_every_served_version(rest: httpx.Client) -> None:
+    statuses = rest.get(f"/v1/models/{TWO_VERSIONS}").json()["model_version_status"]
+    assert sorted(s["version"] for s in statuses) == ["123", "124"]
+    assert {s["state"] for s in statuses} == {"AVAILABLE"}
+
+
+@testdata
+def test_status_with_a_label_lists_all_versions(rest: httpx.Client) -> None:
+    # TF Serving's GetModelStatus ignores a version label.
+    response = rest.get(f"/v1/models/{TWO_VERSIONS}/labels/canary")
+    assert response.status_code == 200
+    versions = {s["version"] for s in response.json()["model_version_status"]}
+    assert versions == {"123", "124"}
+
+
+def test_status_of_unknown_model_is_404(rest: httpx.Client) -> None:
+    response = rest.get("/v1/models/no_such_model")
+    assert response.status_code == 404
+    assert error_of(response) == "Could not find any versions of model no_such_model"
+
+
+def test_status_of_unknown_version_is_404(rest: httpx.Client) -> None:
+    response = rest.get("/v1/models/linear/versions/999")
+    assert response.status_code == 404
+    assert error_of(response) == "Could not find version 999 of model linear"
+
+
+def test_status_without_a_model_name_is_400(rest: httpx.Client) -> None:
+    response = rest.get("/v1/models")
+    assert response.status_code == 400
+    assert error_of(response) == "Missing model name in request."
+
+
+# ---- metadata ------------------------------------------------------------------------
+
+
+@testdata
+@pytest.mark.parametrize(
+    ("model", "expected_file"),
+    [
+        ("half_plus_two", "half_plus_two_model_metadata.json"),
+        (TWO_VERSIONS, "saved_model_half_plus_two_2_versions_metadata.json"),
+        ("half_plus_two_tf2", "saved_model_half_plus_two_tf2_2_versions_metadata.json"),
+    ],
+)
+def test_metadata_matches_tf_serving(
+    rest: httpx.Client, model: str, expected_file: str
+) -> None:
+    response = rest.get(f"/v1/models/{model}/versions/123/metadata")
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    expected = expected_metadata(expected_file)
+    assert answer["model_spec"] == {
+        "name": model,
+        "signature_name": "",
+        "version": "123",
+    }
+    assert set(answer) == {"model_spec", "metadata"}
+    assert set(answer["metadata"]) == {"signature_def"}
+    got_map = answer["metadata"]["signature_def"]
+    expected_map = expected["metadata"]["signature_def"]
+    assert set(got_map) == {"signature_def"}
+    assert without_empty_defaults(got_map["signature_def"]) == without_empty_defaults(
+        expected_map["signature_def"]
+    )
+
+
+@testdata
+def test_metadata_by_label_resolves_the_labelled_version(rest: httpx.Client) -> None:
+    stable = rest.get(f"/v1/models/{TWO_VERSIONS}/labels/stable/metadata").json()
+    canary = rest.get(f"/v1/models/{TWO_VERSIONS}/labels/canary/metadata").json()
+    latest = rest.get(f"/v1/models/{TWO_VERSIONS}/metadata").json()
+    assert stable["model_spec"]["version"] == "123"
+    assert canary["model_spec"]["version"] == "124"
+    assert latest["model_spec"]["version"] == "124"
+
+
+def test_metadata_of_a_scikit_learn_pipeline(rest: httpx.Client) -> None:
+    answer = rest.get("/v1/models/linear/metadata").json()
+    assert answer["model_spec"]["name"] == "linear"
+    signature = answer["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert set(signature["inputs"]) == {"a", "b"}
+    assert signature["inputs"]["a"]["dtype"] == "DT_DOUBLE"
+    assert signature["inputs"]["a"]["tensor_shape"] == {
+        "dim": [{"size": "-1", "name": ""}],
+        "unknown_rank": False,
+    }
+    assert set(signature["outputs"]) == {"predictions"}
+
+
+def test_metadata_of_unknown_model_is_404(rest: httpx.Client) -> None:
+    response = rest.get("/v1/models/no_such_model/metadata")
+    assert response.status_code == 404
+    assert "no_such_model" in error_of(response)
+
+
+# ---- predict ---------------------------------------------------------------------------
+
+
+@testdata
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("half_plus_two", [2.5, 3.0, 4.5]),
+        # The REST document's curl example (y = x / 2 + 3).
+        ("half_plus_three", [3.5, 4.0, 5.5]),
+    ],
+)
+def test_predict_row_format(
+    rest: httpx.Client, model: str, expected: list[float]
+) -> None:
+    response = rest.post(
+        f"/v1/models/{model}:predict", json={"instances": [1.0, 2.0, 5.0]}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": expected}
+
+
+@testdata
+def test_predict_columnar_format(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus_two:predict", json={"inputs": [2.0, 3.0, 4.0]}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"outputs": [3.0, 3.5, 4.0]}
+
+
+@testdata
+def test_predict_on_a_native_tf2_saved_model(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus_two_tf2:predict", json={"instances": [1.0]}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [2.5]}
+
+
+@testdata
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1/models/{TWO_VERSIONS}/versions/123:predict",
+        f"/v1/models/{TWO_VERSIONS}/versions/124:predict",
+        f"/v1/models/{TWO_VERSIONS}/labels/stable:predict",
+        f"/v1/models/{TWO_VERSIONS}/labels/canary:predict",
+    ],
+)
+def test_predict_on_a_version_or_label(rest: httpx.Client, path: str) -> None:
+    response = rest.post(path, json={"instances": [2.0]})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [3.0]}
+
+
+def test_predict_row_format_with_named_inputs(rest: httpx.Client) -> None:
+    rows = [{"a": 1.0, "b": 2.0}, {"a": -0.5, "b": 0.25}]
+    response = rest.post("/v1/models/linear:predict", json={"instances": rows})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert predictions == pytest.approx(
+        [linear_target(row["a"], row["b"], 1.0) for row in rows]
+    )
+
+
+def test_predict_columnar_format_with_named_inputs(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/linear:predict",
+        json={"inputs": {"a": [1.0, 0.0], "b": [2.0, 1.0]}},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"] == pytest.approx([9.0, 4.0])
+
+
+def test_predict_binary_values_in_and_bytes_outputs_out(rest: httpx.Client) -> None:
+    raw = [b"\x00\xffbinary", b"text"]
+    response = rest.post(
+        "/v1/models/half_plus:predict",
+        json={
+            "signature_name": "echo",
+            "instances": [{"b64": base64.b64encode(value).decode()} for value in raw],
+        },
+    )
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    # Several outputs: one object per row; "_bytes" outputs come back as b64.
+    assert [base64.b64decode(p["text_bytes"]["b64"]) for p in predictions] == raw
+    assert [p["length"] for p in predictions] == [len(value) for value in raw]
+
+
+def test_predict_with_a_gzip_body(rest: httpx.Client) -> None:
+    body = gzip.compress(b'{"instances": [1.0, 3.0]}')
+    response = rest.post(
+        "/v1/models/half_plus:predict",
+        content=body,
+        headers={"content-encoding": "gzip", "content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [2.5, 3.5]}
+
+
+def test_predict_accepts_nan_and_infinity(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus:predict",
+        content=b'{"instances": [NaN, Infinity, -Infinity]}',
+    )
+    assert response.status_code == 200, response.text
+    assert response.text.replace(" ", "").replace("\n", "") == (
+        '{"predictions":[NaN,Infinity,-Infinity]}'
+    )
+
+
+# ---- classify and regress ------------------------------------------------------------
+
+
+@testdata
+def test_classify(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus_two:classify",
+        json={"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"results": [[["", 3.0]]]}
+
+
+@testdata
+def test_regress(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus_two:regress",
+        json={"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"results": [3.0]}
+
+
+@testdata
+def test_regress_with_the_rest_documents_example(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus_three:regress",
+        json={
+            "signature_name": "tensorflow/serving/regress",
+            "examples": [{"x": 1.0}, {"x": 2.0}],
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"results": [3.5, 4.0]}
+
+
+@testdata
+def test_regress_with_a_context(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus_two:regress",
+        json={
+            "signature_name": "regress_x_to_y",
+            "context": {"x": 4.0},
+            "examples": [{}, {}],
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"results": [4.0, 4.0]}
+
+
+def test_regress_on_a_scikit_learn_pipeline(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/linear:regress", json={"examples": [{"a": 1.0, "b": 2.0}]}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == pytest.approx([9.0])
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404_with_tf_serving_message(rest: httpx.Client) -> None:
+    # The REST document's own error example.
+    response = rest.post("/v1/models/half:predict", json={"instances": [1.0, 5.0]})
+    assert response.status_code == 404
+    assert error_of(response) == "Servable not found for request: Latest(half)"
+
+
+def test_unknown_version_is_404(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/linear/versions/77:predict", json={"instances": [{"a": 1, "b": 1}]}
+    )
+    assert response.status_code == 404
+    assert error_of(response) == "Servable not found for request: Specific(linear, 77)"
+
+
+def test_unknown_label_is_400(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/linear/labels/nope:predict", json={"instances": [{"a": 1, "b": 1}]}
+    )
+    assert response.status_code == 400
+    assert error_of(response) == "Unrecognized servable version label: nope"
+
+
+def test_unknown_signature_is_400(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus:predict",
+        json={"signature_name": "nope", "instances": [1.0]},
+    )
+    assert response.status_code == 400
+    assert error_of(response) == (
+        'Serving signature name: "nope" not found in signature def'
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "pattern"),
+    [
+        (b"", r"^JSON Parse error: The document is empty$"),
+        (b"{not json", r"^JSON Parse error: .* at offset: \d+$"),
+        (b"[1, 2]", r"Is not object"),
+        (b'{"signature_name": 7, "instances": [1.0]}', r"signature_name"),
+        (b'{"instances": [1.0], "inputs": [1.0]}', r"expecting only one of"),
+        (b'{"something": [1.0]}', r"^Missing 'inputs' or 'instances' key$"),
+        (b'{"instances": []}', r"No values in 'instances' array"),
+        (b'{"instances": ["a", "b"]}', r"."),
+        (b'{"instances": [[1.0], [1.0, 2.0]]}', r"."),
+    ],
+)
+def test_malformed_predict_bodies_are_400(
+    rest: httpx.Client, body: bytes, pattern: str
+) -> None:
+    response = rest.post("/v1/models/half_plus:predict", content=body)
+    assert response.status_code == 400, response.text
+    assert re.search(pattern, error_of(response)), error_of(response)
+
+
+def test_wrong_input_name_is_400(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/linear:predict", json={"inputs": {"a": [1.0], "z": [2.0]}}
+    )
+    assert response.status_code == 400, response.text
+    assert error_of(response)
+
+
+def test_missing_examples_is_400(rest: httpx.Client) -> None:
+    response = rest.post("/v1/models/linear:regress", json={"instances": [1.0]})
+    assert response.status_code == 400, response.text
+    assert "examples" in error_of(response)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/foo"),
+        ("POST", "/v1/models/linear:explain"),
+        ("POST", "/v1/models/linear"),
+        ("GET", "/v1/models/linear:predict"),
+        ("PUT", "/v1/models/linear"),
+        ("DELETE", "/v1/models/linear/versions/1"),
+    ],
+)
+def test_malformed_api_paths_are_400(
+    rest: httpx.Client, method: str, path: str
+) -> None:
+    response = rest.request(method, path)
+    assert response.status_code == 400
+    assert error_of(response) == f"Malformed request: {method} {path}"
+
+
+def test_paths_outside_the_api_are_404(rest: httpx.Client) -> None:
+    assert rest.get("/").status_code == 404
+    assert rest.get("/v2/models/linear").status_code == 404
+
+
+def test_version_beyond_int64_is_400(rest: httpx.Client) -> None:
+    response = rest.get("/v1/models/linear/versions/99999999999999999999")
+    assert response.status_code == 400
+    assert error_of(response) == (
+        "Failed to convert version: 99999999999999999999 to numeric."
+    )
+
+
+def test_corrupt_gzip_body_is_400(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/half_plus:predict",
+        content=b"\x1f\x8bnot really gzip",
+        headers={"content-encoding": "gzip"},
+    )
+    assert response.status_code == 400
+    assert error_of(response)
+
+
+@testdata
+def test_no_input_signature_cannot_be_called_over_rest(rest: httpx.Client) -> None:
+    response = rest.post(
+        "/v1/models/saved_model_counter:predict",
+        json={"signature_name": "get_counter", "instances": [1.0]},
+    )
+    assert response.status_code == 400
+    assert error_of(response) == "Failed to get input map for signature: get_counter"
+
+
+# ---- monitoring and request ids ------------------------------------------------------
+
+
+def test_prometheus_endpoint(rest: httpx.Client) -> None:
+    rest.post("/v1/models/half_plus:predict", json={"instances": [1.0]})
+    response = rest.get(METRICS_PATH)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert "# TYPE" in text
+    assert re.search(r'modelserver_request_count_total\{[^}]*model="half_plus"', text)
+
+
+def test_request_id_is_echoed(rest: httpx.Client) -> None:
+    response = rest.get("/v1/models/linear", headers={"x-request-id": "conformance-1"})
+    assert response.headers["x-request-id"] == "conformance-1"
+
+
+def test_request_id_is_generated_when_absent(rest: httpx.Client) -> None:
+    first = rest.get("/v1/models/linear").headers["x-request-id"]
+    second = rest.get("/v1/models/no_such_model").headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    assert first != second
