@@ -1,0 +1,49 @@
+"""How busy each CPU was over a window, from ``/proc/stat``.
+
+The load generator and the servers are pinned to different cores, so the busy
+fraction of each core shows which side saturated (and how much other work on a
+shared machine got in the way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CpuTimes = list[tuple[int, int]]
+"""Per CPU: (busy jiffies, total jiffies)."""
+
+PROC_STAT = Path("/proc/stat")
+
+
+def parse_proc_stat(text: str) -> CpuTimes:
+    """Busy and total jiffies of each ``cpuN`` line (the aggregate line is skipped).
+
+    Busy is everything but ``idle`` and ``iowait`` (the 4th and 5th counters).
+    """
+    times: CpuTimes = []
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        counters = [int(value) for value in rest.split()]
+        total = sum(counters[:8])
+        idle = counters[3] + (counters[4] if len(counters) > 4 else 0)
+        times.append((total - idle, total))
+    return times
+
+
+def read_cpu_times() -> CpuTimes:
+    """Current counters, or none where ``/proc/stat`` does not exist."""
+    try:
+        return parse_proc_stat(PROC_STAT.read_text(encoding="ascii"))
+    except OSError:
+        return []
+
+
+def busy_fractions(before: CpuTimes, after: CpuTimes) -> list[float]:
+    """Busy fraction (0-1) of each CPU between two readings."""
+    fractions = []
+    for (busy_0, total_0), (busy_1, total_1) in zip(before, after, strict=False):
+        elapsed = total_1 - total_0
+        fractions.append((busy_1 - busy_0) / elapsed if elapsed > 0 else 0.0)
+    return fractions

@@ -1,0 +1,133 @@
+"""The in-process limit: the model called directly, no server, no serialization.
+
+For scikit-learn, ``pipeline.predict`` on a ready-made DataFrame of ``batch`` copies
+of the example row; for a SavedModel, its ``serving_default`` signature on ready-made
+tensors. Each batch size is called in a loop for a fixed time after a warm-up; the
+per-call latencies and rows per second are printed as one JSON line.
+
+Run pinned to the servers' core: ``python -m benchmarks.inprocess --registry R
+--model NAME --seconds S --batch-sizes 1,32``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.payloads import example_row, input_dtypes
+from benchmarks.stats import summarize_nanoseconds
+
+
+def timed_calls(call: Callable[[], Any], seconds: float, warmup_s: float) -> list[int]:
+    """Call repeatedly for ``warmup_s`` (discarded), then for ``seconds``."""
+    end_of_warmup = time.perf_counter() + warmup_s
+    while time.perf_counter() < end_of_warmup:
+        call()
+    latencies: list[int] = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        started = time.perf_counter_ns()
+        call()
+        latencies.append(time.perf_counter_ns() - started)
+    return latencies
+
+
+def sklearn_call(
+    version_dir: Path, manifest: Any, row: dict[str, Any], batch: int
+) -> Callable[[], Any]:
+    import numpy as np
+    import pandas as pd
+    from modelregistry import load_pickle
+
+    pipeline = load_pickle(version_dir, manifest)
+    dtypes = input_dtypes(manifest)
+    frame = pd.DataFrame(
+        {
+            name: np.asarray(
+                [row[name]] * batch,
+                dtype=object if dtypes[name] == "string" else np.dtype(dtypes[name]),
+            )
+            for name in row
+        }
+    )
+    return lambda: pipeline.predict(frame)
+
+
+def tensorflow_call(
+    version_dir: Path, manifest: Any, row: dict[str, Any], batch: int
+) -> Callable[[], Any]:
+    import numpy as np
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    signature = loaded.signatures["serving_default"]
+    dtypes = input_dtypes(manifest)
+    inputs = {
+        name: tf.constant(np.asarray([row[name]] * batch, dtype=np.dtype(dtypes[name])))
+        for name in row
+    }
+
+    def call() -> Any:
+        # `loaded` stays referenced: the signature alone holds its variables weakly.
+        return loaded and signature(**inputs)
+
+    return call
+
+
+def measure_model(
+    registry_root: Path,
+    model: str,
+    batch_sizes: Sequence[int],
+    seconds: float,
+    warmup_s: float,
+) -> dict[str, Any]:
+    """Latency and rows/s of direct calls at each batch size."""
+    from modelregistry import Registry
+
+    registry = Registry(registry_root)
+    version = registry.resolve(model)
+    manifest = registry.manifest(model, version)
+    version_dir = registry.version_dir(model, version)
+    row = example_row(manifest)
+    factory = sklearn_call if manifest.framework == "sklearn" else tensorflow_call
+    results = []
+    for batch in batch_sizes:
+        call = factory(version_dir, manifest, row, batch)
+        latencies = timed_calls(call, seconds, warmup_s)
+        summary = summarize_nanoseconds(latencies)
+        results.append(
+            {
+                "batch": batch,
+                "calls": summary.count,
+                "p50_ms": summary.p50_ms,
+                "p99_ms": summary.p99_ms,
+                "mean_ms": summary.mean_ms,
+                "rows_per_s": batch * summary.count / (sum(latencies) / 1e9),
+            }
+        )
+    return {"model": model, "framework": manifest.framework, "results": results}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inprocess")
+    parser.add_argument("--registry", type=Path, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--batch-sizes", default="1,32")
+    args = parser.parse_args(argv)
+    batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
+    result = measure_model(
+        args.registry, args.model, batch_sizes, args.seconds, args.warmup
+    )
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Run the load: every scenario at every concurrency, interleaved over rounds.
+
+Within a round, each concurrency level runs every scenario back to back, in an order
+rotated by one per round, so slow drifts of the machine's background load spread
+over all systems instead of hitting one. Each run is a warm-up (not counted) and
+then a measured window; a run that fails is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import grpcload, h2load, wrk
+from benchmarks.cpuload import busy_fractions, read_cpu_times
+from benchmarks.report import LABELS
+from benchmarks.results import LoadSummary, RunResult
+from benchmarks.settings import BenchOptions
+from benchmarks.systems import Scenario
+from benchmarks.targets import GrpcTarget, HttpTarget
+
+Progress = Callable[[str], None]
+
+
+class LoadError(Exception):
+    """A load generator failed."""
+
+
+@dataclass
+class LoadTools:
+    """Paths of the load generators and their scratch files."""
+
+    wrk: str
+    h2load: str | None
+    scratch: Path
+    script: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.script = wrk.write_script(self.scratch)
+
+
+@dataclass
+class RunLog:
+    results: list[RunResult] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def measure(
+    scenario: Scenario, clients: int, options: BenchOptions, tools: LoadTools
+) -> tuple[LoadSummary, list[float]]:
+    """Warm up, then measure one scenario at one concurrency.
+
+    Raises:
+        LoadError: The load generator failed.
+    """
+    target = scenario.target
+    cpu = options.load_cpu
+    try:
+        if isinstance(target, HttpTarget):
+
+            def http(seconds: int) -> LoadSummary:
+                command = wrk.wrk_command(
+                    target,
+                    script=tools.script,
+                    clients=clients,
+                    seconds=seconds,
+                    cpu=cpu,
+                    wrk=tools.wrk,
+                )
+                return wrk.run_wrk(command, seconds)
+
+            return _warm_then_measure(http, options)
+        if options.grpc_client == "h2load" and tools.h2load is not None:
+            frame = h2load.write_frame(target, tools.scratch)
+            log_file = tools.scratch / "h2load.log"
+            h2load_path = tools.h2load
+
+            def rpc(seconds: int) -> LoadSummary:
+                command = h2load.h2load_command(
+                    target,
+                    frame_file=frame,
+                    clients=clients,
+                    seconds=seconds,
+                    log_file=log_file,
+                    cpu=cpu,
+                    h2load=h2load_path,
+                )
+                return h2load.run_h2load(
+                    command, log_file, seconds, target.response_bytes
+                )
+
+            return _warm_then_measure(rpc, options)
+        return _python_grpc(target, clients, options)
+    except (wrk.WrkError, h2load.H2loadError, grpcload.GrpcLoadError) as exc:
+        raise LoadError(str(exc)) from exc
+
+
+def _warm_then_measure(
+    run: Callable[[int], LoadSummary], options: BenchOptions
+) -> tuple[LoadSummary, list[float]]:
+    if options.warmup > 0:
+        run(options.warmup)
+    before = read_cpu_times()
+    summary = run(options.duration)
+    return summary, busy_fractions(before, read_cpu_times())
+
+
+def _python_grpc(
+    target: GrpcTarget, clients: int, options: BenchOptions
+) -> tuple[LoadSummary, list[float]]:
+    command = grpcload.load_command(
+        target,
+        clients=clients,
+        warmup_s=max(options.warmup, 1),
+        duration_s=options.duration,
+        cpu=options.load_cpu,
+    )
+    before = read_cpu_times()
+    summary = grpcload.run_load(command, options.warmup + options.duration)
+    return summary, busy_fractions(before, read_cpu_times())
+
+
+def run_rounds(
+    scenarios: list[Scenario],
+    options: BenchOptions,
+    tools: LoadTools,
+    progress: Progress,
+) -> RunLog:
+    """Every scenario × concurrency × round, interleaved as the module says."""
+    log = RunLog()
+    total = len(scenarios) * len(options.clients) * options.rounds
+    done = 0
+    started = time.monotonic()
+    for round_index in range(options.rounds):
+        for clients in options.clients:
+            shift = round_index % max(len(scenarios), 1)
+            ordered = scenarios[shift:] + scenarios[:shift]
+            for scenario in ordered:
+                done += 1
+                name = (
+                    f"{scenario.model}/{scenario.protocol} "
+                    f"{LABELS[scenario.system]} ×{clients}"
+                )
+                try:
+                    summary, busy = measure(scenario, clients, options, tools)
+                except LoadError as exc:
+                    log.failures.append(f"round {round_index + 1} {name}: {exc}")
+                    progress(f"[{done}/{total}] {name}: FAILED: {str(exc)[:300]}")
+                    continue
+                log.results.append(
+                    RunResult(
+                        model=scenario.model,
+                        protocol=scenario.protocol,
+                        system=scenario.system,
+                        clients=clients,
+                        round=round_index + 1,
+                        load=summary,
+                        core_busy=busy,
+                    )
+                )
+                elapsed = time.monotonic() - started
+                remaining = elapsed / done * (total - done)
+                errors = f", {summary.errors} errors" if summary.errors else ""
+                progress(
+                    f"[{done}/{total}, ~{remaining / 60:.1f} min left] round "
+                    f"{round_index + 1} {name}: {summary.rps:,.0f} req/s, "
+                    f"p50 {summary.p50_ms:.2f} ms, p99 {summary.p99_ms:.2f} ms{errors}"
+                )
+    return log
+
+
+def run_inprocess(
+    options: BenchOptions, models: list[str], progress: Progress
+) -> dict[str, Any]:
+    """The in-process limit of each model, measured on the server core."""
+    results: dict[str, Any] = {}
+    for model in models:
+        progress(f"in-process limit of {model!r} (batch 1 and 32) …")
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.inprocess",
+            "--registry",
+            str(options.registry),
+            "--model",
+            model,
+            "--seconds",
+            str(options.inprocess_seconds),
+            "--batch-sizes",
+            f"1,{options.batching.max_batch_size}",
+        ]
+        if options.server_cpu is not None:
+            command = ["taskset", "-c", str(options.server_cpu), *command]
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, check=False
+        )
+        lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+        if completed.returncode != 0 or not lines:
+            progress(f"in-process {model}: FAILED: {completed.stderr[-500:]}")
+            continue
+        results[model] = json.loads(lines[-1])
+        for entry in results[model]["results"]:
+            progress(
+                f"in-process {model} batch {entry['batch']}: p50 "
+                f"{entry['p50_ms']:.3f} ms/call, {entry['rows_per_s']:,.0f} rows/s"
+            )
+    return results

@@ -1,0 +1,386 @@
+"""Start every system under test and name what to load on each of them.
+
+All servers bind 127.0.0.1 and run pinned to the server core; they start together
+(so the slow TensorFlow imports overlap) and each is checked with one real request
+before any load: a system that answers errors is never benchmarked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks.grpcload import PREDICT_METHOD, V2_INFER_METHOD
+from benchmarks.payloads import ModelPayloads
+from benchmarks.report import LABELS
+from benchmarks.servers import (
+    ProcessSet,
+    ServerProcess,
+    StartError,
+    file_exists,
+    free_port,
+    grpc_call,
+    http_post,
+    http_post_succeeds,
+    wait_ready,
+)
+from benchmarks.settings import REPO_ROOT, VENV_BIN, BenchOptions
+from benchmarks.targets import GrpcTarget, HttpTarget
+
+Progress = Callable[[str], None]
+
+
+START_TIMEOUT = 300.0
+"""Seconds a server may take to load its models (TensorFlow on a busy core)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One system serving one model over one protocol: a thing to load."""
+
+    model: str
+    protocol: str
+    system: str
+    target: HttpTarget | GrpcTarget
+
+
+@dataclass
+class Deployment:
+    """The started systems' scenarios, with notes for the report."""
+
+    scenarios: list[Scenario] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    startup_seconds: dict[str, float] = field(default_factory=dict)
+    answers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    process: ServerProcess
+    probe: Callable[[], bool]
+    what: str
+
+
+def _model_server(
+    options: BenchOptions, processes: ProcessSet, name: str, batching: bool
+) -> tuple[ServerProcess, str, str]:
+    grpc_port, rest_port = free_port(), free_port()
+    argv: list[str] = [
+        str(VENV_BIN / "servekit-model-server"),
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_config_file={options.registry / 'servekit.config'}",
+        "--host=127.0.0.1",
+    ]
+    if batching:
+        parameters = options.work_dir / "batching_parameters.txt"
+        parameters.write_text(options.batching.parameters_text(), encoding="utf-8")
+        argv += ["--enable_batching=true", f"--batching_parameters_file={parameters}"]
+    process = processes.start(name, argv, cpu=options.server_cpu, cwd=REPO_ROOT)
+    return process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
+
+
+def _mlserver_folder(
+    options: BenchOptions, payload: ModelPayloads, name: str, batching: bool
+) -> tuple[Path, int, int]:
+    folder = options.work_dir / "mlserver" / name
+    model_folder = folder / payload.name
+    model_folder.mkdir(parents=True, exist_ok=True)
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    settings = {
+        "host": "127.0.0.1",
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
+        "parallel_workers": options.mlserver_workers,
+        # MLServer's default (debug) logs at DEBUG level; production runs without.
+        "debug": False,
+    }
+    model_settings: dict[str, Any] = {
+        "name": payload.name,
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {
+            "uri": str(payload.version_dir / "model.joblib"),
+            "version": str(payload.version),
+        },
+    }
+    if batching:
+        model_settings["max_batch_size"] = options.batching.mlserver_max_batch_size
+        model_settings["max_batch_time"] = options.batching.mlserver_max_batch_time
+    (folder / "settings.json").write_text(json.dumps(settings, indent=2))
+    (model_folder / "model-settings.json").write_text(
+        json.dumps(model_settings, indent=2)
+    )
+    return folder, http_port, grpc_port
+
+
+def _mlserver_grpc_request(
+    mlserver: Path, payload: ModelPayloads, directory: Path
+) -> Path:
+    out = directory / f"{payload.name}.v2.bin"
+    helper = Path(__file__).with_name("mlserver_requests.py")
+    completed = subprocess.run(
+        [str(mlserver.parent / "python"), str(helper), str(payload.v2_rest)]
+        + [payload.name, str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if completed.returncode != 0:
+        raise StartError(f"cannot build MLServer's gRPC request:\n{completed.stderr}")
+    return out
+
+
+def _excerpt(body: bytes, limit: int = 100) -> str:
+    text = body.decode("utf-8", errors="replace").replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def check_scenario(scenario: Scenario) -> tuple[Scenario, str]:
+    """Send one real request; return the scenario (with the answer size) and answer.
+
+    Raises:
+        StartError: The system answered an error.
+    """
+    target = scenario.target
+    where = f"{scenario.system} {scenario.model}/{scenario.protocol}"
+    if isinstance(target, HttpTarget):
+        status, body = http_post(target.url, target.body_file.read_bytes())
+        if status != 200:
+            raise StartError(f"{where}: HTTP {status}: {_excerpt(body, 400)}")
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise StartError(f"{where}: answer is not JSON: {_excerpt(body)}") from exc
+        return scenario, _excerpt(body)
+    import grpc
+
+    try:
+        answer = grpc_call(
+            target.address, target.path, target.request_file.read_bytes()
+        )
+    except grpc.RpcError as exc:
+        raise StartError(f"{where}: gRPC call failed: {exc}") from exc
+    checked = replace(scenario, target=replace(target, response_bytes=len(answer)))
+    return checked, f"{len(answer)} bytes"
+
+
+def start_systems(
+    options: BenchOptions,
+    payloads: dict[str, ModelPayloads],
+    processes: ProcessSet,
+    mlserver: Path | None,
+    progress: Progress,
+) -> Deployment:
+    """Start the selected systems, wait until each answers, list the scenarios.
+
+    Raises:
+        StartError: A server did not start or answered a checked request wrongly.
+    """
+    deployment = Deployment()
+    pending: list[_Pending] = []
+    scenarios: list[Scenario] = []
+    models = [payloads[name] for name in options.models]
+    grpc = "grpc" in options.protocols
+    rest = "rest" in options.protocols
+
+    def add(
+        model: str, system: str, http: HttpTarget | None, rpc: GrpcTarget | None
+    ) -> None:
+        if http is not None and rest:
+            scenarios.append(Scenario(model, "rest", system, http))
+        if rpc is not None and grpc:
+            scenarios.append(Scenario(model, "grpc", system, rpc))
+
+    servers: dict[str, tuple[str, str]] = {}
+    backend_needed = options.wants("gateway")
+    for system, batching in (("servekit", False), ("servekit-batching", True)):
+        if not (
+            options.wants(system)
+            or (backend_needed and system == options.gateway_backend)
+        ):
+            continue
+        process, grpc_address, rest_base = _model_server(
+            options, processes, system, batching
+        )
+        servers[system] = (grpc_address, rest_base)
+        first = models[0]
+        pending.append(
+            _Pending(
+                process,
+                http_post_succeeds(
+                    f"{rest_base}/v1/models/{first.name}:predict",
+                    first.tfs_rest.read_bytes(),
+                ),
+                f"a {first.name} prediction",
+            )
+        )
+        if options.wants(system):
+            for model in models:
+                add(
+                    model.name,
+                    system,
+                    HttpTarget(
+                        f"{rest_base}/v1/models/{model.name}:predict", model.tfs_rest
+                    ),
+                    GrpcTarget(grpc_address, PREDICT_METHOD, model.tfs_grpc),
+                )
+
+    if options.wants("gateway"):
+        backend_grpc, _ = servers[options.gateway_backend]
+        http_port, grpc_port = free_port(), free_port()
+        environment = {
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(http_port),
+            "GATEWAY_GRPC_PORT": str(grpc_port),
+            "GATEWAY_REGISTRY": str(options.registry),
+            "GATEWAY_DEFAULT_BACKEND": backend_grpc,
+        }
+        process = processes.start(
+            "gateway",
+            [str(VENV_BIN / "servekit-gateway")],
+            cpu=options.server_cpu,
+            env=environment,
+            cwd=REPO_ROOT,
+        )
+        # The backend may still be loading: the gateway is ready when a prediction
+        # makes it through.
+        first = models[0]
+        gateway_base = f"http://127.0.0.1:{http_port}"
+        pending.append(
+            _Pending(
+                process,
+                http_post_succeeds(
+                    f"{gateway_base}/v1/models/{first.name}:predict",
+                    first.tfs_rest.read_bytes(),
+                ),
+                f"a {first.name} prediction through it",
+            )
+        )
+        for model in models:
+            add(
+                model.name,
+                "gateway",
+                HttpTarget(
+                    f"{gateway_base}/v1/models/{model.name}:predict", model.tfs_rest
+                ),
+                GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
+            )
+        deployment.notes.append(
+            f"The gateway forwards to {LABELS[options.gateway_backend]}; both share "
+            "the server core."
+        )
+
+    for system, batching in (("mlserver", False), ("mlserver-batching", True)):
+        if not options.wants(system):
+            continue
+        if mlserver is None:
+            raise StartError("MLServer was selected but is not installed")
+        for model in models:
+            if model.framework != "sklearn":
+                deployment.notes.append(
+                    f"MLServer skipped for {model.name!r}: mlserver + mlserver-sklearn "
+                    "has no TensorFlow runtime."
+                )
+                continue
+            folder, http_port, grpc_port = _mlserver_folder(
+                options, model, system, batching
+            )
+            code_dir = model.version_dir / "code"
+            process = processes.start(
+                f"{system}-{model.name}",
+                [str(mlserver), "start", str(folder)],
+                cpu=options.server_cpu,
+                env={"PYTHONPATH": str(code_dir)},
+                cwd=folder,
+            )
+            base = f"http://127.0.0.1:{http_port}"
+            infer_url = f"{base}/v2/models/{model.name}/infer"
+            pending.append(
+                _Pending(
+                    process,
+                    http_post_succeeds(infer_url, model.v2_rest.read_bytes()),
+                    f"a {model.name} inference",
+                )
+            )
+            grpc_request = (
+                _mlserver_grpc_request(mlserver, model, options.work_dir / "payloads")
+                if grpc
+                else None
+            )
+            add(
+                model.name,
+                system,
+                HttpTarget(infer_url, model.v2_rest),
+                GrpcTarget(f"127.0.0.1:{grpc_port}", V2_INFER_METHOD, grpc_request)
+                if grpc_request is not None
+                else None,
+            )
+
+    if options.wants("fastapi") and rest:
+        for model in models:
+            port = free_port()
+            process = processes.start(
+                f"fastapi-{model.name}",
+                [sys.executable, "-m", "benchmarks.plainapp"]
+                + ["--registry", str(options.registry), "--model", model.name]
+                + ["--port", str(port)],
+                cpu=options.server_cpu,
+                cwd=REPO_ROOT,
+            )
+            url = f"http://127.0.0.1:{port}/predict"
+            pending.append(
+                _Pending(
+                    process,
+                    http_post_succeeds(url, model.tfs_rest.read_bytes()),
+                    f"a {model.name} prediction",
+                )
+            )
+            add(model.name, "fastapi", HttpTarget(url, model.tfs_rest), None)
+
+    if options.wants("grpc-ceiling") and grpc:
+        port_file = options.work_dir / "trivial-grpc.port"
+        port_file.unlink(missing_ok=True)
+        process = processes.start(
+            "grpc-ceiling",
+            [sys.executable, "-m", "benchmarks.grpcload", "serve"]
+            + ["--port-file", str(port_file)],
+            cpu=options.server_cpu,
+            cwd=REPO_ROOT,
+        )
+        pending.append(_Pending(process, file_exists(port_file), "its port"))
+
+    for item in pending:
+        progress(f"waiting for {item.process.name} ({item.what}) …")
+        seconds = wait_ready(
+            item.process, item.probe, timeout=START_TIMEOUT, what=item.what
+        )
+        deployment.startup_seconds[item.process.name] = seconds
+        progress(f"{item.process.name} ready after {seconds:.1f} s")
+
+    if options.wants("grpc-ceiling") and grpc:
+        empty = options.work_dir / "payloads" / "empty.bin"
+        empty.write_bytes(b"")
+        port = int((options.work_dir / "trivial-grpc.port").read_text())
+        scenarios.append(
+            Scenario(
+                "-",
+                "grpc",
+                "grpc-ceiling",
+                GrpcTarget(f"127.0.0.1:{port}", PREDICT_METHOD, empty),
+            )
+        )
+
+    for scenario in scenarios:
+        checked, answer = check_scenario(scenario)
+        deployment.scenarios.append(checked)
+        key = f"{scenario.system} {scenario.model}/{scenario.protocol}"
+        deployment.answers[key] = answer
+        progress(f"checked {key}: {answer}")
+    return deployment
