@@ -393,14 +393,17 @@ def _rows_to_arrays(
         )
     if not objects:
         name, spec = next(iter(specs.items()))
-        for index, item in enumerate(instances):
-            if isinstance(item, dict) and not _is_b64(item):
-                raise InvalidArgument(
-                    f"Expecting value/list but got object at item {index} of input list"
-                )
         try:
             return {name: to_array(instances, spec)}
         except InvalidArgument:
+            # Rows are only inspected one by one once the batched conversion
+            # has failed, which keeps the common path vectorised.
+            for index, item in enumerate(instances):
+                if isinstance(item, dict) and not _is_b64(item):
+                    raise InvalidArgument(
+                        f"Expecting value/list but got object at item {index} of "
+                        "input list"
+                    ) from None
             _explain_row_failure(instances, name, spec, keyed=False)
             raise
 

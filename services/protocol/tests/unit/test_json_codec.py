@@ -142,6 +142,21 @@ def test_dtypes(dtype: str, body: bytes, expected: list[Any]) -> None:
         ),
         (b'{"instances": [1, null]}', ONE, "JSON Value: null Type: Null"),
         (
+            b'{"instances": [1, {"a": 1}]}',
+            ONE,
+            "Expecting value/list but got object at item 1 of input list",
+        ),
+        (
+            b'{"instances": ["a", {"a": 1}]}',
+            {"x": TensorSpec("string")},
+            "Expecting value/list but got object at item 1 of input list",
+        ),
+        (
+            b'{"instances": [{"a": 1, "s_bytes": "q"}, [1]]}',
+            TWO,
+            "Expecting object but got list at item 1 of input list",
+        ),
+        (
             b'{"instances": [1.5]}',
             {"x": TensorSpec("int32")},
             "JSON Value: 1.5 Type: Number",
