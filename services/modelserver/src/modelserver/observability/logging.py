@@ -37,6 +37,8 @@ protocol_var: ContextVar[str | None] = ContextVar("protocol", default=None)
 _STANDARD_RECORD_ATTRIBUTES = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
     | {"message", "asctime", "request_id", "model", "version", "protocol"}
+    # uvicorn's terminal-coloured duplicate of the message.
+    | {"color_message"}
 )
 
 
