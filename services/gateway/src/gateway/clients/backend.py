@@ -75,6 +75,8 @@ class Backend:
         self.prediction = PredictionServiceStub(self.channel)
         self.models = ModelServiceStub(self.channel)
         self.breaker = breaker
+        self.last_error = ""
+        """The last UNAVAILABLE detail, quoted while the circuit is open."""
         self._circuit_gauge = metrics.circuit_state.labels(address)
         self._circuit_rejections = metrics.circuit_rejections.labels(address)
         self._metrics = metrics
@@ -149,7 +151,6 @@ class BackendPool:
             BackendError: the backend answered with another error.
         """
         attempt = 0
-        last_failure = "no backend configured"
         backends = self._order(addresses)
         while True:
             backend = next((b for b in backends if b.breaker.allow()), None)
@@ -157,9 +158,11 @@ class BackendPool:
                 for refused in backends:
                     refused.refuse()
                 wait = min(b.breaker.retry_after() for b in backends)
+                detail = backends[0].last_error
                 raise BackendUnavailable(
                     f"backend {backends[0].address} is unavailable "
-                    f"(circuit open, next probe in {wait:.1f}s): {last_failure}"
+                    f"(circuit open, next probe in {wait:.1f}s)"
+                    + (f": {detail}" if detail else "")
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -177,6 +180,7 @@ class BackendPool:
                     backend.breaker.record_failure()
                     backend.publish_state()
                     last_failure = exc.details() or "unavailable"
+                    backend.last_error = last_failure
                     logger.warning(
                         "backend %s unavailable on %s: %s",
                         backend.address,

@@ -1,0 +1,154 @@
+"""gRPC through the gateway: TF Serving's own client, routing, auth, request ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from servekit_protocol import messages
+from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
+from servekit_protocol.tensors import from_ndarray, to_ndarray
+
+from tests.support.gateway import ApiKeys, GatewayProcess
+from tests.support.models import linear_target
+
+pytestmark = pytest.mark.integration
+
+
+def linear_request(
+    model: str = "linear", version: int | None = None
+) -> messages.PredictRequest:
+    request = messages.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    from_ndarray(np.array([1.0, 2.0]), into=request.inputs["a"])
+    from_ndarray(np.array([0.5, -1.0]), into=request.inputs["b"])
+    return request
+
+
+def test_official_tensorflow_serving_client(
+    gateway: GatewayProcess, api_keys: ApiKeys, main_registry: Path
+) -> None:
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    metadata = [("authorization", f"Bearer {api_keys.admin}")]
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        predict_service = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "linear"
+        request.model_spec.version.value = 1
+        request.inputs["a"].CopyFrom(tf.make_tensor_proto([1.0, 2.0], dtype=tf.float64))
+        request.inputs["b"].CopyFrom(
+            tf.make_tensor_proto([0.5, -1.0], dtype=tf.float64)
+        )
+        response = predict_service.Predict(request, timeout=30, metadata=metadata)
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["predictions"]),
+            [linear_target(1, 0.5, 1), linear_target(2, -1, 1)],
+        )
+        assert response.model_spec.version.value == 1
+
+        model_service = model_service_pb2_grpc.ModelServiceStub(channel)
+        status_request = get_model_status_pb2.GetModelStatusRequest()
+        status_request.model_spec.name = "linear"
+        status = model_service.GetModelStatus(
+            status_request, timeout=10, metadata=metadata
+        )
+        assert {entry.version for entry in status.model_version_status} >= {1, 2}
+
+        if (main_registry / "half_plus_two").is_dir():
+            # The book's chapter 19 gRPC client, on a SavedModel without manifest.
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "half_plus_two"
+            request.model_spec.signature_name = "serving_default"
+            request.inputs["x"].CopyFrom(
+                tf.make_tensor_proto(np.array([[1.0], [5.0]], dtype=np.float32))
+            )
+            response = predict_service.Predict(request, timeout=30, metadata=metadata)
+            np.testing.assert_allclose(
+                tf.make_ndarray(response.outputs["y"]), [[2.5], [4.5]]
+            )
+
+
+def test_predict_status_metadata_and_request_id(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    metadata = [("x-api-key", api_keys.admin), ("x-request-id", "grpc-id-42")]
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        predictions = PredictionServiceStub(channel)
+        response, call = predictions.Predict.with_call(
+            linear_request(version=2), timeout=10, metadata=metadata
+        )
+        np.testing.assert_allclose(
+            to_ndarray(response.outputs["predictions"]),
+            [linear_target(1, 0.5, 5), linear_target(2, -1, 5)],
+        )
+        assert ("x-request-id", "grpc-id-42") in [
+            (item.key, item.value) for item in call.trailing_metadata()
+        ]
+        request = messages.GetModelMetadataRequest()
+        request.model_spec.name = "linear"
+        request.metadata_field.append("signature_def")
+        answer = predictions.GetModelMetadata(request, timeout=10, metadata=metadata)
+        assert "signature_def" in answer.metadata
+        status_request = messages.GetModelStatusRequest()
+        status_request.model_spec.name = "linear"
+        status_request.model_spec.version.value = 1
+        status = ModelServiceStub(channel).GetModelStatus(
+            status_request, timeout=10, metadata=metadata
+        )
+        assert [entry.version for entry in status.model_version_status] == [1]
+
+
+def test_routing_applies_to_grpc_too(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    metadata = [("x-api-key", api_keys.admin)]
+    versions = set()
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        stub = PredictionServiceStub(channel)
+        for _ in range(60):
+            response = stub.Predict(
+                linear_request("rollout"), timeout=10, metadata=metadata
+            )
+            versions.add(response.model_spec.version.value)
+    # rollout splits 50/50 between stable (v1) and canary (v2).
+    assert versions == {1, 2}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "model", "code"),
+    [
+        ([], "linear", grpc.StatusCode.UNAUTHENTICATED),
+        (
+            [("authorization", "Bearer wrong")],
+            "linear",
+            grpc.StatusCode.UNAUTHENTICATED,
+        ),
+        ([("x-api-key", "LINEAR_ONLY")], "rollout", grpc.StatusCode.PERMISSION_DENIED),
+        ([("x-api-key", "ADMIN")], "no_such_model", grpc.StatusCode.NOT_FOUND),
+    ],
+)
+def test_grpc_errors_use_the_shared_status_table(
+    gateway: GatewayProcess,
+    api_keys: ApiKeys,
+    metadata: list[tuple[str, str]],
+    model: str,
+    code: grpc.StatusCode,
+) -> None:
+    keys = {"LINEAR_ONLY": api_keys.linear_only, "ADMIN": api_keys.admin}
+    metadata = [(key, keys.get(value, value)) for key, value in metadata]
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        stub = PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Predict(linear_request(model), timeout=10, metadata=metadata)
+    assert caught.value.code() == code

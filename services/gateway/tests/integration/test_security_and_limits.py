@@ -1,0 +1,95 @@
+"""API keys (401/403), per-key rate limits (429 + Retry-After), body limit (413)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.gateway import ApiKeys, GatewayProcess
+
+pytestmark = pytest.mark.integration
+
+ROW = {"instances": [{"a": 1.0, "b": 1.0}]}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/linear:predict",
+        "/v2/models/linear/infer",
+        "/models/linear/predict",
+    ],
+)
+def test_missing_or_unknown_key_is_401(gateway: GatewayProcess, path: str) -> None:
+    body = (
+        {"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]}]}
+        if path.startswith("/v2")
+        else ROW
+    )
+    missing = httpx.post(gateway.url + path, json=body)
+    assert missing.status_code == 401
+    assert "error" in missing.json()
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    wrong = httpx.post(
+        gateway.url + path, json=body, headers={"authorization": "Bearer sk_nope"}
+    )
+    assert wrong.status_code == 401
+
+
+def test_key_out_of_scope_is_403(gateway: GatewayProcess, api_keys: ApiKeys) -> None:
+    with gateway.client(api_keys.linear_only) as client:
+        assert (
+            client.post("/v1/models/linear/versions/1:predict", json=ROW).status_code
+            == 200
+        )
+        denied = client.post("/v1/models/rollout:predict", json=ROW)
+        assert denied.status_code == 403
+        assert "rollout" in denied.json()["error"]
+        assert client.get("/v1/models/rollout").status_code == 403
+    bearer = httpx.get(
+        f"{gateway.url}/v1/models/linear",
+        headers={"authorization": f"Bearer {api_keys.linear_only}"},
+    )
+    assert bearer.status_code == 200
+
+
+def test_rate_limit_is_429_with_retry_after(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    # The limited key: burst 3, then 0.5 per second.
+    with gateway.client(api_keys.limited) as client:
+        codes = [client.get("/v1/models/linear").status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200]
+        assert codes[3:] == [429, 429]
+        refused = client.get("/v1/models/linear")
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) in (1, 2)
+    # Other keys have their own buckets.
+    with gateway.client(api_keys.admin) as client:
+        assert client.get("/v1/models/linear").status_code == 200
+
+
+def test_body_over_the_limit_is_413(
+    client: httpx.Client, gateway_env: dict[str, str]
+) -> None:
+    limit = int(gateway_env["GATEWAY_MAX_BODY_BYTES"])
+    rows = [{"a": 1.0, "b": 2.0}] * (limit // 10)
+    declared = client.post("/v1/models/linear:predict", json={"instances": rows})
+    assert declared.status_code == 413
+    assert "limit" in declared.json()["error"]
+
+    def chunks() -> Iterator[bytes]:
+        # Streamed without Content-Length: the gateway counts while reading.
+        yield b'{"instances": ['
+        for _ in range(limit // 10):
+            yield b'{"a": 1.0, "b": 2.0},'
+        yield b'{"a": 1.0, "b": 2.0}]}'
+
+    streamed = client.post(
+        "/v1/models/linear:predict",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
+    assert streamed.status_code == 413
