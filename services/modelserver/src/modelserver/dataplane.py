@@ -26,9 +26,37 @@ Contract for the transports:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelserver.batching.batcher import Batcher
+from modelserver.config import (
+    ModelConfig,
+    from_model_server_config,
+    load_model_server_config,
+    single_model_config,
+)
+from modelserver.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidInput,
+    ModelNotReady,
+    ServingError,
+    Unimplemented,
+)
+from modelserver.registry.registry import ModelRegistry, Servable
+from modelserver.registry.repository import LoadOptions, load_runtime
+from modelserver.registry.warmup import warm_up
+from modelserver.registry.watcher import Watcher
+from modelserver.runtimes.base import PreparedCall, Runtime
 from modelserver.types import (
+    CLASSIFY_METHOD,
+    REGRESS_METHOD,
+    Api,
     ClassifyRequest,
     ClassifyResponse,
     ModelMetadata,
@@ -41,6 +69,7 @@ from modelserver.types import (
     RegressResponse,
     ResolvedSpec,
     SignatureInfo,
+    Tensor,
     VersionStatus,
 )
 
@@ -50,6 +79,11 @@ if TYPE_CHECKING:
     from modelserver.observability.metrics import Metrics
     from modelserver.settings import Settings
 
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, Tensor]
+OK = "OK"
+
 
 class DataPlane:
     """Resolves model specs to loaded versions and runs the APIs on them."""
@@ -57,11 +91,63 @@ class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.inference_threads, thread_name_prefix="inference"
+        )
+        self._load_executor = ThreadPoolExecutor(
+            max_workers=max(1, settings.num_load_threads), thread_name_prefix="load"
+        )
+        self._batcher = (
+            Batcher(settings.batching, metrics) if settings.enable_batching else None
+        )
+        intra = settings.tensorflow_intra_op_parallelism
+        inter = settings.tensorflow_inter_op_parallelism
+        if settings.tensorflow_session_parallelism > 0:
+            intra = inter = settings.tensorflow_session_parallelism
+        self._load_options = LoadOptions(
+            saved_model_tags=tuple(
+                tag.strip()
+                for tag in settings.saved_model_tags.split(",")
+                if tag.strip()
+            ),
+            intra_op_threads=intra,
+            inter_op_threads=inter,
+            gpu_memory_fraction=settings.per_process_gpu_memory_fraction,
+            method_name_check=settings.enable_signature_method_name_check,
+        )
+        self._registry = ModelRegistry(
+            loader=self._load_version,
+            load_executor=self._load_executor,
+            metrics=metrics,
+            num_load_threads=settings.num_load_threads,
+            max_load_retries=settings.max_num_load_retries,
+            load_retry_interval_seconds=settings.load_retry_interval_micros / 1e6,
+            allow_labels_for_unavailable=(
+                settings.allow_version_labels_for_unavailable_models
+            ),
+            on_unload=self._close_batch_queues,
+        )
+        self._config_file = (
+            Path(settings.model_config_file).absolute()
+            if settings.model_config_file
+            else None
+        )
+        self._watcher: Watcher | None = None
+        self._ready = False
+        self._live = True
+        self._stopping = False
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics) -> DataPlane:
         """Build the dataplane, its registry, watcher and batchers from settings."""
         return cls(settings, metrics)
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The versions being served (for status pages and tests)."""
+        return self._registry
+
+    # --- life cycle -------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the configured models and start polling for changes.
@@ -69,19 +155,82 @@ class DataPlane:
         Raises:
             InvalidConfig: The model config file cannot be read or is invalid.
         """
-        raise NotImplementedError
+        settings = self._settings
+        if self._config_file is not None:
+            configs = await asyncio.to_thread(
+                load_model_server_config, self._config_file
+            )
+        else:
+            configs = single_model_config(settings.model_name, settings.model_base_path)
+        logger.info("Loading %d model(s)", len(configs))
+        try:
+            await self._registry.apply_config(configs)
+        except ServingError as exc:
+            # TF Serving refuses to start on a label it cannot apply; servekit
+            # serves the models and reports the label problem.
+            logger.error("Initial config only partly applied: %s", exc)
+        self._watcher = Watcher(
+            self._registry,
+            file_system_poll_seconds=settings.file_system_poll_wait_seconds,
+            config_file=self._config_file,
+            config_poll_seconds=settings.model_config_file_poll_wait_seconds,
+            initial_config=configs,
+        )
+        self._watcher.start()
+        self._ready = True
 
     async def stop(self) -> None:
         """Stop polling, drain in-flight requests and unload every version."""
-        raise NotImplementedError
+        self._ready = False
+        self._stopping = True
+        if self._watcher is not None:
+            await self._watcher.stop()
+        await self._registry.close()
+        if self._batcher is not None:
+            await self._batcher.close()
+        self._executor.shutdown(wait=True)
+        self._load_executor.shutdown(wait=True)
+        self._live = False
 
     def ready(self) -> bool:
         """Whether the initial loads finished and the server is not stopping."""
-        raise NotImplementedError
+        return self._ready
 
     def live(self) -> bool:
         """Whether the process should be kept alive (false once stopped)."""
-        raise NotImplementedError
+        return self._live
+
+    def _load_version(self, config: ModelConfig, version: int, path: Path) -> Runtime:
+        # Runs in the load pool: load, then warm up before the version serves.
+        runtime = load_runtime(
+            name=config.name,
+            version=version,
+            path=path,
+            platform=config.platform,
+            options=self._load_options,
+        )
+        if self._settings.enable_model_warmup:
+            try:
+                calls = warm_up(
+                    runtime, iterations=self._settings.num_request_iterations_for_warmup
+                )
+            except BaseException:
+                runtime.close()
+                raise
+            if calls:
+                logger.info(
+                    "Warmed up %s version %d with %d request(s)",
+                    config.name,
+                    version,
+                    calls,
+                )
+        return runtime
+
+    async def _close_batch_queues(self, servable: Servable) -> None:
+        if self._batcher is not None:
+            await self._batcher.close_version(servable.name, servable.version_text)
+
+    # --- inference ----------------------------------------------------------------
 
     async def predict(
         self,
@@ -101,7 +250,40 @@ class DataPlane:
             Overloaded: The batch queue is full.
             DeadlineExceeded: ``timeout`` elapsed.
         """
-        raise NotImplementedError
+        started = time.perf_counter()
+        spec = request.spec
+        version_text = ""
+        status = OK
+        try:
+            servable = self._resolve(spec)
+            version_text = servable.version_text
+            runtime = servable.acquire()
+            try:
+                call = runtime.prepare_predict(
+                    spec.signature_name, request.inputs, request.output_filter
+                )
+                outputs = await self._execute(servable, runtime, call, timeout)
+            finally:
+                servable.release()
+            return PredictResponse(
+                ResolvedSpec(spec.name, servable.version, call.signature_name), outputs
+            )
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        except Exception as exc:
+            status = InternalError.grpc_code.name
+            logger.exception("Predict failed")
+            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.observe_request(
+                model=spec.name,
+                version=version_text,
+                api=Api.PREDICT,
+                protocol=protocol,
+                status=status,
+                seconds=time.perf_counter() - started,
+            )
 
     async def classify(
         self,
@@ -111,7 +293,41 @@ class DataPlane:
         timeout: float | None = None,
     ) -> ClassifyResponse:
         """Run a Classify call (same errors as :meth:`predict`)."""
-        raise NotImplementedError
+        started = time.perf_counter()
+        spec = request.spec
+        version_text = ""
+        status = OK
+        try:
+            servable = self._resolve(spec)
+            version_text = servable.version_text
+            runtime = servable.acquire()
+            try:
+                call = runtime.prepare_classify(
+                    spec.signature_name, request.examples, request.context
+                )
+                outputs = await self._execute(servable, runtime, call, timeout)
+                results = runtime.to_classifications(call, outputs)
+            finally:
+                servable.release()
+            return ClassifyResponse(
+                ResolvedSpec(spec.name, servable.version, call.signature_name), results
+            )
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        except Exception as exc:
+            status = InternalError.grpc_code.name
+            logger.exception("Classify failed")
+            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.observe_request(
+                model=spec.name,
+                version=version_text,
+                api=Api.CLASSIFY,
+                protocol=protocol,
+                status=status,
+                seconds=time.perf_counter() - started,
+            )
 
     async def regress(
         self,
@@ -121,7 +337,41 @@ class DataPlane:
         timeout: float | None = None,
     ) -> RegressResponse:
         """Run a Regress call (same errors as :meth:`predict`)."""
-        raise NotImplementedError
+        started = time.perf_counter()
+        spec = request.spec
+        version_text = ""
+        status = OK
+        try:
+            servable = self._resolve(spec)
+            version_text = servable.version_text
+            runtime = servable.acquire()
+            try:
+                call = runtime.prepare_regress(
+                    spec.signature_name, request.examples, request.context
+                )
+                outputs = await self._execute(servable, runtime, call, timeout)
+                results = runtime.to_regressions(call, outputs)
+            finally:
+                servable.release()
+            return RegressResponse(
+                ResolvedSpec(spec.name, servable.version, call.signature_name), results
+            )
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        except Exception as exc:
+            status = InternalError.grpc_code.name
+            logger.exception("Regress failed")
+            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.observe_request(
+                model=spec.name,
+                version=version_text,
+                api=Api.REGRESS,
+                protocol=protocol,
+                status=status,
+                seconds=time.perf_counter() - started,
+            )
 
     async def multi_inference(
         self,
@@ -132,12 +382,131 @@ class DataPlane:
     ) -> MultiInferenceResponse:
         """Run several classify/regress tasks of one model version on one input.
 
+        As in TF Serving, every task must name the same model, no signature may
+        repeat, and the version is resolved from the first task's spec.
+
         Raises:
             InvalidInput: Tasks name different models, repeat a signature, or
                 the input is empty.
             Unimplemented: A task's method is neither classify nor regress.
         """
-        raise NotImplementedError
+        started = time.perf_counter()
+        name = request.tasks[0].spec.name if request.tasks else ""
+        version_text = ""
+        status = OK
+        try:
+            self._check_tasks(request)
+            servable = self._resolve(request.tasks[0].spec)
+            version_text = servable.version_text
+            runtime = servable.acquire()
+            try:
+                calls: list[tuple[str, PreparedCall]] = []
+                for task in request.tasks:
+                    if task.method_name == CLASSIFY_METHOD:
+                        call = runtime.prepare_classify(
+                            task.spec.signature_name, request.examples, request.context
+                        )
+                    else:
+                        call = runtime.prepare_regress(
+                            task.spec.signature_name, request.examples, request.context
+                        )
+                    calls.append((task.method_name, call))
+                outputs = await asyncio.gather(
+                    *(
+                        self._execute(servable, runtime, call, timeout)
+                        for _, call in calls
+                    )
+                )
+                results: list[ClassifyResponse | RegressResponse] = []
+                for (method_name, call), output in zip(calls, outputs, strict=True):
+                    resolved = ResolvedSpec(name, servable.version, call.signature_name)
+                    if method_name == CLASSIFY_METHOD:
+                        results.append(
+                            ClassifyResponse(
+                                resolved, runtime.to_classifications(call, output)
+                            )
+                        )
+                    else:
+                        results.append(
+                            RegressResponse(
+                                resolved, runtime.to_regressions(call, output)
+                            )
+                        )
+            finally:
+                servable.release()
+            return MultiInferenceResponse(results)
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        except Exception as exc:
+            status = InternalError.grpc_code.name
+            logger.exception("MultiInference failed")
+            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.observe_request(
+                model=name,
+                version=version_text,
+                api=Api.MULTI_INFERENCE,
+                protocol=protocol,
+                status=status,
+                seconds=time.perf_counter() - started,
+            )
+
+    @staticmethod
+    def _check_tasks(request: MultiInferenceRequest) -> None:
+        if not request.tasks:
+            raise InvalidInput("MultiInferenceRequest has no tasks.")
+        model_name = request.tasks[0].spec.name
+        signatures: set[str] = set()
+        for task in request.tasks:
+            if not task.spec.name:
+                raise InvalidInput("Found ModelSpec with an empty model name.")
+            if task.spec.name != model_name:
+                raise InvalidInput(
+                    "All ModelSpecs in a MultiInferenceRequest must access the same "
+                    "model name."
+                )
+            if task.spec.signature_name in signatures:
+                raise InvalidInput(
+                    f"Duplicate evaluation of signature: {task.spec.signature_name}"
+                )
+            signatures.add(task.spec.signature_name)
+            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+                raise Unimplemented(
+                    f"Unsupported signature method_name: {task.method_name}"
+                )
+
+    def _resolve(self, spec: ModelSpec) -> Servable:
+        if self._stopping:
+            raise ModelNotReady("The server is shutting down")
+        if not spec.name:
+            raise InvalidInput("ModelSpec has no name specified.")
+        return self._registry.resolve(spec)
+
+    async def _execute(
+        self,
+        servable: Servable,
+        runtime: Runtime,
+        call: PreparedCall,
+        timeout: float | None,
+    ) -> Outputs:
+        if self._batcher is not None and call.batch_size:
+            pending: asyncio.Future[Outputs] = self._batcher.submit(
+                servable.name, servable.version_text, runtime, call
+            )
+        else:
+            pending = asyncio.get_running_loop().run_in_executor(
+                self._executor, runtime.run, call
+            )
+        if timeout is None:
+            return await pending
+        try:
+            async with asyncio.timeout(timeout):
+                return await pending
+        except TimeoutError as exc:
+            raise DeadlineExceeded("Deadline Exceeded") from exc
+
+    # --- metadata and management ----------------------------------------------------
 
     async def metadata(self, spec: ModelSpec, *, protocol: str = "") -> ModelMetadata:
         """Every signature of the resolved version (GetModelMetadata).
@@ -147,7 +516,31 @@ class DataPlane:
             VersionNotFound: The requested version is not available.
             LabelNotFound: The label is not assigned.
         """
-        raise NotImplementedError
+        started = time.perf_counter()
+        version_text = ""
+        status = OK
+        try:
+            servable = self._resolve(spec)
+            version_text = servable.version_text
+            runtime = servable.runtime
+            if runtime is None:
+                servable.acquire()  # raises: unloaded meanwhile
+                raise AssertionError("unreachable")
+            return ModelMetadata(
+                ResolvedSpec(spec.name, servable.version, ""), runtime.signatures
+            )
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        finally:
+            self._metrics.observe_request(
+                model=spec.name,
+                version=version_text,
+                api=Api.METADATA,
+                protocol=protocol,
+                status=status,
+                seconds=time.perf_counter() - started,
+            )
 
     async def signature(self, spec: ModelSpec) -> tuple[ResolvedSpec, SignatureInfo]:
         """The signature a request for ``spec`` would run (for the REST codecs).
@@ -158,7 +551,13 @@ class DataPlane:
             LabelNotFound: The label is not assigned.
             SignatureNotFound: The signature does not exist.
         """
-        raise NotImplementedError
+        servable = self._resolve(spec)
+        runtime = servable.runtime
+        if runtime is None:
+            servable.acquire()  # raises: unloaded meanwhile
+            raise AssertionError("unreachable")
+        key, info = runtime.signature(spec.signature_name)
+        return ResolvedSpec(spec.name, servable.version, key), info
 
     async def status(
         self, spec: ModelSpec, *, protocol: str = ""
@@ -172,16 +571,61 @@ class DataPlane:
             ModelNotFound: The model has no known versions.
             VersionNotFound: That version is unknown.
         """
-        raise NotImplementedError
+        started = time.perf_counter()
+        status = OK
+        try:
+            if not spec.name:
+                raise InvalidInput("Missing model name in request.")
+            return self._registry.statuses(spec.name, spec.version)
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        finally:
+            self._metrics.observe_request(
+                model=spec.name,
+                version="" if spec.version is None else str(spec.version),
+                api=Api.STATUS,
+                protocol=protocol,
+                status=status,
+                seconds=time.perf_counter() - started,
+            )
 
     async def reload_config(
         self, config: ModelServerConfig, *, protocol: str = ""
     ) -> None:
         """Replace the served model list (HandleReloadConfigRequest).
 
-        Returns once the new config's versions have been loaded (or failed).
+        Returns once the new config's versions have been loaded (or failed). An
+        empty config is ignored, as in TF Serving. Relative base paths are
+        resolved against the model config file's folder (the working directory
+        without one).
 
         Raises:
             InvalidConfig: The config is not a ``model_config_list`` or is invalid.
+            FailedPrecondition: A label points at a version that is not AVAILABLE.
         """
-        raise NotImplementedError
+        started = time.perf_counter()
+        status = OK
+        try:
+            if config.WhichOneof("config") is None:
+                logger.info("Taking no action for empty config.")
+                return
+            base_dir = (
+                self._config_file.parent
+                if self._config_file is not None
+                else Path.cwd()
+            )
+            configs = from_model_server_config(config, base_dir=base_dir)
+            await self._registry.apply_config(configs)
+        except ServingError as exc:
+            status = exc.grpc_code.name
+            raise
+        finally:
+            self._metrics.observe_request(
+                model="",
+                version="",
+                api=Api.RELOAD_CONFIG,
+                protocol=protocol,
+                status=status,
+                seconds=time.perf_counter() - started,
+            )

@@ -100,6 +100,25 @@ class InvalidInput(ServingError):
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class PredictSignatureNotFound(SignatureNotFound):
+    """Predict's unknown signature: TF Serving answers FAILED_PRECONDITION (400)."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class FailedPrecondition(ServingError):
+    """The request is valid but the model cannot run it in its current state,
+    e.g. a version label that points at a version which is not AVAILABLE."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServingError):
+    """The runtime ran out of memory or another resource for this request."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class InvalidConfig(ServingError):
     """A config file or ReloadConfigRequest that cannot be parsed or applied."""
 
@@ -138,9 +157,24 @@ class InternalError(ServingError):
 
 class LoadError(ServingError):
     """A model version could not be loaded; reported in its status, never raised
-    to a client request."""
+    to a client request.
+
+    ``code_value`` keeps the loader's own code (e.g. TensorFlow's NOT_FOUND for a
+    missing file) for the version status; it defaults to the class's code.
+    """
 
     grpc_code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, *, code_value: int | None = None) -> None:
+        super().__init__(message)
+        self._code_value = code_value
+
+    @property
+    def code_value(self) -> int:
+        """The numeric gRPC code reported in the version status."""
+        if self._code_value is not None:
+            return self._code_value
+        return int(self.grpc_code.value[0])
 
 
 class ArtifactNotFound(LoadError):
@@ -153,3 +187,21 @@ class IntegrityFailure(LoadError):
     """An artifact's sha256 does not match its manifest (the pickle is refused)."""
 
     grpc_code = grpc.StatusCode.DATA_LOSS
+
+
+_CLASS_FOR_CODE: dict[grpc.StatusCode, type[ServingError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidInput,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.UNAVAILABLE: ModelNotReady,
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+}
+
+
+def error_for_code(code_value: int, message: str) -> ServingError:
+    """The ServingError for a numeric gRPC code (e.g. a TensorFlow ``OpError``'s)."""
+    code = GRPC_CODE_FOR_VALUE.get(code_value, grpc.StatusCode.INTERNAL)
+    return _CLASS_FOR_CODE.get(code, InternalError)(message)

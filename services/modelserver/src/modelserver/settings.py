@@ -210,8 +210,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_config_files(self) -> Settings:
-        # Imported here: config.py imports the protobuf messages, which this module
-        # does not need when no file is given.
+        # Imported here because config.py imports this module's models.
         from modelserver import config
 
         if self.batching_parameters_file:

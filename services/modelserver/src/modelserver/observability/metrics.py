@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import contextlib
 
-from modelserver.types import VersionState
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from modelserver.types import VersionState
 
 REQUEST_LABELS = ("model", "version", "api", "protocol", "status")
 LATENCY_BUCKETS = (

@@ -1,0 +1,272 @@
+"""Asyncio batch queues: group concurrent requests, run each batch in a thread.
+
+One :class:`BatchQueue` per (model, version, signature, outputs[, input shapes]);
+all queues share ``num_batch_threads`` batch threads, as TF Serving's shared
+batch scheduler does. A queue forms a batch as soon as a thread is free and
+either ``max_batch_size`` rows wait or the oldest request has waited
+``batch_timeout_micros``; with a timeout of 0 batches form naturally from the
+requests that arrived while the previous batch ran.
+
+The queue is bounded: when ``max_enqueued_batches * max_batch_size`` rows are
+already waiting, a request is refused at once with :class:`Overloaded`
+(UNAVAILABLE / 503) instead of waiting without end. Callers that give up (their
+deadline passed) are dropped from the queue before their batch forms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from prometheus_client import Gauge, Histogram
+
+from modelserver.batching.merge import ShapeKey, merge_inputs, shape_key, split_outputs
+from modelserver.errors import InternalError, InvalidInput, Overloaded, ServingError
+from modelserver.observability.metrics import Metrics
+from modelserver.runtimes.base import PreparedCall, Runtime
+from modelserver.settings import BatchingSettings
+from modelserver.types import Tensor
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, Tensor]
+QueueKey = tuple[str, str, str, tuple[str, ...], ShapeKey | None]
+
+
+@dataclass(slots=True)
+class _Waiting:
+    call: PreparedCall
+    rows: int
+    future: asyncio.Future[Outputs]
+    enqueued_at: float
+
+
+class BatchQueue:
+    """Requests of one kind waiting to run together."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        settings: BatchingSettings,
+        executor: ThreadPoolExecutor,
+        batch_threads: asyncio.Semaphore,
+        batch_size: Histogram,
+        queue_depth: Gauge,
+    ) -> None:
+        self._runtime = runtime
+        self._settings = settings
+        self._executor = executor
+        self._batch_threads = batch_threads
+        self._batch_size = batch_size
+        self._queue_depth = queue_depth
+        self._max_rows = settings.max_batch_size
+        self._capacity_rows = settings.max_enqueued_batches * settings.max_batch_size
+        self._timeout_seconds = settings.batch_timeout_micros / 1_000_000
+        self._waiting: deque[_Waiting] = deque()
+        self._waiting_rows = 0
+        self._arrived = asyncio.Event()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def waiting_rows(self) -> int:
+        """Rows queued and not yet in a running batch."""
+        return self._waiting_rows
+
+    def submit(self, call: PreparedCall) -> asyncio.Future[Outputs]:
+        """Queue a call; the future resolves to its share of the batch's outputs.
+
+        Raises:
+            InvalidInput: The call alone exceeds ``max_batch_size``.
+            Overloaded: The queue is full.
+        """
+        rows = call.batch_size or 0
+        if rows > self._max_rows:
+            raise InvalidInput(
+                f"Task size {rows} is larger than maximum input batch size "
+                f"{self._max_rows}"
+            )
+        if self._waiting_rows + rows > self._capacity_rows:
+            raise Overloaded(
+                "The batch scheduling queue to which this task was submitted is full"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outputs] = loop.create_future()
+        self._waiting.append(_Waiting(call, rows, future, loop.time()))
+        self._waiting_rows += rows
+        self._queue_depth.inc(rows)
+        self._arrived.set()
+        if self._scheduler is None:
+            self._scheduler = asyncio.create_task(self._schedule())
+        return future
+
+    async def _schedule(self) -> None:
+        try:
+            while self._waiting:
+                await self._batch_threads.acquire()
+                try:
+                    await self._wait_for_batch()
+                    batch = self._take_batch()
+                except BaseException:
+                    self._batch_threads.release()
+                    raise
+                if not batch:
+                    self._batch_threads.release()
+                    continue
+                task = asyncio.create_task(self._execute(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+        finally:
+            self._scheduler = None
+
+    async def _wait_for_batch(self) -> None:
+        if self._timeout_seconds <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while self._waiting and self._waiting_rows < self._max_rows:
+            remaining = (
+                self._waiting[0].enqueued_at + self._timeout_seconds - loop.time()
+            )
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        batch_rows = 0
+        while self._waiting:
+            head = self._waiting[0]
+            if head.future.done():  # the caller gave up
+                self._dequeue()
+                continue
+            if batch and batch_rows + head.rows > self._max_rows:
+                break
+            self._dequeue()
+            batch.append(head)
+            batch_rows += head.rows
+        return batch
+
+    def _dequeue(self) -> None:
+        item = self._waiting.popleft()
+        self._waiting_rows -= item.rows
+        self._queue_depth.dec(item.rows)
+
+    async def _execute(self, batch: list[_Waiting]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            parts = await loop.run_in_executor(
+                self._executor, self._run_batch, [item.call for item in batch]
+            )
+        except ServingError as exc:
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        except Exception as exc:
+            logger.exception("Batch failed")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(
+                        InternalError(f"{type(exc).__name__}: {exc}")
+                    )
+            return
+        finally:
+            self._batch_threads.release()
+        for item, outputs in zip(batch, parts, strict=True):
+            if not item.future.done():
+                item.future.set_result(outputs)
+
+    def _run_batch(self, calls: list[PreparedCall]) -> list[Outputs]:
+        # Runs in a batch thread: merging, the model and splitting are one hop.
+        first = calls[0]
+        merged, total = merge_inputs(
+            [call.inputs for call in calls],
+            allowed_batch_sizes=self._settings.allowed_batch_sizes,
+            pad_variable_length=self._settings.pad_variable_length_inputs,
+        )
+        self._batch_size.observe(total)
+        outputs = self._runtime.run(
+            PreparedCall(first.signature_name, merged, first.output_keys, total)
+        )
+        return split_outputs(outputs, [call.batch_size or 0 for call in calls], total)
+
+    async def close(self) -> None:
+        """Fail whatever still waits and stop scheduling."""
+        while self._waiting:
+            item = self._waiting[0]
+            self._dequeue()
+            if not item.future.done():
+                item.future.set_exception(Overloaded("The batch queue was closed"))
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+        if self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+
+class Batcher:
+    """Every batch queue of the server and their shared batch threads."""
+
+    def __init__(self, settings: BatchingSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.num_batch_threads,
+            thread_name_prefix=settings.thread_pool_name,
+        )
+        self._batch_threads = asyncio.Semaphore(settings.num_batch_threads)
+        self._queues: dict[QueueKey, BatchQueue] = {}
+
+    def submit(
+        self, name: str, version: str, runtime: Runtime, call: PreparedCall
+    ) -> asyncio.Future[Outputs]:
+        """Queue a call with others of its kind.
+
+        Raises:
+            InvalidInput: The call alone exceeds ``max_batch_size``.
+            Overloaded: Its queue is full.
+        """
+        key: QueueKey = (
+            name,
+            version,
+            call.signature_name,
+            call.output_keys,
+            None
+            if self._settings.pad_variable_length_inputs
+            else shape_key(call.inputs),
+        )
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = BatchQueue(
+                runtime=runtime,
+                settings=self._settings,
+                executor=self._executor,
+                batch_threads=self._batch_threads,
+                batch_size=self._metrics.batch_size.labels(
+                    name, version, call.signature_name
+                ),
+                queue_depth=self._metrics.queue_depth.labels(
+                    name, version, call.signature_name
+                ),
+            )
+            self._queues[key] = queue
+        return queue.submit(call)
+
+    async def close_version(self, name: str, version: str) -> None:
+        """Drop the queues of a version that is being unloaded."""
+        for key in [key for key in self._queues if key[:2] == (name, version)]:
+            await self._queues.pop(key).close()
+
+    async def close(self) -> None:
+        """Close every queue and the batch threads."""
+        for queue in list(self._queues.values()):
+            await queue.close()
+        self._queues.clear()
+        self._executor.shutdown(wait=True)
