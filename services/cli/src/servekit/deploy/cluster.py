@@ -32,7 +32,9 @@ def apply(manifests: str, context: str | None) -> str:
     Raises:
         ToolMissing, ToolFailed: kubectl absent, cluster unreachable, object refused.
     """
-    result = tools.run([*kubectl(context), "apply", "-f", "-"], stdin=manifests)
+    result = tools.run(
+        [*kubectl(context), "apply", "-f", "-"], stdin=manifests, label="kubectl apply"
+    )
     return result.stdout
 
 
@@ -44,7 +46,10 @@ def diff(manifests: str, context: str | None) -> str:
     """
     # kubectl diff exits 1 when there are differences, >1 on errors.
     result = tools.run(
-        [*kubectl(context), "diff", "-f", "-"], stdin=manifests, ok_codes=(0, 1)
+        [*kubectl(context), "diff", "-f", "-"],
+        stdin=manifests,
+        ok_codes=(0, 1),
+        label="kubectl diff",
     )
     return result.stdout or "no changes\n"
 
@@ -74,7 +79,8 @@ def status(namespace: str, context: str | None) -> list[WorkloadStatus]:
             namespace,
             "--output",
             "json",
-        ]
+        ],
+        label="kubectl get",
     )
     try:
         items: list[dict[str, Any]] = json.loads(result.stdout).get("items", [])

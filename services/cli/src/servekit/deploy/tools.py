@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -22,13 +23,20 @@ def require(program: str, hint: str) -> str:
     return found
 
 
+_KLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+
+
 def first_error_line(text: str) -> str:
-    """The line of a tool's stderr worth showing: the first that says `error`,
-    else the last non-empty one."""
+    """The line of a tool's stderr worth showing: the first that starts with
+    `error`, else the last plain line (kubectl's diagnostic log lines, `E1124
+    12:00:00 ...`, only when nothing else was said)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if "error" in line.lower():
+    plain = [line for line in lines if not _KLOG_LINE.match(line)]
+    for line in plain:
+        if line.lower().startswith("error"):
             return line
+    if plain:
+        return plain[-1]
     return lines[-1] if lines else "(no output)"
 
 
