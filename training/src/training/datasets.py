@@ -15,7 +15,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pandas.api import types as pdtypes
-from sklearn.datasets import load_diabetes
 
 from training.errors import DatasetError
 
@@ -105,6 +104,10 @@ def load_diabetes_dataset() -> TabularDataset:
     the pipeline's imputers have work to do. Nothing depends on the training seed:
     the same data, and the same fingerprint, every time.
     """
+    # Imported here: scikit-learn takes seconds to import, and a CLI that only
+    # reports a bad CSV should not pay for it.
+    from sklearn.datasets import load_diabetes
+
     raw = load_diabetes(as_frame=True, scaled=False).frame
     frame = pd.DataFrame(
         {
@@ -135,6 +138,23 @@ def load_diabetes_dataset() -> TabularDataset:
     return TabularDataset(
         frame=frame, target=DIABETES_TARGET, task="regression", source="diabetes"
     )
+
+
+def load_tabular_dataset(
+    csv: Path | None, target: str | None, task: TaskChoice = "auto"
+) -> TabularDataset:
+    """The bundled data, or the user's CSV when one is given.
+
+    Raises:
+        DatasetError: a CSV without a target, or one ``load_csv_dataset`` rejects.
+    """
+    if csv is None:
+        if target is not None:
+            raise DatasetError("--target needs --csv (the bundled data has its own)")
+        return load_diabetes_dataset()
+    if target is None:
+        raise DatasetError("--csv needs --target COLUMN (the column to predict)")
+    return load_csv_dataset(csv, target, task)
 
 
 def load_csv_dataset(

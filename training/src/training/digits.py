@@ -26,8 +26,6 @@ import pandas as pd
 from modelregistry import Registry
 from numpy.typing import NDArray
 from rich.progress import Progress
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from training.datasets import fingerprint_frame
 from training.errors import ExportError, TrainingError
@@ -45,7 +43,7 @@ EXAMPLE_COUNT = 3
 TEST_FRACTION = 0.2
 BATCH_SIZE = 32
 
-STEPS = ("train", "evaluate", "export SavedModel", "write warm-up requests", "publish")
+STEPS = ("train", "evaluate", "export SavedModel", "write warm-up requests")
 
 
 @dataclass(frozen=True)
@@ -71,6 +69,11 @@ class DigitsData:
 
 def load_digits_data(seed: int) -> DigitsData:
     """Split the bundled digits 80/20, stratified by class."""
+    # Imported here so that refusals (bad registry, taken version) come back before
+    # scikit-learn's multi-second import.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
     pixels = np.asarray(bunch.data, dtype=np.float32)
     labels = np.asarray(bunch.target, dtype=np.int64)
@@ -293,6 +296,18 @@ def write_warmup_requests(
     return len(logs)
 
 
+def evaluate(module: Any, tf: Any, data: DigitsData) -> dict[str, float]:
+    """Held-out accuracy and cross-entropy, through the function that gets exported."""
+    outputs = module.serve(tf.constant(data.x_test))
+    probabilities = outputs["probabilities"].numpy()
+    predicted = outputs["class_id"].numpy()
+    chosen = probabilities[np.arange(len(data.y_test)), data.y_test]
+    return {
+        "accuracy": float(np.mean(predicted == data.y_test)),
+        "loss": float(-np.mean(np.log(np.clip(chosen, 1e-7, 1.0)))),
+    }
+
+
 def train_digits(
     registry: Registry, options: DigitsOptions, show_progress: bool = True
 ) -> PublishedModel:
@@ -304,51 +319,46 @@ def train_digits(
     """
     if options.epochs < 1:
         raise TrainingError(f"--epochs must be at least 1, got {options.epochs}")
-    data = load_digits_data(options.seed)
-    import keras
-    import tensorflow as tf
+    # The registry is checked (writable, version free) before TensorFlow loads and
+    # before any progress is shown, so refusals are quick and print a single line.
+    with registry.publish(
+        options.name, framework="tensorflow", version=options.version
+    ) as draft:
+        data = load_digits_data(options.seed)
+        import keras
+        import tensorflow as tf
 
-    # Same seed, same weights and batch order; deterministic ops make the kernels
-    # reproducible too (at some speed cost, irrelevant at this size).
-    keras.utils.set_random_seed(options.seed)
-    tf.config.experimental.enable_op_determinism()
+        # Same seed, same weights and batch order; deterministic ops make the kernels
+        # reproducible too (at some speed cost, irrelevant at this size).
+        keras.utils.set_random_seed(options.seed)
+        tf.config.experimental.enable_op_determinism()
 
-    with job_steps("digits", STEPS, show_progress) as steps:
-        steps.start("train")
-        model = build_model(keras)
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=3e-3),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        steps_per_epoch = -(-len(data.x_train) // BATCH_SIZE)
-        model.fit(
-            data.x_train,
-            data.y_train,
-            epochs=options.epochs,
-            batch_size=BATCH_SIZE,
-            verbose=0,
-            callbacks=[
-                progress_callback(
-                    keras, steps.progress, options.epochs, steps_per_epoch
-                )
-            ],
-        )
+        with job_steps("digits", STEPS, show_progress) as steps:
+            steps.start("train")
+            model = build_model(keras)
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=3e-3),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            steps_per_epoch = -(-len(data.x_train) // BATCH_SIZE)
+            model.fit(
+                data.x_train,
+                data.y_train,
+                epochs=options.epochs,
+                batch_size=BATCH_SIZE,
+                verbose=0,
+                callbacks=[
+                    progress_callback(
+                        keras, steps.progress, options.epochs, steps_per_epoch
+                    )
+                ],
+            )
 
-        steps.start("evaluate")
-        module = build_serving_module(tf, model)
-        outputs = module.serve(tf.constant(data.x_test))
-        probabilities = outputs["probabilities"].numpy()
-        predicted = outputs["class_id"].numpy()
-        chosen = probabilities[np.arange(len(data.y_test)), data.y_test]
-        metrics = {
-            "accuracy": float(np.mean(predicted == data.y_test)),
-            "loss": float(-np.mean(np.log(np.clip(chosen, 1e-7, 1.0)))),
-        }
+            steps.start("evaluate")
+            module = build_serving_module(tf, model)
+            metrics = evaluate(module, tf, data)
 
-        with registry.publish(
-            options.name, framework="tensorflow", version=options.version
-        ) as draft:
             steps.start("export SavedModel")
             try:
                 export_saved_model(tf, module, draft.path)
@@ -367,8 +377,7 @@ def train_digits(
                 metrics=metrics,
                 data_fingerprint=data.fingerprint,
             )
-            steps.start("publish")
-        steps.finish()
+            steps.finish()
     if draft.version is None:
         raise TrainingError(f"publishing {options.name} returned no version")
     return PublishedModel(

@@ -51,8 +51,7 @@ from training.datasets import (
     TabularDataset,
     TaskChoice,
     TaskName,
-    load_csv_dataset,
-    load_diabetes_dataset,
+    load_tabular_dataset,
 )
 from training.errors import DatasetError, TrainingError
 from training.progress import job_steps
@@ -69,7 +68,7 @@ EXAMPLE_COUNT = 5
 TEST_FRACTION = 0.2
 CLUSTER_COUNT = 8
 
-STEPS = ("copy code", "fit pipeline", "evaluate", "save model", "publish")
+STEPS = ("copy code", "fit pipeline", "evaluate", "save model")
 
 
 @dataclass(frozen=True)
@@ -83,21 +82,6 @@ class TabularOptions:
     target: str | None = None
     task: TaskChoice = "auto"
     estimator: EstimatorName = "random-forest"
-
-
-def load_dataset(options: TabularOptions) -> TabularDataset:
-    """The bundled data, or the user's CSV when one is given.
-
-    Raises:
-        DatasetError: a CSV without a target, or one ``load_csv_dataset`` rejects.
-    """
-    if options.csv is None:
-        if options.target is not None:
-            raise DatasetError("--target needs --csv (the bundled data has its own)")
-        return load_diabetes_dataset()
-    if options.target is None:
-        raise DatasetError("--csv needs --target COLUMN (the column to predict)")
-    return load_csv_dataset(options.csv, options.target, options.task)
 
 
 def import_features_module(path: Path) -> ModuleType:
@@ -276,61 +260,69 @@ def signatures_for(
 
 
 def train_tabular(
-    registry: Registry, options: TabularOptions, show_progress: bool = True
+    registry: Registry,
+    options: TabularOptions,
+    show_progress: bool = True,
+    dataset: TabularDataset | None = None,
 ) -> PublishedModel:
     """Train the pipeline, evaluate it on held-out rows and publish it.
 
     The data is read before anything is written, so a bad CSV leaves the registry as
     it was; a failure later removes the draft (the registry's publish block does).
+    ``dataset`` is the data ``options`` describe, when the caller has loaded it already.
 
     Raises:
         DatasetError: the data cannot be used.
         modelregistry.RegistryError: the registry refused the version.
     """
-    dataset = load_dataset(options)
-    with job_steps(f"tabular ({options.estimator})", STEPS, show_progress) as steps:
-        with registry.publish(
+    if dataset is None:
+        dataset = load_tabular_dataset(options.csv, options.target, options.task)
+    # The registry is checked (writable, version free) before any progress is shown,
+    # so refusals print as a single line.
+    with (
+        registry.publish(
             options.name, framework="sklearn", version=options.version
-        ) as draft:
-            steps.start("copy code")
-            code_dir = draft.path / CODE_DIR
-            code_dir.mkdir()
-            shipped = code_dir / FEATURES_SOURCE.name
-            shutil.copyfile(FEATURES_SOURCE, shipped)
-            features_module = import_features_module(shipped)
+        ) as draft,
+        job_steps(f"tabular ({options.estimator})", STEPS, show_progress) as steps,
+    ):
+        steps.start("copy code")
+        code_dir = draft.path / CODE_DIR
+        code_dir.mkdir()
+        shipped = code_dir / FEATURES_SOURCE.name
+        shutil.copyfile(FEATURES_SOURCE, shipped)
+        features_module = import_features_module(shipped)
 
-            steps.start("fit pipeline")
-            x_train, x_test, y_train, y_test = split_dataset(dataset, options.seed)
-            pipeline = build_pipeline(
-                dataset, features_module, options.estimator, options.seed
-            )
-            try:
-                pipeline.fit(x_train, y_train)
-            except ValueError as exc:
-                raise DatasetError(f"cannot fit on {dataset.source}: {exc}") from exc
+        steps.start("fit pipeline")
+        x_train, x_test, y_train, y_test = split_dataset(dataset, options.seed)
+        pipeline = build_pipeline(
+            dataset, features_module, options.estimator, options.seed
+        )
+        try:
+            pipeline.fit(x_train, y_train)
+        except ValueError as exc:
+            raise DatasetError(f"cannot fit on {dataset.source}: {exc}") from exc
 
-            steps.start("evaluate")
-            metrics = evaluate(pipeline, dataset.task, x_test, y_test)
-            classes = (
-                [str(label) for label in pipeline.classes_]
-                if dataset.task == "classification"
-                else None
-            )
+        steps.start("evaluate")
+        metrics = evaluate(pipeline, dataset.task, x_test, y_test)
+        classes = (
+            [str(label) for label in pipeline.classes_]
+            if dataset.task == "classification"
+            else None
+        )
 
-            steps.start("save model")
-            joblib.dump(pipeline, draft.path / ARTIFACT)
-            draft.manifest.update(
-                artifact=ARTIFACT,
-                code_dir=CODE_DIR,
-                task=dataset.task,
-                classes=classes,
-                features=dataset.feature_dtypes(),
-                signatures=signatures_for(dataset, classes),
-                examples=example_rows(x_test),
-                metrics=metrics,
-                data_fingerprint=dataset.fingerprint(),
-            )
-            steps.start("publish")
+        steps.start("save model")
+        joblib.dump(pipeline, draft.path / ARTIFACT)
+        draft.manifest.update(
+            artifact=ARTIFACT,
+            code_dir=CODE_DIR,
+            task=dataset.task,
+            classes=classes,
+            features=dataset.feature_dtypes(),
+            signatures=signatures_for(dataset, classes),
+            examples=example_rows(x_test),
+            metrics=metrics,
+            data_fingerprint=dataset.fingerprint(),
+        )
         steps.finish()
     if draft.version is None:
         raise TrainingError(f"publishing {options.name} returned no version")
