@@ -372,7 +372,6 @@ def test_empty_model_name_is_invalid(
 @pytest.mark.parametrize(
     ("signature", "inputs"),
     [
-        ("nope", {"x": [1.0]}),
         ("", {"wrong_name": [1.0]}),
         ("", {"x": ["not", "floats"]}),
         ("", {}),
@@ -391,6 +390,19 @@ def test_bad_predict_requests_are_invalid_argument(
     error = rpc_error(prediction.Predict, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details()
+
+
+def test_unknown_signature_is_failed_precondition(
+    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
+) -> None:
+    # TF Serving's predict_util.cc (REST checks the signature earlier: 400).
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus"
+    request.model_spec.signature_name = "nope"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
+    error = rpc_error(prediction.Predict, request)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == 'Serving signature key "nope" not found.'
 
 
 def test_request_id_in_trailing_metadata(
