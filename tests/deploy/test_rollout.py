@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import urllib.request
@@ -276,3 +277,102 @@ def test_the_compose_model_server_follows_a_canary_without_restart(
             what="stable label",
         )
         assert server.process.popen.poll() is None, "the server was not restarted"
+
+
+# ---- on a cluster: the same rollout in a one-off pod ------------------------------------
+
+
+def _cluster_dry_run(*args: str) -> list[str]:
+    result = subprocess.run(
+        [str(SERVEKIT), "deploy", "rollout", *args, "--cluster", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return shlex.split(result.stdout)
+
+
+def test_cluster_rollout_runs_in_a_pod_that_mounts_the_registry() -> None:
+    argv = _cluster_dry_run(
+        "tabular", "3", "--canary", "10%", "--image", "servekit/trainer:abc"
+    )
+    assert Path(argv[0]).name == "kubectl" and argv[1] == "run"
+    assert argv[argv.index("--namespace") + 1] == "servekit"
+    assert {"--rm", "--attach"} <= set(argv)
+    pod = json.loads(argv[argv.index("--overrides") + 1])
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "servekit/trainer:abc"
+    assert container["command"] == [
+        "servekit",
+        "deploy",
+        "rollout",
+        "tabular",
+        "3",
+        "--registry",
+        "/models",
+        "--settle",
+        "25",
+        "--canary",
+        "10%",
+    ]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert volumes[mounts["/models"]["name"]]["persistentVolumeClaim"] == {
+        "claimName": "servekit-models"
+    }
+    assert not mounts["/models"].get("readOnly", False)
+    # The pod is a valid, locked-down Pod for the API server.
+    validation = pytest.importorskip("kubernetes_validate.utils")
+    pod = {**pod, "kind": "Pod", "metadata": {**pod["metadata"], "name": "rollout"}}
+    validation.validate(pod, "1.31.0", strict=True)
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_pods_command_is_a_working_rollout(registry: Path) -> None:
+    argv = _cluster_dry_run("tabular", "2", "--canary", "0.3", "--image", "x/y:z")
+    command = json.loads(argv[argv.index("--overrides") + 1])["spec"]["containers"][0][
+        "command"
+    ]
+    assert command[:3] == ["servekit", "deploy", "rollout"]
+    local = [str(registry) if part == "/models" else part for part in command[3:]]
+    local[local.index("--settle") + 1] = "0"
+    result = subprocess.run(
+        [str(SERVEKIT), "deploy", "rollout", *local],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Registry(registry).labels("tabular") == {"stable": 1, "canary": 2}
+
+
+def test_cluster_rollout_without_a_cluster_is_a_one_line_error(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n"
+        "    server: https://127.0.0.1:1\ncontexts:\n- name: x\n  context:\n"
+        "    cluster: x\n    user: u\ncurrent-context: x\nusers:\n- name: u\n  user: {}\n"
+    )
+    result = subprocess.run(
+        [str(SERVEKIT), "deploy", "rollout", "tabular", "2", "--cluster"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "servekit: error: kubectl get failed"
+    )
+
+
+def test_cluster_rollout_refuses_local_paths(registry: Path) -> None:
+    result = rollout(registry, "tabular", "2", "--cluster", check=False)
+    assert result.returncode == 1
+    assert "--cluster uses the cluster's registry volume" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,34 @@ def register(subparsers: Any) -> None:
     )
     sub.add_argument(
         "--wait-timeout", type=float, default=300.0, help="seconds (default 300)"
+    )
+    sub.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="without --wait-url: pause this long between labelling VERSION and "
+        "routing traffic to it, for the servers to re-read their config and load "
+        "it (default: 0 here, 25 with --cluster)",
+    )
+    sub.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the rollout in the cluster, in a one-off pod that mounts the "
+        "registry volume (kubectl)",
+    )
+    _add_context_argument(sub)
+    sub.add_argument("--namespace", "-n", default="servekit", help="with --cluster")
+    sub.add_argument(
+        "--image",
+        default=None,
+        help="with --cluster: image with the servekit CLI (default: the image of "
+        "the cluster's servekit-train job)",
+    )
+    sub.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --cluster: print the kubectl command instead of running it",
     )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     sub.set_defaults(handler=_rollout)
@@ -351,12 +380,44 @@ def _status(args: argparse.Namespace) -> int:
 # ---- rollout ------------------------------------------------------------------------
 
 
+def _rollout_in_cluster(args: argparse.Namespace) -> int:
+    import shlex
+
+    from servekit.deploy import incluster, rollout
+
+    if args.wait_url or args.routes_file or args.registry:
+        raise CommandError(
+            "--cluster uses the cluster's registry volume and its routes.yaml; "
+            "drop --registry, --routes-file and --wait-url"
+        )
+    if args.canary is not None:
+        rollout.parse_weight(args.canary)  # refuse a bad weight before any pod starts
+    settle = 25.0 if args.settle is None else args.settle
+    command = incluster.rollout_command(args.model, args.version, args.canary, settle)
+    image = args.image
+    if image is None and args.dry_run:
+        image = "<image of job/servekit-train>"
+    if image is None:
+        image = incluster.trainer_image(args.namespace, args.context)
+    kubectl_run = incluster.kubectl_run(args.namespace, args.context, image, command)
+    if args.dry_run:
+        print(shlex.join(kubectl_run))
+        return 0
+    _stderr_line(f"running `{shlex.join(command)}` in namespace {args.namespace}")
+    incluster.run_in_cluster(kubectl_run)
+    return 0
+
+
 def _rollout(args: argparse.Namespace) -> int:
     from modelregistry import Registry, RegistryError
 
     from servekit.deploy import rollout
     from servekit.deploy.routes import ROUTES_FILE_NAME
 
+    if args.cluster:
+        return _rollout_in_cluster(args)
+    if args.dry_run:
+        raise CommandError("--dry-run goes with --cluster")
     registry_root = registry_path(args)
     if not registry_root.is_dir():
         raise CommandError(f"registry {registry_root} does not exist")
@@ -369,6 +430,9 @@ def _rollout(args: argparse.Namespace) -> int:
             rollout.wait_until_available(
                 args.wait_url, args.model, version, args.wait_timeout, _stderr_line
             )
+        elif args.settle:
+            _stderr_line(f"waiting {args.settle:g}s for the servers to load {version}")
+            time.sleep(args.settle)
 
     try:
         result = rollout.rollout(
