@@ -4,6 +4,7 @@ the servers: flag names, ports, config files, environment variables, health chec
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -323,3 +324,54 @@ def test_trainer_runs_real_training_jobs(compose_file: dict[str, Any]) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert "--registry" in result.stdout
+
+
+def _locust_options() -> set[str]:
+    locust = VENV_BIN / "locust"
+    if not locust.exists():
+        pytest.skip("locust is not installed (servekit[loadtest])")
+    result = subprocess.run(
+        [str(locust), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(re.findall(r"(--[a-z][a-z-]+)", result.stdout))
+
+
+def test_locust_commands_use_real_options_and_the_repository_config(
+    compose_file: dict[str, Any],
+) -> None:
+    options = _locust_options()
+    k8s = yaml.safe_load_all(
+        (REPO_ROOT / "k8s" / "components" / "loadtest" / "locust.yaml").read_text()
+    )
+    k8s_args = [
+        doc["spec"]["template"]["spec"]["containers"][0]["args"]
+        for doc in k8s
+        if doc["kind"] in ("Job", "Deployment")
+    ]
+    services = compose_file["services"]
+    commands = [
+        services["locust-master"]["command"],
+        services["locust-worker"]["command"],
+        *k8s_args,
+    ]
+    for command in commands:
+        for arg in command:
+            assert arg.split("=", 1)[0] in options, f"locust has no option {arg}"
+    # The image copies tests/load/ to /opt/servekit/tests/load/ (loadtest.Dockerfile).
+    for command in (services["locust-master"]["command"], k8s_args[0]):
+        config = next(arg for arg in command if arg.startswith("--config="))
+        in_image = config.split("=", 1)[1]
+        assert in_image.startswith("/opt/servekit/tests/load/")
+        assert (REPO_ROOT / in_image.removeprefix("/opt/servekit/")).is_file()
+    dockerfile = (REPO_ROOT / "deploy" / "docker" / "loadtest.Dockerfile").read_text()
+    assert "COPY tests/load/ /opt/servekit/tests/load/" in dockerfile
+    # Master-only options stay off the workers (Locust refuses --run-time there).
+    for worker in (services["locust-worker"]["command"], k8s_args[1]):
+        assert not any(
+            arg.startswith(("--run-time", "--users", "--headless")) for arg in worker
+        )
