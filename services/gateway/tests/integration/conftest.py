@@ -1,20 +1,22 @@
 """One session of real processes for the gateway's over-the-wire tests.
 
 - model server "main": a registry with `linear` (v1 stable, v2 canary), `rollout`
-  (v1 stable, v2 canary), `shadowed` (v1 stable, v2 canary answering the same,
-  v3 answering differently) and, when TF Serving's test data is present, the
-  `half_plus_two` SavedModel copied in by hand (no manifest).
-- model server "side": `flaky` (killed and restarted by a test) and `sleepy` (a
-  pipeline whose custom step sleeps), on fixed ports so a restart reuses them.
+  (v1 stable, v2 canary) and `shadowed` (v1 stable, v2 canary answering the same,
+  v3 answering differently); scikit-learn only, so it starts in seconds.
+- model server "side": `flaky`, killed and restarted on the same ports by a test.
+- a deliberately slow backend (`tests.support.slow_backend`) for `sleepy`.
 - the gateway, auth on (three keys), a small body limit, a routes file sending
-  `flaky`/`sleepy` to the side server and splitting or shadowing the others; run
-  with `python -X importtime` so its log lists every module it ever imported.
+  `flaky` to the side server and `sleepy` to the slow one and splitting or
+  shadowing the others; run with `python -X importtime` so its log lists every
+  module it ever imported.
+
+TensorFlow models (a SavedModel copied in by hand, TF Serving's own clients) are
+exercised by `tests/integration/test_serve.py`, which pays for TensorFlow once.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,13 +25,13 @@ import pytest
 from modelregistry import Registry
 
 from tests.support.gateway import ApiKeys, GatewayProcess, running_gateway
-from tests.support.models import TFSERVING_TESTDATA, publish_linear_pipeline
+from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.processes import wait_until
 from tests.support.restartable import RestartableModelServer
+from tests.support.slow_backend import slow_backend
 
 SLEEPY_SECONDS = 3.0
-HALF_PLUS_TWO = TFSERVING_TESTDATA / "models" / "half_plus_two" / "00000123"
 POLL_FLAGS = (
     "--model_config_file_poll_wait_seconds=1",
     "--file_system_poll_wait_seconds=1",
@@ -69,10 +71,6 @@ def main_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for model in ("linear", "rollout", "shadowed"):
         registry.set_label(model, "stable", 1)
         registry.set_label(model, "canary", 2)
-    if HALF_PLUS_TWO.is_dir():
-        # A SavedModel copied in by hand: no manifest, TF Serving's folder layout.
-        shutil.copytree(HALF_PLUS_TWO, root / "half_plus_two" / "123")
-        registry.write_configs()
     return root
 
 
@@ -94,7 +92,6 @@ def side_server(
 ) -> Iterator[RestartableModelServer]:
     root = tmp_path_factory.mktemp("gateway-side") / "models"
     publish_linear_pipeline(root, "flaky", offset=3.0)
-    publish_linear_pipeline(root, "sleepy", offset=0.0, sleep_seconds=SLEEPY_SECONDS)
     side = RestartableModelServer(
         registry=root, log_dir=tmp_path_factory.mktemp("side-logs")
     )
@@ -108,6 +105,12 @@ def side_server(
 @pytest.fixture(scope="session")
 def sleepy_seconds() -> float:
     return SLEEPY_SECONDS
+
+
+@pytest.fixture(scope="session")
+def sleepy_backend(sleepy_seconds: float) -> Iterator[str]:
+    with slow_backend(sleepy_seconds) as address:
+        yield address
 
 
 @pytest.fixture(scope="session")
@@ -148,12 +151,13 @@ def gateway_env(
 def gateway(
     main_registry: Path,
     side_server: RestartableModelServer,
+    sleepy_backend: str,
     gateway_env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
     routes = json.loads(json.dumps(ROUTES))
     routes["routes"]["flaky"] = {"backend": side_server.target}
-    routes["routes"]["sleepy"] = {"backend": side_server.target}
+    routes["routes"]["sleepy"] = {"backend": sleepy_backend}
     (main_registry / "routes.yaml").write_text(json.dumps(routes))
     with running_gateway(
         tmp_path_factory.mktemp("gateway"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import grpc
 import numpy as np
 import pytest
@@ -27,56 +25,6 @@ def linear_request(
     from_ndarray(np.array([1.0, 2.0]), into=request.inputs["a"])
     from_ndarray(np.array([0.5, -1.0]), into=request.inputs["b"])
     return request
-
-
-def test_official_tensorflow_serving_client(
-    gateway: GatewayProcess, api_keys: ApiKeys, main_registry: Path
-) -> None:
-    tf = pytest.importorskip("tensorflow")
-    from tensorflow_serving.apis import (
-        get_model_status_pb2,
-        model_service_pb2_grpc,
-        predict_pb2,
-        prediction_service_pb2_grpc,
-    )
-
-    metadata = [("authorization", f"Bearer {api_keys.admin}")]
-    with grpc.insecure_channel(gateway.grpc_target) as channel:
-        predict_service = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "linear"
-        request.model_spec.version.value = 1
-        request.inputs["a"].CopyFrom(tf.make_tensor_proto([1.0, 2.0], dtype=tf.float64))
-        request.inputs["b"].CopyFrom(
-            tf.make_tensor_proto([0.5, -1.0], dtype=tf.float64)
-        )
-        response = predict_service.Predict(request, timeout=30, metadata=metadata)
-        np.testing.assert_allclose(
-            tf.make_ndarray(response.outputs["predictions"]),
-            [linear_target(1, 0.5, 1), linear_target(2, -1, 1)],
-        )
-        assert response.model_spec.version.value == 1
-
-        model_service = model_service_pb2_grpc.ModelServiceStub(channel)
-        status_request = get_model_status_pb2.GetModelStatusRequest()
-        status_request.model_spec.name = "linear"
-        status = model_service.GetModelStatus(
-            status_request, timeout=10, metadata=metadata
-        )
-        assert {entry.version for entry in status.model_version_status} >= {1, 2}
-
-        if (main_registry / "half_plus_two").is_dir():
-            # The book's chapter 19 gRPC client, on a SavedModel without manifest.
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = "half_plus_two"
-            request.model_spec.signature_name = "serving_default"
-            request.inputs["x"].CopyFrom(
-                tf.make_tensor_proto(np.array([[1.0], [5.0]], dtype=np.float32))
-            )
-            response = predict_service.Predict(request, timeout=30, metadata=metadata)
-            np.testing.assert_allclose(
-                tf.make_ndarray(response.outputs["y"]), [[2.5], [4.5]]
-            )
 
 
 def test_predict_status_metadata_and_request_id(

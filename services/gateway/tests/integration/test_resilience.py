@@ -15,6 +15,7 @@ from tests.support.restartable import RestartableModelServer
 pytestmark = pytest.mark.integration
 
 ROW = {"instances": [{"a": 1.0, "b": 1.0}]}
+SLEEPY_ROW = {"instances": [1.0, 2.0]}
 
 
 def test_slow_backend_gets_504_at_the_client_deadline(
@@ -22,7 +23,9 @@ def test_slow_backend_gets_504_at_the_client_deadline(
 ) -> None:
     started = time.monotonic()
     response = client.post(
-        "/v1/models/sleepy:predict", json=ROW, headers={"x-request-timeout-ms": "500"}
+        "/v1/models/sleepy:predict",
+        json=SLEEPY_ROW,
+        headers={"x-request-timeout-ms": "500"},
     )
     elapsed = time.monotonic() - started
     assert response.status_code == 504, response.text
@@ -34,15 +37,18 @@ def test_client_timeout_is_capped_by_the_maximum(client: httpx.Client) -> None:
     assert (
         client.post(
             "/v1/models/sleepy:predict",
-            json=ROW,
+            json=SLEEPY_ROW,
             headers={"x-request-timeout-ms": "abc"},
         ).status_code
         == 400
     )
     ok = client.post(
-        "/v1/models/sleepy:predict", json=ROW, headers={"x-request-timeout-ms": "60000"}
+        "/v1/models/sleepy:predict",
+        json=SLEEPY_ROW,
+        headers={"x-request-timeout-ms": "60000"},
     )
     assert ok.status_code == 200, ok.text
+    assert ok.json() == {"predictions": [2.0, 4.0]}
 
 
 @pytest.mark.slow

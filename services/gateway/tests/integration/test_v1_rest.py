@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
-import requests
 
-from tests.support.gateway import ApiKeys, GatewayProcess
+from tests.support.gateway import GatewayProcess
 from tests.support.models import linear_target
 from tests.support.modelserver import ModelServer
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def test_book_chapter_19_client_unchanged(
-    gateway: GatewayProcess, main_registry: Path, api_keys: ApiKeys
-) -> None:
-    if not (main_registry / "half_plus_two").is_dir():
-        pytest.skip("TF Serving test data is absent")
-    # The client of "Hands-On ML" chapter 19; only the URL (and the key) differ.
-    x_new = np.array([[1.0], [2.0], [5.0]])
-    input_data_json = json.dumps(
-        {"signature_name": "serving_default", "instances": x_new.tolist()}
-    )
-    server_url = f"{gateway.url}/v1/models/half_plus_two:predict"
-    response = requests.post(
-        server_url,
-        data=input_data_json,
-        headers={"x-api-key": api_keys.admin},
-        timeout=30,
-    )
-    response.raise_for_status()
-    y_proba = np.array(response.json()["predictions"])
-    np.testing.assert_allclose(y_proba, [[2.5], [3.0], [4.5]])
 
 
 def test_row_and_columnar_formats(client: httpx.Client) -> None:
@@ -136,4 +111,15 @@ def test_request_id_is_returned_and_reaches_the_backend(
     assert response.headers["x-request-id"] == request_id
     assert len(generated.headers["x-request-id"]) == 32
     assert request_id in gateway.process.log_text()
-    assert request_id in main_model_server.process.log_text()
+    # The model server logs failed calls with their request id: make one fail.
+    failing_id = "gw-test-request-id-0002"
+    failed = client.get(
+        "/v1/models/linear/versions/99", headers={"x-request-id": failing_id}
+    )
+    assert failed.status_code == 404
+    assert failed.headers["x-request-id"] == failing_id
+    wait_until(
+        lambda: failing_id in main_model_server.process.log_text(),
+        timeout=5,
+        what="the request id in the model server's log",
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import numpy as np
 import pytest
@@ -65,26 +63,6 @@ def test_infer_with_named_outputs_id_and_version(client: httpx.Client) -> None:
     np.testing.assert_allclose(
         output["data"], [linear_target(1, 0.5, 5), linear_target(2, 1.5, 5)]
     )
-
-
-def test_infer_on_a_savedmodel_without_manifest(
-    client: httpx.Client, main_registry: Path
-) -> None:
-    if not (main_registry / "half_plus_two").is_dir():
-        pytest.skip("TF Serving test data is absent")
-    response = client.post(
-        "/v2/models/half_plus_two/infer",
-        json={
-            "inputs": [
-                {"name": "x", "shape": [3, 1], "datatype": "FP32", "data": [1, 2, 5]}
-            ]
-        },
-    )
-    assert response.status_code == 200, response.text
-    (output,) = response.json()["outputs"]
-    assert output["datatype"] == "FP32"
-    assert output["shape"] == [3, 1]
-    np.testing.assert_allclose(output["data"], [2.5, 3.0, 4.5])
 
 
 @pytest.mark.parametrize(
