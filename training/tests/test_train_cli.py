@@ -8,6 +8,7 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -228,3 +229,12 @@ def test_invalid_model_name(tmp_path: Path, servekit: RunServekit) -> None:
     assert len(lines) == 1
     assert "invalid model name '../escape'" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_choices_match_the_jobs() -> None:
+    from servekit.commands.train import ESTIMATOR_CHOICES, TASK_CHOICES
+    from training.datasets import TaskChoice
+    from training.tabular import ESTIMATORS
+
+    assert ESTIMATOR_CHOICES == ESTIMATORS
+    assert get_args(TaskChoice) == TASK_CHOICES

@@ -43,7 +43,14 @@ EXAMPLE_COUNT = 3
 TEST_FRACTION = 0.2
 BATCH_SIZE = 32
 
-STEPS = ("train", "evaluate", "export SavedModel", "write warm-up requests")
+STEPS = (
+    "load data",
+    "load TensorFlow",
+    "train",
+    "evaluate",
+    "export SavedModel",
+    "write warm-up requests",
+)
 
 
 @dataclass(frozen=True)
@@ -321,63 +328,67 @@ def train_digits(
         raise TrainingError(f"--epochs must be at least 1, got {options.epochs}")
     # The registry is checked (writable, version free) before TensorFlow loads and
     # before any progress is shown, so refusals are quick and print a single line.
-    with registry.publish(
-        options.name, framework="tensorflow", version=options.version
-    ) as draft:
+    with (
+        registry.publish(
+            options.name, framework="tensorflow", version=options.version
+        ) as draft,
+        job_steps("digits", STEPS, show_progress) as steps,
+    ):
+        steps.start("load data")
         data = load_digits_data(options.seed)
+        steps.start("load TensorFlow")
         import keras
         import tensorflow as tf
 
-        # Same seed, same weights and batch order; deterministic ops make the kernels
-        # reproducible too (at some speed cost, irrelevant at this size).
+        # Same seed, same weights and batch order; deterministic ops make the
+        # kernels reproducible too (at some speed cost, irrelevant at this size).
         keras.utils.set_random_seed(options.seed)
         tf.config.experimental.enable_op_determinism()
 
-        with job_steps("digits", STEPS, show_progress) as steps:
-            steps.start("train")
-            model = build_model(keras)
-            model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate=3e-3),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
-            steps_per_epoch = -(-len(data.x_train) // BATCH_SIZE)
-            model.fit(
-                data.x_train,
-                data.y_train,
-                epochs=options.epochs,
-                batch_size=BATCH_SIZE,
-                verbose=0,
-                callbacks=[
-                    progress_callback(
-                        keras, steps.progress, options.epochs, steps_per_epoch
-                    )
-                ],
-            )
+        steps.start("train")
+        model = build_model(keras)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=3e-3),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        steps_per_epoch = -(-len(data.x_train) // BATCH_SIZE)
+        model.fit(
+            data.x_train,
+            data.y_train,
+            epochs=options.epochs,
+            batch_size=BATCH_SIZE,
+            verbose=0,
+            callbacks=[
+                progress_callback(
+                    keras, steps.progress, options.epochs, steps_per_epoch
+                )
+            ],
+        )
 
-            steps.start("evaluate")
-            module = build_serving_module(tf, model)
-            metrics = evaluate(module, tf, data)
+        steps.start("evaluate")
+        module = build_serving_module(tf, model)
+        metrics = evaluate(module, tf, data)
 
-            steps.start("export SavedModel")
-            try:
-                export_saved_model(tf, module, draft.path)
-            except (ValueError, TypeError, OSError) as exc:
-                raise ExportError(f"cannot export the SavedModel: {exc}") from exc
+        steps.start("export SavedModel")
+        try:
+            export_saved_model(tf, module, draft.path)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ExportError(f"cannot export the SavedModel: {exc}") from exc
 
-            steps.start("write warm-up requests")
-            examples = data.x_test[:EXAMPLE_COUNT]
-            write_warmup_requests(tf, draft.path, options.name, examples)
-            draft.manifest.update(
-                artifact="saved_model.pb",
-                task="classification",
-                classes=list(CLASS_NAMES),
-                signatures=signatures_from_saved_model(tf, draft.path),
-                examples=[{PIXELS: [float(v) for v in row]} for row in examples],
-                metrics=metrics,
-                data_fingerprint=data.fingerprint,
-            )
-            steps.finish()
+        steps.start("write warm-up requests")
+        examples = data.x_test[:EXAMPLE_COUNT]
+        write_warmup_requests(tf, draft.path, options.name, examples)
+        draft.manifest.update(
+            artifact="saved_model.pb",
+            task="classification",
+            classes=list(CLASS_NAMES),
+            signatures=signatures_from_saved_model(tf, draft.path),
+            examples=[{PIXELS: [float(v) for v in row]} for row in examples],
+            metrics=metrics,
+            data_fingerprint=data.fingerprint,
+        )
+        steps.finish()
     if draft.version is None:
         raise TrainingError(f"publishing {options.name} returned no version")
     return PublishedModel(

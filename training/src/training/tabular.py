@@ -172,7 +172,7 @@ def make_estimator(task: TaskName, estimator: EstimatorName, seed: int) -> Any:
     """The final step; a random forest of 50 trees is the reference."""
     if task == "regression":
         if estimator == "linear":
-            return Ridge(alpha=1.0)
+            return Ridge(alpha=1.0, random_state=seed)
         if estimator == "gradient-boosting":
             return HistGradientBoostingRegressor(random_state=seed)
         return RandomForestRegressor(n_estimators=50, random_state=seed)
