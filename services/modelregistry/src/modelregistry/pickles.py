@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import joblib
-
 from modelregistry.errors import IntegrityError, ManifestError
 from modelregistry.manifest import Manifest, sha256_file
 
@@ -59,6 +57,9 @@ def load_pickle(version_dir: Path, manifest: Manifest) -> Any:
         sys.modules.pop(module_name, None)
     if code_path is not None:
         sys.path.insert(0, code_path)
+    # joblib pulls in numpy; only callers that unpickle pay for it.
+    import joblib
+
     try:
         return joblib.load(version_dir / manifest.artifact)
     finally:
