@@ -89,6 +89,7 @@ def parse_output(
     counts = _REQUESTS.search(output)
     if counts is None:
         raise H2loadError(f"no request totals in h2load output:\n{output[-2000:]}")
+    totals = counts.group(0)
     latencies_us: list[float] = []
     http_failures = 0
     for line in log_text.splitlines():
@@ -101,7 +102,7 @@ def parse_output(
         latencies_us.append(float(columns[2]))
     done = int(counts["done"])
     if not latencies_us:
-        raise H2loadError(f"no successful request in h2load's log:\n{output[-2000:]}")
+        raise H2loadError(f"no request completed in the window ({totals})")
     transport_errors = int(counts["failed"]) + int(counts["errored"])
     transport_errors += int(counts["timeout"])
     call_failures = 0

@@ -124,30 +124,45 @@ class ProcessSet:
         self.stop_all()
 
 
-def wait_ready(
+def wait_models(
     process: ServerProcess,
-    probe: Callable[[], bool],
+    probes: Mapping[str, Callable[[], bool]],
     *,
     timeout: float,
-    what: str,
-) -> float:
-    """Poll ``probe`` until true; return the seconds it took.
+    grace: float,
+) -> tuple[set[str], float]:
+    """Wait until every model's probe passes; return the ready ones and the time.
+
+    Once one model is ready, the others get ``grace`` more seconds: a model that
+    fails to load may stay "loading" for minutes while the server retries it, and
+    the rest can be measured without it.
 
     Raises:
-        StartError: The process exited, or ``timeout`` passed first.
+        StartError: The process exited, or no model was ready within ``timeout``.
     """
     started = time.monotonic()
+    ready: set[str] = set()
+    first_ready: float | None = None
     while True:
-        if probe():
-            return time.monotonic() - started
+        for model, probe in probes.items():
+            if model not in ready and probe():
+                ready.add(model)
+        now = time.monotonic()
+        if ready and first_ready is None:
+            first_ready = now
+        if len(ready) == len(probes):
+            return ready, now - started
+        if first_ready is not None and now - first_ready > grace:
+            return ready, now - started
         if not process.running():
             raise StartError(
                 f"{process.name} exited with {process.popen.returncode} before "
-                f"{what}:\n{process.log_tail()}"
+                f"serving {', '.join(probes)}:\n{process.log_tail()}"
             )
-        if time.monotonic() - started > timeout:
+        if now - started > timeout:
             raise StartError(
-                f"{process.name}: no {what} after {timeout:.0f} s:\n{process.log_tail()}"
+                f"{process.name}: nothing ready after {timeout:.0f} s:\n"
+                f"{process.log_tail()}"
             )
         time.sleep(0.25)
 

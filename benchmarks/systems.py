@@ -27,7 +27,7 @@ from benchmarks.servers import (
     grpc_call,
     http_post,
     http_post_succeeds,
-    wait_ready,
+    wait_models,
 )
 from benchmarks.settings import REPO_ROOT, VENV_BIN, BenchOptions
 from benchmarks.targets import GrpcTarget, HttpTarget
@@ -36,7 +36,10 @@ Progress = Callable[[str], None]
 
 
 START_TIMEOUT = 300.0
-"""Seconds a server may take to load its models (TensorFlow on a busy core)."""
+"""Seconds a server may take to serve its first model (TensorFlow on a busy core)."""
+
+MODEL_GRACE = 120.0
+"""Seconds the other models of a server get once its first model serves."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +64,14 @@ class Deployment:
 
 @dataclass
 class _Pending:
+    """A started process, one readiness probe per model, and what it will serve."""
+
     process: ServerProcess
-    probe: Callable[[], bool]
-    what: str
+    probes: dict[str, Callable[[], bool]]
+    scenarios: list[Scenario] = field(default_factory=list)
+    backend: _Pending | None = None
+    """A process in front of another serves only what that one serves."""
+    ready: set[str] = field(default_factory=set)
 
 
 def _model_server(
@@ -171,6 +179,185 @@ def check_scenario(scenario: Scenario) -> tuple[Scenario, str]:
     return checked, f"{len(answer)} bytes"
 
 
+def _scenarios(
+    model: str,
+    system: str,
+    protocols: tuple[str, ...],
+    http: HttpTarget | None,
+    rpc: GrpcTarget | None,
+) -> list[Scenario]:
+    found: list[Scenario] = []
+    if http is not None and "rest" in protocols:
+        found.append(Scenario(model, "rest", system, http))
+    if rpc is not None and "grpc" in protocols:
+        found.append(Scenario(model, "grpc", system, rpc))
+    return found
+
+
+def _start_model_servers(
+    options: BenchOptions,
+    models: list[ModelPayloads],
+    processes: ProcessSet,
+) -> tuple[list[_Pending], dict[str, str]]:
+    pending: list[_Pending] = []
+    addresses: dict[str, str] = {}
+    for system, batching in (("servekit", False), ("servekit-batching", True)):
+        behind_gateway = options.wants("gateway") and system == options.gateway_backend
+        if not (options.wants(system) or behind_gateway):
+            continue
+        process, grpc_address, rest_base = _model_server(
+            options, processes, system, batching
+        )
+        addresses[system] = grpc_address
+        item = _Pending(process, {})
+        for model in models:
+            url = f"{rest_base}/v1/models/{model.name}:predict"
+            item.probes[model.name] = http_post_succeeds(
+                url, model.tfs_rest.read_bytes()
+            )
+            if options.wants(system):
+                item.scenarios += _scenarios(
+                    model.name,
+                    system,
+                    options.protocols,
+                    HttpTarget(url, model.tfs_rest),
+                    GrpcTarget(grpc_address, PREDICT_METHOD, model.tfs_grpc),
+                )
+        pending.append(item)
+    return pending, addresses
+
+
+def _start_gateway(
+    options: BenchOptions,
+    models: list[ModelPayloads],
+    processes: ProcessSet,
+    backend_address: str,
+) -> _Pending:
+    http_port, grpc_port = free_port(), free_port()
+    environment = {
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(http_port),
+        "GATEWAY_GRPC_PORT": str(grpc_port),
+        "GATEWAY_REGISTRY": str(options.registry),
+        "GATEWAY_DEFAULT_BACKEND": backend_address,
+    }
+    process = processes.start(
+        "gateway",
+        [str(VENV_BIN / "servekit-gateway")],
+        cpu=options.server_cpu,
+        env=environment,
+        cwd=REPO_ROOT,
+    )
+    item = _Pending(process, {})
+    base = f"http://127.0.0.1:{http_port}"
+    for model in models:
+        url = f"{base}/v1/models/{model.name}:predict"
+        # Ready when a prediction makes it through to the backend.
+        item.probes[model.name] = http_post_succeeds(url, model.tfs_rest.read_bytes())
+        item.scenarios += _scenarios(
+            model.name,
+            "gateway",
+            options.protocols,
+            HttpTarget(url, model.tfs_rest),
+            GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
+        )
+    return item
+
+
+def _start_mlservers(
+    options: BenchOptions,
+    models: list[ModelPayloads],
+    processes: ProcessSet,
+    mlserver: Path,
+) -> list[_Pending]:
+    pending: list[_Pending] = []
+    for system, batching in (("mlserver", False), ("mlserver-batching", True)):
+        if not options.wants(system):
+            continue
+        for model in models:
+            if model.framework != "sklearn":
+                continue
+            folder, http_port, grpc_port = _mlserver_folder(
+                options, model, system, batching
+            )
+            process = processes.start(
+                f"{system}-{model.name}",
+                [str(mlserver), "start", str(folder)],
+                cpu=options.server_cpu,
+                # The pickle references the model's own module in its code folder.
+                env={"PYTHONPATH": str(model.version_dir / "code")},
+                cwd=folder,
+            )
+            url = f"http://127.0.0.1:{http_port}/v2/models/{model.name}/infer"
+            grpc_request = (
+                _mlserver_grpc_request(mlserver, model, options.work_dir / "payloads")
+                if "grpc" in options.protocols
+                else None
+            )
+            pending.append(
+                _Pending(
+                    process,
+                    {model.name: http_post_succeeds(url, model.v2_rest.read_bytes())},
+                    _scenarios(
+                        model.name,
+                        system,
+                        options.protocols,
+                        HttpTarget(url, model.v2_rest),
+                        None
+                        if grpc_request is None
+                        else GrpcTarget(
+                            f"127.0.0.1:{grpc_port}", V2_INFER_METHOD, grpc_request
+                        ),
+                    ),
+                )
+            )
+    return pending
+
+
+def _start_fastapi(
+    options: BenchOptions, models: list[ModelPayloads], processes: ProcessSet
+) -> list[_Pending]:
+    pending: list[_Pending] = []
+    for model in models:
+        port = free_port()
+        process = processes.start(
+            f"fastapi-{model.name}",
+            [sys.executable, "-m", "benchmarks.plainapp"]
+            + ["--registry", str(options.registry), "--model", model.name]
+            + ["--port", str(port)],
+            cpu=options.server_cpu,
+            cwd=REPO_ROOT,
+        )
+        url = f"http://127.0.0.1:{port}/predict"
+        pending.append(
+            _Pending(
+                process,
+                {model.name: http_post_succeeds(url, model.tfs_rest.read_bytes())},
+                _scenarios(
+                    model.name,
+                    "fastapi",
+                    ("rest",),
+                    HttpTarget(url, model.tfs_rest),
+                    None,
+                ),
+            )
+        )
+    return pending
+
+
+def _start_trivial_grpc(options: BenchOptions, processes: ProcessSet) -> _Pending:
+    port_file = options.work_dir / "trivial-grpc.port"
+    port_file.unlink(missing_ok=True)
+    process = processes.start(
+        "grpc-ceiling",
+        [sys.executable, "-m", "benchmarks.grpcload", "serve"]
+        + ["--port-file", str(port_file)],
+        cpu=options.server_cpu,
+        cwd=REPO_ROOT,
+    )
+    return _Pending(process, {"-": file_exists(port_file)})
+
+
 def start_systems(
     options: BenchOptions,
     payloads: dict[str, ModelPayloads],
@@ -180,202 +367,72 @@ def start_systems(
 ) -> Deployment:
     """Start the selected systems, wait until each answers, list the scenarios.
 
+    Every process starts before any is waited for, so their start-ups overlap.
+
     Raises:
         StartError: A server did not start or answered a checked request wrongly.
     """
     deployment = Deployment()
-    pending: list[_Pending] = []
-    scenarios: list[Scenario] = []
     models = [payloads[name] for name in options.models]
-    grpc = "grpc" in options.protocols
-    rest = "rest" in options.protocols
-
-    def add(
-        model: str, system: str, http: HttpTarget | None, rpc: GrpcTarget | None
-    ) -> None:
-        if http is not None and rest:
-            scenarios.append(Scenario(model, "rest", system, http))
-        if rpc is not None and grpc:
-            scenarios.append(Scenario(model, "grpc", system, rpc))
-
-    servers: dict[str, tuple[str, str]] = {}
-    backend_needed = options.wants("gateway")
-    for system, batching in (("servekit", False), ("servekit-batching", True)):
-        if not (
-            options.wants(system)
-            or (backend_needed and system == options.gateway_backend)
-        ):
-            continue
-        process, grpc_address, rest_base = _model_server(
-            options, processes, system, batching
-        )
-        servers[system] = (grpc_address, rest_base)
-        first = models[0]
-        pending.append(
-            _Pending(
-                process,
-                http_post_succeeds(
-                    f"{rest_base}/v1/models/{first.name}:predict",
-                    first.tfs_rest.read_bytes(),
-                ),
-                f"a {first.name} prediction",
-            )
-        )
-        if options.wants(system):
-            for model in models:
-                add(
-                    model.name,
-                    system,
-                    HttpTarget(
-                        f"{rest_base}/v1/models/{model.name}:predict", model.tfs_rest
-                    ),
-                    GrpcTarget(grpc_address, PREDICT_METHOD, model.tfs_grpc),
-                )
-
+    pending, addresses = _start_model_servers(options, models, processes)
     if options.wants("gateway"):
-        backend_grpc, _ = servers[options.gateway_backend]
-        http_port, grpc_port = free_port(), free_port()
-        environment = {
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(http_port),
-            "GATEWAY_GRPC_PORT": str(grpc_port),
-            "GATEWAY_REGISTRY": str(options.registry),
-            "GATEWAY_DEFAULT_BACKEND": backend_grpc,
-        }
-        process = processes.start(
-            "gateway",
-            [str(VENV_BIN / "servekit-gateway")],
-            cpu=options.server_cpu,
-            env=environment,
-            cwd=REPO_ROOT,
+        gateway = _start_gateway(
+            options, models, processes, addresses[options.gateway_backend]
         )
-        # The backend may still be loading: the gateway is ready when a prediction
-        # makes it through.
-        first = models[0]
-        gateway_base = f"http://127.0.0.1:{http_port}"
-        pending.append(
-            _Pending(
-                process,
-                http_post_succeeds(
-                    f"{gateway_base}/v1/models/{first.name}:predict",
-                    first.tfs_rest.read_bytes(),
-                ),
-                f"a {first.name} prediction through it",
-            )
+        gateway.backend = next(
+            item for item in pending if item.process.name == options.gateway_backend
         )
-        for model in models:
-            add(
-                model.name,
-                "gateway",
-                HttpTarget(
-                    f"{gateway_base}/v1/models/{model.name}:predict", model.tfs_rest
-                ),
-                GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
-            )
+        pending.append(gateway)
         deployment.notes.append(
-            f"The gateway forwards to {LABELS[options.gateway_backend]}; both share "
-            "the server core."
+            f"The gateway forwards to {LABELS[options.gateway_backend]} over gRPC; "
+            "both share the server core."
         )
-
-    for system, batching in (("mlserver", False), ("mlserver-batching", True)):
-        if not options.wants(system):
-            continue
+    if options.wants("mlserver") or options.wants("mlserver-batching"):
         if mlserver is None:
             raise StartError("MLServer was selected but is not installed")
-        for model in models:
-            if model.framework != "sklearn":
-                deployment.notes.append(
-                    f"MLServer skipped for {model.name!r}: mlserver + mlserver-sklearn "
-                    "has no TensorFlow runtime."
-                )
-                continue
-            folder, http_port, grpc_port = _mlserver_folder(
-                options, model, system, batching
-            )
-            code_dir = model.version_dir / "code"
-            process = processes.start(
-                f"{system}-{model.name}",
-                [str(mlserver), "start", str(folder)],
-                cpu=options.server_cpu,
-                env={"PYTHONPATH": str(code_dir)},
-                cwd=folder,
-            )
-            base = f"http://127.0.0.1:{http_port}"
-            infer_url = f"{base}/v2/models/{model.name}/infer"
-            pending.append(
-                _Pending(
-                    process,
-                    http_post_succeeds(infer_url, model.v2_rest.read_bytes()),
-                    f"a {model.name} inference",
-                )
-            )
-            grpc_request = (
-                _mlserver_grpc_request(mlserver, model, options.work_dir / "payloads")
-                if grpc
-                else None
-            )
-            add(
-                model.name,
-                system,
-                HttpTarget(infer_url, model.v2_rest),
-                GrpcTarget(f"127.0.0.1:{grpc_port}", V2_INFER_METHOD, grpc_request)
-                if grpc_request is not None
-                else None,
-            )
+        pending += _start_mlservers(options, models, processes, mlserver)
+        deployment.notes += [
+            f"MLServer skipped for {model.name!r}: mlserver + mlserver-sklearn has no "
+            "TensorFlow runtime."
+            for model in models
+            if model.framework != "sklearn"
+        ]
+    if options.wants("fastapi") and "rest" in options.protocols:
+        pending += _start_fastapi(options, models, processes)
+    trivial: _Pending | None = None
+    if options.wants("grpc-ceiling") and "grpc" in options.protocols:
+        trivial = _start_trivial_grpc(options, processes)
+        pending.append(trivial)
 
-    if options.wants("fastapi") and rest:
-        for model in models:
-            port = free_port()
-            process = processes.start(
-                f"fastapi-{model.name}",
-                [sys.executable, "-m", "benchmarks.plainapp"]
-                + ["--registry", str(options.registry), "--model", model.name]
-                + ["--port", str(port)],
-                cpu=options.server_cpu,
-                cwd=REPO_ROOT,
-            )
-            url = f"http://127.0.0.1:{port}/predict"
-            pending.append(
-                _Pending(
-                    process,
-                    http_post_succeeds(url, model.tfs_rest.read_bytes()),
-                    f"a {model.name} prediction",
-                )
-            )
-            add(model.name, "fastapi", HttpTarget(url, model.tfs_rest), None)
-
-    if options.wants("grpc-ceiling") and grpc:
-        port_file = options.work_dir / "trivial-grpc.port"
-        port_file.unlink(missing_ok=True)
-        process = processes.start(
-            "grpc-ceiling",
-            [sys.executable, "-m", "benchmarks.grpcload", "serve"]
-            + ["--port-file", str(port_file)],
-            cpu=options.server_cpu,
-            cwd=REPO_ROOT,
-        )
-        pending.append(_Pending(process, file_exists(port_file), "its port"))
-
+    scenarios: list[Scenario] = []
     for item in pending:
-        progress(f"waiting for {item.process.name} ({item.what}) …")
-        seconds = wait_ready(
-            item.process, item.probe, timeout=START_TIMEOUT, what=item.what
+        name = item.process.name
+        probes = item.probes
+        if item.backend is not None:
+            probes = {m: p for m, p in probes.items() if m in item.backend.ready}
+        if not probes:
+            continue
+        progress(f"waiting for {name} to serve {', '.join(probes)} …")
+        ready, seconds = wait_models(
+            item.process, probes, timeout=START_TIMEOUT, grace=MODEL_GRACE
         )
-        deployment.startup_seconds[item.process.name] = seconds
-        progress(f"{item.process.name} ready after {seconds:.1f} s")
+        item.ready = ready
+        deployment.startup_seconds[name] = round(seconds, 1)
+        progress(f"{name} ready after {seconds:.1f} s")
+        for model in sorted(set(probes) - ready):
+            deployment.notes.append(
+                f"{name} never served {model!r} (see {item.process.log_path}); "
+                f"its {model} runs are missing."
+            )
+            progress(f"{name}: {model!r} NOT READY, its runs are skipped")
+        scenarios += [s for s in item.scenarios if s.model in ready]
 
-    if options.wants("grpc-ceiling") and grpc:
+    if trivial is not None:
         empty = options.work_dir / "payloads" / "empty.bin"
         empty.write_bytes(b"")
         port = int((options.work_dir / "trivial-grpc.port").read_text())
-        scenarios.append(
-            Scenario(
-                "-",
-                "grpc",
-                "grpc-ceiling",
-                GrpcTarget(f"127.0.0.1:{port}", PREDICT_METHOD, empty),
-            )
-        )
+        target = GrpcTarget(f"127.0.0.1:{port}", PREDICT_METHOD, empty)
+        scenarios.append(Scenario("-", "grpc", "grpc-ceiling", target))
 
     for scenario in scenarios:
         checked, answer = check_scenario(scenario)

@@ -101,6 +101,10 @@ def parse_summary(output: str) -> LoadSummary:
             try:
                 data = json.loads(line[len(SUMMARY_PREFIX) :])
                 error_kinds = {kind: int(data[kind]) for kind in ERROR_KINDS}
+                if int(data["requests"]) == 0:
+                    raise WrkError(
+                        f"no request completed in the window (errors: {error_kinds})"
+                    )
                 return LoadSummary(
                     requests=int(data["requests"]),
                     errors=sum(error_kinds.values()),

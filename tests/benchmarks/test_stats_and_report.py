@@ -1,0 +1,195 @@
+"""Percentiles, medians over rounds, target ratios and the Markdown tables."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.cpuload import busy_fractions, parse_proc_stat
+from benchmarks.report import (
+    Report,
+    render_load_table,
+    render_markdown,
+    target_checks,
+)
+from benchmarks.results import LoadSummary, RunResult, aggregate
+from benchmarks.stats import (
+    paired_difference,
+    paired_ratio,
+    percentile,
+    ratio,
+    summarize_nanoseconds,
+)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0
+
+
+@pytest.mark.parametrize("q", [0, -1, 100.5])
+def test_percentile_rejects_out_of_range(q: float) -> None:
+    with pytest.raises(ValueError):
+        percentile([1.0], q)
+
+
+def test_summarize_nanoseconds_reports_milliseconds() -> None:
+    summary = summarize_nanoseconds([3_000_000, 1_000_000, 2_000_000])
+    assert summary.count == 3
+    assert summary.p50_ms == 2.0
+    assert summary.max_ms == 3.0
+    assert summary.mean_ms == pytest.approx(2.0)
+
+
+def test_paired_ratio_and_difference_are_medians_over_rounds() -> None:
+    pairs = [(200.0, 100.0), (300.0, 100.0), (90.0, 100.0)]
+    assert paired_ratio(pairs) == pytest.approx(2.0)
+    assert paired_difference([(5.0, 4.0), (5.0, 2.0), (5.0, 4.5)]) == 1.0
+    assert math.isinf(ratio(1.0, 0.0))
+    assert math.isnan(ratio(0.0, 0.0))
+
+
+def load(rps: float, p50: float, p99: float, duration: float = 2.0) -> LoadSummary:
+    return LoadSummary(
+        requests=round(rps * duration),
+        errors=0,
+        duration_s=duration,
+        p50_ms=p50,
+        p90_ms=p99,
+        p99_ms=p99,
+        mean_ms=p50,
+        max_ms=p99,
+        client_cpu=0.1,
+    )
+
+
+def run(
+    system: str,
+    clients: int,
+    rnd: int,
+    rps: float,
+    p50: float,
+    p99: float,
+    model: str = "tabular",
+    protocol: str = "rest",
+) -> RunResult:
+    return RunResult(
+        model=model,
+        protocol=protocol,
+        system=system,
+        clients=clients,
+        round=rnd,
+        load=load(rps, p50, p99),
+        core_busy=[0.3, 0.9],
+    )
+
+
+def test_aggregate_takes_medians_per_cell() -> None:
+    runs = [
+        run("servekit", 32, 1, 1000, 10, 20),
+        run("servekit", 32, 2, 1200, 12, 30),
+        run("servekit", 32, 3, 1100, 11, 25),
+    ]
+    (cell,) = aggregate(runs, server_cpu=1)
+    assert cell.rps == pytest.approx(1100)
+    assert (cell.p50_ms, cell.p99_ms) == (11, 25)
+    assert cell.rounds == 3
+    assert cell.server_core_busy == pytest.approx(0.9)
+
+
+def sample_runs() -> list[RunResult]:
+    runs = []
+    for rnd in (1, 2):
+        runs += [
+            run("servekit-batching", 32, rnd, 1500, 20, 40),
+            run("mlserver", 32, rnd, 300, 100, 200),
+            run("mlserver-batching", 32, rnd, 600, 50, 90),
+            run("fastapi", 32, rnd, 100, 300, 500),
+            run("servekit", 1, rnd, 90, 10.5, 12),
+            run("servekit-batching", 1, rnd, 80, 12.5, 14),
+            run("gateway", 1, rnd, 85, 11.0 + 0.1 * rnd, 15),
+            run("gateway", 32, rnd, 1300, 25, 45),
+        ]
+    return runs
+
+
+def test_target_checks_compare_with_the_best_mlserver_configuration() -> None:
+    inprocess = {
+        "tabular": {
+            "results": [{"batch": 1, "p50_ms": 10.0}, {"batch": 32, "p50_ms": 30.0}]
+        }
+    }
+    checks = {
+        check.name: check
+        for check in target_checks(
+            sample_runs(), inprocess, (1, 32), "servekit-batching"
+        )
+    }
+    versus_mlserver = checks["tabular REST ×32: servekit (batching on) / best MLServer"]
+    assert versus_mlserver.value == pytest.approx(2.5)
+    assert versus_mlserver.met is True
+    assert "adaptive batching on" in versus_mlserver.detail
+    versus_fastapi = checks["tabular REST ×32: servekit (batching on) / plain FastAPI"]
+    assert versus_fastapi.value == pytest.approx(15.0)
+    assert checks["tabular REST ×32: p99 vs best MLServer"].met is True
+    one_client = checks[
+        "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
+    ]
+    assert one_client.value == pytest.approx(0.5)
+    assert one_client.met is True
+    batched_one = checks[
+        "tabular REST ×1: servekit (batching on) p50 − in-process batch-1 p50"
+    ]
+    assert batched_one.met is False
+    gateway_p50 = checks["tabular REST ×1: gateway added p50"]
+    # Per round: 11.1 - 12.5 and 11.2 - 12.5, so the gateway run was faster here.
+    assert gateway_p50.value == pytest.approx(-1.35)
+    gateway_rps = checks["tabular REST ×32: gateway / direct throughput"]
+    assert gateway_rps.value == pytest.approx(1300 / 1500)
+    assert gateway_rps.met is True
+    assert not any(name.startswith("digits") for name in checks)
+
+
+def test_load_table_lists_systems_by_concurrency() -> None:
+    table = render_load_table(aggregate(sample_runs(), 1), "tabular", "rest")
+    lines = table.splitlines()
+    assert lines[0].startswith("| clients | system | req/s")
+    assert lines[2].startswith("| 1 | servekit (batching off) | 90 |")
+    assert "| 32 | plain FastAPI | 100 | 300.0 | 500.0 | 0 | 10% | 90% |" in lines
+
+
+def test_markdown_has_sections_targets_and_notes() -> None:
+    report = Report(
+        meta={"rounds": 2, "duration": 2, "warmup": 1},
+        runs=sample_runs(),
+        notes=["a note"],
+        failures=["round 1 x: failed"],
+    )
+    checks = target_checks(sample_runs(), {}, (1, 32), "servekit-batching")
+    markdown = render_markdown(report, checks)
+    assert "## tabular · REST (wrk)" in markdown
+    assert "## Targets (issues 3 and 4)" in markdown
+    assert "- a note" in markdown
+    assert "## Failed runs" in markdown
+
+
+def test_proc_stat_busy_excludes_idle_and_iowait() -> None:
+    before = parse_proc_stat(
+        "cpu  10 0 10 100 0 0 0 0 0 0\n"
+        "cpu0 5 0 5 50 0 0 0 0 0 0\n"
+        "cpu1 5 0 5 50 0 0 0 0 0 0\n"
+    )
+    after = parse_proc_stat(
+        "cpu  0 0 0 0 0 0 0 0 0 0\n"
+        "cpu0 15 0 5 140 10 0 0 0 0 0\n"
+        "cpu1 95 0 5 60 0 0 0 0 0 0\n"
+    )
+    assert before == [(10, 60), (10, 60)]
+    fractions = busy_fractions(before, after)
+    assert fractions[0] == pytest.approx(10 / 110)
+    assert fractions[1] == pytest.approx(90 / 100)
