@@ -169,17 +169,16 @@ async def test_a_full_queue_answers_503_at_once(server: ModelServer) -> None:
     codes = [response.status_code for response, _ in results]
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) >= MAX_BATCH_SIZE
-    refused = [
-        (response, seconds)
-        for response, seconds in results
-        if response.status_code == 503
-    ]
+    refused = [seconds for response, seconds in results if response.status_code == 503]
+    served = [seconds for response, seconds in results if response.status_code == 200]
     assert refused, codes
-    for response, _ in refused:
-        assert response.json()["error"]
-    # Refused at once, not after waiting for a batch to run (the median keeps a
-    # busy test machine's connection set-up out of the verdict).
-    assert statistics.median(seconds for _, seconds in refused) < SLOW_SECONDS
+    for response, _ in results:
+        if response.status_code == 503:
+            assert response.json()["error"]
+    # Refused at once rather than after waiting for batches: refusals come back
+    # sooner than the answers that waited for a batch (medians compare the two
+    # whatever the speed of a busy test machine).
+    assert statistics.median(refused) < statistics.median(served)
 
 
 async def test_a_full_queue_answers_unavailable_over_grpc(server: ModelServer) -> None:

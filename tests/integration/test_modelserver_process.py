@@ -40,9 +40,14 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(registry: Path) -> Iterator[ModelServer]:
+    config = registry.parent / "models.config"
+    config.write_text(
+        "model_config_list { config { "
+        f'name: "slow" base_path: {json.dumps(str(registry / "slow"))} '
+        'model_platform: "sklearn" } }\n'
+    )
     with model_server(
-        ["--model_name=slow", f"--model_base_path={registry / 'slow'}"],
-        log_path=registry.parent / "server.log",
+        [f"--model_config_file={config}"], log_path=registry.parent / "server.log"
     ) as running:
         yield running
 
@@ -105,6 +110,10 @@ def test_handle_reload_config_request_replaces_the_model_list(
         with pytest.raises(grpc.RpcError) as caught:
             stub.HandleReloadConfigRequest(bad, timeout=60)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert caught.value.details() == (
+            "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+            "Only ModelConfigList is currently supported"
+        )
     with httpx.Client(base_url=server.rest_url, timeout=30) as client:
         answer = client.post(
             "/v1/models/extra:predict", json={"instances": [{"a": 1.0, "b": 1.0}]}
@@ -118,10 +127,9 @@ def test_handle_reload_config_request_replaces_the_model_list(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
+        # The other flag errors are covered in-process by the flag unit tests.
         (["--no_such_flag=1"], "unknown argument: --no_such_flag=1"),
-        (["--port=notanumber"], "--port"),
         (["--port=8500"], "model_base_path"),
-        (["--ssl_config_file=/x"], "not supported"),
     ],
 )
 def test_bad_command_lines_exit_with_an_error(
@@ -135,16 +143,25 @@ def test_bad_command_lines_exit_with_an_error(
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(server: ModelServer) -> None:
-    results: list[int] = []
+    results: list[int | str] = []
+    # Connections are opened first so that the requests are on the wire, not
+    # still connecting, when the signal arrives.
+    clients = [httpx.Client(base_url=server.rest_url, timeout=60) for _ in range(3)]
+    for client in clients:
+        assert client.get("/v1/models/slow").status_code == 200
 
-    def call() -> None:
-        with httpx.Client(base_url=server.rest_url, timeout=60) as client:
+    def call(client: httpx.Client) -> None:
+        try:
             answer = client.post(
                 "/v1/models/slow:predict", json={"instances": [{"a": 1.0, "b": 0.0}]}
             )
             results.append(answer.status_code)
+        except httpx.HTTPError as error:
+            results.append(repr(error))
+        finally:
+            client.close()
 
-    callers = [threading.Thread(target=call) for _ in range(3)]
+    callers = [threading.Thread(target=call, args=(client,)) for client in clients]
     for caller in callers:
         caller.start()
     # The requests are in the model's sleep when the signal arrives.

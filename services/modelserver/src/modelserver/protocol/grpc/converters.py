@@ -298,6 +298,21 @@ def error_code_name(code: int) -> str:
     return grpc_code.name if grpc_code is not None else "UNKNOWN"
 
 
+def to_reload_config(proto: messages.ReloadConfigRequest) -> messages.ModelServerConfig:
+    """The config of a HandleReloadConfigRequest, checked as TF Serving's
+    ``ModelServiceImpl`` checks it.
+
+    Raises:
+        InvalidInput: The config is not a ``model_config_list``.
+    """
+    if proto.config.WhichOneof("config") != "model_config_list":
+        raise InvalidInput(
+            "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+            "Only ModelConfigList is currently supported"
+        )
+    return proto.config
+
+
 def reload_config_success(
     metric_names: Iterable[str] = (),
 ) -> messages.ReloadConfigResponse:

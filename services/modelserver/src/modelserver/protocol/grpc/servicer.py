@@ -105,5 +105,6 @@ class ModelServicer(ModelServiceServicer):
         request: messages.ReloadConfigRequest,
         context: Context,  # noqa: ARG002
     ) -> messages.ReloadConfigResponse:
-        await self._dataplane.reload_config(request.config, protocol="grpc")
+        config = converters.to_reload_config(request)
+        await self._dataplane.reload_config(config, protocol="grpc")
         return converters.reload_config_success(request.metric_names)
