@@ -29,6 +29,8 @@ SYSTEMS = (
 )
 GRPC_CLIENTS = ("h2load", "python")
 
+QUICK_CLIENTS = (1, 32)
+FULL_CLIENTS = (1, 8, 32)
 QUICK = {"rounds": 1, "duration": 2, "warmup": 1, "inprocess_seconds": 1.5}
 FULL = {"rounds": 3, "duration": 6, "warmup": 2, "inprocess_seconds": 4.0}
 
@@ -128,16 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 1 round of 2 s runs (about 3-5 minutes)",
+        help="smoke run: 1 round of 2 s runs at 1 and 32 clients (a few minutes)",
     )
     parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 1)")
     parser.add_argument("--duration", type=int, help="seconds per run (default 6)")
     parser.add_argument("--warmup", type=int, help="warm-up seconds per run (2)")
     parser.add_argument(
-        "--clients", type=_csv(int), default=(1, 8, 32), help="e.g. 1,8,32"
+        "--clients", type=_csv(int), help="concurrent clients (1,8,32; quick 1,32)"
     )
-    parser.add_argument("--models", type=_csv(str, MODELS), default=MODELS)
-    parser.add_argument("--protocols", type=_csv(str, PROTOCOLS), default=PROTOCOLS)
+    parser.add_argument(
+        "--models", type=_csv(str, MODELS), default=MODELS, help="tabular,digits"
+    )
+    parser.add_argument(
+        "--protocols", type=_csv(str, PROTOCOLS), default=PROTOCOLS, help="rest,grpc"
+    )
     parser.add_argument(
         "--systems",
         type=_csv(str, SYSTEMS),
@@ -198,7 +204,9 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
         models=tuple(args.models),
         protocols=tuple(args.protocols),
         systems=tuple(args.systems),
-        clients=tuple(args.clients),
+        clients=tuple(args.clients)
+        if args.clients
+        else (QUICK_CLIENTS if args.quick else FULL_CLIENTS),
         rounds=args.rounds if args.rounds is not None else int(preset["rounds"]),
         duration=args.duration
         if args.duration is not None
