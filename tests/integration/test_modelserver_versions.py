@@ -28,6 +28,8 @@ from tests.support.processes import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROW = {"a": 1.0, "b": 2.0}
+SLUGGISH_SECONDS = 3.0
+REST_TIMEOUT_MS = 2000
 
 
 def offset_of(prediction: float) -> float:
@@ -91,6 +93,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         )
     for version, offset in ((1, 40.0), (2, 50.0)):
         publish_linear_pipeline(setup.registry, "every", offset=offset, version=version)
+    publish_linear_pipeline(
+        setup.registry, "sluggish", offset=0.0, sleep_seconds=SLUGGISH_SECONDS
+    )
     setup.entries = [
         {"name": "hot", "base_path": setup.base("hot")},
         {"name": "fragile", "base_path": setup.base("fragile")},
@@ -101,6 +106,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "labels": {"stable": 1, "canary": 2},
         },
         {"name": "every", "base_path": setup.base("every"), "policy": "all {}"},
+        {"name": "sluggish", "base_path": setup.base("sluggish")},
     ]
     write_config(setup.config, setup.entries)
     with model_server(
@@ -111,6 +117,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             # A corrupt version should be reported now, not after TF Serving's
             # default five retries a minute apart.
             "--max_num_load_retries=0",
+            f"--rest_api_timeout_in_ms={REST_TIMEOUT_MS}",
+            # Warming "sluggish" up would cost several of its slow calls.
+            "--enable_model_warmup=false",
         ],
         log_path=setup.root / "server.log",
     ) as server:
@@ -236,6 +245,17 @@ def test_all_versions_policy(deployment: Deployment) -> None:
         for version, offset in ((1, 40.0), (2, 50.0)):
             response = predict(client, f"/v1/models/every/versions/{version}")
             assert offset_of(response.json()["predictions"][0]) == offset
+
+
+def test_rest_timeout_answers_504(deployment: Deployment) -> None:
+    with httpx.Client(base_url=deployment.url, timeout=30) as client:
+        started = time.monotonic()
+        response = predict(client, "/v1/models/sluggish")
+        elapsed = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]
+    # Answered at the deadline, not when the model call ended.
+    assert elapsed < SLUGGISH_SECONDS
 
 
 def test_config_file_reload_adds_relabels_and_removes_models(

@@ -215,3 +215,18 @@ def test_channel_arguments() -> None:
     assert options["grpc.max_send_message_length"] == 7
     with pytest.raises(ValueError, match="key=value"):
         parse_channel_arguments("novalue")
+
+
+async def test_reload_needs_a_model_config_list(
+    channel: grpc.aio.Channel, dataplane: FakeDataPlane
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await ModelServiceStub(channel).HandleReloadConfigRequest(
+            messages.ReloadConfigRequest(), timeout=10
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details() == (
+        "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+        "Only ModelConfigList is currently supported"
+    )
+    assert not [call for call in dataplane.calls if call.api == "reload_config"]
