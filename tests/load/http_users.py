@@ -127,6 +127,11 @@ class ModelUser(FastHttpUser):
             self._judge(response)
 
     def _judge(self, response: ResponseContextManager) -> None:
+        if not response.status_code:
+            # No answer at all: refused, reset or timed out. The error comes from
+            # the failed request's stand-in object, copied onto this one.
+            response.failure(f"no response: {getattr(response, 'error', None)!r}")
+            return
         if response.status_code != 200:
             text = (response.text or "")[:MAX_ERROR_BODY] if response.content else ""
             response.failure(f"HTTP {response.status_code} {text}".strip())

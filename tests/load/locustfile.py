@@ -80,9 +80,11 @@ def prepare(environment: Environment, **_kwargs: Any) -> None:
         return
     if SETTINGS.request_log is not None:
         _request_log = RequestLogWriter(SETTINGS.request_log)
-    if environment.host:
+    # A worker learns the host only when the master starts the test; payloads from a
+    # manifest need none, those from server metadata wait for the first user.
+    if environment.host or SETTINGS.manifest or SETTINGS.registry:
         try:
-            ServekitUser.prepare(environment.host)
+            ServekitUser.prepare(environment.host or "")
         except SchemaError as error:
             # Failing here, before any user starts, beats a run of failed requests.
             sys.exit(f"servekit locustfile: cannot build payloads: {error}")
@@ -130,6 +132,17 @@ def _observe(stats: locust.stats.StatsEntry, objective: Objective) -> float:
         return float(stats.max_response_time)
     percentile = objective.percentile or 100.0
     return float(stats.get_response_time_percentile(percentile / 100) or 0)
+
+
+@events.quitting.add_listener
+def settle_csv(environment: Environment, **_kwargs: Any) -> None:
+    """Let Locust's CSV writer run once more before its files are closed.
+
+    It rewrites `_stats.csv` once a second and is not asked for a final write:
+    requests that finished during the stop timeout would be missing from it.
+    """
+    if getattr(environment.parsed_options, "csv_prefix", None):
+        gevent.sleep(locust.stats.CSV_STATS_INTERVAL_SEC + 0.2)
 
 
 @events.quitting.add_listener

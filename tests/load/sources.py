@@ -2,8 +2,9 @@
 
 In order: `SERVEKIT_MANIFEST` (a `servekit.json` file), `SERVEKIT_REGISTRY` (the
 registry folder, read with `modelregistry`), else the metadata endpoint of the
-protocol under test (`GET /v1/models/{m}/metadata`, `GET /v2/models/{m}`, or gRPC
-`GetModelMetadata`, which the gRPC user module answers).
+protocol under test: `GET /v1/models/{m}/metadata` (rest), `GET /v2/models/{m}`
+(v2, and typed, which only the gateway serves), or gRPC `GetModelMetadata` (in the
+gRPC user module).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def http_schema(settings: LoadSettings, host: str) -> InputSchema:
         SchemaError: the endpoint failed or its answer lacks the signature.
     """
     base = host.rstrip("/")
-    if settings.protocol == "v2":
+    # Typed endpoints exist on the gateway only, which also serves v2 metadata.
+    if settings.protocol in ("v2", "typed"):
         return schema_from_v2_metadata(
             _get_json(base + v2_model_path(settings), settings)
         )

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -213,22 +215,13 @@ def _plan(args: argparse.Namespace) -> tuple[RunPlan, str]:
     return plan, source
 
 
+def _import_reporting() -> None:
+    importlib.import_module("servekit.loadtest.plots")
+    importlib.import_module("servekit.loadtest.report")
+
+
 def _run(args: argparse.Namespace) -> int:
-    # Imported here: pandas and matplotlib cost a second the other commands need not pay.
-    from servekit.loadtest.plots import plot_run
     from servekit.loadtest.progress import ProgressPrinter
-    from servekit.loadtest.report import (
-        ReportError,
-        judge,
-        locust_totals,
-        print_report,
-        read_requests,
-        report_console,
-        slo_section,
-        summarize,
-        write_html,
-        write_summary,
-    )
     from servekit.loadtest.runner import RunnerError, log_tail, run_locust
     from servekit.loadtest.slo import SloSyntaxError, breached, parse_slo
 
@@ -245,11 +238,30 @@ def _run(args: argparse.Namespace) -> int:
         highlight=False,
     )
     printer = ProgressPrinter(plan.duration_seconds)
+    # pandas and matplotlib take seconds to import (and the other commands never
+    # need them): import them while Locust starts up in its own process.
+    importer = threading.Thread(target=_import_reporting, daemon=True)
+    importer.start()
     try:
         run = run_locust(plan, printer.show)
     except RunnerError as exc:
         raise CommandError(f"{exc}\n{log_tail(plan)}") from exc
     printer.finish(run.final_progress)
+    importer.join()
+    from servekit.loadtest.plots import plot_run
+    from servekit.loadtest.report import (
+        ReportError,
+        judge,
+        locust_totals,
+        print_report,
+        read_requests,
+        report_console,
+        slo_section,
+        summarize,
+        write_html,
+        write_summary,
+    )
+
     try:
         requests = read_requests(plan.request_log)
     except ReportError as exc:

@@ -36,6 +36,8 @@ class Progress:
 
     def line(self, duration_seconds: int) -> str:
         """The progress line people read."""
+        if self.requests == 0:
+            return f"waiting for the first answer (Locust starting, {self.users} users)"
         p99 = "-" if math.isnan(self.p99_ms) else f"{self.p99_ms:.2f} ms"
         error_rate = self.failures / self.requests * 100 if self.requests else 0.0
         return (
