@@ -30,6 +30,18 @@ SERVEKIT = VENV_BIN / "servekit"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 
 
+def assert_cli_accepts(argv: list[str]) -> None:
+    """The `servekit` command line parses `argv` (subcommand and flags exist)."""
+    cli = pytest.importorskip("servekit.__main__")
+    parser = cli.build_parser()
+    try:
+        parser.parse_args(argv)
+    except SystemExit as exc:
+        raise AssertionError(
+            f"`servekit {' '.join(argv)}` is not a valid command"
+        ) from exc
+
+
 def kubectl_or_skip() -> str:
     kubectl = shutil.which("kubectl")
     if kubectl is None:

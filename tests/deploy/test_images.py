@@ -9,6 +9,7 @@ the real SDK sends it; the code under test is servekit's, unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -33,16 +34,30 @@ from servekit.deploy.project import git_revision  # noqa: E402
 API_VERSION = "1.45"
 
 
-def run_servekit(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(SERVEKIT), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-        env={**os.environ, "COLUMNS": "200", **env},
-        check=False,
-    )
+def run_servekit(
+    *args: str, env: dict[str, str], installed: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run `servekit ARGS` from the repository: through the installed console script,
+    or in this process (the CLI's own entry point, without its start-up per call)."""
+    if installed:
+        return subprocess.run(
+            [str(SERVEKIT), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO_ROOT,
+            env={**os.environ, "COLUMNS": "200", **env},
+            check=False,
+        )
+    cli = pytest.importorskip("servekit.__main__")
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.chdir(REPO_ROOT)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = cli.main(list(args))
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 # ---- plans, tags and contexts ---------------------------------------------------------
@@ -298,6 +313,7 @@ def test_build_sends_the_context_and_tags_to_the_engine(
         "t1",
         "--json",
         env={"DOCKER_HOST": address},
+        installed=True,
     )
     assert result.returncode == 0, result.stderr
     assert [build["query"]["t"] for build in record.builds] == [
@@ -364,12 +380,12 @@ def test_a_failed_build_is_one_line_and_a_non_zero_exit(
     result = run_servekit(
         "deploy", "build", "gateway", "--tag", "t3", env={"DOCKER_HOST": address}
     )
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert (
-        lines[-1]
-        == "servekit: error: servekit/gateway:t3: failed to solve: uv sync exit code 2"
+    expected = (
+        "servekit: error: servekit/gateway:t3: failed to solve: uv sync exit code 2"
     )
+    assert lines[-1] == expected, result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -379,7 +395,9 @@ def test_a_failed_build_is_one_line_and_a_non_zero_exit(
     ids=["socket", "tcp"],
 )
 def test_no_engine_is_a_clean_one_line_error(docker_host: str) -> None:
-    result = run_servekit("deploy", "build", env={"DOCKER_HOST": docker_host})
+    result = run_servekit(
+        "deploy", "build", env={"DOCKER_HOST": docker_host}, installed=True
+    )
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
