@@ -5,6 +5,7 @@ and no TensorFlow in the gateway image."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -264,3 +265,84 @@ def test_copied_sources_are_in_the_build_context() -> None:
                     m == source or m.startswith(source.rstrip("/") + "/")
                     for m in members
                 ), f"{path.name}: COPY {source} is not in the build context"
+
+
+def _image_environment(tmp_path: Path, *sync_args: str) -> Path:
+    """A virtual environment with the package set an image's `uv sync` installs
+    (from the lock file, without the TensorFlow extras that only add weight)."""
+    environment = tmp_path / "venv"
+    result = subprocess.run(
+        [_uv(), "sync", "--frozen", "--no-dev", "--no-editable", "--quiet", *sync_args],
+        cwd=REPO_ROOT,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"},
+            "UV_PROJECT_ENVIRONMENT": str(environment),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return environment / "bin"
+
+
+@pytest.mark.slow
+def test_the_gateway_image_package_set_starts_without_tensorflow(
+    tmp_path: Path,
+) -> None:
+    bin_dir = _image_environment(tmp_path, "--package", "servekit-gateway")
+    result = subprocess.run(
+        [str(bin_dir / "servekit-gateway"), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    probe = subprocess.run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import importlib.util as u; print(u.find_spec('tensorflow'))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert probe.stdout.strip() == "None"
+
+
+@pytest.mark.slow
+def test_the_trainer_image_package_set_runs_a_rollout(tmp_path: Path) -> None:
+    # The image `servekit deploy rollout --cluster` runs in: the CLI without the
+    # deploy/loadtest extras (no Docker SDK, no Locust) must still roll out.
+    models = pytest.importorskip("tests.support.models")
+    registry = tmp_path / "models"
+    models.publish_linear_pipeline(registry, "tabular")
+    models.publish_linear_pipeline(registry, "tabular", offset=2.0)
+    bin_dir = _image_environment(
+        tmp_path, "--package", "servekit", "--package", "servekit-training"
+    )
+    result = subprocess.run(
+        [
+            str(bin_dir / "servekit"),
+            "deploy",
+            "rollout",
+            "tabular",
+            "2",
+            "--canary",
+            "0.5",
+            "--registry",
+            str(registry),
+            "--settle",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "canary: version 2 gets 50%" in result.stdout
