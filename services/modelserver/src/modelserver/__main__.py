@@ -266,11 +266,17 @@ async def serve(settings: Settings) -> int:
     dataplane = DataPlane.from_settings(settings, metrics)
     grpc_server: GrpcServer | None = None
     rest_server: RestServer | None = None
-    if settings.port:
+    if not settings.port and not settings.grpc_socket_path:
+        logger.error(
+            "Failed to start server. Error: At least one of server_options.grpc_port "
+            "or server_options.grpc_socket_path must be set."
+        )
+        return EXIT_FAILURE
+    if settings.port or settings.grpc_socket_path:
         grpc_server = GrpcServer(
             dataplane,
             host=settings.host,
-            port=settings.port,
+            port=settings.port or None,
             max_message_bytes=settings.grpc_max_message_bytes,
             channel_arguments=parse_channel_arguments(settings.grpc_channel_arguments),
             socket_path=settings.grpc_socket_path,

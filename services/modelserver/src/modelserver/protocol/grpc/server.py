@@ -88,7 +88,8 @@ class GrpcServer:
     Args:
         dataplane: Where every RPC goes.
         host: Address to bind.
-        port: TCP port (0 picks a free one; see :attr:`port`).
+        port: TCP port (0 picks a free one; see :attr:`port`); ``None`` for
+            none (only ``socket_path``).
         max_message_bytes: Receive and send limit.
         channel_arguments: Extra server options (``--grpc_channel_arguments``).
         socket_path: Also listen on this UNIX socket when set.
@@ -101,14 +102,20 @@ class GrpcServer:
         dataplane: DataPlane,
         *,
         host: str,
-        port: int,
+        port: int | None,
         max_message_bytes: int,
         channel_arguments: Sequence[ChannelOption] = (),
         socket_path: str = "",
         enable_health: bool = True,
         grace: float = 25.0,
     ) -> None:
-        self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._address = (
+            None
+            if port is None
+            else f"[{host}]:{port}"
+            if ":" in host
+            else f"{host}:{port}"
+        )
         self._socket_path = socket_path
         self._server = grpc.aio.server(
             options=server_options(max_message_bytes, channel_arguments)
@@ -119,7 +126,7 @@ class GrpcServer:
         if enable_health:
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self._port = port
+        self._port = port or 0
         self._grace = grace
 
     @property
@@ -136,20 +143,25 @@ class GrpcServer:
         if self._health is not None:
             for name in HEALTH_SERVICE_NAMES:
                 await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        try:
-            self._port = self._server.add_insecure_port(self._address)
-            if self._socket_path:
-                self._server.add_insecure_port(f"unix:{self._socket_path}")
-        except RuntimeError as exc:
-            raise OSError(f"cannot bind gRPC to {self._address}: {exc}") from exc
-        if self._port == 0:
-            raise OSError(f"cannot bind gRPC to {self._address}")
+        addresses = [self._address] if self._address is not None else []
+        if self._socket_path:
+            addresses.append(f"unix:{self._socket_path}")
+        for address in addresses:
+            try:
+                bound = self._server.add_insecure_port(address)
+            except RuntimeError as exc:
+                raise OSError(f"cannot bind gRPC to {address}: {exc}") from exc
+            if bound == 0:
+                raise OSError(f"cannot bind gRPC to {address}")
+            if address == self._address:
+                self._port = bound
         await self._server.start()
-        logger.info(
-            "Running gRPC ModelServer at %s",
-            self._address,
-            extra={"grpc_port": self._port},
-        )
+        for address in addresses:
+            logger.info(
+                "Running gRPC ModelServer at %s",
+                address,
+                extra={"grpc_port": self._port},
+            )
 
     async def set_serving(self) -> None:
         """Report SERVING on every health name (the models are loaded)."""
