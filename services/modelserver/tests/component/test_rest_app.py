@@ -219,3 +219,19 @@ async def test_error_lines_carry_the_request_id(
 async def test_insane_request_ids_are_replaced(rest: httpx.AsyncClient) -> None:
     response = await rest.get("/v1/models/half", headers={"x-request-id": "x" * 500})
     assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_successes_are_logged_at_debug_only(
+    rest: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RequestContextFilter())
+    with caplog.at_level(logging.INFO, logger="modelserver"):
+        await rest.get("/v1/models/half")
+    assert not caplog.records
+    with caplog.at_level(logging.DEBUG, logger="modelserver"):
+        await rest.get("/v1/models/half", headers={"x-request-id": "ok-1"})
+    (record,) = caplog.records
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "ok-1"
+    assert line["status"] == 200
+    assert line["seconds"] >= 0

@@ -8,12 +8,14 @@ whose HTTP status comes from the same table (:mod:`modelserver.errors`), so REST
 and gRPC cannot disagree. Messages longer than 1024 characters are cut as TF
 Serving cuts them (``...TRUNCATED``). Any other exception is a bug: it is logged
 with its traceback and the client gets INTERNAL without the details.
+Failed calls are logged at INFO, successful ones at DEBUG only.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -58,11 +60,12 @@ def rpc(
 
     @functools.wraps(method)
     async def handle(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
+        started = time.perf_counter()
         request_id = bind_request_id(incoming_request_id(context), "grpc")
         trailing = ((REQUEST_ID_HEADER, request_id),)
         context.set_trailing_metadata(trailing)
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except ServingError as exc:
             logger.info(
                 "%s answered %s: %s",
@@ -84,6 +87,14 @@ def rpc(
                 f"Internal server error (request id {request_id})",
                 trailing_metadata=trailing,
             )
+        else:
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s answered OK",
+                    method.__name__,
+                    extra={"grpc_code": "OK", "seconds": time.perf_counter() - started},
+                )
+            return response
         raise AssertionError("context.abort returned")  # pragma: no cover
 
     return handle
