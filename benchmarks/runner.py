@@ -76,7 +76,7 @@ def measure(
                 )
                 return wrk.run_wrk(command, seconds)
 
-            return _warm_then_measure(http, options)
+            return _warm_then_measure(http, options, clients)
         if options.grpc_client == "h2load" and tools.h2load is not None:
             frame = h2load.write_frame(target, tools.scratch)
             log_file = tools.scratch / "h2load.log"
@@ -96,22 +96,42 @@ def measure(
                     command, log_file, seconds, target.response_bytes
                 )
 
-            return _warm_then_measure(rpc, options)
+            return _warm_then_measure(rpc, options, clients)
         return _python_grpc(target, clients, options)
     except (wrk.WrkError, h2load.H2loadError, grpcload.GrpcLoadError) as exc:
         raise LoadError(str(exc)) from exc
 
 
+MAX_DRAIN_SECONDS = 5.0
+
+
+def drain_seconds(summary: LoadSummary | None, clients: int) -> float:
+    """How long the server may still be busy with requests its clients abandoned.
+
+    A load generator that exits leaves up to ``clients`` requests in flight, and most
+    servers finish them anyway; at the rate just measured that takes about
+    ``clients / rate`` seconds. Waiting that long keeps one run's backlog out of the
+    next run's window.
+    """
+    if summary is None or summary.rps <= 0:
+        return MAX_DRAIN_SECONDS
+    return min(MAX_DRAIN_SECONDS, clients / summary.rps)
+
+
 def _warm_then_measure(
-    run: Callable[[int], LoadSummary], options: BenchOptions
+    run: Callable[[int], LoadSummary], options: BenchOptions, clients: int
 ) -> tuple[LoadSummary, list[float]]:
     if options.warmup > 0:
+        warm: LoadSummary | None = None
         # A slow system may complete nothing during a short warm-up; that is fine.
         with contextlib.suppress(wrk.WrkError, h2load.H2loadError):
-            run(options.warmup)
+            warm = run(options.warmup)
+        time.sleep(drain_seconds(warm, clients))
     before = read_cpu_times()
     summary = run(options.duration)
-    return summary, busy_fractions(before, read_cpu_times())
+    busy = busy_fractions(before, read_cpu_times())
+    time.sleep(drain_seconds(summary, clients))
+    return summary, busy
 
 
 def _python_grpc(

@@ -38,7 +38,7 @@ Progress = Callable[[str], None]
 START_TIMEOUT = 300.0
 """Seconds a server may take to serve its first model (TensorFlow on a busy core)."""
 
-MODEL_GRACE = 120.0
+MODEL_GRACE = 90.0
 """Seconds the other models of a server get once its first model serves."""
 
 
@@ -127,22 +127,50 @@ def _mlserver_folder(
     return folder, http_port, grpc_port
 
 
+@dataclass
+class _RequestBuild:
+    """MLServer's gRPC request being serialized by its own interpreter."""
+
+    popen: subprocess.Popen[bytes]
+    out: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def wait(self) -> Path:
+        """Wait for the request file.
+
+        Raises:
+            StartError: The helper failed.
+        """
+        try:
+            _, stderr = self.popen.communicate(timeout=300)
+        except subprocess.TimeoutExpired as exc:
+            self.popen.kill()
+            raise StartError("building MLServer's gRPC request timed out") from exc
+        if self.popen.returncode != 0:
+            raise StartError(
+                f"cannot build MLServer's gRPC request:\n{stderr.decode()[-1500:]}"
+            )
+        return self.out
+
+
 def _mlserver_grpc_request(
     mlserver: Path, payload: ModelPayloads, directory: Path
-) -> Path:
+) -> _RequestBuild:
+    # Importing MLServer takes a while on a busy core: run it alongside the servers'
+    # start-up instead of before it.
     out = directory / f"{payload.name}.v2.bin"
     helper = Path(__file__).with_name("mlserver_requests.py")
-    completed = subprocess.run(
+    popen = subprocess.Popen(
         [str(mlserver.parent / "python"), str(helper), str(payload.v2_rest)]
         + [payload.name, str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
-    if completed.returncode != 0:
-        raise StartError(f"cannot build MLServer's gRPC request:\n{completed.stderr}")
-    return out
+    return _RequestBuild(popen, out)
 
 
 def _excerpt(body: bytes, limit: int = 100) -> str:
@@ -269,6 +297,7 @@ def _start_mlservers(
     models: list[ModelPayloads],
     processes: ProcessSet,
     mlserver: Path,
+    builds: list[_RequestBuild],
 ) -> list[_Pending]:
     pending: list[_Pending] = []
     for system, batching in (("mlserver", False), ("mlserver-batching", True)):
@@ -294,6 +323,8 @@ def _start_mlservers(
                 if "grpc" in options.protocols
                 else None
             )
+            if grpc_request is not None:
+                builds.append(grpc_request)
             pending.append(
                 _Pending(
                     process,
@@ -306,7 +337,7 @@ def _start_mlservers(
                         None
                         if grpc_request is None
                         else GrpcTarget(
-                            f"127.0.0.1:{grpc_port}", V2_INFER_METHOD, grpc_request
+                            f"127.0.0.1:{grpc_port}", V2_INFER_METHOD, grpc_request.out
                         ),
                     ),
                 )
@@ -373,6 +404,25 @@ def start_systems(
         StartError: A server did not start or answered a checked request wrongly.
     """
     deployment = Deployment()
+    builds: list[_RequestBuild] = []
+    try:
+        return _start_all(
+            options, payloads, processes, mlserver, progress, deployment, builds
+        )
+    finally:
+        for build in builds:
+            build.stop()
+
+
+def _start_all(
+    options: BenchOptions,
+    payloads: dict[str, ModelPayloads],
+    processes: ProcessSet,
+    mlserver: Path | None,
+    progress: Progress,
+    deployment: Deployment,
+    builds: list[_RequestBuild],
+) -> Deployment:
     models = [payloads[name] for name in options.models]
     pending, addresses = _start_model_servers(options, models, processes)
     if options.wants("gateway"):
@@ -390,7 +440,7 @@ def start_systems(
     if options.wants("mlserver") or options.wants("mlserver-batching"):
         if mlserver is None:
             raise StartError("MLServer was selected but is not installed")
-        pending += _start_mlservers(options, models, processes, mlserver)
+        pending += _start_mlservers(options, models, processes, mlserver, builds)
         deployment.notes += [
             f"MLServer skipped for {model.name!r}: mlserver + mlserver-sklearn has no "
             "TensorFlow runtime."
@@ -404,6 +454,8 @@ def start_systems(
         trivial = _start_trivial_grpc(options, processes)
         pending.append(trivial)
 
+    for build in builds:
+        build.wait()
     scenarios: list[Scenario] = []
     for item in pending:
         name = item.process.name

@@ -193,3 +193,11 @@ def test_proc_stat_busy_excludes_idle_and_iowait() -> None:
     fractions = busy_fractions(before, after)
     assert fractions[0] == pytest.approx(10 / 110)
     assert fractions[1] == pytest.approx(90 / 100)
+
+
+def test_drain_waits_for_the_abandoned_requests_at_the_measured_rate() -> None:
+    from benchmarks.runner import MAX_DRAIN_SECONDS, drain_seconds
+
+    assert drain_seconds(load(320, 100, 200), 32) == pytest.approx(0.1)
+    assert drain_seconds(load(1, 100, 200), 32) == MAX_DRAIN_SECONDS
+    assert drain_seconds(None, 1) == MAX_DRAIN_SECONDS
