@@ -309,10 +309,14 @@ class ModelRegistry:
             if entry.config is not None:
                 await self._reconcile(entry)
 
-    async def settle(self) -> None:
-        """Wait until no load is in progress (tests and start-up use it)."""
+    async def settle_loads(self) -> None:
+        """Wait until no load is in progress."""
         for entry in list(self._models.values()):
             await self._settle(entry)
+
+    async def settle(self) -> None:
+        """Wait until no load or unload is in progress."""
+        await self.settle_loads()
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
