@@ -29,6 +29,7 @@ from gateway.errors import (
     ModelNotFound,
     Overloaded,
 )
+from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import GatewayMetrics
 from gateway.registryview import RegistryView
 from gateway.routing.router import CANARY_ROLE, Plan, Router, Target
@@ -174,8 +175,14 @@ class Gateway:
         pool: BackendPool,
         authenticator: Authenticator,
         registry: RegistryView | None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.settings = settings
+        self.access_log = (
+            access_log
+            if access_log is not None
+            else AccessLog(None, enabled=settings.access_log)
+        )
         self.metrics = metrics
         self.router = router
         self.pool = pool
@@ -251,7 +258,7 @@ class Gateway:
         plan = self.router.plan(model, version, label, ctx.headers)
         ctx.model = model
         ctx.route = plan.primary.role
-        self.metrics.route_requests.labels(model, plan.primary.role).inc()
+        self.metrics.count_route(model, plan.primary.role)
         return plan
 
     def _stable_fallback(self, target: Target) -> Target:

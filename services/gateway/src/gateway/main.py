@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 import gateway as package
 from gateway.clients.backend import BackendPool, RetryPolicy
@@ -27,6 +29,30 @@ from gateway.routing.config import RoutesConfig
 from gateway.routing.router import Router
 from gateway.security.keys import Authenticator, RateSpec
 from gateway.settings import Settings
+
+
+class GatewayApp(FastAPI):
+    """FastAPI for the documented parts (typed endpoints, `/docs`), with the hot
+    paths (v1, v2, health) dispatched straight to their Starlette handlers.
+
+    The v1/v2 handlers parse with orjson and never raise; skipping FastAPI's
+    middleware stack and the scan of every route saves a noticeable share of the
+    per-request CPU that the gateway adds in front of a model server.
+    """
+
+    fast_routes: list[Route]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for route in self.fast_routes:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    scope["app"] = self
+                    response = await route.endpoint(Request(scope, receive))
+                    await response(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
@@ -105,7 +131,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             if owns_gateway:
                 await gw.close()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="servekit gateway",
         version=package.__version__,
         description=(
@@ -116,6 +142,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
             "its own port."
         ),
         lifespan=lifespan,
+        # No OpenTelemetry per request; Prometheus metrics cover the gateway.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = gw
 
@@ -139,9 +167,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
 
     app.state.readiness = ReadinessCache(gw)
     app.state.reloader = reloader
-    app.router.routes.extend(health_routes())
-    app.router.routes.extend(v1_routes())
-    app.router.routes.extend(v2_routes())
+    # v1 first: the busiest path is matched first.
+    fast_routes = [*v1_routes(), *v2_routes(), *health_routes()]
+    app.fast_routes = fast_routes
+    # Also on the regular router, which answers 405 for a wrong method.
+    app.router.routes.extend(fast_routes)
     typed = TypedEndpoints(app, gw)
     app.state.typed_endpoints = typed
     typed.rebuild()

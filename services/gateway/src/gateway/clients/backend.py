@@ -212,8 +212,8 @@ class BackendPool:
             except asyncio.CancelledError:
                 backend.breaker.record_cancelled()
                 raise
-            self._metrics.backend_duration.labels(backend.address, method).observe(
-                time.perf_counter() - started
+            self._metrics.observe_backend(
+                backend.address, method, time.perf_counter() - started
             )
             if backend.breaker.state is not BreakerState.CLOSED or attempt:
                 backend.breaker.record_success()

@@ -32,7 +32,6 @@ from gateway.observability.logging import (
 )
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("gateway.access")
 
 PROTOCOL = "grpc"
 Response = TypeVar("Response")
@@ -105,16 +104,21 @@ class GrpcFront:
             grpc.StatusCode.UNAUTHENTICATED,
             grpc.StatusCode.PERMISSION_DENIED,
         )
-        self.gateway.metrics.request_duration.labels(
-            ctx.model if known else "", ctx.version, ctx.route, PROTOCOL, code.name
-        ).observe(elapsed)
-        if self.gateway.settings.access_log:
+        self.gateway.metrics.observe_request(
+            ctx.model if known else "",
+            ctx.version,
+            ctx.route,
+            PROTOCOL,
+            code.name,
+            elapsed,
+        )
+        access_log = self.gateway.access_log
+        if access_log.enabled:
             bind_model(ctx.model, ctx.version or None)
-            access_logger.info(
-                "%s %s",
-                method,
-                code.name,
-                extra={"status": code.name, "duration_ms": round(elapsed * 1000, 3)},
+            access_log.write(
+                f"{method} {code.name}",
+                status=code.name,
+                duration_ms=round(elapsed * 1000, 3),
             )
 
 

@@ -6,13 +6,15 @@ task, so values bound for one request never show up in another's lines.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
+
+import orjson
 
 REQUEST_ID_HEADER = "x-request-id"
 """HTTP header and gRPC metadata key of the request id, in and out."""
@@ -90,13 +92,67 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class _Clock:
+    """ISO timestamps with milliseconds; the seconds part is formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((now - second) * 1000):03d}+00:00"
+
+
+class AccessLog:
+    """One JSON line per request, in the same shape as the other log lines.
+
+    It writes directly instead of going through `logging`, whose record, filter
+    and handler machinery costs several times more than the line itself; on the
+    serving path that difference is a visible share of the gateway's overhead.
+    """
+
+    def __init__(self, stream: BinaryIO | None, enabled: bool = True) -> None:
+        if stream is None:
+            stream = sys.stderr.buffer
+        self._stream = stream
+        self.enabled = enabled
+        self._clock = _Clock()
+
+    def write(self, message: str, **fields: object) -> None:
+        entry: dict[str, object] = {
+            "time": self._clock.now(),
+            "level": "INFO",
+            "logger": "gateway.access",
+            "message": message,
+        }
+        for name, var in (
+            ("request_id", request_id_var),
+            ("model", model_var),
+            ("version", version_var),
+            ("protocol", protocol_var),
+        ):
+            value = var.get()
+            if value:
+                entry[name] = value
+        entry.update(fields)
+        self._stream.write(orjson.dumps(entry, default=str) + b"\n")
+        self._stream.flush()
 
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """Send every log line (uvicorn's and grpc's included) as JSON to stderr."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter())
+    # Caller lookup walks the stack on every record; the lines do not show it.
+    logging._srcfile = None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
@@ -95,3 +97,35 @@ class GatewayMetrics:
             ["source", "result"],
             registry=self.registry,
         )
+
+        # Labelled children, looked up once: `labels()` costs more than the
+        # observation itself on the hot path.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            self._children[key] = child
+        return child
+
+    def observe_request(
+        self,
+        model: str,
+        version: str,
+        route: str,
+        protocol: str,
+        code: str,
+        seconds: float,
+    ) -> None:
+        """One served request in `gateway_request_duration_seconds`."""
+        self._child(
+            self.request_duration, model, version, route, protocol, code
+        ).observe(seconds)
+
+    def observe_backend(self, backend: str, method: str, seconds: float) -> None:
+        self._child(self.backend_duration, backend, method).observe(seconds)
+
+    def count_route(self, model: str, route: str) -> None:
+        self._child(self.route_requests, model, route).inc()

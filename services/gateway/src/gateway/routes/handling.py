@@ -33,7 +33,6 @@ from gateway.observability.logging import (
 )
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("gateway.access")
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 JSON = "application/json"
@@ -164,26 +163,26 @@ def finish(
     gateway: Gateway, ctx: CallContext, request: Request, response: Response
 ) -> None:
     """Stamp the request id, record the latency histogram, write the access line."""
-    response.headers[REQUEST_ID_HEADER] = ctx.request_id
+    raw = response.raw_headers
+    raw.append((b"x-request-id", ctx.request_id.encode("latin-1")))
     if ctx.version:
-        response.headers["x-model-version"] = ctx.version
+        raw.append((b"x-model-version", ctx.version.encode("latin-1")))
     if ctx.route:
-        response.headers["x-route"] = ctx.route
+        raw.append((b"x-route", ctx.route.encode("latin-1")))
     status = response.status_code
     elapsed = time.perf_counter() - ctx.started
     # Unknown or unauthorized model names are client input: keep them out of labels.
     model = ctx.model if status not in (401, 403, 404) else ""
-    gateway.metrics.request_duration.labels(
-        model, ctx.version, ctx.route, ctx.protocol, str(status)
-    ).observe(elapsed)
-    if gateway.settings.access_log:
+    gateway.metrics.observe_request(
+        model, ctx.version, ctx.route, ctx.protocol, str(status), elapsed
+    )
+    access_log = gateway.access_log
+    if access_log.enabled:
         bind_model(ctx.model, ctx.version or None)
-        access_logger.info(
-            "%s %s %d",
-            request.method,
-            request.url.path,
-            status,
-            extra={"status": status, "duration_ms": round(elapsed * 1000, 3)},
+        access_log.write(
+            f"{request.method} {request.scope['path']} {status}",
+            status=status,
+            duration_ms=round(elapsed * 1000, 3),
         )
 
 
@@ -192,7 +191,7 @@ def reject(request: Request, protocol: str, exc: GatewayError) -> Response:
     gateway = gateway_of(request)
     request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
     bind_request(request_id, protocol)
-    parts = request.url.path.split("/")
+    parts = request.scope["path"].split("/")
     ctx = CallContext(
         request_id=request_id,
         protocol=protocol,
