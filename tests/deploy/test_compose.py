@@ -369,3 +369,15 @@ def test_locust_commands_use_real_options_and_the_repository_config(
         assert not any(
             arg.startswith(("--run-time", "--users", "--headless")) for arg in worker
         )
+
+
+def test_servers_run_unprivileged(compose_file: dict[str, Any]) -> None:
+    services = compose_file["services"]
+    for name in (*MODEL_SERVERS, "gateway"):
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert "/tmp" in service["tmpfs"], name
+    # TF Serving's image runs as root unless told otherwise; ours set USER 10001.
+    assert services["tfserving"]["user"] == "10001:10001"
