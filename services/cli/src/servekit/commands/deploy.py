@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from servekit.console import (
     CommandError,
@@ -16,6 +16,9 @@ from servekit.console import (
     registry_path,
     version_argument,
 )
+
+if TYPE_CHECKING:
+    from servekit.deploy.project import Project
 
 
 def register(subparsers: Any) -> None:
@@ -213,7 +216,7 @@ def _add_context_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _project(args: argparse.Namespace) -> Any:
+def _project(args: argparse.Namespace) -> Project:
     from servekit.deploy.project import find_project
 
     return find_project(args.project_dir)
