@@ -32,9 +32,20 @@ def apply(manifests: str, context: str | None) -> str:
     Raises:
         ToolMissing, ToolFailed: kubectl absent, cluster unreachable, object refused.
     """
-    result = tools.run(
-        [*kubectl(context), "apply", "-f", "-"], stdin=manifests, label="kubectl apply"
-    )
+    try:
+        result = tools.run(
+            [*kubectl(context), "apply", "-f", "-"],
+            stdin=manifests,
+            label="kubectl apply",
+        )
+    except ToolFailed as exc:
+        if "field is immutable" in str(exc):
+            # The usual cause: a finished Job whose image tag changed.
+            raise ToolFailed(
+                f"{exc} (a Job cannot change once created: delete the finished job, "
+                "e.g. `kubectl -n servekit delete job servekit-train`, and apply again)"
+            ) from exc
+        raise
     return result.stdout
 
 
