@@ -35,7 +35,7 @@ from modelserver.protocol.rest.errors import (
     error_body,
     internal_error_body,
 )
-from modelserver.protocol.rest.routes import API_PATH, Routes
+from modelserver.protocol.rest.routes import Routes, is_api_path
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +109,14 @@ class RestApp:
         request_id = bind_request_id(incoming_id, "rest")
         method: str = scope["method"]
         raw_path = _raw_path(scope)
-        status = HTTPStatus.OK
+        status = 200
         content_type = _JSON_CONTENT_TYPE
         try:
             if raw_path == self._metrics_path and self._render_metrics is not None:
                 content_type = _TEXT_CONTENT_TYPE
                 payload = self._render_metrics()
-            elif API_PATH.fullmatch(raw_path) is None:
-                status = HTTPStatus.NOT_FOUND
+            elif not is_api_path(raw_path):
+                status = HTTPStatus.NOT_FOUND.value
                 payload = error_body(f"Not found: {method} {raw_path}")
             elif method == "OPTIONS":
                 payload = _preflight(origin)
@@ -126,27 +126,27 @@ class RestApp:
                 body = await self._read_body(receive, content_encoding)
                 payload = await route.handler(route.spec, body)
         except ServingError as exc:
-            status = exc.status
+            status = exc.status.value
             payload = error_body(exc.message)
             logger.info(
                 "%s %s answered %d: %s",
                 method,
                 raw_path,
-                status.value,
+                status,
                 exc.message,
-                extra={"status": status.value, "api_error": type(exc).__name__},
+                extra={"status": status, "api_error": type(exc).__name__},
             )
         except Exception:
-            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            status = HTTPStatus.INTERNAL_SERVER_ERROR.value
             payload = internal_error_body(request_id)
             logger.exception("%s %s failed", method, raw_path)
         headers = [content_type, (_REQUEST_ID_HEADER, request_id.encode())]
         headers.extend(self._extra_headers)
         await send(
-            {"type": "http.response.start", "status": status.value, "headers": headers}
+            {"type": "http.response.start", "status": status, "headers": headers}
         )
         await send({"type": "http.response.body", "body": payload})
-        if status is HTTPStatus.OK and logger.isEnabledFor(logging.DEBUG):
+        if status == 200 and logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s answered 200",
                 method,

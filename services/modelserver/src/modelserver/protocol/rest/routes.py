@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote
 
 from modelserver.dataplane import DataPlane
@@ -38,21 +38,30 @@ MODEL_PATH = re.compile(
     r"(?:/(metadata))?",
     re.IGNORECASE | re.ASCII,
 )
-API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
-"""Paths the API answers (with 400 when malformed); others are 404."""
+
+
+def is_api_path(raw_path: str) -> bool:
+    """Whether the API answers ``raw_path`` (400 when malformed); others are 404.
+
+    TF Serving's dispatcher takes every path matching ``(?i)/v1/.*``.
+    """
+    return raw_path[:4].lower() == "/v1/"
+
 
 _INT64_MAX = 2**63 - 1
 
 Handler = Callable[[ModelSpec, bytes], Awaitable[bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
     """A matched request: which handler, for which model spec."""
 
     handler: Handler
     spec: ModelSpec
     api: str
+
+
+_MATCH_CACHE_LIMIT = 4096
 
 
 class Routes:
@@ -66,6 +75,9 @@ class Routes:
             "classify": self.classify,
             "regress": self.regress,
         }
+        # Clients call few distinct URLs, so matched routes (immutable) are
+        # remembered and the regular expressions run once per URL.
+        self._matched: dict[tuple[str, str], Route] = {}
 
     def match(self, method: str, raw_path: str) -> Route:
         """Pick the handler for ``method`` and ``raw_path``.
@@ -74,6 +86,16 @@ class Routes:
             InvalidInput: The path or method is not part of the API (TF Serving
                 answers these with INVALID_ARGUMENT, i.e. 400).
         """
+        key = (method, raw_path)
+        route = self._matched.get(key)
+        if route is None:
+            route = self._match(method, raw_path)
+            if len(self._matched) >= _MATCH_CACHE_LIMIT:
+                self._matched.clear()
+            self._matched[key] = route
+        return route
+
+    def _match(self, method: str, raw_path: str) -> Route:
         if method == "POST":
             match = PREDICTION_PATH.fullmatch(raw_path)
             if match is not None:
