@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from servekit.loadtest.plots import plot_comparison
-from servekit.loadtest.report import read_requests, read_summary
+from servekit.loadtest.report import read_requests, read_summary, report_console
 
 NOTABLE_CHANGE = 0.05
 """Relative changes smaller than this are shown without colour: noise on a busy box."""
@@ -88,22 +88,24 @@ def deltas(summary_a: Mapping[str, Any], summary_b: Mapping[str, Any]) -> list[D
     return found
 
 
-def _number(value: float | None, unit: str) -> str:
+def _number(value: float | None, unit: str, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    sign = "+" if signed else ""
     if unit == "":
-        return f"{value:.0f}"
-    return f"{value:.2f} {unit}".strip()
+        return f"{value:{sign}.0f}"
+    if unit == "req/s":
+        return f"{value:{sign}.1f} {unit}"
+    return f"{value:{sign}.2f} {unit}"
 
 
 def comparison_table(label_a: str, label_b: str, rows: list[Delta]) -> Table:
     """A row per metric: A, B, the change and the relative change."""
-    table = Table(title=f"{label_a} -> {label_b}")
-    table.add_column("metric")
-    for column in (label_a, label_b, "change", "relative"):
-        table.add_column(column, justify="right")
+    table = Table(title=f"A: {label_a}\nB: {label_b}")
+    table.add_column("metric", no_wrap=True)
+    for column in ("A", "B", "B - A", "relative"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
-        change = row.change
         relative = row.relative
         colour = {True: "green", False: "red", None: ""}[row.better]
         relative_text = "-" if relative is None else f"{relative * 100:+.1f}%"
@@ -113,7 +115,7 @@ def comparison_table(label_a: str, label_b: str, rows: list[Delta]) -> Table:
             row.metric,
             _number(row.a, row.unit),
             _number(row.b, row.unit),
-            "-" if change is None else f"{change:+.2f}",
+            _number(row.change, row.unit, signed=True),
             relative_text,
         )
     return table
@@ -135,10 +137,8 @@ def compare(
     """
     summary_a, summary_b = read_summary(run_a), read_summary(run_b)
     label_a, label_b = run_label(run_a, summary_a), run_label(run_b, summary_b)
-    if label_a == label_b:
-        label_a, label_b = f"A: {label_a}", f"B: {label_b}"
     rows = deltas(summary_a, summary_b)
-    out = console if console is not None else Console()
+    out = console if console is not None else report_console()
     out.print(comparison_table(label_a, label_b, rows))
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot_comparison(

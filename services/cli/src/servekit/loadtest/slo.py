@@ -52,6 +52,17 @@ _METRIC_ALIASES = {
 }
 
 
+def format_milliseconds(value: float) -> str:
+    """A latency with the decimals that matter: 0.042 ms, 4.21 ms, 42.1 ms, 4210 ms."""
+    if value >= 100:
+        return f"{value:.0f} ms"
+    if value >= 10:
+        return f"{value:.1f} ms"
+    if value >= 0.1:
+        return f"{value:.2f} ms"
+    return f"{value:.3g} ms"
+
+
 class SloSyntaxError(ValueError):
     """The objective text does not follow the grammar."""
 
@@ -92,7 +103,7 @@ class Objective:
             return f"{value * 100:.3g} %"
         if self.kind == "rps":
             return f"{value:.1f} req/s"
-        return f"{value:.3g} ms"
+        return format_milliseconds(value)
 
 
 @dataclass(frozen=True)
