@@ -283,3 +283,66 @@ def test_compose_missing_is_named(kubeconfig: Path, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "neither `docker compose`" in result.stderr
+
+
+@pytest.fixture
+def recording_kubectl(tmp_path: Path) -> Path:
+    """A kubectl stand-in first on PATH: `kustomize` runs the real one; `apply`,
+    `diff` and `get` record their arguments and stdin, then answer as a cluster would
+    (KUBECTL_ANSWER selects the answer)."""
+    real = kubectl_or_skip()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "kubectl"
+    script.write_text(
+        f"""#!/bin/sh
+if [ "$1" = kustomize ]; then exec {real} "$@"; fi
+printf '%s\\n' "$@" > "{tmp_path}/argv"
+cat > "{tmp_path}/stdin"
+case "$KUBECTL_ANSWER" in
+  immutable)
+    echo 'The Job "servekit-train" is invalid: spec.template: Invalid value: core.PodTemplateSpec{{}}: field is immutable' >&2
+    exit 1 ;;
+  *) echo 'deployment.apps/gateway configured' ;;
+esac
+"""
+    )
+    script.chmod(0o755)
+    return tmp_path
+
+
+def _with_path(directory: Path) -> dict[str, str]:
+    return {"PATH": f"{directory / 'bin'}:{os.environ['PATH']}"}
+
+
+def test_apply_sends_the_rendered_overlay_to_kubectl(
+    recording_kubectl: Path, kubeconfig: Path, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    result = servekit(
+        "deploy",
+        "apply",
+        "--overlay",
+        "local",
+        "--context",
+        "kind-servekit",
+        kubeconfig=kubeconfig,
+        extra_env=_with_path(recording_kubectl),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "deployment.apps/gateway configured" in result.stdout
+    argv = (recording_kubectl / "argv").read_text().split()
+    assert argv == ["--context", "kind-servekit", "apply", "-f", "-"]
+    assert objects_of((recording_kubectl / "stdin").read_text()) == rendered["local"]
+
+
+def test_apply_explains_an_immutable_job(
+    recording_kubectl: Path, kubeconfig: Path
+) -> None:
+    env = {**_with_path(recording_kubectl), "KUBECTL_ANSWER": "immutable"}
+    result = servekit(
+        "deploy", "apply", "--overlay", "local", kubeconfig=kubeconfig, extra_env=env
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "field is immutable" in line
+    assert "kubectl -n servekit delete job servekit-train" in line
