@@ -303,6 +303,7 @@ case "$KUBECTL_ANSWER" in
   immutable)
     echo 'The Job "servekit-train" is invalid: spec.template: Invalid value: core.PodTemplateSpec{{}}: field is immutable' >&2
     exit 1 ;;
+  listing) cat "$KUBECTL_OUTPUT" ;;
   *) echo 'deployment.apps/gateway configured' ;;
 esac
 """
@@ -346,3 +347,91 @@ def test_apply_explains_an_immutable_job(
     (line,) = result.stderr.strip().splitlines()
     assert "field is immutable" in line
     assert "kubectl -n servekit delete job servekit-train" in line
+
+
+STATUS_LISTING = {
+    "apiVersion": "v1",
+    "kind": "List",
+    "items": [
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "gateway"},
+            "spec": {
+                "replicas": 2,
+                "template": {
+                    "spec": {"containers": [{"image": "servekit/gateway:abc"}]}
+                },
+            },
+            "status": {"readyReplicas": 1, "updatedReplicas": 2},
+        },
+        {
+            "kind": "Job",
+            "metadata": {"name": "servekit-train"},
+            "spec": {"completions": 1},
+            "status": {
+                "succeeded": 1,
+                "conditions": [{"type": "Complete", "status": "True"}],
+            },
+        },
+        {
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "gateway"},
+            "spec": {"minReplicas": 1, "maxReplicas": 3},
+            "status": {"currentReplicas": 2, "desiredReplicas": 2},
+        },
+        {
+            "kind": "Pod",
+            "metadata": {"name": "tfserving-7d9f"},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "ready": False,
+                        "restartCount": 3,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    }
+                ],
+            },
+        },
+    ],
+}
+
+
+def test_status_summarizes_the_workloads(
+    recording_kubectl: Path, kubeconfig: Path
+) -> None:
+    listing = recording_kubectl / "listing.json"
+    listing.write_text(json.dumps(STATUS_LISTING))
+    env = {
+        **_with_path(recording_kubectl),
+        "KUBECTL_ANSWER": "listing",
+        "KUBECTL_OUTPUT": str(listing),
+    }
+    result = servekit(
+        "deploy", "status", "-n", "ml", "--json", kubeconfig=kubeconfig, extra_env=env
+    )
+    assert result.returncode == 0, result.stderr
+    argv = (recording_kubectl / "argv").read_text().split()
+    assert argv[:2] == ["get", "deployments,jobs,horizontalpodautoscalers,pods"]
+    assert argv[argv.index("--namespace") + 1] == "ml"
+    assert json.loads(result.stdout) == [
+        {
+            "kind": "Deployment",
+            "name": "gateway",
+            "ready": "1/2",
+            "detail": "updated 2, servekit/gateway:abc",
+        },
+        {"kind": "Job", "name": "servekit-train", "ready": "1/1", "detail": "Complete"},
+        {
+            "kind": "HorizontalPodAutoscaler",
+            "name": "gateway",
+            "ready": "2/2",
+            "detail": "min 1, max 3",
+        },
+        {
+            "kind": "Pod",
+            "name": "tfserving-7d9f",
+            "ready": "0/1",
+            "detail": "Pending, CrashLoopBackOff, restarts 3",
+        },
+    ]
