@@ -197,3 +197,14 @@ def test_manifest_framework_picks_the_runtime(
         load_runtime(
             name="m", version=1, path=copy, platform="sklearn", options=LoadOptions()
         )
+
+
+def test_warmup_replays_the_manifest_examples(
+    sklearn_classifier_version: Path,
+) -> None:
+    from modelserver.registry.warmup import warm_up
+
+    runtime = load(sklearn_classifier_version)
+    # Two signatures x (the two rows together + each row alone).
+    assert warm_up(runtime) == 6
+    assert warm_up(runtime, iterations=2) == 12
