@@ -15,11 +15,11 @@ import gateway as package
 from gateway.clients.backend import BackendPool, RetryPolicy
 from gateway.clients.breaker import CircuitBreaker
 from gateway.dataplane import Gateway
-from gateway.errors import GatewayError, UnprocessableInput
+from gateway.errors import GatewayError, PayloadTooLarge, UnprocessableInput
 from gateway.observability.metrics import GatewayMetrics
 from gateway.registryview import RegistryView
 from gateway.reloader import Reloader
-from gateway.routes.handling import reject
+from gateway.routes.handling import read_body, reject, replay_body
 from gateway.routes.health import ReadinessCache, health_routes
 from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
 from gateway.routes.typed import TypedEndpoints, validation_summary
@@ -41,6 +41,7 @@ class GatewayApp(FastAPI):
     """
 
     fast_routes: list[Route]
+    max_body_bytes: int
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -52,6 +53,17 @@ class GatewayApp(FastAPI):
                     response = await route.endpoint(Request(scope, receive))
                     await response(scope, receive, send)
                     return
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                # FastAPI reads bodies without a limit: read it here, with ours.
+                scope["app"] = self
+                request = Request(scope, receive)
+                try:
+                    body = await read_body(request, self.max_body_bytes)
+                except PayloadTooLarge as exc:
+                    response = reject(request, TYPED_PROTOCOL, exc)
+                    await response(scope, receive, send)
+                    return
+                receive = replay_body(body, receive)
         await super().__call__(scope, receive, send)
 
 
@@ -170,6 +182,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     # v1 first: the busiest path is matched first.
     fast_routes = [*v1_routes(), *v2_routes(), *health_routes()]
     app.fast_routes = fast_routes
+    app.max_body_bytes = settings.max_body_bytes
     # Also on the regular router, which answers 405 for a wrong method.
     app.router.routes.extend(fast_routes)
     typed = TypedEndpoints(app, gw)

@@ -76,9 +76,10 @@ def test_body_over_the_limit_is_413(
 ) -> None:
     limit = int(gateway_env["GATEWAY_MAX_BODY_BYTES"])
     rows = [{"a": 1.0, "b": 2.0}] * (limit // 10)
-    declared = client.post("/v1/models/linear:predict", json={"instances": rows})
-    assert declared.status_code == 413
-    assert "limit" in declared.json()["error"]
+    for path in ("/v1/models/linear:predict", "/models/linear/predict"):
+        declared = client.post(path, json={"instances": rows})
+        assert declared.status_code == 413, path
+        assert "limit" in declared.json()["error"]
 
     def chunks() -> Iterator[bytes]:
         # Streamed without Content-Length: the gateway counts while reading.
@@ -87,9 +88,8 @@ def test_body_over_the_limit_is_413(
             yield b'{"a": 1.0, "b": 2.0},'
         yield b'{"a": 1.0, "b": 2.0}]}'
 
-    streamed = client.post(
-        "/v1/models/linear:predict",
-        content=chunks(),
-        headers={"content-type": "application/json"},
-    )
-    assert streamed.status_code == 413
+    for path in ("/v1/models/linear:predict", "/models/linear/predict"):
+        streamed = client.post(
+            path, content=chunks(), headers={"content-type": "application/json"}
+        )
+        assert streamed.status_code == 413, path

@@ -16,6 +16,7 @@ import orjson
 from servekit_protocol.errors import ProtocolError
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive
 
 from gateway.dataplane import CallContext, Gateway
 from gateway.errors import (
@@ -82,17 +83,41 @@ def parse_timeout(raw: str | None) -> float | None:
     return value
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds `limit` bytes.
+def check_declared_length(request: Request, limit: int) -> None:
+    """Refuse a body whose Content-Length is above `limit` before reading it.
 
     Raises:
-        PayloadTooLarge: declared or actual size above the limit.
+        PayloadTooLarge: the declared size is above the limit.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(
             f"request body of {declared} bytes exceeds the limit of {limit} bytes"
         )
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands out an already-read body, then defers to the real one
+    (which reports the client's disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `limit` bytes.
+
+    Raises:
+        PayloadTooLarge: declared or actual size above the limit.
+    """
+    check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
