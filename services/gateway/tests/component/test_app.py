@@ -1,0 +1,84 @@
+"""The HTTP app in process (httpx ASGITransport) over a real gRPC backend double:
+load shedding, readiness, metrics, the fast-path routes and method handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from gateway.main import create_app
+from gateway.settings import Settings
+
+from tests.support.processes import free_port
+from tests.support.slow_backend import slow_backend
+
+DELAY_SECONDS = 0.5
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[str]:
+    with slow_backend(DELAY_SECONDS) as address:
+        yield address
+
+
+async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gateway"
+    ) as client:
+        yield client
+    await app.state.gateway.close()
+
+
+@pytest.fixture
+async def client(backend: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(default_backend=backend, registry=None, max_in_flight=2)
+    async for http in _client(create_app(settings)):
+        yield http
+
+
+async def test_requests_above_max_in_flight_are_shed_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    async def predict() -> httpx.Response:
+        return await client.post("/v1/models/m:predict", json={"instances": [1.0]})
+
+    responses = await asyncio.gather(*(predict() for _ in range(4)))
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200, 200, 503, 503]
+    shed = [response for response in responses if response.status_code == 503]
+    assert all("in flight" in response.json()["error"] for response in shed)
+    metrics = (await client.get("/metrics")).text
+    assert 'gateway_rejections_total{reason="overloaded"} 2.0' in metrics
+
+
+async def test_metrics_label_latency_by_model_version_route_protocol_code(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/v1/models/m:predict", json={"instances": [1.0, 2.0]})
+    assert response.json() == {"predictions": [2.0, 4.0]}
+    assert response.headers["x-model-version"] == "1"
+    metrics = (await client.get("/metrics")).text
+    assert (
+        'gateway_request_duration_seconds_count{code="200",model="m",'
+        'protocol="rest_v1",route="default",version="1"} 1.0'
+    ) in metrics
+
+
+async def test_health_and_wrong_methods(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).status_code == 200
+    assert (await client.put("/v1/models/m:predict")).status_code == 405
+    assert (await client.get("/nowhere")).status_code == 404
+
+
+async def test_readyz_is_503_when_the_backend_is_unreachable() -> None:
+    settings = Settings(default_backend=f"127.0.0.1:{free_port()}", registry=None)
+    async for client in _client(create_app(settings)):
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert "unreachable" in str(response.json()["checks"])
+        assert (await client.get("/healthz")).status_code == 200
