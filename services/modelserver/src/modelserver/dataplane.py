@@ -188,8 +188,9 @@ class DataPlane:
         await self._registry.close()
         if self._batcher is not None:
             await self._batcher.close()
-        self._executor.shutdown(wait=True)
-        self._load_executor.shutdown(wait=True)
+        # Joining the pools off the loop: a model call may still be finishing.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._load_executor.shutdown, wait=True)
         self._live = False
 
     def ready(self) -> bool:

@@ -208,3 +208,39 @@ def test_warmup_replays_the_manifest_examples(
     # Two signatures x (the two rows together + each row alone).
     assert warm_up(runtime) == 6
     assert warm_up(runtime, iterations=2) == 12
+
+
+def test_plain_estimator_takes_one_feature_matrix(tmp_path: Path) -> None:
+    import joblib
+    from modelregistry import Registry
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(60, 3))
+    labels = (features[:, 0] > 0).astype(np.int64)
+    estimator = LogisticRegression().fit(features, labels)
+    registry = Registry(tmp_path)
+    with registry.publish("matrix", framework="sklearn") as draft:
+        joblib.dump(estimator, draft.path / "model.joblib")
+        draft.manifest.update(
+            artifact="model.joblib",
+            task="classification",
+            signatures={
+                "serving_default": {
+                    "method": "predict",
+                    "inputs": {"inputs": {"dtype": "float64", "shape": [-1, 3]}},
+                    "outputs": {"predictions": {"dtype": "int64", "shape": [-1]}},
+                },
+            },
+            examples=[{"inputs": [0.1, 0.2, 0.3]}],
+        )
+    assert draft.version is not None
+    runtime = load(tmp_path / "matrix" / str(draft.version))
+    rows = np.array([[3.0, 0.0, 0.0], [-3, 0, 0]], dtype=np.int32)
+    outputs = runtime.run(runtime.prepare_predict("", {"inputs": rows}, ()))
+    assert outputs["predictions"].tolist() == [1, 0]
+    assert outputs["predictions"].dtype == np.int64
+    with pytest.raises(InvalidInput, match=r"expected shape \[-1, 3\]"):
+        runtime.prepare_predict("", {"inputs": np.zeros((1, 4))}, ())
+    with pytest.raises(InvalidInput, match="named features"):
+        runtime.prepare_regress("", [{"inputs": [1.0]}], None)

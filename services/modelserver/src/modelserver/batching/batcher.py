@@ -269,4 +269,4 @@ class Batcher:
         for queue in list(self._queues.values()):
             await queue.close()
         self._queues.clear()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
