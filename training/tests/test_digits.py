@@ -216,3 +216,30 @@ def test_fingerprint_matches_the_rewritten_proto(digits_model: PublishedModel) -
     assert on_disk.signature_def_hash == recomputed.signature_def_hash
     fingerprint = tf.saved_model.experimental.read_fingerprint(str(digits_model.path))
     assert fingerprint.saved_model_checksum == on_disk.saved_model_checksum
+
+
+def test_loads_in_a_tf1_session_like_tf_serving(
+    digits_model: PublishedModel, loaded: Any, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # TF Serving's C++ loader restores a SavedModel into a session from the
+    # MetaGraphDef (not through tf.saved_model.load's object graph); both
+    # signatures must run that way too, with the same results.
+    rows = held_out[0][:4]
+    with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(
+            session, ["serve"], str(digits_model.path)
+        )
+        default = meta_graph.signature_def["serving_default"]
+        probabilities = session.run(
+            default.outputs["probabilities"].name,
+            {default.inputs["pixels"].name: rows},
+        )
+        classify = meta_graph.signature_def["classify"]
+        classes, scores = session.run(
+            [classify.outputs["classes"].name, classify.outputs["scores"].name],
+            {classify.inputs["inputs"].name: to_examples(rows)},
+        )
+    eager = loaded.signatures["serving_default"](pixels=tf.constant(rows))
+    np.testing.assert_allclose(probabilities, eager["probabilities"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(scores, probabilities, rtol=1e-5)
+    assert [label.decode() for label in classes[0]] == CLASS_NAMES

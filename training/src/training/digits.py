@@ -153,8 +153,6 @@ def progress_callback(
 def build_serving_module(tf: Any, model: Any) -> Any:
     """A ``tf.Module`` whose functions become the SavedModel's signatures."""
     module = tf.Module()
-    # Tracked as an attribute so the model's variables are saved with the functions.
-    module.model = model
     class_names = tf.constant([list(CLASS_NAMES)])
 
     # tf is imported lazily, so mypy sees its decorator as untyped.
@@ -182,6 +180,14 @@ def build_serving_module(tf: Any, model: Any) -> Any:
 
     module.serve = serve
     module.classify = classify
+    # Track the tf.Variables the traced functions capture, as Keras's ExportArchive
+    # does. With only the Keras model tracked, tf.saved_model.load copes but a TF1
+    # session load (what TF Serving's C++ loader does) fails on missing variables.
+    captured: dict[int, Any] = {}
+    for function in (serve, classify):
+        for variable in function.get_concrete_function().variables:
+            captured.setdefault(id(variable), variable)
+    module.serving_variables = list(captured.values())
     return module
 
 
