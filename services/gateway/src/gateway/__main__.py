@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ DRAIN_SECONDS = 20.0
 """How long in-flight requests may take after SIGTERM (below Kubernetes' 30 s)."""
 
 # flag -> Settings field; only flags given on the command line override the env.
-_FLAGS: dict[str, tuple[str, type]] = {
+_FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--host": ("host", str),
     "--port": ("port", int),
     "--grpc-port": ("grpc_port", int),
@@ -56,7 +56,9 @@ _FLAGS: dict[str, tuple[str, type]] = {
     "--default-timeout-ms": ("default_timeout_ms", int),
     "--rate-limit-per-second": ("rate_limit_per_second", float),
     "--rate-limit-burst": ("rate_limit_burst", float),
+    "--framework-backends": ("framework_backends", json.loads),
     "--retries": ("retries", int),
+    "--retry-backoff-ms": ("retry_backoff_ms", float),
     "--breaker-failures": ("breaker_failures", int),
     "--breaker-reset-seconds": ("breaker_reset_seconds", float),
     "--metadata-ttl-seconds": ("metadata_ttl_seconds", float),
