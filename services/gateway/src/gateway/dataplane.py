@@ -275,15 +275,23 @@ class Gateway:
         now = time.monotonic()
         if entry is not None and (entry.value.pinned or entry.expires > now):
             return entry.value
-        pending = self._pending.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        while (pending := self._pending.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not pending.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The request that was fetching went away; fetch for ourselves.
         future: asyncio.Future[SignatureSet] = (
             asyncio.get_running_loop().create_future()
         )
         self._pending[key] = future
         try:
             value = await self._fetch_signatures(target, ctx)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             # Nobody else may be waiting; retrieving marks the exception as seen.

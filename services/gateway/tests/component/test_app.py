@@ -82,3 +82,26 @@ async def test_readyz_is_503_when_the_backend_is_unreachable() -> None:
         assert response.status_code == 503
         assert "unreachable" in str(response.json()["checks"])
         assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_concurrent_requests_share_one_cached_metadata_fetch(
+    backend: str,
+) -> None:
+    settings = Settings(default_backend=backend, registry=None, max_in_flight=20)
+    async for client in _client(create_app(settings)):
+
+        async def predict(version: int | None) -> httpx.Response:
+            path = "/v1/models/m" + (f"/versions/{version}" if version else "")
+            return await client.post(f"{path}:predict", json={"instances": [1.0]})
+
+        first = await asyncio.gather(*(predict(1) for _ in range(6)))
+        again = await asyncio.gather(*(predict(1) for _ in range(3)))
+        assert {response.status_code for response in [*first, *again]} == {200}
+        metrics = (await client.get("/metrics")).text
+        fetches = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("gateway_backend_duration_seconds_count")
+            and 'method="GetModelMetadata"' in line
+        ]
+        assert len(fetches) == 1 and fetches[0].endswith(" 1.0"), fetches
