@@ -42,6 +42,8 @@ USERS = 3
 DURATION = "6s"
 LOOSE_SLO = "p99<10s,errors<0.5%"
 IMPOSSIBLE_SLO = "p99<0.001ms,errors<1%"
+# Rows per request: one, and a few to exercise batched payloads and answers.
+BATCH_SIZES = {"rest": 1, "v2": 2, "typed": 3, "grpc": 2}
 # protocol -> (SLO, expected exit code)
 GATES = {
     "rest": (LOOSE_SLO, 0),
@@ -186,7 +188,7 @@ def _environment() -> dict[str, str]:
 
 
 def servekit_loadtest(
-    *args: str | Path, timeout: float = 120
+    *args: object, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(VENV_BIN / "servekit"), "loadtest", *map(str, args)],
@@ -222,7 +224,7 @@ def protocol_run(
                 "--users", USERS,
                 "--spawn-rate", USERS,
                 "--duration", DURATION,
-                "--batch-size", 2 if protocol == "v2" else 1,
+                "--batch-size", BATCH_SIZES[protocol],
                 "--slo", GATES[protocol][0],
                 "--out", out,
                 *registry,

@@ -222,8 +222,19 @@ def _import_reporting() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from servekit.loadtest.progress import ProgressPrinter
-    from servekit.loadtest.runner import RunnerError, log_tail, run_locust
+    from servekit.loadtest.runner import (
+        RunnerError,
+        log_tail,
+        missing_packages,
+        run_locust,
+    )
     from servekit.loadtest.slo import SloSyntaxError, breached, parse_slo
+
+    missing = missing_packages()
+    if missing:
+        raise CommandError(
+            f"{', '.join(missing)} not installed: pip install 'servekit[loadtest]'"
+        )
 
     try:
         objectives = parse_slo(args.slo) if args.slo else []

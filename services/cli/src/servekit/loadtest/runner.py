@@ -7,6 +7,7 @@ Kubernetes deployments set.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -103,6 +104,15 @@ def _stop(process: subprocess.Popen[bytes], sig: int, wait_seconds: float) -> No
             process.wait()
 
 
+def missing_packages() -> list[str]:
+    """The packages a run needs that are not installed (found without importing)."""
+    return [
+        name
+        for name in ("locust", "pandas", "matplotlib")
+        if importlib.util.find_spec(name) is None
+    ]
+
+
 def run_locust(plan: RunPlan, on_progress: Callable[[Progress], None]) -> LocustRun:
     """Run the plan and wait for Locust to exit, reporting progress every second.
 
@@ -141,8 +151,12 @@ def run_locust(plan: RunPlan, on_progress: Callable[[Progress], None]) -> Locust
                 on_progress(tracker.poll())
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
-            # Locust saves its reports on SIGINT; give it the time to.
-            _stop(process, signal.SIGINT, 15.0)
+            # Ctrl-C reached Locust too (same process group) and it is saving its
+            # report; only nudge it if it is still running after a while.
+            try:
+                process.wait(timeout=15.0)
+            except subprocess.TimeoutExpired:
+                _stop(process, signal.SIGINT, 10.0)
             raise
     return LocustRun(
         exit_code=process.returncode,
