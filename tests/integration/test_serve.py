@@ -158,6 +158,26 @@ def test_savedmodel_without_manifest_over_v2(served: Served) -> None:
     assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}]
 
 
+@pytest.mark.parametrize(
+    ("verb", "signature", "expected"),
+    [
+        ("regress", "regress_x_to_y", {"results": [2.5, 3.0]}),
+        ("classify", "classify_x_to_y", {"results": [[["", 2.5]], [["", 3.0]]]}),
+    ],
+)
+def test_classify_and_regress_match_the_model_server(
+    served: Served, verb: str, signature: str, expected: dict[str, object]
+) -> None:
+    body = {"signature_name": signature, "examples": [{"x": 1.0}, {"x": 2.0}]}
+    path = f"/v1/models/half_plus_two:{verb}"
+    through = httpx.post(served.url + path, json=body, timeout=30)
+    direct = httpx.post(
+        f"http://127.0.0.1:{served.model_server_rest_port}{path}", json=body, timeout=30
+    )
+    assert through.status_code == direct.status_code == 200, through.text
+    assert through.json() == direct.json() == expected
+
+
 def test_only_models_with_a_manifest_get_typed_endpoints(served: Served) -> None:
     paths = httpx.get(f"{served.url}/openapi.json", timeout=30).json()["paths"]
     assert "/models/tabular/predict" in paths
