@@ -4,11 +4,11 @@ load shedding, readiness, metrics, the fast-path routes and method handling."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from gateway.main import create_app
 from gateway.settings import Settings
 
@@ -24,19 +24,25 @@ def backend() -> Iterator[str]:
         yield address
 
 
-async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app built by `create_app`, called in process; its backend channels are
+    closed at the end."""
+    app = create_app(settings)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://gateway"
-    ) as client:
-        yield client
-    await app.state.gateway.close()
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway"
+        ) as client:
+            yield client
+    finally:
+        await app.state.gateway.close()
 
 
 @pytest.fixture
 async def client(backend: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(default_backend=backend, registry=None, max_in_flight=2)
-    async for http in _client(create_app(settings)):
+    async with app_client(settings) as http:
         yield http
 
 
@@ -77,7 +83,7 @@ async def test_health_and_wrong_methods(client: httpx.AsyncClient) -> None:
 
 async def test_readyz_is_503_when_the_backend_is_unreachable() -> None:
     settings = Settings(default_backend=f"127.0.0.1:{free_port()}", registry=None)
-    async for client in _client(create_app(settings)):
+    async with app_client(settings) as client:
         response = await client.get("/readyz")
         assert response.status_code == 503
         assert "unreachable" in str(response.json()["checks"])
@@ -88,7 +94,7 @@ async def test_concurrent_requests_share_one_cached_metadata_fetch(
     backend: str,
 ) -> None:
     settings = Settings(default_backend=backend, registry=None, max_in_flight=20)
-    async for client in _client(create_app(settings)):
+    async with app_client(settings) as client:
 
         async def predict(version: int | None) -> httpx.Response:
             path = "/v1/models/m" + (f"/versions/{version}" if version else "")
