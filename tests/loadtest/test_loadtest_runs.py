@@ -3,8 +3,8 @@
 One model server and one gateway serve a tiny scikit-learn pipeline for the whole
 module. Each protocol's user runs a short, bounded test (3 users, a few seconds)
 that must end with zero failures; its results folder must hold every artefact, and
-the number of requests Locust counted must equal what the model server's
-Prometheus counter saw. The v2 run carries an SLO no server can meet and must exit
+the number of requests Locust counted must equal what the model server's (and,
+through the gateway, the gateway's) Prometheus counters saw. The v2 run carries an SLO no server can meet and must exit
 non-zero; the others carry a loose one and must exit zero (one run fewer keeps
 the module within its time budget). Then `compare` works on two real runs, and
 the locustfile runs distributed (master + worker) configured by environment
@@ -90,6 +90,7 @@ class LoadRun:
     out: Path
     result: subprocess.CompletedProcess[str]
     predictions_counted_by_server: float
+    requests_counted_by_gateway: float
 
     @property
     def summary(self) -> dict[str, object]:
@@ -111,22 +112,34 @@ def _model_available(rest_url: str) -> Callable[[], bool]:
     return probe
 
 
+def _counted(url: str, sample_name: str, **labels: str) -> float:
+    """The sum of a Prometheus sample over the series matching `labels`."""
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == sample_name
+        and all(sample.labels.get(key) == value for key, value in labels.items())
+    )
+
+
 def predictions_counted(rest_url: str) -> float:
     """The model server's count of answered predict calls for the model."""
-    with urllib.request.urlopen(rest_url + METRICS_PATH, timeout=5) as answer:
-        text = answer.read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name != "modelserver_request_count":
-            continue
-        for sample in family.samples:
-            if (
-                sample.name.endswith("_total")
-                and sample.labels.get("model") == MODEL
-                and sample.labels.get("api") == "predict"
-            ):
-                total += sample.value
-    return total
+    return _counted(
+        rest_url + METRICS_PATH,
+        "modelserver_request_count_total",
+        model=MODEL,
+        api="predict",
+    )
+
+
+def gateway_requests_counted(http_url: str) -> float:
+    """The gateway's count of requests for the model (any protocol)."""
+    return _counted(
+        http_url + "/metrics", "gateway_request_duration_seconds_count", model=MODEL
+    )
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +230,7 @@ def protocol_run(
                 ["--registry", registry_root] if protocol in ("rest", "typed") else []
             )
             before = predictions_counted(servers.model_rest)
+            gateway_before = gateway_requests_counted(servers.gateway_http)
             result = servekit_loadtest(
                 "--target", servers.target(protocol),
                 "--model", MODEL,
@@ -230,7 +244,10 @@ def protocol_run(
                 *registry,
             )  # fmt: skip
             after = predictions_counted(servers.model_rest)
-            done[protocol] = LoadRun(out, result, after - before)
+            gateway_after = gateway_requests_counted(servers.gateway_http)
+            done[protocol] = LoadRun(
+                out, result, after - before, gateway_after - gateway_before
+            )
         return done[protocol]
 
     return run
@@ -267,6 +284,11 @@ def test_protocol_run_has_no_failures_and_agrees_with_the_server(
     locust_count = int(_aggregated_row(run.out / "locust_stats.csv")["Request Count"])
     assert locust_count == requests
     assert requests <= run.predictions_counted_by_server <= requests + USERS
+    if protocol == "rest":
+        assert run.requests_counted_by_gateway == 0
+    else:
+        # Metadata reads for the payload schema may add one per Locust process.
+        assert requests <= run.requests_counted_by_gateway <= requests + USERS
     history = run.out / "locust_stats_history.csv"
     assert len(history.read_text().splitlines()) > 5
     assert "<html" in (run.out / "locust.html").read_text().lower()
