@@ -92,6 +92,11 @@ class Metrics:
             ("model", "version", "state"),
             registry=self.registry,
         )
+        # labels() locks and validates on every call; requests reuse few label
+        # sets, so their children are kept here.
+        self._request_children: dict[
+            tuple[str, str, str, str, str], tuple[Counter, Histogram]
+        ] = {}
 
     def observe_request(
         self,
@@ -104,9 +109,16 @@ class Metrics:
         seconds: float,
     ) -> None:
         """Count one answered request and record its latency."""
-        labels = (model, version, api, protocol, status)
-        self.request_count.labels(*labels).inc()
-        self.request_latency.labels(*labels).observe(seconds)
+        labels = (model, version, str(api), protocol, status)
+        children = self._request_children.get(labels)
+        if children is None:
+            children = (
+                self.request_count.labels(*labels),
+                self.request_latency.labels(*labels),
+            )
+            self._request_children[labels] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_version_state(self, model: str, version: int, state: VersionState) -> None:
         """Mark ``state`` as the current one of a version."""
