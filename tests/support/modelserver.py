@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -28,11 +28,16 @@ MODEL_SERVER = VENV_BIN / "servekit-model-server"
 
 @dataclass
 class ModelServer:
-    """A running model server."""
+    """A running model server.
+
+    ``health_seen`` holds the gRPC health answers (status names) observed while
+    waiting for it to be ready, in order, without repeats.
+    """
 
     process: ServerProcess
     grpc_port: int
     rest_port: int
+    health_seen: list[str] = field(default_factory=list)
 
     @property
     def rest_url(self) -> str:
@@ -43,17 +48,23 @@ class ModelServer:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def health_serving(target: str, service: str = "") -> bool:
-    """Whether the gRPC health service at ``target`` reports SERVING."""
+def health_status(target: str, service: str = "") -> str | None:
+    """The gRPC health status name at ``target`` (None when it does not answer)."""
     try:
         with grpc.insecure_channel(target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             answer = stub.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=2
             )
-            return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
     except grpc.RpcError:
-        return False
+        return None
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    return name
+
+
+def health_serving(target: str, service: str = "") -> bool:
+    """Whether the gRPC health service at ``target`` reports SERVING."""
+    return health_status(target, service) == "SERVING"
 
 
 @contextlib.contextmanager
@@ -76,10 +87,17 @@ def model_server(
         *flags,
     ]
     target = f"127.0.0.1:{grpc_port}"
+    seen: list[str] = []
+
+    def ready() -> bool:
+        status = health_status(target)
+        if status is not None and (not seen or seen[-1] != status):
+            seen.append(status)
+        return status == "SERVING"
+
     with running_process(
-        argv,
-        log_path=log_path,
-        ready=lambda: health_serving(target),
-        ready_timeout=ready_timeout,
+        argv, log_path=log_path, ready=ready, ready_timeout=ready_timeout
     ) as process:
-        yield ModelServer(process=process, grpc_port=grpc_port, rest_port=rest_port)
+        yield ModelServer(
+            process=process, grpc_port=grpc_port, rest_port=rest_port, health_seen=seen
+        )
