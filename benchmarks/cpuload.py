@@ -7,6 +7,8 @@ shared machine got in the way).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 CpuTimes = list[tuple[int, int]]
@@ -47,3 +49,39 @@ def busy_fractions(before: CpuTimes, after: CpuTimes) -> list[float]:
         elapsed = total_1 - total_0
         fractions.append((busy_1 - busy_0) / elapsed if elapsed > 0 else 0.0)
     return fractions
+
+
+PROC = Path("/proc")
+
+
+def parse_pid_stat(text: str) -> tuple[int, int]:
+    """The process group and the user + system clock ticks of a ``/proc/PID/stat``.
+
+    The command name (2nd field) is in parentheses and may hold spaces, so fields
+    are counted from the last ``)``: state, ppid, pgrp, ... utime is the 14th field
+    and stime the 15th of the whole line.
+    """
+    fields = text.rpartition(")")[2].split()
+    return int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def group_cpu_seconds(groups: Iterable[int]) -> float:
+    """CPU seconds used so far by the live processes of the given process groups.
+
+    Threads are included (the per-process counters sum them); processes that
+    already exited are not, which is fine for the servers' long-lived processes.
+    """
+    wanted = set(groups)
+    if not wanted:
+        return 0.0
+    ticks = 0
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            group, used = parse_pid_stat((entry / "stat").read_text(encoding="ascii"))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile, or not readable
+        if group in wanted:
+            ticks += used
+    return ticks / os.sysconf("SC_CLK_TCK")

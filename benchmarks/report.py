@@ -248,13 +248,15 @@ def render_load_table(
     rows = [a for a in aggregates if a.model == model and a.protocol == protocol]
     rows.sort(key=lambda a: (a.clients, SYSTEM_ORDER.index(a.system)))
     lines = [
-        "| clients | system | req/s | p50 ms | p99 ms | errors | load-gen CPU | server core busy |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| clients | system | req/s | p50 ms | p99 ms | errors "
+        "| server CPU ms/req | load-gen CPU | server core busy |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
             f"| {row.clients} | {LABELS.get(row.system, row.system)} | {row.rps:,.0f} "
             f"| {_ms(row.p50_ms)} | {_ms(row.p99_ms)} | {row.errors} "
+            f"| {_ms(row.server_cpu_ms_per_request)} "
             f"| {_fraction(row.client_cpu)} | {_fraction(row.server_core_busy)} |"
         )
     return "\n".join(lines)

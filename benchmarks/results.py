@@ -43,6 +43,15 @@ class RunResult:
     load: LoadSummary
     core_busy: list[float] = field(default_factory=list)
     """Busy fraction of each CPU over the window (from /proc/stat)."""
+    server_cpu_s: float | None = None
+    """CPU seconds the serving processes used over the window."""
+
+    @property
+    def server_cpu_ms_per_request(self) -> float | None:
+        """Server CPU per request: steadier than req/s on a shared machine."""
+        if self.server_cpu_s is None or self.load.requests == 0:
+            return None
+        return self.server_cpu_s * 1000 / self.load.requests
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -51,6 +60,7 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["load"]["rps"] = self.load.rps
+        data["server_cpu_ms_per_request"] = self.server_cpu_ms_per_request
         return data
 
 
@@ -69,6 +79,7 @@ class Aggregate:
     errors: int
     client_cpu: float | None
     server_core_busy: float | None
+    server_cpu_ms_per_request: float | None = None
 
 
 def aggregate(runs: Iterable[RunResult], server_cpu: int | None) -> list[Aggregate]:
@@ -89,6 +100,11 @@ def aggregate(runs: Iterable[RunResult], server_cpu: int | None) -> list[Aggrega
             for run in group
             if server_cpu is not None and server_cpu < len(run.core_busy)
         ]
+        per_request = [
+            value
+            for value in (run.server_cpu_ms_per_request for run in group)
+            if value is not None
+        ]
         aggregates.append(
             Aggregate(
                 model=model,
@@ -102,6 +118,7 @@ def aggregate(runs: Iterable[RunResult], server_cpu: int | None) -> list[Aggrega
                 errors=sum(run.load.errors for run in group),
                 client_cpu=client_cpu,
                 server_core_busy=median(busy) if busy else None,
+                server_cpu_ms_per_request=median(per_request) if per_request else None,
             )
         )
     return aggregates

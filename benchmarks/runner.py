@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import grpcload, h2load, wrk
-from benchmarks.cpuload import busy_fractions, read_cpu_times
+from benchmarks.cpuload import busy_fractions, group_cpu_seconds, read_cpu_times
 from benchmarks.report import LABELS
 from benchmarks.results import LoadSummary, RunResult
 from benchmarks.settings import BenchOptions
@@ -52,9 +52,18 @@ class RunLog:
     failures: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """What one measured window produced besides the load generator's summary."""
+
+    summary: LoadSummary
+    core_busy: list[float]
+    server_cpu_s: float
+
+
 def measure(
     scenario: Scenario, clients: int, options: BenchOptions, tools: LoadTools
-) -> tuple[LoadSummary, list[float]]:
+) -> Measurement:
     """Warm up, then measure one scenario at one concurrency.
 
     Raises:
@@ -76,7 +85,7 @@ def measure(
                 )
                 return wrk.run_wrk(command, seconds)
 
-            return _warm_then_measure(http, options, clients)
+            return _warm_then_measure(http, options, clients, scenario)
         if options.grpc_client == "h2load" and tools.h2load is not None:
             frame = h2load.write_frame(target, tools.scratch)
             log_file = tools.scratch / "h2load.log"
@@ -96,8 +105,8 @@ def measure(
                     command, log_file, seconds, target.response_bytes
                 )
 
-            return _warm_then_measure(rpc, options, clients)
-        return _python_grpc(target, clients, options)
+            return _warm_then_measure(rpc, options, clients, scenario)
+        return _python_grpc(target, clients, options, scenario)
     except (wrk.WrkError, h2load.H2loadError, grpcload.GrpcLoadError) as exc:
         raise LoadError(str(exc)) from exc
 
@@ -119,8 +128,11 @@ def drain_seconds(summary: LoadSummary | None, clients: int) -> float:
 
 
 def _warm_then_measure(
-    run: Callable[[int], LoadSummary], options: BenchOptions, clients: int
-) -> tuple[LoadSummary, list[float]]:
+    run: Callable[[int], LoadSummary],
+    options: BenchOptions,
+    clients: int,
+    scenario: Scenario,
+) -> Measurement:
     if options.warmup > 0:
         warm: LoadSummary | None = None
         # A slow system may complete nothing during a short warm-up; that is fine.
@@ -128,25 +140,34 @@ def _warm_then_measure(
             warm = run(options.warmup)
         time.sleep(drain_seconds(warm, clients))
     before = read_cpu_times()
+    server_before = group_cpu_seconds(scenario.process_groups)
     summary = run(options.duration)
+    server_cpu_s = group_cpu_seconds(scenario.process_groups) - server_before
     busy = busy_fractions(before, read_cpu_times())
     time.sleep(drain_seconds(summary, clients))
-    return summary, busy
+    return Measurement(summary, busy, server_cpu_s)
 
 
 def _python_grpc(
-    target: GrpcTarget, clients: int, options: BenchOptions
-) -> tuple[LoadSummary, list[float]]:
+    target: GrpcTarget, clients: int, options: BenchOptions, scenario: Scenario
+) -> Measurement:
+    # One process warms up and measures, so CPU counters cover both (scaled below).
+    warmup_s = max(options.warmup, 1)
     command = grpcload.load_command(
         target,
         clients=clients,
-        warmup_s=max(options.warmup, 1),
+        warmup_s=warmup_s,
         duration_s=options.duration,
         cpu=options.load_cpu,
     )
     before = read_cpu_times()
+    server_before = group_cpu_seconds(scenario.process_groups)
     summary = grpcload.run_load(command, options.warmup + options.duration)
-    return summary, busy_fractions(before, read_cpu_times())
+    server_cpu_s = group_cpu_seconds(scenario.process_groups) - server_before
+    share = options.duration / (options.duration + warmup_s)
+    return Measurement(
+        summary, busy_fractions(before, read_cpu_times()), server_cpu_s * share
+    )
 
 
 def run_rounds(
@@ -171,7 +192,7 @@ def run_rounds(
                     f"{LABELS[scenario.system]} ×{clients}"
                 )
                 try:
-                    summary, busy = measure(scenario, clients, options, tools)
+                    measured = measure(scenario, clients, options, tools)
                 except LoadError as exc:
                     log.failures.append(f"round {round_index + 1} {name}: {exc}")
                     progress(f"[{done}/{total}] {name}: FAILED: {str(exc)[:300]}")
@@ -183,10 +204,12 @@ def run_rounds(
                         system=scenario.system,
                         clients=clients,
                         round=round_index + 1,
-                        load=summary,
-                        core_busy=busy,
+                        load=measured.summary,
+                        core_busy=measured.core_busy,
+                        server_cpu_s=measured.server_cpu_s,
                     )
                 )
+                summary = measured.summary
                 elapsed = time.monotonic() - started
                 remaining = elapsed / done * (total - done)
                 errors = f", {summary.errors} errors" if summary.errors else ""

@@ -50,6 +50,8 @@ class Scenario:
     protocol: str
     system: str
     target: HttpTarget | GrpcTarget
+    process_groups: tuple[int, ...] = ()
+    """The serving processes' groups, whose CPU time each run reports."""
 
 
 @dataclass
@@ -498,14 +500,22 @@ def _start_all(
                 f"its {model} runs are missing."
             )
             progress(f"{name}: {model!r} NOT READY, its runs are skipped")
-        scenarios += [s for s in item.scenarios if s.model in ready]
+        groups: tuple[int, ...] = (item.process.popen.pid,)
+        if item.backend is not None:
+            groups += (item.backend.process.popen.pid,)
+        scenarios += [
+            replace(s, process_groups=groups)
+            for s in item.scenarios
+            if s.model in ready
+        ]
 
     if trivial is not None:
         empty = options.work_dir / "payloads" / "empty.bin"
         empty.write_bytes(b"")
         port = int((options.work_dir / "trivial-grpc.port").read_text())
         target = GrpcTarget(f"127.0.0.1:{port}", PREDICT_METHOD, empty)
-        scenarios.append(Scenario("-", "grpc", "grpc-ceiling", target))
+        groups = (trivial.process.popen.pid,)
+        scenarios.append(Scenario("-", "grpc", "grpc-ceiling", target, groups))
 
     for scenario in scenarios:
         checked, answer = check_scenario(scenario)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from benchmarks.cpuload import busy_fractions, parse_proc_stat
+from benchmarks.cpuload import busy_fractions, parse_pid_stat, parse_proc_stat
 from benchmarks.report import (
     Report,
     render_load_table,
@@ -160,7 +160,7 @@ def test_load_table_lists_systems_by_concurrency() -> None:
     lines = table.splitlines()
     assert lines[0].startswith("| clients | system | req/s")
     assert lines[2].startswith("| 1 | servekit (batching off) | 90 |")
-    assert "| 32 | plain FastAPI | 100 | 300.0 | 500.0 | 0 | 10% | 90% |" in lines
+    assert "| 32 | plain FastAPI | 100 | 300.0 | 500.0 | 0 | – | 10% | 90% |" in lines
 
 
 def test_markdown_has_sections_targets_and_notes() -> None:
@@ -201,3 +201,23 @@ def test_drain_waits_for_the_abandoned_requests_at_the_measured_rate() -> None:
     assert drain_seconds(load(320, 100, 200), 32) == pytest.approx(0.1)
     assert drain_seconds(load(1, 100, 200), 32) == MAX_DRAIN_SECONDS
     assert drain_seconds(None, 1) == MAX_DRAIN_SECONDS
+
+
+def test_pid_stat_fields_are_counted_after_the_command_name() -> None:
+    line = "4242 (python -m x) S 1 4240 4240 0 -1 4194560 9 0 0 0 150 25 0 0 20 0 9 0"
+    assert parse_pid_stat(line) == (4240, 175)
+
+
+def test_server_cpu_per_request_is_reported_in_milliseconds() -> None:
+    measured = RunResult(
+        model="tabular",
+        protocol="rest",
+        system="servekit",
+        clients=1,
+        round=1,
+        load=load(100, 10, 20),
+        server_cpu_s=0.5,
+    )
+    assert measured.server_cpu_ms_per_request == pytest.approx(2.5)
+    (cell,) = aggregate([measured], server_cpu=1)
+    assert cell.server_cpu_ms_per_request == pytest.approx(2.5)
