@@ -98,5 +98,32 @@ def test_grpc_errors_use_the_shared_status_table(
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         stub = PredictionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
-            stub.Predict(linear_request(model), timeout=10, metadata=metadata)
+            stub.Predict(
+                linear_request(model),
+                timeout=10,
+                metadata=[*metadata, ("x-request-id", "grpc-error-id")],
+            )
     assert caught.value.code() == code
+    trailers = dict(caught.value.trailing_metadata())
+    assert trailers["x-request-id"] == "grpc-error-id"
+
+
+def test_grpc_rate_limit_sends_retry_after(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    # The limited key's bucket (burst 3, 0.5/s) refills during the test files that
+    # run before test_security_and_limits uses it again.
+    metadata = [("x-api-key", api_keys.limited)]
+    codes = []
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        stub = PredictionServiceStub(channel)
+        for _ in range(8):
+            try:
+                stub.Predict(linear_request(version=1), timeout=10, metadata=metadata)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+                last = error
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    trailers = dict(last.trailing_metadata())
+    assert int(trailers["retry-after"]) >= 1

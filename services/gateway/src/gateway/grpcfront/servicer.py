@@ -92,9 +92,11 @@ class GrpcFront:
                 (key.lower(), value) for key, value in failure.headers().items()
             )
         self._finish(ctx, method, code)
-        context.set_trailing_metadata(tuple(trailing))
         if failure is not None:
-            await context.abort(code, failure.public_message())
+            await context.abort(
+                code, failure.public_message(), trailing_metadata=tuple(trailing)
+            )
+        context.set_trailing_metadata(tuple(trailing))
         return result
 
     def _finish(self, ctx: CallContext, method: str, code: grpc.StatusCode) -> None:
