@@ -493,7 +493,7 @@ class DataPlane:
     ) -> Outputs:
         if self._batcher is not None and call.batch_size:
             pending: asyncio.Future[Outputs] = self._batcher.submit(
-                servable.name, servable.version_text, runtime, call
+                servable.name, servable.version_text, runtime, call, servable
             )
         else:
             pending = asyncio.get_running_loop().run_in_executor(

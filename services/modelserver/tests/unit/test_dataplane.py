@@ -346,6 +346,25 @@ async def test_batching_merges_concurrent_requests(
     assert classified[0].results[0][0][1] > classified[1].results[0][0][1]
 
 
+async def test_a_lone_request_does_not_wait_for_the_batch_timeout(
+    start_dataplane: StartDataPlane, two_models: Path, tmp_path: Path
+) -> None:
+    batching = tmp_path / "batching.txt"
+    batching.write_text(
+        "max_batch_size { value: 16 }\nbatch_timeout_micros { value: 5000000 }\n"
+    )
+    dataplane = await start_dataplane(
+        two_models, enable_batching=True, batching_parameters_file=str(batching)
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(3):
+        await dataplane.predict(
+            PredictRequest(ModelSpec("linear"), linear_inputs((1.0, 1.0)))
+        )
+    assert loop.time() - started < 4.0
+
+
 async def test_full_batch_queue_answers_overloaded_at_once(
     start_dataplane: StartDataPlane, tmp_path: Path, write_config: Any
 ) -> None:

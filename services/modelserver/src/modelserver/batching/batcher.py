@@ -5,7 +5,10 @@ all queues share ``num_batch_threads`` batch threads, as TF Serving's shared
 batch scheduler does. A queue forms a batch as soon as a thread is free and
 either ``max_batch_size`` rows wait or the oldest request has waited
 ``batch_timeout_micros``; with a timeout of 0 batches form naturally from the
-requests that arrived while the previous batch ran.
+requests that arrived while the previous batch ran. One departure from TF
+Serving: when no other request is in flight on the model version, nobody can
+join the batch soon, so it runs at once instead of waiting out the timeout (a
+lone client pays no batching delay).
 
 The queue is bounded: when ``max_enqueued_batches * max_batch_size`` rows are
 already waiting, a request is refused at once with :class:`Overloaded`
@@ -20,6 +23,7 @@ import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import Gauge, Histogram
 
@@ -34,6 +38,15 @@ logger = logging.getLogger(__name__)
 
 Outputs = dict[str, Tensor]
 QueueKey = tuple[str, str, str, tuple[str, ...], ShapeKey | None]
+
+
+class InFlight(Protocol):
+    """What the queue learns from the model version: requests under way on it."""
+
+    @property
+    def in_flight(self) -> int:
+        """Requests accepted and not yet answered, queued ones included."""
+        ...
 
 
 @dataclass(slots=True)
@@ -51,6 +64,7 @@ class BatchQueue:
         self,
         *,
         runtime: Runtime,
+        version: InFlight,
         settings: BatchingSettings,
         executor: ThreadPoolExecutor,
         batch_threads: asyncio.Semaphore,
@@ -58,6 +72,7 @@ class BatchQueue:
         queue_depth: Gauge,
     ) -> None:
         self._runtime = runtime
+        self._version = version
         self._settings = settings
         self._executor = executor
         self._batch_threads = batch_threads
@@ -128,6 +143,8 @@ class BatchQueue:
             return
         loop = asyncio.get_running_loop()
         while self._waiting and self._waiting_rows < self._max_rows:
+            if self._version.in_flight <= len(self._waiting):
+                return  # no one else is under way who could join
             remaining = (
                 self._waiting[0].enqueued_at + self._timeout_seconds - loop.time()
             )
@@ -225,7 +242,12 @@ class Batcher:
         self._queues: dict[QueueKey, BatchQueue] = {}
 
     def submit(
-        self, name: str, version: str, runtime: Runtime, call: PreparedCall
+        self,
+        name: str,
+        version: str,
+        runtime: Runtime,
+        call: PreparedCall,
+        in_flight: InFlight,
     ) -> asyncio.Future[Outputs]:
         """Queue a call with others of its kind.
 
@@ -246,6 +268,7 @@ class Batcher:
         if queue is None:
             queue = BatchQueue(
                 runtime=runtime,
+                version=in_flight,
                 settings=self._settings,
                 executor=self._executor,
                 batch_threads=self._batch_threads,
