@@ -491,14 +491,18 @@ class DataPlane:
         call: PreparedCall,
         timeout: float | None,
     ) -> Outputs:
+        loop = asyncio.get_running_loop()
         if self._batcher is not None and call.batch_size:
             pending: asyncio.Future[Outputs] = self._batcher.submit(
-                servable.name, servable.version_text, runtime, call, servable
+                servable.name,
+                servable.version_text,
+                runtime,
+                call,
+                servable,
+                None if timeout is None else loop.time() + timeout,
             )
         else:
-            pending = asyncio.get_running_loop().run_in_executor(
-                self._executor, runtime.run, call
-            )
+            pending = loop.run_in_executor(self._executor, runtime.run, call)
         if timeout is None:
             return await pending
         try:

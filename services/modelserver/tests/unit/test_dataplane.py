@@ -405,6 +405,47 @@ async def test_full_batch_queue_answers_overloaded_at_once(
         )
 
 
+async def test_requests_that_would_miss_their_deadline_are_shed(
+    start_dataplane: StartDataPlane, tmp_path: Path, write_config: Any
+) -> None:
+    publish_linear_pipeline(tmp_path, "slow", sleep_seconds=0.2)
+    config = write_config(
+        tmp_path / "slow.config",
+        'name: "slow" base_path: "slow" model_platform: "sklearn"',
+    )
+    batching = tmp_path / "batching.txt"
+    batching.write_text(
+        "max_batch_size { value: 1 }\nmax_enqueued_batches { value: 100 }\n"
+        "num_batch_threads { value: 1 }\n"
+    )
+    dataplane = await start_dataplane(
+        config,
+        enable_model_warmup=False,
+        enable_batching=True,
+        batching_parameters_file=str(batching),
+    )
+    request = PredictRequest(ModelSpec("slow"), linear_inputs((1.0, 1.0)))
+    await dataplane.predict(request)  # the queue learns how long a batch takes
+    loop = asyncio.get_running_loop()
+
+    async def one() -> tuple[str, float]:
+        started = loop.time()
+        try:
+            await dataplane.predict(request, timeout=0.5)
+        except Overloaded as exc:
+            assert "deadline" in str(exc)
+            return "shed", loop.time() - started
+        except DeadlineExceeded:
+            return "late", loop.time() - started
+        return "ok", loop.time() - started
+
+    outcomes = await asyncio.gather(*(one() for _ in range(8)))
+    shed = [elapsed for outcome, elapsed in outcomes if outcome == "shed"]
+    assert len(shed) >= 4
+    assert max(shed) < 0.15
+    assert any(outcome == "ok" for outcome, _ in outcomes)
+
+
 async def test_reload_config_adds_and_removes_models(
     start_dataplane: StartDataPlane,
     two_models: Path,

@@ -12,14 +12,18 @@ lone client pays no batching delay).
 
 The queue is bounded: when ``max_enqueued_batches * max_batch_size`` rows are
 already waiting, a request is refused at once with :class:`Overloaded`
-(UNAVAILABLE / 503) instead of waiting without end. Callers that give up (their
-deadline passed) are dropped from the queue before their batch forms.
+(UNAVAILABLE / 503) instead of waiting without end. A request with a deadline
+is also refused at once when the batches ahead of it, at the recent pace, would
+not finish before it (the latency budget is already lost; answering 503 now lets
+the client retry elsewhere). Callers that give up are dropped from the queue
+before their batch forms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,18 +90,25 @@ class BatchQueue:
         self._arrived = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._threads = settings.num_batch_threads
+        # Recent wall time of one batch (exponential average), for shedding.
+        self._batch_seconds: float | None = None
 
     @property
     def waiting_rows(self) -> int:
         """Rows queued and not yet in a running batch."""
         return self._waiting_rows
 
-    def submit(self, call: PreparedCall) -> asyncio.Future[Outputs]:
+    def submit(
+        self, call: PreparedCall, deadline: float | None = None
+    ) -> asyncio.Future[Outputs]:
         """Queue a call; the future resolves to its share of the batch's outputs.
+
+        ``deadline`` is in ``loop.time()`` seconds.
 
         Raises:
             InvalidInput: The call alone exceeds ``max_batch_size``.
-            Overloaded: The queue is full.
+            Overloaded: The queue is full, or the call would miss its deadline.
         """
         rows = call.batch_size or 0
         if rows > self._max_rows:
@@ -110,8 +121,17 @@ class BatchQueue:
                 "The batch scheduling queue to which this task was submitted is full"
             )
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        if deadline is not None and self._batch_seconds is not None:
+            batches_ahead = math.ceil((self._waiting_rows + rows) / self._max_rows)
+            rounds = math.ceil((batches_ahead + len(self._running)) / self._threads)
+            if now + rounds * self._batch_seconds > deadline:
+                raise Overloaded(
+                    "The batch queue is too long for this request's deadline: "
+                    f"about {rounds * self._batch_seconds:.3f} s of batches are ahead"
+                )
         future: asyncio.Future[Outputs] = loop.create_future()
-        self._waiting.append(_Waiting(call, rows, future, loop.time()))
+        self._waiting.append(_Waiting(call, rows, future, now))
         self._waiting_rows += rows
         self._queue_depth.inc(rows)
         self._arrived.set()
@@ -178,9 +198,16 @@ class BatchQueue:
 
     async def _execute(self, batch: list[_Waiting]) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             parts = await loop.run_in_executor(
                 self._executor, self._run_batch, [item.call for item in batch]
+            )
+            elapsed = loop.time() - started
+            self._batch_seconds = (
+                elapsed
+                if self._batch_seconds is None
+                else 0.8 * self._batch_seconds + 0.2 * elapsed
             )
         except ServingError as exc:
             for item in batch:
@@ -248,12 +275,13 @@ class Batcher:
         runtime: Runtime,
         call: PreparedCall,
         in_flight: InFlight,
+        deadline: float | None = None,
     ) -> asyncio.Future[Outputs]:
-        """Queue a call with others of its kind.
+        """Queue a call with others of its kind (``deadline`` in loop time).
 
         Raises:
             InvalidInput: The call alone exceeds ``max_batch_size``.
-            Overloaded: Its queue is full.
+            Overloaded: Its queue is full or the call would miss its deadline.
         """
         key: QueueKey = (
             name,
@@ -280,7 +308,7 @@ class Batcher:
                 ),
             )
             self._queues[key] = queue
-        return queue.submit(call)
+        return queue.submit(call, deadline)
 
     async def close_version(self, name: str, version: str) -> None:
         """Drop the queues of a version that is being unloaded."""
