@@ -180,6 +180,8 @@ async def serve(settings: Settings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        # The gateway does not use the client address; the middleware costs time.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(DRAIN_SECONDS),
         timeout_keep_alive=30,
     )
