@@ -40,8 +40,12 @@ class BatchingOptions:
     """TF Serving batching parameters for servekit, MLServer's adaptive batching."""
 
     max_batch_size: int = 32
-    batch_timeout_micros: int = 2000
-    num_batch_threads: int = 2
+    batch_timeout_micros: int = 0
+    """No wait for a fuller batch: with one batch thread on the server's one core,
+    batches form from the requests that arrive while the previous batch runs, and a
+    lone request (1 client) runs at once instead of waiting out a timeout."""
+    num_batch_threads: int = 1
+    """One core, one batch at a time: two concurrent batches only halve each other."""
     max_enqueued_batches: int = 64
     mlserver_max_batch_size: int = 32
     mlserver_max_batch_time: float = 0.005
