@@ -151,12 +151,14 @@ class SklearnRuntime(Runtime):
         )
 
     def _class_labels(self) -> list[str] | None:
+        # The estimator's classes_ give predict_proba's column order; the
+        # manifest's list is only a fallback for estimators without it.
+        classes = getattr(self.estimator, "classes_", None)
+        if classes is not None:
+            return [_label_text(value) for value in np.asarray(classes).tolist()]
         if self.manifest.classes is not None:
             return list(self.manifest.classes)
-        classes = getattr(self.estimator, "classes_", None)
-        if classes is None:
-            return None
-        return [_label_text(value) for value in np.asarray(classes).tolist()]
+        return None
 
     def _check_outputs(self) -> None:
         for key, signature in self.signatures.items():
