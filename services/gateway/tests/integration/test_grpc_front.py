@@ -127,3 +127,18 @@ def test_grpc_rate_limit_sends_retry_after(
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     trailers = dict(last.trailing_metadata())
     assert int(trailers["retry-after"]) >= 1
+
+
+def test_reload_config_is_not_the_gateways_job(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    with (
+        grpc.insecure_channel(gateway.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        ModelServiceStub(channel).HandleReloadConfigRequest(
+            messages.ReloadConfigRequest(),
+            timeout=10,
+            metadata=[("x-api-key", api_keys.admin)],
+        )
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -221,3 +221,13 @@ class ModelProxy(ModelServiceServicer):
         return await self._front.serve(
             context, "GetModelStatus", request.model_spec.name, handle
         )
+
+    async def HandleReloadConfigRequest(
+        self, request: messages.ReloadConfigRequest, context: ServicerContext
+    ) -> messages.ReloadConfigResponse:
+        del request
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "reload the model servers' configuration on the model servers themselves",
+        )
+        raise AssertionError("abort returns only by raising")
