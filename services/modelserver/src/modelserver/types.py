@@ -80,8 +80,9 @@ class ModelSpec:
 class ResolvedSpec:
     """The version that actually answered, echoed back as the response ``model_spec``.
 
-    ``signature_name`` is the name the client sent (TF Serving echoes it as is,
-    empty included); metadata answers leave it empty.
+    ``signature_name`` is the signature that ran, with an empty request name
+    resolved to ``serving_default`` (as TF Serving's ``MakeModelSpec`` does);
+    metadata answers leave it empty.
     """
 
     name: str
