@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -492,8 +493,9 @@ class DataPlane:
         timeout: float | None,
     ) -> Outputs:
         loop = asyncio.get_running_loop()
+        pending: Awaitable[Outputs]
         if self._batcher is not None and call.batch_size:
-            pending: asyncio.Future[Outputs] = self._batcher.submit(
+            pending = self._batcher.submit(
                 servable.name,
                 servable.version_text,
                 runtime,

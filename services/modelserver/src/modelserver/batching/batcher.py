@@ -6,9 +6,10 @@ batch scheduler does. A queue forms a batch as soon as a thread is free and
 either ``max_batch_size`` rows wait or the oldest request has waited
 ``batch_timeout_micros``; with a timeout of 0 batches form naturally from the
 requests that arrived while the previous batch ran. One departure from TF
-Serving: when no other request is in flight on the model version, nobody can
-join the batch soon, so it runs at once instead of waiting out the timeout (a
-lone client pays no batching delay).
+Serving: while a model version has seen no concurrent requests for a second
+(a lone client), nobody is likely to join a batch, so it runs at once instead
+of waiting out the timeout; as soon as requests overlap, TF Serving's rules
+apply again.
 
 The queue is bounded: when ``max_enqueued_batches * max_batch_size`` rows are
 already waiting, a request is refused at once with :class:`Overloaded`
@@ -22,6 +23,7 @@ before their batch forms.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 from collections import deque
@@ -41,6 +43,7 @@ from modelserver.types import Tensor
 logger = logging.getLogger(__name__)
 
 Outputs = dict[str, Tensor]
+LONE_CLIENT_SECONDS = 1.0
 QueueKey = tuple[str, str, str, tuple[str, ...], ShapeKey | None]
 
 
@@ -89,8 +92,12 @@ class BatchQueue:
         self._waiting_rows = 0
         self._arrived = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._threads = settings.num_batch_threads
+        # Until this loop time requests have recently overlapped on the version.
+        self._concurrent_until = -math.inf
         # Recent wall time of one batch (exponential average), for shedding.
         self._batch_seconds: float | None = None
 
@@ -99,10 +106,10 @@ class BatchQueue:
         """Rows queued and not yet in a running batch."""
         return self._waiting_rows
 
-    def submit(
+    async def submit(
         self, call: PreparedCall, deadline: float | None = None
-    ) -> asyncio.Future[Outputs]:
-        """Queue a call; the future resolves to its share of the batch's outputs.
+    ) -> Outputs:
+        """Queue a call and wait for its share of the batch's outputs.
 
         ``deadline`` is in ``loop.time()`` seconds.
 
@@ -124,7 +131,7 @@ class BatchQueue:
         now = loop.time()
         if deadline is not None and self._batch_seconds is not None:
             batches_ahead = math.ceil((self._waiting_rows + rows) / self._max_rows)
-            rounds = math.ceil((batches_ahead + len(self._running)) / self._threads)
+            rounds = math.ceil((batches_ahead + self._running) / self._threads)
             if now + rounds * self._batch_seconds > deadline:
                 raise Overloaded(
                     "The batch queue is too long for this request's deadline: "
@@ -135,9 +142,30 @@ class BatchQueue:
         self._waiting_rows += rows
         self._queue_depth.inc(rows)
         self._arrived.set()
+        if self._version.in_flight > 1:
+            self._concurrent_until = now + LONE_CLIENT_SECONDS
         if self._scheduler is None:
-            self._scheduler = asyncio.create_task(self._schedule())
-        return future
+            if not self._batch_threads.locked() and (
+                self._timeout_seconds <= 0 or self._waiting_rows >= self._max_rows
+            ):
+                # A free thread and nothing to wait for: dispatch right here,
+                # without a scheduler task (acquire() cannot suspend now).
+                await self._batch_threads.acquire()
+                batch = self._take_batch()
+                if batch:
+                    self._dispatch(batch)
+                else:
+                    self._batch_threads.release()
+            if self._waiting and self._scheduler is None:
+                self._scheduler = asyncio.create_task(self._schedule())
+        return await future
+
+    def _may_start_now(self) -> bool:
+        return (
+            self._timeout_seconds <= 0
+            or self._waiting_rows >= self._max_rows
+            or asyncio.get_running_loop().time() > self._concurrent_until
+        )
 
     async def _schedule(self) -> None:
         try:
@@ -152,9 +180,7 @@ class BatchQueue:
                 if not batch:
                     self._batch_threads.release()
                     continue
-                task = asyncio.create_task(self._execute(batch))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
+                self._dispatch(batch)
         finally:
             self._scheduler = None
 
@@ -162,9 +188,7 @@ class BatchQueue:
         if self._timeout_seconds <= 0:
             return
         loop = asyncio.get_running_loop()
-        while self._waiting and self._waiting_rows < self._max_rows:
-            if self._version.in_flight <= len(self._waiting):
-                return  # no one else is under way who could join
+        while self._waiting and not self._may_start_now():
             remaining = (
                 self._waiting[0].enqueued_at + self._timeout_seconds - loop.time()
             )
@@ -196,37 +220,51 @@ class BatchQueue:
         self._waiting_rows -= item.rows
         self._queue_depth.dec(item.rows)
 
-    async def _execute(self, batch: list[_Waiting]) -> None:
+    def _dispatch(self, batch: list[_Waiting]) -> None:
+        # A done-callback instead of an awaiting task: one loop wake-up per batch.
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self._running += 1
+        self._idle.clear()
+        finished = self._executor.submit(self._run_batch, [item.call for item in batch])
+        finished.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._finish, batch, done, started)
+        )
+
+    def _finish(
+        self,
+        batch: list[_Waiting],
+        done: concurrent.futures.Future[list[Outputs]],
+        started: float,
+    ) -> None:
+        self._running -= 1
+        if not self._running:
+            self._idle.set()
+        self._batch_threads.release()
         try:
-            parts = await loop.run_in_executor(
-                self._executor, self._run_batch, [item.call for item in batch]
-            )
-            elapsed = loop.time() - started
-            self._batch_seconds = (
-                elapsed
-                if self._batch_seconds is None
-                else 0.8 * self._batch_seconds + 0.2 * elapsed
-            )
+            parts = done.result()
         except ServingError as exc:
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+            self._fail(batch, exc)
             return
         except Exception as exc:
             logger.exception("Batch failed")
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(
-                        InternalError(f"{type(exc).__name__}: {exc}")
-                    )
+            self._fail(batch, InternalError(f"{type(exc).__name__}: {exc}"))
             return
-        finally:
-            self._batch_threads.release()
+        elapsed = asyncio.get_running_loop().time() - started
+        self._batch_seconds = (
+            elapsed
+            if self._batch_seconds is None
+            else 0.8 * self._batch_seconds + 0.2 * elapsed
+        )
         for item, outputs in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(outputs)
+
+    @staticmethod
+    def _fail(batch: list[_Waiting], error: ServingError) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _run_batch(self, calls: list[PreparedCall]) -> list[Outputs]:
         # Runs in a batch thread: merging, the model and splitting are one hop.
@@ -251,8 +289,7 @@ class BatchQueue:
                 item.future.set_exception(Overloaded("The batch queue was closed"))
         if self._scheduler is not None:
             self._scheduler.cancel()
-        if self._running:
-            await asyncio.gather(*list(self._running), return_exceptions=True)
+        await self._idle.wait()
 
 
 class Batcher:
@@ -268,7 +305,7 @@ class Batcher:
         self._batch_threads = asyncio.Semaphore(settings.num_batch_threads)
         self._queues: dict[QueueKey, BatchQueue] = {}
 
-    def submit(
+    async def submit(
         self,
         name: str,
         version: str,
@@ -276,7 +313,7 @@ class Batcher:
         call: PreparedCall,
         in_flight: InFlight,
         deadline: float | None = None,
-    ) -> asyncio.Future[Outputs]:
+    ) -> Outputs:
         """Queue a call with others of its kind (``deadline`` in loop time).
 
         Raises:
@@ -308,7 +345,7 @@ class Batcher:
                 ),
             )
             self._queues[key] = queue
-        return queue.submit(call, deadline)
+        return await queue.submit(call, deadline)
 
     async def close_version(self, name: str, version: str) -> None:
         """Drop the queues of a version that is being unloaded."""
