@@ -130,30 +130,34 @@ def wait_models(
     *,
     timeout: float,
     grace: float,
-) -> tuple[set[str], float]:
-    """Wait until every model's probe passes; return the ready ones and the time.
+    grace_deadline: float | None = None,
+) -> tuple[set[str], float, float | None]:
+    """Wait until every model's probe passes.
 
-    Once one model is ready, the others get ``grace`` more seconds: a model that
-    fails to load may stay "loading" for minutes while the server retries it, and
-    the rest can be measured without it.
+    Once one model is ready, the others get ``grace`` more seconds (or until
+    ``grace_deadline``, a ``time.monotonic()`` value shared by servers that started
+    together): a model that fails to load may stay "loading" for minutes while the
+    server retries it, and the rest can be measured without it.
+
+    Returns:
+        The ready models, the seconds waited, and when the grace period ends.
 
     Raises:
         StartError: The process exited, or no model was ready within ``timeout``.
     """
     started = time.monotonic()
     ready: set[str] = set()
-    first_ready: float | None = None
     while True:
         for model, probe in probes.items():
             if model not in ready and probe():
                 ready.add(model)
         now = time.monotonic()
-        if ready and first_ready is None:
-            first_ready = now
+        if ready and grace_deadline is None:
+            grace_deadline = now + grace
         if len(ready) == len(probes):
-            return ready, now - started
-        if first_ready is not None and now - first_ready > grace:
-            return ready, now - started
+            return ready, now - started, grace_deadline
+        if grace_deadline is not None and ready and now > grace_deadline:
+            return ready, now - started, grace_deadline
         if not process.running():
             raise StartError(
                 f"{process.name} exited with {process.popen.returncode} before "

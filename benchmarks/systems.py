@@ -39,7 +39,7 @@ START_TIMEOUT = 300.0
 """Seconds a server may take to serve its first model (TensorFlow on a busy core)."""
 
 MODEL_GRACE = 90.0
-"""Seconds the other models of a server get once its first model serves."""
+"""Seconds the other models get once the first model of any server serves."""
 
 
 @dataclass(frozen=True)
@@ -480,6 +480,7 @@ def _start_all(
     for build in builds:
         build.wait()
     scenarios: list[Scenario] = []
+    grace_deadline: float | None = None
     for item in pending:
         name = item.process.name
         probes = item.probes
@@ -488,8 +489,12 @@ def _start_all(
         if not probes:
             continue
         progress(f"waiting for {name} to serve {', '.join(probes)} …")
-        ready, seconds = wait_models(
-            item.process, probes, timeout=START_TIMEOUT, grace=MODEL_GRACE
+        ready, seconds, grace_deadline = wait_models(
+            item.process,
+            probes,
+            timeout=START_TIMEOUT,
+            grace=MODEL_GRACE,
+            grace_deadline=grace_deadline,
         )
         item.ready = ready
         deployment.startup_seconds[name] = round(seconds, 1)
