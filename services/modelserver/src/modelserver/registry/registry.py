@@ -483,4 +483,8 @@ class ModelRegistry:
         servable.state = state
         if state is VersionState.UNLOADING and servable.in_flight == 0:
             servable.drained.set()
-        self._metrics.set_version_state(servable.name, servable.version, state)
+        entry = self._models.get(servable.name)
+        current = entry.servables.get(servable.version) if entry is not None else None
+        # A moved model's old copy of a version must not overwrite the new one's.
+        if current is None or current is servable:
+            self._metrics.set_version_state(servable.name, servable.version, state)
