@@ -456,20 +456,23 @@ def _convert(alias: str, value: Tensor, dtype: str) -> Tensor:
 
 
 def _to_text_array(value: Tensor) -> Tensor:
+    # The first element stands for the column: decoding element by element
+    # would be a Python loop over the rows.
     kind = value.dtype.kind
     if kind == "S":
         return np.char.decode(value, "utf-8", errors="replace").astype(object)
     if kind == "U":
         return value.astype(object)
     if kind == "O":
-        if value.size and all(isinstance(item, str) for item in value.flat):
+        if not value.size or isinstance(value.flat[0], str):
             return value
-        try:
-            return np.char.decode(
-                value.astype(np.bytes_), "utf-8", errors="replace"
-            ).astype(object)
-        except (TypeError, ValueError, UnicodeError):
-            return value.astype(str).astype(object)
+        if isinstance(value.flat[0], bytes):
+            try:
+                return np.char.decode(
+                    value.astype(np.bytes_), "utf-8", errors="replace"
+                ).astype(object)
+            except (TypeError, ValueError, UnicodeError):
+                pass
     return value.astype(str).astype(object)
 
 
