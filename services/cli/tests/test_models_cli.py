@@ -97,6 +97,13 @@ def test_publish_list_show_verify_and_rollouts(
     assert "shapes/2" in failed.stderr
 
 
+def publish_in_process(registry: Registry, model: Path) -> None:
+    """Publish without a subprocess: these tests are about the command that follows."""
+    from servekit.publishing import publish_external
+
+    publish_external(registry, "shapes", model, None, None, [])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -112,7 +119,7 @@ def test_bad_input_gets_one_line_and_nonzero_exit(
     tmp_path: Path, pickled: tuple[Path, Path], args: tuple[str, ...], message: str
 ) -> None:
     registry = tmp_path / "models"
-    run("models", "publish", "shapes", str(pickled[0]), registry=registry)
+    publish_in_process(Registry(registry), pickled[0])
     before = sorted(
         p.relative_to(registry).as_posix()
         for p in registry.rglob("*")
