@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from modelserver.errors import (
     InvalidInput,
     PredictSignatureNotFound,

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from modelregistry import IntegrityError, Manifest, ManifestError, load_pickle
+from servekit_protocol.tensors import data_type_name
+
 from modelserver.errors import (
     IntegrityFailure,
     InternalError,
@@ -56,7 +58,6 @@ from modelserver.types import (
     Tensor,
     TensorInfo,
 )
-from servekit_protocol.tensors import data_type_name
 
 PREDICTIONS = "predictions"
 PROBABILITIES = "probabilities"

@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from servekit_protocol import examples as example_codec
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import config_pb2
+
 from modelserver.errors import (
     ArtifactNotFound,
     InvalidInput,
@@ -55,9 +59,6 @@ from modelserver.types import (
     Tensor,
     TensorInfo,
 )
-from servekit_protocol import examples as example_codec
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import config_pb2
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
