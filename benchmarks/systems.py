@@ -80,18 +80,23 @@ def write_model_config(options: BenchOptions) -> Path:
     """A model config file naming only the selected models (absolute base paths).
 
     Leaving the others out keeps their load time (TensorFlow's import, for one) out
-    of the start-up and their pollers off the server core.
+    of the start-up and their pollers off the server core. Each model serves the
+    one version the request payloads were built from.
     """
-    from dataclasses import replace as replace_entry
-
-    from modelregistry import Registry, config_text
+    from modelregistry import ModelEntry, Registry, config_text
 
     registry = Registry(options.registry)
-    entries = [
-        replace_entry(entry, base_path=str(options.registry / entry.name))
-        for entry in registry.serving_entries(tf_only=False)
-        if entry.name in options.models
-    ]
+    entries = []
+    for name in options.models:
+        version = registry.resolve(name)
+        entries.append(
+            ModelEntry(
+                name=name,
+                base_path=str(options.registry / name),
+                platform=registry.framework(name, version),
+                policy={"specific": {"versions": [version]}},
+            )
+        )
     path = options.work_dir / "servekit-models.config"
     path.write_text(config_text(entries), encoding="utf-8")
     return path
