@@ -47,6 +47,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8501), timeout=2).close()"]
 ENTRYPOINT ["servekit-model-server"]
 CMD ["--port=8500", "--rest_api_port=8501", \
-     "--model_config_file=/models/servekit.config", \
+     "--model_config_file=/models/sklearn.config", \
      "--model_config_file_poll_wait_seconds=10", \
      "--file_system_poll_wait_seconds=5"]

@@ -152,7 +152,7 @@ def test_model_servers_run_with_flags_they_accept(
     tfserving = flag_values(services["tfserving"]["command"])
     modelserver = flag_values(services["modelserver"]["command"])
     assert tfserving["model_config_file"] == "/models/models.config"
-    assert modelserver["model_config_file"] == "/models/servekit.config"
+    assert modelserver["model_config_file"] == "/models/sklearn.config"
     # TF Serving's own entrypoint would add single-model flags; it is replaced.
     assert services["tfserving"]["entrypoint"] == ["tensorflow_model_server"]
 

@@ -302,7 +302,7 @@ def test_server_flags_point_at_mounted_files(
     objects = rendered[overlay]
     expected_model_config = {
         "tfserving": "/models/models.config",
-        "modelserver": "/models/servekit.config",
+        "modelserver": "/models/sklearn.config",
     }
     for name, model_config in expected_model_config.items():
         deployment = find(objects, "Deployment", name)

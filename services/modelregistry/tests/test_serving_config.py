@@ -52,6 +52,12 @@ def test_configs_split_tensorflow_from_everything(registry: Registry) -> None:
     assert by_name["tabular"].model_platform == "sklearn"
     assert by_name["tabular"].model_version_policy.latest.num_versions == 1
 
+    sklearn_config = _parse_official((registry.root / "sklearn.config").read_text())
+    configs = sklearn_config.model_config_list.config  # type: ignore[attr-defined]
+    assert [(c.name, c.base_path, c.model_platform) for c in configs] == [
+        ("tabular", "tabular", "sklearn")
+    ]
+
 
 def test_explicit_policies_render(registry: Registry) -> None:
     _fake_saved_model(registry, "digits", 1)

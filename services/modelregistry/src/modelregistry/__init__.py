@@ -15,6 +15,7 @@ from modelregistry.errors import (
 from modelregistry.layout import (
     MODEL_STATE_FILE,
     SERVEKIT_CONFIG_FILE,
+    SKLEARN_CONFIG_FILE,
     TF_CONFIG_FILE,
     check_label,
     check_model_name,
@@ -40,6 +41,7 @@ __all__ = [
     "MANIFEST_FILE",
     "MODEL_STATE_FILE",
     "SERVEKIT_CONFIG_FILE",
+    "SKLEARN_CONFIG_FILE",
     "STABLE",
     "TF_CONFIG_FILE",
     "DataFingerprint",

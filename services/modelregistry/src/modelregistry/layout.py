@@ -10,6 +10,7 @@ from modelregistry.errors import InvalidName
 MODEL_STATE_FILE = "servekit-model.json"
 TF_CONFIG_FILE = "models.config"
 SERVEKIT_CONFIG_FILE = "servekit.config"
+SKLEARN_CONFIG_FILE = "sklearn.config"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}")

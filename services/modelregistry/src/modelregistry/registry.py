@@ -25,6 +25,7 @@ from modelregistry.errors import (
 from modelregistry.fsync import fsync_dir, fsync_tree, locked, write_atomically
 from modelregistry.layout import (
     SERVEKIT_CONFIG_FILE,
+    SKLEARN_CONFIG_FILE,
     TF_CONFIG_FILE,
     check_label,
     check_model_name,
@@ -416,8 +417,12 @@ class Registry:
 
     # ---- serving configs ----------------------------------------------------------
 
-    def serving_entries(self, tf_only: bool) -> list[ModelEntry]:
-        """One config entry per model with at least one version."""
+    def serving_entries(self, framework: str | None = None) -> list[ModelEntry]:
+        """One config entry per model with at least one version.
+
+        With `framework` ("tensorflow" or "sklearn") only that framework's models are
+        listed; TensorFlow entries then use TF Serving's container base paths.
+        """
         entries: list[ModelEntry] = []
         for name in self.models():
             model_dir = self.root / name
@@ -428,28 +433,36 @@ class Registry:
                 platform_name = self.framework(name, versions[-1])
             except ManifestError:
                 continue
-            if tf_only and platform_name != "tensorflow":
+            if framework is not None and platform_name != framework:
                 continue
             state = read_state(model_dir)
             labels = {label: v for label, v in state.labels.items() if v in versions}
             policy = _serving_policy(state, labels, versions)
-            base_path = f"{self.tf_base_path}/{name}" if tf_only else name
+            base_path = (
+                f"{self.tf_base_path}/{name}" if framework == "tensorflow" else name
+            )
             entries.append(ModelEntry(name, base_path, platform_name, policy, labels))
         return entries
 
     def write_configs(self) -> None:
-        """Regenerate `models.config` (TF models) and `servekit.config` (every model)."""
+        """Regenerate the serving configs.
+
+        `models.config` lists TensorFlow models for TF Serving; `sklearn.config` the
+        scikit-learn models, for a servekit-model-server beside TF Serving;
+        `servekit.config` every model, for a servekit-model-server serving them all.
+        """
         if not self.root.is_dir():
             return
+        configs = {
+            TF_CONFIG_FILE: "tensorflow",
+            SKLEARN_CONFIG_FILE: "sklearn",
+            SERVEKIT_CONFIG_FILE: None,
+        }
         with locked(self.root / ".lock"):
-            write_atomically(
-                self.root / TF_CONFIG_FILE,
-                config_text(self.serving_entries(tf_only=True)),
-            )
-            write_atomically(
-                self.root / SERVEKIT_CONFIG_FILE,
-                config_text(self.serving_entries(tf_only=False)),
-            )
+            for filename, framework in configs.items():
+                write_atomically(
+                    self.root / filename, config_text(self.serving_entries(framework))
+                )
 
 
 def _serving_policy(
