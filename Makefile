@@ -9,6 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 REGISTRY ?= models
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help install system-deps up test lint format bench protos clean
 
@@ -57,7 +58,7 @@ format: install
 	$(BIN)/ruff format .
 
 bench: install
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
