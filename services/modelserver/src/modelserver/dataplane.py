@@ -27,10 +27,12 @@ Contract for the transports:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,6 +86,14 @@ logger = logging.getLogger(__name__)
 
 Outputs = dict[str, Tensor]
 OK = "OK"
+
+
+@dataclass
+class _Observation:
+    """What a request's metrics line learns while the request runs."""
+
+    version_text: str = ""
+    status: str = OK
 
 
 class DataPlane:
@@ -234,6 +244,36 @@ class DataPlane:
 
     # --- inference ----------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _observe(
+        self, model: str, api: Api, protocol: str, version_text: str = ""
+    ) -> Iterator[_Observation]:
+        """Time one request, map unexpected failures to InternalError, record it.
+
+        Every public entry point runs inside this, so the request metrics and
+        the error mapping are the same for all of them.
+        """
+        started = time.perf_counter()
+        observation = _Observation(version_text=version_text)
+        try:
+            yield observation
+        except ServingError as exc:
+            observation.status = exc.grpc_code.name
+            raise
+        except Exception as exc:
+            observation.status = InternalError.grpc_code.name
+            logger.exception("%s failed", api.value)
+            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.observe_request(
+                model=model,
+                version=observation.version_text,
+                api=api,
+                protocol=protocol,
+                status=observation.status,
+                seconds=time.perf_counter() - started,
+            )
+
     async def predict(
         self,
         request: PredictRequest,
@@ -252,13 +292,10 @@ class DataPlane:
             Overloaded: The batch queue is full.
             DeadlineExceeded: ``timeout`` elapsed.
         """
-        started = time.perf_counter()
         spec = request.spec
-        version_text = ""
-        status = OK
-        try:
+        with self._observe(spec.name, Api.PREDICT, protocol) as observation:
             servable = self._resolve(spec)
-            version_text = servable.version_text
+            observation.version_text = servable.version_text
             runtime = servable.acquire()
             try:
                 call = runtime.prepare_predict(
@@ -270,22 +307,6 @@ class DataPlane:
             return PredictResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), outputs
             )
-        except ServingError as exc:
-            status = exc.grpc_code.name
-            raise
-        except Exception as exc:
-            status = InternalError.grpc_code.name
-            logger.exception("Predict failed")
-            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._metrics.observe_request(
-                model=spec.name,
-                version=version_text,
-                api=Api.PREDICT,
-                protocol=protocol,
-                status=status,
-                seconds=time.perf_counter() - started,
-            )
 
     async def classify(
         self,
@@ -295,13 +316,10 @@ class DataPlane:
         timeout: float | None = None,
     ) -> ClassifyResponse:
         """Run a Classify call (same errors as :meth:`predict`)."""
-        started = time.perf_counter()
         spec = request.spec
-        version_text = ""
-        status = OK
-        try:
+        with self._observe(spec.name, Api.CLASSIFY, protocol) as observation:
             servable = self._resolve(spec)
-            version_text = servable.version_text
+            observation.version_text = servable.version_text
             runtime = servable.acquire()
             try:
                 call = runtime.prepare_classify(
@@ -314,22 +332,6 @@ class DataPlane:
             return ClassifyResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
             )
-        except ServingError as exc:
-            status = exc.grpc_code.name
-            raise
-        except Exception as exc:
-            status = InternalError.grpc_code.name
-            logger.exception("Classify failed")
-            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._metrics.observe_request(
-                model=spec.name,
-                version=version_text,
-                api=Api.CLASSIFY,
-                protocol=protocol,
-                status=status,
-                seconds=time.perf_counter() - started,
-            )
 
     async def regress(
         self,
@@ -339,13 +341,10 @@ class DataPlane:
         timeout: float | None = None,
     ) -> RegressResponse:
         """Run a Regress call (same errors as :meth:`predict`)."""
-        started = time.perf_counter()
         spec = request.spec
-        version_text = ""
-        status = OK
-        try:
+        with self._observe(spec.name, Api.REGRESS, protocol) as observation:
             servable = self._resolve(spec)
-            version_text = servable.version_text
+            observation.version_text = servable.version_text
             runtime = servable.acquire()
             try:
                 call = runtime.prepare_regress(
@@ -357,22 +356,6 @@ class DataPlane:
                 servable.release()
             return RegressResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
-            )
-        except ServingError as exc:
-            status = exc.grpc_code.name
-            raise
-        except Exception as exc:
-            status = InternalError.grpc_code.name
-            logger.exception("Regress failed")
-            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._metrics.observe_request(
-                model=spec.name,
-                version=version_text,
-                api=Api.REGRESS,
-                protocol=protocol,
-                status=status,
-                seconds=time.perf_counter() - started,
             )
 
     async def multi_inference(
@@ -392,14 +375,11 @@ class DataPlane:
                 the input is empty.
             Unimplemented: A task's method is neither classify nor regress.
         """
-        started = time.perf_counter()
         name = request.tasks[0].spec.name if request.tasks else ""
-        version_text = ""
-        status = OK
-        try:
+        with self._observe(name, Api.MULTI_INFERENCE, protocol) as observation:
             self._check_tasks(request)
             servable = self._resolve(request.tasks[0].spec)
-            version_text = servable.version_text
+            observation.version_text = servable.version_text
             runtime = servable.acquire()
             try:
                 calls: list[tuple[str, PreparedCall]] = []
@@ -437,22 +417,6 @@ class DataPlane:
             finally:
                 servable.release()
             return MultiInferenceResponse(results)
-        except ServingError as exc:
-            status = exc.grpc_code.name
-            raise
-        except Exception as exc:
-            status = InternalError.grpc_code.name
-            logger.exception("MultiInference failed")
-            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._metrics.observe_request(
-                model=name,
-                version=version_text,
-                api=Api.MULTI_INFERENCE,
-                protocol=protocol,
-                status=status,
-                seconds=time.perf_counter() - started,
-            )
 
     @staticmethod
     def _check_tasks(request: MultiInferenceRequest) -> None:
@@ -523,30 +487,15 @@ class DataPlane:
             VersionNotFound: The requested version is not available.
             LabelNotFound: The label is not assigned.
         """
-        started = time.perf_counter()
-        version_text = ""
-        status = OK
-        try:
+        with self._observe(spec.name, Api.METADATA, protocol) as observation:
             servable = self._resolve(spec)
-            version_text = servable.version_text
+            observation.version_text = servable.version_text
             runtime = servable.runtime
             if runtime is None:
                 servable.acquire()  # raises: unloaded meanwhile
                 raise AssertionError("unreachable")
             return ModelMetadata(
                 ResolvedSpec(spec.name, servable.version, ""), runtime.signatures
-            )
-        except ServingError as exc:
-            status = exc.grpc_code.name
-            raise
-        finally:
-            self._metrics.observe_request(
-                model=spec.name,
-                version=version_text,
-                api=Api.METADATA,
-                protocol=protocol,
-                status=status,
-                seconds=time.perf_counter() - started,
             )
 
     async def signature(self, spec: ModelSpec) -> tuple[ResolvedSpec, SignatureInfo]:
@@ -578,24 +527,11 @@ class DataPlane:
             ModelNotFound: The model has no known versions.
             VersionNotFound: That version is unknown.
         """
-        started = time.perf_counter()
-        status = OK
-        try:
+        version_text = "" if spec.version is None else str(spec.version)
+        with self._observe(spec.name, Api.STATUS, protocol, version_text):
             if not spec.name:
                 raise InvalidInput("Missing model name in request.")
             return self._registry.statuses(spec.name, spec.version)
-        except ServingError as exc:
-            status = exc.grpc_code.name
-            raise
-        finally:
-            self._metrics.observe_request(
-                model=spec.name,
-                version="" if spec.version is None else str(spec.version),
-                api=Api.STATUS,
-                protocol=protocol,
-                status=status,
-                seconds=time.perf_counter() - started,
-            )
 
     async def reload_config(
         self, config: ModelServerConfig, *, protocol: str = ""
@@ -611,9 +547,7 @@ class DataPlane:
             InvalidConfig: The config is not a ``model_config_list`` or is invalid.
             FailedPrecondition: A label points at a version that is not AVAILABLE.
         """
-        started = time.perf_counter()
-        status = OK
-        try:
+        with self._observe("", Api.RELOAD_CONFIG, protocol):
             if config.WhichOneof("config") is None:
                 logger.info("Taking no action for empty config.")
                 return
@@ -624,15 +558,3 @@ class DataPlane:
             )
             configs = from_model_server_config(config, base_dir=base_dir)
             await self._registry.apply_config(configs)
-        except ServingError as exc:
-            status = exc.grpc_code.name
-            raise
-        finally:
-            self._metrics.observe_request(
-                model="",
-                version="",
-                api=Api.RELOAD_CONFIG,
-                protocol=protocol,
-                status=status,
-                seconds=time.perf_counter() - started,
-            )
