@@ -274,6 +274,19 @@ class DataPlane:
                 seconds=time.perf_counter() - started,
             )
 
+    @contextlib.contextmanager
+    def _acquired(
+        self, spec: ModelSpec, observation: _Observation
+    ) -> Iterator[tuple[Servable, Runtime]]:
+        """Resolve ``spec`` and hold its runtime, so an unload waits for the call."""
+        servable = self._resolve(spec)
+        observation.version_text = servable.version_text
+        runtime = servable.acquire()
+        try:
+            yield servable, runtime
+        finally:
+            servable.release()
+
     async def predict(
         self,
         request: PredictRequest,
@@ -293,17 +306,14 @@ class DataPlane:
             DeadlineExceeded: ``timeout`` elapsed.
         """
         spec = request.spec
-        with self._observe(spec.name, Api.PREDICT, protocol) as observation:
-            servable = self._resolve(spec)
-            observation.version_text = servable.version_text
-            runtime = servable.acquire()
-            try:
-                call = runtime.prepare_predict(
-                    spec.signature_name, request.inputs, request.output_filter
-                )
-                outputs = await self._execute(servable, runtime, call, timeout)
-            finally:
-                servable.release()
+        with (
+            self._observe(spec.name, Api.PREDICT, protocol) as observation,
+            self._acquired(spec, observation) as (servable, runtime),
+        ):
+            call = runtime.prepare_predict(
+                spec.signature_name, request.inputs, request.output_filter
+            )
+            outputs = await self._execute(servable, runtime, call, timeout)
             return PredictResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), outputs
             )
@@ -317,18 +327,15 @@ class DataPlane:
     ) -> ClassifyResponse:
         """Run a Classify call (same errors as :meth:`predict`)."""
         spec = request.spec
-        with self._observe(spec.name, Api.CLASSIFY, protocol) as observation:
-            servable = self._resolve(spec)
-            observation.version_text = servable.version_text
-            runtime = servable.acquire()
-            try:
-                call = runtime.prepare_classify(
-                    spec.signature_name, request.examples, request.context
-                )
-                outputs = await self._execute(servable, runtime, call, timeout)
-                results = runtime.to_classifications(call, outputs)
-            finally:
-                servable.release()
+        with (
+            self._observe(spec.name, Api.CLASSIFY, protocol) as observation,
+            self._acquired(spec, observation) as (servable, runtime),
+        ):
+            call = runtime.prepare_classify(
+                spec.signature_name, request.examples, request.context
+            )
+            outputs = await self._execute(servable, runtime, call, timeout)
+            results = runtime.to_classifications(call, outputs)
             return ClassifyResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
             )
@@ -342,18 +349,15 @@ class DataPlane:
     ) -> RegressResponse:
         """Run a Regress call (same errors as :meth:`predict`)."""
         spec = request.spec
-        with self._observe(spec.name, Api.REGRESS, protocol) as observation:
-            servable = self._resolve(spec)
-            observation.version_text = servable.version_text
-            runtime = servable.acquire()
-            try:
-                call = runtime.prepare_regress(
-                    spec.signature_name, request.examples, request.context
-                )
-                outputs = await self._execute(servable, runtime, call, timeout)
-                results = runtime.to_regressions(call, outputs)
-            finally:
-                servable.release()
+        with (
+            self._observe(spec.name, Api.REGRESS, protocol) as observation,
+            self._acquired(spec, observation) as (servable, runtime),
+        ):
+            call = runtime.prepare_regress(
+                spec.signature_name, request.examples, request.context
+            )
+            outputs = await self._execute(servable, runtime, call, timeout)
+            results = runtime.to_regressions(call, outputs)
             return RegressResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
             )
@@ -378,10 +382,10 @@ class DataPlane:
         name = request.tasks[0].spec.name if request.tasks else ""
         with self._observe(name, Api.MULTI_INFERENCE, protocol) as observation:
             self._check_tasks(request)
-            servable = self._resolve(request.tasks[0].spec)
-            observation.version_text = servable.version_text
-            runtime = servable.acquire()
-            try:
+            with self._acquired(request.tasks[0].spec, observation) as (
+                servable,
+                runtime,
+            ):
                 calls: list[tuple[str, PreparedCall]] = []
                 for task in request.tasks:
                     if task.method_name == CLASSIFY_METHOD:
@@ -414,8 +418,6 @@ class DataPlane:
                                 resolved, runtime.to_regressions(call, output)
                             )
                         )
-            finally:
-                servable.release()
             return MultiInferenceResponse(results)
 
     @staticmethod
