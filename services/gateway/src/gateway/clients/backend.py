@@ -232,6 +232,26 @@ class BackendClient:
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
 
+    async def _unary(
+        self,
+        addresses: Sequence[str],
+        stub: str,
+        method: str,
+        request: Any,
+        deadline: float,
+        metadata: Metadata,
+    ) -> Any:
+        """Call `method` on the backend's `stub` ("prediction" or "models")."""
+
+        async def invoke(backend: Backend, timeout: float, md: Metadata) -> Any:
+            call = getattr(getattr(backend, stub), method)
+            return await call(request, timeout=timeout, metadata=md)
+
+        response, _ = await self.pool.call(
+            addresses, method, invoke, deadline, metadata
+        )
+        return response
+
     async def predict(
         self,
         addresses: Sequence[str],
@@ -239,16 +259,8 @@ class BackendClient:
         deadline: float,
         metadata: Metadata,
     ) -> messages.PredictResponse:
-        async def invoke(
-            backend: Backend, timeout: float, md: Metadata
-        ) -> messages.PredictResponse:
-            response: messages.PredictResponse = await backend.prediction.Predict(
-                request, timeout=timeout, metadata=md
-            )
-            return response
-
-        response, _ = await self.pool.call(
-            addresses, "Predict", invoke, deadline, metadata
+        response: messages.PredictResponse = await self._unary(
+            addresses, "prediction", "Predict", request, deadline, metadata
         )
         return response
 
@@ -259,16 +271,8 @@ class BackendClient:
         deadline: float,
         metadata: Metadata,
     ) -> messages.ClassificationResponse:
-        async def invoke(
-            backend: Backend, timeout: float, md: Metadata
-        ) -> messages.ClassificationResponse:
-            response: messages.ClassificationResponse = (
-                await backend.prediction.Classify(request, timeout=timeout, metadata=md)
-            )
-            return response
-
-        response, _ = await self.pool.call(
-            addresses, "Classify", invoke, deadline, metadata
+        response: messages.ClassificationResponse = await self._unary(
+            addresses, "prediction", "Classify", request, deadline, metadata
         )
         return response
 
@@ -279,16 +283,8 @@ class BackendClient:
         deadline: float,
         metadata: Metadata,
     ) -> messages.RegressionResponse:
-        async def invoke(
-            backend: Backend, timeout: float, md: Metadata
-        ) -> messages.RegressionResponse:
-            response: messages.RegressionResponse = await backend.prediction.Regress(
-                request, timeout=timeout, metadata=md
-            )
-            return response
-
-        response, _ = await self.pool.call(
-            addresses, "Regress", invoke, deadline, metadata
+        response: messages.RegressionResponse = await self._unary(
+            addresses, "prediction", "Regress", request, deadline, metadata
         )
         return response
 
@@ -299,18 +295,8 @@ class BackendClient:
         deadline: float,
         metadata: Metadata,
     ) -> messages.MultiInferenceResponse:
-        async def invoke(
-            backend: Backend, timeout: float, md: Metadata
-        ) -> messages.MultiInferenceResponse:
-            response: messages.MultiInferenceResponse = (
-                await backend.prediction.MultiInference(
-                    request, timeout=timeout, metadata=md
-                )
-            )
-            return response
-
-        response, _ = await self.pool.call(
-            addresses, "MultiInference", invoke, deadline, metadata
+        response: messages.MultiInferenceResponse = await self._unary(
+            addresses, "prediction", "MultiInference", request, deadline, metadata
         )
         return response
 
@@ -321,18 +307,8 @@ class BackendClient:
         deadline: float,
         metadata: Metadata,
     ) -> messages.GetModelMetadataResponse:
-        async def invoke(
-            backend: Backend, timeout: float, md: Metadata
-        ) -> messages.GetModelMetadataResponse:
-            response: messages.GetModelMetadataResponse = (
-                await backend.prediction.GetModelMetadata(
-                    request, timeout=timeout, metadata=md
-                )
-            )
-            return response
-
-        response, _ = await self.pool.call(
-            addresses, "GetModelMetadata", invoke, deadline, metadata
+        response: messages.GetModelMetadataResponse = await self._unary(
+            addresses, "prediction", "GetModelMetadata", request, deadline, metadata
         )
         return response
 
@@ -343,17 +319,7 @@ class BackendClient:
         deadline: float,
         metadata: Metadata,
     ) -> messages.GetModelStatusResponse:
-        async def invoke(
-            backend: Backend, timeout: float, md: Metadata
-        ) -> messages.GetModelStatusResponse:
-            response: messages.GetModelStatusResponse = (
-                await backend.models.GetModelStatus(
-                    request, timeout=timeout, metadata=md
-                )
-            )
-            return response
-
-        response, _ = await self.pool.call(
-            addresses, "GetModelStatus", invoke, deadline, metadata
+        response: messages.GetModelStatusResponse = await self._unary(
+            addresses, "models", "GetModelStatus", request, deadline, metadata
         )
         return response
