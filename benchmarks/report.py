@@ -19,6 +19,7 @@ LABELS = {
     "mlserver-batching": "MLServer (adaptive batching on)",
     "fastapi": "plain FastAPI",
     "gateway": "gateway → servekit",
+    "gateway-unmerged": "gateway → servekit (coalescing off)",
     "grpc-ceiling": "trivial gRPC server",
 }
 SYSTEM_ORDER = tuple(LABELS)
@@ -220,14 +221,18 @@ def target_checks(
                         f"direct {_median_of(direct, 'p50_ms'):.2f} ms",
                     )
                 )
-            checks.append(
-                _ratio_check(
-                    f"{model} {name} ×{top}: gateway / direct throughput",
-                    _rounds(runs, model, protocol, "gateway", top),
-                    _rounds(runs, model, protocol, gateway_backend, top),
-                    0.8,
+            for system, what in (
+                ("gateway", "gateway"),
+                ("gateway-unmerged", "gateway with coalescing off"),
+            ):
+                checks.append(
+                    _ratio_check(
+                        f"{model} {name} ×{top}: {what} / direct throughput",
+                        _rounds(runs, model, protocol, system, top),
+                        _rounds(runs, model, protocol, gateway_backend, top),
+                        0.8,
+                    )
                 )
-            )
     return [check for check in checks if check is not None]
 
 

@@ -24,6 +24,7 @@ SYSTEMS = (
     "mlserver-batching",
     "fastapi",
     "gateway",
+    "gateway-unmerged",
     "inprocess",
     "grpc-ceiling",
 )

@@ -258,7 +258,9 @@ def _start_model_servers(
     pending: list[_Pending] = []
     addresses: dict[str, str] = {}
     for system, batching in (("servekit", False), ("servekit-batching", True)):
-        behind_gateway = options.wants("gateway") and system == options.gateway_backend
+        behind_gateway = system == options.gateway_backend and any(
+            options.wants(name) for name in GATEWAY_SYSTEMS
+        )
         if not (options.wants(system) or behind_gateway):
             continue
         process, grpc_address, rest_base = _model_server(
@@ -283,11 +285,15 @@ def _start_model_servers(
     return pending, addresses
 
 
+GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged")
+
+
 def _start_gateway(
     options: BenchOptions,
     models: list[ModelPayloads],
     processes: ProcessSet,
     backend_address: str,
+    system: str,
 ) -> _Pending:
     http_port, grpc_port = free_port(), free_port()
     environment = {
@@ -297,8 +303,10 @@ def _start_gateway(
         "GATEWAY_REGISTRY": str(options.registry),
         "GATEWAY_DEFAULT_BACKEND": backend_address,
     }
+    if system == "gateway-unmerged":
+        environment["GATEWAY_COALESCE_MAX_ROWS"] = "0"
     process = processes.start(
-        "gateway",
+        system,
         [str(VENV_BIN / "servekit-gateway")],
         cpu=options.server_cpu,
         env=environment,
@@ -312,7 +320,7 @@ def _start_gateway(
         item.probes[model.name] = http_post_succeeds(url, model.tfs_rest.read_bytes())
         item.scenarios += _scenarios(
             model.name,
-            "gateway",
+            system,
             options.protocols,
             HttpTarget(url, model.tfs_rest),
             GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
@@ -453,17 +461,21 @@ def _start_all(
 ) -> Deployment:
     models = [payloads[name] for name in options.models]
     pending, addresses = _start_model_servers(options, models, processes)
-    if options.wants("gateway"):
+    gateways = [name for name in GATEWAY_SYSTEMS if options.wants(name)]
+    for name in gateways:
         gateway = _start_gateway(
-            options, models, processes, addresses[options.gateway_backend]
+            options, models, processes, addresses[options.gateway_backend], name
         )
         gateway.backend = next(
             item for item in pending if item.process.name == options.gateway_backend
         )
         pending.append(gateway)
+    if gateways:
         deployment.notes.append(
             f"The gateway forwards to {LABELS[options.gateway_backend]} over gRPC; "
-            "both share the server core."
+            "both share the server core. It merges concurrent Predict calls of one "
+            "model into one backend call (at most 32 rows, one call in flight); "
+            "the coalescing-off gateway sends every request on its own."
         )
     if options.wants("mlserver") or options.wants("mlserver-batching"):
         if mlserver is None:

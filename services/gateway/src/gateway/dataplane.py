@@ -22,6 +22,7 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensors import numpy_dtype, to_ndarray
 
 from gateway.clients.backend import BackendClient, BackendPool
+from gateway.clients.coalescer import Coalescer
 from gateway.errors import (
     BackendError,
     GatewayError,
@@ -187,6 +188,12 @@ class Gateway:
         self.router = router
         self.pool = pool
         self.client = BackendClient(pool)
+        self.coalescer = Coalescer(
+            self.client,
+            metrics,
+            max_rows=settings.coalesce_max_rows,
+            max_in_flight=settings.coalesce_max_in_flight,
+        )
         self.authenticator = authenticator
         self.registry = registry
         self._in_flight = 0
@@ -455,7 +462,7 @@ class Gateway:
         request = encode(signatures)
         apply_target(request.model_spec, target)
         try:
-            response = await self.client.predict(
+            response = await self.coalescer.predict(
                 target.backends, request, ctx.deadline, ctx.metadata()
             )
         except BackendError as exc:
@@ -473,7 +480,7 @@ class Gateway:
             signatures = fresh
             request = encode(signatures)
             apply_target(request.model_spec, target)
-            response = await self.client.predict(
+            response = await self.coalescer.predict(
                 target.backends, request, ctx.deadline, ctx.metadata()
             )
         if (
@@ -570,7 +577,7 @@ class Gateway:
     ) -> None:
         deadline = time.monotonic() + self.settings.default_timeout_ms / 1000.0
         try:
-            response = await self.client.predict(
+            response = await self.coalescer.predict(
                 target.backends,
                 request,
                 deadline,

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     """Consecutive backend failures (UNAVAILABLE) that open its circuit."""
     breaker_reset_seconds: float = Field(default=2.0, gt=0)
     """How long an open circuit fails fast before one probe call is let through."""
+    coalesce_max_rows: int = Field(default=32, ge=0)
+    """Most rows in one backend Predict merged from concurrent requests of the same
+    model, version and signature (0 or 1: never merge). Keep it at or below the
+    backends' `max_batch_size`; a larger merge that is refused is halved."""
+    coalesce_max_in_flight: int = Field(default=1, ge=1)
+    """Predict calls of one model, version and signature in flight per backend at
+    once; further requests wait and are merged into the next call."""
     metadata_ttl_seconds: float = Field(default=2.0, ge=0)
     """How long a signature fetched for `latest` or a label is reused."""
     reload_interval_seconds: float = Field(default=1.0, gt=0)

@@ -44,6 +44,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.coalesced_requests = Histogram(
+            "gateway_coalesced_requests",
+            "Client requests answered by one backend Predict call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
         self.backend_errors = Counter(
             "gateway_backend_errors_total",
             "Failed backend calls by backend, method and gRPC code.",

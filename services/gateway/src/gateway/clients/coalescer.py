@@ -1,0 +1,456 @@
+"""Coalescing of concurrent Predict calls into one backend call.
+
+Each backend call costs both sides a fixed share of CPU (gRPC framing, the
+servicer, the dataplane) whatever its size, and a model server batches what
+reaches it anyway. So while a Predict for one model, version, signature and input
+layout is in flight, further ones for the same key wait; when it returns, the
+waiting requests go out as one call whose inputs are theirs concatenated along
+the batch dimension, and each caller gets its own rows of the answer. A lone
+request is sent at once: coalescing never adds a wait of its own, it only uses
+the time a request would have spent queued behind others.
+
+Correctness comes first:
+- only requests whose inputs all share one leading (batch) dimension merge, and
+  only with requests of the same model spec, output filter, dtypes and trailing
+  dimensions;
+- an answer whose outputs do not all lead with the merged batch size cannot be
+  split: the callers are served one by one and the key is not merged again;
+- if the merged call is refused as bad input (one caller's values, or a batch
+  over the backend's limit), every caller is served on its own, so each gets its
+  own answer or error; if they all succeed the merge was at fault and the key's
+  row limit is halved;
+- errors of the backend itself (unavailable, unknown model, deadline) are the
+  same for everyone and are handed to every caller;
+- each caller keeps its own deadline while waiting (504 when it passes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from servekit_protocol import messages
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.tensors import from_ndarray, to_ndarray
+
+from gateway.clients.backend import BackendClient, Metadata
+from gateway.errors import BackendError, DeadlineExceeded, GatewayError
+from gateway.observability.metrics import GatewayMetrics
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_METADATA = "x-request-id"
+
+# Errors that may belong to one caller's values or to the merge itself.
+_SEPARABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+Key = tuple[object, ...]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    request: messages.PredictRequest
+    rows: int
+    deadline: float
+    metadata: Metadata
+    future: asyncio.Future[messages.PredictResponse]
+
+
+@dataclass(slots=True)
+class _Group:
+    """The calls of one key: how many are in flight, who waits, how many rows."""
+
+    addresses: tuple[str, ...]
+    max_rows: int
+    in_flight: int = 0
+    waiting: deque[_Waiter] = field(default_factory=deque)
+
+
+# The typed value field of each dtype that holds one value per element.
+_VALUE_FIELDS: dict[int, str] = {
+    messages.DataType.DT_FLOAT: "float_val",
+    messages.DataType.DT_DOUBLE: "double_val",
+    messages.DataType.DT_HALF: "half_val",
+    messages.DataType.DT_INT8: "int_val",
+    messages.DataType.DT_INT16: "int_val",
+    messages.DataType.DT_INT32: "int_val",
+    messages.DataType.DT_UINT8: "int_val",
+    messages.DataType.DT_UINT16: "int_val",
+    messages.DataType.DT_INT64: "int64_val",
+    messages.DataType.DT_UINT32: "uint32_val",
+    messages.DataType.DT_UINT64: "uint64_val",
+    messages.DataType.DT_BOOL: "bool_val",
+    messages.DataType.DT_STRING: "string_val",
+}
+
+
+def batch_key(
+    addresses: Sequence[str], request: messages.PredictRequest
+) -> tuple[Key, int] | None:
+    """What a request must share with others to merge, and its row count.
+
+    None when it cannot merge: no inputs, a scalar input, an unknown rank, or
+    inputs whose leading dimensions differ.
+    """
+    rows = -1
+    layout: list[object] = []
+    inputs = request.inputs
+    for name in sorted(inputs):
+        tensor = inputs[name]
+        shape = tensor.tensor_shape
+        dims = shape.dim
+        if shape.unknown_rank or not dims:
+            return None
+        leading = dims[0].size
+        if rows == -1:
+            rows = leading
+        if leading != rows or rows < 1:
+            return None
+        trailing = tuple(dim.size for dim in dims[1:]) if len(dims) > 1 else ()
+        layout.append((name, tensor.dtype, trailing))
+    if rows == -1:
+        return None
+    spec = request.model_spec
+    version = spec.version.value if spec.HasField("version") else None
+    key: Key = (
+        tuple(addresses),
+        spec.name,
+        version,
+        spec.version_label,
+        spec.signature_name,
+        tuple(request.output_filter),
+        tuple(layout),
+    )
+    return key, rows
+
+
+def _row_size(tensor: messages.TensorProto) -> int:
+    size = 1
+    for dim in tensor.tensor_shape.dim[1:]:
+        size *= dim.size
+    return size
+
+
+def _concatenate(
+    tensors: Sequence[messages.TensorProto],
+    rows: Sequence[int],
+    into: messages.TensorProto,
+) -> None:
+    """`into` = the tensors joined along axis 0.
+
+    Packed bytes and complete typed value lists are joined as they are (no
+    decoding); anything else (e.g. one value standing for a whole tensor) goes
+    through numpy.
+
+    Raises:
+        ProtocolError: a tensor cannot be decoded or re-encoded.
+    """
+    first = tensors[0]
+    into.dtype = first.dtype
+    into.tensor_shape.CopyFrom(first.tensor_shape)
+    into.tensor_shape.dim[0].size = sum(rows)
+    if all(tensor.tensor_content for tensor in tensors):
+        into.tensor_content = b"".join(tensor.tensor_content for tensor in tensors)
+        return
+    field_name = _VALUE_FIELDS.get(first.dtype)
+    per_row = _row_size(first)
+    if field_name is not None and all(
+        not tensor.tensor_content
+        and len(getattr(tensor, field_name)) == count * per_row
+        for tensor, count in zip(tensors, rows, strict=True)
+    ):
+        values = getattr(into, field_name)
+        for tensor in tensors:
+            values.extend(getattr(tensor, field_name))
+        return
+    arrays = [to_ndarray(tensor) for tensor in tensors]
+    from_ndarray(np.concatenate(arrays), first.dtype, into=into)
+
+
+def merge_requests(
+    requests: Sequence[messages.PredictRequest], rows: Sequence[int]
+) -> messages.PredictRequest:
+    """One request whose inputs are the given ones concatenated along axis 0.
+
+    Raises:
+        ProtocolError: a tensor cannot be decoded or re-encoded.
+    """
+    first = requests[0]
+    merged = messages.PredictRequest()
+    merged.model_spec.CopyFrom(first.model_spec)
+    merged.output_filter.extend(first.output_filter)
+    for name in first.inputs:
+        _concatenate(
+            [request.inputs[name] for request in requests], rows, merged.inputs[name]
+        )
+    return merged
+
+
+def _split_tensor(
+    tensor: messages.TensorProto, rows: Sequence[int]
+) -> list[messages.TensorProto] | None:
+    """The tensor cut into consecutive row ranges; None without a batch axis of
+    `sum(rows)`."""
+    dims = tensor.tensor_shape.dim
+    total = sum(rows)
+    if not dims or dims[0].size != total:
+        return None
+    per_row = _row_size(tensor)
+    content = tensor.tensor_content
+    field_name = _VALUE_FIELDS.get(tensor.dtype)
+    values: Sequence[object] | None = None
+    if content:
+        if len(content) % max(1, total * per_row):
+            return None
+        step = len(content) // total if total else 0
+    elif field_name is not None:
+        values = getattr(tensor, field_name)
+        if len(values) != total * per_row:
+            values = None
+    if not content and values is None:
+        array = to_ndarray(tensor)
+        parts: list[messages.TensorProto] = []
+        start = 0
+        for count in rows:
+            parts.append(from_ndarray(array[start : start + count], tensor.dtype))
+            start += count
+        return parts
+    parts = []
+    start = 0
+    for count in rows:
+        part = messages.TensorProto()
+        part.dtype = tensor.dtype
+        part.tensor_shape.CopyFrom(tensor.tensor_shape)
+        part.tensor_shape.dim[0].size = count
+        if content:
+            part.tensor_content = content[start * step : (start + count) * step]
+        else:
+            assert field_name is not None and values is not None
+            getattr(part, field_name).extend(
+                values[start * per_row : (start + count) * per_row]
+            )
+        parts.append(part)
+        start += count
+    return parts
+
+
+def split_response(
+    response: messages.PredictResponse, rows: Sequence[int]
+) -> list[messages.PredictResponse] | None:
+    """Each caller's rows of a merged answer; None when an output has no batch
+    dimension of the merged size.
+
+    Raises:
+        ProtocolError: an output cannot be decoded.
+    """
+    pieces: dict[str, list[messages.TensorProto]] = {}
+    for name in response.outputs:
+        split = _split_tensor(response.outputs[name], rows)
+        if split is None:
+            return None
+        pieces[name] = split
+    answers: list[messages.PredictResponse] = []
+    for index in range(len(rows)):
+        answer = messages.PredictResponse()
+        answer.model_spec.CopyFrom(response.model_spec)
+        for name, split in pieces.items():
+            answer.outputs[name].CopyFrom(split[index])
+        answers.append(answer)
+    return answers
+
+
+class Coalescer:
+    """Predict calls through `client`, merged per key while one is in flight.
+
+    Args:
+        client: makes the backend calls (retries, breaker, deadlines).
+        metrics: `coalesced_requests` records how many callers each call served.
+        max_rows: most rows in one merged call (0 or 1: never merge).
+        max_in_flight: calls of one key at once before further ones wait.
+    """
+
+    def __init__(
+        self,
+        client: BackendClient,
+        metrics: GatewayMetrics,
+        *,
+        max_rows: int,
+        max_in_flight: int,
+    ) -> None:
+        self._client = client
+        self._metrics = metrics
+        self._max_rows = max_rows
+        self._max_in_flight = max(1, max_in_flight)
+        self._groups: dict[Key, _Group] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: messages.PredictRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> messages.PredictResponse:
+        """The backend's answer to `request`, possibly from a merged call.
+
+        Raises:
+            GatewayError: as `BackendClient.predict`; DeadlineExceeded when the
+                deadline passes while waiting.
+        """
+        keyed = batch_key(addresses, request) if self._max_rows > 1 else None
+        if keyed is None:
+            return await self._client.predict(addresses, request, deadline, metadata)
+        key, rows = keyed
+        group = self._groups.get(key)
+        if group is None:
+            group = _Group(tuple(addresses), self._max_rows)
+            self._groups[key] = group
+        if group.max_rows <= 1 or rows >= group.max_rows:
+            return await self._client.predict(addresses, request, deadline, metadata)
+        if group.in_flight < self._max_in_flight:
+            group.in_flight += 1
+            try:
+                return await self._client.predict(
+                    addresses, request, deadline, metadata
+                )
+            finally:
+                group.in_flight -= 1
+                self._dispatch(group)
+        future: asyncio.Future[messages.PredictResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        group.waiting.append(_Waiter(request, rows, deadline, metadata, future))
+        try:
+            return await asyncio.wait_for(future, deadline - time.monotonic())
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "deadline exceeded waiting for a backend call"
+            ) from None
+
+    def _dispatch(self, group: _Group) -> None:
+        """Send what waits, as merged calls, while the key has room in flight."""
+        while group.in_flight < self._max_in_flight and group.waiting:
+            batch: list[_Waiter] = []
+            rows = 0
+            while group.waiting:
+                waiter = group.waiting[0]
+                if waiter.future.done():  # gave up (deadline or disconnect)
+                    group.waiting.popleft()
+                    continue
+                if batch and rows + waiter.rows > group.max_rows:
+                    break
+                group.waiting.popleft()
+                batch.append(waiter)
+                rows += waiter.rows
+            if not batch:
+                return
+            group.in_flight += 1
+            task = asyncio.create_task(self._serve(group, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, group: _Group, batch: list[_Waiter]) -> None:
+        try:
+            self._metrics.coalesced_requests.observe(len(batch))
+            if len(batch) == 1:
+                await self._one(group, batch[0])
+            else:
+                await self._merged(group, batch)
+        except Exception:  # a bug here must not strand the waiters
+            logger.exception("coalesced predict failed")
+            for waiter in batch:
+                if not waiter.future.done():
+                    waiter.future.set_exception(
+                        GatewayError("internal error while merging requests")
+                    )
+        finally:
+            group.in_flight -= 1
+            self._dispatch(group)
+
+    async def _one(self, group: _Group, waiter: _Waiter) -> bool:
+        """Serve one caller on its own; True when it got an answer."""
+        try:
+            response = await self._client.predict(
+                group.addresses, waiter.request, waiter.deadline, waiter.metadata
+            )
+        except GatewayError as exc:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+            return False
+        if not waiter.future.done():
+            waiter.future.set_result(response)
+        return True
+
+    async def _one_by_one(self, group: _Group, batch: list[_Waiter]) -> bool:
+        results = await asyncio.gather(*(self._one(group, w) for w in batch))
+        return all(results)
+
+    async def _merged(self, group: _Group, batch: list[_Waiter]) -> None:
+        try:
+            merged = merge_requests(
+                [waiter.request for waiter in batch], [w.rows for w in batch]
+            )
+        except ProtocolError:
+            await self._one_by_one(group, batch)
+            return
+        ids = ",".join(
+            value
+            for waiter in batch
+            for key, value in waiter.metadata
+            if key == REQUEST_ID_METADATA
+        )
+        deadline = max(waiter.deadline for waiter in batch)
+        try:
+            response = await self._client.predict(
+                group.addresses, merged, deadline, ((REQUEST_ID_METADATA, ids),)
+            )
+        except BackendError as exc:
+            if exc.code not in _SEPARABLE_CODES:
+                self._fail(batch, exc)
+                return
+            if await self._one_by_one(group, batch):
+                group.max_rows = max(1, sum(w.rows for w in batch) // 2)
+                logger.info(
+                    "merged predict of %d rows refused (%s); merging at most %d",
+                    sum(w.rows for w in batch),
+                    exc.message,
+                    group.max_rows,
+                )
+            return
+        except GatewayError as exc:
+            self._fail(batch, exc)
+            return
+        try:
+            parts = split_response(response, [waiter.rows for waiter in batch])
+        except ProtocolError:
+            parts = None
+        if parts is None:
+            group.max_rows = 1
+            logger.info(
+                "model %s answers without a batch dimension; not merging it again",
+                merged.model_spec.name,
+            )
+            await self._one_by_one(group, batch)
+            return
+        for waiter, part in zip(batch, parts, strict=True):
+            if not waiter.future.done():
+                waiter.future.set_result(part)
+
+    @staticmethod
+    def _fail(batch: list[_Waiter], exc: GatewayError) -> None:
+        for waiter in batch:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)

@@ -1,0 +1,141 @@
+"""Concurrent Predict calls merged into one backend call, over the wire.
+
+A model server hosts `slow` (y = 2a + 3b + 1 behind a 0.3 s step, so requests
+overlap) and the gateway sits in front with its default coalescing. Every caller
+must get exactly its own rows, a caller's bad values must not fail the others, and
+a caller's deadline holds while it waits for the call in flight.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.models import linear_target, publish_linear_pipeline
+from tests.support.modelserver import model_server
+
+pytestmark = pytest.mark.integration
+
+STEP_SECONDS = 0.3
+PREDICT = "/v1/models/slow:predict"
+
+
+@pytest.fixture(scope="module")
+def coalescing_gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("coalescing") / "models"
+    publish_linear_pipeline(root, "slow", offset=1.0, sleep_seconds=STEP_SECONDS)
+    logs = tmp_path_factory.mktemp("coalescing-logs")
+    with (
+        model_server(
+            [f"--model_config_file={root / 'servekit.config'}"],
+            log_path=logs / "model-server.log",
+        ) as server,
+        running_gateway(
+            logs,
+            env={
+                "GATEWAY_REGISTRY": str(root),
+                "GATEWAY_DEFAULT_BACKEND": server.grpc_target,
+                "PYTHONPATH": "",
+            },
+        ) as gateway,
+    ):
+        yield gateway
+
+
+def _rows(seed: int) -> list[dict[str, float]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"a": float(a), "b": float(b)} for a, b in rng.normal(size=(1 + seed % 3, 2))
+    ]
+
+
+def _post(
+    gateway: GatewayProcess, body: dict[str, object] | str, **headers: str
+) -> httpx.Response:
+    with gateway.client() as client:
+        if isinstance(body, str):
+            return client.post(
+                PREDICT,
+                content=body,
+                headers={"content-type": "application/json", **headers},
+            )
+        return client.post(PREDICT, json=body, headers=headers)
+
+
+def _hold_backend(gateway: GatewayProcess) -> threading.Thread:
+    """Put one call in flight so the next requests queue behind it."""
+    thread = threading.Thread(target=_post, args=(gateway, {"instances": _rows(0)}))
+    thread.start()
+    time.sleep(STEP_SECONDS / 3)
+    return thread
+
+
+def test_concurrent_callers_each_get_their_own_rows_from_fewer_backend_calls(
+    coalescing_gateway: GatewayProcess,
+) -> None:
+    gateway = coalescing_gateway
+    calls_before = gateway.metric(
+        "gateway_backend_duration_seconds_count", method="Predict"
+    )
+    merged_before = gateway.metric("gateway_coalesced_requests_sum")
+    seeds = list(range(1, 13))
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        answers = list(
+            pool.map(lambda s: _post(gateway, {"instances": _rows(s)}), seeds)
+        )
+    for seed, answer in zip(seeds, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        expected = [linear_target(r["a"], r["b"], 1.0) for r in _rows(seed)]
+        np.testing.assert_allclose(answer.json()["predictions"], expected)
+        assert answer.headers["x-model-version"] == "1"
+    calls = (
+        gateway.metric("gateway_backend_duration_seconds_count", method="Predict")
+        - calls_before
+    )
+    assert calls < len(seeds)
+    assert gateway.metric("gateway_coalesced_requests_sum") - merged_before >= 2
+
+
+def test_bad_values_of_one_caller_do_not_fail_the_others(
+    coalescing_gateway: GatewayProcess,
+) -> None:
+    gateway = coalescing_gateway
+    holder = _hold_backend(gateway)
+    bad = '{"instances": [{"a": NaN, "b": 1.0}]}'
+    with ThreadPoolExecutor(5) as pool:
+        good = [
+            pool.submit(_post, gateway, {"instances": _rows(s)}) for s in (4, 5, 6, 7)
+        ]
+        refused = pool.submit(_post, gateway, bad)
+        answers = [future.result() for future in good]
+        refusal = refused.result()
+    holder.join()
+    assert refusal.status_code == 400, refusal.text
+    assert "NaN" in refusal.json()["error"]
+    for seed, answer in zip((4, 5, 6, 7), answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        expected = [linear_target(r["a"], r["b"], 1.0) for r in _rows(seed)]
+        np.testing.assert_allclose(answer.json()["predictions"], expected)
+
+
+def test_a_waiting_caller_keeps_its_deadline(
+    coalescing_gateway: GatewayProcess,
+) -> None:
+    holder = _hold_backend(coalescing_gateway)
+    started = time.monotonic()
+    answer = _post(
+        coalescing_gateway, {"instances": _rows(8)}, **{"x-request-timeout-ms": "50"}
+    )
+    waited = time.monotonic() - started
+    holder.join()
+    assert answer.status_code == 504, answer.text
+    assert waited < STEP_SECONDS

@@ -1,0 +1,134 @@
+"""The coalescer's pure parts: which requests merge, and merging and splitting tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gateway.clients.coalescer import batch_key, merge_requests, split_response
+from servekit_protocol import messages
+from servekit_protocol.tensors import from_ndarray, to_ndarray
+
+BACKENDS = ("127.0.0.1:8500",)
+
+
+def _request(
+    inputs: dict[str, np.ndarray], *, model: str = "m", signature: str = ""
+) -> messages.PredictRequest:
+    request = messages.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    for name, array in inputs.items():
+        from_ndarray(array, into=request.inputs[name])
+    return request
+
+
+def test_requests_of_one_layout_share_a_key_and_report_their_rows() -> None:
+    one = _request({"a": np.ones(1), "s": np.array([b"x"], dtype=object)})
+    three = _request({"a": np.zeros(3), "s": np.array([b"y"] * 3, dtype=object)})
+    key_one, rows_one = batch_key(BACKENDS, one) or ((), 0)
+    key_three, rows_three = batch_key(BACKENDS, three) or ((), 0)
+    assert (rows_one, rows_three) == (1, 3)
+    assert key_one == key_three
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        _request({"a": np.ones(2)}, model="n"),
+        _request({"a": np.ones(2)}, signature="other"),
+        _request({"a": np.ones(2, dtype=np.float32)}),
+        _request({"a": np.ones((2, 3))}),
+    ],
+    ids=["model", "signature", "dtype", "trailing-dims"],
+)
+def test_requests_that_differ_do_not_share_a_key(
+    other: messages.PredictRequest,
+) -> None:
+    base = batch_key(BACKENDS, _request({"a": np.ones(2)}))
+    assert base is not None
+    assert batch_key(BACKENDS, other) is not None
+    assert batch_key(BACKENDS, other) != base
+    assert batch_key(("elsewhere:8500",), _request({"a": np.ones(2)})) != base
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"a": np.float64(1.0)},
+        {"a": np.ones(2), "b": np.ones(3)},
+        {"a": np.ones(0)},
+        {},
+    ],
+    ids=["scalar", "ragged-batch", "empty", "no-inputs"],
+)
+def test_requests_without_one_batch_dimension_never_merge(
+    inputs: dict[str, np.ndarray],
+) -> None:
+    assert batch_key(BACKENDS, _request(inputs)) is None
+
+
+def test_merge_concatenates_packed_typed_and_string_tensors() -> None:
+    first = _request(
+        {
+            "x": np.array([[1.0, 2.0]], dtype=np.float32),
+            "s": np.array([b"a"], dtype=object),
+        }
+    )
+    second = _request(
+        {
+            "x": np.array([[3.0, 4.0], [5.0, 6.0]], dtype=np.float32),
+            "s": np.array([b"b", b"c"], dtype=object),
+        }
+    )
+    # A client may send typed value fields instead of packed bytes.
+    second.inputs["x"].ClearField("tensor_content")
+    second.inputs["x"].float_val.extend([3.0, 4.0, 5.0, 6.0])
+    merged = merge_requests([first, second], [1, 2])
+    np.testing.assert_array_equal(
+        to_ndarray(merged.inputs["x"]), [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+    )
+    assert to_ndarray(merged.inputs["s"]).tolist() == [b"a", b"b", b"c"]
+    assert merged.inputs["x"].dtype == messages.DataType.DT_FLOAT
+    assert merged.model_spec.name == "m"
+
+
+def test_merge_expands_a_value_that_stands_for_the_whole_tensor() -> None:
+    broadcast = messages.PredictRequest()
+    tensor = broadcast.inputs["a"]
+    tensor.dtype = messages.DataType.DT_DOUBLE
+    tensor.tensor_shape.dim.add(size=3)
+    tensor.double_val.append(7.0)
+    merged = merge_requests([_request({"a": np.array([1.0])}), broadcast], [1, 3])
+    np.testing.assert_array_equal(to_ndarray(merged.inputs["a"]), [1, 7, 7, 7])
+
+
+def test_split_gives_each_caller_its_rows() -> None:
+    response = messages.PredictResponse()
+    response.model_spec.name = "m"
+    response.model_spec.version.value = 4
+    from_ndarray(np.arange(12.0).reshape(6, 2), into=response.outputs["scores"])
+    labels = response.outputs["labels"]
+    labels.dtype = messages.DataType.DT_INT64
+    labels.tensor_shape.dim.add(size=6)
+    labels.int64_val.extend(range(6))
+    parts = split_response(response, [1, 2, 3])
+    assert parts is not None
+    assert [to_ndarray(p.outputs["labels"]).tolist() for p in parts] == [
+        [0],
+        [1, 2],
+        [3, 4, 5],
+    ]
+    np.testing.assert_array_equal(
+        to_ndarray(parts[2].outputs["scores"]), np.arange(6.0, 12.0).reshape(3, 2)
+    )
+    assert all(p.model_spec.version.value == 4 for p in parts)
+
+
+def test_split_refuses_outputs_without_the_batch_dimension() -> None:
+    response = messages.PredictResponse()
+    from_ndarray(np.arange(3.0), into=response.outputs["y"])
+    from_ndarray(np.float64(1.0), into=response.outputs["total"])
+    assert split_response(response, [1, 2]) is None
+    other = messages.PredictResponse()
+    from_ndarray(np.arange(4.0), into=other.outputs["y"])
+    assert split_response(other, [1, 2]) is None
