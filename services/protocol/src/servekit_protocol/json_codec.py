@@ -272,9 +272,8 @@ def _is_json_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _numeric_array(
-    value: object, dtype_name: str, target: np.dtype[Any]
-) -> np.ndarray[Any, Any]:
+def _numeric_array(value: object, reader: _Reader) -> np.ndarray[Any, Any]:
+    target = reader.target
     try:
         raw = np.asarray(value)
     except ValueError:
@@ -282,19 +281,24 @@ def _numeric_array(
     if raw is None or raw.dtype == object:
         # Ragged lists or leaves numpy cannot type: name the problem.
         _check_structure(value, _dense_shape(value), 0)
-        raise _type_error(_first_bad(value, target), dtype_name)
-    kind = raw.dtype.kind
-    if target.kind == "b":
+        raise _type_error(_first_bad(value, target), reader.name)
+    found = raw.dtype
+    kind = found.kind
+    if reader.boolean:
         if kind != "b":
-            raise _type_error(_first_bad(value, target), dtype_name)
+            raise _type_error(_first_bad(value, target), reader.name)
         return raw
-    if kind in "USb" or (target.kind in "iu" and kind == "f"):
-        raise _type_error(_first_bad(value, target), dtype_name)
-    if target.kind in "iu" and raw.size:
-        info = np.iinfo(target)
+    if kind in "USb" or (reader.bounds is not None and kind == "f"):
+        raise _type_error(_first_bad(value, target), reader.name)
+    if found == target:
+        # Values numpy already typed as the target are in its range, and an
+        # array numpy built from a list is not shared, so needs no copy.
+        return raw if type(value) is list else raw.astype(target)
+    if reader.bounds is not None and raw.size:
+        minimum, maximum = reader.bounds
         low, high = raw.min(), raw.max()
-        if low < info.min or high > info.max:
-            raise _type_error((low if low < info.min else high).item(), dtype_name)
+        if low < minimum or high > maximum:
+            raise _type_error((low if low < minimum else high).item(), reader.name)
     return raw.astype(target)
 
 
@@ -333,40 +337,101 @@ def _check_structure(value: object, shape: list[int], level: int) -> None:
         _check_structure(item, shape, level + 1)
 
 
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """What converting JSON values to one dtype needs, resolved once per dtype."""
+
+    name: str
+    target: np.dtype[Any]
+    string: bool
+    boolean: bool
+    # Inclusive range of an integer target; None for other kinds.
+    bounds: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, dtype: str) -> _Reader:
+        target = tensors.numpy_dtype(dtype)
+        bounds = None
+        if target.kind in "iu":
+            info = np.iinfo(target)
+            bounds = (int(info.min), int(info.max))
+        return cls(
+            name=tensors.dtype_name(dtype),
+            target=target,
+            string=tensors.data_type(dtype) == DT_STRING,
+            boolean=target.kind == "b",
+            bounds=bounds,
+        )
+
+
+# Every value of every request is converted through its input's dtype; the few
+# dtypes signatures name are resolved once. Bounded, as to_array is public.
+_READER_CACHE_LIMIT = 256
+_READERS: dict[str, _Reader] = {}
+
+
+def _reader(dtype: str) -> _Reader:
+    if type(dtype) is not str:
+        return _Reader.of(dtype)
+    reader = _READERS.get(dtype)
+    if reader is None:
+        reader = _Reader.of(dtype)
+        if len(_READERS) >= _READER_CACHE_LIMIT:
+            _READERS.clear()
+        _READERS[dtype] = reader
+    return reader
+
+
+def _string_array(value: object) -> np.ndarray[Any, Any]:
+    if type(value) is list and all(type(item) is str for item in value):
+        # A column of text, as rows give: flat, so none of the structure
+        # checks can fail.
+        return np.array([item.encode("utf-8") for item in value], dtype=object)
+    shape = _dense_shape(value)
+    flat: list[bytes] = []
+    _flatten_strings(value, shape, 0, flat)
+    array = np.empty(len(flat), dtype=object)
+    array[:] = flat
+    return array.reshape(shape)
+
+
 def to_array(value: object, spec: TensorSpec) -> np.ndarray[Any, Any]:
     """Convert one JSON value (scalar or nested lists) to an array of spec.dtype.
 
     Raises:
         InvalidArgument: the value has the wrong type or a ragged shape.
     """
-    target = tensors.numpy_dtype(spec.dtype)
-    name = tensors.dtype_name(spec.dtype)
-    if tensors.data_type(spec.dtype) == DT_STRING:
-        shape = _dense_shape(value)
-        flat: list[bytes] = []
-        _flatten_strings(value, shape, 0, flat)
-        array = np.empty(len(flat), dtype=object)
-        array[:] = flat
-        return array.reshape(shape)
+    reader = _reader(spec.dtype)
+    if reader.string:
+        return _string_array(value)
     if isinstance(value, dict):
-        raise _type_error(value, name)
-    return _numeric_array(value, name, target)
+        raise _type_error(value, reader.name)
+    return _numeric_array(value, reader)
+
+
+def _fits(expected: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    # A plain loop: a generator costs more than the check on these few dims.
+    if len(expected) != len(shape):
+        return False
+    for index, want in enumerate(expected):
+        if want >= 0 and want != shape[index]:
+            return False
+    return True
 
 
 def _check_shape(name: str, array: np.ndarray[Any, Any], spec: TensorSpec) -> None:
-    if spec.shape is None:
-        return
     expected = spec.shape
-    if len(expected) != array.ndim or any(
-        want >= 0 and want != got
-        for want, got in zip(expected, array.shape, strict=True)
-    ):
-        shown = ",".join(str(size) for size in expected)
-        got = ",".join(str(size) for size in array.shape)
-        raise InvalidArgument(
-            f"Input: {name} has shape [{got}] but the signature expects [{shown}] "
-            "(-1: any size)"
-        )
+    if expected is None:
+        return
+    shape = array.shape
+    if _fits(expected, shape):
+        return
+    shown = ",".join(str(size) for size in expected)
+    got_text = ",".join(str(size) for size in shape)
+    raise InvalidArgument(
+        f"Input: {name} has shape [{got_text}] but the signature expects [{shown}] "
+        "(-1: any size)"
+    )
 
 
 # ---- :predict ------------------------------------------------------------------------
@@ -408,8 +473,17 @@ def _rows_to_arrays(
             raise
 
     names = set(specs)
-    expected_keys = ",".join(sorted(names))
+    # A row with exactly the signature's keys can be a {"b64": ...} value only
+    # when the one input is named b64.
+    b64_input = names == {"b64"}
     for index, item in enumerate(instances):
+        if (
+            type(item) is dict
+            and item.keys() == names
+            and not (b64_input and _is_b64(item))
+        ):
+            # Exactly the signature's keys: none of the checks below can fail.
+            continue
         if not isinstance(item, dict) or _is_b64(item):
             raise InvalidArgument(
                 f"Expecting object but got list at item {index} of input list"
@@ -424,7 +498,8 @@ def _rows_to_arrays(
         if len(item) != len(names):
             raise InvalidArgument(
                 f"Failed to process element: {index} of 'instances' list. "
-                f"JSON object: {_debug(item)} keys must be equal to: {expected_keys}"
+                f"JSON object: {_debug(item)} keys must be equal to: "
+                f"{','.join(sorted(names))}"
             )
     arrays = {}
     for name, spec in specs.items():
@@ -589,7 +664,8 @@ def to_jsonable(array: np.ndarray[Any, Any], name: str = "") -> Any:
         array = array.astype(np.float32)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    # count_nonzero: ndarray.all() costs more than the test on small outputs.
+    if array.dtype.kind == "f" and np.count_nonzero(np.isfinite(array)) != array.size:
         holder = np.empty(array.size, dtype=object)
         holder[:] = [_float_leaf(value) for value in array.ravel()]
         return holder.reshape(array.shape).tolist()

@@ -12,6 +12,7 @@ DT_STRING tensors become object arrays of ``bytes``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,18 +32,27 @@ DataTypeLike: TypeAlias = "int | str | np.dtype[Any] | type[Any]"
 MAX_FILL_ELEMENTS = 1 << 24
 
 
+def _wire_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    if dtype.kind in "biufc" and dtype.itemsize > 1:
+        return dtype.newbyteorder("<")
+    return dtype
+
+
 @dataclass(frozen=True, slots=True)
 class _Kind:
-    data_type: int
+    data_type: DataType.ValueType
     name: str
     numpy: np.dtype[Any]
     field: str
     # Written as tensor_content by from_ndarray (False: the typed field).
     content: bool = True
+    # Derived once here rather than on every tensor of every request.
+    wire: np.dtype[Any] = dataclasses.field(init=False)
+    enum_name: str = dataclasses.field(init=False)
 
-    @property
-    def enum_name(self) -> str:
-        return DataType.Name(DataType.ValueType(self.data_type))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", _wire_dtype(self.numpy))
+        object.__setattr__(self, "enum_name", DataType.Name(self.data_type))
 
 
 def _kinds() -> list[_Kind]:
@@ -143,13 +153,27 @@ _COMPLEX_PART: dict[int, np.dtype[Any]] = {
 }
 
 
-def _wire_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    if dtype.kind in "biufc" and dtype.itemsize > 1:
-        return dtype.newbyteorder("<")
-    return dtype
+# Every spelling _BY_NAME accepts after lower(), plus the enum names signatures
+# carry ("DT_FLOAT"), so the usual forms need no case folding.
+_BY_SPELLING: dict[str, _Kind] = {
+    **_BY_NAME,
+    **{kind.enum_name: kind for kind in _KINDS},
+}
 
 
 def _kind(dtype: DataTypeLike) -> _Kind:
+    # Requests resolve dtypes many times each, so the exact forms they carry
+    # (enum values, signature spellings, numpy dtypes) cost one lookup; the
+    # general path below answers them the same way, and handles the rest.
+    known: _Kind | None = None
+    if type(dtype) is int:
+        known = _BY_DATA_TYPE.get(dtype)
+    elif type(dtype) is str:
+        known = _BY_SPELLING.get(dtype)
+    elif isinstance(dtype, np.dtype):
+        known = _BY_NUMPY.get(dtype)
+    if known is not None:
+        return known
     if isinstance(dtype, bool):
         raise InvalidArgument(f"Unsupported dtype: {dtype!r}")
     if isinstance(dtype, int):
@@ -188,7 +212,7 @@ def data_type(dtype: DataTypeLike) -> DataType.ValueType:
     Raises:
         InvalidArgument: the dtype has no TensorProto encoding here.
     """
-    return DataType.ValueType(_kind(dtype).data_type)
+    return _kind(dtype).data_type
 
 
 def dtype_name(dtype: DataTypeLike) -> str:
@@ -236,8 +260,41 @@ def from_shape(shape: Sequence[int | None] | None) -> TensorShapeProto:
     return proto
 
 
+# Reading or writing dims makes a Python object per dim, which costs more than
+# the rest of a small tensor. Requests repeat a handful of shapes, so both
+# directions go through the serialized TensorShapeProto, a cheap key and a
+# cheap value (bounded: shapes come from clients).
+_SHAPE_CACHE_LIMIT = 1024
+_SIZES_BY_BYTES: dict[bytes, tuple[int, ...]] = {}
+_BYTES_BY_SIZES: dict[tuple[int, ...], bytes] = {}
+
+
 def _concrete_shape(tensor: TensorProto) -> tuple[int, ...]:
     shape = tensor.tensor_shape
+    key = shape.SerializeToString()
+    sizes = _SIZES_BY_BYTES.get(key)
+    if sizes is None:
+        sizes = _read_shape(shape)
+        if len(_SIZES_BY_BYTES) >= _SHAPE_CACHE_LIMIT:
+            _SIZES_BY_BYTES.clear()
+        _SIZES_BY_BYTES[key] = sizes
+    return sizes
+
+
+def _write_shape(sizes: tuple[int, ...], into: TensorShapeProto) -> None:
+    data = _BYTES_BY_SIZES.get(sizes)
+    if data is None:
+        proto = TensorShapeProto()
+        for size in sizes:
+            proto.dim.add(size=size)
+        data = proto.SerializeToString()
+        if len(_BYTES_BY_SIZES) >= _SHAPE_CACHE_LIMIT:
+            _BYTES_BY_SIZES.clear()
+        _BYTES_BY_SIZES[sizes] = data
+    into.MergeFromString(data)
+
+
+def _read_shape(shape: TensorShapeProto) -> tuple[int, ...]:
     if shape.unknown_rank:
         raise InvalidArgument("Tensor shape has unknown rank")
     sizes = tuple(dim.size for dim in shape.dim)
@@ -254,9 +311,8 @@ def _typed_values(tensor: TensorProto, kind: _Kind) -> np.ndarray[Any, Any]:
     if field == "float8_val":
         return np.frombuffer(tensor.float8_val, dtype=kind.numpy).copy()
     if field == "string_val":
-        values = np.empty(len(tensor.string_val), dtype=object)
-        values[:] = list(tensor.string_val)
-        return values
+        # numpy keeps bytes whole in an object array, never splitting them.
+        return np.array(list(tensor.string_val), dtype=object)
     part = _COMPLEX_PART.get(kind.data_type)
     if part is not None:
         interleaved = np.asarray(getattr(tensor, field), dtype=part)
@@ -282,7 +338,7 @@ def to_ndarray(tensor: TensorProto) -> np.ndarray[Any, Any]:
     kind = _kind(tensor.dtype)
     shape = _concrete_shape(tensor)
     size = math.prod(shape)
-    content = tensor.tensor_content if kind.field != "string_val" else b""
+    content = tensor.tensor_content if kind is not _STRING_KIND else b""
     if content:
         expected = size * kind.numpy.itemsize
         if len(content) != expected:
@@ -290,13 +346,14 @@ def to_ndarray(tensor: TensorProto) -> np.ndarray[Any, Any]:
                 f"tensor_content has {len(content)} bytes; a {kind.enum_name} "
                 f"tensor of shape {list(shape)} needs {expected}"
             )
-        flat = np.frombuffer(content, dtype=_wire_dtype(kind.numpy))
-        return flat.astype(kind.numpy).reshape(shape)
+        # Positional: numpy parses keyword arguments of frombuffer slowly.
+        flat = np.frombuffer(content, kind.wire).astype(kind.numpy)
+        return flat if flat.shape == shape else flat.reshape(shape)
 
     values = _typed_values(tensor, kind)
     count = values.shape[0]
     if count == size:
-        return values.reshape(shape)
+        return values if values.shape == shape else values.reshape(shape)
     if count > size:
         raise InvalidArgument(
             f"{kind.field} has {count} values but shape {list(shape)} holds {size}"
@@ -368,15 +425,21 @@ def from_ndarray(
                 f"Cannot convert values to {kind.enum_name}: {exc}"
             ) from exc
 
-    tensor = into if into is not None else TensorProto()
-    tensor.Clear()
-    tensor.dtype = DataType.ValueType(kind.data_type)
-    for size in values.shape:
-        tensor.tensor_shape.dim.add(size=size)
+    if into is None:
+        tensor = TensorProto()
+    else:
+        tensor = into
+        tensor.Clear()
+    tensor.dtype = kind.data_type
+    if values.shape:
+        # A scalar leaves tensor_shape unset, as adding no dims does.
+        _write_shape(values.shape, tensor.tensor_shape)
     if kind is _STRING_KIND:
         tensor.string_val.extend(_string_values(values))
     elif kind.content:
-        wire = np.ascontiguousarray(values, dtype=_wire_dtype(kind.numpy))
+        # tobytes() writes C order whatever the layout, so only the byte
+        # order may need a cast.
+        wire = values if values.dtype == kind.wire else values.astype(kind.wire)
         tensor.tensor_content = wire.tobytes()
     else:
         tensor.int_val.extend(values.astype(np.int32).ravel().tolist())
