@@ -182,6 +182,10 @@ def servers(
                 f"--registry={registry_root}",
                 f"--default-backend=127.0.0.1:{grpc_port}",
                 f"--ready-file={ready_file}",
+                # These tests match Locust's request count against the model
+                # server's call count; merged calls would make the server count
+                # fewer calls than requests (coalescing has its own tests).
+                "--coalesce-max-rows=0",
             ],
             log_path=logs / "gateway.log",
             ready=ready_file.exists,

@@ -61,6 +61,8 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--retry-backoff-ms": ("retry_backoff_ms", float),
     "--breaker-failures": ("breaker_failures", int),
     "--breaker-reset-seconds": ("breaker_reset_seconds", float),
+    "--coalesce-max-rows": ("coalesce_max_rows", int),
+    "--coalesce-max-in-flight": ("coalesce_max_in_flight", int),
     "--metadata-ttl-seconds": ("metadata_ttl_seconds", float),
     "--reload-interval-seconds": ("reload_interval_seconds", float),
     "--log-level": ("log_level", str),
