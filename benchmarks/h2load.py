@@ -14,12 +14,12 @@ DATA bytes received tell how many calls succeeded, given the size of one good an
 from __future__ import annotations
 
 import re
-import resource
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.results import LoadSummary
+from benchmarks.results import LoadSummary, children_cpu_seconds
 from benchmarks.stats import percentile
 from benchmarks.targets import GrpcTarget
 
@@ -143,32 +143,18 @@ def run_h2load(
     """
     # h2load appends to its log file.
     log_file.unlink(missing_ok=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_seconds()
     try:
         completed = subprocess.run(
             command, capture_output=True, text=True, timeout=seconds + 30, check=False
         )
     except subprocess.TimeoutExpired as exc:
         raise H2loadError(f"h2load did not finish: {' '.join(command)}") from exc
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = children_cpu_seconds() - before
     if completed.returncode != 0:
         raise H2loadError(
             f"h2load exited {completed.returncode}: {completed.stderr[-2000:]}"
         )
     log_text = log_file.read_text(encoding="utf-8") if log_file.exists() else ""
     summary = parse_output(completed.stdout, log_text, seconds, response_bytes)
-    cpu_seconds = (after.ru_utime - before.ru_utime) + (
-        after.ru_stime - before.ru_stime
-    )
-    return LoadSummary(
-        requests=summary.requests,
-        errors=summary.errors,
-        duration_s=summary.duration_s,
-        p50_ms=summary.p50_ms,
-        p90_ms=summary.p90_ms,
-        p99_ms=summary.p99_ms,
-        mean_ms=summary.mean_ms,
-        max_ms=summary.max_ms,
-        client_cpu=cpu_seconds / seconds,
-        error_kinds=summary.error_kinds,
-    )
+    return replace(summary, client_cpu=cpu_seconds / seconds)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import resource
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmarks.stats import median
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,11 @@ count, errors and latency percentiles recorded by wrk for every request.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
-from benchmarks.results import LoadSummary
+from benchmarks.results import LoadSummary, children_cpu_seconds
 from benchmarks.targets import HttpTarget
 
 SUMMARY_PREFIX = "WRK-SUMMARY "
@@ -127,7 +127,7 @@ def run_wrk(command: list[str], seconds: int) -> LoadSummary:
     Raises:
         WrkError: wrk exited non-zero, hung, or printed no summary.
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = children_cpu_seconds()
     try:
         completed = subprocess.run(
             command,
@@ -138,25 +138,14 @@ def run_wrk(command: list[str], seconds: int) -> LoadSummary:
         )
     except subprocess.TimeoutExpired as exc:
         raise WrkError(f"wrk did not finish: {' '.join(command)}") from exc
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = children_cpu_seconds() - before
     if completed.returncode != 0:
         raise WrkError(
             f"wrk exited {completed.returncode}: {completed.stderr[-2000:]}"
             f"{completed.stdout[-2000:]}"
         )
     summary = parse_summary(completed.stdout)
-    cpu_seconds = (after.ru_utime - before.ru_utime) + (
-        after.ru_stime - before.ru_stime
-    )
-    return LoadSummary(
-        requests=summary.requests,
-        errors=summary.errors,
-        duration_s=summary.duration_s,
-        p50_ms=summary.p50_ms,
-        p90_ms=summary.p90_ms,
-        p99_ms=summary.p99_ms,
-        mean_ms=summary.mean_ms,
-        max_ms=summary.max_ms,
+    return replace(
+        summary,
         client_cpu=cpu_seconds / summary.duration_s if summary.duration_s else None,
-        error_kinds=summary.error_kinds,
     )

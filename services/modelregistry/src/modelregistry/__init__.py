@@ -22,6 +22,7 @@ from modelregistry.layout import (
     parse_version,
 )
 from modelregistry.manifest import (
+    DTYPES,
     MANIFEST_FILE,
     DataFingerprint,
     Feature,
@@ -38,6 +39,7 @@ from modelregistry.servingconfig import ModelEntry, config_text
 
 __all__ = [
     "CANARY",
+    "DTYPES",
     "MANIFEST_FILE",
     "MODEL_STATE_FILE",
     "SERVEKIT_CONFIG_FILE",

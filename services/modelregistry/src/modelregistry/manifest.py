@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -29,6 +29,8 @@ DType = Literal[
     "bool",
     "string",
 ]
+DTYPES: tuple[str, ...] = get_args(DType)
+"""Every dtype a manifest may name (numpy spellings, plus ``"string"``)."""
 Framework = Literal["sklearn", "tensorflow"]
 Method = Literal["predict", "classify", "regress"]
 

@@ -208,15 +208,33 @@ def _dense_shape(value: object) -> list[int]:
     return shape
 
 
+def _check_leaf_level(value: object, shape: list[int], level: int) -> None:
+    """A scalar must sit at the innermost level of the tensor's nesting."""
+    if level != len(shape):
+        raise InvalidArgument(
+            f"JSON Value: {_debug(value)} found at incorrect level: {level + 1} "
+            f"in the JSON DOM. Expected at level: {len(shape)}"
+        )
+
+
+def _check_list_level(value: list[Any], shape: list[int], level: int) -> None:
+    """A list must sit above the innermost level and have that dimension's size."""
+    if level >= len(shape):
+        raise InvalidArgument(
+            f"Encountered list at unexpected level: {level} expected < {len(shape)}"
+        )
+    if len(value) != shape[level]:
+        raise InvalidArgument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} "
+            f"expected size: {shape[level]}"
+        )
+
+
 def _flatten_strings(
     value: object, shape: list[int], level: int, out: list[bytes]
 ) -> None:
     if not isinstance(value, list):
-        if level != len(shape):
-            raise InvalidArgument(
-                f"JSON Value: {_debug(value)} found at incorrect level: {level + 1} "
-                f"in the JSON DOM. Expected at level: {len(shape)}"
-            )
+        _check_leaf_level(value, shape, level)
         if isinstance(value, str):
             out.append(value.encode("utf-8"))
         elif _is_b64(value):
@@ -228,15 +246,7 @@ def _flatten_strings(
         else:
             raise _type_error(value, "string")
         return
-    if level >= len(shape):
-        raise InvalidArgument(
-            f"Encountered list at unexpected level: {level} expected < {len(shape)}"
-        )
-    if len(value) != shape[level]:
-        raise InvalidArgument(
-            f"Encountered list at unexpected size: {len(value)} at level: {level} "
-            f"expected size: {shape[level]}"
-        )
+    _check_list_level(value, shape, level)
     for item in value:
         _flatten_strings(item, shape, level + 1, out)
 
@@ -318,21 +328,9 @@ def _first_bad(value: object, target: np.dtype[Any]) -> object:
 def _check_structure(value: object, shape: list[int], level: int) -> None:
     # The structural checks of _flatten_strings, for numeric error messages.
     if not isinstance(value, list):
-        if level != len(shape):
-            raise InvalidArgument(
-                f"JSON Value: {_debug(value)} found at incorrect level: {level + 1} "
-                f"in the JSON DOM. Expected at level: {len(shape)}"
-            )
+        _check_leaf_level(value, shape, level)
         return
-    if level >= len(shape):
-        raise InvalidArgument(
-            f"Encountered list at unexpected level: {level} expected < {len(shape)}"
-        )
-    if len(value) != shape[level]:
-        raise InvalidArgument(
-            f"Encountered list at unexpected size: {len(value)} at level: {level} "
-            f"expected size: {shape[level]}"
-        )
+    _check_list_level(value, shape, level)
     for item in value:
         _check_structure(item, shape, level + 1)
 

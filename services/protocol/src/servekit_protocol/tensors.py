@@ -161,6 +161,22 @@ _BY_SPELLING: dict[str, _Kind] = {
 }
 
 
+# Typed fields that do not hold one entry per element: complex values take two
+# entries, float8 values are packed into one bytes value.
+_NOT_PER_ELEMENT = frozenset({"scomplex_val", "dcomplex_val", "float8_val"})
+
+
+def element_field(dtype: DataTypeLike) -> str | None:
+    """The TensorProto field holding one entry per element of ``dtype``'s tensors
+    (``"float_val"``, ``"string_val"``...), or None when there is none.
+
+    Raises:
+        InvalidArgument: unsupported dtype.
+    """
+    field = _kind(dtype).field
+    return None if field in _NOT_PER_ELEMENT else field
+
+
 def _kind(dtype: DataTypeLike) -> _Kind:
     # Requests resolve dtypes many times each, so the exact forms they carry
     # (enum values, signature spellings, numpy dtypes) cost one lookup; the

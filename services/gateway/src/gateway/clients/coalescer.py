@@ -37,7 +37,7 @@ import grpc
 import numpy as np
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
-from servekit_protocol.tensors import from_ndarray, to_ndarray
+from servekit_protocol.tensors import element_field, from_ndarray, to_ndarray
 
 from gateway.clients.backend import BackendClient, Metadata
 from gateway.errors import BackendError, DeadlineExceeded, GatewayError
@@ -71,30 +71,16 @@ class _Waiter:
 
 @dataclass(slots=True)
 class _Group:
-    """The calls of one key: how many are in flight, who waits, how many rows."""
+    """The calls of one key: how many are in flight, who waits, how many rows.
 
+    Kept only while busy or while it remembers a lowered row limit, so keys
+    seen once do not accumulate."""
+
+    key: Key
     addresses: tuple[str, ...]
     max_rows: int
     in_flight: int = 0
     waiting: deque[_Waiter] = field(default_factory=deque)
-
-
-# The typed value field of each dtype that holds one value per element.
-_VALUE_FIELDS: dict[int, str] = {
-    messages.DataType.DT_FLOAT: "float_val",
-    messages.DataType.DT_DOUBLE: "double_val",
-    messages.DataType.DT_HALF: "half_val",
-    messages.DataType.DT_INT8: "int_val",
-    messages.DataType.DT_INT16: "int_val",
-    messages.DataType.DT_INT32: "int_val",
-    messages.DataType.DT_UINT8: "int_val",
-    messages.DataType.DT_UINT16: "int_val",
-    messages.DataType.DT_INT64: "int64_val",
-    messages.DataType.DT_UINT32: "uint32_val",
-    messages.DataType.DT_UINT64: "uint64_val",
-    messages.DataType.DT_BOOL: "bool_val",
-    messages.DataType.DT_STRING: "string_val",
-}
 
 
 def batch_key(
@@ -165,7 +151,7 @@ def _concatenate(
     if all(tensor.tensor_content for tensor in tensors):
         into.tensor_content = b"".join(tensor.tensor_content for tensor in tensors)
         return
-    field_name = _VALUE_FIELDS.get(first.dtype)
+    field_name = element_field(first.dtype)
     per_row = _row_size(first)
     if field_name is not None and all(
         not tensor.tensor_content
@@ -210,7 +196,7 @@ def _split_tensor(
         return None
     per_row = _row_size(tensor)
     content = tensor.tensor_content
-    field_name = _VALUE_FIELDS.get(tensor.dtype)
+    field_name = element_field(tensor.dtype)
     values: Sequence[object] | None = None
     if content:
         if len(content) % max(1, total * per_row):
@@ -315,11 +301,12 @@ class Coalescer:
             return await self._client.predict(addresses, request, deadline, metadata)
         key, rows = keyed
         group = self._groups.get(key)
-        if group is None:
-            group = _Group(tuple(addresses), self._max_rows)
-            self._groups[key] = group
-        if group.max_rows <= 1 or rows >= group.max_rows:
+        limit = self._max_rows if group is None else group.max_rows
+        if limit <= 1 or rows >= limit:
             return await self._client.predict(addresses, request, deadline, metadata)
+        if group is None:
+            group = _Group(key, tuple(addresses), self._max_rows)
+            self._groups[key] = group
         if group.in_flight < self._max_in_flight:
             group.in_flight += 1
             try:
@@ -327,8 +314,7 @@ class Coalescer:
                     addresses, request, deadline, metadata
                 )
             finally:
-                group.in_flight -= 1
-                self._dispatch(group)
+                self._release(group)
         future: asyncio.Future[messages.PredictResponse] = (
             asyncio.get_running_loop().create_future()
         )
@@ -377,8 +363,18 @@ class Coalescer:
                         GatewayError("internal error while merging requests")
                     )
         finally:
-            group.in_flight -= 1
-            self._dispatch(group)
+            self._release(group)
+
+    def _release(self, group: _Group) -> None:
+        """One call of the group ended: send what waits, forget an idle group."""
+        group.in_flight -= 1
+        self._dispatch(group)
+        if (
+            group.in_flight == 0
+            and not group.waiting
+            and group.max_rows == self._max_rows
+        ):
+            self._groups.pop(group.key, None)
 
     async def _one(self, group: _Group, waiter: _Waiter) -> bool:
         """Serve one caller on its own; True when it got an answer."""

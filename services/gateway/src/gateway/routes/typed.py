@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
-from modelregistry import Manifest, TensorSpec
+from modelregistry import DTYPES, Manifest, TensorSpec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -58,16 +58,8 @@ TYPED_TAG = "typed model endpoints"
 
 _INT_BOUNDS = {
     name: (int(np.iinfo(name).min), int(np.iinfo(name).max))
-    for name in (
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-    )
+    for name in DTYPES
+    if name != "string" and np.dtype(name).kind in "iu"
 }
 
 

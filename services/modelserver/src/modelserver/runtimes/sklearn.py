@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from modelregistry import IntegrityError, Manifest, ManifestError, load_pickle
+from modelregistry import (
+    DTYPES,
+    IntegrityError,
+    Manifest,
+    ManifestError,
+    load_pickle,
+)
 from servekit_protocol.tensors import data_type_name
 
 from modelserver.errors import (
@@ -434,21 +440,7 @@ def _matrix_input(info: SignatureInfo, features: Mapping[str, str]) -> str | Non
 
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    name: np.dtype(name)
-    for name in (
-        "float16",
-        "float32",
-        "float64",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "bool",
-    )
+    name: np.dtype(name) for name in DTYPES if name != STRING
 }
 
 
