@@ -9,7 +9,12 @@ requests that arrived while the previous batch ran. One departure from TF
 Serving: while a model version has seen no concurrent requests for a second
 (a lone client), nobody is likely to join a batch, so it runs at once instead
 of waiting out the timeout; as soon as requests overlap, TF Serving's rules
-apply again.
+apply again. A second departure, with ``batch_timeout_micros`` 0: the callers of
+a batch that just finished usually send their next request at once (closed-loop
+clients), so while fewer of them have come back than were answered, a free batch
+thread waits for them, up to one recent batch's duration. Without this, clients
+split into two halves whose batches alternate forever, and a model whose cost is
+mostly per call (a scikit-learn pipeline) runs twice as many calls as needed.
 
 The queue is bounded: when ``max_enqueued_batches * max_batch_size`` rows are
 already waiting, a request is refused at once with :class:`Overloaded`
@@ -100,6 +105,8 @@ class BatchQueue:
         self._concurrent_until = -math.inf
         # Recent wall time of one batch (exponential average), for shedding.
         self._batch_seconds: float | None = None
+        # Rows answered since the last dispatch whose callers have not sent again.
+        self._returning_rows = 0
 
     @property
     def waiting_rows(self) -> int:
@@ -142,11 +149,13 @@ class BatchQueue:
         self._waiting_rows += rows
         self._queue_depth.inc(rows)
         self._arrived.set()
+        self._returning_rows = max(0, self._returning_rows - rows)
         if self._version.in_flight > 1:
             self._concurrent_until = now + LONE_CLIENT_SECONDS
         if self._scheduler is None:
             if not self._batch_threads.locked() and (
-                self._timeout_seconds <= 0 or self._waiting_rows >= self._max_rows
+                self._waiting_rows >= self._max_rows
+                or (self._timeout_seconds <= 0 and not self._returning_rows)
             ):
                 # A free thread and nothing to wait for: dispatch right here,
                 # without a scheduler task (acquire() cannot suspend now).
@@ -185,20 +194,30 @@ class BatchQueue:
             self._scheduler = None
 
     async def _wait_for_batch(self) -> None:
-        if self._timeout_seconds <= 0:
-            return
         loop = asyncio.get_running_loop()
+        if self._timeout_seconds <= 0:
+            deadline = loop.time() + (self._batch_seconds or 0.0)
+            while self._returning_rows and self._waiting_rows < self._max_rows:
+                if not await self._wait_for_arrival(deadline - loop.time()):
+                    return
+            return
         while self._waiting and not self._may_start_now():
             remaining = (
                 self._waiting[0].enqueued_at + self._timeout_seconds - loop.time()
             )
-            if remaining <= 0:
+            if not await self._wait_for_arrival(remaining):
                 return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
+
+    async def _wait_for_arrival(self, seconds: float) -> bool:
+        """Whether a request arrived within ``seconds``."""
+        if seconds <= 0:
+            return False
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _take_batch(self) -> list[_Waiting]:
         batch: list[_Waiting] = []
@@ -224,6 +243,7 @@ class BatchQueue:
         # A done-callback instead of an awaiting task: one loop wake-up per batch.
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self._returning_rows = 0
         self._running += 1
         self._idle.clear()
         finished = self._executor.submit(self._run_batch, [item.call for item in batch])
@@ -259,6 +279,7 @@ class BatchQueue:
         for item, outputs in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(outputs)
+                self._returning_rows += item.rows
 
     @staticmethod
     def _fail(batch: list[_Waiting], error: ServingError) -> None:
