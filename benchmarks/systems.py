@@ -71,53 +71,59 @@ class _Pending:
     process: ServerProcess
     probes: dict[str, Callable[[], bool]]
     scenarios: list[Scenario] = field(default_factory=list)
-    backend: _Pending | None = None
-    """A process in front of another serves only what that one serves."""
+    backends: dict[str, _Pending] = field(default_factory=dict)
+    """Model -> the process behind this one that serves it (for the gateway)."""
     ready: set[str] = field(default_factory=set)
+    address: str = ""
+    """The gRPC address, for a model server."""
 
 
-def write_model_config(options: BenchOptions) -> Path:
-    """A model config file naming only the selected models (absolute base paths).
+def write_model_config(options: BenchOptions, name: str) -> Path:
+    """A model config file naming one model (absolute base path).
 
-    Leaving the others out keeps their load time (TensorFlow's import, for one) out
-    of the start-up and their pollers off the server core. Each model serves the
-    one version the request payloads were built from.
+    One model per server process, as deployed (scikit-learn models on the model
+    server, SavedModels on TF Serving): a process that also hosts TensorFlow runs
+    a scikit-learn pipeline measurably slower, and the models' pollers stay out
+    of each other's way. The model serves the one version the request payloads
+    were built from.
     """
     from modelregistry import ModelEntry, Registry, config_text
 
     registry = Registry(options.registry)
-    entries = []
-    for name in options.models:
-        version = registry.resolve(name)
-        entries.append(
-            ModelEntry(
-                name=name,
-                base_path=str(options.registry / name),
-                platform=registry.framework(name, version),
-                policy={"specific": {"versions": [version]}},
-            )
-        )
-    path = options.work_dir / "servekit-models.config"
-    path.write_text(config_text(entries), encoding="utf-8")
+    version = registry.resolve(name)
+    entry = ModelEntry(
+        name=name,
+        base_path=str(options.registry / name),
+        platform=registry.framework(name, version),
+        policy={"specific": {"versions": [version]}},
+    )
+    path = options.work_dir / f"servekit-{name}.config"
+    path.write_text(config_text([entry]), encoding="utf-8")
     return path
 
 
 def _model_server(
-    options: BenchOptions, processes: ProcessSet, name: str, batching: bool
+    options: BenchOptions,
+    processes: ProcessSet,
+    system: str,
+    batching: bool,
+    model: str,
 ) -> tuple[ServerProcess, str, str]:
     grpc_port, rest_port = free_port(), free_port()
     argv: list[str] = [
         str(VENV_BIN / "servekit-model-server"),
         f"--port={grpc_port}",
         f"--rest_api_port={rest_port}",
-        f"--model_config_file={write_model_config(options)}",
+        f"--model_config_file={write_model_config(options, model)}",
         "--host=127.0.0.1",
     ]
     if batching:
         parameters = options.work_dir / "batching_parameters.txt"
         parameters.write_text(options.batching.parameters_text(), encoding="utf-8")
         argv += ["--enable_batching=true", f"--batching_parameters_file={parameters}"]
-    process = processes.start(name, argv, cpu=options.server_cpu, cwd=REPO_ROOT)
+    process = processes.start(
+        f"{system}-{model}", argv, cpu=options.server_cpu, cwd=REPO_ROOT
+    )
     return process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
 
 
@@ -254,25 +260,25 @@ def _start_model_servers(
     options: BenchOptions,
     models: list[ModelPayloads],
     processes: ProcessSet,
-) -> tuple[list[_Pending], dict[str, str]]:
-    pending: list[_Pending] = []
-    addresses: dict[str, str] = {}
+) -> dict[str, dict[str, _Pending]]:
+    """System -> model -> the started process serving it."""
+    started: dict[str, dict[str, _Pending]] = {}
     for system, batching in (("servekit", False), ("servekit-batching", True)):
         behind_gateway = system == options.gateway_backend and any(
             options.wants(name) for name in GATEWAY_SYSTEMS
         )
         if not (options.wants(system) or behind_gateway):
             continue
-        process, grpc_address, rest_base = _model_server(
-            options, processes, system, batching
-        )
-        addresses[system] = grpc_address
-        item = _Pending(process, {})
         for model in models:
-            url = f"{rest_base}/v1/models/{model.name}:predict"
-            item.probes[model.name] = http_post_succeeds(
-                url, model.tfs_rest.read_bytes()
+            process, grpc_address, rest_base = _model_server(
+                options, processes, system, batching, model.name
             )
+            url = f"{rest_base}/v1/models/{model.name}:predict"
+            item = _Pending(
+                process,
+                {model.name: http_post_succeeds(url, model.tfs_rest.read_bytes())},
+            )
+            item.address = grpc_address
             if options.wants(system):
                 item.scenarios += _scenarios(
                     model.name,
@@ -281,8 +287,8 @@ def _start_model_servers(
                     HttpTarget(url, model.tfs_rest),
                     GrpcTarget(grpc_address, PREDICT_METHOD, model.tfs_grpc),
                 )
-        pending.append(item)
-    return pending, addresses
+            started.setdefault(system, {})[model.name] = item
+    return started
 
 
 GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged")
@@ -292,16 +298,24 @@ def _start_gateway(
     options: BenchOptions,
     models: list[ModelPayloads],
     processes: ProcessSet,
-    backend_address: str,
+    backends: dict[str, _Pending],
     system: str,
 ) -> _Pending:
+    by_framework: dict[str, str] = {}
+    for model in models:
+        address = by_framework.setdefault(model.framework, backends[model.name].address)
+        if address != backends[model.name].address:
+            raise StartError(
+                f"two {model.framework} models need two backends; the bench routes "
+                "by framework"
+            )
     http_port, grpc_port = free_port(), free_port()
     environment = {
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(http_port),
         "GATEWAY_GRPC_PORT": str(grpc_port),
         "GATEWAY_REGISTRY": str(options.registry),
-        "GATEWAY_DEFAULT_BACKEND": backend_address,
+        "GATEWAY_FRAMEWORK_BACKENDS": json.dumps(by_framework),
     }
     if system == "gateway-unmerged":
         environment["GATEWAY_COALESCE_MAX_ROWS"] = "0"
@@ -312,7 +326,7 @@ def _start_gateway(
         env=environment,
         cwd=REPO_ROOT,
     )
-    item = _Pending(process, {})
+    item = _Pending(process, {}, backends=backends)
     base = f"http://127.0.0.1:{http_port}"
     for model in models:
         url = f"{base}/v1/models/{model.name}:predict"
@@ -460,20 +474,22 @@ def _start_all(
     builds: list[_RequestBuild],
 ) -> Deployment:
     models = [payloads[name] for name in options.models]
-    pending, addresses = _start_model_servers(options, models, processes)
+    servers = _start_model_servers(options, models, processes)
+    pending = [item for by_model in servers.values() for item in by_model.values()]
     gateways = [name for name in GATEWAY_SYSTEMS if options.wants(name)]
     for name in gateways:
-        gateway = _start_gateway(
-            options, models, processes, addresses[options.gateway_backend], name
+        pending.append(
+            _start_gateway(
+                options, models, processes, servers[options.gateway_backend], name
+            )
         )
-        gateway.backend = next(
-            item for item in pending if item.process.name == options.gateway_backend
-        )
-        pending.append(gateway)
+    deployment.notes.append(
+        "Each servekit model server process serves one model, as deployed."
+    )
     if gateways:
         deployment.notes.append(
-            f"The gateway forwards to {LABELS[options.gateway_backend]} over gRPC; "
-            "both share the server core. It merges concurrent Predict calls of one "
+            f"The gateway forwards to {LABELS[options.gateway_backend]} over gRPC "
+            "(the model's own process); all share the server core. It merges concurrent Predict calls of one "
             "model into one backend call (at most 32 rows, one call in flight); "
             "the coalescing-off gateway sends every request on its own."
         )
@@ -501,8 +517,8 @@ def _start_all(
     for item in pending:
         name = item.process.name
         probes = item.probes
-        if item.backend is not None:
-            probes = {m: p for m, p in probes.items() if m in item.backend.ready}
+        if item.backends:
+            probes = {m: p for m, p in probes.items() if m in item.backends[m].ready}
         if not probes:
             continue
         progress(f"waiting for {name} to serve {', '.join(probes)} …")
@@ -522,14 +538,13 @@ def _start_all(
                 f"its {model} runs are missing."
             )
             progress(f"{name}: {model!r} NOT READY, its runs are skipped")
-        groups: tuple[int, ...] = (item.process.popen.pid,)
-        if item.backend is not None:
-            groups += (item.backend.process.popen.pid,)
-        scenarios += [
-            replace(s, process_groups=groups)
-            for s in item.scenarios
-            if s.model in ready
-        ]
+        for scenario in item.scenarios:
+            if scenario.model not in ready:
+                continue
+            groups: tuple[int, ...] = (item.process.popen.pid,)
+            if scenario.model in item.backends:
+                groups += (item.backends[scenario.model].process.popen.pid,)
+            scenarios.append(replace(scenario, process_groups=groups))
 
     if trivial is not None:
         empty = options.work_dir / "payloads" / "empty.bin"

@@ -139,3 +139,40 @@ def test_a_waiting_caller_keeps_its_deadline(
     holder.join()
     assert answer.status_code == 504, answer.text
     assert waited < STEP_SECONDS
+
+
+def test_answered_callers_are_waited_for_so_calls_stay_full(
+    coalescing_gateway: GatewayProcess,
+) -> None:
+    """Closed-loop callers: the first starts alone, the others queue behind its call.
+
+    When that call returns, the queued callers are held until the answered one
+    sends again, so from then on every backend call serves all of them; sending
+    the queue at once would make the two groups alternate for ever.
+    """
+    gateway = coalescing_gateway
+    clients, rounds = 6, 4
+    calls_before = gateway.metric(
+        "gateway_backend_duration_seconds_count", method="Predict"
+    )
+
+    def client(index: int) -> None:
+        if index:
+            time.sleep(STEP_SECONDS / 3)
+        for round_ in range(rounds):
+            row = {"a": float(index), "b": float(round_)}
+            answer = _post(gateway, {"instances": [row]})
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose(
+                answer.json()["predictions"], [linear_target(row["a"], row["b"], 1.0)]
+            )
+
+    with ThreadPoolExecutor(clients) as pool:
+        for done in [pool.submit(client, index) for index in range(clients)]:
+            done.result()
+    calls = (
+        gateway.metric("gateway_backend_duration_seconds_count", method="Predict")
+        - calls_before
+    )
+    # The lone first call, then one call per round; alternating groups need 2 × rounds.
+    assert calls <= rounds + 2

@@ -6,8 +6,12 @@ reaches it anyway. So while a Predict for one model, version, signature and inpu
 layout is in flight, further ones for the same key wait; when it returns, the
 waiting requests go out as one call whose inputs are theirs concatenated along
 the batch dimension, and each caller gets its own rows of the answer. A lone
-request is sent at once: coalescing never adds a wait of its own, it only uses
-the time a request would have spent queued behind others.
+request is sent at once. One wait is added on purpose: callers usually send
+their next request as soon as they are answered, so when a call returns, the
+requests that queued meanwhile are held until the callers just answered have
+come back (or the rows fill a call, or one recent call's duration passes).
+Without it the callers split into two halves whose calls alternate for ever,
+each half the size it could be.
 
 Correctness comes first:
 - only requests whose inputs all share one leading (batch) dimension merge, and
@@ -59,6 +63,9 @@ _SEPARABLE_CODES = frozenset(
 
 Key = tuple[object, ...]
 
+_SWEEP_AT = 64
+"""Groups kept before idle ones are looked for and dropped."""
+
 
 @dataclass(slots=True)
 class _Waiter:
@@ -73,14 +80,48 @@ class _Waiter:
 class _Group:
     """The calls of one key: how many are in flight, who waits, how many rows.
 
-    Kept only while busy or while it remembers a lowered row limit, so keys
-    seen once do not accumulate."""
+    Kept while busy, while callers it answered may come back, or while it
+    remembers a lowered row limit, so keys seen once do not accumulate."""
 
     key: Key
     addresses: tuple[str, ...]
     max_rows: int
     in_flight: int = 0
     waiting: deque[_Waiter] = field(default_factory=deque)
+    waiting_rows: int = 0
+    returning: int = 0
+    """Callers answered by recent calls that have not sent again."""
+    returning_until: float = 0.0
+    """When to stop expecting them (monotonic seconds)."""
+    call_seconds: float = 0.0
+    """Recent wall time of one backend call (exponential average)."""
+    hold: asyncio.TimerHandle | None = None
+
+    def arrived(self, now: float) -> None:
+        """A request came: one answered caller fewer to expect."""
+        if now >= self.returning_until:
+            self.returning = 0
+        elif self.returning:
+            self.returning -= 1
+
+    def answered(self, callers: int, started: float) -> None:
+        """A call that served `callers` ended."""
+        now = time.monotonic()
+        elapsed = now - started
+        self.call_seconds = (
+            elapsed
+            if not self.call_seconds
+            else 0.8 * self.call_seconds + 0.2 * elapsed
+        )
+        self.returning += callers
+        self.returning_until = now + self.call_seconds
+
+    def idle(self, now: float) -> bool:
+        return (
+            self.in_flight == 0
+            and not self.waiting
+            and (not self.returning or now >= self.returning_until)
+        )
 
 
 def batch_key(
@@ -304,21 +345,32 @@ class Coalescer:
         limit = self._max_rows if group is None else group.max_rows
         if limit <= 1 or rows >= limit:
             return await self._client.predict(addresses, request, deadline, metadata)
+        now = time.monotonic()
         if group is None:
+            if len(self._groups) >= _SWEEP_AT:
+                self._forget_idle(now)
             group = _Group(key, tuple(addresses), self._max_rows)
             self._groups[key] = group
-        if group.in_flight < self._max_in_flight:
+        group.arrived(now)
+        if (
+            group.in_flight < self._max_in_flight
+            and not group.waiting
+            and not group.returning
+        ):
             group.in_flight += 1
             try:
                 return await self._client.predict(
                     addresses, request, deadline, metadata
                 )
             finally:
+                group.answered(1, now)
                 self._release(group)
         future: asyncio.Future[messages.PredictResponse] = (
             asyncio.get_running_loop().create_future()
         )
         group.waiting.append(_Waiter(request, rows, deadline, metadata, future))
+        group.waiting_rows += rows
+        self._dispatch(group)
         try:
             return await asyncio.wait_for(future, deadline - time.monotonic())
         except TimeoutError:
@@ -327,18 +379,33 @@ class Coalescer:
             ) from None
 
     def _dispatch(self, group: _Group) -> None:
-        """Send what waits, as merged calls, while the key has room in flight."""
+        """Send what waits, as merged calls, while the key has room in flight
+        and no answered caller is still expected."""
         while group.in_flight < self._max_in_flight and group.waiting:
+            if group.returning and group.waiting_rows < group.max_rows:
+                wait = group.returning_until - time.monotonic()
+                if wait > 0:
+                    if group.hold is None:
+                        group.hold = asyncio.get_running_loop().call_later(
+                            wait, self._end_hold, group
+                        )
+                    return
+            if group.hold is not None:
+                group.hold.cancel()
+                group.hold = None
+            group.returning = 0
             batch: list[_Waiter] = []
             rows = 0
             while group.waiting:
                 waiter = group.waiting[0]
                 if waiter.future.done():  # gave up (deadline or disconnect)
                     group.waiting.popleft()
+                    group.waiting_rows -= waiter.rows
                     continue
                 if batch and rows + waiter.rows > group.max_rows:
                     break
                 group.waiting.popleft()
+                group.waiting_rows -= waiter.rows
                 batch.append(waiter)
                 rows += waiter.rows
             if not batch:
@@ -348,7 +415,18 @@ class Coalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _end_hold(self, group: _Group) -> None:
+        group.hold = None
+        group.returning = 0
+        self._dispatch(group)
+
+    def _forget_idle(self, now: float) -> None:
+        for key, group in list(self._groups.items()):
+            if group.idle(now) and group.max_rows == self._max_rows:
+                del self._groups[key]
+
     async def _serve(self, group: _Group, batch: list[_Waiter]) -> None:
+        started = time.monotonic()
         try:
             self._metrics.coalesced_requests.observe(len(batch))
             if len(batch) == 1:
@@ -363,17 +441,14 @@ class Coalescer:
                         GatewayError("internal error while merging requests")
                     )
         finally:
+            group.answered(len(batch), started)
             self._release(group)
 
     def _release(self, group: _Group) -> None:
         """One call of the group ended: send what waits, forget an idle group."""
         group.in_flight -= 1
         self._dispatch(group)
-        if (
-            group.in_flight == 0
-            and not group.waiting
-            and group.max_rows == self._max_rows
-        ):
+        if group.idle(time.monotonic()) and group.max_rows == self._max_rows:
             self._groups.pop(group.key, None)
 
     async def _one(self, group: _Group, waiter: _Waiter) -> bool:

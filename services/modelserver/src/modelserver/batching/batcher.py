@@ -105,8 +105,10 @@ class BatchQueue:
         self._concurrent_until = -math.inf
         # Recent wall time of one batch (exponential average), for shedding.
         self._batch_seconds: float | None = None
-        # Rows answered since the last dispatch whose callers have not sent again.
-        self._returning_rows = 0
+        # Callers answered since the last dispatch that have not sent again. Callers,
+        # not rows: a front end that merges requests sends one call back whatever
+        # its row count.
+        self._returning = 0
 
     @property
     def waiting_rows(self) -> int:
@@ -149,13 +151,13 @@ class BatchQueue:
         self._waiting_rows += rows
         self._queue_depth.inc(rows)
         self._arrived.set()
-        self._returning_rows = max(0, self._returning_rows - rows)
+        self._returning = max(0, self._returning - 1)
         if self._version.in_flight > 1:
             self._concurrent_until = now + LONE_CLIENT_SECONDS
         if self._scheduler is None:
             if not self._batch_threads.locked() and (
                 self._waiting_rows >= self._max_rows
-                or (self._timeout_seconds <= 0 and not self._returning_rows)
+                or (self._timeout_seconds <= 0 and not self._returning)
             ):
                 # A free thread and nothing to wait for: dispatch right here,
                 # without a scheduler task (acquire() cannot suspend now).
@@ -197,7 +199,7 @@ class BatchQueue:
         loop = asyncio.get_running_loop()
         if self._timeout_seconds <= 0:
             deadline = loop.time() + (self._batch_seconds or 0.0)
-            while self._returning_rows and self._waiting_rows < self._max_rows:
+            while self._returning and self._waiting_rows < self._max_rows:
                 if not await self._wait_for_arrival(deadline - loop.time()):
                     return
             return
@@ -243,7 +245,7 @@ class BatchQueue:
         # A done-callback instead of an awaiting task: one loop wake-up per batch.
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._returning_rows = 0
+        self._returning = 0
         self._running += 1
         self._idle.clear()
         finished = self._executor.submit(self._run_batch, [item.call for item in batch])
@@ -279,7 +281,7 @@ class BatchQueue:
         for item, outputs in zip(batch, parts, strict=True):
             if not item.future.done():
                 item.future.set_result(outputs)
-                self._returning_rows += item.rows
+                self._returning += 1
 
     @staticmethod
     def _fail(batch: list[_Waiting], error: ServingError) -> None:
