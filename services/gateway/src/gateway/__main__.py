@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -208,6 +209,9 @@ async def serve(settings: Settings) -> None:
         await http_task
         raise SystemExit("the HTTP server did not start")
     http_port = _bound_port(http_server)
+    # What start-up imported lives as long as the process: keep full garbage
+    # collections from walking it again and again while requests wait.
+    gc.freeze()
     logger.info(
         "gateway ready",
         extra={
