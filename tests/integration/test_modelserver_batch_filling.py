@@ -18,12 +18,11 @@ import httpx
 import pytest
 
 from tests.integration.test_modelserver_serving import (
-    METRICS_PATH,
     batch_size_histogram,
-    config_text,
+    batching_server,
 )
 from tests.support.models import linear_target, publish_linear_pipeline
-from tests.support.modelserver import ModelServer, model_server
+from tests.support.modelserver import ModelServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,30 +33,14 @@ SLOW_SECONDS = 0.2
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
-    root = tmp_path_factory.mktemp("filling")
-    registry = root / "registry"
+    registry = tmp_path_factory.mktemp("filling") / "registry"
     publish_linear_pipeline(registry, "slow", offset=2.0, sleep_seconds=SLOW_SECONDS)
-    config = root / "models.config"
-    config.write_text(config_text(registry, ("slow",)))
-    batching = root / "batching.config"
-    batching.write_text(
-        f"max_batch_size {{ value: {CLIENTS} }}\n"
-        "batch_timeout_micros { value: 0 }\n"
-        "max_enqueued_batches { value: 4 }\n"
-        "num_batch_threads { value: 1 }\n"
-    )
-    monitoring = root / "monitoring.config"
-    monitoring.write_text(
-        f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n'
-    )
-    with model_server(
-        [
-            f"--model_config_file={config}",
-            "--enable_batching",
-            f"--batching_parameters_file={batching}",
-            f"--monitoring_config_file={monitoring}",
-        ],
-        log_path=root / "server.log",
+    with batching_server(
+        registry,
+        ("slow",),
+        max_batch_size=CLIENTS,
+        batch_timeout_micros=0,
+        max_enqueued_batches=4,
     ) as running:
         yield running
 

@@ -14,6 +14,7 @@ so it comes last.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import statistics
@@ -66,16 +67,24 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(registry: Path) -> Iterator[ModelServer]:
+@contextlib.contextmanager
+def batching_server(
+    registry: Path,
+    names: tuple[str, ...],
+    *,
+    max_batch_size: int,
+    batch_timeout_micros: int,
+    max_enqueued_batches: int,
+) -> Iterator[ModelServer]:
+    """A model server on ``names`` with batching (one batch thread) and metrics."""
     root = registry.parent
     config = root / "models.config"
-    config.write_text(config_text(registry, ("linear", "slow")))
+    config.write_text(config_text(registry, names))
     batching = root / "batching.config"
     batching.write_text(
-        f"max_batch_size {{ value: {MAX_BATCH_SIZE} }}\n"
-        "batch_timeout_micros { value: 100000 }\n"
-        f"max_enqueued_batches {{ value: {MAX_ENQUEUED_BATCHES} }}\n"
+        f"max_batch_size {{ value: {max_batch_size} }}\n"
+        f"batch_timeout_micros {{ value: {batch_timeout_micros} }}\n"
+        f"max_enqueued_batches {{ value: {max_enqueued_batches} }}\n"
         "num_batch_threads { value: 1 }\n"
     )
     monitoring = root / "monitoring.config"
@@ -90,6 +99,18 @@ def server(registry: Path) -> Iterator[ModelServer]:
             f"--monitoring_config_file={monitoring}",
         ],
         log_path=root / "server.log",
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(registry: Path) -> Iterator[ModelServer]:
+    with batching_server(
+        registry,
+        ("linear", "slow"),
+        max_batch_size=MAX_BATCH_SIZE,
+        batch_timeout_micros=100_000,
+        max_enqueued_batches=MAX_ENQUEUED_BATCHES,
     ) as running:
         yield running
 
