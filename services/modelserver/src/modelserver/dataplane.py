@@ -56,6 +56,7 @@ from modelserver.registry.repository import LoadOptions, load_runtime
 from modelserver.registry.warmup import warm_up
 from modelserver.registry.watcher import Watcher
 from modelserver.runtimes.base import PreparedCall, Runtime
+from modelserver.threadpool import ThreadPool
 from modelserver.types import (
     CLASSIFY_METHOD,
     REGRESS_METHOD,
@@ -102,9 +103,7 @@ class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.inference_threads, thread_name_prefix="inference"
-        )
+        self._inference = ThreadPool(settings.inference_threads, "inference")
         self._load_executor = ThreadPoolExecutor(
             max_workers=max(1, settings.num_load_threads), thread_name_prefix="load"
         )
@@ -200,7 +199,7 @@ class DataPlane:
         if self._batcher is not None:
             await self._batcher.close()
         # Joining the pools off the loop: a model call may still be finishing.
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await self._inference.close()
         await asyncio.to_thread(self._load_executor.shutdown, wait=True)
         self._live = False
 
@@ -470,7 +469,7 @@ class DataPlane:
                 None if timeout is None else loop.time() + timeout,
             )
         else:
-            pending = loop.run_in_executor(self._executor, runtime.run, call)
+            pending = self._inference.run(runtime.run, call)
         if timeout is None:
             return await pending
         try:

@@ -28,11 +28,9 @@ before their batch forms.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +41,7 @@ from modelserver.errors import InternalError, InvalidInput, Overloaded, ServingE
 from modelserver.observability.metrics import Metrics
 from modelserver.runtimes.base import PreparedCall, Runtime
 from modelserver.settings import BatchingSettings
+from modelserver.threadpool import ThreadPool
 from modelserver.types import Tensor
 
 logger = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class BatchQueue:
         runtime: Runtime,
         version: InFlight,
         settings: BatchingSettings,
-        executor: ThreadPoolExecutor,
+        threads: ThreadPool,
         batch_threads: asyncio.Semaphore,
         batch_size: Histogram,
         queue_depth: Gauge,
@@ -86,7 +85,7 @@ class BatchQueue:
         self._runtime = runtime
         self._version = version
         self._settings = settings
-        self._executor = executor
+        self._pool = threads
         self._batch_threads = batch_threads
         self._batch_size = batch_size
         self._queue_depth = queue_depth
@@ -242,21 +241,18 @@ class BatchQueue:
         self._queue_depth.dec(item.rows)
 
     def _dispatch(self, batch: list[_Waiting]) -> None:
-        # A done-callback instead of an awaiting task: one loop wake-up per batch.
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        # A done-callback instead of an awaiting task: no task per batch.
+        started = asyncio.get_running_loop().time()
         self._returning = 0
         self._running += 1
         self._idle.clear()
-        finished = self._executor.submit(self._run_batch, [item.call for item in batch])
-        finished.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._finish, batch, done, started)
-        )
+        finished = self._pool.run(self._run_batch, [item.call for item in batch])
+        finished.add_done_callback(lambda done: self._finish(batch, done, started))
 
     def _finish(
         self,
         batch: list[_Waiting],
-        done: concurrent.futures.Future[list[Outputs]],
+        done: asyncio.Future[list[Outputs]],
         started: float,
     ) -> None:
         self._running -= 1
@@ -321,10 +317,7 @@ class Batcher:
     def __init__(self, settings: BatchingSettings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.num_batch_threads,
-            thread_name_prefix=settings.thread_pool_name,
-        )
+        self._pool = ThreadPool(settings.num_batch_threads, settings.thread_pool_name)
         self._batch_threads = asyncio.Semaphore(settings.num_batch_threads)
         self._queues: dict[QueueKey, BatchQueue] = {}
 
@@ -358,7 +351,7 @@ class Batcher:
                 runtime=runtime,
                 version=in_flight,
                 settings=self._settings,
-                executor=self._executor,
+                threads=self._pool,
                 batch_threads=self._batch_threads,
                 batch_size=self._metrics.batch_size.labels(
                     name, version, call.signature_name
@@ -380,4 +373,4 @@ class Batcher:
         for queue in list(self._queues.values()):
             await queue.close()
         self._queues.clear()
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await self._pool.close()
