@@ -21,8 +21,9 @@ from servekit_protocol import json_codec, messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensors import numpy_dtype, to_ndarray
 
+from gateway.clients.arrays import Array, ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, BackendPool
-from gateway.clients.coalescer import Coalescer
+from gateway.clients.coalescer import Coalescer, Request, Response
 from gateway.errors import (
     BackendError,
     GatewayError,
@@ -143,18 +144,28 @@ def _is_missing_label(exc: BackendError) -> bool:
     )
 
 
-def outputs_agree(
-    first: messages.PredictResponse, second: messages.PredictResponse
-) -> bool:
+def output_arrays(response: Response) -> dict[str, Array]:
+    """The outputs of either kind of answer as arrays.
+
+    Raises:
+        ProtocolError: an output cannot be decoded.
+    """
+    if isinstance(response, ArrayResponse):
+        return response.outputs
+    return {name: to_ndarray(tensor) for name, tensor in response.outputs.items()}
+
+
+def outputs_agree(first: Response, second: Response) -> bool:
     """Whether two predictions match (numbers within a small tolerance)."""
-    if set(first.outputs) != set(second.outputs):
+    try:
+        lefts = output_arrays(first)
+        rights = output_arrays(second)
+    except ProtocolError:
         return False
-    for key, tensor in first.outputs.items():
-        try:
-            left = to_ndarray(tensor)
-            right = to_ndarray(second.outputs[key])
-        except ProtocolError:
-            return False
+    if set(lefts) != set(rights):
+        return False
+    for key, left in lefts.items():
+        right = rights[key]
         if left.shape != right.shape:
             return False
         if left.dtype.kind in "biufc" and right.dtype.kind in "biufc":
@@ -408,13 +419,15 @@ class Gateway:
         model: str,
         version: int | None,
         label: str | None,
-        encode: Callable[[SignatureSet | None], messages.PredictRequest],
+        encode: Callable[[SignatureSet | None], Request],
         needs_signatures: bool = True,
-    ) -> tuple[messages.PredictResponse, SignatureSet | None]:
+    ) -> tuple[Response, SignatureSet | None]:
         """Route, encode (with the target's signatures), call, mirror if shadowing.
 
         Args:
-            encode: builds the PredictRequest once the target's signatures are known.
+            encode: builds the request once the target's signatures are known: a
+                PredictRequest, or an ArrayRequest (then the answer is an
+                ArrayResponse).
             needs_signatures: False when the request already carries typed tensors.
 
         Raises:
@@ -427,9 +440,9 @@ class Gateway:
         self,
         ctx: CallContext,
         plan: Plan,
-        encode: Callable[[SignatureSet | None], messages.PredictRequest],
+        encode: Callable[[SignatureSet | None], Request],
         needs_signatures: bool = True,
-    ) -> tuple[messages.PredictResponse, SignatureSet | None]:
+    ) -> tuple[Response, SignatureSet | None]:
         """`predict` for a plan the caller already made (and may have adjusted)."""
         target = plan.primary
         try:
@@ -455,9 +468,9 @@ class Gateway:
         self,
         ctx: CallContext,
         target: Target,
-        encode: Callable[[SignatureSet | None], messages.PredictRequest],
+        encode: Callable[[SignatureSet | None], Request],
         needs_signatures: bool,
-    ) -> tuple[messages.PredictResponse, SignatureSet | None, messages.PredictRequest]:
+    ) -> tuple[Response, SignatureSet | None, Request]:
         signatures = await self.signatures(target, ctx) if needs_signatures else None
         request = encode(signatures)
         apply_target(request.model_spec, target)
@@ -553,14 +566,18 @@ class Gateway:
         self,
         ctx: CallContext,
         target: Target,
-        request: messages.PredictRequest,
-        answered: messages.PredictResponse,
+        request: Request,
+        answered: Response,
     ) -> None:
         if len(self._shadow_tasks) >= self._max_shadow_tasks:
             self.metrics.shadow_requests.labels(target.model, "dropped").inc()
             return
-        mirrored = messages.PredictRequest()
-        mirrored.CopyFrom(request)
+        mirrored: Request
+        if isinstance(request, ArrayRequest):
+            mirrored = request.copy()
+        else:
+            mirrored = messages.PredictRequest()
+            mirrored.CopyFrom(request)
         apply_target(mirrored.model_spec, target)
         task = asyncio.create_task(
             self._shadow(target, mirrored, answered, ctx.request_id)
@@ -571,8 +588,8 @@ class Gateway:
     async def _shadow(
         self,
         target: Target,
-        request: messages.PredictRequest,
-        answered: messages.PredictResponse,
+        request: Request,
+        answered: Response,
         request_id: str,
     ) -> None:
         deadline = time.monotonic() + self.settings.default_timeout_ms / 1000.0

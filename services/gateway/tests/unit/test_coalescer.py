@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gateway.clients.arrays import (
+    ArrayRequest,
+    ArrayResponse,
+    merge_arrays,
+    split_arrays,
+)
 from gateway.clients.coalescer import batch_key, merge_requests, split_response
 from servekit_protocol import messages
 from servekit_protocol.tensors import from_ndarray, to_ndarray
@@ -132,3 +138,70 @@ def test_split_refuses_outputs_without_the_batch_dimension() -> None:
     other = messages.PredictResponse()
     from_ndarray(np.arange(4.0), into=other.outputs["y"])
     assert split_response(other, [1, 2]) is None
+
+
+# ---- array requests (REST callers) --------------------------------------------
+
+
+def _arrays(
+    inputs: dict[str, np.ndarray], *, model: str = "m", signature: str = ""
+) -> ArrayRequest:
+    request = ArrayRequest(inputs)
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    return request
+
+
+def test_array_requests_share_keys_with_their_own_kind_only() -> None:
+    one = batch_key(BACKENDS, _arrays({"a": np.ones(1), "b": np.ones((1, 4))}))
+    three = batch_key(BACKENDS, _arrays({"a": np.zeros(3), "b": np.ones((3, 4))}))
+    assert one is not None and three is not None
+    assert (one[1], three[1]) == (1, 3)
+    assert one[0] == three[0]
+    proto = batch_key(BACKENDS, _request({"a": np.ones(1), "b": np.ones((1, 4))}))
+    assert proto is not None and proto[0] != one[0]
+    for other in (
+        _arrays({"a": np.ones(1, dtype=np.float32), "b": np.ones((1, 4))}),
+        _arrays({"a": np.ones(1), "b": np.ones((1, 5))}),
+        _arrays({"a": np.ones(1), "b": np.ones((1, 4))}, signature="other"),
+    ):
+        assert (batch_key(BACKENDS, other) or ((), 0))[0] != one[0]
+    for unmergeable in ({"a": np.float64(1)}, {"a": np.ones(2), "b": np.ones(3)}, {}):
+        assert batch_key(BACKENDS, _arrays(unmergeable)) is None
+
+
+def test_array_merge_encodes_once_and_split_hands_back_each_callers_rows() -> None:
+    first = _arrays({"x": np.array([[1.0, 2.0]]), "s": np.array([b"a"], dtype=object)})
+    second = _arrays(
+        {
+            "x": np.array([[3.0, 4.0], [5.0, 6.0]]),
+            "s": np.array([b"b", b"c"], dtype=object),
+        }
+    )
+    merged = merge_arrays([first, second])
+    proto = merged.to_proto()
+    assert proto.model_spec.name == "m"
+    np.testing.assert_array_equal(
+        to_ndarray(proto.inputs["x"]), [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+    )
+    assert to_ndarray(proto.inputs["s"]).tolist() == [b"a", b"b", b"c"]
+
+    answer = messages.PredictResponse()
+    answer.model_spec.name = "m"
+    answer.model_spec.version.value = 4
+    from_ndarray(np.array([10, 20, 30], dtype=np.int64), into=answer.outputs["y"])
+    parts = split_arrays(ArrayResponse.from_proto(answer), [1, 2])
+    assert parts is not None
+    assert [part.outputs["y"].tolist() for part in parts] == [[10], [20, 30]]
+    assert all(part.model_spec.version.value == 4 for part in parts)
+    # An output without the merged batch dimension cannot be split.
+    from_ndarray(np.array(7.0), into=answer.outputs["scale"])
+    assert split_arrays(ArrayResponse.from_proto(answer), [1, 2]) is None
+
+
+def test_a_copied_array_request_is_routed_on_its_own() -> None:
+    original = _arrays({"x": np.ones(2)})
+    copy = original.copy()
+    copy.model_spec.version_label = "canary"
+    assert original.model_spec.version_label == ""
+    assert copy.inputs["x"] is original.inputs["x"]

@@ -13,6 +13,10 @@ come back (or the rows fill a call, or one recent call's duration passes).
 Without it the callers split into two halves whose calls alternate for ever,
 each half the size it could be.
 
+Requests come as protos (gRPC callers) or as arrays (REST callers, see
+`clients.arrays`); each kind merges only with its own kind and gets its own kind
+back.
+
 Correctness comes first:
 - only requests whose inputs all share one leading (batch) dimension merge, and
   only with requests of the same model spec, output filter, dtypes and trailing
@@ -36,6 +40,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import grpc
 import numpy as np
@@ -43,8 +48,15 @@ from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensors import element_field, from_ndarray, to_ndarray
 
+from gateway.clients.arrays import (
+    ArrayRequest,
+    ArrayResponse,
+    array_layout,
+    merge_arrays,
+    split_arrays,
+)
 from gateway.clients.backend import BackendClient, Metadata
-from gateway.errors import BackendError, DeadlineExceeded, GatewayError
+from gateway.errors import BackendError, DeadlineExceeded, GatewayError, InvalidInput
 from gateway.observability.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
@@ -62,6 +74,8 @@ _SEPARABLE_CODES = frozenset(
 )
 
 Key = tuple[object, ...]
+Request = messages.PredictRequest | ArrayRequest
+Response = messages.PredictResponse | ArrayResponse
 
 _SWEEP_AT = 64
 """Groups kept before idle ones are looked for and dropped."""
@@ -69,11 +83,11 @@ _SWEEP_AT = 64
 
 @dataclass(slots=True)
 class _Waiter:
-    request: messages.PredictRequest
+    request: Request
     rows: int
     deadline: float
     metadata: Metadata
-    future: asyncio.Future[messages.PredictResponse]
+    future: asyncio.Future[Response]
 
 
 @dataclass(slots=True)
@@ -124,14 +138,21 @@ class _Group:
         )
 
 
-def batch_key(
-    addresses: Sequence[str], request: messages.PredictRequest
-) -> tuple[Key, int] | None:
+def batch_key(addresses: Sequence[str], request: Request) -> tuple[Key, int] | None:
     """What a request must share with others to merge, and its row count.
 
     None when it cannot merge: no inputs, a scalar input, an unknown rank, or
     inputs whose leading dimensions differ.
     """
+    if isinstance(request, ArrayRequest):
+        layout_rows = array_layout(request.inputs)
+        if layout_rows is None:
+            return None
+        arrays_layout, rows = layout_rows
+        return _spec_key(addresses, request.model_spec, request.output_filter) + (
+            "arrays",
+            arrays_layout,
+        ), rows
     rows = -1
     layout: list[object] = []
     inputs = request.inputs
@@ -150,18 +171,25 @@ def batch_key(
         layout.append((name, tensor.dtype, trailing))
     if rows == -1:
         return None
-    spec = request.model_spec
+    key = _spec_key(addresses, request.model_spec, request.output_filter) + (
+        "protos",
+        tuple(layout),
+    )
+    return key, rows
+
+
+def _spec_key(
+    addresses: Sequence[str], spec: messages.ModelSpec, output_filter: Sequence[str]
+) -> Key:
     version = spec.version.value if spec.HasField("version") else None
-    key: Key = (
+    return (
         tuple(addresses),
         spec.name,
         version,
         spec.version_label,
         spec.signature_name,
-        tuple(request.output_filter),
-        tuple(layout),
+        tuple(output_filter),
     )
-    return key, rows
 
 
 def _row_size(tensor: messages.TensorProto) -> int:
@@ -324,27 +352,57 @@ class Coalescer:
         self._groups: dict[Key, _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @overload
     async def predict(
         self,
         addresses: Sequence[str],
         request: messages.PredictRequest,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.PredictResponse:
-        """The backend's answer to `request`, possibly from a merged call.
+    ) -> messages.PredictResponse: ...
+
+    @overload
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: ArrayRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> ArrayResponse: ...
+
+    @overload
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: Request,
+        deadline: float,
+        metadata: Metadata,
+    ) -> Response: ...
+
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: Request,
+        deadline: float,
+        metadata: Metadata,
+    ) -> Response:
+        """The backend's answer to `request`, possibly from a merged call; of the
+        request's kind (an `ArrayResponse` for an `ArrayRequest`).
 
         Raises:
             GatewayError: as `BackendClient.predict`; DeadlineExceeded when the
-                deadline passes while waiting.
+                deadline passes while waiting; InvalidInput when arrays cannot
+                be encoded.
+            ProtocolError: the backend's answer cannot be decoded into arrays.
         """
         keyed = batch_key(addresses, request) if self._max_rows > 1 else None
         if keyed is None:
-            return await self._client.predict(addresses, request, deadline, metadata)
+            return await self._call(addresses, request, deadline, metadata)
         key, rows = keyed
         group = self._groups.get(key)
         limit = self._max_rows if group is None else group.max_rows
         if limit <= 1 or rows >= limit:
-            return await self._client.predict(addresses, request, deadline, metadata)
+            return await self._call(addresses, request, deadline, metadata)
         now = time.monotonic()
         if group is None:
             if len(self._groups) >= _SWEEP_AT:
@@ -359,15 +417,11 @@ class Coalescer:
         ):
             group.in_flight += 1
             try:
-                return await self._client.predict(
-                    addresses, request, deadline, metadata
-                )
+                return await self._call(addresses, request, deadline, metadata)
             finally:
                 group.answered(1, now)
                 self._release(group)
-        future: asyncio.Future[messages.PredictResponse] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         group.waiting.append(_Waiter(request, rows, deadline, metadata, future))
         group.waiting_rows += rows
         self._dispatch(group)
@@ -451,13 +505,28 @@ class Coalescer:
         if group.idle(time.monotonic()) and group.max_rows == self._max_rows:
             self._groups.pop(group.key, None)
 
+    async def _call(
+        self,
+        addresses: Sequence[str],
+        request: Request,
+        deadline: float,
+        metadata: Metadata,
+    ) -> Response:
+        """One backend call for one request, answered in the request's kind."""
+        if not isinstance(request, ArrayRequest):
+            return await self._client.predict(addresses, request, deadline, metadata)
+        response = await self._client.predict(
+            addresses, _encoded(request), deadline, metadata
+        )
+        return ArrayResponse.from_proto(response)
+
     async def _one(self, group: _Group, waiter: _Waiter) -> bool:
         """Serve one caller on its own; True when it got an answer."""
         try:
-            response = await self._client.predict(
+            response = await self._call(
                 group.addresses, waiter.request, waiter.deadline, waiter.metadata
             )
-        except GatewayError as exc:
+        except (GatewayError, ProtocolError) as exc:
             if not waiter.future.done():
                 waiter.future.set_exception(exc)
             return False
@@ -470,10 +539,14 @@ class Coalescer:
         return all(results)
 
     async def _merged(self, group: _Group, batch: list[_Waiter]) -> None:
+        requests = [waiter.request for waiter in batch]
+        rows = [waiter.rows for waiter in batch]
+        arrays = isinstance(requests[0], ArrayRequest)
         try:
-            merged = merge_requests(
-                [waiter.request for waiter in batch], [w.rows for w in batch]
-            )
+            if arrays:
+                merged = merge_arrays(_array_requests(requests)).to_proto()
+            else:
+                merged = merge_requests(_proto_requests(requests), rows)
         except ProtocolError:
             await self._one_by_one(group, batch)
             return
@@ -504,8 +577,14 @@ class Coalescer:
         except GatewayError as exc:
             self._fail(batch, exc)
             return
+        parts: list[Response] | None = None
         try:
-            parts = split_response(response, [waiter.rows for waiter in batch])
+            if arrays:
+                split = split_arrays(ArrayResponse.from_proto(response), rows)
+                parts = None if split is None else list[Response](split)
+            else:
+                pieces = split_response(response, rows)
+                parts = None if pieces is None else list[Response](pieces)
         except ProtocolError:
             parts = None
         if parts is None:
@@ -525,3 +604,20 @@ class Coalescer:
         for waiter in batch:
             if not waiter.future.done():
                 waiter.future.set_exception(exc)
+
+
+def _encoded(request: ArrayRequest) -> messages.PredictRequest:
+    try:
+        return request.to_proto()
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+
+
+def _array_requests(requests: Sequence[Request]) -> list[ArrayRequest]:
+    return [request for request in requests if isinstance(request, ArrayRequest)]
+
+
+def _proto_requests(requests: Sequence[Request]) -> list[messages.PredictRequest]:
+    return [
+        request for request in requests if isinstance(request, messages.PredictRequest)
+    ]

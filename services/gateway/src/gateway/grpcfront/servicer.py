@@ -145,6 +145,8 @@ class PredictionProxy(PredictionServiceServicer):
                 lambda _signatures: request,
                 needs_signatures=False,
             )
+            # A proto request is answered with a proto.
+            assert isinstance(response, messages.PredictResponse)
             return response
 
         return await self._front.serve(

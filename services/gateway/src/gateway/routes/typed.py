@@ -434,6 +434,8 @@ class TypedEndpoints:
             lambda _signatures: request,
             needs_signatures=False,
         )
+        # A proto request is answered with a proto.
+        assert isinstance(response, messages.PredictResponse)
         version = (
             response.model_spec.version.value
             if response.model_spec.HasField("version")

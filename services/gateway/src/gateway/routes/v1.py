@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 
 from servekit_protocol import json_codec, messages
-from servekit_protocol.tensors import from_ndarray, to_ndarray
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.dataplane import CallContext, SignatureSet
+from gateway.clients.arrays import ArrayRequest
+from gateway.dataplane import CallContext, SignatureSet, output_arrays
 from gateway.errors import InvalidInput
 from gateway.routes.handling import (
     JSON,
@@ -113,20 +113,17 @@ async def _predict(
     gateway = gateway_of(request)
     formats: list[json_codec.RequestFormat] = []
 
-    def encode(signatures: SignatureSet | None) -> messages.PredictRequest:
+    def encode(signatures: SignatureSet | None) -> ArrayRequest:
         assert signatures is not None
         parsed = json_codec.parse_predict_request(body, signatures.input_specs)
         formats.append(parsed.format)
-        predict = messages.PredictRequest()
+        request = ArrayRequest(parsed.inputs)
         if parsed.signature_name:
-            predict.model_spec.signature_name = parsed.signature_name
-        inputs = predict.inputs
-        for name, array in parsed.inputs.items():
-            from_ndarray(array, into=inputs[name])
-        return predict
+            request.model_spec.signature_name = parsed.signature_name
+        return request
 
     response, _ = await gateway.predict(ctx, model, version, label, encode)
-    outputs = {name: to_ndarray(tensor) for name, tensor in response.outputs.items()}
+    outputs = output_arrays(response)
     return _bytes_response(json_codec.format_predict_response(outputs, formats[-1]))
 
 

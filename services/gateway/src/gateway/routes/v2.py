@@ -12,19 +12,25 @@ from typing import Any
 
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
-from servekit_protocol.tensors import from_ndarray, numpy_dtype, to_ndarray, to_shape
+from servekit_protocol.tensors import numpy_dtype, to_shape
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import gateway
+from gateway.clients.arrays import ArrayRequest
 from gateway.codecs.v2 import (
     format_infer_response,
     parse_infer_request,
     tensor_metadata,
     v2_datatype,
 )
-from gateway.dataplane import DEFAULT_SIGNATURE, CallContext, SignatureSet
+from gateway.dataplane import (
+    DEFAULT_SIGNATURE,
+    CallContext,
+    SignatureSet,
+    output_arrays,
+)
 from gateway.errors import InvalidInput
 from gateway.routes.handling import (
     authorize,
@@ -159,7 +165,7 @@ async def infer(request: Request) -> Response:
         )
         parsed_holder: list[Any] = []
 
-        def encode(signatures: SignatureSet | None) -> messages.PredictRequest:
+        def encode(signatures: SignatureSet | None) -> ArrayRequest:
             wanted = (
                 signatures.input_dtypes(signature_name)
                 if signatures is not None
@@ -167,29 +173,21 @@ async def infer(request: Request) -> Response:
             )
             parsed = parse_infer_request(body, wanted)
             parsed_holder[:] = [parsed]
-            predict = messages.PredictRequest()
+            request = ArrayRequest(
+                dict(parsed.inputs), output_filter=tuple(parsed.outputs or ())
+            )
             if isinstance(signature_name, str) and signature_name:
-                predict.model_spec.signature_name = signature_name
-            try:
-                for name, array in parsed.inputs.items():
-                    from_ndarray(array, into=predict.inputs[name])
-            except ProtocolError as exc:
-                raise InvalidInput(exc.message) from exc
-            if parsed.outputs:
-                predict.output_filter.extend(parsed.outputs)
-            return predict
+                request.model_spec.signature_name = signature_name
+            return request
 
         response, _ = await gw.predict(ctx, model, version, label, encode)
         parsed = parsed_holder[0]
-        names = parsed.outputs or sorted(response.outputs)
         try:
-            outputs = {
-                name: to_ndarray(response.outputs[name])
-                for name in names
-                if name in response.outputs
-            }
+            answered = output_arrays(response)
         except ProtocolError as exc:
             raise InvalidInput(exc.message) from exc
+        names = parsed.outputs or sorted(answered)
+        outputs = {name: answered[name] for name in names if name in answered}
         return json_response(
             format_infer_response(
                 model,

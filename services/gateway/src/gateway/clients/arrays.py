@@ -1,0 +1,125 @@
+"""Predict calls whose tensors stay numpy arrays until the backend call.
+
+The REST adapters parse JSON into arrays and answer from arrays. Going through
+protos for each caller (a TensorProto per input, merged protos, the merged answer
+split into protos, each decoded again) cost about 50 µs a request when 32 callers
+share a call; concatenating the callers' arrays, encoding them once and slicing the
+decoded answer costs about 3 µs. gRPC callers already hold protos and keep them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from servekit_protocol import messages
+from servekit_protocol.tensors import from_ndarray, to_ndarray
+
+Array = np.ndarray[Any, Any]
+
+
+@dataclass(slots=True)
+class ArrayRequest:
+    """A PredictRequest with its inputs as arrays; `model_spec` is routed as usual."""
+
+    inputs: dict[str, Array]
+    model_spec: messages.ModelSpec = field(default_factory=messages.ModelSpec)
+    output_filter: tuple[str, ...] = ()
+
+    def to_proto(self) -> messages.PredictRequest:
+        """The request as the backend receives it.
+
+        Raises:
+            ProtocolError: an array cannot be encoded (e.g. an unsupported dtype).
+        """
+        request = messages.PredictRequest()
+        request.model_spec.CopyFrom(self.model_spec)
+        request.output_filter.extend(self.output_filter)
+        inputs = request.inputs
+        for name, array in self.inputs.items():
+            from_ndarray(array, into=inputs[name])
+        return request
+
+    def copy(self) -> ArrayRequest:
+        """Another request with the same (shared, never modified) arrays."""
+        spec = messages.ModelSpec()
+        spec.CopyFrom(self.model_spec)
+        return ArrayRequest(dict(self.inputs), spec, self.output_filter)
+
+
+@dataclass(slots=True)
+class ArrayResponse:
+    """A PredictResponse with its outputs decoded."""
+
+    model_spec: messages.ModelSpec
+    outputs: dict[str, Array]
+
+    @classmethod
+    def from_proto(cls, response: messages.PredictResponse) -> ArrayResponse:
+        """Decode every output.
+
+        Raises:
+            ProtocolError: an output cannot be decoded.
+        """
+        return cls(
+            response.model_spec,
+            {name: to_ndarray(tensor) for name, tensor in response.outputs.items()},
+        )
+
+
+def array_layout(inputs: Mapping[str, Array]) -> tuple[tuple[object, ...], int] | None:
+    """What merging needs equal (names, dtypes, trailing dimensions) and the rows.
+
+    None when the inputs cannot merge: none, a scalar, or leading dimensions
+    that differ.
+    """
+    rows = -1
+    layout: list[object] = []
+    for name in sorted(inputs):
+        array = inputs[name]
+        shape = array.shape
+        if not shape or shape[0] < 1 or (rows != -1 and shape[0] != rows):
+            return None
+        rows = shape[0]
+        layout.append((name, array.dtype.str, shape[1:]))
+    if rows == -1:
+        return None
+    return tuple(layout), rows
+
+
+def merge_arrays(requests: Sequence[ArrayRequest]) -> ArrayRequest:
+    """One request whose inputs are the given ones concatenated along axis 0."""
+    first = requests[0]
+    return ArrayRequest(
+        {
+            name: np.concatenate([request.inputs[name] for request in requests])
+            for name in first.inputs
+        },
+        first.model_spec,
+        first.output_filter,
+    )
+
+
+def split_arrays(
+    response: ArrayResponse, rows: Sequence[int]
+) -> list[ArrayResponse] | None:
+    """Each caller's rows (views, not copies); None when an output does not lead
+    with the merged batch size."""
+    total = sum(rows)
+    outputs = response.outputs
+    if any(not array.shape or array.shape[0] != total for array in outputs.values()):
+        return None
+    answers: list[ArrayResponse] = []
+    start = 0
+    for count in rows:
+        end = start + count
+        answers.append(
+            ArrayResponse(
+                response.model_spec,
+                {name: array[start:end] for name, array in outputs.items()},
+            )
+        )
+        start = end
+    return answers
