@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import cast, overload
 
 import grpc
 import numpy as np
@@ -541,12 +541,8 @@ class Coalescer:
     async def _merged(self, group: _Group, batch: list[_Waiter]) -> None:
         requests = [waiter.request for waiter in batch]
         rows = [waiter.rows for waiter in batch]
-        arrays = isinstance(requests[0], ArrayRequest)
         try:
-            if arrays:
-                merged = merge_arrays(_array_requests(requests)).to_proto()
-            else:
-                merged = merge_requests(_proto_requests(requests), rows)
+            merged = _merge(requests, rows)
         except ProtocolError:
             await self._one_by_one(group, batch)
             return
@@ -577,14 +573,8 @@ class Coalescer:
         except GatewayError as exc:
             self._fail(batch, exc)
             return
-        parts: list[Response] | None = None
         try:
-            if arrays:
-                split = split_arrays(ArrayResponse.from_proto(response), rows)
-                parts = None if split is None else list[Response](split)
-            else:
-                pieces = split_response(response, rows)
-                parts = None if pieces is None else list[Response](pieces)
+            parts = _split(response, rows, arrays=isinstance(requests[0], ArrayRequest))
         except ProtocolError:
             parts = None
         if parts is None:
@@ -613,11 +603,25 @@ def _encoded(request: ArrayRequest) -> messages.PredictRequest:
         raise InvalidInput(exc.message) from exc
 
 
-def _array_requests(requests: Sequence[Request]) -> list[ArrayRequest]:
-    return [request for request in requests if isinstance(request, ArrayRequest)]
+def _merge(requests: Sequence[Request], rows: Sequence[int]) -> messages.PredictRequest:
+    """The backend request of a batch; a batch is of one kind (its key says which).
+
+    Raises:
+        ProtocolError: a tensor cannot be decoded or encoded.
+    """
+    if isinstance(requests[0], ArrayRequest):
+        return merge_arrays(cast("Sequence[ArrayRequest]", requests)).to_proto()
+    return merge_requests(cast("Sequence[messages.PredictRequest]", requests), rows)
 
 
-def _proto_requests(requests: Sequence[Request]) -> list[messages.PredictRequest]:
-    return [
-        request for request in requests if isinstance(request, messages.PredictRequest)
-    ]
+def _split(
+    response: messages.PredictResponse, rows: Sequence[int], *, arrays: bool
+) -> Sequence[Response] | None:
+    """Each caller's share of a merged answer, in the callers' kind.
+
+    Raises:
+        ProtocolError: an output cannot be decoded.
+    """
+    if arrays:
+        return split_arrays(ArrayResponse.from_proto(response), rows)
+    return split_response(response, rows)

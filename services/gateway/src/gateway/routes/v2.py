@@ -174,7 +174,7 @@ async def infer(request: Request) -> Response:
             parsed = parse_infer_request(body, wanted)
             parsed_holder[:] = [parsed]
             request = ArrayRequest(
-                dict(parsed.inputs), output_filter=tuple(parsed.outputs or ())
+                parsed.inputs, output_filter=tuple(parsed.outputs or ())
             )
             if isinstance(signature_name, str) and signature_name:
                 request.model_spec.signature_name = signature_name
