@@ -56,8 +56,8 @@ def _pinning(options: BenchOptions) -> str:
         return "none (--no-pin): load generators and servers share every CPU"
     return (
         f"load generators on CPU {options.load_cpu}; every server (model servers, "
-        f"gateway, MLServer and its workers, FastAPI, trivial gRPC server) and the "
-        f"in-process measurement on CPU {options.server_cpu}. The gateway shares "
+        "gateway, bare relays, MLServer and its workers, FastAPI, trivial gRPC "
+        f"server) and the in-process measurement on CPU {options.server_cpu}. The gateway shares "
         f"CPU {options.server_cpu} with the model server behind it and the direct "
         "runs use the same CPU, so both sides of the gateway comparison get one core "
         "for the whole serving path"

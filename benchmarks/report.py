@@ -20,6 +20,7 @@ LABELS = {
     "fastapi": "plain FastAPI",
     "gateway": "gateway → servekit",
     "gateway-unmerged": "gateway → servekit (coalescing off)",
+    "relay": "bare relay → servekit (forwards bytes only)",
     "grpc-ceiling": "trivial gRPC server",
 }
 SYSTEM_ORDER = tuple(LABELS)
@@ -219,6 +220,20 @@ def target_checks(
                         "≤ 1 ms",
                         added <= 1.0,
                         f"direct {_median_of(direct, 'p50_ms'):.2f} ms",
+                    )
+                )
+            relay = _rounds(runs, model, protocol, "relay", low)
+            relay_pairs = _pairs(relay, direct, "p50_ms")
+            if relay_pairs:
+                floor = paired_difference(relay_pairs)
+                checks.append(
+                    TargetCheck(
+                        f"{model} {name} ×{low}: bare relay added p50 (the hop's "
+                        "own cost, for reference)",
+                        floor,
+                        "ms+",
+                        "–",
+                        None,
                     )
                 )
             for system, what in (

@@ -25,6 +25,7 @@ SYSTEMS = (
     "fastapi",
     "gateway",
     "gateway-unmerged",
+    "relay",
     "inprocess",
     "grpc-ceiling",
 )

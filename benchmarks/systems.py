@@ -265,7 +265,7 @@ def _start_model_servers(
     started: dict[str, dict[str, _Pending]] = {}
     for system, batching in (("servekit", False), ("servekit-batching", True)):
         behind_gateway = system == options.gateway_backend and any(
-            options.wants(name) for name in GATEWAY_SYSTEMS
+            options.wants(name) for name in FRONT_SYSTEMS
         )
         if not (options.wants(system) or behind_gateway):
             continue
@@ -292,6 +292,8 @@ def _start_model_servers(
 
 
 GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged")
+"""Systems that forward to the gateway backend (the relay too)."""
+FRONT_SYSTEMS = (*GATEWAY_SYSTEMS, "relay")
 
 
 def _start_gateway(
@@ -340,6 +342,42 @@ def _start_gateway(
             GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
         )
     return item
+
+
+def _start_relays(
+    options: BenchOptions,
+    models: list[ModelPayloads],
+    processes: ProcessSet,
+    backends: dict[str, _Pending],
+) -> list[_Pending]:
+    """One bare relay per model, in front of that model's server."""
+    started: list[_Pending] = []
+    for model in models:
+        backend = backends[model.name]
+        http_port, grpc_port = free_port(), free_port()
+        process = processes.start(
+            f"relay-{model.name}",
+            [sys.executable, "-m", "benchmarks.relay"]
+            + ["--backend", backend.address, "--request", str(model.tfs_grpc)]
+            + ["--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+            cpu=options.server_cpu,
+            cwd=REPO_ROOT,
+        )
+        url = f"http://127.0.0.1:{http_port}/v1/models/{model.name}:predict"
+        item = _Pending(
+            process,
+            {model.name: http_post_succeeds(url, model.tfs_rest.read_bytes())},
+            backends={model.name: backend},
+        )
+        item.scenarios += _scenarios(
+            model.name,
+            "relay",
+            options.protocols,
+            HttpTarget(url, model.tfs_rest),
+            GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
+        )
+        started.append(item)
+    return started
 
 
 def _start_mlservers(
@@ -482,6 +520,17 @@ def _start_all(
             _start_gateway(
                 options, models, processes, servers[options.gateway_backend], name
             )
+        )
+    if options.wants("relay"):
+        pending += _start_relays(
+            options, models, processes, servers[options.gateway_backend]
+        )
+        deployment.notes.append(
+            "The bare relay (one per model) forwards each request to the same "
+            "model server as the gateway: on REST it sends the model's ready-made "
+            "PredictRequest and answers the reply's size, on gRPC it passes the "
+            "bytes through; no parsing, routing, auth, metrics or logs. Its added "
+            "p50 is the cost of the REST→gRPC or gRPC→gRPC hop itself."
         )
     deployment.notes.append(
         "Each servekit model server process serves one model, as deployed."

@@ -114,6 +114,7 @@ def sample_runs() -> list[RunResult]:
             run("servekit-batching", 1, rnd, 80, 12.5, 14),
             run("gateway", 1, rnd, 85, 11.0 + 0.1 * rnd, 15),
             run("gateway", 32, rnd, 1300, 25, 45),
+            run("relay", 1, rnd, 88, 13.0 + 0.2 * rnd, 15),
         ]
     return runs
 
@@ -152,6 +153,12 @@ def test_target_checks_compare_with_the_best_mlserver_configuration() -> None:
     gateway_rps = checks["tabular REST ×32: gateway / direct throughput"]
     assert gateway_rps.value == pytest.approx(1300 / 1500)
     assert gateway_rps.met is True
+    relay = checks[
+        "tabular REST ×1: bare relay added p50 (the hop's own cost, for reference)"
+    ]
+    # Per round: 13.2 - 12.5 and 13.4 - 12.5; a reference, not a target.
+    assert relay.value == pytest.approx(0.8)
+    assert relay.met is None
     assert not any(name.startswith("digits") for name in checks)
 
 

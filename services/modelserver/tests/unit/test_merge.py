@@ -85,3 +85,15 @@ def test_split_refuses_outputs_without_the_batch_dimension() -> None:
         split_outputs({"total": np.array(3.0)}, [1, 1], 2)
     with pytest.raises(InternalError, match="0th dimension"):
         split_outputs({"total": np.arange(3.0)}, [1, 1], 2)
+
+
+def test_split_hands_a_lone_caller_every_output_and_still_checks_them() -> None:
+    outputs = {"y": np.arange(3.0), "z": np.arange(6.0).reshape(3, 2)}
+    [only] = split_outputs(outputs, [3], 3)
+    assert only["y"].tolist() == [0, 1, 2]
+    assert only["z"].shape == (3, 2)
+    # Padding rows are still dropped for a lone caller.
+    [padded] = split_outputs(outputs, [2], 3)
+    assert padded["y"].tolist() == [0, 1]
+    with pytest.raises(InternalError, match="0th dimension"):
+        split_outputs({"total": np.array(3.0)}, [1], 1)
