@@ -292,8 +292,8 @@ def _start_model_servers(
 
 
 GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged")
-"""Systems that forward to the gateway backend (the relay too)."""
 FRONT_SYSTEMS = (*GATEWAY_SYSTEMS, "relay")
+"""Systems in front of the gateway backend, which must run when any of them does."""
 
 
 def _start_gateway(
