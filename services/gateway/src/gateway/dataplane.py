@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from servekit_protocol import json_codec, messages
 from servekit_protocol.errors import ProtocolError
-from servekit_protocol.tensors import numpy_dtype, to_ndarray
+from servekit_protocol.tensors import numpy_dtype
 
 from gateway.clients.arrays import Array, ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, BackendPool
@@ -152,7 +152,7 @@ def output_arrays(response: Response) -> dict[str, Array]:
     """
     if isinstance(response, ArrayResponse):
         return response.outputs
-    return {name: to_ndarray(tensor) for name, tensor in response.outputs.items()}
+    return ArrayResponse.from_proto(response).outputs
 
 
 def outputs_agree(first: Response, second: Response) -> bool:

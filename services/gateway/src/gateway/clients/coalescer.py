@@ -476,8 +476,12 @@ class Coalescer:
 
     def _forget_idle(self, now: float) -> None:
         for key, group in list(self._groups.items()):
-            if group.idle(now) and group.max_rows == self._max_rows:
+            if self._forgettable(group, now):
                 del self._groups[key]
+
+    def _forgettable(self, group: _Group, now: float) -> bool:
+        """Idle, and with nothing to remember (its row limit is the default)."""
+        return group.idle(now) and group.max_rows == self._max_rows
 
     async def _serve(self, group: _Group, batch: list[_Waiter]) -> None:
         started = time.monotonic()
@@ -502,7 +506,7 @@ class Coalescer:
         """One call of the group ended: send what waits, forget an idle group."""
         group.in_flight -= 1
         self._dispatch(group)
-        if group.idle(time.monotonic()) and group.max_rows == self._max_rows:
+        if self._forgettable(group, time.monotonic()):
             self._groups.pop(group.key, None)
 
     async def _call(

@@ -472,14 +472,15 @@ def _to_text_array(value: Tensor) -> Tensor:
     if kind in "SO":
         # A comprehension over the values is several times faster than
         # np.char.decode at every batch size (about 3 against 19 µs for one row).
-        text = np.empty(value.shape, dtype=object)
-        text.ravel()[:] = [
-            item.decode("utf-8", errors="replace")
-            if isinstance(item, bytes)
-            else str(item)
-            for item in value.ravel().tolist()
-        ]
-        return text
+        return _object_array(
+            [
+                item.decode("utf-8", errors="replace")
+                if isinstance(item, bytes)
+                else str(item)
+                for item in value.ravel().tolist()
+            ],
+            value.shape,
+        )
     return value.astype(str).astype(object)
 
 
@@ -492,17 +493,23 @@ def _to_bytes_array(value: Tensor) -> Tensor:
     if kind not in "OU":
         # numpy's own text form of numbers (e.g. float32 0.1 as "0.1").
         return np.char.encode(value.astype(str), "utf-8").astype(object)
-    encoded = np.empty(value.shape, dtype=object)
-    encoded.ravel()[:] = [str(item).encode() for item in value.ravel().tolist()]
-    return encoded
+    return _object_array(
+        [str(item).encode() for item in value.ravel().tolist()], value.shape
+    )
 
 
 def _column_array(values: list[Any]) -> Tensor:
     if values and isinstance(values[0], bytes | str):
-        column = np.empty(len(values), dtype=object)
-        column[:] = values
-        return column
+        return _object_array(values, (len(values),))
     return np.asarray(values)
+
+
+def _object_array(items: list[Any], shape: tuple[int, ...]) -> Tensor:
+    # Filled through a flat view: np.array(items) would turn text into a
+    # fixed-width "U"/"S" array, not the Python objects sklearn is given.
+    array = np.empty(shape, dtype=object)
+    array.ravel()[:] = items
+    return array
 
 
 def _rows(call: PreparedCall) -> int:
