@@ -5,6 +5,13 @@ of the example row; for a SavedModel, its ``serving_default`` signature on ready
 tensors. Each batch size is called in a loop for a fixed time after a warm-up; the
 per-call latencies and rows per second are printed as one JSON line.
 
+Each batch size is measured twice. ``results`` runs under the model server's
+warning filters (``modelserver.warning_filters``), so the served latency minus this
+one is what serving adds to the same call. ``process_filters`` runs under the
+filters this process's imports left, as a plain script calls the model; for a
+scikit-learn forest that is slower, because every joblib task re-installs every
+filter.
+
 Run pinned to the servers' core: ``python -m benchmarks.inprocess --registry R
 --model NAME --seconds S --batch-sizes 1,32``.
 """
@@ -88,6 +95,7 @@ def measure_model(
 ) -> dict[str, Any]:
     """Latency and rows/s of direct calls at each batch size."""
     from modelregistry import Registry
+    from modelserver import warning_filters
 
     registry = Registry(registry_root)
     version = registry.resolve(model)
@@ -95,22 +103,38 @@ def measure_model(
     version_dir = registry.version_dir(model, version)
     row = example_row(manifest)
     factory = sklearn_call if manifest.framework == "sklearn" else tensorflow_call
-    results = []
-    for batch in batch_sizes:
-        call = factory(version_dir, manifest, row, batch)
-        latencies = timed_calls(call, seconds, warmup_s)
-        summary = summarize_nanoseconds(latencies)
-        results.append(
-            {
-                "batch": batch,
-                "calls": summary.count,
-                "p50_ms": summary.p50_ms,
-                "p99_ms": summary.p99_ms,
-                "mean_ms": summary.mean_ms,
-                "rows_per_s": batch * summary.count / (sum(latencies) / 1e9),
-            }
-        )
-    return {"model": model, "framework": manifest.framework, "results": results}
+    calls = [factory(version_dir, manifest, row, batch) for batch in batch_sizes]
+    process_filters = [
+        timed_entry(call, batch, seconds, warmup_s)
+        for call, batch in zip(calls, batch_sizes, strict=True)
+    ]
+    warning_filters.install()
+    results = [
+        timed_entry(call, batch, seconds, warmup_s)
+        for call, batch in zip(calls, batch_sizes, strict=True)
+    ]
+    return {
+        "model": model,
+        "framework": manifest.framework,
+        "results": results,
+        "process_filters": process_filters,
+    }
+
+
+def timed_entry(
+    call: Callable[[], Any], batch: int, seconds: float, warmup_s: float
+) -> dict[str, Any]:
+    """One batch size's summary: calls, p50/p99/mean ms and rows per second."""
+    latencies = timed_calls(call, seconds, warmup_s)
+    summary = summarize_nanoseconds(latencies)
+    return {
+        "batch": batch,
+        "calls": summary.count,
+        "p50_ms": summary.p50_ms,
+        "p99_ms": summary.p99_ms,
+        "mean_ms": summary.mean_ms,
+        "rows_per_s": batch * summary.count / (sum(latencies) / 1e9),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

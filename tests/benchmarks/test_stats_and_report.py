@@ -9,6 +9,7 @@ import pytest
 from benchmarks.cpuload import busy_fractions, parse_pid_stat, parse_proc_stat
 from benchmarks.report import (
     Report,
+    render_inprocess_table,
     render_load_table,
     render_markdown,
     target_checks,
@@ -228,3 +229,23 @@ def test_server_cpu_per_request_is_reported_in_milliseconds() -> None:
     assert measured.server_cpu_ms_per_request == pytest.approx(2.5)
     (cell,) = aggregate([measured], server_cpu=1)
     assert cell.server_cpu_ms_per_request == pytest.approx(2.5)
+
+
+def test_inprocess_table_shows_both_warning_filter_settings() -> None:
+    table = render_inprocess_table(
+        {
+            "tabular": {
+                "results": [
+                    {"batch": 1, "p50_ms": 15.4, "p99_ms": 16.2, "rows_per_s": 64.0}
+                ],
+                "process_filters": [{"batch": 1, "p50_ms": 17.6}],
+            },
+            "digits": {
+                "results": [
+                    {"batch": 1, "p50_ms": 0.28, "p99_ms": 0.4, "rows_per_s": 3500.0}
+                ]
+            },
+        }
+    )
+    assert "| tabular | 1 | 15.400 | 16.200 | 64 | 17.600 |" in table
+    assert "| digits | 1 | 0.280 | 0.400 | 3,500 | – |" in table

@@ -44,6 +44,7 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 MAX_BATCH_SIZE = 8
 MAX_ENQUEUED_BATCHES = 2
 SLOW_SECONDS = 0.4
+SLOW_WARNING = "the slow step warns on every call"
 
 
 def config_text(registry: Path, names: tuple[str, ...]) -> str:
@@ -62,7 +63,9 @@ def config_text(registry: Path, names: tuple[str, ...]) -> str:
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serving") / "registry"
     publish_linear_pipeline(root, "linear", offset=1.0)
-    publish_linear_pipeline(root, "slow", offset=2.0, sleep_seconds=SLOW_SECONDS)
+    publish_linear_pipeline(
+        root, "slow", offset=2.0, sleep_seconds=SLOW_SECONDS, warning=SLOW_WARNING
+    )
     publish_linear_pipeline(root, "extra", offset=4.0)
     return root
 
@@ -289,6 +292,29 @@ def test_logs_are_json_lines_with_request_ids(server: ModelServer) -> None:
     assert by_id["log-1"]["protocol"] == "rest"
     assert by_id["log-1"]["model"] == "missing"
     assert by_id["log-2"]["protocol"] == "grpc"
+
+
+def test_warnings_from_model_code_are_json_lines(server: ModelServer) -> None:
+    # "slow"'s step warns on every call: in warmup and in each of these requests.
+    with httpx.Client(base_url=server.rest_url, timeout=30) as client:
+        for _ in range(3):
+            answer = client.post(
+                "/v1/models/slow:predict", json={"instances": [{"a": 1.0, "b": 1.0}]}
+            )
+            assert answer.status_code == 200, answer.text
+    warned = [
+        line
+        for line in json_lines(server.process.log_text())
+        if SLOW_WARNING in line["message"]
+    ]
+    assert len(warned) >= 3, warned
+    assert {line["logger"] for line in warned} == {"py.warnings"}
+    assert {line["level"] for line in warned} == {"WARNING"}
+    assert SLOW_WARNING not in "\n".join(
+        line
+        for line in server.process.log_text().splitlines()
+        if not line.startswith("{")
+    )
 
 
 def test_handle_reload_config_request_replaces_the_model_list(

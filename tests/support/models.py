@@ -29,21 +29,25 @@ TFSERVING_TESTDATA = REPO_ROOT.parent / "shared" / "tfserving-testdata"
 SLEEP_STEP_MODULE = "servekit_test_steps"
 _SLEEP_STEP_SOURCE = textwrap.dedent(
     '''
-    """A pipeline step that takes time, to keep requests in flight in tests."""
+    """A pipeline step that takes time (and may warn), to keep requests in flight."""
 
     import time
+    import warnings
 
     from sklearn.base import BaseEstimator, TransformerMixin
 
 
     class Sleep(TransformerMixin, BaseEstimator):
-        def __init__(self, seconds=0.0):
+        def __init__(self, seconds=0.0, warning=""):
             self.seconds = seconds
+            self.warning = warning
 
         def fit(self, X, y=None):
             return self
 
         def transform(self, X):
+            if self.warning:
+                warnings.warn(self.warning, UserWarning, stacklevel=1)
             time.sleep(self.seconds)
             return X
     '''
@@ -102,9 +106,14 @@ def publish_linear_pipeline(
     *,
     offset: float = 1.0,
     sleep_seconds: float = 0.0,
+    warning: str = "",
     version: int | None = None,
 ) -> int:
-    """Publish ``y = 2 a + 3 b + offset`` as a scikit-learn pipeline; return its version."""
+    """Publish ``y = 2 a + 3 b + offset`` as a scikit-learn pipeline; return its version.
+
+    With ``sleep_seconds`` or ``warning``, the custom ``Sleep`` step comes first; it
+    sleeps that long and issues ``warning`` as a ``UserWarning`` on every call.
+    """
     import joblib
     import numpy as np
     import pandas as pd
@@ -119,9 +128,9 @@ def publish_linear_pipeline(
     registry = Registry(registry_root)
     with registry.publish(name, framework="sklearn", version=version) as draft:
         manifest_code: dict[str, Any] = {}
-        if sleep_seconds > 0:
+        if sleep_seconds > 0 or warning:
             sleep_class = _sleep_step_class(draft.path / "code")
-            steps.append(("sleep", sleep_class(seconds=sleep_seconds)))
+            steps.append(("sleep", sleep_class(seconds=sleep_seconds, warning=warning)))
             manifest_code["code_dir"] = "code"
         steps.append(("model", LinearRegression()))
         pipeline = Pipeline(steps).fit(frame, target)

@@ -37,6 +37,7 @@ from typing import Any, NoReturn, Protocol
 
 from pydantic import ValidationError
 
+from modelserver import warning_filters
 from modelserver.observability.logging import configure_logging
 from modelserver.settings import Settings
 
@@ -239,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         logger.error("Failed to start server. Error: %s", exc)
         return EXIT_FAILURE
+    if settings.own_warning_filters:
+        warning_filters.install()
     import uvloop
 
     return uvloop.run(serve(settings))

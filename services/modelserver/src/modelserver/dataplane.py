@@ -124,6 +124,7 @@ class DataPlane:
             inter_op_threads=inter,
             gpu_memory_fraction=settings.per_process_gpu_memory_fraction,
             method_name_check=settings.enable_signature_method_name_check,
+            own_warning_filters=settings.own_warning_filters,
         )
         self._registry = ModelRegistry(
             loader=self._load_version,

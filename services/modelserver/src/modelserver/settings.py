@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     inference_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     """Threads running unbatched inference calls."""
 
+    own_warning_filters: bool = True
+    """Keep the process's warning filters to Python's defaults
+    (:mod:`modelserver.warning_filters`): scikit-learn forests pay for every filter
+    in every call. Off keeps the filters the imports installed."""
+
     @model_validator(mode="after")
     def _read_config_files(self) -> Settings:
         # Imported here because config.py imports this module's models.

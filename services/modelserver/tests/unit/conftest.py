@@ -220,6 +220,8 @@ def _settings_for(config_file: Path, **overrides: Any) -> Settings:
         "max_num_load_retries": 0,
         "file_system_poll_wait_seconds": 0,
         "inference_threads": 2,
+        # pytest's own filters (warnings are errors) stay in force.
+        "own_warning_filters": False,
     }
     values.update(overrides)
     return Settings(**values)

@@ -135,6 +135,8 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
+    # Warnings go through the ``py.warnings`` logger, so they are JSON lines too.
+    logging.captureWarnings(True)
     # uvicorn installs its own handlers unless told otherwise; make its loggers
     # propagate to ours instead so its lines are JSON too.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

@@ -34,6 +34,7 @@ class LoadOptions:
     inter_op_threads: int = 0
     gpu_memory_fraction: float = 0.0
     method_name_check: bool = False
+    own_warning_filters: bool = False
 
 
 def scan_versions(base_path: Path) -> dict[int, Path]:
@@ -83,6 +84,7 @@ def load_runtime(
             path=path,
             manifest=manifest,
             method_name_check=options.method_name_check,
+            own_warning_filters=options.own_warning_filters,
         )
     # TensorFlow is imported only when a SavedModel is actually loaded.
     from modelserver.runtimes.tensorflow import SessionOptions, TensorFlowRuntime

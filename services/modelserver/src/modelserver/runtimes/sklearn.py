@@ -35,6 +35,7 @@ from modelregistry import (
 )
 from servekit_protocol.tensors import data_type_name
 
+from modelserver import warning_filters
 from modelserver.errors import (
     IntegrityFailure,
     InternalError,
@@ -88,9 +89,11 @@ class SklearnRuntime(Runtime):
         manifest: Manifest,
         estimator: Any,
         method_name_check: bool = False,
+        own_warning_filters: bool = False,
     ) -> None:
         self.manifest = manifest
         self.estimator = estimator
+        self._own_warning_filters = own_warning_filters
         self._feature_dtypes: dict[str, str] = {
             feature.name: feature.dtype for feature in manifest.features
         }
@@ -129,6 +132,7 @@ class SklearnRuntime(Runtime):
         path: Path,
         manifest: Manifest,
         method_name_check: bool = False,
+        own_warning_filters: bool = False,
     ) -> SklearnRuntime:
         """Verify and unpickle a version.
 
@@ -159,6 +163,7 @@ class SklearnRuntime(Runtime):
             manifest=manifest,
             estimator=estimator,
             method_name_check=method_name_check,
+            own_warning_filters=own_warning_filters,
         )
 
     def _class_labels(self) -> list[str] | None:
@@ -257,6 +262,9 @@ class SklearnRuntime(Runtime):
     # --- execution ----------------------------------------------------------------
 
     def run(self, call: PreparedCall) -> dict[str, Tensor]:
+        if self._own_warning_filters:
+            # Model code imported at load time may have added filters again.
+            warning_filters.ensure()
         features = self._features(call)
         outputs: dict[str, Tensor] = {}
         probabilities: Tensor | None = None
