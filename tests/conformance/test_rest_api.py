@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import re
 import struct
 from typing import Any
@@ -19,6 +20,7 @@ from tests.conformance.conftest import (
     without_empty_defaults,
 )
 from tests.support.models import linear_target
+from tests.support.modelserver import ModelServer
 
 pytestmark = pytest.mark.integration
 
@@ -502,3 +504,16 @@ def test_request_id_is_generated_when_absent(rest: httpx.Client) -> None:
     second = rest.get("/v1/models/no_such_model").headers["x-request-id"]
     assert re.fullmatch(r"[0-9a-f]{32}", first)
     assert first != second
+
+
+def test_every_log_line_is_json_native_ones_included(
+    conformance_server: ModelServer, rest: httpx.Client
+) -> None:
+    # TensorFlow's C++ logging writes to descriptor 2 itself (start-up notices at
+    # least); the server turns those lines into records of the "native" logger.
+    rest.post("/v1/models/half_plus:predict", json={"instances": [1.0]})
+    lines = conformance_server.process.log_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    native = [record for record in records if record["logger"] == "native"]
+    assert all(record["message"] for record in native)
+    assert any(record["logger"] == "modelserver" for record in records)

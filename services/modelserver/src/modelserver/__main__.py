@@ -12,8 +12,8 @@ are accepted and logged as ignored; the few whose meaning cannot be honoured
 (TLS/ALTS credentials, platform configs) are refused.
 
 servekit extensions: ``--host`` (bind address, default 0.0.0.0 like TF Serving;
-tests pass 127.0.0.1), ``--grpc_max_message_bytes``, ``--inference_threads`` and
-``--log_level``. Every setting can also come from ``MODELSERVER_<FLAG>`` variables.
+tests pass 127.0.0.1), ``--grpc_max_message_bytes``, ``--inference_threads``,
+``--log_level``, ``--json_native_logs`` and ``--own_warning_filters``. Every setting can also come from ``MODELSERVER_<FLAG>`` variables.
 
 Start-up: both servers start first (gRPC health NOT_SERVING, REST answering
 status queries), then the configured models load; once they have, health turns
@@ -38,6 +38,7 @@ from typing import Any, NoReturn, Protocol
 from pydantic import ValidationError
 
 from modelserver import warning_filters
+from modelserver.observability import native_logs
 from modelserver.observability.logging import configure_logging
 from modelserver.settings import Settings
 
@@ -242,9 +243,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     if settings.own_warning_filters:
         warning_filters.install()
+    native_stderr = None
+    if settings.json_native_logs:
+        native_stderr = native_logs.capture()
+        configure_logging(options.log_level, stream=native_stderr.stream)
     import uvloop
 
-    return uvloop.run(serve(settings))
+    try:
+        return uvloop.run(serve(settings))
+    finally:
+        if native_stderr is not None:
+            native_stderr.close()
 
 
 async def serve(settings: Settings) -> int:

@@ -213,6 +213,11 @@ class Settings(BaseSettings):
     (:mod:`modelserver.warning_filters`): scikit-learn forests pay for every filter
     in every call. Off keeps the filters the imports installed."""
 
+    json_native_logs: bool = True
+    """Log what native libraries (TensorFlow, gRPC core) write to stderr as JSON
+    lines of the ``native`` logger (:mod:`modelserver.observability.native_logs`).
+    Off leaves their lines as they are."""
+
     @model_validator(mode="after")
     def _read_config_files(self) -> Settings:
         # Imported here because config.py imports this module's models.
