@@ -70,3 +70,19 @@ def test_writes_to_descriptor_2_are_logged_as_json_lines() -> None:
     ]
     assert native[0]["source"] == "cpu_feature_guard.cc:227"
     assert len(records) + 2 == len(lines)
+
+
+def test_a_crash_still_leaves_its_traceback_on_the_original_stderr() -> None:
+    script = textwrap.dedent(
+        """
+        import faulthandler
+        from modelserver.observability import native_logs
+        native_logs.capture()
+        faulthandler._sigsegv()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "Fatal Python error: Segmentation fault" in done.stderr

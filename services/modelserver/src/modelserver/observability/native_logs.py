@@ -10,12 +10,15 @@ line they continue); Python's own ``sys.stderr``, and with it the JSON handler,
 moves to a duplicate of the original descriptor.
 
 A fatal native error aborts the process, possibly before the thread has read
-its last lines; a normal exit drains the pipe (:meth:`NativeStderr.close`). The
-``json_native_logs`` setting turns the capture off.
+its last lines, so :mod:`faulthandler` is pointed at the original descriptor: a
+crash still leaves its Python traceback there. A normal exit drains the pipe
+(:meth:`NativeStderr.close`). The ``json_native_logs`` setting turns the capture
+off.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import logging
 import os
@@ -117,4 +120,5 @@ def capture() -> NativeStderr:
         io.FileIO(os.dup(original), "w"), encoding="utf-8", line_buffering=True
     )
     sys.stderr = stream
+    faulthandler.enable(file=stream)
     return NativeStderr(original, read_end, stream)
