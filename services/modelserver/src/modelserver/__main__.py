@@ -13,7 +13,8 @@ are accepted and logged as ignored; the few whose meaning cannot be honoured
 
 servekit extensions: ``--host`` (bind address, default 0.0.0.0 like TF Serving;
 tests pass 127.0.0.1), ``--grpc_max_message_bytes``, ``--inference_threads``,
-``--log_level``, ``--json_native_logs`` and ``--own_warning_filters``. Every setting can also come from ``MODELSERVER_<FLAG>`` variables.
+``--log_level``, ``--json_native_logs`` and ``--own_warning_filters``. Every
+setting can also come from ``MODELSERVER_<FLAG>`` variables.
 
 Start-up: both servers start first (gRPC health NOT_SERVING, REST answering
 status queries), then the configured models load; once they have, health turns

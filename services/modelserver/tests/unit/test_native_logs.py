@@ -34,8 +34,18 @@ def test_other_lines_continue_the_previous_level() -> None:
     )
 
 
+def _run_python(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (dedented) in a fresh interpreter; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_writes_to_descriptor_2_are_logged_as_json_lines() -> None:
-    script = textwrap.dedent(
+    done = _run_python(
         """
         import os, sys
         from modelserver.observability import native_logs
@@ -50,13 +60,7 @@ def test_writes_to_descriptor_2_are_logged_as_json_lines() -> None:
         os.write(2, b"after close\\n")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     assert lines[-1] == "after close"
     assert "python's own stderr" in lines
@@ -73,16 +77,13 @@ def test_writes_to_descriptor_2_are_logged_as_json_lines() -> None:
 
 
 def test_a_crash_still_leaves_its_traceback_on_the_original_stderr() -> None:
-    script = textwrap.dedent(
+    done = _run_python(
         """
         import faulthandler
         from modelserver.observability import native_logs
         native_logs.capture()
         faulthandler._sigsegv()
         """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
     assert done.returncode != 0
     assert "Fatal Python error: Segmentation fault" in done.stderr

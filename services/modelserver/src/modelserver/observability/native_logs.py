@@ -102,6 +102,7 @@ class NativeStderr:
         # Once descriptor 2 is the original again, no writer holds the pipe open
         # and the thread reads to its end.
         os.dup2(self._original, 2)
+        os.close(self._original)
         self._thread.join(timeout)
 
 
