@@ -654,6 +654,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         await self.pool.close()
+        self.access_log.flush()
 
 
 def spec_version(spec: messages.ModelSpec) -> tuple[int | None, str | None]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +23,7 @@ from gateway.routes.handling import read_body, reject, replay_body
 from gateway.routes.health import ReadinessCache, health_routes
 from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
 from gateway.routes.typed import TypedEndpoints, validation_summary
-from gateway.routes.v1 import v1_routes
+from gateway.routes.v1 import V1_PREFIX, get_model, post_model, v1_routes
 from gateway.routes.v2 import v2_routes
 from gateway.routing.config import RoutesConfig
 from gateway.routing.router import Router
@@ -41,10 +41,25 @@ class GatewayApp(FastAPI):
     """
 
     fast_routes: list[Route]
+    v1_endpoints: dict[str, Callable[[Request], Awaitable[Response]]]
     max_body_bytes: int
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            path: str = scope["path"]
+            endpoint = (
+                self.v1_endpoints.get(scope["method"])
+                if path.startswith(V1_PREFIX)
+                else None
+            )
+            if endpoint is not None:
+                # The busiest path: TF Serving's verbs follow a colon, so the v1
+                # routes are catch-alls; a prefix test spares their regexes.
+                scope["path_params"] = {"rest": path[len(V1_PREFIX) :]}
+                scope["app"] = self
+                response = await endpoint(Request(scope, receive))
+                await response(scope, receive, send)
+                return
             for route in self.fast_routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
@@ -182,6 +197,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     # v1 first: the busiest path is matched first.
     fast_routes = [*v1_routes(), *v2_routes(), *health_routes()]
     app.fast_routes = fast_routes
+    app.v1_endpoints = {"GET": get_model, "POST": post_model}
     app.max_body_bytes = settings.max_body_bytes
     # Also on the regular router, which answers 405 for a wrong method.
     app.router.routes.extend(fast_routes)

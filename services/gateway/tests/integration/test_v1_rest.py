@@ -110,7 +110,12 @@ def test_request_id_is_returned_and_reaches_the_backend(
     assert response.status_code == generated.status_code == 200
     assert response.headers["x-request-id"] == request_id
     assert len(generated.headers["x-request-id"]) == 32
-    assert request_id in gateway.process.log_text()
+    # Access lines are flushed in batches, a few tens of milliseconds later.
+    wait_until(
+        lambda: request_id in gateway.process.log_text(),
+        timeout=5,
+        what="the request id in the gateway's access log",
+    )
     # The model server logs failed calls with their request id: make one fail.
     failing_id = "gw-test-request-id-0002"
     failed = client.get(

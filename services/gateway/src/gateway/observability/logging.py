@@ -6,6 +6,7 @@ task, so values bound for one request never show up in another's lines.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -115,16 +116,30 @@ class AccessLog:
     """One JSON line per request, in the same shape as the other log lines.
 
     It writes directly instead of going through `logging`, whose record, filter
-    and handler machinery costs several times more than the line itself; on the
-    serving path that difference is a visible share of the gateway's overhead.
+    and handler machinery costs several times more than the line itself. Lines
+    written inside a running event loop are buffered and flushed together at most
+    `flush_seconds` later (or once `max_buffered_bytes` pile up), as nginx's
+    `access_log ... buffer= flush=` does: one write system call per line was a
+    fifth of the gateway's CPU per request under load.
     """
 
-    def __init__(self, stream: BinaryIO | None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO | None,
+        enabled: bool = True,
+        flush_seconds: float = 0.05,
+        max_buffered_bytes: int = 64 * 1024,
+    ) -> None:
         if stream is None:
             stream = sys.stderr.buffer
         self._stream = stream
         self.enabled = enabled
         self._clock = _Clock()
+        self._flush_seconds = flush_seconds
+        self._max_buffered_bytes = max_buffered_bytes
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     def write(self, message: str, **fields: object) -> None:
         entry: dict[str, object] = {
@@ -143,7 +158,30 @@ class AccessLog:
             if value:
                 entry[name] = value
         entry.update(fields)
-        self._stream.write(orjson.dumps(entry, default=str) + b"\n")
+        line = orjson.dumps(entry, default=str) + b"\n"
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= self._max_buffered_bytes:
+            self.flush()
+        elif self._flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flush_handle = loop.call_later(self._flush_seconds, self.flush)
+
+    def flush(self) -> None:
+        """Write every buffered line now (also called at shutdown)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._stream.write(data)
         self._stream.flush()
 
 

@@ -27,6 +27,7 @@ from gateway.routes.handling import (
 )
 
 PROTOCOL = "rest_v1"
+V1_PREFIX = "/v1/models/"
 
 _GET_PATH = re.compile(
     r"(?P<model>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -130,6 +131,6 @@ async def _predict(
 def v1_routes() -> list[Route]:
     """TF Serving's paths put the verb after a colon, so one catch-all per method."""
     return [
-        Route("/v1/models/{rest:path}", get_model, methods=["GET"]),
-        Route("/v1/models/{rest:path}", post_model, methods=["POST"]),
+        Route(V1_PREFIX + "{rest:path}", get_model, methods=["GET"]),
+        Route(V1_PREFIX + "{rest:path}", post_model, methods=["POST"]),
     ]
