@@ -76,6 +76,8 @@ class _Pending:
     ready: set[str] = field(default_factory=set)
     address: str = ""
     """The gRPC address, for a model server."""
+    rest_address: str = ""
+    """The REST address (host:port), for a model server."""
 
 
 def write_model_config(options: BenchOptions, name: str) -> Path:
@@ -279,6 +281,7 @@ def _start_model_servers(
                 {model.name: http_post_succeeds(url, model.tfs_rest.read_bytes())},
             )
             item.address = grpc_address
+            item.rest_address = rest_base.removeprefix("http://")
             if options.wants(system):
                 item.scenarios += _scenarios(
                     model.name,
@@ -318,6 +321,12 @@ def _start_gateway(
         "GATEWAY_GRPC_PORT": str(grpc_port),
         "GATEWAY_REGISTRY": str(options.registry),
         "GATEWAY_FRAMEWORK_BACKENDS": json.dumps(by_framework),
+        "GATEWAY_REST_BACKENDS": json.dumps(
+            {
+                backends[model.name].address: backends[model.name].rest_address
+                for model in models
+            }
+        ),
     }
     if system == "gateway-unmerged":
         environment["GATEWAY_COALESCE_MAX_ROWS"] = "0"
@@ -537,10 +546,12 @@ def _start_all(
     )
     if gateways:
         deployment.notes.append(
-            f"The gateway forwards to {LABELS[options.gateway_backend]} over gRPC "
-            "(the model's own process); all share the server core. It merges concurrent Predict calls of one "
-            "model into one backend call (at most 32 rows, one call in flight); "
-            "the coalescing-off gateway sends every request on its own."
+            f"The gateway forwards to {LABELS[options.gateway_backend]} (the model's "
+            "own process); all share the server core. A REST :predict alone on its "
+            "model goes to the backend's REST API as it came; otherwise requests "
+            "are translated to gRPC and concurrent Predict calls of one model are "
+            "merged into one backend call (at most 32 rows, one call in flight); "
+            "the coalescing-off gateway sends every gRPC call on its own."
         )
     if options.wants("mlserver") or options.wants("mlserver-batching"):
         if mlserver is None:

@@ -115,7 +115,9 @@ def model_server_argv(options: ServeOptions) -> list[str]:
 
 
 def gateway_argv(options: ServeOptions, ready_file: Path) -> list[str]:
-    """The gateway command line: the model server is its default backend."""
+    """The gateway command line: the model server is its default backend (gRPC,
+    and REST for lone v1 predicts)."""
+    backend = _connect_host(options.host)
     return [
         sys.executable,
         "-m",
@@ -124,7 +126,15 @@ def gateway_argv(options: ServeOptions, ready_file: Path) -> list[str]:
         f"--port={options.port}",
         f"--grpc-port={options.grpc_port}",
         f"--registry={options.registry}",
-        f"--default-backend={_connect_host(options.host)}:{options.model_server_port}",
+        f"--default-backend={backend}:{options.model_server_port}",
+        "--rest-backends="
+        + json.dumps(
+            {
+                f"{backend}:{options.model_server_port}": (
+                    f"{backend}:{options.model_server_rest_port}"
+                )
+            }
+        ),
         f"--ready-file={ready_file}",
     ]
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from servekit_protocol import json_codec, messages
@@ -24,6 +25,7 @@ from servekit_protocol.tensors import numpy_dtype
 from gateway.clients.arrays import Array, ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer, Request, Response
+from gateway.clients.http import HttpAnswer
 from gateway.errors import (
     BackendError,
     GatewayError,
@@ -44,6 +46,12 @@ REQUEST_ID_METADATA = "x-request-id"
 DEFAULT_SIGNATURE = "serving_default"
 SHADOW_RTOL = 1e-5
 SHADOW_ATOL = 1e-6
+RECENT_WEIGHT = 0.1
+"""Weight of the newest arrival in the average of REST predicts in flight."""
+QUIET_CONCURRENCY = 0.5
+"""Below this average (and with none in flight), a REST predict is forwarded."""
+QUIET_SECONDS = 1.0
+"""After this long without a REST predict the average starts again from zero."""
 
 
 @dataclass(slots=True)
@@ -211,6 +219,9 @@ class Gateway:
         self._signatures: dict[tuple[Any, ...], _CacheEntry] = {}
         self._pending: dict[tuple[Any, ...], asyncio.Future[SignatureSet]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._rest_predicts = 0
+        self._recent_concurrency = 0.0
+        self._last_rest_predict = 0.0
         self._max_shadow_tasks = max(1, settings.max_in_flight // 2)
         self._in_flight_gauge = metrics.in_flight
 
@@ -464,6 +475,82 @@ class Gateway:
             self._mirror(ctx, plan.shadow, request, response)
         return response, signatures
 
+    @contextlib.contextmanager
+    def predicting(self, plan: Plan) -> Iterator[bool]:
+        """Count a REST predict in flight while the block runs; yields whether to
+        forward it to the backends' REST API as it came.
+
+        That is done when the gateway is quiet (no other REST predict in flight,
+        and few at recent arrivals), every backend of the target has a known REST
+        address and nothing is mirrored (shadow mode compares decoded outputs).
+        Alone, forwarding skips the JSON to gRPC translation and the backend's
+        costlier gRPC path (about a millisecond at one client). Under load the
+        coalescer's merged calls cost the backend far less per request, and a
+        forwarded request would run as a batch of its own beside them; the
+        average over recent arrivals keeps synchronized clients, which all
+        arrive just after a merged answer, from sending the first of each wave
+        alone.
+        """
+        in_flight = self._rest_predicts
+        now = time.monotonic()
+        if now - self._last_rest_predict > QUIET_SECONDS:
+            self._recent_concurrency = 0.0
+        self._last_rest_predict = now
+        self._recent_concurrency += RECENT_WEIGHT * (
+            in_flight - self._recent_concurrency
+        )
+        target = plan.primary
+        rest = self.pool.rest_addresses
+        forward = (
+            in_flight == 0
+            and self._recent_concurrency < QUIET_CONCURRENCY
+            and bool(rest)
+            and plan.shadow is None
+            and all(address in rest for address in target.backends)
+        )
+        self._rest_predicts = in_flight + 1
+        try:
+            yield forward
+        finally:
+            self._rest_predicts -= 1
+
+    async def forward_rest(
+        self, ctx: CallContext, plan: Plan, verb: str, body: bytes
+    ) -> HttpAnswer:
+        """Forward a v1 REST body to the planned target's REST API, unparsed.
+
+        The backend's answer, errors included, is TF Serving's own, so it goes back
+        as it is. A canary label that vanished falls back to stable, as on gRPC.
+
+        Raises:
+            BackendUnavailable, DeadlineExceeded: the backend did not answer.
+        """
+        target = plan.primary
+        answer = await self._forward_rest_to(ctx, target, verb, body)
+        if (
+            target.role == CANARY_ROLE
+            and answer.status in (400, 404)
+            and b"label" in answer.body.lower()
+        ):
+            target = self._stable_fallback(target)
+            ctx.route = target.role
+            answer = await self._forward_rest_to(ctx, target, verb, body)
+        # TF Serving's REST answers do not name the version that served them; the
+        # servekit model server's carry it in a header.
+        version = answer.headers.get(b"x-model-version")
+        if version is not None:
+            ctx.version = version.decode("latin-1")
+        elif target.version is not None:
+            ctx.version = str(target.version)
+        return answer
+
+    async def _forward_rest_to(
+        self, ctx: CallContext, target: Target, verb: str, body: bytes
+    ) -> HttpAnswer:
+        return await self.client.forward_rest(
+            target.backends, rest_path(target, verb), body, ctx.deadline, ctx.metadata()
+        )
+
     async def _predict_on(
         self,
         ctx: CallContext,
@@ -655,6 +742,16 @@ class Gateway:
         await asyncio.gather(*self._shadow_tasks, return_exceptions=True)
         await self.pool.close()
         self.access_log.flush()
+
+
+def rest_path(target: Target, verb: str) -> str:
+    """TF Serving's REST path of a target, e.g. `/v1/models/m/labels/canary:predict`."""
+    path = "/v1/models/" + quote(target.model, safe="")
+    if target.version is not None:
+        path += f"/versions/{target.version}"
+    elif target.label is not None:
+        path += "/labels/" + quote(target.label, safe="")
+    return f"{path}:{verb}"
 
 
 def spec_version(spec: messages.ModelSpec) -> tuple[int | None, str | None]:

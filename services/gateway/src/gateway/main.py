@@ -120,6 +120,7 @@ def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> 
         lambda: CircuitBreaker(
             settings.breaker_failures, settings.breaker_reset_seconds
         ),
+        settings.rest_backends,
     )
     return Gateway(settings, metrics, router, pool, authenticator, registry)
 

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     """Framework -> backend for models no route names, e.g.
     `{"tensorflow": "tfserving:8500", "sklearn": "modelserver:8500"}` (JSON in the
     environment); the framework comes from the registry manifest."""
+    rest_backends: dict[str, str] = Field(default_factory=dict)
+    """Backend gRPC address -> its REST address (TF Serving's `--rest_api_port`),
+    e.g. `{"127.0.0.1:8500": "127.0.0.1:8501"}` (JSON in the environment). v1
+    `:predict` requests routed to such a backend are forwarded to its REST API as
+    they came instead of being translated to gRPC (not while shadowing)."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger gets 413."""
     max_in_flight: int = Field(default=512, gt=0)

@@ -14,7 +14,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from servekit_protocol import messages
 from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
 
 from gateway.clients.breaker import BreakerState, CircuitBreaker
+from gateway.clients.http import ConnectionFailed, HttpAnswer, HttpBackend
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -69,11 +70,14 @@ class Backend:
         address: str,
         breaker: CircuitBreaker,
         metrics: GatewayMetrics,
+        rest_address: str | None = None,
     ) -> None:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.prediction = PredictionServiceStub(self.channel)
         self.models = ModelServiceStub(self.channel)
+        self.http = HttpBackend(rest_address) if rest_address is not None else None
+        """The same server's REST API, when the settings name it."""
         self.breaker = breaker
         self.last_error = ""
         """The last UNAVAILABLE detail, quoted while the circuit is open."""
@@ -88,6 +92,8 @@ class Backend:
         self._circuit_gauge.set(0 if self.breaker.state is BreakerState.CLOSED else 1)
 
     async def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
         await self.channel.close(grace=None)
 
 
@@ -99,17 +105,24 @@ class BackendPool:
         metrics: GatewayMetrics,
         retry: RetryPolicy,
         breaker_factory: Callable[[], CircuitBreaker],
+        rest_addresses: Mapping[str, str] | None = None,
     ) -> None:
         self._metrics = metrics
         self._retry = retry
         self._breaker_factory = breaker_factory
+        self.rest_addresses: Mapping[str, str] = dict(rest_addresses or {})
         self._backends: dict[str, Backend] = {}
         self._turn = itertools.count()
 
     def get(self, address: str) -> Backend:
         backend = self._backends.get(address)
         if backend is None:
-            backend = Backend(address, self._breaker_factory(), self._metrics)
+            backend = Backend(
+                address,
+                self._breaker_factory(),
+                self._metrics,
+                self.rest_addresses.get(address),
+            )
             self._backends[address] = backend
         return backend
 
@@ -171,15 +184,18 @@ class BackendPool:
             started = time.perf_counter()
             try:
                 response = await invoke(backend, remaining, metadata)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
+            except (grpc.aio.AioRpcError, ConnectionFailed) as exc:
+                if isinstance(exc, ConnectionFailed):
+                    code, detail = grpc.StatusCode.UNAVAILABLE, str(exc)
+                else:
+                    code, detail = exc.code(), exc.details() or ""
                 self._metrics.backend_errors.labels(
                     backend.address, method, code.name
                 ).inc()
                 if code is grpc.StatusCode.UNAVAILABLE:
                     backend.breaker.record_failure()
                     backend.publish_state()
-                    last_failure = exc.details() or "unavailable"
+                    last_failure = detail or "unavailable"
                     backend.last_error = last_failure
                     logger.warning(
                         "backend %s unavailable on %s: %s",
@@ -208,7 +224,7 @@ class BackendPool:
                     raise DeadlineExceeded(
                         f"deadline exceeded waiting for backend {backend.address}"
                     ) from exc
-                raise BackendError(exc.details() or code.name, code) from exc
+                raise BackendError(detail or code.name, code) from exc
             except asyncio.CancelledError:
                 backend.breaker.record_cancelled()
                 raise
@@ -251,6 +267,39 @@ class BackendClient:
             addresses, method, invoke, deadline, metadata
         )
         return response
+
+    async def forward_rest(
+        self,
+        addresses: Sequence[str],
+        target: str,
+        body: bytes,
+        deadline: float,
+        metadata: Metadata,
+    ) -> HttpAnswer:
+        """POST `body` to `target` on a backend's REST API (every address must
+        have one); the answer comes back whatever its status.
+
+        Raises:
+            BackendUnavailable, DeadlineExceeded: as `BackendPool.call`.
+        """
+        headers = (("content-type", "application/json"), *metadata)
+
+        async def invoke(backend: Backend, timeout: float, _md: Metadata) -> Any:
+            assert backend.http is not None
+            try:
+                async with asyncio.timeout(timeout):
+                    return await backend.http.request("POST", target, body, headers)
+            except TimeoutError:
+                backend.breaker.record_cancelled()
+                raise DeadlineExceeded(
+                    f"deadline exceeded waiting for backend {backend.address}"
+                ) from None
+
+        answer: HttpAnswer
+        answer, _ = await self.pool.call(
+            addresses, "RestForward", invoke, deadline, metadata
+        )
+        return answer
 
     async def predict(
         self,

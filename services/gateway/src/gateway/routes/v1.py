@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.clients.arrays import ArrayRequest
-from gateway.dataplane import CallContext, SignatureSet, output_arrays
+from gateway.dataplane import CallContext, Gateway, SignatureSet, output_arrays
 from gateway.errors import InvalidInput
 from gateway.routes.handling import (
     JSON,
@@ -25,6 +25,7 @@ from gateway.routes.handling import (
     read_body,
     serve_http,
 )
+from gateway.routing.router import Plan
 
 PROTOCOL = "rest_v1"
 V1_PREFIX = "/v1/models/"
@@ -112,6 +113,17 @@ async def _predict(
     body: bytes,
 ) -> Response:
     gateway = gateway_of(request)
+    plan = gateway.plan(ctx, model, version, label)
+    with gateway.predicting(plan) as forward:
+        if forward:
+            answer = await gateway.forward_rest(ctx, plan, "predict", body)
+            return Response(answer.body, status_code=answer.status, media_type=JSON)
+        return await _translated_predict(ctx, gateway, plan, body)
+
+
+async def _translated_predict(
+    ctx: CallContext, gateway: Gateway, plan: Plan, body: bytes
+) -> Response:
     formats: list[json_codec.RequestFormat] = []
 
     def encode(signatures: SignatureSet | None) -> ArrayRequest:
@@ -123,7 +135,7 @@ async def _predict(
             request.model_spec.signature_name = parsed.signature_name
         return request
 
-    response, _ = await gateway.predict(ctx, model, version, label, encode)
+    response, _ = await gateway.predict_planned(ctx, plan, encode)
     outputs = output_arrays(response)
     return _bytes_response(json_codec.format_predict_response(outputs, formats[-1]))
 

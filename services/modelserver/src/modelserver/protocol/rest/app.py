@@ -29,6 +29,7 @@ from modelserver.observability.logging import (
     REQUEST_ID_HEADER,
     bind_model,
     bind_request_id,
+    version_var,
 )
 from modelserver.protocol.rest.errors import (
     PayloadTooLarge,
@@ -48,6 +49,7 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
 """Largest request body accepted (after gzip inflation), as the gRPC limit."""
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
+_MODEL_VERSION_HEADER = b"x-model-version"
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 _TEXT_CONTENT_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _CORS_HEADERS = (
@@ -141,6 +143,11 @@ class RestApp:
             payload = internal_error_body(request_id)
             logger.exception("%s %s failed", method, raw_path)
         headers = [content_type, (_REQUEST_ID_HEADER, request_id.encode())]
+        version = version_var.get()
+        if status == 200 and version is not None:
+            # Not in TF Serving's API: a proxy in front (the gateway) learns which
+            # version answered, as the gRPC response's model_spec tells.
+            headers.append((_MODEL_VERSION_HEADER, b"%d" % version))
         headers.extend(self._extra_headers)
         await send(
             {"type": "http.response.start", "status": status, "headers": headers}

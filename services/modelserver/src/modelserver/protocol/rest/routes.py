@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from modelserver.dataplane import DataPlane
 from modelserver.errors import InvalidInput
+from modelserver.observability.logging import bind_model
 from modelserver.protocol.rest import codec
 from modelserver.types import (
     ClassifyRequest,
@@ -128,6 +129,7 @@ class Routes:
         response = await self._dataplane.predict(
             PredictRequest(spec, inputs), protocol="rest", timeout=self._timeout
         )
+        bind_model(response.spec.name, response.spec.version)
         return codec.encode_predict(response.outputs, request_format)
 
     async def classify(self, spec: ModelSpec, body: bytes) -> bytes:
@@ -144,6 +146,7 @@ class Routes:
             protocol="rest",
             timeout=self._timeout,
         )
+        bind_model(response.spec.name, response.spec.version)
         return codec.encode_classify(response.results)
 
     async def regress(self, spec: ModelSpec, body: bytes) -> bytes:
@@ -160,6 +163,7 @@ class Routes:
             protocol="rest",
             timeout=self._timeout,
         )
+        bind_model(response.spec.name, response.spec.version)
         return codec.encode_regress(response.results)
 
     async def status(self, spec: ModelSpec, body: bytes) -> bytes:  # noqa: ARG002

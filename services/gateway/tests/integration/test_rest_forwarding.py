@@ -1,0 +1,242 @@
+"""v1 `:predict` forwarded to the backends' REST API (`GATEWAY_REST_BACKENDS`).
+
+A request alone on its target goes to the model server's REST port as it came; under
+concurrency the same requests are translated and merged into gRPC calls. Both must
+answer the same, and the REST path keeps the gateway's resilience: retries and the
+circuit breaker on an unreachable backend (503), the deadline on a silent one (504).
+Which path served is read from the model server's own request counter, whose
+`protocol` label says `rest` or `grpc`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from modelregistry import Registry
+
+from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.models import publish_linear_pipeline
+from tests.support.modelserver import ModelServer, model_server
+from tests.support.processes import free_port, wait_until
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+ROW = {"a": 1.0, "b": 2.0}
+BODY = json.dumps({"instances": [ROW]}).encode()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("forwarding") / "models"
+    publish_linear_pipeline(root, "linear", offset=1.0)
+    publish_linear_pipeline(root, "linear", offset=5.0)
+    Registry(root).set_label("linear", "stable", 1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def backend(
+    registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelServer]:
+    logs = tmp_path_factory.mktemp("forwarding-logs")
+    monitoring = logs / "monitoring.config"
+    monitoring.write_text(
+        f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n'
+    )
+    with model_server(
+        [
+            f"--model_config_file={registry / 'servekit.config'}",
+            f"--monitoring_config_file={monitoring}",
+        ],
+        log_path=logs / "model-server.log",
+        ready_timeout=180,
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def silent_rest() -> Iterator[str]:
+    """A port that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    registry: Path,
+    backend: ModelServer,
+    silent_rest: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    silent_grpc = f"127.0.0.1:{free_port()}"
+    dead_grpc = f"127.0.0.1:{free_port()}"
+    dead_rest = f"127.0.0.1:{free_port()}"
+    routes = {
+        "routes": {
+            "silent": {"backend": silent_grpc},
+            "dead": {"backend": dead_grpc},
+        }
+    }
+    (registry / "routes.yaml").write_text(json.dumps(routes))
+    rest_backends = {
+        backend.grpc_target: f"127.0.0.1:{backend.rest_port}",
+        silent_grpc: silent_rest,
+        dead_grpc: dead_rest,
+    }
+    env = {
+        "GATEWAY_REGISTRY": str(registry),
+        "GATEWAY_DEFAULT_BACKEND": backend.grpc_target,
+        "GATEWAY_REST_BACKENDS": json.dumps(rest_backends),
+        "GATEWAY_BREAKER_FAILURES": "3",
+        "GATEWAY_BREAKER_RESET_SECONDS": "30",
+    }
+    with running_gateway(tmp_path_factory.mktemp("forwarding-gateway"), env=env) as gw:
+        yield gw
+
+
+def served_count(server: ModelServer, protocol: str) -> float:
+    """Predict requests the model server answered over `protocol` so far."""
+    text = httpx.get(f"{server.rest_url}{METRICS_PATH}", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if (
+            head.startswith("modelserver_request_count_total{")
+            and 'api="predict"' in head
+            and f'protocol="{protocol}"' in head
+        ):
+            total += float(value)
+    return total
+
+
+def predict(
+    base: str, path: str, body: bytes = BODY, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.post(
+        f"{base}{path}",
+        content=body,
+        headers={"content-type": "application/json", **(headers or {})},
+        timeout=30,
+    )
+
+
+def test_a_lone_request_goes_over_rest_and_answers_as_the_backend(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    rest_before = served_count(backend, "rest")
+    grpc_before = served_count(backend, "grpc")
+    via = predict(gateway.url, "/v1/models/linear:predict")
+    direct = predict(backend.rest_url, "/v1/models/linear:predict")
+    assert via.status_code == direct.status_code == 200
+    assert via.content == direct.content
+    assert via.json()["predictions"] == pytest.approx([2 * 1.0 + 3 * 2.0 + 5.0])
+    assert via.headers["x-model-version"] == "2"
+    assert served_count(backend, "rest") == rest_before + 2
+    assert served_count(backend, "grpc") == grpc_before
+
+
+def test_labels_and_versions_reach_the_backend_in_the_path(
+    gateway: GatewayProcess,
+) -> None:
+    stable = predict(gateway.url, "/v1/models/linear/labels/stable:predict")
+    first = predict(gateway.url, "/v1/models/linear/versions/1:predict")
+    assert stable.status_code == first.status_code == 200
+    assert stable.json() == first.json()
+    assert first.json()["predictions"] == pytest.approx([2 + 6 + 1.0])
+    assert stable.headers["x-model-version"] == "1"
+    assert first.headers["x-model-version"] == "1"
+
+
+def test_backend_errors_come_back_as_the_backend_gave_them(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    for path, body, status in (
+        ("/v1/models/linear/versions/9:predict", BODY, 404),
+        ("/v1/models/nosuchmodel:predict", BODY, 404),
+        ("/v1/models/linear:predict", b"{not json", 400),
+        ("/v1/models/linear:predict", b'{"instances": [{"a": "x"}]}', 400),
+    ):
+        via = predict(gateway.url, path, body)
+        direct = predict(backend.rest_url, path, body)
+        assert via.status_code == direct.status_code == status, (path, via.text)
+        assert via.json() == direct.json()
+        assert "error" in via.json()
+
+
+def test_the_request_id_travels_to_the_backend(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    request_id = "forwarded-request-id-0001"
+    answer = predict(
+        gateway.url,
+        "/v1/models/linear/versions/9:predict",
+        headers={"x-request-id": request_id},
+    )
+    assert answer.status_code == 404
+    assert answer.headers["x-request-id"] == request_id
+    wait_until(
+        lambda: request_id in backend.process.log_text(),
+        timeout=5,
+        what="the request id in the model server's log",
+    )
+
+
+def test_an_unreachable_rest_backend_is_503_then_fast_once_the_circuit_opens(
+    gateway: GatewayProcess,
+) -> None:
+    answers = [predict(gateway.url, "/v1/models/dead:predict") for _ in range(2)]
+    assert [a.status_code for a in answers] == [503, 503]
+    assert "unavailable" in answers[0].json()["error"]
+    started = time.perf_counter()
+    refused = predict(gateway.url, "/v1/models/dead:predict")
+    elapsed = time.perf_counter() - started
+    assert refused.status_code == 503
+    assert "circuit open" in refused.json()["error"]
+    assert elapsed < 0.5
+
+
+def test_a_silent_rest_backend_is_504_at_the_deadline(gateway: GatewayProcess) -> None:
+    started = time.perf_counter()
+    answer = predict(
+        gateway.url,
+        "/v1/models/silent:predict",
+        headers={"x-request-timeout-ms": "400"},
+    )
+    elapsed = time.perf_counter() - started
+    assert answer.status_code == 504
+    assert "deadline" in answer.json()["error"]
+    assert 0.35 < elapsed < 3.0
+
+
+def test_concurrent_requests_are_merged_over_grpc_and_answer_each_caller(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    # Last in this module: after a burst the gateway stays on gRPC until it has
+    # been quiet for a second.
+    grpc_before = served_count(backend, "grpc")
+    rows = [{"a": float(i), "b": 1.0} for i in range(64)]
+
+    def one(row: dict[str, float]) -> tuple[int, list[float]]:
+        body = json.dumps({"instances": [row]}).encode()
+        answer = predict(gateway.url, "/v1/models/linear/versions/1:predict", body)
+        return answer.status_code, answer.json()["predictions"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, rows))
+    for row, (status, values) in zip(rows, answers, strict=True):
+        assert status == 200
+        assert values == pytest.approx([2 * row["a"] + 3 * row["b"] + 1.0])
+    assert served_count(backend, "grpc") > grpc_before
+    # A second of quiet later, a lone request goes over REST again.
+    time.sleep(1.2)
+    rest_before = served_count(backend, "rest")
+    assert predict(gateway.url, "/v1/models/linear:predict").status_code == 200
+    assert served_count(backend, "rest") == rest_before + 1
