@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,6 +81,19 @@ class Settings(BaseSettings):
     """Root log level."""
     ready_file: Path | None = None
     """Once both servers listen, write their ports here as JSON (for supervisors)."""
+
+    @field_validator("rest_backends")
+    @classmethod
+    def _check_rest_backends(cls, value: dict[str, str]) -> dict[str, str]:
+        # Found at start-up rather than as a 500 on the first forwarded request.
+        for grpc_address, rest_address in value.items():
+            host, _, port = rest_address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(
+                    f"REST address of {grpc_address!r} is not host:port: "
+                    f"{rest_address!r}"
+                )
+        return value
 
     @model_validator(mode="after")
     def _check_auth_has_keys(self) -> Settings:
