@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.metrics import sample_sum
 from tests.support.processes import VENV_BIN, ServerProcess, running_process
 
 
@@ -44,14 +45,7 @@ class GatewayProcess:
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        total = 0.0
-        for line in text.splitlines():
-            head, _, value = line.rpartition(" ")
-            if head.split("{", 1)[0] != name:
-                continue
-            if all(f'{key}="{val}"' in head for key, val in labels.items()):
-                total += float(value)
-        return total
+        return sample_sum(text, name, **labels)
 
 
 @dataclass(frozen=True)

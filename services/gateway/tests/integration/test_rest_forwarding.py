@@ -22,6 +22,7 @@ import pytest
 from modelregistry import Registry
 
 from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.metrics import sample_sum
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.processes import free_port, wait_until
@@ -105,16 +106,9 @@ def gateway(
 def served_count(server: ModelServer, protocol: str) -> float:
     """Predict requests the model server answered over `protocol` so far."""
     text = httpx.get(f"{server.rest_url}{METRICS_PATH}", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if (
-            head.startswith("modelserver_request_count_total{")
-            and 'api="predict"' in head
-            and f'protocol="{protocol}"' in head
-        ):
-            total += float(value)
-    return total
+    return sample_sum(
+        text, "modelserver_request_count_total", api="predict", protocol=protocol
+    )
 
 
 def predict(
