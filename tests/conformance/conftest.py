@@ -23,7 +23,11 @@ from tests.support.models import (
     publish_linear_pipeline,
     save_tf_half_plus,
 )
-from tests.support.modelserver import ModelServer, model_server
+from tests.support.modelserver import (
+    ModelServer,
+    model_server,
+    write_monitoring_config,
+)
 
 TESTDATA_MODELS = (
     "half_plus_two",
@@ -33,7 +37,6 @@ TESTDATA_MODELS = (
     "saved_model_half_plus_two_2_versions",
 )
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"
-METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 def _config_entry(name: str, base_path: Path, platform: str, extra: str = "") -> str:
@@ -75,10 +78,7 @@ def conformance_server(
     entries.append(_config_entry("linear", registry / "linear", "sklearn"))
     config = root / "models.config"
     config.write_text("model_config_list {\n" + "".join(entries) + "}\n")
-    monitoring = root / "monitoring.config"
-    monitoring.write_text(
-        f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n'
-    )
+    monitoring = write_monitoring_config(root)
     with model_server(
         [f"--model_config_file={config}", f"--monitoring_config_file={monitoring}"],
         log_path=root / "server.log",

@@ -14,13 +14,12 @@ import httpx
 import pytest
 
 from tests.conformance.conftest import (
-    METRICS_PATH,
     TWO_VERSIONS,
     expected_metadata,
     without_empty_defaults,
 )
 from tests.support.models import linear_target
-from tests.support.modelserver import ModelServer
+from tests.support.modelserver import METRICS_PATH, ModelServer
 
 pytestmark = pytest.mark.integration
 

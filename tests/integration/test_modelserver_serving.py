@@ -35,12 +35,17 @@ from servekit_protocol import messages, tensors
 from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
 
 from tests.support.models import linear_target, publish_linear_pipeline
-from tests.support.modelserver import MODEL_SERVER, ModelServer, model_server
+from tests.support.modelserver import (
+    METRICS_PATH,
+    MODEL_SERVER,
+    ModelServer,
+    model_server,
+    write_monitoring_config,
+)
 from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-METRICS_PATH = "/monitoring/prometheus/metrics"
 MAX_BATCH_SIZE = 8
 MAX_ENQUEUED_BATCHES = 2
 SLOW_SECONDS = 0.4
@@ -90,10 +95,7 @@ def batching_server(
         f"max_enqueued_batches {{ value: {max_enqueued_batches} }}\n"
         "num_batch_threads { value: 1 }\n"
     )
-    monitoring = root / "monitoring.config"
-    monitoring.write_text(
-        f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n'
-    )
+    monitoring = write_monitoring_config(root)
     with model_server(
         [
             f"--model_config_file={config}",

@@ -27,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.models import publish_linear_pipeline
+from tests.support.modelserver import METRICS_PATH, write_monitoring_config
 from tests.support.processes import (
     REPO_ROOT,
     VENV_BIN,
@@ -52,7 +53,6 @@ GATES = {
     "grpc": (LOOSE_SLO, 0),
 }
 LOCUSTFILE = REPO_ROOT / "tests" / "load" / "locustfile.py"
-METRICS_PATH = "/monitoring/prometheus/metrics"
 ARTEFACTS = (
     "locust_stats.csv",
     "locust_stats_history.csv",
@@ -154,10 +154,7 @@ def servers(
     registry_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Servers]:
     logs = tmp_path_factory.mktemp("server-logs")
-    monitoring = logs / "monitoring.config"
-    monitoring.write_text(
-        f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n'
-    )
+    monitoring = write_monitoring_config(logs)
     grpc_port, rest_port = free_port(), free_port()
     model_rest = f"http://127.0.0.1:{rest_port}"
     with running_process(

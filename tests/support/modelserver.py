@@ -24,6 +24,15 @@ from tests.support.processes import (
 )
 
 MODEL_SERVER = VENV_BIN / "servekit-model-server"
+METRICS_PATH = "/monitoring/prometheus/metrics"
+"""Where `write_monitoring_config` puts the Prometheus page."""
+
+
+def write_monitoring_config(directory: Path) -> Path:
+    """A `--monitoring_config_file` that serves Prometheus text at METRICS_PATH."""
+    path = directory / "monitoring.config"
+    path.write_text(f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n')
+    return path
 
 
 @dataclass

@@ -56,17 +56,13 @@ class GatewayApp(FastAPI):
                 # The busiest path: TF Serving's verbs follow a colon, so the v1
                 # routes are catch-alls; a prefix test spares their regexes.
                 scope["path_params"] = {"rest": path[len(V1_PREFIX) :]}
-                scope["app"] = self
-                response = await endpoint(Request(scope, receive))
-                await response(scope, receive, send)
+                await self._dispatch(endpoint, scope, receive, send)
                 return
             for route in self.fast_routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
-                    scope["app"] = self
-                    response = await route.endpoint(Request(scope, receive))
-                    await response(scope, receive, send)
+                    await self._dispatch(route.endpoint, scope, receive, send)
                     return
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 # FastAPI reads bodies without a limit: read it here, with ours.
@@ -80,6 +76,17 @@ class GatewayApp(FastAPI):
                     return
                 receive = replay_body(body, receive)
         await super().__call__(scope, receive, send)
+
+    async def _dispatch(
+        self,
+        endpoint: Callable[[Request], Awaitable[Response]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        scope["app"] = self
+        response = await endpoint(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:

@@ -24,10 +24,14 @@ from modelregistry import Registry
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.metrics import sample_sum
 from tests.support.models import publish_linear_pipeline
-from tests.support.modelserver import ModelServer, model_server
+from tests.support.modelserver import (
+    METRICS_PATH,
+    ModelServer,
+    model_server,
+    write_monitoring_config,
+)
 from tests.support.processes import free_port, wait_until
 
-METRICS_PATH = "/monitoring/prometheus/metrics"
 ROW = {"a": 1.0, "b": 2.0}
 BODY = json.dumps({"instances": [ROW]}).encode()
 
@@ -46,10 +50,7 @@ def backend(
     registry: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ModelServer]:
     logs = tmp_path_factory.mktemp("forwarding-logs")
-    monitoring = logs / "monitoring.config"
-    monitoring.write_text(
-        f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}\n'
-    )
+    monitoring = write_monitoring_config(logs)
     with model_server(
         [
             f"--model_config_file={registry / 'servekit.config'}",
