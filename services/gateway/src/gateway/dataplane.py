@@ -184,6 +184,30 @@ def outputs_agree(first: Response, second: Response) -> bool:
     return True
 
 
+class Admission:
+    """The count of requests in flight, as a reusable context manager (one per
+    gateway): a generator-based one costs a few objects per request."""
+
+    def __init__(self, limit: int, metrics: GatewayMetrics) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._gauge = metrics.in_flight
+        self._rejections = metrics.rejections.labels("overloaded")
+
+    def __enter__(self) -> None:
+        if self.in_flight >= self.limit:
+            self._rejections.inc()
+            raise Overloaded(
+                f"too many requests in flight ({self.limit}); retry shortly"
+            )
+        self.in_flight += 1
+        self._gauge.inc()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.in_flight -= 1
+        self._gauge.dec()
+
+
 class Gateway:
     """Everything between a parsed request and a backend response."""
 
@@ -215,7 +239,7 @@ class Gateway:
         )
         self.authenticator = authenticator
         self.registry = registry
-        self._in_flight = 0
+        self._admission = Admission(settings.max_in_flight, metrics)
         self._signatures: dict[tuple[Any, ...], _CacheEntry] = {}
         self._pending: dict[tuple[Any, ...], asyncio.Future[SignatureSet]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -223,30 +247,16 @@ class Gateway:
         self._recent_concurrency = 0.0
         self._last_rest_predict = 0.0
         self._max_shadow_tasks = max(1, settings.max_in_flight // 2)
-        self._in_flight_gauge = metrics.in_flight
 
     # ---- admission -------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def admission(self) -> Iterator[None]:
-        """Hold one in-flight slot for the request.
+    def admission(self) -> Admission:
+        """A slot among `max_in_flight`, held while the `with` block runs.
 
-        Raises:
+        Raises (on entering):
             Overloaded: `max_in_flight` requests are already being served.
         """
-        if self._in_flight >= self.settings.max_in_flight:
-            self.metrics.rejections.labels("overloaded").inc()
-            raise Overloaded(
-                f"too many requests in flight ({self.settings.max_in_flight}); "
-                "retry shortly"
-            )
-        self._in_flight += 1
-        self._in_flight_gauge.inc()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            self._in_flight_gauge.dec()
+        return self._admission
 
     def deadline(self, timeout_ms: float | None) -> float:
         """Absolute deadline from a client timeout, capped by `max_timeout_ms`."""

@@ -40,6 +40,7 @@ class GatewayApp(FastAPI):
     per-request CPU that the gateway adds in front of a model server.
     """
 
+    gateway: Gateway
     fast_routes: list[Route]
     v1_endpoints: dict[str, Callable[[Request], Awaitable[Response]]]
     max_body_bytes: int
@@ -181,6 +182,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.gateway = gw
+    app.gateway = gw
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_body(

@@ -421,16 +421,18 @@ class Coalescer:
             finally:
                 group.answered(1, now)
                 self._release(group)
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Response] = loop.create_future()
         group.waiting.append(_Waiter(request, rows, deadline, metadata, future))
         group.waiting_rows += rows
         self._dispatch(group)
+        # A timer on the future itself: asyncio.wait_for wraps it in more
+        # futures and callbacks, a visible cost on every merged request.
+        timer = loop.call_later(deadline - now, _expire, future)
         try:
-            return await asyncio.wait_for(future, deadline - time.monotonic())
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "deadline exceeded waiting for a backend call"
-            ) from None
+            return await future
+        finally:
+            timer.cancel()
 
     def _dispatch(self, group: _Group) -> None:
         """Send what waits, as merged calls, while the key has room in flight
@@ -598,6 +600,13 @@ class Coalescer:
         for waiter in batch:
             if not waiter.future.done():
                 waiter.future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Response]) -> None:
+    if not future.done():
+        future.set_exception(
+            DeadlineExceeded("deadline exceeded waiting for a backend call")
+        )
 
 
 def _encoded(request: ArrayRequest) -> messages.PredictRequest:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from servekit_protocol.errors import ProtocolError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive
+from starlette.types import Message, Receive, Scope
 
 from gateway.dataplane import CallContext, Gateway
 from gateway.errors import (
@@ -60,8 +60,19 @@ def error_response(exc: GatewayError) -> Response:
 
 
 def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Gateway = request.scope["app"].gateway
     return gateway
+
+
+def request_headers(scope: Scope) -> dict[str, str]:
+    """The request's headers as a plain dict (ASGI names are lower-case; a
+    repeated header keeps its first value, as Starlette's `Headers` does).
+    `Headers` scans the raw list on every lookup, and a model request looks up
+    half a dozen names."""
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in reversed(scope["headers"])
+    }
 
 
 def parse_timeout(raw: str | None) -> float | None:
@@ -83,17 +94,20 @@ def parse_timeout(raw: str | None) -> float | None:
     return value
 
 
-def check_declared_length(request: Request, limit: int) -> None:
+def check_declared_length(scope: Scope, limit: int) -> None:
     """Refuse a body whose Content-Length is above `limit` before reading it.
 
     Raises:
         PayloadTooLarge: the declared size is above the limit.
     """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"request body of {declared} bytes exceeds the limit of {limit} bytes"
-        )
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise PayloadTooLarge(
+                    f"request body of {value.decode()} bytes exceeds the limit "
+                    f"of {limit} bytes"
+                )
+            return
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:
@@ -117,7 +131,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     Raises:
         PayloadTooLarge: declared or actual size above the limit.
     """
-    check_declared_length(request, limit)
+    check_declared_length(request.scope, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -125,7 +139,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
@@ -140,14 +154,14 @@ def parse_json(body: bytes) -> Any:
         raise InvalidInput(f"JSON Parse error: {exc}") from exc
 
 
-def authorize(gateway: Gateway, request: Request, model: str) -> None:
-    """Check the caller's key for `model` (scope and rate).
+def authorize(gateway: Gateway, headers: Mapping[str, str], model: str) -> None:
+    """Check the caller's key (from the request's headers) for `model`: scope and
+    rate.
 
     Raises:
         Unauthenticated, PermissionDenied, RateLimited.
     """
     bind_model(model)
-    headers = request.headers
     gateway.authorize(model, headers.get("authorization"), headers.get("x-api-key"))
 
 
@@ -158,7 +172,7 @@ async def serve_http(
 ) -> Response:
     """Run one model request with the shared policy around `handle`."""
     gateway = gateway_of(request)
-    headers = request.headers
+    headers = request_headers(request.scope)
     request_id = accept_request_id(headers.get(REQUEST_ID_HEADER))
     bind_request(request_id, protocol)
     ctx = CallContext(

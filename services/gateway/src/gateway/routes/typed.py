@@ -361,7 +361,7 @@ class TypedEndpoints:
         model = typed.model
 
         def check_key(request: Request) -> None:
-            authorize(gateway, request, model)
+            authorize(gateway, request.headers, model)
 
         async def endpoint(request: Request, body: BaseModel) -> Response:
             async def handle(ctx: CallContext) -> Response:

@@ -99,7 +99,7 @@ async def model_metadata(request: Request) -> Response:
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
-        authorize(gw, request, model)
+        authorize(gw, ctx.headers, model)
         response, target = await gw.metadata(ctx, model, version, label)
         status = await gw.status(ctx, model, None, None)
         signature_map = messages.SignatureDefMap()
@@ -139,7 +139,7 @@ async def model_ready(request: Request) -> Response:
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
-        authorize(gw, request, model)
+        authorize(gw, ctx.headers, model)
         status = await gw.status(ctx, model, version, label)
         is_ready = bool(_available_versions(status))
         return json_response(
@@ -155,7 +155,7 @@ async def infer(request: Request) -> Response:
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
-        authorize(gw, request, model)
+        authorize(gw, ctx.headers, model)
         body = parse_json(await read_body(request, gw.settings.max_body_bytes))
         if not isinstance(body, dict):
             raise InvalidInput("the request body must be a JSON object")
