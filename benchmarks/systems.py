@@ -547,11 +547,11 @@ def _start_all(
     if gateways:
         deployment.notes.append(
             f"The gateway forwards to {LABELS[options.gateway_backend]} (the model's "
-            "own process); all share the server core. A REST :predict alone on its "
-            "model goes to the backend's REST API as it came; otherwise requests "
-            "are translated to gRPC and concurrent Predict calls of one model are "
-            "merged into one backend call (at most 32 rows, one call in flight); "
-            "the coalescing-off gateway sends every gRPC call on its own."
+            "own process); all share the server core. A REST :predict goes to the "
+            "backend's REST API: alone as it came, and concurrent ones of one model "
+            "merged as JSON into one call; gRPC Predicts are merged into one gRPC "
+            "call (at most 32 rows, one call in flight). The coalescing-off gateway "
+            "sends every request on its own."
         )
     if options.wants("mlserver") or options.wants("mlserver-batching"):
         if mlserver is None:

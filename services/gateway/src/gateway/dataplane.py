@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from gateway.clients.arrays import Array, ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer, Request, Response
 from gateway.clients.http import HttpAnswer
+from gateway.clients.restbatch import rest_predict
 from gateway.errors import (
     BackendError,
     GatewayError,
@@ -46,12 +47,6 @@ REQUEST_ID_METADATA = "x-request-id"
 DEFAULT_SIGNATURE = "serving_default"
 SHADOW_RTOL = 1e-5
 SHADOW_ATOL = 1e-6
-RECENT_WEIGHT = 0.1
-"""Weight of the newest arrival in the average of REST predicts in flight."""
-QUIET_CONCURRENCY = 0.5
-"""Below this average (and with none in flight), a REST predict is forwarded."""
-QUIET_SECONDS = 1.0
-"""After this long without a REST predict the average starts again from zero."""
 
 
 @dataclass(slots=True)
@@ -243,9 +238,6 @@ class Gateway:
         self._signatures: dict[tuple[Any, ...], _CacheEntry] = {}
         self._pending: dict[tuple[Any, ...], asyncio.Future[SignatureSet]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-        self._rest_predicts = 0
-        self._recent_concurrency = 0.0
-        self._last_rest_predict = 0.0
         self._max_shadow_tasks = max(1, settings.max_in_flight // 2)
 
     # ---- admission -------------------------------------------------------------
@@ -485,49 +477,27 @@ class Gateway:
             self._mirror(ctx, plan.shadow, request, response)
         return response, signatures
 
-    @contextlib.contextmanager
-    def predicting(self, plan: Plan) -> Iterator[bool]:
-        """Count a REST predict in flight while the block runs; yields whether to
-        forward it to the backends' REST API as it came.
+    def forwards_rest(self, plan: Plan) -> bool:
+        """Whether a v1 `:predict` of `plan` goes to the backends' REST API.
 
-        That is done when the gateway is quiet (no other REST predict in flight,
-        and few at recent arrivals), every backend of the target has a known REST
-        address and nothing is mirrored (shadow mode compares decoded outputs).
-        Alone, forwarding skips the JSON to gRPC translation and the backend's
-        costlier gRPC path (about a millisecond at one client). Under load the
-        coalescer's merged calls cost the backend far less per request, and a
-        forwarded request would run as a batch of its own beside them; the
-        average over recent arrivals keeps synchronized clients, which all
-        arrive just after a merged answer, from sending the first of each wave
-        alone.
+        It does when every backend of the target has a known REST address and
+        nothing is mirrored (shadow mode compares decoded outputs). The body then
+        needs no translation: alone it goes as it came, and concurrent ones are
+        merged as JSON (`clients.restbatch`), which also costs the backend less
+        per request than its gRPC path.
         """
-        in_flight = self._rest_predicts
-        now = time.monotonic()
-        if now - self._last_rest_predict > QUIET_SECONDS:
-            self._recent_concurrency = 0.0
-        self._last_rest_predict = now
-        self._recent_concurrency += RECENT_WEIGHT * (
-            in_flight - self._recent_concurrency
-        )
-        target = plan.primary
         rest = self.pool.rest_addresses
-        forward = (
-            in_flight == 0
-            and self._recent_concurrency < QUIET_CONCURRENCY
-            and bool(rest)
+        return (
+            bool(rest)
             and plan.shadow is None
-            and all(address in rest for address in target.backends)
+            and all(address in rest for address in plan.primary.backends)
         )
-        self._rest_predicts = in_flight + 1
-        try:
-            yield forward
-        finally:
-            self._rest_predicts -= 1
 
     async def forward_rest(
         self, ctx: CallContext, plan: Plan, verb: str, body: bytes
     ) -> HttpAnswer:
-        """Forward a v1 REST body to the planned target's REST API, unparsed.
+        """Forward a v1 REST body to the planned target's REST API, untranslated;
+        a `:predict` merges with concurrent ones when it can.
 
         The backend's answer, errors included, is TF Serving's own, so it goes back
         as it is. A canary label that vanished falls back to stable, as on gRPC.
@@ -557,8 +527,14 @@ class Gateway:
     async def _forward_rest_to(
         self, ctx: CallContext, target: Target, verb: str, body: bytes
     ) -> HttpAnswer:
+        path = rest_path(target, verb)
+        mergeable = rest_predict(path, body) if verb == "predict" else None
+        if mergeable is not None:
+            return await self.coalescer.predict(
+                target.backends, mergeable, ctx.deadline, ctx.metadata()
+            )
         return await self.client.forward_rest(
-            target.backends, rest_path(target, verb), body, ctx.deadline, ctx.metadata()
+            target.backends, path, body, ctx.deadline, ctx.metadata()
         )
 
     async def _predict_on(

@@ -1,11 +1,12 @@
 """v1 `:predict` forwarded to the backends' REST API (`GATEWAY_REST_BACKENDS`).
 
-A request alone on its target goes to the model server's REST port as it came; under
-concurrency the same requests are translated and merged into gRPC calls. Both must
-answer the same, and the REST path keeps the gateway's resilience: retries and the
-circuit breaker on an unreachable backend (503), the deadline on a silent one (504).
-Which path served is read from the model server's own request counter, whose
-`protocol` label says `rest` or `grpc`.
+A request alone on its target goes to the model server's REST port as it came;
+concurrent ones are merged, as JSON, into one REST call and each caller gets its
+own rows, or its own error. The REST path keeps the gateway's resilience: retries
+and the circuit breaker on an unreachable backend (503), the deadline on a silent
+one (504). Which API served is read from the model server's own request counter,
+whose `protocol` label says `rest` or `grpc`; merging, from the gateway's
+`gateway_coalesced_requests` histogram.
 """
 
 from __future__ import annotations
@@ -211,27 +212,66 @@ def test_a_silent_rest_backend_is_504_at_the_deadline(gateway: GatewayProcess) -
     assert 0.35 < elapsed < 3.0
 
 
-def test_concurrent_requests_are_merged_over_grpc_and_answer_each_caller(
+def burst(base: str, path: str, bodies: list[bytes]) -> list[httpx.Response]:
+    """The bodies sent 16 at a time, answers in order."""
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(lambda body: predict(base, path, body), bodies))
+
+
+def merged_callers(gateway: GatewayProcess) -> float:
+    """Callers served by merged calls beyond one per call, so far."""
+    served = gateway.metric("gateway_coalesced_requests_sum")
+    return served - gateway.metric("gateway_coalesced_requests_count")
+
+
+def test_concurrent_requests_are_merged_into_rest_calls_and_answer_each_caller(
     gateway: GatewayProcess, backend: ModelServer
 ) -> None:
-    # Last in this module: after a burst the gateway stays on gRPC until it has
-    # been quiet for a second.
     grpc_before = served_count(backend, "grpc")
-    rows = [{"a": float(i), "b": 1.0} for i in range(64)]
-
-    def one(row: dict[str, float]) -> tuple[int, list[float]]:
-        body = json.dumps({"instances": [row]}).encode()
-        answer = predict(gateway.url, "/v1/models/linear/versions/1:predict", body)
-        return answer.status_code, answer.json()["predictions"]
-
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(one, rows))
-    for row, (status, values) in zip(rows, answers, strict=True):
-        assert status == 200
-        assert values == pytest.approx([2 * row["a"] + 3 * row["b"] + 1.0])
-    assert served_count(backend, "grpc") > grpc_before
-    # A second of quiet later, a lone request goes over REST again.
-    time.sleep(1.2)
     rest_before = served_count(backend, "rest")
-    assert predict(gateway.url, "/v1/models/linear:predict").status_code == 200
-    assert served_count(backend, "rest") == rest_before + 1
+    merged_before = merged_callers(gateway)
+    rows = [{"a": float(i), "b": 1.0} for i in range(64)]
+    bodies = [json.dumps({"instances": [row]}).encode() for row in rows]
+    answers = burst(gateway.url, "/v1/models/linear/versions/1:predict", bodies)
+    for row, answer in zip(rows, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-model-version"] == "1"
+        assert answer.json() == {
+            "predictions": pytest.approx([2 * row["a"] + 3 * row["b"] + 1.0])
+        }
+    assert served_count(backend, "grpc") == grpc_before
+    calls = served_count(backend, "rest") - rest_before
+    assert 1 <= calls < 64
+    assert merged_callers(gateway) - merged_before == 64 - calls
+
+
+def test_merged_columns_answer_each_caller_as_a_direct_call(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    bodies = [
+        json.dumps({"inputs": {"a": [float(i), 1.0], "b": [2.0, float(-i)]}}).encode()
+        for i in range(48)
+    ]
+    path = "/v1/models/linear/versions/2:predict"
+    for body, answer in zip(bodies, burst(gateway.url, path, bodies), strict=True):
+        direct = predict(backend.rest_url, path, body)
+        assert answer.status_code == direct.status_code == 200
+        assert answer.json() == direct.json()
+
+
+def test_a_bad_body_in_a_merged_call_gets_its_own_error(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    good = [json.dumps({"instances": [{"a": float(i), "b": 0.0}]}) for i in range(40)]
+    bad = json.dumps({"instances": [{"a": "text", "b": 0.0}]})
+    bodies = [(bad if i % 8 == 3 else good[i]).encode() for i in range(40)]
+    path = "/v1/models/linear/versions/1:predict"
+    refused = predict(backend.rest_url, path, bad.encode())
+    assert refused.status_code == 400
+    for i, answer in enumerate(burst(gateway.url, path, bodies)):
+        if i % 8 == 3:
+            assert answer.status_code == 400
+            assert answer.json() == refused.json()
+        else:
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["predictions"] == pytest.approx([2.0 * i + 1.0])

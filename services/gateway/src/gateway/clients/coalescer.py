@@ -13,9 +13,10 @@ come back (or the rows fill a call, or one recent call's duration passes).
 Without it the callers split into two halves whose calls alternate for ever,
 each half the size it could be.
 
-Requests come as protos (gRPC callers) or as arrays (REST callers, see
-`clients.arrays`); each kind merges only with its own kind and gets its own kind
-back.
+Requests come as protos (gRPC callers), as arrays (REST callers whose JSON the
+gateway typed, see `clients.arrays`) or as REST bodies for the backend's REST API
+(see `clients.restbatch`); each kind merges only with its own kind and gets its
+own kind back.
 
 Correctness comes first:
 - only requests whose inputs all share one leading (batch) dimension merge, and
@@ -24,11 +25,12 @@ Correctness comes first:
 - an answer whose outputs do not all lead with the merged batch size cannot be
   split: the callers are served one by one and the key is not merged again;
 - if the merged call is refused as bad input (one caller's values, or a batch
-  over the backend's limit), every caller is served on its own, so each gets its
-  own answer or error; if they all succeed the merge was at fault and the key's
-  row limit is halved;
-- errors of the backend itself (unavailable, unknown model, deadline) are the
-  same for everyone and are handed to every caller;
+  over the backend's limit: INVALID_ARGUMENT and kin, or HTTP 400 and 413),
+  every caller is served on its own, so each gets its own answer or error; if
+  they all succeed the merge was at fault and the key's row limit is halved;
+- errors of the backend itself (unavailable, unknown model, deadline, or any
+  other HTTP error status) are the same for everyone and are handed to every
+  caller;
 - each caller keeps its own deadline while waiting (504 when it passes).
 """
 
@@ -56,6 +58,8 @@ from gateway.clients.arrays import (
     split_arrays,
 )
 from gateway.clients.backend import BackendClient, Metadata
+from gateway.clients.http import HttpAnswer
+from gateway.clients.restbatch import RestPredict, merge_rest, split_rest
 from gateway.errors import BackendError, DeadlineExceeded, GatewayError, InvalidInput
 from gateway.observability.metrics import GatewayMetrics
 
@@ -73,9 +77,15 @@ _SEPARABLE_CODES = frozenset(
     }
 )
 
+# HTTP statuses of a merged REST call that may belong to one caller's values.
+_SEPARABLE_STATUSES = frozenset({400, 413})
+
 Key = tuple[object, ...]
 Request = messages.PredictRequest | ArrayRequest
+"""A Predict for the backend's gRPC API."""
 Response = messages.PredictResponse | ArrayResponse
+AnyRequest = Request | RestPredict
+AnyResponse = Response | HttpAnswer
 
 _SWEEP_AT = 64
 """Groups kept before idle ones are looked for and dropped."""
@@ -83,11 +93,11 @@ _SWEEP_AT = 64
 
 @dataclass(slots=True)
 class _Waiter:
-    request: Request
+    request: AnyRequest
     rows: int
     deadline: float
     metadata: Metadata
-    future: asyncio.Future[Response]
+    future: asyncio.Future[AnyResponse]
 
 
 @dataclass(slots=True)
@@ -138,12 +148,21 @@ class _Group:
         )
 
 
-def batch_key(addresses: Sequence[str], request: Request) -> tuple[Key, int] | None:
+def batch_key(addresses: Sequence[str], request: AnyRequest) -> tuple[Key, int] | None:
     """What a request must share with others to merge, and its row count.
 
     None when it cannot merge: no inputs, a scalar input, an unknown rank, or
     inputs whose leading dimensions differ.
     """
+    if isinstance(request, RestPredict):
+        return (
+            tuple(addresses),
+            request.path,
+            request.signature_name,
+            "rest",
+            request.columnar,
+            request.layout,
+        ), request.rows
     if isinstance(request, ArrayRequest):
         layout_rows = array_layout(request.inputs)
         if layout_rows is None:
@@ -374,20 +393,39 @@ class Coalescer:
     async def predict(
         self,
         addresses: Sequence[str],
-        request: Request,
+        request: RestPredict,
         deadline: float,
         metadata: Metadata,
-    ) -> Response: ...
+    ) -> HttpAnswer: ...
 
+    @overload
     async def predict(
         self,
         addresses: Sequence[str],
         request: Request,
         deadline: float,
         metadata: Metadata,
-    ) -> Response:
+    ) -> Response: ...
+
+    @overload
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: AnyRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> AnyResponse: ...
+
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: AnyRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> AnyResponse:
         """The backend's answer to `request`, possibly from a merged call; of the
-        request's kind (an `ArrayResponse` for an `ArrayRequest`).
+        request's kind (an `ArrayResponse` for an `ArrayRequest`, an `HttpAnswer`
+        of any status for a `RestPredict`).
 
         Raises:
             GatewayError: as `BackendClient.predict`; DeadlineExceeded when the
@@ -422,7 +460,7 @@ class Coalescer:
                 group.answered(1, now)
                 self._release(group)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Response] = loop.create_future()
+        future: asyncio.Future[AnyResponse] = loop.create_future()
         group.waiting.append(_Waiter(request, rows, deadline, metadata, future))
         group.waiting_rows += rows
         self._dispatch(group)
@@ -514,11 +552,15 @@ class Coalescer:
     async def _call(
         self,
         addresses: Sequence[str],
-        request: Request,
+        request: AnyRequest,
         deadline: float,
         metadata: Metadata,
-    ) -> Response:
+    ) -> AnyResponse:
         """One backend call for one request, answered in the request's kind."""
+        if isinstance(request, RestPredict):
+            return await self._client.forward_rest(
+                addresses, request.path, request.body, deadline, metadata
+            )
         if not isinstance(request, ArrayRequest):
             return await self._client.predict(addresses, request, deadline, metadata)
         response = await self._client.predict(
@@ -527,7 +569,7 @@ class Coalescer:
         return ArrayResponse.from_proto(response)
 
     async def _one(self, group: _Group, waiter: _Waiter) -> bool:
-        """Serve one caller on its own; True when it got an answer."""
+        """Serve one caller on its own; True when it got a successful answer."""
         try:
             response = await self._call(
                 group.addresses, waiter.request, waiter.deadline, waiter.metadata
@@ -538,43 +580,32 @@ class Coalescer:
             return False
         if not waiter.future.done():
             waiter.future.set_result(response)
-        return True
+        return not isinstance(response, HttpAnswer) or response.status == 200
 
     async def _one_by_one(self, group: _Group, batch: list[_Waiter]) -> bool:
         results = await asyncio.gather(*(self._one(group, w) for w in batch))
         return all(results)
 
     async def _merged(self, group: _Group, batch: list[_Waiter]) -> None:
-        requests = [waiter.request for waiter in batch]
+        if isinstance(batch[0].request, RestPredict):
+            await self._merged_rest(group, batch)
+            return
+        requests = cast("list[Request]", [waiter.request for waiter in batch])
         rows = [waiter.rows for waiter in batch]
         try:
             merged = _merge(requests, rows)
         except ProtocolError:
             await self._one_by_one(group, batch)
             return
-        ids = ",".join(
-            value
-            for waiter in batch
-            for key, value in waiter.metadata
-            if key == REQUEST_ID_METADATA
-        )
-        deadline = max(waiter.deadline for waiter in batch)
         try:
             response = await self._client.predict(
-                group.addresses, merged, deadline, ((REQUEST_ID_METADATA, ids),)
+                group.addresses, merged, *_merged_call(batch)
             )
         except BackendError as exc:
             if exc.code not in _SEPARABLE_CODES:
                 self._fail(batch, exc)
                 return
-            if await self._one_by_one(group, batch):
-                group.max_rows = max(1, sum(w.rows for w in batch) // 2)
-                logger.info(
-                    "merged predict of %d rows refused (%s); merging at most %d",
-                    sum(w.rows for w in batch),
-                    exc.message,
-                    group.max_rows,
-                )
+            await self._separate(group, batch, exc.message)
             return
         except GatewayError as exc:
             self._fail(batch, exc)
@@ -584,16 +615,58 @@ class Coalescer:
         except ProtocolError:
             parts = None
         if parts is None:
-            group.max_rows = 1
-            logger.info(
-                "model %s answers without a batch dimension; not merging it again",
-                merged.model_spec.name,
-            )
-            await self._one_by_one(group, batch)
+            await self._never_merge(group, batch, merged.model_spec.name)
             return
         for waiter, part in zip(batch, parts, strict=True):
             if not waiter.future.done():
                 waiter.future.set_result(part)
+
+    async def _merged_rest(self, group: _Group, batch: list[_Waiter]) -> None:
+        requests = cast("list[RestPredict]", [waiter.request for waiter in batch])
+        first = requests[0]
+        try:
+            answer = await self._client.forward_rest(
+                group.addresses, first.path, merge_rest(requests), *_merged_call(batch)
+            )
+        except GatewayError as exc:
+            self._fail(batch, exc)
+            return
+        if answer.status in _SEPARABLE_STATUSES:
+            await self._separate(group, batch, f"HTTP {answer.status}")
+            return
+        if answer.status != 200:
+            for waiter in batch:
+                if not waiter.future.done():
+                    waiter.future.set_result(answer)
+            return
+        parts = split_rest(answer.body, first, [waiter.rows for waiter in batch])
+        if parts is None:
+            await self._never_merge(group, batch, first.path)
+            return
+        for waiter, part in zip(batch, parts, strict=True):
+            if not waiter.future.done():
+                waiter.future.set_result(HttpAnswer(200, part, answer.headers))
+
+    async def _separate(self, group: _Group, batch: list[_Waiter], reason: str) -> None:
+        """Serve a refused merge's callers one by one; if they all succeed, the
+        merge was at fault: halve the key's row limit."""
+        if await self._one_by_one(group, batch):
+            group.max_rows = max(1, sum(w.rows for w in batch) // 2)
+            logger.info(
+                "merged predict of %d rows refused (%s); merging at most %d",
+                sum(w.rows for w in batch),
+                reason,
+                group.max_rows,
+            )
+
+    async def _never_merge(
+        self, group: _Group, batch: list[_Waiter], what: str
+    ) -> None:
+        """An answer without the merged batch dimension: serve the callers one by
+        one and stop merging the key."""
+        group.max_rows = 1
+        logger.info("%s answers without a batch dimension; not merging it again", what)
+        await self._one_by_one(group, batch)
 
     @staticmethod
     def _fail(batch: list[_Waiter], exc: GatewayError) -> None:
@@ -602,7 +675,19 @@ class Coalescer:
                 waiter.future.set_exception(exc)
 
 
-def _expire(future: asyncio.Future[Response]) -> None:
+def _merged_call(batch: Sequence[_Waiter]) -> tuple[float, Metadata]:
+    """Deadline and metadata of a merged call: the latest deadline, and every
+    caller's request id."""
+    ids = ",".join(
+        value
+        for waiter in batch
+        for key, value in waiter.metadata
+        if key == REQUEST_ID_METADATA
+    )
+    return max(waiter.deadline for waiter in batch), ((REQUEST_ID_METADATA, ids),)
+
+
+def _expire(future: asyncio.Future[AnyResponse]) -> None:
     if not future.done():
         future.set_exception(
             DeadlineExceeded("deadline exceeded waiting for a backend call")
@@ -617,7 +702,7 @@ def _encoded(request: ArrayRequest) -> messages.PredictRequest:
 
 
 def _merge(requests: Sequence[Request], rows: Sequence[int]) -> messages.PredictRequest:
-    """The backend request of a batch; a batch is of one kind (its key says which).
+    """The backend request of a batch of protos or arrays (its key says which).
 
     Raises:
         ProtocolError: a tensor cannot be decoded or encoded.

@@ -114,11 +114,10 @@ async def _predict(
 ) -> Response:
     gateway = gateway_of(request)
     plan = gateway.plan(ctx, model, version, label)
-    with gateway.predicting(plan) as forward:
-        if forward:
-            answer = await gateway.forward_rest(ctx, plan, "predict", body)
-            return Response(answer.body, status_code=answer.status, media_type=JSON)
-        return await _translated_predict(ctx, gateway, plan, body)
+    if gateway.forwards_rest(plan):
+        answer = await gateway.forward_rest(ctx, plan, "predict", body)
+        return Response(answer.body, status_code=answer.status, media_type=JSON)
+    return await _translated_predict(ctx, gateway, plan, body)
 
 
 async def _translated_predict(
