@@ -15,7 +15,7 @@ import gateway as package
 from gateway.clients.backend import BackendPool, RetryPolicy
 from gateway.clients.breaker import CircuitBreaker
 from gateway.dataplane import Gateway
-from gateway.errors import GatewayError, PayloadTooLarge, UnprocessableInput
+from gateway.errors import GatewayError, UnprocessableInput
 from gateway.observability.metrics import GatewayMetrics
 from gateway.registryview import RegistryView
 from gateway.reloader import Reloader
@@ -66,12 +66,13 @@ class GatewayApp(FastAPI):
                     await self._dispatch(route.endpoint, scope, receive, send)
                     return
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                # FastAPI reads bodies without a limit: read it here, with ours.
+                # FastAPI reads bodies without a limit and leaves gzip deflated: read it
+                # here, with ours.
                 scope["app"] = self
                 request = Request(scope, receive)
                 try:
                     body = await read_body(request, self.max_body_bytes)
-                except PayloadTooLarge as exc:
+                except GatewayError as exc:
                     response = reject(request, TYPED_PROTOCOL, exc)
                     await response(scope, receive, send)
                     return

@@ -3,24 +3,29 @@
 A request alone on its target goes to the model server's REST port as it came;
 concurrent ones are merged, as JSON, into one REST call and each caller gets its
 own rows, or its own error. The REST path keeps the gateway's resilience: retries
-and the circuit breaker on an unreachable backend (503), the deadline on a silent
-one (504). Which API served is read from the model server's own request counter,
+and the circuit breaker on an unreachable backend (503) or one that answers 503,
+the deadline on a silent one (504). Which API served is read from the model server's own request counter,
 whose `protocol` label says `rest` or `grpc`; merging, from the gateway's
 `gateway_coalesced_requests` histogram.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from modelregistry import Registry
+from modelregistry.servingconfig import config_text
 
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.metrics import sample_sum
@@ -47,14 +52,32 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def backend_config(registry: Path) -> Path:
+    """The registry's models, and `twin` from a registry the gateway does not read:
+    the gateway cannot know twin's labels, so its canary label is tried on the
+    backend, which has none."""
+    elsewhere = registry.parent / "elsewhere"
+    publish_linear_pipeline(elsewhere, "twin", offset=1.0)
+    Registry(elsewhere).set_label("twin", "stable", 1)
+    entries = [
+        replace(entry, base_path=str(root / entry.base_path))
+        for root in (registry, elsewhere)
+        for entry in Registry(root).serving_entries(None)
+    ]
+    path = registry.parent / "backend.config"
+    path.write_text(config_text(entries))
+    return path
+
+
+@pytest.fixture(scope="module")
 def backend(
-    registry: Path, tmp_path_factory: pytest.TempPathFactory
+    backend_config: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ModelServer]:
     logs = tmp_path_factory.mktemp("forwarding-logs")
     monitoring = write_monitoring_config(logs)
     with model_server(
         [
-            f"--model_config_file={registry / 'servekit.config'}",
+            f"--model_config_file={backend_config}",
             f"--monitoring_config_file={monitoring}",
         ],
         log_path=logs / "model-server.log",
@@ -72,20 +95,78 @@ def silent_rest() -> Iterator[str]:
         yield f"127.0.0.1:{listener.getsockname()[1]}"
 
 
+class BusyBackend(ThreadingHTTPServer):
+    """A REST backend whose queue is full: `/v1/models/busy` always answers 503,
+    `/v1/models/flaky` answers 503 once, then 200."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _BusyHandler)
+        self.calls: dict[str, int] = {"busy": 0, "flaky": 0}
+        self.lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _BusyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: BusyBackend
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        model = "busy" if self.path.startswith("/v1/models/busy") else "flaky"
+        with self.server.lock:
+            self.server.calls[model] += 1
+            first = self.server.calls[model] == 1
+        if model == "busy" or first:
+            status, body = 503, b'{"error": "Batch queue full: 1 batches enqueued"}'
+        else:
+            status, body = 200, b'{"predictions": [42.0]}'
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def busy_rest() -> Iterator[BusyBackend]:
+    server = BusyBackend()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture(scope="module")
 def gateway(
     registry: Path,
     backend: ModelServer,
     silent_rest: str,
+    busy_rest: BusyBackend,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
     silent_grpc = f"127.0.0.1:{free_port()}"
     dead_grpc = f"127.0.0.1:{free_port()}"
     dead_rest = f"127.0.0.1:{free_port()}"
+    busy_grpc = f"127.0.0.1:{free_port()}"
     routes = {
         "routes": {
             "silent": {"backend": silent_grpc},
             "dead": {"backend": dead_grpc},
+            "busy": {"backend": busy_grpc},
+            "flaky": {"backend": busy_grpc},
+            "twin": {
+                "stable": "stable",
+                "canary": {"label": "canary", "weight": 1.0},
+            },
         }
     }
     (registry / "routes.yaml").write_text(json.dumps(routes))
@@ -93,6 +174,7 @@ def gateway(
         backend.grpc_target: f"127.0.0.1:{backend.rest_port}",
         silent_grpc: silent_rest,
         dead_grpc: dead_rest,
+        busy_grpc: busy_rest.address,
     }
     env = {
         "GATEWAY_REGISTRY": str(registry),
@@ -210,6 +292,68 @@ def test_a_silent_rest_backend_is_504_at_the_deadline(gateway: GatewayProcess) -
     assert answer.status_code == 504
     assert "deadline" in answer.json()["error"]
     assert 0.35 < elapsed < 3.0
+
+
+def test_a_backend_503_is_retried_like_unavailable(
+    gateway: GatewayProcess, busy_rest: BusyBackend
+) -> None:
+    retries_before = gateway.metric("gateway_backend_retries_total")
+    flaky = predict(gateway.url, "/v1/models/flaky:predict")
+    assert flaky.status_code == 200, flaky.text
+    assert flaky.json() == {"predictions": [42.0]}
+    assert busy_rest.calls["flaky"] == 2
+    busy = predict(gateway.url, "/v1/models/busy:predict")
+    assert busy.status_code == 503
+    assert "Batch queue full" in busy.json()["error"]
+    # The first try and GATEWAY_RETRIES (2) retries.
+    assert busy_rest.calls["busy"] == 3
+    assert gateway.metric("gateway_backend_retries_total") - retries_before == 3
+
+
+def test_a_vanished_canary_label_falls_back_to_stable_over_rest(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    request_id = "vanished-canary-0001"
+    answer = predict(
+        gateway.url, "/v1/models/twin:predict", headers={"x-request-id": request_id}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-route"] == "stable"
+    assert answer.headers["x-model-version"] == "1"
+    assert answer.json()["predictions"] == pytest.approx([2 + 6 + 1.0])
+
+    def canary_refused() -> bool:
+        return any(
+            request_id in line and "labels/canary:predict answered 400" in line
+            for line in backend.process.log_text().splitlines()
+        )
+
+    # The canary try reached the backend and failed there, then stable answered.
+    wait_until(canary_refused, timeout=5, what="the canary's 400 in the backend log")
+
+
+def test_a_gzip_body_is_inflated_and_forwarded(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    rest_before = served_count(backend, "rest")
+    zipped = predict(
+        gateway.url,
+        "/v1/models/linear:predict",
+        gzip.compress(BODY),
+        headers={"content-encoding": "gzip"},
+    )
+    plain = predict(gateway.url, "/v1/models/linear:predict")
+    assert zipped.status_code == plain.status_code == 200
+    assert zipped.content == plain.content
+    assert served_count(backend, "rest") == rest_before + 2
+    broken = predict(
+        gateway.url,
+        "/v1/models/linear:predict",
+        gzip.compress(BODY)[:-6],
+        headers={"content-encoding": "gzip"},
+    )
+    assert broken.status_code == 400
+    assert "uncompress" in broken.json()["error"]
 
 
 def burst(base: str, path: str, bodies: list[bytes]) -> list[httpx.Response]:

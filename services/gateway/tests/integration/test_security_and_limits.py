@@ -1,8 +1,12 @@
-"""API keys (401/403), per-key rate limits (429 + Retry-After), body limit (413)."""
+"""API keys (401/403), per-key rate limits (429 + Retry-After), body limit (413),
+gzip bodies."""
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -93,3 +97,49 @@ def test_body_over_the_limit_is_413(
             path, content=chunks(), headers={"content-type": "application/json"}
         )
         assert streamed.status_code == 413, path
+
+
+GZIP = {"content-encoding": "gzip", "content-type": "application/json"}
+V2_ROW = {
+    "inputs": [
+        {"name": "a", "shape": [1], "datatype": "FP64", "data": [1.0]},
+        {"name": "b", "shape": [1], "datatype": "FP64", "data": [2.0]},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/models/linear/versions/1:predict", ROW),
+        ("/v2/models/linear/versions/1/infer", V2_ROW),
+        ("/models/linear/versions/1/predict", ROW),
+    ],
+)
+def test_gzip_bodies_are_inflated(
+    client: httpx.Client, path: str, body: dict[str, Any]
+) -> None:
+    plain = client.post(path, json=body)
+    zipped = client.post(
+        path, content=gzip.compress(json.dumps(body).encode()), headers=GZIP
+    )
+    assert plain.status_code == zipped.status_code == 200, zipped.text
+    assert zipped.json() == plain.json()
+    broken = client.post(
+        path, content=gzip.compress(json.dumps(body).encode())[:-6], headers=GZIP
+    )
+    assert broken.status_code == 400, path
+    assert "uncompress" in broken.json()["error"]
+
+
+def test_the_limit_applies_to_the_inflated_body(
+    client: httpx.Client, gateway_env: dict[str, str]
+) -> None:
+    limit = int(gateway_env["GATEWAY_MAX_BODY_BYTES"])
+    rows = json.dumps({"instances": [{"a": 1.0, "b": 2.0}] * (limit // 10)})
+    bomb = gzip.compress(rows.encode())
+    assert len(bomb) < limit // 10
+    for path in ("/v1/models/linear:predict", "/models/linear/predict"):
+        answer = client.post(path, content=bomb, headers=GZIP)
+        assert answer.status_code == 413, path
+        assert "limit" in answer.json()["error"]

@@ -7,5 +7,6 @@ Modules:
     examples: tf.Example <-> Python dicts.
     metadata: SignatureDefMap packing for GetModelMetadata.
     json_codec: TF Serving's REST JSON request and response bodies.
+    bodies: gzip request bodies, inflated under a size limit.
     errors: the error tree.
 """

@@ -23,7 +23,13 @@ from servekit_protocol import messages
 from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
 
 from gateway.clients.breaker import BreakerState, CircuitBreaker
-from gateway.clients.http import ConnectionFailed, HttpAnswer, HttpBackend
+from gateway.clients.http import (
+    ConnectionFailed,
+    HttpAnswer,
+    HttpBackend,
+    Refused,
+    error_text,
+)
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -277,7 +283,8 @@ class BackendClient:
         metadata: Metadata,
     ) -> HttpAnswer:
         """POST `body` to `target` on a backend's REST API (every address must
-        have one); the answer comes back whatever its status.
+        have one); the answer comes back whatever its status, but a 503 is retried
+        as gRPC's UNAVAILABLE is.
 
         Raises:
             BackendUnavailable, DeadlineExceeded: as `BackendPool.call`.
@@ -288,12 +295,15 @@ class BackendClient:
             assert backend.http is not None
             try:
                 async with asyncio.timeout(timeout):
-                    return await backend.http.request("POST", target, body, headers)
+                    answer = await backend.http.request("POST", target, body, headers)
             except TimeoutError:
                 backend.breaker.record_cancelled()
                 raise DeadlineExceeded(
                     f"deadline exceeded waiting for backend {backend.address}"
                 ) from None
+            if answer.status == 503:
+                raise Refused(f"answered 503: {error_text(answer.body)}")
+            return answer
 
         answer: HttpAnswer
         answer, _ = await self.pool.call(

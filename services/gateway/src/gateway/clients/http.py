@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import httptools
+import orjson
 
 MAX_IDLE_CONNECTIONS = 64
 
@@ -21,6 +22,23 @@ MAX_IDLE_CONNECTIONS = 64
 class ConnectionFailed(Exception):
     """The backend could not be reached, or it closed the connection before
     answering: nothing was processed as far as the client can tell."""
+
+
+class Refused(ConnectionFailed):
+    """The backend answered 503: TF Serving's UNAVAILABLE over REST (a full batch
+    queue, a server shutting down). Nothing was processed, so it is retried like
+    the gRPC status."""
+
+
+def error_text(body: bytes) -> str:
+    """The message of a TF Serving error body (`{"error": ...}`), else its start."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+        return cast(str, parsed["error"])
+    return body[:200].decode("utf-8", "replace")
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
+from servekit_protocol.bodies import BodyTooLarge, gunzip, is_gzip
 from servekit_protocol.errors import ProtocolError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -94,12 +95,14 @@ def parse_timeout(raw: str | None) -> float | None:
     return value
 
 
-def check_declared_length(scope: Scope, limit: int) -> None:
-    """Refuse a body whose Content-Length is above `limit` before reading it.
+def check_body_headers(scope: Scope, limit: int) -> bytes:
+    """Refuse a body whose Content-Length is above `limit` before reading it, and
+    return the request's Content-Encoding (empty without one).
 
     Raises:
         PayloadTooLarge: the declared size is above the limit.
     """
+    encoding = b""
     for name, value in scope["headers"]:
         if name == b"content-length":
             if value.isdigit() and int(value) > limit:
@@ -107,7 +110,9 @@ def check_declared_length(scope: Scope, limit: int) -> None:
                     f"request body of {value.decode()} bytes exceeds the limit "
                     f"of {limit} bytes"
                 )
-            return
+        elif name == b"content-encoding":
+            encoding = value
+    return encoding
 
 
 def replay_body(body: bytes, receive: Receive) -> Receive:
@@ -128,10 +133,14 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes.
 
+    A gzip body (`Content-Encoding: gzip`) is inflated, and the limit applies to
+    the inflated size too.
+
     Raises:
-        PayloadTooLarge: declared or actual size above the limit.
+        PayloadTooLarge: declared, actual or inflated size above the limit.
+        InvalidInput: a gzip body that does not inflate.
     """
-    check_declared_length(request.scope, limit)
+    encoding = check_body_headers(request.scope, limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -139,7 +148,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if encoding and is_gzip(encoding):
+        # TF Serving inflates gzip bodies; the backends then get plain JSON.
+        try:
+            return gunzip(body, limit)
+        except BodyTooLarge as exc:
+            raise PayloadTooLarge(exc.message) from exc
+        except ProtocolError as exc:
+            raise InvalidInput(exc.message) from exc
+    return body
 
 
 def parse_json(body: bytes) -> Any:

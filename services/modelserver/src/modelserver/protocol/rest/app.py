@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
+
+from servekit_protocol.bodies import BodyTooLarge, gunzip, is_gzip, too_large_message
+from servekit_protocol.errors import ProtocolError
 
 from modelserver.dataplane import DataPlane
 from modelserver.errors import InvalidInput, ServingError
@@ -173,13 +175,18 @@ class RestApp:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(_too_large(limit))
+                    raise PayloadTooLarge(too_large_message(limit))
                 chunks.append(chunk)
             body = b"".join(chunks)
         if len(body) > limit:
-            raise PayloadTooLarge(_too_large(limit))
-        if b"gzip" in content_encoding:
-            body = _gunzip(body, limit)
+            raise PayloadTooLarge(too_large_message(limit))
+        if is_gzip(content_encoding):
+            try:
+                body = gunzip(body, limit)
+            except BodyTooLarge as exc:
+                raise PayloadTooLarge(exc.message) from exc
+            except ProtocolError as exc:
+                raise InvalidInput(exc.message) from exc
         return body
 
 
@@ -199,23 +206,6 @@ def _preflight(origin: bytes) -> bytes:
     if origin.startswith((b"http://", b"https://")):
         return b""
     raise InvalidInput("Origin header is missing in CORS preflight")
-
-
-def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"Failed to uncompress the gzipped body: {exc}") from exc
-    if len(inflated) > limit:
-        raise PayloadTooLarge(_too_large(limit))
-    if not inflater.eof:
-        raise InvalidInput("Failed to uncompress the gzipped body: truncated data")
-    return inflated
-
-
-def _too_large(limit: int) -> str:
-    return f"Request body is larger than the limit of {limit} bytes"
 
 
 async def _handle_lifespan(receive: Receive, send: Send) -> None:
