@@ -528,7 +528,11 @@ class Gateway:
         self, ctx: CallContext, target: Target, verb: str, body: bytes
     ) -> HttpAnswer:
         path = rest_path(target, verb)
-        mergeable = rest_predict(path, body) if verb == "predict" else None
+        mergeable = (
+            rest_predict(path, body)
+            if verb == "predict" and self.coalescer.merges
+            else None
+        )
         if mergeable is not None:
             return await self.coalescer.predict(
                 target.backends, mergeable, ctx.deadline, ctx.metadata()

@@ -371,6 +371,12 @@ class Coalescer:
         self._groups: dict[Key, _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def merges(self) -> bool:
+        """Whether requests may be merged at all (callers skip preparing them
+        when not)."""
+        return self._max_rows > 1
+
     @overload
     async def predict(
         self,
@@ -433,7 +439,7 @@ class Coalescer:
                 be encoded.
             ProtocolError: the backend's answer cannot be decoded into arrays.
         """
-        keyed = batch_key(addresses, request) if self._max_rows > 1 else None
+        keyed = batch_key(addresses, request) if self.merges else None
         if keyed is None:
             return await self._call(addresses, request, deadline, metadata)
         key, rows = keyed
