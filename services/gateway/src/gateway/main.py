@@ -147,7 +147,7 @@ def build_reloader(gateway: Gateway) -> Reloader:
     )
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
+def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp:
     """The HTTP app. Without `gateway`, one is built and closed with the app.
 
     Raises:
@@ -182,7 +182,6 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         # No OpenTelemetry per request; Prometheus metrics cover the gateway.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.gateway = gw
     app.gateway = gw
 
     @app.exception_handler(RequestValidationError)

@@ -36,7 +36,7 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         ) as client:
             yield client
     finally:
-        await app.state.gateway.close()
+        await app.gateway.close()
 
 
 @pytest.fixture
