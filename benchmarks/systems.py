@@ -549,9 +549,9 @@ def _start_all(
             f"The gateway forwards to {LABELS[options.gateway_backend]} (the model's "
             "own process); all share the server core. A REST :predict goes to the "
             "backend's REST API: alone as it came, and concurrent ones of one model "
-            "merged as JSON into one call; gRPC Predicts are merged into one gRPC "
-            "call (at most 32 rows, one call in flight). The coalescing-off gateway "
-            "sends every request on its own."
+            "merged as JSON into one call; gRPC Predicts go to the same port as "
+            "gRPC-Web, merged into one call (at most 32 rows, one call in flight). "
+            "The coalescing-off gateway sends every request on its own."
         )
     if options.wants("mlserver") or options.wants("mlserver-batching"):
         if mlserver is None:

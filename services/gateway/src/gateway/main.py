@@ -130,6 +130,7 @@ def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> 
             settings.breaker_failures, settings.breaker_reset_seconds
         ),
         settings.rest_backends,
+        grpc_web=settings.backend_grpc_web,
     )
     return Gateway(settings, metrics, router, pool, authenticator, registry)
 

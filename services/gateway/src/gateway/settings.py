@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     e.g. `{"127.0.0.1:8500": "127.0.0.1:8501"}` (JSON in the environment). v1
     `:predict` requests routed to such a backend are forwarded to its REST API as
     they came instead of being translated to gRPC (not while shadowing)."""
+    backend_grpc_web: bool = True
+    """Make the gRPC calls to a backend with a REST address (`rest_backends`) as
+    gRPC-Web on that port: the servekit model server speaks it, and it costs both
+    sides less than Python gRPC. A backend that does not (TF Serving) is found out
+    on the first call and called over gRPC."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger gets 413."""
     max_in_flight: int = Field(default=512, gt=0)

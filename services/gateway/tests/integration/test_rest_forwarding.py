@@ -1,12 +1,15 @@
-"""v1 `:predict` forwarded to the backends' REST API (`GATEWAY_REST_BACKENDS`).
+"""Backends reached on their REST port (`GATEWAY_REST_BACKENDS`).
 
-A request alone on its target goes to the model server's REST port as it came;
-concurrent ones are merged, as JSON, into one REST call and each caller gets its
-own rows, or its own error. The REST path keeps the gateway's resilience: retries
-and the circuit breaker on an unreachable backend (503) or one that answers 503,
-the deadline on a silent one (504). Which API served is read from the model server's own request counter,
-whose `protocol` label says `rest` or `grpc`; merging, from the gateway's
-`gateway_coalesced_requests` histogram.
+A v1 `:predict` alone on its target goes to the model server's REST API as it
+came; concurrent ones are merged, as JSON, into one REST call and each caller gets
+its own rows, or its own error. Every other backend call (gRPC front, v2, typed,
+metadata) goes as gRPC-Web on the same port, merged Predicts included; a backend
+whose REST port has no gRPC-Web (TF Serving) is called over gRPC instead. Both
+paths keep the gateway's resilience: retries and the circuit breaker on an
+unreachable backend or one that answers 503 / UNAVAILABLE, the deadline on a
+silent one. Which API served is read from the model server's own request
+counter, whose `protocol` label says `rest`, `grpc` or `grpc-web`; merging, from
+the gateway's `gateway_coalesced_requests` histogram.
 """
 
 from __future__ import annotations
@@ -22,10 +25,15 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import grpc
 import httpx
+import numpy as np
 import pytest
 from modelregistry import Registry
 from modelregistry.servingconfig import config_text
+from servekit_protocol import grpcweb, messages
+from servekit_protocol.services import PredictionServiceStub
+from servekit_protocol.tensors import from_ndarray, to_ndarray
 
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.metrics import sample_sum
@@ -59,6 +67,7 @@ def backend_config(registry: Path) -> Path:
     elsewhere = registry.parent / "elsewhere"
     publish_linear_pipeline(elsewhere, "twin", offset=1.0)
     Registry(elsewhere).set_label("twin", "stable", 1)
+    publish_linear_pipeline(elsewhere, "plain", offset=4.0)
     entries = [
         replace(entry, base_path=str(root / entry.base_path))
         for root in (registry, elsewhere)
@@ -97,13 +106,14 @@ def silent_rest() -> Iterator[str]:
 
 class BusyBackend(ThreadingHTTPServer):
     """A REST backend whose queue is full: `/v1/models/busy` always answers 503,
-    `/v1/models/flaky` answers 503 once, then 200."""
+    `/v1/models/flaky` answers 503 once, then 200; a gRPC-Web Predict answers
+    UNAVAILABLE once, then y = [42.0]."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _BusyHandler)
-        self.calls: dict[str, int] = {"busy": 0, "flaky": 0}
+        self.calls: dict[str, int] = {"busy": 0, "flaky": 0, "web": 0}
         self.lock = threading.Lock()
 
     @property
@@ -116,7 +126,10 @@ class _BusyHandler(BaseHTTPRequestHandler):
     server: BusyBackend
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if self.path.startswith("/tensorflow.serving."):
+            self._grpc_web(body)
+            return
         model = "busy" if self.path.startswith("/v1/models/busy") else "flaky"
         with self.server.lock:
             self.server.calls[model] += 1
@@ -131,8 +144,59 @@ class _BusyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _grpc_web(self, body: bytes) -> None:
+        request = messages.PredictRequest.FromString(grpcweb.request_message(body))
+        with self.server.lock:
+            self.server.calls["web"] += 1
+            first = self.server.calls["web"] == 1
+        self.send_response(200)
+        self.send_header("content-type", "application/grpc-web+proto")
+        if first:
+            self.send_header("grpc-status", "14")
+            self.send_header("grpc-message", "Batch queue full")
+            payload = b""
+        else:
+            response = messages.PredictResponse()
+            response.model_spec.name = request.model_spec.name
+            response.model_spec.version.value = 1
+            from_ndarray(np.array([42.0]), into=response.outputs["y"])
+            payload = grpcweb.frame(response.SerializeToString())
+            payload += grpcweb.trailer_frame(0, "", ())
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+class _NotFoundHandler(BaseHTTPRequestHandler):
+    """What TF Serving's REST port answers outside `/v1/`: 404."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        body = b'{"error": "Not found"}'
+        self.send_response(404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def no_grpc_web_rest() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NotFoundHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -151,18 +215,25 @@ def gateway(
     backend: ModelServer,
     silent_rest: str,
     busy_rest: BusyBackend,
+    no_grpc_web_rest: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
     silent_grpc = f"127.0.0.1:{free_port()}"
     dead_grpc = f"127.0.0.1:{free_port()}"
     dead_rest = f"127.0.0.1:{free_port()}"
     busy_grpc = f"127.0.0.1:{free_port()}"
+    # Its own address, so its circuit is not the one `busy` opens.
+    webflaky_grpc = f"127.0.0.1:{free_port()}"
     routes = {
         "routes": {
             "silent": {"backend": silent_grpc},
             "dead": {"backend": dead_grpc},
             "busy": {"backend": busy_grpc},
             "flaky": {"backend": busy_grpc},
+            "webflaky": {"backend": webflaky_grpc},
+            # The model server itself, under another name whose REST port is a
+            # server without gRPC-Web (as TF Serving's is).
+            "plain": {"backend": f"localhost:{backend.grpc_port}"},
             "twin": {
                 "stable": "stable",
                 "canary": {"label": "canary", "weight": 1.0},
@@ -175,6 +246,8 @@ def gateway(
         silent_grpc: silent_rest,
         dead_grpc: dead_rest,
         busy_grpc: busy_rest.address,
+        webflaky_grpc: busy_rest.address,
+        f"localhost:{backend.grpc_port}": no_grpc_web_rest,
     }
     env = {
         "GATEWAY_REGISTRY": str(registry),
@@ -419,3 +492,157 @@ def test_a_bad_body_in_a_merged_call_gets_its_own_error(
         else:
             assert answer.status_code == 200, answer.text
             assert answer.json()["predictions"] == pytest.approx([2.0 * i + 1.0])
+
+
+# ---- gRPC-Web: every other backend call -------------------------------------------
+
+
+def linear_request(
+    version: int | None = None, rows: int = 2
+) -> messages.PredictRequest:
+    request = messages.PredictRequest()
+    request.model_spec.name = "linear"
+    if version is not None:
+        request.model_spec.version.value = version
+    from_ndarray(np.arange(rows, dtype=np.float64), into=request.inputs["a"])
+    from_ndarray(np.full(rows, 0.5), into=request.inputs["b"])
+    return request
+
+
+def grpc_predict(
+    target: str, request: messages.PredictRequest, timeout: float = 30
+) -> messages.PredictResponse:
+    with grpc.insecure_channel(target) as channel:
+        response: messages.PredictResponse = PredictionServiceStub(channel).Predict(
+            request, timeout=timeout
+        )
+        return response
+
+
+def grpc_failure(
+    target: str, request: messages.PredictRequest, timeout: float = 30
+) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        grpc_predict(target, request, timeout)
+    return caught.value
+
+
+def test_grpc_predicts_reach_the_backend_as_grpc_web(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    web_before = served_count(backend, "grpc-web")
+    grpc_before = served_count(backend, "grpc")
+    via = grpc_predict(gateway.grpc_target, linear_request(version=1))
+    assert served_count(backend, "grpc-web") == web_before + 1
+    direct = grpc_predict(backend.grpc_target, linear_request(version=1))
+    assert via == direct
+    np.testing.assert_allclose(
+        to_ndarray(via.outputs["predictions"]), [2 * 0 + 1.5 + 1.0, 2 * 1 + 1.5 + 1.0]
+    )
+    assert served_count(backend, "grpc") == grpc_before + 1  # the direct call only
+
+
+def test_v2_infer_goes_as_grpc_web(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    web_before = served_count(backend, "grpc-web")
+    answer = httpx.post(
+        f"{gateway.url}/v2/models/linear/versions/2/infer",
+        json={
+            "inputs": [
+                {"name": "a", "datatype": "FP64", "shape": [1], "data": [1.0]},
+                {"name": "b", "datatype": "FP64", "shape": [1], "data": [2.0]},
+            ]
+        },
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"] == pytest.approx([2 + 6 + 5.0])
+    assert served_count(backend, "grpc-web") == web_before + 1
+
+
+def test_backend_errors_over_grpc_web_are_the_backends(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    request = linear_request(version=9)
+    via = grpc_failure(gateway.grpc_target, request)
+    direct = grpc_failure(backend.grpc_target, request)
+    assert via.code() == direct.code() == grpc.StatusCode.NOT_FOUND
+    assert via.details() == direct.details()
+    wrong = linear_request(version=1)
+    wrong.inputs["c"].CopyFrom(wrong.inputs["a"])
+    via = grpc_failure(gateway.grpc_target, wrong)
+    assert via.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert via.details() == grpc_failure(backend.grpc_target, wrong).details()
+
+
+def test_concurrent_grpc_predicts_are_merged_into_grpc_web_calls(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    web_before = served_count(backend, "grpc-web")
+    grpc_before = served_count(backend, "grpc")
+    merged_before = merged_callers(gateway)
+    requests = []
+    for i in range(48):
+        request = linear_request(version=2, rows=1)
+        from_ndarray(np.array([float(i)]), into=request.inputs["a"])
+        requests.append(request)
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        stub = PredictionServiceStub(channel)
+        futures = [stub.Predict.future(r, timeout=30) for r in requests]
+        answers = [future.result() for future in futures]
+    for i, answer in enumerate(answers):
+        np.testing.assert_allclose(
+            to_ndarray(answer.outputs["predictions"]), [2 * i + 1.5 + 5.0]
+        )
+        assert answer.model_spec.version.value == 2
+    calls = served_count(backend, "grpc-web") - web_before
+    assert 1 <= calls < 48
+    assert merged_callers(gateway) - merged_before == 48 - calls
+    assert served_count(backend, "grpc") == grpc_before
+
+
+def test_a_backend_without_grpc_web_is_called_over_grpc(
+    gateway: GatewayProcess, backend: ModelServer
+) -> None:
+    web_before = served_count(backend, "grpc-web")
+    grpc_before = served_count(backend, "grpc")
+    for _ in range(2):
+        request = linear_request()
+        request.model_spec.name = "plain"
+        answer = grpc_predict(gateway.grpc_target, request)
+        np.testing.assert_allclose(
+            to_ndarray(answer.outputs["predictions"]), [1.5 + 4.0, 2 + 1.5 + 4.0]
+        )
+    assert served_count(backend, "grpc") == grpc_before + 2
+    assert served_count(backend, "grpc-web") == web_before
+    found = [
+        line
+        for line in gateway.process.log_text().splitlines()
+        if "has no gRPC-Web" in line
+    ]
+    assert len(found) == 1, found
+
+
+def test_grpc_web_unavailable_is_retried(
+    gateway: GatewayProcess, busy_rest: BusyBackend
+) -> None:
+    retries_before = gateway.metric("gateway_backend_retries_total")
+    request = linear_request()
+    request.model_spec.name = "webflaky"
+    answer = grpc_predict(gateway.grpc_target, request)
+    np.testing.assert_allclose(to_ndarray(answer.outputs["y"]), [42.0])
+    assert busy_rest.calls["web"] == 2
+    assert gateway.metric("gateway_backend_retries_total") - retries_before == 1
+
+
+def test_a_silent_grpc_web_backend_is_deadline_exceeded(
+    gateway: GatewayProcess,
+) -> None:
+    request = linear_request()
+    request.model_spec.name = "silent"
+    started = time.perf_counter()
+    failure = grpc_failure(gateway.grpc_target, request, timeout=0.4)
+    elapsed = time.perf_counter() - started
+    assert failure.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed < 3.0

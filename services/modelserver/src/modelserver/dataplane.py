@@ -17,7 +17,7 @@ Contract for the transports:
 - ``await stop()`` stops the pollers, waits for in-flight requests, unloads.
 - ``ready()`` is true between the end of ``start`` and the beginning of ``stop``;
   ``live()`` until ``stop`` finished.
-- Inference methods take keyword-only ``protocol`` (``"rest"``/``"grpc"``, a
+- Inference methods take keyword-only ``protocol`` (``"rest"``, ``"grpc"`` or ``"grpc-web"``, a
   metrics label) and ``timeout`` (seconds left for the call; ``None`` = no limit).
   Inference runs in a thread pool (or in the batcher's), never on the event loop.
 - ``signature(spec)`` gives the REST codecs the input/output dtypes they need to

@@ -185,6 +185,21 @@ async def test_cors(dataplane: FakeDataPlane) -> None:
         assert preflight.status_code == 200
         assert preflight.headers["access-control-allow-origin"] == "*"
         assert (await client.options("/v1/models/half:predict")).status_code == 400
+        # gRPC-Web from a browser: its headers allowed, its status readable.
+        web = await client.options(
+            "/tensorflow.serving.PredictionService/Predict",
+            headers={"origin": "https://example.com"},
+        )
+        assert web.status_code == 200
+        assert "X-Grpc-Web" in web.headers["access-control-allow-headers"]
+        assert "Grpc-Status" in web.headers["access-control-expose-headers"]
+        call = await client.post(
+            "/tensorflow.serving.PredictionService/Predict",
+            content=b"\x00\x00\x00\x00\x00",
+            headers={"content-type": "application/grpc-web"},
+        )
+        assert call.headers["access-control-allow-origin"] == "*"
+        assert call.headers["grpc-status"] == "5"  # no model has the name ""
 
 
 async def test_unexpected_failures_hide_details(

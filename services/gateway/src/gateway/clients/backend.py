@@ -22,6 +22,7 @@ import grpc
 from servekit_protocol import messages
 from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
 
+from gateway.clients import grpcweb
 from gateway.clients.breaker import BreakerState, CircuitBreaker
 from gateway.clients.http import (
     ConnectionFailed,
@@ -77,6 +78,7 @@ class Backend:
         breaker: CircuitBreaker,
         metrics: GatewayMetrics,
         rest_address: str | None = None,
+        grpc_web: bool = True,
     ) -> None:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -84,6 +86,9 @@ class Backend:
         self.models = ModelServiceStub(self.channel)
         self.http = HttpBackend(rest_address) if rest_address is not None else None
         """The same server's REST API, when the settings name it."""
+        self.grpc_web = grpc_web and self.http is not None
+        """Whether gRPC calls go as gRPC-Web to `http` (until it proves not to
+        speak it)."""
         self.breaker = breaker
         self.last_error = ""
         """The last UNAVAILABLE detail, quoted while the circuit is open."""
@@ -112,8 +117,10 @@ class BackendPool:
         retry: RetryPolicy,
         breaker_factory: Callable[[], CircuitBreaker],
         rest_addresses: Mapping[str, str] | None = None,
+        grpc_web: bool = True,
     ) -> None:
         self._metrics = metrics
+        self._grpc_web = grpc_web
         self._retry = retry
         self._breaker_factory = breaker_factory
         self.rest_addresses: Mapping[str, str] = dict(rest_addresses or {})
@@ -128,6 +135,7 @@ class BackendPool:
                 self._breaker_factory(),
                 self._metrics,
                 self.rest_addresses.get(address),
+                self._grpc_web,
             )
             self._backends[address] = backend
         return backend
@@ -190,9 +198,11 @@ class BackendPool:
             started = time.perf_counter()
             try:
                 response = await invoke(backend, remaining, metadata)
-            except (grpc.aio.AioRpcError, ConnectionFailed) as exc:
+            except (grpc.aio.AioRpcError, grpcweb.RpcFailed, ConnectionFailed) as exc:
                 if isinstance(exc, ConnectionFailed):
                     code, detail = grpc.StatusCode.UNAVAILABLE, str(exc)
+                elif isinstance(exc, grpcweb.RpcFailed):
+                    code, detail = exc.code, exc.details
                 else:
                     code, detail = exc.code(), exc.details() or ""
                 self._metrics.backend_errors.labels(
@@ -247,6 +257,56 @@ class BackendPool:
 
 Metadata = Sequence[tuple[str, str]]
 
+_WEB_METHODS: dict[str, tuple[str, type[Any]]] = {
+    "Predict": (
+        "/tensorflow.serving.PredictionService/Predict",
+        messages.PredictResponse,
+    ),
+    "Classify": (
+        "/tensorflow.serving.PredictionService/Classify",
+        messages.ClassificationResponse,
+    ),
+    "Regress": (
+        "/tensorflow.serving.PredictionService/Regress",
+        messages.RegressionResponse,
+    ),
+    "MultiInference": (
+        "/tensorflow.serving.PredictionService/MultiInference",
+        messages.MultiInferenceResponse,
+    ),
+    "GetModelMetadata": (
+        "/tensorflow.serving.PredictionService/GetModelMetadata",
+        messages.GetModelMetadataResponse,
+    ),
+    "GetModelStatus": (
+        "/tensorflow.serving.ModelService/GetModelStatus",
+        messages.GetModelStatusResponse,
+    ),
+}
+"""Method -> its gRPC path and response message, for gRPC-Web calls."""
+
+
+async def _grpc_web_call(
+    backend: Backend, method: str, request: Any, timeout: float, metadata: Metadata
+) -> Any:
+    assert backend.http is not None
+    path, response_type = _WEB_METHODS[method]
+    try:
+        async with asyncio.timeout(timeout):
+            answer = await grpcweb.unary_call(
+                backend.http,
+                path,
+                request.SerializeToString(),
+                timeout,
+                tuple(metadata),
+            )
+    except TimeoutError:
+        backend.breaker.record_cancelled()
+        raise DeadlineExceeded(
+            f"deadline exceeded waiting for backend {backend.address}"
+        ) from None
+    return response_type.FromString(answer)
+
 
 class BackendClient:
     """Typed TF Serving calls over the pool; every method raises like `BackendPool.call`."""
@@ -263,9 +323,21 @@ class BackendClient:
         deadline: float,
         metadata: Metadata,
     ) -> Any:
-        """Call `method` on the backend's `stub` ("prediction" or "models")."""
+        """Call `method` on the backend's `stub` ("prediction" or "models"), as
+        gRPC-Web on its REST port when it has one that speaks it."""
 
         async def invoke(backend: Backend, timeout: float, md: Metadata) -> Any:
+            if backend.grpc_web:
+                try:
+                    return await _grpc_web_call(backend, method, request, timeout, md)
+                except grpcweb.NotSpoken as exc:
+                    backend.grpc_web = False
+                    logger.warning(
+                        "backend %s has no gRPC-Web on %s (%s): calling it over gRPC",
+                        backend.address,
+                        backend.http.address if backend.http else "?",
+                        exc,
+                    )
             call = getattr(getattr(backend, stub), method)
             return await call(request, timeout=timeout, metadata=md)
 

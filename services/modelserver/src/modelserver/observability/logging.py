@@ -60,7 +60,7 @@ def bind_request_id(incoming: str | bytes | None, protocol: str) -> str:
     Args:
         incoming: The caller's ``x-request-id``, if any. It is kept when it is
             printable ASCII of at most :data:`MAX_REQUEST_ID_LENGTH` characters.
-        protocol: ``"rest"`` or ``"grpc"``.
+        protocol: ``"rest"``, ``"grpc"`` or ``"grpc-web"``.
     """
     if isinstance(incoming, bytes):
         incoming = incoming.decode("latin-1")

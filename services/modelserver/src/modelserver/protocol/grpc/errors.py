@@ -61,7 +61,8 @@ def rpc(
     @functools.wraps(method)
     async def handle(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
         started = time.perf_counter()
-        request_id = bind_request_id(incoming_request_id(context), "grpc")
+        protocol = getattr(self, "protocol", "grpc")
+        request_id = bind_request_id(incoming_request_id(context), protocol)
         trailing = ((REQUEST_ID_HEADER, request_id),)
         context.set_trailing_metadata(trailing)
         try:

@@ -20,10 +20,15 @@ from modelserver.protocol.grpc.errors import Context, rpc
 
 
 class PredictionServicer(PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService`` over a :class:`DataPlane`."""
+    """``tensorflow.serving.PredictionService`` over a :class:`DataPlane`.
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    ``protocol`` labels the calls in metrics and logs (``"grpc-web"`` when the
+    same servicer answers gRPC-Web on the REST port).
+    """
+
+    def __init__(self, dataplane: DataPlane, protocol: str = "grpc") -> None:
         self._dataplane = dataplane
+        self.protocol = protocol
 
     @rpc
     async def Predict(
@@ -32,7 +37,7 @@ class PredictionServicer(PredictionServiceServicer):
         predict_request = converters.to_predict_request(request)
         bind_model(predict_request.spec.name, predict_request.spec.version)
         response = await self._dataplane.predict(
-            predict_request, protocol="grpc", timeout=context.time_remaining()
+            predict_request, protocol=self.protocol, timeout=context.time_remaining()
         )
         return converters.from_predict_response(response)
 
@@ -43,7 +48,7 @@ class PredictionServicer(PredictionServiceServicer):
         classify_request = converters.to_classify_request(request)
         bind_model(classify_request.spec.name, classify_request.spec.version)
         response = await self._dataplane.classify(
-            classify_request, protocol="grpc", timeout=context.time_remaining()
+            classify_request, protocol=self.protocol, timeout=context.time_remaining()
         )
         return converters.from_classify_response(response)
 
@@ -54,7 +59,7 @@ class PredictionServicer(PredictionServiceServicer):
         regress_request = converters.to_regress_request(request)
         bind_model(regress_request.spec.name, regress_request.spec.version)
         response = await self._dataplane.regress(
-            regress_request, protocol="grpc", timeout=context.time_remaining()
+            regress_request, protocol=self.protocol, timeout=context.time_remaining()
         )
         return converters.from_regress_response(response)
 
@@ -66,7 +71,7 @@ class PredictionServicer(PredictionServiceServicer):
         if multi_request.tasks:
             bind_model(multi_request.tasks[0].spec.name, None)
         response = await self._dataplane.multi_inference(
-            multi_request, protocol="grpc", timeout=context.time_remaining()
+            multi_request, protocol=self.protocol, timeout=context.time_remaining()
         )
         return converters.from_multi_inference_response(response)
 
@@ -78,15 +83,16 @@ class PredictionServicer(PredictionServiceServicer):
     ) -> messages.GetModelMetadataResponse:
         spec = converters.to_metadata_spec(request)
         bind_model(spec.name, spec.version)
-        metadata = await self._dataplane.metadata(spec, protocol="grpc")
+        metadata = await self._dataplane.metadata(spec, protocol=self.protocol)
         return converters.from_model_metadata(metadata)
 
 
 class ModelServicer(ModelServiceServicer):
     """``tensorflow.serving.ModelService`` over a :class:`DataPlane`."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, protocol: str = "grpc") -> None:
         self._dataplane = dataplane
+        self.protocol = protocol
 
     @rpc
     async def GetModelStatus(
@@ -96,7 +102,7 @@ class ModelServicer(ModelServiceServicer):
     ) -> messages.GetModelStatusResponse:
         spec = converters.to_status_spec(request)
         bind_model(spec.name, spec.version)
-        statuses = await self._dataplane.status(spec, protocol="grpc")
+        statuses = await self._dataplane.status(spec, protocol=self.protocol)
         return converters.from_version_statuses(statuses)
 
     @rpc
@@ -106,5 +112,5 @@ class ModelServicer(ModelServiceServicer):
         context: Context,  # noqa: ARG002
     ) -> messages.ReloadConfigResponse:
         config = converters.to_reload_config(request)
-        await self._dataplane.reload_config(config, protocol="grpc")
+        await self._dataplane.reload_config(config, protocol=self.protocol)
         return converters.reload_config_success(request.metric_names)

@@ -24,6 +24,7 @@ from typing import Any
 
 from servekit_protocol.bodies import BodyTooLarge, gunzip, is_gzip, too_large_message
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpcweb import is_grpc_web
 
 from modelserver.dataplane import DataPlane
 from modelserver.errors import InvalidInput, ServingError
@@ -33,6 +34,7 @@ from modelserver.observability.logging import (
     bind_request_id,
     version_var,
 )
+from modelserver.protocol.grpcweb import GrpcWeb, error_answer, unsupported_media
 from modelserver.protocol.rest.errors import (
     PayloadTooLarge,
     error_body,
@@ -57,7 +59,13 @@ _TEXT_CONTENT_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-
 _CORS_HEADERS = (
     (b"access-control-allow-origin", b"*"),
     (b"access-control-allow-methods", b"POST, GET"),
-    (b"access-control-allow-headers", b"Content-Type"),
+    # TF Serving allows Content-Type; gRPC-Web clients also send these, and
+    # read their status from headers a browser hides unless exposed.
+    (
+        b"access-control-allow-headers",
+        b"Content-Type, X-Grpc-Web, X-User-Agent, Grpc-Timeout, X-Request-Id",
+    ),
+    (b"access-control-expose-headers", b"Grpc-Status, Grpc-Message, X-Request-Id"),
 )
 
 
@@ -85,6 +93,7 @@ class RestApp:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._routes = Routes(dataplane, timeout=timeout)
+        self._grpc_web = GrpcWeb(dataplane)
         self._metrics_path = metrics_path if render_metrics is not None else None
         self._render_metrics = render_metrics
         self._extra_headers: tuple[tuple[bytes, bytes], ...] = (
@@ -101,29 +110,44 @@ class RestApp:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming_id: bytes | None = None
         content_encoding = b""
+        content_type_header = b""
         origin = b""
         for key, value in scope["headers"]:
             if key == _REQUEST_ID_HEADER:
                 incoming_id = value
             elif key == b"content-encoding":
                 content_encoding = value
+            elif key == b"content-type":
+                content_type_header = value
             elif key == b"origin":
                 origin = value
         started = time.perf_counter()
         request_id = bind_request_id(incoming_id, "rest")
         method: str = scope["method"]
         raw_path = _raw_path(scope)
+        if method == "POST" and GrpcWeb.claims(raw_path):
+            await self._grpc_web_call(
+                scope,
+                receive,
+                send,
+                raw_path,
+                (content_type_header, content_encoding),
+                request_id,
+            )
+            return
         status = 200
         content_type = _JSON_CONTENT_TYPE
         try:
             if raw_path == self._metrics_path and self._render_metrics is not None:
                 content_type = _TEXT_CONTENT_TYPE
                 payload = self._render_metrics()
+            elif method == "OPTIONS" and (
+                is_api_path(raw_path) or GrpcWeb.claims(raw_path)
+            ):
+                payload = _preflight(origin)
             elif not is_api_path(raw_path):
                 status = HTTPStatus.NOT_FOUND.value
                 payload = error_body(f"Not found: {method} {raw_path}")
-            elif method == "OPTIONS":
-                payload = _preflight(origin)
             else:
                 route = self._routes.match(method, raw_path)
                 bind_model(route.spec.name, route.spec.version)
@@ -162,6 +186,45 @@ class RestApp:
                 raw_path,
                 extra={"status": 200, "seconds": time.perf_counter() - started},
             )
+
+    async def _grpc_web_call(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        raw_path: str,
+        content_headers: tuple[bytes, bytes],
+        request_id: str,
+    ) -> None:
+        content_type, content_encoding = content_headers
+        if not is_grpc_web(content_type):
+            answer = unsupported_media()
+        else:
+            try:
+                body = await self._read_body(receive, content_encoding)
+            except ServingError as exc:
+                answer = error_answer(content_type, exc.grpc_code, exc.message)
+            else:
+                # The servicer binds the request id from metadata: give it ours.
+                metadata = [(REQUEST_ID_HEADER, request_id)]
+                metadata.extend(
+                    (key.decode("latin-1"), value.decode("latin-1"))
+                    for key, value in scope["headers"]
+                    if key != _REQUEST_ID_HEADER
+                )
+                timeout = next(
+                    (value for key, value in metadata if key == "grpc-timeout"), None
+                )
+                answer = await self._grpc_web.call(
+                    raw_path, content_type, body, metadata, timeout
+                )
+        headers = answer.headers
+        headers.append((_REQUEST_ID_HEADER, request_id.encode()))
+        headers.extend(self._extra_headers)
+        await send(
+            {"type": "http.response.start", "status": answer.status, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": answer.body})
 
     async def _read_body(self, receive: Receive, content_encoding: bytes) -> bytes:
         limit = self._max_body_bytes
