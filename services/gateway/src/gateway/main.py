@@ -19,6 +19,7 @@ from gateway.errors import GatewayError, UnprocessableInput
 from gateway.observability.metrics import GatewayMetrics
 from gateway.registryview import RegistryView
 from gateway.reloader import Reloader
+from gateway.routes.grpcweb import SERVICE_PREFIX, GrpcWebEndpoint
 from gateway.routes.handling import read_body, reject, replay_body
 from gateway.routes.health import ReadinessCache, health_routes
 from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
@@ -44,6 +45,7 @@ class GatewayApp(FastAPI):
     fast_routes: list[Route]
     v1_endpoints: dict[str, Callable[[Request], Awaitable[Response]]]
     max_body_bytes: int
+    grpc_web: GrpcWebEndpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -58,6 +60,9 @@ class GatewayApp(FastAPI):
                 # routes are catch-alls; a prefix test spares their regexes.
                 scope["path_params"] = {"rest": path[len(V1_PREFIX) :]}
                 await self._dispatch(endpoint, scope, receive, send)
+                return
+            if path.startswith(SERVICE_PREFIX) and scope["method"] == "POST":
+                await self.grpc_web(scope, receive, send)
                 return
             for route in self.fast_routes:
                 match, child_scope = route.matches(scope)
@@ -177,7 +182,8 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp
             "typed per-model endpoints generated from the registry manifests "
             "(`/models/{model}/predict`), health and metrics. gRPC "
             "(`tensorflow.serving.PredictionService`, `ModelService`) is served on "
-            "its own port."
+            "its own port, and as gRPC-Web on this one "
+            "(`POST /tensorflow.serving.<Service>/<Method>`)."
         ),
         lifespan=lifespan,
         # No OpenTelemetry per request; Prometheus metrics cover the gateway.
@@ -210,6 +216,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp
     app.fast_routes = fast_routes
     app.v1_endpoints = {"GET": get_model, "POST": post_model}
     app.max_body_bytes = settings.max_body_bytes
+    app.grpc_web = GrpcWebEndpoint(gw, settings.max_body_bytes)
     # Also on the regular router, which answers 405 for a wrong method.
     app.router.routes.extend(fast_routes)
     typed = TypedEndpoints(app, gw)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import grpc
+import httpx
 import numpy as np
 import pytest
-from servekit_protocol import messages
+from servekit_protocol import grpcweb, messages
 from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 
@@ -142,3 +143,118 @@ def test_reload_config_is_not_the_gateways_job(
             metadata=[("x-api-key", api_keys.admin)],
         )
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# ---- gRPC-Web on the HTTP port ------------------------------------------------------
+
+PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
+
+
+def web_call(
+    gateway: GatewayProcess,
+    path: str,
+    message: bytes,
+    headers: dict[str, str],
+    content_type: str = "application/grpc-web+proto",
+) -> tuple[bytes | None, dict[str, str], httpx.Response]:
+    """One gRPC-Web call: the answer's message (or None) and its status fields."""
+    response = httpx.post(
+        gateway.url + path,
+        content=grpcweb.frame(message),
+        headers={"content-type": content_type, **headers},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    found, trailers = grpcweb.response_parts(response.content)
+    status = {**dict(response.headers), **trailers}
+    return found, status, response
+
+
+def test_grpc_web_predict_on_the_http_port(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    before = gateway.metric(
+        "gateway_request_duration_seconds_count", protocol="grpc-web", code="OK"
+    )
+    request = linear_request(version=2)
+    message, status, response = web_call(
+        gateway,
+        PREDICT_PATH,
+        request.SerializeToString(),
+        {"x-api-key": api_keys.admin, "x-request-id": "web-id-7"},
+    )
+    assert status["grpc-status"] == "0"
+    assert response.headers["x-request-id"] == "web-id-7"
+    assert message is not None
+    answer = messages.PredictResponse.FromString(message)
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        over_grpc = PredictionServiceStub(channel).Predict(
+            request, timeout=10, metadata=[("x-api-key", api_keys.admin)]
+        )
+    assert answer == over_grpc
+    np.testing.assert_allclose(
+        to_ndarray(answer.outputs["predictions"]),
+        [linear_target(1, 0.5, 5), linear_target(2, -1, 5)],
+    )
+    after = gateway.metric(
+        "gateway_request_duration_seconds_count", protocol="grpc-web", code="OK"
+    )
+    assert after == before + 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "model", "code"),
+    [
+        ({}, "linear", grpc.StatusCode.UNAUTHENTICATED),
+        ({"authorization": "Bearer wrong"}, "linear", grpc.StatusCode.UNAUTHENTICATED),
+        ({"x-api-key": "LINEAR_ONLY"}, "rollout", grpc.StatusCode.PERMISSION_DENIED),
+        ({"x-api-key": "ADMIN"}, "no_such_model", grpc.StatusCode.NOT_FOUND),
+    ],
+)
+def test_grpc_web_errors_are_the_grpc_ports(
+    gateway: GatewayProcess,
+    api_keys: ApiKeys,
+    headers: dict[str, str],
+    model: str,
+    code: grpc.StatusCode,
+) -> None:
+    keys = {"LINEAR_ONLY": api_keys.linear_only, "ADMIN": api_keys.admin}
+    headers = {key: keys.get(value, value) for key, value in headers.items()}
+    message, status, _ = web_call(
+        gateway, PREDICT_PATH, linear_request(model).SerializeToString(), headers
+    )
+    assert message is None
+    assert int(status["grpc-status"]) == code.value[0]
+    with (
+        grpc.insecure_channel(gateway.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        PredictionServiceStub(channel).Predict(
+            linear_request(model), timeout=10, metadata=list(headers.items())
+        )
+    assert grpcweb.decode_status_message(status["grpc-message"]) == (
+        caught.value.details()
+    )
+
+
+def test_grpc_web_limits_and_malformed_calls(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    key = {"x-api-key": api_keys.admin}
+    big = linear_request()
+    from_ndarray(np.zeros(20_000), into=big.inputs["a"])  # 160 kB > 64 KiB limit
+    _, status, _ = web_call(gateway, PREDICT_PATH, big.SerializeToString(), key)
+    assert status["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    _, status, _ = web_call(
+        gateway, "/tensorflow.serving.PredictionService/Nope", b"", key
+    )
+    assert status["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
+    _, status, _ = web_call(gateway, PREDICT_PATH, b"\xff\xff", key)
+    assert status["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
+    wrong_type = httpx.post(
+        gateway.url + PREDICT_PATH,
+        content=b"{}",
+        headers={"content-type": "application/json", **key},
+        timeout=10,
+    )
+    assert wrong_type.status_code == 415

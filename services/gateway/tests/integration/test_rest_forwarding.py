@@ -646,3 +646,13 @@ def test_a_silent_grpc_web_backend_is_deadline_exceeded(
     elapsed = time.perf_counter() - started
     assert failure.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert elapsed < 3.0
+
+
+def test_an_unreachable_grpc_web_backend_is_unavailable(
+    gateway: GatewayProcess,
+) -> None:
+    request = linear_request()
+    request.model_spec.name = "dead"
+    failure = grpc_failure(gateway.grpc_target, request)
+    assert failure.code() == grpc.StatusCode.UNAVAILABLE
+    assert "unavailable" in (failure.details() or "")

@@ -87,7 +87,7 @@ def answer_message(answer: HttpAnswer) -> bytes:
     if not grpcweb.is_grpc_web(headers.get(b"content-type", b"")):
         if 400 <= answer.status < 500 and answer.status not in _BUSY:
             raise NotSpoken(f"HTTP {answer.status}: {error_text(answer.body)}")
-        code = status_code(str(grpcweb.code_for_http_status(answer.status)))
+        code = _CODES[grpcweb.code_for_http_status(answer.status)]
         raise RpcFailed(code, f"HTTP {answer.status}: {error_text(answer.body)}")
     try:
         message, trailers = grpcweb.response_parts(answer.body)

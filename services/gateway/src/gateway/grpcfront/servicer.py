@@ -40,8 +40,10 @@ Response = TypeVar("Response")
 class GrpcFront:
     """The policy every gRPC method shares (mirror of `routes.handling.serve_http`)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, protocol: str = PROTOCOL) -> None:
         self.gateway = gateway
+        self.protocol = protocol
+        """Label of the calls in metrics and logs (`grpc-web` on the HTTP port)."""
 
     async def serve(
         self,
@@ -56,11 +58,12 @@ class GrpcFront:
             if isinstance(value, str):
                 metadata[key.lower()] = value
         request_id = accept_request_id(metadata.get(REQUEST_ID_HEADER))
-        bind_request(request_id, PROTOCOL)
+        protocol = self.protocol
+        bind_request(request_id, protocol)
         remaining = context.time_remaining()
         ctx = CallContext(
             request_id=request_id,
-            protocol=PROTOCOL,
+            protocol=protocol,
             deadline=gateway.deadline(
                 remaining * 1000.0 if remaining is not None else None
             ),
@@ -110,7 +113,7 @@ class GrpcFront:
             ctx.model if known else "",
             ctx.version,
             ctx.route,
-            PROTOCOL,
+            self.protocol,
             code.name,
             elapsed,
         )

@@ -7,7 +7,13 @@ bare ASGI app's, which matters because batching can only amortise the model
 call, not the HTTP layer.
 
 Besides the TF Serving API it serves the Prometheus text at the monitoring
-config's path when enabled. Bodies sent with ``Content-Encoding: gzip`` are
+config's path when enabled, and gRPC-Web: ``POST
+/tensorflow.serving.<Service>/<Method>`` with ``Content-Type:
+application/grpc-web`` runs the gRPC port's servicer
+(:mod:`servekit_protocol.grpcweb_server`), so answers and status codes are the
+gRPC API's. Not in TF Serving: browsers can call it without a proxy, and the
+gateway reaches its backends this way, an HTTP/1.1 exchange costing both sides
+less than a Python gRPC call. Bodies sent with ``Content-Encoding: gzip`` are
 inflated (as TF Serving does). Request bodies, inflated or not, are limited to
 ``max_body_bytes`` (413 beyond). Every answer carries ``x-request-id``.
 Failed requests are logged at INFO; successful ones only at DEBUG (an access
@@ -22,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
+from servekit_protocol import grpcweb_server
 from servekit_protocol.bodies import BodyTooLarge, gunzip, is_gzip, too_large_message
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpcweb import is_grpc_web
@@ -34,7 +41,7 @@ from modelserver.observability.logging import (
     bind_request_id,
     version_var,
 )
-from modelserver.protocol.grpcweb import GrpcWeb, error_answer, unsupported_media
+from modelserver.protocol.grpc.servicer import ModelServicer, PredictionServicer
 from modelserver.protocol.rest.errors import (
     PayloadTooLarge,
     error_body,
@@ -53,6 +60,8 @@ DEFAULT_MAX_BODY_BYTES = 256 * 1024 * 1024
 """Largest request body accepted (after gzip inflation), as the gRPC limit."""
 
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
+GRPC_WEB_PROTOCOL = "grpc-web"
+"""The ``protocol`` label of gRPC-Web calls in metrics and logs."""
 _MODEL_VERSION_HEADER = b"x-model-version"
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
 _TEXT_CONTENT_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
@@ -93,7 +102,10 @@ class RestApp:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._routes = Routes(dataplane, timeout=timeout)
-        self._grpc_web = GrpcWeb(dataplane)
+        self._grpc_web = grpcweb_server.tf_serving_methods(
+            PredictionServicer(dataplane, GRPC_WEB_PROTOCOL),
+            ModelServicer(dataplane, GRPC_WEB_PROTOCOL),
+        )
         self._metrics_path = metrics_path if render_metrics is not None else None
         self._render_metrics = render_metrics
         self._extra_headers: tuple[tuple[bytes, bytes], ...] = (
@@ -125,7 +137,7 @@ class RestApp:
         request_id = bind_request_id(incoming_id, "rest")
         method: str = scope["method"]
         raw_path = _raw_path(scope)
-        if method == "POST" and GrpcWeb.claims(raw_path):
+        if method == "POST" and raw_path.startswith(grpcweb_server.SERVICE_PREFIX):
             await self._grpc_web_call(
                 scope,
                 receive,
@@ -142,7 +154,8 @@ class RestApp:
                 content_type = _TEXT_CONTENT_TYPE
                 payload = self._render_metrics()
             elif method == "OPTIONS" and (
-                is_api_path(raw_path) or GrpcWeb.claims(raw_path)
+                is_api_path(raw_path)
+                or raw_path.startswith(grpcweb_server.SERVICE_PREFIX)
             ):
                 payload = _preflight(origin)
             elif not is_api_path(raw_path):
@@ -198,25 +211,22 @@ class RestApp:
     ) -> None:
         content_type, content_encoding = content_headers
         if not is_grpc_web(content_type):
-            answer = unsupported_media()
+            answer = grpcweb_server.unsupported_media()
         else:
             try:
                 body = await self._read_body(receive, content_encoding)
             except ServingError as exc:
-                answer = error_answer(content_type, exc.grpc_code, exc.message)
+                answer = grpcweb_server.error_answer(
+                    content_type, exc.grpc_code, exc.message
+                )
             else:
+                metadata, timeout = grpcweb_server.header_metadata(
+                    [(k, v) for k, v in scope["headers"] if k != _REQUEST_ID_HEADER]
+                )
                 # The servicer binds the request id from metadata: give it ours.
-                metadata = [(REQUEST_ID_HEADER, request_id)]
-                metadata.extend(
-                    (key.decode("latin-1"), value.decode("latin-1"))
-                    for key, value in scope["headers"]
-                    if key != _REQUEST_ID_HEADER
-                )
-                timeout = next(
-                    (value for key, value in metadata if key == "grpc-timeout"), None
-                )
-                answer = await self._grpc_web.call(
-                    raw_path, content_type, body, metadata, timeout
+                metadata.append((REQUEST_ID_HEADER, request_id))
+                answer = await grpcweb_server.call_unary(
+                    self._grpc_web, raw_path, content_type, body, metadata, timeout
                 )
         headers = answer.headers
         headers.append((_REQUEST_ID_HEADER, request_id.encode()))

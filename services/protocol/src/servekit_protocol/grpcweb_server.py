@@ -1,0 +1,211 @@
+"""Answer unary gRPC-Web calls with the grpc.aio servicers of TF Serving's services.
+
+The model server and the gateway both serve gRPC-Web on their HTTP port by
+running their gRPC servicer methods unchanged: :class:`WebContext` gives a method
+the part of ``grpc.aio.ServicerContext`` the servicers use, and ``abort`` ends the
+call with a status. :func:`call_unary` turns every outcome into an HTTP answer:
+200 with the response frame and a trailer frame, or "trailers-only" (200 with
+``grpc-status`` and ``grpc-message`` in the headers, no body) on failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from servekit_protocol import grpcweb, messages
+from servekit_protocol.errors import ProtocolError
+
+SERVICE_PREFIX = "/tensorflow.serving."
+"""Paths of TF Serving's gRPC services (not of any REST API)."""
+
+Method = Callable[[Any, Any], Awaitable[Message]]
+UnaryMethods = Mapping[str, tuple[type[Message], Method]]
+Headers = list[tuple[bytes, bytes]]
+
+
+class Aborted(Exception):
+    """What :meth:`WebContext.abort` raises: the call ends with this status."""
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing: Sequence[tuple[str, str]]
+    ) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing = tuple(trailing)
+
+
+class WebContext:
+    """The part of ``grpc.aio.ServicerContext`` TF Serving's servicers use."""
+
+    def __init__(
+        self, metadata: Sequence[tuple[str, str]], deadline: float | None
+    ) -> None:
+        self._metadata = tuple(metadata)
+        self._deadline = deadline
+        self.trailing: tuple[tuple[str, str], ...] = ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self.trailing = tuple(metadata)
+
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        raise Aborted(code, details, trailing_metadata or self.trailing)
+
+
+@dataclass(slots=True)
+class WebAnswer:
+    """Status, headers and body of one call's HTTP answer."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+
+def tf_serving_methods(prediction: Any, models: Any) -> dict[str, tuple[Any, Method]]:
+    """Path → (request message, servicer method) for PredictionService and
+    ModelService servicers."""
+    service = "/tensorflow.serving.PredictionService/"
+    model_service = "/tensorflow.serving.ModelService/"
+    return {
+        service + "Predict": (messages.PredictRequest, prediction.Predict),
+        service + "Classify": (messages.ClassificationRequest, prediction.Classify),
+        service + "Regress": (messages.RegressionRequest, prediction.Regress),
+        service + "MultiInference": (
+            messages.MultiInferenceRequest,
+            prediction.MultiInference,
+        ),
+        service + "GetModelMetadata": (
+            messages.GetModelMetadataRequest,
+            prediction.GetModelMetadata,
+        ),
+        model_service + "GetModelStatus": (
+            messages.GetModelStatusRequest,
+            models.GetModelStatus,
+        ),
+        model_service + "HandleReloadConfigRequest": (
+            messages.ReloadConfigRequest,
+            models.HandleReloadConfigRequest,
+        ),
+    }
+
+
+def unsupported_media() -> WebAnswer:
+    """The answer to a service path sent without a gRPC-Web content type (415,
+    as a gRPC server answers a wrong content type)."""
+    body = b'{"error": "gRPC-Web calls need Content-Type: application/grpc-web"}'
+    return WebAnswer(415, [(b"content-type", b"application/json")], body)
+
+
+def error_answer(content_type: bytes, code: grpc.StatusCode, details: str) -> WebAnswer:
+    """A trailers-only answer for a failure before the call ran (body limits)."""
+    return _trailers_only(_answer_type(content_type), code, details, ())
+
+
+def header_metadata(
+    headers: Sequence[tuple[bytes, bytes]],
+) -> tuple[list[tuple[str, str]], str | None]:
+    """A request's headers as call metadata, and its ``grpc-timeout`` if any."""
+    metadata = [
+        (key.decode("latin-1"), value.decode("latin-1")) for key, value in headers
+    ]
+    timeout = next((value for key, value in metadata if key == "grpc-timeout"), None)
+    return metadata, timeout
+
+
+async def call_unary(
+    methods: UnaryMethods,
+    raw_path: str,
+    content_type: bytes,
+    body: bytes,
+    metadata: Sequence[tuple[str, str]],
+    timeout_header: str | None,
+) -> WebAnswer:
+    """Run one unary call; every outcome is a gRPC status, never an exception
+    (a servicer's own unexpected errors are its ``abort`` to make)."""
+    text = grpcweb.is_text(content_type)
+    answer_type = _answer_type(content_type)
+    context = WebContext(metadata, None)
+    try:
+        entry = methods.get(raw_path)
+        if entry is None:
+            raise Aborted(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"Method not found: {raw_path.lstrip('/')}",
+                (),
+            )
+        request_type, method = entry
+        if timeout_header is not None:
+            deadline = time.monotonic() + grpcweb.decode_timeout(timeout_header)
+            context = WebContext(metadata, deadline)
+        if text:
+            body = grpcweb.decode_text(body)
+        try:
+            request = request_type.FromString(grpcweb.request_message(body))
+        except DecodeError as exc:
+            raise Aborted(
+                grpc.StatusCode.INTERNAL,
+                f"Failed to parse the request as {request_type.__name__}: {exc}",
+                (),
+            ) from exc
+        response = await method(request, context)
+    except Aborted as exc:
+        return _trailers_only(answer_type, exc.code, exc.details, exc.trailing)
+    except ProtocolError as exc:
+        return _trailers_only(
+            answer_type, grpc.StatusCode.INVALID_ARGUMENT, exc.message, ()
+        )
+    payload = grpcweb.frame(response.SerializeToString()) + grpcweb.trailer_frame(
+        grpcweb.OK, "", context.trailing
+    )
+    if text:
+        payload = base64.b64encode(payload)
+    return WebAnswer(200, [(b"content-type", answer_type)], payload)
+
+
+def _answer_type(content_type: bytes) -> bytes:
+    if grpcweb.is_text(content_type):
+        return grpcweb.TEXT_CONTENT_TYPE
+    return grpcweb.CONTENT_TYPE
+
+
+def _trailers_only(
+    answer_type: bytes,
+    code: grpc.StatusCode,
+    details: str,
+    trailing: Sequence[tuple[str, str]],
+) -> WebAnswer:
+    headers: Headers = [
+        (b"content-type", answer_type),
+        (b"grpc-status", b"%d" % code.value[0]),
+        (
+            b"grpc-message",
+            grpcweb.encode_status_message(details).encode("latin-1"),
+        ),
+    ]
+    # The HTTP layer sends x-request-id itself.
+    headers.extend(
+        (key.encode("latin-1"), value.encode("latin-1"))
+        for key, value in trailing
+        if key != "x-request-id"
+    )
+    return WebAnswer(200, headers, b"")
