@@ -175,13 +175,17 @@ def run_rounds(
     options: BenchOptions,
     tools: LoadTools,
     progress: Progress,
+    before_round: Callable[[int], None] | None = None,
 ) -> RunLog:
-    """Every scenario × concurrency × round, interleaved as the module says."""
+    """Every scenario × concurrency × round, interleaved as the module says;
+    ``before_round(round)`` (1-based) runs first in each round."""
     log = RunLog()
     total = len(scenarios) * len(options.clients) * options.rounds
     done = 0
     started = time.monotonic()
     for round_index in range(options.rounds):
+        if before_round is not None:
+            before_round(round_index + 1)
         for clients in options.clients:
             shift = round_index % max(len(scenarios), 1)
             ordered = scenarios[shift:] + scenarios[:shift]

@@ -9,6 +9,7 @@ import pytest
 from benchmarks.cpuload import busy_fractions, parse_pid_stat, parse_proc_stat
 from benchmarks.report import (
     Report,
+    merge_inprocess,
     render_inprocess_table,
     render_load_table,
     render_markdown,
@@ -161,6 +162,65 @@ def test_target_checks_compare_with_the_best_mlserver_configuration() -> None:
     assert relay.value == pytest.approx(0.8)
     assert relay.met is None
     assert not any(name.startswith("digits") for name in checks)
+
+
+def limit(batch_one: float, batch_32: float) -> dict[str, object]:
+    return {
+        "results": [
+            {
+                "batch": 1,
+                "calls": 10,
+                "p50_ms": batch_one,
+                "p99_ms": 1.0,
+                "mean_ms": 1.0,
+                "rows_per_s": 1.0,
+            },
+            {
+                "batch": 32,
+                "calls": 10,
+                "p50_ms": batch_32,
+                "p99_ms": 1.0,
+                "mean_ms": 1.0,
+                "rows_per_s": 1.0,
+            },
+        ],
+        "process_filters": [],
+    }
+
+
+def test_inprocess_rounds_merge_into_medians_and_keep_each_round() -> None:
+    merged = merge_inprocess(
+        {
+            1: {"tabular": limit(10.0, 30.0), "digits": limit(0.3, 0.4)},
+            2: {"tabular": limit(12.0, 34.0)},
+            3: {"tabular": limit(11.5, 31.0)},
+        }
+    )
+    tabular = merged["tabular"]
+    assert [entry["p50_ms"] for entry in tabular["results"]] == [11.5, 31.0]
+    assert tabular["results"][0]["calls"] == 30
+    assert tabular["rounds"] == {1: 10.0, 2: 12.0, 3: 11.5}
+    assert merged["digits"]["rounds"] == {1: 0.3}
+
+
+def test_one_client_targets_pair_each_round_with_its_inprocess_call() -> None:
+    # The machine's speed moves between rounds, served and in-process alike.
+    served = (10.5, 12.9, 11.0)
+    direct = (10.0, 12.0, 10.8)
+    runs = [run("servekit", 1, rnd, 90, p50, 14) for rnd, p50 in enumerate(served, 1)]
+    inprocess = merge_inprocess(
+        {rnd: {"tabular": limit(p50, 30.0)} for rnd, p50 in enumerate(direct, 1)}
+    )
+    checks = {
+        check.name: check
+        for check in target_checks(runs, inprocess, (1,), "servekit-batching")
+    }
+    one_client = checks[
+        "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
+    ]
+    # Per round 0.5, 0.9 and 0.2; the medians alone would give 11.0 - 10.8.
+    assert one_client.value == pytest.approx(0.5)
+    assert "paired by round" in one_client.detail
 
 
 def test_load_table_lists_systems_by_concurrency() -> None:
