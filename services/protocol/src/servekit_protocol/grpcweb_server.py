@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 
 from servekit_protocol import grpcweb, messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.services import MODEL_SERVICE, PREDICTION_SERVICE
 
 SERVICE_PREFIX = "/tensorflow.serving."
 """Paths of TF Serving's gRPC services (not of any REST API)."""
@@ -84,8 +85,8 @@ class WebAnswer:
 def tf_serving_methods(prediction: Any, models: Any) -> dict[str, tuple[Any, Method]]:
     """Path → (request message, servicer method) for PredictionService and
     ModelService servicers."""
-    service = "/tensorflow.serving.PredictionService/"
-    model_service = "/tensorflow.serving.ModelService/"
+    service = f"/{PREDICTION_SERVICE}/"
+    model_service = f"/{MODEL_SERVICE}/"
     return {
         service + "Predict": (messages.PredictRequest, prediction.Predict),
         service + "Classify": (messages.ClassificationRequest, prediction.Classify),

@@ -1,4 +1,5 @@
-"""TF Serving gRPC clients: one channel per backend address, reused by every request.
+"""TF Serving gRPC clients: one channel per backend address, reused by every request;
+as gRPC-Web over the backend's REST port when it has one (`clients/grpcweb.py`).
 
 Each call gets the request's remaining deadline, the request id in metadata, retries
 with jittered exponential backoff on UNAVAILABLE (every call the gateway makes is
@@ -19,8 +20,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from servekit_protocol import messages
-from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
+from servekit_protocol.services import (
+    MODEL_SERVICE,
+    PREDICTION_SERVICE,
+    ModelServiceStub,
+    PredictionServiceStub,
+)
 
 from gateway.clients import grpcweb
 from gateway.clients.breaker import BreakerState, CircuitBreaker
@@ -258,44 +265,26 @@ class BackendPool:
 Metadata = Sequence[tuple[str, str]]
 
 _WEB_METHODS: dict[str, tuple[str, type[Any]]] = {
-    "Predict": (
-        "/tensorflow.serving.PredictionService/Predict",
-        messages.PredictResponse,
-    ),
-    "Classify": (
-        "/tensorflow.serving.PredictionService/Classify",
-        messages.ClassificationResponse,
-    ),
-    "Regress": (
-        "/tensorflow.serving.PredictionService/Regress",
-        messages.RegressionResponse,
-    ),
-    "MultiInference": (
-        "/tensorflow.serving.PredictionService/MultiInference",
-        messages.MultiInferenceResponse,
-    ),
-    "GetModelMetadata": (
-        "/tensorflow.serving.PredictionService/GetModelMetadata",
-        messages.GetModelMetadataResponse,
-    ),
-    "GetModelStatus": (
-        "/tensorflow.serving.ModelService/GetModelStatus",
-        messages.GetModelStatusResponse,
-    ),
+    "Predict": (PREDICTION_SERVICE, messages.PredictResponse),
+    "Classify": (PREDICTION_SERVICE, messages.ClassificationResponse),
+    "Regress": (PREDICTION_SERVICE, messages.RegressionResponse),
+    "MultiInference": (PREDICTION_SERVICE, messages.MultiInferenceResponse),
+    "GetModelMetadata": (PREDICTION_SERVICE, messages.GetModelMetadataResponse),
+    "GetModelStatus": (MODEL_SERVICE, messages.GetModelStatusResponse),
 }
-"""Method -> its gRPC path and response message, for gRPC-Web calls."""
+"""Method -> its service and response message, for gRPC-Web calls."""
 
 
 async def _grpc_web_call(
     backend: Backend, method: str, request: Any, timeout: float, metadata: Metadata
 ) -> Any:
     assert backend.http is not None
-    path, response_type = _WEB_METHODS[method]
+    service, response_type = _WEB_METHODS[method]
     try:
         async with asyncio.timeout(timeout):
             answer = await grpcweb.unary_call(
                 backend.http,
-                path,
+                f"/{service}/{method}",
                 request.SerializeToString(),
                 timeout,
                 tuple(metadata),
@@ -305,7 +294,12 @@ async def _grpc_web_call(
         raise DeadlineExceeded(
             f"deadline exceeded waiting for backend {backend.address}"
         ) from None
-    return response_type.FromString(answer)
+    try:
+        return response_type.FromString(answer)
+    except DecodeError as exc:
+        raise grpcweb.RpcFailed(
+            grpc.StatusCode.INTERNAL, f"unreadable {response_type.__name__}: {exc}"
+        ) from exc
 
 
 class BackendClient:
