@@ -99,6 +99,14 @@ def call(
     return message, status, response
 
 
+def ok_message(rest: httpx.Client, path: str, request: Any) -> bytes:
+    """The answer's message to a call that must succeed."""
+    message, status, _ = call(rest, path, framed(request.SerializeToString()))
+    assert status["grpc-status"] == "0", status
+    assert message is not None
+    return message
+
+
 def half_plus_request(values: list[float]) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus"
@@ -203,26 +211,18 @@ def test_metadata_and_status_answer_as_the_grpc_port(
     metadata_request = get_model_metadata_pb2.GetModelMetadataRequest()
     metadata_request.model_spec.name = "half_plus"
     metadata_request.metadata_field.append("signature_def")
-    message, status, _ = call(
-        rest,
-        "/tensorflow.serving.PredictionService/GetModelMetadata",
-        framed(metadata_request.SerializeToString()),
+    message = ok_message(
+        rest, "/tensorflow.serving.PredictionService/GetModelMetadata", metadata_request
     )
-    assert status["grpc-status"] == "0"
-    assert message is not None
     assert get_model_metadata_pb2.GetModelMetadataResponse.FromString(
         message
     ) == prediction.GetModelMetadata(metadata_request, timeout=TIMEOUT)
 
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = "linear"
-    message, status, _ = call(
-        rest,
-        "/tensorflow.serving.ModelService/GetModelStatus",
-        framed(status_request.SerializeToString()),
+    message = ok_message(
+        rest, "/tensorflow.serving.ModelService/GetModelStatus", status_request
     )
-    assert status["grpc-status"] == "0"
-    assert message is not None
     answer = get_model_status_pb2.GetModelStatusResponse.FromString(message)
     assert answer == models.GetModelStatus(status_request, timeout=TIMEOUT)
     assert answer.model_version_status[0].state == 30  # AVAILABLE
