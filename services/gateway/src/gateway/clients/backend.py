@@ -287,7 +287,7 @@ async def _grpc_web_call(
                 f"/{service}/{method}",
                 request.SerializeToString(),
                 timeout,
-                tuple(metadata),
+                metadata,
             )
     except TimeoutError:
         backend.breaker.record_cancelled()

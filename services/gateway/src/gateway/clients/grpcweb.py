@@ -14,6 +14,8 @@ over gRPC from then on (that first call included).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from servekit_protocol import grpcweb
 from servekit_protocol.errors import ProtocolError
@@ -21,6 +23,7 @@ from servekit_protocol.errors import ProtocolError
 from gateway.clients.http import HttpAnswer, HttpBackend, error_text
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_CONTENT_TYPE = grpcweb.CONTENT_TYPE.decode()
 _BUSY = frozenset({408, 429})
 
 
@@ -51,7 +54,7 @@ async def unary_call(
     path: str,
     request: bytes,
     timeout: float,
-    metadata: tuple[tuple[str, str], ...],
+    metadata: Sequence[tuple[str, str]],
 ) -> bytes:
     """Send one serialized request to ``path`` (``/package.Service/Method``) and
     return the serialized response.
@@ -62,7 +65,7 @@ async def unary_call(
         ConnectionFailed: no answer came back.
     """
     headers = (
-        ("content-type", grpcweb.CONTENT_TYPE.decode()),
+        ("content-type", _CONTENT_TYPE),
         ("x-grpc-web", "1"),
         ("grpc-timeout", grpcweb.encode_timeout(timeout)),
         *metadata,

@@ -17,7 +17,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -30,7 +30,14 @@ logger = logging.getLogger(__name__)
 MAX_ERROR_MESSAGE_LENGTH = 1024
 """TF Serving's ``kErrorMessageLimit`` (``grpc_status_util.cc``)."""
 
-ServicerT = TypeVar("ServicerT")
+
+class Labelled(Protocol):
+    """A servicer that names its protocol for metrics and logs."""
+
+    protocol: str
+
+
+ServicerT = TypeVar("ServicerT", bound=Labelled)
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 # grpc ships no type information: the servicer context is untyped.
@@ -61,8 +68,7 @@ def rpc(
     @functools.wraps(method)
     async def handle(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
         started = time.perf_counter()
-        protocol = getattr(self, "protocol", "grpc")
-        request_id = bind_request_id(incoming_request_id(context), protocol)
+        request_id = bind_request_id(incoming_request_id(context), self.protocol)
         trailing = ((REQUEST_ID_HEADER, request_id),)
         context.set_trailing_metadata(trailing)
         try:
