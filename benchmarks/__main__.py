@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks import prerequisites
 from benchmarks.payloads import PayloadError, build_payloads
+from benchmarks.reference import ReferenceFailed, References
 from benchmarks.report import Report, merge_inprocess, target_checks, write_report
 from benchmarks.runner import LoadTools, run_inprocess, run_rounds
 from benchmarks.servers import ProcessSet, StartError
@@ -126,6 +127,7 @@ def run(options: BenchOptions) -> int:
     )
     loadavg_start = _loadavg()
     processes = ProcessSet(log_dir=options.work_dir / "logs")
+    references: References | None = None
     try:
         progress(f"starting servers (logs in {processes.log_dir})")
         deployment = start_systems(options, payloads, processes, mlserver, progress)
@@ -140,12 +142,28 @@ def run(options: BenchOptions) -> int:
                     options, list(options.models), progress
                 )
 
+        if options.wants("inprocess") and 1 in options.clients:
+            progress("starting the in-process references of the 1-client runs")
+            references = References(
+                options.registry,
+                options.models,
+                options.reference_seconds,
+                options.server_cpu,
+                progress,
+            )
         log = run_rounds(
-            deployment.scenarios, options, tools, progress, measure_inprocess
+            deployment.scenarios,
+            options,
+            tools,
+            progress,
+            measure_inprocess,
+            references.measure if references is not None else None,
         )
         inprocess = merge_inprocess(inprocess_rounds)
     finally:
         progress("stopping servers")
+        if references is not None:
+            references.close()
         processes.stop_all()
     grpc_client = "h2load (nghttp2)" if h2load_path else "Python grpc.aio client"
     batching = options.batching
@@ -199,7 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return run(options)
-    except (prerequisites.PrerequisiteError, PayloadError, StartError) as exc:
+    except (
+        prerequisites.PrerequisiteError,
+        PayloadError,
+        StartError,
+        ReferenceFailed,
+    ) as exc:
         progress(f"benchmark aborted: {exc}")
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,12 @@ filter.
 
 Run pinned to the servers' core: ``python -m benchmarks.inprocess --registry R
 --model NAME --seconds S --batch-sizes 1,32``.
+
+With ``--reference`` the process instead loads the model once, prints
+``{"ready": NAME}`` and then answers each line of standard input (a number of
+seconds) with one batch-1 measurement of that length, under the server's filters.
+The bench keeps one such process per model and measures it right before and after
+each 1-client run (see ``benchmarks.reference``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from benchmarks.payloads import example_row, input_dtypes
 from benchmarks.stats import summarize_nanoseconds
@@ -86,16 +92,11 @@ def tensorflow_call(
     return call
 
 
-def measure_model(
-    registry_root: Path,
-    model: str,
-    batch_sizes: Sequence[int],
-    seconds: float,
-    warmup_s: float,
-) -> dict[str, Any]:
-    """Latency and rows/s of direct calls at each batch size."""
+def model_calls(
+    registry_root: Path, model: str, batch_sizes: Sequence[int]
+) -> tuple[str, list[Callable[[], Any]]]:
+    """The model's framework and one ready-made call per batch size."""
     from modelregistry import Registry
-    from modelserver import warning_filters
 
     registry = Registry(registry_root)
     version = registry.resolve(model)
@@ -104,6 +105,42 @@ def measure_model(
     row = example_row(manifest)
     factory = sklearn_call if manifest.framework == "sklearn" else tensorflow_call
     calls = [factory(version_dir, manifest, row, batch) for batch in batch_sizes]
+    return manifest.framework, calls
+
+
+REFERENCE_WARMUP_S = 0.3
+"""Each reference window starts with this much unmeasured calling: the process sat
+idle through the run before, and its first calls find cold caches."""
+
+
+def serve_reference(
+    registry_root: Path, model: str, requests: TextIO, answers: TextIO
+) -> None:
+    """Answer each line of ``requests`` (seconds) with a batch-1 measurement."""
+    from modelserver import warning_filters
+
+    _, (call,) = model_calls(registry_root, model, [1])
+    warning_filters.install()
+    call()
+    print(json.dumps({"ready": model}), file=answers, flush=True)
+    for line in requests:
+        if not line.strip():
+            continue
+        entry = timed_entry(call, 1, float(line), REFERENCE_WARMUP_S)
+        print(json.dumps(entry), file=answers, flush=True)
+
+
+def measure_model(
+    registry_root: Path,
+    model: str,
+    batch_sizes: Sequence[int],
+    seconds: float,
+    warmup_s: float,
+) -> dict[str, Any]:
+    """Latency and rows/s of direct calls at each batch size."""
+    from modelserver import warning_filters
+
+    framework, calls = model_calls(registry_root, model, batch_sizes)
     process_filters = [
         timed_entry(call, batch, seconds, warmup_s)
         for call, batch in zip(calls, batch_sizes, strict=True)
@@ -115,7 +152,7 @@ def measure_model(
     ]
     return {
         "model": model,
-        "framework": manifest.framework,
+        "framework": framework,
         "results": results,
         "process_filters": process_filters,
     }
@@ -144,7 +181,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--batch-sizes", default="1,32")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="measure batch 1 for the seconds given on each line of standard input",
+    )
     args = parser.parse_args(argv)
+    if args.reference:
+        serve_reference(args.registry, args.model, sys.stdin, sys.stdout)
+        return 0
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
     result = measure_model(
         args.registry, args.model, batch_sizes, args.seconds, args.warmup

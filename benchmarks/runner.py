@@ -170,16 +170,50 @@ def _python_grpc(
     )
 
 
+class Bracket:
+    """The in-process reference on either side of each 1-client run.
+
+    ``reference(model)`` measures the model's batch-1 p50 now. Consecutive 1-client
+    runs of one model share a measurement: the one after a run is the one before
+    the next.
+    """
+
+    def __init__(self, reference: Callable[[str], float | None]) -> None:
+        self._reference = reference
+        self._last: tuple[str, float | None] | None = None
+
+    def before(self, model: str) -> float | None:
+        if self._last is not None and self._last[0] == model:
+            return self._last[1]
+        return self._reference(model)
+
+    def after(self, model: str, before: float | None) -> float | None:
+        """The run's reference: the mean of the p50s before and after it."""
+        after = self._reference(model)
+        self._last = (model, after)
+        if before is None or after is None:
+            return None
+        return (before + after) / 2
+
+    def forget(self) -> None:
+        """Another load ran since the last measurement: it no longer borders."""
+        self._last = None
+
+
 def run_rounds(
     scenarios: list[Scenario],
     options: BenchOptions,
     tools: LoadTools,
     progress: Progress,
     before_round: Callable[[int], None] | None = None,
+    reference: Callable[[str], float | None] | None = None,
 ) -> RunLog:
     """Every scenario × concurrency × round, interleaved as the module says;
-    ``before_round(round)`` (1-based) runs first in each round."""
+    ``before_round(round)`` (1-based) runs first in each round, and
+    ``reference(model)`` (the in-process batch-1 p50 now) brackets each 1-client
+    run."""
     log = RunLog()
+    bracket = Bracket(reference) if reference is not None else None
     total = len(scenarios) * len(options.clients) * options.rounds
     done = 0
     started = time.monotonic()
@@ -195,12 +229,25 @@ def run_rounds(
                     f"{scenario.model}/{scenario.protocol} "
                     f"{LABELS[scenario.system]} ×{clients}"
                 )
+                bracketed = bracket if clients == 1 else None
+                before = None
+                if bracketed is not None:
+                    before = bracketed.before(scenario.model)
+                elif bracket is not None:
+                    bracket.forget()
                 try:
                     measured = measure(scenario, clients, options, tools)
                 except LoadError as exc:
                     log.failures.append(f"round {round_index + 1} {name}: {exc}")
                     progress(f"[{done}/{total}] {name}: FAILED: {str(exc)[:300]}")
+                    if bracket is not None:
+                        bracket.forget()
                     continue
+                reference_ms = (
+                    bracketed.after(scenario.model, before)
+                    if bracketed is not None
+                    else None
+                )
                 log.results.append(
                     RunResult(
                         model=scenario.model,
@@ -211,16 +258,23 @@ def run_rounds(
                         load=measured.summary,
                         core_busy=measured.core_busy,
                         server_cpu_s=measured.server_cpu_s,
+                        reference_p50_ms=reference_ms,
                     )
                 )
                 summary = measured.summary
                 elapsed = time.monotonic() - started
                 remaining = elapsed / done * (total - done)
                 errors = f", {summary.errors} errors" if summary.errors else ""
+                yardstick = (
+                    f" (in-process {reference_ms:.2f} ms)"
+                    if reference_ms is not None
+                    else ""
+                )
                 progress(
                     f"[{done}/{total}, ~{remaining / 60:.1f} min left] round "
                     f"{round_index + 1} {name}: {summary.rps:,.0f} req/s, "
-                    f"p50 {summary.p50_ms:.2f} ms, p99 {summary.p99_ms:.2f} ms{errors}"
+                    f"p50 {summary.p50_ms:.2f} ms{yardstick}, "
+                    f"p99 {summary.p99_ms:.2f} ms{errors}"
                 )
     return log
 

@@ -33,8 +33,20 @@ GRPC_CLIENTS = ("h2load", "python")
 
 QUICK_CLIENTS = (1, 32)
 FULL_CLIENTS = (1, 8, 32)
-QUICK = {"rounds": 1, "duration": 2, "warmup": 1, "inprocess_seconds": 1.5}
-FULL = {"rounds": 3, "duration": 6, "warmup": 2, "inprocess_seconds": 4.0}
+QUICK = {
+    "rounds": 1,
+    "duration": 2,
+    "warmup": 1,
+    "inprocess_seconds": 1.5,
+    "reference_seconds": 1.0,
+}
+FULL = {
+    "rounds": 3,
+    "duration": 6,
+    "warmup": 2,
+    "inprocess_seconds": 4.0,
+    "reference_seconds": 2.0,
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,8 @@ class BenchOptions:
     warmup: int = 2
     """Seconds of load before each measured run, not counted."""
     inprocess_seconds: float = 4.0
+    reference_seconds: float = 2.0
+    """Seconds of in-process batch-1 calls right before and after each 1-client run."""
     registry: Path = REPO_ROOT / ".bench" / "registry"
     work_dir: Path = REPO_ROOT / ".bench"
     output_dir: Path = REPO_ROOT / "bench-results"
@@ -219,6 +233,7 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
         else int(preset["duration"]),
         warmup=args.warmup if args.warmup is not None else int(preset["warmup"]),
         inprocess_seconds=float(preset["inprocess_seconds"]),
+        reference_seconds=float(preset["reference_seconds"]),
         registry=args.registry.resolve(),
         work_dir=args.work_dir.resolve(),
         output_dir=args.output_dir.resolve(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -16,6 +17,7 @@ from benchmarks.report import (
     target_checks,
 )
 from benchmarks.results import LoadSummary, RunResult, aggregate
+from benchmarks.runner import Bracket
 from benchmarks.stats import (
     paired_difference,
     paired_ratio,
@@ -221,6 +223,90 @@ def test_one_client_targets_pair_each_round_with_its_inprocess_call() -> None:
     # Per round 0.5, 0.9 and 0.2; the medians alone would give 11.0 - 10.8.
     assert one_client.value == pytest.approx(0.5)
     assert "paired by round" in one_client.detail
+
+
+def bracketed(run_result: RunResult, reference: float) -> RunResult:
+    return replace(run_result, reference_p50_ms=reference)
+
+
+def test_one_client_targets_use_each_runs_own_inprocess_reference() -> None:
+    # Round-level in-process figures say 2 ms added; the references taken around
+    # each run, which followed the machine's drift, say 0.4 and 0.6.
+    runs = [
+        bracketed(run("servekit", 1, 1, 90, 22.4, 25), 22.0),
+        bracketed(run("servekit", 1, 2, 90, 20.6, 25), 20.0),
+    ]
+    inprocess = merge_inprocess({rnd: {"tabular": limit(20.4, 30.0)} for rnd in (1, 2)})
+    checks = {
+        check.name: check
+        for check in target_checks(runs, inprocess, (1,), "servekit-batching")
+    }
+    one_client = checks[
+        "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
+    ]
+    assert one_client.value == pytest.approx(0.5)
+    assert "in-process call around each run" in one_client.detail
+
+
+def test_gateway_added_p50_cancels_drift_between_the_two_runs() -> None:
+    # Between the direct run and the gateway run the machine slowed by 1.5 ms.
+    runs = [
+        bracketed(run("servekit-batching", 1, 1, 90, 20.5, 25), 20.0),
+        bracketed(run("gateway", 1, 1, 90, 22.3, 25), 21.5),
+        bracketed(run("relay", 1, 1, 90, 21.0, 25), 20.0),
+    ]
+    checks = {
+        check.name: check
+        for check in target_checks(runs, {}, (1,), "servekit-batching")
+    }
+    gateway = checks["tabular REST ×1: gateway added p50"]
+    assert gateway.value == pytest.approx(0.3)
+    assert gateway.met
+    assert "in-process reference" in gateway.detail
+    relay = checks[
+        "tabular REST ×1: bare relay added p50 (the hop's own cost, for reference)"
+    ]
+    assert relay.value == pytest.approx(0.5)
+
+
+def test_gateway_added_p50_pairs_raw_rounds_without_references() -> None:
+    runs = [
+        run("servekit-batching", 1, 1, 90, 20.5, 25),
+        run("gateway", 1, 1, 90, 22.3, 25),
+    ]
+    (gateway,) = [
+        check
+        for check in target_checks(runs, {}, (1,), "servekit-batching")
+        if check.name == "tabular REST ×1: gateway added p50"
+    ]
+    assert gateway.value == pytest.approx(1.8)
+    assert gateway.met is False
+    assert "paired by round" in gateway.detail
+
+
+def test_bracket_shares_the_measurement_between_runs_of_one_model() -> None:
+    measured: list[str] = []
+    values = iter([10.0, 12.0, 11.0, 0.3, 0.5, 9.0])
+
+    def reference(model: str) -> float | None:
+        measured.append(model)
+        return next(values)
+
+    bracket = Bracket(reference)
+    first = bracket.after("tabular", bracket.before("tabular"))
+    second = bracket.after("tabular", bracket.before("tabular"))
+    other = bracket.after("digits", bracket.before("digits"))
+    bracket.forget()
+    after_forget = bracket.before("digits")
+    assert (first, second, other) == (11.0, 11.5, 0.4)
+    assert after_forget == 9.0
+    assert measured == ["tabular", "tabular", "tabular", "digits", "digits", "digits"]
+
+
+def test_bracket_gives_no_reference_when_a_side_failed() -> None:
+    values = iter([10.0, None])
+    bracket = Bracket(lambda _model: next(values))
+    assert bracket.after("tabular", bracket.before("tabular")) is None
 
 
 def test_load_table_lists_systems_by_concurrency() -> None:
