@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from benchmarks.cpuload import busy_fractions, parse_pid_stat, parse_proc_stat
 from benchmarks.report import (
     Report,
+    TargetCheck,
     merge_inprocess,
     render_inprocess_table,
     render_load_table,
@@ -205,6 +207,17 @@ def test_inprocess_rounds_merge_into_medians_and_keep_each_round() -> None:
     assert merged["digits"]["rounds"] == {1: 0.3}
 
 
+def one_client_check(runs: list[RunResult], inprocess: dict[str, Any]) -> TargetCheck:
+    """The batching-off `tabular` REST 1-client check of these runs."""
+    (check,) = [
+        check
+        for check in target_checks(runs, inprocess, (1,), "servekit-batching")
+        if check.name
+        == "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
+    ]
+    return check
+
+
 def test_one_client_targets_pair_each_round_with_its_inprocess_call() -> None:
     # The machine's speed moves between rounds, served and in-process alike.
     served = (10.5, 12.9, 11.0)
@@ -213,13 +226,7 @@ def test_one_client_targets_pair_each_round_with_its_inprocess_call() -> None:
     inprocess = merge_inprocess(
         {rnd: {"tabular": limit(p50, 30.0)} for rnd, p50 in enumerate(direct, 1)}
     )
-    checks = {
-        check.name: check
-        for check in target_checks(runs, inprocess, (1,), "servekit-batching")
-    }
-    one_client = checks[
-        "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
-    ]
+    one_client = one_client_check(runs, inprocess)
     # Per round 0.5, 0.9 and 0.2; the medians alone would give 11.0 - 10.8.
     assert one_client.value == pytest.approx(0.5)
     assert "paired by round" in one_client.detail
@@ -230,20 +237,15 @@ def bracketed(run_result: RunResult, reference: float) -> RunResult:
 
 
 def test_one_client_targets_use_each_runs_own_inprocess_reference() -> None:
-    # Round-level in-process figures say 2 ms added; the references taken around
-    # each run, which followed the machine's drift, say 0.4 and 0.6.
+    # Against the rounds' in-process figure (20.4 ms) the runs would add 2.0 and
+    # 0.2 ms; against the references taken around each run, which followed the
+    # machine's drift, 0.4 and 0.6.
     runs = [
         bracketed(run("servekit", 1, 1, 90, 22.4, 25), 22.0),
         bracketed(run("servekit", 1, 2, 90, 20.6, 25), 20.0),
     ]
     inprocess = merge_inprocess({rnd: {"tabular": limit(20.4, 30.0)} for rnd in (1, 2)})
-    checks = {
-        check.name: check
-        for check in target_checks(runs, inprocess, (1,), "servekit-batching")
-    }
-    one_client = checks[
-        "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
-    ]
+    one_client = one_client_check(runs, inprocess)
     assert one_client.value == pytest.approx(0.5)
     assert "in-process call around each run" in one_client.detail
 
