@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from benchmarks.settings import REPO_ROOT
 
@@ -56,7 +56,7 @@ class _Process:
                 self.lines.put(line)
         self.lines.put(None)
 
-    def next_answer(self, timeout: float) -> dict[str, object]:
+    def next_answer(self, timeout: float) -> dict[str, Any]:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
@@ -69,7 +69,7 @@ class _Process:
                 f"in-process reference of {self.model!r} exited "
                 f"(code {self.popen.wait()})"
             )
-        answer: dict[str, object] = json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
         return answer
 
     def stop(self) -> None:
@@ -123,7 +123,7 @@ class References:
             del self._processes[model]
             process.stop()
             return None
-        return float(str(answer["p50_ms"]))
+        return float(answer["p50_ms"])
 
     def close(self) -> None:
         for process in self._processes.values():

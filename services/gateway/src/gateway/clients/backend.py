@@ -321,7 +321,7 @@ class BackendClient:
         gRPC-Web on its REST port when it has one that speaks it."""
 
         async def invoke(backend: Backend, timeout: float, md: Metadata) -> Any:
-            if backend.grpc_web:
+            if backend.grpc_web and backend.http is not None:
                 try:
                     return await _grpc_web_call(backend, method, request, timeout, md)
                 except grpcweb.NotSpoken as exc:
@@ -329,7 +329,7 @@ class BackendClient:
                     logger.warning(
                         "backend %s has no gRPC-Web on %s (%s): calling it over gRPC",
                         backend.address,
-                        backend.http.address if backend.http else "?",
+                        backend.http.address,
                         exc,
                     )
             call = getattr(getattr(backend, stub), method)
