@@ -17,9 +17,9 @@ Run pinned to the servers' core: ``python -m benchmarks.inprocess --registry R
 
 With ``--reference`` the process instead loads the model once, prints
 ``{"ready": NAME}`` and then answers each line of standard input (a number of
-seconds) with one batch-1 measurement of that length, under the server's filters.
-The bench keeps one such process per model and measures it right before and after
-each 1-client run (see ``benchmarks.reference``).
+seconds) with one block of batch-1 calls of that length, under the server's
+filters. The bench keeps one such process per model and has its blocks take turns
+with the servers' (see ``benchmarks.interleaved``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,15 @@ from benchmarks.payloads import example_row, input_dtypes
 from benchmarks.stats import summarize_nanoseconds
 
 
-def timed_calls(call: Callable[[], Any], seconds: float, warmup_s: float) -> list[int]:
-    """Call repeatedly for ``warmup_s`` (discarded), then for ``seconds``."""
+def timed_calls(
+    call: Callable[[], Any], seconds: float, warmup_s: float, uncounted_calls: int = 0
+) -> list[int]:
+    """Call repeatedly for ``warmup_s`` and at least ``uncounted_calls`` times
+    (discarded), then for ``seconds``."""
     end_of_warmup = time.perf_counter() + warmup_s
-    while time.perf_counter() < end_of_warmup:
+    while uncounted_calls > 0 or time.perf_counter() < end_of_warmup:
         call()
+        uncounted_calls -= 1
     latencies: list[int] = []
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop:
@@ -108,15 +112,12 @@ def model_calls(
     return manifest.framework, calls
 
 
-REFERENCE_WARMUP_S = 0.3
-"""Each reference window starts with this much unmeasured calling: the process sat
-idle through the run before, and its first calls find cold caches."""
-
-
 def serve_reference(
     registry_root: Path, model: str, requests: TextIO, answers: TextIO
 ) -> None:
-    """Answer each line of ``requests`` (seconds) with a batch-1 measurement."""
+    """Answer each line of ``requests`` (seconds) with one block of batch-1 calls:
+    one uncounted call (another process had the core just before), then calls
+    until the seconds are up; the answer lists their latencies in ns."""
     from modelserver import warning_filters
 
     _, (call,) = model_calls(registry_root, model, [1])
@@ -126,8 +127,8 @@ def serve_reference(
     for line in requests:
         if not line.strip():
             continue
-        entry = timed_entry(call, 1, float(line), REFERENCE_WARMUP_S)
-        print(json.dumps(entry), file=answers, flush=True)
+        latencies = timed_calls(call, float(line), 0.0, uncounted_calls=1)
+        print(json.dumps({"latencies_ns": latencies}), file=answers, flush=True)
 
 
 def measure_model(
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reference",
         action="store_true",
-        help="measure batch 1 for the seconds given on each line of standard input",
+        help="answer each line of standard input (seconds) with a block of batch-1 calls",
     )
     args = parser.parse_args(argv)
     if args.reference:

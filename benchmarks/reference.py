@@ -1,14 +1,9 @@
-"""The in-process call measured next to every 1-client run.
+"""The in-process call, kept ready in one process per model on the server core.
 
-A 1-client p50 is compared with the model's in-process batch-1 call. On this kind of
-machine the speed of that call drifts by several percent within minutes, which on
-a 22 ms scikit-learn pipeline is more than the 1 ms a target allows; a reference
-taken once per round, minutes before or after the run, mostly measures the drift.
-So each model keeps one idle in-process process (``benchmarks.inprocess
---reference``) pinned to the server core, and the harness measures it for a couple
-of seconds right before and right after each 1-client run: the mean of the two is
-that run's reference. While a server is measured the reference process is blocked
-on its standard input and uses no CPU.
+``python -m benchmarks.inprocess --reference`` loads the model once and answers each
+line it reads (seconds) with a block of batch-1 calls; between blocks it waits on
+its standard input and uses no CPU. :mod:`benchmarks.interleaved` has these blocks
+take turns with the servers' on the same core.
 """
 
 from __future__ import annotations
@@ -18,7 +13,7 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -83,25 +78,24 @@ class _Process:
 
 
 class References:
-    """One reference process per model; ``measure(model)`` is its batch-1 p50."""
+    """``processes`` reference processes per model; ``block(model, seconds,
+    process)`` runs a block in one of them."""
 
     def __init__(
         self,
         registry: Path,
         models: Sequence[str],
-        seconds: float,
         cpu: int | None,
-        progress: Callable[[str], None],
+        processes: int = 1,
     ) -> None:
-        self._seconds = seconds
-        self._progress = progress
-        self._processes: dict[str, _Process] = {}
+        self._processes: dict[tuple[str, int], _Process] = {}
         for model in models:
             command = [sys.executable, "-m", "benchmarks.inprocess", "--reference"]
             command += ["--registry", str(registry), "--model", model]
             if cpu is not None:
                 command = ["taskset", "-c", str(cpu), *command]
-            self._processes[model] = _Process(command, model)
+            for index in range(1, processes + 1):
+                self._processes[model, index] = _Process(command, model)
         try:
             for process in self._processes.values():
                 process.next_answer(READY_SECONDS)
@@ -109,21 +103,29 @@ class References:
             self.close()
             raise
 
-    def measure(self, model: str) -> float | None:
-        """The batch-1 p50 in ms now, or None (reported) if the process failed."""
-        process = self._processes.get(model)
+    def processes(self, model: str) -> list[int]:
+        """The numbers of the model's processes still running."""
+        return [index for name, index in self._processes if name == model]
+
+    def block(self, model: str, seconds: float, process_index: int = 1) -> list[int]:
+        """One block of the model's batch-1 calls in one of its processes: their
+        latencies in ns.
+
+        Raises:
+            OSError: The process is gone (it is stopped and forgotten).
+        """
+        process = self._processes.get((model, process_index))
         if process is None or process.popen.stdin is None:
-            return None
+            raise OSError(f"no in-process reference {process_index} of {model!r}")
         try:
-            process.popen.stdin.write(f"{self._seconds}\n")
+            process.popen.stdin.write(f"{seconds}\n")
             process.popen.stdin.flush()
-            answer = process.next_answer(self._seconds + 60)
+            answer = process.next_answer(seconds + 60)
         except (OSError, ReferenceFailed) as exc:
-            self._progress(f"in-process reference {model}: FAILED: {exc}")
-            del self._processes[model]
+            del self._processes[model, process_index]
             process.stop()
-            return None
-        return float(answer["p50_ms"])
+            raise OSError(f"in-process reference of {model!r} failed: {exc}") from exc
+        return [int(value) for value in answer["latencies_ns"]]
 
     def close(self) -> None:
         for process in self._processes.values():

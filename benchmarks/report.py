@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.interleaved import INPROCESS, Turns
 from benchmarks.results import Aggregate, RunResult, aggregate
-from benchmarks.stats import median, paired_difference, paired_ratio
+from benchmarks.stats import median, paired_ratio
 
 LABELS = {
     "servekit": "servekit (batching off)",
@@ -53,6 +54,7 @@ class Report:
     meta: dict[str, Any]
     runs: list[RunResult]
     inprocess: dict[str, Any] = field(default_factory=dict)
+    turns: list[Turns] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     server_cpu: int | None = 1
@@ -79,35 +81,6 @@ def _pairs(
         return run.load.rps if metric == "rps" else float(getattr(run.load, metric))
 
     return [(value(a[r]), value(b[r])) for r in sorted(a.keys() & b.keys())]
-
-
-def _bracketed(runs: dict[int, RunResult]) -> dict[int, float]:
-    """Round -> p50 less the run's own in-process reference, where it has one."""
-    return {
-        number: float(run.load.p50_ms) - run.reference_p50_ms
-        for number, run in runs.items()
-        if run.reference_p50_ms is not None
-    }
-
-
-def _added_p50(
-    through: dict[int, RunResult], direct: dict[int, RunResult]
-) -> tuple[float, str] | None:
-    """Median p50 a hop adds over direct, and how the rounds were paired.
-
-    Where both runs of a round carry their in-process reference, each p50 is taken
-    less its own reference first, which cancels the machine's drift between the two
-    runs; otherwise the raw p50s of a round are paired.
-    """
-    mine, theirs = _bracketed(through), _bracketed(direct)
-    common = sorted(mine.keys() & theirs.keys())
-    if common:
-        added = paired_difference((mine[r], theirs[r]) for r in common)
-        return added, "each p50 less its run's in-process reference"
-    pairs = _pairs(through, direct, "p50_ms")
-    if not pairs:
-        return None
-    return paired_difference(pairs), "paired by round"
 
 
 def _median_of(runs: dict[int, RunResult], metric: str) -> float:
@@ -161,8 +134,7 @@ def _best(
 
 def merge_inprocess(by_round: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """One in-process entry per model from the rounds' measurements: each batch
-    size's figures are medians over rounds, and ``rounds`` keeps every round's
-    batch-1 p50 for the paired comparison with the served p50 of that round."""
+    size's figures are medians over rounds."""
     merged: dict[str, Any] = {}
     models = {model for measured in by_round.values() for model in measured}
     for model in sorted(models):
@@ -188,27 +160,19 @@ def merge_inprocess(by_round: dict[int, dict[str, Any]]) -> dict[str, Any]:
                 }
                 for batch, items in sorted(batches.items())
             ]
-        entry["rounds"] = {
-            number: next(
-                float(item["p50_ms"]) for item in limit["results"] if item["batch"] == 1
-            )
-            for number, limit in per_round.items()
-            if any(item["batch"] == 1 for item in limit["results"])
-        }
         merged[model] = entry
     return merged
 
 
 def target_checks(
     runs: Sequence[RunResult],
-    inprocess: dict[str, Any],
+    turns: Sequence[Turns],
     clients: Sequence[int],
     gateway_backend: str,
 ) -> list[TargetCheck]:
     """The ratios issues 3 and 4 set targets for, from what was measured."""
     checks: list[TargetCheck | None] = []
     top = 32 if 32 in clients else max(clients)
-    low = 1 if 1 in clients else min(clients)
     ours = "servekit-batching"
     for protocol in ("rest", "grpc"):
         name = PROTOCOL_NAMES[protocol]
@@ -250,90 +214,105 @@ def target_checks(
                 2,
             )
         )
-    for model, limit in inprocess.items():
-        batch_one = next(
-            (entry for entry in limit["results"] if entry["batch"] == 1), None
-        )
-        if batch_one is None:
-            continue
+    checks += _turn_checks(turns, gateway_backend)
+    for model in ("tabular", "digits") if top > 1 else ():
         for protocol in ("rest", "grpc"):
-            for system in ("servekit", "servekit-batching"):
-                cells = _rounds(runs, model, protocol, system, low)
-                if not cells:
-                    continue
-                by_round = limit.get("rounds") or {}
-                pairs = [
-                    (float(cells[r].load.p50_ms), float(by_round[r]))
-                    for r in sorted(cells.keys() & by_round.keys())
-                ]
-                bracketed = _bracketed(cells)
-                if bracketed:
-                    added = median(bracketed.values())
-                    pairing = ", paired with the in-process call around each run"
-                elif pairs:
-                    added = paired_difference(pairs)
-                    pairing = ", paired by round"
-                else:
-                    added = _median_of(cells, "p50_ms") - float(batch_one["p50_ms"])
-                    pairing = ""
-                checks.append(
-                    TargetCheck(
-                        f"{model} {PROTOCOL_NAMES[protocol]} ×{low}: {LABELS[system]} "
-                        "p50 − in-process batch-1 p50",
-                        added,
-                        "ms+",
-                        "≤ 1 ms",
-                        added <= 1.0,
-                        f"in-process {float(batch_one['p50_ms']):.3f} ms, server's "
-                        "warning filters" + pairing,
-                    )
-                )
-    for model in ("tabular", "digits"):
-        for protocol in ("rest", "grpc"):
-            name = PROTOCOL_NAMES[protocol]
-            through = _rounds(runs, model, protocol, "gateway", low)
-            direct = _rounds(runs, model, protocol, gateway_backend, low)
-            gateway_added = _added_p50(through, direct)
-            if gateway_added is not None:
-                added, pairing = gateway_added
-                checks.append(
-                    TargetCheck(
-                        f"{model} {name} ×{low}: gateway added p50",
-                        added,
-                        "ms+",
-                        "≤ 1 ms",
-                        added <= 1.0,
-                        f"direct {_median_of(direct, 'p50_ms'):.2f} ms, {pairing}",
-                    )
-                )
-            relay_added = _added_p50(
-                _rounds(runs, model, protocol, "relay", low), direct
-            )
-            if relay_added is not None:
-                floor, _ = relay_added
-                checks.append(
-                    TargetCheck(
-                        f"{model} {name} ×{low}: bare relay added p50 (the hop's "
-                        "own cost, for reference)",
-                        floor,
-                        "ms+",
-                        "–",
-                        None,
-                    )
-                )
             for system, what in (
                 ("gateway", "gateway"),
                 ("gateway-unmerged", "gateway with coalescing off"),
             ):
                 checks.append(
                     _ratio_check(
-                        f"{model} {name} ×{top}: {what} / direct throughput",
+                        f"{model} {PROTOCOL_NAMES[protocol]} ×{top}: {what} / direct "
+                        "throughput",
                         _rounds(runs, model, protocol, system, top),
                         _rounds(runs, model, protocol, gateway_backend, top),
                         0.8,
                     )
                 )
     return [check for check in checks if check is not None]
+
+
+def _turn_checks(measured: Sequence[Turns], gateway_backend: str) -> list[TargetCheck]:
+    """The 1-client targets, from the turns (medians over cycles of block
+    differences, :mod:`benchmarks.interleaved`)."""
+    checks: list[TargetCheck] = []
+    for turns in measured:
+        prefix = f"{turns.model} {PROTOCOL_NAMES[turns.protocol]} ×1"
+        for system in ("servekit", "servekit-batching"):
+            added = turns.added(system, INPROCESS)
+            if added is not None:
+                value, cycles = added
+                checks.append(
+                    TargetCheck(
+                        f"{prefix}: {LABELS[system]} p50 − in-process batch-1 p50",
+                        value,
+                        "ms+",
+                        "≤ 1 ms",
+                        value <= 1.0,
+                        f"in turns, median of {cycles} cycles; in-process "
+                        f"{_ms(turns.p50_ms(INPROCESS))} ms",
+                    )
+                )
+        for system, name, goal in (
+            ("gateway", "gateway added p50", True),
+            (
+                "relay",
+                "bare relay added p50 (the hop's own cost, for reference)",
+                False,
+            ),
+        ):
+            added = turns.added(system, gateway_backend)
+            if added is None:
+                continue
+            value, cycles = added
+            checks.append(
+                TargetCheck(
+                    f"{prefix}: {name}",
+                    value,
+                    "ms+",
+                    "≤ 1 ms" if goal else "–",
+                    value <= 1.0 if goal else None,
+                    f"in turns with {LABELS[gateway_backend]}, median of {cycles} "
+                    "cycles"
+                    if goal
+                    else "",
+                )
+            )
+    return checks
+
+
+def _turns_label(name: str) -> str:
+    if name == INPROCESS:
+        return "in-process call (all its processes)"
+    if name.startswith(f"{INPROCESS} "):
+        return f"in-process call, process {name.split()[-1]}"
+    return LABELS.get(name, name)
+
+
+def _turns_order(name: str) -> tuple[int, str, int]:
+    if name == INPROCESS:
+        return (0, "", 0)
+    if name in SYSTEM_ORDER:
+        return (2, "", SYSTEM_ORDER.index(name))
+    return (1, name, 0)
+
+
+def render_turns_table(turns: Turns) -> str:
+    """One model and protocol's 1-client turns: each source's calls and p50, and
+    what it adds over the in-process call (median over cycles)."""
+    lines = [
+        "| source | calls | p50 ms | added over the in-process call, ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in sorted(turns.latencies_ns, key=_turns_order):
+        added = turns.added(name, INPROCESS) if name != INPROCESS else None
+        lines.append(
+            f"| {_turns_label(name)} | {turns.calls(name):,} "
+            f"| {_ms(turns.p50_ms(name))} "
+            f"| {'–' if added is None else f'{added[0]:+.2f}'} |"
+        )
+    return "\n".join(lines)
 
 
 def _ms(value: float | None) -> str:
@@ -444,6 +423,26 @@ def render_markdown(report: Report, checks: Sequence[TargetCheck]) -> str:
                 render_load_table(aggregates, model, protocol),
                 "",
             ]
+    if report.turns:
+        parts += [
+            "## 1 client, in turns with the in-process call",
+            "",
+            "Each system serving a model and the in-process call took turns in "
+            "0.1 s blocks of one-at-a-time calls, the order rotating each cycle; "
+            '"added" is the median over cycles of a system\'s block median less the '
+            "in-process block median of the same cycle (the served calls come from "
+            "a Python client on the load-generator core, whose own cost counts "
+            "against the servers).",
+            "",
+        ]
+        for turns in report.turns:
+            parts += [
+                f"### {turns.model} · {PROTOCOL_NAMES[turns.protocol]} "
+                f"({len(turns.cycles)} cycles)",
+                "",
+                render_turns_table(turns),
+                "",
+            ]
     if checks:
         parts += ["## Targets (issues 3 and 4)", "", render_checks(checks), ""]
     if report.notes:
@@ -465,6 +464,7 @@ def write_report(report: Report, checks: Sequence[TargetCheck], directory: Path)
         "notes": report.notes,
         "failures": report.failures,
         "inprocess": report.inprocess,
+        "turns": [turns.to_json() for turns in report.turns],
         "aggregates": [asdict(item) for item in report.aggregates()],
         "targets": [asdict(check) for check in checks],
         "runs": [run.to_json() for run in report.runs],

@@ -52,9 +52,6 @@ class RunResult:
     """Busy fraction of each CPU over the window (from /proc/stat)."""
     server_cpu_s: float | None = None
     """CPU seconds the serving processes used over the window."""
-    reference_p50_ms: float | None = None
-    """1-client runs: the in-process batch-1 p50 measured right before and right
-    after this run (their mean), the run's own yardstick."""
 
     @property
     def server_cpu_ms_per_request(self) -> float | None:

@@ -9,6 +9,7 @@ then a measured window; a run that fails is recorded and the others go on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import sys
@@ -20,6 +21,18 @@ from typing import Any
 
 from benchmarks import grpcload, h2load, wrk
 from benchmarks.cpuload import busy_fractions, group_cpu_seconds, read_cpu_times
+from benchmarks.interleaved import (
+    BLOCK_SECONDS,
+    INPROCESS,
+    Block,
+    Turns,
+    inprocess_source,
+    probe_block,
+    probe_for,
+    take_turns,
+)
+from benchmarks.probes import GrpcProbe, HttpProbe, ProbeError
+from benchmarks.reference import References
 from benchmarks.report import LABELS
 from benchmarks.results import LoadSummary, RunResult
 from benchmarks.settings import BenchOptions
@@ -170,50 +183,16 @@ def _python_grpc(
     )
 
 
-class Bracket:
-    """The in-process reference on either side of each 1-client run.
-
-    ``reference(model)`` measures the model's batch-1 p50 now. Consecutive 1-client
-    runs of one model share a measurement: the one after a run is the one before
-    the next.
-    """
-
-    def __init__(self, reference: Callable[[str], float | None]) -> None:
-        self._reference = reference
-        self._last: tuple[str, float | None] | None = None
-
-    def before(self, model: str) -> float | None:
-        if self._last is not None and self._last[0] == model:
-            return self._last[1]
-        return self._reference(model)
-
-    def after(self, model: str, before: float | None) -> float | None:
-        """The run's reference: the mean of the p50s before and after it."""
-        after = self._reference(model)
-        self._last = (model, after)
-        if before is None or after is None:
-            return None
-        return (before + after) / 2
-
-    def forget(self) -> None:
-        """Another load ran since the last measurement: it no longer borders."""
-        self._last = None
-
-
 def run_rounds(
     scenarios: list[Scenario],
     options: BenchOptions,
     tools: LoadTools,
     progress: Progress,
     before_round: Callable[[int], None] | None = None,
-    reference: Callable[[str], float | None] | None = None,
 ) -> RunLog:
     """Every scenario × concurrency × round, interleaved as the module says;
-    ``before_round(round)`` (1-based) runs first in each round, and
-    ``reference(model)`` (the in-process batch-1 p50 now) brackets each 1-client
-    run."""
+    ``before_round(round)`` (1-based) runs first in each round."""
     log = RunLog()
-    bracket = Bracket(reference) if reference is not None else None
     total = len(scenarios) * len(options.clients) * options.rounds
     done = 0
     started = time.monotonic()
@@ -229,25 +208,12 @@ def run_rounds(
                     f"{scenario.model}/{scenario.protocol} "
                     f"{LABELS[scenario.system]} ×{clients}"
                 )
-                bracketed = bracket if clients == 1 else None
-                before = None
-                if bracketed is not None:
-                    before = bracketed.before(scenario.model)
-                elif bracket is not None:
-                    bracket.forget()
                 try:
                     measured = measure(scenario, clients, options, tools)
                 except LoadError as exc:
                     log.failures.append(f"round {round_index + 1} {name}: {exc}")
                     progress(f"[{done}/{total}] {name}: FAILED: {str(exc)[:300]}")
-                    if bracket is not None:
-                        bracket.forget()
                     continue
-                reference_ms = (
-                    bracketed.after(scenario.model, before)
-                    if bracketed is not None
-                    else None
-                )
                 log.results.append(
                     RunResult(
                         model=scenario.model,
@@ -258,25 +224,77 @@ def run_rounds(
                         load=measured.summary,
                         core_busy=measured.core_busy,
                         server_cpu_s=measured.server_cpu_s,
-                        reference_p50_ms=reference_ms,
                     )
                 )
                 summary = measured.summary
                 elapsed = time.monotonic() - started
                 remaining = elapsed / done * (total - done)
                 errors = f", {summary.errors} errors" if summary.errors else ""
-                yardstick = (
-                    f" (in-process {reference_ms:.2f} ms)"
-                    if reference_ms is not None
-                    else ""
-                )
                 progress(
                     f"[{done}/{total}, ~{remaining / 60:.1f} min left] round "
                     f"{round_index + 1} {name}: {summary.rps:,.0f} req/s, "
-                    f"p50 {summary.p50_ms:.2f} ms{yardstick}, "
+                    f"p50 {summary.p50_ms:.2f} ms, "
                     f"p99 {summary.p99_ms:.2f} ms{errors}"
                 )
     return log
+
+
+def run_turns(
+    scenarios: list[Scenario],
+    options: BenchOptions,
+    references: References | None,
+    progress: Progress,
+) -> list[Turns]:
+    """Each model and protocol at 1 client: its systems and the in-process call
+    in turns (:mod:`benchmarks.interleaved`)."""
+    groups: dict[tuple[str, str], list[Scenario]] = {}
+    for scenario in scenarios:
+        if scenario.model in options.models:
+            groups.setdefault((scenario.model, scenario.protocol), []).append(scenario)
+    measured: list[Turns] = []
+    for (model, protocol), members in groups.items():
+        probes: list[HttpProbe | GrpcProbe] = []
+        sources: dict[str, Block] = {}
+        failures: list[str] = []
+        try:
+            for scenario in members:
+                try:
+                    probe = probe_for(scenario.target)
+                except ProbeError as exc:
+                    failures.append(f"{model}/{protocol} {scenario.system}: {exc}")
+                    continue
+                probes.append(probe)
+                sources[scenario.system] = probe_block(probe.call)
+            if references is not None:
+                for index in references.processes(model):
+                    sources[inprocess_source(index)] = functools.partial(
+                        references.block, model, process_index=index
+                    )
+            progress(
+                f"1 client in turns, {model}/{protocol}: {len(sources)} sources in "
+                f"{BLOCK_SECONDS} s blocks for {options.turns_seconds:g} s …"
+            )
+            turns = take_turns(
+                model, protocol, sources, options.turns_seconds, BLOCK_SECONDS
+            )
+        finally:
+            for probe in probes:
+                probe.close()
+        turns.failures[:0] = failures
+        for failure in turns.failures:
+            progress(f"1 client in turns: FAILED: {failure}")
+        added = []
+        for scenario in members:
+            name = scenario.system
+            over = turns.added(name, INPROCESS)
+            if over is not None:
+                added.append(f"{LABELS.get(name, name)} {over[0]:+.2f} ms")
+        progress(
+            f"1 client in turns, {model}/{protocol}: {len(turns.cycles)} cycles; "
+            f"over the in-process call: {', '.join(added) or 'n/a'}"
+        )
+        measured.append(turns)
+    return measured
 
 
 def run_inprocess(

@@ -38,14 +38,14 @@ QUICK = {
     "duration": 2,
     "warmup": 1,
     "inprocess_seconds": 1.5,
-    "reference_seconds": 1.0,
+    "turns_seconds": 6.0,
 }
 FULL = {
     "rounds": 3,
     "duration": 6,
     "warmup": 2,
     "inprocess_seconds": 4.0,
-    "reference_seconds": 2.0,
+    "turns_seconds": 30.0,
 }
 
 
@@ -88,8 +88,9 @@ class BenchOptions:
     warmup: int = 2
     """Seconds of load before each measured run, not counted."""
     inprocess_seconds: float = 4.0
-    reference_seconds: float = 2.0
-    """Seconds of in-process batch-1 calls right before and after each 1-client run."""
+    turns_seconds: float = 30.0
+    """Seconds each model and protocol spends in the 1-client turns after the
+    rounds (``benchmarks.interleaved``)."""
     registry: Path = REPO_ROOT / ".bench" / "registry"
     work_dir: Path = REPO_ROOT / ".bench"
     output_dir: Path = REPO_ROOT / "bench-results"
@@ -157,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, help="warm-up seconds per run (2)")
     parser.add_argument(
         "--clients", type=_csv(int), help="concurrent clients (1,8,32; quick 1,32)"
+    )
+    parser.add_argument(
+        "--turns-seconds",
+        type=float,
+        help="seconds of 1-client turns per model and protocol (30; quick 6)",
     )
     parser.add_argument(
         "--models", type=_csv(str, MODELS), default=MODELS, help="tabular,digits"
@@ -233,7 +239,9 @@ def parse_options(argv: Sequence[str] | None = None) -> BenchOptions:
         else int(preset["duration"]),
         warmup=args.warmup if args.warmup is not None else int(preset["warmup"]),
         inprocess_seconds=float(preset["inprocess_seconds"]),
-        reference_seconds=float(preset["reference_seconds"]),
+        turns_seconds=args.turns_seconds
+        if args.turns_seconds is not None
+        else float(preset["turns_seconds"]),
         registry=args.registry.resolve(),
         work_dir=args.work_dir.resolve(),
         output_dir=args.output_dir.resolve(),

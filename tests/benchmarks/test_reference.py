@@ -1,4 +1,4 @@
-"""The in-process reference processes the bench measures around 1-client runs."""
+"""The in-process processes whose blocks take turns with the servers'."""
 
 from __future__ import annotations
 
@@ -12,23 +12,25 @@ from tests.support.models import publish_linear_pipeline
 pytestmark = pytest.mark.integration
 
 
-def test_reference_measures_the_model_each_time_it_is_asked(tmp_path: Path) -> None:
+def test_each_block_times_the_model_calls_it_made(tmp_path: Path) -> None:
     # The pipeline's first step sleeps 5 ms, so every batch-1 call takes longer.
     publish_linear_pipeline(tmp_path, "slow", sleep_seconds=0.005)
-    lines: list[str] = []
-    references = References(tmp_path, ["slow"], 0.3, None, lines.append)
+    references = References(tmp_path, ["slow"], None, processes=2)
     try:
-        first = references.measure("slow")
-        second = references.measure("slow")
+        assert references.processes("slow") == [1, 2]
+        first = references.block("slow", 0.05, process_index=1)
+        second = references.block("slow", 0.05, process_index=2)
     finally:
         references.close()
-    assert first is not None and second is not None
-    assert 5.0 <= first < 50.0
-    assert 5.0 <= second < 50.0
-    assert references.measure("slow") is None
-    assert lines == []
+    for block in (first, second):
+        # 50 ms of 5 ms calls, after one that is not counted.
+        assert 3 <= len(block) <= 11
+        assert all(5_000_000 <= latency < 50_000_000 for latency in block)
+    assert references.processes("slow") == []
+    with pytest.raises(OSError, match="no in-process reference 1 of 'slow'"):
+        references.block("slow", 0.05)
 
 
 def test_a_model_that_cannot_load_stops_the_start(tmp_path: Path) -> None:
     with pytest.raises(ReferenceFailed, match="'missing'.*exited"):
-        References(tmp_path, ["missing"], 0.3, None, print)
+        References(tmp_path, ["missing"], None)

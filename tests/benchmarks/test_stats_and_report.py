@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Any
 
 import pytest
 
 from benchmarks.cpuload import busy_fractions, parse_pid_stat, parse_proc_stat
+from benchmarks.interleaved import INPROCESS, Block, Turns, take_turns
+from benchmarks.probes import ProbeError
 from benchmarks.report import (
     Report,
-    TargetCheck,
     merge_inprocess,
     render_inprocess_table,
     render_load_table,
     render_markdown,
+    render_turns_table,
     target_checks,
 )
 from benchmarks.results import LoadSummary, RunResult, aggregate
-from benchmarks.runner import Bracket
 from benchmarks.stats import (
     paired_difference,
     paired_ratio,
@@ -126,16 +125,9 @@ def sample_runs() -> list[RunResult]:
 
 
 def test_target_checks_compare_with_the_best_mlserver_configuration() -> None:
-    inprocess = {
-        "tabular": {
-            "results": [{"batch": 1, "p50_ms": 10.0}, {"batch": 32, "p50_ms": 30.0}]
-        }
-    }
     checks = {
         check.name: check
-        for check in target_checks(
-            sample_runs(), inprocess, (1, 32), "servekit-batching"
-        )
+        for check in target_checks(sample_runs(), [], (1, 32), "servekit-batching")
     }
     versus_mlserver = checks["tabular REST ×32: servekit (batching on) / best MLServer"]
     assert versus_mlserver.value == pytest.approx(2.5)
@@ -144,27 +136,11 @@ def test_target_checks_compare_with_the_best_mlserver_configuration() -> None:
     versus_fastapi = checks["tabular REST ×32: servekit (batching on) / plain FastAPI"]
     assert versus_fastapi.value == pytest.approx(15.0)
     assert checks["tabular REST ×32: p99 vs best MLServer"].met is True
-    one_client = checks[
-        "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
-    ]
-    assert one_client.value == pytest.approx(0.5)
-    assert one_client.met is True
-    batched_one = checks[
-        "tabular REST ×1: servekit (batching on) p50 − in-process batch-1 p50"
-    ]
-    assert batched_one.met is False
-    gateway_p50 = checks["tabular REST ×1: gateway added p50"]
-    # Per round: 11.1 - 12.5 and 11.2 - 12.5, so the gateway run was faster here.
-    assert gateway_p50.value == pytest.approx(-1.35)
     gateway_rps = checks["tabular REST ×32: gateway / direct throughput"]
     assert gateway_rps.value == pytest.approx(1300 / 1500)
     assert gateway_rps.met is True
-    relay = checks[
-        "tabular REST ×1: bare relay added p50 (the hop's own cost, for reference)"
-    ]
-    # Per round: 13.2 - 12.5 and 13.4 - 12.5; a reference, not a target.
-    assert relay.value == pytest.approx(0.8)
-    assert relay.met is None
+    # Without turns there is no 1-client target.
+    assert not any("×1" in name for name in checks)
     assert not any(name.startswith("digits") for name in checks)
 
 
@@ -192,7 +168,7 @@ def limit(batch_one: float, batch_32: float) -> dict[str, object]:
     }
 
 
-def test_inprocess_rounds_merge_into_medians_and_keep_each_round() -> None:
+def test_inprocess_rounds_merge_into_medians() -> None:
     merged = merge_inprocess(
         {
             1: {"tabular": limit(10.0, 30.0), "digits": limit(0.3, 0.4)},
@@ -203,112 +179,115 @@ def test_inprocess_rounds_merge_into_medians_and_keep_each_round() -> None:
     tabular = merged["tabular"]
     assert [entry["p50_ms"] for entry in tabular["results"]] == [11.5, 31.0]
     assert tabular["results"][0]["calls"] == 30
-    assert tabular["rounds"] == {1: 10.0, 2: 12.0, 3: 11.5}
-    assert merged["digits"]["rounds"] == {1: 0.3}
+    assert [entry["p50_ms"] for entry in merged["digits"]["results"]] == [0.3, 0.4]
 
 
-def one_client_check(runs: list[RunResult], inprocess: dict[str, Any]) -> TargetCheck:
-    """The batching-off `tabular` REST 1-client check of these runs."""
-    (check,) = [
-        check
-        for check in target_checks(runs, inprocess, (1,), "servekit-batching")
-        if check.name
-        == "tabular REST ×1: servekit (batching off) p50 − in-process batch-1 p50"
+def test_turns_add_the_median_of_each_cycles_difference() -> None:
+    # The machine's speed moves between cycles, served and in-process alike.
+    turns = Turns("tabular", "rest")
+    turns.cycles = [
+        {"servekit": 10.5, INPROCESS: 10.0, "gateway": 11.5},
+        {"servekit": 20.9, INPROCESS: 20.0, "gateway": 21.2},
+        {"servekit": 13.2, INPROCESS: 13.0},
     ]
-    return check
+    # Per cycle 0.5, 0.9 and 0.2; medians of the figures alone would give 1.3.
+    assert turns.added("servekit", INPROCESS) == (pytest.approx(0.5), 3)
+    assert turns.added("gateway", "servekit") == (pytest.approx(0.65), 2)
+    assert turns.added("relay", "servekit") is None
 
 
-def test_one_client_targets_pair_each_round_with_its_inprocess_call() -> None:
-    # The machine's speed moves between rounds, served and in-process alike.
-    served = (10.5, 12.9, 11.0)
-    direct = (10.0, 12.0, 10.8)
-    runs = [run("servekit", 1, rnd, 90, p50, 14) for rnd, p50 in enumerate(served, 1)]
-    inprocess = merge_inprocess(
-        {rnd: {"tabular": limit(p50, 30.0)} for rnd, p50 in enumerate(direct, 1)}
+def test_take_turns_rotates_the_order_and_drops_a_failing_source() -> None:
+    order: list[str] = []
+    failing = iter([False, True])
+
+    def block(name: str, fails: bool = False) -> Block:
+        def run(seconds: float) -> list[int]:
+            assert seconds == 0.01
+            order.append(name)
+            if fails and next(failing):
+                raise ProbeError("connection lost")
+            return [2_000_000, 1_000_000, 3_000_000]
+
+        return run
+
+    turns = take_turns(
+        "digits",
+        "grpc",
+        {"a": block("a"), "b": block("b", fails=True), INPROCESS: block(INPROCESS)},
+        seconds=0.05,
+        block_s=0.01,
     )
-    one_client = one_client_check(runs, inprocess)
-    # Per round 0.5, 0.9 and 0.2; the medians alone would give 11.0 - 10.8.
-    assert one_client.value == pytest.approx(0.5)
-    assert "paired by round" in one_client.detail
+    # Cycle 1 in order; cycle 2 starts one further on and "b" fails; cycles 3 and
+    # 4 rotate what is left.
+    first_four = ["a", "b", INPROCESS, "b", INPROCESS, "a", "a", INPROCESS, INPROCESS]
+    assert order[:9] == first_four
+    assert turns.cycles[0] == {"a": 2.0, "b": 2.0, INPROCESS: 2.0}
+    assert all("b" not in cycle for cycle in turns.cycles[1:])
+    assert turns.failures == ["digits/grpc b: connection lost"]
+    assert turns.calls("b") == 3
+    assert turns.p50_ms("a") == 2.0
 
 
-def bracketed(run_result: RunResult, reference: float) -> RunResult:
-    return replace(run_result, reference_p50_ms=reference)
-
-
-def test_one_client_targets_use_each_runs_own_inprocess_reference() -> None:
-    # Against the rounds' in-process figure (20.4 ms) the runs would add 2.0 and
-    # 0.2 ms; against the references taken around each run, which followed the
-    # machine's drift, 0.4 and 0.6.
-    runs = [
-        bracketed(run("servekit", 1, 1, 90, 22.4, 25), 22.0),
-        bracketed(run("servekit", 1, 2, 90, 20.6, 25), 20.0),
+def test_one_client_targets_come_from_the_turns() -> None:
+    turns = Turns("tabular", "grpc")
+    turns.cycles = [
+        {
+            "servekit": 10.6,
+            "servekit-batching": 11.5,
+            "gateway": 12.0,
+            "relay": 12.5,
+            INPROCESS: 10.0,
+        }
     ]
-    inprocess = merge_inprocess({rnd: {"tabular": limit(20.4, 30.0)} for rnd in (1, 2)})
-    one_client = one_client_check(runs, inprocess)
-    assert one_client.value == pytest.approx(0.5)
-    assert "in-process call around each run" in one_client.detail
-
-
-def test_gateway_added_p50_cancels_drift_between_the_two_runs() -> None:
-    # Between the direct run and the gateway run the machine slowed by 1.5 ms.
-    runs = [
-        bracketed(run("servekit-batching", 1, 1, 90, 20.5, 25), 20.0),
-        bracketed(run("gateway", 1, 1, 90, 22.3, 25), 21.5),
-        bracketed(run("relay", 1, 1, 90, 21.0, 25), 20.0),
-    ]
+    turns.latencies_ns = {INPROCESS: [10_000_000]}
     checks = {
         check.name: check
-        for check in target_checks(runs, {}, (1,), "servekit-batching")
+        for check in target_checks([], [turns], (1,), "servekit-batching")
     }
-    gateway = checks["tabular REST ×1: gateway added p50"]
-    assert gateway.value == pytest.approx(0.3)
-    assert gateway.met
-    assert "in-process reference" in gateway.detail
+    served = checks[
+        "tabular gRPC ×1: servekit (batching off) p50 − in-process batch-1 p50"
+    ]
+    assert (served.value, served.met) == (pytest.approx(0.6), True)
+    assert "median of 1 cycles; in-process 10.0 ms" in served.detail
+    batched = checks[
+        "tabular gRPC ×1: servekit (batching on) p50 − in-process batch-1 p50"
+    ]
+    assert (batched.value, batched.met) == (pytest.approx(1.5), False)
+    gateway = checks["tabular gRPC ×1: gateway added p50"]
+    assert (gateway.value, gateway.met) == (pytest.approx(0.5), True)
     relay = checks[
-        "tabular REST ×1: bare relay added p50 (the hop's own cost, for reference)"
+        "tabular gRPC ×1: bare relay added p50 (the hop's own cost, for reference)"
     ]
-    assert relay.value == pytest.approx(0.5)
+    assert (relay.value, relay.met) == (pytest.approx(1.0), None)
 
 
-def test_gateway_added_p50_pairs_raw_rounds_without_references() -> None:
-    runs = [
-        run("servekit-batching", 1, 1, 90, 20.5, 25),
-        run("gateway", 1, 1, 90, 22.3, 25),
+def test_turns_table_lists_the_inprocess_call_first() -> None:
+    turns = Turns("digits", "rest")
+    turns.cycles = [
+        {"gateway": 0.9, "servekit": 0.5, "inprocess 1": 0.2, INPROCESS: 0.25}
     ]
-    (gateway,) = [
-        check
-        for check in target_checks(runs, {}, (1,), "servekit-batching")
-        if check.name == "tabular REST ×1: gateway added p50"
-    ]
-    assert gateway.value == pytest.approx(1.8)
-    assert gateway.met is False
-    assert "paired by round" in gateway.detail
+    turns.latencies_ns = {
+        "gateway": [900_000] * 3,
+        "servekit": [500_000] * 4,
+        "inprocess 1": [200_000] * 2,
+        INPROCESS: [250_000] * 5,
+    }
+    lines = render_turns_table(turns).splitlines()
+    assert lines[2] == "| in-process call (all its processes) | 5 | 0.25 | – |"
+    assert lines[3] == "| in-process call, process 1 | 2 | 0.20 | -0.05 |"
+    assert lines[4] == "| servekit (batching off) | 4 | 0.50 | +0.25 |"
+    assert lines[5] == "| gateway → servekit | 3 | 0.90 | +0.65 |"
 
 
-def test_bracket_shares_the_measurement_between_runs_of_one_model() -> None:
-    measured: list[str] = []
-    values = iter([10.0, 12.0, 11.0, 0.3, 0.5, 9.0])
-
-    def reference(model: str) -> float | None:
-        measured.append(model)
-        return next(values)
-
-    bracket = Bracket(reference)
-    first = bracket.after("tabular", bracket.before("tabular"))
-    second = bracket.after("tabular", bracket.before("tabular"))
-    other = bracket.after("digits", bracket.before("digits"))
-    bracket.forget()
-    after_forget = bracket.before("digits")
-    assert (first, second, other) == (11.0, 11.5, 0.4)
-    assert after_forget == 9.0
-    assert measured == ["tabular", "tabular", "tabular", "digits", "digits", "digits"]
-
-
-def test_bracket_gives_no_reference_when_a_side_failed() -> None:
-    values = iter([10.0, None])
-    bracket = Bracket(lambda _model: next(values))
-    assert bracket.after("tabular", bracket.before("tabular")) is None
+def test_the_inprocess_figure_of_a_cycle_is_the_median_of_its_processes() -> None:
+    speeds = {"inprocess 1": 10_000_000, "inprocess 2": 12_000_000}
+    speeds["inprocess 3"] = 11_500_000
+    sources = {
+        name: (lambda _seconds, value=value: [value]) for name, value in speeds.items()
+    }
+    turns = take_turns("tabular", "rest", sources, seconds=0.0001, block_s=0.01)
+    assert turns.cycles[0][INPROCESS] == 11.5
+    assert turns.calls(INPROCESS) == 3 * len(turns.cycles)
 
 
 def test_load_table_lists_systems_by_concurrency() -> None:
@@ -326,7 +305,7 @@ def test_markdown_has_sections_targets_and_notes() -> None:
         notes=["a note"],
         failures=["round 1 x: failed"],
     )
-    checks = target_checks(sample_runs(), {}, (1, 32), "servekit-batching")
+    checks = target_checks(sample_runs(), [], (1, 32), "servekit-batching")
     markdown = render_markdown(report, checks)
     assert "## tabular · REST (wrk)" in markdown
     assert "## Targets (issues 3 and 4)" in markdown
