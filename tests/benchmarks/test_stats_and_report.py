@@ -274,7 +274,7 @@ def test_turns_table_lists_the_inprocess_call_first() -> None:
     }
     lines = render_turns_table(turns).splitlines()
     assert lines[2] == "| in-process call (all its processes) | 5 | 0.25 | – |"
-    assert lines[3] == "| in-process call, process 1 | 2 | 0.20 | -0.05 |"
+    assert lines[3] == "| in-process call, process 1 | 2 | 0.20 | – |"
     assert lines[4] == "| servekit (batching off) | 4 | 0.50 | +0.25 |"
     assert lines[5] == "| gateway → servekit | 3 | 0.90 | +0.65 |"
 
