@@ -18,7 +18,7 @@ Run pinned to the servers' core: ``python -m benchmarks.inprocess --registry R
 With ``--reference`` the process instead loads the model once, prints
 ``{"ready": NAME}`` and then answers each line of standard input (a number of
 seconds) with one block of batch-1 calls of that length, under the server's
-filters. The bench keeps one such process per model and has its blocks take turns
+filters. The bench keeps three such processes per model and has their blocks take turns
 with the servers' (see ``benchmarks.interleaved``).
 """
 

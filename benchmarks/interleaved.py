@@ -7,20 +7,20 @@ such levels every few seconds. A served p50 from a 5 s load run and an in-proces
 p50 taken seconds away differ by whatever the machine did in between.
 
 So after the rounds, for each model and protocol, every system serving it and the
-in-process call take turns in short blocks (``block_s``, 0.1 s by default) for
-``seconds``: one cycle gives each source one block, the order rotating by one per
+in-process call take turns in short blocks (``BLOCK_SECONDS``) for ``seconds``:
+one cycle gives each source one block, the order rotating by one per
 cycle. A block starts with one call that is not counted (the core ran another
 process just before) and then calls one at a time until its time is up; its
 figure is the median of its calls. What a system adds over the in-process call is
-the median over cycles of its block's figure less the in-process block's of the
-same cycle, and what the gateway adds over the server behind it is taken the same
+the median over cycles of its block's figure less the in-process figure of the
+same cycle (the median of ``INPROCESS_PROCESSES`` processes' blocks), and what the gateway adds over the server behind it is taken the same
 way. Blocks of one cycle are well under a second apart, so the machine's level
 changes between them only in the few cycles that straddle a switch, which the
 median passes over.
 
 The served calls come from :mod:`benchmarks.probes` (one connection, ready-made
 bytes) in this process, on the load-generator core; the in-process blocks come
-from ``benchmarks.reference``'s process on the server core, timed there, so the
+from ``benchmarks.reference``'s processes on the server core, timed there, so the
 probe's own cost counts against the servers.
 """
 

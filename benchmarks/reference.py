@@ -1,4 +1,4 @@
-"""The in-process call, kept ready in one process per model on the server core.
+"""The in-process call, kept ready in a few processes per model on the server core.
 
 ``python -m benchmarks.inprocess --reference`` loads the model once and answers each
 line it reads (seconds) with a block of batch-1 calls; between blocks it waits on
@@ -79,7 +79,7 @@ class _Process:
 
 class References:
     """``processes`` reference processes per model; ``block(model, seconds,
-    process)`` runs a block in one of them."""
+    process_index)`` runs a block in one of them."""
 
     def __init__(
         self,

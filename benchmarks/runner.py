@@ -3,7 +3,9 @@
 Within a round, each concurrency level runs every scenario back to back, in an order
 rotated by one per round, so slow drifts of the machine's background load spread
 over all systems instead of hitting one. Each run is a warm-up (not counted) and
-then a measured window; a run that fails is recorded and the others go on.
+then a measured window; a run that fails is recorded and the others go on. The
+1-client turns (:mod:`benchmarks.interleaved`) run after the rounds, on the same
+servers.
 """
 
 from __future__ import annotations

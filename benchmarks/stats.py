@@ -89,12 +89,3 @@ def paired_ratio(pairs: Iterable[tuple[float, float]]) -> float:
         ValueError: No pairs.
     """
     return median(ratio(a, b) for a, b in pairs)
-
-
-def paired_difference(pairs: Iterable[tuple[float, float]]) -> float:
-    """Median over rounds of the per-round difference ``a - b``.
-
-    Raises:
-        ValueError: No pairs.
-    """
-    return median(a - b for a, b in pairs)
