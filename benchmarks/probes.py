@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Self
 from urllib.parse import urlsplit
 
 from benchmarks.targets import GrpcTarget, HttpTarget
@@ -29,16 +30,41 @@ class ProbeError(Exception):
     """A call failed: connection lost, an error status, or a malformed answer."""
 
 
-def _connect(host: str, port: int) -> socket.socket:
-    try:
-        connection = socket.create_connection((host, port), timeout=TIMEOUT_S)
-    except OSError as exc:
-        raise ProbeError(f"cannot connect to {host}:{port}: {exc}") from exc
-    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return connection
+class _Connection:
+    """One TCP connection and the bytes read from it but not yet taken."""
+
+    def __init__(self, host: str, port: int) -> None:
+        try:
+            self._connection = socket.create_connection((host, port), TIMEOUT_S)
+        except OSError as exc:
+            raise ProbeError(f"cannot connect to {host}:{port}: {exc}") from exc
+        self._connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = bytearray()
+
+    def _fill(self) -> None:
+        chunk = self._connection.recv(65536)
+        if not chunk:
+            raise ProbeError("the server closed the connection")
+        self._buffer += chunk
+
+    def _take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._fill()
+        taken = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return taken
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
-class HttpProbe:
+class HttpProbe(_Connection):
     """POSTs one body over a kept-alive HTTP/1.1 connection."""
 
     def __init__(self, target: HttpTarget) -> None:
@@ -53,8 +79,7 @@ class HttpProbe:
             f"Content-Length: {len(body)}\r\n\r\n"
         )
         self._request = head.encode("ascii") + body
-        self._connection = _connect(host, port)
-        self._buffer = bytearray()
+        super().__init__(host, port)
 
     def call(self) -> int:
         """One request; its latency in nanoseconds.
@@ -72,19 +97,6 @@ class HttpProbe:
         if status != 200:
             raise ProbeError(f"HTTP status {status}")
         return elapsed
-
-    def _fill(self) -> None:
-        chunk = self._connection.recv(65536)
-        if not chunk:
-            raise ProbeError("the server closed the connection")
-        self._buffer += chunk
-
-    def _take(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            self._fill()
-        taken = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return taken
 
     def _line(self) -> bytes:
         while (end := self._buffer.find(b"\r\n")) < 0:
@@ -116,9 +128,6 @@ class HttpProbe:
         else:
             raise ProbeError("an answer with neither Content-Length nor chunks")
         return status
-
-    def close(self) -> None:
-        self._connection.close()
 
 
 # HTTP/2 frame types and flags (RFC 9113).
@@ -164,7 +173,7 @@ def hpack_literal(name: str, value: str) -> bytes:
     return encoded
 
 
-class GrpcProbe:
+class GrpcProbe(_Connection):
     """Unary calls of one method with one request, over one HTTP/2 connection."""
 
     def __init__(self, target: GrpcTarget) -> None:
@@ -184,8 +193,7 @@ class GrpcProbe:
             )
         )
         self._message = b"\x00" + len(message).to_bytes(4, "big") + message
-        self._connection = _connect(host, int(port))
-        self._buffer = bytearray()
+        super().__init__(host, int(port))
         self._stream = 1
         settings = SETTINGS_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
         settings += SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big")
@@ -233,16 +241,6 @@ class GrpcProbe:
             )
         return elapsed
 
-    def _take(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            chunk = self._connection.recv(65536)
-            if not chunk:
-                raise ProbeError("the server closed the connection")
-            self._buffer += chunk
-        taken = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return taken
-
     def _read_stream(self, stream: int) -> int:
         """Read frames until ``stream`` ends; the DATA bytes it carried."""
         received = 0
@@ -268,6 +266,3 @@ class GrpcProbe:
                     return received
             elif kind == HEADERS and flags & END_STREAM:
                 return received
-
-    def close(self) -> None:
-        self._connection.close()

@@ -432,7 +432,7 @@ def render_markdown(report: Report, checks: Sequence[TargetCheck]) -> str:
             "Each system serving a model and the in-process call took turns in "
             "0.1 s blocks of one-at-a-time calls, the order rotating each cycle; "
             '"added" is the median over cycles of a system\'s block median less the '
-            "in-process block median of the same cycle (the served calls come from "
+            "median of the in-process processes' block medians in the same cycle (the served calls come from "
             "a Python client on the load-generator core, whose own cost counts "
             "against the servers).",
             "",

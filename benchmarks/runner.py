@@ -33,7 +33,7 @@ from benchmarks.interleaved import (
     probe_for,
     take_turns,
 )
-from benchmarks.probes import GrpcProbe, HttpProbe, ProbeError
+from benchmarks.probes import ProbeError
 from benchmarks.reference import References
 from benchmarks.report import LABELS
 from benchmarks.results import LoadSummary, RunResult
@@ -255,17 +255,16 @@ def run_turns(
             groups.setdefault((scenario.model, scenario.protocol), []).append(scenario)
     measured: list[Turns] = []
     for (model, protocol), members in groups.items():
-        probes: list[HttpProbe | GrpcProbe] = []
         sources: dict[str, Block] = {}
         failures: list[str] = []
-        try:
+        with contextlib.ExitStack() as probes:
             for scenario in members:
                 try:
                     probe = probe_for(scenario.target)
                 except ProbeError as exc:
                     failures.append(f"{model}/{protocol} {scenario.system}: {exc}")
                     continue
-                probes.append(probe)
+                probes.callback(probe.close)
                 sources[scenario.system] = probe_block(probe.call)
             if references is not None:
                 for index in references.processes(model):
@@ -279,9 +278,6 @@ def run_turns(
             turns = take_turns(
                 model, protocol, sources, options.turns_seconds, BLOCK_SECONDS
             )
-        finally:
-            for probe in probes:
-                probe.close()
         turns.failures[:0] = failures
         for failure in turns.failures:
             progress(f"1 client in turns: FAILED: {failure}")

@@ -42,17 +42,17 @@ def answer_size(server: ModelServer, request: bytes) -> int:
     return len(answer)
 
 
+def predict_probe(served: tuple[ModelServer, ModelPayloads], model: str) -> HttpProbe:
+    server, payloads = served
+    url = f"{server.rest_url}/v1/models/{model}:predict"
+    return HttpProbe(HttpTarget(url, payloads.tfs_rest))
+
+
 def test_http_probe_times_each_call_on_one_connection(
     served: tuple[ModelServer, ModelPayloads],
 ) -> None:
-    server, payloads = served
-    probe = HttpProbe(
-        HttpTarget(f"{server.rest_url}/v1/models/slow:predict", payloads.tfs_rest)
-    )
-    try:
+    with predict_probe(served, "slow") as probe:
         latencies = [probe.call() for _ in range(20)]
-    finally:
-        probe.close()
     # Every call runs the pipeline's 5 ms sleep.
     assert all(5_000_000 <= latency < 1_000_000_000 for latency in latencies)
 
@@ -60,18 +60,12 @@ def test_http_probe_times_each_call_on_one_connection(
 def test_http_probe_reports_an_error_status(
     served: tuple[ModelServer, ModelPayloads],
 ) -> None:
-    server, payloads = served
-    probe = HttpProbe(
-        HttpTarget(f"{server.rest_url}/v1/models/missing:predict", payloads.tfs_rest)
-    )
-    try:
+    with predict_probe(served, "missing") as probe:
         with pytest.raises(ProbeError, match="HTTP status 404"):
             probe.call()
         # The connection stays usable after an error answer.
         with pytest.raises(ProbeError, match="HTTP status 404"):
             probe.call()
-    finally:
-        probe.close()
 
 
 def test_grpc_probe_checks_the_answer_size(
@@ -80,18 +74,12 @@ def test_grpc_probe_checks_the_answer_size(
     server, payloads = served
     size = answer_size(server, payloads.tfs_grpc.read_bytes())
     target = GrpcTarget(server.grpc_target, PREDICT, payloads.tfs_grpc, size)
-    probe = GrpcProbe(target)
-    try:
+    with GrpcProbe(target) as probe:
         latencies = [probe.call() for _ in range(20)]
-    finally:
-        probe.close()
     assert all(5_000_000 <= latency < 1_000_000_000 for latency in latencies)
     wrong = GrpcProbe(replace(target, response_bytes=size + 1))
-    try:
-        with pytest.raises(ProbeError, match=f"answered {size + 5} message bytes"):
-            wrong.call()
-    finally:
-        wrong.close()
+    with wrong, pytest.raises(ProbeError, match=f"answered {size + 5} message bytes"):
+        wrong.call()
 
 
 def test_grpc_probe_reports_a_failed_call(
@@ -101,13 +89,10 @@ def test_grpc_probe_reports_a_failed_call(
     # An empty PredictRequest names no model: NOT_FOUND, which carries no message.
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
-    probe = GrpcProbe(GrpcTarget(server.grpc_target, PREDICT, empty, None))
-    try:
+    with GrpcProbe(GrpcTarget(server.grpc_target, PREDICT, empty, None)) as probe:
         for _ in range(3):
             with pytest.raises(ProbeError, match="answered 0 message bytes"):
                 probe.call()
-    finally:
-        probe.close()
 
 
 def test_hpack_integers_continue_past_the_prefix() -> None:
