@@ -18,10 +18,12 @@ way. Blocks of one cycle are well under a second apart, so the machine's level
 changes between them only in the few cycles that straddle a switch, which the
 median passes over.
 
-The served calls come from :mod:`benchmarks.probes` (one connection, ready-made
-bytes) in this process, on the load-generator core; the in-process blocks come
-from ``benchmarks.reference``'s processes on the server core, timed there, so the
-probe's own cost counts against the servers.
+The served blocks come from :mod:`benchmarks.probes`' compiled C probe (one
+connection, ready-made bytes), one process per system pinned to the
+load-generator core and timed there; the in-process blocks come from
+``benchmarks.reference``'s processes on the server core, timed there. The probe's
+own cost, a few microseconds of system calls per call, counts against the
+servers.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.probes import GrpcProbe, HttpProbe, ProbeError
+from benchmarks.probes import ProbeError
 from benchmarks.stats import NANOS_PER_MILLI, median, percentile
-from benchmarks.targets import GrpcTarget, HttpTarget
 
 INPROCESS = "inprocess"
 """The in-process call: per cycle, the median of its processes' blocks."""
@@ -47,7 +48,9 @@ BLOCK_SECONDS = 0.1
 speed, long enough for a few ``tabular`` calls."""
 
 Block = Callable[[float], list[int]]
-"""Runs one block of about the given seconds; the counted latencies in ns."""
+"""Runs one block of about the given seconds (one uncounted call, then one call at
+a time until they are up); the counted latencies in ns. A served system's is its
+``CompiledProbe.block``, the in-process call's ``References.block``."""
 
 
 def inprocess_source(index: int) -> str:
@@ -57,20 +60,6 @@ def inprocess_source(index: int) -> str:
 
 def _is_inprocess(name: str) -> bool:
     return name.startswith(f"{INPROCESS} ")
-
-
-def probe_block(call: Callable[[], int]) -> Block:
-    """A block of one-at-a-time calls: one uncounted, then until time is up."""
-
-    def block(seconds: float) -> list[int]:
-        call()
-        latencies: list[int] = []
-        stop = time.perf_counter() + seconds
-        while time.perf_counter() < stop:
-            latencies.append(call())
-        return latencies
-
-    return block
 
 
 @dataclass
@@ -159,8 +148,3 @@ def take_turns(
             turns.cycles.append(cycle)
         number += 1
     return turns
-
-
-def probe_for(target: HttpTarget | GrpcTarget) -> HttpProbe | GrpcProbe:
-    """The probe speaking ``target``'s protocol."""
-    return HttpProbe(target) if isinstance(target, HttpTarget) else GrpcProbe(target)

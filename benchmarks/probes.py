@@ -1,154 +1,100 @@
-"""Lean one-request-at-a-time clients for the interleaved 1-client measurement.
+"""The compiled one-request-at-a-time client of the interleaved 1-client turns.
 
-Each probe keeps one connection open and sends ready-made bytes: the request
-never changes, so the only client work per call is a ``send`` and reading the
-answer. A probe runs in the harness process on the load-generator core; its own
-cost (tens of microseconds) counts against the server measured, never for it.
+The probe is ``benchmarks/probe.c``, compiled on first use (:func:`build_probe`)
+and started once per served system (:class:`CompiledProbe`), pinned to the
+load-generator core. It keeps one connection open and sends request bytes made
+here, so its only work per call is a ``send`` and reading the answer: a few
+microseconds of system calls, which count against the server measured, never
+for it. Each line it reads (a number of seconds) it answers with one block of
+timed calls, as the in-process reference processes do.
 
-``HttpProbe`` speaks HTTP/1.1 with keep-alive. ``GrpcProbe`` speaks just enough
-HTTP/2 for unary gRPC calls on one connection: the preface, a SETTINGS frame
-opening the receive windows wide (so it never has to send WINDOW_UPDATE), and per
-call a HEADERS frame of literal, never-indexed fields (no HPACK state to keep)
-and the message's DATA frames. It does not decode the answer's headers; as with
-h2load, a call succeeded when its stream carried a message of the size a checked
-call answered, since a failed gRPC call carries none.
+Over HTTP it speaks HTTP/1.1 with keep-alive and a call succeeds on status 200.
+Over gRPC it speaks just enough HTTP/2 for unary calls on one connection: the
+preface, a SETTINGS frame opening the receive windows wide (so it never has to
+send WINDOW_UPDATE), and per call a HEADERS frame carrying the block of literal,
+never-indexed fields built here (no HPACK state to keep) and the message's DATA
+frames. It does not decode the answer's headers; as with h2load, a call
+succeeded when its stream carried a message of the size a checked call
+answered, since a failed gRPC call carries none.
 """
 
 from __future__ import annotations
 
-import socket
-import time
-from typing import Self
+import contextlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO, Any, Self
 from urllib.parse import urlsplit
 
 from benchmarks.targets import GrpcTarget, HttpTarget
 
-TIMEOUT_S = 30.0
+PROBE_SOURCE = Path(__file__).with_name("probe.c")
+CFLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-Werror")
+READY_SECONDS = 30.0
+"""How long the probe may take to connect and say it is ready."""
+ANSWER_MARGIN_SECONDS = 30.0
+"""How long past a block's length its answer may take (one slow call)."""
+COMPILE_SECONDS = 120.0
 
 
 class ProbeError(Exception):
-    """A call failed: connection lost, an error status, or a malformed answer."""
+    """A call failed (an error status, a malformed answer), the probe could not
+    be built or started, or it died."""
 
 
-class _Connection:
-    """One TCP connection and the bytes read from it but not yet taken."""
+def build_probe(directory: Path, source: Path = PROBE_SOURCE) -> Path:
+    """The probe compiled from ``source`` into ``directory / "probe"``, rebuilt
+    only when the source is newer than the binary.
 
-    def __init__(self, host: str, port: int) -> None:
-        try:
-            self._connection = socket.create_connection((host, port), TIMEOUT_S)
-        except OSError as exc:
-            raise ProbeError(f"cannot connect to {host}:{port}: {exc}") from exc
-        self._connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buffer = bytearray()
+    gcc writes a temporary file in ``directory`` that is then renamed over the
+    binary, so a probe starting meanwhile (or another builder) never runs half a
+    binary.
 
-    def _fill(self) -> None:
-        chunk = self._connection.recv(65536)
-        if not chunk:
-            raise ProbeError("the server closed the connection")
-        self._buffer += chunk
-
-    def _take(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            self._fill()
-        taken = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return taken
-
-    def close(self) -> None:
-        self._connection.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-class HttpProbe(_Connection):
-    """POSTs one body over a kept-alive HTTP/1.1 connection."""
-
-    def __init__(self, target: HttpTarget) -> None:
-        parts = urlsplit(target.url)
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or 80
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        body = target.body_file.read_bytes()
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Content-Type: {target.content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+    Raises:
+        ProbeError: gcc is missing or the compilation failed (with gcc's output).
+    """
+    binary = directory / "probe"
+    with contextlib.suppress(FileNotFoundError):
+        if binary.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+            return binary
+    compiler = shutil.which("gcc")
+    if compiler is None:
+        raise ProbeError(
+            f"gcc not found: the 1-client probe is compiled from {source} "
+            "(apt-get install gcc)"
         )
-        self._request = head.encode("ascii") + body
-        super().__init__(host, port)
-
-    def call(self) -> int:
-        """One request; its latency in nanoseconds.
-
-        Raises:
-            ProbeError: Not a 200 answer, or the connection failed.
-        """
-        started = time.perf_counter_ns()
+    directory.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=directory, prefix=".probe-", suffix=".tmp")
+    os.close(handle)
+    temporary = Path(name)
+    try:
         try:
-            self._connection.sendall(self._request)
-            status = self._read_answer()
-        except OSError as exc:
-            raise ProbeError(f"HTTP call failed: {exc}") from exc
-        elapsed = time.perf_counter_ns() - started
-        if status != 200:
-            raise ProbeError(f"HTTP status {status}")
-        return elapsed
-
-    def _line(self) -> bytes:
-        while (end := self._buffer.find(b"\r\n")) < 0:
-            self._fill()
-        return self._take(end + 2)[:-2]
-
-    def _read_answer(self) -> int:
-        status_line = self._line()
-        try:
-            status = int(status_line.split(b" ", 2)[1])
-        except (IndexError, ValueError) as exc:
-            raise ProbeError(f"malformed status line {status_line!r}") from exc
-        length: int | None = None
-        chunked = False
-        while line := self._line():
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-        if chunked:
-            while size := int(self._line().split(b";")[0], 16):
-                self._take(size + 2)
-            while self._line():  # trailers, then the blank line
-                pass
-        elif length is not None:
-            self._take(length)
-        else:
-            raise ProbeError("an answer with neither Content-Length nor chunks")
-        return status
-
-
-# HTTP/2 frame types and flags (RFC 9113).
-DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x6, 0x7
-WINDOW_UPDATE = 0x8
-END_STREAM, ACK, END_HEADERS, PADDED = 0x1, 0x1, 0x4, 0x8
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-MAX_WINDOW = 2**31 - 1
-DEFAULT_WINDOW = 65_535
-MAX_FRAME = 16_384
-SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE = 0x2, 0x4
-
-
-def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    """One HTTP/2 frame."""
-    return (
-        len(payload).to_bytes(3, "big")
-        + bytes((kind, flags))
-        + stream.to_bytes(4, "big")
-        + payload
-    )
+            completed = subprocess.run(
+                [compiler, *CFLAGS, "-o", str(temporary), str(source)],
+                capture_output=True,
+                text=True,
+                timeout=COMPILE_SECONDS,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ProbeError(f"cannot compile {source}: {exc}") from exc
+        if completed.returncode != 0:
+            raise ProbeError(
+                f"cannot compile {source} (gcc exit {completed.returncode}):\n"
+                f"{completed.stdout}{completed.stderr}".rstrip()
+            )
+        # mkstemp made the file private; the binary is to be run.
+        temporary.chmod(0o755)
+        temporary.replace(binary)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return binary
 
 
 def hpack_integer(value: int, prefix_bits: int, first_byte: int = 0) -> bytes:
@@ -173,96 +119,185 @@ def hpack_literal(name: str, value: str) -> bytes:
     return encoded
 
 
-class GrpcProbe(_Connection):
-    """Unary calls of one method with one request, over one HTTP/2 connection."""
-
-    def __init__(self, target: GrpcTarget) -> None:
-        host, _, port = target.address.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        self._expected = target.response_bytes
-        message = target.request_file.read_bytes()
-        self._block = b"".join(
-            hpack_literal(name, value)
-            for name, value in (
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", target.path),
-                (":authority", target.address),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            )
+def grpc_header_block(target: GrpcTarget) -> bytes:
+    """The HPACK block of a unary call of ``target``'s method."""
+    return b"".join(
+        hpack_literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", target.path),
+            (":authority", target.address),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
         )
-        self._message = b"\x00" + len(message).to_bytes(4, "big") + message
-        super().__init__(host, int(port))
-        self._stream = 1
-        settings = SETTINGS_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
-        settings += SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big")
-        settings += MAX_WINDOW.to_bytes(4, "big")
-        self._connection.sendall(
-            PREFACE
-            + frame(SETTINGS, 0, 0, settings)
-            + frame(
-                WINDOW_UPDATE, 0, 0, (MAX_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big")
+    )
+
+
+def grpc_message(request: bytes) -> bytes:
+    """A serialized request behind gRPC's prefix: not compressed, then its size."""
+    return b"\x00" + len(request).to_bytes(4, "big") + request
+
+
+def http_request(target: HttpTarget) -> bytes:
+    """The whole HTTP/1.1 POST of ``target``'s body, head and body."""
+    parts = urlsplit(target.url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    body = target.body_file.read_bytes()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: {target.content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def probe_arguments(target: HttpTarget | GrpcTarget, directory: Path) -> list[str]:
+    """The probe's arguments for ``target``, its request files written in
+    ``directory``."""
+    if isinstance(target, HttpTarget):
+        parts = urlsplit(target.url)
+        request = directory / "request.http"
+        request.write_bytes(http_request(target))
+        host = parts.hostname or "127.0.0.1"
+        return ["http", host, str(parts.port or 80), str(request)]
+    address, _, port = target.address.rpartition(":")
+    block = directory / "headers.hpack"
+    block.write_bytes(grpc_header_block(target))
+    message = directory / "message.grpc"
+    message.write_bytes(grpc_message(target.request_file.read_bytes()))
+    expected = -1 if target.response_bytes is None else target.response_bytes
+    host = address.strip("[]") or "127.0.0.1"
+    return ["grpc", host, port, str(block), str(message), str(expected)]
+
+
+class CompiledProbe:
+    """The compiled probe, connected to one target and waiting for blocks.
+
+    ``binary`` comes from :func:`build_probe`; the request files go in a fresh
+    directory under ``work_dir``, removed on :meth:`close`. With ``cpu`` the probe
+    is pinned to that CPU (``taskset -c``).
+
+    Raises:
+        ProbeError: The probe could not start or connect (its message says why).
+    """
+
+    def __init__(
+        self,
+        binary: Path,
+        target: HttpTarget | GrpcTarget,
+        work_dir: Path,
+        cpu: int | None = None,
+    ) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self._files = tempfile.TemporaryDirectory(dir=work_dir, prefix="probe-")
+        try:
+            command = [str(binary), *probe_arguments(target, Path(self._files.name))]
+        except OSError as exc:
+            self._files.cleanup()
+            raise ProbeError(f"cannot write the probe's request: {exc}") from exc
+        if cpu is not None:
+            command = ["taskset", "-c", str(cpu), *command]
+        try:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
-        )
+        except OSError as exc:
+            self._files.cleanup()
+            raise ProbeError(f"cannot start {command[0]}: {exc}") from exc
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._last_error: str | None = None
+        assert self._process.stdout is not None
+        threading.Thread(
+            target=self._read, args=(self._process.stdout,), daemon=True
+        ).start()
+        try:
+            self._next_answer(READY_SECONDS)
+        except ProbeError:
+            self.close()
+            raise
 
-    def _request(self, stream: int) -> bytes:
-        frames = [frame(HEADERS, END_HEADERS, stream, self._block)]
-        message = self._message
-        for start in range(0, len(message), MAX_FRAME):
-            last = start + MAX_FRAME >= len(message)
-            chunk = message[start : start + MAX_FRAME]
-            frames.append(frame(DATA, END_STREAM if last else 0, stream, chunk))
-        return b"".join(frames)
+    @property
+    def pid(self) -> int:
+        """The probe's process id (``taskset`` execs it, keeping the id)."""
+        return self._process.pid
 
-    def call(self) -> int:
-        """One call; its latency in nanoseconds.
+    def _read(self, stream: IO[str]) -> None:
+        with stream:
+            for line in stream:
+                self._lines.put(line)
+        self._lines.put(None)
+
+    def _next_answer(self, timeout: float) -> dict[str, Any]:
+        """The probe's next line, as JSON.
 
         Raises:
-            ProbeError: No message of the expected size, a reset stream, the
-                connection closing, or going away.
+            ProbeError: No line within ``timeout`` (the probe is then stopped),
+                the probe exited (with what it wrote on its standard error), or
+                the line is an error.
         """
-        stream = self._stream
-        self._stream += 2
-        request = self._request(stream)
-        started = time.perf_counter_ns()
         try:
-            self._connection.sendall(request)
-            received = self._read_stream(stream)
-        except OSError as exc:
-            raise ProbeError(f"gRPC call failed: {exc}") from exc
-        elapsed = time.perf_counter_ns() - started
-        if received < 5 or (
-            self._expected is not None and received != 5 + self._expected
-        ):
-            raise ProbeError(
-                f"gRPC call answered {received} message bytes; a good answer has "
-                f"{'some' if self._expected is None else 5 + self._expected}"
-            )
-        return elapsed
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self._process.kill()
+            raise ProbeError(f"the probe did not answer in {timeout:.0f} s") from None
+        if line is None:
+            code = self._process.wait()
+            assert self._process.stderr is not None
+            # A probe that lost its connection said why on its last line.
+            detail = self._process.stderr.read().strip() or self._last_error
+            raise ProbeError(f"the probe exited (code {code}): {detail or 'no output'}")
+        try:
+            answer: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ProbeError(f"the probe printed {line!r}") from exc
+        if "error" in answer:
+            self._last_error = str(answer["error"])
+            raise ProbeError(self._last_error)
+        return answer
 
-    def _read_stream(self, stream: int) -> int:
-        """Read frames until ``stream`` ends; the DATA bytes it carried."""
-        received = 0
-        while True:
-            header = self._take(9)
-            length = int.from_bytes(header[:3], "big")
-            kind, flags = header[3], header[4]
-            on = int.from_bytes(header[5:9], "big") & MAX_WINDOW
-            payload = self._take(length)
-            if kind == SETTINGS and not flags & ACK:
-                self._connection.sendall(frame(SETTINGS, ACK, 0))
-            elif kind == PING and not flags & ACK:
-                self._connection.sendall(frame(PING, ACK, 0, payload))
-            elif kind == GOAWAY:
-                raise ProbeError("the server sent GOAWAY")
-            elif on != stream:
-                continue
-            elif kind == RST_STREAM:
-                raise ProbeError("the server reset the stream")
-            elif kind == DATA:
-                received += length - (payload[0] + 1 if flags & PADDED else 0)
-                if flags & END_STREAM:
-                    return received
-            elif kind == HEADERS and flags & END_STREAM:
-                return received
+    def block(self, seconds: float) -> list[int]:
+        """One block: an uncounted call, then calls one at a time for about
+        ``seconds``; their latencies in ns.
+
+        Raises:
+            ProbeError: A call of the block failed, the probe died, or it did not
+                answer within ``seconds`` + ``ANSWER_MARGIN_SECONDS``.
+        """
+        stdin = self._process.stdin
+        if stdin is None or stdin.closed:
+            raise ProbeError("the probe is closed")
+        try:
+            stdin.write(f"{seconds}\n")
+            stdin.flush()
+        except OSError:
+            # It exited; the answer queue says why.
+            pass
+        answer = self._next_answer(seconds + ANSWER_MARGIN_SECONDS)
+        return [int(value) for value in answer["latencies_ns"]]
+
+    def close(self) -> None:
+        """End the probe (end of input makes it exit) and remove its files."""
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        if self._process.stderr is not None:
+            self._process.stderr.close()
+        self._files.cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -432,8 +432,9 @@ def render_markdown(report: Report, checks: Sequence[TargetCheck]) -> str:
             "Each system serving a model and the in-process call took turns in "
             "0.1 s blocks of one-at-a-time calls, the order rotating each cycle; "
             '"added" is the median over cycles of a system\'s block median less the '
-            "median of the in-process processes' block medians in the same cycle (the served calls come from "
-            "a Python client on the load-generator core, whose own cost counts "
+            "median of the in-process processes' block medians in the same cycle "
+            "(the served calls come from a compiled C probe on the load-generator "
+            "core, whose own cost, a few µs of system calls per call, counts "
             "against the servers).",
             "",
         ]

@@ -29,11 +29,9 @@ from benchmarks.interleaved import (
     Block,
     Turns,
     inprocess_source,
-    probe_block,
-    probe_for,
     take_turns,
 )
-from benchmarks.probes import ProbeError
+from benchmarks.probes import CompiledProbe, ProbeError, build_probe
 from benchmarks.reference import References
 from benchmarks.report import LABELS
 from benchmarks.results import LoadSummary, RunResult
@@ -248,24 +246,38 @@ def run_turns(
     progress: Progress,
 ) -> list[Turns]:
     """Each model and protocol at 1 client: its systems and the in-process call
-    in turns (:mod:`benchmarks.interleaved`)."""
+    in turns (:mod:`benchmarks.interleaved`).
+
+    Each system's calls come from the compiled probe (:mod:`benchmarks.probes`,
+    built in ``options.work_dir / "bin"``), pinned to ``options.load_cpu``."""
     groups: dict[tuple[str, str], list[Scenario]] = {}
     for scenario in scenarios:
         if scenario.model in options.models:
             groups.setdefault((scenario.model, scenario.protocol), []).append(scenario)
+    try:
+        binary: Path | None = build_probe(options.work_dir / "bin")
+        unbuilt = ""
+    except ProbeError as exc:
+        binary, unbuilt = None, str(exc)
     measured: list[Turns] = []
     for (model, protocol), members in groups.items():
         sources: dict[str, Block] = {}
         failures: list[str] = []
         with contextlib.ExitStack() as probes:
             for scenario in members:
+                name = f"{model}/{protocol} {scenario.system}"
+                if binary is None:
+                    failures.append(f"{name}: {unbuilt}")
+                    continue
                 try:
-                    probe = probe_for(scenario.target)
+                    probe = CompiledProbe(
+                        binary, scenario.target, options.work_dir, options.load_cpu
+                    )
                 except ProbeError as exc:
-                    failures.append(f"{model}/{protocol} {scenario.system}: {exc}")
+                    failures.append(f"{name}: {exc}")
                     continue
                 probes.callback(probe.close)
-                sources[scenario.system] = probe_block(probe.call)
+                sources[scenario.system] = probe.block
             if references is not None:
                 for index in references.processes(model):
                     sources[inprocess_source(index)] = functools.partial(
