@@ -23,15 +23,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
+from benchmarks.lines import LineReader, LineTimeout
 from benchmarks.targets import GrpcTarget, HttpTarget
 
 PROBE_SOURCE = Path(__file__).with_name("probe.c")
@@ -211,12 +210,9 @@ class CompiledProbe:
         except OSError as exc:
             self._files.cleanup()
             raise ProbeError(f"cannot start {command[0]}: {exc}") from exc
-        self._lines: queue.Queue[str | None] = queue.Queue()
         self._last_error: str | None = None
         assert self._process.stdout is not None
-        threading.Thread(
-            target=self._read, args=(self._process.stdout,), daemon=True
-        ).start()
+        self._lines = LineReader(self._process.stdout)
         try:
             self._next_answer(READY_SECONDS)
         except ProbeError:
@@ -228,12 +224,6 @@ class CompiledProbe:
         """The probe's process id (``taskset`` execs it, keeping the id)."""
         return self._process.pid
 
-    def _read(self, stream: IO[str]) -> None:
-        with stream:
-            for line in stream:
-                self._lines.put(line)
-        self._lines.put(None)
-
     def _next_answer(self, timeout: float) -> dict[str, Any]:
         """The probe's next line, as JSON.
 
@@ -243,8 +233,8 @@ class CompiledProbe:
                 the line is an error.
         """
         try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
+            line = self._lines.next(timeout)
+        except LineTimeout:
             self._process.kill()
             raise ProbeError(f"the probe did not answer in {timeout:.0f} s") from None
         if line is None:

@@ -9,14 +9,13 @@ take turns with the servers' on the same core.
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from benchmarks.lines import LineReader, LineTimeout
 from benchmarks.settings import REPO_ROOT
 
 READY_SECONDS = 300.0
@@ -39,22 +38,13 @@ class _Process:
             text=True,
             cwd=REPO_ROOT,
         )
-        self.lines: queue.Queue[str | None] = queue.Queue()
         assert self.popen.stdout is not None
-        threading.Thread(
-            target=self._read, args=(self.popen.stdout,), daemon=True
-        ).start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            if line.startswith("{"):
-                self.lines.put(line)
-        self.lines.put(None)
+        self.lines = LineReader(self.popen.stdout, keep="{")
 
     def next_answer(self, timeout: float) -> dict[str, Any]:
         try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
+            line = self.lines.next(timeout)
+        except LineTimeout:
             raise ReferenceFailed(
                 f"in-process reference of {self.model!r} did not answer in "
                 f"{timeout:.0f} s"
