@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from modelregistry import read_manifest
 from modelserver.errors import (
@@ -60,6 +62,43 @@ def test_predict_builds_the_frame_with_manifest_dtypes(
     assert call.inputs["size"].dtype == np.float64
     outputs = runtime.run(call)
     assert outputs["predictions"].tolist() == [b"large", b"small"]
+
+
+class _Recorder:
+    """Wraps an estimator and keeps the frames it was given."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+        self.frames: list[pd.DataFrame] = []
+
+    def predict(self, frame: pd.DataFrame) -> Any:
+        self.frames.append(frame.copy())
+        return self.estimator.predict(frame)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_estimator_gets_the_manifest_columns_in_order_and_dtype(
+    sklearn_classifier_version: Path, rows: int
+) -> None:
+    runtime = load(sklearn_classifier_version)
+    recorder = _Recorder(runtime.estimator)
+    runtime.estimator = recorder
+    # Sent in the opposite order to the manifest's, as JSON objects may be.
+    call = runtime.prepare_predict(
+        "",
+        {
+            "color": np.array(["red", "blue", "red"][:rows], dtype=object),
+            "size": np.array([3, -3, 1][:rows], dtype=np.int64),
+        },
+        (),
+    )
+    runtime.run(call)
+    (frame,) = recorder.frames
+    assert list(frame.columns) == ["size", "color"]
+    assert frame.dtypes.tolist() == [np.dtype(np.float64), np.dtype(object)]
+    assert frame.index.tolist() == list(range(rows))
+    assert frame["size"].tolist() == [3.0, -3.0, 1.0][:rows]
+    assert frame["color"].tolist() == ["red", "blue", "red"][:rows]
 
 
 def test_predict_proba_signature(sklearn_classifier_version: Path) -> None:
