@@ -93,7 +93,9 @@ class Settings(BaseSettings):
         # Found at start-up rather than as a 500 on the first forwarded request.
         for grpc_address, rest_address in value.items():
             host, _, port = rest_address.rpartition(":")
-            if not host or not port.isdigit():
+            # A scheme would pass the port check and then fail every call, which
+            # the gRPC-Web client takes for a backend without gRPC-Web.
+            if not host or not port.isdigit() or "/" in host:
                 raise ValueError(
                     f"REST address of {grpc_address!r} is not host:port: "
                     f"{rest_address!r}"

@@ -28,3 +28,5 @@ def test_rest_backends_come_as_json_and_need_host_and_port() -> None:
     assert settings.rest_backends == {"127.0.0.1:8500": "127.0.0.1:8501"}
     with pytest.raises(ValidationError, match="not host:port"):
         Settings(rest_backends={"127.0.0.1:8500": "modelserver"})
+    with pytest.raises(ValidationError, match="not host:port"):
+        Settings(rest_backends={"127.0.0.1:8500": "http://127.0.0.1:8501"})
