@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from servekit_protocol.grpc_server import hpack_literal
+
 from benchmarks.lines import LineReader, LineTimeout
 from benchmarks.targets import GrpcTarget, HttpTarget
 
@@ -96,32 +98,10 @@ def build_probe(directory: Path, source: Path = PROBE_SOURCE) -> Path:
     return binary
 
 
-def hpack_integer(value: int, prefix_bits: int, first_byte: int = 0) -> bytes:
-    """An HPACK integer (RFC 7541 §5.1) with ``prefix_bits`` in the first byte."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first_byte | value,))
-    encoded = bytearray((first_byte | limit,))
-    value -= limit
-    while value >= 128:
-        encoded.append(value % 128 + 128)
-        value //= 128
-    encoded.append(value)
-    return bytes(encoded)
-
-
-def hpack_literal(name: str, value: str) -> bytes:
-    """A header as a literal never added to the dynamic table (RFC 7541 §6.2.2)."""
-    encoded = b"\x00"
-    for text in (name.encode("ascii"), value.encode("ascii")):
-        encoded += hpack_integer(len(text), 7) + text
-    return encoded
-
-
 def grpc_header_block(target: GrpcTarget) -> bytes:
     """The HPACK block of a unary call of ``target``'s method."""
     return b"".join(
-        hpack_literal(name, value)
+        hpack_literal(name.encode("ascii"), value.encode("ascii"))
         for name, value in (
             (":method", "POST"),
             (":scheme", "http"),

@@ -19,7 +19,6 @@ from benchmarks.probes import (
     CompiledProbe,
     ProbeError,
     build_probe,
-    hpack_integer,
 )
 from benchmarks.targets import GrpcTarget, HttpTarget
 from tests.support.models import publish_linear_pipeline
@@ -254,10 +253,3 @@ def test_probe_that_does_not_compile_raises_with_gcc_output(tmp_path: Path) -> N
     with pytest.raises(ProbeError, match="undeclared"):
         build_probe(tmp_path / "bin", source)
     assert list((tmp_path / "bin").iterdir()) == []
-
-
-def test_hpack_integers_continue_past_the_prefix() -> None:
-    # RFC 7541 C.1.1 and C.1.2: 10 and 1337 with a 5-bit prefix.
-    assert hpack_integer(10, 5) == bytes([0b01010])
-    assert hpack_integer(1337, 5) == bytes([0b11111, 0b10011010, 0b00001010])
-    assert hpack_integer(200, 7) == bytes([0x7F, 73])

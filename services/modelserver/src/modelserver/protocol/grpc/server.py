@@ -1,4 +1,10 @@
-"""The gRPC server (TF Serving's ``--port``): grpc.aio on the process's event loop.
+"""The gRPC server (TF Serving's ``--port``), on the process's event loop.
+
+The transport is :class:`servekit_protocol.grpc_server.GrpcServer`: HTTP/2 parsed
+in the event loop's thread, with grpc.aio's registration API, so the servicers
+and the standard health servicer run unchanged. grpc.aio's C core hands each
+event of a call to the loop from a poller thread, which cost the `tabular` model
+about 0.3 ms a call at one client and capped a cheap model near 1,500 calls/s.
 
 Services: ``tensorflow.serving.PredictionService``, ``tensorflow.serving.ModelService``
 and, unless disabled, the standard ``grpc.health.v1.Health``. Health reports
@@ -19,9 +25,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import grpc
-import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from servekit_protocol.grpc_server import UNLIMITED_BYTES
+from servekit_protocol.grpc_server import GrpcServer as Http2GrpcServer
 from servekit_protocol.services import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
@@ -44,6 +50,19 @@ HEALTH_SERVICE_NAMES = (
 """Names the health service answers for (TF Serving registers the short ones)."""
 
 ChannelOption = tuple[str, int | str]
+_TRANSPORT_OPTIONS = frozenset(
+    (
+        "grpc.max_receive_message_length",
+        "grpc.max_send_message_length",
+        "grpc.so_reuseport",
+    )
+)
+
+
+def _limit(value: int | str) -> int:
+    # grpc's convention: -1 means no limit.
+    number = int(value)
+    return UNLIMITED_BYTES if number < 0 else number
 
 
 def parse_channel_arguments(text: str) -> list[ChannelOption]:
@@ -83,7 +102,7 @@ def server_options(
 
 
 class GrpcServer:
-    """PredictionService, ModelService and health on one grpc.aio server.
+    """PredictionService, ModelService and health on one server.
 
     Args:
         dataplane: Where every RPC goes.
@@ -117,8 +136,15 @@ class GrpcServer:
             else f"{host}:{port}"
         )
         self._socket_path = socket_path
-        self._server = grpc.aio.server(
-            options=server_options(max_message_bytes, channel_arguments)
+        options = dict(server_options(max_message_bytes, channel_arguments))
+        ignored = sorted(set(options) - _TRANSPORT_OPTIONS)
+        if ignored:
+            logger.warning(
+                "gRPC channel arguments without effect here: %s", ", ".join(ignored)
+            )
+        self._server = Http2GrpcServer(
+            max_receive_bytes=_limit(options["grpc.max_receive_message_length"]),
+            max_send_bytes=_limit(options["grpc.max_send_message_length"]),
         )
         add_prediction_service_to_server(PredictionServicer(dataplane), self._server)
         add_model_service_to_server(ModelServicer(dataplane), self._server)
@@ -149,10 +175,8 @@ class GrpcServer:
         for address in addresses:
             try:
                 bound = self._server.add_insecure_port(address)
-            except RuntimeError as exc:
+            except (OSError, ValueError) as exc:
                 raise OSError(f"cannot bind gRPC to {address}: {exc}") from exc
-            if bound == 0:
-                raise OSError(f"cannot bind gRPC to {address}")
             if address == self._address:
                 self._port = bound
         await self._server.start()
