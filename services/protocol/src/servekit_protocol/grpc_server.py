@@ -28,8 +28,9 @@ import logging
 import os
 import socket
 import stat
+import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -39,6 +40,7 @@ from google.protobuf.message import DecodeError
 
 from servekit_protocol import grpcweb
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpcweb_server import Aborted, WebContext
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +78,6 @@ class _Violation(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-class Aborted(Exception):
-    """The call ends with this status (what :meth:`ServicerContext.abort` raises)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 class _CallDetails(NamedTuple):
@@ -186,8 +179,8 @@ def _inflate(data: bytes, encoding: str, limit: int) -> bytes:
     return inflated
 
 
-class ServicerContext:
-    """The part of ``grpc.aio.ServicerContext`` servicers use."""
+class ServicerContext(WebContext):
+    """The gRPC-Web calls' context, plus what streaming methods and health use."""
 
     def __init__(
         self,
@@ -196,28 +189,12 @@ class ServicerContext:
         metadata: Metadata,
         deadline: float | None,
     ) -> None:
+        super().__init__(metadata, deadline)
         self._connection = connection
         self._stream = stream
-        self._metadata = metadata
-        self.deadline = deadline
-        """When the call's time is up, on the event loop's clock (``None``: never)."""
-        self.trailing: Metadata = ()
         self.code: grpc.StatusCode | None = None
         self.details = ""
         self.serializer: Any = None
-
-    def invocation_metadata(self) -> Metadata:
-        return self._metadata
-
-    def time_remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return max(0.0, self.deadline - asyncio.get_running_loop().time())
-
-    def set_trailing_metadata(
-        self, metadata: Sequence[tuple[str, str | bytes]]
-    ) -> None:
-        self.trailing = tuple(metadata)
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self.code = code
@@ -227,21 +204,6 @@ class ServicerContext:
 
     def peer(self) -> str:
         return self._connection.peer
-
-    async def abort(
-        self,
-        code: grpc.StatusCode,
-        details: str = "",
-        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
-    ) -> None:
-        """End the call with ``code``.
-
-        Raises:
-            Aborted: always.
-        """
-        if trailing_metadata:
-            self.trailing = tuple(trailing_metadata)
-        raise Aborted(code, details)
 
     async def write(self, message: Any) -> None:
         """Send one message of a server-streaming answer."""
@@ -510,7 +472,7 @@ class _Connection(asyncio.Protocol):
             )
             context.serializer = handler.response_serializer
             request = self._request(stream, handler)
-            async with asyncio.timeout_at(context.deadline):
+            async with asyncio.timeout(context.time_remaining()):
                 if handler.response_streaming:
                     answer = handler.unary_stream(request, context)
                     if inspect.isasyncgen(answer):
@@ -518,17 +480,24 @@ class _Connection(asyncio.Protocol):
                             await context.write(message)
                     else:
                         await answer
-                    await self._finish(stream, context)
+                    self._end(
+                        stream,
+                        context.trailing,
+                        context.code or grpc.StatusCode.OK,
+                        context.details,
+                    )
                 else:
                     response = await handler.unary_unary(request, context)
                     if context.code not in (None, grpc.StatusCode.OK):
                         raise Aborted(context.code, context.details)
                     await self._answer(stream, context, response)
         except Aborted as exc:
-            self._fail_call(stream, context, exc.code, exc.details)
+            trailing = exc.trailing or (context.trailing if context else ())
+            self._end(stream, trailing, exc.code, exc.details)
         except TimeoutError:
-            self._fail_call(
-                stream, context, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
+            trailing = context.trailing if context else ()
+            self._end(
+                stream, trailing, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
             )
         except asyncio.CancelledError:
             if not self.closed and self._streams.get(stream.number) is stream:
@@ -538,9 +507,9 @@ class _Connection(asyncio.Protocol):
             raise
         except Exception as exc:
             logger.exception("gRPC method %s failed", self._path(stream))
-            self._fail_call(
+            self._end(
                 stream,
-                context,
+                context.trailing if context else (),
                 grpc.StatusCode.UNKNOWN,
                 f"Unexpected {type(exc).__name__}: {exc}",
             )
@@ -565,7 +534,7 @@ class _Connection(asyncio.Protocol):
                     seconds = grpcweb.decode_timeout(value)
                 except ProtocolError as exc:
                     raise Aborted(grpc.StatusCode.INTERNAL, exc.message) from exc
-                deadline = asyncio.get_running_loop().time() + seconds
+                deadline = time.monotonic() + seconds
             elif key not in _CALL_HEADERS:
                 if key.endswith("-bin"):
                     metadata.append(
@@ -583,15 +552,14 @@ class _Connection(asyncio.Protocol):
     def _request(self, stream: _Stream, handler: Any) -> Any:
         limit = self._server.max_receive_bytes
         body = stream.body
-        if stream.too_large or (
-            len(body) >= 5 and int.from_bytes(body[1:5], "big") > limit
-        ):
-            size = int.from_bytes(body[1:5], "big") if len(body) >= 5 else len(body)
+        declared = int.from_bytes(body[1:5], "big") if len(body) >= 5 else None
+        if stream.too_large or (declared is not None and declared > limit):
             raise Aborted(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"Received message larger than max ({size} vs. {limit})",
+                f"Received message larger than max ({declared or len(body)} vs. "
+                f"{limit})",
             )
-        if len(body) < 5 or len(body) != 5 + int.from_bytes(body[1:5], "big"):
+        if declared is None or len(body) != 5 + declared:
             raise Aborted(
                 grpc.StatusCode.INTERNAL, "Expected exactly one request message"
             )
@@ -625,7 +593,6 @@ class _Connection(asyncio.Protocol):
     ) -> None:
         message = self._serialize(context, response)
         framed = b"\x00" + len(message).to_bytes(4, "big") + message
-        trailers = _status_block(grpc.StatusCode.OK, "", context.trailing)
         window = min(self._send_window, stream.send_window, self._peer_max_frame)
         if len(framed) <= window and self._writable.is_set():
             # The usual case: headers, message and trailers in one write.
@@ -634,11 +601,15 @@ class _Connection(asyncio.Protocol):
             self._write(
                 self._header_frames(stream.number, _RESPONSE_HEADERS, False)
                 + _frame(DATA, 0, stream.number, framed)
-                + self._header_frames(stream.number, trailers, True)
+                + self._header_frames(
+                    stream.number,
+                    _status_block(grpc.StatusCode.OK, "", context.trailing),
+                    True,
+                )
             )
             return
         await self._send_data(stream, framed)
-        self._write(self._header_frames(stream.number, trailers, True))
+        self._end(stream, context.trailing, grpc.StatusCode.OK, "")
 
     async def send_message(
         self, stream: _Stream, context: ServicerContext, message: Any
@@ -649,22 +620,13 @@ class _Connection(asyncio.Protocol):
             stream, b"\x00" + len(serialized).to_bytes(4, "big") + serialized
         )
 
-    async def _finish(self, stream: _Stream, context: ServicerContext) -> None:
-        code = context.code or grpc.StatusCode.OK
-        if not stream.headers_sent:
-            self._fail_call(stream, context, code, context.details)
-            return
-        block = _status_block(code, context.details, context.trailing)
-        self._write(self._header_frames(stream.number, block, True))
-
-    def _fail_call(
+    def _end(
         self,
         stream: _Stream,
-        context: ServicerContext | None,
+        trailing: Iterable[tuple[str, str | bytes]],
         code: grpc.StatusCode,
         details: str,
     ) -> None:
-        trailing = context.trailing if context is not None else ()
         block = _status_block(code, details, trailing)
         if not stream.headers_sent:
             # Trailers-only: the status in the one HEADERS frame.

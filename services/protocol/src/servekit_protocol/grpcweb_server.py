@@ -35,7 +35,10 @@ class Aborted(Exception):
     """What :meth:`WebContext.abort` raises: the call ends with this status."""
 
     def __init__(
-        self, code: grpc.StatusCode, details: str, trailing: Sequence[tuple[str, str]]
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(details)
         self.code = code
@@ -47,13 +50,13 @@ class WebContext:
     """The part of ``grpc.aio.ServicerContext`` TF Serving's servicers use."""
 
     def __init__(
-        self, metadata: Sequence[tuple[str, str]], deadline: float | None
+        self, metadata: Sequence[tuple[str, str | bytes]], deadline: float | None
     ) -> None:
         self._metadata = tuple(metadata)
         self._deadline = deadline
         self.trailing: tuple[tuple[str, str], ...] = ()
 
-    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
 
     def time_remaining(self) -> float | None:
