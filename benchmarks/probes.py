@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from servekit_protocol.grpc_server import hpack_literal
 
-from benchmarks.lines import LineReader, LineTimeout
+from benchmarks.lines import LineProcess, LineTimeout
 from benchmarks.targets import GrpcTarget, HttpTarget
 
 PROBE_SOURCE = Path(__file__).with_name("probe.c")
@@ -180,19 +180,11 @@ class CompiledProbe:
         if cpu is not None:
             command = ["taskset", "-c", str(cpu), *command]
         try:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            self._process = LineProcess(command, stderr=subprocess.PIPE)
         except OSError as exc:
             self._files.cleanup()
             raise ProbeError(f"cannot start {command[0]}: {exc}") from exc
         self._last_error: str | None = None
-        assert self._process.stdout is not None
-        self._lines = LineReader(self._process.stdout)
         try:
             self._next_answer(READY_SECONDS)
         except ProbeError:
@@ -202,7 +194,7 @@ class CompiledProbe:
     @property
     def pid(self) -> int:
         """The probe's process id (``taskset`` execs it, keeping the id)."""
-        return self._process.pid
+        return self._process.popen.pid
 
     def _next_answer(self, timeout: float) -> dict[str, Any]:
         """The probe's next line, as JSON.
@@ -212,16 +204,17 @@ class CompiledProbe:
                 the probe exited (with what it wrote on its standard error), or
                 the line is an error.
         """
+        popen = self._process.popen
         try:
-            line = self._lines.next(timeout)
+            line = self._process.next(timeout)
         except LineTimeout:
-            self._process.kill()
+            popen.kill()
             raise ProbeError(f"the probe did not answer in {timeout:.0f} s") from None
         if line is None:
-            code = self._process.wait()
-            assert self._process.stderr is not None
+            code = popen.wait()
+            assert popen.stderr is not None
             # A probe that lost its connection said why on its last line.
-            detail = self._process.stderr.read().strip() or self._last_error
+            detail = popen.stderr.read().strip() or self._last_error
             raise ProbeError(f"the probe exited (code {code}): {detail or 'no output'}")
         try:
             answer: dict[str, Any] = json.loads(line)
@@ -240,30 +233,17 @@ class CompiledProbe:
             ProbeError: A call of the block failed, the probe died, or it did not
                 answer within ``seconds`` + ``ANSWER_MARGIN_SECONDS``.
         """
-        stdin = self._process.stdin
-        if stdin is None or stdin.closed:
+        if self._process.closed:
             raise ProbeError("the probe is closed")
-        try:
-            stdin.write(f"{seconds}\n")
-            stdin.flush()
-        except OSError:
-            # It exited; the answer queue says why.
-            pass
+        self._process.send(str(seconds))
         answer = self._next_answer(seconds + ANSWER_MARGIN_SECONDS)
         return [int(value) for value in answer["latencies_ns"]]
 
     def close(self) -> None:
         """End the probe (end of input makes it exit) and remove its files."""
-        if self._process.stdin is not None and not self._process.stdin.closed:
-            with contextlib.suppress(OSError):
-                self._process.stdin.close()
-        try:
-            self._process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        if self._process.stderr is not None:
-            self._process.stderr.close()
+        self._process.stop(5)
+        if self._process.popen.stderr is not None:
+            self._process.popen.stderr.close()
         self._files.cleanup()
 
     def __enter__(self) -> Self:

@@ -9,41 +9,33 @@ take turns with the servers' on the same core.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.lines import LineReader, LineTimeout
+from benchmarks.lines import LineProcess, LineTimeout
 from benchmarks.settings import REPO_ROOT
 
 READY_SECONDS = 300.0
+STOP_SECONDS = 10.0
+"""How long a reference process may take to exit at the end of its input."""
 
 
 class ReferenceFailed(Exception):
     """A reference process failed to start or to answer."""
 
 
-class _Process:
-    """One model's reference process and the lines it printed."""
+class _Process(LineProcess):
+    """One model's reference process."""
 
     def __init__(self, command: list[str], model: str) -> None:
+        super().__init__(command, keep="{", cwd=REPO_ROOT)
         self.model = model
-        self.popen = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=REPO_ROOT,
-        )
-        assert self.popen.stdout is not None
-        self.lines = LineReader(self.popen.stdout, keep="{")
 
     def next_answer(self, timeout: float) -> dict[str, Any]:
         try:
-            line = self.lines.next(timeout)
+            line = self.next(timeout)
         except LineTimeout:
             raise ReferenceFailed(
                 f"in-process reference of {self.model!r} did not answer in "
@@ -56,15 +48,6 @@ class _Process:
             )
         answer: dict[str, Any] = json.loads(line)
         return answer
-
-    def stop(self) -> None:
-        if self.popen.stdin is not None:
-            self.popen.stdin.close()
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
 
 
 class References:
@@ -105,19 +88,18 @@ class References:
             OSError: The process is gone (it is stopped and forgotten).
         """
         process = self._processes.get((model, process_index))
-        if process is None or process.popen.stdin is None:
+        if process is None or process.closed:
             raise OSError(f"no in-process reference {process_index} of {model!r}")
+        process.send(str(seconds))
         try:
-            process.popen.stdin.write(f"{seconds}\n")
-            process.popen.stdin.flush()
             answer = process.next_answer(seconds + 60)
-        except (OSError, ReferenceFailed) as exc:
+        except ReferenceFailed as exc:
             del self._processes[model, process_index]
-            process.stop()
+            process.stop(STOP_SECONDS)
             raise OSError(f"in-process reference of {model!r} failed: {exc}") from exc
         return [int(value) for value in answer["latencies_ns"]]
 
     def close(self) -> None:
         for process in self._processes.values():
-            process.stop()
+            process.stop(STOP_SECONDS)
         self._processes.clear()
