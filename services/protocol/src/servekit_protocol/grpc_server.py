@@ -59,7 +59,7 @@ MAX_WINDOW = 2**31 - 1
 FRAME_LIMIT = 16_384
 """The largest frame accepted: SETTINGS_MAX_FRAME_SIZE's initial value, kept."""
 UNLIMITED_BYTES = 2**31 - 1
-"""A message size limit that never applies (grpc's -1)."""
+"""The size limit that stands for none: no message reaches it."""
 HEADER_BLOCK_LIMIT = 1024 * 1024
 """The largest header block (HEADERS plus CONTINUATION) accepted."""
 _CONTENT_TYPE = b"application/grpc"
@@ -711,13 +711,16 @@ class GrpcServer:
     """A gRPC server with ``grpc.aio.server``'s registration and life cycle calls.
 
     Args:
-        max_receive_bytes: Largest request message (RESOURCE_EXHAUSTED beyond).
-        max_send_bytes: Largest answer message (RESOURCE_EXHAUSTED beyond).
+        max_receive_bytes: Largest request message (RESOURCE_EXHAUSTED beyond);
+            negative for none, as grpc's -1.
+        max_send_bytes: Largest answer message, likewise.
     """
 
     def __init__(self, *, max_receive_bytes: int, max_send_bytes: int) -> None:
-        self.max_receive_bytes = max_receive_bytes
-        self.max_send_bytes = max_send_bytes
+        self.max_receive_bytes = (
+            max_receive_bytes if max_receive_bytes >= 0 else UNLIMITED_BYTES
+        )
+        self.max_send_bytes = max_send_bytes if max_send_bytes >= 0 else UNLIMITED_BYTES
         self.connections: set[_Connection] = set()
         self._generic: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from servekit_protocol.grpc_server import UNLIMITED_BYTES, GrpcServer
+from servekit_protocol.grpc_server import GrpcServer
 from servekit_protocol.services import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
@@ -26,9 +26,7 @@ def create_grpc_server(
 ) -> tuple[GrpcServer, health_aio.HealthServicer]:
     """A server with the proxies registered (not yet bound or started)."""
     settings = gateway.settings
-    server = GrpcServer(
-        max_receive_bytes=settings.max_body_bytes, max_send_bytes=UNLIMITED_BYTES
-    )
+    server = GrpcServer(max_receive_bytes=settings.max_body_bytes, max_send_bytes=-1)
     front = GrpcFront(gateway)
     add_prediction_service_to_server(PredictionProxy(front), server)
     add_model_service_to_server(ModelProxy(front), server)

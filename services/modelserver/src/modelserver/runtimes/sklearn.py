@@ -472,9 +472,9 @@ def _block_layout(order: list[str], dtypes: Mapping[str, str]) -> BlockLayout:
     groups: dict[np.dtype[Any], list[int]] = {}
     for position, name in enumerate(order):
         dtype = dtypes.get(name, "float64")
-        groups.setdefault(
-            np.dtype(object) if dtype == STRING else np.dtype(dtype), []
-        ).append(position)
+        groups.setdefault(NUMPY_DTYPES.get(dtype, np.dtype(object)), []).append(
+            position
+        )
     return [
         (dtype, np.asarray(positions, dtype=np.intp), [order[i] for i in positions])
         for dtype, positions in groups.items()

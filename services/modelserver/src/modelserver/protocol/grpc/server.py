@@ -26,7 +26,6 @@ import logging
 from collections.abc import Sequence
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from servekit_protocol.grpc_server import UNLIMITED_BYTES
 from servekit_protocol.grpc_server import GrpcServer as Http2GrpcServer
 from servekit_protocol.services import (
     MODEL_SERVICE,
@@ -57,12 +56,6 @@ _TRANSPORT_OPTIONS = frozenset(
         "grpc.so_reuseport",
     )
 )
-
-
-def _limit(value: int | str) -> int:
-    # grpc's convention: -1 means no limit.
-    number = int(value)
-    return UNLIMITED_BYTES if number < 0 else number
 
 
 def parse_channel_arguments(text: str) -> list[ChannelOption]:
@@ -143,8 +136,8 @@ class GrpcServer:
                 "gRPC channel arguments without effect here: %s", ", ".join(ignored)
             )
         self._server = Http2GrpcServer(
-            max_receive_bytes=_limit(options["grpc.max_receive_message_length"]),
-            max_send_bytes=_limit(options["grpc.max_send_message_length"]),
+            max_receive_bytes=int(options["grpc.max_receive_message_length"]),
+            max_send_bytes=int(options["grpc.max_send_message_length"]),
         )
         add_prediction_service_to_server(PredictionServicer(dataplane), self._server)
         add_model_service_to_server(ModelServicer(dataplane), self._server)
