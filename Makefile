@@ -11,11 +11,12 @@ REGISTRY ?= models
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install system-deps up test lint format bench protos clean
+.PHONY: help install system-deps up test test-fast lint format bench protos clean
 
 help:
 	@echo "make up       install, train the default models if $(REGISTRY)/ is empty, serve"
 	@echo "make test     install what the tests need, lint, run the whole suite"
+	@echo "make test-fast  unit and component tests only (no server processes), for inner loops"
 	@echo "make install  install only (into .venv/)"
 	@echo "make bench    side-by-side benchmarks (not part of make test)"
 
@@ -56,6 +57,11 @@ test: install system-deps lint
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The inner-loop tier: unit and component tests, no server processes; make test runs everything.
+FAST_TESTS := $(wildcard services/*/tests/unit services/*/tests/component)
+test-fast: install
+	$(BIN)/pytest -m "not integration" $(FAST_TESTS) $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
