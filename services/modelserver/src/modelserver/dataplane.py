@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from servekit_protocol.tensor_limits import TensorLimits
+
 from modelserver.batching.batcher import Batcher
 from modelserver.config import (
     ModelConfig,
@@ -144,6 +146,10 @@ class DataPlane:
             else None
         )
         self._watcher: Watcher | None = None
+        self._tensor_limits = TensorLimits(
+            max_elements=settings.max_request_tensor_elements,
+            max_bytes=settings.max_request_tensor_bytes,
+        )
         self._ready = False
         self._live = True
         self._stopping = False
@@ -152,6 +158,12 @@ class DataPlane:
     def from_settings(cls, settings: Settings, metrics: Metrics) -> DataPlane:
         """Build the dataplane, its registry, watcher and batchers from settings."""
         return cls(settings, metrics)
+
+    @property
+    def tensor_limits(self) -> TensorLimits:
+        """The most one request's tensors may hold together; the protocol
+        adapters check it before decoding any."""
+        return self._tensor_limits
 
     @property
     def registry(self) -> ModelRegistry:

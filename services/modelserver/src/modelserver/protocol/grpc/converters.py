@@ -18,6 +18,7 @@ from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, tensors
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
+from servekit_protocol.tensor_limits import TensorLimits, check_tensor_protos
 
 from modelserver.errors import GRPC_CODE_FOR_VALUE, InvalidInput
 from modelserver.types import (
@@ -67,13 +68,23 @@ def from_resolved_spec(
 # ---- Predict -------------------------------------------------------------------
 
 
-def to_predict_request(proto: messages.PredictRequest) -> PredictRequest:
+def to_predict_request(
+    proto: messages.PredictRequest, limits: TensorLimits | None = None
+) -> PredictRequest:
     """Decode a PredictRequest's tensors.
 
+    Args:
+        proto: The request.
+        limits: The most its tensors may hold together, checked from their
+            shapes before any is decoded; None for no limit.
+
     Raises:
-        InvalidInput: A tensor cannot be decoded.
+        InvalidInput: A tensor cannot be decoded, or the tensors declare more
+            than ``limits``.
     """
     try:
+        if limits is not None:
+            check_tensor_protos(proto.inputs.values(), limits)
         inputs = {
             name: tensors.to_ndarray(tensor) for name, tensor in proto.inputs.items()
         }
