@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
-from gateway.dataplane import CallContext, Gateway
+from gateway.context import CallContext
+from gateway.dataplane import Gateway
 from gateway.errors import (
     GatewayError,
     InvalidInput,
