@@ -102,6 +102,10 @@ class _Observation:
 class DataPlane:
     """Resolves model specs to loaded versions and runs the APIs on them."""
 
+    # The defaults until __init__ reads the settings (subclasses that replace
+    # __init__, as test doubles do, keep them).
+    _tensor_limits = TensorLimits()
+
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
