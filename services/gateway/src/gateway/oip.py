@@ -19,17 +19,14 @@ from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensors import numpy_dtype, to_shape
 
-from gateway.clients.arrays import ArrayRequest
+from gateway.clients.arrays import ArrayRequest, output_arrays
 from gateway.codecs.v2 import InferRequest
 from gateway.codecs.v2_datatypes import v2_datatype
-from gateway.dataplane import (
-    DEFAULT_SIGNATURE,
-    CallContext,
-    Gateway,
-    SignatureSet,
-    output_arrays,
-)
+from gateway.context import CallContext
+from gateway.dataplane import Gateway
 from gateway.errors import InvalidInput
+from gateway.forwarding import PredictCall
+from gateway.signatures import DEFAULT_SIGNATURE, SignatureSet
 
 SIGNATURE_PARAMETER = "signature_name"
 """The request parameter that picks a signature other than `serving_default`."""
@@ -187,7 +184,8 @@ async def infer(
             request.model_spec.signature_name = signature
         return request
 
-    response, _ = await gateway.predict(ctx, model, version, label, encode)
+    plan = gateway.plan(ctx, model, version, label)
+    response = (await gateway.predict(ctx, plan, PredictCall(encode))).translated
     parsed = parsed_holder[0]
     try:
         answered = output_arrays(response)

@@ -19,7 +19,7 @@ from gateway.codecs.v2_grpc import (
     parameters_dict,
     parse_model_infer,
 )
-from gateway.dataplane import CallContext
+from gateway.context import CallContext
 from gateway.grpcfront.servicer import GrpcFront
 from gateway.routes.health import ReadinessCache
 

@@ -26,10 +26,9 @@ from gateway.codecs.v2_binary import (
     HEADER_LENGTH,
     encode_body,
     format_outputs,
-    inflate_deflate,
     split_body,
 )
-from gateway.dataplane import CallContext
+from gateway.context import CallContext
 from gateway.errors import InvalidInput
 from gateway.routes.handling import (
     authorize,
@@ -133,22 +132,14 @@ async def model_ready(request: Request) -> Response:
     return await serve_http(request, PROTOCOL, handle)
 
 
-def _decoded_body(raw: bytes, ctx: CallContext, limit: int) -> bytes:
-    # read_body inflates gzip; deflate is the binary extension's other encoding.
-    encoding = ctx.headers.get("content-encoding", "").strip().lower()
-    if encoding == "deflate":
-        return inflate_deflate(raw, limit)
-    return raw
-
-
 async def infer(request: Request) -> Response:
     model = request.path_params["model"]
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
         authorize(gw, ctx.headers, model)
-        limit = gw.settings.max_body_bytes
-        body = _decoded_body(await read_body(request, limit), ctx, limit)
+        # read_body inflates gzip and deflate bodies under the same limit.
+        body = await read_body(request, gw.settings.max_body_bytes)
         header, binary = split_body(body, ctx.headers.get(HEADER_LENGTH))
         document = parse_json(header)
         if not isinstance(document, dict):
