@@ -90,6 +90,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         protected_namespaces=(),
+        # The docstrings below become the field descriptions --help prints.
+        use_attribute_docstrings=True,
     )
 
     # --- ports and transports -------------------------------------------------
@@ -127,6 +129,11 @@ class Settings(BaseSettings):
 
     rest_api_enable_cors_support: bool = False
     """Add permissive CORS headers to REST answers."""
+
+    enable_serialization_as_tensor_content: bool = False
+    """Answer Predict (gRPC and gRPC-Web) with each output's bytes in
+    ``tensor_content`` instead of TF Serving's default, the dtype's typed field
+    (``float_val``, ``int_val``...)."""
 
     # --- models -----------------------------------------------------------------
     model_name: str = "default"
