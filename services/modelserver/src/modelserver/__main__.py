@@ -263,6 +263,7 @@ async def serve(settings: Settings) -> int:
     Imports the heavy modules here so ``--help`` and flag errors stay fast.
     """
     from prometheus_client import generate_latest
+    from servekit_protocol.http1 import ListenerLimits
 
     from modelserver.dataplane import DataPlane
     from modelserver.errors import ServingError
@@ -320,7 +321,17 @@ async def serve(settings: Settings) -> int:
             packed_outputs=settings.enable_serialization_as_tensor_content,
         )
         rest_server = RestServer(
-            app, host=settings.host, port=settings.rest_api_port, grace=DRAIN_SECONDS
+            app,
+            host=settings.host,
+            port=settings.rest_api_port,
+            grace=DRAIN_SECONDS,
+            limits=ListenerLimits(
+                idle_timeout=settings.rest_api_idle_timeout_seconds,
+                header_timeout=settings.rest_api_header_timeout_seconds,
+                body_timeout=settings.rest_api_body_timeout_seconds,
+                max_header_bytes=settings.rest_api_max_header_bytes,
+                max_connections=settings.rest_api_max_connections,
+            ),
         )
 
     started: list[Stoppable] = []
