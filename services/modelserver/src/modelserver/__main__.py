@@ -298,6 +298,7 @@ async def serve(settings: Settings) -> int:
             enable_health=settings.enable_grpc_healthcheck_service,
             packed_outputs=settings.enable_serialization_as_tensor_content,
             grace=DRAIN_SECONDS,
+            limits=settings.http2,
         )
     if settings.rest_api_port:
         if settings.rest_api_port == settings.port:
