@@ -157,9 +157,8 @@ def sklearn_description(
     }
     if names:
         fields["features"] = [
-            {"name": n, "dtype": dtype} for n, dtype in _feature_dtypes(
-                estimator, names, examples
-            ).items()
+            {"name": n, "dtype": dtype}
+            for n, dtype in _feature_dtypes(estimator, names, examples).items()
         ]
         inputs = {
             f["name"]: {"dtype": f["dtype"], "shape": [-1]} for f in fields["features"]
@@ -196,10 +195,13 @@ def _feature_dtypes(
     dtypes: dict[str, str] = {}
     unknown: list[str] = []
     for name in names:
+        seen = _dtype_of([row.get(name) for row in examples]) if examples else None
         if name in known:
-            dtypes[name] = known[name]
-        elif examples:
-            dtypes[name] = _dtype_of([row.get(name) for row in examples])
+            # "A number" from the pipeline; the rows may say which kind.
+            numeric = known[name] == "float64" and seen in ("int64", "float64")
+            dtypes[name] = seen if numeric and seen else known[name]
+        elif seen is not None:
+            dtypes[name] = seen
         else:
             unknown.append(name)
     if unknown:
@@ -216,5 +218,3 @@ def _numeric(values: Any) -> bool:
         isinstance(v, (int, float)) or hasattr(v, "dtype") and v.dtype.kind in "iuf"
         for v in values
     )
-
-

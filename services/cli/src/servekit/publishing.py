@@ -308,7 +308,13 @@ def smoke_test(estimator: Any, fields: dict[str, Any]) -> None:
     examples: list[dict[str, Any]] = fields.get("examples", [])
     if not examples:
         return
-    features = example_features(examples, fields)
+    try:
+        features = example_features(examples, fields)
+    except (ValueError, TypeError) as exc:
+        raise CommandError(
+            f"smoke test failed: the example rows do not fit the feature dtypes: "
+            f"{exc}; nothing was published"
+        ) from exc
     methods = ["predict"]
     if "predict_proba" in fields.get("signatures", {}):
         methods.append("predict_proba")
@@ -329,9 +335,7 @@ def example_features(examples: list[dict[str, Any]], fields: dict[str, Any]) -> 
 
     features: list[dict[str, str]] = fields.get("features", [])
     if not features:
-        return np.asarray(
-            [list(row.values()) for row in examples], dtype=np.float64
-        )
+        return np.asarray([list(row.values()) for row in examples], dtype=np.float64)
     columns: dict[str, Any] = {}
     for feature in features:
         values = [row.get(feature["name"]) for row in examples]
@@ -339,8 +343,8 @@ def example_features(examples: list[dict[str, Any]], fields: dict[str, Any]) -> 
             column = np.empty(len(values), dtype=object)
             column[:] = [v if v is None else str(v) for v in values]
         else:
-            column = np.asarray(
-                [np.nan if v is None else v for v in values]
-            ).astype(feature["dtype"])
+            column = np.asarray([np.nan if v is None else v for v in values]).astype(
+                feature["dtype"]
+            )
         columns[feature["name"]] = column
     return pd.DataFrame(columns)
