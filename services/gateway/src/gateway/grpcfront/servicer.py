@@ -22,8 +22,10 @@ from servekit_protocol.services import (
     ServicerContext,
 )
 
-from gateway.dataplane import CallContext, Gateway, spec_version
+from gateway.context import CallContext, spec_version
+from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, InvalidInput, internal_error_message
+from gateway.forwarding import PredictCall
 from gateway.observability.logging import (
     REQUEST_ID_HEADER,
     accept_request_id,
@@ -140,14 +142,9 @@ class PredictionProxy(PredictionServiceServicer):
         version, label = spec_version(request.model_spec)
 
         async def handle(ctx: CallContext) -> messages.PredictResponse:
-            response, _ = await self._gateway.predict(
-                ctx,
-                request.model_spec.name,
-                version,
-                label,
-                lambda _signatures: request,
-                needs_signatures=False,
-            )
+            plan = self._gateway.plan(ctx, request.model_spec.name, version, label)
+            call = PredictCall(lambda _signatures: request, needs_signatures=False)
+            response = (await self._gateway.predict(ctx, plan, call)).translated
             # A proto request is answered with a proto.
             assert isinstance(response, messages.PredictResponse)
             return response
