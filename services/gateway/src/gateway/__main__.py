@@ -60,6 +60,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--rate-limit-burst": ("rate_limit_burst", float),
     "--framework-backends": ("framework_backends", json.loads),
     "--rest-backends": ("rest_backends", json.loads),
+    "--http2": ("http2", json.loads),
     "--backend-grpc-web": ("backend_grpc_web", json.loads),
     "--retries": ("retries", int),
     "--retry-backoff-ms": ("retry_backoff_ms", float),

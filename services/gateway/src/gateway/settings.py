@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from servekit_protocol import http1
+from servekit_protocol.grpc_server import Http2Limits
 
 
 class Settings(BaseSettings):
@@ -52,6 +53,10 @@ class Settings(BaseSettings):
     on the first call and called over gRPC."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger gets 413."""
+    http2: Http2Limits = Field(default_factory=Http2Limits)
+    """HTTP/2 limits of the gRPC port (streams, header size, windows, floods,
+    timeouts, connections) as JSON, e.g. `{"idle_timeout_seconds": 120}`;
+    defaults in `servekit_protocol.grpc_server.limits`."""
     max_in_flight: int = Field(default=512, gt=0)
     """Requests served at once across HTTP and gRPC; more get 503 at once."""
     max_timeout_ms: int = Field(default=30_000, gt=0)

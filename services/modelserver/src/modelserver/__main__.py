@@ -297,6 +297,7 @@ async def serve(settings: Settings) -> int:
             socket_path=settings.grpc_socket_path,
             enable_health=settings.enable_grpc_healthcheck_service,
             grace=DRAIN_SECONDS,
+            limits=settings.http2,
         )
     if settings.rest_api_port:
         if settings.rest_api_port == settings.port:

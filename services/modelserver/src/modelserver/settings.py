@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from servekit_protocol import http1
+from servekit_protocol.grpc_server import Http2Limits
 
 
 class BatchingSettings(BaseModel):
@@ -116,6 +117,12 @@ class Settings(BaseSettings):
 
     enable_grpc_healthcheck_service: bool = True
     """Serve ``grpc.health.v1.Health`` (TF Serving defaults to off; servekit on)."""
+
+    http2: Http2Limits = Field(default_factory=Http2Limits)
+    """servekit extension: HTTP/2 limits of the gRPC port (streams, header size,
+    windows, floods, timeouts, connections), one variable per field:
+    ``MODELSERVER_HTTP2__IDLE_TIMEOUT_SECONDS=120``; defaults in
+    ``servekit_protocol.grpc_server.limits``."""
 
     rest_api_port: int = Field(default=8501, ge=0, le=65535)
     """REST port; 0 disables REST (TF Serving's default is 0, servekit's 8501)."""

@@ -16,6 +16,8 @@ from typing import TypeVar
 import grpc
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpc_server import Authenticate
+from servekit_protocol.grpcweb_server import SERVICE_PREFIX, Aborted
 from servekit_protocol.services import (
     ModelServiceServicer,
     PredictionServiceServicer,
@@ -32,11 +34,39 @@ from gateway.observability.logging import (
     bind_model,
     bind_request,
 )
+from gateway.security.keys import extract_key
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "grpc"
 Response = TypeVar("Response")
+
+
+def credentials_check(gateway: Gateway) -> Authenticate:
+    """The gRPC server's header hook: a TF Serving call without a valid API key
+    is refused from its headers, before any of its body is kept (the scope and
+    the rate, which need the model name, are checked when the call runs)."""
+
+    def check(method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        if not method.startswith(SERVICE_PREFIX):
+            return
+        headers = {key: value for key, value in metadata if isinstance(value, str)}
+        try:
+            gateway.authenticator.authenticate(
+                extract_key(headers.get("authorization"), headers.get("x-api-key"))
+            )
+        except GatewayError as exc:
+            gateway.metrics.rejections.labels(type(exc).__name__).inc()
+            gateway.metrics.observe_request(
+                "", "", "", PROTOCOL, exc.grpc_code.name, 0.0
+            )
+            trailing = [
+                (REQUEST_ID_HEADER, accept_request_id(headers.get(REQUEST_ID_HEADER)))
+            ]
+            trailing.extend((k.lower(), v) for k, v in exc.headers().items())
+            raise Aborted(exc.grpc_code, exc.public_message(), trailing) from None
+
+    return check
 
 
 class GrpcFront:
