@@ -78,7 +78,7 @@ async def get_model(request: Request) -> Response:
         model = match["model"]
         version, label = _version(match["version"]), match["label"]
         gateway = gateway_of(request)
-        authorize(gateway, ctx.headers, model)
+        authorize(gateway, ctx.headers, model, ctx.client)
         if match["metadata"]:
             response, _ = await gateway.metadata(ctx, model, version, label)
             ctx.route = "metadata"
@@ -99,7 +99,7 @@ async def post_model(request: Request) -> Response:
         model = match["model"]
         version, label = _version(match["version"]), match["label"]
         gateway = gateway_of(request)
-        authorize(gateway, ctx.headers, model)
+        authorize(gateway, ctx.headers, model, ctx.client)
         body = await read_body(request, gateway.settings.max_body_bytes)
         verb = match["verb"]
         if verb == "predict":

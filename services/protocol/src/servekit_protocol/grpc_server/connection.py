@@ -221,7 +221,7 @@ class Http2Connection(asyncio.Protocol):
                 server.registered, server.generic, path, metadata
             )
             if server.authenticate is not None:
-                server.authenticate(path, metadata)
+                server.authenticate(path, metadata, self.peer)
         except Aborted as exc:
             self._answer_now(call, exc)
 
