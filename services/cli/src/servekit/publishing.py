@@ -12,6 +12,7 @@ import joblib
 from modelregistry import Registry, Signature, TensorSpec
 from rich.progress import Progress, SpinnerColumn, TextColumn
 
+from servekit.compiling import MODES, Mode, compile_draft, write_heldout
 from servekit.console import CommandError
 
 # TensorFlow's DataType enum names → the manifest's dtype names.
@@ -204,8 +205,13 @@ def publish_external(
     version: int | None,
     example: Path | None,
     code: list[Path],
+    compile_mode: str | None = "exact",
+    heldout: Path | None = None,
 ) -> int:
     """Publish a SavedModel folder or a pickle file with a computed manifest.
+
+    A pickle is compiled in ``compile_mode`` (None: not at all) and the parity
+    gate's verdict recorded; ``heldout`` rows (CSV or JSON) are stored for the gate.
 
     Raises:
         CommandError: the source cannot be read or described.
@@ -250,6 +256,7 @@ def publish_external(
             for entry in code_dirs:
                 sys.path.remove(entry)
         fields = sklearn_description(estimator, examples)
+        heldout_rows = read_example_rows(heldout) if heldout else []
         bar.add_task("publishing")
         with registry.publish(name, framework="sklearn", version=version) as draft:
             shutil.copyfile(path, draft.path / "model.joblib")
@@ -259,5 +266,17 @@ def publish_external(
                     shutil.copyfile(module, draft.path / "code" / module.name)
                 fields["code_dir"] = "code"
             draft.manifest.update(fields)
+            if heldout_rows:
+                write_heldout(draft.path, heldout_rows)
+            if compile_mode is not None:
+                bar.add_task(f"compiling ({compile_mode}) and running the parity gate")
+                compile_draft(draft, estimator, heldout_rows, _mode(compile_mode))
         assert draft.version is not None
         return draft.version
+
+
+def _mode(text: str) -> Mode:
+    for mode in MODES:
+        if text == mode:
+            return mode
+    raise CommandError(f"unknown compile mode {text!r}; use {' or '.join(MODES)}")

@@ -24,6 +24,7 @@ from modelregistry.layout import (
 from modelregistry.manifest import (
     DTYPES,
     MANIFEST_FILE,
+    CompiledVerdict,
     DataFingerprint,
     Feature,
     FileDigest,
@@ -46,6 +47,7 @@ __all__ = [
     "SKLEARN_CONFIG_FILE",
     "STABLE",
     "TF_CONFIG_FILE",
+    "CompiledVerdict",
     "DataFingerprint",
     "Draft",
     "Feature",
