@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from modelregistry import Draft, IntegrityError, Manifest, Registry, load_pickle
+from modelregistry import Draft, IntegrityError, Manifest, Registry, load_model
 from rich.console import Console
 
 from servekit.console import CommandError
@@ -90,7 +90,7 @@ def compile_published(
         raise CommandError(f"{name} version {version} is no scikit-learn model")
     folder = registry.version_dir(name, version)
     try:
-        estimator = load_pickle(folder, manifest)
+        estimator = load_model(folder, manifest)
     except IntegrityError as exc:
         raise CommandError(str(exc)) from exc
     except Exception as exc:  # unpickling runs the model's code: report anything

@@ -92,7 +92,22 @@ def register(subparsers: Any) -> None:
         type=Path,
         action="append",
         default=[],
-        help="a Python module the pickle needs (repeatable); copied into code/",
+        help="a Python module the pickle needs (repeatable); copied into code/. "
+        "Helpers a notebook defined (pickled as __main__.NAME) are looked up here",
+    )
+    sub.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="a type of a .skops file to trust beyond scikit-learn, NumPy and SciPy "
+        "classes (repeatable); recorded in the manifest",
+    )
+    sub.add_argument(
+        "--write-skops",
+        action="store_true",
+        help="also write the pickle's .skops form next to it, when every type in it "
+        "is trustable",
     )
     sub.add_argument(
         "--heldout",
@@ -260,23 +275,28 @@ def _config(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _publish(registry: Registry, args: argparse.Namespace) -> int:
-    from servekit.publishing import publish_external
+    from servekit.publishing import PublishRequest, publish_external
 
-    mode = None if args.compile_mode == "none" else args.compile_mode
-    version = publish_external(
+    published = publish_external(
         registry,
-        args.name,
-        args.path,
-        args.version,
-        args.example,
-        args.code,
-        compile_mode=mode,
-        heldout=args.heldout,
+        PublishRequest(
+            name=args.name,
+            path=args.path,
+            version=args.version,
+            example=args.example,
+            code=args.code,
+            trust=args.trust,
+            write_skops=args.write_skops,
+            compile_mode=None if args.compile_mode == "none" else args.compile_mode,
+            heldout=args.heldout,
+        ),
     )
-    print(
-        f"published {args.name} version {version} to {registry.version_dir(args.name, version)}"
-    )
-    verdict = registry.manifest(args.name, version).compiled
+    location = registry.version_dir(args.name, published.version)
+    print(f"published {args.name} version {published.version} to {location}")
+    for note in published.notes:
+        if note:
+            print(note)
+    verdict = registry.manifest(args.name, published.version).compiled
     if verdict is not None:
         print(f"compiled: {describe_verdict(verdict.model_dump())}")
     return 0

@@ -39,7 +39,7 @@ class ArrayRequest:
         request.output_filter.extend(self.output_filter)
         inputs = request.inputs
         for name, array in self.inputs.items():
-            from_ndarray(array, into=inputs[name])
+            from_ndarray(array, into=inputs[name], packed=True)
         return request
 
     def copy(self) -> ArrayRequest:
@@ -123,3 +123,16 @@ def split_arrays(
         )
         start = end
     return answers
+
+
+def output_arrays(
+    response: messages.PredictResponse | ArrayResponse,
+) -> dict[str, Array]:
+    """The outputs of either kind of answer as arrays.
+
+    Raises:
+        ProtocolError: an output cannot be decoded.
+    """
+    if isinstance(response, ArrayResponse):
+        return response.outputs
+    return ArrayResponse.from_proto(response).outputs

@@ -1,8 +1,10 @@
-"""The gateway's gRPC server: the two TF Serving services plus gRPC health.
+"""The gateway's gRPC server: the two TF Serving services, the Open Inference
+Protocol's `inference.GRPCInferenceService`, and gRPC health.
 
 It runs on :class:`servekit_protocol.grpc_server.GrpcServer` (HTTP/2 on the event
 loop) instead of grpc.aio, whose poller thread and event-loop hand-offs took
-about 70% of the gateway's CPU under a cheap model's gRPC load.
+about 70% of the gateway's CPU under a cheap model's gRPC load. The API key is
+checked from a call's headers before any of its body is kept.
 """
 
 from __future__ import annotations
@@ -10,6 +12,10 @@ from __future__ import annotations
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from servekit_protocol.grpc_server import GrpcServer
+from servekit_protocol.oip_services import (
+    INFERENCE_SERVICE,
+    add_inference_service_to_server,
+)
 from servekit_protocol.services import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
@@ -18,7 +24,14 @@ from servekit_protocol.services import (
 )
 
 from gateway.dataplane import Gateway
-from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy
+from gateway.grpcfront.inference import InferenceProxy
+from gateway.grpcfront.servicer import (
+    GrpcFront,
+    ModelProxy,
+    PredictionProxy,
+    credentials_check,
+)
+from gateway.routes.health import ReadinessCache
 
 
 def create_grpc_server(
@@ -26,10 +39,18 @@ def create_grpc_server(
 ) -> tuple[GrpcServer, health_aio.HealthServicer]:
     """A server with the proxies registered (not yet bound or started)."""
     settings = gateway.settings
-    server = GrpcServer(max_receive_bytes=settings.max_body_bytes, max_send_bytes=-1)
+    server = GrpcServer(
+        max_receive_bytes=settings.max_body_bytes,
+        max_send_bytes=-1,
+        limits=settings.http2,
+        authenticate=credentials_check(gateway),
+    )
     front = GrpcFront(gateway)
     add_prediction_service_to_server(PredictionProxy(front), server)
     add_model_service_to_server(ModelProxy(front), server)
+    add_inference_service_to_server(
+        InferenceProxy(front, ReadinessCache(gateway)), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer
@@ -44,5 +65,5 @@ async def mark_serving(
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
+    for service in ("", PREDICTION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE):
         await health_servicer.set(service, status)

@@ -3,8 +3,9 @@
 A version whose manifest records a passed parity gate is served by its compiled
 model (:mod:`modelserver.compiled`): the request's columns go straight to the
 plan's numpy kernels and ONNX Runtime, with no DataFrame and no unpickling. Every
-other scikit-learn version, and one whose compiled files fail their digests or do
-not load, is served from the pickle by :class:`SklearnRuntime`.
+other scikit-learn version, and one whose compiled model does not load, is served
+from the pickle by :class:`SklearnRuntime`; a version whose files break the
+registry's verification is refused by that loader, as any other.
 
 Requests are prepared, validated and answered exactly as for the pickle (the class
 extends :class:`SklearnRuntime`), so v1, v2, typed endpoints, gRPC, batching,
@@ -17,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from modelregistry import Manifest, sha256_file
+from modelregistry import Manifest, version_problems
 
 from modelserver.compiled import CompiledModel, CompileError
 from modelserver.runtimes.base import PreparedCall
@@ -101,37 +102,20 @@ def _compiled_model(
     verdict = manifest.compiled
     if verdict is None or verdict.status != "passed":
         return None
-    files = [verdict.plan, verdict.model]
-    for relative in files:
-        expected = manifest.files.get(relative) if relative else None
-        if relative is None or expected is None:
-            logger.warning(
-                "%s version %s: compiled file %s is not in the manifest; serving "
-                "the pickle",
-                name,
-                version,
-                relative,
-            )
-            return None
-        try:
-            actual = sha256_file(path / relative)
-        except OSError as exc:
-            logger.warning(
-                "%s version %s: cannot read %s (%s); serving the pickle",
-                name,
-                version,
-                relative,
-                exc,
-            )
-            return None
-        if actual != expected.sha256:
-            logger.warning(
-                "%s version %s: %s does not match its sha256; serving the pickle",
-                name,
-                version,
-                relative,
-            )
-            return None
+    if verdict.plan is None or verdict.model is None:
+        return None
+    listed = {verdict.plan, verdict.model} <= set(manifest.files)
+    problems = version_problems(path, manifest)
+    if problems or not listed:
+        # The pickle's loader refuses the version with the same problems, so the
+        # failure is reported once, as for any other version.
+        logger.warning(
+            "%s version %s: the compiled files do not check out (%s)",
+            name,
+            version,
+            "; ".join(problems) or "not in the manifest",
+        )
+        return None
     try:
         return CompiledModel.load(path)
     except CompileError as exc:

@@ -18,8 +18,9 @@ from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, tensors
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
+from servekit_protocol.status import code_name
 
-from modelserver.errors import GRPC_CODE_FOR_VALUE, InvalidInput
+from modelserver.errors import InvalidInput
 from modelserver.types import (
     DEFAULT_SIGNATURE,
     ClassifyRequest,
@@ -86,13 +87,17 @@ def to_predict_request(proto: messages.PredictRequest) -> PredictRequest:
     )
 
 
-def from_predict_response(response: PredictResponse) -> messages.PredictResponse:
-    """Encode a PredictResponse (numeric tensors as ``tensor_content``)."""
+def from_predict_response(
+    response: PredictResponse, *, packed: bool = False
+) -> messages.PredictResponse:
+    """Encode a PredictResponse as TF Serving does: each output's values in its
+    dtype's typed field (``float_val``...), or as ``tensor_content`` when
+    ``packed`` (``--enable_serialization_as_tensor_content``)."""
     proto = messages.PredictResponse()
     from_resolved_spec(response.spec, proto.model_spec)
     outputs = proto.outputs
     for name, array in response.outputs.items():
-        tensors.from_ndarray(array, into=outputs[name])
+        tensors.from_ndarray(array, into=outputs[name], packed=packed)
     return proto
 
 
@@ -294,8 +299,7 @@ def from_version_statuses(
 
 def error_code_name(code: int) -> str:
     """The ``tensorflow.error.Code`` name of a numeric code (``OK``, ``NOT_FOUND``...)."""
-    grpc_code = GRPC_CODE_FOR_VALUE.get(code)
-    return grpc_code.name if grpc_code is not None else "UNKNOWN"
+    return code_name(code)
 
 
 def to_reload_config(proto: messages.ReloadConfigRequest) -> messages.ModelServerConfig:
