@@ -205,6 +205,11 @@ def _show(registry: Registry, args: argparse.Namespace) -> int:
             ["metrics", ", ".join(f"{k}={v:.4g}" for k, v in manifest.metrics.items())],
             ["compiled", describe_verdict(data.get("compiled"))],
             ["files", str(len(manifest.files))],
+            [
+                "__main__ names",
+                ", ".join(f"{k} -> {v}" for k, v in manifest.main_names.items()),
+            ],
+            ["trusted types", ", ".join(manifest.trusted_types or [])],
         ],
     )
     return 0
