@@ -27,7 +27,7 @@ from tests.security.stack import (
 
 pytestmark = pytest.mark.integration
 
-EARLY_ANSWER_SECONDS = 0.5
+EARLY_ANSWER_SECONDS = 1.0
 """A refusal from the headers comes this fast, well before the body timeout
 would end the connection."""
 UNKNOWN_NAMES = 200
@@ -114,15 +114,22 @@ def test_failed_keys_are_rate_limited_per_address(listener_stack: Stack) -> None
     assert statuses[-1] == 429
     assert retry_after is not None
     assert int(retry_after) >= 1
-    # The same address is refused over gRPC too, even with a valid key.
+    # The same address is refused over gRPC too. A token earned back between
+    # the last 429 and the call lets one more attempt through (answered
+    # UNAUTHENTICATED, using it up again), so a few rounds are allowed.
+    codes = []
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         request = messages.PredictRequest()
         request.model_spec.name = "linear"
-        with pytest.raises(grpc.RpcError) as refused:
-            PredictionServiceStub(channel).Predict(
-                request, timeout=10, metadata=(("x-api-key", "guess"),)
-            )
-    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        for _ in range(5):
+            with pytest.raises(grpc.RpcError) as refused:
+                PredictionServiceStub(channel).Predict(
+                    request, timeout=10, metadata=(("x-api-key", "guess"),)
+                )
+            codes.append(refused.value.code())
+            if codes[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                break
+    assert codes[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED, codes
     _refill(listener_stack)
     assert_no_traceback(gateway.process)
 
