@@ -356,6 +356,31 @@ def test_get_model_status(models: model_service_pb2_grpc.ModelServiceStub) -> No
     assert status.status.error_message == ""
 
 
+@testdata
+@pytest.mark.parametrize(("label", "version"), [("stable", 123), ("canary", 124)])
+def test_get_model_status_by_label_answers_the_labelled_version(
+    models: model_service_pb2_grpc.ModelServiceStub, label: str, version: int
+) -> None:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = TWO_VERSIONS
+    request.model_spec.version_label = label
+    response = models.GetModelStatus(request, timeout=TIMEOUT)
+    (status,) = response.model_version_status
+    assert status.version == version
+    assert status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_get_model_status_by_unknown_label_is_invalid_argument(
+    models: model_service_pb2_grpc.ModelServiceStub,
+) -> None:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "linear"
+    request.model_spec.version_label = "nope"
+    error = rpc_error(models.GetModelStatus, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Unrecognized servable version label: nope"
+
+
 def test_get_model_status_of_unknown_model(
     models: model_service_pb2_grpc.ModelServiceStub,
 ) -> None:
