@@ -56,7 +56,7 @@ class _Transport(asyncio.Transport):
         pass
 
 
-async def _app(scope: Any, receive: Any, send: Any) -> None:
+async def _app(_scope: Any, receive: Any, send: Any) -> None:
     while (await receive()).get("more_body"):
         pass
     await send(
