@@ -61,6 +61,7 @@ def _refill(stack: Stack) -> None:
 def test_a_bad_key_is_refused_before_the_body_is_read(
     listener_stack: Stack, path: str, content_type: str
 ) -> None:
+    _refill(listener_stack)
     gateway = listener_stack.gateway
     sock = socket.create_connection(("127.0.0.1", gateway.http_port), timeout=5)
     started = time.monotonic()
@@ -89,6 +90,14 @@ def test_a_bad_key_is_refused_before_the_body_is_read(
 
 
 def test_failed_keys_are_rate_limited_per_address(listener_stack: Stack) -> None:
+    try:
+        _attack_with_bad_keys(listener_stack)
+    finally:
+        _refill(listener_stack)
+    assert_no_traceback(listener_stack.gateway.process)
+
+
+def _attack_with_bad_keys(listener_stack: Stack) -> None:
     gateway = listener_stack.gateway
     statuses = []
     retry_after = None
@@ -106,12 +115,12 @@ def test_failed_keys_are_rate_limited_per_address(listener_stack: Stack) -> None
             assert answer.json()["error"]
     elapsed = time.monotonic() - started
     assert set(statuses) == {401, 429}
-    # The burst, plus what the address earned back while the attempts ran.
+    # The burst, plus what the address earned back while the attempts ran (on
+    # a loaded machine an attempt can take longer than a token's refill).
     earned = int(elapsed * AUTH_FAILURES_PER_SECOND) + 1
     assert statuses.count(401) <= AUTH_FAILURE_BURST + earned
     # Earlier tests of the session may have used part of the burst.
     assert statuses[0] == 401
-    assert statuses[-1] == 429
     assert retry_after is not None
     assert int(retry_after) >= 1
     # The same address is refused over gRPC too. A token earned back between
@@ -130,11 +139,10 @@ def test_failed_keys_are_rate_limited_per_address(listener_stack: Stack) -> None
             if codes[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED:
                 break
     assert codes[-1] is grpc.StatusCode.RESOURCE_EXHAUSTED, codes
-    _refill(listener_stack)
-    assert_no_traceback(gateway.process)
 
 
 def test_unknown_model_names_do_not_grow_the_metrics(listener_stack: Stack) -> None:
+    _refill(listener_stack)
     gateway = listener_stack.gateway
     key = {"x-api-key": listener_stack.keys.admin}
     # Known names (and __unknown__) have their series once the first of each
@@ -176,6 +184,7 @@ def test_unknown_model_names_do_not_grow_the_metrics(listener_stack: Stack) -> N
 def test_grpc_web_without_a_key_is_refused_with_its_status(
     listener_stack: Stack,
 ) -> None:
+    _refill(listener_stack)
     gateway = listener_stack.gateway
     answer = httpx.post(
         gateway.url + "/tensorflow.serving.PredictionService/Predict",
