@@ -23,6 +23,8 @@ LABELS = {
     "gateway-unmerged": "gateway → servekit (coalescing off)",
     "relay": "bare relay → servekit (forwards bytes only)",
     "grpc-ceiling": "trivial gRPC server",
+    "servekit-grpc-before": "servekit, hand-written HTTP/2 (before)",
+    "servekit-grpc-aio": "servekit on grpc.aio (reference)",
 }
 SYSTEM_ORDER = tuple(LABELS)
 PROTOCOL_NAMES = {"rest": "REST", "grpc": "gRPC"}
@@ -230,7 +232,27 @@ def target_checks(
                         0.8,
                     )
                 )
+    checks += [
+        _grpc_server_check(runs, model, count, system)
+        for model in ("tabular", "digits")
+        for count in clients
+        for system in ("servekit-grpc-aio", "servekit-grpc-before")
+    ]
     return [check for check in checks if check is not None]
+
+
+def _grpc_server_check(  # floor: grpc.aio; the cost against "before": no goal
+    runs: Sequence[RunResult], model: str, clients: int, system: str
+) -> TargetCheck | None:
+    check = _ratio_check(
+        f"{model} gRPC ×{clients}: servekit (h2) / {LABELS[system]}",
+        _rounds(runs, model, "grpc", "servekit", clients),
+        _rounds(runs, model, "grpc", system, clients),
+        1.0,
+    )
+    if check is None or system == "servekit-grpc-aio":
+        return check
+    return TargetCheck(check.name, check.value, "x", "-", None)
 
 
 def _turn_checks(measured: Sequence[Turns], gateway_backend: str) -> list[TargetCheck]:

@@ -57,6 +57,8 @@ _CONFIG = H2Configuration(
     normalize_outbound_headers=False,
 )
 _DEFAULT_WINDOW = 65_535
+_CLOSING_SECONDS = 1.0
+"""How long a closing connection may take to flush before it is aborted."""
 
 
 class Http2Connection(asyncio.Protocol):
@@ -94,6 +96,8 @@ class Http2Connection(asyncio.Protocol):
         """When the last call ended (None while calls are under way)."""
         self.stalled_since: float | None = None
         """Since when answers wait for a client that does not read."""
+        self.closing_since: float | None = None
+        """When closing began (unsent bytes are flushed first)."""
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -466,6 +470,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closed = True
+        self.closing_since = time.monotonic()
         if self._transport is not None:
             self._transport.close()
 
@@ -486,6 +491,13 @@ class Http2Connection(asyncio.Protocol):
     def check_timers(self, now: float) -> None:
         """Apply the handshake, idle, header, body and send-stall timeouts."""
         if self.closed:
+            if (
+                self.closing_since is not None
+                and now - self.closing_since > _CLOSING_SECONDS
+                and self._transport is not None
+            ):
+                # The client does not read what is left to flush.
+                self._transport.abort()
             return
         limits = self._limits
         meter = self._meter
