@@ -80,7 +80,7 @@ class _Attempt:
     @property
     def unknown_label(self) -> bool:
         if self.error is not None:
-            return is_unknown_label(self.error.code, self.error.message)
+            return is_unknown_label(self.error.grpc_code, self.error.message)
         answer = self.predicted.answer
         # TF Serving's REST server answers INVALID_ARGUMENT with 400.
         return (
@@ -220,7 +220,7 @@ class Forwarder:
             if (
                 signatures is None
                 or signatures.pinned
-                or exc.code is not grpc.StatusCode.INVALID_ARGUMENT
+                or exc.grpc_code is not grpc.StatusCode.INVALID_ARGUMENT
             ):
                 raise
             # A new version with other dtypes may have replaced the cached one.

@@ -229,7 +229,7 @@ async def test_a_refused_merge_serves_each_caller_with_its_own_answer() -> None:
     results = await asyncio.gather(*waiting, return_exceptions=True)
     assert results[0] == (2.0,)
     assert isinstance(results[1], BackendError)
-    assert results[1].code is grpc.StatusCode.INVALID_ARGUMENT
+    assert results[1].grpc_code is grpc.StatusCode.INVALID_ARGUMENT
     assert results[2] == (6.0,)
     # One caller's bad value is not the merge's fault: merging goes on as before.
     assert tested.strategy.singles[1:] == [(1.0,), (-1.0,), (3.0,)]

@@ -217,7 +217,7 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
         try:
             response = await self._client.predict(addresses, merged, deadline, metadata)
         except BackendError as exc:
-            if exc.code not in SEPARABLE_CODES:
+            if exc.grpc_code not in SEPARABLE_CODES:
                 raise
             return Separately(exc.message, blame_merge=True)
         try:

@@ -32,6 +32,7 @@ from typing import Any
 from servekit_protocol import grpcweb_server
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large_message
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpc_codes import to_grpc
 from servekit_protocol.grpcweb import is_grpc_web
 
 from modelserver.dataplane import DataPlane
@@ -168,7 +169,7 @@ class RestApp:
                 body = await self._read_body(receive, content_encoding)
                 payload = await route.handler(route.spec, body)
         except ServingError as exc:
-            status = exc.status.value
+            status = exc.status
             payload = error_body(exc.message)
             logger.info(
                 "%s %s answered %d: %s",
@@ -218,7 +219,7 @@ class RestApp:
                 body = await self._read_body(receive, content_encoding)
             except ServingError as exc:
                 answer = grpcweb_server.error_answer(
-                    content_type, exc.grpc_code, exc.message
+                    content_type, to_grpc(exc.grpc_code), exc.message
                 )
             else:
                 metadata, timeout = grpcweb_server.header_metadata(
