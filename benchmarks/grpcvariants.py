@@ -7,8 +7,8 @@ grpcio's C core (``grpc.aio.server``, on the standard asyncio loop, since grpc.a
 does not support uvloop). Everything else in the process is today's model
 server, so the rows differ only in the gRPC server.
 
-Run as ``python -m benchmarks.grpcvariants {before,aio} --module-dir DIR --
-MODEL-SERVER-FLAGS``.
+Run as ``python -m benchmarks.grpcvariants --module-dir DIR {before,aio}
+MODEL-SERVER-FLAGS...``.
 """
 
 from __future__ import annotations
@@ -95,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setattr(grpc_server, "Http2GrpcServer", factory)  # noqa: B010
     from modelserver.__main__ import main as model_server
 
-    flags = [flag for flag in args.flags if flag != "--"]
-    return model_server(flags)
+    return model_server(args.flags)
 
 
 if __name__ == "__main__":

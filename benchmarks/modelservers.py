@@ -56,8 +56,8 @@ def model_server(
     grpc_port, rest_port = free_port(), free_port()
     program = [str(VENV_BIN / "servekit-model-server")]
     if variant:
-        program = [sys.executable, "-m", "benchmarks.grpcvariants", variant]
-        program += ["--module-dir", str(_variants_dir(options)), "--"]
+        program = [sys.executable, "-m", "benchmarks.grpcvariants"]
+        program += ["--module-dir", str(_variants_dir(options)), variant]
     argv: list[str] = [
         *program,
         f"--port={grpc_port}",
