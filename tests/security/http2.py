@@ -56,6 +56,9 @@ MODEL_SERVER_ENV = {
     f"MODELSERVER_HTTP2__{k.upper()}": str(v) for k, v in LIMITS.items()
 }
 GATEWAY_ENV = {"GATEWAY_HTTP2": json.dumps(LIMITS)}
+CLOSING = 1.0
+"""Seconds a closing connection may take to flush to a client that does not
+read before it is aborted (the server's own constant)."""
 SLACK = 1.5
 """Seconds allowed past a timeout: the server's timer ticks every quarter of the
 shortest timeout, and a loaded 2-core machine delays the close a little more."""
