@@ -63,7 +63,12 @@ def check_scenario(scenario: Scenario) -> tuple[Scenario, str]:
     target = scenario.target
     where = f"{scenario.system} {scenario.model}/{scenario.protocol}"
     if isinstance(target, HttpTarget):
-        status, body = http_post(target.url, target.body_file.read_bytes())
+        status, body = http_post(
+            target.url,
+            target.body_file.read_bytes(),
+            target.content_type,
+            headers=target.headers,
+        )
         if status != 200:
             raise StartError(f"{where}: HTTP {status}: {excerpt(body, 400)}")
         try:

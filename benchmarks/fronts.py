@@ -12,7 +12,8 @@ from benchmarks.servers import ProcessSet, StartError, free_port, http_post_succ
 from benchmarks.settings import REPO_ROOT, VENV_BIN, BenchOptions
 from benchmarks.targets import GrpcTarget, HttpTarget
 
-GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged")
+GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged", "gateway-v2")
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 FRONT_SYSTEMS = (*GATEWAY_SYSTEMS, "relay")
 """Systems in front of the gateway backend, which must run when any of them does."""
 
@@ -61,13 +62,18 @@ def start_gateway(
         url = f"{base}/v1/models/{model.name}:predict"
         # Ready when a prediction makes it through to the backend.
         item.probes[model.name] = http_post_succeeds(url, model.tfs_rest.read_bytes())
-        item.scenarios += scenarios(
-            model.name,
-            system,
-            options.protocols,
-            HttpTarget(url, model.tfs_rest),
-            GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
-        )
+        http = HttpTarget(url, model.tfs_rest)
+        rpc = GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc)
+        if system == "gateway-v2":
+            # The Open Inference Protocol as tritonclient sends it, same gateway.
+            http = HttpTarget(
+                f"{base}/v2/models/{model.name}/infer",
+                model.v2_binary,
+                "application/octet-stream",
+                (("Inference-Header-Content-Length", str(model.v2_binary_header)),),
+            )
+            rpc = GrpcTarget(rpc.address, INFER_METHOD, model.v2_grpc)
+        item.scenarios += scenarios(model.name, system, options.protocols, http, rpc)
     return item
 
 

@@ -6,11 +6,13 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 from benchmarks.interleaved import INPROCESS, Turns
 from benchmarks.results import Aggregate, RunResult, aggregate
+from benchmarks.settings import MODELS
 from benchmarks.stats import median, paired_ratio
 
 LABELS = {
@@ -21,6 +23,7 @@ LABELS = {
     "fastapi": "plain FastAPI",
     "gateway": "gateway → servekit",
     "gateway-unmerged": "gateway → servekit (coalescing off)",
+    "gateway-v2": "gateway → servekit, OIP v2 (binary tensors / ModelInfer)",
     "relay": "bare relay → servekit (forwards bytes only)",
     "grpc-ceiling": "trivial gRPC server",
     "servekit-grpc-before": "servekit, hand-written HTTP/2 (before)",
@@ -232,12 +235,9 @@ def target_checks(
                         0.8,
                     )
                 )
-    checks += [
-        _grpc_server_check(runs, model, count, system)
-        for model in ("tabular", "digits")
-        for count in clients
-        for system in ("servekit-grpc-aio", "servekit-grpc-before")
-    ]
+    variants = ("servekit-grpc-aio", "servekit-grpc-before")
+    cells = product(MODELS, clients, variants)
+    checks += [_grpc_server_check(runs, *cell) for cell in cells]
     return [check for check in checks if check is not None]
 
 
