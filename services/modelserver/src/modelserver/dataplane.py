@@ -202,14 +202,9 @@ class DataPlane:
         self._live = False
 
     def ready(self) -> bool:
-        """Whether every configured model has its wanted versions loaded.
-
-        False until the initial loads have settled (each wanted version
-        AVAILABLE or failed for good), and while stopping. After that, a model
-        added by a config change makes it false until that model settles; a
-        model that already serves a version does not, while a newer one loads
-        (a rollout keeps the server in rotation).
-        """
+        """Whether the initial loads settled and no configured model waits for a
+        version (one that serves stays ready while a newer version loads; see
+        ``ModelRegistry.unsettled_models`` and the README's "Readiness")."""
         return self._ready and not self.waiting_for()
 
     def waiting_for(self) -> list[str]:
