@@ -42,6 +42,7 @@ from pydantic import (
 )
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 from starlette.responses import Response
 
@@ -51,7 +52,6 @@ from gateway.errors import InvalidInput, ModelNotFound, UnprocessableInput
 from gateway.forwarding import PredictCall
 from gateway.routes.handling import authorize, json_response, serve_http
 from gateway.routing.router import Plan, Target
-from gateway.signatures import DEFAULT_SIGNATURE
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import numpy_dtype, to_shape
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,7 +37,7 @@ from gateway.routes.handling import (
     read_body,
     serve_http,
 )
-from gateway.signatures import DEFAULT_SIGNATURE, SignatureSet
+from gateway.signatures import SignatureSet
 
 PROTOCOL = "rest_v2"
 SERVER_NAME = "servekit-gateway"

@@ -32,6 +32,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servekit_protocol.serving import unknown_label_message
+
 from modelserver.config import ModelConfig
 from modelserver.errors import (
     FailedPrecondition,
@@ -167,9 +169,7 @@ class ModelRegistry:
         if spec.label is not None:
             version = entry.labels.get(spec.label) if entry is not None else None
             if version is None:
-                raise LabelNotFound(
-                    f"Unrecognized servable version label: {spec.label}"
-                )
+                raise LabelNotFound(unknown_label_message(spec.label))
             return self._specific(entry, spec.name, version)
         if spec.version is not None:
             return self._specific(entry, spec.name, spec.version)

@@ -34,6 +34,7 @@ from modelregistry import (
     ManifestError,
     load_pickle,
 )
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import data_type_name
 
 from modelserver import warning_filters
@@ -58,7 +59,6 @@ from modelserver.runtimes.base import (
 )
 from modelserver.types import (
     CLASSIFY_METHOD,
-    DEFAULT_SIGNATURE,
     PREDICT_METHOD,
     REGRESS_METHOD,
     Example,
