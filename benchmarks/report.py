@@ -21,6 +21,7 @@ LABELS = {
     "fastapi": "plain FastAPI",
     "gateway": "gateway → servekit",
     "gateway-unmerged": "gateway → servekit (coalescing off)",
+    "gateway-v2": "gateway → servekit, OIP v2 (binary tensors / ModelInfer)",
     "relay": "bare relay → servekit (forwards bytes only)",
     "grpc-ceiling": "trivial gRPC server",
 }

@@ -25,6 +25,7 @@ SYSTEMS = (
     "fastapi",
     "gateway",
     "gateway-unmerged",
+    "gateway-v2",
     "relay",
     "inprocess",
     "grpc-ceiling",

@@ -223,7 +223,12 @@ def check_scenario(scenario: Scenario) -> tuple[Scenario, str]:
     target = scenario.target
     where = f"{scenario.system} {scenario.model}/{scenario.protocol}"
     if isinstance(target, HttpTarget):
-        status, body = http_post(target.url, target.body_file.read_bytes())
+        status, body = http_post(
+            target.url,
+            target.body_file.read_bytes(),
+            target.content_type,
+            headers=target.headers,
+        )
         if status != 200:
             raise StartError(f"{where}: HTTP {status}: {_excerpt(body, 400)}")
         try:
@@ -294,7 +299,8 @@ def _start_model_servers(
     return started
 
 
-GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged")
+GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged", "gateway-v2")
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 FRONT_SYSTEMS = (*GATEWAY_SYSTEMS, "relay")
 """Systems in front of the gateway backend, which must run when any of them does."""
 
@@ -343,13 +349,18 @@ def _start_gateway(
         url = f"{base}/v1/models/{model.name}:predict"
         # Ready when a prediction makes it through to the backend.
         item.probes[model.name] = http_post_succeeds(url, model.tfs_rest.read_bytes())
-        item.scenarios += _scenarios(
-            model.name,
-            system,
-            options.protocols,
-            HttpTarget(url, model.tfs_rest),
-            GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc),
-        )
+        http = HttpTarget(url, model.tfs_rest)
+        rpc = GrpcTarget(f"127.0.0.1:{grpc_port}", PREDICT_METHOD, model.tfs_grpc)
+        if system == "gateway-v2":
+            # The Open Inference Protocol as tritonclient sends it, same gateway.
+            http = HttpTarget(
+                f"{base}/v2/models/{model.name}/infer",
+                model.v2_binary,
+                "application/octet-stream",
+                (("Inference-Header-Content-Length", str(model.v2_binary_header)),),
+            )
+            rpc = GrpcTarget(rpc.address, INFER_METHOD, model.v2_grpc)
+        item.scenarios += _scenarios(model.name, system, options.protocols, http, rpc)
     return item
 
 

@@ -33,6 +33,7 @@ POST_APIS = frozenset({"predict", "classify", "regress"})
 """The verbs after the colon, as TF Serving dispatches them (lower case)."""
 
 _INT64_MAX = 2**63 - 1
+_INT64_DIGITS = len(str(_INT64_MAX))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +83,12 @@ def _model_path(
 ) -> ModelPath:
     number: int | None = None
     if version:
+        # Checked by length first: int() refuses over 4,300 digits with its own
+        # ValueError, and a longer string is never an int64 anyway.
+        if len(version) > _INT64_DIGITS or int(version) > _INT64_MAX:
+            shown = version if len(version) <= 32 else version[:32] + "..."
+            raise InvalidArgument(f"Failed to convert version: {shown} to numeric.")
         number = int(version)
-        if number > _INT64_MAX:
-            raise InvalidArgument(f"Failed to convert version: {version} to numeric.")
     if "%" in name:
         name = unquote(name)
     if label is not None and "%" in label:

@@ -24,11 +24,13 @@ from servekit_protocol.logs import (
     bind_model,
     bind_request,
 )
+from servekit_protocol.oip_services import INFERENCE_SERVICE
 from servekit_protocol.services import (
     ModelServiceServicer,
     PredictionServiceServicer,
     ServicerContext,
 )
+from servekit_protocol.tensor_limits import check_tensor_protos
 
 from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
@@ -42,13 +44,27 @@ PROTOCOL = "grpc"
 Response = TypeVar("Response")
 
 
+# The Open Inference Protocol's server health and metadata need no key, as on HTTP.
+OPEN_METHODS = frozenset(
+    f"/{INFERENCE_SERVICE}/{name}"
+    for name in ("ServerLive", "ServerReady", "ServerMetadata")
+)
+
+
+def needs_key(method: str) -> bool:
+    """Whether a gRPC method path is one of the model methods that need a key."""
+    if method.startswith(SERVICE_PREFIX):
+        return True
+    return method.startswith(f"/{INFERENCE_SERVICE}/") and method not in OPEN_METHODS
+
+
 def credentials_check(gateway: Gateway) -> Authenticate:
     """The gRPC server's header hook: a TF Serving call without a valid API key
     is refused from its headers, before any of its body is kept (the scope and
     the rate, which need the model name, are checked when the call runs)."""
 
     def check(method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
-        if not method.startswith(SERVICE_PREFIX):
+        if not needs_key(method):
             return
         headers = {key: value for key, value in metadata if isinstance(value, str)}
         try:
@@ -172,6 +188,9 @@ class PredictionProxy(PredictionServiceServicer):
         version, label = spec_version(request.model_spec)
 
         async def handle(ctx: CallContext) -> messages.PredictResponse:
+            check_tensor_protos(
+                request.inputs.values(), self._gateway.gatekeeper.tensor_limits
+            )
             plan = self._gateway.plan(ctx, request.model_spec.name, version, label)
             call = PredictCall(lambda _signatures: request, needs_signatures=False)
             response = (await self._gateway.predict(ctx, plan, call)).translated

@@ -108,7 +108,9 @@ async def _predict(
 
     def encode(signatures: SignatureSet | None) -> ArrayRequest:
         assert signatures is not None
-        parsed = json_codec.parse_predict_request(body, signatures.input_specs)
+        parsed = json_codec.parse_predict_request(
+            body, signatures.input_specs, gateway.gatekeeper.tensor_limits
+        )
         formats.append(parsed.format)
         request = ArrayRequest(parsed.inputs)
         if parsed.signature_name:

@@ -20,6 +20,7 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.status import code_name
+from servekit_protocol.tensor_limits import TensorLimits, check_tensor_protos
 
 from modelserver.errors import InvalidInput
 from modelserver.types import (
@@ -68,13 +69,23 @@ def from_resolved_spec(
 # ---- Predict -------------------------------------------------------------------
 
 
-def to_predict_request(proto: messages.PredictRequest) -> PredictRequest:
+def to_predict_request(
+    proto: messages.PredictRequest, limits: TensorLimits | None = None
+) -> PredictRequest:
     """Decode a PredictRequest's tensors.
 
+    Args:
+        proto: The request.
+        limits: The most its tensors may hold together, checked from their
+            shapes before any is decoded; None for no limit.
+
     Raises:
-        InvalidInput: A tensor cannot be decoded.
+        InvalidInput: A tensor cannot be decoded, or the tensors declare more
+            than ``limits``.
     """
     try:
+        if limits is not None:
+            check_tensor_protos(proto.inputs.values(), limits)
         inputs = {
             name: tensors.to_ndarray(tensor) for name, tensor in proto.inputs.items()
         }
@@ -87,13 +98,17 @@ def to_predict_request(proto: messages.PredictRequest) -> PredictRequest:
     )
 
 
-def from_predict_response(response: PredictResponse) -> messages.PredictResponse:
-    """Encode a PredictResponse (numeric tensors as ``tensor_content``)."""
+def from_predict_response(
+    response: PredictResponse, *, packed: bool = False
+) -> messages.PredictResponse:
+    """Encode a PredictResponse as TF Serving does: each output's values in its
+    dtype's typed field (``float_val``...), or as ``tensor_content`` when
+    ``packed`` (``--enable_serialization_as_tensor_content``)."""
     proto = messages.PredictResponse()
     from_resolved_spec(response.spec, proto.model_spec)
     outputs = proto.outputs
     for name, array in response.outputs.items():
-        tensors.from_ndarray(array, into=outputs[name])
+        tensors.from_ndarray(array, into=outputs[name], packed=packed)
     return proto
 
 

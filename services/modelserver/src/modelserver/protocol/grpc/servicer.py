@@ -23,23 +23,34 @@ class PredictionServicer(PredictionServiceServicer):
     """``tensorflow.serving.PredictionService`` over a :class:`DataPlane`.
 
     ``protocol`` labels the calls in metrics and logs (``"grpc-web"`` when the
-    same servicer answers gRPC-Web on the REST port).
+    same servicer answers gRPC-Web on the REST port). ``packed_outputs`` answers
+    Predict with ``tensor_content`` instead of the typed fields
+    (``--enable_serialization_as_tensor_content``).
     """
 
-    def __init__(self, dataplane: DataPlane, protocol: str = "grpc") -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        protocol: str = "grpc",
+        *,
+        packed_outputs: bool = False,
+    ) -> None:
         self._dataplane = dataplane
         self.protocol = protocol
+        self._packed_outputs = packed_outputs
 
     @rpc
     async def Predict(
         self, request: messages.PredictRequest, context: Context
     ) -> messages.PredictResponse:
-        predict_request = converters.to_predict_request(request)
+        predict_request = converters.to_predict_request(
+            request, self._dataplane.tensor_limits
+        )
         bind_model(predict_request.spec.name, predict_request.spec.version)
         response = await self._dataplane.predict(
             predict_request, protocol=self.protocol, timeout=context.time_remaining()
         )
-        return converters.from_predict_response(response)
+        return converters.from_predict_response(response, packed=self._packed_outputs)
 
     @rpc
     async def Classify(

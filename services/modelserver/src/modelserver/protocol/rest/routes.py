@@ -97,7 +97,7 @@ class Routes:
                 malformed body.
         """
         spec, inputs, request_format = await codec.decode_predict(
-            body, spec, self._dataplane.signature
+            body, spec, self._dataplane.signature, self._dataplane.tensor_limits
         )
         response = await self._dataplane.predict(
             PredictRequest(spec, inputs), protocol="rest", timeout=self._timeout
