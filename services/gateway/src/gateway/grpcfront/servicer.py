@@ -18,6 +18,12 @@ from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server import Authenticate
 from servekit_protocol.grpcweb_server import SERVICE_PREFIX, Aborted
+from servekit_protocol.logs import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    bind_model,
+    bind_request,
+)
 from servekit_protocol.oip_services import INFERENCE_SERVICE
 from servekit_protocol.services import (
     ModelServiceServicer,
@@ -30,12 +36,6 @@ from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, InvalidInput, internal_error_message
 from gateway.forwarding import PredictCall
-from gateway.observability.logging import (
-    REQUEST_ID_HEADER,
-    accept_request_id,
-    bind_model,
-    bind_request,
-)
 from gateway.security.keys import extract_key
 
 logger = logging.getLogger(__name__)
