@@ -10,8 +10,10 @@ BIN := $(VENV)/bin
 REGISTRY ?= models
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# tritonclient and kserve need protobuf < 7: the tests run them from their own venv.
+CLIENTS_VENV := .venv-clients
 
-.PHONY: help install system-deps up test test-fast lint format bench protos clean
+.PHONY: help install clients system-deps up test test-fast lint format bench protos clean
 
 help:
 	@echo "make up       install, train the default models if $(REGISTRY)/ is empty, serve"
@@ -29,6 +31,15 @@ $(BIN)/servekit: uv.lock pyproject.toml $(UV)
 	@touch $@
 
 install: $(BIN)/servekit
+
+# The Open Inference Protocol clients (tritonclient, kserve) the tests call the
+# gateway with, pinned in tests/clients/requirements.txt, on .venv's interpreter.
+$(CLIENTS_VENV)/.installed: tests/clients/requirements.txt $(BIN)/servekit $(UV)
+	$(UV) venv --quiet --allow-existing --python $(BIN)/python $(CLIENTS_VENV)
+	$(UV) pip sync --quiet --python $(CLIENTS_VENV)/bin/python tests/clients/requirements.txt
+	@touch $@
+
+clients: $(CLIENTS_VENV)/.installed
 
 # Debian packages the tests use: docker-compose validates the compose file offline.
 system-deps:
@@ -51,7 +62,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install system-deps lint
+test: install clients system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 format: install
@@ -67,4 +78,4 @@ bench: install
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv $(CLIENTS_VENV) .tools .mypy_cache .ruff_cache .pytest_cache

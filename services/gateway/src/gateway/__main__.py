@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 import yaml
 from pydantic import ValidationError
+from servekit_protocol.http1 import protocol_class
 
 from gateway.grpcfront.server import create_grpc_server, mark_serving
 from gateway.main import build_gateway, create_app
@@ -59,6 +60,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--rate-limit-burst": ("rate_limit_burst", float),
     "--framework-backends": ("framework_backends", json.loads),
     "--rest-backends": ("rest_backends", json.loads),
+    "--http2": ("http2", json.loads),
     "--backend-grpc-web": ("backend_grpc_web", json.loads),
     "--retries": ("retries", int),
     "--retry-backoff-ms": ("retry_backoff_ms", float),
@@ -70,6 +72,11 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--reload-interval-seconds": ("reload_interval_seconds", float),
     "--log-level": ("log_level", str),
     "--ready-file": ("ready_file", str),
+    "--http-idle-timeout-seconds": ("http_idle_timeout_seconds", float),
+    "--http-header-timeout-seconds": ("http_header_timeout_seconds", float),
+    "--http-body-timeout-seconds": ("http_body_timeout_seconds", float),
+    "--http-max-header-bytes": ("http_max_header_bytes", int),
+    "--http-max-connections": ("http_max_connections", int),
 }
 
 
@@ -175,12 +182,13 @@ async def serve(settings: Settings) -> None:
         raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     await grpc_server.start()
     await mark_serving(health, True)
+    limits = settings.listener_limits()
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="none",
-        http="httptools",
+        http=protocol_class(limits, "http"),
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -188,7 +196,6 @@ async def serve(settings: Settings) -> None:
         # The gateway does not use the client address; the middleware costs time.
         proxy_headers=False,
         timeout_graceful_shutdown=int(DRAIN_SECONDS),
-        timeout_keep_alive=30,
     )
     http_server = _Server(config)
     loop = asyncio.get_running_loop()

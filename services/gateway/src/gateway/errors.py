@@ -1,61 +1,39 @@
-"""The gateway's error tree and the one table between HTTP statuses and gRPC codes.
+"""The gateway's error tree, on the wire contract's one status table.
 
-Every failure the gateway reports is a `GatewayError` whose `status` is the HTTP
-answer; the gRPC front derives its code from the same table, so both protocols agree.
-Errors the backend returned keep the backend's gRPC code and message (TF Serving
-clients read them), mapped to HTTP the way TF Serving's REST server maps them.
+Every failure the gateway reports is a `GatewayError` naming its gRPC code
+(`servekit_protocol.status.Code`); its HTTP status is TF Serving's for that code
+(`HTTP_STATUS_FOR_CODE`, shared with the model server), so both of the gateway's
+fronts and both services agree. Two HTTP-only refinements are documented in the
+contract (`HTTP_REFINEMENTS`): 413 for a body over the limit, 422 for typed
+fields that fail their schema. Errors the backend returned keep the backend's
+code and message (TF Serving clients read them) and map through the same table.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
+from typing import ClassVar
 
 import grpc
-
-# HTTP status -> gRPC code for errors the gateway raises itself.
-HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    409: grpc.StatusCode.ABORTED,
-    412: grpc.StatusCode.FAILED_PRECONDITION,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED,
-    500: grpc.StatusCode.INTERNAL,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-# gRPC code -> HTTP status, as TF Serving's REST server translates its own errors.
-GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 412,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
+from servekit_protocol.grpc_codes import from_grpc, to_grpc
+from servekit_protocol.status import HTTP_REFINEMENTS, HTTP_STATUS_FOR_CODE, Code
 
 
 class GatewayError(Exception):
-    """Base of every failure the gateway answers; `status` is the HTTP status."""
+    """Base of every failure the gateway answers.
 
-    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    Subclasses set `code`; `status` (HTTP) is the table's entry for it unless the
+    class sets one of the contract's HTTP refinements itself.
+    """
+
+    code: ClassVar[Code] = Code.INTERNAL
+    status: ClassVar[int] = HTTP_STATUS_FOR_CODE[Code.INTERNAL]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        if "status" not in vars(cls):
+            cls.status = HTTP_STATUS_FOR_CODE[cls.code]
+        elif HTTP_REFINEMENTS.get(cls.status) is not cls.code:
+            raise TypeError(f"{cls.__name__}: HTTP {cls.status} is not {cls.code!r}")
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -63,11 +41,11 @@ class GatewayError(Exception):
 
     @property
     def http_status(self) -> int:
-        return int(self.status)
+        return self.status
 
     @property
     def grpc_code(self) -> grpc.StatusCode:
-        return HTTP_TO_GRPC.get(self.http_status, grpc.StatusCode.UNKNOWN)
+        return to_grpc(self.code)
 
     def headers(self) -> dict[str, str]:
         """Extra response headers (e.g. `Retry-After`)."""
@@ -81,13 +59,14 @@ class GatewayError(Exception):
 class InvalidInput(GatewayError):
     """A request that cannot be parsed or does not fit the model's signature."""
 
-    status = HTTPStatus.BAD_REQUEST
+    code = Code.INVALID_ARGUMENT
 
 
 class UnprocessableInput(GatewayError):
     """Rows that do not fit a typed endpoint's schema (field-level `detail`)."""
 
-    status = HTTPStatus.UNPROCESSABLE_ENTITY
+    code = Code.INVALID_ARGUMENT
+    status = 422
 
     def __init__(self, message: str, detail: list[dict[str, object]]) -> None:
         super().__init__(message)
@@ -97,7 +76,7 @@ class UnprocessableInput(GatewayError):
 class Unauthenticated(GatewayError):
     """No API key, or an unknown one."""
 
-    status = HTTPStatus.UNAUTHORIZED
+    code = Code.UNAUTHENTICATED
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="servekit"'}
@@ -106,25 +85,26 @@ class Unauthenticated(GatewayError):
 class PermissionDenied(GatewayError):
     """A valid key whose scopes do not include the model."""
 
-    status = HTTPStatus.FORBIDDEN
+    code = Code.PERMISSION_DENIED
 
 
 class ModelNotFound(GatewayError):
     """No such model (or version, or label) behind the gateway."""
 
-    status = HTTPStatus.NOT_FOUND
+    code = Code.NOT_FOUND
 
 
 class PayloadTooLarge(GatewayError):
     """The request body exceeds `max_body_bytes`."""
 
-    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    code = Code.RESOURCE_EXHAUSTED
+    status = 413
 
 
 class RateLimited(GatewayError):
     """The key's token bucket is empty."""
 
-    status = HTTPStatus.TOO_MANY_REQUESTS
+    code = Code.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         super().__init__(message)
@@ -138,25 +118,25 @@ class RateLimited(GatewayError):
 class Overloaded(GatewayError):
     """Too many requests in flight: shed at once instead of queueing."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = Code.UNAVAILABLE
 
 
 class ModelNotReady(GatewayError):
     """The model exists but no version is AVAILABLE."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = Code.UNAVAILABLE
 
 
 class BackendUnavailable(GatewayError):
     """The backend could not be reached (after retries), or its circuit is open."""
 
-    status = HTTPStatus.SERVICE_UNAVAILABLE
+    code = Code.UNAVAILABLE
 
 
 class DeadlineExceeded(GatewayError):
     """The request's deadline passed before the backend answered."""
 
-    status = HTTPStatus.GATEWAY_TIMEOUT
+    code = Code.DEADLINE_EXCEEDED
 
 
 class BackendError(GatewayError):
@@ -164,15 +144,15 @@ class BackendError(GatewayError):
 
     def __init__(self, message: str, code: grpc.StatusCode) -> None:
         super().__init__(message)
-        self.code = code
+        self.backend_code = code
 
     @property
     def http_status(self) -> int:
-        return GRPC_TO_HTTP.get(self.code, 500)
+        return HTTP_STATUS_FOR_CODE[from_grpc(self.backend_code)]
 
     @property
     def grpc_code(self) -> grpc.StatusCode:
-        return self.code
+        return self.backend_code
 
 
 def internal_error_message() -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from servekit_protocol import http1
+from servekit_protocol.grpc_server import Http2Limits
 
 
 class Settings(BaseSettings):
@@ -51,6 +53,10 @@ class Settings(BaseSettings):
     on the first call and called over gRPC."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger gets 413."""
+    http2: Http2Limits = Field(default_factory=Http2Limits)
+    """HTTP/2 limits of the gRPC port (streams, header size, windows, floods,
+    timeouts, connections) as JSON, e.g. `{"idle_timeout_seconds": 120}`;
+    defaults in `servekit_protocol.grpc_server.limits`."""
     max_in_flight: int = Field(default=512, gt=0)
     """Requests served at once across HTTP and gRPC; more get 503 at once."""
     max_timeout_ms: int = Field(default=30_000, gt=0)
@@ -86,6 +92,20 @@ class Settings(BaseSettings):
     """Root log level."""
     ready_file: Path | None = None
     """Once both servers listen, write their ports here as JSON (for supervisors)."""
+    http_idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Seconds an idle keep-alive HTTP connection is kept between requests."""
+    http_header_timeout_seconds: float = Field(
+        default=http1.DEFAULT_HEADER_TIMEOUT, gt=0
+    )
+    """Seconds an HTTP request's line and headers may take to arrive, from its first
+    byte (or the connection's opening); 408 or closed after."""
+    http_body_timeout_seconds: float = Field(default=http1.DEFAULT_BODY_TIMEOUT, gt=0)
+    """Seconds an HTTP request body may take to arrive after its headers; 408
+    after."""
+    http_max_header_bytes: int = Field(default=http1.DEFAULT_MAX_HEADER_BYTES, ge=1024)
+    """Bytes of HTTP request line and headers accepted; 431 beyond."""
+    http_max_connections: int = Field(default=http1.DEFAULT_MAX_CONNECTIONS, ge=1)
+    """HTTP connections held at once; more are answered 503 and closed."""
 
     @field_validator("rest_backends")
     @classmethod
@@ -109,6 +129,16 @@ class Settings(BaseSettings):
         if self.auth_enabled and self.api_keys_file is None:
             raise ValueError("GATEWAY_AUTH_ENABLED needs GATEWAY_API_KEYS_FILE")
         return self
+
+    def listener_limits(self) -> http1.ListenerLimits:
+        """What the HTTP port allows a connection."""
+        return http1.ListenerLimits(
+            idle_timeout=self.http_idle_timeout_seconds,
+            header_timeout=self.http_header_timeout_seconds,
+            body_timeout=self.http_body_timeout_seconds,
+            max_header_bytes=self.http_max_header_bytes,
+            max_connections=self.http_max_connections,
+        )
 
     def resolved_routes_file(self) -> Path | None:
         """The routes file to watch: explicit, else `<registry>/routes.yaml`."""

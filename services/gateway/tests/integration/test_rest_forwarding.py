@@ -44,6 +44,7 @@ from tests.support.modelserver import (
     model_server,
     write_monitoring_config,
 )
+from tests.support.numerics import assert_same_prediction
 from tests.support.processes import free_port, wait_until
 
 ROW = {"a": 1.0, "b": 2.0}
@@ -405,6 +406,27 @@ def test_a_vanished_canary_label_falls_back_to_stable_over_rest(
     wait_until(canary_refused, timeout=5, what="the canary's 400 in the backend log")
 
 
+def test_a_vanished_canary_label_falls_back_to_stable_over_grpc(
+    gateway: GatewayProcess,
+) -> None:
+    canary_before = gateway.metric(
+        "gateway_route_requests_total", model="twin", route="canary"
+    )
+    request = messages.PredictRequest()
+    request.model_spec.name = "twin"
+    from_ndarray(np.array([1.0]), into=request.inputs["a"])
+    from_ndarray(np.array([2.0]), into=request.inputs["b"])
+    answer = grpc_predict(gateway.grpc_target, request)
+    # Routed to the canary first (weight 1.0); the backend has no such label, so
+    # the stable version answered.
+    assert (
+        gateway.metric("gateway_route_requests_total", model="twin", route="canary")
+        == canary_before + 1
+    )
+    assert answer.model_spec.version.value == 1
+    np.testing.assert_allclose(to_ndarray(answer.outputs["predictions"]), [9.0])
+
+
 def test_a_gzip_body_is_inflated_and_forwarded(
     gateway: GatewayProcess, backend: ModelServer
 ) -> None:
@@ -473,7 +495,9 @@ def test_merged_columns_answer_each_caller_as_a_direct_call(
     for body, answer in zip(bodies, burst(gateway.url, path, bodies), strict=True):
         direct = predict(backend.rest_url, path, body)
         assert answer.status_code == direct.status_code == 200
-        assert answer.json() == direct.json()
+        merged, alone = answer.json(), direct.json()
+        assert merged.keys() == alone.keys() == {"outputs"}
+        assert_same_prediction(merged["outputs"], alone["outputs"])
 
 
 def test_a_bad_body_in_a_merged_call_gets_its_own_error(

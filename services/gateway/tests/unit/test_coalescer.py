@@ -1,4 +1,5 @@
-"""The coalescer's pure parts: which requests merge, and merging and splitting tensors."""
+"""The coalescer strategies' pure parts: which requests merge, and merging and
+splitting tensors."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from gateway.clients.arrays import (
     merge_arrays,
     split_arrays,
 )
-from gateway.clients.coalescer import batch_key, merge_requests, split_response
+from gateway.clients.protobatch import merge_requests, split_response
+from gateway.clients.strategies import array_key, proto_key
 from servekit_protocol import messages
 from servekit_protocol.tensors import from_ndarray, to_ndarray
-
-BACKENDS = ("127.0.0.1:8500",)
 
 
 def _request(
@@ -31,8 +31,8 @@ def _request(
 def test_requests_of_one_layout_share_a_key_and_report_their_rows() -> None:
     one = _request({"a": np.ones(1), "s": np.array([b"x"], dtype=object)})
     three = _request({"a": np.zeros(3), "s": np.array([b"y"] * 3, dtype=object)})
-    key_one, rows_one = batch_key(BACKENDS, one) or ((), 0)
-    key_three, rows_three = batch_key(BACKENDS, three) or ((), 0)
+    key_one, rows_one = proto_key(one) or ((), 0)
+    key_three, rows_three = proto_key(three) or ((), 0)
     assert (rows_one, rows_three) == (1, 3)
     assert key_one == key_three
 
@@ -50,11 +50,10 @@ def test_requests_of_one_layout_share_a_key_and_report_their_rows() -> None:
 def test_requests_that_differ_do_not_share_a_key(
     other: messages.PredictRequest,
 ) -> None:
-    base = batch_key(BACKENDS, _request({"a": np.ones(2)}))
+    base = proto_key(_request({"a": np.ones(2)}))
     assert base is not None
-    assert batch_key(BACKENDS, other) is not None
-    assert batch_key(BACKENDS, other) != base
-    assert batch_key(("elsewhere:8500",), _request({"a": np.ones(2)})) != base
+    assert proto_key(other) is not None
+    assert proto_key(other) != base
 
 
 @pytest.mark.parametrize(
@@ -70,7 +69,7 @@ def test_requests_that_differ_do_not_share_a_key(
 def test_requests_without_one_batch_dimension_never_merge(
     inputs: dict[str, np.ndarray],
 ) -> None:
-    assert batch_key(BACKENDS, _request(inputs)) is None
+    assert proto_key(_request(inputs)) is None
 
 
 def test_merge_concatenates_packed_typed_and_string_tensors() -> None:
@@ -153,21 +152,19 @@ def _arrays(
 
 
 def test_array_requests_share_keys_with_their_own_kind_only() -> None:
-    one = batch_key(BACKENDS, _arrays({"a": np.ones(1), "b": np.ones((1, 4))}))
-    three = batch_key(BACKENDS, _arrays({"a": np.zeros(3), "b": np.ones((3, 4))}))
+    one = array_key(_arrays({"a": np.ones(1), "b": np.ones((1, 4))}))
+    three = array_key(_arrays({"a": np.zeros(3), "b": np.ones((3, 4))}))
     assert one is not None and three is not None
     assert (one[1], three[1]) == (1, 3)
     assert one[0] == three[0]
-    proto = batch_key(BACKENDS, _request({"a": np.ones(1), "b": np.ones((1, 4))}))
-    assert proto is not None and proto[0] != one[0]
     for other in (
         _arrays({"a": np.ones(1, dtype=np.float32), "b": np.ones((1, 4))}),
         _arrays({"a": np.ones(1), "b": np.ones((1, 5))}),
         _arrays({"a": np.ones(1), "b": np.ones((1, 4))}, signature="other"),
     ):
-        assert (batch_key(BACKENDS, other) or ((), 0))[0] != one[0]
+        assert (array_key(other) or ((), 0))[0] != one[0]
     for unmergeable in ({"a": np.float64(1)}, {"a": np.ones(2), "b": np.ones(3)}, {}):
-        assert batch_key(BACKENDS, _arrays(unmergeable)) is None
+        assert array_key(_arrays(unmergeable)) is None
 
 
 def test_array_merge_encodes_once_and_split_hands_back_each_callers_rows() -> None:

@@ -6,7 +6,6 @@ import json
 
 import orjson
 import pytest
-from gateway.clients.coalescer import batch_key
 from gateway.clients.restbatch import (
     MAX_MERGED_BODY_BYTES,
     RestPredict,
@@ -14,9 +13,9 @@ from gateway.clients.restbatch import (
     rest_predict,
     split_rest,
 )
+from gateway.clients.strategies import rest_key
 
 PATH = "/v1/models/m:predict"
-BACKENDS = ("127.0.0.1:8500",)
 
 
 def _parsed(document: object, path: str = PATH) -> RestPredict:
@@ -26,7 +25,7 @@ def _parsed(document: object, path: str = PATH) -> RestPredict:
 
 
 def _key(document: object, path: str = PATH) -> object:
-    keyed = batch_key(BACKENDS, _parsed(document, path))
+    keyed = rest_key(_parsed(document, path))
     assert keyed is not None
     return keyed[0]
 

@@ -263,6 +263,7 @@ async def serve(settings: Settings) -> int:
     Imports the heavy modules here so ``--help`` and flag errors stay fast.
     """
     from prometheus_client import generate_latest
+    from servekit_protocol.http1 import ListenerLimits
 
     from modelserver.dataplane import DataPlane
     from modelserver.errors import ServingError
@@ -296,6 +297,7 @@ async def serve(settings: Settings) -> int:
             socket_path=settings.grpc_socket_path,
             enable_health=settings.enable_grpc_healthcheck_service,
             grace=DRAIN_SECONDS,
+            limits=settings.http2,
         )
     if settings.rest_api_port:
         if settings.rest_api_port == settings.port:
@@ -318,7 +320,17 @@ async def serve(settings: Settings) -> int:
             max_body_bytes=settings.grpc_max_message_bytes,
         )
         rest_server = RestServer(
-            app, host=settings.host, port=settings.rest_api_port, grace=DRAIN_SECONDS
+            app,
+            host=settings.host,
+            port=settings.rest_api_port,
+            grace=DRAIN_SECONDS,
+            limits=ListenerLimits(
+                idle_timeout=settings.rest_api_idle_timeout_seconds,
+                header_timeout=settings.rest_api_header_timeout_seconds,
+                body_timeout=settings.rest_api_body_timeout_seconds,
+                max_header_bytes=settings.rest_api_max_header_bytes,
+                max_connections=settings.rest_api_max_connections,
+            ),
         )
 
     started: list[Stoppable] = []

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from servekit_protocol import http1
+from servekit_protocol.grpc_server import Http2Limits
 
 
 class BatchingSettings(BaseModel):
@@ -116,6 +118,12 @@ class Settings(BaseSettings):
     enable_grpc_healthcheck_service: bool = True
     """Serve ``grpc.health.v1.Health`` (TF Serving defaults to off; servekit on)."""
 
+    http2: Http2Limits = Field(default_factory=Http2Limits)
+    """servekit extension: HTTP/2 limits of the gRPC port (streams, header size,
+    windows, floods, timeouts, connections), one variable per field:
+    ``MODELSERVER_HTTP2__IDLE_TIMEOUT_SECONDS=120``; defaults in
+    ``servekit_protocol.grpc_server.limits``."""
+
     rest_api_port: int = Field(default=8501, ge=0, le=65535)
     """REST port; 0 disables REST (TF Serving's default is 0, servekit's 8501)."""
 
@@ -127,6 +135,31 @@ class Settings(BaseSettings):
 
     rest_api_enable_cors_support: bool = False
     """Add permissive CORS headers to REST answers."""
+
+    rest_api_idle_timeout_seconds: float = Field(default=5.0, gt=0)
+    """servekit extension: seconds an idle keep-alive REST connection is kept."""
+
+    rest_api_header_timeout_seconds: float = Field(
+        default=http1.DEFAULT_HEADER_TIMEOUT, gt=0
+    )
+    """servekit extension: seconds a REST request's line and headers may take to
+    arrive, from its first byte (or the connection's opening); 408 or closed after."""
+
+    rest_api_body_timeout_seconds: float = Field(
+        default=http1.DEFAULT_BODY_TIMEOUT, gt=0
+    )
+    """servekit extension: seconds a REST request body may take to arrive after its
+    headers; 408 after."""
+
+    rest_api_max_header_bytes: int = Field(
+        default=http1.DEFAULT_MAX_HEADER_BYTES, ge=1024
+    )
+    """servekit extension: bytes of REST request line and headers accepted; 431
+    beyond."""
+
+    rest_api_max_connections: int = Field(default=http1.DEFAULT_MAX_CONNECTIONS, ge=1)
+    """servekit extension: REST connections held at once; more are answered 503 and
+    closed."""
 
     # --- models -----------------------------------------------------------------
     model_name: str = "default"

@@ -1,4 +1,5 @@
-"""Every ServingError answers the same over REST and gRPC: one table, two transports."""
+"""Every ServingError answers the same over REST and gRPC: one table (TF Serving's,
+in servekit_protocol, shared with the gateway), two transports."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import httpx
 import numpy as np
 import pytest
 from modelserver import errors
-from modelserver.errors import HTTP_STATUS_FOR_GRPC_CODE, ServingError
+from modelserver.errors import ServingError
 from modelserver.protocol.rest.errors import PayloadTooLarge
 from servekit_protocol import messages, tensors
+from servekit_protocol.grpc_codes import from_grpc, to_grpc
 from servekit_protocol.services import PredictionServiceStub
+from servekit_protocol.status import HTTP_STATUS_FOR_CODE, Code, agrees
 
 from .conftest import FakeDataPlane
 
@@ -42,7 +45,7 @@ async def test_rest_and_grpc_agree(
     dataplane.error = error_class(message)
 
     response = await rest.post("/v1/models/half:predict", json={"instances": [1.0]})
-    assert response.status_code == error_class.status.value
+    assert response.status_code == error_class.status
     assert response.json() == {"error": message}
 
     request = messages.PredictRequest()
@@ -50,16 +53,20 @@ async def test_rest_and_grpc_agree(
     tensors.from_ndarray(np.array([1.0], np.float32), into=request.inputs["x"])
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await PredictionServiceStub(channel).Predict(request, timeout=10)
-    assert caught.value.code() == error_class.grpc_code
+    assert caught.value.code() == to_grpc(error_class.grpc_code)
     assert caught.value.details() == message
     # ... and the two agree through the single table.
-    assert HTTP_STATUS_FOR_GRPC_CODE[caught.value.code()] == error_class.status
+    assert HTTP_STATUS_FOR_CODE[from_grpc(caught.value.code())] == response.status_code
 
 
 def test_the_table_maps_tf_servings_key_codes() -> None:
     assert errors.ModelNotFound.status == 404
     assert errors.InvalidInput.status == 400
     assert errors.Overloaded.status == 503
-    assert errors.Overloaded.grpc_code == grpc.StatusCode.UNAVAILABLE
+    assert errors.Overloaded.grpc_code is Code.UNAVAILABLE
     assert errors.DeadlineExceeded.status == 504
+    assert errors.FailedPrecondition.status == 400
+    assert errors.PredictSignatureNotFound.status == 400
+    # Over HTTP a body above the limit is 413, a documented refinement of 429.
     assert PayloadTooLarge.status == 413
+    assert agrees(PayloadTooLarge.grpc_code, PayloadTooLarge.status)

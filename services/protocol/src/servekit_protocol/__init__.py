@@ -9,4 +9,6 @@ Modules:
     json_codec: TF Serving's REST JSON request and response bodies.
     bodies: gzip request bodies, inflated under a size limit.
     errors: the error tree.
+    status: gRPC codes and TF Serving's code -> HTTP status table (no grpc import).
+    grpc_codes: status.Code <-> grpc.StatusCode, for the gRPC adapters.
 """

@@ -123,3 +123,16 @@ def split_arrays(
         )
         start = end
     return answers
+
+
+def output_arrays(
+    response: messages.PredictResponse | ArrayResponse,
+) -> dict[str, Array]:
+    """The outputs of either kind of answer as arrays.
+
+    Raises:
+        ProtocolError: an output cannot be decoded.
+    """
+    if isinstance(response, ArrayResponse):
+        return response.outputs
+    return ArrayResponse.from_proto(response).outputs

@@ -13,10 +13,11 @@ come back (or the rows fill a call, or one recent call's duration passes).
 Without it the callers split into two halves whose calls alternate for ever,
 each half the size it could be.
 
-Requests come as protos (gRPC callers), as arrays (REST callers whose JSON the
-gateway typed, see `clients.arrays`) or as REST bodies for the backend's REST API
-(see `clients.restbatch`); each kind merges only with its own kind and gets its
-own kind back.
+This module is the async core: groups, waiting, dispatch, deadlines. What a
+kind of request shares to merge and how it is merged, called and cut back is its
+strategy's (`clients.strategies`: protos from gRPC callers, arrays from REST
+callers whose JSON the gateway typed, REST bodies for the backend's REST API);
+each kind merges only with its own kind and gets its own kind back.
 
 Correctness comes first:
 - only requests whose inputs all share one leading (batch) dimension merge, and
@@ -40,47 +41,35 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast, overload
+from typing import Any, overload
 
-import grpc
-import numpy as np
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
-from servekit_protocol.tensors import element_field, from_ndarray, to_ndarray
 
-from gateway.clients.arrays import (
-    ArrayRequest,
-    ArrayResponse,
-    array_layout,
-    merge_arrays,
-    split_arrays,
-)
+from gateway.clients.arrays import ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, Metadata
 from gateway.clients.http import HttpAnswer
-from gateway.clients.restbatch import RestPredict, merge_rest, split_rest
-from gateway.errors import BackendError, DeadlineExceeded, GatewayError, InvalidInput
+from gateway.clients.restbatch import RestPredict
+from gateway.clients.strategies import (
+    ArrayStrategy,
+    Key,
+    Parts,
+    ProtoStrategy,
+    RestStrategy,
+    Separately,
+    Shared,
+    Strategy,
+    Unsplittable,
+)
+from gateway.errors import DeadlineExceeded, GatewayError
 from gateway.observability.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_METADATA = "x-request-id"
 
-# Errors that may belong to one caller's values or to the merge itself.
-_SEPARABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    }
-)
-
-# HTTP statuses of a merged REST call that may belong to one caller's values.
-_SEPARABLE_STATUSES = frozenset({400, 413})
-
-Key = tuple[object, ...]
 Request = messages.PredictRequest | ArrayRequest
 """A Predict for the backend's gRPC API."""
 Response = messages.PredictResponse | ArrayResponse
@@ -93,11 +82,11 @@ _SWEEP_AT = 64
 
 @dataclass(slots=True)
 class _Waiter:
-    request: AnyRequest
+    request: Any
     rows: int
     deadline: float
     metadata: Metadata
-    future: asyncio.Future[AnyResponse]
+    future: asyncio.Future[Any]
 
 
 @dataclass(slots=True)
@@ -108,6 +97,7 @@ class _Group:
     remembers a lowered row limit, so keys seen once do not accumulate."""
 
     key: Key
+    strategy: Strategy[Any, Any]
     addresses: tuple[str, ...]
     max_rows: int
     in_flight: int = 0
@@ -148,228 +138,52 @@ class _Group:
         )
 
 
-def batch_key(addresses: Sequence[str], request: AnyRequest) -> tuple[Key, int] | None:
-    """What a request must share with others to merge, and its row count.
-
-    None when it cannot merge: no inputs, a scalar input, an unknown rank, or
-    inputs whose leading dimensions differ.
-    """
-    if isinstance(request, RestPredict):
-        return (
-            tuple(addresses),
-            request.path,
-            request.signature_name,
-            "rest",
-            request.columnar,
-            request.layout,
-        ), request.rows
-    if isinstance(request, ArrayRequest):
-        layout_rows = array_layout(request.inputs)
-        if layout_rows is None:
-            return None
-        arrays_layout, rows = layout_rows
-        return _spec_key(addresses, request.model_spec, request.output_filter) + (
-            "arrays",
-            arrays_layout,
-        ), rows
-    rows = -1
-    layout: list[object] = []
-    inputs = request.inputs
-    for name in sorted(inputs):
-        tensor = inputs[name]
-        shape = tensor.tensor_shape
-        dims = shape.dim
-        if shape.unknown_rank or not dims:
-            return None
-        leading = dims[0].size
-        if rows == -1:
-            rows = leading
-        if leading != rows or rows < 1:
-            return None
-        trailing = tuple(dim.size for dim in dims[1:]) if len(dims) > 1 else ()
-        layout.append((name, tensor.dtype, trailing))
-    if rows == -1:
-        return None
-    key = _spec_key(addresses, request.model_spec, request.output_filter) + (
-        "protos",
-        tuple(layout),
-    )
-    return key, rows
-
-
-def _spec_key(
-    addresses: Sequence[str], spec: messages.ModelSpec, output_filter: Sequence[str]
-) -> Key:
-    version = spec.version.value if spec.HasField("version") else None
-    return (
-        tuple(addresses),
-        spec.name,
-        version,
-        spec.version_label,
-        spec.signature_name,
-        tuple(output_filter),
-    )
-
-
-def _row_size(tensor: messages.TensorProto) -> int:
-    size = 1
-    for dim in tensor.tensor_shape.dim[1:]:
-        size *= dim.size
-    return size
-
-
-def _concatenate(
-    tensors: Sequence[messages.TensorProto],
-    rows: Sequence[int],
-    into: messages.TensorProto,
-) -> None:
-    """`into` = the tensors joined along axis 0.
-
-    Packed bytes and complete typed value lists are joined as they are (no
-    decoding); anything else (e.g. one value standing for a whole tensor) goes
-    through numpy.
-
-    Raises:
-        ProtocolError: a tensor cannot be decoded or re-encoded.
-    """
-    first = tensors[0]
-    into.dtype = first.dtype
-    into.tensor_shape.CopyFrom(first.tensor_shape)
-    into.tensor_shape.dim[0].size = sum(rows)
-    if all(tensor.tensor_content for tensor in tensors):
-        into.tensor_content = b"".join(tensor.tensor_content for tensor in tensors)
-        return
-    field_name = element_field(first.dtype)
-    per_row = _row_size(first)
-    if field_name is not None and all(
-        not tensor.tensor_content
-        and len(getattr(tensor, field_name)) == count * per_row
-        for tensor, count in zip(tensors, rows, strict=True)
-    ):
-        values = getattr(into, field_name)
-        for tensor in tensors:
-            values.extend(getattr(tensor, field_name))
-        return
-    arrays = [to_ndarray(tensor) for tensor in tensors]
-    from_ndarray(np.concatenate(arrays), first.dtype, into=into)
-
-
-def merge_requests(
-    requests: Sequence[messages.PredictRequest], rows: Sequence[int]
-) -> messages.PredictRequest:
-    """One request whose inputs are the given ones concatenated along axis 0.
-
-    Raises:
-        ProtocolError: a tensor cannot be decoded or re-encoded.
-    """
-    first = requests[0]
-    merged = messages.PredictRequest()
-    merged.model_spec.CopyFrom(first.model_spec)
-    merged.output_filter.extend(first.output_filter)
-    for name in first.inputs:
-        _concatenate(
-            [request.inputs[name] for request in requests], rows, merged.inputs[name]
-        )
-    return merged
-
-
-def _split_tensor(
-    tensor: messages.TensorProto, rows: Sequence[int]
-) -> list[messages.TensorProto] | None:
-    """The tensor cut into consecutive row ranges; None without a batch axis of
-    `sum(rows)`."""
-    dims = tensor.tensor_shape.dim
-    total = sum(rows)
-    if not dims or dims[0].size != total:
-        return None
-    per_row = _row_size(tensor)
-    content = tensor.tensor_content
-    field_name = element_field(tensor.dtype)
-    values: Sequence[object] | None = None
-    if content:
-        if len(content) % max(1, total * per_row):
-            return None
-        step = len(content) // total if total else 0
-    elif field_name is not None:
-        values = getattr(tensor, field_name)
-        if len(values) != total * per_row:
-            values = None
-    if not content and values is None:
-        array = to_ndarray(tensor)
-        parts: list[messages.TensorProto] = []
-        start = 0
-        for count in rows:
-            parts.append(from_ndarray(array[start : start + count], tensor.dtype))
-            start += count
-        return parts
-    parts = []
-    start = 0
-    for count in rows:
-        part = messages.TensorProto()
-        part.dtype = tensor.dtype
-        part.tensor_shape.CopyFrom(tensor.tensor_shape)
-        part.tensor_shape.dim[0].size = count
-        if content:
-            part.tensor_content = content[start * step : (start + count) * step]
-        else:
-            assert field_name is not None and values is not None
-            getattr(part, field_name).extend(
-                values[start * per_row : (start + count) * per_row]
-            )
-        parts.append(part)
-        start += count
-    return parts
-
-
-def split_response(
-    response: messages.PredictResponse, rows: Sequence[int]
-) -> list[messages.PredictResponse] | None:
-    """Each caller's rows of a merged answer; None when an output has no batch
-    dimension of the merged size.
-
-    Raises:
-        ProtocolError: an output cannot be decoded.
-    """
-    pieces: dict[str, list[messages.TensorProto]] = {}
-    for name in response.outputs:
-        split = _split_tensor(response.outputs[name], rows)
-        if split is None:
-            return None
-        pieces[name] = split
-    answers: list[messages.PredictResponse] = []
-    for index in range(len(rows)):
-        answer = messages.PredictResponse()
-        answer.model_spec.CopyFrom(response.model_spec)
-        for name, split in pieces.items():
-            answer.outputs[name].CopyFrom(split[index])
-        answers.append(answer)
-    return answers
-
-
 class Coalescer:
-    """Predict calls through `client`, merged per key while one is in flight.
+    """Predict calls merged per key while one is in flight.
 
     Args:
-        client: makes the backend calls (retries, breaker, deadlines).
-        metrics: `coalesced_requests` records how many callers each call served.
+        strategies: which strategy serves each request type.
+        observe_callers: told how many callers each backend call served.
         max_rows: most rows in one merged call (0 or 1: never merge).
         max_in_flight: calls of one key at once before further ones wait.
     """
 
     def __init__(
         self,
+        strategies: dict[type, Strategy[Any, Any]],
+        observe_callers: Callable[[int], None],
+        *,
+        max_rows: int,
+        max_in_flight: int,
+    ) -> None:
+        self._strategies = strategies
+        self._observe_callers = observe_callers
+        self._max_rows = max_rows
+        self._max_in_flight = max(1, max_in_flight)
+        self._groups: dict[Key, _Group] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def for_backends(
+        cls,
         client: BackendClient,
         metrics: GatewayMetrics,
         *,
         max_rows: int,
         max_in_flight: int,
-    ) -> None:
-        self._client = client
-        self._metrics = metrics
-        self._max_rows = max_rows
-        self._max_in_flight = max(1, max_in_flight)
-        self._groups: dict[Key, _Group] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+    ) -> Coalescer:
+        """The gateway's coalescer: protos, arrays and REST bodies through `client`;
+        `coalesced_requests` records how many callers each call served."""
+        return cls(
+            {
+                messages.PredictRequest: ProtoStrategy(client),
+                ArrayRequest: ArrayStrategy(client),
+                RestPredict: RestStrategy(client),
+            },
+            metrics.coalesced_requests.observe,
+            max_rows=max_rows,
+            max_in_flight=max_in_flight,
+        )
 
     @property
     def merges(self) -> bool:
@@ -413,15 +227,6 @@ class Coalescer:
         metadata: Metadata,
     ) -> Response: ...
 
-    @overload
-    async def predict(
-        self,
-        addresses: Sequence[str],
-        request: AnyRequest,
-        deadline: float,
-        metadata: Metadata,
-    ) -> AnyResponse: ...
-
     async def predict(
         self,
         addresses: Sequence[str],
@@ -439,19 +244,40 @@ class Coalescer:
                 be encoded.
             ProtocolError: the backend's answer cannot be decoded into arrays.
         """
-        keyed = batch_key(addresses, request) if self.merges else None
+        strategy = self._strategies[type(request)]
+        answer: AnyResponse = await self.submit(
+            strategy, addresses, request, deadline, metadata
+        )
+        return answer
+
+    async def submit(
+        self,
+        strategy: Strategy[Any, Any],
+        addresses: Sequence[str],
+        request: Any,
+        deadline: float,
+        metadata: Metadata,
+    ) -> Any:
+        """`predict` with the strategy named: the async core.
+
+        Raises:
+            GatewayError, ProtocolError: as the strategy's calls raise them;
+                DeadlineExceeded when the deadline passes while waiting.
+        """
+        keyed = strategy.key(request) if self.merges else None
         if keyed is None:
-            return await self._call(addresses, request, deadline, metadata)
-        key, rows = keyed
+            return await strategy.call(addresses, request, deadline, metadata)
+        strategy_key, rows = keyed
+        key = (id(strategy), tuple(addresses), *strategy_key)
         group = self._groups.get(key)
         limit = self._max_rows if group is None else group.max_rows
         if limit <= 1 or rows >= limit:
-            return await self._call(addresses, request, deadline, metadata)
+            return await strategy.call(addresses, request, deadline, metadata)
         now = time.monotonic()
         if group is None:
             if len(self._groups) >= _SWEEP_AT:
                 self._forget_idle(now)
-            group = _Group(key, tuple(addresses), self._max_rows)
+            group = _Group(key, strategy, tuple(addresses), self._max_rows)
             self._groups[key] = group
         group.arrived(now)
         if (
@@ -461,12 +287,12 @@ class Coalescer:
         ):
             group.in_flight += 1
             try:
-                return await self._call(addresses, request, deadline, metadata)
+                return await strategy.call(addresses, request, deadline, metadata)
             finally:
                 group.answered(1, now)
                 self._release(group)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[AnyResponse] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         group.waiting.append(_Waiter(request, rows, deadline, metadata, future))
         group.waiting_rows += rows
         self._dispatch(group)
@@ -532,7 +358,7 @@ class Coalescer:
     async def _serve(self, group: _Group, batch: list[_Waiter]) -> None:
         started = time.monotonic()
         try:
-            self._metrics.coalesced_requests.observe(len(batch))
+            self._observe_callers(len(batch))
             if len(batch) == 1:
                 await self._one(group, batch[0])
             else:
@@ -555,29 +381,10 @@ class Coalescer:
         if self._forgettable(group, time.monotonic()):
             self._groups.pop(group.key, None)
 
-    async def _call(
-        self,
-        addresses: Sequence[str],
-        request: AnyRequest,
-        deadline: float,
-        metadata: Metadata,
-    ) -> AnyResponse:
-        """One backend call for one request, answered in the request's kind."""
-        if isinstance(request, RestPredict):
-            return await self._client.forward_rest(
-                addresses, request.path, request.body, deadline, metadata
-            )
-        if not isinstance(request, ArrayRequest):
-            return await self._client.predict(addresses, request, deadline, metadata)
-        response = await self._client.predict(
-            addresses, _encoded(request), deadline, metadata
-        )
-        return ArrayResponse.from_proto(response)
-
     async def _one(self, group: _Group, waiter: _Waiter) -> bool:
         """Serve one caller on its own; True when it got a successful answer."""
         try:
-            response = await self._call(
+            response = await group.strategy.call(
                 group.addresses, waiter.request, waiter.deadline, waiter.metadata
             )
         except (GatewayError, ProtocolError) as exc:
@@ -586,99 +393,57 @@ class Coalescer:
             return False
         if not waiter.future.done():
             waiter.future.set_result(response)
-        return not isinstance(response, HttpAnswer) or response.status == 200
+        return group.strategy.succeeded(response)
 
     async def _one_by_one(self, group: _Group, batch: list[_Waiter]) -> bool:
         results = await asyncio.gather(*(self._one(group, w) for w in batch))
         return all(results)
 
     async def _merged(self, group: _Group, batch: list[_Waiter]) -> None:
-        if isinstance(batch[0].request, RestPredict):
-            await self._merged_rest(group, batch)
-            return
-        requests = cast("list[Request]", [waiter.request for waiter in batch])
         rows = [waiter.rows for waiter in batch]
         try:
-            merged = _merge(requests, rows)
-        except ProtocolError:
-            await self._one_by_one(group, batch)
-            return
-        try:
-            response = await self._client.predict(
-                group.addresses, merged, *_merged_call(batch)
-            )
-        except BackendError as exc:
-            if exc.code not in _SEPARABLE_CODES:
-                self._fail(batch, exc)
-                return
-            await self._separate(group, batch, exc.message)
-            return
-        except GatewayError as exc:
-            self._fail(batch, exc)
-            return
-        try:
-            parts = _split(response, rows, arrays=isinstance(requests[0], ArrayRequest))
-        except ProtocolError:
-            parts = None
-        if parts is None:
-            await self._never_merge(group, batch, merged.model_spec.name)
-            return
-        for waiter, part in zip(batch, parts, strict=True):
-            if not waiter.future.done():
-                waiter.future.set_result(part)
-
-    async def _merged_rest(self, group: _Group, batch: list[_Waiter]) -> None:
-        requests = cast("list[RestPredict]", [waiter.request for waiter in batch])
-        first = requests[0]
-        try:
-            answer = await self._client.forward_rest(
-                group.addresses, first.path, merge_rest(requests), *_merged_call(batch)
+            outcome = await group.strategy.call_merged(
+                group.addresses,
+                [waiter.request for waiter in batch],
+                rows,
+                *_merged_call(batch),
             )
         except GatewayError as exc:
-            self._fail(batch, exc)
-            return
-        if answer.status in _SEPARABLE_STATUSES:
-            await self._separate(group, batch, f"HTTP {answer.status}")
-            return
-        if answer.status != 200:
             for waiter in batch:
                 if not waiter.future.done():
-                    waiter.future.set_result(answer)
+                    waiter.future.set_exception(exc)
             return
-        parts = split_rest(answer.body, first, [waiter.rows for waiter in batch])
-        if parts is None:
-            await self._never_merge(group, batch, first.path)
-            return
-        for waiter, part in zip(batch, parts, strict=True):
-            if not waiter.future.done():
-                waiter.future.set_result(HttpAnswer(200, part, answer.headers))
+        if isinstance(outcome, Parts):
+            for waiter, part in zip(batch, outcome.answers, strict=True):
+                if not waiter.future.done():
+                    waiter.future.set_result(part)
+        elif isinstance(outcome, Shared):
+            for waiter in batch:
+                if not waiter.future.done():
+                    waiter.future.set_result(outcome.answer)
+        elif isinstance(outcome, Unsplittable):
+            group.max_rows = 1
+            logger.info(
+                "%s answers without a batch dimension; not merging it again",
+                outcome.what,
+            )
+            await self._one_by_one(group, batch)
+        elif isinstance(outcome, Separately):
+            await self._separate(group, batch, outcome)
 
-    async def _separate(self, group: _Group, batch: list[_Waiter], reason: str) -> None:
-        """Serve a refused merge's callers one by one; if they all succeed, the
-        merge was at fault: halve the key's row limit."""
-        if await self._one_by_one(group, batch):
+    async def _separate(
+        self, group: _Group, batch: list[_Waiter], outcome: Separately
+    ) -> None:
+        """Serve a refused merge's callers one by one; if they all succeed and the
+        merge is to blame, halve the key's row limit."""
+        if await self._one_by_one(group, batch) and outcome.blame_merge:
             group.max_rows = max(1, sum(w.rows for w in batch) // 2)
             logger.info(
                 "merged predict of %d rows refused (%s); merging at most %d",
                 sum(w.rows for w in batch),
-                reason,
+                outcome.reason,
                 group.max_rows,
             )
-
-    async def _never_merge(
-        self, group: _Group, batch: list[_Waiter], what: str
-    ) -> None:
-        """An answer without the merged batch dimension: serve the callers one by
-        one and stop merging the key."""
-        group.max_rows = 1
-        logger.info("%s answers without a batch dimension; not merging it again", what)
-        await self._one_by_one(group, batch)
-
-    @staticmethod
-    def _fail(batch: list[_Waiter], exc: GatewayError) -> None:
-        for waiter in batch:
-            if not waiter.future.done():
-                waiter.future.set_exception(exc)
 
 
 def _merged_call(batch: Sequence[_Waiter]) -> tuple[float, Metadata]:
@@ -693,39 +458,8 @@ def _merged_call(batch: Sequence[_Waiter]) -> tuple[float, Metadata]:
     return max(waiter.deadline for waiter in batch), ((REQUEST_ID_METADATA, ids),)
 
 
-def _expire(future: asyncio.Future[AnyResponse]) -> None:
+def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(
             DeadlineExceeded("deadline exceeded waiting for a backend call")
         )
-
-
-def _encoded(request: ArrayRequest) -> messages.PredictRequest:
-    try:
-        return request.to_proto()
-    except ProtocolError as exc:
-        raise InvalidInput(exc.message) from exc
-
-
-def _merge(requests: Sequence[Request], rows: Sequence[int]) -> messages.PredictRequest:
-    """The backend request of a batch of protos or arrays (its key says which).
-
-    Raises:
-        ProtocolError: a tensor cannot be decoded or encoded.
-    """
-    if isinstance(requests[0], ArrayRequest):
-        return merge_arrays(cast("Sequence[ArrayRequest]", requests)).to_proto()
-    return merge_requests(cast("Sequence[messages.PredictRequest]", requests), rows)
-
-
-def _split(
-    response: messages.PredictResponse, rows: Sequence[int], *, arrays: bool
-) -> Sequence[Response] | None:
-    """Each caller's share of a merged answer, in the callers' kind.
-
-    Raises:
-        ProtocolError: an output cannot be decoded.
-    """
-    if arrays:
-        return split_arrays(ArrayResponse.from_proto(response), rows)
-    return split_response(response, rows)

@@ -14,41 +14,20 @@ from typing import Any
 
 import numpy as np
 
+from gateway.codecs.v2_datatypes import NUMPY_TO_V2, V2_TO_NUMPY, v2_datatype
+from gateway.codecs.v2_raw import from_raw
 from gateway.errors import InvalidInput
 
-V2_TO_NUMPY: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
 
-NUMPY_TO_V2: dict[str, str] = {
-    dtype.str: name for name, dtype in V2_TO_NUMPY.items() if name != "BYTES"
-}
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """One entry of a request's `outputs`, with the extensions' parameters."""
 
-
-def v2_datatype(dtype: np.dtype[Any]) -> str:
-    """The v2 datatype name of a numpy dtype (bytes and text are BYTES).
-
-    Raises:
-        InvalidInput: no v2 datatype exists for it (e.g. complex numbers).
-    """
-    if dtype.kind in ("O", "S", "U"):
-        return "BYTES"
-    name = NUMPY_TO_V2.get(dtype.newbyteorder("=").str)
-    if name is None:
-        raise InvalidInput(f"the v2 protocol has no datatype for {dtype}")
-    return name
+    name: str
+    binary: bool | None = None
+    """`binary_data` (binary tensor data extension); None: the request's default."""
+    class_count: int = 0
+    """`classification` (classification extension); 0: the tensor itself."""
 
 
 @dataclass
@@ -60,6 +39,13 @@ class InferRequest:
     outputs: list[str] | None = None
     """Output names asked for (None: all)."""
     parameters: dict[str, Any] = field(default_factory=dict)
+    requested: list[RequestedOutput] = field(default_factory=list)
+    """The `outputs` entries with their parameters (empty: all, defaults)."""
+
+    @property
+    def binary_by_default(self) -> bool:
+        """The request's `binary_data_output` parameter."""
+        return self.parameters.get("binary_data_output") is True
 
 
 def _shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -96,8 +82,53 @@ def _bytes_array(data: Any, name: str) -> np.ndarray[Any, Any]:
     return array
 
 
+def _binary_size(spec: dict[str, Any], name: str) -> int | None:
+    parameters = spec.get("parameters")
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"input {name!r}: 'parameters' must be an object")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InvalidInput(
+            f"input {name!r}: binary_data_size must be a non-negative integer"
+        )
+    return size
+
+
+class _BinaryReader:
+    """The binary part of a request body, handed out in input order."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._offset = 0
+
+    def take(self, size: int, name: str) -> bytes:
+        end = self._offset + size
+        if end > len(self._data):
+            raise InvalidInput(
+                f"input {name!r}: binary_data_size {size} runs past the end of the "
+                f"body ({len(self._data) - self._offset} binary bytes left)"
+            )
+        chunk = bytes(self._data[self._offset : end])
+        self._offset = end
+        return chunk
+
+    def check_consumed(self) -> None:
+        left = len(self._data) - self._offset
+        if left:
+            raise InvalidInput(
+                f"the body has {left} binary bytes that no input's binary_data_size "
+                f"accounts for"
+            )
+
+
 def _input_array(
-    spec: Any, wanted: Mapping[str, np.dtype[Any]] | None
+    spec: Any,
+    wanted: Mapping[str, np.dtype[Any]] | None,
+    binary: _BinaryReader | None = None,
 ) -> tuple[str, np.ndarray[Any, Any]]:
     if not isinstance(spec, dict):
         raise InvalidInput("each entry of 'inputs' must be an object")
@@ -106,12 +137,25 @@ def _input_array(
         raise InvalidInput("every input needs a 'name'")
     datatype = spec.get("datatype")
     dtype = V2_TO_NUMPY.get(datatype) if isinstance(datatype, str) else None
-    if dtype is None:
+    if dtype is None or not isinstance(datatype, str):
         raise InvalidInput(
             f"input {name!r}: unsupported datatype {datatype!r} "
             f"(one of {', '.join(V2_TO_NUMPY)})"
         )
     shape = _shape(spec.get("shape"), name)
+    binary_size = _binary_size(spec, name)
+    if binary_size is not None:
+        if "data" in spec:
+            raise InvalidInput(
+                f"input {name!r}: give either 'data' or binary_data_size, not both"
+            )
+        if binary is None:
+            raise InvalidInput(
+                f"input {name!r}: binary_data_size needs the binary tensor data "
+                f"extension (an Inference-Header-Content-Length header)"
+            )
+        array = from_raw(binary.take(binary_size, name), datatype, shape, name)
+        return name, _convert(array, name, wanted)
     if "data" not in spec:
         raise InvalidInput(f"input {name!r}: missing 'data'")
     data = spec["data"]
@@ -126,11 +170,7 @@ def _input_array(
             ) from exc
         if dtype.kind in "iu" and not _all_integers(data):
             raise InvalidInput(f"input {name!r}: {datatype} data must be integers")
-        target = wanted.get(name) if wanted is not None else None
-        if target is not None and target != dtype and target.kind in "biuf":
-            # Clients often send FP32 where the model wants FP64 (or the reverse);
-            # converting here saves them a round trip for a dtype error.
-            array = array.astype(target)
+        array = _convert(array, name, wanted)
     expected = math.prod(shape)
     if array.size != expected:
         raise InvalidInput(
@@ -140,20 +180,63 @@ def _input_array(
     return name, array.reshape(shape)
 
 
+def _convert(
+    array: np.ndarray[Any, Any], name: str, wanted: Mapping[str, np.dtype[Any]] | None
+) -> np.ndarray[Any, Any]:
+    target = wanted.get(name) if wanted is not None else None
+    if (
+        target is not None
+        and target != array.dtype
+        and array.dtype.kind in "biuf"
+        and target.kind in "biuf"
+    ):
+        # Clients often send FP32 where the model wants FP64 (or the reverse);
+        # converting here saves them a round trip for a dtype error.
+        return array.astype(target)
+    return array
+
+
 def _all_integers(data: Any) -> bool:
     if isinstance(data, list):
         return all(_all_integers(item) for item in data)
     return isinstance(data, int)
 
 
+def _requested_output(item: Any) -> RequestedOutput:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise InvalidInput("each entry of 'outputs' needs a 'name'")
+    name: str = item["name"]
+    parameters = item.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"output {name!r}: 'parameters' must be an object")
+    binary = parameters.get("binary_data")
+    if binary is not None and not isinstance(binary, bool):
+        raise InvalidInput(f"output {name!r}: binary_data must be true or false")
+    class_count = parameters.get("classification", 0)
+    if (
+        not isinstance(class_count, int)
+        or isinstance(class_count, bool)
+        or class_count < 0
+    ):
+        raise InvalidInput(
+            f"output {name!r}: classification must be a non-negative integer"
+        )
+    return RequestedOutput(name, binary, class_count)
+
+
 def parse_infer_request(
-    body: Any, wanted: Mapping[str, np.dtype[Any]] | None = None
+    body: Any,
+    wanted: Mapping[str, np.dtype[Any]] | None = None,
+    binary: bytes | None = None,
 ) -> InferRequest:
     """Parse a v2 `/infer` body.
 
     Args:
-        body: the decoded JSON.
+        body: the decoded JSON (the header, under the binary extension).
         wanted: the model's input dtypes when known, to convert numeric inputs.
+        binary: the bytes after the JSON header under the binary tensor data
+            extension (None without it); inputs with `binary_data_size` take
+            their data from it, in order, and every byte must be used.
 
     Raises:
         InvalidInput: anything that does not fit the protocol.
@@ -163,29 +246,30 @@ def parse_infer_request(
     raw_inputs = body.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("'inputs' must be a non-empty list")
+    reader = _BinaryReader(binary) if binary is not None else None
     inputs: dict[str, np.ndarray[Any, Any]] = {}
     for spec in raw_inputs:
-        name, array = _input_array(spec, wanted)
+        name, array = _input_array(spec, wanted, reader)
         if name in inputs:
             raise InvalidInput(f"input {name!r} given twice")
         inputs[name] = array
+    if reader is not None:
+        reader.check_consumed()
     outputs: list[str] | None = None
+    requested: list[RequestedOutput] = []
     raw_outputs = body.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list):
             raise InvalidInput("'outputs' must be a list")
-        outputs = []
-        for item in raw_outputs:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise InvalidInput("each entry of 'outputs' needs a 'name'")
-            outputs.append(item["name"])
+        requested = [_requested_output(item) for item in raw_outputs]
+        outputs = [item.name for item in requested]
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
-    return InferRequest(inputs, request_id, outputs, parameters)
+    return InferRequest(inputs, request_id, outputs, parameters, requested)
 
 
 def _json_data(array: np.ndarray[Any, Any]) -> list[Any]:
@@ -235,6 +319,19 @@ def format_infer_response(
     if parameters:
         body["parameters"] = dict(parameters)
     return body
+
+
+__all__ = [
+    "NUMPY_TO_V2",
+    "V2_TO_NUMPY",
+    "InferRequest",
+    "RequestedOutput",
+    "format_infer_response",
+    "format_output",
+    "parse_infer_request",
+    "tensor_metadata",
+    "v2_datatype",
+]
 
 
 def tensor_metadata(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 It runs on :class:`servekit_protocol.grpc_server.GrpcServer` (HTTP/2 on the event
 loop) instead of grpc.aio, whose poller thread and event-loop hand-offs took
-about 70% of the gateway's CPU under a cheap model's gRPC load.
+about 70% of the gateway's CPU under a cheap model's gRPC load. The API key is
+checked from a call's headers before any of its body is kept.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from servekit_protocol.services import (
 )
 
 from gateway.dataplane import Gateway
-from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy
+from gateway.grpcfront.servicer import (
+    GrpcFront,
+    ModelProxy,
+    PredictionProxy,
+    credentials_check,
+)
 
 
 def create_grpc_server(
@@ -26,7 +32,12 @@ def create_grpc_server(
 ) -> tuple[GrpcServer, health_aio.HealthServicer]:
     """A server with the proxies registered (not yet bound or started)."""
     settings = gateway.settings
-    server = GrpcServer(max_receive_bytes=settings.max_body_bytes, max_send_bytes=-1)
+    server = GrpcServer(
+        max_receive_bytes=settings.max_body_bytes,
+        max_send_bytes=-1,
+        limits=settings.http2,
+        authenticate=credentials_check(gateway),
+    )
     front = GrpcFront(gateway)
     add_prediction_service_to_server(PredictionProxy(front), server)
     add_model_service_to_server(ModelProxy(front), server)

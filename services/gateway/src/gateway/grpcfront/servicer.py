@@ -16,25 +16,57 @@ from typing import TypeVar
 import grpc
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpc_server import Authenticate
+from servekit_protocol.grpcweb_server import SERVICE_PREFIX, Aborted
 from servekit_protocol.services import (
     ModelServiceServicer,
     PredictionServiceServicer,
     ServicerContext,
 )
 
-from gateway.dataplane import CallContext, Gateway, spec_version
+from gateway.context import CallContext, spec_version
+from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, InvalidInput, internal_error_message
+from gateway.forwarding import PredictCall
 from gateway.observability.logging import (
     REQUEST_ID_HEADER,
     accept_request_id,
     bind_model,
     bind_request,
 )
+from gateway.security.keys import extract_key
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "grpc"
 Response = TypeVar("Response")
+
+
+def credentials_check(gateway: Gateway) -> Authenticate:
+    """The gRPC server's header hook: a TF Serving call without a valid API key
+    is refused from its headers, before any of its body is kept (the scope and
+    the rate, which need the model name, are checked when the call runs)."""
+
+    def check(method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        if not method.startswith(SERVICE_PREFIX):
+            return
+        headers = {key: value for key, value in metadata if isinstance(value, str)}
+        try:
+            gateway.authenticator.authenticate(
+                extract_key(headers.get("authorization"), headers.get("x-api-key"))
+            )
+        except GatewayError as exc:
+            gateway.metrics.rejections.labels(type(exc).__name__).inc()
+            gateway.metrics.observe_request(
+                "", "", "", PROTOCOL, exc.grpc_code.name, 0.0
+            )
+            trailing = [
+                (REQUEST_ID_HEADER, accept_request_id(headers.get(REQUEST_ID_HEADER)))
+            ]
+            trailing.extend((k.lower(), v) for k, v in exc.headers().items())
+            raise Aborted(exc.grpc_code, exc.public_message(), trailing) from None
+
+    return check
 
 
 class GrpcFront:
@@ -140,14 +172,9 @@ class PredictionProxy(PredictionServiceServicer):
         version, label = spec_version(request.model_spec)
 
         async def handle(ctx: CallContext) -> messages.PredictResponse:
-            response, _ = await self._gateway.predict(
-                ctx,
-                request.model_spec.name,
-                version,
-                label,
-                lambda _signatures: request,
-                needs_signatures=False,
-            )
+            plan = self._gateway.plan(ctx, request.model_spec.name, version, label)
+            call = PredictCall(lambda _signatures: request, needs_signatures=False)
+            response = (await self._gateway.predict(ctx, plan, call)).translated
             # A proto request is answered with a proto.
             assert isinstance(response, messages.PredictResponse)
             return response

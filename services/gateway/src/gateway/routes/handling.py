@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
-from servekit_protocol.bodies import BodyTooLarge, gunzip, is_gzip
+from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate
 from servekit_protocol.errors import ProtocolError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
 
-from gateway.dataplane import CallContext, Gateway
+from gateway.context import CallContext
+from gateway.dataplane import Gateway
 from gateway.errors import (
     GatewayError,
     InvalidInput,
@@ -133,26 +134,36 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes.
 
-    A gzip body (`Content-Encoding: gzip`) is inflated, and the limit applies to
-    the inflated size too.
+    A gzip or deflate body (`Content-Encoding`) is inflated a step at a time (the
+    event loop serves others in between), and the limit applies to the inflated
+    size too.
 
     Raises:
         PayloadTooLarge: declared, actual or inflated size above the limit.
-        InvalidInput: a gzip body that does not inflate.
+        InvalidInput: a body that does not inflate, or a connection that closed
+            before the body ended.
     """
     encoding = check_body_headers(request.scope, limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {limit} bytes"
+                )
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        # The client left (or its body timed out and the listener closed the
+        # connection): nobody reads the answer, and it is no server error.
+        raise InvalidInput("request body incomplete: the connection closed") from exc
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if encoding and is_gzip(encoding):
+    coding = coding_of(encoding) if encoding else None
+    if coding is not None:
         # TF Serving inflates gzip bodies; the backends then get plain JSON.
         try:
-            return gunzip(body, limit)
+            return await inflate(body, coding, limit)
         except BodyTooLarge as exc:
             raise PayloadTooLarge(exc.message) from exc
         except ProtocolError as exc:

@@ -45,10 +45,13 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 from starlette.responses import Response
 
-from gateway.dataplane import DEFAULT_SIGNATURE, CallContext, Gateway
+from gateway.context import CallContext
+from gateway.dataplane import Gateway
 from gateway.errors import InvalidInput, ModelNotFound, UnprocessableInput
+from gateway.forwarding import PredictCall
 from gateway.routes.handling import authorize, json_response, serve_http
 from gateway.routing.router import Plan, Target
+from gateway.signatures import DEFAULT_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
@@ -428,12 +431,12 @@ class TypedEndpoints:
             shadow_target, _ = self._resolve(plan.shadow, typed)
             shadow = shadow_target
         request = schema.predict_request(rows)
-        response, _ = await gateway.predict_planned(
+        predicted = await gateway.predict(
             ctx,
             Plan(primary, shadow),
-            lambda _signatures: request,
-            needs_signatures=False,
+            PredictCall(lambda _signatures: request, needs_signatures=False),
         )
+        response = predicted.translated
         # A proto request is answered with a proto.
         assert isinstance(response, messages.PredictResponse)
         version = (

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.clients.arrays import ArrayRequest
-from gateway.dataplane import CallContext, Gateway, SignatureSet, output_arrays
+from gateway.clients.arrays import ArrayRequest, output_arrays
+from gateway.context import CallContext
 from gateway.errors import InvalidInput
+from gateway.forwarding import PredictCall
 from gateway.routes.handling import (
     JSON,
     authorize,
@@ -25,7 +26,7 @@ from gateway.routes.handling import (
     read_body,
     serve_http,
 )
-from gateway.routing.router import Plan
+from gateway.signatures import SignatureSet
 
 PROTOCOL = "rest_v1"
 V1_PREFIX = "/v1/models/"
@@ -112,17 +113,10 @@ async def _predict(
     label: str | None,
     body: bytes,
 ) -> Response:
+    """Forwarded untranslated to a REST backend, or typed and sent over gRPC: the
+    gateway decides (`Gateway.predict`); the JSON is parsed only in the latter."""
     gateway = gateway_of(request)
     plan = gateway.plan(ctx, model, version, label)
-    if gateway.forwards_rest(plan):
-        answer = await gateway.forward_rest(ctx, plan, "predict", body)
-        return Response(answer.body, status_code=answer.status, media_type=JSON)
-    return await _translated_predict(ctx, gateway, plan, body)
-
-
-async def _translated_predict(
-    ctx: CallContext, gateway: Gateway, plan: Plan, body: bytes
-) -> Response:
     formats: list[json_codec.RequestFormat] = []
 
     def encode(signatures: SignatureSet | None) -> ArrayRequest:
@@ -134,8 +128,11 @@ async def _translated_predict(
             request.model_spec.signature_name = parsed.signature_name
         return request
 
-    response, _ = await gateway.predict_planned(ctx, plan, encode)
-    outputs = output_arrays(response)
+    predicted = await gateway.predict(ctx, plan, PredictCall(encode, rest_body=body))
+    if predicted.answer is not None:
+        answer = predicted.answer
+        return Response(answer.body, status_code=answer.status, media_type=JSON)
+    outputs = output_arrays(predicted.translated)
     return _bytes_response(json_codec.format_predict_response(outputs, formats[-1]))
 
 

@@ -18,20 +18,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import gateway
-from gateway.clients.arrays import ArrayRequest
+from gateway.clients.arrays import ArrayRequest, output_arrays
 from gateway.codecs.v2 import (
     format_infer_response,
     parse_infer_request,
     tensor_metadata,
     v2_datatype,
 )
-from gateway.dataplane import (
-    DEFAULT_SIGNATURE,
-    CallContext,
-    SignatureSet,
-    output_arrays,
-)
+from gateway.context import CallContext
 from gateway.errors import InvalidInput
+from gateway.forwarding import PredictCall
 from gateway.routes.handling import (
     authorize,
     gateway_of,
@@ -40,6 +36,7 @@ from gateway.routes.handling import (
     read_body,
     serve_http,
 )
+from gateway.signatures import DEFAULT_SIGNATURE, SignatureSet
 
 PROTOCOL = "rest_v2"
 SERVER_NAME = "servekit-gateway"
@@ -180,7 +177,8 @@ async def infer(request: Request) -> Response:
                 request.model_spec.signature_name = signature_name
             return request
 
-        response, _ = await gw.predict(ctx, model, version, label, encode)
+        plan = gw.plan(ctx, model, version, label)
+        response = (await gw.predict(ctx, plan, PredictCall(encode))).translated
         parsed = parsed_holder[0]
         try:
             answered = output_arrays(response)

@@ -18,8 +18,9 @@ from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, tensors
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
+from servekit_protocol.status import code_name
 
-from modelserver.errors import GRPC_CODE_FOR_VALUE, InvalidInput
+from modelserver.errors import InvalidInput
 from modelserver.types import (
     DEFAULT_SIGNATURE,
     ClassifyRequest,
@@ -294,8 +295,7 @@ def from_version_statuses(
 
 def error_code_name(code: int) -> str:
     """The ``tensorflow.error.Code`` name of a numeric code (``OK``, ``NOT_FOUND``...)."""
-    grpc_code = GRPC_CODE_FOR_VALUE.get(code)
-    return grpc_code.name if grpc_code is not None else "UNKNOWN"
+    return code_name(code)
 
 
 def to_reload_config(proto: messages.ReloadConfigRequest) -> messages.ModelServerConfig:

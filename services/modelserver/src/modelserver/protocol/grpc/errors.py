@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
+from servekit_protocol.grpc_codes import to_grpc
 
 from modelserver.errors import ServingError
 from modelserver.observability.logging import REQUEST_ID_HEADER, bind_request_id
@@ -85,7 +86,9 @@ def rpc(
                 },
             )
             await context.abort(
-                exc.grpc_code, truncate_message(exc.message), trailing_metadata=trailing
+                to_grpc(exc.grpc_code),
+                truncate_message(exc.message),
+                trailing_metadata=trailing,
             )
         except Exception:
             logger.exception("%s failed", method.__name__)

@@ -1,6 +1,6 @@
 """The gRPC server (TF Serving's ``--port``), on the process's event loop.
 
-The transport is :class:`servekit_protocol.grpc_server.GrpcServer`: HTTP/2 parsed
+The transport is :class:`servekit_protocol.grpc_server.GrpcServer`: HTTP/2 (``h2``)
 in the event loop's thread, with grpc.aio's registration API, so the servicers
 and the standard health servicer run unchanged. grpc.aio's C core hands each
 event of a call to the loop from a poller thread, which cost the `tabular` model
@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from servekit_protocol.grpc_server import GrpcServer as Http2GrpcServer
+from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.services import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
@@ -107,6 +108,7 @@ class GrpcServer:
         socket_path: Also listen on this UNIX socket when set.
         enable_health: Serve ``grpc.health.v1.Health``.
         grace: Seconds in-flight RPCs get to finish on :meth:`stop`.
+        limits: HTTP/2 limits (``Settings.http2``).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class GrpcServer:
         socket_path: str = "",
         enable_health: bool = True,
         grace: float = 25.0,
+        limits: Http2Limits | None = None,
     ) -> None:
         self._address = (
             None
@@ -138,6 +141,7 @@ class GrpcServer:
         self._server = Http2GrpcServer(
             max_receive_bytes=int(options["grpc.max_receive_message_length"]),
             max_send_bytes=int(options["grpc.max_send_message_length"]),
+            limits=limits,
         )
         add_prediction_service_to_server(PredictionServicer(dataplane), self._server)
         add_model_service_to_server(ModelServicer(dataplane), self._server)

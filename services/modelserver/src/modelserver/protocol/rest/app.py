@@ -14,7 +14,8 @@ application/grpc-web`` runs the gRPC port's servicer
 gRPC API's. Not in TF Serving: browsers can call it without a proxy, and the
 gateway reaches its backends this way, an HTTP/1.1 exchange costing both sides
 less than a Python gRPC call. Bodies sent with ``Content-Encoding: gzip`` are
-inflated (as TF Serving does). Request bodies, inflated or not, are limited to
+inflated (as TF Serving does; ``deflate`` too), a step at a time so the event
+loop keeps serving others. Request bodies, inflated or not, are limited to
 ``max_body_bytes`` (413 beyond). Every answer carries ``x-request-id``.
 Failed requests are logged at INFO; successful ones only at DEBUG (an access
 log), which costs nothing on the hot path when disabled.
@@ -29,8 +30,9 @@ from http import HTTPStatus
 from typing import Any
 
 from servekit_protocol import grpcweb_server
-from servekit_protocol.bodies import BodyTooLarge, gunzip, is_gzip, too_large_message
+from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large_message
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpc_codes import to_grpc
 from servekit_protocol.grpcweb import is_grpc_web
 
 from modelserver.dataplane import DataPlane
@@ -167,7 +169,7 @@ class RestApp:
                 body = await self._read_body(receive, content_encoding)
                 payload = await route.handler(route.spec, body)
         except ServingError as exc:
-            status = exc.status.value
+            status = exc.status
             payload = error_body(exc.message)
             logger.info(
                 "%s %s answered %d: %s",
@@ -217,7 +219,7 @@ class RestApp:
                 body = await self._read_body(receive, content_encoding)
             except ServingError as exc:
                 answer = grpcweb_server.error_answer(
-                    content_type, exc.grpc_code, exc.message
+                    content_type, to_grpc(exc.grpc_code), exc.message
                 )
             else:
                 metadata, timeout = grpcweb_server.header_metadata(
@@ -253,9 +255,10 @@ class RestApp:
             body = b"".join(chunks)
         if len(body) > limit:
             raise PayloadTooLarge(too_large_message(limit))
-        if is_gzip(content_encoding):
+        coding = coding_of(content_encoding)
+        if coding is not None:
             try:
-                body = gunzip(body, limit)
+                body = await inflate(body, coding, limit)
             except BodyTooLarge as exc:
                 raise PayloadTooLarge(exc.message) from exc
             except ProtocolError as exc:

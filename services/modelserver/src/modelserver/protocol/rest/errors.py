@@ -8,10 +8,8 @@ client gets a generic 500 naming the request id to look for.
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
-import grpc
 from servekit_protocol import json_codec
+from servekit_protocol.status import Code
 
 from modelserver.errors import ServingError
 
@@ -20,13 +18,14 @@ class PayloadTooLarge(ServingError):
     """The request body exceeds the server's limit.
 
     gRPC answers an oversized message with RESOURCE_EXHAUSTED; over HTTP the
-    precise status is 413 rather than the table's 429.
+    precise status is 413 rather than the table's 429 (one of the table's
+    documented refinements, ``servekit_protocol.status.HTTP_REFINEMENTS``).
     """
 
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    grpc_code = Code.RESOURCE_EXHAUSTED
 
 
-PayloadTooLarge.status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+PayloadTooLarge.status = 413
 
 
 def error_body(message: str) -> bytes:

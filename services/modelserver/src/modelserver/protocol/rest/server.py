@@ -5,6 +5,8 @@ signal capture is switched off; :meth:`RestServer.stop` stops accepting, lets
 in-flight requests finish (up to ``grace`` seconds) and closes the connections.
 The listening socket is bound here, before uvicorn starts, so a busy port is an
 ``OSError`` the caller can report instead of uvicorn's ``sys.exit``.
+Connections are held to :class:`~servekit_protocol.http1.ListenerLimits`
+(timeouts, header size, connection count).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from servekit_protocol.http1 import ListenerLimits, protocol_class
 
 from modelserver.protocol.rest.app import RestApp
 
@@ -40,14 +43,24 @@ class RestServer:
         host: Address to bind.
         port: TCP port (0 picks a free one; see :attr:`port`).
         grace: Seconds in-flight requests get to finish on :meth:`stop`.
+        limits: What a connection may hold and for how long.
     """
 
-    def __init__(self, app: RestApp, *, host: str, port: int, grace: float) -> None:
+    def __init__(
+        self,
+        app: RestApp,
+        *,
+        host: str,
+        port: int,
+        grace: float,
+        limits: ListenerLimits | None = None,
+    ) -> None:
+        limits = limits if limits is not None else ListenerLimits()
         self._host = host
         self._requested_port = port
         self._config = uvicorn.Config(
             app,
-            http="httptools",
+            http=protocol_class(limits, "rest"),
             ws="none",
             lifespan="off",
             interface="asgi3",

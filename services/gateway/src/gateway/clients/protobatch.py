@@ -1,0 +1,178 @@
+"""Predict protos merged into one and the merged answer cut back, tensor by tensor.
+
+gRPC callers hold `PredictRequest`s; merging them concatenates each input along
+the batch axis. Packed bytes and complete typed value lists are joined as they
+are, without decoding; only a tensor in another form (one value standing for a
+whole tensor, say) goes through numpy. Splitting cuts each output's rows the same
+way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from servekit_protocol import messages
+from servekit_protocol.tensors import element_field, from_ndarray, to_ndarray
+
+Layout = tuple[tuple[str, int, tuple[int, ...]], ...]
+
+
+def proto_layout(request: messages.PredictRequest) -> tuple[Layout, int] | None:
+    """The inputs' names, dtypes and trailing dimensions, and the row count they
+    share; None without inputs, with a scalar or unknown-rank input, or with
+    inputs whose leading dimensions differ."""
+    rows = -1
+    layout: list[tuple[str, int, tuple[int, ...]]] = []
+    inputs = request.inputs
+    for name in sorted(inputs):
+        tensor = inputs[name]
+        shape = tensor.tensor_shape
+        dims = shape.dim
+        if shape.unknown_rank or not dims:
+            return None
+        leading = dims[0].size
+        if rows == -1:
+            rows = leading
+        if leading != rows or rows < 1:
+            return None
+        trailing = tuple(dim.size for dim in dims[1:]) if len(dims) > 1 else ()
+        layout.append((name, tensor.dtype, trailing))
+    if rows == -1:
+        return None
+    return tuple(layout), rows
+
+
+def _row_size(tensor: messages.TensorProto) -> int:
+    size = 1
+    for dim in tensor.tensor_shape.dim[1:]:
+        size *= dim.size
+    return size
+
+
+def _concatenate(
+    tensors: Sequence[messages.TensorProto],
+    rows: Sequence[int],
+    into: messages.TensorProto,
+) -> None:
+    """`into` = the tensors joined along axis 0.
+
+    Packed bytes and complete typed value lists are joined as they are (no
+    decoding); anything else (e.g. one value standing for a whole tensor) goes
+    through numpy.
+
+    Raises:
+        ProtocolError: a tensor cannot be decoded or re-encoded.
+    """
+    first = tensors[0]
+    into.dtype = first.dtype
+    into.tensor_shape.CopyFrom(first.tensor_shape)
+    into.tensor_shape.dim[0].size = sum(rows)
+    if all(tensor.tensor_content for tensor in tensors):
+        into.tensor_content = b"".join(tensor.tensor_content for tensor in tensors)
+        return
+    field_name = element_field(first.dtype)
+    per_row = _row_size(first)
+    if field_name is not None and all(
+        not tensor.tensor_content
+        and len(getattr(tensor, field_name)) == count * per_row
+        for tensor, count in zip(tensors, rows, strict=True)
+    ):
+        values = getattr(into, field_name)
+        for tensor in tensors:
+            values.extend(getattr(tensor, field_name))
+        return
+    arrays = [to_ndarray(tensor) for tensor in tensors]
+    from_ndarray(np.concatenate(arrays), first.dtype, into=into)
+
+
+def merge_requests(
+    requests: Sequence[messages.PredictRequest], rows: Sequence[int]
+) -> messages.PredictRequest:
+    """One request whose inputs are the given ones concatenated along axis 0.
+
+    Raises:
+        ProtocolError: a tensor cannot be decoded or re-encoded.
+    """
+    first = requests[0]
+    merged = messages.PredictRequest()
+    merged.model_spec.CopyFrom(first.model_spec)
+    merged.output_filter.extend(first.output_filter)
+    for name in first.inputs:
+        _concatenate(
+            [request.inputs[name] for request in requests], rows, merged.inputs[name]
+        )
+    return merged
+
+
+def _split_tensor(
+    tensor: messages.TensorProto, rows: Sequence[int]
+) -> list[messages.TensorProto] | None:
+    """The tensor cut into consecutive row ranges; None without a batch axis of
+    `sum(rows)`."""
+    dims = tensor.tensor_shape.dim
+    total = sum(rows)
+    if not dims or dims[0].size != total:
+        return None
+    per_row = _row_size(tensor)
+    content = tensor.tensor_content
+    field_name = element_field(tensor.dtype)
+    values: Sequence[object] | None = None
+    if content:
+        if len(content) % max(1, total * per_row):
+            return None
+        step = len(content) // total if total else 0
+    elif field_name is not None:
+        values = getattr(tensor, field_name)
+        if len(values) != total * per_row:
+            values = None
+    if not content and values is None:
+        array = to_ndarray(tensor)
+        parts: list[messages.TensorProto] = []
+        start = 0
+        for count in rows:
+            parts.append(from_ndarray(array[start : start + count], tensor.dtype))
+            start += count
+        return parts
+    parts = []
+    start = 0
+    for count in rows:
+        part = messages.TensorProto()
+        part.dtype = tensor.dtype
+        part.tensor_shape.CopyFrom(tensor.tensor_shape)
+        part.tensor_shape.dim[0].size = count
+        if content:
+            part.tensor_content = content[start * step : (start + count) * step]
+        else:
+            assert field_name is not None and values is not None
+            getattr(part, field_name).extend(
+                values[start * per_row : (start + count) * per_row]
+            )
+        parts.append(part)
+        start += count
+    return parts
+
+
+def split_response(
+    response: messages.PredictResponse, rows: Sequence[int]
+) -> list[messages.PredictResponse] | None:
+    """Each caller's rows of a merged answer; None when an output has no batch
+    dimension of the merged size.
+
+    Raises:
+        ProtocolError: an output cannot be decoded.
+    """
+    pieces: dict[str, list[messages.TensorProto]] = {}
+    for name in response.outputs:
+        split = _split_tensor(response.outputs[name], rows)
+        if split is None:
+            return None
+        pieces[name] = split
+    answers: list[messages.PredictResponse] = []
+    for index in range(len(rows)):
+        answer = messages.PredictResponse()
+        answer.model_spec.CopyFrom(response.model_spec)
+        for name, split in pieces.items():
+            answer.outputs[name].CopyFrom(split[index])
+        answers.append(answer)
+    return answers

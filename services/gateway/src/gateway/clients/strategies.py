@@ -1,0 +1,333 @@
+"""The kinds of Predict the coalescer merges, one strategy each.
+
+A strategy knows, for its kind of request, what must be shared to merge (its
+key), how to make one call alone, and how to make one merged call and cut its
+answer back. The coalescer's async core (`clients.coalescer`) knows nothing of
+tensors or JSON; it groups by key, waits, and acts on the `Merged` outcome a
+strategy reports:
+
+- `Parts`: the merged call succeeded; each caller gets its share;
+- `Separately`: the merge was refused in a way that may be one caller's fault
+  (bad input, a batch over the backend's limit), or could not be built: serve
+  each caller alone; `blame_merge` says whether all of them succeeding means the
+  merge itself was at fault;
+- `Unsplittable`: the answer has no batch dimension of the merged size: serve
+  each caller alone and never merge the key again;
+- `Shared`: an answer that is the same for everyone (a REST error status);
+- a raised `GatewayError`: an error of the backend itself, handed to every caller.
+
+Three kinds: gRPC callers' protos (`ProtoStrategy`), REST callers' typed arrays
+(`ArrayStrategy`, see `clients.arrays`) and untranslated REST bodies for the
+backend's REST API (`RestStrategy`, see `clients.restbatch`); each merges only
+with its own kind and answers in its own kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+from servekit_protocol import messages
+from servekit_protocol.errors import ProtocolError
+
+from gateway.clients.arrays import (
+    ArrayRequest,
+    ArrayResponse,
+    array_layout,
+    merge_arrays,
+    split_arrays,
+)
+from gateway.clients.backend import BackendClient, Metadata
+from gateway.clients.http import HttpAnswer
+from gateway.clients.protobatch import merge_requests, proto_layout, split_response
+from gateway.clients.restbatch import RestPredict, merge_rest, split_rest
+from gateway.errors import BackendError, InvalidInput
+
+Key = tuple[object, ...]
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+RequestT_contra = TypeVar("RequestT_contra", contravariant=True)
+
+SEPARABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+"""gRPC codes of a merged call that may belong to one caller's values."""
+
+SEPARABLE_STATUSES = frozenset({400, 413})
+"""HTTP statuses of a merged REST call that may belong to one caller's values."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parts(Generic[ResponseT]):
+    """Each caller's share of a merged answer, in the callers' order."""
+
+    answers: Sequence[ResponseT]
+
+
+@dataclass(frozen=True, slots=True)
+class Separately:
+    """Serve the callers one by one."""
+
+    reason: str
+    blame_merge: bool
+    """If every caller then succeeds, the merge was at fault (the key's row limit
+    is lowered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unsplittable:
+    """The answer cannot be cut by caller: serve one by one, never merge again."""
+
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shared(Generic[ResponseT]):
+    """One answer for every caller."""
+
+    answer: ResponseT
+
+
+Merged = Parts[ResponseT] | Separately | Unsplittable | Shared[ResponseT]
+
+
+class Strategy(Protocol[RequestT_contra, ResponseT]):
+    """How one kind of request is keyed, called alone, and called merged."""
+
+    def key(self, request: RequestT_contra) -> tuple[Key, int] | None:
+        """What requests must share to merge, and this one's row count; None
+        when it cannot merge."""
+        ...
+
+    async def call(
+        self,
+        addresses: Sequence[str],
+        request: RequestT_contra,
+        deadline: float,
+        metadata: Metadata,
+    ) -> ResponseT:
+        """One backend call for one request.
+
+        Raises:
+            GatewayError: the backend's or the transport's error.
+        """
+        ...
+
+    async def call_merged(
+        self,
+        addresses: Sequence[str],
+        requests: Sequence[RequestT_contra],
+        rows: Sequence[int],
+        deadline: float,
+        metadata: Metadata,
+    ) -> Merged[ResponseT]:
+        """One backend call for several requests.
+
+        Raises:
+            GatewayError: an error of the backend that holds for every caller.
+        """
+        ...
+
+    def succeeded(self, response: ResponseT) -> bool:
+        """Whether an answer is a success (REST answers carry any status)."""
+        ...
+
+
+def spec_key(spec: messages.ModelSpec, output_filter: Sequence[str]) -> Key:
+    """The part of a key that says which model, version and outputs."""
+    version = spec.version.value if spec.HasField("version") else None
+    return (
+        spec.name,
+        version,
+        spec.version_label,
+        spec.signature_name,
+        tuple(output_filter),
+    )
+
+
+def proto_key(request: messages.PredictRequest) -> tuple[Key, int] | None:
+    """A gRPC caller's key: model spec, output filter, each input's name, dtype
+    and trailing dimensions; and its row count."""
+    layout_rows = proto_layout(request)
+    if layout_rows is None:
+        return None
+    layout, rows = layout_rows
+    return spec_key(request.model_spec, request.output_filter) + (layout,), rows
+
+
+def array_key(request: ArrayRequest) -> tuple[Key, int] | None:
+    """A typed REST caller's key: as `proto_key`, with numpy dtypes."""
+    layout_rows = array_layout(request.inputs)
+    if layout_rows is None:
+        return None
+    layout, rows = layout_rows
+    return spec_key(request.model_spec, request.output_filter) + (layout,), rows
+
+
+def rest_key(request: RestPredict) -> tuple[Key, int] | None:
+    """An untranslated REST body's key: path, signature, format and layout."""
+    return (
+        request.path,
+        request.signature_name,
+        request.columnar,
+        request.layout,
+    ), request.rows
+
+
+class _TensorStrategy(Generic[RequestT, ResponseT]):
+    """What protos and arrays share: a merged gRPC Predict, refused or cut."""
+
+    def __init__(self, client: BackendClient) -> None:
+        self._client = client
+
+    def _merge(
+        self, requests: Sequence[RequestT], rows: Sequence[int]
+    ) -> messages.PredictRequest:
+        raise NotImplementedError
+
+    def _split(
+        self, response: messages.PredictResponse, rows: Sequence[int]
+    ) -> Sequence[ResponseT] | None:
+        raise NotImplementedError
+
+    def succeeded(self, response: ResponseT) -> bool:
+        """A Predict answer is a success: the backend's errors are raised."""
+        return response is not None
+
+    async def call_merged(
+        self,
+        addresses: Sequence[str],
+        requests: Sequence[RequestT],
+        rows: Sequence[int],
+        deadline: float,
+        metadata: Metadata,
+    ) -> Merged[ResponseT]:
+        try:
+            merged = self._merge(requests, rows)
+        except ProtocolError as exc:
+            return Separately(exc.message, blame_merge=False)
+        try:
+            response = await self._client.predict(addresses, merged, deadline, metadata)
+        except BackendError as exc:
+            if exc.grpc_code not in SEPARABLE_CODES:
+                raise
+            return Separately(exc.message, blame_merge=True)
+        try:
+            parts = self._split(response, rows)
+        except ProtocolError:
+            parts = None
+        if parts is None:
+            return Unsplittable(merged.model_spec.name)
+        return Parts(parts)
+
+
+class ProtoStrategy(_TensorStrategy[messages.PredictRequest, messages.PredictResponse]):
+    """gRPC callers' PredictRequests, merged tensor by tensor."""
+
+    def key(self, request: messages.PredictRequest) -> tuple[Key, int] | None:
+        return proto_key(request)
+
+    async def call(
+        self,
+        addresses: Sequence[str],
+        request: messages.PredictRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> messages.PredictResponse:
+        return await self._client.predict(addresses, request, deadline, metadata)
+
+    def _merge(
+        self, requests: Sequence[messages.PredictRequest], rows: Sequence[int]
+    ) -> messages.PredictRequest:
+        return merge_requests(requests, rows)
+
+    def _split(
+        self, response: messages.PredictResponse, rows: Sequence[int]
+    ) -> Sequence[messages.PredictResponse] | None:
+        return split_response(response, rows)
+
+
+class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse]):
+    """REST callers' typed arrays, concatenated and encoded once per call."""
+
+    def key(self, request: ArrayRequest) -> tuple[Key, int] | None:
+        return array_key(request)
+
+    async def call(
+        self,
+        addresses: Sequence[str],
+        request: ArrayRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> ArrayResponse:
+        try:
+            encoded = request.to_proto()
+        except ProtocolError as exc:
+            raise InvalidInput(exc.message) from exc
+        response = await self._client.predict(addresses, encoded, deadline, metadata)
+        return ArrayResponse.from_proto(response)
+
+    def _merge(
+        self,
+        requests: Sequence[ArrayRequest],
+        rows: Sequence[int],  # noqa: ARG002 (arrays carry their own row counts)
+    ) -> messages.PredictRequest:
+        return merge_arrays(requests).to_proto()
+
+    def _split(
+        self, response: messages.PredictResponse, rows: Sequence[int]
+    ) -> Sequence[ArrayResponse] | None:
+        return split_arrays(ArrayResponse.from_proto(response), rows)
+
+
+class RestStrategy:
+    """Untranslated TF Serving REST bodies, merged as JSON."""
+
+    def __init__(self, client: BackendClient) -> None:
+        self._client = client
+
+    def key(self, request: RestPredict) -> tuple[Key, int] | None:
+        return rest_key(request)
+
+    async def call(
+        self,
+        addresses: Sequence[str],
+        request: RestPredict,
+        deadline: float,
+        metadata: Metadata,
+    ) -> HttpAnswer:
+        return await self._client.forward_rest(
+            addresses, request.path, request.body, deadline, metadata
+        )
+
+    async def call_merged(
+        self,
+        addresses: Sequence[str],
+        requests: Sequence[RestPredict],
+        rows: Sequence[int],
+        deadline: float,
+        metadata: Metadata,
+    ) -> Merged[HttpAnswer]:
+        first = requests[0]
+        answer = await self._client.forward_rest(
+            addresses, first.path, merge_rest(requests), deadline, metadata
+        )
+        if answer.status in SEPARABLE_STATUSES:
+            return Separately(f"HTTP {answer.status}", blame_merge=True)
+        if answer.status != 200:
+            return Shared(answer)
+        parts = split_rest(answer.body, first, rows)
+        if parts is None:
+            return Unsplittable(first.path)
+        return Parts([HttpAnswer(200, part, answer.headers) for part in parts])
+
+    def succeeded(self, response: HttpAnswer) -> bool:
+        return response.status == 200

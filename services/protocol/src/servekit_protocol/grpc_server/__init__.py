@@ -1,0 +1,25 @@
+"""servekit's gRPC server: ``h2`` for HTTP/2, grpc.aio's handler registration.
+
+| module | role |
+| --- | --- |
+| ``server`` | :class:`GrpcServer`: registration, binding, start/stop, connection cap, timers |
+| ``connection`` | one connection: ``h2``'s events, buffering, back-pressure, answers |
+| ``calls`` | one call: metadata, request decoding, handler run, status trailers |
+| ``meter`` | flood checks on the incoming frame headers, before ``h2`` reads them |
+| ``limits`` | :class:`Http2Limits`, every limit with its default |
+| ``literals`` | HPACK literals for hand-built header blocks |
+"""
+
+from servekit_protocol.grpc_server.calls import Authenticate, ServicerContext
+from servekit_protocol.grpc_server.limits import Http2Limits
+from servekit_protocol.grpc_server.literals import hpack_integer, hpack_literal
+from servekit_protocol.grpc_server.server import GrpcServer
+
+__all__ = [
+    "Authenticate",
+    "GrpcServer",
+    "Http2Limits",
+    "ServicerContext",
+    "hpack_integer",
+    "hpack_literal",
+]

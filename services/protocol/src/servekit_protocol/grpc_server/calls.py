@@ -1,0 +1,394 @@
+"""One gRPC call on an HTTP/2 stream: its metadata, request, handler and status.
+
+What a call needs from its connection is :class:`CallStream`: send messages,
+finish with a status, release the request's buffered bytes. The HTTP/2 side of
+it (framing, windows, back-pressure) is the connection's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import inspect
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from servekit_protocol import grpcweb
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpcweb_server import Aborted, WebContext
+
+logger = logging.getLogger(__name__)
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+Authenticate = Callable[[str, Metadata], None]
+"""A hook run on a call's headers before any body byte is kept: it raises
+:class:`Aborted` (UNAUTHENTICATED, say) to refuse the call."""
+
+RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+_CALL_HEADERS = frozenset(
+    ("content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding")
+)
+_THREAD_INFLATE_BYTES = 64 * 1024
+"""Compressed requests above this are inflated off the event loop."""
+_PATH_IN_MESSAGES = 256
+"""Characters of an unknown method's path repeated in its error answer."""
+
+
+class CallGone(Exception):
+    """The stream or its connection closed while the call was answering."""
+
+
+class _CallDetails(NamedTuple):
+    # What grpc's generic handlers look a method up by (grpc.HandlerCallDetails).
+    method: str
+    invocation_metadata: Metadata
+
+
+class CallStream(Protocol):
+    """What a call asks of its connection."""
+
+    peer: str
+
+    async def send_message(self, call: Call, framed: bytes) -> None: ...
+
+    async def answer(
+        self, call: Call, framed: bytes, trailing: Iterable[tuple[str, str | bytes]]
+    ) -> None: ...
+
+    async def finish(
+        self,
+        call: Call,
+        code: grpc.StatusCode,
+        details: str,
+        trailing: Iterable[tuple[str, str | bytes]],
+    ) -> None: ...
+
+    def release(self, call: Call) -> None: ...
+
+    def reset(self, call: Call) -> None: ...
+
+    def forget(self, call: Call) -> None: ...
+
+
+class ServicerContext(WebContext):
+    """The gRPC-Web calls' context, plus what streaming methods and health use."""
+
+    def __init__(
+        self, metadata: Metadata, deadline: float | None, peer: str, call: Call
+    ) -> None:
+        super().__init__(metadata, deadline)
+        self._peer = peer
+        self._call = call
+        self.code: grpc.StatusCode | None = None
+        self.details = ""
+        self.stream: CallStream | None = None
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def peer(self) -> str:
+        return self._peer
+
+    async def write(self, message: Any) -> None:
+        """Send one message of a server-streaming answer.
+
+        Raises:
+            CallGone: The client went away.
+        """
+        assert self.stream is not None
+        await self.stream.send_message(self._call, frame(self._call, message))
+
+
+@dataclass(eq=False)
+class Call:
+    """A stream's call: what its headers said and what its body holds."""
+
+    stream_id: int
+    path: str
+    body: bytearray = field(default_factory=bytearray)
+    buffered: int = 0
+    """Bytes of ``body`` counted against the connection's buffer cap."""
+    deferred: int = 0
+    """Received bytes whose window update waits for the buffer to drain."""
+    ended: bool = False
+    headers_sent: bool = False
+    started: float = field(default_factory=time.monotonic)
+    encoding: str = ""
+    context: ServicerContext | None = None
+    handler: Any = None
+    max_receive_bytes: int = 0
+    max_send_bytes: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+def read_headers(
+    call: Call, headers: Sequence[tuple[bytes, bytes]], peer: str
+) -> ServicerContext:
+    """The call's context from its request headers.
+
+    Raises:
+        Aborted: A bad timeout, content type or ``-bin`` value.
+    """
+    metadata: list[tuple[str, str | bytes]] = []
+    deadline: float | None = None
+    content_type = ""
+    for raw_key, raw_value in headers:
+        key = raw_key.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        if key.startswith(":"):
+            continue
+        if key == "content-type":
+            content_type = value
+        elif key == "grpc-timeout":
+            try:
+                seconds = grpcweb.decode_timeout(value)
+            except ProtocolError as exc:
+                raise Aborted(grpc.StatusCode.INTERNAL, exc.message) from exc
+            deadline = time.monotonic() + seconds
+        elif key == "grpc-encoding":
+            call.encoding = value
+        elif key not in _CALL_HEADERS:
+            if key.endswith("-bin"):
+                metadata.append((key, _binary_value(key, raw_value, peer)))
+            else:
+                metadata.append((key, value))
+    if not content_type.startswith("application/grpc"):
+        raise Aborted(
+            grpc.StatusCode.INTERNAL, f"Unsupported content type {content_type!r}"
+        )
+    return ServicerContext(tuple(metadata), deadline, peer, call)
+
+
+def _binary_value(key: str, value: bytes, peer: str) -> bytes:
+    try:
+        return binascii.a2b_base64(value + b"=" * (-len(value) % 4), strict_mode=True)
+    except binascii.Error as exc:
+        # A client's mistake, not the server's: one line, no traceback.
+        logger.info("gRPC call from %s: malformed %s metadata: %s", peer, key, exc)
+        raise Aborted(
+            grpc.StatusCode.INVALID_ARGUMENT, f"Malformed base64 in metadata {key!r}"
+        ) from None
+
+
+def find_handler(
+    registered: dict[str, grpc.RpcMethodHandler],
+    generic: Sequence[grpc.GenericRpcHandler],
+    method: str,
+    metadata: Metadata,
+) -> Any:
+    """The method's handler.
+
+    Raises:
+        Aborted: UNIMPLEMENTED for an unknown or client-streaming method.
+    """
+    handler: Any = registered.get(method)
+    if handler is None:
+        details = _CallDetails(method, metadata)
+        for candidate in generic:
+            handler = candidate.service(details)
+            if handler is not None:
+                break
+    if handler is None or handler.request_streaming:
+        shown = method.lstrip("/")[:_PATH_IN_MESSAGES]
+        raise Aborted(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {shown}")
+    return handler
+
+
+def check_size(call: Call, limit: int) -> None:
+    """Refuse a body that is or says it will be over ``limit``.
+
+    Raises:
+        Aborted: RESOURCE_EXHAUSTED.
+    """
+    body = call.body
+    declared = int.from_bytes(body[1:5], "big") if len(body) >= 5 else 0
+    if declared > limit or len(body) > limit + 5:
+        raise Aborted(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Received message larger than max ({max(declared, len(body) - 5)} vs. "
+            f"{limit})",
+        )
+
+
+async def decode_request(call: Call, limit: int) -> Any:
+    """The request message of a call whose body has ended.
+
+    Raises:
+        Aborted: Not one message, a bad compression or a bad message.
+    """
+    body = call.body
+    check_size(call, limit)
+    declared = int.from_bytes(body[1:5], "big") if len(body) >= 5 else None
+    if declared is None or len(body) != 5 + declared:
+        raise Aborted(grpc.StatusCode.INTERNAL, "Expected exactly one request message")
+    message = bytes(body[5:])
+    if body[0]:
+        if len(message) > _THREAD_INFLATE_BYTES:
+            message = await asyncio.to_thread(_inflate, message, call.encoding, limit)
+        else:
+            message = _inflate(message, call.encoding, limit)
+    deserializer = call.handler.request_deserializer
+    if deserializer is None:
+        return message
+    try:
+        return deserializer(message)
+    except DecodeError as exc:
+        raise Aborted(
+            grpc.StatusCode.INTERNAL, f"Failed to parse the request: {exc}"
+        ) from exc
+
+
+def _inflate(data: bytes, encoding: str, limit: int) -> bytes:
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise Aborted(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"Compression algorithm '{encoding or 'identity'}' is not supported",
+        )
+    try:
+        inflated = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise Aborted(
+            grpc.StatusCode.INTERNAL, f"Bad compressed message: {exc}"
+        ) from exc
+    if len(inflated) > limit:
+        raise Aborted(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Received message larger than max (more than {limit} bytes inflated)",
+        )
+    return inflated
+
+
+def frame(call: Call, message: Any) -> bytes:
+    """A message serialized and framed as gRPC's length-prefixed message.
+
+    Raises:
+        Aborted: RESOURCE_EXHAUSTED over the send limit.
+    """
+    serializer = call.handler.response_serializer
+    serialized: bytes = serializer(message) if serializer is not None else message
+    limit = call.max_send_bytes
+    if len(serialized) > limit:
+        raise Aborted(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"Sent message larger than max ({len(serialized)} vs. {limit})",
+        )
+    return b"\x00" + len(serialized).to_bytes(4, "big") + serialized
+
+
+def metadata_headers(
+    metadata: Iterable[tuple[str, str | bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """Metadata as header fields (``-bin`` values base64 without padding)."""
+    headers = []
+    for key, value in metadata:
+        if key.endswith("-bin"):
+            raw = value if isinstance(value, bytes) else value.encode()
+            text = binascii.b2a_base64(raw, newline=False).rstrip(b"=")
+        else:
+            text = value.encode("latin-1") if isinstance(value, str) else value
+        headers.append((key.lower().encode("ascii"), text))
+    return headers
+
+
+def status_headers(
+    code: grpc.StatusCode,
+    details: str,
+    trailing: Iterable[tuple[str, str | bytes]],
+    trailers_only: bool,
+) -> list[tuple[bytes, bytes]]:
+    """The trailers that end a call (with the response headers when none were
+    sent: gRPC's trailers-only answer)."""
+    headers = list(RESPONSE_HEADERS) if trailers_only else []
+    headers.append((b"grpc-status", b"%d" % code.value[0]))
+    if details:
+        message = grpcweb.encode_status_message(details).encode("ascii")
+        headers.append((b"grpc-message", message))
+    headers.extend(metadata_headers(trailing))
+    return headers
+
+
+async def run_call(stream: CallStream, call: Call) -> None:
+    """Serve a call whose request has fully arrived, to its last status."""
+    try:
+        await _serve(stream, call)
+    except CallGone:
+        pass
+    except asyncio.CancelledError:
+        stream.reset(call)
+        raise
+    finally:
+        stream.forget(call)
+
+
+async def _serve(stream: CallStream, call: Call) -> None:
+    context = call.context
+    assert context is not None
+    handler = call.handler
+    try:
+        try:
+            request = await decode_request(call, call.max_receive_bytes)
+        finally:
+            stream.release(call)
+        async with asyncio.timeout(context.time_remaining()):
+            if handler.response_streaming:
+                answer = handler.unary_stream(request, context)
+                if inspect.isasyncgen(answer):
+                    async for message in answer:
+                        await context.write(message)
+                else:
+                    await answer
+                response = None
+            else:
+                response = await handler.unary_unary(request, context)
+                if context.code not in (None, grpc.StatusCode.OK):
+                    raise Aborted(context.code, context.details)
+    except Aborted as exc:
+        await stream.finish(
+            call, exc.code, exc.details, exc.trailing or context.trailing
+        )
+    except TimeoutError:
+        await stream.finish(
+            call,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "Deadline Exceeded",
+            context.trailing,
+        )
+    except (CallGone, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        logger.exception("gRPC method %s failed", call.path)
+        await stream.finish(
+            call,
+            grpc.StatusCode.UNKNOWN,
+            f"Unexpected {type(exc).__name__}: {exc}",
+            context.trailing,
+        )
+    else:
+        if handler.response_streaming:
+            await stream.finish(
+                call,
+                context.code or grpc.StatusCode.OK,
+                context.details,
+                context.trailing,
+            )
+            return
+        try:
+            framed = frame(call, response)
+        except Aborted as exc:
+            await stream.finish(call, exc.code, exc.details, context.trailing)
+            return
+        await stream.answer(call, framed, context.trailing)

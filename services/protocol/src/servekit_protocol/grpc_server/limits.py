@@ -1,0 +1,73 @@
+"""The HTTP/2 limits of the gRPC server: what one client may make it hold or do.
+
+Each default is near nghttp2's or grpcio's choice for the same knob; the two
+services take an :class:`Http2Limits` from their settings and pass it down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+KIB = 1024
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Http2Limits:
+    """Per-connection and per-process limits of the HTTP/2 gRPC server."""
+
+    max_concurrent_streams: int = 100
+    """SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced (nghttp2 and
+    grpcio's usual 100); a stream over it ends the connection (RFC 9113 §5.1.2)."""
+    max_header_list_size: int = 16 * KIB
+    """SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced (grpcio: 16 KiB); a
+    compressed header block is also refused above it before it is decoded."""
+    max_continuation_frames: int = 8
+    """CONTINUATION frames accepted after one HEADERS frame (CVE-2024-27316);
+    counted before the block is buffered."""
+    stream_window_bytes: int = 1 * MIB
+    """SETTINGS_INITIAL_WINDOW_SIZE: request bytes a stream may send unread."""
+    connection_window_bytes: int = 4 * MIB
+    """Receive window of the whole connection."""
+    max_buffered_request_bytes: int = 32 * MIB
+    """Request bytes held per connection before window updates stop (the oldest
+    unfinished request keeps going, so a message up to the size limit fits)."""
+    reset_burst: int = 1000
+    """Stream resets and stream errors a connection may cause at once (nghttp2's
+    stream reset burst) before GOAWAY ENHANCE_YOUR_CALM (CVE-2023-44487)."""
+    reset_rate_per_second: float = 33.0
+    """Refill rate of that allowance (nghttp2's 33 per second)."""
+    max_queued_control_frames: int = 1000
+    """PING and SETTINGS answers queued for a client that does not read
+    (nghttp2's max outbound ACK); over it the connection is dropped."""
+    write_high_water_bytes: int = 256 * KIB
+    """Unsent bytes at which the connection stops reading and answers wait."""
+    write_low_water_bytes: int = 64 * KIB
+    """Unsent bytes at which reading and writing resume."""
+    handshake_timeout_seconds: float = 10.0
+    """Time from accept to the client's preface and SETTINGS."""
+    idle_timeout_seconds: float = 300.0
+    """Time a connection with no call under way is kept (grpcio's
+    max_connection_idle is off by default; nginx's keep-alive is 75 s)."""
+    header_read_timeout_seconds: float = 10.0
+    """Time from a header block's first frame to its last."""
+    body_read_timeout_seconds: float = 60.0
+    """Time from a request's headers to the end of its body."""
+    send_stall_timeout_seconds: float = 60.0
+    """Time an answer may wait for a client that neither reads nor opens its
+    flow-control window before the connection is dropped."""
+    max_connections: int = 1000
+    """Connections held at once by the process's gRPC server; more are sent
+    GOAWAY and closed (with a log line)."""
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if value <= 0:
+                raise ValueError(f"{item.name} must be positive, not {value}")
+        if self.write_low_water_bytes > self.write_high_water_bytes:
+            raise ValueError("write_low_water_bytes is above write_high_water_bytes")
+        if not 65_535 <= self.stream_window_bytes < 2**31:
+            raise ValueError("stream_window_bytes must be in [65535, 2**31)")
+        if not 65_535 <= self.connection_window_bytes < 2**31:
+            raise ValueError("connection_window_bytes must be in [65535, 2**31)")

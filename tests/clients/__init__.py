@@ -1,0 +1,1 @@
+"""Scripts run by the Open Inference Protocol clients' own interpreter (.venv-clients)."""

@@ -1,0 +1,225 @@
+"""The servers the HTTP/1.1, body and gateway-admission attack tests run against.
+
+:func:`serving_stack` starts a model server serving ``linear`` (scikit-learn, so
+it starts in seconds) and a gateway in front of it, both on 127.0.0.1 with the
+listener limits below: small timeouts and a small connection cap, so each attack
+shows its bounded effect in a second or two. The figures the tests assert are
+listed in the model server's and the gateway's READMEs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.gateway import ApiKeys, GatewayProcess, running_gateway
+from tests.support.models import publish_linear_pipeline
+from tests.support.modelserver import ModelServer, model_server
+from tests.support.processes import ServerProcess
+
+HEADER_TIMEOUT = 1.0
+"""Seconds both listeners give a request's headers."""
+BODY_TIMEOUT = 1.5
+"""Seconds both listeners give a request's body."""
+IDLE_TIMEOUT = 1.0
+"""Seconds both listeners keep an idle keep-alive connection."""
+MAX_CONNECTIONS = 64
+"""Connections each listener holds at once."""
+MAX_HEADER_BYTES = 16 * 1024
+"""Bytes of request line and headers each listener accepts (the default)."""
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""The gateway's body limit in these tests (the model server's REST body limit
+is its gRPC message limit, 4 MiB here)."""
+SLACK = 1.0
+"""Seconds allowed past a timeout for the timer to fire and the close to arrive
+on a loaded 2-core machine."""
+
+PREDICT_PATH = "/v1/models/linear:predict"
+PREDICT_BODY = b'{"instances": [{"a": 1.0, "b": 2.0}]}'
+
+MODEL_SERVER_LIMITS = (
+    f"--rest_api_header_timeout_seconds={HEADER_TIMEOUT}",
+    f"--rest_api_body_timeout_seconds={BODY_TIMEOUT}",
+    f"--rest_api_idle_timeout_seconds={IDLE_TIMEOUT}",
+    f"--rest_api_max_connections={MAX_CONNECTIONS}",
+    f"--grpc_max_message_bytes={MAX_BODY_BYTES}",
+)
+GATEWAY_LIMITS = (
+    f"--http-header-timeout-seconds={HEADER_TIMEOUT}",
+    f"--http-body-timeout-seconds={BODY_TIMEOUT}",
+    f"--http-idle-timeout-seconds={IDLE_TIMEOUT}",
+    f"--http-max-connections={MAX_CONNECTIONS}",
+    f"--max-body-bytes={MAX_BODY_BYTES}",
+)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One HTTP/1.1 port under attack and the process behind it.
+
+    ``headers`` are what a normal client sends (the gateway's API key).
+    """
+
+    name: str
+    port: int
+    process: ServerProcess
+    headers: Mapping[str, str]
+
+    @property
+    def header_lines(self) -> bytes:
+        """``headers`` as raw request header lines."""
+        return b"".join(
+            f"{name}: {value}\r\n".encode() for name, value in self.headers.items()
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def connect(self, timeout: float = 5.0) -> socket.socket:
+        """A raw TCP connection to the port."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The model server and the gateway in front of it."""
+
+    model_server: ModelServer
+    gateway: GatewayProcess
+
+    keys: ApiKeys
+
+    def listeners(self) -> list[Listener]:
+        return [
+            Listener(
+                "model server REST",
+                self.model_server.rest_port,
+                self.model_server.process,
+                {},
+            ),
+            Listener(
+                "gateway HTTP",
+                self.gateway.http_port,
+                self.gateway.process,
+                {"x-api-key": self.keys.admin},
+            ),
+        ]
+
+
+@contextlib.contextmanager
+def serving_stack(
+    directory: Path,
+    *,
+    gateway_env: Mapping[str, str] | None = None,
+    gateway_flags: Sequence[str] = (),
+) -> Iterator[Stack]:
+    """Start both servers with the limits above, the gateway with API keys
+    (:class:`ApiKeys`) required; stop them when the block ends."""
+    registry = directory / "models"
+    if not (registry / "linear").exists():
+        publish_linear_pipeline(registry, "linear", offset=1.0)
+    keys = ApiKeys()
+    keys_file = keys.write(directory / "keys.json", limited_rate=1.0, limited_burst=1.0)
+    with model_server(
+        [
+            "--model_name=linear",
+            f"--model_base_path={registry / 'linear'}",
+            *MODEL_SERVER_LIMITS,
+        ],
+        log_path=directory / "model-server.log",
+    ) as server:
+        rest_backends = f'{{"{server.grpc_target}": "127.0.0.1:{server.rest_port}"}}'
+        with running_gateway(
+            directory / "gateway",
+            env={
+                "GATEWAY_REGISTRY": str(registry),
+                "GATEWAY_AUTH_ENABLED": "true",
+                "GATEWAY_API_KEYS_FILE": str(keys_file),
+                **(gateway_env or {}),
+            },
+            flags=[
+                f"--default-backend={server.grpc_target}",
+                f"--rest-backends={rest_backends}",
+                *GATEWAY_LIMITS,
+                *gateway_flags,
+            ],
+        ) as gateway:
+            yield Stack(server, gateway, keys)
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident set size, from ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def timed_predict(
+    url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, float]:
+    """One normal :predict call on a fresh connection: (status, seconds)."""
+    started = time.perf_counter()
+    answer = httpx.post(
+        url + PREDICT_PATH,
+        content=PREDICT_BODY,
+        headers={"content-type": "application/json", **(headers or {})},
+        timeout=timeout,
+    )
+    return answer.status_code, time.perf_counter() - started
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """One whole HTTP/1.1 answer with a Content-Length body."""
+    sock.settimeout(timeout)
+    received = bytearray()
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-answer: {bytes(received)!r}"
+        received += chunk
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-answer: {bytes(received)!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def read_until_closed(sock: socket.socket, deadline: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and when that
+    happened (monotonic); fails if the connection is still open at `deadline`."""
+    received = bytearray()
+    while True:
+        # A connection closed before the deadline may be read after it.
+        sock.settimeout(max(deadline - time.monotonic(), 0.05))
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(received), time.monotonic()
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"connection still open; received {bytes(received[:200])!r}"
+                ) from None
+            continue
+        if not chunk:
+            return bytes(received), time.monotonic()
+        received += chunk
+
+
+def assert_no_traceback(process: ServerProcess) -> None:
+    """The server logged no Python traceback."""
+    log = process.log_text()
+    assert "Traceback" not in log, process.log_tail(40)
