@@ -154,6 +154,11 @@ class InProcessPredictor:
         }
         self._error_type = ServingError
 
+    @property
+    def runtime(self) -> Any:
+        """The loaded runtime (``modelserver.runtimes.base.Runtime``)."""
+        return self._runtime
+
     def predict(self, instances: Sequence[Any]) -> list[Outcome]:
         return predict_splitting(instances, self._run)
 
