@@ -118,7 +118,9 @@ def predict_request_bytes(
     request.model_spec.name = model
     request.model_spec.signature_name = SIGNATURE
     for name, value in row.items():
-        request.inputs[name].CopyFrom(from_ndarray(batch_array([value], dtypes[name])))
+        request.inputs[name].CopyFrom(
+            from_ndarray(batch_array([value], dtypes[name]), packed=True)
+        )
     return request.SerializeToString()
 
 

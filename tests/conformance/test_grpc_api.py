@@ -92,6 +92,49 @@ def test_predict(
 
 
 @testdata
+def test_predict_answer_is_readable_without_tensorflow(
+    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
+) -> None:
+    # The book's client without TensorFlow (chapter 19) reads the typed field,
+    # which TF Serving fills (Tensor::AsProtoField), not tensor_content.
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0, 4.0], shape=[2, 1]))
+    response = prediction.Predict(request, timeout=TIMEOUT)
+    output = response.outputs["y"]
+    assert list(output.float_val) == [3.0, 4.0]
+    assert not output.tensor_content
+    assert [dim.size for dim in output.tensor_shape.dim] == [2, 1]
+    assert tf.make_ndarray(output).tolist() == [[3.0], [4.0]]
+
+
+def test_predict_answers_every_dtype_in_its_typed_field(
+    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
+) -> None:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus"
+    request.model_spec.signature_name = "echo"
+    request.inputs["text"].CopyFrom(tf.make_tensor_proto([b"ab", b"xyz"]))
+    response = prediction.Predict(request, timeout=TIMEOUT)
+    assert list(response.outputs["text_bytes"].string_val) == [b"ab", b"xyz"]
+    length = response.outputs["length"]
+    assert not length.tensor_content
+    field = {
+        tf.int32.as_datatype_enum: "int_val",
+        tf.int64.as_datatype_enum: "int64_val",
+    }
+    assert list(getattr(length, field[length.dtype])) == [2, 3]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "linear"
+    request.inputs["a"].CopyFrom(tf.make_tensor_proto([1.0, 0.0], dtype=tf.float64))
+    request.inputs["b"].CopyFrom(tf.make_tensor_proto([2.0, 1.0], dtype=tf.float64))
+    predictions = prediction.Predict(request, timeout=TIMEOUT).outputs["predictions"]
+    # The pipeline scales and sums in float64: equal to rounding error.
+    np.testing.assert_allclose(list(predictions.double_val), [9.0, 4.0])
+    assert not predictions.tensor_content
+
+
+@testdata
 def test_predict_on_a_label(
     prediction: prediction_service_pb2_grpc.PredictionServiceStub,
 ) -> None:
@@ -311,6 +354,31 @@ def test_get_model_status(models: model_service_pb2_grpc.ModelServiceStub) -> No
     assert status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert status.status.error_code == 0
     assert status.status.error_message == ""
+
+
+@testdata
+@pytest.mark.parametrize(("label", "version"), [("stable", 123), ("canary", 124)])
+def test_get_model_status_by_label_answers_the_labelled_version(
+    models: model_service_pb2_grpc.ModelServiceStub, label: str, version: int
+) -> None:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = TWO_VERSIONS
+    request.model_spec.version_label = label
+    response = models.GetModelStatus(request, timeout=TIMEOUT)
+    (status,) = response.model_version_status
+    assert status.version == version
+    assert status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def test_get_model_status_by_unknown_label_is_invalid_argument(
+    models: model_service_pb2_grpc.ModelServiceStub,
+) -> None:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "linear"
+    request.model_spec.version_label = "nope"
+    error = rpc_error(models.GetModelStatus, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Unrecognized servable version label: nope"
 
 
 def test_get_model_status_of_unknown_model(

@@ -133,6 +133,8 @@ def test_predict_answers_as_the_grpc_port(rest: httpx.Client, stubs: Any) -> Non
     answer = predict_pb2.PredictResponse.FromString(message)
     assert answer == prediction.Predict(request, timeout=TIMEOUT)
     assert tf.make_ndarray(answer.outputs["y"]).tolist() == [2.5, 3.0, 4.5]
+    # TF Serving's typed field, as on the gRPC port.
+    assert list(answer.outputs["y"].float_val) == [2.5, 3.0, 4.5]
     assert answer.model_spec.version.value == 1
 
 

@@ -71,12 +71,24 @@ def test_status_lists_every_served_version(rest: httpx.Client) -> None:
 
 
 @testdata
-def test_status_with_a_label_lists_all_versions(rest: httpx.Client) -> None:
-    # TF Serving's GetModelStatus ignores a version label.
-    response = rest.get(f"/v1/models/{TWO_VERSIONS}/labels/canary")
+@pytest.mark.parametrize(("label", "version"), [("stable", "123"), ("canary", "124")])
+def test_status_by_label_answers_the_labelled_version(
+    rest: httpx.Client, label: str, version: str
+) -> None:
+    # TF Serving's GetModelStatusImpl ignores the label and lists every
+    # version; servekit answers the version the label points at.
+    response = rest.get(f"/v1/models/{TWO_VERSIONS}/labels/{label}")
     assert response.status_code == 200
-    versions = {s["version"] for s in response.json()["model_version_status"]}
-    assert versions == {"123", "124"}
+    (only,) = response.json()["model_version_status"]
+    assert only["version"] == version
+    assert only["state"] == "AVAILABLE"
+
+
+def test_status_by_unknown_label_is_400(rest: httpx.Client) -> None:
+    # The error TF Serving gives a request on a label it does not know.
+    response = rest.get("/v1/models/linear/labels/nope")
+    assert response.status_code == 400
+    assert error_of(response) == "Unrecognized servable version label: nope"
 
 
 def test_status_of_unknown_model_is_404(rest: httpx.Client) -> None:

@@ -128,7 +128,7 @@ def predict_request(
     """A PredictRequest with one TensorProto per input (text goes as UTF-8 bytes)."""
     request = messages.PredictRequest(model_spec=model_spec(settings, schema.signature))
     for name, array in columns.items():
-        from_ndarray(array, into=request.inputs[name])
+        from_ndarray(array, into=request.inputs[name], packed=True)
     return request
 
 

@@ -99,9 +99,9 @@ def test_publish_list_show_verify_and_rollouts(
 
 def publish_in_process(registry: Registry, model: Path) -> None:
     """Publish without a subprocess: these tests are about the command that follows."""
-    from servekit.publishing import publish_external
+    from servekit.publishing import PublishRequest, publish_external
 
-    publish_external(registry, "shapes", model, None, None, [])
+    publish_external(registry, PublishRequest("shapes", model))
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+from servekit_protocol import messages
+from servekit_protocol.services import PredictionServiceStub
+from servekit_protocol.tensors import from_ndarray
 
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import linear_target, publish_linear_pipeline
@@ -176,3 +180,42 @@ def test_answered_callers_are_waited_for_so_calls_stay_full(
     )
     # The lone first call, then one call per round; alternating groups need 2 × rounds.
     assert calls <= rounds + 2
+
+
+def test_grpc_callers_of_a_merged_call_get_tf_servings_typed_fields(
+    coalescing_gateway: GatewayProcess,
+) -> None:
+    """The answers the gateway cuts out of a merged one are encoded as TF Serving
+    encodes answers: each caller's values in `double_val`, no `tensor_content`."""
+    gateway = coalescing_gateway
+    merged_before = gateway.metric("gateway_coalesced_requests_sum")
+    seeds = (9, 10, 11, 12)
+
+    def call(seed: int) -> messages.PredictResponse:
+        request = messages.PredictRequest()
+        request.model_spec.name = "slow"
+        rows = _rows(seed)
+        for column in ("a", "b"):
+            # Packed, as tf.make_tensor_proto sends numpy arrays.
+            from_ndarray(
+                np.array([row[column] for row in rows]),
+                into=request.inputs[column],
+                packed=True,
+            )
+        with grpc.insecure_channel(gateway.grpc_target) as channel:
+            answer: messages.PredictResponse = PredictionServiceStub(channel).Predict(
+                request, timeout=10
+            )
+        return answer
+
+    holder = _hold_backend(gateway)
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        answers = list(pool.map(call, seeds))
+    holder.join()
+    assert gateway.metric("gateway_coalesced_requests_sum") - merged_before >= 2
+    for seed, answer in zip(seeds, answers, strict=True):
+        predicted = answer.outputs["predictions"]
+        assert not predicted.tensor_content
+        expected = [linear_target(r["a"], r["b"], 1.0) for r in _rows(seed)]
+        np.testing.assert_allclose(list(predicted.double_val), expected)
+        assert [dim.size for dim in predicted.tensor_shape.dim] == [len(expected)]

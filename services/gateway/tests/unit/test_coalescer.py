@@ -24,7 +24,8 @@ def _request(
     request.model_spec.name = model
     request.model_spec.signature_name = signature
     for name, array in inputs.items():
-        from_ndarray(array, into=request.inputs[name])
+        # Packed, as tf.make_tensor_proto sends numpy arrays.
+        from_ndarray(array, into=request.inputs[name], packed=True)
     return request
 
 

@@ -1,9 +1,7 @@
 from __future__ import annotations
 
-import gzip
 import json
 import struct
-import zlib
 from typing import Any
 
 import numpy as np
@@ -12,11 +10,10 @@ from gateway.codecs.v2 import parse_infer_request
 from gateway.codecs.v2_binary import (
     encode_body,
     format_outputs,
-    inflate_deflate,
     split_body,
 )
 from gateway.codecs.v2_classification import classify
-from gateway.errors import InvalidInput, PayloadTooLarge
+from gateway.errors import InvalidInput
 
 
 def _binary_request(
@@ -264,14 +261,3 @@ def test_a_bad_classification_count_is_refused(value: Any) -> None:
                 "outputs": [{"name": "p", "parameters": {"classification": value}}],
             }
         )
-
-
-def test_deflate_bodies_inflate_under_the_limit() -> None:
-    body = b'{"inputs": []}' * 10
-    assert inflate_deflate(zlib.compress(body), 1000) == body
-    with pytest.raises(PayloadTooLarge):
-        inflate_deflate(zlib.compress(b"0" * 10_000), 1000)
-    with pytest.raises(InvalidInput, match="deflated"):
-        inflate_deflate(gzip.compress(body), 1000)
-    with pytest.raises(InvalidInput, match="truncated"):
-        inflate_deflate(zlib.compress(body)[:-3], 1000)

@@ -1,11 +1,13 @@
 """The servekit model registry: TF Serving's folder layout, manifests, atomic publishing,
 labels and the serving config files generated from them."""
 
+from modelregistry.codemodules import CodeModule, modules_from_files
 from modelregistry.errors import (
     IntegrityError,
     InvalidName,
     LabelInUse,
     ManifestError,
+    MissingCode,
     ModelNotFound,
     RegistryError,
     RegistryNotWritable,
@@ -21,6 +23,13 @@ from modelregistry.layout import (
     check_model_name,
     parse_version,
 )
+from modelregistry.loading import (
+    is_skops,
+    is_trustable,
+    load_model,
+    unpickle,
+    untrusted_types,
+)
 from modelregistry.manifest import (
     DTYPES,
     MANIFEST_FILE,
@@ -33,9 +42,12 @@ from modelregistry.manifest import (
     read_manifest,
     sha256_file,
 )
-from modelregistry.pickles import load_pickle
 from modelregistry.registry import CANARY, STABLE, Draft, Registry, library_versions
 from modelregistry.servingconfig import ModelEntry, config_text
+from modelregistry.verification import version_problems
+
+load_pickle = load_model
+"""The former name of :func:`load_model`, kept for callers that only load pickles."""
 
 __all__ = [
     "CANARY",
@@ -46,6 +58,7 @@ __all__ = [
     "SKLEARN_CONFIG_FILE",
     "STABLE",
     "TF_CONFIG_FILE",
+    "CodeModule",
     "DataFingerprint",
     "Draft",
     "Feature",
@@ -55,6 +68,7 @@ __all__ = [
     "LabelInUse",
     "Manifest",
     "ManifestError",
+    "MissingCode",
     "ModelEntry",
     "ModelNotFound",
     "Registry",
@@ -67,9 +81,16 @@ __all__ = [
     "check_label",
     "check_model_name",
     "config_text",
+    "is_skops",
+    "is_trustable",
     "library_versions",
+    "load_model",
     "load_pickle",
+    "modules_from_files",
     "parse_version",
     "read_manifest",
     "sha256_file",
+    "unpickle",
+    "untrusted_types",
+    "version_problems",
 ]

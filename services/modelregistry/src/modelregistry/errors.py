@@ -57,3 +57,14 @@ class RegistryNotWritable(RegistryError):
     """The registry folder cannot be created or written."""
 
     status = HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+class MissingCode(RegistryError):
+    """A pickle refers to `__main__` names that no code module provides."""
+
+    status = HTTPStatus.UNPROCESSABLE_ENTITY
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
+        """Every missing `__main__` name, sorted."""

@@ -90,7 +90,13 @@ class Manifest(_Strict):
     artifact: str
     """The main file, relative to the version folder (`model.joblib`, `saved_model.pb`)."""
     code_dir: str | None = None
-    """Folder (relative) put on `sys.path` before unpickling, for the model's own classes."""
+    """Folder (relative) of the model's own modules, imported from their checked bytes."""
+    main_names: dict[str, str] = Field(default_factory=dict)
+    """Names a pickle refers to as `__main__.<name>` (helpers defined in a notebook or
+    script) -> the module of `code_dir` that defines them."""
+    trusted_types: list[str] | None = None
+    """For a `.skops` artifact: the types beyond skops' own defaults that the publisher
+    trusted; loading refuses a file that needs any other."""
     task: Literal["regression", "classification"] | None = None
     classes: list[str] | None = None
     features: list[Feature] = Field(default_factory=list)

@@ -37,10 +37,10 @@ from modelregistry.manifest import (
     Manifest,
     digest_files,
     read_manifest,
-    verify_files,
 )
 from modelregistry.servingconfig import ModelEntry, config_text
 from modelregistry.state import ModelState, read_state, write_state
+from modelregistry.verification import version_problems
 
 PUBLISH_PREFIX = ".publish-"
 STABLE = "stable"
@@ -179,12 +179,15 @@ class Registry:
         return versions[-1]
 
     def verify(self, name: str, version: int) -> list[str]:
-        """Every problem with a version's files and manifest (empty when sound)."""
+        """Every problem with a version's files and manifest (empty when sound).
+
+        The same rules every loader applies before it opens a file.
+        """
         try:
             manifest = self.manifest(name, version)
         except ManifestError as exc:
             return [str(exc)]
-        problems = verify_files(self.version_dir(name, version), manifest)
+        problems = version_problems(self.version_dir(name, version), manifest)
         if manifest.name != name:
             problems.append(
                 f"manifest names model {manifest.name!r}, folder is {name!r}"

@@ -66,7 +66,6 @@ IGNORED_FLAGS: dict[str, type] = {
     "tensorflow_session_config_file": str,
     "mixed_precision": str,
     "skip_initialize_tpu": bool,
-    "enable_serialization_as_tensor_content": bool,
 }
 """TF Serving flags accepted for command-line compatibility that change nothing."""
 
@@ -146,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, field in Settings.model_fields.items():
         kind = field.annotation
         if kind in _SETTINGS_FLAG_TYPES and isinstance(kind, type):
-            help_text = (field.description or "").strip()
+            # argparse %-formats help strings.
+            help_text = " ".join((field.description or "").split()).replace("%", "%%")
             if field.default is not None and not callable(field.default_factory):
                 help_text = f"{help_text} (default: {field.default})".strip()
             _add_flag(parser, name, kind, help_text)
@@ -296,6 +296,7 @@ async def serve(settings: Settings) -> int:
             channel_arguments=parse_channel_arguments(settings.grpc_channel_arguments),
             socket_path=settings.grpc_socket_path,
             enable_health=settings.enable_grpc_healthcheck_service,
+            packed_outputs=settings.enable_serialization_as_tensor_content,
             grace=DRAIN_SECONDS,
             limits=settings.http2,
         )
@@ -318,6 +319,7 @@ async def serve(settings: Settings) -> int:
             render_metrics=lambda: generate_latest(metrics.registry),
             enable_cors=settings.rest_api_enable_cors_support,
             max_body_bytes=settings.grpc_max_message_bytes,
+            packed_outputs=settings.enable_serialization_as_tensor_content,
         )
         rest_server = RestServer(
             app,

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 
 from modelserver.batching.batcher import Batcher
 from modelserver.config import (
-    ModelConfig,
     from_model_server_config,
     load_model_server_config,
     single_model_config,
@@ -49,17 +48,14 @@ from modelserver.errors import (
     InvalidInput,
     ModelNotReady,
     ServingError,
-    Unimplemented,
 )
+from modelserver.multiinference import check_tasks, prepare_tasks, task_results
+from modelserver.registry.loader import VersionLoader
 from modelserver.registry.registry import ModelRegistry, Servable
-from modelserver.registry.repository import LoadOptions, load_runtime
-from modelserver.registry.warmup import warm_up
 from modelserver.registry.watcher import Watcher
 from modelserver.runtimes.base import PreparedCall, Runtime
 from modelserver.threadpool import ThreadPool
 from modelserver.types import (
-    CLASSIFY_METHOD,
-    REGRESS_METHOD,
     Api,
     ClassifyRequest,
     ClassifyResponse,
@@ -110,24 +106,8 @@ class DataPlane:
         self._batcher = (
             Batcher(settings.batching, metrics) if settings.enable_batching else None
         )
-        intra = settings.tensorflow_intra_op_parallelism
-        inter = settings.tensorflow_inter_op_parallelism
-        if settings.tensorflow_session_parallelism > 0:
-            intra = inter = settings.tensorflow_session_parallelism
-        self._load_options = LoadOptions(
-            saved_model_tags=tuple(
-                tag.strip()
-                for tag in settings.saved_model_tags.split(",")
-                if tag.strip()
-            ),
-            intra_op_threads=intra,
-            inter_op_threads=inter,
-            gpu_memory_fraction=settings.per_process_gpu_memory_fraction,
-            method_name_check=settings.enable_signature_method_name_check,
-            own_warning_filters=settings.own_warning_filters,
-        )
         self._registry = ModelRegistry(
-            loader=self._load_version,
+            loader=VersionLoader(settings),
             load_executor=self._load_executor,
             metrics=metrics,
             num_load_threads=settings.num_load_threads,
@@ -211,32 +191,6 @@ class DataPlane:
     def live(self) -> bool:
         """Whether the process should be kept alive (false once stopped)."""
         return self._live
-
-    def _load_version(self, config: ModelConfig, version: int, path: Path) -> Runtime:
-        # Runs in the load pool: load, then warm up before the version serves.
-        runtime = load_runtime(
-            name=config.name,
-            version=version,
-            path=path,
-            platform=config.platform,
-            options=self._load_options,
-        )
-        if self._settings.enable_model_warmup:
-            try:
-                calls = warm_up(
-                    runtime, iterations=self._settings.num_request_iterations_for_warmup
-                )
-            except BaseException:
-                runtime.close()
-                raise
-            if calls:
-                logger.info(
-                    "Warmed up %s version %d with %d request(s)",
-                    config.name,
-                    version,
-                    calls,
-                )
-        return runtime
 
     async def _close_batch_queues(self, servable: Servable) -> None:
         if self._batcher is not None:
@@ -381,68 +335,20 @@ class DataPlane:
         """
         name = request.tasks[0].spec.name if request.tasks else ""
         with self._observe(name, Api.MULTI_INFERENCE, protocol) as observation:
-            self._check_tasks(request)
+            check_tasks(request)
             with self._acquired(request.tasks[0].spec, observation) as (
                 servable,
                 runtime,
             ):
-                calls: list[tuple[str, PreparedCall]] = []
-                for task in request.tasks:
-                    if task.method_name == CLASSIFY_METHOD:
-                        call = runtime.prepare_classify(
-                            task.spec.signature_name, request.examples, request.context
-                        )
-                    else:
-                        call = runtime.prepare_regress(
-                            task.spec.signature_name, request.examples, request.context
-                        )
-                    calls.append((task.method_name, call))
+                calls = prepare_tasks(request, runtime)
                 outputs = await asyncio.gather(
                     *(
                         self._execute(servable, runtime, call, timeout)
                         for _, call in calls
                     )
                 )
-                results: list[ClassifyResponse | RegressResponse] = []
-                for (method_name, call), output in zip(calls, outputs, strict=True):
-                    resolved = ResolvedSpec(name, servable.version, call.signature_name)
-                    if method_name == CLASSIFY_METHOD:
-                        results.append(
-                            ClassifyResponse(
-                                resolved, runtime.to_classifications(call, output)
-                            )
-                        )
-                    else:
-                        results.append(
-                            RegressResponse(
-                                resolved, runtime.to_regressions(call, output)
-                            )
-                        )
+                results = task_results(name, servable.version, runtime, calls, outputs)
             return MultiInferenceResponse(results)
-
-    @staticmethod
-    def _check_tasks(request: MultiInferenceRequest) -> None:
-        if not request.tasks:
-            raise InvalidInput("MultiInferenceRequest has no tasks.")
-        model_name = request.tasks[0].spec.name
-        signatures: set[str] = set()
-        for task in request.tasks:
-            if not task.spec.name:
-                raise InvalidInput("Found ModelSpec with an empty model name.")
-            if task.spec.name != model_name:
-                raise InvalidInput(
-                    "All ModelSpecs in a MultiInferenceRequest must access the same "
-                    "model name."
-                )
-            if task.spec.signature_name in signatures:
-                raise InvalidInput(
-                    f"Duplicate evaluation of signature: {task.spec.signature_name}"
-                )
-            signatures.add(task.spec.signature_name)
-            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
-                raise Unimplemented(
-                    f"Unsupported signature method_name: {task.method_name}"
-                )
 
     def _resolve(self, spec: ModelSpec) -> Servable:
         if self._stopping:
@@ -522,18 +428,24 @@ class DataPlane:
     ) -> list[VersionStatus]:
         """Every known version's state, or one version's (GetModelStatus).
 
-        As in TF Serving, a label in ``spec`` is ignored and all versions are
-        listed.
+        A label in ``spec`` answers the version it points at, whatever that
+        version's state. (TF Serving's GetModelStatusImpl ignores the label and
+        lists every version; servekit answers what the client asked for, and
+        an unknown label gets the error a Predict on it gets.)
 
         Raises:
             ModelNotFound: The model has no known versions.
             VersionNotFound: That version is unknown.
+            LabelNotFound: The label is not assigned.
         """
         version_text = "" if spec.version is None else str(spec.version)
         with self._observe(spec.name, Api.STATUS, protocol, version_text):
             if not spec.name:
                 raise InvalidInput("Missing model name in request.")
-            return self._registry.statuses(spec.name, spec.version)
+            version = spec.version
+            if spec.label is not None:
+                version = self._registry.labelled_version(spec.name, spec.label)
+            return self._registry.statuses(spec.name, version)
 
     async def reload_config(
         self, config: ModelServerConfig, *, protocol: str = ""

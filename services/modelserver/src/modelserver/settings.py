@@ -92,6 +92,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         protected_namespaces=(),
+        # The docstrings below become the field descriptions --help prints.
+        use_attribute_docstrings=True,
     )
 
     # --- ports and transports -------------------------------------------------
@@ -160,6 +162,11 @@ class Settings(BaseSettings):
     rest_api_max_connections: int = Field(default=http1.DEFAULT_MAX_CONNECTIONS, ge=1)
     """servekit extension: REST connections held at once; more are answered 503 and
     closed."""
+
+    enable_serialization_as_tensor_content: bool = False
+    """Answer Predict (gRPC and gRPC-Web) with each output's bytes in
+    ``tensor_content`` instead of TF Serving's default, the dtype's typed field
+    (``float_val``, ``int_val``...)."""
 
     # --- models -----------------------------------------------------------------
     model_name: str = "default"

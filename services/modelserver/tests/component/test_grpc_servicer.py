@@ -7,7 +7,11 @@ import grpc.aio
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from modelserver.protocol.grpc.server import parse_channel_arguments, server_options
+from modelserver.protocol.grpc.server import (
+    GrpcServer,
+    parse_channel_arguments,
+    server_options,
+)
 from modelserver.types import ModelSpec
 from servekit_protocol import examples, messages, tensors
 from servekit_protocol.metadata import unpack_signature_def_map
@@ -33,6 +37,45 @@ async def test_predict(channel: grpc.aio.Channel, dataplane: FakeDataPlane) -> N
     # the grpc-timeout it sends up to a coarser value (seen: 10.099 s for 10 s).
     assert call.timeout is not None
     assert 0 < call.timeout <= 10.5
+
+
+async def test_predict_answers_in_typed_fields_as_tf_serving(
+    channel: grpc.aio.Channel,
+) -> None:
+    # TF Serving's default (AsProtoField): a client without TensorFlow reads
+    # outputs[name].float_val. The request's packed bytes are accepted as well.
+    request = messages.PredictRequest()
+    request.model_spec.name = "half"
+    tensors.from_ndarray(
+        np.array([1.0, 3.0], np.float32), into=request.inputs["x"], packed=True
+    )
+    response = await PredictionServiceStub(channel).Predict(request, timeout=10)
+    assert list(response.outputs["y"].float_val) == [2.5, 3.5]
+    assert not response.outputs["y"].tensor_content
+
+
+async def test_tensor_content_answers_when_asked(dataplane: FakeDataPlane) -> None:
+    # --enable_serialization_as_tensor_content
+    server = GrpcServer(
+        dataplane,
+        host="127.0.0.1",
+        port=0,
+        max_message_bytes=4 * 1024 * 1024,
+        packed_outputs=True,
+        grace=1,
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as opened:
+            request = messages.PredictRequest()
+            request.model_spec.name = "half"
+            tensors.from_ndarray(np.array([1.0], np.float32), into=request.inputs["x"])
+            response = await PredictionServiceStub(opened).Predict(request, timeout=10)
+    finally:
+        await server.stop()
+    answer = response.outputs["y"]
+    assert answer.tensor_content == np.array([2.5], "<f4").tobytes()
+    assert not answer.float_val
 
 
 async def test_version_and_output_filter_are_read(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from modelserver.__main__ import FlagError, main, parse_bool, parse_flags
+from modelserver.settings import Settings
 
 
 def test_both_flag_forms_and_tf_booleans() -> None:
@@ -80,3 +85,23 @@ def test_main_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "servekit-model-server" in capsys.readouterr().out
     assert main(["--nope"]) == 255
     assert "unknown argument: --nope" in capsys.readouterr().err
+
+
+def test_help_describes_every_flag_with_its_settings_docstring() -> None:
+    # The installed entry point, as a user runs it.
+    executable = Path(sys.executable).with_name("servekit-model-server")
+    done = subprocess.run(
+        [str(executable), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    # argparse re-wraps lines, also after hyphens: compare without whitespace.
+    text = "".join(done.stdout.split())
+    described = 0
+    for name, field in Settings.model_fields.items():
+        if field.annotation not in (bool, int, float, str):
+            continue
+        assert field.description, f"Settings.{name} has no docstring"
+        assert f"--{name}" in text
+        assert "".join(field.description.split()) in text, name
+        described += 1
+    assert described >= 30

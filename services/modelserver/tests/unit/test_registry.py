@@ -227,6 +227,9 @@ async def test_specific_policy_and_labels(
         registry.resolve(ModelSpec("linear", label="x"))
     with pytest.raises(LabelNotFound):
         registry.resolve(ModelSpec("other", label="stable"))
+    assert registry.labelled_version("linear", "canary") == 2
+    with pytest.raises(LabelNotFound, match="Unrecognized servable version label: x"):
+        registry.labelled_version("linear", "x")
 
 
 async def test_label_on_an_unavailable_version_is_refused(

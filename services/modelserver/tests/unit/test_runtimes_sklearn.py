@@ -19,7 +19,8 @@ from modelserver.errors import (
     SignatureNotFound,
 )
 from modelserver.registry.repository import LoadOptions, load_runtime
-from modelserver.runtimes.sklearn import SklearnRuntime, _to_bytes_array, _to_text_array
+from modelserver.runtimes.frames import to_bytes_array, to_text_array
+from modelserver.runtimes.sklearn import SklearnRuntime
 from modelserver.types import PREDICT_METHOD, TensorInfo
 
 CLASSES = ["large", "small"]
@@ -293,15 +294,15 @@ def test_text_columns_become_str_objects_whatever_they_arrive_as() -> None:
         (np.array([b"x", "y", 3], dtype=object), ["x", "y", "3"]),
     ]
     for value, expected in cases:
-        text = _to_text_array(value)
+        text = to_text_array(value)
         assert text.dtype == object
         assert text.tolist() == expected
-    matrix = _to_text_array(np.array([[b"a"], [b"b"]], dtype=object))
+    matrix = to_text_array(np.array([[b"a"], [b"b"]], dtype=object))
     assert matrix.shape == (2, 1)
     assert matrix.tolist() == [["a"], ["b"]]
 
 
 def test_string_outputs_become_utf8_bytes() -> None:
-    assert _to_bytes_array(np.array(["é", "b"])).tolist() == [b"\xc3\xa9", b"b"]
-    assert _to_bytes_array(np.array(["x", 1], dtype=object)).tolist() == [b"x", b"1"]
-    assert _to_bytes_array(np.array([0.1], dtype=np.float32)).tolist() == [b"0.1"]
+    assert to_bytes_array(np.array(["é", "b"])).tolist() == [b"\xc3\xa9", b"b"]
+    assert to_bytes_array(np.array(["x", 1], dtype=object)).tolist() == [b"x", b"1"]
+    assert to_bytes_array(np.array([0.1], dtype=np.float32)).tolist() == [b"0.1"]

@@ -1,11 +1,20 @@
 """TensorProto <-> numpy, without TensorFlow.
 
-Numeric tensors are written as ``tensor_content`` (raw little-endian bytes, one
-copy, the layout ``tf.make_tensor_proto`` uses for numpy input). Reading also
-accepts the typed repeated fields (``float_val``, ``int_val``, ``half_val``...)
-that other clients write, including TensorFlow's fill rule: when a field holds
-fewer values than the shape, the last value fills the rest (so one value
-describes a constant tensor of any shape).
+Writing has two encodings. The default is TF Serving's answer encoding
+(``Tensor::AsProtoField``, what Predict and the other APIs send back): every
+element in the dtype's typed repeated field (``float_val``, ``double_val``,
+``int_val`` for the narrow integers and quantized types, ``int64_val``,
+``uint32_val``, ``uint64_val``, ``bool_val``, ``string_val``, ``half_val`` with
+the 16-bit patterns of float16 and bfloat16, ``scomplex_val``/``dcomplex_val``
+as interleaved real and imaginary parts, ``float8_val`` as one byte each), so a
+client without TensorFlow can read ``outputs[name].float_val``. ``packed=True``
+writes numeric tensors as ``tensor_content`` instead (raw little-endian bytes,
+the layout ``tf.make_tensor_proto`` uses for numpy input, and TF Serving's
+``--enable_serialization_as_tensor_content``); requests are cheaper that way.
+
+Reading accepts both, including TensorFlow's fill rule for the typed fields:
+when a field holds fewer values than the shape, the last value fills the rest
+(so one value describes a constant tensor of any shape).
 
 DT_STRING tensors become object arrays of ``bytes``.
 """
@@ -44,7 +53,8 @@ class _Kind:
     name: str
     numpy: np.dtype[Any]
     field: str
-    # Written as tensor_content by from_ndarray (False: the typed field).
+    # May be written as tensor_content (False: TensorFlow always uses the
+    # typed field for this dtype).
     content: bool = True
     # Derived once here rather than on every tensor of every request.
     wire: np.dtype[Any] = dataclasses.field(init=False)
@@ -410,11 +420,65 @@ def _string_values(array: np.ndarray[Any, Any]) -> list[bytes]:
     raise InvalidArgument(f"Cannot encode a {array.dtype} array as DT_STRING")
 
 
+# Fields whose packed wire form is the values' little-endian bytes (fixed-width
+# floats): the field can be written by merging a hand-made packed record, one
+# copy of the bytes, instead of one Python object per element.
+_FIXED_WIDTH_FIELDS: dict[str, int] = {
+    "float_val": TensorProto.FLOAT_VAL_FIELD_NUMBER,
+    "double_val": TensorProto.DOUBLE_VAL_FIELD_NUMBER,
+    "scomplex_val": TensorProto.SCOMPLEX_VAL_FIELD_NUMBER,
+    "dcomplex_val": TensorProto.DCOMPLEX_VAL_FIELD_NUMBER,
+}
+_LENGTH_DELIMITED = 2
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _packed_record(field_number: int, data: bytes) -> bytes:
+    return _varint(field_number << 3 | _LENGTH_DELIMITED) + _varint(len(data)) + data
+
+
+def _write_typed(
+    values: np.ndarray[Any, Any], kind: _Kind, tensor: TensorProto
+) -> None:
+    """Every element into the dtype's typed field, as ``Tensor::AsProtoField``."""
+    field = kind.field
+    if values.size == 0:
+        return
+    number = _FIXED_WIDTH_FIELDS.get(field)
+    if number is not None:
+        part = _COMPLEX_PART.get(kind.data_type)
+        wire = kind.wire if part is None else _wire_dtype(part)
+        flat = values if part is None else values.view(part)
+        data = (flat if flat.dtype == wire else flat.astype(wire)).tobytes()
+        tensor.MergeFromString(_packed_record(number, data))
+    elif field == "half_val":
+        # The 16-bit pattern of each value, as a non-negative int32.
+        bits = values.view(np.uint16).astype(np.int32)
+        tensor.half_val.extend(bits.ravel().tolist())
+    elif field == "float8_val":
+        tensor.float8_val = values.tobytes()
+    elif field == "int_val":
+        tensor.int_val.extend(values.astype(np.int32).ravel().tolist())
+    else:
+        # int64_val, uint32_val, uint64_val, bool_val: tolist() gives Python
+        # ints and bools of the right range.
+        getattr(tensor, field).extend(values.ravel().tolist())
+
+
 def from_ndarray(
     array: npt.ArrayLike,
     dtype: DataTypeLike | None = None,
     *,
     into: TensorProto | None = None,
+    packed: bool = False,
 ) -> TensorProto:
     """Encode an array (or nested list/scalar) as a TensorProto.
 
@@ -424,6 +488,10 @@ def from_ndarray(
             default: inferred from the array's numpy dtype.
         into: a message to fill (it is cleared first), e.g.
             ``response.outputs["y"]``, which saves a copy of the bytes.
+        packed: write numeric values as ``tensor_content`` (cheaper; what
+            ``tf.make_tensor_proto`` sends) instead of the typed field TF
+            Serving's answers use. Strings and sub-byte integers always use
+            their typed field, as in TensorFlow.
 
     Raises:
         InvalidArgument: the values cannot be represented with that dtype.
@@ -452,13 +520,13 @@ def from_ndarray(
         _write_shape(values.shape, tensor.tensor_shape)
     if kind is _STRING_KIND:
         tensor.string_val.extend(_string_values(values))
-    elif kind.content:
+    elif packed and kind.content:
         # tobytes() writes C order whatever the layout, so only the byte
         # order may need a cast.
         wire = values if values.dtype == kind.wire else values.astype(kind.wire)
         tensor.tensor_content = wire.tobytes()
     else:
-        tensor.int_val.extend(values.astype(np.int32).ravel().tolist())
+        _write_typed(values, kind, tensor)
     return tensor
 
 

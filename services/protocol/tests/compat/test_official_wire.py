@@ -502,14 +502,17 @@ def test_make_tensor_proto_decodes_like_make_ndarray(values: Any, dtype: Any) ->
         assert decoded.tobytes() == np.ascontiguousarray(expected).tobytes()
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["typed", "packed"])
 @pytest.mark.parametrize(("values", "dtype"), MAKE_TENSOR_PROTO_CASES)
-def test_from_ndarray_is_read_by_make_ndarray(values: Any, dtype: Any) -> None:
+def test_from_ndarray_is_read_by_make_ndarray(
+    values: Any, dtype: Any, packed: bool
+) -> None:
     if dtype == "broadcast":
         array = np.full((2, 3), values)
     else:
         array = tf.make_ndarray(tf.make_tensor_proto(values, dtype=dtype))
     official = tensor_pb2.TensorProto.FromString(
-        tensors.from_ndarray(array).SerializeToString()
+        tensors.from_ndarray(array, packed=packed).SerializeToString()
     )
     decoded = tf.make_ndarray(official)
     assert decoded.shape == array.shape

@@ -86,6 +86,6 @@ def test_a_scalar_tensor_has_no_shape_field() -> None:
 
 def test_big_endian_arrays_are_written_little_endian() -> None:
     array = np.arange(3, dtype=">i4")
-    tensor = tensors.from_ndarray(array)
+    tensor = tensors.from_ndarray(array, packed=True)
     assert tensor.tensor_content == np.arange(3, dtype="<i4").tobytes()
     assert tensors.to_ndarray(tensor).tolist() == [0, 1, 2]

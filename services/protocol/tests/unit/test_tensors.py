@@ -33,11 +33,14 @@ ROUND_TRIP_ARRAYS: list[np.ndarray[Any, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["typed", "packed"])
 @pytest.mark.parametrize(
     "array", ROUND_TRIP_ARRAYS, ids=lambda a: f"{a.dtype}{a.shape}"
 )
-def test_round_trip_keeps_dtype_shape_and_values(array: np.ndarray[Any, Any]) -> None:
-    proto = tensors.from_ndarray(array)
+def test_round_trip_keeps_dtype_shape_and_values(
+    array: np.ndarray[Any, Any], packed: bool
+) -> None:
+    proto = tensors.from_ndarray(array, packed=packed)
     wire = messages.TensorProto.FromString(proto.SerializeToString())
     decoded = tensors.to_ndarray(wire)
     assert decoded.dtype == array.dtype
@@ -46,8 +49,68 @@ def test_round_trip_keeps_dtype_shape_and_values(array: np.ndarray[Any, Any]) ->
     assert decoded.flags.writeable
 
 
-def test_numeric_tensors_use_tensor_content() -> None:
-    proto = tensors.from_ndarray(np.arange(4, dtype=np.float32))
+# What TensorFlow's Tensor::AsProtoField writes for each dtype (tensor.cc's
+# ProtoHelper specialisations), which TF Serving's Predict answers carry.
+AS_PROTO_FIELD_CASES: list[tuple[Any, Any, str, list[Any] | bytes]] = [
+    (np.array([[1.5, -2.0]], np.float32), None, "float_val", [1.5, -2.0]),
+    (np.array([1e300, -0.5]), None, "double_val", [1e300, -0.5]),
+    (np.array([-2.0, 1.0], np.float16), None, "half_val", [0xC000, 0x3C00]),
+    (np.array([1.0, -1.0], ml_dtypes.bfloat16), None, "half_val", [0x3F80, 0xBF80]),
+    (np.array([-128, 127], np.int8), None, "int_val", [-128, 127]),
+    (np.array([-32768, 7], np.int16), None, "int_val", [-32768, 7]),
+    (np.array([-(2**31), 5], np.int32), None, "int_val", [-(2**31), 5]),
+    (np.array([0, 255], np.uint8), None, "int_val", [0, 255]),
+    (np.array([65535], np.uint16), None, "int_val", [65535]),
+    (np.array([-(2**63), 9], np.int64), None, "int64_val", [-(2**63), 9]),
+    (np.array([2**32 - 1], np.uint32), None, "uint32_val", [2**32 - 1]),
+    (np.array([2**64 - 1], np.uint64), None, "uint64_val", [2**64 - 1]),
+    (np.array([True, False]), None, "bool_val", [True, False]),
+    (np.array([1 + 2j, -3j], np.complex64), None, "scomplex_val", [1, 2, 0, -3]),
+    (np.array([0.5 - 1j]), None, "dcomplex_val", [0.5, -1.0]),
+    (np.array([-5, 3], np.int8), "qint8", "int_val", [-5, 3]),
+    (np.array([200], np.uint8), "quint8", "int_val", [200]),
+    (np.array([-300], np.int16), "qint16", "int_val", [-300]),
+    (np.array([60000], np.uint16), "quint16", "int_val", [60000]),
+    (np.array([-70000], np.int32), "qint32", "int_val", [-70000]),
+    (np.array([-8, 7], ml_dtypes.int4), None, "int_val", [-8, 7]),
+    (
+        np.array([1.0, -2.0], ml_dtypes.float8_e5m2),
+        None,
+        "float8_val",
+        np.array([1.0, -2.0], ml_dtypes.float8_e5m2).tobytes(),
+    ),
+    (np.array([b"a", b"\xff"], dtype=object), None, "string_val", [b"a", b"\xff"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("array", "dtype", "field", "expected"),
+    AS_PROTO_FIELD_CASES,
+    ids=[f"{c[1] or c[0].dtype}" for c in AS_PROTO_FIELD_CASES],
+)
+def test_default_encoding_is_tensorflows_as_proto_field(
+    array: np.ndarray[Any, Any], dtype: Any, field: str, expected: list[Any] | bytes
+) -> None:
+    proto = tensors.from_ndarray(array, dtype)
+    wire = messages.TensorProto.FromString(proto.SerializeToString())
+    assert not wire.tensor_content
+    written = getattr(wire, field)
+    assert (written if isinstance(expected, bytes) else list(written)) == expected
+    assert [f.name for f, _ in wire.ListFields()][-1] == field
+    decoded = tensors.to_ndarray(wire)
+    assert decoded.tobytes() == array.astype(decoded.dtype).tobytes()
+
+
+def test_typed_encoding_of_non_contiguous_and_big_endian_arrays() -> None:
+    transposed = np.arange(6, dtype=">f4").reshape(2, 3).T
+    proto = tensors.from_ndarray(transposed)
+    assert list(proto.float_val) == transposed.ravel().tolist()
+    assert [dim.size for dim in proto.tensor_shape.dim] == [3, 2]
+    np.testing.assert_array_equal(tensors.to_ndarray(proto), transposed)
+
+
+def test_packed_numeric_tensors_use_tensor_content() -> None:
+    proto = tensors.from_ndarray(np.arange(4, dtype=np.float32), packed=True)
     assert proto.dtype == messages.DT_FLOAT
     assert proto.tensor_content == np.arange(4, dtype="<f4").tobytes()
     assert not proto.float_val
@@ -55,7 +118,7 @@ def test_numeric_tensors_use_tensor_content() -> None:
 
 def test_big_endian_input_is_written_little_endian() -> None:
     array = np.array([1, 2], dtype=">i4")
-    proto = tensors.from_ndarray(array)
+    proto = tensors.from_ndarray(array, packed=True)
     assert proto.tensor_content == np.array([1, 2], dtype="<i4").tobytes()
     np.testing.assert_array_equal(tensors.to_ndarray(proto), [1, 2])
 
@@ -94,8 +157,10 @@ def test_explicit_dtype_casts() -> None:
 def test_into_fills_a_map_entry() -> None:
     response = messages.PredictResponse()
     response.outputs["y"].float_val.append(9.0)
+    response.outputs["y"].tensor_content = b"\0" * 8
     tensors.from_ndarray(np.array([1.0, 2.0], np.float32), into=response.outputs["y"])
-    assert not response.outputs["y"].float_val
+    assert list(response.outputs["y"].float_val) == [1.0, 2.0]
+    assert not response.outputs["y"].tensor_content
     np.testing.assert_array_equal(tensors.to_ndarray(response.outputs["y"]), [1.0, 2.0])
 
 

@@ -91,7 +91,22 @@ def register(subparsers: Any) -> None:
         type=Path,
         action="append",
         default=[],
-        help="a Python module the pickle needs (repeatable); copied into code/",
+        help="a Python module the pickle needs (repeatable); copied into code/. "
+        "Helpers a notebook defined (pickled as __main__.NAME) are looked up here",
+    )
+    sub.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="a type of a .skops file to trust beyond scikit-learn, NumPy and SciPy "
+        "classes (repeatable); recorded in the manifest",
+    )
+    sub.add_argument(
+        "--write-skops",
+        action="store_true",
+        help="also write the pickle's .skops form next to it, when every type in it "
+        "is trustable",
     )
 
 
@@ -230,12 +245,23 @@ def _config(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _publish(registry: Registry, args: argparse.Namespace) -> int:
-    from servekit.publishing import publish_external
+    from servekit.publishing import PublishRequest, publish_external
 
-    version = publish_external(
-        registry, args.name, args.path, args.version, args.example, args.code
+    published = publish_external(
+        registry,
+        PublishRequest(
+            name=args.name,
+            path=args.path,
+            version=args.version,
+            example=args.example,
+            code=args.code,
+            trust=args.trust,
+            write_skops=args.write_skops,
+        ),
     )
-    print(
-        f"published {args.name} version {version} to {registry.version_dir(args.name, version)}"
-    )
+    location = registry.version_dir(args.name, published.version)
+    print(f"published {args.name} version {published.version} to {location}")
+    for note in published.notes:
+        if note:
+            print(note)
     return 0

@@ -39,7 +39,7 @@ class ArrayRequest:
         request.output_filter.extend(self.output_filter)
         inputs = request.inputs
         for name, array in self.inputs.items():
-            from_ndarray(array, into=inputs[name])
+            from_ndarray(array, into=inputs[name], packed=True)
         return request
 
     def copy(self) -> ArrayRequest:

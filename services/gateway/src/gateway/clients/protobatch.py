@@ -83,7 +83,7 @@ def _concatenate(
             values.extend(getattr(tensor, field_name))
         return
     arrays = [to_ndarray(tensor) for tensor in tensors]
-    from_ndarray(np.concatenate(arrays), first.dtype, into=into)
+    from_ndarray(np.concatenate(arrays), first.dtype, into=into, packed=True)
 
 
 def merge_requests(

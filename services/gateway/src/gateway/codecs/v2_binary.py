@@ -11,7 +11,6 @@ carries `binary_data_size` instead of `data`. Pure functions; no transport here.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from gateway.codecs.v2 import InferRequest, RequestedOutput, format_output
 from gateway.codecs.v2_classification import classify
 from gateway.codecs.v2_raw import to_raw
-from gateway.errors import InvalidInput, PayloadTooLarge
+from gateway.errors import InvalidInput
 
 HEADER_LENGTH = "inference-header-content-length"
 """The extension's header (lower-case, as ASGI gives header names)."""
@@ -47,26 +46,6 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes | N
             f"({len(body)} bytes)"
         )
     return body[:length], body[length:]
-
-
-def inflate_deflate(body: bytes, limit: int) -> bytes:
-    """A `Content-Encoding: deflate` body (zlib format, as HTTP means it), at most
-    `limit` bytes once inflated.
-
-    Raises:
-        InvalidInput: not zlib data, or truncated.
-        PayloadTooLarge: the inflated body is above `limit`.
-    """
-    inflater = zlib.decompressobj()
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"Failed to uncompress the deflated body: {exc}") from exc
-    if len(inflated) > limit:
-        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-    if not inflater.eof:
-        raise InvalidInput("Failed to uncompress the deflated body: truncated data")
-    return inflated
 
 
 def _wants_binary(requested: RequestedOutput | None, request: InferRequest) -> bool:
@@ -124,6 +103,5 @@ __all__ = [
     "HEADER_LENGTH",
     "encode_body",
     "format_outputs",
-    "inflate_deflate",
     "split_body",
 ]

@@ -1,4 +1,5 @@
-"""The gateway's gRPC server: the two TF Serving services plus gRPC health.
+"""The gateway's gRPC server: the two TF Serving services, the Open Inference
+Protocol's `inference.GRPCInferenceService`, and gRPC health.
 
 It runs on :class:`servekit_protocol.grpc_server.GrpcServer` (HTTP/2 on the event
 loop) instead of grpc.aio, whose poller thread and event-loop hand-offs took
@@ -11,6 +12,10 @@ from __future__ import annotations
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from servekit_protocol.grpc_server import GrpcServer
+from servekit_protocol.oip_services import (
+    INFERENCE_SERVICE,
+    add_inference_service_to_server,
+)
 from servekit_protocol.services import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
@@ -19,12 +24,14 @@ from servekit_protocol.services import (
 )
 
 from gateway.dataplane import Gateway
+from gateway.grpcfront.inference import InferenceProxy
 from gateway.grpcfront.servicer import (
     GrpcFront,
     ModelProxy,
     PredictionProxy,
     credentials_check,
 )
+from gateway.routes.health import ReadinessCache
 
 
 def create_grpc_server(
@@ -41,6 +48,9 @@ def create_grpc_server(
     front = GrpcFront(gateway)
     add_prediction_service_to_server(PredictionProxy(front), server)
     add_model_service_to_server(ModelProxy(front), server)
+    add_inference_service_to_server(
+        InferenceProxy(front, ReadinessCache(gateway)), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer
@@ -55,5 +65,5 @@ async def mark_serving(
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
+    for service in ("", PREDICTION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE):
         await health_servicer.set(service, status)

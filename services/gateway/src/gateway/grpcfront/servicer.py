@@ -18,6 +18,7 @@ from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server import Authenticate
 from servekit_protocol.grpcweb_server import SERVICE_PREFIX, Aborted
+from servekit_protocol.oip_services import INFERENCE_SERVICE
 from servekit_protocol.services import (
     ModelServiceServicer,
     PredictionServiceServicer,
@@ -42,13 +43,27 @@ PROTOCOL = "grpc"
 Response = TypeVar("Response")
 
 
+# The Open Inference Protocol's server health and metadata need no key, as on HTTP.
+OPEN_METHODS = frozenset(
+    f"/{INFERENCE_SERVICE}/{name}"
+    for name in ("ServerLive", "ServerReady", "ServerMetadata")
+)
+
+
+def needs_key(method: str) -> bool:
+    """Whether a gRPC method path is one of the model methods that need a key."""
+    if method.startswith(SERVICE_PREFIX):
+        return True
+    return method.startswith(f"/{INFERENCE_SERVICE}/") and method not in OPEN_METHODS
+
+
 def credentials_check(gateway: Gateway) -> Authenticate:
     """The gRPC server's header hook: a TF Serving call without a valid API key
     is refused from its headers, before any of its body is kept (the scope and
     the rate, which need the model name, are checked when the call runs)."""
 
     def check(method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
-        if not method.startswith(SERVICE_PREFIX):
+        if not needs_key(method):
             return
         headers = {key: value for key, value in metadata if isinstance(value, str)}
         try:

@@ -143,7 +143,7 @@ class TypedSignature:
                     [_nan_if_none(row[field.name]) for field in self.fields]
                     for row in rows
                 ]
-                from_ndarray(matrix, spec.dtype, into=request.inputs[name])
+                from_ndarray(matrix, spec.dtype, into=request.inputs[name], packed=True)
                 return request
             for field in self.fields:
                 spec = self.inputs[field.name]
@@ -153,7 +153,9 @@ class TypedSignature:
                 )
                 if len(spec.shape) == 2 and spec.shape[1] == 1 and not field.row_shape:
                     array = array.reshape(-1, 1)
-                from_ndarray(array, spec.dtype, into=request.inputs[field.name])
+                from_ndarray(
+                    array, spec.dtype, into=request.inputs[field.name], packed=True
+                )
         except ProtocolError as exc:
             raise InvalidInput(exc.message) from exc
         return request

@@ -165,11 +165,7 @@ class ModelRegistry:
         """
         entry = self._models.get(spec.name)
         if spec.label is not None:
-            version = entry.labels.get(spec.label) if entry is not None else None
-            if version is None:
-                raise LabelNotFound(
-                    f"Unrecognized servable version label: {spec.label}"
-                )
+            version = self.labelled_version(spec.name, spec.label)
             return self._specific(entry, spec.name, version)
         if spec.version is not None:
             return self._specific(entry, spec.name, spec.version)
@@ -208,6 +204,19 @@ class ModelRegistry:
             entry.servables[number].status()
             for number in sorted(entry.servables, reverse=True)
         ]
+
+    def labelled_version(self, name: str, label: str) -> int:
+        """The version ``label`` points at in model ``name``.
+
+        Raises:
+            LabelNotFound: The label is not assigned (TF Serving's
+                INVALID_ARGUMENT "Unrecognized servable version label").
+        """
+        entry = self._models.get(name)
+        version = entry.labels.get(label) if entry is not None else None
+        if version is None:
+            raise LabelNotFound(f"Unrecognized servable version label: {label}")
+        return version
 
     def model_names(self) -> list[str]:
         """Names of the configured models."""

@@ -1,8 +1,10 @@
-"""The scikit-learn runtime: a pickled estimator described by its ``servekit.json``.
+"""The scikit-learn runtime: an estimator described by its ``servekit.json``.
 
-The pickle is loaded with ``modelregistry.load_pickle``, which checks every file's
-sha256 against the manifest first (pickles are code) and puts the manifest's
-``code_dir`` on ``sys.path`` so custom transformers unpickle.
+The estimator is loaded by :func:`load_estimator` (``modelregistry.load_model``):
+the version folder is verified against the manifest first (every file listed and
+matching its sha256, nothing unlisted), its own modules import only from their
+checked bytes, a pickle's ``__main__`` names resolve to the modules the manifest
+maps them to, and a ``.skops`` file loads only the types its manifest trusts.
 
 Inputs come in one of two layouts, chosen from the manifest:
 
@@ -20,21 +22,19 @@ for every class; ``:regress`` answers ``predict`` as floats.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from modelregistry import (
-    DTYPES,
     IntegrityError,
     Manifest,
     ManifestError,
-    load_pickle,
+    MissingCode,
+    load_model,
 )
-from servekit_protocol.tensors import data_type_name
 
 from modelserver import warning_filters
 from modelserver.errors import (
@@ -56,26 +56,52 @@ from modelserver.runtimes.base import (
     regression_results,
     select_outputs,
 )
+from modelserver.runtimes.frames import (
+    STRING,
+    block_layout,
+    build_frame,
+    column_array,
+    convert_column,
+    to_bytes_array,
+)
+from modelserver.runtimes.sklearn_signatures import (
+    PREDICTIONS,
+    PROBABILITIES,
+    SUPPORTED_OUTPUTS,
+    matrix_input,
+    signatures_from_manifest,
+)
 from modelserver.types import (
-    CLASSIFY_METHOD,
     DEFAULT_SIGNATURE,
-    PREDICT_METHOD,
-    REGRESS_METHOD,
     Example,
     SignatureInfo,
     Tensor,
-    TensorInfo,
 )
 
-PREDICTIONS = "predictions"
-PROBABILITIES = "probabilities"
-SUPPORTED_OUTPUTS = (PREDICTIONS, PROBABILITIES, CLASSIFY_SCORES, CLASSIFY_CLASSES)
-METHOD_NAMES = {
-    "predict": PREDICT_METHOD,
-    "classify": CLASSIFY_METHOD,
-    "regress": REGRESS_METHOD,
-}
-STRING = "string"
+
+def load_estimator(path: Path, manifest: Manifest) -> Any:
+    """Verify a version folder and load its estimator, as every serving path must.
+
+    Raises:
+        IntegrityFailure: The folder breaks a rule of the registry's verification.
+        LoadError: The estimator cannot be loaded or has no ``predict``.
+    """
+    try:
+        estimator = load_model(path, manifest)
+    except IntegrityError as exc:
+        raise IntegrityFailure(str(exc)) from exc
+    except (ManifestError, MissingCode) as exc:
+        raise LoadError(str(exc)) from exc
+    except Exception as exc:  # unpickling runs arbitrary code: report anything
+        raise LoadError(
+            f"Cannot load {path / manifest.artifact}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not hasattr(estimator, "predict"):
+        raise LoadError(
+            f"{path / manifest.artifact}: {type(estimator).__name__} has no "
+            "predict method"
+        )
+    return estimator
 
 
 class SklearnRuntime(Runtime):
@@ -100,7 +126,7 @@ class SklearnRuntime(Runtime):
         }
         self._feature_order = [feature.name for feature in manifest.features]
         self._feature_index = pd.Index(self._feature_order)
-        self._blocks = _block_layout(self._feature_order, self._feature_dtypes)
+        self._blocks = block_layout(self._feature_order, self._feature_dtypes)
         signatures = signatures_from_manifest(manifest)
         super().__init__(
             name=name,
@@ -110,7 +136,7 @@ class SklearnRuntime(Runtime):
             method_name_check=method_name_check,
         )
         self._matrix_inputs = {
-            key: _matrix_input(info, self._feature_dtypes)
+            key: matrix_input(info, self._feature_dtypes)
             for key, info in signatures.items()
         }
         self._output_dtypes = {
@@ -133,28 +159,13 @@ class SklearnRuntime(Runtime):
         method_name_check: bool = False,
         own_warning_filters: bool = False,
     ) -> SklearnRuntime:
-        """Verify and unpickle a version.
+        """Verify and load a version (see :func:`load_estimator`).
 
         Raises:
-            IntegrityFailure: A file's sha256 differs from the manifest.
-            LoadError: The pickle cannot be loaded or does not fit the manifest.
+            IntegrityFailure: The folder breaks a rule of the registry's verification.
+            LoadError: The estimator cannot be loaded or does not fit the manifest.
         """
-        try:
-            estimator = load_pickle(path, manifest)
-        except IntegrityError as exc:
-            raise IntegrityFailure(str(exc)) from exc
-        except ManifestError as exc:
-            raise LoadError(str(exc)) from exc
-        except Exception as exc:  # unpickling runs arbitrary code: report anything
-            raise LoadError(
-                f"Cannot unpickle {path / manifest.artifact}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        if not hasattr(estimator, "predict"):
-            raise LoadError(
-                f"{path / manifest.artifact}: {type(estimator).__name__} has no "
-                "predict method"
-            )
+        estimator = load_estimator(path, manifest)
         return cls(
             name=name,
             version=version,
@@ -298,28 +309,15 @@ class SklearnRuntime(Runtime):
         matrix_input = self._matrix_inputs.get(call.signature_name)
         if matrix_input is not None:
             return call.inputs[matrix_input]
-        if _FROM_BLOCKS is not None:
-            # One 2-D array per dtype, as pandas stores a frame: built directly,
-            # it skips the constructor's per-column inference and consolidation
-            # (about 20 against 45 µs for an 11-column row).
-            rows = len(call.inputs[self._feature_order[0]]) if self._blocks else 0
-            blocks = []
-            for dtype, positions, names in self._blocks:
-                values = np.empty((len(names), rows), dtype=dtype)
-                for row, name in enumerate(names):
-                    values[row] = call.inputs[name]
-                blocks.append((values, positions))
-            return _FROM_BLOCKS(
-                blocks, index=pd.RangeIndex(rows), columns=self._feature_index
-            )
-        columns = [call.inputs[name] for name in self._feature_order]
-        return pd.DataFrame(dict(zip(self._feature_order, columns, strict=True)))
+        return build_frame(
+            call.inputs, self._feature_order, self._blocks, self._feature_index
+        )
 
     def _typed_output(self, key: str, alias: str, values: Any) -> Tensor:
         array = np.asarray(values)
         dtype = self._output_dtypes.get((key, alias))
         if dtype == STRING or (dtype is None and array.dtype.kind in "OU"):
-            return _to_bytes_array(array)
+            return to_bytes_array(array)
         if dtype is not None and array.dtype.kind in "biuf":
             return array.astype(dtype, copy=False)
         return array
@@ -346,7 +344,7 @@ class SklearnRuntime(Runtime):
                     f"Input {matrix_input}: expected shape {expected}, got "
                     f"{list(value.shape)}"
                 )
-            return {matrix_input: _convert(matrix_input, value, "float64")}, int(
+            return {matrix_input: convert_column(matrix_input, value, "float64")}, int(
                 value.shape[0]
             )
         columns: dict[str, Tensor] = {}
@@ -366,7 +364,7 @@ class SklearnRuntime(Runtime):
                     f"Input {alias} has {value.shape[0]} rows but the others have "
                     f"{rows}"
                 )
-            columns[alias] = _convert(
+            columns[alias] = convert_column(
                 alias, value, self._feature_dtypes.get(alias, "float64")
             )
         if not rows:
@@ -398,160 +396,8 @@ class SklearnRuntime(Runtime):
                         "values; expected 1"
                     )
                 column.append(feature[0])
-        arrays = {alias: _column_array(column) for alias, column in values.items()}
+        arrays = {alias: column_array(column) for alias, column in values.items()}
         return self._coerce(key, signature, arrays)
-
-
-def signatures_from_manifest(manifest: Manifest) -> dict[str, SignatureInfo]:
-    """The manifest's signatures as metadata (a default one if it lists none).
-
-    Raises:
-        LoadError: A dtype the manifest uses has no TensorFlow name.
-    """
-    if not manifest.signatures:
-        if not manifest.features:
-            raise LoadError("The manifest lists neither signatures nor features")
-        inputs = {
-            feature.name: TensorInfo(feature.name, data_type_name(feature.dtype), (-1,))
-            for feature in manifest.features
-        }
-        return {
-            DEFAULT_SIGNATURE: SignatureInfo(
-                method_name=PREDICT_METHOD,
-                inputs=inputs,
-                outputs={PREDICTIONS: TensorInfo(PREDICTIONS, "DT_DOUBLE", (-1,))},
-            )
-        }
-    result: dict[str, SignatureInfo] = {}
-    for key, signature in manifest.signatures.items():
-        result[key] = SignatureInfo(
-            method_name=METHOD_NAMES[signature.method],
-            inputs={
-                alias: TensorInfo(alias, data_type_name(spec.dtype), tuple(spec.shape))
-                for alias, spec in signature.inputs.items()
-            },
-            outputs={
-                alias: TensorInfo(alias, data_type_name(spec.dtype), tuple(spec.shape))
-                for alias, spec in signature.outputs.items()
-            },
-        )
-    return result
-
-
-def _matrix_input(info: SignatureInfo, features: Mapping[str, str]) -> str | None:
-    if len(info.inputs) != 1:
-        return None
-    ((alias, tensor),) = info.inputs.items()
-    if alias in features or tensor.shape is None or len(tensor.shape) != 2:
-        return None
-    return alias
-
-
-def _block_constructor() -> Callable[..., Any] | None:
-    # pandas 3's public low-level constructor; pandas 2 uses the plain one.
-    try:
-        module = importlib.import_module("pandas.api.internals")
-    except ImportError:
-        return None
-    constructor: Callable[..., Any] | None = getattr(
-        module, "create_dataframe_from_blocks", None
-    )
-    return constructor
-
-
-_FROM_BLOCKS = _block_constructor()
-BlockLayout = list[tuple[np.dtype[Any], np.ndarray[Any, Any], list[str]]]
-
-
-def _block_layout(order: list[str], dtypes: Mapping[str, str]) -> BlockLayout:
-    """Per column dtype: its positions in ``order`` and its feature names.
-
-    Text features are object columns: every scikit-learn encoder takes them, and
-    :func:`_to_text_array` makes them so.
-    """
-    groups: dict[np.dtype[Any], list[int]] = {}
-    for position, name in enumerate(order):
-        dtype = dtypes.get(name, "float64")
-        groups.setdefault(NUMPY_DTYPES.get(dtype, np.dtype(object)), []).append(
-            position
-        )
-    return [
-        (dtype, np.asarray(positions, dtype=np.intp), [order[i] for i in positions])
-        for dtype, positions in groups.items()
-    ]
-
-
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    name: np.dtype(name) for name in DTYPES if name != STRING
-}
-
-
-def _convert(alias: str, value: Tensor, dtype: str) -> Tensor:
-    """Convert a column to the manifest dtype, vectorised.
-
-    Raises:
-        InvalidInput: A value cannot be converted.
-    """
-    if dtype == STRING:
-        return _to_text_array(value)
-    target = NUMPY_DTYPES[dtype]
-    if value.dtype == target:
-        return value
-    try:
-        if value.dtype.kind == "O" and value.size and isinstance(value.flat[0], bytes):
-            value = value.astype(np.bytes_)
-        return value.astype(target)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InvalidInput(f"Input {alias}: cannot convert to {dtype}: {exc}") from exc
-
-
-def _to_text_array(value: Tensor) -> Tensor:
-    kind = value.dtype.kind
-    if kind == "U":
-        return value.astype(object)
-    if kind == "O" and (not value.size or isinstance(value.flat[0], str)):
-        return value
-    if kind in "SO":
-        # A comprehension over the values is several times faster than
-        # np.char.decode at every batch size (about 3 against 19 µs for one row).
-        return _object_array(
-            [
-                item.decode("utf-8", errors="replace")
-                if isinstance(item, bytes)
-                else str(item)
-                for item in value.ravel().tolist()
-            ],
-            value.shape,
-        )
-    return value.astype(str).astype(object)
-
-
-def _to_bytes_array(value: Tensor) -> Tensor:
-    kind = value.dtype.kind
-    if kind == "S":
-        return value.astype(object)
-    if kind == "O" and value.size and isinstance(value.flat[0], bytes):
-        return value
-    if kind not in "OU":
-        # numpy's own text form of numbers (e.g. float32 0.1 as "0.1").
-        return np.char.encode(value.astype(str), "utf-8").astype(object)
-    return _object_array(
-        [str(item).encode() for item in value.ravel().tolist()], value.shape
-    )
-
-
-def _column_array(values: list[Any]) -> Tensor:
-    if values and isinstance(values[0], bytes | str):
-        return _object_array(values, (len(values),))
-    return np.asarray(values)
-
-
-def _object_array(items: list[Any], shape: tuple[int, ...]) -> Tensor:
-    # Filled through a flat view: np.array(items) would turn text into a
-    # fixed-width "U"/"S" array, not the Python objects sklearn is given.
-    array = np.empty(shape, dtype=object)
-    array.ravel()[:] = items
-    return array
 
 
 def _rows(call: PreparedCall) -> int:

@@ -87,13 +87,17 @@ def to_predict_request(proto: messages.PredictRequest) -> PredictRequest:
     )
 
 
-def from_predict_response(response: PredictResponse) -> messages.PredictResponse:
-    """Encode a PredictResponse (numeric tensors as ``tensor_content``)."""
+def from_predict_response(
+    response: PredictResponse, *, packed: bool = False
+) -> messages.PredictResponse:
+    """Encode a PredictResponse as TF Serving does: each output's values in its
+    dtype's typed field (``float_val``...), or as ``tensor_content`` when
+    ``packed`` (``--enable_serialization_as_tensor_content``)."""
     proto = messages.PredictResponse()
     from_resolved_spec(response.spec, proto.model_spec)
     outputs = proto.outputs
     for name, array in response.outputs.items():
-        tensors.from_ndarray(array, into=outputs[name])
+        tensors.from_ndarray(array, into=outputs[name], packed=packed)
     return proto
 
 

@@ -107,6 +107,8 @@ class GrpcServer:
         channel_arguments: Extra server options (``--grpc_channel_arguments``).
         socket_path: Also listen on this UNIX socket when set.
         enable_health: Serve ``grpc.health.v1.Health``.
+        packed_outputs: Answer Predict with ``tensor_content`` rather than
+            the typed fields.
         grace: Seconds in-flight RPCs get to finish on :meth:`stop`.
         limits: HTTP/2 limits (``Settings.http2``).
     """
@@ -121,6 +123,7 @@ class GrpcServer:
         channel_arguments: Sequence[ChannelOption] = (),
         socket_path: str = "",
         enable_health: bool = True,
+        packed_outputs: bool = False,
         grace: float = 25.0,
         limits: Http2Limits | None = None,
     ) -> None:
@@ -143,7 +146,9 @@ class GrpcServer:
             max_send_bytes=int(options["grpc.max_send_message_length"]),
             limits=limits,
         )
-        add_prediction_service_to_server(PredictionServicer(dataplane), self._server)
+        add_prediction_service_to_server(
+            PredictionServicer(dataplane, packed_outputs=packed_outputs), self._server
+        )
         add_model_service_to_server(ModelServicer(dataplane), self._server)
         self._health: health.aio.HealthServicer | None = None
         if enable_health:

@@ -23,12 +23,21 @@ class PredictionServicer(PredictionServiceServicer):
     """``tensorflow.serving.PredictionService`` over a :class:`DataPlane`.
 
     ``protocol`` labels the calls in metrics and logs (``"grpc-web"`` when the
-    same servicer answers gRPC-Web on the REST port).
+    same servicer answers gRPC-Web on the REST port). ``packed_outputs`` answers
+    Predict with ``tensor_content`` instead of the typed fields
+    (``--enable_serialization_as_tensor_content``).
     """
 
-    def __init__(self, dataplane: DataPlane, protocol: str = "grpc") -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        protocol: str = "grpc",
+        *,
+        packed_outputs: bool = False,
+    ) -> None:
         self._dataplane = dataplane
         self.protocol = protocol
+        self._packed_outputs = packed_outputs
 
     @rpc
     async def Predict(
@@ -39,7 +48,7 @@ class PredictionServicer(PredictionServiceServicer):
         response = await self._dataplane.predict(
             predict_request, protocol=self.protocol, timeout=context.time_remaining()
         )
-        return converters.from_predict_response(response)
+        return converters.from_predict_response(response, packed=self._packed_outputs)
 
     @rpc
     async def Classify(

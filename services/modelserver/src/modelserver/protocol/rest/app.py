@@ -91,6 +91,8 @@ class RestApp:
         render_metrics: Returns the Prometheus text page.
         enable_cors: Add TF Serving's permissive CORS headers.
         max_body_bytes: Request body limit (after inflation).
+        packed_outputs: Answer gRPC-Web Predict calls with ``tensor_content``
+            rather than the typed fields.
     """
 
     def __init__(
@@ -102,10 +104,13 @@ class RestApp:
         render_metrics: Callable[[], bytes] | None = None,
         enable_cors: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        packed_outputs: bool = False,
     ) -> None:
         self._routes = Routes(dataplane, timeout=timeout)
         self._grpc_web = grpcweb_server.tf_serving_methods(
-            PredictionServicer(dataplane, GRPC_WEB_PROTOCOL),
+            PredictionServicer(
+                dataplane, GRPC_WEB_PROTOCOL, packed_outputs=packed_outputs
+            ),
             ModelServicer(dataplane, GRPC_WEB_PROTOCOL),
         )
         self._metrics_path = metrics_path if render_metrics is not None else None
@@ -304,6 +309,7 @@ def create_app(
     render_metrics: Callable[[], bytes] | None = None,
     enable_cors: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    packed_outputs: bool = False,
 ) -> RestApp:
     """Build the REST ASGI app (see :class:`RestApp` for the arguments)."""
     return RestApp(
@@ -313,4 +319,5 @@ def create_app(
         render_metrics=render_metrics,
         enable_cors=enable_cors,
         max_body_bytes=max_body_bytes,
+        packed_outputs=packed_outputs,
     )

@@ -1,0 +1,226 @@
+"""The Open Inference Protocol's gRPC messages to arrays and back.
+
+A tensor travels either in its typed `contents` field or, by position, in
+`raw_input_contents` / `raw_output_contents` (the raw form of `codecs.v2_raw`);
+a request uses one or the other for all its inputs, as Triton requires. Pure
+functions; no transport here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from servekit_protocol import oip_messages as oip
+
+from gateway.codecs.v2 import InferRequest, RequestedOutput
+from gateway.codecs.v2_classification import classify
+from gateway.codecs.v2_raw import datatype_dtype, from_raw, to_raw
+from gateway.errors import InvalidInput
+
+# The typed field of InferTensorContents that carries each datatype.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def parameter_value(parameter: oip.InferParameter) -> Any:
+    """The Python value of an InferParameter (None when unset)."""
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice is not None else None
+
+
+def parameters_dict(parameters: Mapping[str, oip.InferParameter]) -> dict[str, Any]:
+    """A parameters map as plain values."""
+    return {key: parameter_value(value) for key, value in parameters.items()}
+
+
+def _shape(raw: Any, name: str) -> tuple[int, ...]:
+    shape = tuple(int(dim) for dim in raw)
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {name!r}: shape must be non-negative integers")
+    return shape
+
+
+def _from_contents(
+    tensor: oip.ModelInferRequest.InferInputTensor, shape: tuple[int, ...]
+) -> np.ndarray[Any, Any]:
+    name = tensor.name
+    dtype = datatype_dtype(tensor.datatype, name)
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input {name!r}: {tensor.datatype} has no typed contents field; send it "
+            f"in raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {name!r}: shape {list(shape)} needs {count} values, "
+            f"{field} has {len(values)}"
+        )
+    if dtype.kind == "O":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        # A range check: int_contents holds INT8 and INT16 values too.
+        wide = np.asarray(values, dtype=np.float64 if dtype.kind == "f" else None)
+        array = wide.astype(dtype)
+        if dtype.kind in "iu" and not np.array_equal(array, wide):
+            raise InvalidInput(
+                f"input {name!r}: a value is out of range for {tensor.datatype}"
+            )
+    except (OverflowError, ValueError) as exc:
+        raise InvalidInput(f"input {name!r}: {exc}") from exc
+    return array.reshape(shape)
+
+
+def _requested(
+    item: oip.ModelInferRequest.InferRequestedOutputTensor,
+) -> RequestedOutput:
+    parameters = parameters_dict(item.parameters)
+    class_count = parameters.get("classification", 0)
+    if (
+        not isinstance(class_count, int)
+        or isinstance(class_count, bool)
+        or class_count < 0
+    ):
+        raise InvalidInput(
+            f"output {item.name!r}: classification must be a non-negative integer"
+        )
+    return RequestedOutput(item.name, None, class_count)
+
+
+def parse_model_infer(
+    request: oip.ModelInferRequest, wanted: Mapping[str, np.dtype[Any]] | None = None
+) -> InferRequest:
+    """A ModelInferRequest as arrays.
+
+    Args:
+        wanted: the model's input dtypes when known, to convert numeric inputs.
+
+    Raises:
+        InvalidInput: anything that does not fit the protocol.
+    """
+    if not request.inputs:
+        raise InvalidInput("a ModelInferRequest needs at least one input")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} "
+            f"inputs; give every input's data there, or none"
+        )
+    inputs: dict[str, np.ndarray[Any, Any]] = {}
+    for position, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if not name:
+            raise InvalidInput("every input needs a name")
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} given twice")
+        shape = _shape(tensor.shape, name)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input {name!r}: contents must be empty when the request uses "
+                    f"raw_input_contents"
+                )
+            array = from_raw(raw[position], tensor.datatype, shape, name)
+        else:
+            array = _from_contents(tensor, shape)
+        target = wanted.get(name) if wanted is not None else None
+        if (
+            target is not None
+            and target != array.dtype
+            and array.dtype.kind in "biuf"
+            and target.kind in "biuf"
+        ):
+            array = array.astype(target)
+        inputs[name] = array
+    requested = [_requested(item) for item in request.outputs]
+    return InferRequest(
+        inputs,
+        request.id or None,
+        [item.name for item in requested] or None,
+        parameters_dict(request.parameters),
+        requested,
+    )
+
+
+def _fill_contents(
+    contents: oip.InferTensorContents, datatype: str, array: np.ndarray[Any, Any]
+) -> None:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"{datatype} outputs can only be sent as raw contents")
+    flat = array.reshape(-1)
+    if datatype == "BYTES":
+        values: list[Any] = [
+            item if isinstance(item, bytes) else str(item).encode("utf-8")
+            for item in flat.tolist()
+        ]
+    else:
+        values = flat.tolist()
+    getattr(contents, field).extend(values)
+
+
+def format_model_infer(
+    model_name: str,
+    model_version: str,
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    request: InferRequest,
+    raw: bool,
+) -> oip.ModelInferResponse:
+    """A ModelInferResponse; `raw` puts the data in raw_output_contents (as Triton
+    answers) instead of each output's typed contents. An output with no typed
+    field (FP16) makes the whole answer raw: raw contents match outputs by
+    position, so it is all or none.
+
+    Raises:
+        InvalidInput: an output with no v2 datatype, or classification of a
+            non-numeric output.
+    """
+    response = oip.ModelInferResponse(
+        model_name=model_name, model_version=model_version
+    )
+    if request.request_id:
+        response.id = request.request_id
+    class_counts = {item.name: item.class_count for item in request.requested}
+    encoded: list[tuple[str, np.ndarray[Any, Any], str, bytes]] = []
+    for name, array in outputs.items():
+        tensor = array
+        if class_counts.get(name):
+            tensor = classify(array, class_counts[name], name)
+        datatype, data = to_raw(tensor)
+        encoded.append((name, tensor, datatype, data))
+    raw = raw or any(CONTENTS_FIELD.get(item[2]) is None for item in encoded)
+    for name, tensor, datatype, data in encoded:
+        entry = response.outputs.add(name=name, datatype=datatype, shape=tensor.shape)
+        if raw:
+            response.raw_output_contents.append(data)
+        else:
+            _fill_contents(entry.contents, datatype, tensor)
+    return response
+
+
+__all__ = [
+    "CONTENTS_FIELD",
+    "format_model_infer",
+    "parameter_value",
+    "parameters_dict",
+    "parse_model_infer",
+]

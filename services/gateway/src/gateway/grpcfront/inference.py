@@ -1,0 +1,157 @@
+"""`inference.GRPCInferenceService` (the Open Inference Protocol over gRPC).
+
+Model methods go through `GrpcFront.serve` like TF Serving's services on this
+port: the same credentials, admission limit, deadline, request id, metrics and
+error table; the work is `gateway.oip`'s, shared with the HTTP routes. Server
+liveness, readiness and metadata need no credentials, as on HTTP.
+"""
+
+from __future__ import annotations
+
+from servekit_protocol import oip_messages as oip
+from servekit_protocol.oip_services import GRPCInferenceServiceServicer
+from servekit_protocol.services import ServicerContext
+
+import gateway
+from gateway import oip as plane
+from gateway.codecs.v2_grpc import (
+    format_model_infer,
+    parameters_dict,
+    parse_model_infer,
+)
+from gateway.context import CallContext
+from gateway.grpcfront.servicer import GrpcFront
+from gateway.routes.health import ReadinessCache
+
+SERVER_NAME = "servekit-gateway"
+# Triton's model configuration names TF Serving's SavedModels this way.
+CONFIG_PLATFORMS = {"tensorflow": "tensorflow_savedmodel"}
+
+
+def _config_tensor_type(datatype: str) -> oip.DataType.ValueType:
+    return oip.DataType.Value(
+        "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+    )
+
+
+class InferenceProxy(GRPCInferenceServiceServicer):
+    """The Open Inference Protocol's gRPC service in front of the routed backends."""
+
+    def __init__(self, front: GrpcFront, readiness: ReadinessCache) -> None:
+        self._front = front
+        self._gateway = front.gateway
+        self._readiness = readiness
+
+    async def ServerLive(
+        self, request: oip.ServerLiveRequest, context: ServicerContext
+    ) -> oip.ServerLiveResponse:
+        del request, context
+        return oip.ServerLiveResponse(live=True)
+
+    async def ServerReady(
+        self, request: oip.ServerReadyRequest, context: ServicerContext
+    ) -> oip.ServerReadyResponse:
+        del request, context
+        ready, _ = await self._readiness.check()
+        return oip.ServerReadyResponse(ready=ready)
+
+    async def ServerMetadata(
+        self, request: oip.ServerMetadataRequest, context: ServicerContext
+    ) -> oip.ServerMetadataResponse:
+        del request, context
+        return oip.ServerMetadataResponse(
+            name=SERVER_NAME,
+            version=gateway.__version__,
+            extensions=list(plane.EXTENSIONS),
+        )
+
+    async def ModelReady(
+        self, request: oip.ModelReadyRequest, context: ServicerContext
+    ) -> oip.ModelReadyResponse:
+        async def handle(ctx: CallContext) -> oip.ModelReadyResponse:
+            ready = await plane.model_ready(
+                self._gateway, ctx, request.name, request.version
+            )
+            return oip.ModelReadyResponse(ready=ready)
+
+        return await self._front.serve(context, "ModelReady", request.name, handle)
+
+    async def ModelMetadata(
+        self, request: oip.ModelMetadataRequest, context: ServicerContext
+    ) -> oip.ModelMetadataResponse:
+        async def handle(ctx: CallContext) -> oip.ModelMetadataResponse:
+            info = await plane.model_info(
+                self._gateway, ctx, request.name, request.version
+            )
+            response = oip.ModelMetadataResponse(
+                name=info.name, versions=info.versions, platform=info.platform
+            )
+            for tensors, entries in (
+                (info.inputs, response.inputs),
+                (info.outputs, response.outputs),
+            ):
+                for tensor in tensors:
+                    entries.add(
+                        name=tensor.name, datatype=tensor.datatype, shape=tensor.shape
+                    )
+            return response
+
+        return await self._front.serve(context, "ModelMetadata", request.name, handle)
+
+    async def ModelConfig(
+        self, request: oip.ModelConfigRequest, context: ServicerContext
+    ) -> oip.ModelConfigResponse:
+        async def handle(ctx: CallContext) -> oip.ModelConfigResponse:
+            info = await plane.model_info(
+                self._gateway, ctx, request.name, request.version
+            )
+            config = oip.ModelConfig(
+                name=info.name,
+                platform=CONFIG_PLATFORMS.get(info.platform, info.platform),
+                backend=info.platform,
+                # The signature's shapes include the batch dimension (-1).
+                max_batch_size=0,
+            )
+            for tensor in info.inputs:
+                config.input.add(
+                    name=tensor.name,
+                    data_type=_config_tensor_type(tensor.datatype),
+                    dims=tensor.shape,
+                )
+            for tensor in info.outputs:
+                config.output.add(
+                    name=tensor.name,
+                    data_type=_config_tensor_type(tensor.datatype),
+                    dims=tensor.shape,
+                )
+            return oip.ModelConfigResponse(config=config)
+
+        return await self._front.serve(context, "ModelConfig", request.name, handle)
+
+    async def ModelInfer(
+        self, request: oip.ModelInferRequest, context: ServicerContext
+    ) -> oip.ModelInferResponse:
+        async def handle(ctx: CallContext) -> oip.ModelInferResponse:
+            answer = await plane.infer(
+                self._gateway,
+                ctx,
+                request.model_name,
+                request.model_version,
+                plane.signature_name(parameters_dict(request.parameters)),
+                lambda wanted: parse_model_infer(request, wanted),
+            )
+            # Answer in the form the client used: raw bytes for raw inputs.
+            return format_model_infer(
+                request.model_name,
+                answer.model_version,
+                answer.outputs,
+                answer.request,
+                raw=bool(request.raw_input_contents),
+            )
+
+        return await self._front.serve(
+            context, "ModelInfer", request.model_name, handle
+        )
+
+
+__all__ = ["InferenceProxy"]

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from gateway.codecs.v2 import parse_infer_request
+from gateway.codecs.v2_grpc import format_model_infer, parse_model_infer
+from gateway.errors import InvalidInput
+from servekit_protocol import oip_messages as oip
+
+
+def _request() -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name="m", id="abc")
+    request.parameters["signature_name"].string_param = "other"
+    request.parameters["priority"].int64_param = 3
+    return request
+
+
+@pytest.mark.parametrize(
+    ("datatype", "field", "values", "dtype"),
+    [
+        ("BOOL", "bool_contents", [True, False], np.bool_),
+        ("INT8", "int_contents", [-128, 127], np.int8),
+        ("INT32", "int_contents", [-5, 7], np.int32),
+        ("INT64", "int64_contents", [-(2**40), 1], np.int64),
+        ("UINT16", "uint_contents", [0, 65535], np.uint16),
+        ("UINT64", "uint64_contents", [2**64 - 1, 0], np.uint64),
+        ("FP32", "fp32_contents", [0.5, -1.5], np.float32),
+        ("FP64", "fp64_contents", [1e300, 2.0], np.float64),
+    ],
+)
+def test_typed_contents_become_arrays(
+    datatype: str, field: str, values: list[object], dtype: type
+) -> None:
+    request = _request()
+    tensor = request.inputs.add(name="x", datatype=datatype, shape=[2])
+    getattr(tensor.contents, field).extend(values)
+    parsed = parse_model_infer(request)
+    assert parsed.inputs["x"].dtype == np.dtype(dtype)
+    assert parsed.inputs["x"].tolist() == values
+    assert parsed.request_id == "abc"
+    assert parsed.parameters == {"signature_name": "other", "priority": 3}
+
+
+def test_out_of_range_values_for_narrow_types_are_refused() -> None:
+    request = _request()
+    tensor = request.inputs.add(name="x", datatype="INT8", shape=[1])
+    tensor.contents.int_contents.append(300)
+    with pytest.raises(InvalidInput, match="out of range"):
+        parse_model_infer(request)
+
+
+def test_raw_contents_match_inputs_by_position() -> None:
+    request = _request()
+    request.inputs.add(name="x", datatype="FP32", shape=[2])
+    request.inputs.add(name="s", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(struct.pack("<2f", 1.5, 2.5))
+    request.raw_input_contents.append(b"\x02\x00\x00\x00hi")
+    parsed = parse_model_infer(request, {"x": np.dtype(np.float64)})
+    assert parsed.inputs["x"].dtype == np.float64
+    assert parsed.inputs["x"].tolist() == [1.5, 2.5]
+    assert parsed.inputs["s"].tolist() == [b"hi"]
+
+
+def test_raw_and_typed_contents_do_not_mix() -> None:
+    request = _request()
+    first = request.inputs.add(name="x", datatype="FP32", shape=[1])
+    first.contents.fp32_contents.append(1.0)
+    request.raw_input_contents.append(struct.pack("<f", 1.0))
+    with pytest.raises(InvalidInput, match="contents must be empty"):
+        parse_model_infer(request)
+
+
+def test_fp16_needs_raw_contents() -> None:
+    request = _request()
+    request.inputs.add(name="x", datatype="FP16", shape=[1])
+    with pytest.raises(InvalidInput, match="raw_input_contents"):
+        parse_model_infer(request)
+
+
+def test_answers_use_raw_or_typed_contents() -> None:
+    parsed = parse_infer_request(
+        {
+            "id": "q",
+            "inputs": [{"name": "x", "datatype": "INT32", "shape": [1], "data": [1]}],
+        }
+    )
+    outputs = {
+        "y": np.array([[1.5, 2.5]], dtype=np.float64),
+        "w": np.array([b"a"], dtype=object),
+    }
+    typed = format_model_infer("m", "3", outputs, parsed, raw=False)
+    assert typed.id == "q"
+    assert typed.model_version == "3"
+    assert not typed.raw_output_contents
+    assert [(o.name, o.datatype, list(o.shape)) for o in typed.outputs] == [
+        ("y", "FP64", [1, 2]),
+        ("w", "BYTES", [1]),
+    ]
+    assert list(typed.outputs[0].contents.fp64_contents) == [1.5, 2.5]
+    assert list(typed.outputs[1].contents.bytes_contents) == [b"a"]
+    raw = format_model_infer("m", "3", outputs, parsed, raw=True)
+    assert list(raw.raw_output_contents) == [
+        struct.pack("<2d", 1.5, 2.5),
+        b"\x01\x00\x00\x00a",
+    ]
+    # FP16 has no typed field: the whole answer goes raw.
+    half = format_model_infer(
+        "m", "3", {"h": np.array([1.0], dtype=np.float16), **outputs}, parsed, False
+    )
+    assert len(half.raw_output_contents) == 3
+
+
+def test_classification_over_grpc() -> None:
+    request = _request()
+    tensor = request.inputs.add(name="x", datatype="INT32", shape=[1])
+    tensor.contents.int_contents.append(1)
+    output = request.outputs.add(name="p")
+    output.parameters["classification"].int64_param = 1
+    parsed = parse_model_infer(request)
+    answer = format_model_infer("m", "1", {"p": np.array([0.1, 0.9])}, parsed, False)
+    assert list(answer.outputs[0].contents.bytes_contents) == [b"0.900000:1"]
