@@ -16,8 +16,10 @@ joblib; ``ClusterSimilarity`` is pickled by reference to the top-level module
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +28,7 @@ from typing import Any, Literal
 import joblib
 import numpy as np
 import pandas as pd
-from modelregistry import Registry
+from modelregistry import Draft, Registry
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
@@ -69,6 +71,11 @@ TEST_FRACTION = 0.2
 CLUSTER_COUNT = 8
 
 STEPS = ("copy code", "fit pipeline", "evaluate", "save model")
+HELDOUT_FILE = "heldout.json"
+HELDOUT_LIMIT = 2000
+Finish = Callable[[Draft, Any, list[dict[str, Any]]], None]
+"""Called in the publish block with the draft, the fitted pipeline and the
+held-out rows, before the manifest is written (the CLI compiles there)."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,16 @@ def evaluate(
     }
 
 
+def heldout_rows(
+    x_test: pd.DataFrame, limit: int = HELDOUT_LIMIT
+) -> list[dict[str, Any]]:
+    """Held-out rows as JSON objects (missing values as null), for the parity gate."""
+    return [
+        {str(column): to_json_value(value) for column, value in row.items()}
+        for _, row in x_test.head(limit).iterrows()
+    ]
+
+
 def example_rows(
     x_test: pd.DataFrame, count: int = EXAMPLE_COUNT
 ) -> list[dict[str, Any]]:
@@ -264,12 +281,15 @@ def train_tabular(
     options: TabularOptions,
     show_progress: bool = True,
     dataset: TabularDataset | None = None,
+    finish: Finish | None = None,
 ) -> PublishedModel:
     """Train the pipeline, evaluate it on held-out rows and publish it.
 
     The data is read before anything is written, so a bad CSV leaves the registry as
     it was; a failure later removes the draft (the registry's publish block does).
     ``dataset`` is the data ``options`` describe, when the caller has loaded it already.
+    The held-out rows are stored as ``heldout.json``; ``finish`` runs last in the
+    publish block (see :data:`Finish`).
 
     Raises:
         DatasetError: the data cannot be used.
@@ -283,7 +303,11 @@ def train_tabular(
         registry.publish(
             options.name, framework="sklearn", version=options.version
         ) as draft,
-        job_steps(f"tabular ({options.estimator})", STEPS, show_progress) as steps,
+        job_steps(
+            f"tabular ({options.estimator})",
+            STEPS + (("compile",) if finish is not None else ()),
+            show_progress,
+        ) as steps,
     ):
         steps.start("copy code")
         code_dir = draft.path / CODE_DIR
@@ -312,6 +336,10 @@ def train_tabular(
 
         steps.start("save model")
         joblib.dump(pipeline, draft.path / ARTIFACT)
+        held = heldout_rows(x_test)
+        (draft.path / HELDOUT_FILE).write_text(
+            json.dumps(held, allow_nan=False) + "\n", encoding="utf-8"
+        )
         draft.manifest.update(
             artifact=ARTIFACT,
             code_dir=CODE_DIR,
@@ -323,6 +351,9 @@ def train_tabular(
             metrics=metrics,
             data_fingerprint=dataset.fingerprint(),
         )
+        if finish is not None:
+            steps.start("compile")
+            finish(draft, pipeline, held)
         steps.finish()
     if draft.version is None:
         raise TrainingError(f"publishing {options.name} returned no version")

@@ -11,7 +11,12 @@ from typing import Any
 from modelregistry import Signature, TensorSpec
 
 from servekit.console import CommandError
-from servekit.featuretypes import known_dtypes
+from servekit.featuretypes import (
+    Findings,
+    fitted_row,
+    inspect_pipeline,
+    known_dtypes,
+)
 
 # TensorFlow's DataType enum names → the manifest's dtype names.
 TF_DTYPES = {
@@ -156,10 +161,14 @@ def sklearn_description(
         }
     }
     if names:
-        fields["features"] = [
-            {"name": n, "dtype": dtype}
-            for n, dtype in _feature_dtypes(estimator, names, examples).items()
-        ]
+        findings = inspect_pipeline(estimator, names)
+        dtypes = _feature_dtypes(findings, names, examples)
+        fields["features"] = [{"name": n, "dtype": d} for n, d in dtypes.items()]
+        if not examples:
+            # Values the pipeline was fitted on (medians, modes, categories) make an
+            # example row to smoke-test, warm up and document the version.
+            row = fitted_row(findings, dtypes)
+            fields["examples"] = [row] if row is not None else []
         inputs = {
             f["name"]: {"dtype": f["dtype"], "shape": [-1]} for f in fields["features"]
         }
@@ -189,9 +198,9 @@ def sklearn_description(
 
 
 def _feature_dtypes(
-    estimator: Any, names: list[str], examples: list[dict[str, Any]]
+    findings: Findings, names: list[str], examples: list[dict[str, Any]]
 ) -> dict[str, str]:
-    known = known_dtypes(estimator, names)
+    known = known_dtypes(findings, names)
     dtypes: dict[str, str] = {}
     unknown: list[str] = []
     for name in names:

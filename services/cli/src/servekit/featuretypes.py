@@ -19,6 +19,7 @@ dtype nothing tells is left out, and the caller asks for `--example`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,19 +30,42 @@ NUMBER = "float64"
 _NOT_NUMERIC_PREFIXES = ("sklearn.feature_extraction.",)
 _NOT_NUMERIC_NAMES = {"FunctionTransformer", "FeatureUnion", "Pipeline"}
 
-Kinds = dict[str, set[str]]
+
+@dataclass
+class Findings:
+    """What the fitted objects show about each input column."""
+
+    kinds: dict[str, set[str]] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    """A value each column was fitted on or filled with (median, mode, category)."""
 
 
-def known_dtypes(estimator: Any, names: list[str]) -> dict[str, str]:
+def inspect_pipeline(estimator: Any, names: list[str]) -> Findings:
+    """Walk a fitted estimator for what it shows about the columns `names`."""
+    findings = Findings()
+    _visit(estimator, names, names, findings)
+    return findings
+
+
+def fitted_row(findings: Findings, dtypes: dict[str, str]) -> dict[str, Any] | None:
+    """One input row of values the pipeline was fitted on, if every column has one."""
+    row: dict[str, Any] = {}
+    for name, dtype in dtypes.items():
+        value = findings.values.get(name)
+        if value is None:
+            return None
+        row[name] = str(value) if dtype == TEXT else float(value)
+    return row
+
+
+def known_dtypes(findings: Findings, names: list[str]) -> dict[str, str]:
     """Feature name -> dtype for every column whose type the fitted pipeline shows.
 
     A column with two different answers (text and number) is left out.
     """
-    kinds: Kinds = {}
-    _visit(estimator, names, names, kinds)
     result: dict[str, str] = {}
     for name in names:
-        found = kinds.get(name, set())
+        found = findings.kinds.get(name, set())
         if len(found) == 1:
             result[name] = next(iter(found))
         elif found and TEXT not in found and "bool" not in found:
@@ -49,14 +73,21 @@ def known_dtypes(estimator: Any, names: list[str]) -> dict[str, str]:
     return result
 
 
-def _add(kinds: Kinds, columns: Iterable[str], kind: str | None) -> None:
+def _add(findings: Findings, columns: Iterable[str], kind: str | None) -> None:
     if kind is None:
         return
     for column in columns:
-        kinds.setdefault(column, set()).add(kind)
+        findings.kinds.setdefault(column, set()).add(kind)
 
 
-def _visit(step: Any, columns: list[str], frame: list[str], kinds: Kinds) -> None:
+def _remember(findings: Findings, column: str, value: Any) -> None:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str | int | float) and value == value:
+        findings.values.setdefault(column, value)
+
+
+def _visit(step: Any, columns: list[str], frame: list[str], kinds: Findings) -> None:
     """Record what `step`, fed `columns` of a frame with columns `frame`, shows."""
     if step is None or isinstance(step, str):
         return  # "passthrough" and "drop" say nothing about a column
@@ -75,9 +106,12 @@ def _visit(step: Any, columns: list[str], frame: list[str], kinds: Kinds) -> Non
     elif hasattr(step, "categories_"):
         for column, categories in zip(columns, step.categories_, strict=False):
             _add(kinds, [column], _values_kind(np.asarray(categories)))
+            if len(categories):
+                _remember(kinds, column, categories[0])
     elif hasattr(step, "statistics_"):
         for column, value in zip(columns, step.statistics_, strict=False):
             _add(kinds, [column], _value_kind(value))
+            _remember(kinds, column, value)
     elif kind_name == "FunctionTransformer":
         if isinstance(getattr(step, "func", None), np.ufunc) or getattr(
             step, "validate", False
@@ -85,6 +119,10 @@ def _visit(step: Any, columns: list[str], frame: list[str], kinds: Kinds) -> Non
             _add(kinds, columns, NUMBER)
     elif _numeric_only(step):
         _add(kinds, columns, NUMBER)
+        means = getattr(step, "mean_", None)
+        if means is not None and len(means) == len(columns):
+            for column, value in zip(columns, means, strict=True):
+                _remember(kinds, column, value)
 
 
 def _numeric_only(step: Any) -> bool:
@@ -96,7 +134,7 @@ def _numeric_only(step: Any) -> bool:
     )
 
 
-def _visit_column_transformer(step: Any, columns: list[str], kinds: Kinds) -> None:
+def _visit_column_transformer(step: Any, columns: list[str], kinds: Findings) -> None:
     frame = [str(name) for name in getattr(step, "feature_names_in_", columns)]
     selectors = {name: spec for name, _, spec in getattr(step, "transformers", [])}
     for name, transformer, selected in step.transformers_:

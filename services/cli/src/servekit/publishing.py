@@ -20,6 +20,7 @@ from typing import Any
 
 from modelregistry import (
     CodeModule,
+    Draft,
     ManifestError,
     MissingCode,
     Registry,
@@ -32,6 +33,7 @@ from modelregistry import (
 )
 from rich.progress import Progress, SpinnerColumn, TextColumn
 
+from servekit.compiling import Mode, compile_draft, write_heldout
 from servekit.console import CommandError
 from servekit.describing import (
     read_example_rows,
@@ -58,6 +60,10 @@ class PublishRequest:
     """Types of a `.skops` file the publisher trusts beyond the trustable ones."""
     write_skops: bool = False
     """Write the `.skops` form of a pickle next to it."""
+    compile_mode: Mode | None = "exact"
+    """Compile a scikit-learn model and run the parity gate (None: do not)."""
+    heldout: Path | None = None
+    """CSV or JSON rows kept as `heldout.json` for the parity gate."""
 
 
 @dataclass
@@ -98,6 +104,10 @@ def check_request(registry: Registry, request: PublishRequest) -> list[dict[str,
     if request.write_skops and is_skops:
         raise CommandError(f"--write-skops: {path} is a .skops file already")
     check_code_files(request.code)
+    if request.heldout is not None:
+        if path.is_dir():
+            raise CommandError("--heldout applies to scikit-learn files")
+        read_example_rows(request.heldout)
     return read_example_rows(request.example) if request.example else []
 
 
@@ -186,6 +196,7 @@ def publish_external(registry: Registry, request: PublishRequest) -> Published:
                     shutil.copyfile(module, draft.path / CODE_DIR / module.name)
                 fields["code_dir"] = CODE_DIR
             draft.manifest.update(fields)
+            _compile(draft, estimator, request, bar)
     assert draft.version is not None
     if skops_form is not None:
         target = request.path.with_suffix(SKOPS_SUFFIX)
@@ -195,6 +206,15 @@ def publish_external(registry: Registry, request: PublishRequest) -> Published:
             f"code; publish it with: servekit models publish {request.name} {target}"
         )
     return Published(draft.version, notes)
+
+
+def _compile(draft: Draft, estimator: Any, request: PublishRequest, bar: Any) -> None:
+    heldout = read_example_rows(request.heldout) if request.heldout else []
+    if heldout:
+        write_heldout(draft.path, heldout)
+    if request.compile_mode is not None:
+        bar.add_task(f"compiling ({request.compile_mode}), running the parity gate")
+        compile_draft(draft, estimator, heldout, request.compile_mode)
 
 
 def _publish_saved_model(

@@ -1,13 +1,16 @@
 """Admission: what a request must pass before any backend work is done for it.
 
 A slot among `max_in_flight` (shed with 503 rather than queued), a deadline from
-the client's timeout capped by the gateway's own, and the caller's key checked
-for the model's scope and the key's rate.
+the client's timeout capped by the gateway's own, the caller's key checked
+for the model's scope and the key's rate, and the size of its tensors
+(`tensor_limits`, checked by the adapters before decoding any).
 """
 
 from __future__ import annotations
 
 import time
+
+from servekit_protocol.tensor_limits import TensorLimits
 
 from gateway.errors import GatewayError, Overloaded
 from gateway.observability.metrics import GatewayMetrics
@@ -52,6 +55,11 @@ class Admission:
         self._metrics = metrics
         self.authenticator = authenticator
         self.slots = InFlight(settings.max_in_flight, metrics)
+        self.tensor_limits = TensorLimits(
+            max_elements=settings.max_request_tensor_elements,
+            max_bytes=settings.max_request_tensor_bytes,
+        )
+        """The most one Predict's tensors may hold together."""
 
     def deadline(self, timeout_ms: float | None) -> float:
         """Absolute deadline from a client timeout, capped by `max_timeout_ms`."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from servekit_protocol import http1
+from servekit_protocol import http1, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
 
 
@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     """Root log level."""
     ready_file: Path | None = None
     """Once both servers listen, write their ports here as JSON (for supervisors)."""
+    max_request_tensor_elements: int = Field(
+        default=tensor_limits.DEFAULT_MAX_ELEMENTS, ge=1
+    )
+    """Elements of all the input tensors of one Predict together (v1 JSON, gRPC,
+    gRPC-Web), checked from the declared shapes before any is decoded; more is
+    400 / INVALID_ARGUMENT."""
+    max_request_tensor_bytes: int = Field(default=tensor_limits.DEFAULT_MAX_BYTES, ge=1)
+    """Bytes of all the input tensors of one Predict together once decoded,
+    checked like `max_request_tensor_elements`."""
     http_idle_timeout_seconds: float = Field(default=30.0, gt=0)
     """Seconds an idle keep-alive HTTP connection is kept between requests."""
     http_header_timeout_seconds: float = Field(

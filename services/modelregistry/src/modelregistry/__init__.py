@@ -33,6 +33,7 @@ from modelregistry.loading import (
 from modelregistry.manifest import (
     DTYPES,
     MANIFEST_FILE,
+    CompiledVerdict,
     DataFingerprint,
     Feature,
     FileDigest,
@@ -59,6 +60,7 @@ __all__ = [
     "STABLE",
     "TF_CONFIG_FILE",
     "CodeModule",
+    "CompiledVerdict",
     "DataFingerprint",
     "Draft",
     "Feature",

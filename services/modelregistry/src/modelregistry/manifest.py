@@ -79,6 +79,32 @@ class DataFingerprint(_Strict):
     columns: list[str] = Field(default_factory=list)
 
 
+class CompiledVerdict(_Strict):
+    """The parity gate's verdict on a version's compiled model (``compiled/``)."""
+
+    status: Literal["passed", "refused"]
+    """`passed`: the compiled model serves; `refused`: the pickle serves."""
+    mode: Literal["exact", "approximate"]
+    """`exact`: float64 throughout; `approximate`: float32 trees, opt-in."""
+    runtime: str
+    """The runtime and version the compiled model ran on in the gate."""
+    tolerance: float
+    """The bound the max error was held to."""
+    max_error: float | None = None
+    """Max relative difference (regressors) or probability difference
+    (classifiers) from the pickle over the gate's rows; None when not measured."""
+    rows: dict[str, int] = Field(default_factory=dict)
+    """Rows compared, by origin: `heldout`, `examples`, `thresholds`."""
+    failed_step: str | None = None
+    """The pipeline step, or converter, that failed (refused versions)."""
+    reason: str | None = None
+    """Why the gate refused."""
+    plan: str | None = None
+    """The plan file (relative), when passed."""
+    model: str | None = None
+    """The ONNX model file (relative), when passed."""
+
+
 class Manifest(_Strict):
     """The manifest of one published version (`servekit.json`, written last)."""
 
@@ -106,6 +132,8 @@ class Manifest(_Strict):
     metrics: dict[str, float] = Field(default_factory=dict)
     data_fingerprint: DataFingerprint | None = None
     libraries: dict[str, str | None] = Field(default_factory=dict)
+    compiled: CompiledVerdict | None = None
+    """The compiled model's gate verdict; None when the version was not compiled."""
     files: dict[str, FileDigest] = Field(default_factory=dict)
 
 

@@ -287,6 +287,63 @@ class Registry:
         draft.version = version
         self.write_configs()
 
+    def amend(
+        self,
+        name: str,
+        version: int,
+        folder: str,
+        files: dict[str, bytes],
+        fields: dict[str, Any],
+    ) -> Manifest:
+        """Replace one subfolder of a published version and update its manifest.
+
+        For what is derived from a version after publishing (its compiled model):
+        the new files go in under a hidden name and are renamed into place, then the
+        manifest, with the new digests and ``fields``, replaces the old one in one
+        rename. A loader holding the old manifest finds files that do not match it
+        and refuses them rather than using them.
+
+        Raises:
+            ModelNotFound, VersionNotFound: unknown model or version.
+            ManifestError: the fields do not fit the schema.
+            InvalidName: a file lies outside ``folder``.
+        """
+        model_dir = self._model_dir(name)
+        prefix = folder.strip("/") + "/"
+        if any(not path.startswith(prefix) or ".." in path for path in files):
+            raise InvalidName(f"amended files must lie in {prefix}")
+        with locked(model_dir / ".lock"):
+            version_dir = self.version_dir(name, version)
+            manifest = read_manifest(version_dir)
+            staging = version_dir / f".{folder}-{secrets.token_hex(4)}"
+            staging.mkdir()
+            try:
+                for path, content in files.items():
+                    target = staging / path[len(prefix) :]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(content)
+                fsync_tree(staging)
+                final = version_dir / folder
+                if final.exists():
+                    doomed = version_dir / f".{folder}-old-{secrets.token_hex(4)}"
+                    os.rename(final, doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
+                if files:
+                    os.rename(staging, final)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            fields = {**manifest.model_dump(), **fields}
+            fields["files"] = digest_files(version_dir)
+            try:
+                amended = Manifest.model_validate(fields)
+            except ValueError as exc:
+                raise ManifestError(f"cannot amend {name} {version}: {exc}") from exc
+            write_atomically(
+                version_dir / MANIFEST_FILE, amended.model_dump_json(indent=2) + "\n"
+            )
+            fsync_dir(version_dir)
+        return amended
+
     # ---- labels and rollouts ------------------------------------------------------
 
     def _update_state(self, name: str, change: Any) -> ModelState:

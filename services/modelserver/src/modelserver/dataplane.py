@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from servekit_protocol.tensor_limits import TensorLimits
+
 from modelserver.batching.batcher import Batcher
 from modelserver.config import (
     from_model_server_config,
@@ -96,6 +98,10 @@ class _Observation:
 class DataPlane:
     """Resolves model specs to loaded versions and runs the APIs on them."""
 
+    # The defaults until __init__ reads the settings (subclasses that replace
+    # __init__, as test doubles do, keep them).
+    _tensor_limits = TensorLimits()
+
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -124,6 +130,10 @@ class DataPlane:
             else None
         )
         self._watcher: Watcher | None = None
+        self._tensor_limits = TensorLimits(
+            max_elements=settings.max_request_tensor_elements,
+            max_bytes=settings.max_request_tensor_bytes,
+        )
         self._ready = False
         self._live = True
         self._stopping = False
@@ -132,6 +142,12 @@ class DataPlane:
     def from_settings(cls, settings: Settings, metrics: Metrics) -> DataPlane:
         """Build the dataplane, its registry, watcher and batchers from settings."""
         return cls(settings, metrics)
+
+    @property
+    def tensor_limits(self) -> TensorLimits:
+        """The most one request's tensors may hold together; the protocol
+        adapters check it before decoding any."""
+        return self._tensor_limits
 
     @property
     def registry(self) -> ModelRegistry:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from servekit_protocol import http1
+from servekit_protocol import http1, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
 
 
@@ -252,6 +252,17 @@ class Settings(BaseSettings):
     """Keep the process's warning filters to Python's defaults
     (:mod:`modelserver.warning_filters`): scikit-learn forests pay for every filter
     in every call. Off keeps the filters the imports installed."""
+
+    max_request_tensor_elements: int = Field(
+        default=tensor_limits.DEFAULT_MAX_ELEMENTS, ge=1
+    )
+    """Elements of all the input tensors of one request together (REST, gRPC,
+    gRPC-Web), checked from the declared shapes before any is decoded; more is
+    INVALID_ARGUMENT / 400. TF Serving has no such limit."""
+
+    max_request_tensor_bytes: int = Field(default=tensor_limits.DEFAULT_MAX_BYTES, ge=1)
+    """Bytes of all the input tensors of one request together once decoded,
+    checked like ``max_request_tensor_elements``."""
 
     json_native_logs: bool = True
     """Log what native libraries (TensorFlow, gRPC core) write to stderr as JSON

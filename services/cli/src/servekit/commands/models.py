@@ -8,6 +8,7 @@ from typing import Any
 
 from modelregistry import Registry, RegistryError
 
+from servekit.compiling import describe_verdict
 from servekit.console import (
     CommandError,
     add_registry_argument,
@@ -108,6 +109,34 @@ def register(subparsers: Any) -> None:
         help="also write the pickle's .skops form next to it, when every type in it "
         "is trustable",
     )
+    sub.add_argument(
+        "--heldout",
+        type=Path,
+        default=None,
+        help="CSV or JSON file of held-out input rows, kept for the parity gate",
+    )
+    sub.add_argument(
+        "--compile",
+        dest="compile_mode",
+        choices=("exact", "approximate", "none"),
+        default="exact",
+        help="compile a pickle and run the parity gate (default exact: float64)",
+    )
+
+    sub = action(
+        "compile",
+        "compile a published scikit-learn version and run the parity gate",
+        _compile,
+    )
+    sub.add_argument("name")
+    sub.add_argument("version", nargs="?", type=version_argument)
+    sub.add_argument(
+        "--mode",
+        choices=("exact", "approximate"),
+        default="exact",
+        help="exact: float64, max relative error 1e-9; approximate: float32 trees",
+    )
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _guarded(handler: Any) -> Any:
@@ -174,7 +203,13 @@ def _show(registry: Registry, args: argparse.Namespace) -> int:
             ["features", ", ".join(f"{f.name}:{f.dtype}" for f in manifest.features)],
             ["signatures", ", ".join(sorted(manifest.signatures))],
             ["metrics", ", ".join(f"{k}={v:.4g}" for k, v in manifest.metrics.items())],
+            ["compiled", describe_verdict(data.get("compiled"))],
             ["files", str(len(manifest.files))],
+            [
+                "__main__ names",
+                ", ".join(f"{k} -> {v}" for k, v in manifest.main_names.items()),
+            ],
+            ["trusted types", ", ".join(manifest.trusted_types or [])],
         ],
     )
     return 0
@@ -257,6 +292,8 @@ def _publish(registry: Registry, args: argparse.Namespace) -> int:
             code=args.code,
             trust=args.trust,
             write_skops=args.write_skops,
+            compile_mode=None if args.compile_mode == "none" else args.compile_mode,
+            heldout=args.heldout,
         ),
     )
     location = registry.version_dir(args.name, published.version)
@@ -264,4 +301,23 @@ def _publish(registry: Registry, args: argparse.Namespace) -> int:
     for note in published.notes:
         if note:
             print(note)
+    verdict = registry.manifest(args.name, published.version).compiled
+    if verdict is not None:
+        print(f"compiled: {describe_verdict(verdict.model_dump())}")
     return 0
+
+
+def _compile(registry: Registry, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from servekit.compiling import compile_published
+
+    version = args.version or registry.resolve(args.name)
+    verdict = compile_published(
+        registry, args.name, version, args.mode, Console(stderr=True)
+    )
+    if args.json:
+        print_json(verdict)
+    else:
+        print(f"{args.name} version {version}: {describe_verdict(verdict)}")
+    return 0 if verdict["status"] == "passed" else 1

@@ -59,6 +59,13 @@ def register(subparsers: Any) -> None:
         default="random-forest",
         help="final step of the pipeline (default: random-forest, 50 trees)",
     )
+    tabular.add_argument(
+        "--compile",
+        dest="compile_mode",
+        choices=("exact", "approximate", "none"),
+        default="exact",
+        help="compile the pipeline and run the parity gate (default exact: float64)",
+    )
     tabular.set_defaults(handler=_train_tabular)
 
     digits = jobs.add_parser(
@@ -148,13 +155,30 @@ def _train_tabular(args: argparse.Namespace) -> int:
             estimator=args.estimator,
         )
         published = train_tabular(
-            registry, options, show_progress=not args.no_progress, dataset=dataset
+            registry,
+            options,
+            show_progress=not args.no_progress,
+            dataset=dataset,
+            finish=_compiler(args.compile_mode),
         )
     except (TrainingError, RegistryError) as exc:
         raise CommandError(str(exc)) from exc
     except OSError as exc:
         raise CommandError(_describe_os_error(exc)) from exc
     return _report(published.to_json(), args.json)
+
+
+def _compiler(mode: str) -> Any:
+    if mode == "none":
+        return None
+    from servekit.compiling import MODES, compile_draft
+
+    chosen = next(m for m in MODES if m == mode)
+
+    def finish(draft: Any, pipeline: Any, heldout: list[dict[str, Any]]) -> None:
+        compile_draft(draft, pipeline, heldout, chosen)
+
+    return finish
 
 
 def _train_digits(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from servekit_protocol.services import (
     PredictionServiceServicer,
     ServicerContext,
 )
+from servekit_protocol.tensor_limits import check_tensor_protos
 
 from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
@@ -187,6 +188,9 @@ class PredictionProxy(PredictionServiceServicer):
         version, label = spec_version(request.model_spec)
 
         async def handle(ctx: CallContext) -> messages.PredictResponse:
+            check_tensor_protos(
+                request.inputs.values(), self._gateway.gatekeeper.tensor_limits
+            )
             plan = self._gateway.plan(ctx, request.model_spec.name, version, label)
             call = PredictCall(lambda _signatures: request, needs_signatures=False)
             response = (await self._gateway.predict(ctx, plan, call)).translated

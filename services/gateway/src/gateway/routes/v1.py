@@ -41,12 +41,27 @@ _POST_PATH = re.compile(
 )
 
 
+_INT64_MAX = 2**63 - 1
+_INT64_DIGITS = len(str(_INT64_MAX))
+
+
 def _malformed(request: Request) -> InvalidInput:
     return InvalidInput(f"Malformed request: {request.method} {request.url.path}")
 
 
 def _version(raw: str | None) -> int | None:
-    return int(raw) if raw is not None else None
+    """The URL's version as an int64, as TF Serving converts it.
+
+    Raises:
+        InvalidInput: too large for int64 (TF Serving's wording).
+    """
+    if raw is None:
+        return None
+    # By length first: int() refuses over 4,300 digits with its own ValueError.
+    if len(raw) > _INT64_DIGITS or int(raw) > _INT64_MAX:
+        shown = raw if len(raw) <= 32 else raw[:32] + "..."
+        raise InvalidInput(f"Failed to convert version: {shown} to numeric.")
+    return int(raw)
 
 
 def _bytes_response(body: bytes) -> Response:
@@ -121,7 +136,9 @@ async def _predict(
 
     def encode(signatures: SignatureSet | None) -> ArrayRequest:
         assert signatures is not None
-        parsed = json_codec.parse_predict_request(body, signatures.input_specs)
+        parsed = json_codec.parse_predict_request(
+            body, signatures.input_specs, gateway.gatekeeper.tensor_limits
+        )
         formats.append(parsed.format)
         request = ArrayRequest(parsed.inputs)
         if parsed.signature_name:

@@ -72,13 +72,13 @@ def load_runtime(
         raise ArtifactNotFound(f"Version directory {path} does not exist")
     framework = _framework(path, platform)
     if framework == "sklearn":
-        from modelserver.runtimes.sklearn import SklearnRuntime
+        from modelserver.runtimes.compiled import load_sklearn
 
         try:
             manifest = read_manifest(path)
         except ManifestError as exc:
             raise LoadError(str(exc)) from exc
-        return SklearnRuntime.load(
+        return load_sklearn(
             name=name,
             version=version,
             path=path,

@@ -27,6 +27,8 @@ from servekit_protocol.json_codec.document import (
 from servekit_protocol.messages import DT_STRING, TensorInfo
 
 BYTES_SUFFIX = "_bytes"
+MAX_DIMS = 64
+"""Dimensions of a tensor decoded from JSON (numpy's own limit)."""
 _NAN = orjson.Fragment(b"NaN")
 _INFINITY = orjson.Fragment(b"Infinity")
 _MINUS_INFINITY = orjson.Fragment(b"-Infinity")
@@ -257,6 +259,17 @@ def _string_array(value: object) -> np.ndarray[Any, Any]:
     return array.reshape(shape)
 
 
+def _check_depth(value: list[Any]) -> None:
+    # numpy holds at most MAX_DIMS dimensions, and the structure checks recurse
+    # once per level: deeper nesting is refused before either sees it.
+    depth = len(dense_shape(value))
+    if depth > MAX_DIMS:
+        raise InvalidArgument(
+            f"JSON Value: nested {depth} lists deep; a tensor has at most "
+            f"{MAX_DIMS} dimensions"
+        )
+
+
 def to_array(value: object, spec: TensorSpec) -> np.ndarray[Any, Any]:
     """Convert one JSON value (scalar or nested lists) to an array of spec.dtype.
 
@@ -264,6 +277,8 @@ def to_array(value: object, spec: TensorSpec) -> np.ndarray[Any, Any]:
         InvalidArgument: the value has the wrong type or a ragged shape.
     """
     reader = _reader(spec.dtype)
+    if type(value) is list and type(value[0] if value else None) is list:
+        _check_depth(value)
     if reader.string:
         return _string_array(value)
     if isinstance(value, dict):

@@ -61,7 +61,9 @@ def loads(body: bytes | bytearray | memoryview | str) -> Any:
         try:
             text = bytes(body).decode("utf-8") if not isinstance(body, str) else body
             return json.loads(text)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # RecursionError: nesting orjson refused as too deep (over 1,024
+            # levels) is too deep for the standard parser as well.
             raise InvalidArgument(f"JSON Parse error: {fast_error}") from fast_error
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from servekit_protocol import tensors
 from servekit_protocol.errors import InvalidArgument
 from servekit_protocol.json_codec.arrays import (
     TensorSpec,
@@ -24,6 +25,7 @@ from servekit_protocol.json_codec.document import (
     parse_document,
     read_signature_name,
 )
+from servekit_protocol.tensor_limits import TensorLimits, json_elements
 
 
 class RequestFormat(enum.Enum):
@@ -173,8 +175,46 @@ def _columns_to_arrays(
     return arrays
 
 
+def _check_sizes(
+    document: dict[str, Any], specs: Mapping[str, TensorSpec], limits: TensorLimits
+) -> None:
+    # From the nesting alone, before any array exists; ragged values declare
+    # by their first row and are refused when converted.
+    elements = 0
+    size = 0
+    if "instances" in document:
+        instances = document["instances"]
+        first = instances[0]
+        if isinstance(first, dict) and not is_b64(first):
+            declared = {
+                name: len(instances) * json_elements(first.get(name)) for name in specs
+            }
+        else:
+            declared = {next(iter(specs)): json_elements(instances)}
+    else:
+        value = document["inputs"]
+        if isinstance(value, dict) and not is_b64(value):
+            declared = {name: json_elements(value.get(name)) for name in specs}
+        else:
+            declared = {next(iter(specs)): json_elements(value)}
+    for name, count in declared.items():
+        elements += count
+        size += count * _itemsize(specs[name])
+    limits.check(elements, size)
+
+
+def _itemsize(spec: TensorSpec) -> int:
+    try:
+        return tensors.numpy_dtype(spec.dtype).itemsize
+    except InvalidArgument:
+        # An unknown dtype is refused when the value is converted.
+        return 1
+
+
 def parse_predict_request(
-    body: bytes | bytearray | memoryview | str, specs: SpecSource
+    body: bytes | bytearray | memoryview | str,
+    specs: SpecSource,
+    limits: TensorLimits | None = None,
 ) -> PredictBody:
     """Decode a :predict body into named arrays.
 
@@ -183,10 +223,13 @@ def parse_predict_request(
         specs: the signature's inputs, or a function from signature name
             (``serving_default`` when the body names none) to them; it may raise
             its own errors (e.g. an unknown signature).
+        limits: the most the request's tensors may hold together, checked
+            before any array is built; None for no limit.
 
     Raises:
         InvalidArgument: malformed JSON, a missing or unknown input, a value of
-            the wrong type, ragged rows or a shape the signature rejects.
+            the wrong type, ragged rows, a shape the signature rejects, or
+            tensors above `limits`.
     """
     document = parse_document(body)
     signature_name = read_signature_name(document)
@@ -211,9 +254,13 @@ def parse_predict_request(
             raise InvalidArgument(
                 f"JSON Value: {debug_text(document)} No values in 'instances' array"
             )
+        if limits is not None:
+            _check_sizes(document, input_specs, limits)
         arrays = _rows_to_arrays(instances, input_specs)
         request_format = RequestFormat.ROW
     else:
+        if limits is not None:
+            _check_sizes(document, input_specs, limits)
         arrays = _columns_to_arrays(document["inputs"], input_specs)
         request_format = RequestFormat.COLUMNAR
     for name, array in arrays.items():

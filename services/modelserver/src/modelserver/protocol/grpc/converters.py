@@ -19,6 +19,7 @@ from servekit_protocol import messages, tensors
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
 from servekit_protocol.status import code_name
+from servekit_protocol.tensor_limits import TensorLimits, check_tensor_protos
 
 from modelserver.errors import InvalidInput
 from modelserver.types import (
@@ -68,13 +69,23 @@ def from_resolved_spec(
 # ---- Predict -------------------------------------------------------------------
 
 
-def to_predict_request(proto: messages.PredictRequest) -> PredictRequest:
+def to_predict_request(
+    proto: messages.PredictRequest, limits: TensorLimits | None = None
+) -> PredictRequest:
     """Decode a PredictRequest's tensors.
 
+    Args:
+        proto: The request.
+        limits: The most its tensors may hold together, checked from their
+            shapes before any is decoded; None for no limit.
+
     Raises:
-        InvalidInput: A tensor cannot be decoded.
+        InvalidInput: A tensor cannot be decoded, or the tensors declare more
+            than ``limits``.
     """
     try:
+        if limits is not None:
+            check_tensor_protos(proto.inputs.values(), limits)
         inputs = {
             name: tensors.to_ndarray(tensor) for name, tensor in proto.inputs.items()
         }

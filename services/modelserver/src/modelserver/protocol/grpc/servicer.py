@@ -43,7 +43,9 @@ class PredictionServicer(PredictionServiceServicer):
     async def Predict(
         self, request: messages.PredictRequest, context: Context
     ) -> messages.PredictResponse:
-        predict_request = converters.to_predict_request(request)
+        predict_request = converters.to_predict_request(
+            request, self._dataplane.tensor_limits
+        )
         bind_model(predict_request.spec.name, predict_request.spec.version)
         response = await self._dataplane.predict(
             predict_request, protocol=self.protocol, timeout=context.time_remaining()

@@ -23,6 +23,7 @@ from typing import Any
 
 from servekit_protocol import json_codec, messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.errors import InvalidInput, ServingError
 from modelserver.protocol.grpc import converters
@@ -89,7 +90,10 @@ def _signature_name(document: dict[str, Any]) -> str:
 
 
 async def decode_predict(
-    body: bytes, spec: ModelSpec, lookup: SignatureLookup
+    body: bytes,
+    spec: ModelSpec,
+    lookup: SignatureLookup,
+    limits: TensorLimits | None = None,
 ) -> tuple[ModelSpec, dict[str, Tensor], json_codec.RequestFormat]:
     """Read a ``:predict`` body for ``spec``.
 
@@ -98,7 +102,8 @@ async def decode_predict(
         request format (the answer mirrors it).
 
     Raises:
-        InvalidInput: Malformed JSON, unknown inputs, wrong dtypes or shapes.
+        InvalidInput: Malformed JSON, unknown inputs, wrong dtypes or shapes,
+            tensors above ``limits`` together.
         ServingError: What ``lookup`` raises (unknown model, version, signature).
     """
     try:
@@ -109,7 +114,7 @@ async def decode_predict(
         except ServingError:
             _signature_name(_document(body))
             raise
-        parsed = json_codec.parse_predict_request(body, input_specs(signature))
+        parsed = json_codec.parse_predict_request(body, input_specs(signature), limits)
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
     return spec, parsed.inputs, parsed.format

@@ -50,6 +50,7 @@ def is_api_path(raw_path: str) -> bool:
 
 
 _INT64_MAX = 2**63 - 1
+_INT64_DIGITS = len(str(_INT64_MAX))
 
 Handler = Callable[[ModelSpec, bytes], Awaitable[bytes]]
 
@@ -124,7 +125,7 @@ class Routes:
                 malformed body.
         """
         spec, inputs, request_format = await codec.decode_predict(
-            body, spec, self._dataplane.signature
+            body, spec, self._dataplane.signature, self._dataplane.tensor_limits
         )
         response = await self._dataplane.predict(
             PredictRequest(spec, inputs), protocol="rest", timeout=self._timeout
@@ -188,9 +189,12 @@ class Routes:
 def _model_spec(name: str, version: str | None, label: str | None) -> ModelSpec:
     number: int | None = None
     if version:
+        # Checked by length first: int() refuses over 4,300 digits with its own
+        # ValueError, and a longer string is never an int64 anyway.
+        if len(version) > _INT64_DIGITS or int(version) > _INT64_MAX:
+            shown = version if len(version) <= 32 else version[:32] + "..."
+            raise InvalidInput(f"Failed to convert version: {shown} to numeric.")
         number = int(version)
-        if number > _INT64_MAX:
-            raise InvalidInput(f"Failed to convert version: {version} to numeric.")
     if "%" in name:
         name = unquote(name)
     if label is not None and "%" in label:

@@ -1,0 +1,117 @@
+"""A cap on the total size of the tensors in one request, checked before any of
+them is allocated.
+
+A TensorProto declares its shape separately from its values, and TensorFlow's fill
+rule lets one value stand for a whole tensor, so a request of a hundred bytes can
+declare gigabytes; a per-tensor cap still lets it declare many tensors. The
+declared elements and bytes of every input are summed from the shapes alone (and,
+for JSON, from the nesting of the values) and refused above the limits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from servekit_protocol import tensors
+from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.messages import DT_STRING, TensorProto
+
+DEFAULT_MAX_ELEMENTS = 1 << 25
+"""Elements of all the tensors of one request (33,554,432)."""
+DEFAULT_MAX_BYTES = 1 << 28
+"""Bytes of all the tensors of one request once decoded (256 MiB)."""
+_REFERENCE_BYTES = 8
+"""What one element of a string tensor costs besides its bytes (a reference)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorLimits:
+    """The most one request's tensors may hold, all inputs together.
+
+    Attributes:
+        max_elements: Elements of all tensors.
+        max_bytes: Bytes of all tensors once decoded (string tensors: their
+            values' bytes plus a reference per element).
+    """
+
+    max_elements: int = DEFAULT_MAX_ELEMENTS
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def check(self, elements: int, size: int) -> None:
+        """Refuse a request whose tensors hold more than the limits.
+
+        Raises:
+            InvalidArgument: above either limit.
+        """
+        if elements > self.max_elements or size > self.max_bytes:
+            raise InvalidArgument(
+                f"The request's tensors hold {elements} elements ({size} bytes); "
+                f"the limit is {self.max_elements} elements ({self.max_bytes} "
+                "bytes) per request"
+            )
+
+
+def declared_size(tensor: TensorProto) -> tuple[int, int]:
+    """The elements and decoded bytes a TensorProto's shape declares.
+
+    Raises:
+        InvalidArgument: an unknown rank or a negative dimension.
+    """
+    shape = tensor.tensor_shape
+    if shape.unknown_rank:
+        raise InvalidArgument("Tensor shape has unknown rank")
+    elements = 1
+    for dim in shape.dim:
+        if dim.size < 0:
+            raise InvalidArgument(
+                f"Tensor shape has a negative dimension: {[d.size for d in shape.dim]}"
+            )
+        elements *= dim.size
+    if tensor.dtype == DT_STRING:
+        values = sum(len(value) for value in tensor.string_val)
+        return elements, elements * _REFERENCE_BYTES + values
+    try:
+        itemsize = tensors.numpy_dtype(tensor.dtype).itemsize
+    except InvalidArgument:
+        # An unsupported dtype is refused when the tensor is decoded.
+        itemsize = 1
+    return elements, elements * itemsize
+
+
+def check_tensor_protos(inputs: Iterable[TensorProto], limits: TensorLimits) -> None:
+    """Refuse a request whose TensorProtos declare more than `limits`, together.
+
+    Raises:
+        InvalidArgument: above the limits, or a malformed shape.
+    """
+    elements = 0
+    size = 0
+    for tensor in inputs:
+        count, nbytes = declared_size(tensor)
+        elements += count
+        size += nbytes
+    limits.check(elements, size)
+
+
+def json_elements(value: object) -> int:
+    """Elements a JSON value (nested lists) declares by its first row at every
+    level; ragged values are refused later, when converted."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return math.prod(shape)
+
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ELEMENTS",
+    "TensorLimits",
+    "check_tensor_protos",
+    "declared_size",
+    "json_elements",
+]
