@@ -91,6 +91,12 @@ def test_csv_cells_are_typed_by_the_signature_and_bad_rows_named(
         {"a": "2.5", "n": "three", "s": "z", "extra": "9"},
     ]
     assert first.read_errors == {2: "column n: 'three' is not an integer"}
+    # The column no input takes stays in the instance, and is not sent.
+    assert first.request(0) == {"a": 1.5, "n": 2, "s": "x"}
+    assert [second.request(k) for k in (0, 1)] == [
+        "1.0,4",
+        {"a": 4.5, "n": 5, "s": "w"},
+    ]
     assert second.read_errors == {0: "line 5: expected 4 columns, got 2"}
     assert second.instances[0] == "1.0,4"
     assert encoded(second)[1] == {"a": 4.5, "n": 5, "s": "w", "extra": 10}

@@ -160,7 +160,7 @@ def _predicted(
         offsets = [
             offset for offset in range(len(chunk)) if offset not in chunk.read_errors
         ]
-        instances = [chunk.instances[offset] for offset in offsets]
+        instances = [chunk.request(offset) for offset in offsets]
         future: Future[list[Outcome]] = pool.submit(_predict, predictor, instances)
         window.append((chunk, offsets, future))
         # One more than the workers keeps the pool busy while a chunk is written.

@@ -18,7 +18,6 @@ the model's error message).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -225,8 +224,6 @@ class RemotePredictor:
             limits=httpx.Limits(max_connections=concurrency),
         )
         self._retries = retries
-        self._lock = threading.Lock()
-        self.versions_seen: set[int] = set()
         try:
             metadata = self._metadata(name, version, label)
         except BaseException:
@@ -276,10 +273,6 @@ class RemotePredictor:
         response = self._send("POST", self._path, body_of(instances, self._signature))
         status = response.status_code
         if status == HTTPStatus.OK:
-            served = response.headers.get("x-model-version")
-            if served is not None and served.isdigit():
-                with self._lock:
-                    self.versions_seen.add(int(served))
             predictions: list[Any] = json_codec.loads(response.content)["predictions"]
             if len(predictions) != len(instances):
                 raise CommandError(

@@ -68,12 +68,20 @@ class Chunk:
         read_errors: Offset in the chunk -> why that row could not be read; its
             instance is then the raw text.
         lines: The JSON Lines rows as read (``None`` for other formats).
+        sent: What is sent for each row when it differs from its instance: a
+            table's columns that no input of the signature takes (an id, the
+            label) stay in the output's instance but are not sent.
     """
 
     start: int
     instances: list[Any]
     read_errors: dict[int, str] = field(default_factory=dict)
     lines: list[bytes] | None = None
+    sent: list[Any] | None = None
+
+    def request(self, offset: int) -> Any:
+        """What row ``offset`` sends to the model."""
+        return (self.sent if self.sent is not None else self.instances)[offset]
 
     def instance_value(self, offset: int) -> Any:
         """Row ``offset``'s instance as plain Python values (for CSV/Parquet output)."""
@@ -256,6 +264,11 @@ def _pieces_chunk(
             part = _table_chunk(pa.Table.from_batches(batches), 0, from_text, schema)
             for offset, message in part.read_errors.items():
                 chunk.read_errors[len(chunk.instances) + offset] = message
+            if part.sent is not None or chunk.sent is not None:
+                chunk.sent = [
+                    *(chunk.sent if chunk.sent is not None else chunk.instances),
+                    *(part.sent if part.sent is not None else part.instances),
+                ]
             chunk.instances.extend(part.instances)
             batches.clear()
 
@@ -263,6 +276,8 @@ def _pieces_chunk(
         if isinstance(piece, _BadLine):
             flush()
             chunk.read_errors[len(chunk.instances)] = piece.message
+            if chunk.sent is not None:
+                chunk.sent.append(piece.text)
             chunk.instances.append(piece.text)
         else:
             batches.append(piece)
@@ -398,11 +413,14 @@ def _table_chunk(
         instances = [list(values) for values in zip(*columns.values(), strict=True)]
     if not names:
         instances = [{} for _ in range(rows)]
+    sent = None
+    if keyed and len(names) != len(schema.inputs):
+        sent = [{name: row[name] for name in schema.inputs} for row in instances]
     for index in read_errors:
         instances[index] = {
             name: _cell_text(table.column(name)[index]) for name in names
         }
-    return Chunk(start, instances, read_errors)
+    return Chunk(start, instances, read_errors, sent=sent)
 
 
 def _typed_values(
