@@ -93,7 +93,7 @@ def frame_for(registry: Path, name: str, rows: int) -> pd.DataFrame:
 
 
 def write_inputs(
-    frame: pd.DataFrame, folder: Path, formats: list[str]
+    frame: pd.DataFrame, folder: Path, formats: list[str], *, matrix: bool
 ) -> dict[str, Path]:
     paths = {}
     for fmt in formats:
@@ -102,6 +102,12 @@ def write_inputs(
             frame.to_parquet(path)
         elif fmt == "csv":
             frame.to_csv(path, index=False)
+        elif matrix:
+            # A single matrix input: each line is the row's values, as TF Serving
+            # takes bare rows (objects would need the input's name as their key).
+            with path.open("w") as handle:
+                for row in frame.to_numpy().tolist():
+                    handle.write(json.dumps(row) + "\n")
         else:
             with path.open("w") as handle:
                 for line in frame.to_json(orient="records", lines=True).splitlines():
@@ -198,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )  # fmt: skip
                 frame = frame_for(registry, name, args.rows)
-                inputs = write_inputs(frame, folder, args.formats)
+                inputs = write_inputs(
+                    frame,
+                    folder,
+                    args.formats,
+                    matrix=len(local.schema.inputs) == 1
+                    and not all(n in frame.columns for n in local.schema.inputs),
+                )
                 for fmt, path in inputs.items():
                     limits, jobs, ratios, targets = [], [], [], []
                     for round_number in range(args.rounds):
