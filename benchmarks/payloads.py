@@ -4,7 +4,9 @@ Every system gets the same single row: the TF Serving REST body (``instances``) 
 the servekit model server, the gateway and the plain FastAPI app; a serialized
 ``PredictRequest`` for gRPC; the Open Inference Protocol (V2) body for MLServer's
 REST API. MLServer's gRPC request is built from that V2 body by its own classes
-(see ``benchmarks/mlserver_requests.py``), so no V2 protobuf code lives here.
+(see ``benchmarks/mlserver_requests.py``). The gateway's Open Inference Protocol
+rows send the row as tritonclient does: binary tensors after a JSON header over
+HTTP, and a ``ModelInferRequest`` with ``raw_input_contents`` over gRPC.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ class ModelPayloads:
     tfs_rest: Path
     tfs_grpc: Path
     v2_rest: Path
+    v2_binary: Path
+    """The binary tensor data extension's body: JSON header, then raw tensors."""
+    v2_binary_header: int
+    """The JSON header's length (the Inference-Header-Content-Length header)."""
+    v2_grpc: Path
+    """A serialized OIP ``ModelInferRequest`` with raw input contents."""
 
 
 def _complete(row: dict[str, Any]) -> bool:
@@ -148,6 +156,56 @@ def v2_body(row: dict[str, Any], dtypes: dict[str, str]) -> dict[str, Any]:
     return {"parameters": {"content_type": "pd"}, "inputs": inputs}
 
 
+def _raw_tensor(array: np.ndarray[Any, Any]) -> bytes:
+    # BYTES elements are length-prefixed; numbers are little-endian.
+    if array.dtype.kind == "O":
+        return b"".join(
+            len(item).to_bytes(4, "little") + item for item in array.reshape(-1)
+        )
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def _row_tensors(
+    row: dict[str, Any], dtypes: dict[str, str]
+) -> list[tuple[str, str, list[int], bytes]]:
+    tensors = []
+    for name, value in row.items():
+        array = batch_array([value], dtypes[name])
+        datatype = _V2_DATATYPES[dtypes[name]]
+        tensors.append((name, datatype, list(array.shape), _raw_tensor(array)))
+    return tensors
+
+
+def v2_binary_body(row: dict[str, Any], dtypes: dict[str, str]) -> tuple[bytes, int]:
+    """An OIP request in the binary tensor data extension, and its JSON's length."""
+    tensors = _row_tensors(row, dtypes)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+                for name, datatype, shape, raw in tensors
+            ]
+        }
+    ).encode()
+    return header + b"".join(raw for *_, raw in tensors), len(header)
+
+
+def model_infer_bytes(model: str, row: dict[str, Any], dtypes: dict[str, str]) -> bytes:
+    """A serialized OIP ``ModelInferRequest`` with one row in raw contents."""
+    from servekit_protocol.oip_messages import ModelInferRequest
+
+    request = ModelInferRequest(model_name=model)
+    for name, datatype, shape, raw in _row_tensors(row, dtypes):
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        request.raw_input_contents.append(raw)
+    return request.SerializeToString()
+
+
 def build_payloads(registry_root: Path, model: str, directory: Path) -> ModelPayloads:
     """Write every request file of ``model``'s served version into ``directory``.
 
@@ -171,6 +229,11 @@ def build_payloads(registry_root: Path, model: str, directory: Path) -> ModelPay
     tfs_grpc.write_bytes(predict_request_bytes(model, row, dtypes))
     v2_rest = directory / f"{model}.v2.json"
     v2_rest.write_text(json.dumps(v2_body(row, dtypes)), encoding="utf-8")
+    v2_binary = directory / f"{model}.v2.bin"
+    binary_body, binary_header = v2_binary_body(row, dtypes)
+    v2_binary.write_bytes(binary_body)
+    v2_grpc = directory / f"{model}.infer.bin"
+    v2_grpc.write_bytes(model_infer_bytes(model, row, dtypes))
     return ModelPayloads(
         name=model,
         framework=manifest.framework,
@@ -181,4 +244,7 @@ def build_payloads(registry_root: Path, model: str, directory: Path) -> ModelPay
         tfs_rest=tfs_rest,
         tfs_grpc=tfs_grpc,
         v2_rest=v2_rest,
+        v2_binary=v2_binary,
+        v2_binary_header=binary_header,
+        v2_grpc=v2_grpc,
     )

@@ -128,7 +128,8 @@ def http_request(target: HttpTarget) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: {target.content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in target.headers)
+        + f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("ascii") + body
 

@@ -6,11 +6,13 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 from benchmarks.interleaved import INPROCESS, Turns
 from benchmarks.results import Aggregate, RunResult, aggregate
+from benchmarks.settings import MODELS
 from benchmarks.stats import median, paired_ratio
 
 LABELS = {
@@ -21,8 +23,11 @@ LABELS = {
     "fastapi": "plain FastAPI",
     "gateway": "gateway → servekit",
     "gateway-unmerged": "gateway → servekit (coalescing off)",
+    "gateway-v2": "gateway → servekit, OIP v2 (binary tensors / ModelInfer)",
     "relay": "bare relay → servekit (forwards bytes only)",
     "grpc-ceiling": "trivial gRPC server",
+    "servekit-grpc-before": "servekit, hand-written HTTP/2 (before)",
+    "servekit-grpc-aio": "servekit on grpc.aio (reference)",
 }
 SYSTEM_ORDER = tuple(LABELS)
 PROTOCOL_NAMES = {"rest": "REST", "grpc": "gRPC"}
@@ -230,7 +235,24 @@ def target_checks(
                         0.8,
                     )
                 )
+    variants = ("servekit-grpc-aio", "servekit-grpc-before")
+    cells = product(MODELS, clients, variants)
+    checks += [_grpc_server_check(runs, *cell) for cell in cells]
     return [check for check in checks if check is not None]
+
+
+def _grpc_server_check(  # floor: grpc.aio; the cost against "before": no goal
+    runs: Sequence[RunResult], model: str, clients: int, system: str
+) -> TargetCheck | None:
+    check = _ratio_check(
+        f"{model} gRPC ×{clients}: servekit (h2) / {LABELS[system]}",
+        _rounds(runs, model, "grpc", "servekit", clients),
+        _rounds(runs, model, "grpc", system, clients),
+        1.0,
+    )
+    if check is None or system == "servekit-grpc-aio":
+        return check
+    return TargetCheck(check.name, check.value, "x", "-", None)
 
 
 def _turn_checks(measured: Sequence[Turns], gateway_backend: str) -> list[TargetCheck]:

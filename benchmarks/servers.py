@@ -172,11 +172,18 @@ def wait_models(
 
 
 def http_post(
-    url: str, body: bytes, content_type: str = "application/json", timeout: float = 10
+    url: str,
+    body: bytes,
+    content_type: str = "application/json",
+    timeout: float = 10,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> tuple[int, bytes]:
     """POST ``body``; return the status and the answer (errors included)."""
     request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": content_type}, method="POST"
+        url,
+        data=body,
+        headers={"Content-Type": content_type, **dict(headers)},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

@@ -25,9 +25,12 @@ SYSTEMS = (
     "fastapi",
     "gateway",
     "gateway-unmerged",
+    "gateway-v2",
     "relay",
     "inprocess",
     "grpc-ceiling",
+    "servekit-grpc-before",
+    "servekit-grpc-aio",
 )
 GRPC_CLIENTS = ("h2load", "python")
 
@@ -118,6 +121,8 @@ class BenchOptions:
                     if system.startswith("mlserver") and model != "tabular":
                         continue
                     if system == "fastapi" and protocol != "rest":
+                        continue
+                    if system.startswith("servekit-grpc-") and protocol != "grpc":
                         continue
                     count += 1
         if "grpc-ceiling" in self.systems and "grpc" in self.protocols:

@@ -13,6 +13,8 @@ class HttpTarget:
     url: str
     body_file: Path
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    """More request headers (e.g. the OIP binary extension's header length)."""
 
 
 @dataclass(frozen=True)

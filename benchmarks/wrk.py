@@ -21,7 +21,7 @@ SUMMARY_PREFIX = "WRK-SUMMARY "
 
 LUA_SCRIPT = """\
 -- servekit benchmarks: POST a body read from a file, print a JSON summary.
--- Arguments after "--": <body file> [content type]
+-- Arguments after "--": <body file> [content type] ["Name: value" ...]
 
 init = function(args)
   local file = assert(io.open(args[1], "rb"))
@@ -29,6 +29,10 @@ init = function(args)
   file:close()
   wrk.method = "POST"
   wrk.headers["Content-Type"] = args[2] or "application/json"
+  for i = 3, #args do
+    local name, value = args[i]:match("^([^:]+):%s*(.*)$")
+    wrk.headers[name] = value
+  end
 end
 
 done = function(summary, latency, requests)
@@ -84,6 +88,7 @@ def wrk_command(
         "--",
         str(target.body_file),
         target.content_type,
+        *(f"{name}: {value}" for name, value in target.headers),
     ]
     if cpu is not None:
         command = ["taskset", "-c", str(cpu), *command]

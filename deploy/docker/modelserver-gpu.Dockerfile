@@ -41,7 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8500 8501
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8501), timeout=2).close()"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/v2/health/ready', timeout=2)"]
 ENTRYPOINT ["servekit-model-server"]
 CMD ["--port=8500", "--rest_api_port=8501", \
      "--model_config_file=/models/servekit.config", \

@@ -11,7 +11,7 @@ answer as JSON, so tests in the main environment compare it with v1 answers::
      "parameters": {...},
      "inputs": [{"name", "datatype", "shape", "data"}],
      "outputs": [{"name", "class_count"}] or null,
-     "compression": null | "gzip" | "deflate"}
+     "compression": null | "gzip" | "deflate"}   (requests and answers)
 
 An infer answer is ``{"id", "model_name", "model_version", "outputs": {name:
 {"datatype", "shape", "data"}}}``; ``describe`` (tritonclient only) answers
@@ -94,6 +94,7 @@ def _triton_infer(query: dict[str, Any]) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if query.get("compression") and query["client"] != "triton-grpc":
         extra["request_compression_algorithm"] = query["compression"]
+        extra["response_compression_algorithm"] = query["compression"]
     result = client.infer(
         query["model"],
         inputs,

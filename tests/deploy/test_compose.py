@@ -203,10 +203,11 @@ def test_ports_agree_with_the_design(compose_file: dict[str, Any]) -> None:
         "127.0.0.1:8001:8001",
     ]
     # Health checks probe the ports the processes listen on.
-    assert "127.0.0.1:8000/healthz" in " ".join(
+    # Readiness: the gateway's backends and every configured model loaded.
+    assert "127.0.0.1:8000/readyz" in " ".join(
         services["gateway"]["healthcheck"]["test"]
     )
-    assert "8501/monitoring/prometheus/metrics" in " ".join(
+    assert "8501/v2/health/ready" in " ".join(
         services["modelserver"]["healthcheck"]["test"]
     )
     tfserving_check = " ".join(services["tfserving"]["healthcheck"]["test"])

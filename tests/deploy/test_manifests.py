@@ -6,7 +6,6 @@ config files that exist where the servers' flags point, API keys from a Secret."
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 import pytest
@@ -133,15 +132,18 @@ def test_probes_point_at_the_documented_paths(rendered: dict[str, Objects]) -> N
     gateway = pod_spec(find(objects, "Deployment", "gateway"))["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    for name in MODEL_SERVERS:
-        server = pod_spec(find(objects, "Deployment", name))["containers"][0]
-        assert re.fullmatch(
-            r"/v1/models/\w+", server["readinessProbe"]["httpGet"]["path"]
-        )
-        assert (
-            server["livenessProbe"]["httpGet"]["path"]
-            == "/monitoring/prometheus/metrics"
-        )
+    # Readiness means every configured model loaded (DESIGN.md "Readiness"),
+    # never /v1/models/<m>, which answers 200 while a model is LOADING.
+    modelserver = pod_spec(find(objects, "Deployment", "modelserver"))["containers"][0]
+    assert modelserver["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert modelserver["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    tfserving = pod_spec(find(objects, "Deployment", "tfserving"))["containers"][0]
+    assert tfserving["readinessProbe"]["grpc"] == {"port": 8500}
+    assert "--enable_grpc_healthcheck_service=true" in tfserving["args"]
+    assert (
+        tfserving["livenessProbe"]["httpGet"]["path"]
+        == "/monitoring/prometheus/metrics"
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

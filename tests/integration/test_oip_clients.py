@@ -94,6 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "GATEWAY_REGISTRY": str(root),
                 "GATEWAY_DEFAULT_BACKEND": server.grpc_target,
                 "GATEWAY_AUTH_ENABLED": "false",
+                "GATEWAY_MAX_REQUEST_TENSOR_ELEMENTS": str(TENSOR_ELEMENTS),
             },
         ) as gateway,
     ):
@@ -101,6 +102,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 ROWS = [[0.5, -1.0], [1.0, 2.0], [3.0, 0.25]]
+TENSOR_ELEMENTS = 1000
+"""The gateway's cap on one request's tensor elements, all inputs together."""
 
 
 def _tabular_inputs(datatype: str = "FP64") -> list[dict[str, Any]]:
@@ -179,17 +182,23 @@ def test_a_version_in_the_path_and_requested_outputs(stack: Stack, client: str) 
 
 
 @pytest.mark.parametrize("compression", ["gzip", "deflate"])
-def test_compressed_binary_requests(stack: Stack, compression: str) -> None:
+def test_compressed_binary_requests_and_answers(stack: Stack, compression: str) -> None:
+    # 300 rows: the 2,400-byte answer is above the gateway's compression threshold.
+    rows = [[0.01 * i, 1.0 - 0.02 * i] for i in range(300)]
     answer = stack.call(
         "triton-http",
         model="tabular",
-        inputs=_tabular_inputs(),
+        inputs=[
+            {"name": name, "datatype": "FP64", "shape": [300], "data": column}
+            for name, column in zip("ab", zip(*rows, strict=True), strict=True)
+        ],
         compression=compression,
     )
     assert "error" not in answer, answer
     np.testing.assert_allclose(
         answer["outputs"]["predictions"]["data"],
-        [linear_target(a, b, 4.0) for a, b in ROWS],
+        [linear_target(a, b, 4.0) for a, b in rows],
+        atol=1e-9,  # the fitted coefficients are exact to ~1e-15; one target is 0
     )
 
 
@@ -261,3 +270,16 @@ def test_a_version_label_in_place_of_a_version(stack: Stack, client: str) -> Non
         answer["outputs"]["predictions"]["data"],
         [linear_target(a, b, 1.0) for a, b in ROWS],
     )
+
+
+@pytest.mark.parametrize("client", ["triton-http", "triton-grpc"])
+def test_the_tensor_cap_applies_to_v2(stack: Stack, client: str) -> None:
+    rows = TENSOR_ELEMENTS // 2 + 1
+    inputs = [
+        {"name": name, "datatype": "FP64", "shape": [rows], "data": [1.0] * rows}
+        for name in ("a", "b")
+    ]
+    answer = stack.call(client, model="tabular", inputs=inputs)
+    assert "error" in answer, answer
+    assert answer["error"]["status"] in ("400", "StatusCode.INVALID_ARGUMENT")
+    assert f"the limit is {TENSOR_ELEMENTS} elements" in answer["error"]["message"]

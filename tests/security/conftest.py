@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 
+from tests.security.http2 import GATEWAY_ENV, MODEL_SERVER_ENV, Target, environment
 from tests.security.stack import Stack, serving_stack
 
 
@@ -15,3 +17,35 @@ def listener_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (:mod:`tests.security.stack`), for the HTTP/1.1, body and admission tests."""
     with serving_stack(tmp_path_factory.mktemp("listeners")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def http2_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Both servers with the gRPC ports' HTTP/2 limits of :mod:`tests.security.http2`."""
+    with contextlib.ExitStack() as stack:
+        # Read by the model server when it starts; gone again for later processes.
+        with environment(MODEL_SERVER_ENV):
+            running = stack.enter_context(
+                serving_stack(tmp_path_factory.mktemp("http2"), gateway_env=GATEWAY_ENV)
+            )
+        yield running
+
+
+@pytest.fixture(params=["model server", "gateway"])
+def target(http2_stack: Stack, request: pytest.FixtureRequest) -> Target:
+    """One gRPC port under attack."""
+    if request.param == "model server":
+        server = http2_stack.model_server
+        return Target("model server", server.grpc_port, server.process, ())
+    return gateway_target_of(http2_stack)
+
+
+@pytest.fixture
+def gateway_target(http2_stack: Stack) -> Target:
+    return gateway_target_of(http2_stack)
+
+
+def gateway_target_of(stack: Stack) -> Target:
+    gateway = stack.gateway
+    key = (("x-api-key", stack.keys.admin),)
+    return Target("gateway", gateway.grpc_port, gateway.process, key)

@@ -284,6 +284,16 @@ def serve(options: ServeOptions, console: Console | None = None) -> int:
                     )
                     if received:
                         break
+                if not received:
+                    # The one meaning of ready: the gateway's backends have
+                    # every configured model loaded (also ones not listed above).
+                    status.update("waiting for the gateway's /readyz...")
+                    _wait_for(
+                        "the gateway's /readyz",
+                        lambda: _get_json(f"{base_url}/readyz")[0] == 200,
+                        children,
+                        deadline,
+                    )
             if not received:
                 _announce(console, options, registry, base_url, models, log_dir)
             while not received:
@@ -313,7 +323,7 @@ def _announce(
 ) -> None:
     grpc_host = _connect_host(options.host)
     console.print(
-        f"[bold green]servekit is serving[/] {len(models)} model(s): "
+        f"[bold green]servekit is ready[/], serving {len(models)} model(s): "
         f"{', '.join(models) or 'none yet (publish one; it is picked up live)'}"
     )
     console.print(f"  gateway REST   {base_url}   (v1, /v2, /models/<m>/predict)")

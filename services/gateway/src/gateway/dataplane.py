@@ -20,6 +20,7 @@ from servekit_protocol import messages
 from gateway.admission import Admission, InFlight
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer
+from gateway.clients.health import backend_health
 from gateway.context import CallContext, apply_target, spec_version
 from gateway.errors import GatewayError, InvalidInput
 from gateway.forwarding import Forwarder, PredictCall, Predicted
@@ -252,7 +253,8 @@ class Gateway:
     # ---- readiness and lifecycle -------------------------------------------------
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Backends reachable and every routed model has an AVAILABLE version."""
+        """Every backend's health SERVING (see `clients.health`) and every routed
+        model with an AVAILABLE version."""
         deadline = time.monotonic() + READINESS_TIMEOUT_SECONDS
         ctx = CallContext(request_id="readyz", protocol="internal", deadline=deadline)
         checks: dict[str, Any] = {}
@@ -274,21 +276,26 @@ class Gateway:
                 {"available": available} if available else "no version AVAILABLE"
             )
             ready = ready and bool(available)
+        # Each backend's own readiness: a model server is ready only when every
+        # model it serves has loaded, including models no route names.
         backends = {
             self.router.default_backend,
             *self.settings.framework_backends.values(),
+            *(
+                address
+                for model in routed
+                for address in self.router.backends_of(model)
+            ),
         }
-        routed_backends = {
-            address for model in routed for address in self.router.backends_of(model)
-        }
-        for address in sorted(backends - routed_backends):
-            channel = self.pool.get(address).channel
-            try:
-                await asyncio.wait_for(channel.channel_ready(), timeout=1.0)
-                checks[address] = "reachable"
-            except TimeoutError:
-                checks[address] = "unreachable"
-                ready = False
+        answers = await asyncio.gather(
+            *(
+                backend_health(self.pool.get(address), READINESS_TIMEOUT_SECONDS / 2)
+                for address in sorted(backends)
+            )
+        )
+        for address, answer in zip(sorted(backends), answers, strict=True):
+            checks[address] = answer.value
+            ready = ready and answer.ready
         return ready, checks
 
     async def close(self) -> None:

@@ -248,3 +248,44 @@ def test_binary_tensors_over_http(gateway: GatewayProcess, api_keys: ApiKeys) ->
     )
     assert short.status_code == 400
     assert "runs past the end" in short.json()["error"]
+
+
+def test_answers_are_compressed_when_the_client_accepts_it(
+    gateway: GatewayProcess, api_keys: ApiKeys
+) -> None:
+    rows = 200  # 1,600 bytes of binary output: above the compression threshold
+    a = np.arange(rows, dtype="<f8")
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "a",
+                    "datatype": "FP64",
+                    "shape": [rows],
+                    "parameters": {"binary_data_size": a.nbytes},
+                },
+                {
+                    "name": "b",
+                    "datatype": "FP64",
+                    "shape": [rows],
+                    "data": [0.0] * rows,
+                },
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    headers = {
+        "x-api-key": api_keys.admin,
+        "Inference-Header-Content-Length": str(len(header)),
+        "Accept-Encoding": "deflate",
+    }
+    url = f"{gateway.url}/v2/models/linear/versions/1/infer"
+    with httpx.Client(timeout=10) as client:
+        response = client.post(url, content=header + a.tobytes(), headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-encoding"] == "deflate"
+    # httpx inflated it; the header length counts the JSON before compression.
+    length = int(response.headers["inference-header-content-length"])
+    np.testing.assert_allclose(
+        np.frombuffer(response.content[length:], dtype="<f8"), 2 * a + 1.0
+    )

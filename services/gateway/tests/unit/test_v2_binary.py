@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import gzip
 import json
 import struct
+import zlib
 from typing import Any
 
 import numpy as np
 import pytest
 from gateway.codecs.v2 import parse_infer_request
 from gateway.codecs.v2_binary import (
+    MIN_COMPRESSED_BYTES,
+    compress,
     encode_body,
     format_outputs,
+    response_coding,
     split_body,
 )
 from gateway.codecs.v2_classification import classify
@@ -261,3 +266,31 @@ def test_a_bad_classification_count_is_refused(value: Any) -> None:
                 "outputs": [{"name": "p", "parameters": {"classification": value}}],
             }
         )
+
+
+@pytest.mark.parametrize(
+    ("accept", "coding"),
+    [
+        ("gzip", "gzip"),
+        ("deflate", "deflate"),
+        ("br, gzip;q=0.5, deflate", "gzip"),
+        ("gzip;q=0, deflate", "deflate"),
+        ("gzip;q=0.0", None),
+        ("identity", None),
+        ("", None),
+    ],
+)
+def test_answers_are_compressed_as_the_client_accepts(
+    accept: str, coding: str | None
+) -> None:
+    assert response_coding(accept, MIN_COMPRESSED_BYTES) == coding
+
+
+def test_small_answers_are_not_compressed() -> None:
+    assert response_coding("gzip", MIN_COMPRESSED_BYTES - 1) is None
+
+
+def test_compressed_answers_inflate_back() -> None:
+    body = b'{"outputs": []}' * 100
+    assert gzip.decompress(compress(body, "gzip")) == body
+    assert zlib.decompress(compress(body, "deflate")) == body

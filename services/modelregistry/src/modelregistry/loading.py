@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import pickle
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -209,9 +208,14 @@ def unpickle(
         unpickler = Unpickler(filename, stream, ensure_native_byte_order=True)
         try:
             value = unpickler.load()
-        except (pickle.UnpicklingError, AttributeError, TypeError):
+        except Exception as exc:
+            # A stand-in can upset the objects built around it; the missing names
+            # are then the error worth reporting.
             if resolver.missing:
-                resolver.raise_for_problems(filename)
+                try:
+                    resolver.raise_for_problems(filename)
+                except MissingCode as missing:
+                    raise missing from exc
             raise
     resolver.raise_for_problems(filename)
     return value, dict(sorted(resolver.found.items()))

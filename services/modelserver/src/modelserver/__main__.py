@@ -17,8 +17,10 @@ tests pass 127.0.0.1), ``--grpc_max_message_bytes``, ``--inference_threads``,
 setting can also come from ``MODELSERVER_<FLAG>`` variables.
 
 Start-up: both servers start first (gRPC health NOT_SERVING, REST answering
-status queries), then the configured models load; once they have, health turns
-SERVING. SIGTERM or SIGINT: health turns NOT_SERVING, both servers stop accepting,
+status queries and ``/v2/health/ready`` 400), then the configured models load;
+once they have, health turns SERVING. From then on health follows
+``DataPlane.ready`` (a model added by a config change that has not loaded yet
+turns it NOT_SERVING until it has). SIGTERM or SIGINT: health turns NOT_SERVING, both servers stop accepting,
 in-flight requests finish (up to :data:`DRAIN_SECONDS`), the dataplane stops, and
 the process exits 0.
 """
@@ -34,7 +36,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata as package_metadata
-from typing import Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from pydantic import ValidationError
 
@@ -43,10 +45,17 @@ from modelserver.observability import native_logs
 from modelserver.observability.logging import configure_logging
 from modelserver.settings import Settings
 
+if TYPE_CHECKING:
+    from modelserver.dataplane import DataPlane
+    from modelserver.protocol.grpc.server import GrpcServer
+
 logger = logging.getLogger("modelserver")
 
 EXIT_FAILURE = 255
 """TF Serving's ``return -1`` as seen by a shell."""
+
+READINESS_POLL_SECONDS = 0.1
+"""How often gRPC health is brought in line with the dataplane's readiness."""
 
 DRAIN_SECONDS = 25.0
 """How long in-flight requests may take to finish after SIGTERM (below
@@ -336,6 +345,7 @@ async def serve(settings: Settings) -> int:
         )
 
     started: list[Stoppable] = []
+    following: asyncio.Task[None] | None = None
     exit_status = 0
     try:
         for server in (grpc_server, rest_server):
@@ -348,13 +358,17 @@ async def serve(settings: Settings) -> int:
         if loading.done():
             loading.result()
             if grpc_server is not None:
-                await grpc_server.set_serving()
+                following = asyncio.create_task(
+                    _follow_readiness(dataplane, grpc_server), name="readiness"
+                )
             # The libraries and models loaded so far (TensorFlow alone is
             # millions of objects) never become garbage; a full collection
             # that walks them all stalls every request for over 100 ms.
             gc.freeze()
             logger.info("Models loaded; serving")
         await stop_waiter
+        if following is not None:
+            following.cancel()
         logger.info("Termination signal received; draining in-flight requests")
         if not loading.done():
             loading.cancel()
@@ -372,6 +386,20 @@ async def serve(settings: Settings) -> int:
             exit_status = EXIT_FAILURE
     logger.info("Server stopped", extra={"exit_status": exit_status})
     return exit_status
+
+
+async def _follow_readiness(dataplane: DataPlane, grpc_server: GrpcServer) -> None:
+    # Polled rather than pushed: readiness is a cheap scan of the configured
+    # models, and a poll cannot miss a change however the registry made it.
+    serving: bool | None = None
+    while True:
+        ready = dataplane.ready()
+        if ready != serving:
+            await grpc_server.set_serving(ready)
+            if serving is not None:
+                logger.info("Readiness changed: %s", "ready" if ready else "not ready")
+            serving = ready
+        await asyncio.sleep(READINESS_POLL_SECONDS)
 
 
 async def _shutdown(started: Sequence[Stoppable]) -> None:

@@ -15,7 +15,8 @@ Contract for the transports:
   and starts the file-system and config-file pollers; it returns when the initial
   loads have finished (failed versions are reported in status, not raised).
 - ``await stop()`` stops the pollers, waits for in-flight requests, unloads.
-- ``ready()`` is true between the end of ``start`` and the beginning of ``stop``;
+- ``ready()`` is true between the end of ``start`` and the beginning of ``stop``
+  while every configured model is settled (see :meth:`DataPlane.ready`);
   ``live()`` until ``stop`` finished.
 - Inference methods take keyword-only ``protocol`` (``"rest"``, ``"grpc"`` or ``"grpc-web"``, a
   metrics label) and ``timeout`` (seconds left for the call; ``None`` = no limit).
@@ -201,8 +202,14 @@ class DataPlane:
         self._live = False
 
     def ready(self) -> bool:
-        """Whether the initial loads finished and the server is not stopping."""
-        return self._ready
+        """Whether the initial loads settled and no configured model waits for a
+        version (one that serves stays ready while a newer version loads; see
+        ``ModelRegistry.unsettled_models`` and the README's "Readiness")."""
+        return self._ready and not self.waiting_for()
+
+    def waiting_for(self) -> list[str]:
+        """The configured models readiness waits for (empty when ready)."""
+        return self._registry.unsettled_models(serving_counts=True)
 
     def live(self) -> bool:
         """Whether the process should be kept alive (false once stopped)."""

@@ -78,6 +78,8 @@ class FakeDataPlane(DataPlane):
 
     error: Exception | None = None
     calls: list[Call] = field(default_factory=list)
+    loading: list[str] = field(default_factory=list)
+    """Models readiness waits for (none: ready)."""
 
     def _resolve(self, spec: ModelSpec) -> ResolvedSpec:
         if self.error is not None:
@@ -193,7 +195,10 @@ class FakeDataPlane(DataPlane):
             raise self.error
 
     def ready(self) -> bool:
-        return True
+        return not self.loading
+
+    def waiting_for(self) -> list[str]:
+        return list(self.loading)
 
     def live(self) -> bool:
         return True

@@ -250,3 +250,17 @@ async def test_successes_are_logged_at_debug_only(
     assert line["request_id"] == "ok-1"
     assert line["status"] == 200
     assert line["seconds"] >= 0
+
+
+async def test_oip_readiness_and_liveness(
+    rest: httpx.AsyncClient, dataplane: FakeDataPlane
+) -> None:
+    ready = await rest.get("/v2/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"ready": True})
+    dataplane.loading.append("big")
+    waiting = await rest.get("/v2/health/ready")
+    # OIP: a 4xx means false.
+    assert waiting.status_code == 400
+    assert waiting.json() == {"ready": False, "waiting_for": ["big"]}
+    live = await rest.get("/v2/health/live")
+    assert (live.status_code, live.json()) == (200, {"live": True})

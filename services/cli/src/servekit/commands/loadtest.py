@@ -86,6 +86,13 @@ def register(subparsers: Any) -> None:
         help="users started per second (default: all within a second)",
     )
     parser.add_argument(
+        "--ready-timeout",
+        type=_positive_float,
+        default=300.0,
+        help="seconds to wait for the target to be ready before the first "
+        "request (default 300)",
+    )
+    parser.add_argument(
         "--duration", default="60s", help="run time: 30s, 2m, 1h30m (default 60s)"
     )
     parser.add_argument(
@@ -220,6 +227,36 @@ def _import_reporting() -> None:
     importlib.import_module("servekit.loadtest.report")
 
 
+def _wait_for_readiness(plan: RunPlan, timeout: float, console: Console) -> None:
+    """No request before the target is ready: a model still loading would
+    answer 404 and count as an error of the run."""
+    from servekit.loadtest.readiness import (
+        NotReady,
+        grpc_ready,
+        http_ready,
+        wait_until_ready,
+    )
+
+    check = (
+        grpc_ready(plan.host, plan.model)
+        if plan.protocol == "grpc"
+        else http_ready(plan.host, plan.model)
+    )
+    with console.status(f"waiting for {plan.host} to be ready...") as status:
+        try:
+            waited = wait_until_ready(
+                check,
+                timeout,
+                lambda seconds: status.update(
+                    f"waiting for {plan.host} to be ready ({seconds:.0f} s)..."
+                ),
+            )
+        except NotReady as exc:
+            raise CommandError(f"{plan.host}: {exc} (--ready-timeout)") from exc
+    if waited > 1.0:
+        console.print(f"{plan.host} ready after {waited:.1f} s")
+
+
 def _run(args: argparse.Namespace) -> int:
     from servekit.loadtest.progress import ProgressPrinter
     from servekit.loadtest.runner import (
@@ -248,6 +285,7 @@ def _run(args: argparse.Namespace) -> int:
         f"batch {plan.batch_size}; payloads from {source}; results in {plan.out_dir}",
         highlight=False,
     )
+    _wait_for_readiness(plan, args.ready_timeout, console)
     printer = ProgressPrinter(plan.duration_seconds)
     # pandas and matplotlib take seconds to import (and the other commands never
     # need them): import them while Locust starts up in its own process.

@@ -11,6 +11,8 @@ carries `binary_data_size` instead of `data`. Pure functions; no transport here.
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +26,9 @@ from gateway.errors import InvalidInput
 HEADER_LENGTH = "inference-header-content-length"
 """The extension's header (lower-case, as ASGI gives header names)."""
 BINARY_CONTENT_TYPE = "application/octet-stream"
+MIN_COMPRESSED_BYTES = 1024
+"""Smaller answers go uncompressed even when the client accepts gzip or deflate
+(HTTP leaves it to the server): compressing them costs more than it saves."""
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes | None]:
@@ -90,6 +95,34 @@ def format_outputs(
     return entries, binaries
 
 
+def response_coding(accept_encoding: str, size: int) -> str | None:
+    """The compression to answer `size` bytes with: `gzip` or `deflate` when the
+    client's Accept-Encoding names one (and does not refuse it with q=0) and the
+    answer has at least MIN_COMPRESSED_BYTES, else None.
+
+    tritonclient's `response_compression_algorithm` sends exactly one of them.
+    """
+    if size < MIN_COMPRESSED_BYTES:
+        return None
+    for part in accept_encoding.split(","):
+        name, _, rest = part.strip().partition(";")
+        name = name.strip().lower()
+        if name not in ("gzip", "deflate"):
+            continue
+        quality = rest.strip().lower().removeprefix("q=").strip()
+        if quality and quality.replace(".", "").strip("0") == "":
+            continue
+        return name
+    return None
+
+
+def compress(body: bytes, coding: str) -> bytes:
+    """`body` in the HTTP coding named (`deflate` is the zlib format, RFC 9110)."""
+    if coding == "gzip":
+        return gzip.compress(body, compresslevel=6)
+    return zlib.compress(body, 6)
+
+
 def encode_body(header: bytes, binaries: list[bytes]) -> tuple[bytes, int | None]:
     """The answer's body and the value of its Inference-Header-Content-Length
     (None when nothing is binary: a plain JSON answer)."""
@@ -101,7 +134,9 @@ def encode_body(header: bytes, binaries: list[bytes]) -> tuple[bytes, int | None
 __all__ = [
     "BINARY_CONTENT_TYPE",
     "HEADER_LENGTH",
+    "compress",
     "encode_body",
     "format_outputs",
+    "response_coding",
     "split_body",
 ]

@@ -24,8 +24,10 @@ from gateway.codecs.v2 import InferRequest, parse_infer_request, tensor_metadata
 from gateway.codecs.v2_binary import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH,
+    compress,
     encode_body,
     format_outputs,
+    response_coding,
     split_body,
 )
 from gateway.context import CallContext
@@ -170,12 +172,20 @@ async def infer(request: Request) -> Response:
         content, header_length = encode_body(
             orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY), binaries
         )
-        if header_length is None:
-            return Response(content, media_type="application/json")
+        headers: dict[str, str] = {}
+        if header_length is not None:
+            # The length is of the JSON before any compression (clients inflate first).
+            headers["Inference-Header-Content-Length"] = str(header_length)
+        coding = response_coding(ctx.headers.get("accept-encoding", ""), len(content))
+        if coding is not None:
+            content = compress(content, coding)
+            headers["Content-Encoding"] = coding
         return Response(
             content,
-            media_type=BINARY_CONTENT_TYPE,
-            headers={"Inference-Header-Content-Length": str(header_length)},
+            media_type="application/json"
+            if header_length is None
+            else BINARY_CONTENT_TYPE,
+            headers=headers,
         )
 
     return await serve_http(request, PROTOCOL, handle)

@@ -205,6 +205,35 @@ class ModelRegistry:
             for number in sorted(entry.servables, reverse=True)
         ]
 
+    def unsettled_models(self, *, serving_counts: bool) -> list[str]:
+        """Configured models still waiting for a wanted version to load.
+
+        A wanted (aspired) version is settled when it is AVAILABLE or its
+        load ended in an error (retries included); a model whose wanted
+        versions are all settled, or that has none, is settled. With
+        ``serving_counts`` a model that already serves a version counts as
+        settled too, so that loading a newer one does not take the server out
+        of rotation.
+        """
+        waiting = []
+        for name, entry in self._models.items():
+            if entry.config is None:
+                continue
+            if serving_counts and entry.latest is not None:
+                continue
+            for number in entry.aspired:
+                servable = entry.servables.get(number)
+                if servable is None or not (
+                    servable.state is VersionState.AVAILABLE
+                    or (
+                        servable.state is VersionState.END
+                        and servable.error is not None
+                    )
+                ):
+                    waiting.append(name)
+                    break
+        return sorted(waiting)
+
     def labelled_version(self, name: str, label: str) -> int:
         """The version ``label`` points at in model ``name``.
 

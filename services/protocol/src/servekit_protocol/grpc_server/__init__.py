@@ -3,7 +3,8 @@
 | module | role |
 | --- | --- |
 | ``server`` | :class:`GrpcServer`: registration, binding, start/stop, connection cap, timers |
-| ``connection`` | one connection: ``h2``'s events, buffering, back-pressure, answers |
+| ``connection`` | one connection: ``h2``'s events, buffered requests, answers, timers |
+| ``backpressure`` | reading paused while the client does not read, sliced reads, GOAWAY and close |
 | ``calls`` | one call: metadata, request decoding, handler run, status trailers |
 | ``meter`` | flood checks on the incoming frame headers, before ``h2`` reads them |
 | ``limits`` | :class:`Http2Limits`, every limit with its default |

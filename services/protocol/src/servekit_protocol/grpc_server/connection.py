@@ -27,8 +27,8 @@ from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
 
+from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
     RESPONSE_HEADERS,
     Call,
@@ -59,12 +59,12 @@ _CONFIG = H2Configuration(
 _DEFAULT_WINDOW = 65_535
 
 
-class Http2Connection(asyncio.Protocol):
+class Http2Connection(BackPressure):
     """The HTTP/2 side of one client's gRPC calls."""
 
     def __init__(self, server: GrpcServer) -> None:
         self._server = server
-        limits = self._limits = server.limits
+        limits = server.limits
         self._h2 = H2Connection(_CONFIG)
         self._h2.local_settings = Settings(
             client=False,
@@ -78,22 +78,13 @@ class Http2Connection(asyncio.Protocol):
         self._meter = FrameMeter(
             limits, TokenBucket(limits.reset_rate_per_second, limits.reset_burst)
         )
+        super().__init__(limits, self._h2, self._meter)
         self._calls: dict[int, Call] = {}
         self._buffered = 0
-        self._transport: asyncio.Transport | None = None
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._window_opened = asyncio.Event()
-        self._queued_control = 0
-        self._waiting_writers = 0
         self._going_away = False
-        self.closed = False
-        self.peer = ""
         self.opened_at = time.monotonic()
         self.idle_since: float | None = self.opened_at
         """When the last call ended (None while calls are under way)."""
-        self.stalled_since: float | None = None
-        """Since when answers wait for a client that does not read."""
 
     # --- asyncio.Protocol ----------------------------------------------------------
 
@@ -138,22 +129,7 @@ class Http2Connection(asyncio.Protocol):
         self._window_opened.set()
         self._writable.set()
 
-    def pause_writing(self) -> None:
-        # The client is not reading: read nothing more from it until it does, so
-        # nothing it sends can make this side queue more answers.
-        self._writable.clear()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-        self._queued_control = 0
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
+    def receive(self, data: bytes) -> None:
         try:
             self._meter.feed(data)
             events = self._h2.receive_data(data)
@@ -276,8 +252,9 @@ class Http2Connection(asyncio.Protocol):
                 # The client's remaining body is not wanted (gRPC's early status).
                 self._h2.reset_stream(number, ErrorCodes.NO_ERROR)
                 self._meter.count_reset()
-        except (h2.exceptions.StreamClosedError, KeyError):
-            # The client reset the stream in the same read.
+        except (h2.exceptions.ProtocolError, KeyError):
+            # The client reset the stream in the same read, and h2 may have
+            # forgotten it already.
             return
 
     def _after_call(self) -> None:
@@ -402,73 +379,6 @@ class Http2Connection(asyncio.Protocol):
             raise CallGone from exc
         self._flush()
 
-    async def _wait_writable(self) -> None:
-        if not self._writable.is_set():
-            await self._stall(self._writable)
-        if self.closed:
-            raise CallGone
-
-    async def _stall(self, event: asyncio.Event) -> None:
-        self._waiting_writers += 1
-        if self.stalled_since is None:
-            self.stalled_since = time.monotonic()
-        try:
-            await event.wait()
-        finally:
-            self._waiting_writers -= 1
-            if not self._waiting_writers:
-                self.stalled_since = None
-        if self.closed:
-            raise CallGone
-
-    # --- writing and closing ---------------------------------------------------------
-
-    def _flush(self, control_answers: int = 0) -> None:
-        data = self._h2.data_to_send()
-        transport = self._transport
-        if transport is None or self.closed:
-            return
-        if data:
-            transport.write(data)
-        if not control_answers:
-            return
-        if not transport.get_write_buffer_size():
-            self._queued_control = 0
-            return
-        self._queued_control += control_answers
-        if self._queued_control > self._limits.max_queued_control_frames:
-            logger.info(
-                "gRPC connection from %s dropped: %d control answers unread",
-                self.peer,
-                self._queued_control,
-            )
-            self.closed = True
-            transport.abort()
-
-    def abandon(self, code: ErrorCodes, message: str) -> None:
-        """GOAWAY ``code`` and close: the client broke a rule or a time limit."""
-        if self.closed:
-            return
-        logger.info("gRPC connection from %s ended: %s", self.peer, message)
-        self._write_goaway(code, message.encode("utf-8", errors="replace")[:256])
-        self._close()
-
-    def _write_goaway(self, code: ErrorCodes, debug: bytes = b"") -> None:
-        # Written past h2's state machine, which would refuse to send anything
-        # more once it has sent GOAWAY: calls under way still get answered.
-        self._flush()
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self._h2.highest_inbound_stream_id
-        frame.error_code = code
-        frame.additional_data = debug
-        if self._transport is not None and not self.closed:
-            self._transport.write(frame.serialize())
-
-    def _close(self) -> None:
-        self.closed = True
-        if self._transport is not None:
-            self._transport.close()
-
     # --- for the server --------------------------------------------------------------
 
     def go_away(self) -> None:
@@ -486,6 +396,13 @@ class Http2Connection(asyncio.Protocol):
     def check_timers(self, now: float) -> None:
         """Apply the handshake, idle, header, body and send-stall timeouts."""
         if self.closed:
+            if (
+                self.closing_since is not None
+                and now - self.closing_since > CLOSING_SECONDS
+                and self._transport is not None
+            ):
+                # The client does not read what is left to flush.
+                self._transport.abort()
             return
         limits = self._limits
         meter = self._meter

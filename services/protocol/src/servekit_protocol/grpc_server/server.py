@@ -152,7 +152,7 @@ class GrpcServer:
         return False
 
     def forget(self, connection: Http2Connection) -> None:
-        """A connection closed."""
+        """A connection is gone."""
         self.connections.discard(connection)
 
     async def _run_timers(self) -> None:

@@ -189,11 +189,17 @@ class GrpcServer:
                 extra={"grpc_port": self._port},
             )
 
-    async def set_serving(self) -> None:
-        """Report SERVING on every health name (the models are loaded)."""
+    async def set_serving(self, serving: bool = True) -> None:
+        """Report SERVING (the models are loaded) or NOT_SERVING on every
+        health name."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         if self._health is not None:
             for name in HEALTH_SERVICE_NAMES:
-                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+                await self._health.set(name, status)
 
     async def stop(self) -> None:
         """Stop accepting RPCs and give in-flight ones ``grace`` seconds."""

@@ -17,12 +17,21 @@ less than a Python gRPC call. Bodies sent with ``Content-Encoding: gzip`` are
 inflated (as TF Serving does; ``deflate`` too), a step at a time so the event
 loop keeps serving others. Request bodies, inflated or not, are limited to
 ``max_body_bytes`` (413 beyond). Every answer carries ``x-request-id``.
+
+Readiness, as the Open Inference Protocol spells it (not in TF Serving, whose
+``GET /v1/models/<m>`` answers 200 while a model is still LOADING):
+``GET /v2/health/ready`` is 200 when every configured model has its wanted
+versions loaded (``DataPlane.ready``) and 400 with ``waiting_for`` otherwise;
+``GET /v2/health/live`` is 200 while the process serves. Kubernetes and Compose
+probe these.
+
 Failed requests are logged at INFO; successful ones only at DEBUG (an access
 log), which costs nothing on the hot path when disabled.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -66,6 +75,8 @@ GRPC_WEB_PROTOCOL = "grpc-web"
 """The ``protocol`` label of gRPC-Web calls in metrics and logs."""
 _MODEL_VERSION_HEADER = b"x-model-version"
 _JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+_READY_PATH = "/v2/health/ready"
+_LIVE_PATH = "/v2/health/live"
 _TEXT_CONTENT_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 _CORS_HEADERS = (
     (b"access-control-allow-origin", b"*"),
@@ -106,6 +117,7 @@ class RestApp:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         packed_outputs: bool = False,
     ) -> None:
+        self._dataplane = dataplane
         self._routes = Routes(dataplane, timeout=timeout)
         self._grpc_web = grpcweb_server.tf_serving_methods(
             PredictionServicer(
@@ -119,6 +131,17 @@ class RestApp:
             _CORS_HEADERS if enable_cors else ()
         )
         self._max_body_bytes = max_body_bytes
+
+    def _health(self, raw_path: str) -> tuple[int, bytes]:
+        # OIP: 200 means true, a 4xx false.
+        dataplane = self._dataplane
+        if raw_path == _LIVE_PATH:
+            live = dataplane.live()
+            return (200 if live else 400), json.dumps({"live": live}).encode()
+        if dataplane.ready():
+            return 200, b'{"ready": true}'
+        waiting = {"ready": False, "waiting_for": dataplane.waiting_for()}
+        return 400, json.dumps(waiting).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -160,6 +183,8 @@ class RestApp:
             if raw_path == self._metrics_path and self._render_metrics is not None:
                 content_type = _TEXT_CONTENT_TYPE
                 payload = self._render_metrics()
+            elif method == "GET" and raw_path in (_READY_PATH, _LIVE_PATH):
+                status, payload = self._health(raw_path)
             elif method == "OPTIONS" and (
                 is_api_path(raw_path)
                 or raw_path.startswith(grpcweb_server.SERVICE_PREFIX)

@@ -1,0 +1,124 @@
+"""The servekit model servers under test, one process per model.
+
+Besides today's server (batching off and on), two reference rows run the same
+model server with another gRPC server in place (``benchmarks.grpcvariants``):
+the hand-written HTTP/2 server it had before (``servekit-grpc-before``) and
+grpcio's C core (``servekit-grpc-aio``); they are loaded over gRPC only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from benchmarks.deployment import Pending, scenarios
+from benchmarks.fronts import FRONT_SYSTEMS
+from benchmarks.grpcload import PREDICT_METHOD
+from benchmarks.grpcvariants import write_before_module
+from benchmarks.payloads import ModelPayloads
+from benchmarks.servers import ProcessSet, ServerProcess, free_port, http_post_succeeds
+from benchmarks.settings import REPO_ROOT, VENV_BIN, BenchOptions
+from benchmarks.targets import GrpcTarget, HttpTarget
+
+
+def write_model_config(options: BenchOptions, name: str) -> Path:
+    """A model config file naming one model (absolute base path).
+
+    One model per server process, as deployed (scikit-learn models on the model
+    server, SavedModels on TF Serving): a process that also hosts TensorFlow runs
+    a scikit-learn pipeline measurably slower, and the models' pollers stay out
+    of each other's way. The model serves the one version the request payloads
+    were built from.
+    """
+    from modelregistry import ModelEntry, Registry, config_text
+
+    registry = Registry(options.registry)
+    version = registry.resolve(name)
+    entry = ModelEntry(
+        name=name,
+        base_path=str(options.registry / name),
+        platform=registry.framework(name, version),
+        policy={"specific": {"versions": [version]}},
+    )
+    path = options.work_dir / f"servekit-{name}.config"
+    path.write_text(config_text([entry]), encoding="utf-8")
+    return path
+
+
+def model_server(
+    options: BenchOptions,
+    processes: ProcessSet,
+    system: str,
+    batching: bool,
+    model: str,
+    variant: str = "",
+) -> tuple[ServerProcess, str, str]:
+    grpc_port, rest_port = free_port(), free_port()
+    program = [str(VENV_BIN / "servekit-model-server")]
+    if variant:
+        program = [sys.executable, "-m", "benchmarks.grpcvariants"]
+        program += ["--module-dir", str(_variants_dir(options)), variant]
+    argv: list[str] = [
+        *program,
+        f"--port={grpc_port}",
+        f"--rest_api_port={rest_port}",
+        f"--model_config_file={write_model_config(options, model)}",
+        "--host=127.0.0.1",
+    ]
+    if batching:
+        parameters = options.work_dir / "batching_parameters.txt"
+        parameters.write_text(options.batching.parameters_text(), encoding="utf-8")
+        argv += ["--enable_batching=true", f"--batching_parameters_file={parameters}"]
+    process = processes.start(
+        f"{system}-{model}", argv, cpu=options.server_cpu, cwd=REPO_ROOT
+    )
+    return process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"
+
+
+VARIANT_SYSTEMS = {"servekit-grpc-before": "before", "servekit-grpc-aio": "aio"}
+"""Reference rows: the model server on another gRPC server (batching off)."""
+
+
+def _variants_dir(options: BenchOptions) -> Path:
+    return options.work_dir / "grpc-before"
+
+
+def start_model_servers(
+    options: BenchOptions,
+    models: list[ModelPayloads],
+    processes: ProcessSet,
+) -> dict[str, dict[str, Pending]]:
+    """System -> model -> the started process serving it."""
+    started: dict[str, dict[str, Pending]] = {}
+    if options.wants("servekit-grpc-before"):
+        write_before_module(_variants_dir(options))
+    systems = [("servekit", False), ("servekit-batching", True)]
+    systems += [(name, False) for name in VARIANT_SYSTEMS]
+    for system, batching in systems:
+        behind_gateway = system == options.gateway_backend and any(
+            options.wants(name) for name in FRONT_SYSTEMS
+        )
+        if not (options.wants(system) or behind_gateway):
+            continue
+        for model in models:
+            variant = VARIANT_SYSTEMS.get(system, "")
+            process, grpc_address, rest_base = model_server(
+                options, processes, system, batching, model.name, variant
+            )
+            url = f"{rest_base}/v1/models/{model.name}:predict"
+            item = Pending(
+                process,
+                {model.name: http_post_succeeds(url, model.tfs_rest.read_bytes())},
+            )
+            item.address = grpc_address
+            item.rest_address = rest_base.removeprefix("http://")
+            if options.wants(system):
+                item.scenarios += scenarios(
+                    model.name,
+                    system,
+                    ("grpc",) if variant else options.protocols,
+                    HttpTarget(url, model.tfs_rest),
+                    GrpcTarget(grpc_address, PREDICT_METHOD, model.tfs_grpc),
+                )
+            started.setdefault(system, {})[model.name] = item
+    return started
