@@ -5,31 +5,32 @@ numbered across them in that order, which is the order of the output. Every
 reader streams: CSV and Parquet through pyarrow's batch readers, JSON Lines line
 by line, so memory holds one chunk whatever the file size.
 
-CSV cells are read as text and typed by the signature (an input's dtype) or,
-for other columns, by what the whole chunk holds (integers, else numbers, else
-text). An empty numeric cell is NaN, as TF Serving's JSON ``NaN`` token. A cell
-that cannot be read makes its row an error row; the other rows go on.
+CSV cells are typed from their text as :mod:`servekit.batch.csvtext` says; a
+row that cannot be read is an error row and the other rows go on.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from servekit_protocol import json_codec
 from servekit_protocol.errors import InvalidArgument
 
-from servekit.batch.schema import BOOLEAN, FLOAT, INTEGER, TEXT, InputSchema
+from servekit.batch.csvtext import (
+    BadLine,
+    Piece,
+    csv_pieces,
+    floats,
+    values_from_text,
+)
+from servekit.batch.schema import InputSchema
 from servekit.console import CommandError
 
 CSV = "csv"
@@ -43,9 +44,6 @@ SUFFIXES = {
     ".parquet": PARQUET,
     ".pq": PARQUET,
 }
-NAN = orjson.Fragment(b"NaN")
-"""TF Serving's JSON token for a missing number (orjson would write ``null``)."""
-_CSV_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ def count_rows(path: Path, fmt: str) -> int:
                 return sum(1 for line in handle if line.strip())
         return sum(
             piece.num_rows if isinstance(piece, pa.RecordBatch) else 1
-            for piece in _csv_pieces(path)
+            for piece in csv_pieces(path)
         )
     except (OSError, pa.ArrowException) as exc:
         raise CommandError(f"{path}: cannot read as {fmt}: {exc}") from exc
@@ -185,33 +183,20 @@ def read_chunks(
             return
 
 
-@dataclass(frozen=True)
-class _BadLine:
-    """A CSV row the parser could not split into the header's columns."""
-
-    text: str
-    message: str
-    row: int
-    """Its row number in the file (-1 when the parser gave no line number)."""
-
-
-_Piece: TypeAlias = "pa.RecordBatch | _BadLine"
-
-
 def _file_chunks(
     source: InputFile, start: int, stop: int, chunk_rows: int, schema: InputSchema
 ) -> Iterator[Chunk]:
     if source.format == JSONL:
         yield from _jsonl_chunks(source.path, start, stop, chunk_rows)
         return
-    pieces: Iterator[_Piece] = (
-        _csv_pieces(source.path)
+    pieces: Iterator[Piece] = (
+        csv_pieces(source.path)
         if source.format == CSV
         else iter(pq.ParquetFile(source.path).iter_batches(batch_size=chunk_rows))
     )
     from_text = source.format == CSV
     row = 0
-    pending: list[_Piece] = []
+    pending: list[Piece] = []
     pending_rows = 0
     chunk_start = start
     for piece in pieces:
@@ -236,12 +221,12 @@ def _file_chunks(
         yield _pieces_chunk(pending, chunk_start, from_text, schema)
 
 
-def _split(pieces: list[_Piece], rows: int) -> tuple[list[_Piece], list[_Piece]]:
-    head: list[_Piece] = []
+def _split(pieces: list[Piece], rows: int) -> tuple[list[Piece], list[Piece]]:
+    head: list[Piece] = []
     for position, piece in enumerate(pieces):
         if rows == 0:
             return head, pieces[position:]
-        if isinstance(piece, _BadLine):
+        if isinstance(piece, BadLine):
             head.append(piece)
             rows -= 1
         elif piece.num_rows <= rows:
@@ -254,7 +239,7 @@ def _split(pieces: list[_Piece], rows: int) -> tuple[list[_Piece], list[_Piece]]
 
 
 def _pieces_chunk(
-    pieces: list[_Piece], start: int, from_text: bool, schema: InputSchema
+    pieces: list[Piece], start: int, from_text: bool, schema: InputSchema
 ) -> Chunk:
     chunk = Chunk(start, [])
     batches: list[pa.RecordBatch] = []
@@ -273,7 +258,7 @@ def _pieces_chunk(
             batches.clear()
 
     for piece in pieces:
-        if isinstance(piece, _BadLine):
+        if isinstance(piece, BadLine):
             flush()
             chunk.read_errors[len(chunk.instances)] = piece.message
             if chunk.sent is not None:
@@ -283,61 +268,6 @@ def _pieces_chunk(
             batches.append(piece)
     flush()
     return chunk
-
-
-def _csv_pieces(path: Path) -> Iterator[_Piece]:
-    """The file's rows in order: record batches, and the rows that could not be split.
-
-    The parser reports a bad row with its line number while it parses the block
-    holding it, before that block's batch comes out; the row goes back at its
-    place among the batch's rows (a line is a row, unless a quoted cell holds a
-    line break: then it lands next to it). Parsing runs on one thread, so every
-    read yields the same sequence and row numbers, hence shards, are stable.
-    """
-    with path.open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle), None)
-    if not header:
-        return
-    bad: list[_BadLine] = []
-
-    def skip(row: Any) -> str:
-        where = f"line {row.number}: " if row.number is not None else ""
-        # Line 1 is the header: line n holds row n - 2 (from 0).
-        bad.append(
-            _BadLine(
-                row.text,
-                f"{where}expected {row.expected_columns} columns, got "
-                f"{row.actual_columns}",
-                row.number - 2 if row.number is not None else -1,
-            )
-        )
-        return "skip"
-
-    reader = pacsv.open_csv(
-        path,
-        read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES, use_threads=False),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=skip),
-        convert_options=pacsv.ConvertOptions(
-            column_types=dict.fromkeys(header, pa.string()),
-            strings_can_be_null=False,
-        ),
-    )
-    position = 0
-    for batch in reader:
-        offset = 0
-        for line in sorted(bad, key=lambda item: item.row):
-            take = min(max(line.row - position, 0), batch.num_rows - offset)
-            if take:
-                yield batch.slice(offset, take)
-                offset += take
-                position += take
-            yield line
-            position += 1
-        bad.clear()
-        if offset < batch.num_rows:
-            yield batch.slice(offset)
-            position += batch.num_rows - offset
-    yield from bad
 
 
 def _jsonl_chunks(
@@ -428,81 +358,10 @@ def _typed_values(
 ) -> tuple[list[Any], dict[int, str]]:
     """A column as JSON values of ``kind`` (inferred when ``None``), and bad rows."""
     if from_text:
-        return _values_from_text(column, name, kind)
+        return values_from_text(column, name, kind)
     if pa.types.is_floating(column.type):
-        return _floats(column.fill_null(math.nan)), {}
+        return floats(column.fill_null(math.nan)), {}
     return column.to_pylist(), {}
-
-
-def _floats(column: pa.ChunkedArray) -> list[Any]:
-    array = column.to_numpy()
-    values: list[Any] = array.tolist()
-    if not np.isfinite(array).all():
-        for index in np.flatnonzero(np.isnan(array)).tolist():
-            values[index] = NAN
-        for index in np.flatnonzero(np.isinf(array)).tolist():
-            values[index] = orjson.Fragment(
-                b"Infinity" if values[index] > 0 else b"-Infinity"
-            )
-    return values
-
-
-def _values_from_text(
-    column: pa.ChunkedArray, name: str, kind: str | None
-) -> tuple[list[Any], dict[int, str]]:
-    if kind is None:
-        for candidate in (INTEGER, FLOAT):
-            values, errors = _values_from_text(column, name, candidate)
-            if not errors:
-                return values, errors
-        kind = TEXT
-    if kind == TEXT:
-        return column.to_pylist(), {}
-    if kind == BOOLEAN:
-        lowered = pc.utf8_lower(column).to_pylist()
-        errors = {
-            index: f"column {name}: {text!r} is not true or false"
-            for index, text in enumerate(lowered)
-            if text not in ("true", "false")
-        }
-        return [text == "true" for text in lowered], errors
-    target = pa.float64() if kind == FLOAT else pa.int64()
-    blanks = pc.equal(pc.utf8_trim_whitespace(column), "")
-    try:
-        typed = pc.cast(pc.if_else(blanks, None, column), target)
-    except pa.ArrowInvalid:
-        return _values_one_by_one(column, name, kind)
-    if kind == FLOAT:
-        return _floats(typed.fill_null(math.nan)), {}
-    values = typed.to_pylist()
-    errors = {
-        index: f"column {name}: empty cell where an integer is expected"
-        for index, value in enumerate(values)
-        if value is None
-    }
-    return values, errors
-
-
-def _values_one_by_one(
-    column: pa.ChunkedArray, name: str, kind: str
-) -> tuple[list[Any], dict[int, str]]:
-    values: list[Any] = []
-    errors: dict[int, str] = {}
-    convert = float if kind == FLOAT else int
-    for index, text in enumerate(column.to_pylist()):
-        stripped = (text or "").strip()
-        try:
-            if not stripped and kind == FLOAT:
-                values.append(NAN)
-                continue
-            value = convert(stripped)
-        except ValueError:
-            wanted = "a number" if kind == FLOAT else "an integer"
-            errors[index] = f"column {name}: {text!r} is not {wanted}"
-            values.append(text)
-            continue
-        values.append(NAN if kind == FLOAT and math.isnan(value) else value)
-    return values, errors
 
 
 _TOKENS = {b"NaN": math.nan, b"Infinity": math.inf, b"-Infinity": -math.inf}
