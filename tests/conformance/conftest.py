@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import (
     TFSERVING_TESTDATA,
     copy_tfserving_testdata,
@@ -86,9 +88,47 @@ def conformance_server(
         yield server
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a conformance test sends its calls: the model server itself, or the
+    gateway in front of it (which must be the same drop-in for TF Serving)."""
+
+    name: str
+    rest_url: str
+    grpc_target: str
+
+
 @pytest.fixture(scope="session")
-def rest(conformance_server: ModelServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=conformance_server.rest_url, timeout=30) as client:
+def conformance_gateway(
+    conformance_server: ModelServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    root = tmp_path_factory.mktemp("conformance-gateway")
+    # An empty registry: every model is routed to the default backend.
+    (root / "registry").mkdir()
+    with running_gateway(
+        root,
+        env={
+            "GATEWAY_REGISTRY": str(root / "registry"),
+            "GATEWAY_DEFAULT_BACKEND": conformance_server.grpc_target,
+            "PYTHONPATH": "",
+        },
+    ) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="session", params=["model-server", "gateway"])
+def target(request: pytest.FixtureRequest, conformance_server: ModelServer) -> Target:
+    if request.param == "gateway":
+        gateway: GatewayProcess = request.getfixturevalue("conformance_gateway")
+        return Target("gateway", gateway.url, gateway.grpc_target)
+    return Target(
+        "model-server", conformance_server.rest_url, conformance_server.grpc_target
+    )
+
+
+@pytest.fixture(scope="session")
+def rest(target: Target) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=target.rest_url, timeout=30) as client:
         yield client
 
 
@@ -111,3 +151,44 @@ def without_empty_defaults(signature_map: dict[str, Any]) -> dict[str, Any]:
         key: {k: v for k, v in signature.items() if not (k == "defaults" and v == {})}
         for key, signature in signature_map.items()
     }
+
+
+SHAPES = (
+    "the gateway checks input shapes against the signature ([-1, 1] here); TF "
+    "Serving leaves them to the graph"
+)
+GATEWAY_DIFFERENCES: dict[str, str] = {
+    "test_predict_row_format[gateway-half_plus_two-": SHAPES,
+    "test_predict_columnar_format[gateway]": SHAPES,
+    "test_predict_on_a_version_or_label[gateway-": SHAPES,
+    "test_unknown_signature_is_400[gateway]": "the gateway words the error itself",
+    "test_status_without_a_model_name_is_400[gateway]": (
+        "the gateway redirects /v1/models to /v1/models/ (307)"
+    ),
+    "test_malformed_api_paths_are_400[gateway-GET-/v1/foo]": "the gateway answers 404",
+    "test_malformed_api_paths_are_400[gateway-PUT-": "the gateway answers 405",
+    "test_malformed_api_paths_are_400[gateway-DELETE-": "the gateway answers 405",
+    "test_an_expired_deadline_is_deadline_exceeded[gateway]": (
+        "the gateway's gRPC-Web port does not apply an expired grpc-timeout"
+    ),
+}
+"""What the gateway still answers differently from TF Serving (the model server
+matches it): each of these must fail through the gateway until it is fixed."""
+
+MODEL_SERVER_ONLY: dict[str, str] = {
+    "test_prometheus_endpoint[gateway]": "the gateway's metrics are at /metrics",
+    "test_calls_are_counted_as_grpc_web[gateway]": "reads the model server's metrics",
+    "test_paths_outside_the_api_are_404[gateway]": "the gateway serves /v2 too",
+}
+"""Features of the model server process rather than of the TF Serving API."""
+
+
+@pytest.fixture(autouse=True)
+def _gateway_expectations(request: pytest.FixtureRequest) -> None:
+    name = request.node.name
+    for prefix, reason in MODEL_SERVER_ONLY.items():
+        if name.startswith(prefix):
+            pytest.skip(reason)
+    for prefix, reason in GATEWAY_DIFFERENCES.items():
+        if name.startswith(prefix):
+            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))

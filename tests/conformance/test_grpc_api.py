@@ -29,10 +29,10 @@ from tensorflow_serving.apis import (
 
 from tests.conformance.conftest import (
     TWO_VERSIONS,
+    Target,
     expected_metadata,
     without_empty_defaults,
 )
-from tests.support.modelserver import ModelServer
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,9 @@ TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
-def channel(conformance_server: ModelServer) -> Iterator[grpc.Channel]:
+def channel(target: Target) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(
-        conformance_server.grpc_target,
+        target.grpc_target,
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

@@ -108,21 +108,28 @@ def publish_linear_pipeline(
     sleep_seconds: float = 0.0,
     warning: str = "",
     version: int | None = None,
+    dtype: str = "float64",
+    impute: bool = False,
 ) -> int:
     """Publish ``y = 2 a + 3 b + offset`` as a scikit-learn pipeline; return its version.
 
     With ``sleep_seconds`` or ``warning``, the custom ``Sleep`` step comes first; it
     sleeps that long and issues ``warning`` as a ``UserWarning`` on every call.
+    ``dtype`` is the features' (and the inputs'); with ``impute``, a median imputer
+    comes before the regression and the features are declared nullable.
     """
     import joblib
     import numpy as np
     import pandas as pd
     from modelregistry import Registry
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LinearRegression
     from sklearn.pipeline import Pipeline
 
     rng = np.random.default_rng(7)
-    frame = pd.DataFrame({"a": rng.normal(size=64), "b": rng.normal(size=64)})
+    frame = pd.DataFrame({"a": rng.normal(size=64), "b": rng.normal(size=64)}).astype(
+        dtype
+    )
     target = 2.0 * frame["a"] + 3.0 * frame["b"] + offset
     steps: list[tuple[str, Any]] = []
     registry = Registry(registry_root)
@@ -132,6 +139,8 @@ def publish_linear_pipeline(
             sleep_class = _sleep_step_class(draft.path / "code")
             steps.append(("sleep", sleep_class(seconds=sleep_seconds, warning=warning)))
             manifest_code["code_dir"] = "code"
+        if impute:
+            steps.append(("impute", SimpleImputer(strategy="median")))
         steps.append(("model", LinearRegression()))
         pipeline = Pipeline(steps).fit(frame, target)
         joblib.dump(pipeline, draft.path / "model.joblib")
@@ -139,15 +148,15 @@ def publish_linear_pipeline(
             artifact="model.joblib",
             task="regression",
             features=[
-                {"name": "a", "dtype": "float64"},
-                {"name": "b", "dtype": "float64"},
+                {"name": "a", "dtype": dtype, "nullable": impute},
+                {"name": "b", "dtype": dtype, "nullable": impute},
             ],
             signatures={
                 "serving_default": {
                     "method": "predict",
                     "inputs": {
-                        "a": {"dtype": "float64", "shape": [-1]},
-                        "b": {"dtype": "float64", "shape": [-1]},
+                        "a": {"dtype": dtype, "shape": [-1]},
+                        "b": {"dtype": dtype, "shape": [-1]},
                     },
                     "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
                 }

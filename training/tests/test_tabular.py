@@ -45,6 +45,8 @@ def test_manifest_describes_the_pipeline(tabular_model: PublishedModel) -> None:
     assert manifest.task == "regression"
     assert manifest.classes is None
     assert [(f.name, f.dtype) for f in manifest.features] == EXPECTED_FEATURES
+    # Every column is imputed, so typed endpoints take null for each.
+    assert all(feature.nullable for feature in manifest.features)
     assert set(manifest.signatures) == {"serving_default"}
     default = manifest.signatures["serving_default"]
     assert default.method == "predict"

@@ -345,7 +345,11 @@ def train_tabular(
             code_dir=CODE_DIR,
             task=dataset.task,
             classes=classes,
-            features=dataset.feature_dtypes(),
+            # Every column goes through an imputer (build_pipeline), so every
+            # feature takes a missing value.
+            features=[
+                {**feature, "nullable": True} for feature in dataset.feature_dtypes()
+            ],
             signatures=signatures_for(dataset, classes),
             examples=example_rows(x_test),
             metrics=metrics,

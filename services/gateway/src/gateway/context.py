@@ -10,13 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote
 
 from servekit_protocol import messages
+from servekit_protocol.logs import REQUEST_ID_HEADER
+from servekit_protocol.paths import model_path
 
 from gateway.routing.router import Target
-
-REQUEST_ID_METADATA = "x-request-id"
 
 
 @dataclass(slots=True)
@@ -36,7 +35,7 @@ class CallContext:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC metadata for backend calls: the request id travels along."""
-        return ((REQUEST_ID_METADATA, self.request_id),)
+        return ((REQUEST_ID_HEADER, self.request_id),)
 
 
 def apply_target(spec: messages.ModelSpec, target: Target) -> None:
@@ -52,12 +51,7 @@ def apply_target(spec: messages.ModelSpec, target: Target) -> None:
 
 def rest_path(target: Target, verb: str) -> str:
     """TF Serving's REST path of a target, e.g. `/v1/models/m/labels/canary:predict`."""
-    path = "/v1/models/" + quote(target.model, safe="")
-    if target.version is not None:
-        path += f"/versions/{target.version}"
-    elif target.label is not None:
-        path += "/labels/" + quote(target.label, safe="")
-    return f"{path}:{verb}"
+    return model_path(target.model, target.version, target.label, verb)
 
 
 def spec_version(spec: messages.ModelSpec) -> tuple[int | None, str | None]:

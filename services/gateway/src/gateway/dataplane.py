@@ -182,7 +182,10 @@ class Gateway:
         """
         names = {task.model_spec.name for task in request.tasks}
         if len(names) != 1:
-            raise InvalidInput("MultiInference tasks must all name the same model")
+            raise InvalidInput(
+                "All ModelSpecs in a MultiInferenceRequest must access the same "
+                "model name."
+            )
         first = request.tasks[0].model_spec
         version, label = spec_version(first)
         plan = self.plan(ctx, first.name, version, label)

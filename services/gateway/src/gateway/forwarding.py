@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from servekit_protocol.grpc_codes import from_grpc
+from servekit_protocol.serving import is_unknown_label
+from servekit_protocol.status import Code
 
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer, Request, Response
@@ -26,17 +29,6 @@ from gateway.errors import BackendError
 from gateway.routing.router import CANARY_ROLE, Plan, Router, Target
 from gateway.shadow import Shadow
 from gateway.signatures import SignatureCache, SignatureSet
-
-UNKNOWN_LABEL_PREFIX = "Unrecognized servable version label"
-"""How TF Serving (`ServerCore::GetModelVersionForLabel`) starts the message of
-its INVALID_ARGUMENT for a label no version carries."""
-
-
-def is_unknown_label(code: grpc.StatusCode, message: str) -> bool:
-    """Whether a backend's refusal says the requested label is not assigned."""
-    return code is grpc.StatusCode.INVALID_ARGUMENT and message.startswith(
-        UNKNOWN_LABEL_PREFIX
-    )
 
 
 @dataclass(slots=True)
@@ -80,15 +72,14 @@ class _Attempt:
     @property
     def unknown_label(self) -> bool:
         if self.error is not None:
-            return is_unknown_label(self.error.grpc_code, self.error.message)
+            code = from_grpc(self.error.grpc_code)
+            return is_unknown_label(code, self.error.message)
         answer = self.predicted.answer
         # TF Serving's REST server answers INVALID_ARGUMENT with 400.
         return (
             answer is not None
             and answer.status == 400
-            and is_unknown_label(
-                grpc.StatusCode.INVALID_ARGUMENT, error_text(answer.body)
-            )
+            and is_unknown_label(Code.INVALID_ARGUMENT, error_text(answer.body))
         )
 
 

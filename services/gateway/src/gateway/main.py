@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -20,7 +21,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.registryview import RegistryView
 from gateway.reloader import Reloader
 from gateway.routes.grpcweb import SERVICE_PREFIX, GrpcWebEndpoint
-from gateway.routes.handling import read_body, reject, replay_body
+from gateway.routes.handling import json_response, read_body, reject, replay_body
 from gateway.routes.health import ReadinessCache, health_routes
 from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
 from gateway.routes.typed import TypedEndpoints, validation_summary
@@ -208,6 +209,16 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp
     @app.exception_handler(GatewayError)
     async def on_gateway_error(request: Request, exc: GatewayError) -> Response:
         return reject(request, TYPED_PROTOCOL, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        # Routing and body-parsing refusals (404, 405, a body that is not JSON)
+        # answer TF Serving's error body too, as every other error does.
+        return json_response(
+            {"error": str(exc.detail)},
+            exc.status_code,
+            headers=dict(exc.headers) if exc.headers else None,
+        )
 
     app.state.readiness = ReadinessCache(gw)
     app.state.reloader = reloader

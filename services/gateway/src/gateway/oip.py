@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import numpy_dtype, to_shape
 
 from gateway.clients.arrays import ArrayRequest, output_arrays
@@ -26,7 +27,7 @@ from gateway.context import CallContext
 from gateway.dataplane import Gateway
 from gateway.errors import InvalidInput
 from gateway.forwarding import PredictCall
-from gateway.signatures import DEFAULT_SIGNATURE, SignatureSet
+from gateway.signatures import SignatureSet
 
 SIGNATURE_PARAMETER = "signature_name"
 """The request parameter that picks a signature other than `serving_default`."""

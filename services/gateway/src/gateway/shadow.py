@@ -12,10 +12,11 @@ import time
 import numpy as np
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.logs import REQUEST_ID_HEADER
 
 from gateway.clients.arrays import ArrayRequest, output_arrays
 from gateway.clients.coalescer import Coalescer, Request, Response
-from gateway.context import REQUEST_ID_METADATA, CallContext, apply_target
+from gateway.context import CallContext, apply_target
 from gateway.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
 from gateway.routing.router import Target
@@ -111,7 +112,7 @@ class Shadow:
                 target.backends,
                 request,
                 deadline,
-                ((REQUEST_ID_METADATA, request_id),),
+                ((REQUEST_ID_HEADER, request_id),),
             )
         except GatewayError as exc:
             logger.info("shadow call to %s failed: %s", target.model, exc.message)

@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 from servekit_protocol import json_codec, messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import numpy_dtype
 
 from gateway.clients.backend import BackendClient
 from gateway.context import CallContext, apply_target
 from gateway.errors import InvalidInput
 from gateway.routing.router import Target
-
-DEFAULT_SIGNATURE = "serving_default"
 
 MAX_ENTRIES = 4096
 """Targets kept before the cache starts again from empty (routes are few; this

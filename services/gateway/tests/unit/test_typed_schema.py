@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gateway.routes.typed import build_typed_signature
+from gateway.codecs.typed import build_typed_signature
 from modelregistry import Manifest
 from pydantic import ValidationError
 from servekit_protocol import messages
@@ -26,7 +26,8 @@ def manifest(**fields: Any) -> Manifest:
 
 TABULAR = manifest(
     features=[
-        {"name": "median income", "dtype": "float64"},
+        # The pipeline imputes median income: null is a missing value.
+        {"name": "median income", "dtype": "float64", "nullable": True},
         {"name": "ocean", "dtype": "string"},
         {"name": "rooms", "dtype": "int8"},
     ],
@@ -183,3 +184,39 @@ def test_no_typed_form_for_classify_signatures() -> None:
         }
     )
     assert build_typed_signature("m", 1, classify, "serving_default") is None
+
+
+def test_floats_are_finite_within_their_dtype_and_null_only_where_imputed() -> None:
+    narrow = manifest(
+        features=[
+            {"name": "x", "dtype": "float32"},
+            {"name": "y", "dtype": "float64"},
+        ],
+        signatures={
+            "serving_default": {
+                "inputs": {
+                    "x": {"dtype": "float32", "shape": [-1]},
+                    "y": {"dtype": "float64", "shape": [-1]},
+                },
+                "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
+            }
+        },
+    )
+    typed = build_typed_signature("n", 1, narrow, "serving_default")
+    assert typed is not None
+
+    def valid(row: dict[str, Any]) -> bool:
+        try:
+            typed.request_model.model_validate({"instances": [row]})
+        except ValidationError:
+            return False
+        return True
+
+    assert valid({"x": 3.0e38, "y": 1.0e308})
+    assert not valid({"x": 3.5e38, "y": 0.0})
+    assert not valid({"x": 0.0, "y": 10**309})
+    assert not valid({"x": math.inf, "y": 0.0})
+    assert not valid({"x": None, "y": 0.0})
+    schema = typed.response_model.model_json_schema()
+    item = schema["properties"]["predictions"]["items"]
+    assert {"type": "null"} in item["anyOf"]

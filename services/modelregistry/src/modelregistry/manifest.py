@@ -62,6 +62,9 @@ class Feature(_Strict):
 
     name: str
     dtype: DType
+    nullable: bool = False
+    """The model takes a missing value here (JSON null, NaN): its pipeline
+    imputes the column. Typed endpoints accept null only for such columns."""
 
 
 class FileDigest(_Strict):

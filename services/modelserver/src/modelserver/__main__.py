@@ -39,10 +39,10 @@ from importlib import metadata as package_metadata
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from pydantic import ValidationError
+from servekit_protocol.logs import configure_logging
 
 from modelserver import warning_filters
 from modelserver.observability import native_logs
-from modelserver.observability.logging import configure_logging
 from modelserver.settings import Settings
 
 if TYPE_CHECKING:

@@ -33,7 +33,6 @@ FeatureValues: TypeAlias = list[float] | list[int] | list[bytes]
 Example: TypeAlias = dict[str, FeatureValues]
 """One tf.Example as a mapping of feature name to its value list."""
 
-DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"

@@ -9,8 +9,8 @@ import logging
 import httpx
 import pytest
 from modelserver.errors import ModelNotFound
-from modelserver.observability.logging import JsonFormatter, RequestContextFilter
 from modelserver.types import ModelSpec
+from servekit_protocol.logs import JsonFormatter, RequestContextFilter
 
 from .conftest import FakeDataPlane, rest_app
 

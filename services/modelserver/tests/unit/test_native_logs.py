@@ -49,7 +49,7 @@ def test_writes_to_descriptor_2_are_logged_as_json_lines() -> None:
         """
         import os, sys
         from modelserver.observability import native_logs
-        from modelserver.observability.logging import configure_logging
+        from servekit_protocol.logs import configure_logging
         native = native_logs.capture()
         configure_logging("INFO", stream=native.stream)
         os.write(2, b"I0000 00:00:1.5 42 cpu_feature_guard.cc:227] optimized\\n")

@@ -47,6 +47,7 @@ from typing import Any, overload
 
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.logs import REQUEST_ID_HEADER
 
 from gateway.clients.arrays import ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, Metadata
@@ -67,8 +68,6 @@ from gateway.errors import DeadlineExceeded, GatewayError
 from gateway.observability.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
-
-REQUEST_ID_METADATA = "x-request-id"
 
 Request = messages.PredictRequest | ArrayRequest
 """A Predict for the backend's gRPC API."""
@@ -453,9 +452,9 @@ def _merged_call(batch: Sequence[_Waiter]) -> tuple[float, Metadata]:
         value
         for waiter in batch
         for key, value in waiter.metadata
-        if key == REQUEST_ID_METADATA
+        if key == REQUEST_ID_HEADER
     )
-    return max(waiter.deadline for waiter in batch), ((REQUEST_ID_METADATA, ids),)
+    return max(waiter.deadline for waiter in batch), ((REQUEST_ID_HEADER, ids),)
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

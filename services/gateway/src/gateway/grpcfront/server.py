@@ -65,5 +65,7 @@ async def mark_serving(
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    for service in ("", PREDICTION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE):
+    # TF Serving also registers the short names.
+    short = (PREDICTION_SERVICE.rsplit(".", 1)[-1], MODEL_SERVICE.rsplit(".", 1)[-1])
+    for service in ("", PREDICTION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE, *short):
         await health_servicer.set(service, status)

@@ -18,6 +18,12 @@ from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server import Authenticate
 from servekit_protocol.grpcweb_server import SERVICE_PREFIX, Aborted
+from servekit_protocol.logs import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    bind_model,
+    bind_request,
+)
 from servekit_protocol.oip_services import INFERENCE_SERVICE
 from servekit_protocol.services import (
     ModelServiceServicer,
@@ -30,12 +36,6 @@ from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, InvalidInput, internal_error_message
 from gateway.forwarding import PredictCall
-from gateway.observability.logging import (
-    REQUEST_ID_HEADER,
-    accept_request_id,
-    bind_model,
-    bind_request,
-)
 from gateway.security.keys import extract_key
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,10 @@ class GrpcFront:
         method: str,
         model: str,
         handle: Callable[[CallContext], Awaitable[Response]],
+        missing_model: str = "ModelSpec has no name specified.",
     ) -> Response:
+        """Run ``handle`` under the gateway's policy; ``missing_model`` is the
+        INVALID_ARGUMENT message TF Serving gives this method without a model."""
         gateway = self.gateway
         metadata: dict[str, str] = {}
         for key, value in context.invocation_metadata() or ():
@@ -125,7 +128,7 @@ class GrpcFront:
             with gateway.admission():
                 bind_model(model)
                 if not model:
-                    raise InvalidInput("model_spec.name is required")
+                    raise InvalidInput(missing_model)
                 gateway.authorize(
                     model, metadata.get("authorization"), metadata.get("x-api-key")
                 )
@@ -270,7 +273,14 @@ class ModelProxy(ModelServiceServicer):
             )
 
         return await self._front.serve(
-            context, "GetModelStatus", request.model_spec.name, handle
+            context,
+            "GetModelStatus",
+            request.model_spec.name,
+            handle,
+            # TF Serving's GetModelStatusImpl.
+            "Missing ModelSpec"
+            if not request.HasField("model_spec")
+            else "Missing model name in request.",
         )
 
     async def HandleReloadConfigRequest(

@@ -1,99 +1,21 @@
-"""JSON-line logs carrying the request id, model, version and protocol.
+"""The gateway's access log, in the JSON line shape of `servekit_protocol.logs`.
 
-The context lives in ContextVars: uvicorn and grpc.aio run each request in its own
-task, so values bound for one request never show up in another's lines.
+Every other line, and the request context (request id, model, version,
+protocol), come from the wire contract's `servekit_protocol.logs`, shared with
+the model server; this module adds the access line, written without `logging`,
+and the gateway's choice to replace uvicorn's access line with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import time
-from contextvars import ContextVar
-from datetime import UTC, datetime
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
-
-REQUEST_ID_HEADER = "x-request-id"
-"""HTTP header and gRPC metadata key of the request id, in and out."""
-
-MAX_REQUEST_ID_LENGTH = 128
-
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
-model_var: ContextVar[str | None] = ContextVar("model", default=None)
-version_var: ContextVar[str | None] = ContextVar("version", default=None)
-protocol_var: ContextVar[str | None] = ContextVar("protocol", default=None)
-
-_CONTEXT_FIELDS = ("request_id", "model", "version", "protocol")
-_STANDARD_ATTRIBUTES = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    # uvicorn adds an ANSI-coloured duplicate of its message.
-    | {"message", "asctime", "color_message", *_CONTEXT_FIELDS}
-)
-
-
-def new_request_id() -> str:
-    """A fresh random id (32 hex digits)."""
-    return os.urandom(16).hex()
-
-
-def accept_request_id(incoming: str | bytes | None) -> str:
-    """Keep the caller's id when it is short printable ASCII, else generate one."""
-    if isinstance(incoming, bytes):
-        incoming = incoming.decode("latin-1")
-    if (
-        incoming
-        and len(incoming) <= MAX_REQUEST_ID_LENGTH
-        and incoming.isascii()
-        and incoming.isprintable()
-    ):
-        return incoming
-    return new_request_id()
-
-
-def bind_request(request_id: str, protocol: str) -> None:
-    """Bind the request context of the current task."""
-    request_id_var.set(request_id)
-    protocol_var.set(protocol)
-    model_var.set(None)
-    version_var.set(None)
-
-
-def bind_model(name: str, version: str | None = None) -> None:
-    model_var.set(name)
-    version_var.set(version)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, context, extras."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name, var in (
-            ("request_id", request_id_var),
-            ("model", model_var),
-            ("version", version_var),
-            ("protocol", protocol_var),
-        ):
-            value = var.get()
-            if value is not None:
-                entry[name] = value
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+from servekit_protocol import logs
 
 
 class _Clock:
@@ -148,15 +70,7 @@ class AccessLog:
             "logger": "gateway.access",
             "message": message,
         }
-        for name, var in (
-            ("request_id", request_id_var),
-            ("model", model_var),
-            ("version", version_var),
-            ("protocol", protocol_var),
-        ):
-            value = var.get()
-            if value:
-                entry[name] = value
+        entry.update(logs.context_fields())
         entry.update(fields)
         line = orjson.dumps(entry, default=str) + b"\n"
         self._pending.append(line)
@@ -187,17 +101,7 @@ class AccessLog:
 
 def configure_logging(level: str, stream: TextIO | None = None) -> None:
     """Send every log line (uvicorn's and grpc's included) as JSON to stderr."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    # Caller lookup walks the stack on every record; the lines do not show it.
-    logging._srcfile = None
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = []
-        logger.propagate = True
+    logs.configure_logging(level, stream if stream is not None else sys.stderr)
     # The gateway writes its own access line with the request id; uvicorn's would
     # duplicate it without one.
     logging.getLogger("uvicorn.access").disabled = True

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from servekit_protocol import grpcweb_server
 from servekit_protocol.grpcweb import is_grpc_web
+from servekit_protocol.logs import REQUEST_ID_HEADER, accept_request_id
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError
 from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy
-from gateway.observability.logging import REQUEST_ID_HEADER, accept_request_id
 from gateway.routes.handling import read_body
 
 PROTOCOL = "grpc-web"

@@ -15,6 +15,12 @@ from typing import Any
 import orjson
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.logs import (
+    REQUEST_ID_HEADER,
+    accept_request_id,
+    bind_model,
+    bind_request,
+)
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
@@ -27,12 +33,6 @@ from gateway.errors import (
     PayloadTooLarge,
     UnprocessableInput,
     internal_error_message,
-)
-from gateway.observability.logging import (
-    REQUEST_ID_HEADER,
-    accept_request_id,
-    bind_model,
-    bind_request,
 )
 
 logger = logging.getLogger(__name__)

@@ -20,279 +20,34 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from dataclasses import replace
+from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
-from modelregistry import DTYPES, Manifest, TensorSpec
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-    create_model,
-)
+from pydantic import BaseModel, ValidationError
 from servekit_protocol import messages
-from servekit_protocol.errors import ProtocolError
-from servekit_protocol.tensors import from_ndarray, to_ndarray
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from starlette.responses import Response
 
+from gateway.codecs.typed import (
+    ERROR_RESPONSES,
+    TypedSignature,
+    build_typed_signature,
+)
 from gateway.context import CallContext
 from gateway.dataplane import Gateway
-from gateway.errors import InvalidInput, ModelNotFound, UnprocessableInput
+from gateway.errors import ModelNotFound, UnprocessableInput
 from gateway.forwarding import PredictCall
 from gateway.routes.handling import authorize, json_response, serve_http
 from gateway.routing.router import Plan, Target
-from gateway.signatures import DEFAULT_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "typed"
-MAX_ROWS = 10_000
 TYPED_TAG = "typed model endpoints"
-
-_INT_BOUNDS = {
-    name: (int(np.iinfo(name).min), int(np.iinfo(name).max))
-    for name in DTYPES
-    if name != "string" and np.dtype(name).kind in "iu"
-}
-
-
-def _scalar_type(dtype: str, nullable_numbers: bool) -> Any:
-    """The pydantic type of one value of a manifest dtype."""
-    if dtype.startswith("float"):
-        number = Annotated[float, Field(strict=True, allow_inf_nan=True)]
-        # Tabular pipelines impute missing values; null arrives as NaN.
-        return number | None if nullable_numbers else number
-    if dtype in _INT_BOUNDS:
-        low, high = _INT_BOUNDS[dtype]
-        return Annotated[StrictInt, Field(ge=low, le=high)]
-    if dtype == "bool":
-        return StrictBool
-    return StrictStr
-
-
-def _value_type(dtype: str, row_shape: Sequence[int], nullable: bool) -> Any:
-    """Nested lists for the per-row dimensions, fixed lengths where known."""
-    value: Any = _scalar_type(dtype, nullable and not row_shape)
-    for size in reversed(row_shape):
-        if size >= 0:
-            value = Annotated[list[value], Field(min_length=size, max_length=size)]
-        else:
-            value = list[value]
-    return value
-
-
-def _class_name(*parts: str) -> str:
-    words = re.split(r"[^0-9A-Za-z]+", " ".join(parts))
-    return "".join(word[:1].upper() + word[1:] for word in words if word)
-
-
-def _field_key(index: int) -> str:
-    # Feature names can be anything ("sepal length (cm)", "model_config"); the
-    # Python attribute is synthetic and the JSON name is the alias.
-    return f"field_{index}"
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One typed field of a row: its JSON name, dtype and per-row shape."""
-
-    name: str
-    dtype: str
-    row_shape: tuple[int, ...]
-
-
-@dataclass
-class TypedSignature:
-    """A manifest signature turned into request/response models and converters."""
-
-    model: str
-    version: int
-    signature: str
-    fields: list[FieldSpec]
-    matrix_input: tuple[str, TensorSpec] | None
-    """Set when the rows' fields are stacked into one [-1, n] input."""
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    row_model: type[BaseModel]
-    request_model: type[BaseModel]
-    response_model: type[BaseModel]
-
-    def predict_request(self, rows: list[dict[str, Any]]) -> messages.PredictRequest:
-        """Columns (or one matrix) of the rows, typed as the signature says.
-
-        Raises:
-            InvalidInput: a value does not fit the tensor dtype.
-        """
-        request = messages.PredictRequest()
-        if self.signature != DEFAULT_SIGNATURE:
-            request.model_spec.signature_name = self.signature
-        try:
-            if self.matrix_input is not None:
-                name, spec = self.matrix_input
-                matrix = [
-                    [_nan_if_none(row[field.name]) for field in self.fields]
-                    for row in rows
-                ]
-                from_ndarray(matrix, spec.dtype, into=request.inputs[name], packed=True)
-                return request
-            for field in self.fields:
-                spec = self.inputs[field.name]
-                column = [_nan_if_none(row[field.name]) for row in rows]
-                array = np.asarray(
-                    column, dtype=object if spec.dtype == "string" else None
-                )
-                if len(spec.shape) == 2 and spec.shape[1] == 1 and not field.row_shape:
-                    array = array.reshape(-1, 1)
-                from_ndarray(
-                    array, spec.dtype, into=request.inputs[field.name], packed=True
-                )
-        except ProtocolError as exc:
-            raise InvalidInput(exc.message) from exc
-        return request
-
-    def predictions(self, response: messages.PredictResponse) -> list[Any]:
-        """One entry per row from the response tensors."""
-        columns: dict[str, list[Any]] = {}
-        for name in self.outputs:
-            tensor = response.outputs.get(name)
-            if tensor is None:
-                raise InvalidInput(f"the backend returned no output {name!r}")
-            columns[name] = _json_values(to_ndarray(tensor))
-        if len(self.outputs) == 1:
-            return next(iter(columns.values()))
-        count = min(len(values) for values in columns.values())
-        return [{name: columns[name][i] for name in columns} for i in range(count)]
-
-
-def _nan_if_none(value: Any) -> Any:
-    return math.nan if value is None else value
-
-
-def _json_values(array: np.ndarray[Any, Any]) -> list[Any]:
-    if array.dtype.kind == "O":
-        decoded = np.empty(array.shape, dtype=object)
-        flat = decoded.reshape(-1)
-        for index, item in enumerate(array.reshape(-1).tolist()):
-            flat[index] = (
-                item.decode("utf-8", errors="replace")
-                if isinstance(item, bytes)
-                else item
-            )
-        result: list[Any] = decoded.tolist()
-        return result
-    values: list[Any] = array.tolist()
-    return values
-
-
-def _row_fields(
-    manifest: Manifest, signature_name: str
-) -> tuple[list[FieldSpec], tuple[str, TensorSpec] | None] | None:
-    """How rows map onto the signature's inputs, or None when no typed form fits."""
-    signature = manifest.signatures.get(signature_name)
-    if signature is None or signature.method != "predict" or not signature.inputs:
-        return None
-    inputs = signature.inputs
-    feature_names = [feature.name for feature in manifest.features]
-    if manifest.features and set(feature_names) == set(inputs):
-        # One input per feature (scikit-learn pipelines): feature order and dtypes.
-        fields = [
-            FieldSpec(f.name, inputs[f.name].dtype, tuple(inputs[f.name].shape[1:]))
-            for f in manifest.features
-        ]
-        fields = [
-            replace(f, row_shape=()) if f.row_shape == (1,) else f for f in fields
-        ]
-        return fields, None
-    if manifest.features and len(inputs) == 1:
-        name, spec = next(iter(inputs.items()))
-        if len(spec.shape) == 2 and spec.shape[1] in (-1, len(manifest.features)):
-            fields = [FieldSpec(f.name, f.dtype, ()) for f in manifest.features]
-            return fields, (name, spec)
-    if any(not spec.shape for spec in inputs.values()):
-        return None
-    return [
-        FieldSpec(name, spec.dtype, tuple(spec.shape[1:]))
-        for name, spec in sorted(inputs.items())
-    ], None
-
-
-def build_typed_signature(
-    model: str, version: int, manifest: Manifest, signature_name: str
-) -> TypedSignature | None:
-    """Pydantic request/response models for one signature (None if none fits)."""
-    layout = _row_fields(manifest, signature_name)
-    if layout is None:
-        return None
-    fields, matrix_input = layout
-    signature = manifest.signatures[signature_name]
-    tabular = bool(manifest.features)
-    base = _class_name(model, f"v{version}", signature_name)
-    row_definitions: dict[str, Any] = {}
-    for index, spec in enumerate(fields):
-        row_definitions[_field_key(index)] = (
-            _value_type(spec.dtype, spec.row_shape, nullable=tabular),
-            Field(alias=spec.name, description=f"{spec.dtype}"),
-        )
-    row_model: type[BaseModel] = create_model(
-        f"{base}Row",
-        __config__=ConfigDict(extra="forbid", populate_by_name=False),
-        **row_definitions,
-    )
-    example_rows = manifest.examples[:2]
-    request_model: type[BaseModel] = create_model(
-        f"{base}Request",
-        __config__=ConfigDict(
-            extra="forbid",
-            json_schema_extra={"examples": [{"instances": list(example_rows)}]}
-            if example_rows
-            else None,
-        ),
-        instances=(
-            list[row_model],
-            Field(min_length=1, max_length=MAX_ROWS),
-        ),
-    )
-    outputs = dict(signature.outputs)
-    if len(outputs) == 1:
-        only = next(iter(outputs.values()))
-        prediction: Any = _value_type(only.dtype, tuple(only.shape[1:]), False)
-    else:
-        prediction_fields: dict[str, Any] = {
-            _field_key(index): (
-                _value_type(output.dtype, tuple(output.shape[1:]), False),
-                Field(alias=output_name),
-            )
-            for index, (output_name, output) in enumerate(outputs.items())
-        }
-        prediction = create_model(f"{base}Prediction", **prediction_fields)
-    response_model: type[BaseModel] = create_model(
-        f"{base}Response",
-        model=(str, ...),
-        version=(int, ...),
-        predictions=(list[prediction], ...),
-    )
-    return TypedSignature(
-        model=model,
-        version=version,
-        signature=signature_name,
-        fields=fields,
-        matrix_input=matrix_input,
-        inputs=dict(signature.inputs),
-        outputs=outputs,
-        row_model=row_model,
-        request_model=request_model,
-        response_model=response_model,
-    )
 
 
 def _route_suffix(signature_name: str) -> str:
@@ -404,14 +159,7 @@ class TypedEndpoints:
             ),
             name=f"{model}-{'v' + str(typed.version) if pinned else 'routed'}-"
             f"{typed.signature}",
-            responses={
-                400: {"description": "rejected by the model"},
-                401: {"description": "missing or invalid API key"},
-                403: {"description": "key not scoped for this model"},
-                429: {"description": "rate limited"},
-                503: {"description": "backend unavailable or overloaded"},
-                504: {"description": "deadline exceeded"},
-            },
+            responses=ERROR_RESPONSES,
         )
 
     async def _predict(

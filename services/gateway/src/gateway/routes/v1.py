@@ -1,23 +1,21 @@
 """TF Serving's REST API (`/v1/models/...`) over TF Serving gRPC.
 
-Same paths, bodies, errors and JSON dialect as TF Serving (the codec is
-`servekit_protocol.json_codec`, shared with the model server). Request JSON is typed
+Same paths, bodies, errors and JSON dialect as TF Serving: the URL grammar is
+`servekit_protocol.paths` and the codec `servekit_protocol.json_codec`, both
+shared with the model server. Request JSON is typed
 with the target version's signature, fetched once by GetModelMetadata and cached.
 Responses also carry `x-model-version` and `x-route` headers (extensions).
 """
 
 from __future__ import annotations
 
-import re
-
-from servekit_protocol import json_codec, messages
+from servekit_protocol import json_codec, messages, paths
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.clients.arrays import ArrayRequest, output_arrays
 from gateway.context import CallContext
-from gateway.errors import InvalidInput
 from gateway.forwarding import PredictCall
 from gateway.routes.handling import (
     JSON,
@@ -31,37 +29,17 @@ from gateway.signatures import SignatureSet
 PROTOCOL = "rest_v1"
 V1_PREFIX = "/v1/models/"
 
-_GET_PATH = re.compile(
-    r"(?P<model>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<metadata>/metadata)?"
-)
-_POST_PATH = re.compile(
-    r"(?P<model>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r":(?P<verb>predict|classify|regress)"
-)
 
-
-_INT64_MAX = 2**63 - 1
-_INT64_DIGITS = len(str(_INT64_MAX))
-
-
-def _malformed(request: Request) -> InvalidInput:
-    return InvalidInput(f"Malformed request: {request.method} {request.url.path}")
-
-
-def _version(raw: str | None) -> int | None:
-    """The URL's version as an int64, as TF Serving converts it.
+def _parse(request: Request) -> paths.ModelPath:
+    """The model path a request names, read from the raw (percent-encoded) path
+    as TF Serving reads it.
 
     Raises:
-        InvalidInput: too large for int64 (TF Serving's wording).
+        ProtocolError: TF Serving's 400 for a path outside the grammar.
     """
-    if raw is None:
-        return None
-    # By length first: int() refuses over 4,300 digits with its own ValueError.
-    if len(raw) > _INT64_DIGITS or int(raw) > _INT64_MAX:
-        shown = raw if len(raw) <= 32 else raw[:32] + "..."
-        raise InvalidInput(f"Failed to convert version: {shown} to numeric.")
-    return int(raw)
+    raw: bytes | None = request.scope.get("raw_path")
+    path = raw.partition(b"?")[0].decode("latin-1") if raw else request.scope["path"]
+    return paths.parse_path(request.method, path)
 
 
 def _bytes_response(body: bytes) -> Response:
@@ -72,14 +50,11 @@ async def get_model(request: Request) -> Response:
     """Status (`/v1/models/{m}[/versions/{v}|/labels/{l}]`) or `.../metadata`."""
 
     async def handle(ctx: CallContext) -> Response:
-        match = _GET_PATH.fullmatch(request.path_params["rest"])
-        if match is None:
-            raise _malformed(request)
-        model = match["model"]
-        version, label = _version(match["version"]), match["label"]
+        parsed = _parse(request)
+        model, version, label = parsed.model, parsed.version, parsed.label
         gateway = gateway_of(request)
         authorize(gateway, ctx.headers, model)
-        if match["metadata"]:
+        if parsed.api == "metadata":
             response, _ = await gateway.metadata(ctx, model, version, label)
             ctx.route = "metadata"
             return _bytes_response(json_codec.format_metadata_response(response))
@@ -93,15 +68,12 @@ async def post_model(request: Request) -> Response:
     """`:predict`, `:classify` and `:regress`."""
 
     async def handle(ctx: CallContext) -> Response:
-        match = _POST_PATH.fullmatch(request.path_params["rest"])
-        if match is None:
-            raise _malformed(request)
-        model = match["model"]
-        version, label = _version(match["version"]), match["label"]
+        parsed = _parse(request)
+        model, version, label = parsed.model, parsed.version, parsed.label
         gateway = gateway_of(request)
         authorize(gateway, ctx.headers, model)
         body = await read_body(request, gateway.settings.max_body_bytes)
-        verb = match["verb"]
+        verb = parsed.api
         if verb == "predict":
             return await _predict(ctx, request, model, version, label, body)
         examples = json_codec.parse_examples_request(body)

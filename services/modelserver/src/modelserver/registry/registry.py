@@ -32,6 +32,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servekit_protocol.serving import unknown_label_message
+
 from modelserver.config import ModelConfig
 from modelserver.errors import (
     FailedPrecondition,
@@ -244,7 +246,7 @@ class ModelRegistry:
         entry = self._models.get(name)
         version = entry.labels.get(label) if entry is not None else None
         if version is None:
-            raise LabelNotFound(f"Unrecognized servable version label: {label}")
+            raise LabelNotFound(unknown_label_message(label))
         return version
 
     def model_names(self) -> list[str]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 
 from modelserver.errors import (
     InvalidInput,
@@ -27,7 +28,6 @@ from modelserver.errors import (
 )
 from modelserver.types import (
     CLASSIFY_METHOD,
-    DEFAULT_SIGNATURE,
     PREDICT_METHOD,
     REGRESS_METHOD,
     Example,

@@ -35,6 +35,7 @@ from modelregistry import (
     MissingCode,
     load_model,
 )
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 
 from modelserver import warning_filters
 from modelserver.errors import (
@@ -72,7 +73,6 @@ from modelserver.runtimes.sklearn_signatures import (
     signatures_from_manifest,
 )
 from modelserver.types import (
-    DEFAULT_SIGNATURE,
     Example,
     SignatureInfo,
     Tensor,

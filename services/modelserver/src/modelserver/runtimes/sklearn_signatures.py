@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from modelregistry import Manifest
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import data_type_name
 
 from modelserver.errors import LoadError
 from modelserver.runtimes.base import CLASSIFY_CLASSES, CLASSIFY_SCORES
 from modelserver.types import (
     CLASSIFY_METHOD,
-    DEFAULT_SIGNATURE,
     PREDICT_METHOD,
     REGRESS_METHOD,
     SignatureInfo,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from servekit_protocol import examples as example_codec
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
@@ -53,7 +54,6 @@ from modelserver.runtimes.base import (
     select_outputs,
 )
 from modelserver.types import (
-    DEFAULT_SIGNATURE,
     Example,
     SignatureInfo,
     Tensor,

@@ -30,7 +30,6 @@ from servekit_protocol.json_codec.arrays import (
     to_jsonable,
 )
 from servekit_protocol.json_codec.document import (
-    DEFAULT_SIGNATURE,
     dumps,
     error_body,
     loads,
@@ -55,6 +54,7 @@ from servekit_protocol.json_codec.predict import (
     format_predict_response,
     parse_predict_request,
 )
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 
 __all__ = [
     "BYTES_SUFFIX",

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 
 from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 
-DEFAULT_SIGNATURE = "serving_default"
 _DEBUG_LIMIT = 256
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 

@@ -18,12 +18,12 @@ from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, tensors
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
+from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.status import code_name
 from servekit_protocol.tensor_limits import TensorLimits, check_tensor_protos
 
 from modelserver.errors import InvalidInput
 from modelserver.types import (
-    DEFAULT_SIGNATURE,
     ClassifyRequest,
     ClassifyResponse,
     Example,

@@ -22,9 +22,9 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 import grpc
 import grpc.aio
 from servekit_protocol.grpc_codes import to_grpc
+from servekit_protocol.logs import REQUEST_ID_HEADER, bind_request_id
 
 from modelserver.errors import ServingError
-from modelserver.observability.logging import REQUEST_ID_HEADER, bind_request_id
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ DEADLINE_EXCEEDED when it passes, as TF Serving's session-run timeout does.
 from __future__ import annotations
 
 from servekit_protocol import messages
+from servekit_protocol.logs import bind_model
 from servekit_protocol.services import (
     ModelServiceServicer,
     PredictionServiceServicer,
 )
 
 from modelserver.dataplane import DataPlane
-from modelserver.observability.logging import bind_model
 from modelserver.protocol.grpc import converters
 from modelserver.protocol.grpc.errors import Context, rpc
 

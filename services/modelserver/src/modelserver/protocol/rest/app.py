@@ -43,15 +43,15 @@ from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_codes import to_grpc
 from servekit_protocol.grpcweb import is_grpc_web
-
-from modelserver.dataplane import DataPlane
-from modelserver.errors import InvalidInput, ServingError
-from modelserver.observability.logging import (
+from servekit_protocol.logs import (
     REQUEST_ID_HEADER,
     bind_model,
     bind_request_id,
     version_var,
 )
+
+from modelserver.dataplane import DataPlane
+from modelserver.errors import InvalidInput, ServingError
 from modelserver.protocol.grpc.servicer import ModelServicer, PredictionServicer
 from modelserver.protocol.rest.errors import (
     PayloadTooLarge,

@@ -1,26 +1,22 @@
-"""TF Serving's REST URL grammar and one handler per API.
+"""One handler per TF Serving REST API, picked by the shared URL grammar.
 
-The route table is TF Serving's own (``http_rest_api_util.cc``): two
-case-insensitive regular expressions matched against the raw (still
-percent-encoded) path, model names and labels percent-decoded afterwards::
-
-    POST /v1/models/{m}[/versions/{v}|/labels/{l}]:(predict|classify|regress)
-    GET  /v1/models/{m}[/versions/{v}|/labels/{l}][/metadata]
-
-Anything else under ``/v1/`` is ``400 Malformed request: <METHOD> <path>``, as in
-TF Serving. The handlers only decode, delegate to the dataplane and encode.
+The grammar is TF Serving's (``servekit_protocol.paths``, shared with the
+gateway): anything else under ``/v1/`` is ``400 Malformed request: <METHOD>
+<path>``, as in TF Serving. The handlers only decode, delegate to the dataplane
+and encode.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
-from urllib.parse import unquote
+
+from servekit_protocol import paths
+from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.logs import bind_model
 
 from modelserver.dataplane import DataPlane
 from modelserver.errors import InvalidInput
-from modelserver.observability.logging import bind_model
 from modelserver.protocol.rest import codec
 from modelserver.types import (
     ClassifyRequest,
@@ -29,28 +25,11 @@ from modelserver.types import (
     RegressRequest,
 )
 
-PREDICTION_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-    r":(classify|regress|predict)",
-    re.IGNORECASE | re.ASCII,
-)
-MODEL_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-    r"(?:/(metadata))?",
-    re.IGNORECASE | re.ASCII,
-)
-
 
 def is_api_path(raw_path: str) -> bool:
-    """Whether the API answers ``raw_path`` (400 when malformed); others are 404.
+    """Whether the API answers ``raw_path`` (400 when malformed); others are 404."""
+    return paths.is_api_path(raw_path)
 
-    TF Serving's dispatcher takes every path matching ``(?i)/v1/.*``.
-    """
-    return raw_path[:4].lower() == "/v1/"
-
-
-_INT64_MAX = 2**63 - 1
-_INT64_DIGITS = len(str(_INT64_MAX))
 
 Handler = Callable[[ModelSpec, bytes], Awaitable[bytes]]
 
@@ -98,24 +77,17 @@ class Routes:
         return route
 
     def _match(self, method: str, raw_path: str) -> Route:
-        if method == "POST":
-            match = PREDICTION_PATH.fullmatch(raw_path)
-            if match is not None:
-                name, version, label, verb = match.groups()
-                handler = self._post_handlers.get(verb)
-                if handler is not None:
-                    return Route(handler, _model_spec(name, version, label), verb)
-        elif method == "GET":
-            match = MODEL_PATH.fullmatch(raw_path)
-            if match is not None:
-                name, version, label, subresource = match.groups()
-                if not name:
-                    raise InvalidInput("Missing model name in request.")
-                spec = _model_spec(name, version, label)
-                if subresource == "metadata":
-                    return Route(self.metadata, spec, "metadata")
-                return Route(self.status, spec, "status")
-        raise InvalidInput(f"Malformed request: {method} {raw_path}")
+        try:
+            parsed = paths.parse_path(method, raw_path)
+        except InvalidArgument as exc:
+            raise InvalidInput(exc.message) from exc
+        spec = ModelSpec(name=parsed.model, version=parsed.version, label=parsed.label)
+        handler = self._post_handlers.get(parsed.api)
+        if handler is not None:
+            return Route(handler, spec, parsed.api)
+        if parsed.api == "metadata":
+            return Route(self.metadata, spec, "metadata")
+        return Route(self.status, spec, "status")
 
     async def predict(self, spec: ModelSpec, body: bytes) -> bytes:
         """``:predict`` with the row (``instances``) or columnar (``inputs``) format.
@@ -184,19 +156,3 @@ class Routes:
         return codec.encode_metadata(
             await self._dataplane.metadata(spec, protocol="rest")
         )
-
-
-def _model_spec(name: str, version: str | None, label: str | None) -> ModelSpec:
-    number: int | None = None
-    if version:
-        # Checked by length first: int() refuses over 4,300 digits with its own
-        # ValueError, and a longer string is never an int64 anyway.
-        if len(version) > _INT64_DIGITS or int(version) > _INT64_MAX:
-            shown = version if len(version) <= 32 else version[:32] + "..."
-            raise InvalidInput(f"Failed to convert version: {shown} to numeric.")
-        number = int(version)
-    if "%" in name:
-        name = unquote(name)
-    if label is not None and "%" in label:
-        label = unquote(label)
-    return ModelSpec(name=name, version=number, label=label or None)
