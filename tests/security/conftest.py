@@ -26,7 +26,13 @@ def http2_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Read by the model server when it starts; gone again for later processes.
         with environment(MODEL_SERVER_ENV):
             running = stack.enter_context(
-                serving_stack(tmp_path_factory.mktemp("http2"), gateway_env=GATEWAY_ENV)
+                serving_stack(
+                    tmp_path_factory.mktemp("http2"),
+                    gateway_env=GATEWAY_ENV,
+                    # These tests send many keyless calls on purpose; the limit
+                    # on failed attempts per address is tested on its own.
+                    gateway_flags=("--auth-failure-burst=1000",),
+                )
             )
         yield running
 

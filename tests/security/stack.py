@@ -36,6 +36,10 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """The gateway's body limit in these tests (the model server's REST body limit
 is its gRPC message limit, 4 MiB here)."""
+AUTH_FAILURES_PER_SECOND = 1.0
+"""Failed key attempts a client address of the gateway earns back per second."""
+AUTH_FAILURE_BURST = 5.0
+"""Failed key attempts a client address of the gateway may make at once."""
 SLACK = 1.0
 """Seconds allowed past a timeout for the timer to fire and the close to arrive
 on a loaded 2-core machine."""
@@ -56,6 +60,8 @@ GATEWAY_LIMITS = (
     f"--http-idle-timeout-seconds={IDLE_TIMEOUT}",
     f"--http-max-connections={MAX_CONNECTIONS}",
     f"--max-body-bytes={MAX_BODY_BYTES}",
+    f"--auth-failures-per-second={AUTH_FAILURES_PER_SECOND}",
+    f"--auth-failure-burst={AUTH_FAILURE_BURST}",
 )
 
 

@@ -72,6 +72,8 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--reload-interval-seconds": ("reload_interval_seconds", float),
     "--log-level": ("log_level", str),
     "--ready-file": ("ready_file", str),
+    "--auth-failures-per-second": ("auth_failures_per_second", float),
+    "--auth-failure-burst": ("auth_failure_burst", float),
     "--max-request-tensor-elements": ("max_request_tensor_elements", int),
     "--max-request-tensor-bytes": ("max_request_tensor_bytes", int),
     "--http-idle-timeout-seconds": ("http_idle_timeout_seconds", float),

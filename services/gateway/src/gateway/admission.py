@@ -9,12 +9,14 @@ for the model's scope and the key's rate, and the size of its tensors
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from servekit_protocol.tensor_limits import TensorLimits
 
 from gateway.errors import GatewayError, Overloaded
 from gateway.observability.metrics import GatewayMetrics
-from gateway.security.keys import Authenticator, Principal, extract_key
+from gateway.security.credentials import CredentialCheck, FailedAuthLimiter
+from gateway.security.keys import Authenticator, Principal
 from gateway.settings import Settings
 
 
@@ -54,6 +56,14 @@ class Admission:
         self._settings = settings
         self._metrics = metrics
         self.authenticator = authenticator
+        self.credentials = CredentialCheck(
+            authenticator,
+            FailedAuthLimiter(
+                per_second=settings.auth_failures_per_second,
+                burst=settings.auth_failure_burst,
+            ),
+        )
+        """The header-only key check every listener runs before reading a body."""
         self.slots = InFlight(settings.max_in_flight, metrics)
         self.tensor_limits = TensorLimits(
             max_elements=settings.max_request_tensor_elements,
@@ -71,18 +81,38 @@ class Admission:
         )
         return time.monotonic() + min(wanted, settings.max_timeout_ms) / 1000.0
 
+    def authenticate(self, headers: Mapping[str, str], client: str) -> Principal:
+        """Who is calling, from the headers alone (before any body is read).
+
+        Raises:
+            Unauthenticated: auth is on and the key is missing or unknown.
+            RateLimited: the client address made too many failed attempts.
+        """
+        try:
+            return self.credentials.check(headers, client)
+        except GatewayError as exc:
+            self._metrics.rejections.labels(type(exc).__name__).inc()
+            raise
+
     def authorize(
-        self, model: str, authorization: str | None, api_key: str | None
+        self,
+        model: str,
+        authorization: str | None,
+        api_key: str | None,
+        client: str = "",
     ) -> Principal:
         """Authenticate the caller and check the model is in its scopes and rate.
 
         Raises:
             Unauthenticated, PermissionDenied, RateLimited.
         """
+        headers = {}
+        if authorization is not None:
+            headers["authorization"] = authorization
+        if api_key is not None:
+            headers["x-api-key"] = api_key
         try:
-            principal = self.authenticator.authenticate(
-                extract_key(authorization, api_key)
-            )
+            principal = self.credentials.check(headers, client)
             self.authenticator.authorize(principal, model)
         except GatewayError as exc:
             self._metrics.rejections.labels(type(exc).__name__).inc()

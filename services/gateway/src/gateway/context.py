@@ -29,6 +29,8 @@ class CallContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     """Lower-cased request headers (or gRPC metadata), for sticky routing."""
     started: float = field(default_factory=time.perf_counter)
+    client: str = ""
+    """The peer's address (host only), against which failed keys are counted."""
     model: str = ""
     version: str = ""
     route: str = ""

@@ -99,14 +99,19 @@ class Gateway:
         return self.gatekeeper.deadline(timeout_ms)
 
     def authorize(
-        self, model: str, authorization: str | None, api_key: str | None
+        self,
+        model: str,
+        authorization: str | None,
+        api_key: str | None,
+        client: str = "",
     ) -> Principal:
-        """Authenticate the caller and check the model is in its scopes and rate.
+        """Authenticate the caller (failed attempts counted against `client`, its
+        address) and check the model is in its scopes and rate.
 
         Raises:
             Unauthenticated, PermissionDenied, RateLimited.
         """
-        return self.gatekeeper.authorize(model, authorization, api_key)
+        return self.gatekeeper.authorize(model, authorization, api_key, client)
 
     # ---- routing ---------------------------------------------------------------
 

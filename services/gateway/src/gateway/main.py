@@ -21,7 +21,13 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.registryview import RegistryView
 from gateway.reloader import Reloader
 from gateway.routes.grpcweb import SERVICE_PREFIX, GrpcWebEndpoint
-from gateway.routes.handling import json_response, read_body, reject, replay_body
+from gateway.routes.handling import (
+    authenticate,
+    json_response,
+    read_body,
+    reject,
+    replay_body,
+)
 from gateway.routes.health import ReadinessCache, health_routes
 from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
 from gateway.routes.typed import TypedEndpoints, validation_summary
@@ -31,6 +37,9 @@ from gateway.routing.config import RoutesConfig
 from gateway.routing.router import Router
 from gateway.security.keys import Authenticator, RateSpec
 from gateway.settings import Settings
+
+TYPED_PREFIX = "/models/"
+"""Where the typed per-model endpoints live."""
 
 
 class GatewayApp(FastAPI):
@@ -77,6 +86,10 @@ class GatewayApp(FastAPI):
                 scope["app"] = self
                 request = Request(scope, receive)
                 try:
+                    if path.startswith(TYPED_PREFIX):
+                        # A typed model endpoint: the key is checked from the
+                        # headers before the body is read.
+                        authenticate(self.gateway, scope)
                     body = await read_body(request, self.max_body_bytes)
                 except GatewayError as exc:
                     response = reject(request, TYPED_PROTOCOL, exc)
@@ -138,6 +151,7 @@ def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> 
         settings.rest_backends,
         grpc_web=settings.backend_grpc_web,
     )
+    metrics.known_model = lambda model: router.route_of(model) is not None
     return Gateway(settings, metrics, router, pool, authenticator, registry)
 
 

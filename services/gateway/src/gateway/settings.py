@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from servekit_protocol import http1, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
 
+from gateway.security import credentials
+
 
 class Settings(BaseSettings):
     """Everything the gateway can be told; each field maps to `GATEWAY_<FIELD>`."""
@@ -92,6 +94,14 @@ class Settings(BaseSettings):
     """Root log level."""
     ready_file: Path | None = None
     """Once both servers listen, write their ports here as JSON (for supervisors)."""
+    auth_failures_per_second: float = Field(
+        default=credentials.DEFAULT_FAILURES_PER_SECOND, gt=0
+    )
+    """Failed authentication attempts a client address earns back per second;
+    an address out of attempts is answered 429 / RESOURCE_EXHAUSTED before its
+    key is looked at."""
+    auth_failure_burst: float = Field(default=credentials.DEFAULT_FAILURE_BURST, gt=0)
+    """Failed authentication attempts a client address may make at once."""
     max_request_tensor_elements: int = Field(
         default=tensor_limits.DEFAULT_MAX_ELEMENTS, ge=1
     )

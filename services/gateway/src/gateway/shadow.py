@@ -84,7 +84,9 @@ class Shadow:
     ) -> None:
         """Send a copy of `request` to `target` and compare with `answered`."""
         if len(self._tasks) >= self._max_tasks:
-            self._metrics.shadow_requests.labels(target.model, "dropped").inc()
+            self._metrics.shadow_requests.labels(
+                self._metrics.model_label(target.model), "dropped"
+            ).inc()
             return
         mirrored: Request
         if isinstance(request, ArrayRequest):
@@ -116,10 +118,14 @@ class Shadow:
             )
         except GatewayError as exc:
             logger.info("shadow call to %s failed: %s", target.model, exc.message)
-            self._metrics.shadow_requests.labels(target.model, "error").inc()
+            self._metrics.shadow_requests.labels(
+                self._metrics.model_label(target.model), "error"
+            ).inc()
             return
         outcome = "agree" if outputs_agree(answered, response) else "disagree"
-        self._metrics.shadow_requests.labels(target.model, outcome).inc()
+        self._metrics.shadow_requests.labels(
+            self._metrics.model_label(target.model), outcome
+        ).inc()
 
     async def close(self) -> None:
         """Cancel the shadow calls in flight."""

@@ -124,6 +124,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # headers, bytes count towards the header cap.
         self._awaiting_headers = True
         self._header_bytes = 0
+        self._in_body = False
         self._refused = False
         self._oversized = False
 
@@ -161,20 +162,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         if self._awaiting_headers:
-            if self._deadline is None:
-                self._arm(self.limits.header_timeout, self._header_timed_out)
             self._header_bytes += len(data)
         super().data_received(data)
-        if (
-            self._awaiting_headers
-            and self._header_bytes > self.limits.max_header_bytes
-            and not self.transport.is_closing()
-        ):
-            self._refuse_headers()
+        if self.transport.is_closing():
+            return
+        # Timers are armed only for a request this read left unfinished (armed
+        # in the same loop turn, so counted from its first byte): a request
+        # that arrives whole costs none.
+        if self._awaiting_headers:
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse_headers()
+            elif self._header_bytes and self._deadline is None:
+                self._arm(self.limits.header_timeout, self._header_timed_out)
+        elif self._in_body and self._deadline is None:
+            self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._header_bytes = 0
+        self._disarm()
         size = len(self.url) + sum(
             len(name) + len(value) + 4 for name, value in self.headers
         )
@@ -183,11 +189,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # send_400_response, which answers 431 instead for this one.
             self._oversized = True
             raise _HeadersTooLarge
-        self._arm(self.limits.body_timeout, self._body_timed_out)
+        self._in_body = True
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._in_body = False
         self._awaiting_headers = True
         super().on_message_complete()
 

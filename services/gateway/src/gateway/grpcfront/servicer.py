@@ -36,7 +36,7 @@ from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, InvalidInput, internal_error_message
 from gateway.forwarding import PredictCall
-from gateway.security.keys import extract_key
+from gateway.security.credentials import client_host
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +63,15 @@ def credentials_check(gateway: Gateway) -> Authenticate:
     is refused from its headers, before any of its body is kept (the scope and
     the rate, which need the model name, are checked when the call runs)."""
 
-    def check(method: str, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+    def check(
+        method: str, metadata: tuple[tuple[str, str | bytes], ...], peer: str
+    ) -> None:
         if not needs_key(method):
             return
         headers = {key: value for key, value in metadata if isinstance(value, str)}
         try:
-            gateway.authenticator.authenticate(
-                extract_key(headers.get("authorization"), headers.get("x-api-key"))
-            )
+            gateway.gatekeeper.authenticate(headers, client_host(peer))
         except GatewayError as exc:
-            gateway.metrics.rejections.labels(type(exc).__name__).inc()
             gateway.metrics.observe_request(
                 "", "", "", PROTOCOL, exc.grpc_code.name, 0.0
             )
@@ -83,6 +82,13 @@ def credentials_check(gateway: Gateway) -> Authenticate:
             raise Aborted(exc.grpc_code, exc.public_message(), trailing) from None
 
     return check
+
+
+def _client(context: ServicerContext) -> str:
+    # gRPC-Web calls run with a context that has no peer: their endpoint has
+    # checked the key against the HTTP client's address before reading the body.
+    peer = getattr(context, "peer", None)
+    return client_host(peer()) if callable(peer) else ""
 
 
 class GrpcFront:
@@ -119,6 +125,7 @@ class GrpcFront:
                 remaining * 1000.0 if remaining is not None else None
             ),
             headers=metadata,
+            client=_client(context),
             model=model,
         )
         trailing = [(REQUEST_ID_HEADER, request_id)]
@@ -130,7 +137,10 @@ class GrpcFront:
                 if not model:
                     raise InvalidInput(missing_model)
                 gateway.authorize(
-                    model, metadata.get("authorization"), metadata.get("x-api-key")
+                    model,
+                    metadata.get("authorization"),
+                    metadata.get("x-api-key"),
+                    ctx.client,
                 )
                 result = await handle(ctx)
         except GatewayError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,8 +26,19 @@ LATENCY_BUCKETS = (
 )
 
 
+UNKNOWN_MODEL = "__unknown__"
+"""The `model` label of every request for a model not known to exist."""
+SUCCESS_CODES = frozenset({"200", "OK"})
+
+
 class GatewayMetrics:
-    """Every metric the gateway exports."""
+    """Every metric the gateway exports.
+
+    Model names come from clients, so a `model` label only ever carries a name
+    known to exist: one a backend has answered successfully, or one that
+    `known_model` (the routes file) names. Every other name is counted as
+    :data:`UNKNOWN_MODEL`, so made-up names cannot add series.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -107,6 +119,19 @@ class GatewayMetrics:
         # Labelled children, looked up once: `labels()` costs more than the
         # observation itself on the hot path.
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._models: set[str] = set()
+        self.known_model: Callable[[str], bool] = lambda _model: False
+        """Whether a model name not yet answered may be a label value (set by
+        whoever builds the gateway, from the routes)."""
+
+    def model_label(self, model: str) -> str:
+        """`model`, or :data:`UNKNOWN_MODEL` for a name not known to exist."""
+        if not model or model in self._models:
+            return model
+        if self.known_model(model):
+            self._models.add(model)
+            return model
+        return UNKNOWN_MODEL
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -126,6 +151,10 @@ class GatewayMetrics:
         seconds: float,
     ) -> None:
         """One served request in `gateway_request_duration_seconds`."""
+        if code in SUCCESS_CODES and model:
+            # A backend answered for it: the model exists.
+            self._models.add(model)
+        model = self.model_label(model)
         self._child(
             self.request_duration, model, version, route, protocol, code
         ).observe(seconds)
@@ -134,4 +163,4 @@ class GatewayMetrics:
         self._child(self.backend_duration, backend, method).observe(seconds)
 
     def count_route(self, model: str, route: str) -> None:
-        self._child(self.route_requests, model, route).inc()
+        self._child(self.route_requests, self.model_label(model), route).inc()

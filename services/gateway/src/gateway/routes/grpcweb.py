@@ -20,8 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError
-from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy
-from gateway.routes.handling import read_body
+from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy, needs_key
+from gateway.routes.handling import authenticate, read_body
 
 PROTOCOL = "grpc-web"
 SERVICE_PREFIX = grpcweb_server.SERVICE_PREFIX
@@ -37,6 +37,7 @@ class GrpcWebEndpoint:
             PredictionProxy(front), ModelProxy(front)
         )
         self._limit = max_body_bytes
+        self._gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = b""
@@ -55,6 +56,9 @@ class GrpcWebEndpoint:
             answer = grpcweb_server.unsupported_media()
         else:
             try:
+                if needs_key(scope["path"]):
+                    # From the headers, before a byte of the body is read.
+                    authenticate(self._gateway, scope)
                 body = await read_body(Request(scope, receive), self._limit)
             except GatewayError as exc:
                 answer = grpcweb_server.error_answer(

@@ -34,6 +34,7 @@ from gateway.errors import (
     UnprocessableInput,
     internal_error_message,
 )
+from gateway.security.credentials import client_host
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,27 @@ def parse_json(body: bytes) -> Any:
         raise InvalidInput(f"JSON Parse error: {exc}") from exc
 
 
-def authorize(gateway: Gateway, headers: Mapping[str, str], model: str) -> None:
+def client_of(scope: Scope) -> str:
+    """The peer's address (host only) of an ASGI request."""
+    return client_host(scope.get("client"))
+
+
+def authenticate(gateway: Gateway, scope: Scope) -> None:
+    """Check the caller's key from the request's headers alone, before its body
+    is read.
+
+    Raises:
+        Unauthenticated, RateLimited.
+    """
+    gateway.gatekeeper.authenticate(request_headers(scope), client_of(scope))
+
+
+def authorize(
+    gateway: Gateway,
+    headers: Mapping[str, str],
+    model: str,
+    client: str | tuple[str, int] | None = None,
+) -> None:
     """Check the caller's key (from the request's headers) for `model`: scope and
     rate.
 
@@ -191,7 +212,12 @@ def authorize(gateway: Gateway, headers: Mapping[str, str], model: str) -> None:
         Unauthenticated, PermissionDenied, RateLimited.
     """
     bind_model(model)
-    gateway.authorize(model, headers.get("authorization"), headers.get("x-api-key"))
+    gateway.authorize(
+        model,
+        headers.get("authorization"),
+        headers.get("x-api-key"),
+        client_host(client),
+    )
 
 
 async def serve_http(
@@ -209,6 +235,7 @@ async def serve_http(
         protocol=protocol,
         deadline=0.0,
         headers=headers,
+        client=client_of(request.scope),
     )
     try:
         with gateway.admission():

@@ -121,7 +121,7 @@ class TypedEndpoints:
         model = typed.model
 
         def check_key(request: Request) -> None:
-            authorize(gateway, request.headers, model)
+            authorize(gateway, request.headers, model, request.client)
 
         async def endpoint(request: Request, body: BaseModel) -> Response:
             async def handle(ctx: CallContext) -> Response:

@@ -53,7 +53,7 @@ async def get_model(request: Request) -> Response:
         parsed = _parse(request)
         model, version, label = parsed.model, parsed.version, parsed.label
         gateway = gateway_of(request)
-        authorize(gateway, ctx.headers, model)
+        authorize(gateway, ctx.headers, model, ctx.client)
         if parsed.api == "metadata":
             response, _ = await gateway.metadata(ctx, model, version, label)
             ctx.route = "metadata"
@@ -71,7 +71,7 @@ async def post_model(request: Request) -> Response:
         parsed = _parse(request)
         model, version, label = parsed.model, parsed.version, parsed.label
         gateway = gateway_of(request)
-        authorize(gateway, ctx.headers, model)
+        authorize(gateway, ctx.headers, model, ctx.client)
         body = await read_body(request, gateway.settings.max_body_bytes)
         verb = parsed.api
         if verb == "predict":

@@ -76,7 +76,7 @@ async def model_metadata(request: Request) -> Response:
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
-        authorize(gw, ctx.headers, model)
+        authorize(gw, ctx.headers, model, ctx.client)
         info = await oip.model_info(gw, ctx, model, request.path_params.get("version"))
         return json_response(
             {
@@ -97,7 +97,7 @@ async def model_config(request: Request) -> Response:
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
-        authorize(gw, ctx.headers, model)
+        authorize(gw, ctx.headers, model, ctx.client)
         info = await oip.model_info(gw, ctx, model, request.path_params.get("version"))
         return json_response(
             {
@@ -123,7 +123,7 @@ async def model_ready(request: Request) -> Response:
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
-        authorize(gw, ctx.headers, model)
+        authorize(gw, ctx.headers, model, ctx.client)
         is_ready = await oip.model_ready(
             gw, ctx, model, request.path_params.get("version")
         )
@@ -139,7 +139,7 @@ async def infer(request: Request) -> Response:
 
     async def handle(ctx: CallContext) -> Response:
         gw = gateway_of(request)
-        authorize(gw, ctx.headers, model)
+        authorize(gw, ctx.headers, model, ctx.client)
         # read_body inflates gzip and deflate bodies under the same limit.
         body = await read_body(request, gw.settings.max_body_bytes)
         header, binary = split_body(body, ctx.headers.get(HEADER_LENGTH))

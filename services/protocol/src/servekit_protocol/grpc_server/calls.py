@@ -27,9 +27,10 @@ from servekit_protocol.grpcweb_server import Aborted, WebContext
 logger = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str | bytes], ...]
-Authenticate = Callable[[str, Metadata], None]
-"""A hook run on a call's headers before any body byte is kept: it raises
-:class:`Aborted` (UNAUTHENTICATED, say) to refuse the call."""
+Authenticate = Callable[[str, Metadata, str], None]
+"""A hook run on a call's path, metadata and peer (grpc's form,
+``ipv4:host:port``) before any body byte is kept: it raises :class:`Aborted`
+(UNAUTHENTICATED, say) to refuse the call."""
 
 RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _CALL_HEADERS = frozenset(

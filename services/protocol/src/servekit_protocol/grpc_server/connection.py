@@ -197,7 +197,7 @@ class Http2Connection(BackPressure):
                 server.registered, server.generic, path, metadata
             )
             if server.authenticate is not None:
-                server.authenticate(path, metadata)
+                server.authenticate(path, metadata, self.peer)
         except Aborted as exc:
             self._answer_now(call, exc)
 

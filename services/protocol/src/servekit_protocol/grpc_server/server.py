@@ -46,8 +46,8 @@ class GrpcServer:
             negative for none, as grpc's -1.
         max_send_bytes: Largest answer message, likewise.
         limits: The HTTP/2 limits (defaults: :class:`Http2Limits`'s).
-        authenticate: Checks a call's path and metadata before any of its body
-            is kept; raises ``Aborted`` to refuse it.
+        authenticate: Checks a call's path, metadata and peer before any of
+            its body is kept; raises ``Aborted`` to refuse it.
     """
 
     def __init__(
