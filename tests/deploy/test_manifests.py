@@ -370,7 +370,7 @@ def test_gateway_requires_api_keys_from_a_secret(
     assert "secret" in keys["volume"], "API keys must come from a Secret"
     secret_name = keys["volume"]["secret"]["secretName"]
     secrets = [obj for obj in rendered[overlay] if obj["kind"] == "Secret"]
-    if overlay in ("local", "loadtest"):
+    if overlay in ("local", "loadtest", "batch"):
         secret = find(rendered[overlay], "Secret", secret_name)
         key_file = env["GATEWAY_API_KEYS_FILE"].rsplit("/", 1)[1]
         assert key_file in secret["data"]

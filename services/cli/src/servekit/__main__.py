@@ -10,7 +10,14 @@ from collections.abc import Sequence
 from servekit.console import CommandError, fail
 
 # Each module in servekit.commands exposes register(subparsers); the order is the help order.
-COMMAND_MODULES: tuple[str, ...] = ("train", "models", "serve", "deploy", "loadtest")
+COMMAND_MODULES: tuple[str, ...] = (
+    "train",
+    "models",
+    "serve",
+    "deploy",
+    "loadtest",
+    "batch",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

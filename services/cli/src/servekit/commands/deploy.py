@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from servekit.commands import deploy_batch
 from servekit.console import (
     CommandError,
     add_registry_argument,
@@ -181,6 +182,7 @@ def register(subparsers: Any) -> None:
     )
     sub.add_argument("--volumes", action="store_true", help="down: also remove volumes")
     sub.set_defaults(handler=_compose)
+    deploy_batch.register(commands)
 
 
 def _add_project_argument(parser: argparse.ArgumentParser) -> None:

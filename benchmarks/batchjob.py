@@ -1,0 +1,274 @@
+"""Batch prediction throughput: ``python -m benchmarks.batchjob [--rows N] ...``.
+
+For each model (default ``tabular`` and ``digits`` from the registry, trained into
+a temporary one when absent) and each input format, side by side in one run:
+
+- **limit**: the runtime called directly (``prepare_predict`` + ``run``) on
+  ready arrays, ``--batch-size`` rows a call: the most a job could do;
+- **in process**: ``servekit batch predict``'s job (reading the file, counting
+  its rows, JSON Lines output with the instances, manifest), model load excluded;
+- **target**: the same job against a ``servekit-model-server`` on 127.0.0.1
+  (``--concurrency`` requests in flight).
+
+Rounds alternate limit and job so that both see the same machine load; the ratio
+is the median of the per-round ratios. Results go to stdout as a Markdown table
+and to ``bench-results/batch.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.settings import REPO_ROOT
+
+VENV_BIN = Path(sys.executable).parent
+FORMATS = ("parquet", "csv", "jsonl")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.batchjob")
+    parser.add_argument("--registry", type=Path, default=REPO_ROOT / "models")
+    parser.add_argument("--models", nargs="+", default=["tabular", "digits"])
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--no-target", action="store_true")
+    parser.add_argument(
+        "--output", type=Path, default=REPO_ROOT / "bench-results" / "batch.json"
+    )
+    return parser.parse_args(argv)
+
+
+def ensure_models(registry: Path, models: list[str]) -> Path:
+    """The registry holding ``models``: the given one, or a fresh temporary one."""
+    from modelregistry import Registry, RegistryError
+
+    try:
+        for name in models:
+            Registry(registry).resolve(name)
+        return registry
+    except RegistryError:
+        pass
+    fresh = Path(tempfile.mkdtemp(prefix="batch-bench-")) / "models"
+    for name in models:
+        print(f"training {name} into {fresh}", flush=True)
+        subprocess.run(
+            [str(VENV_BIN / "servekit"), "train", name, "--registry", str(fresh),
+             "--no-progress"],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return fresh
+
+
+def frame_for(registry: Path, name: str, rows: int) -> pd.DataFrame:
+    """``rows`` input rows cycled from the manifest's examples (a column per input,
+    or ``pixel_<i>`` columns for a single matrix input)."""
+    from modelregistry import Registry
+
+    store = Registry(registry)
+    manifest = store.manifest(name, store.resolve(name))
+    examples = manifest.examples
+    frame = pd.DataFrame([examples[i % len(examples)] for i in range(rows)])
+    if len(frame.columns) == 1 and isinstance(frame.iloc[0, 0], list):
+        matrix = np.asarray(frame.iloc[:, 0].tolist(), dtype=np.float32)
+        frame = pd.DataFrame(
+            matrix, columns=[f"pixel_{i}" for i in range(matrix.shape[1])]
+        )
+    return frame
+
+
+def write_inputs(
+    frame: pd.DataFrame, folder: Path, formats: list[str], *, matrix: bool
+) -> dict[str, Path]:
+    paths = {}
+    for fmt in formats:
+        path = folder / f"input.{fmt}"
+        if fmt == "parquet":
+            frame.to_parquet(path)
+        elif fmt == "csv":
+            frame.to_csv(path, index=False)
+        elif matrix:
+            # A single matrix input: each line is the row's values, as TF Serving
+            # takes bare rows (objects would need the input's name as their key).
+            with path.open("w") as handle:
+                for row in frame.to_numpy().tolist():
+                    handle.write(json.dumps(row) + "\n")
+        else:
+            with path.open("w") as handle:
+                for line in frame.to_json(orient="records", lines=True).splitlines():
+                    handle.write(line + "\n")
+        paths[fmt] = path
+    return paths
+
+
+def runtime_limit(predictor: Any, frame: pd.DataFrame, batch_size: int) -> float:
+    """Rows/s of prepare_predict + run on ready arrays, ``batch_size`` rows a call."""
+    runtime = predictor.runtime  # the very runtime object the job calls
+    signature = predictor.model.signature_name
+    specs = predictor.schema.inputs
+    if all(name in frame.columns for name in specs):
+        arrays = {
+            name: (
+                frame[name].to_numpy(dtype=object)
+                if kind == "text"
+                else frame[name].to_numpy()
+            )
+            for name, kind in specs.items()
+        }
+    else:
+        (name,) = specs
+        arrays = {name: frame.to_numpy(dtype=np.float32)}
+    rows = len(frame)
+    started = time.perf_counter()
+    for first in range(0, rows, batch_size):
+        batch = {
+            key: value[first : first + batch_size] for key, value in arrays.items()
+        }
+        call = runtime.prepare_predict(signature, batch, ())
+        runtime.run(call)
+    return rows / (time.perf_counter() - started)
+
+
+def job_rate(predictor: Any, path: Path, output: Path, args: argparse.Namespace,
+             *, workers: int = 1) -> float:  # fmt: skip
+    from servekit.batch import job, refs, sources
+
+    started = time.perf_counter()
+    files = sources.discover(path)
+    settings = job.JobSettings(
+        output=output,
+        output_format="jsonl",
+        batch_size=args.batch_size,
+        rows_per_shard=max(args.rows // 4, 1),
+        shard=refs.ShardSlice(),
+        workers=workers,
+    )
+    manifest = job.run_job(files, predictor, settings)
+    seconds = time.perf_counter() - started
+    assert manifest["completion_stats"]["successful_count"] == args.rows, manifest
+    rows: int = args.rows
+    return rows / seconds
+
+
+@contextlib.contextmanager
+def model_server(registry: Path, folder: Path) -> Iterator[str]:
+    from tests.support.modelserver import model_server as start
+
+    with start(
+        [f"--model_config_file={registry / 'servekit.config'}"],
+        log_path=folder / "model-server.log",
+        ready_timeout=300,
+    ) as server:
+        yield server.rest_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    from servekit.batch import predictors, versions
+
+    args = parse_args(argv)
+    registry = ensure_models(args.registry, args.models)
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="batch-bench-") as scratch:
+        folder = Path(scratch)
+        server = (
+            contextlib.nullcontext(None)
+            if args.no_target
+            else model_server(registry, folder)
+        )
+        with server as target:
+            for name in args.models:
+                version = versions.resolve_version(registry, refs_of(name))
+                local = predictors.InProcessPredictor(registry, name, version, "")
+                remote = (
+                    None
+                    if target is None
+                    else predictors.RemotePredictor(
+                        target, name, version=version, label=None, signature="",
+                        api_key=None, retries=2, timeout=120,
+                        concurrency=args.concurrency,
+                    )
+                )  # fmt: skip
+                frame = frame_for(registry, name, args.rows)
+                inputs = write_inputs(
+                    frame,
+                    folder,
+                    args.formats,
+                    matrix=len(local.schema.inputs) == 1
+                    and not all(n in frame.columns for n in local.schema.inputs),
+                )
+                for fmt, path in inputs.items():
+                    limits, jobs, ratios, targets = [], [], [], []
+                    for round_number in range(args.rounds):
+                        limit = runtime_limit(local, frame, args.batch_size)
+                        rate = job_rate(
+                            local, path, folder / f"{name}-{fmt}-{round_number}", args
+                        )
+                        limits.append(limit)
+                        jobs.append(rate)
+                        ratios.append(rate / limit)
+                        if remote is not None:
+                            targets.append(
+                                job_rate(
+                                    remote, path,
+                                    folder / f"{name}-{fmt}-{round_number}-target",
+                                    args, workers=args.concurrency,
+                                )
+                            )  # fmt: skip
+                    row = {
+                        "model": f"{name}:{version}",
+                        "format": fmt,
+                        "rows": args.rows,
+                        "batch_size": args.batch_size,
+                        "limit_rows_per_s": statistics.median(limits),
+                        "in_process_rows_per_s": statistics.median(jobs),
+                        "ratio": statistics.median(ratios),
+                        "target_rows_per_s": statistics.median(targets)
+                        if targets
+                        else None,
+                    }
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+                local.close()
+                if remote is not None:
+                    remote.close()
+    print()
+    print(
+        "| model | input | runtime limit (rows/s) | in process (rows/s) | ratio | --target (rows/s) |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for row in results:
+        target_text = (
+            f"{row['target_rows_per_s']:,.0f}" if row["target_rows_per_s"] else "-"
+        )
+        print(
+            f"| {row['model']} | {row['format']} | {row['limit_rows_per_s']:,.0f} | "
+            f"{row['in_process_rows_per_s']:,.0f} | {row['ratio']:.0%} | {target_text} |"
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def refs_of(name: str) -> Any:
+    from servekit.batch.refs import parse_model_ref
+
+    return parse_model_ref(name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""One batch prediction job: plan the shards, write those still missing, record it all.
+
+The input's rows are cut into ``ceil(rows / rows_per_shard)`` output shards; the
+count depends only on the input and the settings, so every process of a job
+(``--shard i/n``, one Kubernetes completion index each) agrees on it. A shard
+whose results file exists is done and skipped, so a job that stopped half way
+resumes where it stopped. ``.plan.json`` pins what the output folder holds (model
+version, input files, layout): a second job with other settings is refused
+instead of mixing its shards in. Each finished shard leaves its counts in
+``.shards/``; ``job.json``, the job manifest, sums them.
+
+Chunks flow through a bounded pipeline: while the model works on one chunk
+(in another thread; the runtimes release the GIL in their native code) the
+next is read and the previous written, and at most ``workers + 2`` chunks are
+in memory at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from servekit.batch.outputs import RESULTS, ShardWriter, shard_name
+from servekit.batch.predictors import Outcome, Predictor
+from servekit.batch.refs import ShardSlice
+from servekit.batch.sources import Chunk, InputFile, read_chunks
+from servekit.console import CommandError
+
+PLAN_FILE = ".plan.json"
+SHARDS_DIR = ".shards"
+MANIFEST_FILE = "job.json"
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """How one process runs its part of a job."""
+
+    output: Path
+    output_format: str
+    batch_size: int
+    """Instances per model call (one chunk)."""
+    rows_per_shard: int
+    """Rows per output shard: the unit of resuming and of ``--shard`` splitting."""
+    shard: ShardSlice
+    workers: int = 1
+    """Chunks predicted at the same time (the ``--target`` concurrency)."""
+    mode: str = "in-process"
+    target: str | None = None
+
+
+Progress = Callable[[int, int], None]
+"""Called with (rows done, rows to do in this run) as chunks are written."""
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """The output shards, and the rows each covers."""
+
+    rows: int
+    rows_per_shard: int
+
+    @property
+    def count(self) -> int:
+        """How many shards (at least one, so an empty input still has output)."""
+        return max(1, math.ceil(self.rows / self.rows_per_shard))
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        """First row and row past the last of shard ``index``."""
+        start = index * self.rows_per_shard
+        return start, min(self.rows, start + self.rows_per_shard)
+
+
+def run_job(
+    files: list[InputFile],
+    predictor: Predictor,
+    settings: JobSettings,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write this process's missing shards, then the job manifest; return it.
+
+    Raises:
+        CommandError: The output folder holds another job, or the job failed.
+    """
+    started = time.time()
+    total = sum(source.rows for source in files)
+    plan = ShardPlan(total, settings.rows_per_shard)
+    output = settings.output
+    (output / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
+    _check_plan(output, _plan_document(files, predictor, settings, plan))
+    mine = [index for index in range(plan.count) if settings.shard.owns(index)]
+    todo = [
+        index
+        for index in mine
+        if not (
+            output / shard_name(RESULTS, index, plan.count, settings.output_format)
+        ).exists()
+        or not _stats_path(output, index).exists()
+    ]
+    rows_todo = sum(plan.bounds(index)[1] - plan.bounds(index)[0] for index in todo)
+    done_rows = 0
+    if progress is not None:
+        progress(0, rows_todo)
+    with ThreadPoolExecutor(
+        max_workers=settings.workers, thread_name_prefix="predict"
+    ) as pool:
+        for index in todo:
+            shard_started = time.perf_counter()
+            writer = ShardWriter(output, index, plan.count, settings.output_format)
+            try:
+                start, stop = plan.bounds(index)
+                chunks = read_chunks(
+                    files, start, stop, settings.batch_size, predictor.schema
+                )
+                for chunk, outcomes in _predicted(chunks, predictor, pool, settings):
+                    writer.write(chunk, outcomes)
+                    done_rows += len(chunk)
+                    if progress is not None:
+                        progress(done_rows, rows_todo)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            _write_json(
+                _stats_path(output, index),
+                {
+                    "shard": index,
+                    "rows": writer.succeeded + writer.failed,
+                    "succeeded": writer.succeeded,
+                    "failed": writer.failed,
+                    "seconds": round(time.perf_counter() - shard_started, 3),
+                    "version": predictor.model.version,
+                    "results": writer.results_path.name,
+                },
+            )
+    manifest = _manifest(
+        files, predictor, settings, plan, started, len(todo), rows_todo
+    )
+    _write_json(output / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _predicted(
+    chunks: Iterator[Chunk],
+    predictor: Predictor,
+    pool: ThreadPoolExecutor,
+    settings: JobSettings,
+) -> Iterator[tuple[Chunk, dict[int, Outcome]]]:
+    """Chunks with their outcomes, in input order, ``workers`` in flight."""
+    window: deque[tuple[Chunk, list[int], Future[list[Outcome]]]] = deque()
+    for chunk in chunks:
+        offsets = [
+            offset for offset in range(len(chunk)) if offset not in chunk.read_errors
+        ]
+        instances = [chunk.request(offset) for offset in offsets]
+        future: Future[list[Outcome]] = pool.submit(_predict, predictor, instances)
+        window.append((chunk, offsets, future))
+        # One more than the workers keeps the pool busy while a chunk is written.
+        if len(window) > settings.workers:
+            yield _completed(window.popleft())
+    while window:
+        yield _completed(window.popleft())
+
+
+def _predict(predictor: Predictor, instances: list[Any]) -> list[Outcome]:
+    return predictor.predict(instances) if instances else []
+
+
+def _completed(
+    entry: tuple[Chunk, list[int], Future[list[Outcome]]],
+) -> tuple[Chunk, dict[int, Outcome]]:
+    chunk, offsets, future = entry
+    return chunk, dict(zip(offsets, future.result(), strict=True))
+
+
+def _plan_document(
+    files: list[InputFile],
+    predictor: Predictor,
+    settings: JobSettings,
+    plan: ShardPlan,
+) -> dict[str, Any]:
+    return {
+        "model": predictor.model.name,
+        "version": predictor.model.version,
+        "signature_name": predictor.model.signature_name,
+        "inputs": [
+            {
+                "path": str(source.path.resolve()),
+                "format": source.format,
+                "rows": source.rows,
+                "bytes": source.path.stat().st_size,
+            }
+            for source in files
+        ],
+        "rows": plan.rows,
+        "rows_per_shard": plan.rows_per_shard,
+        "shards": plan.count,
+        "output_format": settings.output_format,
+    }
+
+
+def _check_plan(output: Path, document: dict[str, Any]) -> None:
+    path = output / PLAN_FILE
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"{path}: unreadable job plan: {exc}") from exc
+        if existing != document:
+            changed = sorted(
+                key
+                for key in set(existing) | set(document)
+                if existing.get(key) != document.get(key)
+            )
+            raise CommandError(
+                f"{output} holds the output of another job (it differs in "
+                f"{', '.join(changed)}); choose a new --output folder, or remove "
+                "this one to start over"
+            )
+        return
+    _write_json(path, document)
+
+
+def _stats_path(output: Path, index: int) -> Path:
+    return output / SHARDS_DIR / f"{index:05d}.json"
+
+
+def _manifest(
+    files: list[InputFile],
+    predictor: Predictor,
+    settings: JobSettings,
+    plan: ShardPlan,
+    started: float,
+    shards_written: int,
+    rows_written: int,
+) -> dict[str, Any]:
+    shards: list[dict[str, Any]] = []
+    for index in range(plan.count):
+        path = _stats_path(settings.output, index)
+        if path.exists():
+            shards.append(json.loads(path.read_text(encoding="utf-8")))
+    finished = time.time()
+    seconds = finished - started
+    rows_done = sum(int(shard["rows"]) for shard in shards)
+    return {
+        "model": {
+            "name": predictor.model.name,
+            "version": predictor.model.version,
+            "signature_name": predictor.model.signature_name,
+            "sha256": predictor.model.sha256,
+        },
+        "mode": settings.mode,
+        "target": settings.target,
+        "inputs": [
+            {"path": str(source.path), "format": source.format, "rows": source.rows}
+            for source in files
+        ],
+        "output_format": settings.output_format,
+        "batch_size": settings.batch_size,
+        "shards": {
+            "count": plan.count,
+            "done": len(shards),
+            "rows_per_shard": plan.rows_per_shard,
+        },
+        "completion_stats": {
+            "successful_count": sum(int(shard["succeeded"]) for shard in shards),
+            "failed_count": sum(int(shard["failed"]) for shard in shards),
+            "incomplete_count": plan.rows - rows_done,
+        },
+        "complete": len(shards) == plan.count,
+        "this_run": {
+            "process": asdict(settings.shard),
+            "shards_written": shards_written,
+            "rows": rows_written,
+            "started": _timestamp(started),
+            "finished": _timestamp(finished),
+            "seconds": round(seconds, 3),
+            "rows_per_second": round(rows_written / seconds, 1) if seconds else None,
+        },
+    }
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)

@@ -1,0 +1,337 @@
+"""Turn a list of instances into one outcome per instance, in order.
+
+Both predictors send what an online client sends, a TF Serving row-format
+``:predict`` body (``{"instances": [...]}``), and read the answer's
+``predictions`` as a client reads them, so a batch job's predictions are the
+online endpoint's:
+
+- :class:`InProcessPredictor` loads the version with the model server's own
+  loader (``modelserver.registry.repository.load_runtime``: sha256 checks,
+  ``code/`` on the import path, the runtime the version calls for) and runs the
+  body through the same JSON codec and runtime calls as the REST API;
+- :class:`RemotePredictor` posts it to a gateway or model server.
+
+A batch the model rejects as a whole is split in halves until the rows at
+fault are alone, so one bad row costs its own prediction only (its reason is
+the model's error message).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+from servekit_protocol import json_codec
+from servekit_protocol.errors import ProtocolError
+
+from servekit.batch.schema import InputSchema, value_kind
+from servekit.console import CommandError
+
+
+@dataclass(frozen=True)
+class RowError:
+    """Why one instance has no prediction (``status`` is a gRPC code name)."""
+
+    status: str
+    message: str
+
+
+Outcome = Any
+"""A prediction (a JSON value) or a :class:`RowError`."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """The version a job runs, as its manifest records it."""
+
+    name: str
+    version: int
+    signature_name: str
+    sha256: dict[str, str]
+    """The manifest's digests of the version's files (empty when not known)."""
+
+
+class Predictor(Protocol):
+    """One resolved model version."""
+
+    model: ModelVersion
+    schema: InputSchema
+
+    def predict(self, instances: Sequence[Any]) -> list[Outcome]:
+        """One outcome per instance, in order.
+
+        Raises:
+            CommandError: The job cannot go on (the endpoint is down, refuses
+                the credentials, or the model failed for a reason no row causes).
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the model or the connections."""
+        ...
+
+
+class BatchRejected(Exception):
+    """The whole batch was refused because of what it holds (HTTP 4xx-like)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def body_of(instances: Sequence[Any], signature_name: str) -> bytes:
+    """The row-format ``:predict`` body for ``instances``."""
+    document: dict[str, Any] = {"instances": list(instances)}
+    if signature_name:
+        document["signature_name"] = signature_name
+    return orjson.dumps(document)
+
+
+def predict_splitting(
+    instances: Sequence[Any], call: Callable[[Sequence[Any]], list[Any]]
+) -> list[Outcome]:
+    """``call`` on the batch; on :class:`BatchRejected`, on each half, down to rows."""
+    try:
+        return call(instances)
+    except BatchRejected as exc:
+        if len(instances) == 1:
+            return [RowError(exc.status, exc.message)]
+    middle = len(instances) // 2
+    return predict_splitting(instances[:middle], call) + predict_splitting(
+        instances[middle:], call
+    )
+
+
+class InProcessPredictor:
+    """A registry version loaded in this process by the model server's loader."""
+
+    def __init__(self, registry: Path, name: str, version: int, signature: str) -> None:
+        from modelregistry import MANIFEST_FILE, read_manifest
+        from modelserver.errors import ServingError
+        from modelserver.registry.repository import LoadOptions, load_runtime
+
+        from servekit.batch import versions
+
+        path = versions.version_dir(registry, name, version)
+        try:
+            self._runtime = load_runtime(
+                name=name,
+                version=version,
+                path=path,
+                platform="",
+                options=LoadOptions(),
+            )
+        except ServingError as exc:
+            raise CommandError(f"{name} version {version} cannot load: {exc}") from exc
+        try:
+            key, info = self._runtime.predict_signature(signature)
+        except ServingError as exc:
+            self._runtime.close()
+            raise CommandError(f"{name} version {version}: {exc}") from exc
+        digests = (
+            {
+                relative: digest.sha256
+                for relative, digest in read_manifest(path).files.items()
+            }
+            if (path / MANIFEST_FILE).is_file()
+            else {}
+        )
+        self.model = ModelVersion(name, version, key, digests)
+        self.schema = InputSchema(
+            key, {alias: value_kind(spec.dtype) for alias, spec in info.inputs.items()}
+        )
+        self._specs = {
+            alias: json_codec.TensorSpec(spec.dtype, None)
+            for alias, spec in info.inputs.items()
+        }
+        self._error_type = ServingError
+
+    @property
+    def runtime(self) -> Any:
+        """The loaded runtime (``modelserver.runtimes.base.Runtime``)."""
+        return self._runtime
+
+    def predict(self, instances: Sequence[Any]) -> list[Outcome]:
+        return predict_splitting(instances, self._run)
+
+    def _run(self, instances: Sequence[Any]) -> list[Any]:
+        signature = self.model.signature_name
+        try:
+            parsed = json_codec.parse_predict_request(
+                body_of(instances, signature), self._specs
+            )
+            call = self._runtime.prepare_predict(signature, parsed.inputs, ())
+            outputs = self._runtime.run(call)
+            answer = json_codec.format_predict_response(outputs, parsed.format)
+        except ProtocolError as exc:
+            raise BatchRejected("INVALID_ARGUMENT", exc.message) from exc
+        except self._error_type as exc:
+            # Every refusal is narrowed down to rows, failures inside the model
+            # too: scikit-learn raises what it raises for one odd value.
+            raise BatchRejected(exc.grpc_code.name, exc.message) from exc
+        predictions: list[Any] = json_codec.loads(answer)["predictions"]
+        return predictions
+
+    def close(self) -> None:
+        self._runtime.close()
+
+
+RETRIED = frozenset({429, 502, 503, 504})
+"""Statuses that say "later", not "never": the request is sent again."""
+FATAL = frozenset({401, 403, 404})
+"""Statuses no row causes: the job stops (credentials, unknown model or version)."""
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    412: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    422: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+}
+
+
+class RemotePredictor:
+    """A model served by a gateway or model server, over TF Serving's REST API."""
+
+    def __init__(
+        self,
+        target: str,
+        name: str,
+        *,
+        version: int | None,
+        label: str | None,
+        signature: str,
+        api_key: str | None,
+        retries: int,
+        timeout: float,
+        concurrency: int,
+    ) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=target.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=concurrency),
+        )
+        self._retries = retries
+        try:
+            metadata = self._metadata(name, version, label)
+        except BaseException:
+            self._client.close()
+            raise
+        resolved = int(metadata["model_spec"]["version"])
+        signatures = metadata["metadata"]["signature_def"]["signature_def"]
+        key = signature or json_codec.DEFAULT_SIGNATURE
+        if key not in signatures:
+            self._client.close()
+            raise CommandError(
+                f"{name} version {resolved} has no signature {key!r} "
+                f"(it has {', '.join(sorted(signatures))})"
+            )
+        inputs = signatures[key].get("inputs", {})
+        self.model = ModelVersion(name, resolved, key, {})
+        self.schema = InputSchema(
+            key,
+            {
+                alias: value_kind(str(info.get("dtype", "DT_STRING")))
+                for alias, info in inputs.items()
+            },
+        )
+        self._signature = signature
+        # Pinned to the resolved number: a label moved or a version published
+        # while the job runs does not mix two versions in one output.
+        self._path = f"/v1/models/{name}/versions/{resolved}:predict"
+
+    def _metadata(self, name: str, version: int | None, label: str | None) -> Any:
+        path = f"/v1/models/{name}"
+        if version is not None:
+            path += f"/versions/{version}"
+        elif label is not None:
+            path += f"/labels/{label}"
+        response = self._send("GET", path + "/metadata", None)
+        if response.status_code != HTTPStatus.OK:
+            raise CommandError(
+                f"{self._client.base_url}{path}/metadata answered "
+                f"{response.status_code}: {_error_text(response)}"
+            )
+        return response.json()
+
+    def predict(self, instances: Sequence[Any]) -> list[Outcome]:
+        return predict_splitting(instances, self._run)
+
+    def _run(self, instances: Sequence[Any]) -> list[Any]:
+        response = self._send("POST", self._path, body_of(instances, self._signature))
+        status = response.status_code
+        if status == HTTPStatus.OK:
+            predictions: list[Any] = json_codec.loads(response.content)["predictions"]
+            if len(predictions) != len(instances):
+                raise CommandError(
+                    f"{self._path}: {len(predictions)} predictions for "
+                    f"{len(instances)} instances"
+                )
+            return predictions
+        if (
+            status in FATAL
+            or status in RETRIED
+            or status > HTTPStatus.INTERNAL_SERVER_ERROR
+        ):
+            raise CommandError(
+                f"{self._client.base_url}{self._path} answered {status}: "
+                f"{_error_text(response)}"
+            )
+        raise BatchRejected(STATUS_NAMES.get(status, "UNKNOWN"), _error_text(response))
+
+    def _send(self, method: str, path: str, body: bytes | None) -> httpx.Response:
+        delay = 0.2
+        for attempt in range(self._retries + 1):
+            try:
+                response = self._client.request(
+                    method,
+                    path,
+                    content=body,
+                    headers={"content-type": "application/json"} if body else None,
+                )
+            except httpx.TransportError as exc:
+                if attempt == self._retries:
+                    raise CommandError(
+                        f"{self._client.base_url}{path}: {type(exc).__name__}: {exc} "
+                        f"(after {attempt + 1} attempts)"
+                    ) from exc
+            else:
+                if response.status_code not in RETRIED or attempt == self._retries:
+                    return response
+                delay = max(delay, _retry_after(response))
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _retry_after(response: httpx.Response) -> float:
+    value = response.headers.get("retry-after", "")
+    try:
+        return min(float(value), 30.0)
+    except ValueError:
+        return 0.0
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        document = json_codec.loads(response.content)
+    except ProtocolError:
+        return response.text[:512]
+    if isinstance(document, dict) and isinstance(document.get("error"), str):
+        return str(document["error"])
+    return response.text[:512]

@@ -1,0 +1,381 @@
+"""Input files: find them, count their rows, stream a row range in bounded chunks.
+
+A job's input is one file or a folder of files (read in name order); rows are
+numbered across them in that order, which is the order of the output. Every
+reader streams: CSV and Parquet through pyarrow's batch readers, JSON Lines line
+by line, so memory holds one chunk whatever the file size.
+
+CSV cells are typed from their text as :mod:`servekit.batch.csvtext` says; a
+row that cannot be read is an error row and the other rows go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from servekit_protocol import json_codec
+from servekit_protocol.errors import InvalidArgument
+
+from servekit.batch.csvtext import (
+    BadLine,
+    Piece,
+    csv_pieces,
+    floats,
+    values_from_text,
+)
+from servekit.batch.schema import InputSchema
+from servekit.console import CommandError
+
+CSV = "csv"
+JSONL = "jsonl"
+PARQUET = "parquet"
+SUFFIXES = {
+    ".csv": CSV,
+    ".jsonl": JSONL,
+    ".ndjson": JSONL,
+    ".json": JSONL,
+    ".parquet": PARQUET,
+    ".pq": PARQUET,
+}
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file and the rows it holds."""
+
+    path: Path
+    format: str
+    rows: int
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of the input.
+
+    Attributes:
+        start: The job-wide number of the first row.
+        instances: One JSON value per row, as sent to the model (an
+            ``orjson.Fragment`` holding a JSON Lines row as written).
+        read_errors: Offset in the chunk -> why that row could not be read; its
+            instance is then the raw text.
+        lines: The JSON Lines rows as read (``None`` for other formats).
+        sent: What is sent for each row when it differs from its instance: a
+            table's columns that no input of the signature takes (an id, the
+            label) stay in the output's instance but are not sent.
+    """
+
+    start: int
+    instances: list[Any]
+    read_errors: dict[int, str] = field(default_factory=dict)
+    lines: list[bytes] | None = None
+    sent: list[Any] | None = None
+
+    def request(self, offset: int) -> Any:
+        """What row ``offset`` sends to the model."""
+        return (self.sent if self.sent is not None else self.instances)[offset]
+
+    def instance_value(self, offset: int) -> Any:
+        """Row ``offset``'s instance as plain Python values (for CSV/Parquet output)."""
+        if self.lines is not None and offset not in self.read_errors:
+            return json_codec.loads(self.lines[offset])
+        value = self.instances[offset]
+        if isinstance(value, dict):
+            return {key: _plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [_plain(item) for item in value]
+        return _plain(value)
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+
+def discover(path: Path) -> list[InputFile]:
+    """The input files under ``path`` with their row counts (this reads them once).
+
+    Raises:
+        CommandError: No such path, no readable input file, an unknown format.
+    """
+    if path.is_dir():
+        candidates = sorted(
+            entry
+            for entry in path.iterdir()
+            if entry.is_file()
+            and not entry.name.startswith(".")
+            and entry.suffix.lower() in SUFFIXES
+        )
+        if not candidates:
+            raise CommandError(
+                f"{path}: no input files ({', '.join(sorted(SUFFIXES))}) in the folder"
+            )
+    elif path.is_file():
+        if path.suffix.lower() not in SUFFIXES:
+            raise CommandError(
+                f"{path}: unknown input format; use one of {', '.join(sorted(SUFFIXES))}"
+            )
+        candidates = [path]
+    else:
+        raise CommandError(f"{path}: no such file or folder")
+    files = []
+    for candidate in candidates:
+        fmt = SUFFIXES[candidate.suffix.lower()]
+        files.append(InputFile(candidate, fmt, count_rows(candidate, fmt)))
+    return files
+
+
+def count_rows(path: Path, fmt: str) -> int:
+    """Rows of one file (Parquet: from its footer; others: one streamed pass).
+
+    Raises:
+        CommandError: The file cannot be read as ``fmt``.
+    """
+    try:
+        if fmt == PARQUET:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if fmt == JSONL:
+            with path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
+        return sum(
+            piece.num_rows if isinstance(piece, pa.RecordBatch) else 1
+            for piece in csv_pieces(path)
+        )
+    except (OSError, pa.ArrowException) as exc:
+        raise CommandError(f"{path}: cannot read as {fmt}: {exc}") from exc
+
+
+def read_chunks(
+    files: list[InputFile],
+    start: int,
+    stop: int,
+    chunk_rows: int,
+    schema: InputSchema,
+) -> Iterator[Chunk]:
+    """Rows ``start`` to ``stop`` (job-wide numbers) in chunks of ``chunk_rows``.
+
+    Raises:
+        CommandError: A file cannot be read.
+    """
+    offset = 0
+    position = start
+    for source in files:
+        first, last = offset, offset + source.rows
+        offset = last
+        if last <= position or first >= stop:
+            continue
+        local_start = position - first
+        local_stop = min(stop, last) - first
+        try:
+            for chunk in _file_chunks(
+                source, local_start, local_stop, chunk_rows, schema
+            ):
+                chunk.start += first
+                position = chunk.start + len(chunk)
+                yield chunk
+        except (OSError, pa.ArrowException) as exc:
+            raise CommandError(f"{source.path}: cannot read: {exc}") from exc
+        if position >= stop:
+            return
+
+
+def _file_chunks(
+    source: InputFile, start: int, stop: int, chunk_rows: int, schema: InputSchema
+) -> Iterator[Chunk]:
+    if source.format == JSONL:
+        yield from _jsonl_chunks(source.path, start, stop, chunk_rows)
+        return
+    pieces: Iterator[Piece] = (
+        csv_pieces(source.path)
+        if source.format == CSV
+        else iter(pq.ParquetFile(source.path).iter_batches(batch_size=chunk_rows))
+    )
+    from_text = source.format == CSV
+    row = 0
+    pending: list[Piece] = []
+    pending_rows = 0
+    chunk_start = start
+    for piece in pieces:
+        size = piece.num_rows if isinstance(piece, pa.RecordBatch) else 1
+        piece_first, row = row, row + size
+        if row <= start:
+            continue
+        if piece_first >= stop:
+            break
+        if isinstance(piece, pa.RecordBatch):
+            first = max(start, piece_first)
+            piece = piece.slice(first - piece_first, min(stop, row) - first)
+            size = piece.num_rows
+        pending.append(piece)
+        pending_rows += size
+        while pending_rows >= chunk_rows:
+            head, pending = _split(pending, chunk_rows)
+            yield _pieces_chunk(head, chunk_start, from_text, schema)
+            chunk_start += chunk_rows
+            pending_rows -= chunk_rows
+    if pending_rows:
+        yield _pieces_chunk(pending, chunk_start, from_text, schema)
+
+
+def _split(pieces: list[Piece], rows: int) -> tuple[list[Piece], list[Piece]]:
+    head: list[Piece] = []
+    for position, piece in enumerate(pieces):
+        if rows == 0:
+            return head, pieces[position:]
+        if isinstance(piece, BadLine):
+            head.append(piece)
+            rows -= 1
+        elif piece.num_rows <= rows:
+            head.append(piece)
+            rows -= piece.num_rows
+        else:
+            head.append(piece.slice(0, rows))
+            return head, [piece.slice(rows), *pieces[position + 1 :]]
+    return head, []
+
+
+def _pieces_chunk(
+    pieces: list[Piece], start: int, from_text: bool, schema: InputSchema
+) -> Chunk:
+    chunk = Chunk(start, [])
+    batches: list[pa.RecordBatch] = []
+
+    def flush() -> None:
+        if batches:
+            part = _table_chunk(pa.Table.from_batches(batches), 0, from_text, schema)
+            for offset, message in part.read_errors.items():
+                chunk.read_errors[len(chunk.instances) + offset] = message
+            if part.sent is not None or chunk.sent is not None:
+                chunk.sent = [
+                    *(chunk.sent if chunk.sent is not None else chunk.instances),
+                    *(part.sent if part.sent is not None else part.instances),
+                ]
+            chunk.instances.extend(part.instances)
+            batches.clear()
+
+    for piece in pieces:
+        if isinstance(piece, BadLine):
+            flush()
+            chunk.read_errors[len(chunk.instances)] = piece.message
+            if chunk.sent is not None:
+                chunk.sent.append(piece.text)
+            chunk.instances.append(piece.text)
+        else:
+            batches.append(piece)
+    flush()
+    return chunk
+
+
+def _jsonl_chunks(
+    path: Path, start: int, stop: int, chunk_rows: int
+) -> Iterator[Chunk]:
+    row = 0
+    chunk = Chunk(start, [], lines=[])
+    with path.open("rb") as handle:
+        for line in handle:
+            text = line.strip()
+            if not text:
+                continue
+            row += 1
+            if row <= start:
+                continue
+            if row > stop:
+                break
+            assert chunk.lines is not None
+            chunk.lines.append(text)
+            try:
+                _parse_json(text)
+                chunk.instances.append(orjson.Fragment(text))
+            except InvalidArgument as exc:
+                chunk.read_errors[len(chunk.instances)] = exc.message
+                chunk.instances.append(text.decode("utf-8", errors="replace"))
+            if len(chunk.instances) == chunk_rows:
+                yield chunk
+                # The caller renumbers the chunk it got: count from ``row``.
+                chunk = Chunk(row, [], lines=[])
+    if chunk.instances:
+        yield chunk
+
+
+def _parse_json(text: bytes) -> Any:
+    value = json_codec.loads(text)
+    if not isinstance(value, dict | list | str | int | float | bool):
+        raise InvalidArgument(f"JSON Value: {text[:64]!r} is not an instance")
+    return value
+
+
+def _table_chunk(
+    table: pa.Table, start: int, from_text: bool, schema: InputSchema
+) -> Chunk:
+    names = table.column_names
+    keyed = schema.keyed_by(names)
+    single = schema.single_kind()
+    if not keyed and single is None:
+        missing = [name for name in schema.inputs if name not in names]
+        raise CommandError(
+            f"the input has no column for input(s) {', '.join(missing)} of signature "
+            f"{schema.signature_name!r} (columns: {', '.join(names)})"
+        )
+    read_errors: dict[int, str] = {}
+    columns: dict[str, list[Any]] = {}
+    for name in names:
+        kind = schema.inputs.get(name) if keyed else single
+        column = table.column(name)
+        values, errors = _typed_values(column, name, kind, from_text)
+        columns[name] = values
+        for index, message in errors.items():
+            read_errors.setdefault(index, message)
+    rows = table.num_rows
+    if keyed:
+        instances: list[Any] = [
+            dict(zip(names, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
+        ]
+    elif len(names) == 1:
+        # One unnamed column: its values are the instances (TF Serving's bare
+        # row values), not one-element lists.
+        instances = list(columns[names[0]])
+    else:
+        instances = [list(values) for values in zip(*columns.values(), strict=True)]
+    if not names:
+        instances = [{} for _ in range(rows)]
+    sent = None
+    if keyed and len(names) != len(schema.inputs):
+        sent = [{name: row[name] for name in schema.inputs} for row in instances]
+    for index in read_errors:
+        instances[index] = {
+            name: _cell_text(table.column(name)[index]) for name in names
+        }
+    return Chunk(start, instances, read_errors, sent=sent)
+
+
+def _typed_values(
+    column: pa.ChunkedArray, name: str, kind: str | None, from_text: bool
+) -> tuple[list[Any], dict[int, str]]:
+    """A column as JSON values of ``kind`` (inferred when ``None``), and bad rows."""
+    if from_text:
+        return values_from_text(column, name, kind)
+    if pa.types.is_floating(column.type):
+        return floats(column.fill_null(math.nan)), {}
+    return column.to_pylist(), {}
+
+
+_TOKENS = {b"NaN": math.nan, b"Infinity": math.inf, b"-Infinity": -math.inf}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, orjson.Fragment):
+        # Only the readers make fragments here, and only for these tokens.
+        return _TOKENS.get(orjson.dumps(value), math.nan)
+    return value
+
+
+def _cell_text(cell: pa.Scalar) -> Any:
+    value = cell.as_py()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -1,0 +1,198 @@
+"""The pure parts of batch jobs: references, readers, splitting, shard layout, writers."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from servekit.batch.job import ShardPlan
+from servekit.batch.outputs import ShardWriter
+from servekit.batch.predictors import BatchRejected, RowError, predict_splitting
+from servekit.batch.refs import ModelRef, ShardSlice, parse_model_ref, parse_shard
+from servekit.batch.schema import FLOAT, INTEGER, TEXT, InputSchema
+from servekit.batch.sources import Chunk, discover, read_chunks
+from servekit.console import CommandError
+
+NAMED = InputSchema("serving_default", {"a": FLOAT, "n": INTEGER, "s": TEXT})
+MATRIX = InputSchema("serving_default", {"pixels": FLOAT})
+
+
+def encoded(chunk: Chunk) -> list[Any]:
+    """The chunk's instances as the JSON a request would carry."""
+    return [
+        json.loads(orjson.dumps(item).replace(b"NaN", b'"NaN"'))
+        for item in chunk.instances
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("tabular", ModelRef("tabular")),
+        ("tabular:12", ModelRef("tabular", version=12)),
+        ("tabular@stable", ModelRef("tabular", label="stable")),
+    ],
+)
+def test_model_references(text: str, expected: ModelRef) -> None:
+    assert parse_model_ref(text) == expected
+    assert str(expected) == text
+
+
+@pytest.mark.parametrize("text", ["", "tabular:", "tabular:0", "tabular:x", "a@b@c"])
+def test_bad_model_references(text: str) -> None:
+    with pytest.raises(CommandError, match="invalid --model"):
+        parse_model_ref(text)
+
+
+def test_shard_slices_share_every_output_shard_once() -> None:
+    slices = [parse_shard(f"{index}/3") for index in range(3)]
+    owners = [[s.index for s in slices if s.owns(shard)] for shard in range(10)]
+    assert all(len(owner) == 1 for owner in owners)
+    assert parse_shard("0/1") == ShardSlice()
+    for bad in ("3/3", "1", "-1/2", "0/0"):
+        with pytest.raises(CommandError, match="invalid --shard"):
+            parse_shard(bad)
+
+
+def test_shard_plan_covers_every_row_once() -> None:
+    plan = ShardPlan(rows=25, rows_per_shard=10)
+    assert plan.count == 3
+    assert [plan.bounds(k) for k in range(3)] == [(0, 10), (10, 20), (20, 25)]
+    assert ShardPlan(rows=0, rows_per_shard=10).count == 1
+
+
+def test_csv_cells_are_typed_by_the_signature_and_bad_rows_named(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text(
+        "a,n,s,extra\n"
+        "1.5,2,x,7\n"
+        ",3,y,8\n"  # empty number: NaN
+        "2.5,three,z,9\n"  # not an integer
+        "1.0,4\n"  # too few cells
+        "4.5,5,w,10\n"
+    )
+    (source,) = discover(path)
+    assert source.rows == 5
+    chunks = list(read_chunks([source], 0, 5, 3, NAMED))
+    assert [chunk.start for chunk in chunks] == [0, 3]
+    first, second = chunks
+    assert encoded(first) == [
+        {"a": 1.5, "n": 2, "s": "x", "extra": 7},
+        {"a": "NaN", "n": 3, "s": "y", "extra": 8},
+        {"a": "2.5", "n": "three", "s": "z", "extra": "9"},
+    ]
+    assert first.read_errors == {2: "column n: 'three' is not an integer"}
+    # The column no input takes stays in the instance, and is not sent.
+    assert first.request(0) == {"a": 1.5, "n": 2, "s": "x"}
+    assert [second.request(k) for k in (0, 1)] == [
+        "1.0,4",
+        {"a": 4.5, "n": 5, "s": "w"},
+    ]
+    assert second.read_errors == {0: "line 5: expected 4 columns, got 2"}
+    assert second.instances[0] == "1.0,4"
+    assert encoded(second)[1] == {"a": 4.5, "n": 5, "s": "w", "extra": 10}
+
+
+def test_rows_are_numbered_across_the_files_of_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "b.jsonl").write_text('[3.0]\n\n[4.0]\n{"pixels": \n')
+    (tmp_path / "a.csv").write_text("p0,p1\n1,2\n3,4\n")
+    pq.write_table(pa.table({"x": [5.0, None]}), tmp_path / "c.parquet")
+    files = discover(tmp_path)
+    assert [(f.path.name, f.rows) for f in files] == [
+        ("a.csv", 2),
+        ("b.jsonl", 3),
+        ("c.parquet", 2),
+    ]
+    chunks = list(read_chunks(files, 1, 7, 2, MATRIX))
+    assert [(chunk.start, len(chunk)) for chunk in chunks] == [
+        (1, 1),
+        (2, 2),
+        (4, 1),
+        (5, 2),
+    ]
+    assert encoded(chunks[0]) == [[3.0, 4.0]]  # unnamed columns: one list
+    assert encoded(chunks[1]) == [[3.0], [4.0]]  # JSON Lines: as written
+    assert chunks[2].read_errors[0].startswith("JSON Parse error")
+    assert encoded(chunks[3]) == [5.0, "NaN"]  # one unnamed column: bare values
+    assert math.isnan(chunks[3].instance_value(1))
+
+
+def test_a_missing_input_column_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("a,s\n1,x\n")
+    with pytest.raises(CommandError, match="no column for input"):
+        list(read_chunks(discover(path), 0, 1, 10, NAMED))
+
+
+def test_unknown_inputs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="no such file"):
+        discover(tmp_path / "missing.csv")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CommandError, match="no input files"):
+        discover(tmp_path)
+    with pytest.raises(CommandError, match="unknown input format"):
+        discover(tmp_path / "notes.txt")
+
+
+def test_splitting_isolates_the_rows_a_batch_is_refused_for() -> None:
+    calls: list[int] = []
+
+    def call(instances: Sequence[Any]) -> list[Any]:
+        calls.append(len(instances))
+        if any(value < 0 for value in instances):
+            raise BatchRejected("INVALID_ARGUMENT", "negative")
+        return [value * 2 for value in instances]
+
+    outcomes = predict_splitting([1, 2, -3, 4, 5, -6, 7, 8], call)
+    assert outcomes == [
+        2,
+        4,
+        RowError("INVALID_ARGUMENT", "negative"),
+        8,
+        10,
+        RowError("INVALID_ARGUMENT", "negative"),
+        14,
+        16,
+    ]
+    assert calls[0] == 8
+    assert len(calls) < 16
+
+
+def test_a_shard_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    chunk = Chunk(0, [{"a": 1.0}, "broken", {"a": 2.0}], read_errors={1: "bad line"})
+    writer = ShardWriter(tmp_path, 0, 2, "jsonl")
+    writer.write(chunk, {0: 10.0, 2: RowError("INVALID_ARGUMENT", "no")})
+    assert not list(tmp_path.glob("prediction.*"))
+    writer.abort()
+    assert not list(tmp_path.iterdir())
+
+    writer = ShardWriter(tmp_path, 1, 2, "jsonl")
+    writer.write(chunk, {0: 10.0, 2: RowError("INVALID_ARGUMENT", "no")})
+    writer.commit()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "prediction.errors-00001-of-00002",
+        "prediction.results-00001-of-00002",
+    ]
+    results = (tmp_path / "prediction.results-00001-of-00002").read_text()
+    assert results == '{"instance":{"a":1.0},"prediction":10.0}\n'
+    errors = (tmp_path / "prediction.errors-00001-of-00002").read_text().splitlines()
+    assert [json.loads(line) for line in errors] == [
+        {
+            "instance": "broken",
+            "error": {"status": "INVALID_ARGUMENT", "message": "bad line"},
+        },
+        {
+            "instance": {"a": 2.0},
+            "error": {"status": "INVALID_ARGUMENT", "message": "no"},
+        },
+    ]
+    assert (writer.succeeded, writer.failed) == (1, 2)
