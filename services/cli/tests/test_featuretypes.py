@@ -75,6 +75,22 @@ def test_column_selector_routing_tells_text_from_numbers() -> None:
     }
     # Latitude and longitude were fitted by a custom step: no value to offer.
     assert fitted_row(findings, dtypes) is None
+    # Only rooms meets an imputer before anything else: only it may be missing.
+    assert findings.imputed == {"rooms"}
+
+
+def test_an_imputer_of_another_marker_does_not_make_a_column_nullable() -> None:
+    data = frame()[["rooms", "income"]]
+    model = make_pipeline(
+        ColumnTransformer(
+            [
+                ("nan", SimpleImputer(strategy="median"), ["rooms"]),
+                ("minus", SimpleImputer(missing_values=-1.0), ["income"]),
+            ]
+        ),
+        RandomForestRegressor(n_estimators=2, random_state=0),
+    ).fit(data, np.arange(40.0))
+    assert inspect_pipeline(model, ["rooms", "income"]).imputed == {"rooms"}
 
 
 def test_a_custom_step_without_routing_says_nothing() -> None:

@@ -163,7 +163,14 @@ def sklearn_description(
     if names:
         findings = inspect_pipeline(estimator, names)
         dtypes = _feature_dtypes(findings, names, examples)
-        fields["features"] = [{"name": n, "dtype": d} for n, d in dtypes.items()]
+        fields["features"] = [
+            {
+                "name": n,
+                "dtype": d,
+                **({"nullable": True} if n in findings.imputed else {}),
+            }
+            for n, d in dtypes.items()
+        ]
         if not examples:
             # Values the pipeline was fitted on (medians, modes, categories) make an
             # example row to smoke-test, warm up and document the version.

@@ -38,6 +38,9 @@ class Findings:
     kinds: dict[str, set[str]] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
     """A value each column was fitted on or filled with (median, mode, category)."""
+    imputed: set[str] = field(default_factory=set)
+    """Columns an imputer fills where they are missing (NaN) before anything else
+    sees them: the model takes a missing value there."""
 
 
 def inspect_pipeline(estimator: Any, names: list[str]) -> Findings:
@@ -112,6 +115,8 @@ def _visit(step: Any, columns: list[str], frame: list[str], kinds: Findings) -> 
         for column, value in zip(columns, step.statistics_, strict=False):
             _add(kinds, [column], _value_kind(value))
             _remember(kinds, column, value)
+        if _fills_nan(step):
+            kinds.imputed.update(columns)
     elif kind_name == "FunctionTransformer":
         if isinstance(getattr(step, "func", None), np.ufunc) or getattr(
             step, "validate", False
@@ -123,6 +128,12 @@ def _visit(step: Any, columns: list[str], frame: list[str], kinds: Findings) -> 
         if means is not None and len(means) == len(columns):
             for column, value in zip(columns, means, strict=True):
                 _remember(kinds, column, value)
+
+
+def _fills_nan(imputer: Any) -> bool:
+    """Whether the imputer replaces NaN (a JSON null reaches the model as NaN)."""
+    missing = getattr(imputer, "missing_values", None)
+    return isinstance(missing, float) and missing != missing
 
 
 def _numeric_only(step: Any) -> bool:
