@@ -7,6 +7,7 @@ and the gRPC server, both on one event loop in one process.
     servekit-gateway keys new --name NAME [--scope MODEL ...] [--rate N --burst N]
     servekit-gateway keys hash KEY
 
+gRPC health is SERVING only while `/readyz` is 200 (every backend ready).
 SIGTERM or SIGINT: gRPC health turns NOT_SERVING, both servers stop accepting,
 in-flight requests finish (up to `DRAIN_SECONDS`), then the process exits 0.
 """
@@ -31,7 +32,11 @@ import yaml
 from pydantic import ValidationError
 from servekit_protocol.http1 import protocol_class
 
-from gateway.grpcfront.server import create_grpc_server, mark_serving
+from gateway.grpcfront.server import (
+    create_grpc_server,
+    follow_readiness,
+    mark_serving,
+)
 from gateway.main import build_gateway, create_app
 from gateway.observability.logging import configure_logging
 from gateway.routing.config import RoutesFileError
@@ -39,6 +44,10 @@ from gateway.security.keys import KeysFileError, generate_key, hash_key
 from gateway.settings import Settings
 
 logger = logging.getLogger("gateway")
+
+FIRST_CHECK_SECONDS = 10.0
+"""Most start-up waits for the first backend readiness check before saying it
+listens (an unreachable backend answers at once; a silent one takes its timeout)."""
 
 DRAIN_SECONDS = 20.0
 """How long in-flight requests may take after SIGTERM (below Kubernetes' 30 s)."""
@@ -185,7 +194,12 @@ async def serve(settings: Settings) -> None:
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     await grpc_server.start()
-    await mark_serving(health, True)
+    # NOT_SERVING until the backends are ready; then health follows /readyz.
+    await mark_serving(health, False)
+    first_check = asyncio.Event()
+    health_task = asyncio.create_task(
+        follow_readiness(health, app.state.readiness, first_check)
+    )
     limits = settings.listener_limits()
     config = uvicorn.Config(
         app,
@@ -233,9 +247,16 @@ async def serve(settings: Settings) -> None:
             "default_backend": settings.default_backend,
         },
     )
+    # Whoever reads the ready file may ask gRPC health at once: it answers the
+    # backends' state from the first check on, not a default.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(first_check.wait(), FIRST_CHECK_SECONDS)
     if settings.ready_file is not None:
         _write_ready_file(settings.ready_file, http_port, grpc_port)
     await stopping.wait()
+    health_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await health_task
     await mark_serving(health, False)
     await asyncio.gather(http_task, grpc_server.stop(grace=DRAIN_SECONDS))
     await gateway.close()

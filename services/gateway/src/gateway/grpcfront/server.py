@@ -9,6 +9,9 @@ checked from a call's headers before any of its body is kept.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from servekit_protocol.grpc_server import GrpcServer
@@ -32,6 +35,11 @@ from gateway.grpcfront.servicer import (
     credentials_check,
 )
 from gateway.routes.health import ReadinessCache
+
+logger = logging.getLogger(__name__)
+
+READINESS_POLL_SECONDS = 1.0
+"""How often gRPC health re-reads the gateway's readiness (its cache lives 1 s)."""
 
 
 def create_grpc_server(
@@ -69,3 +77,29 @@ async def mark_serving(
     short = (PREDICTION_SERVICE.rsplit(".", 1)[-1], MODEL_SERVICE.rsplit(".", 1)[-1])
     for service in ("", PREDICTION_SERVICE, MODEL_SERVICE, INFERENCE_SERVICE, *short):
         await health_servicer.set(service, status)
+
+
+async def follow_readiness(
+    health_servicer: health_aio.HealthServicer,
+    readiness: ReadinessCache,
+    first_check: asyncio.Event,
+) -> None:
+    """Keep gRPC health equal to `/readyz`: SERVING only while every backend is
+    ready, so a gRPC probe or load balancer waits for the models as HTTP does.
+
+    Sets `first_check` once health reflects the first check. Runs until cancelled
+    (the caller then reports NOT_SERVING for the drain).
+    """
+    serving: bool | None = None
+    while True:
+        try:
+            ready, _checks = await readiness.check()
+        except Exception:  # a failed check must not freeze health at SERVING
+            logger.exception("readiness check failed")
+            ready = False
+        if ready != serving:
+            await mark_serving(health_servicer, ready)
+            logger.info("gRPC health %s", "SERVING" if ready else "NOT_SERVING")
+            serving = ready
+        first_check.set()
+        await asyncio.sleep(READINESS_POLL_SECONDS)
