@@ -48,20 +48,6 @@ from servekit_protocol.messages import TensorProto, TensorShapeProto
 # so a few request bytes cannot make the server allocate gigabytes.
 MAX_FILL_ELEMENTS = 1 << 24
 
-__all__ = [
-    "MAX_FILL_ELEMENTS",
-    "DataTypeLike",
-    "data_type",
-    "data_type_name",
-    "dtype_name",
-    "element_field",
-    "from_ndarray",
-    "from_shape",
-    "numpy_dtype",
-    "to_ndarray",
-    "to_shape",
-]
-
 
 def to_shape(shape: TensorShapeProto) -> list[int] | None:
     """Dimension sizes of a TensorShapeProto (-1 unknown), None for unknown rank."""
@@ -329,6 +315,7 @@ __all__ = [
     "data_type",
     "data_type_name",
     "dtype_name",
+    "element_field",
     "from_ndarray",
     "from_shape",
     "numpy_dtype",
