@@ -195,24 +195,44 @@ def timed_predict(
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """One whole HTTP/1.1 answer with a Content-Length body."""
+    """One whole HTTP/1.1 answer, its body sized by Content-Length or chunked
+    (uvicorn chunks an answer that declares no length); nothing past it is read."""
     sock.settimeout(timeout)
     received = bytearray()
+
+    def more() -> None:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-answer: {bytes(received)!r}"
+        received.extend(chunk)
+
     while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed mid-answer: {bytes(received)!r}"
-        received += chunk
-    head, _, body = bytes(received).partition(b"\r\n\r\n")
+        more()
+    end = received.index(b"\r\n\r\n") + 4
     length = 0
-    for line in head.split(b"\r\n")[1:]:
+    chunked = False
+    for line in bytes(received[:end]).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed mid-answer: {bytes(received)!r}"
-        body += chunk
-    return head + b"\r\n\r\n" + body
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if not chunked:
+        while len(received) < end + length:
+            more()
+        assert len(received) == end + length, "bytes past the answer"
+        return bytes(received)
+    while True:
+        while b"\r\n" not in received[end:]:
+            more()
+        size_line_end = received.index(b"\r\n", end)
+        size = int(bytes(received[end:size_line_end]).split(b";")[0], 16)
+        end = size_line_end + 2 + size + 2
+        while len(received) < end:
+            more()
+        if size == 0:
+            assert len(received) == end, "bytes past the answer"
+            return bytes(received)
 
 
 def read_until_closed(sock: socket.socket, deadline: float) -> tuple[bytes, float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from modelserver.__main__ import FlagError, main, parse_bool, parse_flags
 from modelserver.settings import Settings
+from pydantic import ValidationError
 from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.grpc_server.limits import described_fields
 
@@ -131,6 +132,7 @@ def test_http2_flags_set_the_limits_and_merge_with_the_environment(
     assert limits.max_header_list_size == Http2Limits().max_header_list_size
 
 
-def test_a_bad_http2_flag_stops_the_start(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--http2_max_concurrent_streams=0", "--model_base_path=/m"]) == 255
-    assert "max_concurrent_streams must be positive" in capsys.readouterr().err
+def test_a_bad_http2_flag_is_refused() -> None:
+    values, _ = parse_flags(["--http2_max_concurrent_streams=0"])
+    with pytest.raises(ValidationError, match="max_concurrent_streams must be"):
+        Settings(**values, model_base_path="/m")
