@@ -92,6 +92,18 @@ async def post_model(request: Request) -> Response:
     return await serve_http(request, PROTOCOL, handle)
 
 
+async def other_method(request: Request) -> Response:
+    """Any method but GET and POST under `/v1/`: TF Serving's 400 `Malformed
+    request: <METHOD> <path>` (not a 405), with the request id and access line
+    every v1 answer has."""
+
+    async def handle(_ctx: CallContext) -> Response:
+        _parse(request)  # raises: the grammar has only GET and POST paths
+        raise AssertionError("unreachable: only GET and POST paths parse")
+
+    return await serve_http(request, PROTOCOL, handle)
+
+
 async def _predict(
     ctx: CallContext,
     request: Request,
@@ -123,6 +135,12 @@ async def _predict(
         return Response(answer.body, status_code=answer.status, media_type=JSON)
     outputs = output_arrays(predicted.translated)
     return _bytes_response(json_codec.format_predict_response(outputs, formats[-1]))
+
+
+def is_v1_path(path: str) -> bool:
+    """Whether the v1 API answers `path`: TF Serving's dispatcher takes every
+    path matching `(?i)/v1/.*` and answers those outside its grammar with 400."""
+    return paths.is_api_path(path)
 
 
 def v1_routes() -> list[Route]:
