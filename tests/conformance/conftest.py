@@ -153,28 +153,6 @@ def without_empty_defaults(signature_map: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SHAPES = (
-    "the gateway checks input shapes against the signature ([-1, 1] here); TF "
-    "Serving leaves them to the graph"
-)
-GATEWAY_DIFFERENCES: dict[str, str] = {
-    "test_predict_row_format[gateway-half_plus_two-": SHAPES,
-    "test_predict_columnar_format[gateway]": SHAPES,
-    "test_predict_on_a_version_or_label[gateway-": SHAPES,
-    "test_unknown_signature_is_400[gateway]": "the gateway words the error itself",
-    "test_status_without_a_model_name_is_400[gateway]": (
-        "the gateway redirects /v1/models to /v1/models/ (307)"
-    ),
-    "test_malformed_api_paths_are_400[gateway-GET-/v1/foo]": "the gateway answers 404",
-    "test_malformed_api_paths_are_400[gateway-PUT-": "the gateway answers 405",
-    "test_malformed_api_paths_are_400[gateway-DELETE-": "the gateway answers 405",
-    "test_an_expired_deadline_is_deadline_exceeded[gateway]": (
-        "the gateway's gRPC-Web port does not apply an expired grpc-timeout"
-    ),
-}
-"""What the gateway still answers differently from TF Serving (the model server
-matches it): each of these must fail through the gateway until it is fixed."""
-
 MODEL_SERVER_ONLY: dict[str, str] = {
     "test_prometheus_endpoint[gateway]": "the gateway's metrics are at /metrics",
     "test_calls_are_counted_as_grpc_web[gateway]": "reads the model server's metrics",
@@ -189,6 +167,3 @@ def _gateway_expectations(request: pytest.FixtureRequest) -> None:
     for prefix, reason in MODEL_SERVER_ONLY.items():
         if name.startswith(prefix):
             pytest.skip(reason)
-    for prefix, reason in GATEWAY_DIFFERENCES.items():
-        if name.startswith(prefix):
-            request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
