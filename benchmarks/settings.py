@@ -31,6 +31,7 @@ SYSTEMS = (
     "grpc-ceiling",
     "servekit-grpc-before",
     "servekit-grpc-aio",
+    "encoding",
 )
 GRPC_CLIENTS = ("h2load", "python")
 
@@ -116,7 +117,7 @@ class BenchOptions:
         for model in self.models:
             for protocol in self.protocols:
                 for system in self.systems:
-                    if system in ("inprocess", "grpc-ceiling"):
+                    if system in ("inprocess", "grpc-ceiling", "encoding"):
                         continue
                     if system.startswith("mlserver") and model != "tabular":
                         continue
