@@ -65,6 +65,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     server_cpu: int | None = 1
+    sections: list[str] = field(default_factory=list)
+    """Markdown sections rendered by their own modules (e.g. the encoding cost)."""
 
     def aggregates(self) -> list[Aggregate]:
         return aggregate(self.runs, self.server_cpu)
@@ -137,37 +139,6 @@ def _best(
     if not candidates:
         return None
     return max(candidates, key=lambda item: _median_of(item[1], "rps"))
-
-
-def merge_inprocess(by_round: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Per model, each batch size's in-process figures: medians over rounds."""
-    merged: dict[str, Any] = {}
-    models = {model for measured in by_round.values() for model in measured}
-    for model in sorted(models):
-        per_round = {
-            number: measured[model]
-            for number, measured in sorted(by_round.items())
-            if model in measured
-        }
-        entry: dict[str, Any] = {"model": model}
-        for kind in ("results", "process_filters"):
-            batches: dict[int, list[dict[str, Any]]] = {}
-            for limit in per_round.values():
-                for item in limit.get(kind, []):
-                    batches.setdefault(item["batch"], []).append(item)
-            entry[kind] = [
-                {
-                    "batch": batch,
-                    "calls": sum(item["calls"] for item in items),
-                    **{
-                        key: median(float(item[key]) for item in items)
-                        for key in ("p50_ms", "p99_ms", "mean_ms", "rows_per_s")
-                    },
-                }
-                for batch, items in sorted(batches.items())
-            ]
-        merged[model] = entry
-    return merged
 
 
 def target_checks(
@@ -468,6 +439,7 @@ def render_markdown(report: Report, checks: Sequence[TargetCheck]) -> str:
                 render_turns_table(turns),
                 "",
             ]
+    parts += [line for section in report.sections for line in (section, "")]
     if checks:
         parts += ["## Targets (issues 3 and 4)", "", render_checks(checks), ""]
     if report.notes:

@@ -33,6 +33,7 @@ SYSTEMS = (
     "servekit-grpc-aio",
     "servekit-pickle",
     "servekit-pickle-batching",
+    "encoding",
 )
 GRPC_CLIENTS = ("h2load", "python")
 
@@ -118,7 +119,7 @@ class BenchOptions:
         for model in self.models:
             for protocol in self.protocols:
                 for system in self.systems:
-                    if system in ("inprocess", "grpc-ceiling"):
+                    if system in ("inprocess", "grpc-ceiling", "encoding"):
                         continue
                     if system.startswith(("mlserver", "servekit-pickle")) and (
                         model != "tabular"

@@ -11,14 +11,13 @@ from benchmarks.interleaved import INPROCESS, Block, Turns, take_turns
 from benchmarks.probes import ProbeError
 from benchmarks.report import (
     Report,
-    merge_inprocess,
     render_inprocess_table,
     render_load_table,
     render_markdown,
     render_turns_table,
     target_checks,
 )
-from benchmarks.results import LoadSummary, RunResult, aggregate
+from benchmarks.results import LoadSummary, RunResult, aggregate, merge_inprocess
 from benchmarks.stats import (
     paired_ratio,
     percentile,

@@ -7,11 +7,17 @@ moment the processes start, a client polls the model server's
 ``/v2/health/ready``, its gRPC health and the gateway's ``/readyz``; once one of
 them has said ready, every configured model is asked for through it in every
 round that follows, and none may answer 404 ("Servable not found").
+
+``servekit loadtest`` waits for that readiness before its first request: started
+before its target exists, on a model whose load takes seconds, it sends nothing
+until the server says ready, and no request of its run fails.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import os
 import subprocess
 import sys
 import time
@@ -24,7 +30,7 @@ import pytest
 from tests.support.gateway import running_gateway
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import MODEL_SERVER, health_status
-from tests.support.processes import free_port, running_process
+from tests.support.processes import REPO_ROOT, VENV_BIN, free_port, running_process
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +137,88 @@ def test_no_404_for_a_configured_model_once_ready(tmp_path: Path) -> None:
         assert answers[-1] in ("200", "SERVING"), (name, answers)
         assert len(answers) >= 2, (name, answers)
         assert answers.index(answers[-1]) == len(answers) - 1, (name, answers)
+
+
+LOADTEST_MODEL = "slow_linear"
+LOADTEST_STEP_SECONDS = 0.2
+LOADTEST_WARMUP_ITERATIONS = 10
+"""Warmup replays the manifest's examples (one batch, then each of two rows) this
+many times through a step that sleeps: the load sleeps 30 x 0.2 = 6 s at least,
+however fast the machine, while each predict call sleeps only 0.2 s."""
+
+
+def test_loadtest_sends_its_first_request_only_once_ready(tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    publish_linear_pipeline(
+        registry, LOADTEST_MODEL, sleep_seconds=LOADTEST_STEP_SECONDS
+    )
+    grpc_port, rest_port = free_port(), free_port()
+    base_url = f"http://127.0.0.1:{rest_port}"
+    out = tmp_path / "run"
+    # The tests choose the registry explicitly; a developer's own must not leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
+    loadtest_log = tmp_path / "loadtest.log"
+    # Started before the server exists, so it cannot be ready when the load test
+    # begins whatever the machine's load: the wait is certain, not a race.
+    with loadtest_log.open("wb") as log:
+        loadtest = subprocess.Popen(
+            [
+                VENV_BIN / "servekit", "loadtest",
+                "--target", base_url,
+                "--model", LOADTEST_MODEL,
+                "--registry", registry,
+                "--users", "2",
+                "--duration", "3s",
+                "--ready-timeout", "120",
+                "--out", out,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=env,
+        )  # fmt: skip
+    # (time the poll was sent, what it answered); 0: no answer yet.
+    polls: list[tuple[float, int]] = []
+    try:
+        with (
+            running_process(
+                [
+                    MODEL_SERVER,
+                    f"--port={grpc_port}",
+                    f"--rest_api_port={rest_port}",
+                    "--host=127.0.0.1",
+                    f"--model_config_file={registry / 'servekit.config'}",
+                    f"--num_request_iterations_for_warmup={LOADTEST_WARMUP_ITERATIONS}",
+                ],
+                log_path=tmp_path / "modelserver.log",
+            ),
+            httpx.Client(base_url=base_url, timeout=10) as client,
+        ):
+            deadline = time.monotonic() + TIMEOUT_SECONDS
+            while loadtest.poll() is None:
+                assert time.monotonic() < deadline, loadtest_log.read_text()
+                sent = time.time()
+                polls.append((sent, _answer(client, "/v2/health/ready")))
+                time.sleep(0.05)
+    finally:
+        if loadtest.poll() is None:
+            loadtest.kill()
+        loadtest.wait()
+    output = loadtest_log.read_text()
+    assert loadtest.returncode == 0, output
+    with (out / "requests.csv").open() as handle:
+        requests = list(csv.DictReader(handle))
+    assert requests, output
+    # No 404 (model still loading) or 503 (server not ready) in the run.
+    assert [r["error"] for r in requests if r["success"] != "1"] == []
+    answers = [status for _, status in polls]
+    # The server was up and still loading (400 from OIP's readiness path, as
+    # Triton answers it)...
+    assert any(status not in (0, 200) for status in answers), answers
+    assert answers[-1] == 200, answers
+    # ...and readiness only goes from "not ready" to "ready" (a loaded model
+    # stays loaded), so every request that started after the last "not ready"
+    # poll was sent started after the server said ready, and none before it.
+    last_not_ready = max(sent for sent, status in polls if status != 200)
+    first_request = min(float(r["start"]) for r in requests)
+    assert first_request > last_not_ready, (first_request, last_not_ready, output)

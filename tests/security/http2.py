@@ -66,7 +66,15 @@ NORMAL_CALL_SECONDS = 2.0
 """Most a health call may take on a fresh connection during an attack (it takes
 milliseconds on an idle machine; the margin is for a loaded 2-core CI runner)."""
 
-NO_ERROR, PROTOCOL_ERROR, CANCEL, ENHANCE_YOUR_CALM = 0x0, 0x1, 0x8, 0xB
+NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM, CANCEL, ENHANCE_YOUR_CALM = (
+    0x0,
+    0x1,
+    0x7,
+    0x8,
+    0xB,
+)
+RESET_BURST = 1000
+"""Stream resets and refusals a connection may cause at once (the default)."""
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 

@@ -125,9 +125,11 @@ def serving_stack(
     *,
     gateway_env: Mapping[str, str] | None = None,
     gateway_flags: Sequence[str] = (),
+    model_server_flags: Sequence[str] = (),
 ) -> Iterator[Stack]:
     """Start both servers with the limits above, the gateway with API keys
-    (:class:`ApiKeys`) required; stop them when the block ends."""
+    (:class:`ApiKeys`) required; stop them when the block ends. Flags given
+    here come after the limits, so they replace them."""
     registry = directory / "models"
     if not (registry / "linear").exists():
         publish_linear_pipeline(registry, "linear", offset=1.0)
@@ -138,6 +140,7 @@ def serving_stack(
             "--model_name=linear",
             f"--model_base_path={registry / 'linear'}",
             *MODEL_SERVER_LIMITS,
+            *model_server_flags,
         ],
         log_path=directory / "model-server.log",
     ) as server:

@@ -13,7 +13,13 @@ import contextlib
 import time
 
 import pytest
-from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import (
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 
 from tests.security.http2 import (
     BODY_TIMEOUT,
@@ -29,6 +35,8 @@ from tests.security.http2 import (
     NORMAL_CALL_SECONDS,
     PREDICT,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    RESET_BURST,
     SEND_STALL_TIMEOUT,
     SLACK,
     RawClient,
@@ -68,21 +76,83 @@ def test_rapid_reset_ends_in_goaway_enhance_your_calm(target: Target) -> None:
     assert _grown(target, before) < 30
 
 
-def test_streams_over_the_advertised_limit_end_the_connection(target: Target) -> None:
-    client = RawClient(target.port)
-    advertised = {
+def _advertised(client: RawClient) -> dict[int, int]:
+    return {
         key: value
         for frame in client.frames(1.0)
         if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags
         for key, value in frame.settings.items()
     }
+
+
+def _refused(frames: list[Frame]) -> set[int]:
+    return {
+        f.stream_id
+        for f in frames
+        if isinstance(f, RstStreamFrame) and f.error_code == REFUSED_STREAM
+    }
+
+
+def test_the_stream_over_the_advertised_limit_is_refused_alone(
+    target: Target,
+) -> None:
+    client = RawClient(target.port)
+    advertised = _advertised(client)
     assert advertised[SettingsFrame.MAX_CONCURRENT_STREAMS] == 100
     assert advertised[SettingsFrame.MAX_HEADER_LIST_SIZE] == 16 * 1024
-    # Bodies never sent: 101 streams stay open.
-    client.send(b"".join(client.headers(s) for s in range(1, 203, 2)))
+    # 100 streams open (99 wait for their bodies), the 101st is refused; the
+    # first one's body follows.
+    client.send(
+        b"".join(client.headers(s, extra=target.metadata) for s in range(1, 201, 2))
+        + client.headers(201, extra=target.metadata)
+        + data(1, grpc_message(b""), end=True)
+    )
+    frames = _until_answered(client, 1)
+    assert _refused(frames) == {201}
+    assert not any(isinstance(f, GoAwayFrame) for f in frames)
+    # The connection goes on: the stream the first call freed takes a new one.
+    client.send(
+        client.headers(203, extra=target.metadata)
+        + data(203, grpc_message(b""), end=True)
+    )
+    frames += _until_answered(client, 203, frames)
+    assert set(statuses(frames)) == {1, 203}
+    assert _refused(frames) == {201}
+    assert not client.closed
+    assert timed_health_call(target) < NORMAL_CALL_SECONDS
+
+
+def _until_answered(
+    client: RawClient, stream: int, earlier: list[Frame] | None = None
+) -> list[Frame]:
+    """Frames read until ``stream`` has its status (at most 5 s)."""
+    seen: list[Frame] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not client.closed:
+        seen += client.frames(0.2)
+        if stream in statuses([*(earlier or []), *seen]):
+            break
+    return seen
+
+
+def test_refusing_streams_spends_the_reset_allowance(target: Target) -> None:
+    # Opening streams past the limit over and over costs the server a refusal
+    # each: after the reset burst, the connection is sent away.
+    client = RawClient(target.port)
+    opened = b"".join(
+        client.headers(s, extra=target.metadata) for s in range(1, 201, 2)
+    )
+    extra = b"".join(
+        client.headers(s, extra=target.metadata)
+        for s in range(201, 201 + 2 * (RESET_BURST + 200), 2)
+    )
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        client.send(opened + extra)
     code, frames = client.until_goaway(5)
-    assert code == PROTOCOL_ERROR
-    assert not statuses(frames)
+    assert code == ENHANCE_YOUR_CALM
+    refused = _refused(frames)
+    # The allowance refills at 33 a second while the flood is read.
+    assert RESET_BURST <= len(refused) < RESET_BURST + 200
     assert timed_health_call(target) < NORMAL_CALL_SECONDS
 
 

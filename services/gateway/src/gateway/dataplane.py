@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from servekit_protocol import messages
+from servekit_protocol import json_codec, messages
 
 from gateway.admission import Admission, InFlight
 from gateway.clients.backend import BackendClient, BackendPool
@@ -68,6 +68,9 @@ class Gateway:
         )
         self.registry = registry
         self.gatekeeper = Admission(settings, metrics, authenticator)
+        self.parsers = json_codec.BodyParsers(
+            settings.json_offload_bytes, settings.json_workers
+        )
         self.signatures = SignatureCache(self.client, settings.metadata_ttl_seconds)
         self.shadow = Shadow(
             self.coalescer,
@@ -307,6 +310,7 @@ class Gateway:
         return ready, checks
 
     async def close(self) -> None:
+        self.parsers.close()
         await self.shadow.close()
         await self.pool.close()
         self.access_log.flush()

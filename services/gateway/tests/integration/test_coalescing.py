@@ -1,6 +1,6 @@
 """Concurrent Predict calls merged into one backend call, over the wire.
 
-A model server hosts `slow` (y = 2a + 3b + 1 behind a 0.3 s step, so requests
+A model server hosts `slow` (y = 2a + 3b + 1 behind a 1 s step, so requests
 overlap) and the gateway sits in front with its default coalescing. Every caller
 must get exactly its own rows, a caller's bad values must not fail the others, and
 a caller's deadline holds while it waits for the call in flight.
@@ -24,10 +24,16 @@ from servekit_protocol.tensors import from_ndarray
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import linear_target, publish_linear_pipeline
 from tests.support.modelserver import model_server
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.integration
 
-STEP_SECONDS = 0.3
+STEP_SECONDS = 1.0
+"""How long one backend call takes. The coalescer holds queued callers for about
+one call's duration while the callers it just answered send again, and these
+tests send while a call is in flight: both need a caller's turn (read the answer,
+send the next request, the gateway parse it) to fit well inside one call, and on
+a loaded 2-core machine that turn has taken over 0.3 s."""
 PREDICT = "/v1/models/slow:predict"
 
 
@@ -75,11 +81,23 @@ def _post(
         return client.post(PREDICT, json=body, headers=headers)
 
 
+def _wait_for_a_request_in_flight(gateway: GatewayProcess) -> None:
+    """Return once the gateway is serving a request: what is sent from then on
+    queues behind its backend call (for the STEP_SECONDS that call lasts)."""
+    wait_until(
+        lambda: gateway.metric("gateway_in_flight_requests") >= 1,
+        timeout=30,
+        interval=0.01,
+        process=gateway.process,
+        what="a request in flight",
+    )
+
+
 def _hold_backend(gateway: GatewayProcess) -> threading.Thread:
     """Put one call in flight so the next requests queue behind it."""
     thread = threading.Thread(target=_post, args=(gateway, {"instances": _rows(0)}))
     thread.start()
-    time.sleep(STEP_SECONDS / 3)
+    _wait_for_a_request_in_flight(gateway)
     return thread
 
 
@@ -161,8 +179,6 @@ def test_answered_callers_are_waited_for_so_calls_stay_full(
     )
 
     def client(index: int) -> None:
-        if index:
-            time.sleep(STEP_SECONDS / 3)
         # One connection per caller: an answered caller sends again at once, not
         # after a TCP handshake that a busy machine can stretch past the hold.
         with gateway.client() as http:
@@ -176,7 +192,10 @@ def test_answered_callers_are_waited_for_so_calls_stay_full(
                 )
 
     with ThreadPoolExecutor(clients) as pool:
-        for done in [pool.submit(client, index) for index in range(clients)]:
+        first = pool.submit(client, 0)
+        _wait_for_a_request_in_flight(gateway)
+        others = [pool.submit(client, index) for index in range(1, clients)]
+        for done in [first, *others]:
             done.result()
     calls = (
         gateway.metric("gateway_backend_duration_seconds_count", method="Predict")

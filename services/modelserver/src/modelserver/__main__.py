@@ -273,6 +273,7 @@ async def serve(settings: Settings) -> int:
     """
     from prometheus_client import generate_latest
     from servekit_protocol.http1 import ListenerLimits
+    from servekit_protocol.json_codec import BodyParsers
 
     from modelserver.dataplane import DataPlane
     from modelserver.errors import ServingError
@@ -288,6 +289,9 @@ async def serve(settings: Settings) -> int:
 
     metrics = Metrics()
     dataplane = DataPlane.from_settings(settings, metrics)
+    parsers = BodyParsers(
+        settings.rest_api_json_offload_bytes, settings.rest_api_json_workers
+    )
     grpc_server: GrpcServer | None = None
     rest_server: RestServer | None = None
     if not settings.port and not settings.grpc_socket_path:
@@ -329,6 +333,7 @@ async def serve(settings: Settings) -> int:
             enable_cors=settings.rest_api_enable_cors_support,
             max_body_bytes=settings.grpc_max_message_bytes,
             packed_outputs=settings.enable_serialization_as_tensor_content,
+            parsers=parsers,
         )
         rest_server = RestServer(
             app,
@@ -379,6 +384,7 @@ async def serve(settings: Settings) -> int:
         exit_status = EXIT_FAILURE
     finally:
         await _shutdown(started)
+        parsers.close()
         try:
             await dataplane.stop()
         except Exception:

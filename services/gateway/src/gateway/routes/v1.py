@@ -76,7 +76,9 @@ async def post_model(request: Request) -> Response:
         verb = parsed.api
         if verb == "predict":
             return await _predict(ctx, request, model, version, label, body)
-        examples = json_codec.parse_examples_request(body)
+        examples = await gateway.parsers.run(
+            len(body), json_codec.parse_examples_request, body
+        )
         if verb == "classify":
             classify = messages.ClassificationRequest()
             classify.model_spec.signature_name = examples.signature_name
@@ -118,10 +120,14 @@ async def _predict(
     plan = gateway.plan(ctx, model, version, label)
     formats: list[json_codec.RequestFormat] = []
 
-    def encode(signatures: SignatureSet | None) -> ArrayRequest:
+    async def encode(signatures: SignatureSet | None) -> ArrayRequest:
         assert signatures is not None
-        parsed = json_codec.parse_predict_request(
-            body, signatures.input_specs, gateway.gatekeeper.tensor_limits
+        parsed = await gateway.parsers.run(
+            len(body),
+            json_codec.parse_predict_request,
+            body,
+            signatures.input_specs,
+            gateway.gatekeeper.tensor_limits,
         )
         formats.append(parsed.format)
         request = ArrayRequest(parsed.inputs)

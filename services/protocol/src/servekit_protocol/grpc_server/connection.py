@@ -43,6 +43,7 @@ from servekit_protocol.grpc_server.meter import FrameMeter, PeerError, TokenBuck
 from servekit_protocol.grpcweb_server import Aborted
 
 if TYPE_CHECKING:
+    from servekit_protocol.grpc_server.limits import Http2Limits
     from servekit_protocol.grpc_server.server import GrpcServer
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ _CONFIG = H2Configuration(
 _DEFAULT_WINDOW = 65_535
 
 
+def _local_settings(limits: Http2Limits, *, advertised: bool) -> Settings:
+    values = {
+        SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+        SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
+    }
+    if advertised:
+        values[SettingCodes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
+    return Settings(client=False, initial_values=values)
+
+
 class Http2Connection(BackPressure):
     """The HTTP/2 side of one client's gRPC calls."""
 
@@ -66,14 +77,7 @@ class Http2Connection(BackPressure):
         self._server = server
         limits = server.limits
         self._h2 = H2Connection(_CONFIG)
-        self._h2.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
-            },
-        )
+        self._h2.local_settings = _local_settings(limits, advertised=True)
         self._h2.decoder.max_header_list_size = limits.max_header_list_size
         self._meter = FrameMeter(
             limits, TokenBucket(limits.reset_rate_per_second, limits.reset_burst)
@@ -106,6 +110,10 @@ class Http2Connection(BackPressure):
             low=self._limits.write_low_water_bytes,
         )
         self._h2.initiate_connection()
+        # The SETTINGS sent advertise the stream limit. h2 would answer the
+        # stream over it by ending the whole connection; it gets no limit of
+        # its own, and _on_request refuses that one stream instead.
+        self._h2.local_settings = _local_settings(self._limits, advertised=False)
         if not self._server.admit(self):
             self._h2.close_connection(
                 ErrorCodes.NO_ERROR, additional_data=b"too many connections"
@@ -176,6 +184,13 @@ class Http2Connection(BackPressure):
         number = event.stream_id
         if self._going_away:
             self._h2.reset_stream(number, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self._calls) >= self._limits.max_concurrent_streams:
+            # As grpc's chttp2 transport does: the client may retry a refused
+            # stream, and the calls under way go on. Each refusal spends the
+            # reset allowance, so refusing is no free loop for a client.
+            self._h2.reset_stream(number, ErrorCodes.REFUSED_STREAM)
+            self._meter.count_reset()
             return
         headers = event.headers
         path = next((v for k, v in headers if k == b":path"), b"").decode("latin-1")

@@ -18,7 +18,9 @@ class Http2Limits:
 
     max_concurrent_streams: int = 100
     """SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced (nghttp2 and
-    grpcio's usual 100); a stream over it ends the connection (RFC 9113 §5.1.2)."""
+    grpcio's usual 100); a stream over it is refused alone with RST_STREAM
+    REFUSED_STREAM (RFC 9113 §5.1.2, as grpc's chttp2 transport does), which
+    spends the reset allowance."""
     max_header_list_size: int = 16 * KIB
     """SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced (grpcio: 16 KiB); a
     compressed header block is also refused above it before it is decoded."""
