@@ -9,7 +9,8 @@ those bytes and decoding the output to numpy (what it costs the gateway or a
 client). Each line is one case: median nanoseconds of both encodings and the
 ratio typed / packed.
 
-Run: ``python -m benchmarks.encoding [--rounds 7] [--seconds 0.2]``.
+Run: ``python -m benchmarks.encoding [--rounds 7] [--seconds 0.2]``; ``make
+bench`` runs it too (``--systems encoding`` alone) and reports it as a section.
 """
 
 from __future__ import annotations
@@ -111,6 +112,55 @@ def measure(case: Case, rounds: int, seconds: float) -> dict[str, object]:
         packed = statistics.median(timings[f"{step}_packed"])
         result[f"{step}_ratio"] = round(typed / packed, 2)
     return result
+
+
+def measure_all(
+    rounds: int, seconds: float, progress: Callable[[str], None] | None = None
+) -> list[dict[str, object]]:
+    """Every case, one after the other (`make bench` runs this once the servers
+    have stopped, so the measurement has the machine to itself)."""
+    results = []
+    for case in cases():
+        if progress is not None:
+            progress(f"encoding: {case.name}")
+        results.append(measure(case, rounds, seconds))
+    return results
+
+
+def _us(value: object) -> str:
+    microseconds = float(str(value)) / 1000.0
+    return f"{microseconds:,.1f}" if microseconds < 100 else f"{microseconds:,.0f}"
+
+
+def _ratio(value: object) -> str:
+    return f"{float(str(value)):.2f}×"
+
+
+def render_section(results: Sequence[dict[str, object]]) -> str:
+    """The report's section: per output, both encodings' cost and their ratio."""
+    lines = [
+        "## gRPC answer encoding: typed fields vs tensor_content",
+        "",
+        "One Predict answer with one output, built and serialised as the model "
+        "server sends it (encode), then parsed and turned into numpy as the "
+        "gateway or a client does (decode): TF Serving's default typed fields "
+        "(`float_val`, `int64_val`...) against packed `tensor_content` "
+        "(`--enable_serialization_as_tensor_content`). Medians in µs, measured in "
+        "process, the two encodings alternating within each round; ratio = typed "
+        "/ packed.",
+        "",
+        "| output | bytes typed / packed | encode µs typed | packed | ratio "
+        "| decode µs typed | packed | ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in results:
+        lines.append(
+            f"| {row['case']} | {row['bytes_typed']:,} / {row['bytes_packed']:,} "
+            f"| {_us(row['encode_typed_ns'])} | {_us(row['encode_packed_ns'])} "
+            f"| {_ratio(row['encode_ratio'])} | {_us(row['decode_typed_ns'])} "
+            f"| {_us(row['decode_packed_ns'])} | {_ratio(row['decode_ratio'])} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

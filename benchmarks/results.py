@@ -129,3 +129,35 @@ def aggregate(runs: Iterable[RunResult], server_cpu: int | None) -> list[Aggrega
             )
         )
     return aggregates
+
+
+def merge_inprocess(by_round: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One in-process entry per model from the rounds' measurements: each batch
+    size's figures are medians over rounds."""
+    merged: dict[str, Any] = {}
+    models = {model for measured in by_round.values() for model in measured}
+    for model in sorted(models):
+        per_round = {
+            number: measured[model]
+            for number, measured in sorted(by_round.items())
+            if model in measured
+        }
+        entry: dict[str, Any] = {"model": model}
+        for kind in ("results", "process_filters"):
+            batches: dict[int, list[dict[str, Any]]] = {}
+            for limit in per_round.values():
+                for item in limit.get(kind, []):
+                    batches.setdefault(item["batch"], []).append(item)
+            entry[kind] = [
+                {
+                    "batch": batch,
+                    "calls": sum(item["calls"] for item in items),
+                    **{
+                        key: median(float(item[key]) for item in items)
+                        for key in ("p50_ms", "p99_ms", "mean_ms", "rows_per_s")
+                    },
+                }
+                for batch, items in sorted(batches.items())
+            ]
+        merged[model] = entry
+    return merged

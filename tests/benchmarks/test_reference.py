@@ -23,9 +23,14 @@ def test_each_block_times_the_model_calls_it_made(tmp_path: Path) -> None:
     finally:
         references.close()
     for block in (first, second):
-        # 50 ms of 5 ms calls, after one that is not counted.
-        assert 3 <= len(block) <= 11
-        assert all(5_000_000 <= latency < 50_000_000 for latency in block)
+        # Every timed call is one of the model's: none is shorter than its sleep.
+        assert block
+        assert all(latency >= 5_000_000 for latency in block)
+        # A call starts only while the block's 50 ms last, so all but the last
+        # ended within them: at most 10 such calls, 11 in all. No lower count or
+        # upper latency is asserted: a loaded core may stretch one call past 50 ms.
+        assert sum(block[:-1]) <= 50_000_000
+        assert len(block) <= 11
     assert references.processes("slow") == []
     with pytest.raises(OSError, match="no in-process reference 1 of 'slow'"):
         references.block("slow", 0.05)

@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 
 import pytest
-from hyperframe.frame import GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import (
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+)
 
 from tests.security.http2 import (
     BODY_TIMEOUT,
@@ -29,6 +36,8 @@ from tests.security.http2 import (
     NORMAL_CALL_SECONDS,
     PREDICT,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    RESET_BURST,
     SEND_STALL_TIMEOUT,
     SLACK,
     RawClient,
@@ -68,21 +77,83 @@ def test_rapid_reset_ends_in_goaway_enhance_your_calm(target: Target) -> None:
     assert _grown(target, before) < 30
 
 
-def test_streams_over_the_advertised_limit_end_the_connection(target: Target) -> None:
-    client = RawClient(target.port)
-    advertised = {
+def _advertised(client: RawClient) -> dict[int, int]:
+    return {
         key: value
         for frame in client.frames(1.0)
         if isinstance(frame, SettingsFrame) and "ACK" not in frame.flags
         for key, value in frame.settings.items()
     }
+
+
+def _refused(frames: list[Frame]) -> set[int]:
+    return {
+        f.stream_id
+        for f in frames
+        if isinstance(f, RstStreamFrame) and f.error_code == REFUSED_STREAM
+    }
+
+
+def test_the_stream_over_the_advertised_limit_is_refused_alone(
+    target: Target,
+) -> None:
+    client = RawClient(target.port)
+    advertised = _advertised(client)
     assert advertised[SettingsFrame.MAX_CONCURRENT_STREAMS] == 100
     assert advertised[SettingsFrame.MAX_HEADER_LIST_SIZE] == 16 * 1024
-    # Bodies never sent: 101 streams stay open.
-    client.send(b"".join(client.headers(s) for s in range(1, 203, 2)))
+    # 100 streams open (99 wait for their bodies), the 101st is refused; the
+    # first one's body follows.
+    client.send(
+        b"".join(client.headers(s, extra=target.metadata) for s in range(1, 201, 2))
+        + client.headers(201, extra=target.metadata)
+        + data(1, grpc_message(b""), end=True)
+    )
+    frames = _until_answered(client, 1)
+    assert _refused(frames) == {201}
+    assert not any(isinstance(f, GoAwayFrame) for f in frames)
+    # The connection goes on: the stream the first call freed takes a new one.
+    client.send(
+        client.headers(203, extra=target.metadata)
+        + data(203, grpc_message(b""), end=True)
+    )
+    frames += _until_answered(client, 203, frames)
+    assert set(statuses(frames)) == {1, 203}
+    assert _refused(frames) == {201}
+    assert not client.closed
+    assert timed_health_call(target) < NORMAL_CALL_SECONDS
+
+
+def _until_answered(
+    client: RawClient, stream: int, earlier: list[Frame] | None = None
+) -> list[Frame]:
+    """Frames read until ``stream`` has its status (at most 5 s)."""
+    seen: list[Frame] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not client.closed:
+        seen += client.frames(0.2)
+        if stream in statuses([*(earlier or []), *seen]):
+            break
+    return seen
+
+
+def test_refusing_streams_spends_the_reset_allowance(target: Target) -> None:
+    # Opening streams past the limit over and over costs the server a refusal
+    # each: after the reset burst, the connection is sent away.
+    client = RawClient(target.port)
+    opened = b"".join(
+        client.headers(s, extra=target.metadata) for s in range(1, 201, 2)
+    )
+    extra = b"".join(
+        client.headers(s, extra=target.metadata)
+        for s in range(201, 201 + 2 * (RESET_BURST + 200), 2)
+    )
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        client.send(opened + extra)
     code, frames = client.until_goaway(5)
-    assert code == PROTOCOL_ERROR
-    assert not statuses(frames)
+    assert code == ENHANCE_YOUR_CALM
+    refused = _refused(frames)
+    # The allowance refills at 33 a second while the flood is read.
+    assert RESET_BURST <= len(refused) < RESET_BURST + 200
     assert timed_health_call(target) < NORMAL_CALL_SECONDS
 
 
@@ -327,3 +398,30 @@ def test_the_gateway_refuses_calls_without_a_key_before_their_bodies(
     assert {f.stream_id for f in frames if isinstance(f, RstStreamFrame)} == set(
         range(1, 13, 2)
     )
+
+
+def test_a_compressed_message_bomb_stops_at_the_message_limit(target: Target) -> None:
+    # About 250 KiB of gzip declaring 256 MiB of zeros, three times on one
+    # connection: refused once inflation passes the 4 MiB message limit.
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zeros = bytes(MIB)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(256))
+    bomb += compressor.flush()
+    assert len(bomb) < 300 * 1024
+    framed = b"\x01" + len(bomb).to_bytes(4, "big") + bomb
+    before = rss_bytes(target.process.pid)
+    client = RawClient(target.port)
+    extra = (*target.metadata, ("grpc-encoding", "gzip"))
+    seen: list[Frame] = []
+    for stream in (1, 3, 5):
+        pieces = [framed[i : i + 16_384] for i in range(0, len(framed), 16_384)]
+        client.send(
+            client.headers(stream, extra=extra)
+            + b"".join(data(stream, piece) for piece in pieces[:-1])
+            + data(stream, pieces[-1], end=True)
+        )
+        seen += _until_answered(client, stream, seen)
+    assert statuses(seen) == dict.fromkeys((1, 3, 5), "8")  # RESOURCE_EXHAUSTED
+    assert _grown(target, before) < 64
+    assert timed_health_call(target) < NORMAL_CALL_SECONDS
+    assert_no_traceback(target.process)

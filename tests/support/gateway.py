@@ -50,11 +50,14 @@ class GatewayProcess:
 
 @dataclass(frozen=True)
 class ApiKeys:
-    """Keys for tests: an admin (every model), one scoped to `linear`, one rate-limited."""
+    """Keys for tests: an admin (every model), one scoped to `linear`, two
+    rate-limited ones (one per test that spends a bucket, so no test depends on
+    how long ago another emptied it)."""
 
     admin: str = "sk_test_admin"
     linear_only: str = "sk_test_linear_only"
     limited: str = "sk_test_limited"
+    limited_grpc: str = "sk_test_limited_grpc"
 
     def write(self, path: Path, limited_rate: float, limited_burst: float) -> Path:
         """Write a keys file holding only their sha256 digests."""
@@ -76,15 +79,21 @@ class ApiKeys:
                             "sha256": hashed(self.linear_only),
                             "scopes": ["linear"],
                         },
-                        {
-                            "name": "limited",
-                            "sha256": hashed(self.limited),
-                            "scopes": ["*"],
-                            "rate": {
-                                "per_second": limited_rate,
-                                "burst": limited_burst,
-                            },
-                        },
+                        *(
+                            {
+                                "name": name,
+                                "sha256": hashed(key),
+                                "scopes": ["*"],
+                                "rate": {
+                                    "per_second": limited_rate,
+                                    "burst": limited_burst,
+                                },
+                            }
+                            for name, key in (
+                                ("limited", self.limited),
+                                ("limited-grpc", self.limited_grpc),
+                            )
+                        ),
                     ]
                 }
             )

@@ -119,10 +119,13 @@ def describe_verdict(verdict: Mapping[str, Any] | None) -> str:
     measured = "not measured" if error is None else f"{error:.3g}"
     rows = verdict.get("rows") or {}
     counted = ", ".join(f"{count} {origin}" for origin, count in rows.items())
+    python = verdict.get("python_steps") or []
+    hybrid = f"; hybrid: {', '.join(python)} in Python" if python else ""
     if verdict["status"] == "passed":
         return (
             f"passed ({verdict['mode']}, max error {measured} <= "
-            f"{verdict['tolerance']:g}, {verdict['runtime']}; rows: {counted})"
+            f"{verdict['tolerance']:g}, {verdict['runtime']}; rows: {counted}"
+            f"{hybrid})"
         )
     step = verdict.get("failed_step")
     where = f" at step {step}" if step else ""

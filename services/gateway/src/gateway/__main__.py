@@ -62,6 +62,8 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--api-keys-file": ("api_keys_file", str),
     "--default-backend": ("default_backend", str),
     "--max-body-bytes": ("max_body_bytes", int),
+    "--json-offload-bytes": ("json_offload_bytes", int),
+    "--json-workers": ("json_workers", int),
     "--max-in-flight": ("max_in_flight", int),
     "--max-timeout-ms": ("max_timeout_ms", int),
     "--default-timeout-ms": ("default_timeout_ms", int),

@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from servekit_protocol import messages
+from servekit_protocol import json_codec, messages
 
 from gateway.admission import Admission, InFlight
 from gateway.clients.backend import BackendClient, BackendPool
@@ -68,6 +68,9 @@ class Gateway:
         )
         self.registry = registry
         self.gatekeeper = Admission(settings, metrics, authenticator)
+        self.parsers = json_codec.BodyParsers(
+            settings.json_offload_bytes, settings.json_workers
+        )
         self.signatures = SignatureCache(self.client, settings.metadata_ttl_seconds)
         self.shadow = Shadow(
             self.coalescer,
@@ -264,15 +267,28 @@ class Gateway:
         """Every backend's health SERVING (see `clients.health`) and every routed
         model with an AVAILABLE version."""
         deadline = time.monotonic() + READINESS_TIMEOUT_SECONDS
-        ctx = CallContext(request_id="readyz", protocol="internal", deadline=deadline)
         checks: dict[str, Any] = {}
         ready = True
         routed = dict(self.router.routes.routes)
-        for model in routed:
+
+        async def status_of(
+            model: str,
+        ) -> messages.GetModelStatusResponse | GatewayError:
+            # A context each: a call records its model and version in it.
+            ctx = CallContext(
+                request_id="readyz", protocol="internal", deadline=deadline
+            )
             try:
-                status = await self.status(ctx, model, None, None)
+                return await self.status(ctx, model, None, None)
             except GatewayError as exc:
-                checks[model] = f"error: {exc.message}"
+                return exc
+
+        # All at once: one after the other, a few dozen models on a loaded
+        # machine could not all answer within the one deadline.
+        statuses = await asyncio.gather(*(status_of(model) for model in routed))
+        for model, status in zip(routed, statuses, strict=True):
+            if isinstance(status, GatewayError):
+                checks[model] = f"error: {status.message}"
                 ready = False
                 continue
             available = [
@@ -307,6 +323,7 @@ class Gateway:
         return ready, checks
 
     async def close(self) -> None:
+        self.parsers.close()
         await self.shadow.close()
         await self.pool.close()
         self.access_log.flush()

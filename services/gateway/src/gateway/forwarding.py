@@ -12,7 +12,8 @@ once more on the stable target; this is decided in one place, for both ways.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -35,10 +36,10 @@ from gateway.signatures import SignatureCache, SignatureSet
 class PredictCall:
     """What an adapter asks to predict, in the forms it can be sent."""
 
-    encode: Callable[[SignatureSet | None], Request]
+    encode: Callable[[SignatureSet | None], Request | Awaitable[Request]]
     """Builds the backend request once the target's signatures are known: a
     PredictRequest (answered with a PredictResponse) or an ArrayRequest (answered
-    with an ArrayResponse)."""
+    with an ArrayResponse); a coroutine when it parses a body off the loop."""
     needs_signatures: bool = True
     """False when the request already carries typed tensors."""
     rest_body: bytes | None = None
@@ -201,7 +202,7 @@ class Forwarder:
     ) -> tuple[Response, SignatureSet | None, Request]:
         cache = self._signatures
         signatures = await cache.get(target, ctx) if call.needs_signatures else None
-        request = call.encode(signatures)
+        request = await _encoded(call, signatures)
         apply_target(request.model_spec, target)
         try:
             response = await self._coalescer.predict(
@@ -220,7 +221,7 @@ class Forwarder:
             if fresh.version == signatures.version:
                 raise
             signatures = fresh
-            request = call.encode(signatures)
+            request = await _encoded(call, signatures)
             apply_target(request.model_spec, target)
             response = await self._coalescer.predict(
                 target.backends, request, ctx.deadline, ctx.metadata()
@@ -233,3 +234,10 @@ class Forwarder:
         ):
             cache.forget(target)
         return response, signatures, request
+
+
+async def _encoded(call: PredictCall, signatures: SignatureSet | None) -> Request:
+    request = call.encode(signatures)
+    if inspect.isawaitable(request):
+        return await request
+    return request

@@ -31,7 +31,14 @@ from gateway.routes.handling import (
 from gateway.routes.health import ReadinessCache, health_routes
 from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
 from gateway.routes.typed import TypedEndpoints, validation_summary
-from gateway.routes.v1 import V1_PREFIX, get_model, post_model, v1_routes
+from gateway.routes.v1 import (
+    V1_PREFIX,
+    get_model,
+    is_v1_path,
+    other_method,
+    post_model,
+    v1_routes,
+)
 from gateway.routes.v2 import v2_routes
 from gateway.routing.config import RoutesConfig
 from gateway.routing.router import Router
@@ -60,14 +67,12 @@ class GatewayApp(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            endpoint = (
-                self.v1_endpoints.get(scope["method"])
-                if path.startswith(V1_PREFIX)
-                else None
-            )
-            if endpoint is not None:
+            if is_v1_path(path):
                 # The busiest path: TF Serving's verbs follow a colon, so the v1
-                # routes are catch-alls; a prefix test spares their regexes.
+                # routes are catch-alls; a prefix test spares their regexes. Every
+                # path under /v1/ is the API's, answered 400 when malformed (no
+                # redirect, 404 or 405), as TF Serving answers.
+                endpoint = self.v1_endpoints.get(scope["method"], other_method)
                 scope["path_params"] = {"rest": path[len(V1_PREFIX) :]}
                 await self._dispatch(endpoint, scope, receive, send)
                 return

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from servekit_protocol import http1, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
+from servekit_protocol.json_codec import offload as json_offload
 
 from gateway.security import credentials
 
@@ -55,6 +56,13 @@ class Settings(BaseSettings):
     on the first call and called over gRPC."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger gets 413."""
+    json_offload_bytes: int = Field(default=json_offload.DEFAULT_THRESHOLD_BYTES, gt=0)
+    """Size from which a JSON body the gateway translates is parsed (and turned
+    into arrays) in a worker process rather than on the event loop, so that a
+    large body does not hold up other clients' calls."""
+    json_workers: int = Field(default=json_offload.DEFAULT_WORKERS, gt=0)
+    """Worker processes parsing large JSON bodies at the same time (started with
+    the first such body)."""
     http2: Http2Limits = Field(default_factory=Http2Limits)
     """HTTP/2 limits of the gRPC port (streams, header size, windows, floods,
     timeouts, connections) as JSON, e.g. `{"idle_timeout_seconds": 120}`;

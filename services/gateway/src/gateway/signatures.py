@@ -51,26 +51,36 @@ class SignatureSet:
         """The named signature (empty name: `serving_default`).
 
         Raises:
-            InvalidInput: no such signature.
+            InvalidInput: no such signature, in TF Serving's words
+                (`http_rest_api_handler.cc` GetInfoMap).
         """
         key = name or DEFAULT_SIGNATURE
         signature = self.signatures.get(key)
         if signature is None:
             raise InvalidInput(
-                f"model {self.model!r} has no signature {key!r} "
-                f"(it has: {', '.join(sorted(self.signatures)) or 'none'})"
+                f'Serving signature name: "{key}" not found in signature def'
             )
         return signature
 
     def input_specs(self, name: str) -> Mapping[str, json_codec.TensorSpec]:
-        """The codec's view of a signature's inputs.
+        """The codec's view of a signature's inputs: dtypes only.
+
+        Shapes are left to the model, as TF Serving and the model server leave
+        them to the graph: signatures often declare shapes their graphs do not
+        enforce (TF Serving's own `half_plus_two` declares `[-1, 1]` and
+        answers `{"instances": [1.0, 2.0, 5.0]}`).
 
         Raises:
             InvalidInput: no such signature.
         """
         specs = self.specs.get(name)
         if specs is None:
-            specs = json_codec.specs_from_tensor_infos(self.get(name).inputs)
+            specs = {
+                key: json_codec.TensorSpec(spec.dtype, None)
+                for key, spec in json_codec.specs_from_tensor_infos(
+                    self.get(name).inputs
+                ).items()
+            }
             self.specs[name] = specs
         return specs
 

@@ -77,8 +77,14 @@ async def test_metrics_label_latency_by_model_version_route_protocol_code(
 async def test_health_and_wrong_methods(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).status_code == 200
-    assert (await client.put("/v1/models/m:predict")).status_code == 405
+    # TF Serving answers every path under /v1/ itself: a wrong method is 400.
+    wrong_method = await client.put("/v1/models/m:predict")
+    assert wrong_method.status_code == 400
+    assert wrong_method.json() == {
+        "error": "Malformed request: PUT /v1/models/m:predict"
+    }
     assert (await client.get("/nowhere")).status_code == 404
+    assert (await client.post("/healthz")).status_code == 405
 
 
 async def test_readyz_is_503_when_the_backend_is_unreachable() -> None:

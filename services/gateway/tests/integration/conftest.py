@@ -5,7 +5,7 @@
   v3 answering differently); scikit-learn only, so it starts in seconds.
 - model server "side": `flaky`, killed and restarted on the same ports by a test.
 - a deliberately slow backend (`tests.support.slow_backend`) for `sleepy`.
-- the gateway, auth on (three keys), a small body limit, a routes file sending
+- the gateway, auth on (an admin, a scoped and two rate-limited keys), a small body limit, a routes file sending
   `flaky` to the side server and `sleepy` to the slow one and splitting or
   shadowing the others; run with `python -X importtime` so its log lists every
   module it ever imported.
@@ -32,6 +32,10 @@ from tests.support.restartable import RestartableModelServer
 from tests.support.slow_backend import slow_backend
 
 SLEEPY_SECONDS = 3.0
+LIMITED_RATE = 0.05
+"""Tokens per second of the rate-limited keys: one per 20 s, so no token comes
+back while a test spends a burst, however slowly a loaded machine sends it."""
+LIMITED_BURST = 3
 POLL_FLAGS = (
     "--model_config_file_poll_wait_seconds=1",
     "--file_system_poll_wait_seconds=1",
@@ -114,6 +118,16 @@ def sleepy_backend(sleepy_seconds: float) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def limited_rate() -> float:
+    return LIMITED_RATE
+
+
+@pytest.fixture(scope="session")
+def limited_burst() -> int:
+    return LIMITED_BURST
+
+
+@pytest.fixture(scope="session")
 def api_keys() -> ApiKeys:
     return ApiKeys()
 
@@ -127,8 +141,8 @@ def gateway_env(
 ) -> dict[str, str]:
     keys_file = api_keys.write(
         tmp_path_factory.mktemp("keys") / "api-keys.yaml",
-        limited_rate=0.5,
-        limited_burst=3,
+        limited_rate=LIMITED_RATE,
+        limited_burst=LIMITED_BURST,
     )
     return {
         "GATEWAY_REGISTRY": str(main_registry),

@@ -116,9 +116,8 @@ def test_grpc_errors_use_the_shared_status_table(
 def test_grpc_rate_limit_sends_retry_after(
     gateway: GatewayProcess, api_keys: ApiKeys
 ) -> None:
-    # The limited key's bucket (burst 3, 0.5/s) refills during the test files that
-    # run before test_security_and_limits uses it again.
-    metadata = [("x-api-key", api_keys.limited)]
+    # A rate-limited key of its own, so the REST test's bucket stays full.
+    metadata = [("x-api-key", api_keys.limited_grpc)]
     codes = []
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         stub = PredictionServiceStub(channel)

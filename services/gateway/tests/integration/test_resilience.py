@@ -3,6 +3,7 @@ A slow backend: 504 at the client's deadline."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import httpx
@@ -67,14 +68,26 @@ def test_killed_backend_fails_fast_then_recovers(
             timeout=5,
             what="the circuit to open",
         )
-        timings = []
+        # Each refusal is timed next to a request the gateway answers itself
+        # (an unknown model, 404), so both see the same load: on a busy 2-core
+        # machine a loopback round trip alone can take tens of ms.
+        timings, baseline = [], []
         for _ in range(10):
             started = time.monotonic()
             response = client.post("/v1/models/flaky:predict", json=ROW)
             timings.append(time.monotonic() - started)
             assert response.status_code == 503
             assert "error" in response.json()
-        assert sorted(timings)[5] < 0.05, timings
+            started = time.monotonic()
+            unknown = client.post("/v1/models/no-such-model:predict", json=ROW)
+            baseline.append(time.monotonic() - started)
+            assert unknown.status_code == 404
+        # Refused at once: no more than 50 ms above the gateway's own answer
+        # (medians, so one descheduled call cannot decide).
+        assert statistics.median(timings) < statistics.median(baseline) + 0.05, (
+            timings,
+            baseline,
+        )
         assert (
             gateway.metric(
                 "gateway_circuit_rejections_total", backend=side_server.target

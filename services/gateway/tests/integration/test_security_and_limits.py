@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,16 +61,25 @@ def test_key_out_of_scope_is_403(gateway: GatewayProcess, api_keys: ApiKeys) -> 
 
 
 def test_rate_limit_is_429_with_retry_after(
-    gateway: GatewayProcess, api_keys: ApiKeys
+    gateway: GatewayProcess,
+    api_keys: ApiKeys,
+    limited_rate: float,
+    limited_burst: int,
 ) -> None:
-    # The limited key: burst 3, then 0.5 per second.
+    # The key's bucket is its own (no other test spends it) and a token takes
+    # 1 / limited_rate = 20 s to come back, far longer than these calls take.
+    started = time.monotonic()
     with gateway.client(api_keys.limited) as client:
-        codes = [client.get("/v1/models/linear").status_code for _ in range(5)]
-        assert codes[:3] == [200, 200, 200]
-        assert codes[3:] == [429, 429]
+        calls = limited_burst + 2
+        codes = [client.get("/v1/models/linear").status_code for _ in range(calls)]
+        assert codes == [200] * limited_burst + [429, 429]
         refused = client.get("/v1/models/linear")
+        elapsed = time.monotonic() - started
         assert refused.status_code == 429
-        assert int(refused.headers["retry-after"]) in (1, 2)
+        # The wait until one token exists, in whole seconds rounded up: a full
+        # refill, less what has trickled back since the burst was spent.
+        refill = 1 / limited_rate
+        assert refill - elapsed <= int(refused.headers["retry-after"]) <= refill
     # Other keys have their own buckets.
     with gateway.client(api_keys.admin) as client:
         assert client.get("/v1/models/linear").status_code == 200

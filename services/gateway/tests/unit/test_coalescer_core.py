@@ -187,6 +187,25 @@ async def test_requests_behind_a_call_in_flight_go_as_one_merged_call() -> None:
     assert tested.callers == [3]
 
 
+async def test_queued_requests_wait_for_the_answered_caller_to_send_again() -> None:
+    tested = core()
+    first, waiting = await busy_then_queue(tested, (1.0,), (2.0,))
+    # The call lasts 0.5 s, so the answered caller is expected back for about as
+    # long; it sends again after a few loop turns, far inside that even on a
+    # loaded machine (no I/O in between).
+    await asyncio.sleep(0.5)
+    tested.strategy.open.set()
+    assert await first == (1.0,)
+    await settle()
+    assert tested.strategy.merged == []
+    again = tested.submit((3.0,))
+    assert await asyncio.gather(*waiting, again) == [(2.0,), (4.0,), (6.0,)]
+    # One call for all three: sending the queue at once would have left the
+    # answered caller to a call of its own.
+    assert tested.strategy.merged == [[(1.0,), (2.0,), (3.0,)]]
+    assert tested.callers == [3]
+
+
 async def test_a_merged_call_carries_every_request_id_and_the_latest_deadline() -> None:
     tested = core()
     first = tested.submit((0.5,), request_id="first")

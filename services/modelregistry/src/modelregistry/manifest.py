@@ -102,6 +102,9 @@ class CompiledVerdict(_Strict):
     """The pipeline step, or converter, that failed (refused versions)."""
     reason: str | None = None
     """Why the gate refused."""
+    python_steps: list[str] = Field(default_factory=list)
+    """A hybrid plan's steps that no converter takes and that run in Python
+    (from the pickle); the gate compared the whole."""
     plan: str | None = None
     """The plan file (relative), when passed."""
     model: str | None = None

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 import secrets
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,7 @@ from modelregistry.errors import (
     VersionExists,
     VersionNotFound,
 )
-from modelregistry.fsync import fsync_dir, fsync_tree, locked, write_atomically
+from modelregistry.fsync import fsync_dir, locked, write_atomically
 from modelregistry.layout import (
     SERVEKIT_CONFIG_FILE,
     SKLEARN_CONFIG_FILE,
@@ -32,58 +29,24 @@ from modelregistry.layout import (
     scan_models,
     scan_versions,
 )
-from modelregistry.manifest import (
-    MANIFEST_FILE,
-    Manifest,
-    digest_files,
-    read_manifest,
+from modelregistry.manifest import MANIFEST_FILE, Manifest, read_manifest
+from modelregistry.publishing import (
+    Draft,
+    amend_version,
+    complete_draft,
+    library_versions,
+    new_draft,
+    remove_abandoned_drafts,
 )
-from modelregistry.servingconfig import ModelEntry, config_text
+from modelregistry.servingconfig import ModelEntry, config_text, serving_policy
 from modelregistry.state import ModelState, read_state, write_state
 from modelregistry.verification import version_problems
 
-PUBLISH_PREFIX = ".publish-"
+__all__ = ["CANARY", "STABLE", "Draft", "Registry", "library_versions"]
+
 STABLE = "stable"
 CANARY = "canary"
 DEFAULT_TF_BASE_PATH = "/models"
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries a model depends on, without importing them."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for distribution in ("numpy", "scikit-learn", "tensorflow", "pandas", "joblib"):
-        try:
-            versions[distribution] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            versions[distribution] = None
-    return versions
-
-
-class Draft:
-    """A version being built in a hidden folder; it becomes visible only when complete.
-
-    Write files into `path` and set manifest fields in `manifest` (a dict of `Manifest`
-    fields). On a clean exit of the `publish` block the registry digests the files,
-    writes `servekit.json` last, fsyncs and renames the folder into place; `version`
-    then holds the number it got.
-    """
-
-    def __init__(self, name: str, framework: str, path: Path) -> None:
-        self.name = name
-        self.framework = framework
-        self.path = path
-        self.manifest: dict[str, Any] = {}
-        self.version: int | None = None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Registry:
@@ -208,17 +171,8 @@ class Registry:
             raise RegistryNotWritable(
                 f"registry {self.root} is not writable: {exc.strerror}"
             ) from exc
-        self._remove_abandoned_drafts(model_dir)
+        remove_abandoned_drafts(model_dir)
         return model_dir
-
-    @staticmethod
-    def _remove_abandoned_drafts(model_dir: Path) -> None:
-        # A publisher killed midway leaves its hidden folder behind; the pid in the
-        # name tells whether its owner is gone.
-        for entry in model_dir.glob(f"{PUBLISH_PREFIX}*"):
-            pid_text = entry.name[len(PUBLISH_PREFIX) :].split("-", 1)[0]
-            if pid_text.isdigit() and not _pid_alive(int(pid_text)):
-                shutil.rmtree(entry, ignore_errors=True)
 
     @contextlib.contextmanager
     def publish(
@@ -239,53 +193,14 @@ class Registry:
         model_dir = self._prepare_model_dir(name)
         if version is not None and version in scan_versions(model_dir):
             raise VersionExists(f"model {name!r} already has version {version}")
-        draft_dir = model_dir / f"{PUBLISH_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-        draft_dir.mkdir()
-        draft = Draft(name, framework, draft_dir)
+        draft = new_draft(model_dir, name, framework)
         try:
             yield draft
-            self._complete(draft, model_dir, version)
+            complete_draft(draft, model_dir, version)
+            self.write_configs()
         finally:
-            if draft_dir.exists():
-                shutil.rmtree(draft_dir, ignore_errors=True)
-
-    def _complete(self, draft: Draft, model_dir: Path, version: int | None) -> None:
-        fields: dict[str, Any] = {
-            "name": draft.name,
-            "framework": draft.framework,
-            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "libraries": library_versions(),
-            **draft.manifest,
-        }
-        fields["files"] = digest_files(draft.path)
-        try:
-            manifest = Manifest.model_validate(fields)
-        except ValueError as exc:
-            raise ManifestError(f"cannot publish {draft.name}: {exc}") from exc
-        if manifest.artifact not in manifest.files:
-            raise ManifestError(
-                f"cannot publish {draft.name}: artifact {manifest.artifact!r} was not written"
-            )
-        # The manifest goes in last: a folder with a manifest is a complete one.
-        (draft.path / MANIFEST_FILE).write_text(
-            manifest.model_dump_json(indent=2) + "\n", encoding="utf-8"
-        )
-        fsync_tree(draft.path)
-        with locked(model_dir / ".lock"):
-            state = read_state(model_dir)
-            existing = scan_versions(model_dir)
-            if version is None:
-                version = max([state.last_version, *existing]) + 1
-            elif version in existing:
-                raise VersionExists(
-                    f"model {draft.name!r} already has version {version}"
-                )
-            os.rename(draft.path, model_dir / str(version))
-            fsync_dir(model_dir)
-            state.last_version = max(state.last_version, version)
-            write_state(model_dir, state)
-        draft.version = version
-        self.write_configs()
+            if draft.path.exists():
+                shutil.rmtree(draft.path, ignore_errors=True)
 
     def amend(
         self,
@@ -314,35 +229,9 @@ class Registry:
             raise InvalidName(f"amended files must lie in {prefix}")
         with locked(model_dir / ".lock"):
             version_dir = self.version_dir(name, version)
-            manifest = read_manifest(version_dir)
-            staging = version_dir / f".{folder}-{secrets.token_hex(4)}"
-            staging.mkdir()
-            try:
-                for path, content in files.items():
-                    target = staging / path[len(prefix) :]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(content)
-                fsync_tree(staging)
-                final = version_dir / folder
-                if final.exists():
-                    doomed = version_dir / f".{folder}-old-{secrets.token_hex(4)}"
-                    os.rename(final, doomed)
-                    shutil.rmtree(doomed, ignore_errors=True)
-                if files:
-                    os.rename(staging, final)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            fields = {**manifest.model_dump(), **fields}
-            fields["files"] = digest_files(version_dir)
-            try:
-                amended = Manifest.model_validate(fields)
-            except ValueError as exc:
-                raise ManifestError(f"cannot amend {name} {version}: {exc}") from exc
-            write_atomically(
-                version_dir / MANIFEST_FILE, amended.model_dump_json(indent=2) + "\n"
+            return amend_version(
+                version_dir, folder, files, fields, what=f"{name} {version}"
             )
-            fsync_dir(version_dir)
-        return amended
 
     # ---- labels and rollouts ------------------------------------------------------
 
@@ -497,7 +386,7 @@ class Registry:
                 continue
             state = read_state(model_dir)
             labels = {label: v for label, v in state.labels.items() if v in versions}
-            policy = _serving_policy(state, labels, versions)
+            policy = serving_policy(state, labels, versions)
             base_path = (
                 f"{self.tf_base_path}/{name}" if framework == "tensorflow" else name
             )
@@ -523,20 +412,3 @@ class Registry:
                 write_atomically(
                     self.root / filename, config_text(self.serving_entries(framework))
                 )
-
-
-def _serving_policy(
-    state: ModelState, labels: dict[str, int], versions: list[int]
-) -> dict[str, dict[str, int | list[int]]]:
-    # TF Serving only assigns a label to a loaded version, so labelled versions must be
-    # in the policy along with the latest.
-    if state.version_policy is not None:
-        kind = next(iter(state.version_policy))
-        if kind != "specific" or not labels:
-            return state.version_policy
-        wanted = state.version_policy["specific"].get("versions", [])
-        assert isinstance(wanted, list)
-        return {"specific": {"versions": sorted({*wanted, *labels.values()})}}
-    if not labels:
-        return {"latest": {"num_versions": 1}}
-    return {"specific": {"versions": sorted({*labels.values(), versions[-1]})}}

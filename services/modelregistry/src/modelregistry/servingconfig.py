@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from modelregistry.state import ModelState
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -27,6 +29,25 @@ class ModelEntry:
 def _quote(text: str) -> str:
     # JSON string escapes are a subset of text-format escapes for these characters.
     return json.dumps(text)
+
+
+def serving_policy(
+    state: ModelState, labels: dict[str, int], versions: list[int]
+) -> dict[str, dict[str, int | list[int]]]:
+    """The version policy to serve a model with: its explicit one, widened to
+    its labelled versions; else the latest, with the labelled ones."""
+    # TF Serving only assigns a label to a loaded version, so labelled versions must be
+    # in the policy along with the latest.
+    if state.version_policy is not None:
+        kind = next(iter(state.version_policy))
+        if kind != "specific" or not labels:
+            return state.version_policy
+        wanted = state.version_policy["specific"].get("versions", [])
+        assert isinstance(wanted, list)
+        return {"specific": {"versions": sorted({*wanted, *labels.values()})}}
+    if not labels:
+        return {"latest": {"num_versions": 1}}
+    return {"specific": {"versions": sorted({*labels.values(), versions[-1]})}}
 
 
 def _policy_lines(policy: dict[str, dict[str, int | list[int]]]) -> list[str]:

@@ -39,6 +39,7 @@ from importlib import metadata as package_metadata
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from pydantic import ValidationError
+from servekit_protocol.grpc_server.limits import described_fields
 from servekit_protocol.logs import configure_logging
 
 from modelserver import warning_filters
@@ -86,6 +87,10 @@ UNSUPPORTED_FLAGS: dict[str, type] = {
 """TF Serving flags whose meaning servekit cannot honour: refused when set."""
 
 _SETTINGS_FLAG_TYPES = (bool, int, float, str)
+
+HTTP2_FLAG_PREFIX = "http2_"
+"""``--http2_<field>`` sets one field of the gRPC port's HTTP/2 limits
+(``Settings.http2``), e.g. ``--http2_idle_timeout_seconds=120``."""
 
 
 class Stoppable(Protocol):
@@ -159,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
             if field.default is not None and not callable(field.default_factory):
                 help_text = f"{help_text} (default: {field.default})".strip()
             _add_flag(parser, name, kind, help_text)
+    for name, (kind, default, description) in described_fields().items():
+        # One flag per HTTP/2 limit of the gRPC port (settings field `http2`).
+        help_text = description.replace("%", "%%")
+        _add_flag(
+            parser,
+            HTTP2_FLAG_PREFIX + name,
+            kind,
+            f"servekit extension: {help_text} (default: {default})",
+        )
     for name, kind in IGNORED_FLAGS.items():
         _add_flag(parser, name, kind, "accepted for compatibility; no effect")
     for name, kind in UNSUPPORTED_FLAGS.items():
@@ -193,6 +207,13 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], argparse.Namespace
     if unknown:
         raise FlagError(f"unknown argument: {unknown[0]}\n{parser.format_usage()}")
     values = vars(namespace)
+    http2 = {
+        name.removeprefix(HTTP2_FLAG_PREFIX): values.pop(name)
+        for name in list(values)
+        if name.startswith(HTTP2_FLAG_PREFIX)
+    }
+    if http2:
+        values["http2"] = http2
     for name in UNSUPPORTED_FLAGS:
         if values.pop(name, None):
             raise FlagError(f"--{name} is not supported by servekit-model-server")
@@ -273,6 +294,7 @@ async def serve(settings: Settings) -> int:
     """
     from prometheus_client import generate_latest
     from servekit_protocol.http1 import ListenerLimits
+    from servekit_protocol.json_codec import BodyParsers
 
     from modelserver.dataplane import DataPlane
     from modelserver.errors import ServingError
@@ -288,6 +310,9 @@ async def serve(settings: Settings) -> int:
 
     metrics = Metrics()
     dataplane = DataPlane.from_settings(settings, metrics)
+    parsers = BodyParsers(
+        settings.rest_api_json_offload_bytes, settings.rest_api_json_workers
+    )
     grpc_server: GrpcServer | None = None
     rest_server: RestServer | None = None
     if not settings.port and not settings.grpc_socket_path:
@@ -329,6 +354,7 @@ async def serve(settings: Settings) -> int:
             enable_cors=settings.rest_api_enable_cors_support,
             max_body_bytes=settings.grpc_max_message_bytes,
             packed_outputs=settings.enable_serialization_as_tensor_content,
+            parsers=parsers,
         )
         rest_server = RestServer(
             app,
@@ -379,6 +405,7 @@ async def serve(settings: Settings) -> int:
         exit_status = EXIT_FAILURE
     finally:
         await _shutdown(started)
+        parsers.close()
         try:
             await dataplane.stop()
         except Exception:

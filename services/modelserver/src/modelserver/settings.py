@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from servekit_protocol import http1, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
+from servekit_protocol.json_codec import offload as json_offload
 
 
 class BatchingSettings(BaseModel):
@@ -162,6 +163,17 @@ class Settings(BaseSettings):
     rest_api_max_connections: int = Field(default=http1.DEFAULT_MAX_CONNECTIONS, ge=1)
     """servekit extension: REST connections held at once; more are answered 503 and
     closed."""
+
+    rest_api_json_offload_bytes: int = Field(
+        default=json_offload.DEFAULT_THRESHOLD_BYTES, ge=1
+    )
+    """servekit extension: size from which a REST JSON body is parsed (and turned
+    into arrays) in a worker process rather than on the event loop, so that a
+    large body does not hold up other clients' calls."""
+
+    rest_api_json_workers: int = Field(default=json_offload.DEFAULT_WORKERS, ge=1)
+    """servekit extension: worker processes parsing large REST JSON bodies at
+    the same time (started with the first such body)."""
 
     enable_serialization_as_tensor_content: bool = False
     """Answer Predict (gRPC and gRPC-Web) with each output's bytes in

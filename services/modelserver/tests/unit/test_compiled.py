@@ -335,7 +335,11 @@ def test_a_step_without_converter_is_refused_and_named(
     ).fit(train, housing_target(train))
     held = chapter2[1]
     result = compile_model(
-        pipeline, features=features_of(held), examples=rows_of(held.head(5)), heldout=[]
+        pipeline,
+        features=features_of(held),
+        examples=rows_of(held.head(5)),
+        heldout=[],
+        hybrid=False,
     )
     assert result.verdict["status"] == "refused"
     assert result.verdict["failed_step"] == "prep/poly"

@@ -57,8 +57,16 @@ class Echo:
         for number in range(int(request)):
             yield b"%d" % number
 
+    async def plain(self, request: bytes, context: Any) -> bytes:  # noqa: ARG002
+        return request[::-1]
+
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
-        unary = {"Echo": self.echo, "Fail": self.fail, "Slow": self.slow}
+        unary = {
+            "Echo": self.echo,
+            "Plain": self.plain,
+            "Fail": self.fail,
+            "Slow": self.slow,
+        }
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 method, request_deserializer=_identity, response_serializer=_identity
@@ -109,6 +117,27 @@ async def test_a_call_gets_its_answer_metadata_and_trailers(
         # Many calls on one connection: streams and the HPACK table carry on.
         for index in range(50):
             assert await _call(channel, "Echo")(b"%d" % index) == b"%d" % index
+
+
+async def test_repeated_calls_without_trailing_metadata(
+    served: tuple[GrpcServer, Echo, health_aio.HealthServicer, str],
+) -> None:
+    # The same request headers each time and the bare OK trailers each time (the
+    # blocks the connection's coders take from memory), mixed with other calls.
+    async with grpc.aio.insecure_channel(served[3]) as channel:
+        for index in range(30):
+            call = _call(channel, "Plain")(b"ab%d" % index)
+            assert await call == (b"ab%d" % index)[::-1]
+            assert await call.code() == grpc.StatusCode.OK
+            assert tuple(await call.trailing_metadata()) == ()
+            if index % 7 == 0:
+                echoed = _call(channel, "Echo")(
+                    b"x", metadata=(("x-suffix", str(index)),)
+                )
+                assert await echoed == b"x%d" % index
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await _call(channel, "Fail")(b"")
+                assert failed.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_large_messages_cross_the_flow_control_windows(

@@ -34,7 +34,12 @@ from servekit_protocol.tensor_limits import check_tensor_protos
 
 from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
-from gateway.errors import GatewayError, InvalidInput, internal_error_message
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    internal_error_message,
+)
 from gateway.forwarding import PredictCall
 from gateway.security.credentials import client_host
 
@@ -132,6 +137,11 @@ class GrpcFront:
         code = grpc.StatusCode.OK
         failure: GatewayError | None = None
         try:
+            if remaining is not None and remaining <= 0:
+                # Already past (gRPC-Web's `grpc-timeout: 0n`, or a call that
+                # waited out its deadline): grpc answers these before any handler
+                # runs, so no model name or key is looked at.
+                raise DeadlineExceeded("Deadline Exceeded")
             with gateway.admission():
                 bind_model(model)
                 if not model:

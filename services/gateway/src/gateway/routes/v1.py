@@ -76,7 +76,9 @@ async def post_model(request: Request) -> Response:
         verb = parsed.api
         if verb == "predict":
             return await _predict(ctx, request, model, version, label, body)
-        examples = json_codec.parse_examples_request(body)
+        examples = await gateway.parsers.run(
+            len(body), json_codec.parse_examples_request, body
+        )
         if verb == "classify":
             classify = messages.ClassificationRequest()
             classify.model_spec.signature_name = examples.signature_name
@@ -88,6 +90,18 @@ async def post_model(request: Request) -> Response:
         regress.input.CopyFrom(examples.input)
         result = await gateway.regress(ctx, model, version, label, regress)
         return _bytes_response(json_codec.format_regress_response(result.result))
+
+    return await serve_http(request, PROTOCOL, handle)
+
+
+async def other_method(request: Request) -> Response:
+    """Any method but GET and POST under `/v1/`: TF Serving's 400 `Malformed
+    request: <METHOD> <path>` (not a 405), with the request id and access line
+    every v1 answer has."""
+
+    async def handle(_ctx: CallContext) -> Response:
+        _parse(request)  # raises: the grammar has only GET and POST paths
+        raise AssertionError("unreachable: only GET and POST paths parse")
 
     return await serve_http(request, PROTOCOL, handle)
 
@@ -106,10 +120,14 @@ async def _predict(
     plan = gateway.plan(ctx, model, version, label)
     formats: list[json_codec.RequestFormat] = []
 
-    def encode(signatures: SignatureSet | None) -> ArrayRequest:
+    async def encode(signatures: SignatureSet | None) -> ArrayRequest:
         assert signatures is not None
-        parsed = json_codec.parse_predict_request(
-            body, signatures.input_specs, gateway.gatekeeper.tensor_limits
+        parsed = await gateway.parsers.run(
+            len(body),
+            json_codec.parse_predict_request,
+            body,
+            signatures.input_specs,
+            gateway.gatekeeper.tensor_limits,
         )
         formats.append(parsed.format)
         request = ArrayRequest(parsed.inputs)
@@ -123,6 +141,12 @@ async def _predict(
         return Response(answer.body, status_code=answer.status, media_type=JSON)
     outputs = output_arrays(predicted.translated)
     return _bytes_response(json_codec.format_predict_response(outputs, formats[-1]))
+
+
+def is_v1_path(path: str) -> bool:
+    """Whether the v1 API answers `path`: TF Serving's dispatcher takes every
+    path matching `(?i)/v1/.*` and answers those outside its grammar with 400."""
+    return paths.is_api_path(path)
 
 
 def v1_routes() -> list[Route]:

@@ -3,7 +3,8 @@
 A fitted pipeline becomes a *plan* of numpy kernels (``plan.py``, written by
 ``converters.py``) and an ONNX tree ensemble run by ONNX Runtime (``trees.py``);
 ``model.py`` runs the two on a request's columns, ``parity.py`` and ``compiler.py``
-decide whether the result answers as the pickle does.
+decide whether the result answers as the pickle does. A step no converter takes
+runs in Python, from the pickle, in a hybrid plan (``hybrid.py``).
 """
 
 from modelserver.compiled.compiler import CompileResult, compile_model, runtime_name

@@ -21,6 +21,7 @@ import pandas as pd
 
 from modelserver.compiled.converters import Context, convert_step
 from modelserver.compiled.errors import CompileError
+from modelserver.compiled.hybrid import find_step, python_steps
 from modelserver.compiled.model import (
     MODEL_FILE,
     PLAN_FILE,
@@ -71,9 +72,11 @@ def runtime_name() -> str:
 
 
 def build_plan(
-    estimator: Any, features: list[tuple[str, str]], mode: Mode
+    estimator: Any, features: list[tuple[str, str]], mode: Mode, hybrid: bool = True
 ) -> tuple[Spec, bytes]:
     """The plan and the ONNX model of a fitted estimator.
+
+    With ``hybrid``, a preprocessing step no converter takes runs in Python.
 
     Raises:
         CompileError: A step has no converter (``error.step`` names it).
@@ -83,7 +86,8 @@ def build_plan(
             "only models with named input columns are compiled", step=None
         )
     context = Context(
-        text_columns=frozenset(name for name, dtype in features if dtype == STRING)
+        text_columns=frozenset(name for name, dtype in features if dtype == STRING),
+        root=estimator if hybrid else None,
     )
     preprocess: Spec | None = None
     final = estimator
@@ -128,6 +132,7 @@ def compile_model(
     heldout: Sequence[Mapping[str, Any]],
     mode: Mode = "exact",
     tolerance: float | None = None,
+    hybrid: bool = True,
     progress: Progress | None = None,
 ) -> CompileResult:
     """Compile ``estimator`` and decide, by the parity gate, whether it may serve.
@@ -139,6 +144,8 @@ def compile_model(
         heldout: Held-out rows (at most the first 2,000 are used).
         mode: ``exact`` (float64) or ``approximate`` (float32 trees).
         tolerance: The gate's bound; by default 1e-9 exact, 1e-4 approximate.
+        hybrid: Let preprocessing steps that no converter takes run in Python
+            (the verdict's ``python_steps`` names them); else they refuse.
         progress: Called with a line per stage.
     """
     say = progress or (lambda _line: None)
@@ -156,11 +163,15 @@ def compile_model(
         "rows": {},
         "failed_step": None,
         "reason": None,
+        "python_steps": [],
     }
     say("converting steps")
     try:
-        plan, model_bytes = build_plan(estimator, features, mode)
-        compiled = compiled_model(plan, model_bytes)
+        plan, model_bytes = build_plan(estimator, features, mode, hybrid)
+        verdict["python_steps"] = python_steps(plan["preprocess"])
+        compiled = compiled_model(
+            plan, model_bytes, lambda location: find_step(estimator, location)
+        )
     except CompileError as exc:
         verdict["failed_step"] = exc.step
         verdict["reason"] = str(exc)

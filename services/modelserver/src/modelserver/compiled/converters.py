@@ -25,9 +25,17 @@ from modelserver.compiled.plan import UFUNCS, Spec
 
 @dataclass(frozen=True)
 class Context:
-    """What converters know besides the step: the input columns holding text."""
+    """What converters know besides the step.
+
+    Attributes:
+        text_columns: The input columns holding text.
+        root: The whole fitted model, for a hybrid plan: a step no converter
+            takes runs in Python (found again in the pickle from here). None
+            refuses such a step instead.
+    """
 
     text_columns: frozenset[str] = frozenset()
+    root: Any = None
 
 
 Converter = Callable[[Any, str, Context], Spec]
@@ -47,17 +55,28 @@ def register_converter(class_name: str, converter: Converter) -> None:
 def convert_step(step: Any, path: str, context: Context) -> Spec:
     """The plan specification of one fitted preprocessing step.
 
+    A step no converter takes becomes a Python step of a hybrid plan when the
+    context has the whole model (:mod:`modelserver.compiled.hybrid`).
+
     Raises:
-        CompileError: No converter takes the step (``error.step`` names it).
+        CompileError: No converter takes the step (``error.step`` names it) and it
+            cannot run in Python.
     """
     if step is None or (isinstance(step, str) and step == "passthrough"):
         return {"kind": "identity"}
-    converter = CONVERTERS.get(type(step).__name__)
-    if converter is None:
-        raise CompileError(
-            f"no converter for {type(step).__name__} at step {path}", step=path
-        )
-    return converter(step, path, context)
+    try:
+        converter = CONVERTERS.get(type(step).__name__)
+        if converter is None:
+            raise CompileError(
+                f"no converter for {type(step).__name__} at step {path}", step=path
+            )
+        return converter(step, path, context)
+    except CompileError as exc:
+        if context.root is None or not hasattr(step, "transform"):
+            raise
+        from modelserver.compiled.hybrid import python_step
+
+        return python_step(step, path, context.root, str(exc))
 
 
 def _unsupported(step: Any, path: str, what: str) -> CompileError:

@@ -2,7 +2,8 @@
 
 It answers ``predict`` and ``predict_proba`` as the pickle does, but takes the
 request's columns (feature name -> 1-D array) or a feature matrix, never a
-DataFrame, and loads from ``compiled/`` without unpickling anything.
+DataFrame, and loads from ``compiled/`` without unpickling anything, unless its
+plan is hybrid: then the steps it runs in Python come from the version's pickle.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import numpy as np
 import onnxruntime
 
 from modelserver.compiled.errors import CompileError
-from modelserver.compiled.plan import Array, Spec, Value, as_matrix, prepare
+from modelserver.compiled.hybrid import python_steps
+from modelserver.compiled.plan import (
+    Array,
+    Spec,
+    StepSource,
+    Value,
+    as_matrix,
+    prepare,
+)
 from modelserver.compiled.trees import INPUT, OUTPUT
 
 PLAN_FILE = "compiled/plan.json"
@@ -46,13 +55,15 @@ class CompiledModel:
         classes_: A classifier's class labels, in ``predict_proba`` column order.
     """
 
-    def __init__(self, plan: Spec, model_bytes: bytes) -> None:
+    def __init__(
+        self, plan: Spec, model_bytes: bytes, source: StepSource | None = None
+    ) -> None:
         if plan.get("format") != PLAN_FORMAT:
             raise CompileError(f"unknown plan format {plan.get('format')!r}")
         self.plan = plan
         self._features: list[str] = list(plan["features"])
         self._preprocess = (
-            None if plan["preprocess"] is None else prepare(plan["preprocess"])
+            None if plan["preprocess"] is None else prepare(plan["preprocess"], source)
         )
         self._float32 = plan["mode"] == "approximate"
         self._session = session_for(model_bytes)
@@ -65,10 +76,20 @@ class CompiledModel:
         )
 
     @staticmethod
-    def load(version_dir: Path) -> CompiledModel:
+    def needs_pickle(version_dir: Path) -> bool:
+        """Whether the version's plan runs steps in Python (from the pickle)."""
+        try:
+            plan = json.loads((version_dir / PLAN_FILE).read_text(encoding="utf-8"))
+            return bool(python_steps(plan["preprocess"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
+    @staticmethod
+    def load(version_dir: Path, source: StepSource | None = None) -> CompiledModel:
         """Read ``compiled/plan.json`` and ``compiled/model.onnx`` of a version.
 
-        The caller checks their digests against the manifest first.
+        The caller checks their digests against the manifest first, and gives
+        ``source`` (steps of the loaded pickle) when the plan is hybrid.
 
         Raises:
             CompileError: The files are missing or unreadable.
@@ -79,7 +100,7 @@ class CompiledModel:
         except (OSError, ValueError) as exc:
             raise CompileError(f"cannot read the compiled model: {exc}") from exc
         try:
-            return compiled_model(plan, model_bytes)
+            return compiled_model(plan, model_bytes, source)
         except (KeyError, TypeError) as exc:
             raise CompileError(f"invalid plan: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -131,8 +152,13 @@ class CompiledClassifier(CompiledModel):
         return self.scores(values)
 
 
-def compiled_model(plan: Spec, model_bytes: bytes) -> CompiledModel:
-    """The compiled model of a plan: a classifier when the plan's task says so."""
+def compiled_model(
+    plan: Spec, model_bytes: bytes, source: StepSource | None = None
+) -> CompiledModel:
+    """The compiled model of a plan: a classifier when the plan's task says so.
+
+    ``source`` gives a hybrid plan's Python steps (see :mod:`.hybrid`).
+    """
     if plan["model"]["task"] == "classification":
-        return CompiledClassifier(plan, model_bytes)
-    return CompiledModel(plan, model_bytes)
+        return CompiledClassifier(plan, model_bytes, source)
+    return CompiledModel(plan, model_bytes, source)

@@ -43,9 +43,11 @@ class UnknownCategory(ValueError):
 
 
 Kernel = Callable[[Value, list[str]], Array]
+StepSource = Callable[[list[str]], Any]
+"""The fitted step at a location in the pickle, for a hybrid plan's Python steps."""
 
 
-def prepare(spec: Spec) -> Kernel:
+def prepare(spec: Spec, source: StepSource | None = None) -> Kernel:
     """A step specification as a callable, its parameters turned into arrays once.
 
     The kernel takes the request's columns or the previous step's matrix, and the
@@ -54,10 +56,14 @@ def prepare(spec: Spec) -> Kernel:
     Raises:
         CompileError: The specification names no known kernel.
     """
+    if spec["kind"] == "python":
+        from modelserver.compiled.hybrid import python_kernel
+
+        return python_kernel(spec, source)
     builder = BUILDERS.get(spec["kind"])
     if builder is None:
         raise CompileError(f"unknown plan step {spec['kind']!r}")
-    return builder(spec)
+    return builder(spec, source)
 
 
 def as_matrix(value: Value, feature_order: list[str], text: bool = False) -> Array:
@@ -80,8 +86,8 @@ def stack(columns: list[Array], text: bool) -> Array:
     return matrix
 
 
-def _pipeline(spec: Spec) -> Kernel:
-    steps = [prepare(step) for step in spec["steps"]]
+def _pipeline(spec: Spec, source: StepSource | None) -> Kernel:
+    steps = [prepare(step, source) for step in spec["steps"]]
 
     def run(value: Value, order: list[str]) -> Array:
         for step in steps:
@@ -92,24 +98,30 @@ def _pipeline(spec: Spec) -> Kernel:
     return run
 
 
-def _column_transformer(spec: Spec) -> Kernel:
+def _column_transformer(spec: Spec, source: StepSource | None) -> Kernel:
     branches = [
         (
             list(branch["columns"]),
             list(branch["indices"]),
             bool(branch["text"]),
-            prepare(branch["step"]),
+            branch["step"]["kind"] == "python",
+            prepare(branch["step"], source),
         )
         for branch in spec["branches"]
     ]
 
     def run(value: Value, _order: list[str]) -> Array:
         parts: list[Array] = []
-        for columns, indices, text, step in branches:
+        for columns, indices, text, python, step in branches:
+            selected: Value
             if isinstance(value, np.ndarray):
-                selected: Array = value[:, indices]
-                if not text:
+                selected = value[:, indices]
+                if not (text or python):
                     selected = selected.astype(np.float64)
+            elif python:
+                # A step run in Python gets its columns as they came, as the
+                # pickle's ColumnTransformer hands it a slice of the DataFrame.
+                selected = {name: value[name] for name in columns}
             else:
                 selected = stack([value[name] for name in columns], text)
             parts.append(step(selected, columns))
@@ -118,7 +130,7 @@ def _column_transformer(spec: Spec) -> Kernel:
     return run
 
 
-def _identity(spec: Spec) -> Kernel:
+def _identity(spec: Spec, _source: StepSource | None) -> Kernel:
     text = bool(spec.get("text", False))
 
     def run(value: Value, order: list[str]) -> Array:
@@ -132,7 +144,7 @@ def _is_missing(item: Any) -> bool:
     return item is None or bool(item != item)
 
 
-def _impute(spec: Spec) -> Kernel:
+def _impute(spec: Spec, _source: StepSource | None) -> Kernel:
     text = bool(spec["text"])
     statistics = np.asarray(spec["statistics"], dtype=object if text else np.float64)
     missing_in = np.frompyfunc(_is_missing, 1, 1)
@@ -149,7 +161,7 @@ def _impute(spec: Spec) -> Kernel:
     return run
 
 
-def _scale(spec: Spec) -> Kernel:
+def _scale(spec: Spec, _source: StepSource | None) -> Kernel:
     mean = None if spec["mean"] is None else np.asarray(spec["mean"], np.float64)
     scale = None if spec["scale"] is None else np.asarray(spec["scale"], np.float64)
 
@@ -165,7 +177,7 @@ def _scale(spec: Spec) -> Kernel:
     return run
 
 
-def _one_hot(spec: Spec) -> Kernel:
+def _one_hot(spec: Spec, _source: StepSource | None) -> Kernel:
     text = bool(spec["text"])
     refuse_unknown = spec["unknown"] == "error"
     known = [
@@ -197,7 +209,7 @@ def _one_hot(spec: Spec) -> Kernel:
     return run
 
 
-def _ufunc(spec: Spec) -> Kernel:
+def _ufunc(spec: Spec, _source: StepSource | None) -> Kernel:
     function = UFUNCS[spec["name"]]
 
     def run(value: Value, order: list[str]) -> Array:
@@ -207,7 +219,7 @@ def _ufunc(spec: Spec) -> Kernel:
     return run
 
 
-def _ratio(spec: Spec) -> Kernel:
+def _ratio(spec: Spec, _source: StepSource | None) -> Kernel:
     numerator, denominator = [int(spec["numerator"])], [int(spec["denominator"])]
 
     def run(value: Value, order: list[str]) -> Array:
@@ -218,7 +230,7 @@ def _ratio(spec: Spec) -> Kernel:
     return run
 
 
-def _rbf(spec: Spec) -> Kernel:
+def _rbf(spec: Spec, _source: StepSource | None) -> Kernel:
     centers = np.asarray(spec["centers"], dtype=np.float64)
     center_norms = np.einsum("ij,ij->i", centers, centers)[np.newaxis, :]
     gamma = float(spec["gamma"])
@@ -239,7 +251,7 @@ def _rbf(spec: Spec) -> Kernel:
     return run
 
 
-BUILDERS: dict[str, Callable[[Spec], Kernel]] = {
+BUILDERS: dict[str, Callable[[Spec, StepSource | None], Kernel]] = {
     "pipeline": _pipeline,
     "column_transformer": _column_transformer,
     "identity": _identity,

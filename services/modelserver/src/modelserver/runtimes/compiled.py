@@ -15,12 +15,14 @@ extends :class:`SklearnRuntime`), so v1, v2, typed endpoints, gRPC, batching,
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from modelregistry import Manifest, version_problems
+from modelregistry import Manifest, load_model, version_problems
 
 from modelserver.compiled import CompiledModel, CompileError
+from modelserver.compiled.hybrid import find_step
 from modelserver.runtimes.base import PreparedCall
 from modelserver.runtimes.sklearn import SklearnRuntime
 from modelserver.types import Tensor
@@ -116,8 +118,23 @@ def _compiled_model(
             "; ".join(problems) or "not in the manifest",
         )
         return None
+    source = None
+    if CompiledModel.needs_pickle(path):
+        # A hybrid plan: the steps it runs in Python come from the pickle, which
+        # load_model unpickles only when its digest matches the manifest.
+        try:
+            estimator = load_model(path, manifest)
+        except Exception as exc:  # the pickle's loader reports it again, in full
+            logger.warning(
+                "%s version %s: the pickle of the hybrid plan does not load (%s)",
+                name,
+                version,
+                exc,
+            )
+            return None
+        source = partial(find_step, estimator)
     try:
-        return CompiledModel.load(path)
+        return CompiledModel.load(path, source)
     except CompileError as exc:
         logger.warning(
             "%s version %s: compiled model does not load (%s); serving the pickle",

@@ -9,6 +9,7 @@
 | ``meter`` | flood checks on the incoming frame headers, before ``h2`` reads them |
 | ``limits`` | :class:`Http2Limits`, every limit with its default |
 | ``literals`` | HPACK literals for hand-built header blocks |
+| ``hpack_cache`` | ``hpack``'s coders, skipping repeated request blocks and constant answer blocks |
 """
 
 from servekit_protocol.grpc_server.calls import Authenticate, ServicerContext

@@ -72,6 +72,12 @@ class BackPressure(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if not self._backlog and len(data) <= _SLICE_BYTES and self._writable.is_set():
+            # The usual read: one slice with nothing before it, handed over as is.
+            self.receive(data)
+            if self._reading_paused:
+                self._update_reading()
+            return
         self._backlog += data
         self._read_backlog()
 

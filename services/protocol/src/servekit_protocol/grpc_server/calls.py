@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 
 from servekit_protocol import grpcweb
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpc_server.hpack_cache import OK_TRAILERS, RESPONSE_HEADERS
 from servekit_protocol.grpcweb_server import Aborted, WebContext
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ Authenticate = Callable[[str, Metadata, str], None]
 ``ipv4:host:port``) before any body byte is kept: it raises :class:`Aborted`
 (UNAUTHENTICATED, say) to refuse the call."""
 
-RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 _CALL_HEADERS = frozenset(
     ("content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding")
 )
@@ -144,10 +144,10 @@ def read_headers(
     deadline: float | None = None
     content_type = ""
     for raw_key, raw_value in headers:
+        if raw_key.startswith(b":"):
+            continue
         key = raw_key.decode("latin-1")
         value = raw_value.decode("latin-1")
-        if key.startswith(":"):
-            continue
         if key == "content-type":
             content_type = value
         elif key == "grpc-timeout":
@@ -310,9 +310,12 @@ def status_headers(
     details: str,
     trailing: Iterable[tuple[str, str | bytes]],
     trailers_only: bool,
-) -> list[tuple[bytes, bytes]]:
+) -> Sequence[tuple[bytes, bytes]]:
     """The trailers that end a call (with the response headers when none were
     sent: gRPC's trailers-only answer)."""
+    if code is grpc.StatusCode.OK and not (details or trailing or trailers_only):
+        # The usual end of a call, whose block the encoder has ready.
+        return OK_TRAILERS
     headers = list(RESPONSE_HEADERS) if trailers_only else []
     headers.append((b"grpc-status", b"%d" % code.value[0]))
     if details:
@@ -335,6 +338,26 @@ async def run_call(stream: CallStream, call: Call) -> None:
         stream.forget(call)
 
 
+async def _run_handler(handler: Any, request: Any, context: ServicerContext) -> Any:
+    """The handler's answer (None for a streaming one, which writes its own).
+
+    Raises:
+        Aborted: The handler set a status other than OK.
+    """
+    if handler.response_streaming:
+        answer = handler.unary_stream(request, context)
+        if inspect.isasyncgen(answer):
+            async for message in answer:
+                await context.write(message)
+        else:
+            await answer
+        return None
+    response = await handler.unary_unary(request, context)
+    if context.code not in (None, grpc.StatusCode.OK):
+        raise Aborted(context.code, context.details)
+    return response
+
+
 async def _serve(stream: CallStream, call: Call) -> None:
     context = call.context
     assert context is not None
@@ -344,19 +367,12 @@ async def _serve(stream: CallStream, call: Call) -> None:
             request = await decode_request(call, call.max_receive_bytes)
         finally:
             stream.release(call)
-        async with asyncio.timeout(context.time_remaining()):
-            if handler.response_streaming:
-                answer = handler.unary_stream(request, context)
-                if inspect.isasyncgen(answer):
-                    async for message in answer:
-                        await context.write(message)
-                else:
-                    await answer
-                response = None
-            else:
-                response = await handler.unary_unary(request, context)
-                if context.code not in (None, grpc.StatusCode.OK):
-                    raise Aborted(context.code, context.details)
+        remaining = context.time_remaining()
+        if remaining is None:
+            response = await _run_handler(handler, request, context)
+        else:
+            async with asyncio.timeout(remaining):
+                response = await _run_handler(handler, request, context)
     except Aborted as exc:
         await stream.finish(
             call, exc.code, exc.details, exc.trailing or context.trailing

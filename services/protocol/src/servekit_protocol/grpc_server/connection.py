@@ -30,7 +30,6 @@ from h2.settings import SettingCodes, Settings
 
 from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
-    RESPONSE_HEADERS,
     Call,
     CallGone,
     check_size,
@@ -39,10 +38,16 @@ from servekit_protocol.grpc_server.calls import (
     run_call,
     status_headers,
 )
+from servekit_protocol.grpc_server.hpack_cache import (
+    RESPONSE_HEADERS,
+    ConstantEncoder,
+    RepeatDecoder,
+)
 from servekit_protocol.grpc_server.meter import FrameMeter, PeerError, TokenBucket
 from servekit_protocol.grpcweb_server import Aborted
 
 if TYPE_CHECKING:
+    from servekit_protocol.grpc_server.limits import Http2Limits
     from servekit_protocol.grpc_server.server import GrpcServer
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,16 @@ _CONFIG = H2Configuration(
 _DEFAULT_WINDOW = 65_535
 
 
+def _local_settings(limits: Http2Limits, *, advertised: bool) -> Settings:
+    values = {
+        SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+        SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
+    }
+    if advertised:
+        values[SettingCodes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
+    return Settings(client=False, initial_values=values)
+
+
 class Http2Connection(BackPressure):
     """The HTTP/2 side of one client's gRPC calls."""
 
@@ -66,21 +81,17 @@ class Http2Connection(BackPressure):
         self._server = server
         limits = server.limits
         self._h2 = H2Connection(_CONFIG)
-        self._h2.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-                SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-                SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
-            },
-        )
-        self._h2.decoder.max_header_list_size = limits.max_header_list_size
+        self._h2.local_settings = _local_settings(limits, advertised=True)
+        self._h2.encoder = ConstantEncoder()
+        self._h2.decoder = RepeatDecoder(limits.max_header_list_size)
         self._meter = FrameMeter(
             limits, TokenBucket(limits.reset_rate_per_second, limits.reset_burst)
         )
         super().__init__(limits, self._h2, self._meter)
         self._calls: dict[int, Call] = {}
         self._buffered = 0
+        self._deferred_any = False
+        """Some call's window update waits for the buffer to drain."""
         self._going_away = False
         self.opened_at = time.monotonic()
         self.idle_since: float | None = self.opened_at
@@ -106,6 +117,10 @@ class Http2Connection(BackPressure):
             low=self._limits.write_low_water_bytes,
         )
         self._h2.initiate_connection()
+        # The SETTINGS sent advertise the stream limit. h2 would answer the
+        # stream over it by ending the whole connection; it gets no limit of
+        # its own, and _on_request refuses that one stream instead.
+        self._h2.local_settings = _local_settings(self._limits, advertised=False)
         if not self._server.admit(self):
             self._h2.close_connection(
                 ErrorCodes.NO_ERROR, additional_data=b"too many connections"
@@ -153,15 +168,17 @@ class Http2Connection(BackPressure):
     # --- events --------------------------------------------------------------------
 
     def _on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            self._on_request(event)
-        elif isinstance(event, h2.events.DataReceived):
+        # The three events of every call first, by exact type (h2 emits no
+        # subclasses of them); the rest by isinstance.
+        if type(event) is h2.events.DataReceived:
             self._on_data(event)
-        elif isinstance(event, h2.events.StreamEnded):
+        elif type(event) is h2.events.StreamEnded:
             call = self._calls.get(event.stream_id)
             if call is not None and call.task is None:
                 call.ended = True
                 call.task = asyncio.get_running_loop().create_task(run_call(self, call))
+        elif isinstance(event, h2.events.RequestReceived):
+            self._on_request(event)
         elif isinstance(event, h2.events.StreamReset):
             self._on_reset(event.stream_id)
         elif isinstance(
@@ -176,6 +193,13 @@ class Http2Connection(BackPressure):
         number = event.stream_id
         if self._going_away:
             self._h2.reset_stream(number, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self._calls) >= self._limits.max_concurrent_streams:
+            # As grpc's chttp2 transport does: the client may retry a refused
+            # stream, and the calls under way go on. Each refusal spends the
+            # reset allowance, so refusing is no free loop for a client.
+            self._h2.reset_stream(number, ErrorCodes.REFUSED_STREAM)
+            self._meter.count_reset()
             return
         headers = event.headers
         path = next((v for k, v in headers if k == b":path"), b"").decode("latin-1")
@@ -226,6 +250,7 @@ class Http2Connection(BackPressure):
             self._h2.acknowledge_received_data(length, number)
         else:
             call.deferred += length
+            self._deferred_any = True
 
     def _on_reset(self, number: int) -> None:
         call = self._calls.pop(number, None)
@@ -265,13 +290,18 @@ class Http2Connection(BackPressure):
 
     def release(self, call: Call) -> None:
         """The call's request bytes no longer count against the buffer cap."""
+        if not call.buffered and not call.deferred:
+            return
         self._buffered -= call.buffered
         call.buffered = 0
         call.body = bytearray()
         if call.deferred:
             self._acknowledge(call.stream_id, call.deferred)
             call.deferred = 0
-        if self._buffered <= self._limits.max_buffered_request_bytes:
+        if self._deferred_any and (
+            self._buffered <= self._limits.max_buffered_request_bytes
+        ):
+            self._deferred_any = False
             for other in self._calls.values():
                 if other.deferred:
                     self._acknowledge(other.stream_id, other.deferred)

@@ -6,6 +6,9 @@ services take an :class:`Http2Limits` from their settings and pass it down.
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 from dataclasses import dataclass, fields
 
 KIB = 1024
@@ -18,7 +21,9 @@ class Http2Limits:
 
     max_concurrent_streams: int = 100
     """SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced (nghttp2 and
-    grpcio's usual 100); a stream over it ends the connection (RFC 9113 §5.1.2)."""
+    grpcio's usual 100); a stream over it is refused alone with RST_STREAM
+    REFUSED_STREAM (RFC 9113 §5.1.2, as grpc's chttp2 transport does), which
+    spends the reset allowance."""
     max_header_list_size: int = 16 * KIB
     """SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced (grpcio: 16 KiB); a
     compressed header block is also refused above it before it is decoded."""
@@ -71,3 +76,28 @@ class Http2Limits:
             raise ValueError("stream_window_bytes must be in [65535, 2**31)")
         if not 65_535 <= self.connection_window_bytes < 2**31:
             raise ValueError("connection_window_bytes must be in [65535, 2**31)")
+
+
+def described_fields() -> dict[str, tuple[type, object, str]]:
+    """Each :class:`Http2Limits` field: its type, default and attribute
+    docstring (for command-line flags and their help)."""
+    docstrings: dict[str, str] = {}
+    try:
+        source = textwrap.dedent(inspect.getsource(Http2Limits))
+    except OSError:  # installed without its sources: no help texts
+        source = "pass"
+    tree = ast.parse(source)
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docstrings[node.target.id] = " ".join(following.value.value.split())
+    return {
+        item.name: (type(item.default), item.default, docstrings.get(item.name, ""))
+        for item in fields(Http2Limits)
+    }

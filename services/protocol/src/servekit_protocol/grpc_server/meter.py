@@ -94,6 +94,13 @@ class FrameMeter:
                 self._skip -= step
                 position += step
                 continue
+            if not head and size - position >= _FRAME_HEADER:
+                # A whole frame header in this read: no copy into ``head``.
+                length = int.from_bytes(data[position : position + 3], "big")
+                self._on_frame(data[position + 3], data[position + 4], length)
+                position += _FRAME_HEADER
+                self._skip = length
+                continue
             wanted = _FRAME_HEADER - len(head)
             head += data[position : position + wanted]
             position += wanted

@@ -19,7 +19,8 @@ working.
 
 Modules by role: :mod:`.document` (parsing, serialization, error bodies),
 :mod:`.arrays` (JSON values <-> arrays), :mod:`.predict`, :mod:`.examples`
-(classify/regress) and :mod:`.model_info` (status and metadata answers).
+(classify/regress), :mod:`.model_info` (status and metadata answers) and
+:mod:`.offload` (large bodies parsed off the event loop).
 """
 
 from servekit_protocol.json_codec.arrays import (
@@ -47,6 +48,7 @@ from servekit_protocol.json_codec.model_info import (
     format_metadata_response,
     format_status_response,
 )
+from servekit_protocol.json_codec.offload import BodyParsers
 from servekit_protocol.json_codec.predict import (
     PredictBody,
     RequestFormat,
@@ -58,6 +60,7 @@ from servekit_protocol.serving import DEFAULT_SIGNATURE
 
 __all__ = [
     "BYTES_SUFFIX",
+    "BodyParsers",
     "DEFAULT_SIGNATURE",
     "ExamplesBody",
     "PredictBody",

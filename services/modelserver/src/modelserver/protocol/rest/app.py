@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
-from servekit_protocol import grpcweb_server
+from servekit_protocol import grpcweb_server, json_codec
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large_message
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_codes import to_grpc
@@ -104,6 +104,8 @@ class RestApp:
         max_body_bytes: Request body limit (after inflation).
         packed_outputs: Answer gRPC-Web Predict calls with ``tensor_content``
             rather than the typed fields.
+        parsers: Where JSON bodies are parsed (large ones off the event loop);
+            the default parses from 1 MiB up in worker processes.
     """
 
     def __init__(
@@ -116,9 +118,14 @@ class RestApp:
         enable_cors: bool = False,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         packed_outputs: bool = False,
+        parsers: json_codec.BodyParsers | None = None,
     ) -> None:
         self._dataplane = dataplane
-        self._routes = Routes(dataplane, timeout=timeout)
+        self._routes = Routes(
+            dataplane,
+            timeout=timeout,
+            parsers=parsers if parsers is not None else json_codec.BodyParsers(),
+        )
         self._grpc_web = grpcweb_server.tf_serving_methods(
             PredictionServicer(
                 dataplane, GRPC_WEB_PROTOCOL, packed_outputs=packed_outputs
@@ -335,6 +342,7 @@ def create_app(
     enable_cors: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     packed_outputs: bool = False,
+    parsers: json_codec.BodyParsers | None = None,
 ) -> RestApp:
     """Build the REST ASGI app (see :class:`RestApp` for the arguments)."""
     return RestApp(
@@ -345,4 +353,5 @@ def create_app(
         enable_cors=enable_cors,
         max_body_bytes=max_body_bytes,
         packed_outputs=packed_outputs,
+        parsers=parsers,
     )

@@ -23,9 +23,10 @@ from typing import Any
 
 from servekit_protocol import json_codec, messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.tensor_limits import TensorLimits
 
-from modelserver.errors import InvalidInput, ServingError
+from modelserver.errors import InvalidInput, Overloaded, ServingError
 from modelserver.protocol.grpc import converters
 from modelserver.types import (
     Example,
@@ -79,6 +80,15 @@ def _document(body: bytes) -> dict[str, Any]:
     return document
 
 
+def signature_name_of(body: bytes) -> str:
+    """The body's ``signature_name`` (empty when it has none).
+
+    Raises:
+        InvalidInput: Malformed JSON, not an object, or a name that is no string.
+    """
+    return _signature_name(_document(body))
+
+
 def _signature_name(document: dict[str, Any]) -> str:
     name = document.get("signature_name", "")
     if not isinstance(name, str):
@@ -93,9 +103,11 @@ async def decode_predict(
     body: bytes,
     spec: ModelSpec,
     lookup: SignatureLookup,
+    parsers: json_codec.BodyParsers,
     limits: TensorLimits | None = None,
 ) -> tuple[ModelSpec, dict[str, Tensor], json_codec.RequestFormat]:
-    """Read a ``:predict`` body for ``spec``.
+    """Read a ``:predict`` body for ``spec``; ``parsers`` parses a large one off
+    the event loop.
 
     Returns:
         The spec with the body's signature name, the input arrays and the
@@ -104,17 +116,28 @@ async def decode_predict(
     Raises:
         InvalidInput: Malformed JSON, unknown inputs, wrong dtypes or shapes,
             tensors above ``limits`` together.
-        ServingError: What ``lookup`` raises (unknown model, version, signature).
+        ServingError: What ``lookup`` raises (unknown model, version, signature);
+            ``Overloaded`` when a worker parsing the body died.
     """
+    size = len(body)
     try:
         if _SIGNATURE_KEY in body or _ESCAPE in body:
-            spec = replace(spec, signature_name=_signature_name(_document(body)))
+            name = await parsers.run(size, signature_name_of, body)
+            spec = replace(spec, signature_name=name)
         try:
             _, signature = await lookup(spec)
         except ServingError:
-            _signature_name(_document(body))
+            await parsers.run(size, signature_name_of, body)
             raise
-        parsed = json_codec.parse_predict_request(body, input_specs(signature), limits)
+        parsed = await parsers.run(
+            size,
+            json_codec.parse_predict_request,
+            body,
+            input_specs(signature),
+            limits,
+        )
+    except ParserUnavailable as exc:
+        raise Overloaded(exc.message) from exc
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
     return spec, parsed.inputs, parsed.format
@@ -134,8 +157,23 @@ def encode_predict(
         raise InvalidInput(exc.message) from exc
 
 
-def decode_examples(body: bytes) -> tuple[str, list[Example], Example | None]:
-    """Read a ``:classify``/``:regress`` body: signature name, examples, context.
+async def decode_examples(
+    body: bytes, parsers: json_codec.BodyParsers
+) -> tuple[str, list[Example], Example | None]:
+    """Read a ``:classify``/``:regress`` body: signature name, examples, context;
+    ``parsers`` parses a large one off the event loop.
+
+    Raises:
+        InvalidInput: Malformed JSON, no ``examples`` list or bad features.
+    """
+    try:
+        return await parsers.run(len(body), examples_of, body)
+    except ParserUnavailable as exc:
+        raise Overloaded(exc.message) from exc
+
+
+def examples_of(body: bytes) -> tuple[str, list[Example], Example | None]:
+    """:func:`decode_examples` in place.
 
     Raises:
         InvalidInput: Malformed JSON, no ``examples`` list or bad features.

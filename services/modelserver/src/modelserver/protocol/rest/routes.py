@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from servekit_protocol import paths
+from servekit_protocol import json_codec, paths
 from servekit_protocol.errors import InvalidArgument
 from servekit_protocol.logs import bind_model
 
@@ -48,9 +48,16 @@ _MATCH_CACHE_LIMIT = 4096
 class Routes:
     """The REST handlers bound to a dataplane, and the table that picks one."""
 
-    def __init__(self, dataplane: DataPlane, *, timeout: float | None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        *,
+        timeout: float | None,
+        parsers: json_codec.BodyParsers,
+    ) -> None:
         self._dataplane = dataplane
         self._timeout = timeout
+        self._parsers = parsers
         self._post_handlers: dict[str, Handler] = {
             "predict": self.predict,
             "classify": self.classify,
@@ -97,7 +104,11 @@ class Routes:
                 malformed body.
         """
         spec, inputs, request_format = await codec.decode_predict(
-            body, spec, self._dataplane.signature, self._dataplane.tensor_limits
+            body,
+            spec,
+            self._dataplane.signature,
+            self._parsers,
+            self._dataplane.tensor_limits,
         )
         response = await self._dataplane.predict(
             PredictRequest(spec, inputs), protocol="rest", timeout=self._timeout
@@ -111,7 +122,9 @@ class Routes:
         Raises:
             ServingError: Anything the dataplane raises.
         """
-        signature_name, examples, context = codec.decode_examples(body)
+        signature_name, examples, context = await codec.decode_examples(
+            body, self._parsers
+        )
         response = await self._dataplane.classify(
             ClassifyRequest(
                 codec.with_signature(spec, signature_name), examples, context
@@ -128,7 +141,9 @@ class Routes:
         Raises:
             ServingError: Anything the dataplane raises.
         """
-        signature_name, examples, context = codec.decode_examples(body)
+        signature_name, examples, context = await codec.decode_examples(
+            body, self._parsers
+        )
         response = await self._dataplane.regress(
             RegressRequest(
                 codec.with_signature(spec, signature_name), examples, context

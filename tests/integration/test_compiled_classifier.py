@@ -1,0 +1,372 @@
+"""A compiled classifier and a hybrid plan over the wire.
+
+Two versions published with ``servekit models publish`` (exact mode):
+
+- ``sizes``: a RandomForestClassifier behind a ColumnTransformer, string classes,
+  compiled whole. Its answers over REST v1 (``:predict`` with the default and the
+  ``predict_proba`` signatures, ``:classify``), gRPC (Predict, Classify), the
+  gateway's Open Inference Protocol and concurrent batched calls are the pickle's:
+  the same classes, probabilities within 1e-9.
+- ``clipped``: a regressor whose ColumnTransformer applies a user's function no
+  converter knows (shipped in the version's ``code/``): the hybrid plan runs that
+  step in Python and the rest compiled, and ``servekit models show`` says so.
+
+One model server with batching serves both, the gateway in front of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc.aio
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from modelregistry import Registry, load_model
+from servekit_protocol import messages, tensors
+from servekit_protocol.services import PredictionServiceStub
+
+from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.modelserver import ModelServer, model_server
+from tests.support.processes import VENV_BIN
+
+# Publishing runs two parity gates (seconds each alone, minutes on a loaded
+# 2-core machine) before the servers start.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+MODELS = ("sizes", "clipped")
+TOLERANCE = 1e-9
+"""The exact gate's bound for probabilities, which the answers must keep."""
+
+HELPERS = """
+import numpy as np
+
+
+def clipped_square(values):
+    return np.clip(values, 0.0, 150.0) ** 2
+"""
+
+BUILD = """
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from clipped_helpers import clipped_square
+
+
+def frame(rows, seed):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "size": rng.uniform(20, 200, rows).round(2),
+            "rooms": rng.integers(1, 8, rows).astype(np.float64),
+            "region": rng.choice(["north", "south", "east"], rows).astype(object),
+        }
+    )
+
+
+train = frame(600, 1)
+score = 3.0 * train["size"] + 20.0 * train["rooms"] + (train["region"] == "north") * 60
+labels = np.where(score > 450, "large", np.where(score > 300, "medium", "small"))
+numeric = ["size", "rooms"]
+classifier = Pipeline(
+    [
+        (
+            "prep",
+            ColumnTransformer(
+                [
+                    ("num", StandardScaler(), numeric),
+                    ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"]),
+                ]
+            ),
+        ),
+        ("forest", RandomForestClassifier(n_estimators=30, random_state=0)),
+    ]
+).fit(train, labels)
+joblib.dump(classifier, "sizes.pkl")
+regressor = Pipeline(
+    [
+        (
+            "prep",
+            ColumnTransformer(
+                [
+                    ("clip", FunctionTransformer(clipped_square), ["size"]),
+                    ("num", StandardScaler(), ["rooms"]),
+                    ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"]),
+                ]
+            ),
+        ),
+        ("forest", RandomForestRegressor(n_estimators=20, random_state=0)),
+    ]
+).fit(train, score)
+joblib.dump(regressor, "clipped.pkl")
+held = frame(300, 2)
+held.to_csv("heldout.csv", index=False)
+held.head(5).to_csv("examples.csv", index=False)
+held.iloc[5:45].to_json("rows.json", orient="records")
+"""
+
+
+@dataclass
+class Served:
+    registry: Path
+    server: ModelServer
+    gateway: GatewayProcess
+    show: dict[str, str]
+    rows: list[dict[str, Any]]
+
+
+def servekit(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(VENV_BIN / "servekit"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "250"},
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def build_models(folder: Path) -> None:
+    (folder / "clipped_helpers.py").write_text(HELPERS)
+    (folder / "build.py").write_text(BUILD)
+    completed = subprocess.run(
+        [str(VENV_BIN / "python"), "build.py"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+def publish(folder: Path, registry: Path, name: str, *more: str | Path) -> None:
+    ok(
+        servekit(
+            "models",
+            "publish",
+            name,
+            folder / f"{name}.pkl",
+            "--example",
+            folder / "examples.csv",
+            "--heldout",
+            folder / "heldout.csv",
+            *more,
+            "--registry",
+            registry,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("compiled-classifier")
+    registry = folder / "models"
+    build_models(folder)
+    publish(folder, registry, "sizes")
+    publish(folder, registry, "clipped", "--code", folder / "clipped_helpers.py")
+    show = {
+        name: ok(servekit("models", "show", name, "--registry", registry))
+        for name in MODELS
+    }
+    config = folder / "models.config"
+    config.write_text(
+        "model_config_list {\n"
+        + "".join(
+            f'  config {{ name: "{name}" base_path: {json.dumps(str(registry / name))}'
+            ' model_platform: "sklearn" }\n'
+            for name in MODELS
+        )
+        + "}\n"
+    )
+    batching = folder / "batching.txt"
+    batching.write_text(
+        "max_batch_size { value: 64 }\n"
+        "batch_timeout_micros { value: 2000 }\n"
+        "num_batch_threads { value: 1 }\n"
+        "max_enqueued_batches { value: 100 }\n"
+    )
+    rows = json.loads((folder / "rows.json").read_text())
+    with (
+        model_server(
+            [
+                f"--model_config_file={config}",
+                "--enable_batching",
+                f"--batching_parameters_file={batching}",
+            ],
+            log_path=folder / "server.log",
+        ) as server,
+        running_gateway(
+            folder / "gateway",
+            env={
+                "GATEWAY_REGISTRY": str(registry),
+                "GATEWAY_DEFAULT_BACKEND": server.grpc_target,
+                "GATEWAY_AUTH_ENABLED": "false",
+            },
+        ) as gateway,
+    ):
+        yield Served(registry, server, gateway, show, rows)
+
+
+def pickle_of(served: Served, name: str) -> tuple[Any, pd.DataFrame]:
+    registry = Registry(served.registry)
+    manifest = registry.manifest(name, 1)
+    estimator = load_model(registry.version_dir(name, 1), manifest)
+    frame = pd.DataFrame(served.rows)[[f.name for f in manifest.features]]
+    return estimator, frame
+
+
+def rest(served: Served, path: str, body: dict[str, Any]) -> Any:
+    response = httpx.post(f"{served.server.rest_url}{path}", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def feature_tensors(
+    request: Any, row: dict[str, Any], features: list[tuple[str, str]]
+) -> None:
+    for name, dtype in features:
+        array = (
+            np.array([row[name].encode()], dtype=object)
+            if dtype == "string"
+            else np.array([row[name]], dtype=dtype)
+        )
+        tensors.from_ndarray(array, into=request.inputs[name])
+
+
+def test_show_names_the_compiled_and_the_hybrid_verdicts(served: Served) -> None:
+    assert "passed (exact, max error 0 <= 1e-09" in served.show["sizes"]
+    assert "hybrid" not in served.show["sizes"]
+    assert "passed (exact" in served.show["clipped"]
+    assert "hybrid: prep/clip in Python" in served.show["clipped"]
+    verdict = Registry(served.registry).manifest("clipped", 1).compiled
+    assert verdict is not None and verdict.python_steps == ["prep/clip"]
+    log = served.server.process.log_text()
+    for name in MODELS:
+        assert f"serving {name} version 1 from its compiled model (exact)" in log
+
+
+def test_rest_predict_and_predict_proba_equal_the_pickle(served: Served) -> None:
+    estimator, frame = pickle_of(served, "sizes")
+    labels = rest(served, "/v1/models/sizes:predict", {"instances": served.rows})
+    assert labels["predictions"] == estimator.predict(frame).tolist()
+    answer = rest(
+        served,
+        "/v1/models/sizes:predict",
+        {"signature_name": "predict_proba", "instances": served.rows},
+    )
+    np.testing.assert_allclose(
+        np.asarray(answer["predictions"]),
+        estimator.predict_proba(frame),
+        rtol=0,
+        atol=TOLERANCE,
+    )
+
+
+def test_rest_classify_answers_every_class_with_the_pickle_probability(
+    served: Served,
+) -> None:
+    estimator, frame = pickle_of(served, "sizes")
+    answer = rest(served, "/v1/models/sizes:classify", {"examples": served.rows})
+    expected = estimator.predict_proba(frame)
+    classes = [str(label) for label in estimator.classes_]
+    assert len(answer["results"]) == len(served.rows)
+    for row, pairs in enumerate(answer["results"]):
+        assert [label for label, _ in pairs] == classes
+        # Classify scores are float32 on the wire (TF Serving's Class.score), so
+        # the compiled and the pickle's probabilities must round to the same one.
+        np.testing.assert_array_equal(
+            np.float32([score for _, score in pairs]), np.float32(expected[row])
+        )
+
+
+async def test_grpc_batched_predict_proba_and_classify_equal_the_pickle(
+    served: Served,
+) -> None:
+    estimator, frame = pickle_of(served, "sizes")
+    manifest = Registry(served.registry).manifest("sizes", 1)
+    features = [(f.name, f.dtype) for f in manifest.features]
+    expected = estimator.predict_proba(frame)
+    classes = [str(label).encode() for label in estimator.classes_]
+
+    async def predict(stub: PredictionServiceStub, index: int) -> Any:
+        request = messages.PredictRequest()
+        request.model_spec.name = "sizes"
+        request.model_spec.signature_name = "predict_proba"
+        feature_tensors(request, served.rows[index], features)
+        response = await stub.Predict(request, timeout=30)
+        return tensors.to_ndarray(response.outputs["probabilities"])
+
+    async def classify(stub: PredictionServiceStub, index: int) -> Any:
+        request = messages.ClassificationRequest()
+        request.model_spec.name = "sizes"
+        example = request.input.example_list.examples.add()
+        for name, dtype in features:
+            value = served.rows[index][name]
+            feature = example.features.feature[name]
+            if dtype == "string":
+                feature.bytes_list.value.append(value.encode())
+            else:
+                feature.float_list.value.append(value)
+        response = await stub.Classify(request, timeout=30)
+        return response.result.classifications[0].classes
+
+    async with grpc.aio.insecure_channel(served.server.grpc_target) as channel:
+        stub = PredictionServiceStub(channel)
+        # Concurrent single-row calls: the batcher merges them into one call.
+        answers = await asyncio.gather(
+            *(predict(stub, i) for i in range(len(served.rows)))
+        )
+        classified = await classify(stub, 0)
+    for index, answer in enumerate(answers):
+        np.testing.assert_allclose(answer[0], expected[index], rtol=0, atol=TOLERANCE)
+    assert [item.label.encode() for item in classified] == classes
+    np.testing.assert_array_equal(
+        np.float32([item.score for item in classified]), np.float32(expected[0])
+    )
+
+
+def test_v2_through_the_gateway_equals_the_pickle(served: Served) -> None:
+    estimator, frame = pickle_of(served, "sizes")
+    manifest = Registry(served.registry).manifest("sizes", 1)
+    inputs = [
+        {
+            "name": feature.name,
+            "shape": [len(served.rows)],
+            "datatype": "BYTES" if feature.dtype == "string" else "FP64",
+            "data": [row[feature.name] for row in served.rows],
+        }
+        for feature in manifest.features
+    ]
+    response = httpx.post(
+        f"{served.gateway.url}/v2/models/sizes/infer",
+        json={"inputs": inputs},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["data"] == estimator.predict(frame).tolist()
+
+
+def test_the_hybrid_plan_answers_as_the_pickle(served: Served) -> None:
+    estimator, frame = pickle_of(served, "clipped")
+    answer = rest(served, "/v1/models/clipped:predict", {"instances": served.rows})
+    assert answer["predictions"] == estimator.predict(frame).tolist()
