@@ -2,11 +2,13 @@
 
 A registry of twelve models whose loads are slowed by their warmup (each replays
 its examples through a step that sleeps), served by the model server with the
-gateway in front, on a machine kept busy by two spinning processes. From the
-moment the processes start, a client polls the model server's
-``/v2/health/ready``, its gRPC health and the gateway's ``/readyz``; once one of
-them has said ready, every configured model is asked for through it in every
-round that follows, and none may answer 404 ("Servable not found").
+gateway in front, on a machine kept busy by two spinning processes. From before
+the model server starts, a client polls its ``/v2/health/ready``, its gRPC
+health and the gateway's ``/readyz``; once one of them has said ready, every
+configured model is asked for through it in every round that follows, and none
+may answer 404 ("Servable not found"). Nothing here assumes how fast the machine
+is: the order of events is fixed by the test, and only the overall limits are
+times, set for a machine loaded many times over.
 
 ``servekit loadtest`` waits for that readiness before its first request: started
 before its target exists, on a model whose load takes seconds, it sends nothing
@@ -32,14 +34,16 @@ from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import MODEL_SERVER, health_status
 from tests.support.processes import REPO_ROOT, VENV_BIN, free_port, running_process
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 MODELS = [f"model_{index:02d}" for index in range(12)]
 WARMUP_STEP_SECONDS = 0.1
 """Each warmup request sleeps this long: with two examples a load takes at least
 0.2 s, so twelve loads one at a time leave a window of seconds before ready."""
 ROUNDS_AFTER_READY = 3
-TIMEOUT_SECONDS = 180.0
+TIMEOUT_SECONDS = 420.0
+"""The longest a test waits for readiness: twelve loads take about 10 s on an
+idle machine and about a minute at a load average of 17 on two cores."""
 
 
 @contextlib.contextmanager
@@ -64,6 +68,27 @@ def _answer(client: httpx.Client, path: str) -> int:
         return 0
 
 
+GATEWAY_NO_ANSWER = "503: a backend did not answer in time"
+NO_ANSWERS = {"0", "None", GATEWAY_NO_ANSWER}
+"""What a poll records when no readiness answer came in time: nothing listening
+yet (0, None), a poll or a backend check timed out on a loaded machine. Such an
+answer says nothing about the models and may come at any point."""
+READY = {"200", "SERVING"}
+
+
+def _gateway_readiness(client: httpx.Client) -> str:
+    """The gateway's /readyz as a poll records it."""
+    try:
+        response = client.get("/readyz")
+    except httpx.TransportError:
+        return "0"
+    if response.status_code == 503:
+        checks = str(response.json()["checks"]).lower()
+        if "deadline exceeded" in checks or "unreachable" in checks:
+            return GATEWAY_NO_ANSWER
+    return str(response.status_code)
+
+
 def test_no_404_for_a_configured_model_once_ready(tmp_path: Path) -> None:
     registry = tmp_path / "models"
     for index, name in enumerate(MODELS):
@@ -83,7 +108,7 @@ def test_no_404_for_a_configured_model_once_ready(tmp_path: Path) -> None:
     not_found: list[str] = []
     with (
         busy_cpus(2),
-        running_process(model_server_argv, log_path=tmp_path / "modelserver.log"),
+        contextlib.ExitStack() as model_server_running,
         running_gateway(
             tmp_path / "gateway",
             env={
@@ -92,51 +117,76 @@ def test_no_404_for_a_configured_model_once_ready(tmp_path: Path) -> None:
                 "GATEWAY_RELOAD_INTERVAL_SECONDS": "0.3",
             },
         ) as gateway,
-        httpx.Client(base_url=f"http://127.0.0.1:{rest_port}", timeout=10) as server,
-        httpx.Client(base_url=gateway.url, timeout=10) as front,
+        httpx.Client(base_url=f"http://127.0.0.1:{rest_port}", timeout=30) as server,
+        httpx.Client(base_url=gateway.url, timeout=30) as front,
     ):
         ready = {"model server": False, "grpc": False, "gateway": False}
         rounds_after = 0
+        started = False
         deadline = time.monotonic() + TIMEOUT_SECONDS
         while rounds_after < ROUNDS_AFTER_READY:
             assert time.monotonic() < deadline, f"never ready: {seen}"
             answers = {
                 "model server": str(_answer(server, "/v2/health/ready")),
                 "grpc": str(health_status(f"127.0.0.1:{grpc_port}")),
-                "gateway": str(_answer(front, "/readyz")),
+                "gateway": _gateway_readiness(front),
             }
             for name, answer in answers.items():
                 if not seen[name] or seen[name][-1] != answer:
                     seen[name].append(answer)
-                ready[name] = ready[name] or answer in ("200", "SERVING")
-            for model in MODELS:
-                body = {"instances": [{"a": 1.0, "b": 1.0}]}
-                if ready["model server"] or ready["grpc"]:
-                    status = server.get(f"/v1/models/{model}")
-                    states = (
-                        [e["state"] for e in status.json()["model_version_status"]]
-                        if status.status_code == 200
-                        else []
+                ready[name] = ready[name] or answer in READY
+            if not started:
+                # The first round ran before the model server existed: each
+                # endpoint's first answer is "not ready" however fast it loads.
+                model_server_running.enter_context(
+                    running_process(
+                        model_server_argv, log_path=tmp_path / "modelserver.log"
                     )
-                    if states != ["AVAILABLE"]:
-                        not_found.append(f"model server status {model}: {status.text}")
-                    answer = server.post(f"/v1/models/{model}:predict", json=body)
-                    if answer.status_code == 404:
-                        not_found.append(f"model server predict {model}: {answer.text}")
-                if ready["gateway"]:
-                    answer = front.post(f"/v1/models/{model}:predict", json=body)
-                    if answer.status_code == 404:
-                        not_found.append(f"gateway predict {model}: {answer.text}")
+                )
+                started = True
+            for model in MODELS:
+                with contextlib.suppress(httpx.TimeoutException):
+                    _ask(model, server, front, ready, not_found)
             if all(ready.values()):
                 rounds_after += 1
             time.sleep(0.05)
     assert not_found == []
-    # Polled from the first moment: each endpoint said "not ready" before "ready"
-    # (0: no answer yet, 400/503/NOT_SERVING: loading), and never went back.
+    # Polled from the first moment: each endpoint answered something else
+    # before "ready" (nothing listening, or 400/503/NOT_SERVING: loading), and
+    # after it never "not ready" again (a timed-out poll says neither).
     for name, answers in seen.items():
-        assert answers[-1] in ("200", "SERVING"), (name, answers)
-        assert len(answers) >= 2, (name, answers)
-        assert answers.index(answers[-1]) == len(answers) - 1, (name, answers)
+        first_ready = next(i for i, answer in enumerate(answers) if answer in READY)
+        assert first_ready >= 1, (name, answers)
+        after = set(answers[first_ready:])
+        assert after <= READY | NO_ANSWERS, (name, answers)
+
+
+def _ask(
+    model: str,
+    server: httpx.Client,
+    front: httpx.Client,
+    ready: dict[str, bool],
+    not_found: list[str],
+) -> None:
+    """Once an endpoint has said ready, ask for `model` through it: every
+    configured model must be there (status AVAILABLE, no 404 on predict)."""
+    body = {"instances": [{"a": 1.0, "b": 1.0}]}
+    if ready["model server"] or ready["grpc"]:
+        status = server.get(f"/v1/models/{model}")
+        states = (
+            [e["state"] for e in status.json()["model_version_status"]]
+            if status.status_code == 200
+            else []
+        )
+        if states != ["AVAILABLE"]:
+            not_found.append(f"model server status {model}: {status.text}")
+        answer = server.post(f"/v1/models/{model}:predict", json=body)
+        if answer.status_code == 404:
+            not_found.append(f"model server predict {model}: {answer.text}")
+    if ready["gateway"]:
+        answer = front.post(f"/v1/models/{model}:predict", json=body)
+        if answer.status_code == 404:
+            not_found.append(f"gateway predict {model}: {answer.text}")
 
 
 LOADTEST_MODEL = "slow_linear"

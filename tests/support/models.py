@@ -59,6 +59,17 @@ def linear_target(a: float, b: float, offset: float) -> float:
     return 2.0 * a + 3.0 * b + offset
 
 
+def linear_inputs(*rows: tuple[float, float]) -> dict[str, Any]:
+    """Columns `a` and `b` of ``rows`` as arrays: inputs of
+    :func:`publish_linear_pipeline`'s model."""
+    import numpy as np
+
+    return {
+        "a": np.array([row[0] for row in rows]),
+        "b": np.array([row[1] for row in rows]),
+    }
+
+
 def save_tf_half_plus(path: Path, *, slope: float = 0.5, offset: float = 2.0) -> Path:
     """Save the TF2 ``half_plus`` SavedModel into ``path`` (a version folder)."""
     import tensorflow as tf

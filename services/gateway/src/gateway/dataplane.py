@@ -267,15 +267,28 @@ class Gateway:
         """Every backend's health SERVING (see `clients.health`) and every routed
         model with an AVAILABLE version."""
         deadline = time.monotonic() + READINESS_TIMEOUT_SECONDS
-        ctx = CallContext(request_id="readyz", protocol="internal", deadline=deadline)
         checks: dict[str, Any] = {}
         ready = True
         routed = dict(self.router.routes.routes)
-        for model in routed:
+
+        async def status_of(
+            model: str,
+        ) -> messages.GetModelStatusResponse | GatewayError:
+            # A context each: a call records its model and version in it.
+            ctx = CallContext(
+                request_id="readyz", protocol="internal", deadline=deadline
+            )
             try:
-                status = await self.status(ctx, model, None, None)
+                return await self.status(ctx, model, None, None)
             except GatewayError as exc:
-                checks[model] = f"error: {exc.message}"
+                return exc
+
+        # All at once: one after the other, a few dozen models on a loaded
+        # machine could not all answer within the one deadline.
+        statuses = await asyncio.gather(*(status_of(model) for model in routed))
+        for model, status in zip(routed, statuses, strict=True):
+            if isinstance(status, GatewayError):
+                checks[model] = f"error: {status.message}"
                 ready = False
                 continue
             available = [

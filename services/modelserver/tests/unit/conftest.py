@@ -10,16 +10,21 @@
 - ``sklearn_linear_version``: ``y = 2 a + 3 b + 1`` (tests.support.models).
 
 Tests copy these version folders into their own registry folders.
+``start_dataplane`` starts DataPlanes on a config file (stopped after the test);
+``two_models`` is a registry with `linear` (versions 1 and 2, `stable` on 1) and
+`classifier` (version 3).
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from modelserver.dataplane import DataPlane
 from modelserver.observability.metrics import Metrics
 from modelserver.settings import Settings
 
@@ -250,3 +255,42 @@ def settings_for() -> Any:
 def write_config() -> Any:
     """``write_config(path, *config_blocks) -> Path``."""
     return _write_config
+
+
+@pytest.fixture
+async def start_dataplane(
+    metrics: Metrics, settings_for: Any
+) -> AsyncIterator[Callable[..., Awaitable[DataPlane]]]:
+    started: list[DataPlane] = []
+
+    async def start(config_file: Path, **overrides: Any) -> DataPlane:
+        settings: Settings = settings_for(config_file, **overrides)
+        dataplane = DataPlane.from_settings(settings, metrics)
+        await dataplane.start()
+        started.append(dataplane)
+        return dataplane
+
+    yield start
+    for dataplane in started:
+        if dataplane.live():
+            await dataplane.stop()
+
+
+@pytest.fixture
+def two_models(
+    tmp_path: Path,
+    sklearn_linear_version: Path,
+    sklearn_classifier_version: Path,
+    install_version: Any,
+    write_config: Any,
+) -> Path:
+    install_version(sklearn_linear_version, tmp_path / "linear", 1)
+    install_version(sklearn_linear_version, tmp_path / "linear", 2)
+    install_version(sklearn_classifier_version, tmp_path / "classifier", 3)
+    return write_config(  # type: ignore[no-any-return]
+        tmp_path / "servekit.config",
+        'name: "linear" base_path: "linear" model_platform: "sklearn" '
+        "model_version_policy { all {} } "
+        'version_labels { key: "stable" value: 1 }',
+        'name: "classifier" base_path: "classifier" model_platform: "sklearn"',
+    )

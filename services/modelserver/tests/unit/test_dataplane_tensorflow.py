@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +25,6 @@ from modelserver.types import (
 pytestmark = pytest.mark.slow
 
 StartDataPlane = Callable[..., Awaitable[DataPlane]]
-
-
-@pytest.fixture
-async def start_dataplane(
-    metrics: Metrics, settings_for: Any
-) -> AsyncIterator[StartDataPlane]:
-    started: list[DataPlane] = []
-
-    async def start(config_file: Path, **overrides: Any) -> DataPlane:
-        dataplane = DataPlane.from_settings(
-            settings_for(config_file, **overrides), metrics
-        )
-        await dataplane.start()
-        started.append(dataplane)
-        return dataplane
-
-    yield start
-    for dataplane in started:
-        await dataplane.stop()
 
 
 @pytest.fixture
