@@ -1,7 +1,9 @@
 """The in-process limit: the model called directly, no server, no serialization.
 
 For scikit-learn, ``pipeline.predict`` on a ready-made DataFrame of ``batch`` copies
-of the example row; for a SavedModel, its ``serving_default`` signature on ready-made
+of the example row, or, for a version whose compiled model passed the parity gate
+(the model server serves that one), the compiled model's ``predict`` on the
+per-column arrays a request decodes into; for a SavedModel, its ``serving_default`` signature on ready-made
 tensors. Each batch size is called in a loop for a fixed time after a warm-up; the
 per-call latencies and rows per second are printed as one JSON line.
 
@@ -61,8 +63,26 @@ def sklearn_call(
     import pandas as pd
     from modelregistry import load_pickle
 
-    pipeline = load_pickle(version_dir, manifest)
     dtypes = input_dtypes(manifest)
+    verdict = manifest.compiled
+    if verdict is not None and verdict.status == "passed":
+        from modelserver.compiled import CompiledModel
+        from modelserver.compiled.hybrid import find_step
+
+        source = None
+        if CompiledModel.needs_pickle(version_dir):
+            estimator = load_pickle(version_dir, manifest)
+            source = lambda location: find_step(estimator, location)  # noqa: E731
+        compiled = CompiledModel.load(version_dir, source)
+        columns = {
+            name: np.asarray(
+                [row[name]] * batch,
+                dtype=object if dtypes[name] == "string" else np.dtype(dtypes[name]),
+            )
+            for name in row
+        }
+        return lambda: compiled.predict(columns)
+    pipeline = load_pickle(version_dir, manifest)
     frame = pd.DataFrame(
         {
             name: np.asarray(

@@ -4,10 +4,14 @@ Besides today's server (batching off and on), two reference rows run the same
 model server with another gRPC server in place (``benchmarks.grpcvariants``):
 the hand-written HTTP/2 server it had before (``servekit-grpc-before``) and
 grpcio's C core (``servekit-grpc-aio``); they are loaded over gRPC only.
+``servekit train`` compiles scikit-learn versions, so ``servekit`` rows serve the
+compiled model; the ``servekit-pickle`` rows serve the same version from its
+pickle, from a copy of it without ``compiled/`` (:func:`pickle_registry`).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,7 +25,9 @@ from benchmarks.settings import REPO_ROOT, VENV_BIN, BenchOptions
 from benchmarks.targets import GrpcTarget, HttpTarget
 
 
-def write_model_config(options: BenchOptions, name: str) -> Path:
+def write_model_config(
+    options: BenchOptions, name: str, registry_root: Path | None = None
+) -> Path:
     """A model config file naming one model (absolute base path).
 
     One model per server process, as deployed (scikit-learn models on the model
@@ -32,15 +38,16 @@ def write_model_config(options: BenchOptions, name: str) -> Path:
     """
     from modelregistry import ModelEntry, Registry, config_text
 
-    registry = Registry(options.registry)
+    root = registry_root or options.registry
+    registry = Registry(root)
     version = registry.resolve(name)
     entry = ModelEntry(
         name=name,
-        base_path=str(options.registry / name),
+        base_path=str(root / name),
         platform=registry.framework(name, version),
         policy={"specific": {"versions": [version]}},
     )
-    path = options.work_dir / f"servekit-{name}.config"
+    path = options.work_dir / f"servekit-{name}-{root.name}.config"
     path.write_text(config_text([entry]), encoding="utf-8")
     return path
 
@@ -52,6 +59,7 @@ def model_server(
     batching: bool,
     model: str,
     variant: str = "",
+    registry_root: Path | None = None,
 ) -> tuple[ServerProcess, str, str]:
     grpc_port, rest_port = free_port(), free_port()
     program = [str(VENV_BIN / "servekit-model-server")]
@@ -62,7 +70,7 @@ def model_server(
         *program,
         f"--port={grpc_port}",
         f"--rest_api_port={rest_port}",
-        f"--model_config_file={write_model_config(options, model)}",
+        f"--model_config_file={write_model_config(options, model, registry_root)}",
         "--host=127.0.0.1",
     ]
     if batching:
@@ -77,6 +85,28 @@ def model_server(
 
 VARIANT_SYSTEMS = {"servekit-grpc-before": "before", "servekit-grpc-aio": "aio"}
 """Reference rows: the model server on another gRPC server (batching off)."""
+PICKLE_SYSTEMS = {"servekit-pickle": False, "servekit-pickle-batching": True}
+"""Reference rows: the scikit-learn model served from its pickle."""
+
+
+def pickle_registry(options: BenchOptions, model: str) -> Path:
+    """A registry holding ``model``'s served version without its compiled model.
+
+    The version is copied and amended as ``servekit models compile`` would record a
+    refusal, so its manifest lists and digests what is left and the pickle serves.
+    """
+    from modelregistry import Registry
+
+    version = Registry(options.registry).resolve(model)
+    root = options.work_dir / "registry-pickle"
+    shutil.rmtree(root / model, ignore_errors=True)
+    shutil.copytree(
+        options.registry / model / str(version),
+        root / model / str(version),
+        ignore=shutil.ignore_patterns(".*"),
+    )
+    Registry(root).amend(model, version, "compiled", {}, {"compiled": None})
+    return root
 
 
 def _variants_dir(options: BenchOptions) -> Path:
@@ -94,6 +124,7 @@ def start_model_servers(
         write_before_module(_variants_dir(options))
     systems = [("servekit", False), ("servekit-batching", True)]
     systems += [(name, False) for name in VARIANT_SYSTEMS]
+    systems += list(PICKLE_SYSTEMS.items())
     for system, batching in systems:
         behind_gateway = system == options.gateway_backend and any(
             options.wants(name) for name in FRONT_SYSTEMS
@@ -102,8 +133,13 @@ def start_model_servers(
             continue
         for model in models:
             variant = VARIANT_SYSTEMS.get(system, "")
+            root = None
+            if system in PICKLE_SYSTEMS:
+                if model.framework != "sklearn":
+                    continue
+                root = pickle_registry(options, model.name)
             process, grpc_address, rest_base = model_server(
-                options, processes, system, batching, model.name, variant
+                options, processes, system, batching, model.name, variant, root
             )
             url = f"{rest_base}/v1/models/{model.name}:predict"
             item = Pending(

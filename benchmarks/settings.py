@@ -31,6 +31,8 @@ SYSTEMS = (
     "grpc-ceiling",
     "servekit-grpc-before",
     "servekit-grpc-aio",
+    "servekit-pickle",
+    "servekit-pickle-batching",
     "encoding",
 )
 GRPC_CLIENTS = ("h2load", "python")
@@ -119,7 +121,9 @@ class BenchOptions:
                 for system in self.systems:
                     if system in ("inprocess", "grpc-ceiling", "encoding"):
                         continue
-                    if system.startswith("mlserver") and model != "tabular":
+                    if system.startswith(("mlserver", "servekit-pickle")) and (
+                        model != "tabular"
+                    ):
                         continue
                     if system == "fastapi" and protocol != "rest":
                         continue

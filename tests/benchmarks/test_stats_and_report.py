@@ -128,7 +128,9 @@ def test_target_checks_compare_with_the_best_mlserver_configuration() -> None:
     }
     versus_mlserver = checks["tabular REST ×32: servekit (batching on) / best MLServer"]
     assert versus_mlserver.value == pytest.approx(2.5)
-    assert versus_mlserver.met is True
+    # The goal is the compiled model's (issue 25): 8 times the best MLServer.
+    assert versus_mlserver.goal == "≥ 8×"
+    assert versus_mlserver.met is False
     assert "adaptive batching on" in versus_mlserver.detail
     versus_fastapi = checks["tabular REST ×32: servekit (batching on) / plain FastAPI"]
     assert versus_fastapi.value == pytest.approx(15.0)
