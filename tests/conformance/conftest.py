@@ -5,6 +5,9 @@ It serves TF Serving's own test SavedModels (copied from
 plus models built here: ``half_plus`` (a TF2 SavedModel with a string
 signature) and ``linear`` (a scikit-learn pipeline published with
 ``modelregistry``). Prometheus is enabled at TF Serving's default path.
+
+The gRPC tests share ``channel`` and the official ``prediction`` and ``models``
+stubs (one per module), ``rpc_error`` and ``TIMEOUT``; the REST tests ``error_of``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import grpc
 import httpx
 import pytest
 
@@ -30,6 +34,12 @@ from tests.support.modelserver import (
     model_server,
     write_monitoring_config,
 )
+
+if TYPE_CHECKING:
+    from tensorflow_serving.apis import (
+        model_service_pb2_grpc,
+        prediction_service_pb2_grpc,
+    )
 
 TESTDATA_MODELS = (
     "half_plus_two",
@@ -167,3 +177,53 @@ def _gateway_expectations(request: pytest.FixtureRequest) -> None:
     for prefix, reason in MODEL_SERVER_ONLY.items():
         if name.startswith(prefix):
             pytest.skip(reason)
+
+
+def error_of(response: httpx.Response) -> str:
+    """The ``error`` text of a TF Serving error body (which must be JSON)."""
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    message: str = body["error"]
+    return message
+
+
+TIMEOUT = 30.0
+"""Seconds each gRPC call of the conformance tests may take."""
+
+
+@pytest.fixture(scope="module")
+def channel(target: Target) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(
+        target.grpc_target,
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    ) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def prediction(
+    channel: grpc.Channel,
+) -> prediction_service_pb2_grpc.PredictionServiceStub:
+    """The official PredictionService stub (TensorFlow is imported only here)."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def models(channel: grpc.Channel) -> model_service_pb2_grpc.ModelServiceStub:
+    """The official ModelService stub."""
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    return model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+def rpc_error(call: object, *args: object) -> grpc.RpcError:
+    """The error `call(*args)` raises (it must raise one)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call(*args, timeout=TIMEOUT)  # type: ignore[operator]
+    return caught.value

@@ -3,19 +3,17 @@
 The expectations come from TF Serving's ``prediction_service.proto``,
 ``model_service.proto`` and its model-server tests
 (``tensorflow_model_server_test.py``), e.g. ``half_plus_two`` answering 3.0 for
-x = 2.0 with ``model_spec`` naming the signature that ran.
+x = 2.0 with ``model_spec`` naming the signature that ran. Its errors and the
+health service: test_grpc_api_errors.py.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import json_format
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -28,48 +26,16 @@ from tensorflow_serving.apis import (
 )
 
 from tests.conformance.conftest import (
+    TIMEOUT,
     TWO_VERSIONS,
-    Target,
     expected_metadata,
+    rpc_error,
     without_empty_defaults,
 )
 
 pytestmark = pytest.mark.integration
 
 testdata = pytest.mark.usefixtures("needs_testdata")
-
-TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-def channel(target: Target) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(
-        target.grpc_target,
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ],
-    ) as opened:
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def prediction(
-    channel: grpc.Channel,
-) -> prediction_service_pb2_grpc.PredictionServiceStub:
-    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
-
-
-@pytest.fixture(scope="module")
-def models(channel: grpc.Channel) -> model_service_pb2_grpc.ModelServiceStub:
-    return model_service_pb2_grpc.ModelServiceStub(channel)
-
-
-def rpc_error(call: object, *args: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call(*args, timeout=TIMEOUT)  # type: ignore[operator]
-    return caught.value
-
 
 # ---- Predict ----------------------------------------------------------------------
 
@@ -399,112 +365,3 @@ def test_get_model_status_without_model_spec(
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "Missing ModelSpec"
-
-
-# ---- errors -----------------------------------------------------------------------------
-
-
-def test_unknown_model_is_not_found(
-    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
-) -> None:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "no_such_model"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
-    error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert error.details() == "Servable not found for request: Latest(no_such_model)"
-
-
-def test_unknown_version_is_not_found(
-    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
-) -> None:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "half_plus"
-    request.model_spec.version.value = 9
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
-    error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.NOT_FOUND
-    assert error.details() == "Servable not found for request: Specific(half_plus, 9)"
-
-
-def test_empty_model_name_is_invalid(
-    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
-) -> None:
-    request = predict_pb2.PredictRequest()
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
-    error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "ModelSpec has no name specified."
-
-
-@pytest.mark.parametrize(
-    ("signature", "inputs"),
-    [
-        ("", {"wrong_name": [1.0]}),
-        ("", {"x": ["not", "floats"]}),
-        ("", {}),
-    ],
-)
-def test_bad_predict_requests_are_invalid_argument(
-    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
-    signature: str,
-    inputs: dict[str, list[object]],
-) -> None:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "half_plus"
-    request.model_spec.signature_name = signature
-    for key, values in inputs.items():
-        request.inputs[key].CopyFrom(tf.make_tensor_proto(values))
-    error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details()
-
-
-def test_unknown_signature_is_failed_precondition(
-    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
-) -> None:
-    # TF Serving's predict_util.cc (REST checks the signature earlier: 400).
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "half_plus"
-    request.model_spec.signature_name = "nope"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
-    error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error.details() == 'Serving signature key "nope" not found.'
-
-
-def test_request_id_in_trailing_metadata(
-    prediction: prediction_service_pb2_grpc.PredictionServiceStub,
-) -> None:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "half_plus"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0]))
-    _, call = prediction.Predict.with_call(
-        request, timeout=TIMEOUT, metadata=(("x-request-id", "grpc-conformance"),)
-    )
-    assert ("x-request-id", "grpc-conformance") in tuple(call.trailing_metadata())
-
-
-# ---- health ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "service",
-    [
-        "",
-        "tensorflow.serving.PredictionService",
-        "tensorflow.serving.ModelService",
-        "PredictionService",
-        "ModelService",
-    ],
-)
-def test_health_reports_serving(channel: grpc.Channel, service: str) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
-    assert answer.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def test_health_of_an_unknown_service_is_not_found(channel: grpc.Channel) -> None:
-    stub = health_pb2_grpc.HealthStub(channel)
-    error = rpc_error(stub.Check, health_pb2.HealthCheckRequest(service="nope"))
-    assert error.code() == grpc.StatusCode.NOT_FOUND
