@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
 
-from tests.security.http2 import GATEWAY_ENV, MODEL_SERVER_ENV, Target, environment
+from tests.security.http2 import GATEWAY_ENV, MODEL_SERVER_FLAGS, Target
 from tests.security.stack import Stack, serving_stack
 
 
@@ -22,18 +21,14 @@ def listener_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def http2_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Both servers with the gRPC ports' HTTP/2 limits of :mod:`tests.security.http2`."""
-    with contextlib.ExitStack() as stack:
-        # Read by the model server when it starts; gone again for later processes.
-        with environment(MODEL_SERVER_ENV):
-            running = stack.enter_context(
-                serving_stack(
-                    tmp_path_factory.mktemp("http2"),
-                    gateway_env=GATEWAY_ENV,
-                    # These tests send many keyless calls on purpose; the limit
-                    # on failed attempts per address is tested on its own.
-                    gateway_flags=("--auth-failure-burst=1000",),
-                )
-            )
+    with serving_stack(
+        tmp_path_factory.mktemp("http2"),
+        gateway_env=GATEWAY_ENV,
+        # These tests send many keyless calls on purpose; the limit on failed
+        # attempts per address is tested on its own.
+        gateway_flags=("--auth-failure-burst=1000",),
+        model_server_flags=MODEL_SERVER_FLAGS,
+    ) as running:
         yield running
 
 

@@ -10,12 +10,9 @@ connection cap) so each attack shows its bounded effect in seconds.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -52,9 +49,7 @@ LIMITS = {
 }
 """The gRPC ports' HTTP/2 limits in these tests; the others keep their defaults
 (100 streams, 16 KiB header lists, 8 CONTINUATIONs, 1000 resets at 33/s)."""
-MODEL_SERVER_ENV = {
-    f"MODELSERVER_HTTP2__{k.upper()}": str(v) for k, v in LIMITS.items()
-}
+MODEL_SERVER_FLAGS = tuple(f"--http2_{k}={v}" for k, v in LIMITS.items())
 GATEWAY_ENV = {"GATEWAY_HTTP2": json.dumps(LIMITS)}
 CLOSING = 1.0
 """Seconds a closing connection may take to flush to a client that does not
@@ -87,21 +82,6 @@ class Target:
     process: ServerProcess
     metadata: tuple[tuple[str, str], ...]
     """What a normal call sends (the gateway's API key)."""
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """``values`` in ``os.environ`` for the block (for the processes it starts)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class RawClient:

@@ -10,6 +10,7 @@ listed in the model server's and the gateway's READMEs.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -171,6 +172,14 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS in /proc/{pid}/status")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process (all its threads, not its children) has used, from
+    ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # utime and stime are the 14th and 15th fields; the split starts at the 3rd.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_predict(
     url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
 ) -> tuple[int, float]:
@@ -186,24 +195,44 @@ def timed_predict(
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """One whole HTTP/1.1 answer with a Content-Length body."""
+    """One whole HTTP/1.1 answer, its body sized by Content-Length or chunked
+    (uvicorn chunks an answer that declares no length); nothing past it is read."""
     sock.settimeout(timeout)
     received = bytearray()
+
+    def more() -> None:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-answer: {bytes(received)!r}"
+        received.extend(chunk)
+
     while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed mid-answer: {bytes(received)!r}"
-        received += chunk
-    head, _, body = bytes(received).partition(b"\r\n\r\n")
+        more()
+    end = received.index(b"\r\n\r\n") + 4
     length = 0
-    for line in head.split(b"\r\n")[1:]:
+    chunked = False
+    for line in bytes(received[:end]).split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed mid-answer: {bytes(received)!r}"
-        body += chunk
-    return head + b"\r\n\r\n" + body
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if not chunked:
+        while len(received) < end + length:
+            more()
+        assert len(received) == end + length, "bytes past the answer"
+        return bytes(received)
+    while True:
+        while b"\r\n" not in received[end:]:
+            more()
+        size_line_end = received.index(b"\r\n", end)
+        size = int(bytes(received[end:size_line_end]).split(b";")[0], 16)
+        end = size_line_end + 2 + size + 2
+        while len(received) < end:
+            more()
+        if size == 0:
+            assert len(received) == end, "bytes past the answer"
+            return bytes(received)
 
 
 def read_until_closed(sock: socket.socket, deadline: float) -> tuple[bytes, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import zlib
 
 import pytest
 from hyperframe.frame import (
@@ -397,3 +398,30 @@ def test_the_gateway_refuses_calls_without_a_key_before_their_bodies(
     assert {f.stream_id for f in frames if isinstance(f, RstStreamFrame)} == set(
         range(1, 13, 2)
     )
+
+
+def test_a_compressed_message_bomb_stops_at_the_message_limit(target: Target) -> None:
+    # About 250 KiB of gzip declaring 256 MiB of zeros, three times on one
+    # connection: refused once inflation passes the 4 MiB message limit.
+    compressor = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zeros = bytes(MIB)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(256))
+    bomb += compressor.flush()
+    assert len(bomb) < 300 * 1024
+    framed = b"\x01" + len(bomb).to_bytes(4, "big") + bomb
+    before = rss_bytes(target.process.pid)
+    client = RawClient(target.port)
+    extra = (*target.metadata, ("grpc-encoding", "gzip"))
+    seen: list[Frame] = []
+    for stream in (1, 3, 5):
+        pieces = [framed[i : i + 16_384] for i in range(0, len(framed), 16_384)]
+        client.send(
+            client.headers(stream, extra=extra)
+            + b"".join(data(stream, piece) for piece in pieces[:-1])
+            + data(stream, pieces[-1], end=True)
+        )
+        seen += _until_answered(client, stream, seen)
+    assert statuses(seen) == dict.fromkeys((1, 3, 5), "8")  # RESOURCE_EXHAUSTED
+    assert _grown(target, before) < 64
+    assert timed_health_call(target) < NORMAL_CALL_SECONDS
+    assert_no_traceback(target.process)

@@ -39,6 +39,7 @@ from importlib import metadata as package_metadata
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from pydantic import ValidationError
+from servekit_protocol.grpc_server.limits import described_fields
 from servekit_protocol.logs import configure_logging
 
 from modelserver import warning_filters
@@ -86,6 +87,10 @@ UNSUPPORTED_FLAGS: dict[str, type] = {
 """TF Serving flags whose meaning servekit cannot honour: refused when set."""
 
 _SETTINGS_FLAG_TYPES = (bool, int, float, str)
+
+HTTP2_FLAG_PREFIX = "http2_"
+"""``--http2_<field>`` sets one field of the gRPC port's HTTP/2 limits
+(``Settings.http2``), e.g. ``--http2_idle_timeout_seconds=120``."""
 
 
 class Stoppable(Protocol):
@@ -159,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
             if field.default is not None and not callable(field.default_factory):
                 help_text = f"{help_text} (default: {field.default})".strip()
             _add_flag(parser, name, kind, help_text)
+    for name, (kind, default, description) in described_fields().items():
+        # One flag per HTTP/2 limit of the gRPC port (settings field `http2`).
+        help_text = description.replace("%", "%%")
+        _add_flag(
+            parser,
+            HTTP2_FLAG_PREFIX + name,
+            kind,
+            f"servekit extension: {help_text} (default: {default})",
+        )
     for name, kind in IGNORED_FLAGS.items():
         _add_flag(parser, name, kind, "accepted for compatibility; no effect")
     for name, kind in UNSUPPORTED_FLAGS.items():
@@ -193,6 +207,13 @@ def parse_flags(argv: Sequence[str]) -> tuple[dict[str, Any], argparse.Namespace
     if unknown:
         raise FlagError(f"unknown argument: {unknown[0]}\n{parser.format_usage()}")
     values = vars(namespace)
+    http2 = {
+        name.removeprefix(HTTP2_FLAG_PREFIX): values.pop(name)
+        for name in list(values)
+        if name.startswith(HTTP2_FLAG_PREFIX)
+    }
+    if http2:
+        values["http2"] = http2
     for name in UNSUPPORTED_FLAGS:
         if values.pop(name, None):
             raise FlagError(f"--{name} is not supported by servekit-model-server")

@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from modelserver.__main__ import FlagError, main, parse_bool, parse_flags
 from modelserver.settings import Settings
+from pydantic import ValidationError
+from servekit_protocol.grpc_server import Http2Limits
+from servekit_protocol.grpc_server.limits import described_fields
 
 
 def test_both_flag_forms_and_tf_booleans() -> None:
@@ -105,3 +108,31 @@ def test_help_describes_every_flag_with_its_settings_docstring() -> None:
         assert "".join(field.description.split()) in text, name
         described += 1
     assert described >= 30
+    # One flag per HTTP/2 limit of the gRPC port, described by its docstring.
+    for name, (_, default, description) in described_fields().items():
+        assert description, f"Http2Limits.{name} has no docstring"
+        assert f"--http2_{name}" in text
+        assert "".join(f"{description} (default: {default})".split()) in text, name
+
+
+def test_http2_flags_set_the_limits_and_merge_with_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELSERVER_HTTP2__MAX_CONNECTIONS", "5")
+    values, _ = parse_flags(
+        ["--http2_max_concurrent_streams=7", "--http2_idle_timeout_seconds", "2.5"]
+    )
+    assert values == {
+        "http2": {"max_concurrent_streams": 7, "idle_timeout_seconds": 2.5}
+    }
+    limits = Settings(**values, model_base_path="/m").http2
+    assert limits.max_concurrent_streams == 7
+    assert limits.idle_timeout_seconds == 2.5
+    assert limits.max_connections == 5
+    assert limits.max_header_list_size == Http2Limits().max_header_list_size
+
+
+def test_a_bad_http2_flag_is_refused() -> None:
+    values, _ = parse_flags(["--http2_max_concurrent_streams=0"])
+    with pytest.raises(ValidationError, match="max_concurrent_streams must be"):
+        Settings(**values, model_base_path="/m")

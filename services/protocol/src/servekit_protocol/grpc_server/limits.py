@@ -6,6 +6,9 @@ services take an :class:`Http2Limits` from their settings and pass it down.
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 from dataclasses import dataclass, fields
 
 KIB = 1024
@@ -73,3 +76,28 @@ class Http2Limits:
             raise ValueError("stream_window_bytes must be in [65535, 2**31)")
         if not 65_535 <= self.connection_window_bytes < 2**31:
             raise ValueError("connection_window_bytes must be in [65535, 2**31)")
+
+
+def described_fields() -> dict[str, tuple[type, object, str]]:
+    """Each :class:`Http2Limits` field: its type, default and attribute
+    docstring (for command-line flags and their help)."""
+    docstrings: dict[str, str] = {}
+    try:
+        source = textwrap.dedent(inspect.getsource(Http2Limits))
+    except OSError:  # installed without its sources: no help texts
+        source = "pass"
+    tree = ast.parse(source)
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docstrings[node.target.id] = " ".join(following.value.value.split())
+    return {
+        item.name: (type(item.default), item.default, docstrings.get(item.name, ""))
+        for item in fields(Http2Limits)
+    }
