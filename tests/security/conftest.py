@@ -6,8 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.security.figures import write_if_asked
 from tests.security.http2 import GATEWAY_ENV, MODEL_SERVER_FLAGS, Target
 from tests.security.stack import Stack, serving_stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def measured_figures() -> Iterator[None]:
+    """Writes the figures the tests measured (:mod:`tests.security.figures`)."""
+    yield
+    write_if_asked()
 
 
 @pytest.fixture(scope="session")

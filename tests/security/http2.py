@@ -28,6 +28,7 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
+from tests.security.figures import record
 from tests.support.processes import ServerProcess
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -222,4 +223,6 @@ def timed_health_call(target: Target) -> float:
             metadata=target.metadata,
         )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    record("health call s", seconds)
+    return seconds

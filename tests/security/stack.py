@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.security.figures import record
 from tests.support.gateway import ApiKeys, GatewayProcess, running_gateway
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
@@ -191,7 +192,9 @@ def timed_predict(
         headers={"content-type": "application/json", **(headers or {})},
         timeout=timeout,
     )
-    return answer.status_code, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    record("normal call s", seconds)
+    return answer.status_code, seconds
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:

@@ -19,6 +19,7 @@ import pytest
 from servekit_protocol import grpcweb, messages
 from servekit_protocol.services import PredictionServiceStub
 
+from tests.security.figures import record
 from tests.security.stack import (
     MAX_BODY_BYTES,
     PREDICT_PATH,
@@ -88,6 +89,7 @@ def test_compression_bombs_stop_at_the_body_limit(
             assert answer.status_code == 413, answer.text
             assert str(MAX_BODY_BYTES) in answer.json()["error"]
     grown = rss_bytes(listener.process.pid) - before
+    record("VmRSS growth MiB", grown / 1024 / 1024)
     assert grown < BOMB_MEMORY_LIMIT, grown
     status, seconds = timed_predict(listener.url, listener.headers)
     assert status == 200
@@ -207,6 +209,7 @@ def test_a_tiny_predict_request_declaring_gigabytes_is_refused(
             assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error
             assert "67108864 elements" in (error.details() or "")
         grown = rss_bytes(process.pid) - before
+        record("VmRSS growth MiB", grown / 1024 / 1024)
         assert grown < TENSOR_MEMORY_LIMIT, grown
         assert_no_traceback(process)
 
@@ -234,5 +237,6 @@ def test_the_same_bomb_over_grpc_web_is_refused(listener: Listener) -> None:
         assert status == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
         assert "67108864" in grpcweb.decode_status_message(message)
     grown = rss_bytes(listener.process.pid) - before
+    record("VmRSS growth MiB", grown / 1024 / 1024)
     assert grown < TENSOR_MEMORY_LIMIT, grown
     assert_no_traceback(listener.process)

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.security.figures import record
 from tests.security.stack import (
     BODY_TIMEOUT,
     HEADER_TIMEOUT,
@@ -72,6 +73,7 @@ def test_idle_and_slowloris_connections_are_closed_in_the_header_timeout(
     assert status == 200
     assert seconds < NORMAL_CALL_LATENCY
     grown = rss_bytes(listener.process.pid) - before
+    record("VmRSS growth MiB", grown / 1024 / 1024)
     assert grown < MEMORY_GROWTH_LIMIT, grown
     deadline = opened + HEADER_TIMEOUT + SLACK
     answers: list[bytes] = []

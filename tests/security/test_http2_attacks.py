@@ -22,6 +22,7 @@ from hyperframe.frame import (
     SettingsFrame,
 )
 
+from tests.security.figures import record
 from tests.security.http2 import (
     BODY_TIMEOUT,
     CANCEL,
@@ -57,7 +58,9 @@ MIB = 1024 * 1024
 
 
 def _grown(target: Target, before: int) -> float:
-    return (rss_bytes(target.process.pid) - before) / MIB
+    grown = (rss_bytes(target.process.pid) - before) / MIB
+    record("VmRSS growth MiB", grown)
+    return grown
 
 
 def test_rapid_reset_ends_in_goaway_enhance_your_calm(target: Target) -> None:

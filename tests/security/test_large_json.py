@@ -20,6 +20,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.security.figures import record
 from tests.security.stack import (
     PREDICT_BODY,
     PREDICT_PATH,
@@ -131,6 +132,7 @@ def test_a_large_body_parsed_does_not_hold_up_other_clients(
     answer = _large_call(listener, body)
     used = cpu_seconds(listener.process.pid) - used
     assert answer.status_code == 400, answer.text[:200]
+    record("server CPU s", used)
     assert used < SERVER_CPU_LIMIT, f"the server spent {used:.2f} s of CPU on it"
     with SmallCalls(listener) as small:
         answer = _large_call(listener, body)
@@ -140,6 +142,7 @@ def test_a_large_body_parsed_does_not_hold_up_other_clients(
     assert small.statuses == {200}
     assert len(small.latencies) >= 3
     slowest = max(small.latencies)
+    record("slowest small call s", slowest)
     assert slowest < SMALL_CALL_LATENCY, (
         f"a small call waited {slowest:.3f} s while the large body was parsed"
     )
