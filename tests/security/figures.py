@@ -14,7 +14,8 @@ _FIGURES: dict[str, dict[str, float]] = {}
 
 def record(name: str, value: float) -> None:
     """Keep the largest ``value`` of ``name`` seen by the running test."""
-    test = os.environ.get("PYTEST_CURRENT_TEST", "unknown").split(" ")[0]
+    # "path::name[params] (call)": the params may hold spaces.
+    test = os.environ.get("PYTEST_CURRENT_TEST", "unknown").rsplit(" ", 1)[0]
     entry = _FIGURES.setdefault(test, {})
     entry[name] = max(entry.get(name, value), value)
 

@@ -8,17 +8,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from servekit.batch.answers import prediction_texts
 from servekit.batch.job import ShardPlan
 from servekit.batch.outputs import ShardWriter
 from servekit.batch.predictors import BatchRejected, RowError, predict_splitting
 from servekit.batch.refs import ModelRef, ShardSlice, parse_model_ref, parse_shard
-from servekit.batch.schema import FLOAT, INTEGER, TEXT, InputSchema
+from servekit.batch.schema import FLOAT, INTEGER, TEXT, InputSchema, value_kind
 from servekit.batch.sources import Chunk, discover, read_chunks
 from servekit.console import CommandError
+from servekit_protocol import json_codec
+from servekit_protocol.tensors import numpy_dtype
 
 NAMED = InputSchema("serving_default", {"a": FLOAT, "n": INTEGER, "s": TEXT})
 MATRIX = InputSchema("serving_default", {"pixels": FLOAT})
@@ -27,8 +31,8 @@ MATRIX = InputSchema("serving_default", {"pixels": FLOAT})
 def encoded(chunk: Chunk) -> list[Any]:
     """The chunk's instances as the JSON a request would carry."""
     return [
-        json.loads(orjson.dumps(item).replace(b"NaN", b'"NaN"'))
-        for item in chunk.instances
+        json.loads(orjson.dumps(chunk.instance(offset)).replace(b"NaN", b'"NaN"'))
+        for offset in range(len(chunk))
     ]
 
 
@@ -98,7 +102,7 @@ def test_csv_cells_are_typed_by_the_signature_and_bad_rows_named(
         {"a": 4.5, "n": 5, "s": "w"},
     ]
     assert second.read_errors == {0: "line 5: expected 4 columns, got 2"}
-    assert second.instances[0] == "1.0,4"
+    assert second.instance(0) == "1.0,4"
     assert encoded(second)[1] == {"a": 4.5, "n": 5, "s": "w", "extra": 10}
 
 
@@ -196,3 +200,103 @@ def test_a_shard_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         },
     ]
     assert (writer.succeeded, writer.failed) == (1, 2)
+
+
+def columns_file(tmp_path: Path, fmt: str, columns: list[str]) -> Path:
+    """Numbers with NaN, infinities and exponents, integers, text and booleans."""
+    rows = 50
+    floats = [row * 0.37 - 4.0 for row in range(rows)]
+    floats[3], floats[4], floats[5], floats[6] = math.nan, math.inf, -math.inf, 1e30
+    floats[7] = 7.073035e-6
+    table = pa.table(
+        {
+            "a": floats,
+            "n": list(range(-rows, 0)),
+            "s": [f't{row}%"' for row in range(rows)],
+            "flag": [row % 3 == 0 for row in range(rows)],
+        }
+    ).select(columns)
+    path = tmp_path / f"in.{fmt}"
+    if fmt == "csv":
+        frame = table.to_pandas()
+        if "flag" in frame:
+            frame["flag"] = frame["flag"].map({True: "true", False: "false"})
+        frame.to_csv(path, index=False)
+    else:
+        pq.write_table(table, path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize(
+    ("inputs", "columns"),
+    [
+        ({"a": "float32", "n": "int64", "s": "string"}, ["a", "n", "s", "flag"]),
+        ({"pixels": "float32"}, ["a", "n"]),
+        ({"a": "float64"}, ["a"]),
+    ],
+    ids=["keyed", "matrix", "bare"],
+)
+def test_table_columns_are_what_the_codec_makes_of_the_rows(
+    tmp_path: Path, fmt: str, inputs: dict[str, str], columns: list[str]
+) -> None:
+    schema = InputSchema(
+        "serving_default", {k: value_kind(v) for k, v in inputs.items()}
+    )
+    path = columns_file(tmp_path, fmt, columns)
+    (chunk,) = read_chunks(discover(path), 0, 50, 50, schema)
+    assert chunk.table is not None
+    offsets = [offset for offset in range(len(chunk)) if offset != 1]
+    texts = chunk.instance_texts(offsets)
+    assert texts == [orjson.dumps(chunk.instance(offset)) for offset in offsets]
+    assert b"NaN" in texts[2] and b"-Infinity" in texts[4]
+
+    body = orjson.dumps({"instances": [chunk.request(offset) for offset in offsets]})
+    specs = {name: json_codec.TensorSpec(dtype, None) for name, dtype in inputs.items()}
+    expected = json_codec.parse_predict_request(body, specs).inputs
+    arrays = chunk.table.model_inputs(
+        {name: numpy_dtype(dtype) for name, dtype in inputs.items()},
+        np.asarray(offsets),
+    )
+    assert arrays is not None
+    assert list(arrays) == list(expected)
+    for name, array in arrays.items():
+        assert (array.dtype, array.shape) == (
+            expected[name].dtype,
+            expected[name].shape,
+        )
+        assert np.array_equal(array, expected[name], equal_nan=array.dtype.kind == "f")
+
+
+def test_text_or_booleans_for_a_number_are_left_to_the_codec(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"a": [True, False]}), tmp_path / "in.parquet")
+    (chunk,) = read_chunks(
+        discover(tmp_path / "in.parquet"), 0, 2, 2, InputSchema("", {"a": FLOAT})
+    )
+    assert chunk.table is not None
+    assert chunk.table.model_inputs({"a": np.dtype(np.float32)}, np.arange(2)) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prediction_texts_are_the_rest_answers_written_back(dtype: type) -> None:
+    generator = np.random.default_rng(7)
+    scale = 10.0 ** generator.integers(-30, 30, (400, 5))
+    values = (generator.standard_normal((400, 5)) * scale).astype(dtype)
+    outputs = {
+        "scores": values,
+        "first": values[:, 0],
+        "label": generator.integers(-5, 5, 400),
+        "positive": values[:, 1] > 0,
+    }
+    for names in (["scores"], ["first"], ["label"], list(outputs)):
+        chosen = {name: outputs[name] for name in names}
+        answer = json_codec.format_predict_response(
+            chosen, json_codec.RequestFormat.ROW
+        )
+        expected = [
+            orjson.dumps(prediction)
+            for prediction in json_codec.loads(answer)["predictions"]
+        ]
+        assert prediction_texts(chosen, 400) == expected
+    with_nan = {"scores": np.array([[math.nan, 1.0]], dtype=dtype)}
+    assert prediction_texts(with_nan, 1) == [b"[null,1.0]"]

@@ -2,8 +2,9 @@
 
 Cells are read as text and typed by the signature (an input's dtype) or, for
 other columns, by what the whole chunk holds (integers, else numbers, else
-text). An empty numeric cell is NaN, as TF Serving's JSON ``NaN`` token; a cell
-that cannot be read makes its row an error row.
+text), into one numpy array per column. An empty numeric cell is NaN (written
+as TF Serving's JSON ``NaN`` token); a cell that cannot be read makes its row an
+error row.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from servekit.batch.columns import Array, object_array
 from servekit.batch.schema import BOOLEAN, FLOAT, INTEGER, TEXT
 
-NAN = orjson.Fragment(b"NaN")
-"""TF Serving's JSON token for a missing number (orjson would write ``null``)."""
 _CSV_BLOCK_BYTES = 1 << 20
 
 
@@ -96,22 +95,14 @@ def csv_pieces(path: Path) -> Iterator[Piece]:
     yield from bad
 
 
-def floats(column: pa.ChunkedArray) -> list[Any]:
-    array = column.to_numpy()
-    values: list[Any] = array.tolist()
-    if not np.isfinite(array).all():
-        for index in np.flatnonzero(np.isnan(array)).tolist():
-            values[index] = NAN
-        for index in np.flatnonzero(np.isinf(array)).tolist():
-            values[index] = orjson.Fragment(
-                b"Infinity" if values[index] > 0 else b"-Infinity"
-            )
-    return values
-
-
 def values_from_text(
     column: pa.ChunkedArray, name: str, kind: str | None
-) -> tuple[list[Any], dict[int, str]]:
+) -> tuple[Array, dict[int, str]]:
+    """A text column typed as ``kind`` (inferred when ``None``), and its bad rows.
+
+    Numbers come as ``float64`` (an empty cell is NaN) or ``int64``; a bad row
+    holds a placeholder (its cell is reported in the error).
+    """
     if kind is None:
         for candidate in (INTEGER, FLOAT):
             values, errors = values_from_text(column, name, candidate)
@@ -119,7 +110,7 @@ def values_from_text(
                 return values, errors
         kind = TEXT
     if kind == TEXT:
-        return column.to_pylist(), {}
+        return object_array(column.to_pylist()), {}
     if kind == BOOLEAN:
         lowered = pc.utf8_lower(column).to_pylist()
         errors = {
@@ -127,7 +118,7 @@ def values_from_text(
             for index, text in enumerate(lowered)
             if text not in ("true", "false")
         }
-        return [text == "true" for text in lowered], errors
+        return np.array([text == "true" for text in lowered], dtype=bool), errors
     target = pa.float64() if kind == FLOAT else pa.int64()
     blanks = pc.equal(pc.utf8_trim_whitespace(column), "")
     try:
@@ -135,19 +126,17 @@ def values_from_text(
     except pa.ArrowInvalid:
         return _values_one_by_one(column, name, kind)
     if kind == FLOAT:
-        return floats(typed.fill_null(math.nan)), {}
-    values = typed.to_pylist()
-    errors = {
-        index: f"column {name}: empty cell where an integer is expected"
-        for index, value in enumerate(values)
-        if value is None
-    }
-    return values, errors
+        return typed.fill_null(math.nan).to_numpy(), {}
+    errors = dict.fromkeys(
+        np.flatnonzero(typed.is_null().to_numpy(zero_copy_only=False)).tolist(),
+        f"column {name}: empty cell where an integer is expected",
+    )
+    return typed.fill_null(0).to_numpy(), errors
 
 
 def _values_one_by_one(
     column: pa.ChunkedArray, name: str, kind: str
-) -> tuple[list[Any], dict[int, str]]:
+) -> tuple[Array, dict[int, str]]:
     values: list[Any] = []
     errors: dict[int, str] = {}
     convert = float if kind == FLOAT else int
@@ -155,13 +144,19 @@ def _values_one_by_one(
         stripped = (text or "").strip()
         try:
             if not stripped and kind == FLOAT:
-                values.append(NAN)
+                values.append(math.nan)
                 continue
             value = convert(stripped)
         except ValueError:
             wanted = "a number" if kind == FLOAT else "an integer"
             errors[index] = f"column {name}: {text!r} is not {wanted}"
-            values.append(text)
+            values.append(0)
             continue
-        values.append(NAN if kind == FLOAT and math.isnan(value) else value)
-    return values, errors
+        values.append(value)
+    if kind == FLOAT:
+        return np.array(values, dtype=np.float64), errors
+    try:
+        return np.array(values, dtype=np.int64), errors
+    except OverflowError:
+        # Beyond int64: Python ints, as a JSON reader would hold them.
+        return object_array(values), errors

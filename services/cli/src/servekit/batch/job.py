@@ -155,30 +155,16 @@ def _predicted(
     settings: JobSettings,
 ) -> Iterator[tuple[Chunk, dict[int, Outcome]]]:
     """Chunks with their outcomes, in input order, ``workers`` in flight."""
-    window: deque[tuple[Chunk, list[int], Future[list[Outcome]]]] = deque()
+    window: deque[tuple[Chunk, Future[dict[int, Outcome]]]] = deque()
     for chunk in chunks:
-        offsets = [
-            offset for offset in range(len(chunk)) if offset not in chunk.read_errors
-        ]
-        instances = [chunk.request(offset) for offset in offsets]
-        future: Future[list[Outcome]] = pool.submit(_predict, predictor, instances)
-        window.append((chunk, offsets, future))
+        window.append((chunk, pool.submit(predictor.predict_chunk, chunk)))
         # One more than the workers keeps the pool busy while a chunk is written.
         if len(window) > settings.workers:
-            yield _completed(window.popleft())
+            chunk_done, future = window.popleft()
+            yield chunk_done, future.result()
     while window:
-        yield _completed(window.popleft())
-
-
-def _predict(predictor: Predictor, instances: list[Any]) -> list[Outcome]:
-    return predictor.predict(instances) if instances else []
-
-
-def _completed(
-    entry: tuple[Chunk, list[int], Future[list[Outcome]]],
-) -> tuple[Chunk, dict[int, Outcome]]:
-    chunk, offsets, future = entry
-    return chunk, dict(zip(offsets, future.result(), strict=True))
+        chunk_done, future = window.popleft()
+        yield chunk_done, future.result()
 
 
 def _plan_document(

@@ -20,8 +20,9 @@ from typing import Any, BinaryIO
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+from servekit_protocol import json_codec
 
-from servekit.batch.predictors import Outcome, RowError
+from servekit.batch.predictors import Encoded, Outcome, RowError
 from servekit.batch.sources import CSV, JSONL, PARQUET, Chunk
 
 RESULTS = "prediction.results"
@@ -64,7 +65,8 @@ class ShardWriter:
 
     def write(self, chunk: Chunk, outcomes: dict[int, Outcome]) -> None:
         """Append a chunk's rows: ``outcomes`` by offset for the rows that were read."""
-        results: list[tuple[int, Any]] = []
+        offsets: list[int] = []
+        predictions: list[Any] = []
         error_lines: list[bytes] = []
         for offset in range(len(chunk)):
             error = chunk.read_errors.get(offset)
@@ -77,7 +79,7 @@ class ShardWriter:
                 error_lines.append(
                     orjson.dumps(
                         {
-                            INSTANCE: chunk.instances[offset],
+                            INSTANCE: chunk.instance(offset),
                             "error": {
                                 "status": outcome.status,
                                 "message": outcome.message,
@@ -86,28 +88,30 @@ class ShardWriter:
                     )
                 )
             else:
-                results.append((offset, outcome))
+                offsets.append(offset)
+                predictions.append(outcome)
         if error_lines:
             self._errors_file.write(b"\n".join(error_lines) + b"\n")
         self.failed += len(error_lines)
-        self.succeeded += len(results)
-        if not results:
+        self.succeeded += len(offsets)
+        if not offsets:
             return
         if self._format == JSONL:
             assert self._results_file is not None
+            # The bytes orjson writes for {"instance": ..., "prediction": ...}.
             self._results_file.write(
                 b"\n".join(
-                    orjson.dumps(
-                        {INSTANCE: chunk.instances[offset], PREDICTION: prediction}
+                    b'{"instance":%b,"prediction":%b}' % (instance, _text(prediction))
+                    for instance, prediction in zip(
+                        chunk.instance_texts(offsets), predictions, strict=True
                     )
-                    for offset, prediction in results
                 )
                 + b"\n"
             )
             return
         rows = [
-            _table_row(chunk.instance_value(offset), prediction)
-            for offset, prediction in results
+            _table_row(chunk.instance_value(offset), _value(prediction))
+            for offset, prediction in zip(offsets, predictions, strict=True)
         ]
         if self._format == CSV:
             self._write_csv(rows)
@@ -163,6 +167,18 @@ class ShardWriter:
             if sync:
                 with self._results_tmp.open("rb") as handle:
                     os.fsync(handle.fileno())
+
+
+def _text(prediction: Any) -> bytes:
+    if isinstance(prediction, Encoded):
+        return prediction.text
+    return orjson.dumps(prediction)
+
+
+def _value(prediction: Any) -> Any:
+    if isinstance(prediction, Encoded):
+        return json_codec.loads(prediction.text)
+    return prediction
 
 
 def _table_row(instance: Any, prediction: Any) -> dict[str, Any]:

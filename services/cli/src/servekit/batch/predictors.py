@@ -1,19 +1,23 @@
-"""Turn a list of instances into one outcome per instance, in order.
+"""Turn a chunk of rows into one outcome per row that was read, in order.
 
-Both predictors send what an online client sends, a TF Serving row-format
-``:predict`` body (``{"instances": [...]}``), and read the answer's
-``predictions`` as a client reads them, so a batch job's predictions are the
-online endpoint's:
+A batch job's predictions are the online endpoint's for the same version:
 
 - :class:`InProcessPredictor` loads the version with the model server's own
   loader (``modelserver.registry.repository.load_runtime``: sha256 checks,
-  ``code/`` on the import path, the runtime the version calls for) and runs the
-  body through the same JSON codec and runtime calls as the REST API;
-- :class:`RemotePredictor` posts it to a gateway or model server.
+  ``code/`` on the import path, the compiled model where the version has one,
+  the runtime the version calls for). A table chunk's typed columns become the
+  very arrays the REST codec decodes from the rows' instances
+  (:mod:`servekit.batch.columns`); other chunks, and columns only the codec can
+  judge, go through the codec itself as a row-format ``:predict`` body. The
+  arrays go to the runtime's ``prepare_predict`` and ``run``, and the outputs
+  become each row's ``predictions`` entry as the REST answer writes it
+  (:mod:`servekit.batch.answers`).
+- :class:`RemotePredictor` posts row-format ``:predict`` bodies to a gateway or
+  model server and reads the answer's ``predictions`` as a client reads them.
 
 A batch the model rejects as a whole is split in halves until the rows at
 fault are alone, so one bad row costs its own prediction only (its reason is
-the model's error message).
+the model's error message) and the good rows stay in batches.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import numpy as np
 import orjson
 from servekit_protocol import json_codec
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.tensors import numpy_dtype
 
+from servekit.batch.answers import prediction_texts
 from servekit.batch.schema import InputSchema, value_kind
+from servekit.batch.sources import Chunk
 from servekit.console import CommandError
 
 
@@ -42,8 +50,15 @@ class RowError:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A prediction already written as JSON text."""
+
+    text: bytes
+
+
 Outcome = Any
-"""A prediction (a JSON value) or a :class:`RowError`."""
+"""A prediction (a JSON value or :class:`Encoded`) or a :class:`RowError`."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,8 @@ class Predictor(Protocol):
     model: ModelVersion
     schema: InputSchema
 
-    def predict(self, instances: Sequence[Any]) -> list[Outcome]:
-        """One outcome per instance, in order.
+    def predict_chunk(self, chunk: Chunk) -> dict[int, Outcome]:
+        """An outcome for each row of ``chunk`` that was read, by offset.
 
         Raises:
             CommandError: The job cannot go on (the endpoint is down, refuses
@@ -92,6 +107,17 @@ def body_of(instances: Sequence[Any], signature_name: str) -> bytes:
     if signature_name:
         document["signature_name"] = signature_name
     return orjson.dumps(document)
+
+
+def predict_rows(
+    chunk: Chunk, predict: Callable[[Sequence[Any]], list[Outcome]]
+) -> dict[int, Outcome]:
+    """``predict`` on the requests of the chunk's rows that were read."""
+    offsets = chunk.read_offsets()
+    if not offsets:
+        return {}
+    instances = [chunk.request(offset) for offset in offsets]
+    return dict(zip(offsets, predict(instances), strict=True))
 
 
 def predict_splitting(
@@ -151,6 +177,9 @@ class InProcessPredictor:
             alias: json_codec.TensorSpec(spec.dtype, None)
             for alias, spec in info.inputs.items()
         }
+        self._dtypes = {
+            alias: numpy_dtype(spec.dtype) for alias, spec in info.inputs.items()
+        }
         self._error_type = ServingError
 
     @property
@@ -158,10 +187,76 @@ class InProcessPredictor:
         """The loaded runtime (``modelserver.runtimes.base.Runtime``)."""
         return self._runtime
 
-    def predict(self, instances: Sequence[Any]) -> list[Outcome]:
-        return predict_splitting(instances, self._run)
+    def predict_chunk(self, chunk: Chunk) -> dict[int, Outcome]:
+        offsets = chunk.read_offsets()
+        if not offsets:
+            return {}
+        rows = np.asarray(offsets, dtype=np.intp)
+        arrays = (
+            chunk.table.model_inputs(self._dtypes, rows)
+            if chunk.table is not None
+            else None
+        )
+        if arrays is None:
+            instances = [chunk.request(offset) for offset in offsets]
+            try:
+                arrays = self._parse(instances)
+            except BatchRejected:
+                # Which rows the codec refuses, and why, is found row by row.
+                return dict(
+                    zip(
+                        offsets,
+                        predict_splitting(instances, self._run_json),
+                        strict=True,
+                    )
+                )
+        outcomes: dict[int, Outcome] = {}
+        self._run_splitting(arrays, np.arange(len(offsets)), offsets, outcomes)
+        return outcomes
 
-    def _run(self, instances: Sequence[Any]) -> list[Any]:
+    def _parse(self, instances: Sequence[Any]) -> dict[str, Any]:
+        try:
+            parsed = json_codec.parse_predict_request(
+                body_of(instances, self.model.signature_name), self._specs
+            )
+        except ProtocolError as exc:
+            raise BatchRejected("INVALID_ARGUMENT", exc.message) from exc
+        return dict(parsed.inputs)
+
+    def _run_splitting(
+        self,
+        arrays: dict[str, Any],
+        positions: Any,
+        offsets: list[int],
+        outcomes: dict[int, Outcome],
+    ) -> None:
+        """Predict the rows at ``positions`` of ``arrays``; halve what is refused."""
+        try:
+            texts = self._run_arrays({k: v[positions] for k, v in arrays.items()})
+        except BatchRejected as exc:
+            if len(positions) == 1:
+                outcomes[offsets[int(positions[0])]] = RowError(exc.status, exc.message)
+                return
+            middle = len(positions) // 2
+            self._run_splitting(arrays, positions[:middle], offsets, outcomes)
+            self._run_splitting(arrays, positions[middle:], offsets, outcomes)
+            return
+        for position, text in zip(positions.tolist(), texts, strict=True):
+            outcomes[offsets[position]] = Encoded(text)
+
+    def _run_arrays(self, arrays: dict[str, Any]) -> list[bytes]:
+        rows = len(next(iter(arrays.values())))
+        try:
+            call = self._runtime.prepare_predict(self.model.signature_name, arrays, ())
+            return prediction_texts(self._runtime.run(call), rows)
+        except ProtocolError as exc:
+            raise BatchRejected("INVALID_ARGUMENT", exc.message) from exc
+        except self._error_type as exc:
+            # Every refusal is narrowed down to rows, failures inside the model
+            # too: scikit-learn raises what it raises for one odd value.
+            raise BatchRejected(exc.grpc_code.name, exc.message) from exc
+
+    def _run_json(self, instances: Sequence[Any]) -> list[Any]:
         signature = self.model.signature_name
         try:
             parsed = json_codec.parse_predict_request(
@@ -266,8 +361,10 @@ class RemotePredictor:
             )
         return response.json()
 
-    def predict(self, instances: Sequence[Any]) -> list[Outcome]:
-        return predict_splitting(instances, self._run)
+    def predict_chunk(self, chunk: Chunk) -> dict[int, Outcome]:
+        return predict_rows(
+            chunk, lambda instances: predict_splitting(instances, self._run)
+        )
 
     def _run(self, instances: Sequence[Any]) -> list[Any]:
         response = self._send("POST", self._path, body_of(instances, self._signature))

@@ -17,17 +17,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from servekit_protocol import json_codec
 from servekit_protocol.errors import InvalidArgument
 
+from servekit.batch.columns import (
+    BARE,
+    KEYED,
+    LIST,
+    Array,
+    TableColumns,
+    object_array,
+)
 from servekit.batch.csvtext import (
     BadLine,
     Piece,
     csv_pieces,
-    floats,
     values_from_text,
 )
 from servekit.batch.schema import InputSchema
@@ -62,13 +71,15 @@ class Chunk:
     Attributes:
         start: The job-wide number of the first row.
         instances: One JSON value per row, as sent to the model (an
-            ``orjson.Fragment`` holding a JSON Lines row as written).
+            ``orjson.Fragment`` holding a JSON Lines row as written); empty when
+            ``table`` holds the rows.
         read_errors: Offset in the chunk -> why that row could not be read; its
             instance is then the raw text.
         lines: The JSON Lines rows as read (``None`` for other formats).
         sent: What is sent for each row when it differs from its instance: a
             table's columns that no input of the signature takes (an id, the
             label) stay in the output's instance but are not sent.
+        table: The rows as typed columns (CSV and Parquet chunks).
     """
 
     start: int
@@ -76,13 +87,24 @@ class Chunk:
     read_errors: dict[int, str] = field(default_factory=dict)
     lines: list[bytes] | None = None
     sent: list[Any] | None = None
+    table: TableColumns | None = None
 
     def request(self, offset: int) -> Any:
         """What row ``offset`` sends to the model."""
+        if self.table is not None:
+            return self.table.request(offset)
         return (self.sent if self.sent is not None else self.instances)[offset]
+
+    def instance(self, offset: int) -> Any:
+        """Row ``offset``'s instance as the JSON output writes it."""
+        if self.table is not None:
+            return self.table.instance(offset)
+        return self.instances[offset]
 
     def instance_value(self, offset: int) -> Any:
         """Row ``offset``'s instance as plain Python values (for CSV/Parquet output)."""
+        if self.table is not None:
+            return self.table.instance(offset, plain=True)
         if self.lines is not None and offset not in self.read_errors:
             return json_codec.loads(self.lines[offset])
         value = self.instances[offset]
@@ -92,8 +114,39 @@ class Chunk:
             return [_plain(item) for item in value]
         return _plain(value)
 
+    def instance_texts(self, offsets: list[int]) -> list[bytes]:
+        """The JSON text of these rows' instances (rows that were read)."""
+        if self.table is not None:
+            return self.table.instance_texts(np.asarray(offsets, dtype=np.intp))
+        if self.lines is not None:
+            return [self.lines[offset] for offset in offsets]
+        return [orjson.dumps(self.instances[offset]) for offset in offsets]
+
+    def read_offsets(self) -> list[int]:
+        """The offsets of the rows that were read, in order."""
+        if not self.read_errors:
+            return list(range(len(self)))
+        return [offset for offset in range(len(self)) if offset not in self.read_errors]
+
+    def materialised(self) -> Chunk:
+        """The same rows with one Python instance each (no ``table``)."""
+        table = self.table
+        if table is None:
+            return self
+        rows = range(table.rows)
+        instances = [table.instance(offset) for offset in rows]
+        sent = None
+        if table.layout == KEYED and len(table.sent) != len(table.arrays):
+            sent = [
+                instances[offset]
+                if offset in self.read_errors
+                else table.request(offset)
+                for offset in rows
+            ]
+        return Chunk(self.start, instances, dict(self.read_errors), sent=sent)
+
     def __len__(self) -> int:
-        return len(self.instances)
+        return self.table.rows if self.table is not None else len(self.instances)
 
 
 def discover(path: Path) -> list[InputFile]:
@@ -241,12 +294,17 @@ def _split(pieces: list[Piece], rows: int) -> tuple[list[Piece], list[Piece]]:
 def _pieces_chunk(
     pieces: list[Piece], start: int, from_text: bool, schema: InputSchema
 ) -> Chunk:
+    if not any(isinstance(piece, BadLine) for piece in pieces):
+        batches = [piece for piece in pieces if isinstance(piece, pa.RecordBatch)]
+        return _table_chunk(pa.Table.from_batches(batches), start, from_text, schema)
     chunk = Chunk(start, [])
-    batches: list[pa.RecordBatch] = []
+    batches = []
 
     def flush() -> None:
         if batches:
-            part = _table_chunk(pa.Table.from_batches(batches), 0, from_text, schema)
+            part = _table_chunk(
+                pa.Table.from_batches(batches), 0, from_text, schema
+            ).materialised()
             for offset, message in part.read_errors.items():
                 chunk.read_errors[len(chunk.instances) + offset] = message
             if part.sent is not None or chunk.sent is not None:
@@ -320,48 +378,51 @@ def _table_chunk(
             f"the input has no column for input(s) {', '.join(missing)} of signature "
             f"{schema.signature_name!r} (columns: {', '.join(names)})"
         )
+    if not names:
+        return Chunk(start, [{} for _ in range(table.num_rows)])
     read_errors: dict[int, str] = {}
-    columns: dict[str, list[Any]] = {}
+    arrays: dict[str, Array] = {}
     for name in names:
         kind = schema.inputs.get(name) if keyed else single
-        column = table.column(name)
-        values, errors = _typed_values(column, name, kind, from_text)
-        columns[name] = values
+        values, errors = _typed_values(table.column(name), name, kind, from_text)
+        arrays[name] = values
         for index, message in errors.items():
             read_errors.setdefault(index, message)
-    rows = table.num_rows
-    if keyed:
-        instances: list[Any] = [
-            dict(zip(names, values, strict=True))
-            for values in zip(*columns.values(), strict=True)
-        ]
-    elif len(names) == 1:
-        # One unnamed column: its values are the instances (TF Serving's bare
-        # row values), not one-element lists.
-        instances = list(columns[names[0]])
-    else:
-        instances = [list(values) for values in zip(*columns.values(), strict=True)]
-    if not names:
-        instances = [{} for _ in range(rows)]
-    sent = None
-    if keyed and len(names) != len(schema.inputs):
-        sent = [{name: row[name] for name in schema.inputs} for row in instances]
-    for index in read_errors:
-        instances[index] = {
-            name: _cell_text(table.column(name)[index]) for name in names
-        }
-    return Chunk(start, instances, read_errors, sent=sent)
+    # One unnamed column: its values are the instances (TF Serving's bare row
+    # values), not one-element lists.
+    layout = KEYED if keyed else BARE if len(names) == 1 else LIST
+    columns = TableColumns(
+        arrays,
+        layout,
+        list(schema.inputs) if keyed else names,
+        {
+            index: {name: _cell_text(table.column(name)[index]) for name in names}
+            for index in read_errors
+        },
+    )
+    return Chunk(start, [], read_errors, table=columns)
 
 
 def _typed_values(
     column: pa.ChunkedArray, name: str, kind: str | None, from_text: bool
-) -> tuple[list[Any], dict[int, str]]:
-    """A column as JSON values of ``kind`` (inferred when ``None``), and bad rows."""
+) -> tuple[Array, dict[int, str]]:
+    """A column as an array of ``kind`` (inferred when ``None``), and bad rows."""
     if from_text:
         return values_from_text(column, name, kind)
     if pa.types.is_floating(column.type):
-        return floats(column.fill_null(math.nan)), {}
-    return column.to_pylist(), {}
+        return column.fill_null(math.nan).to_numpy().astype(np.float64), {}
+    if column.null_count == 0 and (
+        pa.types.is_boolean(column.type)
+        or pa.types.is_signed_integer(column.type)
+        or (
+            pa.types.is_unsigned_integer(column.type)
+            and (len(column) == 0 or pc.max(column).as_py() <= np.iinfo(np.int64).max)
+        )
+    ):
+        # The values a JSON reader would hold: int64 or bool.
+        array = column.to_numpy()
+        return (array if array.dtype.kind == "b" else array.astype(np.int64)), {}
+    return object_array(column.to_pylist()), {}
 
 
 _TOKENS = {b"NaN": math.nan, b"Infinity": math.inf, b"-Infinity": -math.inf}

@@ -1,0 +1,80 @@
+"""A model call's outputs as each row's prediction, in JSON text, an output at a time.
+
+The text is byte for byte what the REST API's row-format answer gives a client
+that reads ``predictions`` and writes one back with ``orjson``: the answer is
+formatted by :func:`servekit_protocol.json_codec.format_predict_response`
+(numpy's float32 written at its shortest), read as Python floats, and written
+again. Numeric outputs of one or two dimensions take a vectorised path with the
+same result; any other output takes exactly that route, row by row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+from servekit_protocol import json_codec
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def prediction_texts(outputs: Mapping[str, NDArray[Any]], rows: int) -> list[bytes]:
+    """Each row's ``predictions`` entry as JSON text (``rows`` of them).
+
+    Raises:
+        InvalidArgument: The outputs cannot be written as a row-format answer
+            (no outputs, no batch dimension, inconsistent batch sizes).
+    """
+    columns: dict[str, list[bytes]] = {}
+    for name, output in outputs.items():
+        array = np.asarray(output)
+        texts = _output_texts(array) if array.shape[:1] == (rows,) else None
+        if texts is None:
+            return _through_the_codec(outputs)
+        columns[name] = texts
+    if len(columns) == 1:
+        return next(iter(columns.values()))
+    if not columns:
+        return _through_the_codec(outputs)
+    template = (
+        b"{"
+        + b",".join(
+            orjson.dumps(name).replace(b"%", b"%%") + b":%b" for name in columns
+        )
+        + b"}"
+    )
+    return [template % row for row in zip(*columns.values(), strict=True)]
+
+
+def _output_texts(array: NDArray[Any]) -> list[bytes] | None:
+    kind = array.dtype.kind
+    if array.ndim not in (1, 2) or kind not in "biuf" or not array.dtype.isnative:
+        return None
+    if kind == "f" and array.dtype not in (np.float32, np.float64):
+        return None
+    if kind == "f" and not np.isfinite(array).all():
+        # The codec writes TF Serving's NaN tokens, which read back as floats
+        # that orjson writes as null: leave that to the codec's own route.
+        return None
+    text = orjson.dumps(np.ascontiguousarray(array), option=_OPTIONS)
+    if kind == "f" and array.dtype != np.float64:
+        # The codec writes float32 at its shortest; read back, that is a Python
+        # float, which orjson writes in float64's style (7.073035e-6, not
+        # 0.000007073035): the text takes the same round trip.
+        text = orjson.dumps(
+            np.asarray(orjson.loads(text), dtype=np.float64), option=_OPTIONS
+        )
+    if array.ndim == 1:
+        return text[1:-1].split(b",") if len(array) else []
+    if not len(array):
+        return []
+    return [b"[" + row + b"]" for row in text[2:-2].split(b"],[")]
+
+
+def _through_the_codec(outputs: Mapping[str, NDArray[Any]]) -> list[bytes]:
+    answer = json_codec.format_predict_response(outputs, json_codec.RequestFormat.ROW)
+    predictions: list[Any] = json_codec.loads(answer)["predictions"]
+    return [orjson.dumps(prediction) for prediction in predictions]

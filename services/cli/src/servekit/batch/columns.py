@@ -1,0 +1,214 @@
+"""A table chunk kept as typed columns: model inputs and JSON text without per-row work.
+
+A CSV or Parquet chunk is held as one numpy array per column, typed as the row
+instances would be (``float64`` with NaN for missing numbers, ``int64``, ``bool``,
+or objects). From them, for any set of rows:
+
+- :meth:`TableColumns.model_inputs` gives the arrays the REST codec would decode
+  from those rows' instances (the same dtypes, values and shapes), or ``None``
+  when only the codec can say what it makes of them (then the rows go through
+  it, as before);
+- :meth:`TableColumns.instance_texts` gives each row's instance as the JSON text
+  ``orjson`` writes for the instance value (numbers formatted a column at a
+  time, NaN and infinities as TF Serving's tokens).
+
+Rows are materialised as Python values only when one is asked for (an error
+row, a CSV or Parquet output row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+KEYED = "keyed"
+"""Each row is an object keyed by column name."""
+LIST = "list"
+"""Each row is the list of its values (a single input the columns do not name)."""
+BARE = "bare"
+"""Each row is its one column's value."""
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_NAN = orjson.Fragment(b"NaN")
+_INFINITY = orjson.Fragment(b"Infinity")
+_MINUS_INFINITY = orjson.Fragment(b"-Infinity")
+
+Array = NDArray[Any]
+
+
+@dataclass
+class TableColumns:
+    """Typed columns of consecutive rows, and how a row becomes an instance.
+
+    Attributes:
+        arrays: One array per column, in the file's column order; a row with a
+            read error holds a placeholder in them.
+        layout: :data:`KEYED`, :data:`LIST` or :data:`BARE`.
+        sent: The columns a request sends (keyed rows: the signature's inputs;
+            other columns stay in the output's instance only).
+        error_instances: Offset -> the instance written for a row that could not
+            be read (its cells as text).
+    """
+
+    arrays: dict[str, Array]
+    layout: str
+    sent: list[str]
+    error_instances: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """How many rows the columns hold."""
+        return len(next(iter(self.arrays.values())))
+
+    def instance(self, offset: int, *, plain: bool = False) -> Any:
+        """Row ``offset``'s instance (``plain``: NaN and infinities as floats)."""
+        if offset in self.error_instances:
+            return self.error_instances[offset]
+        values = {
+            name: _value(array, offset, plain) for name, array in self.arrays.items()
+        }
+        if self.layout == KEYED:
+            return values
+        if self.layout == BARE:
+            return next(iter(values.values()))
+        return list(values.values())
+
+    def request(self, offset: int) -> Any:
+        """What row ``offset`` sends to the model (the codec's input)."""
+        if self.layout == KEYED and len(self.sent) != len(self.arrays):
+            return {
+                name: _value(self.arrays[name], offset, False) for name in self.sent
+            }
+        return self.instance(offset)
+
+    def model_inputs(
+        self, dtypes: Mapping[str, np.dtype[Any]], offsets: Array
+    ) -> dict[str, Array] | None:
+        """The codec's arrays for these rows, by input name; ``None``: ask the codec.
+
+        ``dtypes`` holds each input's numpy dtype (``object`` for strings).
+        """
+        if self.layout == KEYED:
+            arrays = {}
+            for name, dtype in dtypes.items():
+                array = _as_input(self.arrays[name][offsets], dtype)
+                if array is None:
+                    return None
+                arrays[name] = array
+            return arrays
+        if len(dtypes) != 1:
+            return None
+        ((name, dtype),) = dtypes.items()
+        columns = [array[offsets] for array in self.arrays.values()]
+        if self.layout == BARE:
+            single = _as_input(columns[0], dtype)
+            return None if single is None else {name: single}
+        if dtype.kind == "O" or any(
+            column.dtype.kind not in "if" for column in columns
+        ):
+            return None
+        # numpy types a list of Python ints and floats as float64 (int64 when all
+        # are ints), as column_stack promotes the columns.
+        matrix = _as_input(np.column_stack(columns), dtype)
+        return None if matrix is None else {name: matrix}
+
+    def instance_texts(self, offsets: Array) -> list[bytes]:
+        """The JSON text of each row's instance (rows that were read)."""
+        if not len(offsets):
+            return []
+        columns = [array[offsets] for array in self.arrays.values()]
+        if self.layout == LIST and all(column.dtype.kind == "f" for column in columns):
+            matrix = np.column_stack(columns).astype(np.float64, copy=False)
+            if np.isfinite(matrix).all():
+                text = orjson.dumps(matrix, option=_OPTIONS)
+                return [b"[" + row + b"]" for row in text[2:-2].split(b"],[")]
+        tokens = [value_texts(column) for column in columns]
+        if self.layout == BARE:
+            return tokens[0]
+        if self.layout == LIST:
+            return [b"[" + b",".join(row) + b"]" for row in zip(*tokens, strict=True)]
+        template = (
+            b"{"
+            + b",".join(
+                orjson.dumps(name).replace(b"%", b"%%") + b":%b" for name in self.arrays
+            )
+            + b"}"
+        )
+        return [template % row for row in zip(*tokens, strict=True)]
+
+
+def value_texts(column: Array) -> list[bytes]:
+    """Each value's JSON text, as ``orjson`` writes the row's Python value.
+
+    Non-finite floats are TF Serving's ``NaN``, ``Infinity``, ``-Infinity``.
+    """
+    kind = column.dtype.kind
+    if kind == "f":
+        values = column.astype(np.float64, copy=False)
+        texts = orjson.dumps(values, option=_OPTIONS)[1:-1].split(b",")
+        bad = np.flatnonzero(~np.isfinite(values))
+        for index in bad.tolist():
+            value = values[index]
+            texts[index] = (
+                b"NaN"
+                if np.isnan(value)
+                else b"Infinity"
+                if value > 0
+                else b"-Infinity"
+            )
+        return texts
+    if kind == "i":
+        return orjson.dumps(column.astype(np.int64, copy=False), option=_OPTIONS)[
+            1:-1
+        ].split(b",")
+    if kind == "b":
+        return [b"true" if value else b"false" for value in column.tolist()]
+    return [orjson.dumps(value) for value in column.tolist()]
+
+
+def object_array(values: list[Any]) -> Array:
+    """A 1-D object array holding ``values`` as they are (lists stay lists)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _value(array: Array, offset: int, plain: bool) -> Any:
+    value = array[offset]
+    if array.dtype.kind == "f":
+        number = float(value)
+        if plain or np.isfinite(number):
+            return number
+        return (
+            _NAN if np.isnan(number) else _INFINITY if number > 0 else _MINUS_INFINITY
+        )
+    if array.dtype.kind in "iub":
+        return value.item()
+    return value
+
+
+def _as_input(column: Array, dtype: np.dtype[Any]) -> Array | None:
+    """``column`` as the codec converts a list of its values to ``dtype``."""
+    kind = column.dtype.kind
+    target = dtype.kind
+    if dtype.kind == "O":
+        if kind == "O" and all(type(value) is str for value in column.tolist()):
+            return object_array([value.encode("utf-8") for value in column.tolist()])
+        return None
+    if target == "b":
+        return column if kind == "b" else None
+    if target in "iu":
+        if kind != "i":
+            return None
+        info = np.iinfo(dtype)
+        if len(column) and (column.min() < info.min or column.max() > info.max):
+            return None
+        return column.astype(dtype)
+    if target == "f" and kind in "if":
+        return column.astype(dtype)
+    return None
