@@ -199,7 +199,7 @@ def test_answered_callers_are_waited_for_so_calls_stay_full(
     the queue at once would make the two groups alternate for ever.
     """
     gateway = coalescing_gateway
-    clients, rounds = 6, 4
+    clients, rounds = 6, 8
     calls_before = gateway.metric(
         "gateway_backend_duration_seconds_count", method="Predict"
     )
@@ -227,8 +227,12 @@ def test_answered_callers_are_waited_for_so_calls_stay_full(
         gateway.metric("gateway_backend_duration_seconds_count", method="Predict")
         - calls_before
     )
-    # The lone first call, then one call per round; alternating groups need 2 × rounds.
-    assert calls <= rounds + 2
+    # The lone first call, then one call per round: rounds + 1. A caller whose
+    # turn outlasts the hold costs one more call (the next hold joins the groups
+    # again); on a machine loaded ten times over that has happened once in 4
+    # rounds, so up to 3 such misses pass. Without the hold the two groups
+    # alternate for ever: 2 × rounds = 16 calls.
+    assert calls <= rounds + 4
 
 
 def test_grpc_callers_of_a_merged_call_get_tf_servings_typed_fields(
