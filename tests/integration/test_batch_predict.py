@@ -214,6 +214,14 @@ def test_predictions_equal_the_online_answers_and_bad_rows_are_errors(
         assert digests["model.joblib"] == (
             Registry(registry).manifest("linear", 1).files["model.joblib"].sha256
         )
+        assert manifest["model"]["identity"]["source"] == "registry"
+    else:
+        # The server's metadata carries no file digests: none are made up.
+        assert manifest["model"]["sha256"] is None
+        identity = manifest["model"]["identity"]
+        assert identity["source"] == "target"
+        assert identity["url"].endswith("/v1/models/linear/versions/1")
+        assert len(identity["signature_def_sha256"]) == 64
 
 
 def test_same_batch_same_bits_and_a_version_number_pins_the_job(

@@ -242,6 +242,7 @@ def _manifest(
             "version": predictor.model.version,
             "signature_name": predictor.model.signature_name,
             "sha256": predictor.model.sha256,
+            "identity": predictor.model.identity,
         },
         "mode": settings.mode,
         "target": settings.target,

@@ -22,9 +22,10 @@ the model's error message) and the good rows stay in batches.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,8 +69,10 @@ class ModelVersion:
     name: str
     version: int
     signature_name: str
-    sha256: dict[str, str]
-    """The manifest's digests of the version's files (empty when not known)."""
+    sha256: dict[str, str] | None
+    """The manifest's digests of the version's files (``None``: not known)."""
+    identity: dict[str, Any] = field(default_factory=dict)
+    """Where the version was read and what identifies it there."""
 
 
 class Predictor(Protocol):
@@ -169,7 +172,9 @@ class InProcessPredictor:
             if (path / MANIFEST_FILE).is_file()
             else {}
         )
-        self.model = ModelVersion(name, version, key, digests)
+        self.model = ModelVersion(
+            name, version, key, digests, {"source": "registry", "path": str(path)}
+        )
         self.schema = InputSchema(
             key, {alias: value_kind(spec.dtype) for alias, spec in info.inputs.items()}
         )
@@ -334,7 +339,22 @@ class RemotePredictor:
                 f"(it has {', '.join(sorted(signatures))})"
             )
         inputs = signatures[key].get("inputs", {})
-        self.model = ModelVersion(name, resolved, key, {})
+        # TF Serving's metadata names the version and its signatures, not the
+        # digests of its files: the manifest says so instead of guessing them.
+        self.model = ModelVersion(
+            name,
+            resolved,
+            key,
+            None,
+            {
+                "source": "target",
+                "url": f"{self._client.base_url}/v1/models/{name}/versions/{resolved}",
+                "signature_def_sha256": hashlib.sha256(
+                    orjson.dumps(signatures, option=orjson.OPT_SORT_KEYS)
+                ).hexdigest(),
+                "sha256": "not exposed by the server's model metadata or status",
+            },
+        )
         self.schema = InputSchema(
             key,
             {
