@@ -108,13 +108,18 @@ def silent_rest() -> Iterator[str]:
 class BusyBackend(ThreadingHTTPServer):
     """A REST backend whose queue is full: `/v1/models/busy` always answers 503,
     `/v1/models/flaky` answers 503 once, then 200; a gRPC-Web Predict answers
-    UNAVAILABLE once, then y = [42.0]."""
+    UNAVAILABLE the first time for each model name, then y = [42.0].
+
+    gRPC-Web Predicts are counted per model name (``web:<name>``); other
+    gRPC-Web methods (the gateway's status checks, made each second for its
+    readiness, so as many as the test's duration allows) answer UNIMPLEMENTED
+    and are not counted."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _BusyHandler)
-        self.calls: dict[str, int] = {"busy": 0, "flaky": 0, "web": 0}
+        self.calls: dict[str, int] = {"busy": 0, "flaky": 0}
         self.lock = threading.Lock()
 
     @property
@@ -146,10 +151,18 @@ class _BusyHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _grpc_web(self, body: bytes) -> None:
+        if not self.path.endswith("/Predict"):
+            self.send_response(200)
+            self.send_header("content-type", "application/grpc-web+proto")
+            self.send_header("grpc-status", "12")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         request = messages.PredictRequest.FromString(grpcweb.request_message(body))
+        key = f"web:{request.model_spec.name}"
         with self.server.lock:
-            self.server.calls["web"] += 1
-            first = self.server.calls["web"] == 1
+            self.server.calls[key] = self.server.calls.get(key, 0) + 1
+            first = self.server.calls[key] == 1
         self.send_response(200)
         self.send_header("content-type", "application/grpc-web+proto")
         if first:
@@ -661,7 +674,7 @@ def test_grpc_web_unavailable_is_retried(
     request.model_spec.name = "webflaky"
     answer = grpc_predict(gateway.grpc_target, request)
     np.testing.assert_allclose(to_ndarray(answer.outputs["y"]), [42.0])
-    assert busy_rest.calls["web"] == 2
+    assert busy_rest.calls["web:webflaky"] == 2
     assert gateway.metric("gateway_backend_retries_total") - retries_before == 1
 
 
