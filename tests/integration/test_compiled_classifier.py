@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from modelregistry import Registry, load_model
 from servekit_protocol import messages, tensors
 from servekit_protocol.services import PredictionServiceStub
 
+from tests.support.cli import ok, servekit
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.processes import VENV_BIN
@@ -126,22 +126,6 @@ class Served:
     gateway: GatewayProcess
     show: dict[str, str]
     rows: list[dict[str, Any]]
-
-
-def servekit(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(VENV_BIN / "servekit"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "250"},
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def build_models(folder: Path) -> None:

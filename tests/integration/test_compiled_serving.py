@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,8 @@ from servekit_protocol import messages, tensors
 from servekit_protocol.services import PredictionServiceStub
 
 from tests.integration.test_chapter2 import regions_pipeline, run_notebook
+from tests.support.cli import ok, servekit
 from tests.support.modelserver import ModelServer, model_server
-from tests.support.processes import VENV_BIN
 
 # The module's setup trains a model and publishes two, each compiled and gated
 # (seconds each alone); on a loaded 2-core machine it has taken over 300 s.
@@ -44,22 +42,6 @@ class Served:
     registry: Path
     server: ModelServer
     show: dict[str, str]
-
-
-def servekit(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(VENV_BIN / "servekit"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "250"},
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def batching_parameters(folder: Path) -> Path:
