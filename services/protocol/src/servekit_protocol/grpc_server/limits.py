@@ -6,64 +6,103 @@ services take an :class:`Http2Limits` from their settings and pass it down.
 
 from __future__ import annotations
 
-import ast
-import inspect
-import textwrap
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 KIB = 1024
 MIB = 1024 * 1024
+
+
+def _limit(default: float, doc: str) -> Any:
+    # The help text rides in the field's metadata, not in an attribute
+    # docstring: reading those back needs ast.parse at run time, which is not
+    # thread-safe in CPython 3.11 ("AST constructor recursion depth mismatch").
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
 class Http2Limits:
     """Per-connection and per-process limits of the HTTP/2 gRPC server."""
 
-    max_concurrent_streams: int = 100
-    """SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced (nghttp2 and
-    grpcio's usual 100); a stream over it is refused alone with RST_STREAM
-    REFUSED_STREAM (RFC 9113 §5.1.2, as grpc's chttp2 transport does), which
-    spends the reset allowance."""
-    max_header_list_size: int = 16 * KIB
-    """SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced (grpcio: 16 KiB); a
-    compressed header block is also refused above it before it is decoded."""
-    max_continuation_frames: int = 8
-    """CONTINUATION frames accepted after one HEADERS frame (CVE-2024-27316);
-    counted before the block is buffered."""
-    stream_window_bytes: int = 1 * MIB
-    """SETTINGS_INITIAL_WINDOW_SIZE: request bytes a stream may send unread."""
-    connection_window_bytes: int = 4 * MIB
-    """Receive window of the whole connection."""
-    max_buffered_request_bytes: int = 32 * MIB
-    """Request bytes held per connection before window updates stop (the oldest
-    unfinished request keeps going, so a message up to the size limit fits)."""
-    reset_burst: int = 1000
-    """Stream resets and stream errors a connection may cause at once (nghttp2's
-    stream reset burst) before GOAWAY ENHANCE_YOUR_CALM (CVE-2023-44487)."""
-    reset_rate_per_second: float = 33.0
-    """Refill rate of that allowance (nghttp2's 33 per second)."""
-    max_queued_control_frames: int = 1000
-    """PING and SETTINGS answers queued for a client that does not read
-    (nghttp2's max outbound ACK); over it the connection is dropped."""
-    write_high_water_bytes: int = 256 * KIB
-    """Unsent bytes at which the connection stops reading and answers wait."""
-    write_low_water_bytes: int = 64 * KIB
-    """Unsent bytes at which reading and writing resume."""
-    handshake_timeout_seconds: float = 10.0
-    """Time from accept to the client's preface and SETTINGS."""
-    idle_timeout_seconds: float = 300.0
-    """Time a connection with no call under way is kept (grpcio's
-    max_connection_idle is off by default; nginx's keep-alive is 75 s)."""
-    header_read_timeout_seconds: float = 10.0
-    """Time from a header block's first frame to its last."""
-    body_read_timeout_seconds: float = 60.0
-    """Time from a request's headers to the end of its body."""
-    send_stall_timeout_seconds: float = 60.0
-    """Time an answer may wait for a client that neither reads nor opens its
-    flow-control window before the connection is dropped."""
-    max_connections: int = 1000
-    """Connections held at once by the process's gRPC server; more are sent
-    GOAWAY and closed (with a log line)."""
+    max_concurrent_streams: int = _limit(
+        100,
+        "SETTINGS_MAX_CONCURRENT_STREAMS advertised and enforced (nghttp2 and grpcio's "
+        "usual 100); a stream over it is refused alone with RST_STREAM REFUSED_STREAM "
+        "(RFC 9113 §5.1.2, as grpc's chttp2 transport does), which spends the reset "
+        "allowance.",
+    )
+    max_header_list_size: int = _limit(
+        16 * KIB,
+        "SETTINGS_MAX_HEADER_LIST_SIZE advertised and enforced (grpcio: 16 KiB); a "
+        "compressed header block is also refused above it before it is decoded.",
+    )
+    max_continuation_frames: int = _limit(
+        8,
+        "CONTINUATION frames accepted after one HEADERS frame (CVE-2024-27316); counted "
+        "before the block is buffered.",
+    )
+    stream_window_bytes: int = _limit(
+        1 * MIB,
+        "SETTINGS_INITIAL_WINDOW_SIZE: request bytes a stream may send unread.",
+    )
+    connection_window_bytes: int = _limit(
+        4 * MIB,
+        "Receive window of the whole connection.",
+    )
+    max_buffered_request_bytes: int = _limit(
+        32 * MIB,
+        "Request bytes held per connection before window updates stop (the oldest "
+        "unfinished request keeps going, so a message up to the size limit fits).",
+    )
+    reset_burst: int = _limit(
+        1000,
+        "Stream resets and stream errors a connection may cause at once (nghttp2's stream "
+        "reset burst) before GOAWAY ENHANCE_YOUR_CALM (CVE-2023-44487).",
+    )
+    reset_rate_per_second: float = _limit(
+        33.0,
+        "Refill rate of that allowance (nghttp2's 33 per second).",
+    )
+    max_queued_control_frames: int = _limit(
+        1000,
+        "PING and SETTINGS answers queued for a client that does not read (nghttp2's max "
+        "outbound ACK); over it the connection is dropped.",
+    )
+    write_high_water_bytes: int = _limit(
+        256 * KIB,
+        "Unsent bytes at which the connection stops reading and answers wait.",
+    )
+    write_low_water_bytes: int = _limit(
+        64 * KIB,
+        "Unsent bytes at which reading and writing resume.",
+    )
+    handshake_timeout_seconds: float = _limit(
+        10.0,
+        "Time from accept to the client's preface and SETTINGS.",
+    )
+    idle_timeout_seconds: float = _limit(
+        300.0,
+        "Time a connection with no call under way is kept (grpcio's max_connection_idle "
+        "is off by default; nginx's keep-alive is 75 s).",
+    )
+    header_read_timeout_seconds: float = _limit(
+        10.0,
+        "Time from a header block's first frame to its last.",
+    )
+    body_read_timeout_seconds: float = _limit(
+        60.0,
+        "Time from a request's headers to the end of its body.",
+    )
+    send_stall_timeout_seconds: float = _limit(
+        60.0,
+        "Time an answer may wait for a client that neither reads nor opens its flow- "
+        "control window before the connection is dropped.",
+    )
+    max_connections: int = _limit(
+        1000,
+        "Connections held at once by the process's gRPC server; more are sent GOAWAY and "
+        "closed (with a log line).",
+    )
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -79,25 +118,9 @@ class Http2Limits:
 
 
 def described_fields() -> dict[str, tuple[type, object, str]]:
-    """Each :class:`Http2Limits` field: its type, default and attribute
-    docstring (for command-line flags and their help)."""
-    docstrings: dict[str, str] = {}
-    try:
-        source = textwrap.dedent(inspect.getsource(Http2Limits))
-    except OSError:  # installed without its sources: no help texts
-        source = "pass"
-    tree = ast.parse(source)
-    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docstrings[node.target.id] = " ".join(following.value.value.split())
+    """Each :class:`Http2Limits` field: its type, default and help text (for
+    command-line flags and their help)."""
     return {
-        item.name: (type(item.default), item.default, docstrings.get(item.name, ""))
+        item.name: (type(item.default), item.default, item.metadata["doc"])
         for item in fields(Http2Limits)
     }
