@@ -54,7 +54,9 @@ _LONGEST_CONSTANT = max(len(headers) for headers in CONSTANT_BLOCKS)
 class ConstantEncoder(Encoder):
     """``hpack``'s encoder, with the constant blocks written from a table."""
 
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        # Huffman coding is off unless asked for (h2 never asks): in pure Python
+        # it costs more CPU than the few bytes it saves on answers' short values.
         # h2 hands over a list of plain tuples; hpack's HeaderTuple subclasses
         # (never-indexed fields) compare equal to them and must not match.
         block = None
