@@ -307,7 +307,10 @@ def test_markdown_has_sections_targets_and_notes() -> None:
     checks = target_checks(sample_runs(), [], (1, 32), "servekit-batching")
     markdown = render_markdown(report, checks)
     assert "## tabular · REST (wrk)" in markdown
-    assert "## Targets (issues 3 and 4)" in markdown
+    assert (
+        "## Targets: throughput against MLServer and plain FastAPI, added latency at 1 "
+        "client, the gateway's cost, the gRPC server against grpc.aio\n"
+    ) in markdown
     assert "- a note" in markdown
     assert "## Failed runs" in markdown
 

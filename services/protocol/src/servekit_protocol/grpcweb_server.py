@@ -11,6 +11,8 @@ call with a status. :func:`call_unary` turns every outcome into an HTTP answer:
 from __future__ import annotations
 
 import base64
+import binascii
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from google.protobuf.message import DecodeError, Message
 from servekit_protocol import grpcweb, messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.services import MODEL_SERVICE, PREDICTION_SERVICE
+
+logger = logging.getLogger(__name__)
 
 SERVICE_PREFIX = "/tensorflow.serving."
 """Paths of TF Serving's gRPC services (not of any REST API)."""
@@ -148,8 +152,8 @@ async def call_unary(
     (a servicer's own unexpected errors are its ``abort`` to make)."""
     text = grpcweb.is_text(content_type)
     answer_type = _answer_type(content_type)
-    context = WebContext(metadata, None)
     try:
+        context = WebContext(_binary_values(metadata), None)
         entry = methods.get(raw_path)
         if entry is None:
             raise Aborted(
@@ -160,7 +164,7 @@ async def call_unary(
         request_type, method = entry
         if timeout_header is not None:
             deadline = time.monotonic() + grpcweb.decode_timeout(timeout_header)
-            context = WebContext(metadata, deadline)
+            context = WebContext(context.invocation_metadata(), deadline)
         if text:
             body = grpcweb.decode_text(body)
         try:
@@ -184,6 +188,34 @@ async def call_unary(
     if text:
         payload = base64.b64encode(payload)
     return WebAnswer(200, [(b"content-type", answer_type)], payload)
+
+
+def _binary_values(
+    metadata: Sequence[tuple[str, str]],
+) -> list[tuple[str, str | bytes]]:
+    """``metadata`` with ``-bin`` values decoded, as the gRPC port gives them to
+    a servicer (base64, padded or not, as gRPC-Web carries them in headers).
+
+    Raises:
+        Aborted: INVALID_ARGUMENT for a value that is not base64.
+    """
+    decoded: list[tuple[str, str | bytes]] = []
+    for key, value in metadata:
+        if not key.endswith("-bin"):
+            decoded.append((key, value))
+            continue
+        raw = value.encode("latin-1")
+        try:
+            binary = binascii.a2b_base64(raw + b"=" * (-len(raw) % 4), strict_mode=True)
+        except binascii.Error as exc:
+            # A client's mistake, not the server's: one line, no traceback.
+            logger.info("gRPC-Web call: malformed %s metadata: %s", key, exc)
+            raise Aborted(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Malformed base64 in metadata {key!r}",
+            ) from None
+        decoded.append((key, binary))
+    return decoded
 
 
 def _answer_type(content_type: bytes) -> bytes:

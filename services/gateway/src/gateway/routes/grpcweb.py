@@ -71,6 +71,8 @@ class GrpcWebEndpoint:
                     self._methods, scope["path"], content_type, body, metadata, timeout
                 )
         headers = answer.headers
+        # Without a length uvicorn would chunk the answer.
+        headers.append((b"content-length", b"%d" % len(answer.body)))
         headers.append((_REQUEST_ID_HEADER, request_id.encode("latin-1")))
         await send(
             {"type": "http.response.start", "status": answer.status, "headers": headers}

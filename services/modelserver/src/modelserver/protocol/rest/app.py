@@ -220,7 +220,12 @@ class RestApp:
             status = HTTPStatus.INTERNAL_SERVER_ERROR.value
             payload = internal_error_body(request_id)
             logger.exception("%s %s failed", method, raw_path)
-        headers = [content_type, (_REQUEST_ID_HEADER, request_id.encode())]
+        headers = [
+            content_type,
+            # Without a length uvicorn would chunk the answer; TF Serving sends one.
+            (b"content-length", b"%d" % len(payload)),
+            (_REQUEST_ID_HEADER, request_id.encode()),
+        ]
         version = version_var.get()
         if status == 200 and version is not None:
             # Not in TF Serving's API: a proxy in front (the gateway) learns which
@@ -268,6 +273,7 @@ class RestApp:
                     self._grpc_web, raw_path, content_type, body, metadata, timeout
                 )
         headers = answer.headers
+        headers.append((b"content-length", b"%d" % len(answer.body)))
         headers.append((_REQUEST_ID_HEADER, request_id.encode()))
         headers.extend(self._extra_headers)
         await send(
