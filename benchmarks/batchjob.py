@@ -6,7 +6,8 @@ a temporary one when absent) and each input format, side by side in one run:
 - **limit**: the runtime called directly (``prepare_predict`` + ``run``) on
   ready arrays, ``--batch-size`` rows a call: the most a job could do;
 - **in process**: ``servekit batch predict``'s job (reading the file, counting
-  its rows, JSON Lines output with the instances, manifest), model load excluded;
+  its rows, writing the results in each ``--output-formats`` format with the
+  instances, manifest), model load excluded;
 - **target**: the same job against a ``servekit-model-server`` on 127.0.0.1
   (``--concurrency`` requests in flight).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import statistics
 import subprocess
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--registry", type=Path, default=REPO_ROOT / "models")
     parser.add_argument("--models", nargs="+", default=["tabular", "digits"])
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    parser.add_argument(
+        "--output-formats", nargs="+", default=["jsonl"], choices=FORMATS
+    )
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
@@ -145,14 +150,14 @@ def runtime_limit(predictor: Any, frame: pd.DataFrame, batch_size: int) -> float
 
 
 def job_rate(predictor: Any, path: Path, output: Path, args: argparse.Namespace,
-             *, workers: int = 1) -> float:  # fmt: skip
+             *, workers: int = 1, output_format: str = "jsonl") -> float:  # fmt: skip
     from servekit.batch import job, refs, sources
 
     started = time.perf_counter()
     files = sources.discover(path)
     settings = job.JobSettings(
         output=output,
-        output_format="jsonl",
+        output_format=output_format,
         batch_size=args.batch_size,
         rows_per_shard=max(args.rows // 4, 1),
         shard=refs.ShardSlice(),
@@ -211,27 +216,29 @@ def main(argv: list[str] | None = None) -> int:
                     matrix=len(local.schema.inputs) == 1
                     and not all(n in frame.columns for n in local.schema.inputs),
                 )
-                for fmt, path in inputs.items():
+                for (fmt, path), written in itertools.product(
+                    inputs.items(), args.output_formats
+                ):
                     limits, jobs, ratios, targets = [], [], [], []
                     for round_number in range(args.rounds):
+                        where = folder / f"{name}-{fmt}-{written}-{round_number}"
                         limit = runtime_limit(local, frame, args.batch_size)
-                        rate = job_rate(
-                            local, path, folder / f"{name}-{fmt}-{round_number}", args
-                        )
+                        rate = job_rate(local, path, where, args, output_format=written)
                         limits.append(limit)
                         jobs.append(rate)
                         ratios.append(rate / limit)
                         if remote is not None:
                             targets.append(
                                 job_rate(
-                                    remote, path,
-                                    folder / f"{name}-{fmt}-{round_number}-target",
+                                    remote, path, where.with_name(where.name + "-t"),
                                     args, workers=args.concurrency,
+                                    output_format=written,
                                 )
                             )  # fmt: skip
                     row = {
                         "model": f"{name}:{version}",
                         "format": fmt,
+                        "output_format": written,
                         "rows": args.rows,
                         "batch_size": args.batch_size,
                         "limit_rows_per_s": statistics.median(limits),
@@ -248,15 +255,17 @@ def main(argv: list[str] | None = None) -> int:
                     remote.close()
     print()
     print(
-        "| model | input | runtime limit (rows/s) | in process (rows/s) | ratio | --target (rows/s) |"
+        "| model | input | output | runtime limit (rows/s) | in process (rows/s) "
+        "| ratio | --target (rows/s) |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for row in results:
         target_text = (
             f"{row['target_rows_per_s']:,.0f}" if row["target_rows_per_s"] else "-"
         )
         print(
-            f"| {row['model']} | {row['format']} | {row['limit_rows_per_s']:,.0f} | "
+            f"| {row['model']} | {row['format']} | {row['output_format']} | "
+            f"{row['limit_rows_per_s']:,.0f} | "
             f"{row['in_process_rows_per_s']:,.0f} | {row['ratio']:.0%} | {target_text} |"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)

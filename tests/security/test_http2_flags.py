@@ -1,5 +1,6 @@
-"""The model server's HTTP/2 limits set from its command line (``--http2_<field>``)
-change what its gRPC port advertises and enforces, over the wire."""
+"""HTTP/2 limits set from the command line change what the gRPC port advertises
+and enforces, over the wire: the model server's ``--http2_<field>`` flags and the
+gateway's ``--http2-<field>`` flags."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 from hyperframe.frame import RstStreamFrame, SettingsFrame
 
 from tests.security.http2 import REFUSED_STREAM, RawClient
+from tests.support.gateway import running_gateway
 from tests.support.models import publish_linear_pipeline
-from tests.support.modelserver import ModelServer, model_server
+from tests.support.modelserver import model_server
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +23,7 @@ STREAM_WINDOW_BYTES = 256 * 1024
 
 
 @pytest.fixture(scope="module")
-def flagged_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+def model_server_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     directory: Path = tmp_path_factory.mktemp("http2-flags")
     publish_linear_pipeline(directory / "models", "linear", offset=1.0)
     with model_server(
@@ -34,11 +36,35 @@ def flagged_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelSe
         ],
         log_path=directory / "model-server.log",
     ) as server:
-        yield server
+        yield server.grpc_port
 
 
-def test_flags_change_the_advertised_settings(flagged_server: ModelServer) -> None:
-    client = RawClient(flagged_server.grpc_port)
+@pytest.fixture(scope="module")
+def gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    directory: Path = tmp_path_factory.mktemp("http2-flags-gateway")
+    # No backend is needed to open a connection: nothing listens on port 9.
+    with running_gateway(
+        directory,
+        env={"GATEWAY_REGISTRY": str(directory / "models")},
+        flags=[
+            "--default-backend=127.0.0.1:9",
+            f"--http2-max-concurrent-streams={STREAMS}",
+            f"--http2-max-header-list-size={HEADER_LIST_BYTES}",
+            f"--http2-stream-window-bytes={STREAM_WINDOW_BYTES}",
+        ],
+    ) as gateway:
+        yield gateway.grpc_port
+
+
+@pytest.fixture(params=["model server", "gateway"])
+def flagged_port(request: pytest.FixtureRequest) -> int:
+    fixture = "model_server_port" if request.param == "model server" else "gateway_port"
+    port: int = request.getfixturevalue(fixture)
+    return port
+
+
+def test_flags_change_the_advertised_settings(flagged_port: int) -> None:
+    client = RawClient(flagged_port)
     frames = client.frames(1.0)
     advertised = {
         key: value

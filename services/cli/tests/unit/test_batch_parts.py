@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from servekit.batch.answers import prediction_texts
 from servekit.batch.job import ShardPlan
+from servekit.batch.outcomes import Bulk, Encoded, Predictions, RowError
 from servekit.batch.outputs import ShardWriter
-from servekit.batch.predictors import BatchRejected, RowError, predict_splitting
+from servekit.batch.predictors import BatchRejected, predict_splitting
 from servekit.batch.refs import ModelRef, ShardSlice, parse_model_ref, parse_shard
 from servekit.batch.schema import FLOAT, INTEGER, TEXT, InputSchema, value_kind
 from servekit.batch.sources import Chunk, discover, read_chunks
@@ -174,13 +176,13 @@ def test_splitting_isolates_the_rows_a_batch_is_refused_for() -> None:
 def test_a_shard_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     chunk = Chunk(0, [{"a": 1.0}, "broken", {"a": 2.0}], read_errors={1: "bad line"})
     writer = ShardWriter(tmp_path, 0, 2, "jsonl")
-    writer.write(chunk, {0: 10.0, 2: RowError("INVALID_ARGUMENT", "no")})
+    writer.write(chunk, Predictions({0: 10.0, 2: RowError("INVALID_ARGUMENT", "no")}))
     assert not list(tmp_path.glob("prediction.*"))
     writer.abort()
     assert not list(tmp_path.iterdir())
 
     writer = ShardWriter(tmp_path, 1, 2, "jsonl")
-    writer.write(chunk, {0: 10.0, 2: RowError("INVALID_ARGUMENT", "no")})
+    writer.write(chunk, Predictions({0: 10.0, 2: RowError("INVALID_ARGUMENT", "no")}))
     writer.commit()
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "prediction.errors-00001-of-00002",
@@ -300,3 +302,70 @@ def test_prediction_texts_are_the_rest_answers_written_back(dtype: type) -> None
         assert prediction_texts(chosen, 400) == expected
     with_nan = {"scores": np.array([[math.nan, 1.0]], dtype=dtype)}
     assert prediction_texts(with_nan, 1) == [b"[null,1.0]"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("input_format", ["csv", "parquet"])
+def test_table_results_from_arrays_equal_the_row_by_row_route(
+    tmp_path: Path, fmt: str, input_format: str
+) -> None:
+    path = columns_file(tmp_path, input_format, ["a", "n", "s", "flag"])
+    (chunk,) = read_chunks(discover(path), 0, 50, 50, NAMED)
+    generator = np.random.default_rng(3)
+    outputs = {
+        "score": (generator.standard_normal(49) * 1e-5).astype(np.float32),
+        "probabilities": generator.random((49, 3)),
+        "label": generator.integers(0, 9, 49),
+    }
+    offsets = np.asarray([offset for offset in range(50) if offset != 1])
+    refused = {1: RowError("INVALID_ARGUMENT", "refused")}
+    texts = prediction_texts(outputs, 49)
+    written = {}
+    for route, predictions in [
+        ("arrays", Predictions(dict(refused), Bulk(offsets, outputs))),
+        (
+            "rows",
+            Predictions(
+                {
+                    **refused,
+                    **{
+                        offset: Encoded(text)
+                        for offset, text in zip(offsets.tolist(), texts, strict=True)
+                    },
+                }
+            ),
+        ),
+    ]:
+        folder = tmp_path / route
+        folder.mkdir()
+        writer = ShardWriter(folder, 0, 1, fmt)
+        writer.write(chunk, predictions)
+        writer.commit()
+        assert (writer.succeeded, writer.failed) == (49, 1)
+        (results,) = folder.glob("prediction.results-*")
+        written[route] = results.read_bytes()
+    assert written["arrays"] == written["rows"]
+    table = (
+        pq.read_table(tmp_path / "arrays" / "prediction.results-00000-of-00001.parquet")
+        if fmt == "parquet"
+        else pacsv.read_csv(
+            tmp_path / "arrays" / "prediction.results-00000-of-00001.csv",
+            convert_options=pacsv.ConvertOptions(
+                column_types={"a": pa.float64(), "prediction_score": pa.float64()}
+            ),
+        )
+    )
+    assert table.column_names[:4] == ["a", "n", "s", "flag"]
+    assert table.column_names[4:] == [
+        "prediction_score",
+        "prediction_probabilities",
+        "prediction_label",
+    ]
+    # Every float64 reads back as the value the JSON answer gives.
+    expected = [json.loads(text)["score"] for text in texts]
+    assert table.column("prediction_score").to_pylist() == expected
+    values = chunk.table.arrays["a"][offsets] if chunk.table else None
+    assert values is not None
+    assert np.array_equal(
+        table.column("a").to_numpy(), values.astype(np.float64), equal_nan=True
+    )

@@ -30,6 +30,7 @@ from typing import Any
 import uvicorn
 import yaml
 from pydantic import ValidationError
+from servekit_protocol.grpc_server.limits import described_fields
 from servekit_protocol.http1 import protocol_class
 
 from gateway.grpcfront.server import (
@@ -51,6 +52,10 @@ listens (an unreachable backend answers at once; a silent one takes its timeout)
 
 DRAIN_SECONDS = 20.0
 """How long in-flight requests may take after SIGTERM (below Kubernetes' 30 s)."""
+
+HTTP2_DEST_PREFIX = "http2__"
+"""``--http2-<field>`` sets one field of the gRPC port's HTTP/2 limits
+(``Settings.http2``), e.g. ``--http2-idle-timeout-seconds 120``."""
 
 # flag -> Settings field; only flags given on the command line override the env.
 _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -108,6 +113,15 @@ def serve_parser() -> argparse.ArgumentParser:
     for flag, (field, kind) in _FLAGS.items():
         description = Settings.model_fields[field].description or ""
         parser.add_argument(flag, dest=field, type=kind, default=None, help=description)
+    for name, (kind, default, description) in described_fields().items():
+        # One flag per HTTP/2 limit, as the model server's --http2_<field>.
+        parser.add_argument(
+            "--http2-" + name.replace("_", "-"),
+            dest=HTTP2_DEST_PREFIX + name,
+            type=kind,
+            default=None,
+            help=f"{description} (default: {default})",
+        )
     parser.add_argument(
         "--auth",
         dest="auth_enabled",
@@ -123,6 +137,26 @@ def serve_parser() -> argparse.ArgumentParser:
         help=Settings.model_fields["access_log"].description,
     )
     return parser
+
+
+def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Settings fields the command line gives: the ``--http2-<field>``
+    flags are folded into ``http2``, over the fields ``--http2`` JSON gives;
+    fields no flag gives keep their ``GATEWAY_HTTP2`` value or default."""
+    overrides: dict[str, Any] = {}
+    http2: dict[str, Any] = {}
+    for name, value in vars(args).items():
+        if value is None:
+            continue
+        if name.startswith(HTTP2_DEST_PREFIX):
+            http2[name.removeprefix(HTTP2_DEST_PREFIX)] = value
+        else:
+            overrides[name] = value
+    if http2:
+        given = overrides.get("http2", {})
+        # Anything but an object is left for the settings to refuse.
+        overrides["http2"] = {**given, **http2} if isinstance(given, dict) else given
+    return overrides
 
 
 def keys_parser() -> argparse.ArgumentParser:
@@ -279,9 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["keys"]:
         return run_keys(arguments[1:])
     args = serve_parser().parse_args(arguments)
-    overrides = {name: value for name, value in vars(args).items() if value is not None}
     try:
-        settings = Settings(**overrides)
+        settings = Settings(**settings_overrides(args))
     except ValidationError as exc:
         sys.stderr.write(f"servekit-gateway: invalid settings: {exc}\n")
         return 2

@@ -6,6 +6,10 @@ formatted by :func:`servekit_protocol.json_codec.format_predict_response`
 (numpy's float32 written at its shortest), read as Python floats, and written
 again. Numeric outputs of one or two dimensions take a vectorised path with the
 same result; any other output takes exactly that route, row by row.
+
+For CSV and Parquet results, :func:`prediction_columns` gives the same values
+as Arrow columns: what those texts read back as (``float64``, ``int64``,
+``bool``, or lists of them), one column per output.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 from numpy.typing import NDArray
 from servekit_protocol import json_codec
 
@@ -47,6 +52,47 @@ def prediction_texts(outputs: Mapping[str, NDArray[Any]], rows: int) -> list[byt
         + b"}"
     )
     return [template % row for row in zip(*columns.values(), strict=True)]
+
+
+def prediction_columns(
+    outputs: Mapping[str, NDArray[Any]], rows: int
+) -> dict[str, pa.Array] | None:
+    """Each output's values as the row-format answer reads back, as Arrow columns.
+
+    ``None`` when an output is not numeric with one or two dimensions of
+    ``rows`` rows, or holds NaN or infinities (whose answer text is ``null``):
+    then only the texts say what a row holds.
+    """
+    columns: dict[str, pa.Array] = {}
+    for name, output in outputs.items():
+        array = np.asarray(output)
+        kind = array.dtype.kind
+        if (
+            array.ndim not in (1, 2)
+            or array.shape[0] != rows
+            or kind not in "biuf"
+            or (kind == "f" and not np.isfinite(array).all())
+            or (kind == "u" and array.dtype.itemsize == 8)
+            or (array.ndim == 2 and not array.shape[1])
+        ):
+            return None
+        if kind == "f" and array.dtype != np.float64:
+            # What the answer's text for float32 (its shortest) reads back as.
+            text = orjson.dumps(np.ascontiguousarray(array), option=_OPTIONS)
+            values = np.asarray(orjson.loads(text), dtype=np.float64)
+        elif kind in "iu":
+            values = array.astype(np.int64)
+        else:
+            values = array
+        if values.ndim == 1:
+            columns[name] = pa.array(values)
+        else:
+            flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+            steps = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+            columns[name] = pa.ListArray.from_arrays(pa.array(steps), flat)
+    if not columns:
+        return None
+    return columns
 
 
 def _output_texts(array: NDArray[Any]) -> list[bytes] | None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 from numpy.typing import NDArray
 
 KEYED = "keyed"
@@ -80,6 +81,8 @@ class TableColumns:
 
     def request(self, offset: int) -> Any:
         """What row ``offset`` sends to the model (the codec's input)."""
+        if offset in self.error_instances:
+            return self.error_instances[offset]
         if self.layout == KEYED and len(self.sent) != len(self.arrays):
             return {
                 name: _value(self.arrays[name], offset, False) for name in self.sent
@@ -116,6 +119,24 @@ class TableColumns:
         # are ints), as column_stack promotes the columns.
         matrix = _as_input(np.column_stack(columns), dtype)
         return None if matrix is None else {name: matrix}
+
+    def arrow_columns(self, offsets: Array) -> dict[str, pa.Array] | None:
+        """These rows' columns as Arrow arrays, by column name; ``None``: mixed values.
+
+        Every layout gives the file's own columns (a matrix input's rows keep
+        their ``pixel_<i>`` columns, not one list column).
+        """
+        columns: dict[str, pa.Array] = {}
+        for name, array in self.arrays.items():
+            picked = array[offsets]
+            if picked.dtype.kind in "ifb":
+                columns[name] = pa.array(picked)
+                continue
+            try:
+                columns[name] = pa.array(picked.tolist())
+            except (pa.ArrowException, TypeError, ValueError):
+                return None
+        return columns
 
     def instance_texts(self, offsets: Array) -> list[bytes]:
         """The JSON text of each row's instance (rows that were read)."""

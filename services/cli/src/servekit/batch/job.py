@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from servekit.batch.outcomes import Predictions
 from servekit.batch.outputs import RESULTS, ShardWriter, shard_name
-from servekit.batch.predictors import Outcome, Predictor
+from servekit.batch.predictors import Predictor
 from servekit.batch.refs import ShardSlice
 from servekit.batch.sources import Chunk, InputFile, read_chunks
 from servekit.console import CommandError
@@ -153,9 +154,9 @@ def _predicted(
     predictor: Predictor,
     pool: ThreadPoolExecutor,
     settings: JobSettings,
-) -> Iterator[tuple[Chunk, dict[int, Outcome]]]:
+) -> Iterator[tuple[Chunk, Predictions]]:
     """Chunks with their outcomes, in input order, ``workers`` in flight."""
-    window: deque[tuple[Chunk, Future[dict[int, Outcome]]]] = deque()
+    window: deque[tuple[Chunk, Future[Predictions]]] = deque()
     for chunk in chunks:
         window.append((chunk, pool.submit(predictor.predict_chunk, chunk)))
         # One more than the workers keeps the pool busy while a chunk is written.

@@ -11,26 +11,24 @@ last: its presence is what marks the shard done for a resumed job.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from servekit_protocol import json_codec
 
-from servekit.batch.predictors import Encoded, Outcome, RowError
+from servekit.batch.answers import prediction_texts
+from servekit.batch.outcomes import Encoded, Outcome, Predictions, RowError
 from servekit.batch.sources import CSV, JSONL, PARQUET, Chunk
+from servekit.batch.tables import INSTANCE, csv_header, csv_rows, results_table
 
 RESULTS = "prediction.results"
 ERRORS = "prediction.errors"
 FORMATS = (JSONL, CSV, PARQUET)
 _SUFFIX = {JSONL: "", CSV: ".csv", PARQUET: ".parquet"}
-PREDICTION = "prediction"
-INSTANCE = "instance"
 
 
 def shard_name(prefix: str, index: int, count: int, fmt: str = JSONL) -> str:
@@ -50,7 +48,6 @@ class ShardWriter:
         self._errors_tmp = directory / f".{self._errors.name}.{os.getpid()}.tmp"
         self._errors_file: BinaryIO = self._errors_tmp.open("wb")
         self._results_file: BinaryIO | None = None
-        self._csv: Any = None
         self._csv_columns: list[str] = []
         self._parquet: pq.ParquetWriter | None = None
         self.succeeded = 0
@@ -63,79 +60,103 @@ class ShardWriter:
         """Where the results land once committed."""
         return self._results
 
-    def write(self, chunk: Chunk, outcomes: dict[int, Outcome]) -> None:
-        """Append a chunk's rows: ``outcomes`` by offset for the rows that were read."""
-        offsets: list[int] = []
-        predictions: list[Any] = []
-        error_lines: list[bytes] = []
-        for offset in range(len(chunk)):
-            error = chunk.read_errors.get(offset)
-            outcome = (
-                RowError("INVALID_ARGUMENT", error)
-                if error is not None
-                else outcomes[offset]
+    def write(self, chunk: Chunk, predictions: Predictions) -> None:
+        """Append a chunk's rows: their read errors, then ``predictions``."""
+        self._write_errors(chunk, predictions)
+        bulk = predictions.bulk
+        outputs: dict[str, Any] | None = None
+        answers: list[Outcome] | None = None
+        if bulk is not None and not predictions.successes():
+            offsets = bulk.offsets
+            outputs = bulk.outputs
+        else:
+            answered = predictions.outcomes
+            if bulk is not None:
+                texts = prediction_texts(bulk.outputs, len(bulk.offsets))
+                answered = {
+                    **answered,
+                    **{
+                        offset: Encoded(text)
+                        for offset, text in zip(
+                            bulk.offsets.tolist(), texts, strict=True
+                        )
+                    },
+                }
+            kept = sorted(
+                offset
+                for offset, outcome in answered.items()
+                if not isinstance(outcome, RowError) and offset not in chunk.read_errors
             )
-            if isinstance(outcome, RowError):
-                error_lines.append(
-                    orjson.dumps(
-                        {
-                            INSTANCE: chunk.instance(offset),
-                            "error": {
-                                "status": outcome.status,
-                                "message": outcome.message,
-                            },
-                        }
-                    )
-                )
-            else:
-                offsets.append(offset)
-                predictions.append(outcome)
-        if error_lines:
-            self._errors_file.write(b"\n".join(error_lines) + b"\n")
-        self.failed += len(error_lines)
+            offsets = np.asarray(kept, dtype=np.intp)
+            answers = [answered[offset] for offset in kept]
         self.succeeded += len(offsets)
-        if not offsets:
+        if not len(offsets):
             return
         if self._format == JSONL:
-            assert self._results_file is not None
-            # The bytes orjson writes for {"instance": ..., "prediction": ...}.
-            self._results_file.write(
-                b"\n".join(
-                    b'{"instance":%b,"prediction":%b}' % (instance, _text(prediction))
-                    for instance, prediction in zip(
-                        chunk.instance_texts(offsets), predictions, strict=True
-                    )
-                )
-                + b"\n"
+            lines = (
+                prediction_texts(outputs, len(offsets))
+                if outputs is not None
+                else [_text(answer) for answer in answers or ()]
             )
+            self._write_jsonl(chunk.instance_texts(offsets.tolist()), lines)
             return
-        rows = [
-            _table_row(chunk.instance_value(offset), _value(prediction))
-            for offset, prediction in zip(offsets, predictions, strict=True)
-        ]
+        table = results_table(chunk, offsets, outputs, answers)
         if self._format == CSV:
-            self._write_csv(rows)
+            self._write_csv(table)
         else:
-            self._write_parquet(rows)
+            self._write_parquet(table)
 
-    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
+    def _write_errors(self, chunk: Chunk, predictions: Predictions) -> None:
+        failed: dict[int, str | RowError] = dict(chunk.read_errors)
+        for offset, outcome in predictions.outcomes.items():
+            if isinstance(outcome, RowError) and offset not in failed:
+                failed[offset] = outcome
+        if not failed:
+            return
+        lines = []
+        for offset in sorted(failed):
+            outcome = failed[offset]
+            error = (
+                outcome
+                if isinstance(outcome, RowError)
+                else RowError("INVALID_ARGUMENT", outcome)
+            )
+            lines.append(
+                orjson.dumps(
+                    {
+                        INSTANCE: chunk.instance(offset),
+                        "error": {"status": error.status, "message": error.message},
+                    }
+                )
+            )
+        self._errors_file.write(b"\n".join(lines) + b"\n")
+        self.failed += len(lines)
+
+    def _write_jsonl(self, instances: list[bytes], predictions: list[bytes]) -> None:
         assert self._results_file is not None
-        text = io.StringIO()
-        if self._csv is None:
-            self._csv_columns = list(rows[0])
-            self._csv = True
-            csv.writer(text).writerow(self._csv_columns)
-        writer = csv.writer(text)
-        for row in rows:
-            writer.writerow(_csv_cell(row.get(column)) for column in self._csv_columns)
-        self._results_file.write(text.getvalue().encode("utf-8"))
+        # The bytes orjson writes for {"instance": ..., "prediction": ...}, one
+        # line a row, put together by slice assignment rather than a row loop.
+        parts = [b'{"instance":', b"", b',"prediction":', b"", b"}\n"] * len(instances)
+        parts[1::5] = instances
+        parts[3::5] = predictions
+        self._results_file.write(b"".join(parts))
 
-    def _write_parquet(self, rows: list[dict[str, Any]]) -> None:
+    def _write_csv(self, table: pa.Table) -> None:
+        assert self._results_file is not None
+        if not self._csv_columns:
+            self._csv_columns = table.column_names
+            self._results_file.write(csv_header(self._csv_columns))
+        elif table.column_names != self._csv_columns:
+            table = _aligned(table, self._csv_columns)
+        self._results_file.write(csv_rows(table))
+
+    def _write_parquet(self, table: pa.Table) -> None:
         if self._parquet is None:
-            table = pa.Table.from_pylist(rows)
             self._parquet = pq.ParquetWriter(self._results_tmp, table.schema)
-        else:
-            table = pa.Table.from_pylist(rows, schema=self._parquet.schema)
+        elif table.schema != self._parquet.schema.to_arrow_schema():
+            table = _aligned(table, self._parquet.schema.names).cast(
+                self._parquet.schema.to_arrow_schema()
+            )
         self._parquet.write_table(table)
 
     def commit(self) -> None:
@@ -175,28 +196,19 @@ def _text(prediction: Any) -> bytes:
     return orjson.dumps(prediction)
 
 
-def _value(prediction: Any) -> Any:
-    if isinstance(prediction, Encoded):
-        return json_codec.loads(prediction.text)
-    return prediction
+def _aligned(table: pa.Table, names: list[str]) -> pa.Table:
+    """``table`` with the columns ``names`` (the shard's first chunk's), in order.
 
-
-def _table_row(instance: Any, prediction: Any) -> dict[str, Any]:
-    row: dict[str, Any] = (
-        dict(instance) if isinstance(instance, dict) else {INSTANCE: instance}
+    A column the chunk lacks is all nulls; one the shard's first chunk lacked
+    is dropped, so every row of a file has the same columns.
+    """
+    rows = table.num_rows
+    return pa.table(
+        {
+            name: table.column(name) if name in table.column_names else pa.nulls(rows)
+            for name in names
+        }
     )
-    if isinstance(prediction, dict):
-        for name, value in prediction.items():
-            row[f"{PREDICTION}_{name}"] = value
-    else:
-        row[PREDICTION] = prediction
-    return row
-
-
-def _csv_cell(value: Any) -> Any:
-    if isinstance(value, list | dict):
-        return orjson.dumps(value).decode()
-    return value
 
 
 def _sync_directory(directory: Path) -> None:

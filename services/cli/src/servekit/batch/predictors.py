@@ -38,28 +38,10 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensors import numpy_dtype
 
 from servekit.batch.answers import prediction_texts
+from servekit.batch.outcomes import Bulk, Encoded, Outcome, Predictions, RowError
 from servekit.batch.schema import InputSchema, value_kind
 from servekit.batch.sources import Chunk
 from servekit.console import CommandError
-
-
-@dataclass(frozen=True)
-class RowError:
-    """Why one instance has no prediction (``status`` is a gRPC code name)."""
-
-    status: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """A prediction already written as JSON text."""
-
-    text: bytes
-
-
-Outcome = Any
-"""A prediction (a JSON value or :class:`Encoded`) or a :class:`RowError`."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +63,8 @@ class Predictor(Protocol):
     model: ModelVersion
     schema: InputSchema
 
-    def predict_chunk(self, chunk: Chunk) -> dict[int, Outcome]:
-        """An outcome for each row of ``chunk`` that was read, by offset.
+    def predict_chunk(self, chunk: Chunk) -> Predictions:
+        """An outcome for each row of ``chunk`` that was read.
 
         Raises:
             CommandError: The job cannot go on (the endpoint is down, refuses
@@ -114,13 +96,13 @@ def body_of(instances: Sequence[Any], signature_name: str) -> bytes:
 
 def predict_rows(
     chunk: Chunk, predict: Callable[[Sequence[Any]], list[Outcome]]
-) -> dict[int, Outcome]:
+) -> Predictions:
     """``predict`` on the requests of the chunk's rows that were read."""
     offsets = chunk.read_offsets()
     if not offsets:
-        return {}
+        return Predictions()
     instances = [chunk.request(offset) for offset in offsets]
-    return dict(zip(offsets, predict(instances), strict=True))
+    return Predictions(dict(zip(offsets, predict(instances), strict=True)))
 
 
 def predict_splitting(
@@ -192,10 +174,10 @@ class InProcessPredictor:
         """The loaded runtime (``modelserver.runtimes.base.Runtime``)."""
         return self._runtime
 
-    def predict_chunk(self, chunk: Chunk) -> dict[int, Outcome]:
+    def predict_chunk(self, chunk: Chunk) -> Predictions:
         offsets = chunk.read_offsets()
         if not offsets:
-            return {}
+            return Predictions()
         rows = np.asarray(offsets, dtype=np.intp)
         arrays = (
             chunk.table.model_inputs(self._dtypes, rows)
@@ -208,16 +190,19 @@ class InProcessPredictor:
                 arrays = self._parse(instances)
             except BatchRejected:
                 # Which rows the codec refuses, and why, is found row by row.
-                return dict(
-                    zip(
-                        offsets,
-                        predict_splitting(instances, self._run_json),
-                        strict=True,
+                return Predictions(
+                    dict(
+                        zip(
+                            offsets,
+                            predict_splitting(instances, self._run_json),
+                            strict=True,
+                        )
                     )
                 )
-        outcomes: dict[int, Outcome] = {}
-        self._run_splitting(arrays, np.arange(len(offsets)), offsets, outcomes)
-        return outcomes
+        answered: list[tuple[Any, dict[str, Any]]] = []
+        refused: dict[int, Outcome] = {}
+        self._run_splitting(arrays, np.arange(len(offsets)), offsets, answered, refused)
+        return _gathered(rows, answered, refused)
 
     def _parse(self, instances: Sequence[Any]) -> dict[str, Any]:
         try:
@@ -233,27 +218,30 @@ class InProcessPredictor:
         arrays: dict[str, Any],
         positions: Any,
         offsets: list[int],
-        outcomes: dict[int, Outcome],
+        answered: list[tuple[Any, dict[str, Any]]],
+        refused: dict[int, Outcome],
     ) -> None:
-        """Predict the rows at ``positions`` of ``arrays``; halve what is refused."""
+        """Predict the rows at ``positions`` of ``arrays``; halve what is refused.
+
+        Answered positions land in ``answered`` in ascending order, with the
+        call's outputs; the rows refused alone land in ``refused``.
+        """
         try:
-            texts = self._run_arrays({k: v[positions] for k, v in arrays.items()})
+            outputs = self._run_arrays({k: v[positions] for k, v in arrays.items()})
         except BatchRejected as exc:
             if len(positions) == 1:
-                outcomes[offsets[int(positions[0])]] = RowError(exc.status, exc.message)
+                refused[offsets[int(positions[0])]] = RowError(exc.status, exc.message)
                 return
             middle = len(positions) // 2
-            self._run_splitting(arrays, positions[:middle], offsets, outcomes)
-            self._run_splitting(arrays, positions[middle:], offsets, outcomes)
+            for half in (positions[:middle], positions[middle:]):
+                self._run_splitting(arrays, half, offsets, answered, refused)
             return
-        for position, text in zip(positions.tolist(), texts, strict=True):
-            outcomes[offsets[position]] = Encoded(text)
+        answered.append((positions, outputs))
 
-    def _run_arrays(self, arrays: dict[str, Any]) -> list[bytes]:
-        rows = len(next(iter(arrays.values())))
+    def _run_arrays(self, arrays: dict[str, Any]) -> dict[str, Any]:
         try:
             call = self._runtime.prepare_predict(self.model.signature_name, arrays, ())
-            return prediction_texts(self._runtime.run(call), rows)
+            return dict(self._runtime.run(call))
         except ProtocolError as exc:
             raise BatchRejected("INVALID_ARGUMENT", exc.message) from exc
         except self._error_type as exc:
@@ -281,6 +269,51 @@ class InProcessPredictor:
 
     def close(self) -> None:
         self._runtime.close()
+
+
+def _gathered(
+    rows: Any,
+    answered: list[tuple[Any, dict[str, Any]]],
+    refused: dict[int, Outcome],
+) -> Predictions:
+    """The model calls' outputs as one :class:`Bulk` for the chunk's answered rows.
+
+    An output that does not have one entry per row of its call cannot be cut
+    into rows by position: then each call's rows get their answer's text as the
+    REST API writes it.
+    """
+    if not answered:
+        return Predictions(refused)
+    aligned = all(
+        all(
+            np.ndim(output) and len(output) == len(positions)
+            for output in outputs.values()
+        )
+        for positions, outputs in answered
+    )
+    if not aligned or not answered[0][1]:
+        outcomes = dict(refused)
+        for positions, outputs in answered:
+            answers: list[Outcome]
+            try:
+                answers = [
+                    Encoded(text) for text in prediction_texts(outputs, len(positions))
+                ]
+            except ProtocolError as exc:
+                answers = [RowError("INVALID_ARGUMENT", exc.message)] * len(positions)
+            for position, answer in zip(positions.tolist(), answers, strict=True):
+                outcomes[int(rows[position])] = answer
+        return Predictions(outcomes)
+    if len(answered) == 1:
+        positions, outputs = answered[0]
+        merged = {name: np.asarray(output) for name, output in outputs.items()}
+    else:
+        positions = np.concatenate([part for part, _ in answered])
+        merged = {
+            name: np.concatenate([np.asarray(part[name]) for _, part in answered])
+            for name in answered[0][1]
+        }
+    return Predictions(refused, Bulk(rows[positions], merged))
 
 
 RETRIED = frozenset({429, 502, 503, 504})
@@ -381,7 +414,7 @@ class RemotePredictor:
             )
         return response.json()
 
-    def predict_chunk(self, chunk: Chunk) -> dict[int, Outcome]:
+    def predict_chunk(self, chunk: Chunk) -> Predictions:
         return predict_rows(
             chunk, lambda instances: predict_splitting(instances, self._run)
         )

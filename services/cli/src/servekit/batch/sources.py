@@ -128,23 +128,6 @@ class Chunk:
             return list(range(len(self)))
         return [offset for offset in range(len(self)) if offset not in self.read_errors]
 
-    def materialised(self) -> Chunk:
-        """The same rows with one Python instance each (no ``table``)."""
-        table = self.table
-        if table is None:
-            return self
-        rows = range(table.rows)
-        instances = [table.instance(offset) for offset in rows]
-        sent = None
-        if table.layout == KEYED and len(table.sent) != len(table.arrays):
-            sent = [
-                instances[offset]
-                if offset in self.read_errors
-                else table.request(offset)
-                for offset in rows
-            ]
-        return Chunk(self.start, instances, dict(self.read_errors), sent=sent)
-
     def __len__(self) -> int:
         return self.table.rows if self.table is not None else len(self.instances)
 
@@ -294,37 +277,37 @@ def _split(pieces: list[Piece], rows: int) -> tuple[list[Piece], list[Piece]]:
 def _pieces_chunk(
     pieces: list[Piece], start: int, from_text: bool, schema: InputSchema
 ) -> Chunk:
-    if not any(isinstance(piece, BadLine) for piece in pieces):
-        batches = [piece for piece in pieces if isinstance(piece, pa.RecordBatch)]
+    batches = [piece for piece in pieces if isinstance(piece, pa.RecordBatch)]
+    if len(batches) == len(pieces):
         return _table_chunk(pa.Table.from_batches(batches), start, from_text, schema)
-    chunk = Chunk(start, [])
-    batches = []
-
-    def flush() -> None:
-        if batches:
-            part = _table_chunk(
-                pa.Table.from_batches(batches), 0, from_text, schema
-            ).materialised()
-            for offset, message in part.read_errors.items():
-                chunk.read_errors[len(chunk.instances) + offset] = message
-            if part.sent is not None or chunk.sent is not None:
-                chunk.sent = [
-                    *(chunk.sent if chunk.sent is not None else chunk.instances),
-                    *(part.sent if part.sent is not None else part.instances),
-                ]
-            chunk.instances.extend(part.instances)
-            batches.clear()
-
+    if not batches:
+        return Chunk(
+            start,
+            [piece.text for piece in pieces if isinstance(piece, BadLine)],
+            {offset: piece.message for offset, piece in enumerate(pieces)},
+        )
+    # A row that could not be split holds a copy of a row that was in the
+    # columns (so it types every column as the other rows do) and is an error
+    # row with its line as its instance.
+    stand_in = batches[0].slice(0, 1)
+    lines: dict[int, BadLine] = {}
+    rows: list[pa.RecordBatch] = []
+    count = 0
     for piece in pieces:
         if isinstance(piece, BadLine):
-            flush()
-            chunk.read_errors[len(chunk.instances)] = piece.message
-            if chunk.sent is not None:
-                chunk.sent.append(piece.text)
-            chunk.instances.append(piece.text)
+            lines[count] = piece
+            rows.append(stand_in)
+            count += 1
         else:
-            batches.append(piece)
-    flush()
+            rows.append(piece)
+            count += piece.num_rows
+    chunk = _table_chunk(pa.Table.from_batches(rows), start, from_text, schema)
+    for offset, line in lines.items():
+        chunk.read_errors[offset] = line.message
+        if chunk.table is not None:
+            chunk.table.error_instances[offset] = line.text
+        else:
+            chunk.instances[offset] = line.text
     return chunk
 
 

@@ -1,0 +1,158 @@
+"""CSV and Parquet results: a chunk's answered rows as one Arrow table, and CSV text.
+
+The table holds the instance's columns (a CSV or Parquet input's own columns;
+a JSON Lines object's keys, or ``instance`` for any other JSON value) and the
+prediction columns: ``prediction`` for a model with one output,
+``prediction_<output>`` for each output otherwise. Typed columns and model
+outputs go in as arrays; Python values are made only for rows that were not
+read as columns or not answered as arrays.
+
+CSV text is written a column at a time, as :mod:`csv` writes with its default
+dialect (``\\r\\n`` line ends, a cell quoted only when it holds a comma, a
+quote or a line break), except numbers: a ``float64`` is written as the JSON
+results write it (the shortest text that reads back to the same ``float64``,
+e.g. ``0.00001`` where Python's ``repr`` gives ``1e-05``), NaN and infinities
+as ``nan``, ``inf`` and ``-inf``. A list or object cell is its JSON text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+from numpy.typing import NDArray
+from servekit_protocol import json_codec
+
+from servekit.batch.answers import prediction_columns, prediction_texts
+from servekit.batch.outcomes import Encoded, Outcome
+from servekit.batch.sources import Chunk
+
+PREDICTION = "prediction"
+INSTANCE = "instance"
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_NEEDS_QUOTES = frozenset(',"\r\n')
+
+
+def results_table(
+    chunk: Chunk,
+    offsets: NDArray[np.intp],
+    outputs: dict[str, NDArray[Any]] | None,
+    predictions: list[Outcome] | None,
+) -> pa.Table:
+    """The rows at ``offsets`` with their predictions: ``outputs`` (arrays) or
+    ``predictions`` (one outcome per row)."""
+    columns = _instance_columns(chunk, offsets)
+    answers: dict[str, Any] | None = None
+    if outputs is not None:
+        answers = prediction_columns(outputs, len(offsets))
+        if answers is not None and len(answers) == 1:
+            # One output: the row-format answer is its value, not an object.
+            answers = {"": next(iter(answers.values()))}
+        elif answers is None:
+            predictions = [
+                Encoded(text) for text in prediction_texts(outputs, len(offsets))
+            ]
+    if answers is None:
+        assert predictions is not None
+        answers = _answer_columns([_value(item) for item in predictions])
+    for name, column in answers.items():
+        columns[f"{PREDICTION}_{name}" if name else PREDICTION] = column
+    return pa.table(columns)
+
+
+def _instance_columns(chunk: Chunk, offsets: NDArray[np.intp]) -> dict[str, Any]:
+    if chunk.table is not None:
+        columns = chunk.table.arrow_columns(offsets)
+        if columns is not None:
+            return dict(columns)
+    rows = [chunk.instance_value(offset) for offset in offsets.tolist()]
+    if rows and all(isinstance(row, dict) for row in rows):
+        table = pa.Table.from_pylist(rows)
+    else:
+        table = pa.table({INSTANCE: pa.array(rows)})
+    return {name: table.column(name) for name in table.column_names}
+
+
+def _answer_columns(values: list[Any]) -> dict[str, Any]:
+    """Prediction values by output: an object holds one entry per output."""
+    if values and all(isinstance(value, dict) for value in values):
+        table = pa.Table.from_pylist(values)
+        return {name: table.column(name) for name in table.column_names}
+    return {"": pa.array(values)}
+
+
+def _value(prediction: Any) -> Any:
+    if isinstance(prediction, Encoded):
+        return json_codec.loads(prediction.text)
+    return prediction
+
+
+def csv_header(names: list[str]) -> bytes:
+    """The header line, as :mod:`csv` writes it."""
+    text = io.StringIO()
+    csv.writer(text).writerow(names)
+    return text.getvalue().encode("utf-8")
+
+
+def csv_rows(table: pa.Table) -> bytes:
+    """The table's rows as CSV lines (no header)."""
+    rows = table.num_rows
+    width = table.num_columns
+    if not rows or not width:
+        return b""
+    parts: list[bytes] = [b","] * (2 * width * rows)
+    parts[2 * width - 1 :: 2 * width] = [b"\r\n"] * rows
+    for position, column in enumerate(table.columns):
+        parts[2 * position :: 2 * width] = cell_texts(column)
+    return b"".join(parts)
+
+
+def cell_texts(column: pa.ChunkedArray | pa.Array) -> list[bytes]:
+    """Each cell of ``column`` as CSV text (a null is an empty cell)."""
+    kind = column.type
+    if column.null_count == 0:
+        if pa.types.is_floating(kind):
+            return _float_texts(column.to_numpy().astype(np.float64, copy=False))
+        if pa.types.is_integer(kind):
+            values = column.to_numpy().astype(np.int64, copy=False)
+            return orjson.dumps(values, option=_OPTIONS)[1:-1].split(b",")
+        if pa.types.is_boolean(kind):
+            return [b"True" if value else b"False" for value in column.to_pylist()]
+    texts: list[bytes] = []
+    for value in column.to_pylist():
+        if value is None:
+            texts.append(b"")
+        elif isinstance(value, str):
+            texts.append(_quoted(value))
+        elif isinstance(value, float):
+            texts.append(_float_texts(np.array([value]))[0])
+        elif isinstance(value, bool):
+            texts.append(b"True" if value else b"False")
+        elif isinstance(value, int):
+            texts.append(str(value).encode())
+        else:
+            texts.append(_quoted(orjson.dumps(value).decode()))
+    return texts
+
+
+def _float_texts(values: NDArray[np.float64]) -> list[bytes]:
+    if not len(values):
+        return []
+    finite = np.isfinite(values)
+    texts = orjson.dumps(np.where(finite, values, 0.0), option=_OPTIONS)[1:-1].split(
+        b","
+    )
+    for index in np.flatnonzero(~finite).tolist():
+        value = values[index]
+        texts[index] = b"nan" if np.isnan(value) else b"inf" if value > 0 else b"-inf"
+    return texts
+
+
+def _quoted(text: str) -> bytes:
+    if _NEEDS_QUOTES.isdisjoint(text):
+        return text.encode("utf-8")
+    return ('"' + text.replace('"', '""') + '"').encode("utf-8")
