@@ -64,8 +64,8 @@ def prediction_columns(
     then only the texts say what a row holds.
     """
     columns: dict[str, pa.Array] = {}
-    for name, output in outputs.items():
-        array = np.asarray(output)
+    for name in sorted(outputs):  # the codec's order (json_codec.predict)
+        array = np.asarray(outputs[name])
         kind = array.dtype.kind
         if (
             array.ndim not in (1, 2)
