@@ -20,7 +20,8 @@ Contract for the transports:
   ``live()`` until ``stop`` finished.
 - Inference methods take keyword-only ``protocol`` (``"rest"``, ``"grpc"`` or ``"grpc-web"``, a
   metrics label) and ``timeout`` (seconds left for the call; ``None`` = no limit).
-  Inference runs in a thread pool (or in the batcher's), never on the event loop.
+  Inference runs in a thread pool (or in the batcher's), except unbatched calls
+  proven short, which run on the event loop (:mod:`modelserver.inline`).
 - ``signature(spec)`` gives the REST codecs the input/output dtypes they need to
   parse the row/columnar JSON formats before calling ``predict``.
 """
@@ -52,6 +53,7 @@ from modelserver.errors import (
     ModelNotReady,
     ServingError,
 )
+from modelserver.inline import InlinePolicy
 from modelserver.multiinference import check_tasks, prepare_tasks, task_results
 from modelserver.registry.loader import VersionLoader
 from modelserver.registry.registry import ModelRegistry, Servable
@@ -107,6 +109,7 @@ class DataPlane:
         self._settings = settings
         self._metrics = metrics
         self._inference = ThreadPool(settings.inference_threads, "inference")
+        self._inline = InlinePolicy(settings.inline_inference_micros / 1e6)
         self._load_executor = ThreadPoolExecutor(
             max_workers=max(1, settings.num_load_threads), thread_name_prefix="load"
         )
@@ -390,16 +393,15 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         pending: Awaitable[Outputs]
         if self._batcher is not None and call.batch_size:
+            deadline = None if timeout is None else loop.time() + timeout
             pending = self._batcher.submit(
-                servable.name,
-                servable.version_text,
-                runtime,
-                call,
-                servable,
-                None if timeout is None else loop.time() + timeout,
+                servable.name, servable.version_text, runtime, call, servable, deadline
             )
         else:
-            pending = self._inference.run(runtime.run, call)
+            run = self._inline.timed_run(runtime, call)
+            if self._inline.inline(runtime, call, timeout):
+                return run(call)  # proven short: cheaper than two thread hops
+            pending = self._inference.run(run, call)
         if timeout is None:
             return await pending
         try:

@@ -260,6 +260,11 @@ class Settings(BaseSettings):
     inference_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     """Threads running unbatched inference calls."""
 
+    inline_inference_micros: int = Field(default=500, ge=0)
+    """An unbatched call whose signature's last 16 calls each took at most this
+    long (and had at least as many rows) runs on the event loop instead of an
+    inference thread (:mod:`modelserver.inline`); 0 runs every call in a thread."""
+
     own_warning_filters: bool = True
     """Keep the process's warning filters to Python's defaults
     (:mod:`modelserver.warning_filters`): scikit-learn forests pay for every filter

@@ -120,3 +120,40 @@ def test_a_lowered_header_list_limit_applies_to_a_repeat() -> None:
     repeat.max_header_list_size = 100
     with pytest.raises(OversizedHeaderListError):
         repeat.decode(block, raw=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_encoder_is_hpack_apart_from_its_table_free_constant_blocks(
+    seed: int,
+) -> None:
+    # Answers as the server sends them: the constant blocks, trailers with a
+    # per-call request id, error statuses, a table size change now and then.
+    rng = random.Random(seed)
+    encoder, plain, client = ConstantEncoder(), Encoder(), Decoder()
+    for number in range(300):
+        roll = rng.random()
+        headers: list[tuple[bytes, bytes]]
+        if roll < 0.4:
+            headers = list(rng.choice(list(CONSTANT_BLOCKS)))
+        elif roll < 0.8:
+            request_id = NeverIndexedHeaderTuple(b"x-request-id", b"%032x" % number)
+            headers = [(b"grpc-status", b"0"), request_id]
+        elif roll < 0.95:
+            headers = [(b"grpc-status", b"5"), (b"grpc-message", b"m%d" % number)]
+        else:
+            size = rng.choice((0, 128, 4096))
+            encoder.header_table_size = plain.header_table_size = size
+            continue
+        block = encoder.encode(headers)
+        assert client.decode(block, raw=True) == headers
+        if (
+            tuple(headers) in CONSTANT_BLOCKS
+            and block == CONSTANT_BLOCKS[tuple(headers)]
+        ):
+            continue
+        # Anything else is hpack's block, byte for byte (the constant blocks
+        # leave the table alone, so the two encoders' tables stay equal).
+        assert block == plain.encode(headers, huffman=False)
+        assert list(encoder.header_table.dynamic_entries) == list(
+            plain.header_table.dynamic_entries
+        )

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
+from hpack import NeverIndexedHeaderTuple
 
 from servekit_protocol import grpcweb
 from servekit_protocol.errors import ProtocolError
@@ -293,15 +294,21 @@ def frame(call: Call, message: Any) -> bytes:
 def metadata_headers(
     metadata: Iterable[tuple[str, str | bytes]],
 ) -> list[tuple[bytes, bytes]]:
-    """Metadata as header fields (``-bin`` values base64 without padding)."""
-    headers = []
+    """Metadata as header fields (``-bin`` values base64 without padding).
+
+    Each field is a :class:`hpack.NeverIndexedHeaderTuple`: trailing metadata is
+    mostly per call (the request id), so adding each value to the HPACK table
+    would only evict entries that repeat, and ``hpack`` writes no other
+    non-indexing literal (RFC 7541 §6.2.3).
+    """
+    headers: list[tuple[bytes, bytes]] = []
     for key, value in metadata:
         if key.endswith("-bin"):
             raw = value if isinstance(value, bytes) else value.encode()
             text = binascii.b2a_base64(raw, newline=False).rstrip(b"=")
         else:
             text = value.encode("latin-1") if isinstance(value, str) else value
-        headers.append((key.lower().encode("ascii"), text))
+        headers.append(NeverIndexedHeaderTuple(key.lower().encode("ascii"), text))
     return headers
 
 

@@ -13,8 +13,9 @@ only what is provably a repeat:
   and the table, so the answer is the one ``hpack`` would give. ``h2``'s checks on
   the decoded headers (RFC 9113 §8) still run on every request.
 - :class:`ConstantEncoder` writes the blocks of :data:`CONSTANT_BLOCKS` as fixed
-  bytes that use only the static table and literals "without indexing" (RFC 7541
-  §6.2.2), which mean the same whatever the client's table holds.
+  bytes: ``hpack``'s own encoding of them, made once, that uses only the static
+  table and never-indexed literals, which mean the same whatever the client's
+  table holds.
 """
 
 from __future__ import annotations
@@ -22,30 +23,24 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from hpack import Decoder, Encoder, HeaderTuple
-
-from servekit_protocol.grpc_server.literals import hpack_integer, hpack_literal
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 """The response headers of every gRPC answer that has a message."""
 OK_TRAILERS = ((b"grpc-status", b"0"),)
 """The trailers of a call that succeeded with no trailing metadata."""
 
-_STATUS_200 = b"\x88"
-"""``:status: 200``: index 8 of the static table (RFC 7541 appendix A)."""
-_CONTENT_TYPE_NAME = 31
-"""``content-type``'s index in the static table."""
 
-
-def _literal_with_static_name(index: int, value: bytes) -> bytes:
-    # Literal header field without indexing, name from the table (§6.2.2).
-    return hpack_integer(index, 4) + hpack_integer(len(value), 7) + value
+def _table_free_block(headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    # hpack's own block for the headers, from an encoder with an empty table:
+    # each field is a full static-table match (indexed) or a never-indexed
+    # literal, so the block refers to no dynamic entry and adds none.
+    fields = [NeverIndexedHeaderTuple(name, value) for name, value in headers]
+    return Encoder().encode(fields, huffman=False)
 
 
 CONSTANT_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], bytes] = {
-    RESPONSE_HEADERS: _STATUS_200
-    + _literal_with_static_name(_CONTENT_TYPE_NAME, b"application/grpc"),
-    OK_TRAILERS: hpack_literal(b"grpc-status", b"0"),
+    headers: _table_free_block(headers) for headers in (RESPONSE_HEADERS, OK_TRAILERS)
 }
 """The encoded blocks of the header lists above."""
 _LONGEST_CONSTANT = max(len(headers) for headers in CONSTANT_BLOCKS)
@@ -54,7 +49,9 @@ _LONGEST_CONSTANT = max(len(headers) for headers in CONSTANT_BLOCKS)
 class ConstantEncoder(Encoder):
     """``hpack``'s encoder, with the constant blocks written from a table."""
 
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        # Huffman coding is off unless asked for (h2 never asks): in pure Python
+        # it costs more CPU than the few bytes it saves on answers' short values.
         # h2 hands over a list of plain tuples; hpack's HeaderTuple subclasses
         # (never-indexed fields) compare equal to them and must not match.
         block = None
