@@ -6,7 +6,9 @@ the hand-written HTTP/2 server it had before (``servekit-grpc-before``) and
 grpcio's C core (``servekit-grpc-aio``); they are loaded over gRPC only.
 ``servekit train`` compiles scikit-learn versions, so ``servekit`` rows serve the
 compiled model; the ``servekit-pickle`` rows serve the same version from its
-pickle, from a copy of it without ``compiled/`` (:func:`pickle_registry`).
+pickle, from a copy of it without ``compiled/`` (:func:`pickle_registry`), and the
+``servekit-approximate`` rows from a copy compiled in approximate mode (float32
+trees, :func:`approximate_registry`).
 """
 
 from __future__ import annotations
@@ -109,6 +111,51 @@ def pickle_registry(options: BenchOptions, model: str) -> Path:
     return root
 
 
+APPROXIMATE_SYSTEMS = {
+    "servekit-approximate": False,
+    "servekit-approximate-batching": True,
+}
+"""Reference rows: the scikit-learn model compiled in approximate mode."""
+
+
+def approximate_registry(options: BenchOptions, model: str) -> Path:
+    """A registry holding ``model``'s served version compiled in approximate mode.
+
+    The version is copied and compiled again as ``servekit models compile --mode
+    approximate`` does, parity gate included (its stages are printed); a copy
+    already compiled so from the same pickle is kept.
+    """
+    from modelregistry import Registry
+    from rich.console import Console
+    from servekit.compiling import compile_published
+
+    source = Registry(options.registry)
+    version = source.resolve(model)
+    artifact = source.manifest(model, version)
+    root = options.work_dir / "registry-approximate"
+    if (root / model / str(version) / "servekit.json").is_file():
+        kept = Registry(root).manifest(model, version)
+        if (
+            kept.compiled is not None
+            and kept.compiled.mode == "approximate"
+            and kept.compiled.status == "passed"
+            and kept.files.get(kept.artifact) == artifact.files.get(artifact.artifact)
+        ):
+            return root
+    shutil.rmtree(root / model, ignore_errors=True)
+    shutil.copytree(
+        options.registry / model / str(version),
+        root / model / str(version),
+        ignore=shutil.ignore_patterns(".*"),
+    )
+    verdict = compile_published(
+        Registry(root), model, version, "approximate", Console(stderr=True)
+    )
+    if verdict["status"] != "passed":
+        raise RuntimeError(f"{model}: the approximate compile was refused: {verdict}")
+    return root
+
+
 def _variants_dir(options: BenchOptions) -> Path:
     return options.work_dir / "grpc-before"
 
@@ -124,7 +171,7 @@ def start_model_servers(
         write_before_module(_variants_dir(options))
     systems = [("servekit", False), ("servekit-batching", True)]
     systems += [(name, False) for name in VARIANT_SYSTEMS]
-    systems += list(PICKLE_SYSTEMS.items())
+    systems += [*PICKLE_SYSTEMS.items(), *APPROXIMATE_SYSTEMS.items()]
     for system, batching in systems:
         behind_gateway = system == options.gateway_backend and any(
             options.wants(name) for name in FRONT_SYSTEMS
@@ -134,10 +181,14 @@ def start_model_servers(
         for model in models:
             variant = VARIANT_SYSTEMS.get(system, "")
             root = None
-            if system in PICKLE_SYSTEMS:
+            if system in PICKLE_SYSTEMS or system in APPROXIMATE_SYSTEMS:
                 if model.framework != "sklearn":
                     continue
-                root = pickle_registry(options, model.name)
+                root = (
+                    pickle_registry(options, model.name)
+                    if system in PICKLE_SYSTEMS
+                    else approximate_registry(options, model.name)
+                )
             process, grpc_address, rest_base = model_server(
                 options, processes, system, batching, model.name, variant, root
             )

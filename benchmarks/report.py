@@ -30,6 +30,8 @@ LABELS = {
     "servekit-grpc-aio": "servekit on grpc.aio (reference)",
     "servekit-pickle": "servekit, pickle not compiled (batching off)",
     "servekit-pickle-batching": "servekit, pickle not compiled (batching on)",
+    "servekit-approximate": "servekit, compiled approximate (batching off)",
+    "servekit-approximate-batching": "servekit, compiled approximate (batching on)",
 }
 SYSTEM_ORDER = tuple(LABELS)
 PROTOCOL_NAMES = {"rest": "REST", "grpc": "gRPC"}

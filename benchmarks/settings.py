@@ -33,6 +33,8 @@ SYSTEMS = (
     "servekit-grpc-aio",
     "servekit-pickle",
     "servekit-pickle-batching",
+    "servekit-approximate",
+    "servekit-approximate-batching",
     "encoding",
 )
 GRPC_CLIENTS = ("h2load", "python")
@@ -121,9 +123,9 @@ class BenchOptions:
                 for system in self.systems:
                     if system in ("inprocess", "grpc-ceiling", "encoding"):
                         continue
-                    if system.startswith(("mlserver", "servekit-pickle")) and (
-                        model != "tabular"
-                    ):
+                    if system.startswith(
+                        ("mlserver", "servekit-pickle", "servekit-approximate")
+                    ) and (model != "tabular"):
                         continue
                     if system == "fastapi" and protocol != "rest":
                         continue

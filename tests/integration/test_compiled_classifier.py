@@ -1,25 +1,30 @@
 """A compiled classifier and a hybrid plan over the wire.
 
-Two versions published with ``servekit models publish`` (exact mode):
+Two versions published with ``servekit models publish`` (exact mode), built by
+``tests.support.compiledmodels``:
 
 - ``sizes``: a RandomForestClassifier behind a ColumnTransformer, string classes,
   compiled whole. Its answers over REST v1 (``:predict`` with the default and the
-  ``predict_proba`` signatures, ``:classify``), gRPC (Predict, Classify), the
-  gateway's Open Inference Protocol and concurrent batched calls are the pickle's:
-  the same classes, probabilities within 1e-9.
+  ``predict_proba`` signatures, ``:classify``), gRPC (Predict, Classify), and
+  through the gateway (the Open Inference Protocol, the typed endpoints, and
+  concurrent calls the gateway coalesces into one) are the pickle's: the same
+  classes, probabilities within 1e-9.
 - ``clipped``: a regressor whose ColumnTransformer applies a user's function no
   converter knows (shipped in the version's ``code/``): the hybrid plan runs that
   step in Python and the rest compiled, and ``servekit models show`` says so.
 
-One model server with batching serves both, the gateway in front of it.
+One model server with batching serves both, the gateway in front of it. The
+gateway reaches the model server through a relay that delays every answer by
+``RELAY_DELAY_SECONDS``, so a call it has in flight lasts that long and the calls
+sent meanwhile queue behind it, as the coalescing test needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +39,16 @@ from servekit_protocol import messages, tensors
 from servekit_protocol.services import PredictionServiceStub
 
 from tests.support.cli import ok, servekit
+from tests.support.compiledmodels import (
+    batching_parameters,
+    build_models,
+    models_config,
+    publish,
+)
+from tests.support.delayrelay import delaying_relay
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.modelserver import ModelServer, model_server
-from tests.support.processes import VENV_BIN
+from tests.support.processes import wait_until
 
 # Publishing runs two parity gates (seconds each alone, minutes on a loaded
 # 2-core machine) before the servers start.
@@ -45,78 +57,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900
 MODELS = ("sizes", "clipped")
 TOLERANCE = 1e-9
 """The exact gate's bound for probabilities, which the answers must keep."""
-
-HELPERS = """
-import numpy as np
-
-
-def clipped_square(values):
-    return np.clip(values, 0.0, 150.0) ** 2
-"""
-
-BUILD = """
-import joblib
-import numpy as np
-import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
-
-from clipped_helpers import clipped_square
-
-
-def frame(rows, seed):
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "size": rng.uniform(20, 200, rows).round(2),
-            "rooms": rng.integers(1, 8, rows).astype(np.float64),
-            "region": rng.choice(["north", "south", "east"], rows).astype(object),
-        }
-    )
-
-
-train = frame(600, 1)
-score = 3.0 * train["size"] + 20.0 * train["rooms"] + (train["region"] == "north") * 60
-labels = np.where(score > 450, "large", np.where(score > 300, "medium", "small"))
-numeric = ["size", "rooms"]
-classifier = Pipeline(
-    [
-        (
-            "prep",
-            ColumnTransformer(
-                [
-                    ("num", StandardScaler(), numeric),
-                    ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"]),
-                ]
-            ),
-        ),
-        ("forest", RandomForestClassifier(n_estimators=30, random_state=0)),
-    ]
-).fit(train, labels)
-joblib.dump(classifier, "sizes.pkl")
-regressor = Pipeline(
-    [
-        (
-            "prep",
-            ColumnTransformer(
-                [
-                    ("clip", FunctionTransformer(clipped_square), ["size"]),
-                    ("num", StandardScaler(), ["rooms"]),
-                    ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"]),
-                ]
-            ),
-        ),
-        ("forest", RandomForestRegressor(n_estimators=20, random_state=0)),
-    ]
-).fit(train, score)
-joblib.dump(regressor, "clipped.pkl")
-held = frame(300, 2)
-held.to_csv("heldout.csv", index=False)
-held.head(5).to_csv("examples.csv", index=False)
-held.iloc[5:45].to_json("rows.json", orient="records")
-"""
+RELAY_DELAY_SECONDS = 1.0
+"""How long each gateway-to-model-server call lasts at least. The coalescing test
+sends its callers while one call is in flight: a caller's turn (send, the gateway
+parse it) must fit well inside it, and on a loaded 2-core machine that has taken
+over 0.3 s (as in the gateway's own coalescing tests)."""
 
 
 @dataclass
@@ -128,81 +73,33 @@ class Served:
     rows: list[dict[str, Any]]
 
 
-def build_models(folder: Path) -> None:
-    (folder / "clipped_helpers.py").write_text(HELPERS)
-    (folder / "build.py").write_text(BUILD)
-    completed = subprocess.run(
-        [str(VENV_BIN / "python"), "build.py"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
-
-
-def publish(folder: Path, registry: Path, name: str, *more: str | Path) -> None:
-    ok(
-        servekit(
-            "models",
-            "publish",
-            name,
-            folder / f"{name}.pkl",
-            "--example",
-            folder / "examples.csv",
-            "--heldout",
-            folder / "heldout.csv",
-            *more,
-            "--registry",
-            registry,
-        )
-    )
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("compiled-classifier")
     registry = folder / "models"
     build_models(folder)
-    publish(folder, registry, "sizes")
-    publish(folder, registry, "clipped", "--code", folder / "clipped_helpers.py")
+    for name in MODELS:
+        publish(folder, registry, name)
     show = {
         name: ok(servekit("models", "show", name, "--registry", registry))
         for name in MODELS
     }
-    config = folder / "models.config"
-    config.write_text(
-        "model_config_list {\n"
-        + "".join(
-            f'  config {{ name: "{name}" base_path: {json.dumps(str(registry / name))}'
-            ' model_platform: "sklearn" }\n'
-            for name in MODELS
-        )
-        + "}\n"
-    )
-    batching = folder / "batching.txt"
-    batching.write_text(
-        "max_batch_size { value: 64 }\n"
-        "batch_timeout_micros { value: 2000 }\n"
-        "num_batch_threads { value: 1 }\n"
-        "max_enqueued_batches { value: 100 }\n"
-    )
     rows = json.loads((folder / "rows.json").read_text())
     with (
         model_server(
             [
-                f"--model_config_file={config}",
+                f"--model_config_file={models_config(folder, registry, MODELS)}",
                 "--enable_batching",
-                f"--batching_parameters_file={batching}",
+                f"--batching_parameters_file={batching_parameters(folder)}",
             ],
             log_path=folder / "server.log",
         ) as server,
+        delaying_relay(server.grpc_target, RELAY_DELAY_SECONDS) as relayed,
         running_gateway(
             folder / "gateway",
             env={
                 "GATEWAY_REGISTRY": str(registry),
-                "GATEWAY_DEFAULT_BACKEND": server.grpc_target,
+                "GATEWAY_DEFAULT_BACKEND": relayed,
                 "GATEWAY_AUTH_ENABLED": "false",
             },
         ) as gateway,
@@ -354,3 +251,76 @@ def test_the_hybrid_plan_answers_as_the_pickle(served: Served) -> None:
     estimator, frame = pickle_of(served, "clipped")
     answer = rest(served, "/v1/models/clipped:predict", {"instances": served.rows})
     assert answer["predictions"] == estimator.predict(frame).tolist()
+
+
+def gateway_post(served: Served, path: str, body: dict[str, Any]) -> Any:
+    response = httpx.post(f"{served.gateway.url}{path}", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_typed_endpoints_answer_as_the_pickle(served: Served) -> None:
+    estimator, frame = pickle_of(served, "sizes")
+    labels = gateway_post(served, "/models/sizes/predict", {"instances": served.rows})
+    assert (labels["model"], labels["version"]) == ("sizes", 1)
+    assert labels["predictions"] == estimator.predict(frame).tolist()
+    pinned = gateway_post(
+        served, "/models/sizes/versions/1/predict_proba", {"instances": served.rows}
+    )
+    np.testing.assert_allclose(
+        np.asarray(pinned["predictions"]),
+        estimator.predict_proba(frame),
+        rtol=0,
+        atol=TOLERANCE,
+    )
+    refused = httpx.post(
+        f"{served.gateway.url}/models/sizes/predict",
+        json={"instances": [{**served.rows[0], "size": "large"}]},
+        timeout=60,
+    )
+    assert refused.status_code == 422, refused.text
+
+
+def test_coalesced_calls_each_get_the_pickle_answers_of_their_rows(
+    served: Served,
+) -> None:
+    estimator, frame = pickle_of(served, "sizes")
+    expected = estimator.predict_proba(frame)
+    gateway = served.gateway
+    merged_before = gateway.metric("gateway_coalesced_requests_sum")
+    parts = [(start, start + 1 + start % 3) for start in range(0, 32, 4)]
+
+    def call(part: tuple[int, int]) -> Any:
+        return gateway_post(
+            served,
+            "/v1/models/sizes:predict",
+            {
+                "signature_name": "predict_proba",
+                "instances": served.rows[part[0] : part[1]],
+            },
+        )
+
+    with ThreadPoolExecutor(1 + len(parts)) as pool:
+        # One call in flight first (it lasts the relay's delay): the others
+        # queue behind it in the gateway and go out merged.
+        holder = pool.submit(call, (32, 40))
+        wait_until(
+            lambda: gateway.metric("gateway_in_flight_requests") >= 1,
+            timeout=30,
+            interval=0.01,
+            process=gateway.process,
+            what="a request in flight",
+        )
+        answers = list(pool.map(call, parts))
+        held = holder.result()
+    assert gateway.metric("gateway_coalesced_requests_sum") - merged_before >= 2
+    np.testing.assert_allclose(
+        np.asarray(held["predictions"]), expected[32:40], rtol=0, atol=TOLERANCE
+    )
+    for (start, end), answer in zip(parts, answers, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(answer["predictions"]),
+            expected[start:end],
+            rtol=0,
+            atol=TOLERANCE,
+        )
