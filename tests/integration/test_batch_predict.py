@@ -363,3 +363,33 @@ def test_refusals_are_one_line_with_a_non_zero_exit(
     )  # fmt: skip
     assert missing.returncode == 1
     assert "no such file or folder" in missing.stderr
+
+
+@pytest.mark.parametrize("mode", ["in-process", "target"])
+def test_json_lines_keys_no_input_takes_stay_in_the_instance_only(
+    registry: Path, server: ModelServer, tmp_path: Path, mode: str
+) -> None:
+    # Rows 0-7 share their keys (one typed chunk of 8), rows 8-11 do not.
+    rows: list[dict[str, Any]] = [
+        {"row_id": f"r{row}", **good_value(row)} for row in range(12)
+    ]
+    del rows[9]["row_id"]
+    rows[10]["label"] = 1.5
+    source = tmp_path / "input.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out"
+    where = (
+        ["--target", server.rest_url] if mode == "target" else ["--registry", registry]
+    )
+    batch(
+        "--model", "linear:1", "--input", source, "--output", output,
+        "--batch-size", 8, *where,
+    )  # fmt: skip
+    results = read_lines(output, "prediction.results")
+    assert [line["instance"] for line in results] == rows
+    assert not read_lines(output, "prediction.errors")
+    assert [line["prediction"] for line in results] == pytest.approx(
+        online_predictions(server, 1, [good_value(row) for row in range(12)]),
+        rel=1e-12,
+        abs=1e-12,
+    )

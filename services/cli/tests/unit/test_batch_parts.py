@@ -340,8 +340,9 @@ def test_table_results_from_arrays_equal_the_row_by_row_route(
         folder.mkdir()
         writer = ShardWriter(folder, 0, 1, fmt)
         writer.write(chunk, predictions)
+        writer.write(chunk, predictions)  # a second chunk appends to the same file
         writer.commit()
-        assert (writer.succeeded, writer.failed) == (49, 1)
+        assert (writer.succeeded, writer.failed) == (98, 2)
         (results,) = folder.glob("prediction.results-*")
         written[route] = results.read_bytes()
     assert written["arrays"] == written["rows"]
@@ -356,16 +357,72 @@ def test_table_results_from_arrays_equal_the_row_by_row_route(
         )
     )
     assert table.column_names[:4] == ["a", "n", "s", "flag"]
+    # In name order, as the REST answers list outputs.
     assert table.column_names[4:] == [
-        "prediction_score",
-        "prediction_probabilities",
         "prediction_label",
+        "prediction_probabilities",
+        "prediction_score",
     ]
     # Every float64 reads back as the value the JSON answer gives.
     expected = [json.loads(text)["score"] for text in texts]
-    assert table.column("prediction_score").to_pylist() == expected
+    assert table.column("prediction_score").to_pylist() == expected * 2
     values = chunk.table.arrays["a"][offsets] if chunk.table else None
     assert values is not None
     assert np.array_equal(
-        table.column("a").to_numpy(), values.astype(np.float64), equal_nan=True
+        table.column("a").to_numpy(),
+        np.concatenate([values, values]).astype(np.float64),
+        equal_nan=True,
     )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "lines"),
+    [
+        (
+            {"a": "float32", "n": "int64", "s": "string"},
+            [
+                f'{{"id": {row}, "a": {"NaN" if row == 3 else row * 0.37}, '
+                f'"n": {row - 9}, "s": "t{row}"}}'
+                for row in range(20)
+            ],
+        ),
+        (
+            {"pixels": "float32"},
+            [f"[{row}, {row * 0.5}, -1e-7]" for row in range(20)],
+        ),
+        ({"x": "float64"}, [str(row * 3) for row in range(20)]),
+    ],
+    ids=["keyed", "matrix", "bare"],
+)
+def test_json_lines_columns_are_what_the_codec_makes_of_the_rows(
+    tmp_path: Path, inputs: dict[str, str], lines: list[str]
+) -> None:
+    schema = InputSchema(
+        "serving_default", {k: value_kind(v) for k, v in inputs.items()}
+    )
+    lines[5] = "{broken"
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    (chunk,) = read_chunks(discover(path), 0, 20, 20, schema)
+    assert chunk.table is not None
+    assert list(chunk.read_errors) == [5]
+    offsets = chunk.read_offsets()
+    # Instances are the lines as written; the request leaves out the "id".
+    assert chunk.instance_texts(offsets) == [lines[k].encode() for k in offsets]
+    requests = [chunk.request(offset) for offset in offsets]
+    if "a" in inputs:
+        assert requests[0] == {"a": 0.0, "n": -9, "s": "t0"}
+    body = orjson.dumps({"instances": requests})
+    specs = {name: json_codec.TensorSpec(dtype, None) for name, dtype in inputs.items()}
+    expected = json_codec.parse_predict_request(body, specs).inputs
+    arrays = chunk.table.model_inputs(
+        {name: numpy_dtype(dtype) for name, dtype in inputs.items()},
+        np.asarray(offsets),
+    )
+    assert arrays is not None
+    for name, array in arrays.items():
+        assert (array.dtype, array.shape) == (
+            expected[name].dtype,
+            expected[name].shape,
+        )
+        assert np.array_equal(array, expected[name], equal_nan=array.dtype.kind == "f")

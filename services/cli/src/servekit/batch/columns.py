@@ -54,12 +54,16 @@ class TableColumns:
             other columns stay in the output's instance only).
         error_instances: Offset -> the instance written for a row that could not
             be read (its cells as text).
+        named: Whether the columns have names of their own (a file's columns,
+            an object's keys); JSON Lines rows that are lists or plain values
+            do not, and are one ``instance`` column in a table of results.
     """
 
     arrays: dict[str, Array]
     layout: str
     sent: list[str]
     error_instances: dict[int, Any] = field(default_factory=dict)
+    named: bool = True
 
     @property
     def rows(self) -> int:
@@ -124,8 +128,11 @@ class TableColumns:
         """These rows' columns as Arrow arrays, by column name; ``None``: mixed values.
 
         Every layout gives the file's own columns (a matrix input's rows keep
-        their ``pixel_<i>`` columns, not one list column).
+        their ``pixel_<i>`` columns, not one list column); unnamed columns are
+        one ``instance`` column (a list column for list rows).
         """
+        if not self.named:
+            return self._instance_column(offsets)
         columns: dict[str, pa.Array] = {}
         for name, array in self.arrays.items():
             picked = array[offsets]
@@ -137,6 +144,19 @@ class TableColumns:
             except (pa.ArrowException, TypeError, ValueError):
                 return None
         return columns
+
+    def _instance_column(self, offsets: Array) -> dict[str, pa.Array] | None:
+        picked = [array[offsets] for array in self.arrays.values()]
+        if self.layout == LIST:
+            matrix = np.column_stack(picked)
+            steps = np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32)
+            flat = pa.array(np.ascontiguousarray(matrix).reshape(-1))
+            return {"instance": pa.ListArray.from_arrays(pa.array(steps), flat)}
+        (values,) = picked
+        try:
+            return {"instance": pa.array(values.tolist())}
+        except (pa.ArrowException, TypeError, ValueError):
+            return None
 
     def instance_texts(self, offsets: Array) -> list[bytes]:
         """The JSON text of each row's instance (rows that were read)."""

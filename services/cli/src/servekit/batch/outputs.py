@@ -153,10 +153,9 @@ class ShardWriter:
     def _write_parquet(self, table: pa.Table) -> None:
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._results_tmp, table.schema)
-        elif table.schema != self._parquet.schema.to_arrow_schema():
-            table = _aligned(table, self._parquet.schema.names).cast(
-                self._parquet.schema.to_arrow_schema()
-            )
+        elif table.schema != self._parquet.schema:
+            schema = self._parquet.schema
+            table = _aligned(table, schema.names).cast(schema)
         self._parquet.write_table(table)
 
     def commit(self) -> None:

@@ -33,12 +33,14 @@ from servekit.batch.columns import (
     TableColumns,
     object_array,
 )
+from servekit.batch.counting import count_csv_rows, count_text_lines
 from servekit.batch.csvtext import (
     BadLine,
     Piece,
     csv_pieces,
     values_from_text,
 )
+from servekit.batch.jsonrows import json_columns, parse_instance, request_value
 from servekit.batch.schema import InputSchema
 from servekit.console import CommandError
 
@@ -75,11 +77,13 @@ class Chunk:
             ``table`` holds the rows.
         read_errors: Offset in the chunk -> why that row could not be read; its
             instance is then the raw text.
-        lines: The JSON Lines rows as read (``None`` for other formats).
-        sent: What is sent for each row when it differs from its instance: a
-            table's columns that no input of the signature takes (an id, the
-            label) stay in the output's instance but are not sent.
-        table: The rows as typed columns (CSV and Parquet chunks).
+        lines: The JSON Lines rows as read (``None`` for other formats); the
+            instances written are these texts.
+        sent: What is sent for each row when it differs from its instance: the
+            keys (or a table's columns) that no input of the signature takes
+            (an id, the label) stay in the output's instance but are not sent.
+        table: The rows as typed columns (CSV and Parquet chunks, and JSON
+            Lines chunks whose rows share one shape).
     """
 
     start: int
@@ -97,16 +101,16 @@ class Chunk:
 
     def instance(self, offset: int) -> Any:
         """Row ``offset``'s instance as the JSON output writes it."""
-        if self.table is not None:
+        if self.table is not None and self.lines is None:
             return self.table.instance(offset)
         return self.instances[offset]
 
     def instance_value(self, offset: int) -> Any:
         """Row ``offset``'s instance as plain Python values (for CSV/Parquet output)."""
-        if self.table is not None:
-            return self.table.instance(offset, plain=True)
         if self.lines is not None and offset not in self.read_errors:
             return json_codec.loads(self.lines[offset])
+        if self.table is not None and self.lines is None:
+            return self.table.instance(offset, plain=True)
         value = self.instances[offset]
         if isinstance(value, dict):
             return {key: _plain(item) for key, item in value.items()}
@@ -116,10 +120,11 @@ class Chunk:
 
     def instance_texts(self, offsets: list[int]) -> list[bytes]:
         """The JSON text of these rows' instances (rows that were read)."""
+        if self.lines is not None:
+            lines = self.lines
+            return [lines[offset] for offset in offsets]
         if self.table is not None:
             return self.table.instance_texts(np.asarray(offsets, dtype=np.intp))
-        if self.lines is not None:
-            return [self.lines[offset] for offset in offsets]
         return [orjson.dumps(self.instances[offset]) for offset in offsets]
 
     def read_offsets(self) -> list[int]:
@@ -166,7 +171,10 @@ def discover(path: Path) -> list[InputFile]:
 
 
 def count_rows(path: Path, fmt: str) -> int:
-    """Rows of one file (Parquet: from its footer; others: one streamed pass).
+    """Rows of one file (Parquet: from its footer; others: from line breaks).
+
+    A CSV file whose lines are not provably its rows is parsed to count them
+    (:mod:`servekit.batch.counting`).
 
     Raises:
         CommandError: The file cannot be read as ``fmt``.
@@ -175,8 +183,10 @@ def count_rows(path: Path, fmt: str) -> int:
         if fmt == PARQUET:
             return int(pq.ParquetFile(path).metadata.num_rows)
         if fmt == JSONL:
-            with path.open("rb") as handle:
-                return sum(1 for line in handle if line.strip())
+            return count_text_lines(path)
+        counted = count_csv_rows(path)
+        if counted is not None:
+            return counted
         return sum(
             piece.num_rows if isinstance(piece, pa.RecordBatch) else 1
             for piece in csv_pieces(path)
@@ -223,7 +233,7 @@ def _file_chunks(
     source: InputFile, start: int, stop: int, chunk_rows: int, schema: InputSchema
 ) -> Iterator[Chunk]:
     if source.format == JSONL:
-        yield from _jsonl_chunks(source.path, start, stop, chunk_rows)
+        yield from _jsonl_chunks(source.path, start, stop, chunk_rows, schema)
         return
     pieces: Iterator[Piece] = (
         csv_pieces(source.path)
@@ -255,6 +265,13 @@ def _file_chunks(
             pending_rows -= chunk_rows
     if pending_rows:
         yield _pieces_chunk(pending, chunk_start, from_text, schema)
+    if row < stop:
+        # The count came from line breaks, the rows from the parser: they
+        # disagree only if the file changed since it was counted.
+        raise CommandError(
+            f"{source.path}: {row} rows read where {source.rows} were counted "
+            "(did the file change while the job ran?)"
+        )
 
 
 def _split(pieces: list[Piece], rows: int) -> tuple[list[Piece], list[Piece]]:
@@ -312,10 +329,11 @@ def _pieces_chunk(
 
 
 def _jsonl_chunks(
-    path: Path, start: int, stop: int, chunk_rows: int
+    path: Path, start: int, stop: int, chunk_rows: int, schema: InputSchema
 ) -> Iterator[Chunk]:
     row = 0
-    chunk = Chunk(start, [], lines=[])
+    lines: list[bytes] = []
+    chunk_start = start
     with path.open("rb") as handle:
         for line in handle:
             text = line.strip()
@@ -326,27 +344,68 @@ def _jsonl_chunks(
                 continue
             if row > stop:
                 break
-            assert chunk.lines is not None
-            chunk.lines.append(text)
+            lines.append(text)
+            if len(lines) == chunk_rows:
+                yield _jsonl_chunk(lines, chunk_start, schema)
+                chunk_start += len(lines)
+                lines = []
+    if lines:
+        yield _jsonl_chunk(lines, chunk_start, schema)
+    if row < stop:
+        raise CommandError(
+            f"{path}: {row} rows read where {stop} or more were counted "
+            "(did the file change while the job ran?)"
+        )
+
+
+def _jsonl_chunk(lines: list[bytes], start: int, schema: InputSchema) -> Chunk:
+    """A chunk of JSON Lines rows: typed columns where the rows share a shape."""
+    chunk = Chunk(start, [], lines=lines)
+    try:
+        values = [orjson.loads(line) for line in lines]
+        if None in values:
+            raise ValueError("a row is null")
+        chunk.instances = [orjson.Fragment(line) for line in lines]
+    except (orjson.JSONDecodeError, ValueError):
+        # Row by row, as the codec reads them: NaN tokens, and why a row is bad.
+        values = []
+        for line in lines:
             try:
-                _parse_json(text)
-                chunk.instances.append(orjson.Fragment(text))
+                values.append(parse_instance(line))
+                chunk.instances.append(orjson.Fragment(line))
             except InvalidArgument as exc:
                 chunk.read_errors[len(chunk.instances)] = exc.message
-                chunk.instances.append(text.decode("utf-8", errors="replace"))
-            if len(chunk.instances) == chunk_rows:
-                yield chunk
-                # The caller renumbers the chunk it got: count from ``row``.
-                chunk = Chunk(row, [], lines=[])
-    if chunk.instances:
-        yield chunk
-
-
-def _parse_json(text: bytes) -> Any:
-    value = json_codec.loads(text)
-    if not isinstance(value, dict | list | str | int | float | bool):
-        raise InvalidArgument(f"JSON Value: {text[:64]!r} is not an instance")
-    return value
+                chunk.instances.append(line.decode("utf-8", errors="replace"))
+                values.append(None)
+    read = [
+        value for offset, value in enumerate(values) if offset not in chunk.read_errors
+    ]
+    if not read:
+        return chunk
+    if chunk.read_errors:
+        # A row that could not be read stands in as a copy of one that was.
+        values = [
+            read[0] if offset in chunk.read_errors else value
+            for offset, value in enumerate(values)
+        ]
+    table = json_columns(values, schema)
+    if table is not None:
+        table.error_instances = {
+            offset: chunk.instances[offset] for offset in chunk.read_errors
+        }
+        chunk.table = table
+        return chunk
+    inputs = set(schema.inputs)
+    if any(isinstance(value, dict) and value.keys() > inputs for value in read):
+        chunk.sent = [
+            {name: request_value(value[name]) for name in schema.inputs}
+            if offset not in chunk.read_errors
+            and isinstance(value, dict)
+            and value.keys() > inputs
+            else chunk.instances[offset]
+            for offset, value in enumerate(values)
+        ]
+    return chunk
 
 
 def _table_chunk(
