@@ -84,7 +84,9 @@ class Gateway:
         self.registry = registry
         self.gatekeeper = Admission(settings, metrics, authenticator)
         self.parsers = json_codec.BodyParsers(
-            settings.json_offload_bytes, settings.json_workers
+            settings.json_offload_bytes,
+            settings.json_workers,
+            settings.json_answer_offload_elements,
         )
         self.signatures = SignatureCache(self.client, settings.metadata_ttl_seconds)
         self.shadow = Shadow(

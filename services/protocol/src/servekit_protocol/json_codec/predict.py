@@ -268,6 +268,11 @@ def parse_predict_request(
     return PredictBody(signature_name, arrays, request_format)
 
 
+def output_elements(outputs: Mapping[str, Any]) -> int:
+    """Elements of all the outputs together: what writing their JSON costs."""
+    return sum(int(np.size(array)) for array in outputs.values())
+
+
 def format_predict_response(
     outputs: Mapping[str, np.ndarray[Any, Any]], request_format: RequestFormat
 ) -> bytes:
