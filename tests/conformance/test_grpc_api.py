@@ -9,6 +9,8 @@ health service: test_grpc_api_errors.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
@@ -179,6 +181,13 @@ def test_stateful_counter_signatures_without_inputs(
 # ---- Classify / Regress / MultiInference ---------------------------------------------
 
 
+def add_example(request: Any, x: float) -> None:
+    """Give a Classification, Regression or MultiInference request one
+    tf.Example whose float feature `x` holds `x`."""
+    example = request.input.example_list.examples.add()
+    example.features.feature["x"].float_list.value.append(x)
+
+
 @testdata
 @pytest.mark.parametrize("model", ["half_plus_two", "half_plus_two_tf2"])
 def test_classify(
@@ -187,8 +196,7 @@ def test_classify(
     request = classification_pb2.ClassificationRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = "classify_x_to_y"
-    example = request.input.example_list.examples.add()
-    example.features.feature["x"].float_list.value.extend([2.0])
+    add_example(request, x=2.0)
     response = prediction.Classify(request, timeout=TIMEOUT)
     assert len(response.result.classifications) == 1
     assert len(response.result.classifications[0].classes) == 1
@@ -206,8 +214,7 @@ def test_regress(
     request = regression_pb2.RegressionRequest()
     request.model_spec.name = model
     request.model_spec.signature_name = "regress_x_to_y"
-    example = request.input.example_list.examples.add()
-    example.features.feature["x"].float_list.value.extend([2.0])
+    add_example(request, x=2.0)
     response = prediction.Regress(request, timeout=TIMEOUT)
     assert [r.value for r in response.result.regressions] == [3.0]
     assert response.model_spec.signature_name == "regress_x_to_y"
@@ -227,8 +234,7 @@ def test_multi_inference(
         task.model_spec.name = model
         task.model_spec.signature_name = signature
         task.method_name = method
-    example = request.input.example_list.examples.add()
-    example.features.feature["x"].float_list.value.extend([2.0])
+    add_example(request, x=2.0)
     response = prediction.MultiInference(request, timeout=TIMEOUT)
     assert len(response.results) == 2
     assert response.results[0].regression_result.regressions[0].value == 3.0
@@ -252,9 +258,7 @@ def test_multi_inference_across_models_is_invalid(
         task.model_spec.name = model
         task.model_spec.signature_name = "regress_x_to_y"
         task.method_name = "tensorflow/serving/regress"
-    request.input.example_list.examples.add().features.feature[
-        "x"
-    ].float_list.value.append(1.0)
+    add_example(request, x=1.0)
     error = rpc_error(prediction.MultiInference, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == (

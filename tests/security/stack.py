@@ -181,6 +181,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU time the process's main thread has used, from
+    ``/proc/<pid>/task/<pid>/stat``: both servers run their event loop there, so
+    this is the time the loop was busy (other threads are the model's, the worker
+    pools' feeders and gRPC's own)."""
+    path = Path(f"/proc/{pid}/task/{pid}/stat")
+    fields = path.read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_predict(
     url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
 ) -> tuple[int, float]:

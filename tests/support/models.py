@@ -9,6 +9,8 @@
   so unpickling needs the manifest's ``code_dir``).
 - :func:`copy_tfserving_testdata`: TF Serving's own test SavedModels, copied
   from ``../shared/tfserving-testdata`` (read-only there).
+- :func:`install_version_copy`, :class:`VersionFolder`: copies of a built version
+  folder put in place as a publisher would.
 
 TensorFlow and scikit-learn are imported inside the functions: importing
 TensorFlow costs seconds and most callers need only one of them.
@@ -20,6 +22,7 @@ import importlib
 import shutil
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +200,26 @@ def copy_tfserving_testdata(destination: Path, *names: str) -> Path:
             continue
         shutil.copytree(model_dir, destination / model_dir.name)
     return destination
+
+
+def install_version_copy(source: Path, base_path: Path, version: int) -> Path:
+    """Copy a version folder into ``base_path/<version>`` the way a publisher
+    would: build it hidden, then rename it into place."""
+    base_path.mkdir(parents=True, exist_ok=True)
+    hidden = base_path / f".tmp-{version}"
+    shutil.copytree(source, hidden)
+    target = base_path / str(version)
+    hidden.rename(target)
+    return target
+
+
+@dataclass(frozen=True)
+class VersionFolder:
+    """A model's base path, where :meth:`install` puts copies of ``source``."""
+
+    base: Path
+    source: Path
+
+    def install(self, version: int) -> Path:
+        """``source`` in place as ``version`` (see :func:`install_version_copy`)."""
+        return install_version_copy(self.source, self.base, version)

@@ -357,10 +357,11 @@ def test_table_results_from_arrays_equal_the_row_by_row_route(
         )
     )
     assert table.column_names[:4] == ["a", "n", "s", "flag"]
+    # In name order, as the REST answers list outputs.
     assert table.column_names[4:] == [
-        "prediction_score",
-        "prediction_probabilities",
         "prediction_label",
+        "prediction_probabilities",
+        "prediction_score",
     ]
     # Every float64 reads back as the value the JSON answer gives.
     expected = [json.loads(text)["score"] for text in texts]

@@ -69,6 +69,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--max-body-bytes": ("max_body_bytes", int),
     "--json-offload-bytes": ("json_offload_bytes", int),
     "--json-workers": ("json_workers", int),
+    "--json-answer-offload-elements": ("json_answer_offload_elements", int),
     "--max-in-flight": ("max_in_flight", int),
     "--max-timeout-ms": ("max_timeout_ms", int),
     "--default-timeout-ms": ("default_timeout_ms", int),
@@ -224,6 +225,11 @@ def _bound_port(server: uvicorn.Server) -> int:
 async def serve(settings: Settings) -> None:
     """Run both servers until SIGTERM/SIGINT, then drain and stop."""
     gateway = build_gateway(settings)
+    # Launched first, so the first large body or answer does not wait for the
+    # workers' start-up (seconds): they import while the servers start and the
+    # backends are checked. Readiness does not wait for them. They import the
+    # modules of what they run (v1 parsing unpickles a SignatureSet).
+    gateway.parsers.start(preload=("gateway.signatures", "gateway.codecs.v2"))
     app = create_app(settings, gateway=gateway)
     grpc_server, health = create_grpc_server(gateway)
     grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")

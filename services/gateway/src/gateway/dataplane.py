@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from servekit_protocol import json_codec, messages
 
@@ -32,6 +33,20 @@ from gateway.security.keys import Authenticator, Principal
 from gateway.settings import Settings
 from gateway.shadow import Shadow
 from gateway.signatures import SignatureCache
+
+
+class _Targeted(Protocol):
+    """A TF Serving request or answer: it names a model version."""
+
+    @property
+    def model_spec(self) -> messages.ModelSpec: ...
+
+
+_Request = TypeVar("_Request", bound=_Targeted)
+_Answer = TypeVar("_Answer", bound=_Targeted)
+_Send = Callable[
+    [Sequence[str], _Request, float, Sequence[tuple[str, str]]], Awaitable[_Answer]
+]
 
 READINESS_TIMEOUT_SECONDS = 2.0
 """How long `/readyz` waits for the backends' status answers."""
@@ -69,7 +84,9 @@ class Gateway:
         self.registry = registry
         self.gatekeeper = Admission(settings, metrics, authenticator)
         self.parsers = json_codec.BodyParsers(
-            settings.json_offload_bytes, settings.json_workers
+            settings.json_offload_bytes,
+            settings.json_workers,
+            settings.json_answer_offload_elements,
         )
         self.signatures = SignatureCache(self.client, settings.metadata_ttl_seconds)
         self.shadow = Shadow(
@@ -132,6 +149,28 @@ class Gateway:
         self.metrics.count_route(model, plan.primary.role)
         return plan
 
+    async def _to_primary(
+        self,
+        ctx: CallContext,
+        plan: Plan,
+        request: _Request,
+        send: _Send[_Request, _Answer],
+    ) -> _Answer:
+        """`request`, aimed at the plan's primary target, sent to its backends with
+        the call's deadline and metadata; the version that answered goes into
+        `ctx` for the access log.
+
+        Raises:
+            GatewayError: from the backend, or the deadline.
+        """
+        apply_target(request.model_spec, plan.primary)
+        response = await send(
+            plan.primary.backends, request, ctx.deadline, ctx.metadata()
+        )
+        if response.model_spec.HasField("version"):
+            ctx.version = str(response.model_spec.version.value)
+        return response
+
     # ---- inference -------------------------------------------------------------
 
     async def predict(
@@ -155,13 +194,7 @@ class Gateway:
         request: messages.ClassificationRequest,
     ) -> messages.ClassificationResponse:
         plan = self.plan(ctx, model, version, label)
-        apply_target(request.model_spec, plan.primary)
-        response = await self.client.classify(
-            plan.primary.backends, request, ctx.deadline, ctx.metadata()
-        )
-        if response.model_spec.HasField("version"):
-            ctx.version = str(response.model_spec.version.value)
-        return response
+        return await self._to_primary(ctx, plan, request, self.client.classify)
 
     async def regress(
         self,
@@ -172,13 +205,7 @@ class Gateway:
         request: messages.RegressionRequest,
     ) -> messages.RegressionResponse:
         plan = self.plan(ctx, model, version, label)
-        apply_target(request.model_spec, plan.primary)
-        response = await self.client.regress(
-            plan.primary.backends, request, ctx.deadline, ctx.metadata()
-        )
-        if response.model_spec.HasField("version"):
-            ctx.version = str(response.model_spec.version.value)
-        return response
+        return await self._to_primary(ctx, plan, request, self.client.regress)
 
     async def multi_inference(
         self, ctx: CallContext, request: messages.MultiInferenceRequest
@@ -215,13 +242,10 @@ class Gateway:
         """A backend's GetModelMetadata answer for the routed target."""
         plan = self.plan(ctx, model, version, label)
         request = messages.GetModelMetadataRequest()
-        apply_target(request.model_spec, plan.primary)
         request.metadata_field.append("signature_def")
-        response = await self.client.model_metadata(
-            plan.primary.backends, request, ctx.deadline, ctx.metadata()
+        response = await self._to_primary(
+            ctx, plan, request, self.client.model_metadata
         )
-        if response.model_spec.HasField("version"):
-            ctx.version = str(response.model_spec.version.value)
         return response, plan.primary
 
     async def metadata_request(
@@ -232,13 +256,7 @@ class Gateway:
         plan = self.plan(ctx, request.model_spec.name, version, label)
         forwarded = messages.GetModelMetadataRequest()
         forwarded.CopyFrom(request)
-        apply_target(forwarded.model_spec, plan.primary)
-        response = await self.client.model_metadata(
-            plan.primary.backends, forwarded, ctx.deadline, ctx.metadata()
-        )
-        if response.model_spec.HasField("version"):
-            ctx.version = str(response.model_spec.version.value)
-        return response
+        return await self._to_primary(ctx, plan, forwarded, self.client.model_metadata)
 
     async def status(
         self,

@@ -10,7 +10,8 @@ version label.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,14 +174,17 @@ async def infer(
     model: str,
     version_text: str | None,
     signature: str,
-    parse: Callable[[Mapping[str, np.dtype[Any]] | None], InferRequest],
+    parse: Callable[
+        [Mapping[str, np.dtype[Any]] | None], InferRequest | Awaitable[InferRequest]
+    ],
 ) -> InferAnswer:
     """Route a v2 inference, call the backend, and collect the outputs asked for.
 
     Args:
         signature: the `signature_name` parameter ("" for the default).
         parse: turns the wire request into an `InferRequest`, given the target's
-            input dtypes (numeric inputs are converted to them) when known.
+            input dtypes (numeric inputs are converted to them) when known;
+            or a coroutine doing so (a large body parsed off the event loop).
 
     Raises:
         GatewayError: bad input (400), unknown model, version or output, backend
@@ -190,9 +194,10 @@ async def infer(
     version, label = version_or_label(version_text)
     parsed_holder: list[InferRequest] = []
 
-    def encode(signatures: SignatureSet | None) -> ArrayRequest:
+    async def encode(signatures: SignatureSet | None) -> ArrayRequest:
         wanted = signatures.input_dtypes(signature) if signatures is not None else None
-        parsed = parse(wanted)
+        parsing = parse(wanted)
+        parsed = await parsing if inspect.isawaitable(parsing) else parsing
         _check_limits(gateway, parsed)
         parsed_holder[:] = [parsed]
         request = ArrayRequest(parsed.inputs, output_filter=tuple(parsed.outputs or ()))

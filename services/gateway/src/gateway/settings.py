@@ -61,8 +61,14 @@ class Settings(BaseSettings):
     into arrays) in a worker process rather than on the event loop, so that a
     large body does not hold up other clients' calls."""
     json_workers: int = Field(default=json_offload.DEFAULT_WORKERS, gt=0)
-    """Worker processes parsing large JSON bodies at the same time (started with
-    the first such body)."""
+    """Worker processes parsing large JSON bodies and writing large answers at
+    the same time (started in the background once the HTTP port listens)."""
+    json_answer_offload_elements: int = Field(
+        default=json_offload.DEFAULT_ANSWER_THRESHOLD_ELEMENTS, gt=0
+    )
+    """Tensor elements from which a v1 `:predict` answer the gateway writes
+    (translated from gRPC) is written in a worker process rather than on the
+    event loop, so that a large answer does not hold up other clients' calls."""
     http2: Http2Limits = Field(default_factory=Http2Limits)
     """HTTP/2 limits of the gRPC port (streams, header size, windows, floods,
     timeouts, connections) as JSON, e.g. `{"idle_timeout_seconds": 120}`;

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,24 @@ routes:
     shadow: false
     sticky_header: "x-user-id"
 """
+
+
+def canary_router(
+    weight: float,
+    labels: Mapping[str, int] | None = None,
+    rng: random.Random | None = None,
+    **route: object,
+) -> Router:
+    """Model `m` split between labels `stable` and, with `weight`, `canary`
+    (versions 1 and 2 unless `labels` says otherwise); `route` adds to its entry."""
+    entry = {"stable": "stable", "canary": {"label": "canary", "weight": weight}}
+    known = {"stable": 1, "canary": 2} if labels is None else labels
+    return Router(
+        parse_routes({"routes": {"m": {**entry, **route}}}),
+        "d:1",
+        labels_of=lambda _: known,
+        rng=rng,
+    )
 
 
 def test_parses_the_deployment_schema(tmp_path: Path) -> None:
@@ -79,21 +98,7 @@ def test_framework_backend_applies_to_unrouted_models() -> None:
 
 
 def test_canary_split_matches_weight_within_tolerance() -> None:
-    router = Router(
-        parse_routes(
-            {
-                "routes": {
-                    "m": {
-                        "stable": "stable",
-                        "canary": {"label": "canary", "weight": 0.2},
-                    }
-                }
-            }
-        ),
-        "d:1",
-        labels_of=lambda _: {"stable": 1, "canary": 2},
-        rng=random.Random(1234),
-    )
+    router = canary_router(0.2, rng=random.Random(1234))
     roles = Counter(router.plan("m").primary.role for _ in range(10_000))
     # 4 sigma of a binomial(10000, 0.2) is 160.
     assert abs(roles[CANARY_ROLE] - 2000) < 160
@@ -101,21 +106,7 @@ def test_canary_split_matches_weight_within_tolerance() -> None:
 
 
 def test_sticky_header_pins_a_key_to_one_side() -> None:
-    router = Router(
-        parse_routes(
-            {
-                "routes": {
-                    "m": {
-                        "stable": "stable",
-                        "canary": {"label": "canary", "weight": 0.5},
-                        "sticky_header": "X-User-Id",
-                    }
-                }
-            }
-        ),
-        "d:1",
-        labels_of=lambda _: {"stable": 1, "canary": 2},
-    )
+    router = canary_router(0.5, sticky_header="X-User-Id")
     for user in ("alice", "bob", "carol", "dave"):
         sides = {
             router.plan("m", headers={"x-user-id": user}).primary.role
@@ -128,21 +119,7 @@ def test_sticky_header_pins_a_key_to_one_side() -> None:
 
 
 def test_shadow_answers_from_stable_and_mirrors_to_canary() -> None:
-    router = Router(
-        parse_routes(
-            {
-                "routes": {
-                    "m": {
-                        "stable": "stable",
-                        "canary": {"label": "canary", "weight": 1.0},
-                        "shadow": True,
-                    }
-                }
-            }
-        ),
-        "d:1",
-        labels_of=lambda _: {"stable": 1, "canary": 2},
-    )
+    router = canary_router(1.0, shadow=True)
     plan = router.plan("m")
     assert plan.primary.role == STABLE_ROLE and plan.primary.label == "stable"
     assert plan.shadow is not None and plan.shadow.label == "canary"
@@ -150,20 +127,7 @@ def test_shadow_answers_from_stable_and_mirrors_to_canary() -> None:
 
 def test_missing_labels_fall_back_instead_of_failing() -> None:
     labels: dict[str, int] = {"stable": 3}
-    router = Router(
-        parse_routes(
-            {
-                "routes": {
-                    "m": {
-                        "stable": "stable",
-                        "canary": {"label": "canary", "weight": 1.0},
-                    }
-                }
-            }
-        ),
-        "d:1",
-        labels_of=lambda _: labels,
-    )
+    router = canary_router(1.0, labels)
     # The canary label is gone (promoted): everything goes to stable.
     assert router.plan("m").primary.role == STABLE_ROLE
     labels.clear()

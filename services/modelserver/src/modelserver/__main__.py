@@ -311,7 +311,9 @@ async def serve(settings: Settings) -> int:
     metrics = Metrics()
     dataplane = DataPlane.from_settings(settings, metrics)
     parsers = BodyParsers(
-        settings.rest_api_json_offload_bytes, settings.rest_api_json_workers
+        settings.rest_api_json_offload_bytes,
+        settings.rest_api_json_workers,
+        settings.rest_api_json_answer_offload_elements,
     )
     grpc_server: GrpcServer | None = None
     rest_server: RestServer | None = None
@@ -341,6 +343,10 @@ async def serve(settings: Settings) -> int:
                 "Please use a different port for HTTP/REST API."
             )
             return EXIT_FAILURE
+        # Launched first, so the first large body or answer does not wait for
+        # the workers' start-up (seconds); they import while the models load
+        # (the codec's module holds the functions run there).
+        parsers.start(preload=("modelserver.protocol.rest.codec",))
         monitoring = settings.monitoring
         app = create_app(
             dataplane,

@@ -172,8 +172,16 @@ class Settings(BaseSettings):
     large body does not hold up other clients' calls."""
 
     rest_api_json_workers: int = Field(default=json_offload.DEFAULT_WORKERS, ge=1)
-    """servekit extension: worker processes parsing large REST JSON bodies at
-    the same time (started with the first such body)."""
+    """servekit extension: worker processes parsing large REST JSON bodies and
+    writing large answers at the same time (started in the background once the
+    REST port listens)."""
+
+    rest_api_json_answer_offload_elements: int = Field(
+        default=json_offload.DEFAULT_ANSWER_THRESHOLD_ELEMENTS, ge=1
+    )
+    """servekit extension: tensor elements from which a REST ``:predict``
+    answer's JSON is written in a worker process rather than on the event loop,
+    so that a large answer does not hold up other clients' calls."""
 
     enable_serialization_as_tensor_content: bool = False
     """Answer Predict (gRPC and gRPC-Web) with each output's bytes in

@@ -7,7 +7,8 @@
 - ``sklearn_classifier_version``: a published scikit-learn pipeline (scaler +
   one-hot + logistic regression) over a numeric and a string column with
   ``predict`` and ``predict_proba`` signatures.
-- ``sklearn_linear_version``: ``y = 2 a + 3 b + 1`` (tests.support.models).
+- ``sklearn_linear_version``: ``y = 2 a + 3 b + 1`` (tests.support.models);
+  ``linear_folder`` installs versions of it under the test's own folder.
 
 Tests copy these version folders into their own registry folders.
 ``start_dataplane`` starts DataPlanes on a config file (stopped after the test);
@@ -17,7 +18,6 @@ Tests copy these version folders into their own registry folders.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,12 @@ from modelserver.dataplane import DataPlane
 from modelserver.observability.metrics import Metrics
 from modelserver.settings import Settings
 
-from tests.support.models import TFSERVING_TESTDATA, publish_linear_pipeline
+from tests.support.models import (
+    TFSERVING_TESTDATA,
+    VersionFolder,
+    install_version_copy,
+    publish_linear_pipeline,
+)
 
 WARMUP_RECORDS = 2
 CLASSES = ["large", "small"]
@@ -207,17 +212,6 @@ def tfserving_models() -> Path:
     return models
 
 
-def _install_version(source: Path, base_path: Path, version: int) -> Path:
-    """Copy a version folder into ``base_path/<version>`` the way a publisher
-    would: build it hidden, then rename it into place."""
-    base_path.mkdir(parents=True, exist_ok=True)
-    hidden = base_path / f".tmp-{version}"
-    shutil.copytree(source, hidden)
-    target = base_path / str(version)
-    hidden.rename(target)
-    return target
-
-
 def _settings_for(config_file: Path, **overrides: Any) -> Settings:
     """Settings for a dataplane on ``config_file`` with quick failure reporting."""
     values: dict[str, Any] = {
@@ -242,7 +236,13 @@ def _write_config(path: Path, *blocks: str) -> Path:
 @pytest.fixture
 def install_version() -> Any:
     """``install_version(source, base_path, version) -> Path``."""
-    return _install_version
+    return install_version_copy
+
+
+@pytest.fixture
+def linear_folder(tmp_path: Path, sklearn_linear_version: Path) -> VersionFolder:
+    """``<tmp_path>/linear``, where the test installs versions of ``linear``."""
+    return VersionFolder(tmp_path / "linear", sklearn_linear_version)
 
 
 @pytest.fixture

@@ -25,9 +25,21 @@ from modelserver.types import (
 )
 from servekit_protocol import messages
 
-from tests.support.models import linear_inputs, publish_linear_pipeline
+from tests.support.models import VersionFolder, linear_inputs, publish_linear_pipeline
 
 StartDataPlane = Callable[..., Awaitable[DataPlane]]
+
+
+async def serve_linear(
+    start_dataplane: StartDataPlane, write_config: Any, folder: VersionFolder
+) -> DataPlane:
+    """A dataplane serving ``linear`` from ``folder``, version 1 installed."""
+    folder.install(1)
+    config = write_config(
+        folder.base.parent / "servekit.config",
+        f'name: "linear" base_path: "{folder.base.name}" model_platform: "sklearn"',
+    )
+    return await start_dataplane(config)
 
 
 async def test_reload_config_adds_and_removes_models(
@@ -117,18 +129,9 @@ async def test_config_file_and_file_system_are_polled(
 
 
 async def test_hot_reload_under_load_drops_no_request(
-    start_dataplane: StartDataPlane,
-    tmp_path: Path,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    write_config: Any,
+    start_dataplane: StartDataPlane, linear_folder: VersionFolder, write_config: Any
 ) -> None:
-    install_version(sklearn_linear_version, tmp_path / "linear", 1)
-    config = write_config(
-        tmp_path / "servekit.config",
-        'name: "linear" base_path: "linear" model_platform: "sklearn"',
-    )
-    dataplane = await start_dataplane(config)
+    dataplane = await serve_linear(start_dataplane, write_config, linear_folder)
     versions_seen: list[int] = []
     failures: list[Exception] = []
     stop = asyncio.Event()
@@ -146,7 +149,7 @@ async def test_hot_reload_under_load_drops_no_request(
 
     clients = [asyncio.create_task(client()) for _ in range(4)]
     await asyncio.sleep(0.2)
-    install_version(sklearn_linear_version, tmp_path / "linear", 2)
+    linear_folder.install(2)
     await dataplane.registry.poll_file_system()
     await dataplane.registry.settle()
     await asyncio.sleep(0.2)
@@ -186,19 +189,10 @@ async def test_stop_drains_in_flight_requests(
 
 
 async def test_failed_version_reported_while_the_previous_one_serves(
-    start_dataplane: StartDataPlane,
-    tmp_path: Path,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    write_config: Any,
+    start_dataplane: StartDataPlane, linear_folder: VersionFolder, write_config: Any
 ) -> None:
-    install_version(sklearn_linear_version, tmp_path / "linear", 1)
-    config = write_config(
-        tmp_path / "servekit.config",
-        'name: "linear" base_path: "linear" model_platform: "sklearn"',
-    )
-    dataplane = await start_dataplane(config)
-    broken = install_version(sklearn_linear_version, tmp_path / "linear", 2)
+    dataplane = await serve_linear(start_dataplane, write_config, linear_folder)
+    broken = linear_folder.install(2)
     (broken / "model.joblib").write_bytes(b"not a pickle")
     await dataplane.registry.poll_file_system()
     await dataplane.registry.settle()

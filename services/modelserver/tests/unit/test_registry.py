@@ -26,6 +26,8 @@ from modelserver.registry.repository import LoadOptions, load_runtime, scan_vers
 from modelserver.runtimes.base import Runtime
 from modelserver.types import ModelSpec, VersionState, VersionStatus
 
+from tests.support.models import VersionFolder
+
 RegistryFactory = Callable[..., ModelRegistry]
 
 
@@ -85,14 +87,11 @@ def test_scan_ignores_hidden_temporary_and_non_integer_entries(tmp_path: Path) -
 
 
 async def test_latest_policy_serves_the_highest_version(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
-    install_version(sklearn_linear_version, base, 2)
+    base = linear_folder.base
+    linear_folder.install(1)
+    linear_folder.install(2)
     (base / ".tmp-3").mkdir()
     registry = make_registry()
     await registry.apply_config([linear(base)])
@@ -103,19 +102,16 @@ async def test_latest_policy_serves_the_highest_version(
 
 
 async def test_new_version_replaces_the_old_one_after_it_is_available(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry()
     await registry.apply_config([linear(base)])
     old = registry.resolve(ModelSpec("linear"))
     old.acquire()  # a request in flight on version 1
     try:
-        install_version(sklearn_linear_version, base, 2)
+        linear_folder.install(2)
         await registry.poll_file_system()
         await registry.settle_loads()
         assert registry.resolve(ModelSpec("linear")).version == 2
@@ -127,16 +123,13 @@ async def test_new_version_replaces_the_old_one_after_it_is_available(
 
 
 async def test_failed_version_is_reported_and_the_old_one_keeps_serving(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry()
     await registry.apply_config([linear(base)])
-    broken = install_version(sklearn_linear_version, base, 2)
+    broken = linear_folder.install(2)
     with (broken / "model.joblib").open("ab") as handle:
         handle.write(b"corrupt")
     await registry.poll_file_system()
@@ -155,14 +148,11 @@ async def test_failed_version_is_reported_and_the_old_one_keeps_serving(
 
 
 async def test_vanished_version_is_unloaded_gracefully(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
-    install_version(sklearn_linear_version, base, 2)
+    base = linear_folder.base
+    linear_folder.install(1)
+    linear_folder.install(2)
     registry = make_registry()
     await registry.apply_config([linear(base, policy=VersionPolicy(kind="all"))])
     assert states(registry) == {1: VersionState.AVAILABLE, 2: VersionState.AVAILABLE}
@@ -185,13 +175,10 @@ async def test_vanished_version_is_unloaded_gracefully(
 
 
 async def test_a_vanished_version_that_comes_back_is_loaded_again(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry()
     await registry.apply_config([linear(base)])
     shutil.rmtree(base / "1")
@@ -199,21 +186,18 @@ async def test_a_vanished_version_that_comes_back_is_loaded_again(
     await registry.settle()
     with pytest.raises(ModelNotFound, match=r"Latest\(linear\)"):
         registry.resolve(ModelSpec("linear"))
-    install_version(sklearn_linear_version, base, 1)
+    linear_folder.install(1)
     await registry.poll_file_system()
     await registry.settle()
     assert registry.resolve(ModelSpec("linear")).version == 1
 
 
 async def test_specific_policy_and_labels(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
+    base = linear_folder.base
     for version in (1, 2, 3):
-        install_version(sklearn_linear_version, base, version)
+        linear_folder.install(version)
     registry = make_registry()
     policy = VersionPolicy(kind="specific", versions=frozenset({1, 2}))
     await registry.apply_config(
@@ -233,13 +217,10 @@ async def test_specific_policy_and_labels(
 
 
 async def test_label_on_an_unavailable_version_is_refused(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry()
     await registry.apply_config([linear(base, labels={"stable": 1})])
     with pytest.raises(FailedPrecondition, match="version 5 of model linear"):
@@ -249,13 +230,10 @@ async def test_label_on_an_unavailable_version_is_refused(
 
 
 async def test_labels_for_unavailable_versions_when_allowed(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry(allow_labels_for_unavailable=True)
     await registry.apply_config([linear(base, labels={"stable": 1})])
     await registry.apply_config([linear(base, labels={"stable": 1, "next": 5})])
@@ -268,14 +246,11 @@ async def test_labels_for_unavailable_versions_when_allowed(
 
 
 async def test_a_label_may_name_a_version_the_same_config_loads(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
-    install_version(sklearn_linear_version, base, 2)
+    base = linear_folder.base
+    linear_folder.install(1)
+    linear_folder.install(2)
     registry = make_registry()
     only_one = VersionPolicy(kind="specific", versions=frozenset({1}))
     await registry.apply_config([linear(base, policy=only_one, labels={"stable": 1})])
@@ -287,13 +262,10 @@ async def test_a_label_may_name_a_version_the_same_config_loads(
 
 
 async def test_models_removed_from_the_config_are_unloaded(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry()
     await registry.apply_config([linear(base)])
     await registry.apply_config([])
@@ -305,13 +277,10 @@ async def test_models_removed_from_the_config_are_unloaded(
 
 
 async def test_status_errors_use_tf_serving_messages(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
+    make_registry: RegistryFactory, linear_folder: VersionFolder
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry()
     await registry.apply_config([linear(base)])
     with pytest.raises(ModelNotFound, match="Could not find any versions of model x"):
@@ -362,14 +331,10 @@ async def test_failed_loads_are_retried(
 
 
 async def test_version_state_metric_follows_the_states(
-    make_registry: RegistryFactory,
-    sklearn_linear_version: Path,
-    install_version: Any,
-    tmp_path: Path,
-    metrics: Metrics,
+    make_registry: RegistryFactory, linear_folder: VersionFolder, metrics: Metrics
 ) -> None:
-    base = tmp_path / "linear"
-    install_version(sklearn_linear_version, base, 1)
+    base = linear_folder.base
+    linear_folder.install(1)
     registry = make_registry()
     await registry.apply_config([linear(base)])
 

@@ -1,9 +1,15 @@
-"""Large bodies parsed in worker processes (servekit_protocol.json_codec.offload)."""
+"""Large bodies parsed and large answers written in worker processes
+(servekit_protocol.json_codec.offload)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 from servekit_protocol import json_codec
 from servekit_protocol.errors import InvalidArgument
@@ -58,6 +64,67 @@ async def test_a_dead_worker_is_unavailable_and_the_next_call_gets_a_new_one() -
         parsers.close()
 
 
+async def test_large_answers_are_written_in_a_worker_process() -> None:
+    parsers = BodyParsers(answer_threshold_elements=1000, workers=1)
+    try:
+        assert await parsers.write_answer(999, _process_id, b"") == os.getpid()
+        assert await parsers.write_answer(1000, _process_id, b"") != os.getpid()
+        outputs = {"y": np.arange(3.0), "z": np.array([1, 2, 3])}
+        rows = json_codec.RequestFormat.ROW
+        written = await parsers.write_answer(
+            json_codec.output_elements(outputs),
+            json_codec.format_predict_response,
+            outputs,
+            rows,
+        )
+        assert written == json_codec.format_predict_response(outputs, rows)
+        with pytest.raises(InvalidArgument, match="inconsistent batch size"):
+            await parsers.write_answer(
+                1000,
+                json_codec.format_predict_response,
+                {"y": np.arange(3.0), "z": np.arange(2.0)},
+                rows,
+            )
+    finally:
+        parsers.close()
+
+
+def _children() -> set[int]:
+    """This process's spawned workers (not multiprocessing's resource tracker)."""
+    pid = os.getpid()
+    workers = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        # Threads and children may end while they are read.
+        with contextlib.suppress(FileNotFoundError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(FileNotFoundError):
+                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        workers.add(int(child))
+    return workers
+
+
+async def test_start_launches_the_workers_without_waiting_for_them() -> None:
+    before = _children()
+    parsers = BodyParsers(workers=2)
+    try:
+        started = time.perf_counter()
+        parsers.start()
+        # Launching is a fork and exec each; importing happens in the workers.
+        assert time.perf_counter() - started < 1.0
+        deadline = time.monotonic() + 30
+        while len(_children() - before) < 2:
+            assert time.monotonic() < deadline, "the workers did not start"
+            await asyncio.sleep(0.05)
+        # The first body finds them running: no new process is needed.
+        launched = _children() - before
+        await parsers.run(parsers.threshold_bytes, _process_id, b"")
+        assert launched <= _children()
+    finally:
+        parsers.close()
+
+
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         BodyParsers(threshold_bytes=0)
+    with pytest.raises(ValueError, match="positive"):
+        BodyParsers(answer_threshold_elements=0)

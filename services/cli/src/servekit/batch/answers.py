@@ -34,8 +34,8 @@ def prediction_texts(outputs: Mapping[str, NDArray[Any]], rows: int) -> list[byt
             (no outputs, no batch dimension, inconsistent batch sizes).
     """
     columns: dict[str, list[bytes]] = {}
-    for name, output in outputs.items():
-        array = np.asarray(output)
+    for name in sorted(outputs):  # the codec's order (json_codec.predict)
+        array = np.asarray(outputs[name])
         texts = _output_texts(array) if array.shape[:1] == (rows,) else None
         if texts is None:
             return _through_the_codec(outputs)
@@ -64,8 +64,8 @@ def prediction_columns(
     then only the texts say what a row holds.
     """
     columns: dict[str, pa.Array] = {}
-    for name, output in outputs.items():
-        array = np.asarray(output)
+    for name in sorted(outputs):  # the codec's order (json_codec.predict)
+        array = np.asarray(outputs[name])
         kind = array.dtype.kind
         if (
             array.ndim not in (1, 2)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from gateway.codecs.v2_datatypes import NUMPY_TO_V2, V2_TO_NUMPY, v2_datatype
 from gateway.codecs.v2_raw import from_raw
@@ -270,6 +271,48 @@ def parse_infer_request(
     if not isinstance(parameters, dict):
         raise InvalidInput("'parameters' must be an object")
     return InferRequest(inputs, request_id, outputs, parameters, requested)
+
+
+def read_document(header: bytes) -> dict[str, Any]:
+    """The JSON (header) of an `/infer` body, which must be an object whose
+    `parameters`, if any, are an object.
+
+    Raises:
+        InvalidInput: not JSON, not an object, or bad `parameters`.
+    """
+    try:
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"JSON Parse error: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    if not isinstance(document.get("parameters") or {}, dict):
+        raise InvalidInput("'parameters' must be an object")
+    return document
+
+
+def read_parameters(header: bytes) -> dict[str, Any]:
+    """Only the request's `parameters` (where the signature is named).
+
+    Raises:
+        InvalidInput: as :func:`read_document`.
+    """
+    parameters: dict[str, Any] = read_document(header).get("parameters") or {}
+    return parameters
+
+
+def parse_infer_body(
+    header: bytes,
+    wanted: Mapping[str, np.dtype[Any]] | None,
+    binary: bytes | None,
+) -> InferRequest:
+    """:func:`parse_infer_request` from the JSON's bytes (run in a worker
+    process for a large body: module level, and all of it pickles).
+
+    Raises:
+        InvalidInput: anything that does not fit the protocol.
+    """
+    return parse_infer_request(read_document(header), wanted, binary)
 
 
 def _json_data(array: np.ndarray[Any, Any]) -> list[Any]:

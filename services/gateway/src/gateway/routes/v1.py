@@ -140,7 +140,14 @@ async def _predict(
         answer = predicted.answer
         return Response(answer.body, status_code=answer.status, media_type=JSON)
     outputs = output_arrays(predicted.translated)
-    return _bytes_response(json_codec.format_predict_response(outputs, formats[-1]))
+    return _bytes_response(
+        await gateway.parsers.write_answer(
+            json_codec.output_elements(outputs),
+            json_codec.format_predict_response,
+            outputs,
+            formats[-1],
+        )
+    )
 
 
 def is_v1_path(path: str) -> bool:

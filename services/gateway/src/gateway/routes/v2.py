@@ -20,7 +20,14 @@ from starlette.routing import Route
 
 import gateway
 from gateway import oip
-from gateway.codecs.v2 import InferRequest, parse_infer_request, tensor_metadata
+from gateway.codecs.v2 import (
+    InferRequest,
+    parse_infer_body,
+    parse_infer_request,
+    read_document,
+    read_parameters,
+    tensor_metadata,
+)
 from gateway.codecs.v2_binary import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH,
@@ -31,17 +38,17 @@ from gateway.codecs.v2_binary import (
     split_body,
 )
 from gateway.context import CallContext
-from gateway.errors import InvalidInput
 from gateway.routes.handling import (
     authorize,
     gateway_of,
     json_response,
-    parse_json,
     read_body,
     serve_http,
 )
 
 PROTOCOL = "rest_v2"
+_PARAMETERS_KEY = b'"parameters"'
+_ESCAPE = b"\\u"
 SERVER_NAME = "servekit-gateway"
 # Triton's model configuration extension names its platforms this way.
 CONFIG_PLATFORMS = {"tensorflow": "tensorflow_savedmodel"}
@@ -143,15 +150,25 @@ async def infer(request: Request) -> Response:
         # read_body inflates gzip and deflate bodies under the same limit.
         body = await read_body(request, gw.settings.max_body_bytes)
         header, binary = split_body(body, ctx.headers.get(HEADER_LENGTH))
-        document = parse_json(header)
-        if not isinstance(document, dict):
-            raise InvalidInput("the request body must be a JSON object")
-        parameters = document.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            raise InvalidInput("'parameters' must be an object")
+        parsers = gw.parsers
+        size = len(header)
+        if size < parsers.threshold_bytes:
+            document = read_document(header)
+            parameters = document.get("parameters") or {}
 
-        def parse(wanted: Any) -> InferRequest:
-            return parse_infer_request(document, wanted, binary)
+            async def parse(wanted: Any) -> InferRequest:
+                return parse_infer_request(document, wanted, binary)
+
+        else:
+            # The JSON is parsed in a worker. The signature it may name is
+            # needed first, so a body that can name one (the key, or any
+            # escape that could spell it) is read there twice; others once.
+            parameters = {}
+            if _PARAMETERS_KEY in header or _ESCAPE in header:
+                parameters = await parsers.run(size, read_parameters, header)
+
+            async def parse(wanted: Any) -> InferRequest:
+                return await parsers.run(size, parse_infer_body, header, wanted, binary)
 
         answer = await oip.infer(
             gw,

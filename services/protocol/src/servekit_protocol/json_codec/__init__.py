@@ -20,7 +20,8 @@ working.
 Modules by role: :mod:`.document` (parsing, serialization, error bodies),
 :mod:`.arrays` (JSON values <-> arrays), :mod:`.predict`, :mod:`.examples`
 (classify/regress), :mod:`.model_info` (status and metadata answers) and
-:mod:`.offload` (large bodies parsed off the event loop).
+:mod:`.offload` (large bodies parsed and large answers written off the event
+loop).
 """
 
 from servekit_protocol.json_codec.arrays import (
@@ -54,6 +55,7 @@ from servekit_protocol.json_codec.predict import (
     RequestFormat,
     SpecSource,
     format_predict_response,
+    output_elements,
     parse_predict_request,
 )
 from servekit_protocol.serving import DEFAULT_SIGNATURE
@@ -76,6 +78,7 @@ __all__ = [
     "format_regress_response",
     "format_status_response",
     "loads",
+    "output_elements",
     "parse_classify_request",
     "parse_examples_request",
     "parse_predict_request",

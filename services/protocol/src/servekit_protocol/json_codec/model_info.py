@@ -21,12 +21,35 @@ def _message_dict(message: Any) -> dict[str, Any]:
     return result
 
 
+_SIGNATURE_MAPS = ("inputs", "outputs", "defaults")
+"""The map fields of a SignatureDef."""
+
+
+def _by_key(entries: dict[str, Any]) -> dict[str, Any]:
+    return {key: entries[key] for key in sorted(entries)}
+
+
+def _signature_map_dict(packed: Any) -> dict[str, Any]:
+    """A packed SignatureDefMap as JSON, every map in key order: protobuf maps
+    iterate in a different order in every process, so two replicas would
+    otherwise describe the same model differently."""
+    document = _message_dict(unpack_signature_def_map(packed))
+    signatures = _by_key(document.get("signature_def", {}))
+    for signature in signatures.values():
+        for field in _SIGNATURE_MAPS:
+            if field in signature:
+                signature[field] = _by_key(signature[field])
+    document["signature_def"] = signatures
+    return document
+
+
 def format_metadata_response(response: GetModelMetadataResponse) -> bytes:
-    """TF Serving's GET .../metadata body: the SignatureDefMap unpacked to JSON."""
+    """TF Serving's GET .../metadata body: the SignatureDefMap unpacked to JSON,
+    signatures and tensors in name order."""
     document: dict[str, Any] = {"model_spec": _message_dict(response.model_spec)}
     metadata: dict[str, Any] = {}
-    for key, packed in response.metadata.items():
-        metadata[key] = _message_dict(unpack_signature_def_map(packed))
+    for key in sorted(response.metadata):
+        metadata[key] = _signature_map_dict(response.metadata[key])
     document["metadata"] = metadata
     return dumps(document)
 

@@ -268,10 +268,15 @@ def parse_predict_request(
     return PredictBody(signature_name, arrays, request_format)
 
 
+def output_elements(outputs: Mapping[str, Any]) -> int:
+    """Elements of all the outputs together: what writing their JSON costs."""
+    return sum(int(np.size(array)) for array in outputs.values())
+
+
 def format_predict_response(
     outputs: Mapping[str, np.ndarray[Any, Any]], request_format: RequestFormat
 ) -> bytes:
-    """The :predict answer for outputs, in the request's format.
+    """The :predict answer for outputs, in the request's format, outputs in name order.
 
     Raises:
         InvalidArgument: no outputs, an output without a batch dimension or
@@ -279,6 +284,11 @@ def format_predict_response(
     """
     if not outputs:
         raise InvalidArgument("Cannot convert empty tensor map to JSON")
+    if len(outputs) > 1:
+        # Outputs in name order: a SavedModel's come from a protobuf map, which
+        # iterates in a different order in every process (TF Serving's too), so
+        # two replicas would otherwise write the same answer differently.
+        outputs = {name: outputs[name] for name in sorted(outputs)}
     if request_format is RequestFormat.COLUMNAR:
         if len(outputs) == 1:
             ((name, array),) = outputs.items()

@@ -143,16 +143,27 @@ async def decode_predict(
     return spec, parsed.inputs, parsed.format
 
 
-def encode_predict(
-    outputs: dict[str, Tensor], request_format: json_codec.RequestFormat
+async def encode_predict(
+    outputs: dict[str, Tensor],
+    request_format: json_codec.RequestFormat,
+    parsers: json_codec.BodyParsers,
 ) -> bytes:
-    """The ``:predict`` answer in the request's format.
+    """The ``:predict`` answer in the request's format; ``parsers`` writes a
+    large one off the event loop.
 
     Raises:
         InvalidInput: An output JSON cannot carry.
+        Overloaded: The worker writing the answer died.
     """
     try:
-        return json_codec.format_predict_response(outputs, request_format)
+        return await parsers.write_answer(
+            json_codec.output_elements(outputs),
+            json_codec.format_predict_response,
+            outputs,
+            request_format,
+        )
+    except ParserUnavailable as exc:
+        raise Overloaded(exc.message) from exc
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
 

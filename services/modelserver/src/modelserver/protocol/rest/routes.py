@@ -114,7 +114,9 @@ class Routes:
             PredictRequest(spec, inputs), protocol="rest", timeout=self._timeout
         )
         bind_model(response.spec.name, response.spec.version)
-        return codec.encode_predict(response.outputs, request_format)
+        return await codec.encode_predict(
+            response.outputs, request_format, self._parsers
+        )
 
     async def classify(self, spec: ModelSpec, body: bytes) -> bytes:
         """``:classify`` with ``examples`` (and optional ``context``).
