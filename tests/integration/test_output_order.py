@@ -2,7 +2,8 @@
 
 Signatures reach the answers through protobuf maps, which iterate in a different
 order in every process; so answers list outputs, signatures and tensors in name
-order. The model here is a scikit-learn classifier whose manifest lists its
+order, and a gateway in front (its own process, reading the model server's gRPC
+answers) writes the same bytes. The model here is a scikit-learn classifier whose manifest lists its
 inputs and outputs out of name order, with two signatures, so neither the
 manifest's order nor a map's can pass for name order by chance.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.modelserver import ModelServer, model_server
 
 pytestmark = pytest.mark.integration
@@ -71,15 +73,25 @@ def publish_classifier(root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ModelServer]]:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("output-order") / "models"
     publish_classifier(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def servers(
+    registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[ModelServer]]:
     logs = tmp_path_factory.mktemp("output-order-logs")
     with ExitStack() as stack:
         yield [
             stack.enter_context(
                 model_server(
-                    ["--model_name=animals", f"--model_base_path={root / 'animals'}"],
+                    [
+                        "--model_name=animals",
+                        f"--model_base_path={registry / 'animals'}",
+                    ],
                     log_path=logs / f"model-server-{replica}.log",
                 )
             )
@@ -148,3 +160,42 @@ def test_both_replicas_describe_the_model_in_name_order(
     for keys in keys_in_order(signatures):
         if set(keys) <= set(FEATURES) | {"predictions", "probabilities"}:
             assert keys == sorted(keys)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    registry: Path,
+    servers: list[ModelServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    """A gateway calling the first replica over gRPC (no REST backends), so its
+    JSON is written from protobuf answers it parsed itself."""
+    env = {
+        "GATEWAY_REGISTRY": str(registry),
+        "GATEWAY_DEFAULT_BACKEND": servers[0].grpc_target,
+    }
+    with running_gateway(tmp_path_factory.mktemp("output-order-gw"), env=env) as gw:
+        yield gw
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/models/animals:predict", {"instances": ROWS}),
+        ("GET", "/v1/models/animals/metadata", None),
+    ],
+    ids=["predict", "metadata"],
+)
+def test_a_gateway_writes_the_model_servers_bytes(
+    gateway: GatewayProcess,
+    servers: list[ModelServer],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    via, direct = (
+        httpx.request(method, f"{base}{path}", json=body, timeout=30)
+        for base in (gateway.url, servers[1].rest_url)
+    )
+    assert via.status_code == direct.status_code == 200, via.text
+    assert via.content == direct.content

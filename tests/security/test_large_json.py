@@ -303,7 +303,10 @@ def test_a_large_answer_written_does_not_hold_up_other_clients(
 
 V2_ROWS = 3_000_000
 """Elements of each of the two inputs of the large v2 body: about 40 MiB of
-JSON, over a second of the event loop parsed there on the loaded machine."""
+JSON (flat lists of numbers, which orjson reads faster than v1's rows)."""
+V2_CPU_LIMIT = 0.3
+"""CPU seconds the gateway may spend on the v2 body: reading it and handing its
+JSON to a worker (0.18 s measured). Parsed in place, it costs 0.47 s."""
 
 
 def test_a_large_v2_body_parsed_does_not_hold_up_other_clients(
@@ -343,7 +346,7 @@ def test_a_large_v2_body_parsed_does_not_hold_up_other_clients(
     assert answer.status_code == 400, answer.text[:200]
     assert "'a'" in answer.json()["error"]
     record("server CPU s", used)
-    assert used < SERVER_CPU_LIMIT, f"the gateway spent {used:.2f} s of CPU on it"
+    assert used < V2_CPU_LIMIT, f"the gateway spent {used:.2f} s of CPU on it"
     with SmallCalls(gateway) as small:
         answer = infer()
         time.sleep(0.05)

@@ -83,10 +83,21 @@ def _run(job: _Job) -> None:
     function, argument, loop, future = job
     try:
         result = function(argument)
+    except StopIteration as exc:
+        # An asyncio future refuses StopIteration: set_exception raises TypeError
+        # in the loop's callback and the caller would wait forever. It becomes a
+        # RuntimeError, as PEP 479 does for one leaving a generator.
+        error = RuntimeError(f"{_name(function)} raised StopIteration")
+        error.__cause__ = exc
+        _answer(loop, _set_exception, future, error)
     except BaseException as exc:  # whatever it is, the caller receives it
         _answer(loop, _set_exception, future, exc)
     else:
         _answer(loop, _set_result, future, result)
+
+
+def _name(function: Callable[[Any], Any]) -> str:
+    return getattr(function, "__qualname__", None) or type(function).__name__
 
 
 def _answer(

@@ -40,6 +40,29 @@ def test_an_exception_reaches_the_caller() -> None:
     asyncio.run(scenario())
 
 
+def test_a_stop_iteration_reaches_the_caller_as_a_runtime_error() -> None:
+    # asyncio futures refuse StopIteration (set_exception raises TypeError in
+    # the loop's callback), which used to leave the caller waiting forever. The
+    # runtimes wrap a model's own errors, but the pool runs whatever it is given.
+    def exhausted(items: list[int]) -> int:
+        return next(iter(items))
+
+    async def scenario() -> None:
+        pool = ThreadPool(1, "test")
+        try:
+            # The bound only turns the old hang into a failure: the answer takes
+            # one thread hop, so 10 s is far beyond any loaded machine's delay.
+            async with asyncio.timeout(10):
+                with pytest.raises(RuntimeError, match="StopIteration") as caught:
+                    await pool.run(exhausted, [])
+            assert isinstance(caught.value.__cause__, StopIteration)
+            assert await pool.run(exhausted, [3]) == 3
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_caller_that_gives_up_does_not_break_the_pool() -> None:
     release = threading.Event()
 
