@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -119,6 +120,17 @@ async def test_start_launches_the_workers_without_waiting_for_them() -> None:
         launched = _children() - before
         await parsers.run(parsers.threshold_bytes, _process_id, b"")
         assert launched <= _children()
+    finally:
+        parsers.close()
+
+
+async def test_workers_leave_ctrl_c_to_the_server() -> None:
+    # A terminal's Ctrl-C reaches the whole process group; the server stops
+    # its workers itself.
+    parsers = BodyParsers(threshold_bytes=1, workers=1)
+    try:
+        handler = await parsers.run(1, signal.getsignal, signal.SIGINT)
+        assert handler == signal.SIG_IGN
     finally:
         parsers.close()
 

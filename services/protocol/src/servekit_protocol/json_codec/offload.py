@@ -31,6 +31,7 @@ import asyncio
 import importlib
 import logging
 import multiprocessing
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -129,7 +130,9 @@ class BodyParsers:
     def _running_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_ignore_interrupts,
             )
         return self._pool
 
@@ -155,6 +158,13 @@ class BodyParsers:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ignore_interrupts() -> None:
+    """Leave Ctrl-C to the server: a terminal sends SIGINT to the whole process
+    group, and a worker would die of it with a traceback while the server
+    drains. The server ends its workers itself (:meth:`BodyParsers.close`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _preload(modules: tuple[str, ...]) -> None:
