@@ -54,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--no-target", action="store_true")
     parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also time the job's phases apart (count, read, predict, write)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=REPO_ROOT / "bench-results" / "batch.json"
     )
     return parser.parse_args(argv)
@@ -170,6 +175,37 @@ def job_rate(predictor: Any, path: Path, output: Path, args: argparse.Namespace,
     return rows / seconds
 
 
+def phase_split(
+    predictor: Any, path: Path, output: Path, output_format: str, batch_size: int
+) -> dict[str, float]:
+    """Microseconds per row of each phase of a job, run one after the other."""
+    from servekit.batch import outputs, sources
+
+    started = time.perf_counter()
+    files = sources.discover(path)
+    counted = time.perf_counter()
+    rows = sum(source.rows for source in files)
+    chunks = list(sources.read_chunks(files, 0, rows, batch_size, predictor.schema))
+    read = time.perf_counter()
+    answers = [predictor.predict_chunk(chunk) for chunk in chunks]
+    predicted = time.perf_counter()
+    output.mkdir(parents=True)
+    writer = outputs.ShardWriter(output, 0, 1, output_format)
+    for chunk, answer in zip(chunks, answers, strict=True):
+        writer.write(chunk, answer)
+    writer.commit()
+    written = time.perf_counter()
+    return {
+        phase: round(seconds * 1e6 / rows, 3)
+        for phase, seconds in (
+            ("count_us", counted - started),
+            ("read_us", read - counted),
+            ("predict_us", predicted - read),
+            ("write_us", written - predicted),
+        )
+    }
+
+
 @contextlib.contextmanager
 def model_server(registry: Path, folder: Path) -> Iterator[str]:
     from tests.support.modelserver import model_server as start
@@ -248,6 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                         if targets
                         else None,
                     }
+                    if args.split:
+                        row["split_us_per_row"] = phase_split(
+                            local, path, folder / f"{name}-{fmt}-{written}-split",
+                            written, args.batch_size,
+                        )  # fmt: skip
                     results.append(row)
                     print(json.dumps(row), flush=True)
                 local.close()

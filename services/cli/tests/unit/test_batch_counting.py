@@ -1,4 +1,4 @@
-"""Row counts from line breaks agree with what the readers read."""
+"""CSV row counts from line breaks agree with what the parser reads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from servekit.batch.counting import count_csv_rows, count_text_lines
+from servekit.batch.counting import count_csv_rows
 from servekit.batch.csvtext import csv_pieces
 
 CSV_TEXTS = {
@@ -53,15 +53,3 @@ def test_files_whose_lines_may_not_be_rows_are_left_to_the_parser(
     path = tmp_path / "in.csv"
     path.write_bytes(text.encode())
     assert count_csv_rows(path, block_bytes) is None
-
-
-@pytest.mark.parametrize("block_bytes", [1, 2, 5, 1 << 22])
-def test_json_lines_count_lines_holding_more_than_whitespace(
-    tmp_path: Path, block_bytes: int
-) -> None:
-    path = tmp_path / "in.jsonl"
-    text = '{"a": 1}\n\n   \n\t[1, 2,     3]\r\n"long line"   \n  \n{}'
-    path.write_text(text)
-    expected = sum(1 for line in text.encode().split(b"\n") if line.strip())
-    assert expected == 4
-    assert count_text_lines(path, block_bytes) == expected

@@ -390,9 +390,9 @@ class DataPlane:
         call: PreparedCall,
         timeout: float | None,
     ) -> Outputs:
-        loop = asyncio.get_running_loop()
         pending: Awaitable[Outputs]
         if self._batcher is not None and call.batch_size:
+            loop = asyncio.get_running_loop()  # a getpid() on 3.11: not per call
             deadline = None if timeout is None else loop.time() + timeout
             pending = self._batcher.submit(
                 servable.name, servable.version_text, runtime, call, servable, deadline

@@ -9,7 +9,9 @@ unknown methods, health Watch, cancellation and a graceful stop.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -256,6 +258,36 @@ async def test_a_client_that_is_not_http2_is_sent_away(
     assert b"\x07\x00\x00\x00\x00\x00" in data
     async with grpc.aio.insecure_channel(served[3]) as channel:
         assert await _call(channel, "Echo")(b"still serving") == b"still serving"
+
+
+async def test_a_burst_of_connections_waits_in_the_backlog(
+    served: tuple[GrpcServer, Echo, health_aio.HealthServicer, str],
+) -> None:
+    # The loop is held (this test does not await) while 300 clients connect, so
+    # only the kernel's accept queue can complete their handshakes. With the
+    # loop's default backlog of 100 about 200 of them would sit unanswered.
+    host, _, port = served[3].rpartition(":")
+    clients = []
+    try:
+        for _ in range(300):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex((host, int(port)))
+            clients.append(client)
+        waiting = set(clients)
+        deadline = time.monotonic() + 5  # generous: a loaded machine, no accepts
+        while waiting and time.monotonic() < deadline:
+            _, writable, _ = select.select([], list(waiting), [], 0.2)
+            waiting -= set(writable)
+        assert not waiting, f"{len(waiting)} of 300 handshakes not completed"
+        assert all(
+            c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for c in clients
+        )
+    finally:
+        for client in clients:
+            client.close()
+    async with grpc.aio.insecure_channel(served[3]) as channel:
+        assert await _call(channel, "Echo")(b"after") == b"after"
 
 
 def test_hpack_integers_continue_past_the_prefix() -> None:

@@ -1,18 +1,14 @@
-"""Row counts of text inputs from their line breaks, without parsing a row.
+"""CSV row counts from line breaks, without parsing a row.
 
 A job needs its input's row count before it writes a row (the shard names say
 how many shards there are), and parsing a CSV file only to count it costs about
 as much as reading it. The bytes are scanned a block at a time with numpy
-instead:
-
-- JSON Lines: a row is a line holding something other than whitespace (the
-  reader skips blank lines).
-- CSV: a row is a non-empty line after the header (the parser skips empty
-  lines), which holds as long as no cell spans lines. A cell can only do so
-  inside quotes, and a quote state carried over a line break needs an odd
-  number of ``"`` before that break; so when every line break follows an even
-  number of quotes, lines are rows. A file with a carriage return, a quoted
-  line break or an empty first line is left to the parser (``None``).
+instead: a row is a non-empty line after the header (the parser skips empty
+lines), which holds as long as no cell spans lines. A cell can only do so
+inside quotes, and a quote state carried over a line break needs an odd number
+of ``"`` before that break; so when every line break follows an even number of
+quotes, lines are rows. A file with a carriage return, a quoted line break or
+an empty first line is left to the parser (``None``).
 """
 
 from __future__ import annotations
@@ -25,32 +21,6 @@ BLOCK_BYTES = 1 << 22
 """Bytes read and scanned at a time."""
 _NEWLINE = ord("\n")
 _QUOTE = ord('"')
-_WHITESPACE = np.zeros(256, dtype=bool)
-_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
-
-
-def count_text_lines(path: Path, block_bytes: int = BLOCK_BYTES) -> int:
-    """Lines of ``path`` holding something other than whitespace."""
-    count = 0
-    # Whether the line the previous block ended in was already counted.
-    counted = False
-    with path.open("rb") as handle:
-        while block := handle.read(block_bytes):
-            data = np.frombuffer(block, dtype=np.uint8)
-            breaks = data == _NEWLINE
-            # The line of each byte, from 0 = the line the block starts in.
-            lines = np.cumsum(breaks) - breaks
-            holding = np.unique(lines[~_WHITESPACE[data]])
-            count += len(holding)
-            if counted and len(holding) and holding[0] == 0:
-                count -= 1
-            last = int(lines[-1]) + int(breaks[-1])
-            if last == 0:
-                # The block lies inside one line.
-                counted = counted or bool(len(holding))
-            else:
-                counted = bool(len(holding)) and int(holding[-1]) == last
-    return count
 
 
 def count_csv_rows(path: Path, block_bytes: int = BLOCK_BYTES) -> int | None:

@@ -33,7 +33,7 @@ from servekit.batch.columns import (
     TableColumns,
     object_array,
 )
-from servekit.batch.counting import count_csv_rows, count_text_lines
+from servekit.batch.counting import count_csv_rows
 from servekit.batch.csvtext import (
     BadLine,
     Piece,
@@ -173,6 +173,8 @@ def discover(path: Path) -> list[InputFile]:
 def count_rows(path: Path, fmt: str) -> int:
     """Rows of one file (Parquet: from its footer; others: from line breaks).
 
+    JSON Lines: its lines that hold more than whitespace (no row is parsed).
+
     A CSV file whose lines are not provably its rows is parsed to count them
     (:mod:`servekit.batch.counting`).
 
@@ -183,7 +185,8 @@ def count_rows(path: Path, fmt: str) -> int:
         if fmt == PARQUET:
             return int(pq.ParquetFile(path).metadata.num_rows)
         if fmt == JSONL:
-            return count_text_lines(path)
+            with path.open("rb") as handle:
+                return sum(1 for line in handle if line.strip())
         counted = count_csv_rows(path)
         if counted is not None:
             return counted

@@ -36,6 +36,8 @@ UNLIMITED_BYTES = 2**31 - 1
 """The size limit that stands for none: no message reaches it."""
 _REFUSAL_LOG_SECONDS = 1.0
 """Refused connections are logged at most this often (with their count)."""
+_BACKLOG = 2048
+"""Handshaken connections the kernel holds for accept, as uvicorn's listeners."""
 
 
 class GrpcServer:
@@ -122,14 +124,15 @@ class GrpcServer:
         """Accept connections on every bound address."""
         loop = asyncio.get_running_loop()
         for sock in self._sockets:
-            sock.listen(2048)
+            # The loop listens again with its own backlog (100 by default), so
+            # the backlog is given to it rather than to sock.listen.
             if sock.family == socket.AF_UNIX:
                 server = await loop.create_unix_server(
-                    lambda: Http2Connection(self), sock=sock
+                    lambda: Http2Connection(self), sock=sock, backlog=_BACKLOG
                 )
             else:
                 server = await loop.create_server(
-                    lambda: Http2Connection(self), sock=sock
+                    lambda: Http2Connection(self), sock=sock, backlog=_BACKLOG
                 )
             self._servers.append(server)
         self._timers = loop.create_task(self._run_timers())
