@@ -85,23 +85,12 @@ class Target:
     """What a normal call sends (the gateway's API key)."""
 
 
-class RawClient:
-    """One HTTP/2 connection driven frame by frame."""
+class HeaderBlocks:
+    """gRPC request HEADERS frames encoded with one HPACK table: built before a
+    connection is opened, a large flood does not leave it idle meanwhile."""
 
-    def __init__(self, port: int, *, receive_buffer: int = 0, settings: bool = True):
-        self.sock = socket.socket()
-        if receive_buffer:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        self.sock.settimeout(10)
-        self.sock.connect(("127.0.0.1", port))
+    def __init__(self) -> None:
         self.encoder = hpack.Encoder()
-        self.received = bytearray()
-        self.closed = False
-        if settings:
-            self.send(PREFACE + SettingsFrame(0).serialize())
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def block(self, path: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
         """A gRPC request's header block, encoded with this connection's table."""
@@ -129,6 +118,41 @@ class RawClient:
         if end:
             frame.flags.add("END_STREAM")
         return bytes(frame.serialize())
+
+
+class RawClient(HeaderBlocks):
+    """One HTTP/2 connection driven frame by frame.
+
+    Args:
+        port: The server's port on 127.0.0.1.
+        receive_buffer: SO_RCVBUF, when set.
+        settings: Send the preface and SETTINGS at once.
+        encoder: The encoder of :class:`HeaderBlocks` built before
+            connecting, so the server's table follows theirs.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        receive_buffer: int = 0,
+        settings: bool = True,
+        encoder: hpack.Encoder | None = None,
+    ):
+        super().__init__()
+        self.sock = socket.socket()
+        if receive_buffer:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.settimeout(10)
+        self.sock.connect(("127.0.0.1", port))
+        self.encoder = encoder or hpack.Encoder()
+        self.received = bytearray()
+        self.closed = False
+        if settings:
+            self.send(PREFACE + SettingsFrame(0).serialize())
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
     def frames(self, timeout: float) -> list[Frame]:
         """Frames received within ``timeout`` (or until the server closes)."""
