@@ -2,7 +2,8 @@
 
 :func:`delaying_relay` listens on 127.0.0.1 and passes every connection's bytes
 through to a target: client to server at once, server to client each chunk
-``delay_seconds`` after it arrived, in order. So every call through it lasts at
+``delay_seconds`` after it arrived, in order (but for the server's first chunk,
+its connection preface). So every call through it lasts at
 least that long whatever the machine's load, and calls sent while one is in
 flight overlap it: what a slow model gives a test, with the model left as it is.
 It runs its own event loop on a thread and is stopped on exit.
@@ -20,7 +21,11 @@ CHUNK = 65536
 
 
 async def _forward(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    delay: float,
+    *,
+    first_at_once: bool = False,
 ) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -36,6 +41,8 @@ async def _forward(
 
     sender = asyncio.create_task(send())
     try:
+        if first_at_once and (data := await reader.read(CHUNK)):
+            queue.put_nowait((0.0, data))
         while data := await reader.read(CHUNK):
             queue.put_nowait((loop.time() + delay, data))
     finally:
@@ -64,7 +71,10 @@ async def _serve(
         with contextlib.suppress(OSError, asyncio.CancelledError):
             await asyncio.gather(
                 _forward(client_reader, server_writer, 0.0),
-                _forward(server_reader, client_writer, delay),
+                # The server's first bytes (its HTTP/2 SETTINGS) pass at once: a
+                # gRPC client gives up a connection whose SETTINGS come later than
+                # its connect timeout, which the gateway keeps near 1 s.
+                _forward(server_reader, client_writer, delay, first_at_once=True),
             )
 
     server = await asyncio.start_server(relay, "127.0.0.1", 0)
