@@ -49,7 +49,6 @@ PARTS = 10
 """gRPC requests the rows are split into, sent at once so the batcher merges them."""
 REST_ROWS = 50
 """Rows per REST call: a call over the batcher's 64 rows is refused, as in TF Serving."""
-"""gRPC requests the rows are split into, sent at once so the batcher merges them."""
 
 
 @dataclass

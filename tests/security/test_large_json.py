@@ -12,12 +12,10 @@ the machine is) and that none of the small calls waited more than
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -35,6 +33,7 @@ from tests.security.stack import (
     loop_cpu_seconds,
     serving_stack,
 )
+from tests.support.processes import spawned_workers
 
 pytestmark = pytest.mark.integration
 
@@ -129,19 +128,6 @@ def listener(
     return next(each for each in stack.listeners() if each.name == request.param)
 
 
-def spawned_workers(pid: int) -> set[int]:
-    """The process's ``spawn`` workers (not multiprocessing's resource tracker),
-    from ``/proc/<pid>/task/*/children``."""
-    workers = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            for child in (task / "children").read_text().split():
-                with contextlib.suppress(FileNotFoundError):
-                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                        workers.add(int(child))
-    return workers
-
-
 def wait_until_idle(pids: set[int], deadline: float) -> None:
     """Wait until the processes' CPU time stops growing for 0.3 s: started."""
     used = -1.0
@@ -209,6 +195,17 @@ class SmallCalls:
         self._thread.join()
         self._client.close()
 
+    def assert_kept_up(self, limit: float, during: str) -> None:
+        """Every small call answered 200, at least three of them, none slower
+        than ``limit`` seconds (recorded as a figure)."""
+        assert self.statuses == {200}
+        assert len(self.latencies) >= 3
+        slowest = max(self.latencies)
+        record("slowest small call s", slowest)
+        assert slowest < limit, (
+            f"a small call waited {slowest:.3f} s while the {during}"
+        )
+
 
 def _large_call(listener: Listener, body: bytes) -> httpx.Response:
     return httpx.post(
@@ -238,13 +235,7 @@ def test_a_large_body_parsed_does_not_hold_up_other_clients(
         time.sleep(0.05)
     assert answer.status_code == 400, answer.text[:200]
     assert "instances" in answer.json()["error"]
-    assert small.statuses == {200}
-    assert len(small.latencies) >= 3
-    slowest = max(small.latencies)
-    record("slowest small call s", slowest)
-    assert slowest < SMALL_CALL_LATENCY, (
-        f"a small call waited {slowest:.3f} s while the large body was parsed"
-    )
+    small.assert_kept_up(SMALL_CALL_LATENCY, "large body was parsed")
     assert_no_traceback(listener.process)
 
 
@@ -302,12 +293,8 @@ def test_a_large_answer_written_does_not_hold_up_other_clients(
         answer = _large_call(listener, body)
         time.sleep(0.05)
     assert answer.status_code == 200
-    assert small.statuses == {200}
-    assert len(small.latencies) >= 3
-    slowest = max(small.latencies)
-    record("slowest small call s", slowest)
-    assert slowest < ANSWER_SMALL_CALL_LATENCY[listener.name], (
-        f"a small call waited {slowest:.3f} s while the large answer was written"
+    small.assert_kept_up(
+        ANSWER_SMALL_CALL_LATENCY[listener.name], "large answer was written"
     )
     assert_no_traceback(listener.process)
 
@@ -362,11 +349,5 @@ def test_a_large_v2_body_parsed_does_not_hold_up_other_clients(
         answer = infer()
         time.sleep(0.05)
     assert answer.status_code == 400
-    assert small.statuses == {200}
-    assert len(small.latencies) >= 3
-    slowest = max(small.latencies)
-    record("slowest small call s", slowest)
-    assert slowest < SMALL_CALL_LATENCY, (
-        f"a small call waited {slowest:.3f} s while the v2 body was parsed"
-    )
+    small.assert_kept_up(SMALL_CALL_LATENCY, "v2 body was parsed")
     assert_no_traceback(gateway.process)

@@ -162,3 +162,17 @@ def running_process(
         yield server
     finally:
         server.stop(timeout=stop_timeout)
+
+
+def spawned_workers(pid: int) -> set[int]:
+    """The process's ``spawn`` workers (not multiprocessing's resource tracker),
+    from ``/proc/<pid>/task/*/children``."""
+    workers = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        # Threads and children may end while they are read.
+        with contextlib.suppress(FileNotFoundError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(FileNotFoundError):
+                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        workers.add(int(child))
+    return workers

@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from servekit_protocol import json_codec
 from servekit_protocol.errors import InvalidArgument
 from servekit_protocol.json_codec.offload import BodyParsers, ParserUnavailable
+
+from tests.support.processes import spawned_workers
 
 
 def _process_id(body: bytes) -> int:
@@ -90,22 +90,8 @@ async def test_large_answers_are_written_in_a_worker_process() -> None:
         parsers.close()
 
 
-def _children() -> set[int]:
-    """This process's spawned workers (not multiprocessing's resource tracker)."""
-    pid = os.getpid()
-    workers = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        # Threads and children may end while they are read.
-        with contextlib.suppress(FileNotFoundError):
-            for child in (task / "children").read_text().split():
-                with contextlib.suppress(FileNotFoundError):
-                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                        workers.add(int(child))
-    return workers
-
-
 async def test_start_launches_the_workers_without_waiting_for_them() -> None:
-    before = _children()
+    before = spawned_workers(os.getpid())
     parsers = BodyParsers(workers=2)
     try:
         started = time.perf_counter()
@@ -113,13 +99,13 @@ async def test_start_launches_the_workers_without_waiting_for_them() -> None:
         # Launching is a fork and exec each; importing happens in the workers.
         assert time.perf_counter() - started < 1.0
         deadline = time.monotonic() + 30
-        while len(_children() - before) < 2:
+        while len(spawned_workers(os.getpid()) - before) < 2:
             assert time.monotonic() < deadline, "the workers did not start"
             await asyncio.sleep(0.05)
         # The first body finds them running: no new process is needed.
-        launched = _children() - before
+        launched = spawned_workers(os.getpid()) - before
         await parsers.run(parsers.threshold_bytes, _process_id, b"")
-        assert launched <= _children()
+        assert launched <= spawned_workers(os.getpid())
     finally:
         parsers.close()
 
