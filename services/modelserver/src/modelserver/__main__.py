@@ -287,6 +287,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             native_stderr.close()
 
 
+def _worker_modules(settings: Settings) -> tuple[str, ...]:
+    """The modules of the functions the JSON workers will run."""
+    modules = ["modelserver.protocol.rest.codec"] if settings.rest_api_port else []
+    if (settings.port or settings.grpc_socket_path) and (
+        settings.grpc_parse_offload_bytes
+    ):
+        modules.append("modelserver.protocol.grpc.largerequests")
+    return tuple(modules)
+
+
 async def serve(settings: Settings) -> int:
     """Serve until a termination signal; return the exit status.
 
@@ -335,6 +345,8 @@ async def serve(settings: Settings) -> int:
             packed_outputs=settings.enable_serialization_as_tensor_content,
             grace=DRAIN_SECONDS,
             limits=settings.http2,
+            parsers=parsers,
+            parse_offload_bytes=settings.grpc_parse_offload_bytes,
         )
     if settings.rest_api_port:
         if settings.rest_api_port == settings.port:
@@ -346,7 +358,7 @@ async def serve(settings: Settings) -> int:
         # Launched first, so the first large body or answer does not wait for
         # the workers' start-up (seconds); they import while the models load
         # (the codec's module holds the functions run there).
-        parsers.start(preload=("modelserver.protocol.rest.codec",))
+        parsers.start(preload=_worker_modules(settings))
         monitoring = settings.monitoring
         app = create_app(
             dataplane,
@@ -375,6 +387,9 @@ async def serve(settings: Settings) -> int:
                 max_connections=settings.rest_api_max_connections,
             ),
         )
+
+    elif grpc_server is not None and settings.grpc_parse_offload_bytes:
+        parsers.start(preload=_worker_modules(settings))
 
     started: list[Stoppable] = []
     following: asyncio.Task[None] | None = None
