@@ -21,7 +21,7 @@ Contract for the transports:
 - Inference methods take keyword-only ``protocol`` (``"rest"``, ``"grpc"`` or ``"grpc-web"``, a
   metrics label) and ``timeout`` (seconds left for the call; ``None`` = no limit).
   Inference runs in a thread pool (or in the batcher's), except unbatched calls
-  proven short, which run on the event loop (:mod:`modelserver.inline`).
+  proven short, which run on the event loop (:mod:`modelserver.execution`).
 - ``signature(spec)`` gives the REST codecs the input/output dtypes they need to
   parse the row/columnar JSON formats before calling ``predict``.
 """
@@ -31,35 +31,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from servekit_protocol.tensor_limits import TensorLimits
 
-from modelserver.batching.batcher import Batcher
 from modelserver.config import (
     from_model_server_config,
     load_model_server_config,
     single_model_config,
 )
-from modelserver.errors import (
-    DeadlineExceeded,
-    InternalError,
-    InvalidInput,
-    ModelNotReady,
-    ServingError,
-)
-from modelserver.inline import InlinePolicy
+from modelserver.errors import InvalidInput, ModelNotReady, ServingError
+from modelserver.execution import Executor
 from modelserver.multiinference import check_tasks, prepare_tasks, task_results
+from modelserver.observability.requests import Observation, observe_request
 from modelserver.registry.loader import VersionLoader
 from modelserver.registry.registry import ModelRegistry, Servable
 from modelserver.registry.watcher import Watcher
-from modelserver.runtimes.base import PreparedCall, Runtime
-from modelserver.threadpool import ThreadPool
+from modelserver.runtimes.base import Runtime
 from modelserver.types import (
     Api,
     ClassifyRequest,
@@ -74,7 +65,6 @@ from modelserver.types import (
     RegressResponse,
     ResolvedSpec,
     SignatureInfo,
-    Tensor,
     VersionStatus,
 )
 
@@ -85,17 +75,6 @@ if TYPE_CHECKING:
     from modelserver.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-Outputs = dict[str, Tensor]
-OK = "OK"
-
-
-@dataclass
-class _Observation:
-    """What a request's metrics line learns while the request runs."""
-
-    version_text: str = ""
-    status: str = OK
 
 
 class DataPlane:
@@ -108,13 +87,9 @@ class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._inference = ThreadPool(settings.inference_threads, "inference")
-        self._inline = InlinePolicy(settings.inline_inference_micros / 1e6)
+        self._executor = Executor(settings, metrics)
         self._load_executor = ThreadPoolExecutor(
             max_workers=max(1, settings.num_load_threads), thread_name_prefix="load"
-        )
-        self._batcher = (
-            Batcher(settings.batching, metrics) if settings.enable_batching else None
         )
         self._registry = ModelRegistry(
             loader=VersionLoader(settings),
@@ -126,7 +101,7 @@ class DataPlane:
             allow_labels_for_unavailable=(
                 settings.allow_version_labels_for_unavailable_models
             ),
-            on_unload=self._close_batch_queues,
+            on_unload=self._executor.close_version,
         )
         self._config_file = (
             Path(settings.model_config_file).absolute()
@@ -197,10 +172,8 @@ class DataPlane:
         if self._watcher is not None:
             await self._watcher.stop()
         await self._registry.close()
-        if self._batcher is not None:
-            await self._batcher.close()
-        # Joining the pools off the loop: a model call may still be finishing.
-        await self._inference.close()
+        await self._executor.close()
+        # Joining the pool off the loop: a load may still be finishing.
         await asyncio.to_thread(self._load_executor.shutdown, wait=True)
         self._live = False
 
@@ -218,45 +191,16 @@ class DataPlane:
         """Whether the process should be kept alive (false once stopped)."""
         return self._live
 
-    async def _close_batch_queues(self, servable: Servable) -> None:
-        if self._batcher is not None:
-            await self._batcher.close_version(servable.name, servable.version_text)
-
     # --- inference ----------------------------------------------------------------
 
-    @contextlib.contextmanager
     def _observe(
         self, model: str, api: Api, protocol: str, version_text: str = ""
-    ) -> Iterator[_Observation]:
-        """Time one request, map unexpected failures to InternalError, record it.
-
-        Every public entry point runs inside this, so the request metrics and
-        the error mapping are the same for all of them.
-        """
-        started = time.perf_counter()
-        observation = _Observation(version_text=version_text)
-        try:
-            yield observation
-        except ServingError as exc:
-            observation.status = exc.grpc_code.name
-            raise
-        except Exception as exc:
-            observation.status = InternalError.grpc_code.name
-            logger.exception("%s failed", api.value)
-            raise InternalError(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._metrics.observe_request(
-                model=model,
-                version=observation.version_text,
-                api=api,
-                protocol=protocol,
-                status=observation.status,
-                seconds=time.perf_counter() - started,
-            )
+    ) -> contextlib.AbstractContextManager[Observation]:
+        return observe_request(self._metrics, model, api, protocol, version_text)
 
     @contextlib.contextmanager
     def _acquired(
-        self, spec: ModelSpec, observation: _Observation
+        self, spec: ModelSpec, observation: Observation
     ) -> Iterator[tuple[Servable, Runtime]]:
         """Resolve ``spec`` and hold its runtime, so an unload waits for the call."""
         servable = self._resolve(spec)
@@ -293,7 +237,7 @@ class DataPlane:
             call = runtime.prepare_predict(
                 spec.signature_name, request.inputs, request.output_filter
             )
-            outputs = await self._execute(servable, runtime, call, timeout)
+            outputs = await self._executor.run(servable, runtime, call, timeout)
             return PredictResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), outputs
             )
@@ -314,7 +258,7 @@ class DataPlane:
             call = runtime.prepare_classify(
                 spec.signature_name, request.examples, request.context
             )
-            outputs = await self._execute(servable, runtime, call, timeout)
+            outputs = await self._executor.run(servable, runtime, call, timeout)
             results = runtime.to_classifications(call, outputs)
             return ClassifyResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
@@ -336,7 +280,7 @@ class DataPlane:
             call = runtime.prepare_regress(
                 spec.signature_name, request.examples, request.context
             )
-            outputs = await self._execute(servable, runtime, call, timeout)
+            outputs = await self._executor.run(servable, runtime, call, timeout)
             results = runtime.to_regressions(call, outputs)
             return RegressResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
@@ -369,7 +313,7 @@ class DataPlane:
                 calls = prepare_tasks(request, runtime)
                 outputs = await asyncio.gather(
                     *(
-                        self._execute(servable, runtime, call, timeout)
+                        self._executor.run(servable, runtime, call, timeout)
                         for _, call in calls
                     )
                 )
@@ -382,33 +326,6 @@ class DataPlane:
         if not spec.name:
             raise InvalidInput("ModelSpec has no name specified.")
         return self._registry.resolve(spec)
-
-    async def _execute(
-        self,
-        servable: Servable,
-        runtime: Runtime,
-        call: PreparedCall,
-        timeout: float | None,
-    ) -> Outputs:
-        pending: Awaitable[Outputs]
-        if self._batcher is not None and call.batch_size:
-            loop = asyncio.get_running_loop()  # a getpid() on 3.11: not per call
-            deadline = None if timeout is None else loop.time() + timeout
-            pending = self._batcher.submit(
-                servable.name, servable.version_text, runtime, call, servable, deadline
-            )
-        else:
-            run = self._inline.timed_run(runtime, call)
-            if self._inline.inline(runtime, call, timeout):
-                return run(call)  # proven short: cheaper than two thread hops
-            pending = self._inference.run(run, call)
-        if timeout is None:
-            return await pending
-        try:
-            async with asyncio.timeout(timeout):
-                return await pending
-        except TimeoutError as exc:
-            raise DeadlineExceeded("Deadline Exceeded") from exc
 
     # --- metadata and management ----------------------------------------------------
 

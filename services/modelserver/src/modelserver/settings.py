@@ -185,9 +185,11 @@ class Settings(BaseSettings):
     rest_api_json_answer_offload_elements: int = Field(
         default=json_offload.DEFAULT_ANSWER_THRESHOLD_ELEMENTS, ge=1
     )
-    """servekit extension: tensor elements from which a REST ``:predict``
-    answer's JSON is written in a worker process rather than on the event loop,
-    so that a large answer does not hold up other clients' calls."""
+    """servekit extension: tensor elements (``:classify``: ``(label, score)``
+    pairs; ``:regress``: values) from which a REST ``:predict``, ``:classify``
+    or ``:regress`` answer's JSON is written in a worker process rather than on
+    the event loop, so that a large answer does not hold up other clients'
+    calls."""
 
     enable_serialization_as_tensor_content: bool = False
     """Answer Predict (gRPC and gRPC-Web) with each output's bytes in

@@ -128,15 +128,64 @@ class RegressRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ClassifyResponse:
-    """One list of ``(label, score)`` per example, in the signature's class order.
+class Classifications:
+    """Every example's classes with their scores, in the signature's class order.
 
-    ``label`` is ``""`` when the signature has no ``classes`` output and ``score``
-    is ``0.0`` when it has no ``scores`` output (TF Serving leaves them unset).
+    Kept as the model's arrays until a transport writes them: the list of
+    ``(label, score)`` pairs costs far more than the arrays (0.4 s for 100,000
+    examples of 3 classes), and a large REST answer is written off the event
+    loop, where the pairs are built too.
+
+    Attributes:
+        labels: ``[examples, classes]`` of ``bytes`` or ``str``; ``None`` when
+            the signature has no ``classes`` output (every label ``""``).
+        scores: ``[examples, classes]`` floats already rounded through float32;
+            ``None`` when the signature has no ``scores`` output (every score
+            ``0.0``). TF Serving leaves either unset in those cases.
+        examples: How many examples were classified.
+        classes: How many classes each example has.
     """
 
+    labels: Tensor | None
+    scores: Tensor | None
+    examples: int
+    classes: int
+
+    @property
+    def size(self) -> int:
+        """How many ``(label, score)`` pairs the answer holds."""
+        return self.examples * self.classes
+
+    def pairs(self) -> list[list[tuple[str, float]]]:
+        """One list of ``(label, score)`` per example."""
+        labels: list[list[str]] = (
+            [[_text(value) for value in row] for row in self.labels.tolist()]
+            if self.labels is not None
+            else [[""] * self.classes for _ in range(self.examples)]
+        )
+        scores: list[list[float]] = (
+            self.scores.tolist()
+            if self.scores is not None
+            else [[0.0] * self.classes for _ in range(self.examples)]
+        )
+        return [
+            list(zip(label_row, score_row, strict=True))
+            for label_row, score_row in zip(labels, scores, strict=True)
+        ]
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResponse:
+    """The classes of each example and their scores."""
+
     spec: ResolvedSpec
-    results: list[list[tuple[str, float]]]
+    results: Classifications
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from modelserver.protocol.rest.app import RestApp, create_app
 from modelserver.types import (
     PREDICT_METHOD,
     REGRESS_METHOD,
+    Classifications,
     ClassifyRequest,
     ClassifyResponse,
     ModelMetadata,
@@ -143,12 +144,15 @@ class FakeDataPlane(DataPlane):
     ) -> ClassifyResponse:
         self.calls.append(Call("classify", request.spec, protocol, timeout, request))
         resolved = self._resolve(request.spec)
+        scores = [[0.5 * float(example["x"][0]) + 2.0] for example in request.examples]
         return ClassifyResponse(
             resolved,
-            [
-                [("", 0.5 * float(example["x"][0]) + 2.0)]
-                for example in request.examples
-            ],
+            Classifications(
+                labels=None,
+                scores=np.array(scores, np.float32).astype(np.float64),
+                examples=len(scores),
+                classes=1,
+            ),
         )
 
     async def multi_inference(

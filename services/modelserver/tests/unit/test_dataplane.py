@@ -72,8 +72,9 @@ async def test_classify_regress_and_multi_inference(
         )
     )
     assert classified.spec == ResolvedSpec("classifier", 3, "serving_default")
-    assert [row[0][0] for row in classified.results] == ["large", "large"]
-    assert classified.results[0][0][1] > 0.5 > classified.results[1][0][1]
+    pairs = classified.results.pairs()
+    assert [row[0][0] for row in pairs] == ["large", "large"]
+    assert pairs[0][0][1] > 0.5 > pairs[1][0][1]
     regressed = await dataplane.regress(
         RegressRequest(ModelSpec("linear"), [{"a": [1.0]}], context={"b": [1.0]})
     )

@@ -75,7 +75,9 @@ async def test_batching_merges_concurrent_requests(
         )
     )
     assert all(isinstance(answer, ClassifyResponse) for answer in classified)
-    assert classified[0].results[0][0][1] > classified[1].results[0][0][1]
+    assert (
+        classified[0].results.pairs()[0][0][1] > classified[1].results.pairs()[0][0][1]
+    )
 
 
 async def test_a_lone_request_does_not_wait_for_the_batch_timeout(

@@ -53,7 +53,7 @@ async def test_predict_classify_regress(
     classified = await dataplane.classify(
         ClassifyRequest(ModelSpec("half", signature_name="classify"), [{"x": [0.0]}])
     )
-    assert classified.results == [[("large", 0.5), ("small", 0.5)]]
+    assert classified.results.pairs() == [[("large", 0.5), ("small", 0.5)]]
 
 
 async def test_batching_with_padding_on_a_saved_model(

@@ -124,7 +124,7 @@ def test_classify_answers_every_class_with_its_probability(
         [{"size": [3.0]}, {"size": [-3.0], "color": [b"red"]}],
         {"color": [b"blue"]},
     )
-    results = runtime.to_classifications(call, runtime.run(call))
+    results = runtime.to_classifications(call, runtime.run(call)).pairs()
     assert [[label for label, _ in row] for row in results] == [CLASSES, CLASSES]
     assert results[0][0][1] > 0.5
     assert results[1][1][1] > 0.5

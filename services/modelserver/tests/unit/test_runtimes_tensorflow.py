@@ -100,7 +100,7 @@ def test_classify_and_regress_from_examples(tf_saved_model: Path) -> None:
     call = runtime.prepare_regress("regress", [{"x": [2.0]}, {"x": [4.0]}], None)
     assert runtime.to_regressions(call, runtime.run(call)) == [3.0, 4.0]
     call = runtime.prepare_classify("classify", [{"x": [3.0]}], None)
-    ((large, small),) = runtime.to_classifications(call, runtime.run(call))
+    ((large, small),) = runtime.to_classifications(call, runtime.run(call)).pairs()
     assert large[0] == "large"
     assert small[0] == "small"
     assert large[1] == pytest.approx(1 / (1 + np.exp(-3.0)), rel=1e-5)
@@ -241,7 +241,7 @@ def test_tf_serving_rest_examples(tfserving_models: Path) -> None:
     x = np.array([2.0, 3.0, 4.0], dtype=np.float32)
     np.testing.assert_allclose(predict(runtime, "", x=x)["y"], [3.0, 3.5, 4.0])
     call = runtime.prepare_classify("classify_x_to_y", [{"x": [2.0]}], None)
-    assert runtime.to_classifications(call, runtime.run(call)) == [[("", 3.0)]]
+    assert runtime.to_classifications(call, runtime.run(call)).pairs() == [[("", 3.0)]]
     call = runtime.prepare_regress("regress_x_to_y", [{"x": [2.0]}], None)
     assert runtime.to_regressions(call, runtime.run(call)) == [3.0]
     tf2 = load(tfserving_models / "half_plus_two_tf2" / "00000123")

@@ -30,6 +30,7 @@ from modelserver.types import (
     CLASSIFY_METHOD,
     PREDICT_METHOD,
     REGRESS_METHOD,
+    Classifications,
     Example,
     SignatureInfo,
     Tensor,
@@ -161,7 +162,7 @@ class Runtime(ABC):
 
     def to_classifications(
         self, call: PreparedCall, outputs: Mapping[str, Tensor]
-    ) -> list[list[tuple[str, float]]]:
+    ) -> Classifications:
         """Turn ``classes``/``scores`` outputs into per-example results.
 
         Raises:
@@ -329,7 +330,7 @@ def check_regress_signature(
 
 def classification_results(
     classes: Tensor | None, scores: Tensor | None, num_examples: int
-) -> list[list[tuple[str, float]]]:
+) -> Classifications:
     """TF Serving's ``PostProcessClassificationResult``.
 
     Raises:
@@ -379,20 +380,12 @@ def classification_results(
         num_classes = int(classes.shape[1])
     elif scores is not None:
         num_classes = int(scores.shape[1])
-    labels: list[list[str]] = (
-        [[_text(value) for value in row] for row in classes.tolist()]
-        if classes is not None
-        else [[""] * num_classes for _ in range(num_examples)]
+    return Classifications(
+        labels=classes,
+        scores=None if scores is None else scores.astype(np.float32).astype(np.float64),
+        examples=num_examples,
+        classes=num_classes,
     )
-    values: list[list[float]] = (
-        scores.astype(np.float32).astype(np.float64).tolist()
-        if scores is not None
-        else [[0.0] * num_classes for _ in range(num_examples)]
-    )
-    return [
-        list(zip(label_row, score_row, strict=True))
-        for label_row, score_row in zip(labels, values, strict=True)
-    ]
 
 
 def regression_results(values: Tensor, num_examples: int) -> list[float]:
@@ -431,9 +424,3 @@ def merge_examples(examples: list[Example], context: Example | None) -> list[Exa
     if not context:
         return examples
     return [{**context, **example} for example in examples]
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)

@@ -73,6 +73,7 @@ from modelserver.runtimes.sklearn_signatures import (
     signatures_from_manifest,
 )
 from modelserver.types import (
+    Classifications,
     Example,
     SignatureInfo,
     Tensor,
@@ -254,12 +255,15 @@ class SklearnRuntime(Runtime):
 
     def to_classifications(
         self, call: PreparedCall, outputs: Mapping[str, Tensor]
-    ) -> list[list[tuple[str, float]]]:
+    ) -> Classifications:
         probabilities = outputs[PROBABILITIES]
         assert self._classes is not None
-        labels = np.empty(probabilities.shape, dtype=object)
-        labels[:] = [label.encode() for label in self._classes]
-        return classification_results(labels, probabilities, _rows(call))
+        labels = np.empty(len(self._classes), dtype=object)
+        labels[:] = self._classes
+        # Every example has the same labels: a view, not a copy per example.
+        return classification_results(
+            np.broadcast_to(labels, probabilities.shape), probabilities, _rows(call)
+        )
 
     def to_regressions(
         self, call: PreparedCall, outputs: Mapping[str, Tensor]

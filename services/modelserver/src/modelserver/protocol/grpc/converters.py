@@ -12,7 +12,7 @@ it empty); metadata answers carry no signature name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, tensors
@@ -24,6 +24,7 @@ from servekit_protocol.tensor_limits import TensorLimits, check_tensor_protos
 
 from modelserver.errors import InvalidInput
 from modelserver.types import (
+    Classifications,
     ClassifyRequest,
     ClassifyResponse,
     Example,
@@ -159,11 +160,10 @@ def to_regress_request(proto: messages.RegressionRequest) -> RegressRequest:
 
 
 def fill_classifications(
-    results: Sequence[Sequence[tuple[str, float]]],
-    into: messages.ClassificationResult,
+    results: Classifications, into: messages.ClassificationResult
 ) -> None:
     """Append one ``Classifications`` per example to a ClassificationResult."""
-    for classes in results:
+    for classes in results.pairs():
         classifications = into.classifications.add()
         for label, score in classes:
             classifications.classes.add(label=label, score=score)

@@ -29,6 +29,7 @@ from servekit_protocol.tensor_limits import TensorLimits
 from modelserver.errors import InvalidInput, Overloaded, ServingError
 from modelserver.protocol.grpc import converters
 from modelserver.types import (
+    Classifications,
     Example,
     ModelMetadata,
     ModelSpec,
@@ -202,8 +203,40 @@ def with_signature(spec: ModelSpec, signature_name: str) -> ModelSpec:
     return replace(spec, signature_name=signature_name) if signature_name else spec
 
 
-def encode_classify(results: Sequence[Sequence[tuple[str, float]]]) -> bytes:
-    """``{"results": [[[label, score], ...], ...]}``.
+async def encode_classify(
+    results: Classifications, parsers: json_codec.BodyParsers
+) -> bytes:
+    """The ``:classify`` answer; ``parsers`` writes a large one (counted in
+    ``(label, score)`` pairs) off the event loop.
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+        Overloaded: The worker writing the answer died.
+    """
+    try:
+        return await parsers.write_answer(results.size, classify_json, results)
+    except ParserUnavailable as exc:
+        raise Overloaded(exc.message) from exc
+
+
+async def encode_regress(
+    results: Sequence[float], parsers: json_codec.BodyParsers
+) -> bytes:
+    """The ``:regress`` answer; ``parsers`` writes a large one (counted in
+    values) off the event loop.
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+        Overloaded: The worker writing the answer died.
+    """
+    try:
+        return await parsers.write_answer(len(results), regress_json, results)
+    except ParserUnavailable as exc:
+        raise Overloaded(exc.message) from exc
+
+
+def classify_json(results: Classifications) -> bytes:
+    """``{"results": [[[label, score], ...], ...]}``, in place or in a worker.
 
     Raises:
         InvalidInput: No results (as in TF Serving).
@@ -216,8 +249,8 @@ def encode_classify(results: Sequence[Sequence[tuple[str, float]]]) -> bytes:
         raise InvalidInput(exc.message) from exc
 
 
-def encode_regress(results: Sequence[float]) -> bytes:
-    """``{"results": [value, ...]}``.
+def regress_json(results: Sequence[float]) -> bytes:
+    """``{"results": [value, ...]}``, in place or in a worker.
 
     Raises:
         InvalidInput: No results (as in TF Serving).

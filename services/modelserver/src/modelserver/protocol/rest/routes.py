@@ -135,7 +135,7 @@ class Routes:
             timeout=self._timeout,
         )
         bind_model(response.spec.name, response.spec.version)
-        return codec.encode_classify(response.results)
+        return await codec.encode_classify(response.results, self._parsers)
 
     async def regress(self, spec: ModelSpec, body: bytes) -> bytes:
         """``:regress`` with ``examples`` (and optional ``context``).
@@ -154,7 +154,7 @@ class Routes:
             timeout=self._timeout,
         )
         bind_model(response.spec.name, response.spec.version)
-        return codec.encode_regress(response.results)
+        return await codec.encode_regress(response.results, self._parsers)
 
     async def status(self, spec: ModelSpec, body: bytes) -> bytes:  # noqa: ARG002
         """``GET /v1/models/{m}[/versions/{v}]``: version states.
