@@ -291,6 +291,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             native_stderr.close()
 
 
+def _worker_modules(settings: Settings) -> tuple[str, ...]:
+    """The modules of the functions the JSON workers will run."""
+    modules = ["modelserver.protocol.rest.codec"] if settings.rest_api_port else []
+    if (settings.port or settings.grpc_socket_path) and (
+        settings.grpc_parse_offload_bytes
+    ):
+        modules.append("modelserver.protocol.grpc.largerequests")
+    return tuple(modules)
+
+
 async def serve(settings: Settings) -> int:
     """Serve until a termination signal; return the exit status.
 
@@ -340,6 +350,8 @@ async def serve(settings: Settings) -> int:
             packed_outputs=settings.enable_serialization_as_tensor_content,
             grace=DRAIN_SECONDS,
             limits=settings.http2,
+            parsers=parsers,
+            parse_offload_bytes=settings.grpc_parse_offload_bytes,
         )
     if settings.rest_api_port:
         if settings.rest_api_port == settings.port:
@@ -351,8 +363,8 @@ async def serve(settings: Settings) -> int:
         # Launched first, and the models load once they answer, so that no
         # readiness signal (model status, health) comes before them and no
         # large body or answer waits for their start (seconds). They import
-        # the codec's module, which holds the functions run there.
-        parsers.start(preload=("modelserver.protocol.rest.codec",))
+        # the modules of the functions run there.
+        parsers.start(preload=_worker_modules(settings))
         monitoring = settings.monitoring
         app = create_app(
             dataplane,
@@ -382,6 +394,9 @@ async def serve(settings: Settings) -> int:
             ),
         )
 
+    elif grpc_server is not None and settings.grpc_parse_offload_bytes:
+        parsers.start(preload=_worker_modules(settings))
+
     started: list[Stoppable] = []
     following: asyncio.Task[None] | None = None
     exit_status = 0
@@ -393,7 +408,7 @@ async def serve(settings: Settings) -> int:
         loading = asyncio.create_task(
             _start_up(
                 dataplane,
-                parsers if rest_server is not None else None,
+                parsers if _worker_modules(settings) else None,
                 settings.rest_api_json_workers_start_timeout_seconds,
             ),
             name="initial-load",
@@ -437,8 +452,8 @@ async def serve(settings: Settings) -> int:
 async def _start_up(
     dataplane: DataPlane, parsers: BodyParsers | None, workers_timeout: float
 ) -> None:
-    """Wait for the REST port's JSON workers to start, then load the configured
-    models.
+    """Wait for the JSON workers to start (when there are any), then load the
+    configured models.
 
     Raises:
         WorkersNotStarted: Not within ``workers_timeout`` seconds.

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     """servekit extension: largest gRPC message received or sent (TF Serving: no
     limit; gRPC's default of 4 MiB is too small for image batches)."""
 
+    grpc_parse_offload_bytes: int = Field(default=1024 * 1024, ge=0)
+    """servekit extension: size from which a gRPC ``Predict`` message is parsed,
+    and its tensors decoded, in a worker process (the JSON workers,
+    ``--rest_api_json_workers``) rather than on the event loop, so that a large
+    message does not hold up other clients' calls; 0 parses every message on
+    the event loop."""
+
     enable_grpc_healthcheck_service: bool = True
     """Serve ``grpc.health.v1.Health`` (TF Serving defaults to off; servekit on)."""
 

@@ -9,10 +9,12 @@ version, input files, layout): a second job with other settings is refused
 instead of mixing its shards in. Each finished shard leaves its counts in
 ``.shards/``; ``job.json``, the job manifest, sums them.
 
-Chunks flow through a bounded pipeline: while the model works on one chunk
-(in another thread; the runtimes release the GIL in their native code) the
-next is read and the previous written, and at most ``workers + 2`` chunks are
-in memory at any time.
+Chunks flow through a bounded pipeline of three threads: while the model works
+on one chunk (the runtimes release the GIL in their native code), a reader
+reads the next ones (pyarrow's readers release it too) and the job writes the
+one before; the input is read once, from the first row this process needs to
+the last, whatever the number of shards. At most ``READ_AHEAD + workers + 2``
+chunks are in memory at any time.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ from typing import Any
 from servekit.batch.outcomes import Predictions
 from servekit.batch.outputs import RESULTS, ShardWriter, shard_name
 from servekit.batch.predictors import Predictor
+from servekit.batch.readahead import ReadAhead
 from servekit.batch.refs import ShardSlice
-from servekit.batch.sources import Chunk, InputFile, read_chunks
+from servekit.batch.sources import Chunk, InputFile, read_ranges
 from servekit.console import CommandError
 
 PLAN_FILE = ".plan.json"
 SHARDS_DIR = ".shards"
 MANIFEST_FILE = "job.json"
+READ_AHEAD = 2
+"""Chunks read and waiting for the model, at most."""
 
 
 @dataclass(frozen=True)
@@ -110,22 +115,31 @@ def run_job(
     done_rows = 0
     if progress is not None:
         progress(0, rows_todo)
-    with ThreadPoolExecutor(
-        max_workers=settings.workers, thread_name_prefix="predict"
-    ) as pool:
-        for index in todo:
+    chunks = read_ranges(
+        files,
+        [plan.bounds(index) for index in todo],
+        settings.batch_size,
+        predictor.schema,
+    )
+    with (
+        ReadAhead(chunks, READ_AHEAD, name="batch-read") as ahead,
+        ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="predict"
+        ) as pool,
+    ):
+        answered = _predicted(iter(ahead), predictor, pool, settings)
+        upcoming = next(answered, None)
+        for position, index in enumerate(todo):
             shard_started = time.perf_counter()
             writer = ShardWriter(output, index, plan.count, settings.output_format)
             try:
-                start, stop = plan.bounds(index)
-                chunks = read_chunks(
-                    files, start, stop, settings.batch_size, predictor.schema
-                )
-                for chunk, outcomes in _predicted(chunks, predictor, pool, settings):
+                while upcoming is not None and upcoming[0] == position:
+                    _, chunk, outcomes = upcoming
                     writer.write(chunk, outcomes)
                     done_rows += len(chunk)
                     if progress is not None:
                         progress(done_rows, rows_todo)
+                    upcoming = next(answered, None)
                 writer.commit()
             except BaseException:
                 writer.abort()
@@ -150,22 +164,23 @@ def run_job(
 
 
 def _predicted(
-    chunks: Iterator[Chunk],
+    chunks: Iterator[tuple[int, Chunk]],
     predictor: Predictor,
     pool: ThreadPoolExecutor,
     settings: JobSettings,
-) -> Iterator[tuple[Chunk, Predictions]]:
-    """Chunks with their outcomes, in input order, ``workers`` in flight."""
-    window: deque[tuple[Chunk, Future[Predictions]]] = deque()
-    for chunk in chunks:
-        window.append((chunk, pool.submit(predictor.predict_chunk, chunk)))
+) -> Iterator[tuple[int, Chunk, Predictions]]:
+    """Chunks (with their shard's place) and outcomes, in input order,
+    ``workers`` in flight."""
+    window: deque[tuple[int, Chunk, Future[Predictions]]] = deque()
+    for position, chunk in chunks:
+        window.append((position, chunk, pool.submit(predictor.predict_chunk, chunk)))
         # One more than the workers keeps the pool busy while a chunk is written.
         if len(window) > settings.workers:
-            chunk_done, future = window.popleft()
-            yield chunk_done, future.result()
+            done, chunk_done, future = window.popleft()
+            yield done, chunk_done, future.result()
     while window:
-        chunk_done, future = window.popleft()
-        yield chunk_done, future.result()
+        done, chunk_done, future = window.popleft()
+        yield done, chunk_done, future.result()
 
 
 def _plan_document(

@@ -11,38 +11,24 @@ row that cannot be read is an error row and the other rows go on.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from servekit_protocol import json_codec
 from servekit_protocol.errors import InvalidArgument
 
-from servekit.batch.columns import (
-    BARE,
-    KEYED,
-    LIST,
-    Array,
-    TableColumns,
-    object_array,
-)
+from servekit.batch.chunks import Chunk
 from servekit.batch.counting import count_csv_rows
-from servekit.batch.csvtext import (
-    BadLine,
-    Piece,
-    csv_pieces,
-    values_from_text,
-)
+from servekit.batch.csvtext import BadLine, Piece, csv_pieces
 from servekit.batch.jsonrows import json_columns, parse_instance, request_value
 from servekit.batch.schema import InputSchema
+from servekit.batch.tablechunks import pieces_chunk
 from servekit.console import CommandError
+
+__all__ = ["Chunk", "InputFile", "discover", "read_chunks", "read_ranges"]
 
 CSV = "csv"
 JSONL = "jsonl"
@@ -64,77 +50,6 @@ class InputFile:
     path: Path
     format: str
     rows: int
-
-
-@dataclass
-class Chunk:
-    """Consecutive rows of the input.
-
-    Attributes:
-        start: The job-wide number of the first row.
-        instances: One JSON value per row, as sent to the model (an
-            ``orjson.Fragment`` holding a JSON Lines row as written); empty when
-            ``table`` holds the rows.
-        read_errors: Offset in the chunk -> why that row could not be read; its
-            instance is then the raw text.
-        lines: The JSON Lines rows as read (``None`` for other formats); the
-            instances written are these texts.
-        sent: What is sent for each row when it differs from its instance: the
-            keys (or a table's columns) that no input of the signature takes
-            (an id, the label) stay in the output's instance but are not sent.
-        table: The rows as typed columns (CSV and Parquet chunks, and JSON
-            Lines chunks whose rows share one shape).
-    """
-
-    start: int
-    instances: list[Any]
-    read_errors: dict[int, str] = field(default_factory=dict)
-    lines: list[bytes] | None = None
-    sent: list[Any] | None = None
-    table: TableColumns | None = None
-
-    def request(self, offset: int) -> Any:
-        """What row ``offset`` sends to the model."""
-        if self.table is not None:
-            return self.table.request(offset)
-        return (self.sent if self.sent is not None else self.instances)[offset]
-
-    def instance(self, offset: int) -> Any:
-        """Row ``offset``'s instance as the JSON output writes it."""
-        if self.table is not None and self.lines is None:
-            return self.table.instance(offset)
-        return self.instances[offset]
-
-    def instance_value(self, offset: int) -> Any:
-        """Row ``offset``'s instance as plain Python values (for CSV/Parquet output)."""
-        if self.lines is not None and offset not in self.read_errors:
-            return json_codec.loads(self.lines[offset])
-        if self.table is not None and self.lines is None:
-            return self.table.instance(offset, plain=True)
-        value = self.instances[offset]
-        if isinstance(value, dict):
-            return {key: _plain(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [_plain(item) for item in value]
-        return _plain(value)
-
-    def instance_texts(self, offsets: list[int]) -> list[bytes]:
-        """The JSON text of these rows' instances (rows that were read)."""
-        if self.lines is not None:
-            lines = self.lines
-            return [lines[offset] for offset in offsets]
-        if self.table is not None:
-            return self.table.instance_texts(np.asarray(offsets, dtype=np.intp))
-        return [orjson.dumps(self.instances[offset]) for offset in offsets]
-
-    def read_offsets(self) -> list[int]:
-        """The offsets of the rows that were read, in order."""
-        if not self.read_errors:
-            return list(range(len(self)))
-        return [offset for offset in range(len(self)) if offset not in self.read_errors]
-
-    def __len__(self) -> int:
-        return self.table.rows if self.table is not None else len(self.instances)
 
 
 def discover(path: Path) -> list[InputFile]:
@@ -198,6 +113,10 @@ def count_rows(path: Path, fmt: str) -> int:
         raise CommandError(f"{path}: cannot read as {fmt}: {exc}") from exc
 
 
+RowRange = tuple[int, int]
+"""First row and row past the last, job-wide numbers."""
+
+
 def read_chunks(
     files: list[InputFile],
     start: int,
@@ -210,71 +129,130 @@ def read_chunks(
     Raises:
         CommandError: A file cannot be read.
     """
+    for _, chunk in read_ranges(files, [(start, stop)], chunk_rows, schema):
+        yield chunk
+
+
+def read_ranges(
+    files: list[InputFile],
+    ranges: Sequence[RowRange],
+    chunk_rows: int,
+    schema: InputSchema,
+) -> Iterator[tuple[int, Chunk]]:
+    """The rows of each range in chunks of ``chunk_rows``, with the range's index.
+
+    ``ranges`` are ascending and disjoint (a job's output shards). Each file is
+    opened once and read forward from the first row any range needs (a Parquet
+    file from that row's row group), so a job of many shards reads its input
+    once, not once a shard. A chunk holds rows of one range and one file.
+
+    Raises:
+        CommandError: A file cannot be read.
+    """
     offset = 0
-    position = start
     for source in files:
         first, last = offset, offset + source.rows
         offset = last
-        if last <= position or first >= stop:
+        local = [
+            (index, max(start, first) - first, min(stop, last) - first)
+            for index, (start, stop) in enumerate(ranges)
+            if start < last and stop > first and start < stop
+        ]
+        if not local:
             continue
-        local_start = position - first
-        local_stop = min(stop, last) - first
         try:
-            for chunk in _file_chunks(
-                source, local_start, local_stop, chunk_rows, schema
-            ):
+            for index, chunk in _file_chunks(source, local, chunk_rows, schema):
                 chunk.start += first
-                position = chunk.start + len(chunk)
-                yield chunk
+                yield index, chunk
         except (OSError, pa.ArrowException) as exc:
             raise CommandError(f"{source.path}: cannot read: {exc}") from exc
-        if position >= stop:
-            return
+
+
+_LocalRange = tuple[int, int, int]
+"""A range's index, and its first row and row past the last in one file."""
 
 
 def _file_chunks(
-    source: InputFile, start: int, stop: int, chunk_rows: int, schema: InputSchema
-) -> Iterator[Chunk]:
+    source: InputFile,
+    ranges: list[_LocalRange],
+    chunk_rows: int,
+    schema: InputSchema,
+) -> Iterator[tuple[int, Chunk]]:
     if source.format == JSONL:
-        yield from _jsonl_chunks(source.path, start, stop, chunk_rows, schema)
+        yield from _jsonl_chunks(source.path, ranges, chunk_rows, schema)
         return
-    pieces: Iterator[Piece] = (
-        csv_pieces(source.path)
-        if source.format == CSV
-        else iter(pq.ParquetFile(source.path).iter_batches(batch_size=chunk_rows))
-    )
-    from_text = source.format == CSV
     row = 0
+    pieces: Iterator[Piece]
+    if source.format == CSV:
+        pieces = csv_pieces(source.path)
+    else:
+        row, pieces = _parquet_batches(source.path, ranges, chunk_rows)
+    from_text = source.format == CSV
+    remaining = iter(ranges)
+    current = next(remaining, None)
     pending: list[Piece] = []
     pending_rows = 0
-    chunk_start = start
+    chunk_start = 0
     for piece in pieces:
         size = piece.num_rows if isinstance(piece, pa.RecordBatch) else 1
         piece_first, row = row, row + size
-        if row <= start:
-            continue
-        if piece_first >= stop:
+        # A piece can hold the end of one range and the start of the next.
+        while current is not None and row > current[1]:
+            index, start, stop = current
+            low, high = max(start, piece_first), min(stop, row)
+            if low < high:
+                if not pending:
+                    chunk_start = low
+                pending.append(
+                    piece.slice(low - piece_first, high - low)
+                    if isinstance(piece, pa.RecordBatch)
+                    else piece
+                )
+                pending_rows += high - low
+                while pending_rows >= chunk_rows:
+                    head, pending = _split(pending, chunk_rows)
+                    yield index, pieces_chunk(head, chunk_start, from_text, schema)
+                    chunk_start += chunk_rows
+                    pending_rows -= chunk_rows
+            if row < stop:
+                break
+            if pending_rows:
+                yield index, pieces_chunk(pending, chunk_start, from_text, schema)
+                pending, pending_rows = [], 0
+            current = next(remaining, None)
+        if current is None:
+            return
+    # The count came from line breaks, the rows from the parser: they disagree
+    # only if the file changed since it was counted.
+    raise CommandError(
+        f"{source.path}: {row} rows read where {source.rows} were counted "
+        "(did the file change while the job ran?)"
+    )
+
+
+def _parquet_batches(
+    path: Path, ranges: list[_LocalRange], chunk_rows: int
+) -> tuple[int, Iterator[pa.RecordBatch]]:
+    """The record batches from the row group holding the first row wanted on.
+
+    Returns:
+        The file's row number of the first batch's first row, and the batches.
+    """
+    reader = pq.ParquetFile(path)
+    metadata = reader.metadata
+    wanted = ranges[0][1]
+    group_start = 0
+    group = 0
+    while group < metadata.num_row_groups - 1:
+        rows = metadata.row_group(group).num_rows
+        if group_start + rows > wanted:
             break
-        if isinstance(piece, pa.RecordBatch):
-            first = max(start, piece_first)
-            piece = piece.slice(first - piece_first, min(stop, row) - first)
-            size = piece.num_rows
-        pending.append(piece)
-        pending_rows += size
-        while pending_rows >= chunk_rows:
-            head, pending = _split(pending, chunk_rows)
-            yield _pieces_chunk(head, chunk_start, from_text, schema)
-            chunk_start += chunk_rows
-            pending_rows -= chunk_rows
-    if pending_rows:
-        yield _pieces_chunk(pending, chunk_start, from_text, schema)
-    if row < stop:
-        # The count came from line breaks, the rows from the parser: they
-        # disagree only if the file changed since it was counted.
-        raise CommandError(
-            f"{source.path}: {row} rows read where {source.rows} were counted "
-            "(did the file change while the job ran?)"
-        )
+        group_start += rows
+        group += 1
+    groups = list(range(group, metadata.num_row_groups))
+    return group_start, iter(
+        reader.iter_batches(batch_size=chunk_rows, row_groups=groups)
+    )
 
 
 def _split(pieces: list[Piece], rows: int) -> tuple[list[Piece], list[Piece]]:
@@ -294,69 +272,36 @@ def _split(pieces: list[Piece], rows: int) -> tuple[list[Piece], list[Piece]]:
     return head, []
 
 
-def _pieces_chunk(
-    pieces: list[Piece], start: int, from_text: bool, schema: InputSchema
-) -> Chunk:
-    batches = [piece for piece in pieces if isinstance(piece, pa.RecordBatch)]
-    if len(batches) == len(pieces):
-        return _table_chunk(pa.Table.from_batches(batches), start, from_text, schema)
-    if not batches:
-        return Chunk(
-            start,
-            [piece.text for piece in pieces if isinstance(piece, BadLine)],
-            {offset: piece.message for offset, piece in enumerate(pieces)},
-        )
-    # A row that could not be split holds a copy of a row that was in the
-    # columns (so it types every column as the other rows do) and is an error
-    # row with its line as its instance.
-    stand_in = batches[0].slice(0, 1)
-    lines: dict[int, BadLine] = {}
-    rows: list[pa.RecordBatch] = []
-    count = 0
-    for piece in pieces:
-        if isinstance(piece, BadLine):
-            lines[count] = piece
-            rows.append(stand_in)
-            count += 1
-        else:
-            rows.append(piece)
-            count += piece.num_rows
-    chunk = _table_chunk(pa.Table.from_batches(rows), start, from_text, schema)
-    for offset, line in lines.items():
-        chunk.read_errors[offset] = line.message
-        if chunk.table is not None:
-            chunk.table.error_instances[offset] = line.text
-        else:
-            chunk.instances[offset] = line.text
-    return chunk
-
-
 def _jsonl_chunks(
-    path: Path, start: int, stop: int, chunk_rows: int, schema: InputSchema
-) -> Iterator[Chunk]:
+    path: Path, ranges: list[_LocalRange], chunk_rows: int, schema: InputSchema
+) -> Iterator[tuple[int, Chunk]]:
+    remaining = iter(ranges)
+    current = next(remaining, None)
     row = 0
     lines: list[bytes] = []
-    chunk_start = start
+    chunk_start = 0
     with path.open("rb") as handle:
         for line in handle:
+            if current is None:
+                return
             text = line.strip()
             if not text:
                 continue
             row += 1
+            index, start, stop = current
             if row <= start:
                 continue
-            if row > stop:
-                break
+            if not lines:
+                chunk_start = row - 1
             lines.append(text)
-            if len(lines) == chunk_rows:
-                yield _jsonl_chunk(lines, chunk_start, schema)
-                chunk_start += len(lines)
+            if len(lines) == chunk_rows or row == stop:
+                yield index, _jsonl_chunk(lines, chunk_start, schema)
                 lines = []
-    if lines:
-        yield _jsonl_chunk(lines, chunk_start, schema)
-    if row < stop:
+            if row == stop:
+                current = next(remaining, None)
+    if current is not None:
         raise CommandError(
-            f"{path}: {row} rows read where {stop} or more were counted "
+            f"{path}: {row} rows read where {current[2]} or more were counted "
             "(did the file change while the job ran?)"
         )
 
@@ -409,79 +354,3 @@ def _jsonl_chunk(lines: list[bytes], start: int, schema: InputSchema) -> Chunk:
             for offset, value in enumerate(values)
         ]
     return chunk
-
-
-def _table_chunk(
-    table: pa.Table, start: int, from_text: bool, schema: InputSchema
-) -> Chunk:
-    names = table.column_names
-    keyed = schema.keyed_by(names)
-    single = schema.single_kind()
-    if not keyed and single is None:
-        missing = [name for name in schema.inputs if name not in names]
-        raise CommandError(
-            f"the input has no column for input(s) {', '.join(missing)} of signature "
-            f"{schema.signature_name!r} (columns: {', '.join(names)})"
-        )
-    if not names:
-        return Chunk(start, [{} for _ in range(table.num_rows)])
-    read_errors: dict[int, str] = {}
-    arrays: dict[str, Array] = {}
-    for name in names:
-        kind = schema.inputs.get(name) if keyed else single
-        values, errors = _typed_values(table.column(name), name, kind, from_text)
-        arrays[name] = values
-        for index, message in errors.items():
-            read_errors.setdefault(index, message)
-    # One unnamed column: its values are the instances (TF Serving's bare row
-    # values), not one-element lists.
-    layout = KEYED if keyed else BARE if len(names) == 1 else LIST
-    columns = TableColumns(
-        arrays,
-        layout,
-        list(schema.inputs) if keyed else names,
-        {
-            index: {name: _cell_text(table.column(name)[index]) for name in names}
-            for index in read_errors
-        },
-    )
-    return Chunk(start, [], read_errors, table=columns)
-
-
-def _typed_values(
-    column: pa.ChunkedArray, name: str, kind: str | None, from_text: bool
-) -> tuple[Array, dict[int, str]]:
-    """A column as an array of ``kind`` (inferred when ``None``), and bad rows."""
-    if from_text:
-        return values_from_text(column, name, kind)
-    if pa.types.is_floating(column.type):
-        return column.fill_null(math.nan).to_numpy().astype(np.float64), {}
-    if column.null_count == 0 and (
-        pa.types.is_boolean(column.type)
-        or pa.types.is_signed_integer(column.type)
-        or (
-            pa.types.is_unsigned_integer(column.type)
-            and (len(column) == 0 or pc.max(column).as_py() <= np.iinfo(np.int64).max)
-        )
-    ):
-        # The values a JSON reader would hold: int64 or bool.
-        array = column.to_numpy()
-        return (array if array.dtype.kind == "b" else array.astype(np.int64)), {}
-    return object_array(column.to_pylist()), {}
-
-
-_TOKENS = {b"NaN": math.nan, b"Infinity": math.inf, b"-Infinity": -math.inf}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, orjson.Fragment):
-        # Only the readers make fragments here, and only for these tokens.
-        return _TOKENS.get(orjson.dumps(value), math.nan)
-    return value
-
-
-def _cell_text(cell: pa.Scalar) -> Any:
-    value = cell.as_py()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value

@@ -12,7 +12,11 @@
 | ``hpack_cache`` | ``hpack``'s coders, skipping repeated request blocks and constant answer blocks |
 """
 
-from servekit_protocol.grpc_server.calls import Authenticate, ServicerContext
+from servekit_protocol.grpc_server.calls import (
+    Authenticate,
+    OffloadedDecoder,
+    ServicerContext,
+)
 from servekit_protocol.grpc_server.limits import Http2Limits
 from servekit_protocol.grpc_server.literals import hpack_integer, hpack_literal
 from servekit_protocol.grpc_server.server import GrpcServer
@@ -21,6 +25,7 @@ __all__ = [
     "Authenticate",
     "GrpcServer",
     "Http2Limits",
+    "OffloadedDecoder",
     "ServicerContext",
     "hpack_integer",
     "hpack_literal",

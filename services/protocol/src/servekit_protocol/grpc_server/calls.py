@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -41,6 +41,21 @@ _THREAD_INFLATE_BYTES = 64 * 1024
 """Compressed requests above this are inflated off the event loop."""
 _PATH_IN_MESSAGES = 256
 """Characters of an unknown method's path repeated in its error answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadedDecoder:
+    """Decodes a method's request messages from a size up away from the event
+    loop (in a worker process): a large message parsed in place holds the loop,
+    and with it every other call, for as long as the parse takes.
+
+    ``decode`` gets the message's bytes, a view valid until it returns, and
+    gives what the handler receives in place of the parsed message; a
+    ``DecodeError`` it raises answers as a failed parse does in place.
+    """
+
+    decode: Callable[[memoryview], Awaitable[Any]]
+    threshold_bytes: int
 
 
 class CallGone(Exception):
@@ -131,6 +146,7 @@ class Call:
     max_receive_bytes: int = 0
     max_send_bytes: int = 0
     task: asyncio.Task[None] | None = None
+    offload: OffloadedDecoder | None = None
 
 
 def read_headers(
@@ -233,16 +249,25 @@ async def decode_request(call: Call, limit: int) -> Any:
     declared = int.from_bytes(body[1:5], "big") if len(body) >= 5 else None
     if declared is None or len(body) != 5 + declared:
         raise Aborted(grpc.StatusCode.INTERNAL, "Expected exactly one request message")
-    message = bytes(body[5:])
+    offload = call.offload
+    message: bytes | memoryview
     if body[0]:
+        message = bytes(body[5:])
         if len(message) > _THREAD_INFLATE_BYTES:
             message = await asyncio.to_thread(_inflate, message, call.encoding, limit)
         else:
             message = _inflate(message, call.encoding, limit)
+    elif offload is not None and declared >= offload.threshold_bytes:
+        # Not copied here: a copy of hundreds of MiB would hold the loop too.
+        message = memoryview(body)[5:]
+    else:
+        message = bytes(body[5:])
     deserializer = call.handler.request_deserializer
-    if deserializer is None:
-        return message
     try:
+        if offload is not None and len(message) >= offload.threshold_bytes:
+            return await offload.decode(memoryview(message))
+        if deserializer is None:
+            return message
         return deserializer(message)
     except DecodeError as exc:
         raise Aborted(

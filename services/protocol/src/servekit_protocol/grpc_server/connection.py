@@ -220,6 +220,8 @@ class Http2Connection(BackPressure):
             call.handler = find_handler(
                 server.registered, server.generic, path, metadata
             )
+            if server.offloaded:
+                call.offload = server.offloaded.get(path)
             if server.authenticate is not None:
                 server.authenticate(path, metadata, self.peer)
         except Aborted as exc:

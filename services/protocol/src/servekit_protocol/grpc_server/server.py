@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 import grpc
 
-from servekit_protocol.grpc_server.calls import Authenticate
+from servekit_protocol.grpc_server.calls import Authenticate, OffloadedDecoder
 from servekit_protocol.grpc_server.connection import Http2Connection
 from servekit_protocol.grpc_server.limits import Http2Limits
 
@@ -69,6 +69,7 @@ class GrpcServer:
         self.connections: set[Http2Connection] = set()
         self.generic: list[grpc.GenericRpcHandler] = []
         self.registered: dict[str, grpc.RpcMethodHandler] = {}
+        self.offloaded: dict[str, OffloadedDecoder] = {}
         self._sockets: list[socket.socket] = []
         self._servers: list[asyncio.Server] = []
         self._timers: asyncio.Task[None] | None = None
@@ -85,6 +86,12 @@ class GrpcServer:
     ) -> None:
         for name, handler in handlers.items():
             self.registered[f"/{service}/{name}"] = handler
+
+    def offload_decoding(self, method: str, decoder: OffloadedDecoder) -> None:
+        """Decode the requests of ``method`` (its path, ``/package.Service/Name``)
+        from ``decoder.threshold_bytes`` up with ``decoder`` rather than the
+        method's deserializer."""
+        self.offloaded[method] = decoder
 
     def add_insecure_port(self, address: str) -> int:
         """Bind ``host:port`` (``[v6]:port``) or ``unix:path``; the port bound (0

@@ -173,6 +173,16 @@ class BodyParsers:
             return function(*args)
         return await self._in_worker(function, *args)
 
+    async def in_worker(self, function: Callable[..., Result], *args: Any) -> Result:
+        """``function(*args)`` in a worker process, whatever its size (callers
+        with thresholds of their own: gRPC messages).
+
+        Raises:
+            ProtocolError: What ``function`` raises; :class:`ParserUnavailable`
+                when the worker died.
+        """
+        return await self._in_worker(function, *args)
+
     def _running_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(

@@ -18,6 +18,10 @@ the receive and the send limit are raised to ``max_message_bytes`` (servekit's
 limit altogether). ``--grpc_channel_arguments`` (``key=value,key=value``) are
 applied after these defaults and may override them; values that parse as
 integers are passed as integers, as TF Serving does.
+
+Large messages: a ``Predict`` message from ``parse_offload_bytes`` up is parsed
+and its tensors decoded in the JSON worker processes
+(:mod:`modelserver.protocol.grpc.largerequests`), not on the event loop.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from collections.abc import Sequence
 
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from servekit_protocol.grpc_server import GrpcServer as Http2GrpcServer
-from servekit_protocol.grpc_server import Http2Limits
+from servekit_protocol.grpc_server import Http2Limits, OffloadedDecoder
+from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.services import (
     MODEL_SERVICE,
     PREDICTION_SERVICE,
@@ -36,6 +41,7 @@ from servekit_protocol.services import (
 )
 
 from modelserver.dataplane import DataPlane
+from modelserver.protocol.grpc.largerequests import PredictDecoder
 from modelserver.protocol.grpc.servicer import ModelServicer, PredictionServicer
 
 logger = logging.getLogger(__name__)
@@ -111,6 +117,9 @@ class GrpcServer:
             the typed fields.
         grace: Seconds in-flight RPCs get to finish on :meth:`stop`.
         limits: HTTP/2 limits (``Settings.http2``).
+        parsers: The worker processes that parse large Predict messages.
+        parse_offload_bytes: Predict messages this large or larger are parsed
+            in ``parsers``; 0 parses every one on the event loop.
     """
 
     def __init__(
@@ -126,6 +135,8 @@ class GrpcServer:
         packed_outputs: bool = False,
         grace: float = 25.0,
         limits: Http2Limits | None = None,
+        parsers: BodyParsers | None = None,
+        parse_offload_bytes: int = 0,
     ) -> None:
         self._address = (
             None
@@ -149,6 +160,14 @@ class GrpcServer:
         add_prediction_service_to_server(
             PredictionServicer(dataplane, packed_outputs=packed_outputs), self._server
         )
+        if parsers is not None and parse_offload_bytes > 0:
+            self._server.offload_decoding(
+                f"/{PREDICTION_SERVICE}/Predict",
+                OffloadedDecoder(
+                    PredictDecoder(parsers, dataplane.tensor_limits),
+                    parse_offload_bytes,
+                ),
+            )
         add_model_service_to_server(ModelServicer(dataplane), self._server)
         self._health: health.aio.HealthServicer | None = None
         if enable_health:

@@ -17,6 +17,7 @@ from servekit_protocol.services import (
 from modelserver.dataplane import DataPlane
 from modelserver.protocol.grpc import converters
 from modelserver.protocol.grpc.errors import Context, rpc
+from modelserver.protocol.grpc.largerequests import DecodedPredict
 
 
 class PredictionServicer(PredictionServiceServicer):
@@ -41,11 +42,15 @@ class PredictionServicer(PredictionServiceServicer):
 
     @rpc
     async def Predict(
-        self, request: messages.PredictRequest, context: Context
+        self, request: messages.PredictRequest | DecodedPredict, context: Context
     ) -> messages.PredictResponse:
-        predict_request = converters.to_predict_request(
-            request, self._dataplane.tensor_limits
-        )
+        if isinstance(request, DecodedPredict):
+            # A large message, parsed and decoded in a worker.
+            predict_request = request.unwrap()
+        else:
+            predict_request = converters.to_predict_request(
+                request, self._dataplane.tensor_limits
+            )
         bind_model(predict_request.spec.name, predict_request.spec.version)
         response = await self._dataplane.predict(
             predict_request, protocol=self.protocol, timeout=context.time_remaining()

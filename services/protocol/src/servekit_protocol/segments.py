@@ -1,0 +1,167 @@
+"""Bytes and arrays handed between processes through shared memory segments.
+
+A large request message goes to a worker process, and its decoded arrays come
+back, through POSIX shared memory (the files of ``/dev/shm``) rather than a
+pipe: sending 256 MiB through a process pool's pipe pickles it first, a copy
+made holding the GIL (tens of milliseconds on a loaded machine) on top of the
+copies into and out of the pipe. Here the server's side only calls ``write``
+and ``readv`` on the segment, in a thread: the kernel copies the bytes with the
+GIL released, so the event loop keeps running meanwhile. The worker maps the
+message and writes each array with one ``write``.
+
+Segments are files created by name (``O_EXCL``, mode 0600) by whichever side
+writes them; the server's side names both and unlinks both once the worker
+has answered, on every path (errors and cancelled calls included). These are
+not :class:`multiprocessing.shared_memory.SharedMemory` segments on purpose:
+on Python 3.11 every process that attaches one registers it with
+multiprocessing's resource tracker, which then warns about it, or unlinks it,
+at exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+"""Where segments live: tmpfs on Linux, the temporary folder elsewhere."""
+_CHUNK_BYTES = 16 * 1024 * 1024
+"""Bytes a single ``write`` or ``readv`` moves, so that one system call's
+copy stays short."""
+
+Array = np.ndarray[Any, Any]
+
+
+def new_name(role: str) -> str:
+    """A fresh segment name (the process id, for finding the leftovers of a
+    process that crashed, and 64 random bits)."""
+    return f"servekit-{os.getpid()}-{secrets.token_hex(8)}-{role}"
+
+
+def _path(name: str) -> str:
+    return os.path.join(SEGMENT_DIR, name)
+
+
+def unlink(name: str) -> None:
+    """Remove a segment if it exists (its pages go once nothing maps them)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_path(name))
+
+
+def _create(name: str) -> int:
+    return os.open(
+        _path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+    )
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view[:_CHUNK_BYTES])
+        view = view[written:]
+
+
+def write_bytes(name: str, data: bytes | bytearray | memoryview) -> None:
+    """Create segment ``name`` holding ``data`` (blocking: run it in a thread).
+
+    Raises:
+        OSError: The segment exists already or cannot be written (no space).
+    """
+    fd = _create(name)
+    try:
+        _write_all(fd, memoryview(data).cast("B"))
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def mapped(name: str) -> Iterator[memoryview]:
+    """Segment ``name`` mapped read-only, for as long as the block runs.
+
+    Raises:
+        OSError: No such segment.
+    """
+    with open(_path(name), "rb") as segment:
+        size = os.fstat(segment.fileno()).st_size
+        if size == 0:
+            # mmap refuses an empty mapping.
+            yield memoryview(b"")
+            return
+        mapping = mmap.mmap(segment.fileno(), size, access=mmap.ACCESS_READ)
+    view = memoryview(mapping)
+    try:
+        yield view
+    finally:
+        view.release()
+        mapping.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySlot:
+    """Where one array lies in a segment: its bytes from ``offset``."""
+
+    key: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int
+
+
+def _bytes_of(array: Array) -> memoryview:
+    # A byte view of any dtype (memoryview cannot cast every format numpy
+    # exports, complex ones among them).
+    return array.reshape(-1).view(np.uint8).data
+
+
+def write_arrays(name: str, arrays: Mapping[str, Array]) -> list[ArraySlot]:
+    """Create segment ``name`` holding ``arrays`` one after the other, in C
+    order; their slots, in the order of ``arrays``.
+
+    Raises:
+        OSError: The segment exists already or cannot be written (no space).
+    """
+    slots: list[ArraySlot] = []
+    offset = 0
+    fd = _create(name)
+    try:
+        for key, array in arrays.items():
+            contiguous = np.ascontiguousarray(array)
+            slots.append(ArraySlot(key, array.dtype, array.shape, offset))
+            if contiguous.nbytes:
+                _write_all(fd, _bytes_of(contiguous))
+            offset += contiguous.nbytes
+    finally:
+        os.close(fd)
+    return slots
+
+
+def read_arrays(name: str, slots: list[ArraySlot]) -> dict[str, Array]:
+    """New arrays (writable, C order, owning their memory) read from segment
+    ``name`` (blocking: run it in a thread; the reads hold no GIL).
+
+    Raises:
+        OSError: The segment is missing or shorter than ``slots`` say.
+    """
+    arrays: dict[str, Array] = {}
+    fd = os.open(_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for slot in slots:
+            array: Array = np.empty(slot.shape, slot.dtype)
+            view = _bytes_of(array)
+            position = slot.offset
+            while view:
+                count = os.preadv(fd, [view[:_CHUNK_BYTES]], position)
+                if count == 0:
+                    raise OSError(f"segment {name} ended early")
+                view = view[count:]
+                position += count
+            arrays[slot.key] = array
+    finally:
+        os.close(fd)
+    return arrays

@@ -1,0 +1,87 @@
+"""Shared memory segments: bytes in, arrays out, names removed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from servekit_protocol import segments
+
+
+@pytest.fixture
+def names() -> Iterator[list[str]]:
+    made: list[str] = []
+    yield made
+    for name in made:
+        segments.unlink(name)
+
+
+def test_bytes_written_are_mapped_back(names: list[str]) -> None:
+    name = segments.new_name("message")
+    names.append(name)
+    data = bytearray(np.random.default_rng(0).bytes(3 * 1024 * 1024 + 17))
+    segments.write_bytes(name, memoryview(data)[5:])
+    with segments.mapped(name) as view:
+        assert bytes(view) == bytes(data[5:])
+
+
+def test_an_empty_segment_maps_to_no_bytes(names: list[str]) -> None:
+    name = segments.new_name("message")
+    names.append(name)
+    segments.write_bytes(name, b"")
+    with segments.mapped(name) as view:
+        assert bytes(view) == b""
+
+
+def test_a_name_is_never_reused(names: list[str]) -> None:
+    name = segments.new_name("message")
+    names.append(name)
+    segments.write_bytes(name, b"first")
+    with pytest.raises(FileExistsError):
+        segments.write_bytes(name, b"second")
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float64", "float32", "float16", "int8", "uint64", "bool", "complex64"]
+)
+def test_arrays_come_back_equal_and_owning_their_memory(
+    names: list[str], dtype: str
+) -> None:
+    name = segments.new_name("arrays")
+    names.append(name)
+    rng = np.random.default_rng(1)
+    arrays = {
+        "matrix": (rng.normal(size=(300, 7)) * 50).astype(dtype),
+        "empty": np.zeros((0, 3), dtype=dtype),
+        "scalar": np.array(3, dtype=dtype),
+        "strided": (rng.normal(size=(40, 40)) * 50).astype(dtype)[:, ::3],
+    }
+    slots = segments.write_arrays(name, arrays)
+    back = segments.read_arrays(name, slots)
+    assert list(back) == list(arrays)
+    for key, array in arrays.items():
+        assert back[key].dtype == array.dtype
+        assert back[key].shape == array.shape
+        np.testing.assert_array_equal(back[key], array)
+        assert back[key].flags.c_contiguous
+        assert back[key].flags.owndata
+        assert back[key].flags.writeable
+
+
+def test_a_short_segment_is_an_error(names: list[str]) -> None:
+    name = segments.new_name("arrays")
+    names.append(name)
+    slots = segments.write_arrays(name, {"x": np.arange(10.0)})
+    Path(segments.SEGMENT_DIR, name).write_bytes(b"\0" * 16)
+    with pytest.raises(OSError, match="ended early"):
+        segments.read_arrays(name, slots)
+
+
+def test_unlink_removes_and_ignores_missing(names: list[str]) -> None:
+    name = segments.new_name("message")
+    segments.write_bytes(name, b"x")
+    segments.unlink(name)
+    assert not Path(segments.SEGMENT_DIR, name).exists()
+    segments.unlink(name)
