@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ import yaml
 from pydantic import ValidationError
 from servekit_protocol.grpc_server.limits import described_fields
 from servekit_protocol.http1 import protocol_class
+from servekit_protocol.json_codec import BodyParsers
+from servekit_protocol.json_codec.offload import WorkersNotStarted
 
 from gateway.grpcfront.server import (
     create_grpc_server,
@@ -53,6 +56,10 @@ listens (an unreachable backend answers at once; a silent one takes its timeout)
 DRAIN_SECONDS = 20.0
 """How long in-flight requests may take after SIGTERM (below Kubernetes' 30 s)."""
 
+WORKER_MODULES = ("gateway.signatures", "gateway.codecs.v2")
+"""What the JSON workers import as they start: the modules of the functions they
+run and of their arguments."""
+
 HTTP2_DEST_PREFIX = "http2__"
 """``--http2-<field>`` sets one field of the gRPC port's HTTP/2 limits
 (``Settings.http2``), e.g. ``--http2-idle-timeout-seconds 120``."""
@@ -70,6 +77,10 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--json-offload-bytes": ("json_offload_bytes", int),
     "--json-workers": ("json_workers", int),
     "--json-answer-offload-elements": ("json_answer_offload_elements", int),
+    "--json-workers-start-timeout-seconds": (
+        "json_workers_start_timeout_seconds",
+        float,
+    ),
     "--max-in-flight": ("max_in_flight", int),
     "--max-timeout-ms": ("max_timeout_ms", int),
     "--default-timeout-ms": ("default_timeout_ms", int),
@@ -225,11 +236,14 @@ def _bound_port(server: uvicorn.Server) -> int:
 async def serve(settings: Settings) -> None:
     """Run both servers until SIGTERM/SIGINT, then drain and stop."""
     gateway = build_gateway(settings)
-    # Launched first, so the first large body or answer does not wait for the
-    # workers' start-up (seconds): they import while the servers start and the
-    # backends are checked. Readiness does not wait for them. They import the
-    # modules of what they run (v1 parsing unpickles a SignatureSet).
-    gateway.parsers.start(preload=("gateway.signatures", "gateway.codecs.v2"))
+    # Launched first: they import while the servers start and the backends are
+    # checked, and readiness waits for them, so that no large body or answer
+    # waits for their start (seconds). They import the modules of what they
+    # run (v1 parsing unpickles a SignatureSet).
+    gateway.parsers.start(preload=WORKER_MODULES)
+    workers = asyncio.create_task(
+        wait_for_workers(gateway.parsers, settings.json_workers_start_timeout_seconds)
+    )
     app = create_app(settings, gateway=gateway)
     grpc_server, health = create_grpc_server(gateway)
     grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
@@ -271,11 +285,18 @@ async def serve(settings: Settings) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, request_stop, signum)
+
+    def stop_unless_started(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            request_stop(0)
+
+    workers.add_done_callback(stop_unless_started)
     http_task = asyncio.create_task(http_server.serve())
     while not http_server.started and not http_task.done():
         await asyncio.sleep(0.02)
     if http_task.done():
         await http_task
+        _raise_if_failed(workers)
         raise SystemExit("the HTTP server did not start")
     http_port = _bound_port(http_server)
     # What start-up imported lives as long as the process: keep full garbage
@@ -302,7 +323,34 @@ async def serve(settings: Settings) -> None:
     await mark_serving(health, False)
     await asyncio.gather(http_task, grpc_server.stop(grace=DRAIN_SECONDS))
     await gateway.close()
+    workers.cancel()
+    _raise_if_failed(workers)
     logger.info("gateway stopped")
+
+
+def _raise_if_failed(workers: asyncio.Task[None]) -> None:
+    if workers.done() and not workers.cancelled():
+        failure = workers.exception()
+        if failure is not None:
+            raise failure
+
+
+async def wait_for_workers(parsers: BodyParsers, timeout: float) -> None:
+    """Wait for the JSON workers' start, logging it.
+
+    Raises:
+        WorkersNotStarted: Not within `timeout` seconds, or a worker died.
+    """
+    began = time.monotonic()
+    logger.info("JSON workers starting", extra={"workers": parsers.workers})
+    await parsers.wait_started(timeout)
+    logger.info(
+        "JSON workers ready",
+        extra={
+            "workers": parsers.workers,
+            "seconds": round(time.monotonic() - began, 3),
+        },
+    )
 
 
 def _write_ready_file(path: Path, http_port: int, grpc_port: int) -> None:
@@ -327,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         _run(settings)
-    except (RoutesFileError, KeysFileError, OSError) as exc:
+    except (RoutesFileError, KeysFileError, OSError, WorkersNotStarted) as exc:
         logger.error("cannot start: %s", exc)
         return 1
     return 0

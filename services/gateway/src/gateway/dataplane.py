@@ -282,8 +282,8 @@ class Gateway:
     # ---- readiness and lifecycle -------------------------------------------------
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Every backend's health SERVING (see `clients.health`) and every routed
-        model with an AVAILABLE version."""
+        """Every backend's health SERVING (see `clients.health`), every routed
+        model with an AVAILABLE version, and the JSON workers started."""
         deadline = time.monotonic() + READINESS_TIMEOUT_SECONDS
         checks: dict[str, Any] = {}
         ready = True
@@ -338,6 +338,11 @@ class Gateway:
         for address, answer in zip(sorted(backends), answers, strict=True):
             checks[address] = answer.value
             ready = ready and answer.ready
+        if not self.parsers.started:
+            # A large body would wait for their start (seconds on a loaded
+            # machine); the key cannot be a model name or an address.
+            checks["json workers"] = "starting"
+            ready = False
         return ready, checks
 
     async def close(self) -> None:

@@ -62,7 +62,12 @@ class Settings(BaseSettings):
     large body does not hold up other clients' calls."""
     json_workers: int = Field(default=json_offload.DEFAULT_WORKERS, gt=0)
     """Worker processes parsing large JSON bodies and writing large answers at
-    the same time (started in the background once the HTTP port listens)."""
+    the same time (launched at start; readiness waits for them)."""
+    json_workers_start_timeout_seconds: float = Field(
+        default=json_offload.DEFAULT_START_TIMEOUT_SECONDS, gt=0
+    )
+    """Seconds the JSON workers may take to start before the gateway gives up
+    starting (exit status 1)."""
     json_answer_offload_elements: int = Field(
         default=json_offload.DEFAULT_ANSWER_THRESHOLD_ELEMENTS, gt=0
     )

@@ -17,7 +17,8 @@ tests pass 127.0.0.1), ``--grpc_max_message_bytes``, ``--inference_threads``,
 setting can also come from ``MODELSERVER_<FLAG>`` variables.
 
 Start-up: both servers start first (gRPC health NOT_SERVING, REST answering
-status queries and ``/v2/health/ready`` 400), then the configured models load;
+status queries and ``/v2/health/ready`` 400), then, once the REST port's JSON
+workers have answered, the configured models load;
 once they have, health turns SERVING. From then on health follows
 ``DataPlane.ready`` (a model added by a config change that has not loaded yet
 turns it NOT_SERVING until it has). SIGTERM or SIGINT: health turns NOT_SERVING, both servers stop accepting,
@@ -34,6 +35,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from importlib import metadata as package_metadata
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
@@ -47,6 +49,8 @@ from modelserver.observability import native_logs
 from modelserver.settings import Settings
 
 if TYPE_CHECKING:
+    from servekit_protocol.json_codec import BodyParsers
+
     from modelserver.dataplane import DataPlane
     from modelserver.protocol.grpc.server import GrpcServer
 
@@ -305,6 +309,7 @@ async def serve(settings: Settings) -> int:
     from prometheus_client import generate_latest
     from servekit_protocol.http1 import ListenerLimits
     from servekit_protocol.json_codec import BodyParsers
+    from servekit_protocol.json_codec.offload import WorkersNotStarted
 
     from modelserver.dataplane import DataPlane
     from modelserver.errors import ServingError
@@ -355,9 +360,10 @@ async def serve(settings: Settings) -> int:
                 "Please use a different port for HTTP/REST API."
             )
             return EXIT_FAILURE
-        # Launched first, so the first large body or answer does not wait for
-        # the workers' start-up (seconds); they import while the models load
-        # (the codec's module holds the functions run there).
+        # Launched first, and the models load once they answer, so that no
+        # readiness signal (model status, health) comes before them and no
+        # large body or answer waits for their start (seconds). They import
+        # the modules of the functions run there.
         parsers.start(preload=_worker_modules(settings))
         monitoring = settings.monitoring
         app = create_app(
@@ -399,7 +405,14 @@ async def serve(settings: Settings) -> int:
             if server is not None:
                 await server.start()
                 started.append(server)
-        loading = asyncio.create_task(dataplane.start(), name="initial-load")
+        loading = asyncio.create_task(
+            _start_up(
+                dataplane,
+                parsers if _worker_modules(settings) else None,
+                settings.rest_api_json_workers_start_timeout_seconds,
+            ),
+            name="initial-load",
+        )
         stop_waiter = asyncio.create_task(stopping.wait(), name="stop-waiter")
         await asyncio.wait({loading, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
@@ -421,7 +434,7 @@ async def serve(settings: Settings) -> int:
             loading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loading
-    except (OSError, ServingError) as exc:
+    except (OSError, ServingError, WorkersNotStarted) as exc:
         logger.error("Failed to start server. Error: %s", exc)
         exit_status = EXIT_FAILURE
     finally:
@@ -434,6 +447,30 @@ async def serve(settings: Settings) -> int:
             exit_status = EXIT_FAILURE
     logger.info("Server stopped", extra={"exit_status": exit_status})
     return exit_status
+
+
+async def _start_up(
+    dataplane: DataPlane, parsers: BodyParsers | None, workers_timeout: float
+) -> None:
+    """Wait for the JSON workers to start (when there are any), then load the
+    configured models.
+
+    Raises:
+        WorkersNotStarted: Not within ``workers_timeout`` seconds.
+        InvalidConfig: See ``DataPlane.start``.
+    """
+    if parsers is not None:
+        began = time.monotonic()
+        logger.info("JSON workers starting", extra={"workers": parsers.workers})
+        await parsers.wait_started(workers_timeout)
+        logger.info(
+            "JSON workers ready",
+            extra={
+                "workers": parsers.workers,
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
+    await dataplane.start()
 
 
 async def _follow_readiness(dataplane: DataPlane, grpc_server: GrpcServer) -> None:

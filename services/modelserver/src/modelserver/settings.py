@@ -180,8 +180,14 @@ class Settings(BaseSettings):
 
     rest_api_json_workers: int = Field(default=json_offload.DEFAULT_WORKERS, ge=1)
     """servekit extension: worker processes parsing large REST JSON bodies and
-    writing large answers at the same time (started in the background once the
-    REST port listens)."""
+    writing large answers at the same time (launched at start; the models load
+    once they answer, so no readiness signal comes before them)."""
+
+    rest_api_json_workers_start_timeout_seconds: float = Field(
+        default=json_offload.DEFAULT_START_TIMEOUT_SECONDS, gt=0
+    )
+    """servekit extension: seconds the REST JSON workers may take to start
+    before the server gives up starting (exit status 255)."""
 
     rest_api_json_answer_offload_elements: int = Field(
         default=json_offload.DEFAULT_ANSWER_THRESHOLD_ELEMENTS, ge=1

@@ -14,9 +14,10 @@ outputs, which become one object each), so an answer of ``answer_threshold_eleme
 elements and more is written in a worker: the arrays travel there pickled (a
 copy of their buffers) and the JSON comes back as bytes.
 
-The pool is started by :meth:`BodyParsers.start` (the servers call it once they
-listen, so the first large body does not wait for the workers' start-up, about
-2.6 s on that machine) or else with the first large body, its processes with
+The pool is started by :meth:`BodyParsers.start` (the servers call it as they
+start, and give no readiness signal before :meth:`BodyParsers.wait_started`, so
+the first large body does not wait for the workers' start-up, about 2.6 s on
+that machine) or else with the first large body, its processes with
 the ``spawn`` method so that none inherits the threads or locks of the running
 server. What runs there must be a module-level function whose arguments,
 result and errors pickle (:func:`~servekit_protocol.json_codec.parse_predict_request`,
@@ -33,7 +34,7 @@ import logging
 import multiprocessing
 import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -50,6 +51,9 @@ DEFAULT_ANSWER_THRESHOLD_ELEMENTS = 16_384
 """Elements of an answer's tensors from which its JSON is written in a worker:
 in place, the slowest shape (rows of several outputs) takes about 35 ms at this
 size on a loaded 2-core machine, one output about 3 ms."""
+DEFAULT_START_TIMEOUT_SECONDS = 60.0
+"""How long a server waits for its workers' start before it gives up starting
+(they take 1-7 s on a loaded 2-core machine)."""
 
 Result = TypeVar("Result")
 
@@ -58,6 +62,10 @@ class ParserUnavailable(ProtocolError):
     """A worker died while parsing a body (killed, out of memory)."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class WorkersNotStarted(RuntimeError):
+    """The worker processes did not start in time, or died starting."""
 
 
 class BodyParsers:
@@ -85,6 +93,7 @@ class BodyParsers:
         self.workers = workers
         self.answer_threshold_elements = answer_threshold_elements
         self._pool: ProcessPoolExecutor | None = None
+        self._starting: list[Future[None]] = []
 
     def start(self, preload: Sequence[str] = ()) -> None:
         """Start the worker processes in the background: this returns once they
@@ -95,9 +104,46 @@ class BodyParsers:
         and numpy alone).
         """
         pool = self._running_pool()
-        for _ in range(self.workers):
-            # One task per worker makes the pool launch them all now.
-            pool.submit(_preload, tuple(preload))
+        # One task per worker makes the pool launch them all now.
+        self._starting = [
+            pool.submit(_preload, tuple(preload)) for _ in range(self.workers)
+        ]
+
+    @property
+    def started(self) -> bool:
+        """Whether the pool has answered the tasks :meth:`start` gave it (true
+        when it was not started: the first large body starts it)."""
+        return all(
+            future.done() and not future.cancelled() and future.exception() is None
+            for future in self._starting
+        )
+
+    async def wait_started(self, timeout: float) -> None:
+        """Wait until the pool has answered the tasks :meth:`start` gave it: its
+        workers have launched and imported what they run.
+
+        Raises:
+            WorkersNotStarted: Not within ``timeout`` seconds, or a worker died
+                while starting.
+        """
+        if not self._starting:
+            return
+        # asyncio.wait, not wait_for: a timeout must not cancel the start.
+        done, pending = await asyncio.wait(
+            [asyncio.wrap_future(future) for future in self._starting],
+            timeout=timeout,
+        )
+        if pending:
+            raise WorkersNotStarted(
+                f"the JSON workers did not start within {timeout:g} s"
+            )
+        for future in done:
+            try:
+                future.result()
+            except Exception as exc:
+                raise WorkersNotStarted(
+                    f"a JSON worker failed to start: {exc!r}"
+                ) from exc
 
     async def run(
         self, size: int, function: Callable[..., Result], *args: Any
