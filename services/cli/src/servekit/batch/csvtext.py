@@ -110,7 +110,8 @@ def values_from_text(
                 return values, errors
         kind = TEXT
     if kind == TEXT:
-        return object_array(column.to_pylist()), {}
+        # An object array of str made by Arrow (the reader makes no nulls).
+        return column.to_numpy(zero_copy_only=False), {}
     if kind == BOOLEAN:
         lowered = pc.utf8_lower(column).to_pylist()
         errors = {
