@@ -55,8 +55,12 @@ def in_place(data: bytes) -> float:
     return time.perf_counter() - started
 
 
-async def offloaded(decoder: PredictDecoder, data: bytes) -> tuple[float, float]:
-    """(longest gap between the ticker's ticks, seconds the decode took)."""
+async def offloaded(
+    decoder: PredictDecoder | None, data: bytes, seconds: float = 0.0
+) -> tuple[float, float]:
+    """(longest gap between the ticker's ticks, seconds the decode took); with
+    no decoder, the ticker alone for ``seconds`` (what the machine's load alone
+    costs it)."""
     gaps = [0.0]
     done = asyncio.Event()
 
@@ -71,11 +75,14 @@ async def offloaded(decoder: PredictDecoder, data: bytes) -> tuple[float, float]
     ticker = asyncio.create_task(tick())
     await asyncio.sleep(0.05)
     started = time.perf_counter()
-    decoded = await decoder(memoryview(data))
+    if decoder is None:
+        await asyncio.sleep(seconds)
+    else:
+        decoded = await decoder(memoryview(data))
+        assert decoded.request is not None, decoded.error
     seconds = time.perf_counter() - started
     done.set()
     await ticker
-    assert decoded.request is not None, decoded.error
     return max(gaps), seconds
 
 
@@ -88,22 +95,24 @@ async def measure(sizes: list[int], rounds: int) -> None:
         await decoder(memoryview(message_of(1)))
         print(f"load average {os.getloadavg()[0]:.1f}")
         print(
-            "| message | in place: loop held | offloaded: longest stall | "
-            "offloaded: decode took |"
+            "| message | in place: loop held | offloaded: longest stall "
+            "| idle loop, as long: longest stall | offloaded: decode took |"
         )
-        print("| ---: | ---: | ---: | ---: |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
         for mib in sizes:
             data = message_of(mib)
-            held, stalls, took = [], [], []
+            held, stalls, idle, took = [], [], [], []
             for _ in range(rounds):
                 held.append(in_place(data))
                 stall, seconds = await offloaded(decoder, data)
                 stalls.append(stall)
                 took.append(seconds)
+                idle.append((await offloaded(None, b"", seconds))[0])
             print(
                 f"| {len(data) / 2**20:.0f} MiB "
                 f"| {statistics.median(held) * 1e3:.0f} ms "
                 f"| {statistics.median(stalls) * 1e3:.1f} ms "
+                f"| {statistics.median(idle) * 1e3:.1f} ms "
                 f"| {statistics.median(took) * 1e3:.0f} ms |",
                 flush=True,
             )
