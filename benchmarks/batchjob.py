@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=100_000,
+        help="the job's output shards (default: servekit batch predict's 100000)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--no-target", action="store_true")
@@ -164,7 +170,7 @@ def job_rate(predictor: Any, path: Path, output: Path, args: argparse.Namespace,
         output=output,
         output_format=output_format,
         batch_size=args.batch_size,
-        rows_per_shard=max(args.rows // 4, 1),
+        rows_per_shard=args.rows_per_shard,
         shard=refs.ShardSlice(),
         workers=workers,
     )

@@ -57,6 +57,9 @@ class TableColumns:
         named: Whether the columns have names of their own (a file's columns,
             an object's keys); JSON Lines rows that are lists or plain values
             do not, and are one ``instance`` column in a table of results.
+        source: A Parquet chunk's columns as read (``None`` for other
+            inputs): a table of results takes them as they are, and a text
+            input's UTF-8 bytes come from them.
     """
 
     arrays: dict[str, Array]
@@ -64,6 +67,7 @@ class TableColumns:
     sent: list[str]
     error_instances: dict[int, Any] = field(default_factory=dict)
     named: bool = True
+    source: dict[str, pa.ChunkedArray] | None = None
 
     @property
     def rows(self) -> int:
@@ -100,10 +104,14 @@ class TableColumns:
 
         ``dtypes`` holds each input's numpy dtype (``object`` for strings).
         """
+        every = len(offsets) == self.rows  # offsets ascend: then they are all rows
         if self.layout == KEYED:
             arrays = {}
             for name, dtype in dtypes.items():
-                array = _as_input(self.arrays[name][offsets], dtype)
+                array = self._utf8(name, offsets) if dtype.kind == "O" else None
+                if array is None:
+                    column = self.arrays[name]
+                    array = _as_input(column if every else column[offsets], dtype)
                 if array is None:
                     return None
                 arrays[name] = array
@@ -111,7 +119,7 @@ class TableColumns:
         if len(dtypes) != 1:
             return None
         ((name, dtype),) = dtypes.items()
-        columns = [array[offsets] for array in self.arrays.values()]
+        columns = [array if every else array[offsets] for array in self.arrays.values()]
         if self.layout == BARE:
             single = _as_input(columns[0], dtype)
             return None if single is None else {name: single}
@@ -124,7 +132,25 @@ class TableColumns:
         matrix = _as_input(np.column_stack(columns), dtype)
         return None if matrix is None else {name: matrix}
 
-    def arrow_columns(self, offsets: Array) -> dict[str, pa.Array] | None:
+    def _utf8(self, name: str, offsets: Array) -> Array | None:
+        """A text column's values as UTF-8 ``bytes`` (the codec's), made by Arrow."""
+        if self.source is None:
+            return None
+        column = self.source[name]
+        if column.null_count or not (
+            pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        ):
+            return None
+        if len(offsets) != self.rows:
+            column = column.take(pa.array(offsets))
+        binary = pa.large_binary() if pa.types.is_large_string(column.type) else None
+        # The cast reuses the UTF-8 buffers; only the bytes objects are new.
+        array: Array = column.cast(binary or pa.binary()).to_numpy(zero_copy_only=False)
+        return array
+
+    def arrow_columns(
+        self, offsets: Array
+    ) -> dict[str, pa.Array | pa.ChunkedArray] | None:
         """These rows' columns as Arrow arrays, by column name; ``None``: mixed values.
 
         Every layout gives the file's own columns (a matrix input's rows keep
@@ -133,6 +159,11 @@ class TableColumns:
         """
         if not self.named:
             return self._instance_column(offsets)
+        if self.source is not None:
+            if len(offsets) == self.rows:
+                return dict(self.source)
+            taken = pa.array(offsets)
+            return {name: column.take(taken) for name, column in self.source.items()}
         columns: dict[str, pa.Array] = {}
         for name, array in self.arrays.items():
             picked = array[offsets]
@@ -242,7 +273,7 @@ def _as_input(column: Array, dtype: np.dtype[Any]) -> Array | None:
             return object_array([value.encode("utf-8") for value in column.tolist()])
         return None
     if target == "b":
-        return column if kind == "b" else None
+        return column.copy() if kind == "b" else None
     if target in "iu":
         if kind != "i":
             return None

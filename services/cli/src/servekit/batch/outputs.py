@@ -29,6 +29,10 @@ RESULTS = "prediction.results"
 ERRORS = "prediction.errors"
 FORMATS = (JSONL, CSV, PARQUET)
 _SUFFIX = {JSONL: "", CSV: ".csv", PARQUET: ".parquet"}
+ROW_GROUP_ROWS = 65_536
+"""Rows of Parquet results held back to be written as one row group, at most."""
+ROW_GROUP_BYTES = 32 << 20
+"""Bytes of Parquet results held back, at most (a wide table's rows are large)."""
 
 
 def shard_name(prefix: str, index: int, count: int, fmt: str = JSONL) -> str:
@@ -50,6 +54,9 @@ class ShardWriter:
         self._results_file: BinaryIO | None = None
         self._csv_columns: list[str] = []
         self._parquet: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._pending_bytes = 0
         self.succeeded = 0
         self.failed = 0
         if fmt != PARQUET:
@@ -156,10 +163,27 @@ class ShardWriter:
         elif table.schema != self._parquet.schema:
             schema = self._parquet.schema
             table = _aligned(table, schema.names).cast(schema)
-        self._parquet.write_table(table)
+        # Each write is a row group: a chunk's 1,024 rows a group made every
+        # column's page headers, statistics and dictionary a large share of
+        # the writing (and of the file), so chunks are held back into groups.
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
+        if (
+            self._pending_rows >= ROW_GROUP_ROWS
+            or self._pending_bytes >= ROW_GROUP_BYTES
+        ):
+            self._flush_parquet()
+
+    def _flush_parquet(self) -> None:
+        if self._parquet is not None and self._pending:
+            self._parquet.write_table(pa.concat_tables(self._pending))
+        self._pending = []
+        self._pending_rows = self._pending_bytes = 0
 
     def commit(self) -> None:
         """Flush both files to disk and rename them into place, results last."""
+        self._flush_parquet()
         if self._parquet is None and self._format == PARQUET:
             # No row succeeded: an empty file with no columns still marks it done.
             pq.write_table(pa.table({}), self._results_tmp)

@@ -226,8 +226,11 @@ class InProcessPredictor:
         Answered positions land in ``answered`` in ascending order, with the
         call's outputs; the rows refused alone land in ``refused``.
         """
+        every = len(positions) == len(offsets)  # the first call: no copy
         try:
-            outputs = self._run_arrays({k: v[positions] for k, v in arrays.items()})
+            outputs = self._run_arrays(
+                arrays if every else {k: v[positions] for k, v in arrays.items()}
+            )
         except BatchRejected as exc:
             if len(positions) == 1:
                 refused[offsets[int(positions[0])]] = RowError(exc.status, exc.message)

@@ -93,8 +93,19 @@ def table_chunk(
             index: {name: cell_text(table.column(name)[index]) for name in names}
             for index in read_errors
         },
+        source=None if from_text else _as_read(table),
     )
     return Chunk(start, [], read_errors, table=columns)
+
+
+def _as_read(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+    """A Parquet chunk's columns as read (a null number NaN, as in the instance)."""
+    return {
+        name: column.fill_null(math.nan)
+        if column.null_count and pa.types.is_floating(column.type)
+        else column
+        for name, column in zip(table.column_names, table.columns, strict=True)
+    }
 
 
 def typed_values(
@@ -104,7 +115,14 @@ def typed_values(
     if from_text:
         return values_from_text(column, name, kind)
     if pa.types.is_floating(column.type):
-        return column.fill_null(math.nan).to_numpy().astype(np.float64), {}
+        if column.null_count:
+            column = column.fill_null(math.nan)
+        # float32 stays float32: every use of the values (the model's dtype,
+        # JSON text, a float64 column) converts it exactly.
+        array = column.to_numpy()
+        if array.dtype.itemsize < 4:
+            array = array.astype(np.float64)
+        return array, {}
     if column.null_count == 0 and (
         pa.types.is_boolean(column.type)
         or pa.types.is_signed_integer(column.type)
@@ -116,6 +134,11 @@ def typed_values(
         # The values a JSON reader would hold: int64 or bool.
         array = column.to_numpy()
         return (array if array.dtype.kind == "b" else array.astype(np.int64)), {}
+    if column.null_count == 0 and (
+        pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    ):
+        # An object array of str, made by Arrow rather than a Python loop.
+        return column.to_numpy(zero_copy_only=False), {}
     return object_array(column.to_pylist()), {}
 
 

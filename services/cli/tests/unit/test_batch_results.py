@@ -1,0 +1,115 @@
+"""Parquet results from a Parquet input: its columns as read, row groups, error rows."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from servekit.batch.outcomes import Bulk, Predictions, RowError
+from servekit.batch.outputs import ROW_GROUP_ROWS, ShardWriter
+from servekit.batch.schema import FLOAT, TEXT, InputSchema
+from servekit.batch.sources import discover, read_chunks
+
+SCHEMA = InputSchema("serving_default", {"x": FLOAT, "s": TEXT})
+ROWS = 3000
+BAD = 1500
+
+
+def parquet_input(path: Path) -> None:
+    x = pa.array([None if row == 7 else row * 0.1 for row in range(ROWS)], pa.float32())
+    pq.write_table(
+        pa.table(
+            {
+                "x": x,
+                "s": pa.array(
+                    [f"t{row % 5}" for row in range(ROWS)], pa.large_string()
+                ),
+                "id": pa.array(range(ROWS), pa.int32()),
+            }
+        ),
+        path,
+    )
+
+
+def answer_all_but(chunk_rows: int, refused: set[int]) -> list[Predictions]:
+    """One Predictions a chunk: every row answered ``row * 2`` except ``refused``."""
+    answers = []
+    for start in range(0, ROWS, chunk_rows):
+        rows = range(start, min(ROWS, start + chunk_rows))
+        kept = np.asarray([r - start for r in rows if r not in refused], np.intp)
+        answers.append(
+            Predictions(
+                {
+                    r - start: RowError("INVALID_ARGUMENT", f"row {r} refused")
+                    for r in rows
+                    if r in refused
+                },
+                Bulk(kept, {"y": (kept + start).astype(np.float64) * 2}),
+            )
+        )
+    return answers
+
+
+def test_parquet_results_keep_the_inputs_columns_as_read_in_few_row_groups(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "in.parquet"
+    parquet_input(source)
+    chunks = list(read_chunks(discover(source), 0, ROWS, 256, SCHEMA))
+    output = tmp_path / "out"
+    output.mkdir()
+    writer = ShardWriter(output, 0, 1, "parquet")
+    for chunk, answer in zip(chunks, answer_all_but(256, {BAD}), strict=True):
+        writer.write(chunk, answer)
+    writer.commit()
+    assert (writer.succeeded, writer.failed) == (ROWS - 1, 1)
+
+    results = pq.ParquetFile(output / "prediction.results-00000-of-00001.parquet")
+    # 12 chunks of 256 rows, held back into one row group (not one a chunk).
+    assert ROWS < ROW_GROUP_ROWS
+    assert results.metadata.num_row_groups == 1
+    table = results.read()
+    # The input's own types; a null number is NaN, as in the row's instance.
+    assert table.schema.field("x").type == pa.float32()
+    assert table.schema.field("s").type == pa.large_string()
+    assert table.schema.field("id").type == pa.int32()
+    assert table.column("x").null_count == 0
+    expected = [row for row in range(ROWS) if row != BAD]
+    assert table.column("id").to_pylist() == expected
+    assert math.isnan(table.column("x")[7].as_py())
+    assert table.column("x")[8].as_py() == np.float32(0.8)
+    assert table.column("prediction").to_pylist() == [row * 2.0 for row in expected]
+
+    # The refused row, in the middle of its chunk, is an error row with its instance.
+    (line,) = (output / "prediction.errors-00000-of-00001").read_text().splitlines()
+    error = json.loads(line)
+    assert error["error"] == {
+        "status": "INVALID_ARGUMENT",
+        "message": f"row {BAD} refused",
+    }
+    assert error["instance"] == {
+        "x": float(np.float32(BAD * 0.1)),
+        "s": f"t{BAD % 5}",
+        "id": BAD,
+    }
+
+
+def test_a_text_input_is_given_as_the_codecs_utf8_bytes(tmp_path: Path) -> None:
+    source = tmp_path / "in.parquet"
+    pq.write_table(
+        pa.table({"x": [1.0, 2.0, 3.0], "s": pa.array(["é", "b", "ü"], pa.string())}),
+        source,
+    )
+    (chunk,) = read_chunks(discover(source), 0, 3, 3, SCHEMA)
+    assert chunk.table is not None
+    dtypes = {"x": np.dtype(np.float32), "s": np.dtype(object)}
+    every = chunk.table.model_inputs(dtypes, np.arange(3))
+    some = chunk.table.model_inputs(dtypes, np.asarray([0, 2]))
+    assert every is not None and some is not None
+    assert every["s"].tolist() == ["é".encode(), b"b", "ü".encode()]
+    assert some["s"].tolist() == ["é".encode(), "ü".encode()]
+    assert some["x"].tolist() == [1.0, 3.0]
