@@ -351,3 +351,42 @@ def test_a_large_v2_body_parsed_does_not_hold_up_other_clients(
     assert answer.status_code == 400
     small.assert_kept_up(SMALL_CALL_LATENCY, "v2 body was parsed")
     assert_no_traceback(gateway.process)
+
+
+TYPED_CPU_LIMIT = 0.3
+"""CPU seconds the gateway may spend on a large typed body: reading it and
+handing it to a worker (FastAPI would parse it with the standard library's
+`json` and validate it with pydantic on the event loop)."""
+
+
+def test_a_large_typed_body_parsed_does_not_hold_up_other_clients(
+    large_body_stack: tuple[Stack, FirstBodies],
+) -> None:
+    stack, _ = large_body_stack
+    gateway = next(each for each in stack.listeners() if each.name == "gateway HTTP")
+    # Parsed and validated in full, then refused: a typed call takes at most
+    # 10,000 rows.
+    body = orjson.dumps({"instances": _rows(ROWS)})
+    assert 40 * 1024 * 1024 < len(body) < BODY_LIMIT
+
+    def predict() -> httpx.Response:
+        return httpx.post(
+            gateway.url + "/models/linear/predict",
+            content=body,
+            headers={"content-type": "application/json", **gateway.headers},
+            timeout=60,
+        )
+
+    used = cpu_seconds(gateway.process.pid)
+    answer = predict()
+    used = cpu_seconds(gateway.process.pid) - used
+    assert answer.status_code == 422, answer.text[:200]
+    assert answer.json()["detail"][0]["loc"] == ["body", "instances"]
+    record("server CPU s", used)
+    assert used < TYPED_CPU_LIMIT, f"the gateway spent {used:.2f} s of CPU on it"
+    with SmallCalls(gateway) as small:
+        answer = predict()
+        time.sleep(0.05)
+    assert answer.status_code == 422
+    small.assert_kept_up(SMALL_CALL_LATENCY, "typed body was parsed")
+    assert_no_traceback(gateway.process)

@@ -56,7 +56,12 @@ listens (an unreachable backend answers at once; a silent one takes its timeout)
 DRAIN_SECONDS = 20.0
 """How long in-flight requests may take after SIGTERM (below Kubernetes' 30 s)."""
 
-WORKER_MODULES = ("gateway.signatures", "gateway.codecs.v2")
+WORKER_MODULES = (
+    "gateway.signatures",
+    "gateway.codecs.v2",
+    "gateway.codecs.answers",
+    "gateway.codecs.typed_body",
+)
 """What the JSON workers import as they start: the modules of the functions they
 run and of their arguments."""
 

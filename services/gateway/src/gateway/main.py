@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 import gateway as package
 from gateway.clients.backend import BackendPool, RetryPolicy
 from gateway.clients.breaker import CircuitBreaker
+from gateway.codecs.typed_body import field_errors, summary
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, UnprocessableInput
 from gateway.observability.metrics import GatewayMetrics
@@ -30,7 +31,7 @@ from gateway.routes.handling import (
 )
 from gateway.routes.health import ReadinessCache, health_routes
 from gateway.routes.typed import PROTOCOL as TYPED_PROTOCOL
-from gateway.routes.typed import TypedEndpoints, validation_summary
+from gateway.routes.typed import TypedEndpoints
 from gateway.routes.v1 import (
     V1_PREFIX,
     get_model,
@@ -63,6 +64,7 @@ class GatewayApp(FastAPI):
     v1_endpoints: dict[str, Callable[[Request], Awaitable[Response]]]
     max_body_bytes: int
     grpc_web: GrpcWebEndpoint
+    typed_endpoints: TypedEndpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -100,6 +102,18 @@ class GatewayApp(FastAPI):
                     response = reject(request, TYPED_PROTOCOL, exc)
                     await response(scope, receive, send)
                     return
+                if (
+                    path.startswith(TYPED_PREFIX)
+                    and len(body) >= self.gateway.parsers.threshold_bytes
+                ):
+                    # FastAPI would parse and validate it on the event loop.
+                    typed = self.typed_endpoints.large_body_target(scope)
+                    if typed is not None:
+                        response = await self.typed_endpoints.serve_large_body(
+                            request, body, *typed
+                        )
+                        await response(scope, receive, send)
+                        return
                 receive = replay_body(body, receive)
         await super().__call__(scope, receive, send)
 
@@ -215,14 +229,10 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp
     async def on_invalid_body(
         request: Request, exc: RequestValidationError
     ) -> Response:
-        errors = [
-            {"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")}
-            for e in exc.errors()
-        ]
+        # FastAPI's locations start with "body" already.
+        errors = field_errors(list(exc.errors()), ())
         return reject(
-            request,
-            TYPED_PROTOCOL,
-            UnprocessableInput(validation_summary(errors), errors),
+            request, TYPED_PROTOCOL, UnprocessableInput(summary(errors), errors)
         )
 
     @app.exception_handler(GatewayError)
@@ -251,6 +261,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> GatewayApp
     app.router.routes.extend(fast_routes)
     typed = TypedEndpoints(app, gw)
     app.state.typed_endpoints = typed
+    app.typed_endpoints = typed
     typed.rebuild()
     if gw.registry is not None:
         reloader.on_registry_change(gw.registry.forget_frameworks)

@@ -159,7 +159,7 @@ class Classifications:
     def pairs(self) -> list[list[tuple[str, float]]]:
         """One list of ``(label, score)`` per example."""
         labels: list[list[str]] = (
-            [[_text(value) for value in row] for row in self.labels.tolist()]
+            [[text_of(value) for value in row] for row in self.labels.tolist()]
             if self.labels is not None
             else [[""] * self.classes for _ in range(self.examples)]
         )
@@ -174,7 +174,8 @@ class Classifications:
         ]
 
 
-def _text(value: object) -> str:
+def text_of(value: object) -> str:
+    """A class label as text (``bytes`` decoded as UTF-8, invalid bytes replaced)."""
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)

@@ -35,6 +35,7 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 
+from gateway.codecs.answers import typed_predictions
 from gateway.errors import InvalidInput
 
 MAX_ROWS = 10_000
@@ -234,38 +235,33 @@ class TypedSignature:
             raise InvalidInput(exc.message) from exc
         return request
 
-    def predictions(self, response: messages.PredictResponse) -> list[Any]:
-        """One entry per row from the response tensors."""
-        columns: dict[str, list[Any]] = {}
+    def output_arrays(
+        self, response: messages.PredictResponse
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """The signature's outputs from the response tensors.
+
+        Raises:
+            InvalidInput: the backend left an output out.
+        """
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
         for name in self.outputs:
             tensor = response.outputs.get(name)
             if tensor is None:
                 raise InvalidInput(f"the backend returned no output {name!r}")
-            columns[name] = _json_values(to_ndarray(tensor))
-        if len(self.outputs) == 1:
-            return next(iter(columns.values()))
-        count = min(len(values) for values in columns.values())
-        return [{name: columns[name][i] for name in columns} for i in range(count)]
+            arrays[name] = to_ndarray(tensor)
+        return arrays
+
+    def predictions(self, response: messages.PredictResponse) -> list[Any]:
+        """One entry per row from the response tensors.
+
+        Raises:
+            InvalidInput: the backend left an output out.
+        """
+        return typed_predictions(list(self.outputs), self.output_arrays(response))
 
 
 def _nan_if_none(value: Any) -> Any:
     return math.nan if value is None else value
-
-
-def _json_values(array: np.ndarray[Any, Any]) -> list[Any]:
-    if array.dtype.kind == "O":
-        decoded = np.empty(array.shape, dtype=object)
-        flat = decoded.reshape(-1)
-        for index, item in enumerate(array.reshape(-1).tolist()):
-            flat[index] = (
-                item.decode("utf-8", errors="replace")
-                if isinstance(item, bytes)
-                else item
-            )
-        result: list[Any] = decoded.tolist()
-        return result
-    values: list[Any] = array.tolist()
-    return values
 
 
 def _row_fields(

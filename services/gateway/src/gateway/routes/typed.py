@@ -14,6 +14,12 @@ feature (tabular models) or per signature input (e.g. `pixels: [64 floats]`).
 Response: `{"model", "version", "predictions": [...]}` with one entry per row (a
 value for single-output signatures, an object with one field per output otherwise).
 The routes are rebuilt whenever the registry changes.
+
+A body from the JSON offload threshold (`json_offload_bytes`) never reaches
+FastAPI: the app hands it to `TypedEndpoints.serve_large_body`, which has it
+parsed and validated in a JSON worker (`gateway.codecs.typed_body`) with the
+answers FastAPI gives in place. Answers from the answer threshold are written
+in a worker too (`gateway.codecs.answers`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -29,19 +35,44 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from servekit_protocol import messages
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.messages import PredictRequest
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Scope
 
+from gateway.codecs.answers import output_elements, write_typed_answer
 from gateway.codecs.typed import (
     ERROR_RESPONSES,
     TypedSignature,
     build_typed_signature,
 )
+from gateway.codecs.typed_body import (
+    ROUTED_MISFIT,
+    TypedBody,
+    TypedSchema,
+    field_errors,
+    parse_typed_body,
+    schema_of,
+)
 from gateway.context import CallContext
 from gateway.dataplane import Gateway
-from gateway.errors import ModelNotFound, UnprocessableInput
+from gateway.errors import (
+    BackendUnavailable,
+    GatewayError,
+    InvalidInput,
+    ModelNotFound,
+    UnprocessableInput,
+)
 from gateway.forwarding import PredictCall
-from gateway.routes.handling import authorize, json_response, serve_http
+from gateway.routes.handling import (
+    JSON,
+    authorize,
+    json_response,
+    reject,
+    serve_http,
+)
 from gateway.routing.router import Plan, Target
 
 logger = logging.getLogger(__name__)
@@ -61,7 +92,9 @@ class TypedEndpoints:
         self._app = app
         self._gateway = gateway
         self._schemas: dict[tuple[str, int, str], TypedSignature | None] = {}
+        self._body_schemas: dict[tuple[str, int, str], TypedSchema] = {}
         self._routes: list[APIRoute] = []
+        self._targets: list[tuple[APIRoute, TypedSignature, bool]] = []
 
     def schema(self, model: str, version: int, signature: str) -> TypedSignature | None:
         """The typed form of a version's signature (cached: manifests never change)."""
@@ -69,17 +102,77 @@ class TypedEndpoints:
         if key not in self._schemas:
             registry = self._gateway.registry
             manifest = registry.manifest(model, version) if registry else None
-            self._schemas[key] = (
+            typed = (
                 build_typed_signature(model, version, manifest, signature)
                 if manifest is not None
                 else None
             )
+            if typed is not None and manifest is not None:
+                self._body_schemas[key] = schema_of(typed, manifest)
+            self._schemas[key] = typed
         return self._schemas[key]
+
+    def _body_schema(self, typed: TypedSignature) -> TypedSchema:
+        return self._body_schemas[(typed.model, typed.version, typed.signature)]
+
+    def large_body_target(self, scope: Scope) -> tuple[TypedSignature, bool] | None:
+        """The typed route a request is for (its signature, and whether its
+        version is pinned), or None when no typed route takes it."""
+        for route, typed, pinned in self._targets:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return typed, pinned
+        return None
+
+    async def serve_large_body(
+        self,
+        request: Request,
+        body: bytes,
+        typed: TypedSignature,
+        pinned: bool,
+    ) -> Response:
+        """Answer a typed request whose body is parsed and validated in a JSON
+        worker, with what FastAPI's handler would answer in place: the key's
+        scope and rate first, then the body's 422 or 400, then the call."""
+        gateway = self._gateway
+        content_type = request.headers.get("content-type")
+        try:
+            authorize(gateway, request.headers, typed.model, request.client)
+            parsed = await gateway.parsers.run(
+                len(body),
+                parse_typed_body,
+                self._body_schema(typed),
+                body,
+                content_type,
+            )
+        except GatewayError as exc:
+            return reject(request, PROTOCOL, exc)
+        except ProtocolError as exc:
+            # The worker died (503).
+            return reject(request, PROTOCOL, BackendUnavailable(exc.message))
+        refusal = parsed.refusal
+        if refusal is not None:
+            if refusal.detail is None:
+                # FastAPI's own 400 for a body it cannot decode.
+                return json_response({"error": refusal.message}, refusal.status)
+            return reject(
+                request,
+                PROTOCOL,
+                UnprocessableInput(refusal.message, refusal.detail),
+            )
+
+        async def handle(ctx: CallContext) -> Response:
+            return await self._predict_parsed(
+                ctx, typed, pinned, parsed, body, content_type
+            )
+
+        return await serve_http(request, PROTOCOL, handle)
 
     def rebuild(self) -> None:
         """Regenerate every typed route and the OpenAPI document."""
         registry = self._gateway.registry
         routes: list[APIRoute] = []
+        targets: list[tuple[APIRoute, TypedSignature, bool]] = []
         if registry is not None:
             for name, view in sorted(registry.snapshot().items()):
                 default = view.default_version()
@@ -97,22 +190,23 @@ class TypedEndpoints:
                         if typed is None:
                             continue
                         suffix = _route_suffix(signature_name)
-                        routes.append(
-                            self._route(
-                                f"/models/{name}/versions/{version}/{suffix}",
-                                typed,
-                                pinned=True,
-                            )
+                        route = self._route(
+                            f"/models/{name}/versions/{version}/{suffix}",
+                            typed,
+                            pinned=True,
                         )
+                        routes.append(route)
+                        targets.append((route, typed, True))
                         if version == default:
-                            routes.append(
-                                self._route(
-                                    f"/models/{name}/{suffix}", typed, pinned=False
-                                )
+                            route = self._route(
+                                f"/models/{name}/{suffix}", typed, pinned=False
                             )
+                            routes.append(route)
+                            targets.append((route, typed, False))
         kept = [route for route in self._app.router.routes if route not in self._routes]
         self._app.router.routes[:] = [*kept, *routes]
         self._routes = routes
+        self._targets = targets
         self._app.openapi_schema = None
         logger.info("typed endpoints rebuilt: %d route(s)", len(routes))
 
@@ -165,22 +259,68 @@ class TypedEndpoints:
     async def _predict(
         self, ctx: CallContext, typed: TypedSignature, pinned: bool, body: BaseModel
     ) -> Response:
-        gateway = self._gateway
         rows: list[dict[str, Any]] = [
             row.model_dump(by_alias=True) for row in getattr(body, "instances", [])
         ]
+
+        async def rows_for(schema: TypedSignature) -> Callable[[], PredictRequest]:
+            fitted = rows if schema is typed else self._revalidate(schema, rows)
+            return lambda: schema.predict_request(fitted)
+
+        return await self._answer(ctx, typed, pinned, rows_for)
+
+    async def _predict_parsed(
+        self,
+        ctx: CallContext,
+        typed: TypedSignature,
+        pinned: bool,
+        parsed: TypedBody,
+        body: bytes,
+        content_type: str | None,
+    ) -> Response:
+        """`_predict` for a body parsed in a worker (`parse_typed_body`)."""
+        parsers = self._gateway.parsers
+
+        async def rows_for(schema: TypedSignature) -> Callable[[], PredictRequest]:
+            outcome = parsed
+            if schema is not typed:
+                # The routed version has other features: its worker call
+                # validates the rows against them and builds its request.
+                outcome = await parsers.run(
+                    len(body),
+                    parse_typed_body,
+                    self._body_schema(typed),
+                    body,
+                    content_type,
+                    self._body_schema(schema),
+                )
+                if outcome.refusal is not None:
+                    raise UnprocessableInput(
+                        outcome.refusal.message, outcome.refusal.detail or []
+                    )
+            return lambda: _request_of(outcome)
+
+        return await self._answer(ctx, typed, pinned, rows_for)
+
+    async def _answer(
+        self,
+        ctx: CallContext,
+        typed: TypedSignature,
+        pinned: bool,
+        rows_for: Callable[[TypedSignature], Awaitable[Callable[[], PredictRequest]]],
+    ) -> Response:
+        gateway = self._gateway
         if pinned:
             plan = gateway.plan(ctx, typed.model, typed.version, None)
         else:
             plan = gateway.plan(ctx, typed.model, None, None)
         primary, schema = self._resolve(plan.primary, typed)
-        if schema is not typed:
-            rows = self._revalidate(schema, rows)
+        build_request = await rows_for(schema)
         shadow = None
         if plan.shadow is not None:
             shadow_target, _ = self._resolve(plan.shadow, typed)
             shadow = shadow_target
-        request = schema.predict_request(rows)
+        request = build_request()
         predicted = await gateway.predict(
             ctx,
             Plan(primary, shadow),
@@ -194,12 +334,17 @@ class TypedEndpoints:
             if response.model_spec.HasField("version")
             else schema.version
         )
-        return json_response(
-            {
-                "model": typed.model,
-                "version": version,
-                "predictions": schema.predictions(response),
-            }
+        arrays = schema.output_arrays(response)
+        return Response(
+            await gateway.parsers.write_answer(
+                output_elements(arrays),
+                write_typed_answer,
+                typed.model,
+                version,
+                list(schema.outputs),
+                arrays,
+            ),
+            media_type=JSON,
         )
 
     def _resolve(
@@ -230,21 +375,16 @@ class TypedEndpoints:
             ]
         except ValidationError as exc:
             raise UnprocessableInput(
-                "the rows do not fit the routed version's schema",
-                [_jsonable_error(error) for error in exc.errors()],
+                ROUTED_MISFIT, field_errors(exc.errors(), ("body", "instances"))
             ) from exc
 
 
-def _jsonable_error(error: Any) -> dict[str, Any]:
-    return {
-        "type": error.get("type"),
-        "loc": ["body", "instances", *error.get("loc", ())],
-        "msg": error.get("msg"),
-    }
+def _request_of(parsed: TypedBody) -> PredictRequest:
+    """The request a worker built, or the 400 its rows earned.
 
-
-def validation_summary(errors: Sequence[dict[str, Any]]) -> str:
-    """One line naming the first invalid field, for the `error` key of a 422."""
-    first = errors[0] if errors else {}
-    where = ".".join(str(part) for part in first.get("loc", ())) or "body"
-    return f"invalid input at {where}: {first.get('msg', 'invalid')}"
+    Raises:
+        InvalidInput: a value does not fit the tensor dtype.
+    """
+    if parsed.invalid is not None:
+        raise InvalidInput(parsed.invalid)
+    return PredictRequest.FromString(parsed.request)

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 import gateway
 from gateway import oip
+from gateway.codecs.answers import (
+    answer_request,
+    output_elements,
+    write_infer_answer,
+)
 from gateway.codecs.v2 import (
     InferRequest,
     parse_infer_body,
@@ -28,15 +32,7 @@ from gateway.codecs.v2 import (
     read_parameters,
     tensor_metadata,
 )
-from gateway.codecs.v2_binary import (
-    BINARY_CONTENT_TYPE,
-    HEADER_LENGTH,
-    compress,
-    encode_body,
-    format_outputs,
-    response_coding,
-    split_body,
-)
+from gateway.codecs.v2_binary import BINARY_CONTENT_TYPE, HEADER_LENGTH, split_body
 from gateway.context import CallContext
 from gateway.routes.handling import (
     authorize,
@@ -178,25 +174,22 @@ async def infer(request: Request) -> Response:
             oip.signature_name(parameters),
             parse,
         )
-        entries, binaries = format_outputs(answer.outputs, answer.request)
-        reply: dict[str, Any] = {
-            "model_name": model,
-            "model_version": answer.model_version,
-            "outputs": entries,
-        }
-        if answer.request.request_id is not None:
-            reply["id"] = answer.request.request_id
-        content, header_length = encode_body(
-            orjson.dumps(reply, option=orjson.OPT_SERIALIZE_NUMPY), binaries
+        written = await gw.parsers.write_answer(
+            output_elements(answer.outputs),
+            write_infer_answer,
+            answer.outputs,
+            answer_request(answer.request),
+            model,
+            answer.model_version,
+            ctx.headers.get("accept-encoding", ""),
         )
+        content, header_length = written.content, written.header_length
         headers: dict[str, str] = {}
         if header_length is not None:
             # The length is of the JSON before any compression (clients inflate first).
             headers["Inference-Header-Content-Length"] = str(header_length)
-        coding = response_coding(ctx.headers.get("accept-encoding", ""), len(content))
-        if coding is not None:
-            content = compress(content, coding)
-            headers["Content-Encoding"] = coding
+        if written.coding is not None:
+            headers["Content-Encoding"] = written.coding
         return Response(
             content,
             media_type="application/json"
