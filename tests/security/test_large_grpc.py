@@ -16,10 +16,12 @@ included.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -91,7 +93,12 @@ def publish_wide_model(registry: Path, name: str) -> np.ndarray[Any, Any]:
     return np.append(model.coef_, model.intercept_)
 
 
-def predict_request(rows: int, seed: int = 11) -> messages.PredictRequest:
+def large_values(rows: int = LARGE_ROWS) -> np.ndarray[Any, Any]:
+    """The values of a request of ``rows`` rows, flat."""
+    return np.random.default_rng(11).normal(size=rows * FEATURES)
+
+
+def predict_request(rows: int) -> messages.PredictRequest:
     """A request of ``rows`` rows for the wide model, values in ``double_val``
     (the costliest encoding to parse)."""
     request = messages.PredictRequest()
@@ -100,8 +107,7 @@ def predict_request(rows: int, seed: int = 11) -> messages.PredictRequest:
     tensor.dtype = messages.DT_DOUBLE
     tensor.tensor_shape.dim.add(size=rows)
     tensor.tensor_shape.dim.add(size=FEATURES)
-    values = np.random.default_rng(seed).normal(size=rows * FEATURES)
-    tensor.double_val.extend(values)
+    tensor.double_val.extend(large_values(rows))
     return request
 
 
@@ -142,16 +148,25 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         f"--model_base_path={registry / 'wide'}",
         f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
     ]
-    with (
+    starting = [
         model_server(
             [*flags, f"--grpc_parse_offload_bytes={OFFLOAD_BYTES}"],
             log_path=directory / "offloading.log",
-        ) as offloading,
+        ),
         model_server(
             [*flags, "--grpc_parse_offload_bytes=0"],
             log_path=directory / "in-place.log",
-        ) as in_place,
-    ):
+        ),
+    ]
+    with contextlib.ExitStack() as stack:
+        # Started side by side: each takes 15-30 s to be ready on a loaded
+        # machine (its workers, then its model).
+        with ThreadPoolExecutor(len(starting)) as pool:
+            entered = [pool.submit(manager.__enter__) for manager in starting]
+        for manager, future in zip(starting, entered, strict=True):
+            if future.exception() is None:
+                stack.push(manager)
+        offloading, in_place = (future.result() for future in entered)
         yield Servers(offloading, in_place, weights)
         assert_no_traceback(offloading.process)
         assert_no_traceback(in_place.process)
@@ -253,8 +268,7 @@ def test_a_large_message_parsed_off_the_loop_does_not_hold_up_other_clients(
     assert status == "OK", answer[:200]
     response = messages.PredictResponse.FromString(answer)
     predictions = np.asarray(response.outputs["predictions"].double_val)
-    values = predict_request(LARGE_ROWS).inputs["x"]
-    features = np.asarray(values.double_val).reshape(LARGE_ROWS, FEATURES)
+    features = large_values().reshape(LARGE_ROWS, FEATURES)
     expected = features @ servers.weights[:-1] + servers.weights[-1]
     np.testing.assert_allclose(predictions, expected, rtol=1e-9, atol=1e-9)
     assert growth < MEMORY_GROWTH_LIMIT, f"+{growth >> 20} MiB"
@@ -263,12 +277,16 @@ def test_a_large_message_parsed_off_the_loop_does_not_hold_up_other_clients(
     assert not leftovers, leftovers
 
 
-def _call(server: ModelServer, data: bytes) -> tuple[str, str, bytes]:
+def _call(
+    server: ModelServer, data: bytes, compression: grpc.Compression | None = None
+) -> tuple[str, str, bytes]:
     """One raw Predict call: (status name, details, answer bytes)."""
     options = [("grpc.max_send_message_length", MESSAGE_LIMIT)]
     with grpc.insecure_channel(server.grpc_target, options=options) as channel:
         try:
-            answer = channel.unary_unary(PREDICT)(data, timeout=60)
+            answer = channel.unary_unary(PREDICT)(
+                data, timeout=60, compression=compression
+            )
         except grpc.RpcError as exc:
             return exc.code().name, exc.details(), b""
     return "OK", "", answer
@@ -325,3 +343,20 @@ def test_an_offloaded_message_is_answered_as_one_parsed_in_place(
     offloaded = _call(servers.offloading, data)
     in_place = _call(servers.in_place, data)
     assert offloaded == in_place
+
+
+def test_a_large_compressed_message_is_offloaded_once_inflated(
+    servers: Servers,
+) -> None:
+    # 4 MiB of zeros compress to a few KiB; the threshold counts the message
+    # inflated, and the answer is the in-place one.
+    request = predict_request(2048)
+    request.inputs["x"].ClearField("double_val")
+    request.inputs["x"].double_val.extend(np.zeros(2048 * FEATURES))
+    data = request.SerializeToString()
+    offloaded = _call(servers.offloading, data, grpc.Compression.Gzip)
+    assert offloaded[0] == "OK", offloaded[1]
+    assert offloaded == _call(servers.in_place, data, grpc.Compression.Gzip)
+    answer = messages.PredictResponse.FromString(offloaded[2])
+    predictions = np.asarray(answer.outputs["predictions"].double_val)
+    np.testing.assert_allclose(predictions, servers.weights[-1], atol=1e-9)
