@@ -133,8 +133,9 @@ class Classifications:
 
     Kept as the model's arrays until a transport writes them: the list of
     ``(label, score)`` pairs costs far more than the arrays (0.4 s for 100,000
-    examples of 3 classes), and a large REST answer is written off the event
-    loop, where the pairs are built too.
+    examples of 3 classes). The REST writer makes its JSON from the arrays (in
+    a worker process when large); the gRPC message is filled from
+    :meth:`pairs`.
 
     Attributes:
         labels: ``[examples, classes]`` of ``bytes`` or ``str``; ``None`` when
