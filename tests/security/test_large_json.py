@@ -390,3 +390,66 @@ def test_a_large_typed_body_parsed_does_not_hold_up_other_clients(
     assert answer.status_code == 422
     small.assert_kept_up(SMALL_CALL_LATENCY, "typed body was parsed")
     assert_no_traceback(gateway.process)
+
+
+V2_ANSWER_LOOP_CPU_LIMIT = 0.4
+"""CPU seconds the gateway's event loop may spend on a v2 call answered with
+2,000,000 values, its JSON written in a worker: the body handed over, the gRPC
+call and its arrays, the answer's bytes sent."""
+
+
+def test_a_large_v2_answer_written_does_not_hold_up_other_clients(
+    large_body_stack: tuple[Stack, FirstBodies],
+) -> None:
+    stack, _ = large_body_stack
+    gateway = next(each for each in stack.listeners() if each.name == "gateway HTTP")
+    column = (np.arange(ANSWER_ROWS) % 1000) * 0.5
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "a",
+                    "shape": [ANSWER_ROWS],
+                    "datatype": "FP64",
+                    "data": column,
+                },
+                {
+                    "name": "b",
+                    "shape": [ANSWER_ROWS],
+                    "datatype": "FP64",
+                    "data": np.ones(ANSWER_ROWS),
+                },
+            ]
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+    def infer() -> httpx.Response:
+        return httpx.post(
+            gateway.url + "/v2/models/linear/infer",
+            content=body,
+            headers={"content-type": "application/json", **gateway.headers},
+            timeout=60,
+        )
+
+    pid = gateway.process.pid
+    used = loop_cpu_seconds(pid)
+    answer = infer()
+    used = loop_cpu_seconds(pid) - used
+    assert answer.status_code == 200, answer.text[:200]
+    (output,) = orjson.loads(answer.content)["outputs"]
+    assert output["shape"] == [ANSWER_ROWS]
+    assert output["data"][3] == pytest.approx(2 * 1.5 + 3 * 1.0 + 1.0)
+    record("answer MiB", len(answer.content) / 1024 / 1024)
+    record("event loop CPU s", used)
+    assert used < V2_ANSWER_LOOP_CPU_LIMIT, (
+        f"the event loop spent {used:.2f} s of CPU on it"
+    )
+    with SmallCalls(gateway) as small:
+        answer = infer()
+        time.sleep(0.05)
+    assert answer.status_code == 200
+    small.assert_kept_up(
+        ANSWER_SMALL_CALL_LATENCY["gateway HTTP"], "large v2 answer was written"
+    )
+    assert_no_traceback(gateway.process)
