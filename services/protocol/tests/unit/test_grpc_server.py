@@ -18,9 +18,10 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from servekit_protocol.grpc_server import GrpcServer, hpack_integer
+from servekit_protocol.grpc_server import GrpcServer, OffloadedDecoder, hpack_integer
 
 SERVICE = "test.Echo"
 LIMIT = 8 * 1024 * 1024
@@ -295,3 +296,33 @@ def test_hpack_integers_continue_past_the_prefix() -> None:
     assert hpack_integer(10, 5) == bytes([0b01010])
     assert hpack_integer(1337, 5) == bytes([0b11111, 0b10011010, 0b00001010])
     assert hpack_integer(42, 8) == bytes([42])
+
+
+async def test_large_requests_go_to_the_method_s_decoder(
+    served: tuple[GrpcServer, Echo, health_aio.HealthServicer, str],
+) -> None:
+    server = served[0]
+    seen: list[int] = []
+
+    async def decode(message: memoryview) -> bytes:
+        seen.append(len(message))
+        if message[:1] == b"?":
+            raise DecodeError("not a message")
+        return bytes(message) + b"!"
+
+    server.offload_decoding(f"/{SERVICE}/Plain", OffloadedDecoder(decode, 1000))
+    async with grpc.aio.insecure_channel(served[3]) as channel:
+        # Under the threshold, and other methods: the deserializer, as before.
+        assert await _call(channel, "Plain")(b"x" * 999) == b"x" * 999
+        assert await _call(channel, "Echo")(b"y" * 5000) == b"y" * 5000
+        assert await _call(channel, "Plain")(b"ab" * 500) == b"!" + b"ba" * 500
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await _call(channel, "Plain")(b"?" * 2000)
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+        assert failed.value.details() == "Failed to parse the request: not a message"
+    async with grpc.aio.insecure_channel(
+        served[3], compression=grpc.Compression.Gzip
+    ) as channel:
+        # Counted inflated: 3000 bytes that compress to a few dozen.
+        assert await _call(channel, "Plain")(b"z" * 3000) == b"!" + b"z" * 3000
+    assert seen == [1000, 2000, 3000]
