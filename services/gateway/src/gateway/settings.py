@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     )
     """Tensor elements from which a v1 `:predict` answer the gateway writes
     (translated from gRPC) is written in a worker process rather than on the
-    event loop, so that a large answer does not hold up other clients' calls."""
+    event loop, so that a large answer does not hold up other clients' calls;
+    also v2 and typed answers, `:classify` answers in `(label, score)` pairs and
+    `:regress` answers in values."""
     http2: Http2Limits = Field(default_factory=Http2Limits)
     """HTTP/2 limits of the gRPC port (streams, header size, windows, floods,
     timeouts, connections) as JSON, e.g. `{"idle_timeout_seconds": 120}`;

@@ -368,6 +368,39 @@ def test_classify_and_regress_responses() -> None:
         json_codec.format_regress_response(messages.RegressionResult())
 
 
+def test_serialized_results_are_written_as_the_messages() -> None:
+    result = messages.ClassificationResult()
+    row = result.classifications.add()
+    row.classes.add(label="\u00e9t\u00e9", score=1 / 3)
+    row.classes.add(score=float("nan"))
+    result.classifications.add()  # no classes: an empty row
+    serialized = result.SerializeToString()
+    assert json_codec.format_serialized_classify_response(
+        serialized
+    ) == json_codec.format_classify_response(result)
+    regression = messages.RegressionResult()
+    for value in (0.1, float("inf"), -2.5):
+        regression.regressions.add(value=value)
+    assert json_codec.format_serialized_regress_response(
+        regression.SerializeToString()
+    ) == json_codec.format_regress_response(regression)
+    with pytest.raises(InvalidArgument, match="empty ClassificationResults"):
+        json_codec.format_serialized_classify_response(b"")
+    with pytest.raises(InvalidArgument, match="empty RegressionResults"):
+        json_codec.format_serialized_regress_response(b"")
+
+
+def test_classification_pairs_are_counted_up_to_enough() -> None:
+    result = messages.ClassificationResult()
+    for classes in (3, 0, 2):
+        row = result.classifications.add()
+        for index in range(classes):
+            row.classes.add(label=str(index), score=0.5)
+    assert json_codec.classification_pairs(result, 100) == 6  # the empty row: one
+    assert json_codec.classification_pairs(result, 4) == 4  # stopped at the 2nd row
+    assert json_codec.classification_pairs(messages.ClassificationResult(), 1) == 0
+
+
 def test_status_response_looks_like_tf_servings() -> None:
     response = messages.GetModelStatusResponse()
     response.model_version_status.add(

@@ -84,14 +84,49 @@ async def post_model(request: Request) -> Response:
             classify.model_spec.signature_name = examples.signature_name
             classify.input.CopyFrom(examples.input)
             answer = await gateway.classify(ctx, model, version, label, classify)
-            return _bytes_response(json_codec.format_classify_response(answer.result))
+            return _bytes_response(
+                await _write_classify(gateway.parsers, answer.result)
+            )
         regress = messages.RegressionRequest()
         regress.model_spec.signature_name = examples.signature_name
         regress.input.CopyFrom(examples.input)
         result = await gateway.regress(ctx, model, version, label, regress)
-        return _bytes_response(json_codec.format_regress_response(result.result))
+        return _bytes_response(await _write_regress(gateway.parsers, result.result))
 
     return await serve_http(request, PROTOCOL, handle)
+
+
+async def _write_classify(
+    parsers: json_codec.BodyParsers, result: messages.ClassificationResult
+) -> bytes:
+    """The `:classify` answer: from the answer threshold (in pairs) its JSON is
+    written in a worker, from the message's bytes, by the same function.
+
+    Raises:
+        ProtocolError: an empty result (400), or the worker died (503).
+    """
+    threshold = parsers.answer_threshold_elements
+    if json_codec.classification_pairs(result, threshold) < threshold:
+        return json_codec.format_classify_response(result)
+    return await parsers.in_worker(
+        json_codec.format_serialized_classify_response, result.SerializeToString()
+    )
+
+
+async def _write_regress(
+    parsers: json_codec.BodyParsers, result: messages.RegressionResult
+) -> bytes:
+    """The `:regress` answer: from the answer threshold (in values) its JSON is
+    written in a worker, as `:classify`'s.
+
+    Raises:
+        ProtocolError: an empty result (400), or the worker died (503).
+    """
+    if len(result.regressions) < parsers.answer_threshold_elements:
+        return json_codec.format_regress_response(result)
+    return await parsers.in_worker(
+        json_codec.format_serialized_regress_response, result.SerializeToString()
+    )
 
 
 async def other_method(request: Request) -> Response:

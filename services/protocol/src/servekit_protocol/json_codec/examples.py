@@ -158,6 +158,41 @@ def format_classify_response(result: ClassificationResult) -> bytes:
     return dumps({"results": results})
 
 
+def classification_pairs(result: ClassificationResult, enough: int) -> int:
+    """The ``(label, score)`` pairs of ``result``, counted up to ``enough``:
+    what decides where its answer is written. The count stops there, so a large
+    result costs no more counting than the threshold; a classification with no
+    classes counts as one, since its row is written all the same.
+    """
+    pairs = 0
+    for classifications in result.classifications:
+        pairs += len(classifications.classes) or 1
+        if pairs >= enough:
+            break
+    return pairs
+
+
+def format_serialized_classify_response(serialized: bytes) -> bytes:
+    """:func:`format_classify_response` of a serialized ClassificationResult:
+    what a JSON worker is handed (one buffer to pickle, serialized in C), the
+    same bytes as the message written in place.
+
+    Raises:
+        InvalidArgument: the result is empty (as in TF Serving).
+    """
+    return format_classify_response(ClassificationResult.FromString(serialized))
+
+
+def format_serialized_regress_response(serialized: bytes) -> bytes:
+    """:func:`format_regress_response` of a serialized RegressionResult, as
+    :func:`format_serialized_classify_response`.
+
+    Raises:
+        InvalidArgument: the result is empty (as in TF Serving).
+    """
+    return format_regress_response(RegressionResult.FromString(serialized))
+
+
 def format_regress_response(result: RegressionResult) -> bytes:
     """``{"results": [value, ...]}`` for a RegressionResult.
 
