@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from modelserver.__main__ import FlagError, main, parse_bool, parse_flags
+from modelserver.__main__ import main
+from modelserver.flags import FlagError, parse_bool, parse_flags
 from modelserver.settings import Settings
 from pydantic import ValidationError
 from servekit_protocol.grpc_server import Http2Limits
