@@ -255,12 +255,9 @@ async def serve(settings: Settings) -> None:
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     await grpc_server.start()
-    # NOT_SERVING until the backends are ready; then health follows /readyz.
+    # NOT_SERVING until the JSON workers have started and the backends are
+    # ready; from then on health follows /readyz.
     await mark_serving(health, False)
-    first_check = asyncio.Event()
-    health_task = asyncio.create_task(
-        follow_readiness(health, app.state.readiness, first_check)
-    )
     limits = settings.listener_limits()
     config = uvicorn.Config(
         app,
@@ -315,22 +312,37 @@ async def serve(settings: Settings) -> None:
             "default_backend": settings.default_backend,
         },
     )
-    # Whoever reads the ready file may ask gRPC health at once: it answers the
-    # backends' state from the first check on, not a default.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(first_check.wait(), FIRST_CHECK_SECONDS)
-    if settings.ready_file is not None:
-        _write_ready_file(settings.ready_file, http_port, grpc_port)
-    await stopping.wait()
-    health_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await health_task
+    stop_requested = asyncio.create_task(stopping.wait())
+    await asyncio.wait({workers, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+    health_task: asyncio.Task[None] | None = None
+    if _started(workers):
+        # Health follows the checks only from here: the workers are part of
+        # readiness, and the first check made now is fresh (ReadinessCache).
+        first_check = asyncio.Event()
+        health_task = asyncio.create_task(
+            follow_readiness(health, app.state.readiness, first_check)
+        )
+        # Whoever reads the ready file may ask gRPC health at once: it answers
+        # the first check's result, not a default.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(first_check.wait(), FIRST_CHECK_SECONDS)
+        if settings.ready_file is not None:
+            _write_ready_file(settings.ready_file, http_port, grpc_port)
+    await stop_requested
+    if health_task is not None:
+        health_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await health_task
     await mark_serving(health, False)
     await asyncio.gather(http_task, grpc_server.stop(grace=DRAIN_SECONDS))
     await gateway.close()
     workers.cancel()
     _raise_if_failed(workers)
     logger.info("gateway stopped")
+
+
+def _started(workers: asyncio.Task[None]) -> bool:
+    return workers.done() and not workers.cancelled() and workers.exception() is None
 
 
 def _raise_if_failed(workers: asyncio.Task[None]) -> None:

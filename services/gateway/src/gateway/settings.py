@@ -114,7 +114,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Root log level."""
     ready_file: Path | None = None
-    """Once both servers listen, write their ports here as JSON (for supervisors)."""
+    """Once both servers listen, the backends have been checked once and the JSON
+    workers have started, write their ports here as JSON (for supervisors)."""
     auth_failures_per_second: float = Field(
         default=credentials.DEFAULT_FAILURES_PER_SECOND, gt=0
     )

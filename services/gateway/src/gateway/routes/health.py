@@ -24,14 +24,23 @@ class ReadinessCache:
         self._ttl = ttl
         self._answer: tuple[bool, dict[str, Any]] | None = None
         self._expires = 0.0
+        self._workers_started = False
         self._lock = asyncio.Lock()
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
         async with self._lock:
             now = time.monotonic()
-            if self._answer is None or now >= self._expires:
+            # An answer from before the JSON workers started is not reused
+            # after: the start is the moment readiness can first turn true.
+            started = self._gateway.parsers.started
+            if (
+                self._answer is None
+                or now >= self._expires
+                or started != self._workers_started
+            ):
                 self._answer = await self._gateway.readiness()
                 self._expires = time.monotonic() + self._ttl
+                self._workers_started = started
             return self._answer
 
 
