@@ -11,13 +11,18 @@ asserts that none of the small calls waited more than :data:`SMALL_CALL_LATENCY`
 that the large call is answered correctly, and that the server's resident
 memory grew by less than :data:`MEMORY_GROWTH_LIMIT`. A second server parsing
 every message in place answers the same requests byte for byte, errors
-included.
+included. The shared memory segment of an ended process, left before the
+servers start, is gone once they have started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +35,7 @@ from typing import Any
 import grpc
 import httpx
 import numpy as np
+import orjson
 import pytest
 from servekit_protocol import messages
 from servekit_protocol.segments import SEGMENT_DIR
@@ -136,6 +142,24 @@ class Servers:
     offloading: ModelServer
     in_place: ModelServer
     weights: np.ndarray[Any, Any]
+    leftover: Path
+    """A segment named for a process that has ended, made before the servers
+    started (as a server killed while a worker decoded would leave it)."""
+    live_segment: Path
+    """A segment named for this (running) test process, made alongside."""
+
+
+LEFTOVER_BYTES = 3 * 1024 * 1024
+
+
+def _segment_of(pid: int) -> Path:
+    return Path(SEGMENT_DIR) / (f"servekit-{pid}-{secrets.token_hex(8)}-message")
+
+
+def _ended_process_id() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +174,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         f"--model_base_path={registry / 'wide'}",
         f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
     ]
+    leftover = _segment_of(_ended_process_id())
+    leftover.write_bytes(bytes(LEFTOVER_BYTES))
+    live_segment = _segment_of(os.getpid())
+    live_segment.write_bytes(b"live")
     starting = [
         model_server(
             [*flags, f"--grpc_parse_offload_bytes={OFFLOAD_BYTES}"],
@@ -161,6 +189,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         ),
     ]
     with contextlib.ExitStack() as stack:
+        stack.callback(leftover.unlink, missing_ok=True)
+        stack.callback(live_segment.unlink, missing_ok=True)
         # Started side by side: each takes 15-30 s to be ready on a loaded
         # machine (its workers, then its model).
         with ThreadPoolExecutor(len(starting)) as pool:
@@ -169,7 +199,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             if future.exception() is None:
                 stack.push(manager)
         offloading, in_place = (future.result() for future in entered)
-        yield Servers(offloading, in_place, weights)
+        yield Servers(offloading, in_place, weights, leftover, live_segment)
         assert_no_traceback(offloading.process)
         assert_no_traceback(in_place.process)
 
@@ -362,3 +392,21 @@ def test_a_large_compressed_message_is_offloaded_once_inflated(
     answer = messages.PredictResponse.FromString(offloaded[2])
     predictions = np.asarray(answer.outputs["predictions"].double_val)
     np.testing.assert_allclose(predictions, servers.weights[-1], atol=1e-9)
+
+
+def test_segments_left_by_ended_servers_are_removed_at_start(
+    servers: Servers,
+) -> None:
+    assert not servers.leftover.exists()
+    assert servers.live_segment.read_bytes() == b"live"
+    # Both servers swept as they started; whichever came first removed it (and
+    # possibly the leftovers of other ended processes on the machine).
+    lines = [
+        orjson.loads(line)
+        for server in (servers.offloading, servers.in_place)
+        for line in server.process.log_text().splitlines()
+        if "shared memory segments" in line
+    ]
+    assert len(lines) >= 1, servers.offloading.process.log_tail(20)
+    assert sum(line["segments"] for line in lines) >= 1
+    assert sum(line["bytes_freed"] for line in lines) >= LEFTOVER_BYTES

@@ -11,7 +11,9 @@ message and writes each array with one ``write``.
 
 Segments are files created by name (``O_EXCL``, mode 0600) by whichever side
 writes them; the server's side names both and unlinks both once the worker
-has answered, on every path (errors and cancelled calls included). These are
+has answered, on every path (errors and cancelled calls included); what a
+server killed meanwhile leaves, the next one to start removes
+(:func:`sweep_leftovers`). These are
 not :class:`multiprocessing.shared_memory.SharedMemory` segments on purpose:
 on Python 3.11 every process that attaches one registers it with
 multiprocessing's resource tracker, which then warns about it, or unlinks it,
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -44,6 +47,60 @@ def new_name(role: str) -> str:
     """A fresh segment name (the process id, for finding the leftovers of a
     process that crashed, and 64 random bits)."""
     return f"servekit-{os.getpid()}-{secrets.token_hex(8)}-{role}"
+
+
+_NAME = re.compile(r"servekit-([0-9]{1,10})-[0-9a-f]{16}-[a-z]+")
+"""What :func:`new_name` makes: the only names :func:`sweep_leftovers` touches."""
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What :func:`sweep_leftovers` removed."""
+
+    segments: int
+    bytes: int
+
+
+def sweep_leftovers(directory: str = SEGMENT_DIR) -> Swept:
+    """Remove the segments that crashed processes left in ``directory``: those
+    named by :func:`new_name` for a process id that is not running, or for this
+    process's own id (a server calls this as it starts, before it has made any:
+    a restarted container's server often gets its predecessor's id). Segments
+    of a running process, files of another user and every other name are left
+    alone. Blocking (unlinking frees the pages): run it in a thread.
+    """
+    removed = freed = 0
+    own_uid, own_pid = os.getuid(), os.getpid()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = _NAME.fullmatch(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            pid = int(match.group(1))
+            try:
+                status = entry.stat(follow_symlinks=False)
+                if status.st_uid != own_uid or (pid != own_pid and _is_running(pid)):
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue  # gone meanwhile, or not ours to remove
+            removed += 1
+            freed += status.st_size
+    return Swept(removed, freed)
+
+
+def _is_running(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process's id: kill() would mean a group; keep it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OverflowError:
+        return True  # beyond any pid: not ours to judge
+    return True
 
 
 def _path(name: str) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,3 +88,44 @@ def test_unlink_removes_and_ignores_missing(names: list[str]) -> None:
     segments.unlink(name)
     assert not Path(segments.SEGMENT_DIR, name).exists()
     segments.unlink(name)
+
+
+def _dead_pid() -> int:
+    """The id of a process that ran and was reaped (the kernel hands ids out
+    in increasing order, so it is not reused within the test)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_stopped_processes_are_swept(tmp_path: Path) -> None:
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = _dead_pid()
+        files = {
+            "dead": f"servekit-{dead}-0123456789abcdef-message",
+            "dead arrays": f"servekit-{dead}-fedcba9876543210-arrays",
+            "own id": f"servekit-{os.getpid()}-0123456789abcdef-arrays",
+            "live": f"servekit-{live.pid}-0123456789abcdef-message",
+            "other name": f"servekit-{dead}-notrandom-message",
+            "other prefix": f"other-{dead}-0123456789abcdef-message",
+            "no role": f"servekit-{dead}-0123456789abcdef",
+        }
+        for index, name in enumerate(files.values()):
+            (tmp_path / name).write_bytes(b"x" * (index + 1))
+        (tmp_path / f"servekit-{dead}-00000000000000aa-folder").mkdir()
+        swept = segments.sweep_leftovers(str(tmp_path))
+        swept_again = segments.sweep_leftovers(str(tmp_path))
+    finally:
+        live.kill()
+        live.wait()
+    assert swept == segments.Swept(segments=3, bytes=1 + 2 + 3)
+    left = {path.name for path in tmp_path.iterdir()}
+    assert left == {
+        files["live"],
+        files["other name"],
+        files["other prefix"],
+        files["no role"],
+        f"servekit-{dead}-00000000000000aa-folder",
+    }
+    assert swept_again == segments.Swept(0, 0)
