@@ -120,8 +120,11 @@ class PredictDecoder:
         self._parsers = parsers
         self._limits = limits
 
-    async def __call__(self, message: memoryview) -> DecodedPredict:
-        """The request decoded.
+    async def __call__(
+        self, message: memoryview
+    ) -> DecodedPredict | messages.PredictRequest:
+        """The request decoded; the message parsed in place when shared memory
+        is short.
 
         Raises:
             DecodeError: The message does not parse.
@@ -133,18 +136,16 @@ class PredictDecoder:
         decoding.add_done_callback(_retrieve)
         return await asyncio.shield(decoding)
 
-    async def _decode(self, message: memoryview) -> DecodedPredict:
+    async def _decode(
+        self, message: memoryview
+    ) -> DecodedPredict | messages.PredictRequest:
         message_segment = segments.new_name("message")
         arrays_segment = segments.new_name("arrays")
         try:
             try:
                 await asyncio.to_thread(segments.write_bytes, message_segment, message)
             except OSError as exc:
-                logger.error("A large gRPC message could not be handed over: %s", exc)
-                raise Aborted(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "The request message could not be decoded: no shared memory",
-                ) from exc
+                return _in_place(message, exc)
             try:
                 decoded = await self._parsers.in_worker(
                     decode_predict, message_segment, arrays_segment, self._limits
@@ -156,11 +157,7 @@ class PredictDecoder:
                 ) from exc
             except OSError as exc:
                 # The worker could not write the arrays' segment (no space).
-                logger.error("A large gRPC message could not be decoded: %s", exc)
-                raise Aborted(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "The request message could not be decoded: no shared memory",
-                ) from exc
+                return _in_place(message, exc)
             _discard(message_segment)
             if decoded.spec is None:
                 return DecodedPredict(None, decoded.error)
@@ -179,6 +176,23 @@ class PredictDecoder:
         )
 
 
+def _in_place(message: memoryview, exc: OSError) -> messages.PredictRequest:
+    """The message parsed here, as below the threshold: a container's
+    ``/dev/shm`` is 64 MiB unless given more, and a request that cannot go to
+    a worker is still answered, holding the loop as it did before offloading.
+
+    Raises:
+        DecodeError: The message does not parse.
+    """
+    logger.warning(
+        "A large gRPC message is parsed on the event loop: its shared memory "
+        "segment could not be written (%s); give %s more room",
+        exc,
+        segments.SEGMENT_DIR,
+    )
+    return messages.PredictRequest.FromString(bytes(message))
+
+
 def _discard(*names: str) -> None:
     """Unlink segments in a thread, not awaited: unlinking frees the pages of
     the segment there and then, about 50 ms for 256 MiB with the calling
@@ -188,7 +202,7 @@ def _discard(*names: str) -> None:
         loop.run_in_executor(None, segments.unlink, name)
 
 
-def _retrieve(task: asyncio.Future[DecodedPredict]) -> None:
+def _retrieve(task: asyncio.Future[Any]) -> None:
     # The error of a decode whose call was cancelled is nobody's to raise.
     if not task.cancelled():
         with contextlib.suppress(Exception):
