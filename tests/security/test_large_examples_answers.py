@@ -26,6 +26,7 @@ import pytest
 
 from tests.security.figures import record
 from tests.security.stack import assert_no_traceback, loop_cpu_seconds
+from tests.support.compiledmodels import models_config
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.pipelines import CLASSES, publish_classifier
@@ -64,16 +65,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     registry = folder / "models"
     publish_classifier(registry, "classifier")
     publish_linear_pipeline(registry, "linear", offset=1.0)
-    config = folder / "models.config"
-    config.write_text(
-        "model_config_list {\n"
-        + "".join(
-            f'  config {{ name: "{name}" base_path: "{registry / name}" '
-            'model_platform: "sklearn" }\n'
-            for name in ("classifier", "linear")
-        )
-        + "}\n"
-    )
+    config = models_config(folder, registry, ("classifier", "linear"))
     common = (f"--model_config_file={config}", f"--grpc_max_message_bytes={BODY_LIMIT}")
     with (
         model_server(common, log_path=folder / "offloading.log") as offloading,

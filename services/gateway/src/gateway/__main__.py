@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ import yaml
 from pydantic import ValidationError
 from servekit_protocol.grpc_server.limits import described_fields
 from servekit_protocol.http1 import protocol_class
-from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import WorkersNotStarted
 
 from gateway.grpcfront.server import (
@@ -247,7 +245,7 @@ async def serve(settings: Settings) -> None:
     # run (v1 parsing unpickles a SignatureSet).
     gateway.parsers.start(preload=WORKER_MODULES)
     workers = asyncio.create_task(
-        wait_for_workers(gateway.parsers, settings.json_workers_start_timeout_seconds)
+        gateway.parsers.wait_started(settings.json_workers_start_timeout_seconds)
     )
     app = create_app(settings, gateway=gateway)
     grpc_server, health = create_grpc_server(gateway)
@@ -350,24 +348,6 @@ def _raise_if_failed(workers: asyncio.Task[None]) -> None:
         failure = workers.exception()
         if failure is not None:
             raise failure
-
-
-async def wait_for_workers(parsers: BodyParsers, timeout: float) -> None:
-    """Wait for the JSON workers' start, logging it.
-
-    Raises:
-        WorkersNotStarted: Not within `timeout` seconds, or a worker died.
-    """
-    began = time.monotonic()
-    logger.info("JSON workers starting", extra={"workers": parsers.workers})
-    await parsers.wait_started(timeout)
-    logger.info(
-        "JSON workers ready",
-        extra={
-            "workers": parsers.workers,
-            "seconds": round(time.monotonic() - began, 3),
-        },
-    )
 
 
 def _write_ready_file(path: Path, http_port: int, grpc_port: int) -> None:

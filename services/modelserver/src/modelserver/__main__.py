@@ -34,7 +34,6 @@ import gc
 import logging
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -295,16 +294,7 @@ async def _start_up(
         InvalidConfig: See ``DataPlane.start``.
     """
     if parsers is not None:
-        began = time.monotonic()
-        logger.info("JSON workers starting", extra={"workers": parsers.workers})
         await parsers.wait_started(workers_timeout)
-        logger.info(
-            "JSON workers ready",
-            extra={
-                "workers": parsers.workers,
-                "seconds": round(time.monotonic() - began, 3),
-            },
-        )
     await dataplane.start()
 
 

@@ -33,6 +33,7 @@ import importlib
 import logging
 import multiprocessing
 import signal
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -120,7 +121,8 @@ class BodyParsers:
 
     async def wait_started(self, timeout: float) -> None:
         """Wait until the pool has answered the tasks :meth:`start` gave it: its
-        workers have launched and imported what they run.
+        workers have launched and imported what they run. Logs the wait's start
+        and end (``JSON workers starting``, ``JSON workers ready``).
 
         Raises:
             WorkersNotStarted: Not within ``timeout`` seconds, or a worker died
@@ -128,6 +130,8 @@ class BodyParsers:
         """
         if not self._starting:
             return
+        began = time.monotonic()
+        logger.info("JSON workers starting", extra={"workers": self.workers})
         # asyncio.wait, not wait_for: a timeout must not cancel the start.
         done, pending = await asyncio.wait(
             [asyncio.wrap_future(future) for future in self._starting],
@@ -144,6 +148,13 @@ class BodyParsers:
                 raise WorkersNotStarted(
                     f"a JSON worker failed to start: {exc!r}"
                 ) from exc
+        logger.info(
+            "JSON workers ready",
+            extra={
+                "workers": self.workers,
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
 
     async def run(
         self, size: int, function: Callable[..., Result], *args: Any
