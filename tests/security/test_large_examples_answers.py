@@ -14,7 +14,6 @@ alongside kept being answered.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,12 @@ import orjson
 import pytest
 
 from tests.security.figures import record
-from tests.security.stack import assert_no_traceback, loop_cpu_seconds
+from tests.security.stack import (
+    Listener,
+    SmallCalls,
+    assert_no_traceback,
+    loop_cpu_seconds,
+)
 from tests.support.compiledmodels import models_config
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
@@ -123,46 +127,6 @@ def test_an_empty_answer_is_refused_the_same_way(servers: Servers) -> None:
         assert "error" in answer.json()
 
 
-class SmallCalls:
-    """Small ``:predict`` calls one after another on one connection, in a
-    thread, until stopped."""
-
-    def __init__(self, server: ModelServer) -> None:
-        self._client = httpx.Client(
-            base_url=f"http://127.0.0.1:{server.rest_port}", timeout=30
-        )
-        self._stop = threading.Event()
-        self.latencies: list[float] = []
-        self.statuses: set[int] = set()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _call(self) -> None:
-        started = time.perf_counter()
-        answer = self._client.post(
-            "/v1/models/linear:predict",
-            content=b'{"instances": [{"a": 1.0, "b": 2.0}]}',
-            headers={"content-type": "application/json"},
-        )
-        self.latencies.append(time.perf_counter() - started)
-        self.statuses.add(answer.status_code)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._call()
-            time.sleep(0.01)
-
-    def __enter__(self) -> SmallCalls:
-        self._call()  # the connection is open before the large call goes
-        self.latencies.clear()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._client.close()
-
-
 def test_a_large_classify_answer_does_not_hold_up_other_clients(
     servers: Servers,
 ) -> None:
@@ -183,15 +147,12 @@ def test_a_large_classify_answer_does_not_hold_up_other_clients(
     assert used["offloading"] < LOOP_CPU_LIMIT, (
         f"the event loop spent {used['offloading']:.2f} s of CPU on the call"
     )
-    with SmallCalls(servers.offloading) as small:
+    listener = Listener(
+        "model server", servers.offloading.rest_port, servers.offloading.process, {}
+    )
+    with SmallCalls(listener) as small:
         answer = _post(servers.offloading, "classify", body)
         time.sleep(0.05)
     assert answer.status_code == 200
-    assert small.statuses == {200}
-    assert len(small.latencies) >= 3
-    slowest = max(small.latencies)
-    record("slowest small call s", slowest)
-    assert slowest < SMALL_CALL_LATENCY, (
-        f"a small call waited {slowest:.3f} s while the answer was written"
-    )
+    small.assert_kept_up(SMALL_CALL_LATENCY, "answer was written")
     assert_no_traceback(servers.offloading.process)

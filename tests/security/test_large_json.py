@@ -12,7 +12,6 @@ the machine is) and that none of the small calls waited more than
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ import pytest
 
 from tests.security.figures import record
 from tests.security.stack import (
-    PREDICT_BODY,
     PREDICT_PATH,
     Listener,
+    SmallCalls,
     Stack,
     assert_no_traceback,
     cpu_seconds,
@@ -156,55 +155,6 @@ def test_the_workers_start_with_the_server_not_with_the_first_body(
 
 def _rows(count: int) -> list[dict[str, float]]:
     return [{"a": index * 0.25, "b": 1.5} for index in range(count)]
-
-
-class SmallCalls:
-    """Small ``:predict`` calls one after another on one connection, in a thread,
-    until stopped; the slowest one's seconds."""
-
-    def __init__(self, listener: Listener) -> None:
-        self._client = httpx.Client(base_url=listener.url, timeout=30)
-        self._headers = {"content-type": "application/json", **listener.headers}
-        self._stop = threading.Event()
-        self.latencies: list[float] = []
-        self.statuses: set[int] = set()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _call(self) -> None:
-        started = time.perf_counter()
-        answer = self._client.post(
-            PREDICT_PATH, content=PREDICT_BODY, headers=self._headers
-        )
-        self.latencies.append(time.perf_counter() - started)
-        self.statuses.add(answer.status_code)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._call()
-            # Leaves the server idle in between, as separate clients would.
-            time.sleep(0.01)
-
-    def __enter__(self) -> SmallCalls:
-        self._call()  # the connection is open before the large body goes
-        self.latencies.clear()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._client.close()
-
-    def assert_kept_up(self, limit: float, during: str) -> None:
-        """Every small call answered 200, at least three of them, none slower
-        than ``limit`` seconds (recorded as a figure)."""
-        assert self.statuses == {200}
-        assert len(self.latencies) >= 3
-        slowest = max(self.latencies)
-        record("slowest small call s", slowest)
-        assert slowest < limit, (
-            f"a small call waited {slowest:.3f} s while the {during}"
-        )
 
 
 def _large_call(listener: Listener, body: bytes) -> httpx.Response:
