@@ -49,9 +49,11 @@ class OffloadedDecoder:
     loop (in a worker process): a large message parsed in place holds the loop,
     and with it every other call, for as long as the parse takes.
 
-    ``decode`` gets the message's bytes, a view valid until it returns, and
-    gives what the handler receives in place of the parsed message; a
-    ``DecodeError`` it raises answers as a failed parse does in place.
+    ``decode`` gets the message's bytes and gives what the handler receives in
+    place of the parsed message; a ``DecodeError`` it raises answers as a
+    failed parse does in place. The bytes are a view of the call's ended body,
+    which the connection never changes afterwards (releasing it only drops the
+    connection's reference), so the decoder's result may keep the view.
     """
 
     decode: Callable[[memoryview], Awaitable[Any]]
