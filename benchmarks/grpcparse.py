@@ -32,7 +32,7 @@ import time
 import numpy as np
 import uvloop
 from modelserver.protocol.grpc import converters
-from modelserver.protocol.grpc.largerequests import DecodedPredict, PredictDecoder
+from modelserver.protocol.grpc.largerequests import Decoded, PredictDecoder
 from servekit_protocol import messages
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
@@ -87,7 +87,7 @@ async def offloaded(
     else:
         decoded = await decoder(memoryview(data))
         # A parse in place (no room in shared memory) would measure nothing.
-        assert isinstance(decoded, DecodedPredict), "parsed in place"
+        assert isinstance(decoded, Decoded), "parsed in place"
         assert decoded.request is not None, decoded.error
     seconds = time.perf_counter() - started
     done.set()
