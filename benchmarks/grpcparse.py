@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import uvloop
 from modelserver.protocol.grpc import converters
-from modelserver.protocol.grpc.largerequests import DecodedPredict, PredictDecoder
+from modelserver.protocol.grpc.largerequests import Decoded, PredictDecoder
 from servekit_protocol import messages
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
@@ -95,7 +95,7 @@ async def offloaded(
         decoded = await decoder(memoryview(data))
         # A parse in place (no room in shared memory) would measure nothing.
         assert not isinstance(decoded, messages.PredictRequest), "parsed in place"
-        if isinstance(decoded, DecodedPredict):
+        if isinstance(decoded, Decoded):
             assert decoded.request is not None, decoded.error
     seconds = time.perf_counter() - started
     done.set()

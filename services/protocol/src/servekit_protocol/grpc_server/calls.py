@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from hpack import NeverIndexedHeaderTuple
 
-from servekit_protocol import grpcweb
+from servekit_protocol import grpcweb, messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server.hpack_cache import OK_TRAILERS, RESPONSE_HEADERS
 from servekit_protocol.grpcweb_server import Aborted, WebContext
@@ -308,7 +308,13 @@ def frame(call: Call, message: Any) -> bytes:
         Aborted: RESOURCE_EXHAUSTED over the send limit.
     """
     serializer = call.handler.response_serializer
-    serialized: bytes = serializer(message) if serializer is not None else message
+    serialized: bytes
+    if isinstance(message, messages.Serialized):
+        serialized = message.data
+    elif serializer is not None:
+        serialized = serializer(message)
+    else:
+        serialized = message
     limit = call.max_send_bytes
     if len(serialized) > limit:
         raise Aborted(
