@@ -225,7 +225,9 @@ def model_server(registry: Path, folder: Path) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from servekit.batch import predictors, versions
+    from servekit.batch import versions
+    from servekit.batch.inprocess import InProcessPredictor
+    from servekit.batch.remote import RemotePredictor
 
     args = parse_args(argv)
     registry = ensure_models(args.registry, args.models)
@@ -240,11 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         with server as target:
             for name in args.models:
                 version = versions.resolve_version(registry, refs_of(name))
-                local = predictors.InProcessPredictor(registry, name, version, "")
+                local = InProcessPredictor(registry, name, version, "")
                 remote = (
                     None
                     if target is None
-                    else predictors.RemotePredictor(
+                    else RemotePredictor(
                         target, name, version=version, label=None, signature="",
                         api_key=None, retries=2, timeout=120,
                         concurrency=args.concurrency,

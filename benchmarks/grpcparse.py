@@ -11,7 +11,14 @@ ticks (1 ms apart): that gap is the stall other clients would see. Sizes are
 of ``double_val`` messages (the costliest encoding to parse), rounds side by
 side, medians reported.
 
-Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]``.
+With ``--target gateway``: the gateway's two steps of a large ``Predict`` that
+hold its loop, each one synchronous (so each is a stall): reading the message
+(parsed whole and the tensor limits checked, or read for forwarding by
+:func:`gateway.clients.forwarded.read_predict`), then writing it for the
+backend (the target's model spec set, serialized and framed for gRPC-Web).
+
+Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
+[--target gateway]``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import time
 import numpy as np
 import uvloop
 from modelserver.protocol.grpc import converters
-from modelserver.protocol.grpc.largerequests import DecodedPredict, PredictDecoder
+from modelserver.protocol.grpc.largerequests import Decoded, PredictDecoder
 from servekit_protocol import messages
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
@@ -80,7 +87,7 @@ async def offloaded(
     else:
         decoded = await decoder(memoryview(data))
         # A parse in place (no room in shared memory) would measure nothing.
-        assert isinstance(decoded, DecodedPredict), "parsed in place"
+        assert isinstance(decoded, Decoded), "parsed in place"
         assert decoded.request is not None, decoded.error
     seconds = time.perf_counter() - started
     done.set()
@@ -122,13 +129,66 @@ async def measure(sizes: list[int], rounds: int) -> None:
         parsers.close()
 
 
+def gateway_steps(data: bytes, forward: bool) -> tuple[float, float]:
+    """Seconds of the gateway's read step and write step for one message."""
+    from gateway.clients.forwarded import ForwardedPredict, read_predict
+    from gateway.context import apply_target
+    from gateway.routing.router import Target
+    from servekit_protocol import grpcweb
+    from servekit_protocol.tensor_limits import check_tensor_protos
+
+    started = time.perf_counter()
+    request = (
+        read_predict(memoryview(data))
+        if forward
+        else messages.PredictRequest.FromString(data)
+    )
+    check_tensor_protos(request.inputs.values(), _LIMITS)
+    read = time.perf_counter()
+    apply_target(request.model_spec, Target("wide", ("b:1",), 2, None, "stable"))
+    if isinstance(request, ForwardedPredict):
+        request.framed()
+    else:
+        grpcweb.frame(request.SerializeToString())
+    return read - started, time.perf_counter() - read
+
+
+def measure_gateway(sizes: list[int], rounds: int) -> None:
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        "| message | parsed whole: read, write (worst) "
+        "| forwarded: read, write (worst) |"
+    )
+    print("| ---: | ---: | ---: |")
+    for mib in sizes:
+        data = message_of(mib)
+        steps: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(rounds):
+            for forward in (False, True):
+                steps[forward].append(gateway_steps(data, forward))
+        cells = []
+        for forward in (False, True):
+            reads = [read for read, _ in steps[forward]]
+            writes = [write for _, write in steps[forward]]
+            cells.append(
+                f"{statistics.median(reads) * 1e3:.0f} ms, "
+                f"{statistics.median(writes) * 1e3:.0f} ms "
+                f"({max(max(reads), max(writes)) * 1e3:.0f} ms)"
+            )
+        print(f"| {len(data) / 2**20:.0f} MiB | {cells[0]} | {cells[1]} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="16,64,256", help="MiB, comma separated")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--target", choices=("modelserver", "gateway"))
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(",")]
-    uvloop.run(measure(sizes, options.rounds))
+    if options.target == "gateway":
+        measure_gateway(sizes, options.rounds)
+    else:
+        uvloop.run(measure(sizes, options.rounds))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,13 @@ may answer 404 ("Servable not found"). Nothing here assumes how fast the machine
 is: the order of events is fixed by the test, and only the overall limits are
 times, set for a machine loaded many times over.
 
+A version that fails to load does not hold readiness back: a load refused for a
+digest mismatch ends at once, one that raises ends after its retries; either is
+reported in model status (END with its error) while the other models serve.
+
+``servekit serve`` says it is ready only then: the first requests after its
+announcement find every model loaded.
+
 ``servekit loadtest`` waits for that readiness before its first request: started
 before its target exists, on a model whose load takes seconds, it sends nothing
 until the server says ready, and no request of its run fails.
@@ -28,10 +35,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from modelregistry import Registry
 
 from tests.support.gateway import running_gateway
 from tests.support.models import publish_linear_pipeline
-from tests.support.modelserver import MODEL_SERVER, health_status
+from tests.support.modelserver import MODEL_SERVER, health_status, model_server
 from tests.support.processes import REPO_ROOT, VENV_BIN, free_port, running_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -187,6 +195,113 @@ def _ask(
         answer = front.post(f"/v1/models/{model}:predict", json=body)
         if answer.status_code == 404:
             not_found.append(f"gateway predict {model}: {answer.text}")
+
+
+def test_a_version_that_fails_to_load_is_reported_and_does_not_block_readiness(
+    tmp_path: Path,
+) -> None:
+    registry = tmp_path / "models"
+    publish_linear_pipeline(registry, "sound")
+    publish_linear_pipeline(registry, "tampered")
+    # Its pickle no longer matches the manifest's sha256: refused, not retried.
+    with (registry / "tampered" / "1" / "model.joblib").open("ab") as artifact:
+        artifact.write(b"tampered")
+    # Listed with its digest, but not a pickle: the load raises and is retried.
+    with Registry(registry).publish("unreadable", framework="sklearn") as draft:
+        (draft.path / "model.joblib").write_bytes(b"not a pickle")
+        draft.manifest.update(artifact="model.joblib", task="regression")
+    body = {"instances": [{"a": 1.0, "b": 1.0}]}
+    with (
+        model_server(
+            [
+                f"--model_config_file={registry / 'servekit.config'}",
+                "--max_num_load_retries=2",
+                "--load_retry_interval_micros=200000",
+            ],
+            log_path=tmp_path / "modelserver.log",
+            ready_timeout=TIMEOUT_SECONDS,
+        ) as server,
+        running_gateway(
+            tmp_path / "gateway",
+            env={
+                "GATEWAY_REGISTRY": str(registry),
+                "GATEWAY_DEFAULT_BACKEND": server.grpc_target,
+            },
+        ) as gateway,
+        httpx.Client(base_url=server.rest_url, timeout=30) as rest,
+        httpx.Client(base_url=gateway.url, timeout=30) as front,
+    ):
+        # model_server returned: gRPC health said SERVING.
+        assert server.health_seen[-1] == "SERVING"
+        ready = rest.get("/v2/health/ready")
+        assert (ready.status_code, ready.json()) == (200, {"ready": True})
+        log = server.process.log_text()
+        for name, attempts in (("tampered", 1), ("unreadable", 3)):
+            status = rest.get(f"/v1/models/{name}").json()["model_version_status"]
+            assert [entry["state"] for entry in status] == ["END"], status
+            assert status[0]["status"]["error_code"] != "OK", status
+            assert status[0]["status"]["error_message"], status
+            failures = log.count(f"Loading {name} version 1 failed")
+            assert failures == attempts, log
+        assert rest.post("/v1/models/sound:predict", json=body).status_code == 200
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while _gateway_readiness(front) != "200":
+            assert time.monotonic() < deadline, front.get("/readyz").text
+            time.sleep(0.1)
+        answer = front.post("/v1/models/sound:predict", json=body)
+        assert answer.status_code == 200, answer.text
+
+
+SERVE_MODELS = [f"serve_{index:02d}" for index in range(6)]
+SERVE_STEP_SECONDS = 0.3
+"""Each model's warmup sleeps at least 2 x 0.3 s: six loads leave seconds in
+which a premature "ready" would send the first request into a 404."""
+
+
+def test_serve_says_ready_only_once_every_model_answers(tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    for index, name in enumerate(SERVE_MODELS):
+        publish_linear_pipeline(
+            registry, name, offset=float(index), sleep_seconds=SERVE_STEP_SECONDS
+        )
+    ports = [free_port() for _ in range(4)]
+    while len(set(ports)) < 4:
+        ports = [free_port() for _ in range(4)]
+    http_port, grpc_port, ms_port, ms_rest_port = ports
+    output = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
+    argv: list[str | os.PathLike[str]] = [
+        VENV_BIN / "servekit", "serve",
+        "--registry", registry,
+        "--port", str(http_port),
+        "--grpc-port", str(grpc_port),
+        "--model-server-port", str(ms_port),
+        "--model-server-rest-port", str(ms_rest_port),
+        "--log-dir", tmp_path / "logs",
+    ]  # fmt: skip
+    body = {"instances": [{"a": 1.0, "b": 1.0}]}
+    with (
+        busy_cpus(2),
+        running_process(
+            argv,
+            log_path=output,
+            env=env,
+            ready=lambda: "servekit is ready" in output.read_text(),
+            ready_timeout=TIMEOUT_SECONDS,
+            stop_timeout=40,
+        ),
+        httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as front,
+    ):
+        # The first requests after the announcement: none may find a model
+        # still loading, through either endpoint that says ready.
+        answers = {
+            model: front.post(f"/v1/models/{model}:predict", json=body).status_code
+            for model in SERVE_MODELS
+        }
+        assert answers == dict.fromkeys(SERVE_MODELS, 200), output.read_text()
+        assert front.get("/readyz").status_code == 200
+        ready = httpx.get(f"http://127.0.0.1:{ms_rest_port}/v2/health/ready")
+        assert ready.status_code == 200, ready.text
 
 
 LOADTEST_MODEL = "slow_linear"

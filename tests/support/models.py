@@ -183,6 +183,43 @@ def publish_linear_pipeline(
     return draft.version
 
 
+def publish_linear_pipeline_before_nullable(
+    registry_root: Path, name: str, *, offset: float = 1.0, impute: bool = False
+) -> int:
+    """Publish :func:`publish_linear_pipeline`'s model as version 1 of ``name`` the
+    way servekit published it before features recorded ``nullable``: the same
+    files, and a manifest with the same fields but no ``nullable`` key (the
+    manifest is not among its own digests). Built hidden, manifest last, renamed
+    into place."""
+    import tempfile
+
+    from modelregistry import MANIFEST_FILE, Registry, read_manifest
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch_root = Path(scratch) / "models"
+        publish_linear_pipeline(scratch_root, name, offset=offset, impute=impute)
+        source = scratch_root / name / "1"
+        manifest = read_manifest(source)
+        written_then = manifest.model_copy(
+            update={
+                "features": [
+                    feature.model_copy(update={"nullable": None})
+                    for feature in manifest.features
+                ]
+            }
+        )
+        base = registry_root / name
+        base.mkdir(parents=True, exist_ok=True)
+        hidden = base / ".tmp-1"
+        shutil.copytree(source, hidden, ignore=shutil.ignore_patterns(MANIFEST_FILE))
+        (hidden / MANIFEST_FILE).write_text(
+            written_then.model_dump_json(indent=2) + "\n", encoding="utf-8"
+        )
+        hidden.rename(base / "1")
+    Registry(registry_root).write_configs()
+    return 1
+
+
 def copy_tfserving_testdata(destination: Path, *names: str) -> Path:
     """Copy TF Serving's test models (all, or the ``names``) under ``destination``.
 

@@ -16,6 +16,7 @@ from modelregistry import (
     VersionExists,
     VersionNotFound,
     load_pickle,
+    nullability_unrecorded,
     read_manifest,
     sha256_file,
 )
@@ -199,3 +200,27 @@ def test_bad_names_are_refused(registry: Registry) -> None:
         registry.publish("ok", framework="sklearn", version=0),
     ):
         pass
+
+
+def test_publishing_records_nullability_and_old_manifests_stay_as_written(
+    registry: Registry,
+) -> None:
+    publish_linear(registry)
+    path = registry.version_dir("linear", 1) / MANIFEST_FILE
+    written = json.loads(path.read_text())
+    # A publisher that does not say gets an explicit false, never an absent key.
+    assert [f["nullable"] for f in written["features"]] == [False, False]
+    assert nullability_unrecorded(read_manifest(path.parent)) == []
+
+    # A manifest as servekit wrote it before the field: no key, read as None,
+    # and written back without one when the version is amended.
+    for feature in written["features"]:
+        del feature["nullable"]
+    path.write_text(json.dumps(written, indent=2) + "\n")
+    old = read_manifest(path.parent)
+    assert [f.nullable for f in old.features] == [None, None]
+    assert nullability_unrecorded(old) == ["a", "b"]
+    registry.amend("linear", 1, "extra", {"extra/note.txt": b"x"}, {})
+    amended = json.loads(path.read_text())
+    assert all("nullable" not in f for f in amended["features"])
+    assert registry.verify("linear", 1) == []

@@ -164,11 +164,7 @@ def sklearn_description(
         findings = inspect_pipeline(estimator, names)
         dtypes = _feature_dtypes(findings, names, examples)
         fields["features"] = [
-            {
-                "name": n,
-                "dtype": d,
-                **({"nullable": True} if n in findings.imputed else {}),
-            }
+            {"name": n, "dtype": d, "nullable": n in findings.imputed}
             for n, d in dtypes.items()
         ]
         if not examples:

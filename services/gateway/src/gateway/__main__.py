@@ -78,6 +78,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--default-backend": ("default_backend", str),
     "--max-body-bytes": ("max_body_bytes", int),
     "--json-offload-bytes": ("json_offload_bytes", int),
+    "--grpc-forward-bytes": ("grpc_forward_bytes", int),
     "--json-workers": ("json_workers", int),
     "--json-answer-offload-elements": ("json_answer_offload_elements", int),
     "--json-workers-start-timeout-seconds": (

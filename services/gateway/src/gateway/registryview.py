@@ -17,6 +17,7 @@ from modelregistry import (
     Manifest,
     Registry,
     RegistryError,
+    nullability_unrecorded,
 )
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,31 @@ def file_identity(path: Path) -> FileIdentity | None:
     except OSError:
         return None
     return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _warn_if_nullability_unrecorded(
+    model: str, version: int, manifest: Manifest
+) -> None:
+    """One line per version (manifests are read once) whose typed endpoints keep
+    taking null in every float column because its manifest predates
+    `Feature.nullable`."""
+    columns = nullability_unrecorded(manifest)
+    if not columns:
+        return
+    logger.warning(
+        "%s version %d: its manifest predates recorded nullability, so its typed "
+        "endpoints take null in every float column as they did when it was "
+        "published (a model that does not impute the column answers 400); "
+        "publish the model again (servekit models publish, or its training job) "
+        "to record which columns it imputes and refuse null elsewhere with 422",
+        model,
+        version,
+        extra={
+            "servable": model,
+            "servable_version": version,
+            "unrecorded_columns": columns,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,7 @@ class RegistryView:
             manifest = None
         if manifest is not None:
             self._manifests[key] = manifest
+            _warn_if_nullability_unrecorded(model, version, manifest)
         return manifest
 
     def framework(self, model: str) -> str | None:

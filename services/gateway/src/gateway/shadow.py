@@ -16,6 +16,7 @@ from servekit_protocol.logs import REQUEST_ID_HEADER
 
 from gateway.clients.arrays import ArrayRequest, output_arrays
 from gateway.clients.coalescer import Coalescer, Request, Response
+from gateway.clients.forwarded import ForwardedPredict
 from gateway.context import CallContext, apply_target
 from gateway.errors import GatewayError
 from gateway.observability.metrics import GatewayMetrics
@@ -89,7 +90,7 @@ class Shadow:
             ).inc()
             return
         mirrored: Request
-        if isinstance(request, ArrayRequest):
+        if isinstance(request, ArrayRequest | ForwardedPredict):
             mirrored = request.copy()
         else:
             mirrored = messages.PredictRequest()

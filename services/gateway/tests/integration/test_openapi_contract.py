@@ -6,8 +6,9 @@ and a bounded number per operation), and runs every one of its checks on the
 answers: no 5xx, every status and content type documented, every body matching
 its schema, schema-valid rows accepted, schema-violating rows refused, wrong
 methods answered 405. The registry has a float64 regression (no missing values),
-the same with an imputer (null accepted), and a float32 one (values beyond
-float32's range refused).
+the same with an imputer (null accepted), a float32 one (values beyond
+float32's range refused), and an imputing one published before manifests
+recorded `nullable` (null taken in every float column, as then).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import httpx
 import pytest
 
 from tests.support.gateway import GatewayProcess, running_gateway
-from tests.support.models import publish_linear_pipeline
+from tests.support.models import (
+    publish_linear_pipeline,
+    publish_linear_pipeline_before_nullable,
+)
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.processes import VENV_BIN
 
@@ -39,6 +43,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     publish_linear_pipeline(root, "linear", offset=1.0)
     publish_linear_pipeline(root, "imputed", offset=2.0, impute=True)
     publish_linear_pipeline(root, "narrow", offset=3.0, dtype="float32")
+    publish_linear_pipeline_before_nullable(root, "old", offset=4.0, impute=True)
     return root
 
 
@@ -72,6 +77,7 @@ def test_schemathesis_finds_nothing(gateway: GatewayProcess, tmp_path: Path) -> 
         "/models/linear/predict",
         "/models/imputed/predict",
         "/models/narrow/versions/1/predict",
+        "/models/old/predict",
     } <= set(document["paths"])
     run = subprocess.run(
         [

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gateway.codecs.typed import build_typed_signature
+from gateway.codecs.typed import UNRECORDED_NULL_NOTE, build_typed_signature
 from modelregistry import Manifest
 from pydantic import ValidationError
 from servekit_protocol import messages
@@ -189,8 +189,8 @@ def test_no_typed_form_for_classify_signatures() -> None:
 def test_floats_are_finite_within_their_dtype_and_null_only_where_imputed() -> None:
     narrow = manifest(
         features=[
-            {"name": "x", "dtype": "float32"},
-            {"name": "y", "dtype": "float64"},
+            {"name": "x", "dtype": "float32", "nullable": False},
+            {"name": "y", "dtype": "float64", "nullable": False},
         ],
         signatures={
             "serving_default": {
@@ -220,3 +220,36 @@ def test_floats_are_finite_within_their_dtype_and_null_only_where_imputed() -> N
     schema = typed.response_model.model_json_schema()
     item = schema["properties"]["predictions"]["items"]
     assert {"type": "null"} in item["anyOf"]
+
+
+def test_a_manifest_from_before_nullable_takes_null_in_float_columns() -> None:
+    # What servekit wrote before Feature.nullable: no key. Such a version keeps
+    # the schema it was published with: null in every float column (as NaN),
+    # and the field says why and what a model that does not impute answers.
+    written_then = manifest(
+        features=[
+            {"name": "x", "dtype": "float32"},
+            {"name": "n", "dtype": "int64"},
+        ],
+        signatures={
+            "serving_default": {
+                "inputs": {
+                    "x": {"dtype": "float32", "shape": [-1]},
+                    "n": {"dtype": "int64", "shape": [-1]},
+                },
+                "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
+            }
+        },
+    )
+    assert [f.nullable for f in written_then.features] == [None, None]
+    typed = build_typed_signature("old", 1, written_then, "serving_default")
+    assert typed is not None
+    body = typed.request_model.model_validate({"instances": [{"x": None, "n": 2}]})
+    rows = [row.model_dump(by_alias=True) for row in body.__dict__["instances"]]
+    assert math.isnan(to_ndarray(typed.predict_request(rows).inputs["x"])[0])
+    with pytest.raises(ValidationError):
+        typed.request_model.model_validate({"instances": [{"x": 1.0, "n": None}]})
+    properties = typed.row_model.model_json_schema()["properties"]
+    assert {"type": "null"} in properties["x"]["anyOf"]
+    assert properties["x"]["description"] == f"float32; {UNRECORDED_NULL_NOTE}"
+    assert properties["n"]["description"] == "int64"

@@ -40,6 +40,7 @@ from modelregistry.manifest import (
     Manifest,
     Signature,
     TensorSpec,
+    nullability_unrecorded,
     read_manifest,
     sha256_file,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "library_versions",
     "load_model",
     "load_pickle",
+    "nullability_unrecorded",
     "modules_from_files",
     "parse_version",
     "read_manifest",

@@ -7,7 +7,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from modelregistry.errors import ManifestError
 
@@ -62,9 +69,23 @@ class Feature(_Strict):
 
     name: str
     dtype: DType
-    nullable: bool = False
+    nullable: bool | None = None
     """The model takes a missing value here (JSON null, NaN): its pipeline
-    imputes the column. Typed endpoints accept null only for such columns."""
+    imputes the column. Typed endpoints accept null only for such columns.
+    None (the key absent) is a manifest written before servekit recorded this:
+    typed endpoints then keep what they did for it, taking null in any float
+    column. Publishing always writes true or false (`record_nullability`)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unrecorded(
+        self, serialize: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        # A manifest rewritten later (amend_version) stays as it was written:
+        # without the key, not with a null that no publisher ever wrote.
+        data: dict[str, Any] = serialize(self)
+        if self.nullable is None:
+            data.pop("nullable", None)
+        return data
 
 
 class FileDigest(_Strict):
@@ -141,6 +162,24 @@ class Manifest(_Strict):
     compiled: CompiledVerdict | None = None
     """The compiled model's gate verdict; None when the version was not compiled."""
     files: dict[str, FileDigest] = Field(default_factory=dict)
+
+
+def record_nullability(manifest: Manifest) -> Manifest:
+    """The manifest with every feature's `nullable` written out: a feature whose
+    publisher did not say is not nullable (a typed endpoint refuses null there)."""
+    if all(feature.nullable is not None for feature in manifest.features):
+        return manifest
+    features = [
+        feature.model_copy(update={"nullable": bool(feature.nullable)})
+        for feature in manifest.features
+    ]
+    return manifest.model_copy(update={"features": features})
+
+
+def nullability_unrecorded(manifest: Manifest) -> list[str]:
+    """The features whose manifest predates `Feature.nullable` (empty when every
+    feature records it)."""
+    return [feature.name for feature in manifest.features if feature.nullable is None]
 
 
 def read_manifest(version_dir: Path) -> Manifest:

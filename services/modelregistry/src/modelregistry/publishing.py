@@ -26,6 +26,7 @@ from modelregistry.manifest import (
     Manifest,
     digest_files,
     read_manifest,
+    record_nullability,
 )
 from modelregistry.state import read_state, write_state
 
@@ -106,7 +107,7 @@ def complete_draft(draft: Draft, model_dir: Path, version: int | None) -> None:
     }
     fields["files"] = digest_files(draft.path)
     try:
-        manifest = Manifest.model_validate(fields)
+        manifest = record_nullability(Manifest.model_validate(fields))
     except ValueError as exc:
         raise ManifestError(f"cannot publish {draft.name}: {exc}") from exc
     if manifest.artifact not in manifest.files:

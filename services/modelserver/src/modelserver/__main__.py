@@ -109,10 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker_modules(settings: Settings) -> tuple[str, ...]:
     """The modules of the functions the JSON workers will run."""
     modules = ["modelserver.protocol.rest.codec"] if settings.rest_api_port else []
-    if (settings.port or settings.grpc_socket_path) and (
-        settings.grpc_parse_offload_bytes
-    ):
-        modules.append("modelserver.protocol.grpc.largerequests")
+    if settings.port or settings.grpc_socket_path or settings.rest_api_port:
+        # Large Classify, Regress and MultiInference answers (gRPC, gRPC-Web).
+        modules.append("modelserver.protocol.grpc.largeanswers")
+        if settings.grpc_parse_offload_bytes:
+            modules.append("modelserver.protocol.grpc.largeexamples")
     return tuple(modules)
 
 
@@ -194,6 +195,7 @@ async def serve(settings: Settings) -> int:
             max_body_bytes=settings.grpc_max_message_bytes,
             packed_outputs=settings.enable_serialization_as_tensor_content,
             parsers=parsers,
+            grpc_parse_offload_bytes=settings.grpc_parse_offload_bytes,
         )
         rest_server = RestServer(
             app,

@@ -110,11 +110,51 @@ class PredictResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class FeatureColumn:
+    """One feature of a batch of tf.Examples, column by column.
+
+    Attributes:
+        values: The values of every example that has the feature, one example
+            after the other: ``float64`` when they are all floats, ``int64``
+            when all ints, else an ``object`` array of the Python values
+            (``bytes``, or a mix of kinds).
+        lengths: How many values each example holding the feature has (0 for
+            a feature with no list set).
+        present: The indices of the examples holding the feature, increasing;
+            None when every example holds it.
+    """
+
+    values: Tensor
+    lengths: Tensor
+    present: Tensor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleColumns:
+    """tf.Examples, already merged with their context, as one column a feature
+    (:mod:`modelserver.examplecolumns`): what a large gRPC message decoded in
+    a worker process hands over, arrays instead of a dict an example.
+
+    Attributes:
+        rows: How many examples.
+        features: Feature name -> its column.
+    """
+
+    rows: int
+    features: dict[str, FeatureColumn]
+
+
+Examples: TypeAlias = "list[Example] | ExampleColumns"
+"""A call's tf.Examples: dicts (merged with ``context`` when it runs) or
+columns (``context`` already merged in, and then None)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ClassifyRequest:
     """A Classify call: tf.Examples, optionally merged with a shared ``context``."""
 
     spec: ModelSpec
-    examples: list[Example]
+    examples: Examples
     context: Example | None = None
 
 
@@ -123,7 +163,7 @@ class RegressRequest:
     """A Regress call: tf.Examples, optionally merged with a shared ``context``."""
 
     spec: ModelSpec
-    examples: list[Example]
+    examples: Examples
     context: Example | None = None
 
 
@@ -214,7 +254,7 @@ class MultiInferenceRequest:
     """Several classify/regress tasks of one model on the same examples."""
 
     tasks: tuple[InferenceTask, ...]
-    examples: list[Example]
+    examples: Examples
     context: Example | None = None
 
 

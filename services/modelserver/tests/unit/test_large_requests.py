@@ -1,4 +1,4 @@
-"""A large Predict message that cannot go to a worker is parsed in place."""
+"""A large message that cannot go to a worker is parsed in place."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import NoReturn
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
+from modelserver.protocol.grpc.largeexamples import CLASSIFY, ExamplesDecoder
 from modelserver.protocol.grpc.largerequests import PredictDecoder
+from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, segments
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensors import from_ndarray
@@ -52,3 +54,20 @@ async def test_a_message_parsed_in_place_that_does_not_parse_raises_decode_error
             await PredictDecoder(parsers, None)(memoryview(b"\x0a\xff\xff\xff"))
     finally:
         parsers.close()
+
+
+async def test_an_examples_message_without_room_is_parsed_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(segments, "write_bytes", _no_room)
+    request = messages.ClassificationRequest()
+    request.model_spec.name = "classifier"
+    request.input.CopyFrom(example_codec.from_dicts([{"a": [1.0], "b": [2.0]}]))
+    data = request.SerializeToString()
+    parsers = BodyParsers()
+    try:
+        decoded = await ExamplesDecoder(parsers, CLASSIFY)(memoryview(data))
+    finally:
+        parsers.close()
+    assert isinstance(decoded, messages.ClassificationRequest)
+    assert decoded == request

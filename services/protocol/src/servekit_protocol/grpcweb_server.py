@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -24,6 +24,9 @@ from google.protobuf.message import DecodeError, Message
 from servekit_protocol import grpcweb, messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.services import MODEL_SERVICE, PREDICTION_SERVICE
+
+if TYPE_CHECKING:
+    from servekit_protocol.grpc_server.calls import OffloadedDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +150,14 @@ async def call_unary(
     body: bytes,
     metadata: Sequence[tuple[str, str]],
     timeout_header: str | None,
+    offloaded: Mapping[str, OffloadedDecoder] | None = None,
 ) -> WebAnswer:
     """Run one unary call; every outcome is a gRPC status, never an exception
-    (a servicer's own unexpected errors are its ``abort`` to make)."""
+    (a servicer's own unexpected errors are its ``abort`` to make).
+
+    ``offloaded`` gives, by path, the decoders of large messages, as on the
+    gRPC port (:meth:`~servekit_protocol.grpc_server.GrpcServer.offload_decoding`).
+    """
     text = grpcweb.is_text(content_type)
     answer_type = _answer_type(content_type)
     try:
@@ -167,8 +175,17 @@ async def call_unary(
             context = WebContext(context.invocation_metadata(), deadline)
         if text:
             body = grpcweb.decode_text(body)
+        decoder = offloaded.get(raw_path) if offloaded else None
         try:
-            request = request_type.FromString(grpcweb.request_message(body))
+            if decoder is not None and len(body) >= decoder.threshold_bytes:
+                # A view: copying hundreds of MiB would hold the loop too.
+                message = grpcweb.request_message(memoryview(body))  # type: ignore[arg-type]
+                if len(message) >= decoder.threshold_bytes:
+                    request = await decoder.decode(memoryview(message))
+                else:
+                    request = request_type.FromString(message)
+            else:
+                request = request_type.FromString(grpcweb.request_message(body))
         except DecodeError as exc:
             raise Aborted(
                 grpc.StatusCode.INTERNAL,

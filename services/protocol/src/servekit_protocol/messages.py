@@ -126,7 +126,28 @@ PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
 REGRESS_METHOD_NAME = "tensorflow/serving/regress"
 
+
+class Serialized:
+    """A response message serialized already (in a worker process, for a large
+    answer): the gRPC and gRPC-Web servers send its bytes as they are, where
+    serializing the message object would hold the event loop.
+
+    Args:
+        data: The message's serialized bytes.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:
+        """The bytes, as a message's method gives them."""
+        return self.data
+
+
 __all__ = [
+    "Serialized",
     "CLASSIFY_METHOD_NAME",
     "DT_BFLOAT16",
     "DT_BOOL",

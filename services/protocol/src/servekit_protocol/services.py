@@ -31,6 +31,7 @@ from servekit_protocol.messages import (
     RegressionResponse,
     ReloadConfigRequest,
     ReloadConfigResponse,
+    Serialized,
 )
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
@@ -130,17 +131,23 @@ class PredictionServiceServicer:
 
     Override the methods you serve, as ``def`` for ``grpc.server`` or
     ``async def`` for ``grpc.aio.server``; the others answer UNIMPLEMENTED.
+    An answer already :class:`~servekit_protocol.messages.Serialized` is for
+    servekit's own servers (HTTP/2 and gRPC-Web) only.
     """
 
     def Classify(
         self, request: ClassificationRequest, context: ServicerContext
-    ) -> ClassificationResponse | Awaitable[ClassificationResponse]:
+    ) -> (
+        ClassificationResponse
+        | Serialized
+        | Awaitable[ClassificationResponse | Serialized]
+    ):
         del request
         _unimplemented(context, "Classify")
 
     def Regress(
         self, request: RegressionRequest, context: ServicerContext
-    ) -> RegressionResponse | Awaitable[RegressionResponse]:
+    ) -> RegressionResponse | Serialized | Awaitable[RegressionResponse | Serialized]:
         del request
         _unimplemented(context, "Regress")
 
@@ -152,7 +159,11 @@ class PredictionServiceServicer:
 
     def MultiInference(
         self, request: MultiInferenceRequest, context: ServicerContext
-    ) -> MultiInferenceResponse | Awaitable[MultiInferenceResponse]:
+    ) -> (
+        MultiInferenceResponse
+        | Serialized
+        | Awaitable[MultiInferenceResponse | Serialized]
+    ):
         del request
         _unimplemented(context, "MultiInference")
 

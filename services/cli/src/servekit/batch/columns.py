@@ -98,20 +98,36 @@ class TableColumns:
         return self.instance(offset)
 
     def model_inputs(
-        self, dtypes: Mapping[str, np.dtype[Any]], offsets: Array
+        self,
+        dtypes: Mapping[str, np.dtype[Any]],
+        offsets: Array,
+        *,
+        text_as_str: bool = False,
     ) -> dict[str, Array] | None:
         """The codec's arrays for these rows, by input name; ``None``: ask the codec.
 
-        ``dtypes`` holds each input's numpy dtype (``object`` for strings).
+        Args:
+            dtypes: Each input's numpy dtype (``object`` for strings).
+            offsets: The rows, ascending.
+            text_as_str: Give text inputs as ``str`` objects rather than the
+                codec's UTF-8 ``bytes``: for a runtime whose first step is to
+                decode those bytes to ``str`` (scikit-learn's), this is the
+                same array without the encoding and the decoding row by row.
         """
         every = len(offsets) == self.rows  # offsets ascend: then they are all rows
         if self.layout == KEYED:
             arrays = {}
             for name, dtype in dtypes.items():
-                array = self._utf8(name, offsets) if dtype.kind == "O" else None
+                array = (
+                    self._text(name, offsets, text_as_str)
+                    if dtype.kind == "O"
+                    else None
+                )
                 if array is None:
                     column = self.arrays[name]
-                    array = _as_input(column if every else column[offsets], dtype)
+                    array = _as_input(
+                        column if every else column[offsets], dtype, text_as_str
+                    )
                 if array is None:
                     return None
                 arrays[name] = array
@@ -121,7 +137,7 @@ class TableColumns:
         ((name, dtype),) = dtypes.items()
         columns = [array if every else array[offsets] for array in self.arrays.values()]
         if self.layout == BARE:
-            single = _as_input(columns[0], dtype)
+            single = _as_input(columns[0], dtype, text_as_str)
             return None if single is None else {name: single}
         if dtype.kind == "O" or any(
             column.dtype.kind not in "if" for column in columns
@@ -129,11 +145,11 @@ class TableColumns:
             return None
         # numpy types a list of Python ints and floats as float64 (int64 when all
         # are ints), as column_stack promotes the columns.
-        matrix = _as_input(np.column_stack(columns), dtype)
+        matrix = _as_input(np.column_stack(columns), dtype, text_as_str)
         return None if matrix is None else {name: matrix}
 
-    def _utf8(self, name: str, offsets: Array) -> Array | None:
-        """A text column's values as UTF-8 ``bytes`` (the codec's), made by Arrow."""
+    def _text(self, name: str, offsets: Array, as_str: bool) -> Array | None:
+        """A text column's values as UTF-8 ``bytes`` (or ``str``), made by Arrow."""
         if self.source is None:
             return None
         column = self.source[name]
@@ -143,9 +159,13 @@ class TableColumns:
             return None
         if len(offsets) != self.rows:
             column = column.take(pa.array(offsets))
-        binary = pa.large_binary() if pa.types.is_large_string(column.type) else None
-        # The cast reuses the UTF-8 buffers; only the bytes objects are new.
-        array: Array = column.cast(binary or pa.binary()).to_numpy(zero_copy_only=False)
+        if not as_str:
+            binary = (
+                pa.large_binary() if pa.types.is_large_string(column.type) else None
+            )
+            # The cast reuses the UTF-8 buffers; only the bytes objects are new.
+            column = column.cast(binary or pa.binary())
+        array: Array = column.to_numpy(zero_copy_only=False)
         return array
 
     def arrow_columns(
@@ -264,12 +284,17 @@ def _value(array: Array, offset: int, plain: bool) -> Any:
     return value
 
 
-def _as_input(column: Array, dtype: np.dtype[Any]) -> Array | None:
-    """``column`` as the codec converts a list of its values to ``dtype``."""
+def _as_input(column: Array, dtype: np.dtype[Any], text_as_str: bool) -> Array | None:
+    """``column`` as the codec converts a list of its values to ``dtype``.
+
+    ``text_as_str``: text stays ``str`` (see :meth:`TableColumns.model_inputs`).
+    """
     kind = column.dtype.kind
     target = dtype.kind
     if dtype.kind == "O":
         if kind == "O" and all(type(value) is str for value in column.tolist()):
+            if text_as_str:
+                return column
             return object_array([value.encode("utf-8") for value in column.tolist()])
         return None
     if target == "b":

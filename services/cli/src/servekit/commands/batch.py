@@ -123,7 +123,15 @@ def _positive(text: str) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from servekit.batch import job, predictors, refs, sources, versions
+    from servekit.batch import (
+        inprocess,
+        job,
+        predictors,
+        refs,
+        remote,
+        sources,
+        versions,
+    )
 
     ref = refs.parse_model_ref(args.model)
     shard = refs.parse_shard(args.shard)
@@ -132,7 +140,7 @@ def _predict(args: argparse.Namespace) -> int:
     predictor: predictors.Predictor
     if args.target:
         api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-        predictor = predictors.RemotePredictor(
+        predictor = remote.RemotePredictor(
             args.target,
             ref.name,
             version=ref.version,
@@ -146,7 +154,7 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         registry = registry_path(args)
         version = versions.resolve_version(registry, ref)
-        predictor = predictors.InProcessPredictor(
+        predictor = inprocess.InProcessPredictor(
             registry, ref.name, version, args.signature
         )
     try:

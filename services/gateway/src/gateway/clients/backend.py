@@ -31,6 +31,7 @@ from servekit_protocol.services import (
 
 from gateway.clients import grpcweb
 from gateway.clients.breaker import BreakerState, CircuitBreaker
+from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import (
     ConnectionFailed,
     HttpAnswer,
@@ -90,6 +91,11 @@ class Backend:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.prediction = PredictionServiceStub(self.channel)
+        self.forward_predict = self.channel.unary_unary(
+            f"/{PREDICTION_SERVICE}/Predict",
+            response_deserializer=messages.PredictResponse.FromString,
+        )
+        """Predict taking the request's bytes (`ForwardedPredict`'s)."""
         self.models = ModelServiceStub(self.channel)
         self.http = HttpBackend(rest_address) if rest_address is not None else None
         """The same server's REST API, when the settings name it."""
@@ -282,13 +288,15 @@ async def _grpc_web_call(
     service, response_type = _WEB_METHODS[method]
     try:
         async with asyncio.timeout(timeout):
-            answer = await grpcweb.unary_call(
-                backend.http,
-                f"/{service}/{method}",
-                request.SerializeToString(),
-                timeout,
-                metadata,
-            )
+            path = f"/{service}/{method}"
+            if isinstance(request, ForwardedPredict):
+                answer = await grpcweb.framed_call(
+                    backend.http, path, request.framed(), timeout, metadata
+                )
+            else:
+                answer = await grpcweb.unary_call(
+                    backend.http, path, request.SerializeToString(), timeout, metadata
+                )
     except TimeoutError:
         backend.breaker.record_cancelled()
         raise DeadlineExceeded(
@@ -332,6 +340,10 @@ class BackendClient:
                         backend.http.address,
                         exc,
                     )
+            if isinstance(request, ForwardedPredict):
+                return await backend.forward_predict(
+                    request.SerializeToString(), timeout=timeout, metadata=md
+                )
             call = getattr(getattr(backend, stub), method)
             return await call(request, timeout=timeout, metadata=md)
 
@@ -380,7 +392,7 @@ class BackendClient:
     async def predict(
         self,
         addresses: Sequence[str],
-        request: messages.PredictRequest,
+        request: messages.PredictRequest | ForwardedPredict,
         deadline: float,
         metadata: Metadata,
     ) -> messages.PredictResponse:

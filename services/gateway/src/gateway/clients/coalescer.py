@@ -51,10 +51,12 @@ from servekit_protocol.logs import REQUEST_ID_HEADER
 
 from gateway.clients.arrays import ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, Metadata
+from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.restbatch import RestPredict
 from gateway.clients.strategies import (
     ArrayStrategy,
+    ForwardedStrategy,
     Key,
     Parts,
     ProtoStrategy,
@@ -69,7 +71,7 @@ from gateway.observability.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
-Request = messages.PredictRequest | ArrayRequest
+Request = messages.PredictRequest | ArrayRequest | ForwardedPredict
 """A Predict for the backend's gRPC API."""
 Response = messages.PredictResponse | ArrayResponse
 AnyRequest = Request | RestPredict
@@ -178,6 +180,7 @@ class Coalescer:
                 messages.PredictRequest: ProtoStrategy(client),
                 ArrayRequest: ArrayStrategy(client),
                 RestPredict: RestStrategy(client),
+                ForwardedPredict: ForwardedStrategy(client),
             },
             metrics.coalesced_requests.observe,
             max_rows=max_rows,
@@ -195,6 +198,15 @@ class Coalescer:
         self,
         addresses: Sequence[str],
         request: messages.PredictRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> messages.PredictResponse: ...
+
+    @overload
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: ForwardedPredict,
         deadline: float,
         metadata: Metadata,
     ) -> messages.PredictResponse: ...

@@ -64,13 +64,28 @@ async def unary_call(
         NotSpoken: the port answered as a plain REST server (TF Serving).
         ConnectionFailed: no answer came back.
     """
+    return await framed_call(http, path, grpcweb.frame(request), timeout, metadata)
+
+
+async def framed_call(
+    http: HttpBackend,
+    path: str,
+    framed: bytes,
+    timeout: float,
+    metadata: Sequence[tuple[str, str]],
+) -> bytes:
+    """:func:`unary_call` with the request already framed.
+
+    Raises:
+        RpcFailed, NotSpoken, ConnectionFailed: as :func:`unary_call`.
+    """
     headers = (
         ("content-type", _CONTENT_TYPE),
         ("x-grpc-web", "1"),
         ("grpc-timeout", grpcweb.encode_timeout(timeout)),
         *metadata,
     )
-    answer = await http.request("POST", path, grpcweb.frame(request), headers)
+    answer = await http.request("POST", path, framed, headers)
     return answer_message(answer)
 
 

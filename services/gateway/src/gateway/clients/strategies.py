@@ -16,10 +16,11 @@ strategy reports:
 - `Shared`: an answer that is the same for everyone (a REST error status);
 - a raised `GatewayError`: an error of the backend itself, handed to every caller.
 
-Three kinds: gRPC callers' protos (`ProtoStrategy`), REST callers' typed arrays
-(`ArrayStrategy`, see `clients.arrays`) and untranslated REST bodies for the
-backend's REST API (`RestStrategy`, see `clients.restbatch`); each merges only
-with its own kind and answers in its own kind.
+Three kinds merge: gRPC callers' protos (`ProtoStrategy`), REST callers' typed
+arrays (`ArrayStrategy`, see `clients.arrays`) and untranslated REST bodies for
+the backend's REST API (`RestStrategy`, see `clients.restbatch`); each merges
+only with its own kind and answers in its own kind. Large gRPC messages
+forwarded unparsed (`ForwardedStrategy`, see `clients.forwarded`) go alone.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gateway.clients.arrays import (
     split_arrays,
 )
 from gateway.clients.backend import BackendClient, Metadata
+from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.protobatch import merge_requests, proto_layout, split_response
 from gateway.clients.restbatch import RestPredict, merge_rest, split_rest
@@ -331,3 +333,41 @@ class RestStrategy:
 
     def succeeded(self, response: HttpAnswer) -> bool:
         return response.status == 200
+
+
+class ForwardedStrategy:
+    """Large gRPC Predicts forwarded as they came (`clients.forwarded`): never
+    merged, since merging needs their tensors parsed, which forwarding avoids;
+    a message that large fills a backend batch on its own anyway."""
+
+    def __init__(self, client: BackendClient) -> None:
+        self._client = client
+
+    def key(
+        self,
+        request: ForwardedPredict,  # noqa: ARG002 (none merges)
+    ) -> tuple[Key, int] | None:
+        return None
+
+    async def call(
+        self,
+        addresses: Sequence[str],
+        request: ForwardedPredict,
+        deadline: float,
+        metadata: Metadata,
+    ) -> messages.PredictResponse:
+        return await self._client.predict(addresses, request, deadline, metadata)
+
+    async def call_merged(
+        self,
+        addresses: Sequence[str],
+        requests: Sequence[ForwardedPredict],
+        rows: Sequence[int],
+        deadline: float,
+        metadata: Metadata,
+    ) -> Merged[messages.PredictResponse]:
+        del addresses, requests, rows, deadline, metadata
+        raise AssertionError("forwarded requests have no key, so never merge")
+
+    def succeeded(self, response: messages.PredictResponse) -> bool:
+        return response is not None

@@ -7,6 +7,12 @@ what is accepted and answered: integers within their dtype, floats finite and
 within their dtype's range (beyond it a value would reach the model as
 infinity), null only for columns the model imputes (`Feature.nullable`), and
 float outputs that may be null where the model's result is not finite.
+
+A manifest written before `Feature.nullable` existed does not say which columns
+the model imputes. Its version keeps answering as it did when published: null
+is taken in every float column of a tabular model and reaches the model as NaN
+(a model that imputes the column answers, one that does not answers 400), and
+the schema's field descriptions say so.
 """
 
 from __future__ import annotations
@@ -56,6 +62,13 @@ _FLOAT_MAX = {
 """Largest finite value per float dtype: a larger input would reach the model as
 infinity (or overflow it), so it is refused with 422 rather than answered with
 non-numbers."""
+
+UNRECORDED_NULL_NOTE = (
+    "null reaches the model as NaN: this version's manifest predates servekit "
+    "recording which columns a model imputes, so a model that does not impute "
+    "this one answers 400"
+)
+"""How a null-taking field of a manifest without `Feature.nullable` is described."""
 
 NON_FINITE_NOTE = (
     "null where the model's output is not a finite number (NaN or an infinity, "
@@ -126,6 +139,11 @@ def _scalar_type(dtype: str, nullable: bool) -> Any:
     return StrictStr
 
 
+def _takes_null(spec: FieldSpec) -> bool:
+    """Whether the field's schema admits null (scalar float columns only)."""
+    return spec.nullable and not spec.row_shape and spec.dtype in _FLOAT_MAX
+
+
 def _refuse_huge_integer(largest: int, value: Any) -> Any:
     """An integer beyond the dtype's range would round onto its largest float and
     pass the bound; compared exactly, it does not."""
@@ -184,6 +202,9 @@ class FieldSpec:
     row_shape: tuple[int, ...]
     nullable: bool = False
     """A missing value (null) is accepted: the model imputes it."""
+    nullable_unrecorded: bool = False
+    """The manifest predates `Feature.nullable`: null is accepted as it was
+    then, whether or not the model imputes (`UNRECORDED_NULL_NOTE`)."""
 
 
 @dataclass
@@ -273,6 +294,8 @@ def _row_fields(
         return None
     inputs = signature.inputs
     feature_names = [feature.name for feature in manifest.features]
+    # Before Feature.nullable, every float column of a tabular model took null.
+    unrecorded = {f.name for f in manifest.features if f.nullable is None}
     if manifest.features and set(feature_names) == set(inputs):
         # One input per feature (scikit-learn pipelines): feature order and dtypes.
         fields = [
@@ -280,7 +303,8 @@ def _row_fields(
                 f.name,
                 inputs[f.name].dtype,
                 tuple(inputs[f.name].shape[1:]),
-                f.nullable,
+                f.nullable is not False,
+                f.name in unrecorded,
             )
             for f in manifest.features
         ]
@@ -292,13 +316,22 @@ def _row_fields(
         name, spec = next(iter(inputs.items()))
         if len(spec.shape) == 2 and spec.shape[1] in (-1, len(manifest.features)):
             fields = [
-                FieldSpec(f.name, f.dtype, (), f.nullable) for f in manifest.features
+                FieldSpec(
+                    f.name, f.dtype, (), f.nullable is not False, f.name in unrecorded
+                )
+                for f in manifest.features
             ]
             return fields, (name, spec)
     if any(not spec.shape for spec in inputs.values()):
         return None
     return [
-        FieldSpec(name, spec.dtype, tuple(spec.shape[1:]))
+        FieldSpec(
+            name,
+            spec.dtype,
+            tuple(spec.shape[1:]),
+            bool(unrecorded),
+            bool(unrecorded),
+        )
         for name, spec in sorted(inputs.items())
     ], None
 
@@ -315,9 +348,12 @@ def build_typed_signature(
     base = _class_name(model, f"v{version}", signature_name)
     row_definitions: dict[str, Any] = {}
     for index, spec in enumerate(fields):
+        description = spec.dtype
+        if spec.nullable_unrecorded and _takes_null(spec):
+            description = f"{spec.dtype}; {UNRECORDED_NULL_NOTE}"
         row_definitions[_field_key(index)] = (
             _value_type(spec.dtype, spec.row_shape, nullable=spec.nullable),
-            Field(alias=spec.name, description=f"{spec.dtype}"),
+            Field(alias=spec.name, description=description),
         )
     row_model: type[BaseModel] = create_model(
         f"{base}Row",

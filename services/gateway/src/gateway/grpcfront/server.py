@@ -4,7 +4,10 @@ Protocol's `inference.GRPCInferenceService`, and gRPC health.
 It runs on :class:`servekit_protocol.grpc_server.GrpcServer` (HTTP/2 on the event
 loop) instead of grpc.aio, whose poller thread and event-loop hand-offs took
 about 70% of the gateway's CPU under a cheap model's gRPC load. The API key is
-checked from a call's headers before any of its body is kept.
+checked from a call's headers before any of its body is kept. A Predict
+message from ``GATEWAY_GRPC_FORWARD_BYTES`` up is not parsed whole: only its
+model spec and tensor shapes are read, and its bytes are forwarded
+(:mod:`gateway.clients.forwarded`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import logging
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from servekit_protocol.grpc_server import GrpcServer
+from servekit_protocol import messages
+from servekit_protocol.grpc_server import GrpcServer, OffloadedDecoder
 from servekit_protocol.oip_services import (
     INFERENCE_SERVICE,
     add_inference_service_to_server,
@@ -26,6 +30,7 @@ from servekit_protocol.services import (
     add_prediction_service_to_server,
 )
 
+from gateway.clients.forwarded import ForwardedPredict, read_predict
 from gateway.dataplane import Gateway
 from gateway.grpcfront.inference import InferenceProxy
 from gateway.grpcfront.servicer import (
@@ -55,6 +60,11 @@ def create_grpc_server(
     )
     front = GrpcFront(gateway)
     add_prediction_service_to_server(PredictionProxy(front), server)
+    if settings.grpc_forward_bytes > 0:
+        server.offload_decoding(
+            f"/{PREDICTION_SERVICE}/Predict",
+            OffloadedDecoder(_read_large_predict, settings.grpc_forward_bytes),
+        )
     add_model_service_to_server(ModelProxy(front), server)
     add_inference_service_to_server(
         InferenceProxy(front, ReadinessCache(gateway)), server
@@ -62,6 +72,18 @@ def create_grpc_server(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer
+
+
+async def _read_large_predict(
+    message: memoryview,
+) -> ForwardedPredict | messages.PredictRequest:
+    """A large Predict read for forwarding, on the loop: the head parse and the
+    copy of the rest run at memory speed (a few ms for 16 MiB).
+
+    Raises:
+        DecodeError: the message does not parse (answered as in place).
+    """
+    return read_predict(message)
 
 
 async def mark_serving(

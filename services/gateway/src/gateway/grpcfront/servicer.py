@@ -32,6 +32,7 @@ from servekit_protocol.services import (
 )
 from servekit_protocol.tensor_limits import check_tensor_protos
 
+from gateway.clients.forwarded import ForwardedPredict
 from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
 from gateway.errors import (
@@ -206,11 +207,16 @@ class PredictionProxy(PredictionServiceServicer):
         self._gateway = front.gateway
 
     async def Predict(
-        self, request: messages.PredictRequest, context: ServicerContext
+        self,
+        request: messages.PredictRequest | ForwardedPredict,
+        context: ServicerContext,
     ) -> messages.PredictResponse:
+        """A large message comes as a `ForwardedPredict` (only its spec and
+        tensor shapes read); it is routed, checked and answered the same way."""
         version, label = spec_version(request.model_spec)
 
         async def handle(ctx: CallContext) -> messages.PredictResponse:
+            # A ForwardedPredict's inputs carry the fields the limits read.
             check_tensor_protos(
                 request.inputs.values(), self._gateway.gatekeeper.tensor_limits
             )

@@ -6,18 +6,20 @@ or ``application/grpc-web-text`` runs the gRPC front's proxies
 (:mod:`gateway.grpcfront.servicer`). Keys (``x-api-key`` or ``Authorization``
 headers), routing, rollouts, rate limits, deadlines (``grpc-timeout``), metrics
 (``protocol="grpc-web"``) and logs are the gRPC port's, and so are the status
-codes, sent trailers-only on failure. For clients that cannot speak HTTP/2 (a
+codes, sent trailers-only on failure; a large Predict is forwarded unparsed
+as on the gRPC port. For clients that cannot speak HTTP/2 (a
 browser's gRPC-Web client, an HTTP/1.1-only proxy) without an Envoy in between.
 """
 
 from __future__ import annotations
 
-from servekit_protocol import grpcweb_server
+from servekit_protocol import grpcweb_server, messages
 from servekit_protocol.grpcweb import is_grpc_web
 from servekit_protocol.logs import REQUEST_ID_HEADER, accept_request_id
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from gateway.clients.forwarded import ForwardedPredict, read_predict
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError
 from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy, needs_key
@@ -28,6 +30,27 @@ SERVICE_PREFIX = grpcweb_server.SERVICE_PREFIX
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 
 
+class PredictReader:
+    """Parses a gRPC-Web Predict message as the gRPC port does: from
+    ``threshold`` bytes up it is read for forwarding (model spec and tensor
+    shapes only, :mod:`gateway.clients.forwarded`), below it parsed whole."""
+
+    def __init__(self, threshold: int) -> None:
+        self._threshold = threshold
+        self.__name__ = messages.PredictRequest.__name__
+        """The type a parse error names, as for a parsed message."""
+
+    def FromString(self, data: bytes) -> messages.PredictRequest | ForwardedPredict:
+        """The request.
+
+        Raises:
+            DecodeError: the message does not parse.
+        """
+        if len(data) >= self._threshold:
+            return read_predict(memoryview(data))
+        return messages.PredictRequest.FromString(data)
+
+
 class GrpcWebEndpoint:
     """The ASGI handler of every gRPC-Web path."""
 
@@ -36,6 +59,13 @@ class GrpcWebEndpoint:
         self._methods = grpcweb_server.tf_serving_methods(
             PredictionProxy(front), ModelProxy(front)
         )
+        threshold = gateway.settings.grpc_forward_bytes
+        if threshold > 0:
+            predict = f"{SERVICE_PREFIX}PredictionService/Predict"
+            self._methods[predict] = (
+                PredictReader(threshold),
+                self._methods[predict][1],
+            )
         self._limit = max_body_bytes
         self._gateway = gateway
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 
+from modelserver import examplecolumns
 from modelserver.errors import (
     InvalidInput,
     PredictSignatureNotFound,
@@ -32,6 +33,8 @@ from modelserver.types import (
     REGRESS_METHOD,
     Classifications,
     Example,
+    ExampleColumns,
+    Examples,
     SignatureInfo,
     Tensor,
 )
@@ -132,7 +135,7 @@ class Runtime(ABC):
 
     @abstractmethod
     def prepare_classify(
-        self, signature_name: str, examples: list[Example], context: Example | None
+        self, signature_name: str, examples: Examples, context: Example | None
     ) -> PreparedCall:
         """Turn a Classify call's examples into a call.
 
@@ -143,7 +146,7 @@ class Runtime(ABC):
 
     @abstractmethod
     def prepare_regress(
-        self, signature_name: str, examples: list[Example], context: Example | None
+        self, signature_name: str, examples: Examples, context: Example | None
     ) -> PreparedCall:
         """Turn a Regress call's examples into a call.
 
@@ -413,12 +416,16 @@ def regression_results(values: Tensor, num_examples: int) -> list[float]:
     return result
 
 
-def merge_examples(examples: list[Example], context: Example | None) -> list[Example]:
+def merge_examples(examples: Examples, context: Example | None) -> list[Example]:
     """Each example with the context's features added (the example's win).
 
     Raises:
         InvalidInput: There are no examples.
     """
+    if isinstance(examples, ExampleColumns):
+        if not examples.rows:
+            raise InvalidInput("Input is empty.")
+        return examplecolumns.to_examples(examples)
     if not examples:
         raise InvalidInput("Input is empty.")
     if not context:

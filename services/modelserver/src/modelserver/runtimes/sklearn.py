@@ -37,7 +37,7 @@ from modelregistry import (
 )
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 
-from modelserver import warning_filters
+from modelserver import examplecolumns, warning_filters
 from modelserver.errors import (
     IntegrityFailure,
     InternalError,
@@ -75,6 +75,8 @@ from modelserver.runtimes.sklearn_signatures import (
 from modelserver.types import (
     Classifications,
     Example,
+    ExampleColumns,
+    Examples,
     SignatureInfo,
     Tensor,
 )
@@ -222,7 +224,7 @@ class SklearnRuntime(Runtime):
         )
 
     def prepare_classify(
-        self, signature_name: str, examples: list[Example], context: Example | None
+        self, signature_name: str, examples: Examples, context: Example | None
     ) -> PreparedCall:
         key, signature = self.signature_for_examples(signature_name)
         if not self._has_proba or self._classes is None:
@@ -235,7 +237,7 @@ class SklearnRuntime(Runtime):
         return PreparedCall(key, columns, (PROBABILITIES,), rows)
 
     def prepare_regress(
-        self, signature_name: str, examples: list[Example], context: Example | None
+        self, signature_name: str, examples: Examples, context: Example | None
     ) -> PreparedCall:
         key, signature = self.signature_for_examples(signature_name)
         columns, rows = self._columns_from_examples(key, signature, examples, context)
@@ -379,15 +381,27 @@ class SklearnRuntime(Runtime):
         self,
         key: str,
         signature: SignatureInfo,
-        examples: list[Example],
+        examples: Examples,
         context: Example | None,
     ) -> tuple[dict[str, Tensor], int]:
-        merged = merge_examples(examples, context)
-        if self._matrix_inputs.get(key) is not None:
-            raise InvalidInput(
-                f"Signature {key} takes one unnamed feature matrix; tf.Examples "
-                "need named features"
+        if isinstance(examples, ExampleColumns):
+            # Decoded in a worker: whole columns, checked without a dict each.
+            if not examples.rows:
+                raise InvalidInput("Input is empty.")
+            self._refuse_matrix(key)
+            singles = examplecolumns.single_values(examples, list(signature.inputs))
+            return self._coerce(
+                key,
+                signature,
+                {
+                    alias: column_array(array.tolist())
+                    if array.dtype == object
+                    else array
+                    for alias, array in singles.items()
+                },
             )
+        merged = merge_examples(examples, context)
+        self._refuse_matrix(key)
         values: dict[str, list[Any]] = {alias: [] for alias in signature.inputs}
         for index, example in enumerate(merged):
             for alias, column in values.items():
@@ -402,6 +416,13 @@ class SklearnRuntime(Runtime):
                 column.append(feature[0])
         arrays = {alias: column_array(column) for alias, column in values.items()}
         return self._coerce(key, signature, arrays)
+
+    def _refuse_matrix(self, key: str) -> None:
+        if self._matrix_inputs.get(key) is not None:
+            raise InvalidInput(
+                f"Signature {key} takes one unnamed feature matrix; tf.Examples "
+                "need named features"
+            )
 
 
 def _rows(call: PreparedCall) -> int:

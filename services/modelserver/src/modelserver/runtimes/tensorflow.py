@@ -55,6 +55,7 @@ from modelserver.runtimes.base import (
 )
 from modelserver.types import (
     Example,
+    Examples,
     SignatureInfo,
     Tensor,
     TensorInfo,
@@ -204,7 +205,7 @@ class TensorFlowRuntime(Runtime):
         return PreparedCall(key, checked, outputs, common_batch_size(checked))
 
     def prepare_classify(
-        self, signature_name: str, examples: list[Example], context: Example | None
+        self, signature_name: str, examples: Examples, context: Example | None
     ) -> PreparedCall:
         key, signature = self._signature_for_examples(signature_name)
         check_classify_signature(
@@ -221,7 +222,7 @@ class TensorFlowRuntime(Runtime):
         )
 
     def prepare_regress(
-        self, signature_name: str, examples: list[Example], context: Example | None
+        self, signature_name: str, examples: Examples, context: Example | None
     ) -> PreparedCall:
         key, signature = self._signature_for_examples(signature_name)
         check_regress_signature(

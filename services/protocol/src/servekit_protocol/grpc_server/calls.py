@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from hpack import NeverIndexedHeaderTuple
 
-from servekit_protocol import grpcweb
+from servekit_protocol import grpcweb, messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server.hpack_cache import OK_TRAILERS, RESPONSE_HEADERS
 from servekit_protocol.grpcweb_server import Aborted, WebContext
@@ -49,9 +49,11 @@ class OffloadedDecoder:
     loop (in a worker process): a large message parsed in place holds the loop,
     and with it every other call, for as long as the parse takes.
 
-    ``decode`` gets the message's bytes, a view valid until it returns, and
-    gives what the handler receives in place of the parsed message; a
-    ``DecodeError`` it raises answers as a failed parse does in place.
+    ``decode`` gets the message's bytes and gives what the handler receives in
+    place of the parsed message; a ``DecodeError`` it raises answers as a
+    failed parse does in place. The bytes are a view of the call's ended body,
+    which the connection never changes afterwards (releasing it only drops the
+    connection's reference), so the decoder's result may keep the view.
     """
 
     decode: Callable[[memoryview], Awaitable[Any]]
@@ -306,7 +308,13 @@ def frame(call: Call, message: Any) -> bytes:
         Aborted: RESOURCE_EXHAUSTED over the send limit.
     """
     serializer = call.handler.response_serializer
-    serialized: bytes = serializer(message) if serializer is not None else message
+    serialized: bytes
+    if isinstance(message, messages.Serialized):
+        serialized = message.data
+    elif serializer is not None:
+        serialized = serializer(message)
+    else:
+        serialized = message
     limit = call.max_send_bytes
     if len(serialized) > limit:
         raise Aborted(

@@ -25,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 import numpy as np
+from google.protobuf.message import Message
 from servekit_protocol import messages, segments
 from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
@@ -42,20 +44,23 @@ from modelserver.types import ModelSpec, PredictRequest
 
 logger = logging.getLogger(__name__)
 
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+
 
 @dataclass(frozen=True, slots=True)
-class DecodedPredict:
-    """A Predict request decoded in a worker, or why it could not be.
+class Decoded(Generic[Request]):
+    """A request decoded in a worker, or why it could not be.
 
     Attributes:
         request: The decoded request; None when ``error`` says why not.
         error: The INVALID_ARGUMENT message of a request that does not decode.
     """
 
-    request: PredictRequest | None
+    request: Request | None
     error: str = ""
 
-    def unwrap(self) -> PredictRequest:
+    def unwrap(self) -> Request:
         """The request.
 
         Raises:
@@ -65,6 +70,10 @@ class DecodedPredict:
         if self.request is None:
             raise InvalidInput(self.error)
         return self.request
+
+
+DecodedPredict = Decoded[PredictRequest]
+"""A Predict request decoded in a worker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,22 +116,34 @@ def decode_predict(
     )
 
 
-class PredictDecoder:
-    """Decodes a Predict message in a worker process (the gRPC server's
-    :class:`~servekit_protocol.grpc_server.OffloadedDecoder` for ``Predict``).
+class SegmentDecoder(Generic[Result]):
+    """Decodes one method's large messages in a worker process (the gRPC
+    server's :class:`~servekit_protocol.grpc_server.OffloadedDecoder`): the
+    message goes through a segment, the worker's numeric arrays come back
+    through another, and :meth:`assemble` builds what the servicer gets.
 
     Args:
         parsers: The worker processes.
-        limits: The request's tensor limits (None for none).
+        message_type: The method's request message, parsed in place when
+            shared memory is short.
+        worker: The module-level function the worker runs on the message's
+            and the arrays' segment names, then ``worker_args``.
+        worker_args: Its other arguments.
     """
 
-    def __init__(self, parsers: BodyParsers, limits: TensorLimits | None) -> None:
+    def __init__(
+        self,
+        parsers: BodyParsers,
+        message_type: type[Message],
+        worker: Callable[..., Any],
+        *worker_args: Any,
+    ) -> None:
         self._parsers = parsers
-        self._limits = limits
+        self._message_type = message_type
+        self._worker = worker
+        self._worker_args = worker_args
 
-    async def __call__(
-        self, message: memoryview
-    ) -> DecodedPredict | messages.PredictRequest:
+    async def __call__(self, message: memoryview) -> Result | Message:
         """The request decoded; the message parsed in place when shared memory
         is short.
 
@@ -136,19 +157,21 @@ class PredictDecoder:
         decoding.add_done_callback(_retrieve)
         return await asyncio.shield(decoding)
 
-    async def _decode(
-        self, message: memoryview
-    ) -> DecodedPredict | messages.PredictRequest:
+    def assemble(self, decoded: Any, arrays: dict[str, np.ndarray[Any, Any]]) -> Result:
+        """What the servicer gets, from the worker's answer and its arrays."""
+        raise NotImplementedError
+
+    async def _decode(self, message: memoryview) -> Result | Message:
         message_segment = segments.new_name("message")
         arrays_segment = segments.new_name("arrays")
         try:
             try:
                 await asyncio.to_thread(segments.write_bytes, message_segment, message)
             except OSError as exc:
-                return _in_place(message, exc)
+                return _in_place(self._message_type, message, exc)
             try:
                 decoded = await self._parsers.in_worker(
-                    decode_predict, message_segment, arrays_segment, self._limits
+                    self._worker, message_segment, arrays_segment, *self._worker_args
                 )
             except ParserUnavailable as exc:
                 raise Aborted(
@@ -157,17 +180,40 @@ class PredictDecoder:
                 ) from exc
             except OSError as exc:
                 # The worker could not write the arrays' segment (no space).
-                return _in_place(message, exc)
+                return _in_place(self._message_type, message, exc)
             _discard(message_segment)
-            if decoded.spec is None:
-                return DecodedPredict(None, decoded.error)
-            arrays = await asyncio.to_thread(
-                segments.read_arrays, arrays_segment, decoded.slots
+            arrays = (
+                await asyncio.to_thread(
+                    segments.read_arrays, arrays_segment, decoded.slots
+                )
+                if decoded.slots
+                else {}
             )
         finally:
             _discard(message_segment, arrays_segment)
+        return self.assemble(decoded, arrays)
+
+
+class PredictDecoder(SegmentDecoder[DecodedPredict]):
+    """Decodes a Predict message in a worker process.
+
+    Args:
+        parsers: The worker processes.
+        limits: The request's tensor limits (None for none).
+    """
+
+    def __init__(self, parsers: BodyParsers, limits: TensorLimits | None) -> None:
+        super().__init__(parsers, messages.PredictRequest, decode_predict, limits)
+
+    def assemble(
+        self, decoded: Any, arrays: dict[str, np.ndarray[Any, Any]]
+    ) -> DecodedPredict:
+        """The request, or the error the worker found."""
+        assert isinstance(decoded, _Decoded)
+        if decoded.spec is None:
+            return Decoded(None, decoded.error)
         arrays.update(decoded.objects)
-        return DecodedPredict(
+        return Decoded(
             PredictRequest(
                 spec=decoded.spec,
                 inputs={name: arrays[name] for name in decoded.order},
@@ -176,7 +222,9 @@ class PredictDecoder:
         )
 
 
-def _in_place(message: memoryview, exc: OSError) -> messages.PredictRequest:
+def _in_place(
+    message_type: type[Message], message: memoryview, exc: OSError
+) -> Message:
     """The message parsed here, as below the threshold: a container's
     ``/dev/shm`` is 64 MiB unless given more, and a request that cannot go to
     a worker is still answered, holding the loop as it did before offloading.
@@ -190,7 +238,7 @@ def _in_place(message: memoryview, exc: OSError) -> messages.PredictRequest:
         exc,
         segments.SEGMENT_DIR,
     )
-    return messages.PredictRequest.FromString(bytes(message))
+    return message_type.FromString(bytes(message))
 
 
 def _discard(*names: str) -> None:

@@ -19,9 +19,11 @@ limit altogether). ``--grpc_channel_arguments`` (``key=value,key=value``) are
 applied after these defaults and may override them; values that parse as
 integers are passed as integers, as TF Serving does.
 
-Large messages: a ``Predict`` message from ``parse_offload_bytes`` up is parsed
-and its tensors decoded in the JSON worker processes
-(:mod:`modelserver.protocol.grpc.largerequests`), not on the event loop.
+Large messages: a ``Predict``, ``Classify``, ``Regress`` or ``MultiInference``
+message from ``parse_offload_bytes`` up is parsed, and its tensors or
+tf.Examples decoded, in the JSON worker processes
+(:mod:`modelserver.protocol.grpc.largerequests`,
+:mod:`modelserver.protocol.grpc.largeexamples`), not on the event loop.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ from servekit_protocol.services import (
 )
 
 from modelserver.dataplane import DataPlane
-from modelserver.protocol.grpc.largerequests import PredictDecoder
+from modelserver.protocol.grpc.largeanswers import AnswerWriter
+from modelserver.protocol.grpc.largeexamples import large_message_decoders
 from modelserver.protocol.grpc.servicer import ModelServicer, PredictionServicer
 
 logger = logging.getLogger(__name__)
@@ -158,16 +161,19 @@ class GrpcServer:
             limits=limits,
         )
         add_prediction_service_to_server(
-            PredictionServicer(dataplane, packed_outputs=packed_outputs), self._server
+            PredictionServicer(
+                dataplane, packed_outputs=packed_outputs, answers=AnswerWriter(parsers)
+            ),
+            self._server,
         )
         if parsers is not None and parse_offload_bytes > 0:
-            self._server.offload_decoding(
-                f"/{PREDICTION_SERVICE}/Predict",
-                OffloadedDecoder(
-                    PredictDecoder(parsers, dataplane.tensor_limits),
-                    parse_offload_bytes,
-                ),
-            )
+            for method, decoder in large_message_decoders(
+                parsers, dataplane.tensor_limits
+            ).items():
+                self._server.offload_decoding(
+                    f"/{PREDICTION_SERVICE}/{method}",
+                    OffloadedDecoder(decoder, parse_offload_bytes),
+                )
         add_model_service_to_server(ModelServicer(dataplane), self._server)
         self._health: health.aio.HealthServicer | None = None
         if enable_health:

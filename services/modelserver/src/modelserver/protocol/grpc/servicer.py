@@ -17,7 +17,14 @@ from servekit_protocol.services import (
 from modelserver.dataplane import DataPlane
 from modelserver.protocol.grpc import converters
 from modelserver.protocol.grpc.errors import Context, rpc
-from modelserver.protocol.grpc.largerequests import DecodedPredict
+from modelserver.protocol.grpc.largeanswers import AnswerWriter
+from modelserver.protocol.grpc.largeexamples import DecodedExamples
+from modelserver.protocol.grpc.largerequests import Decoded, DecodedPredict
+from modelserver.types import (
+    ClassifyRequest,
+    MultiInferenceRequest,
+    RegressRequest,
+)
 
 
 class PredictionServicer(PredictionServiceServicer):
@@ -26,7 +33,8 @@ class PredictionServicer(PredictionServiceServicer):
     ``protocol`` labels the calls in metrics and logs (``"grpc-web"`` when the
     same servicer answers gRPC-Web on the REST port). ``packed_outputs`` answers
     Predict with ``tensor_content`` instead of the typed fields
-    (``--enable_serialization_as_tensor_content``).
+    (``--enable_serialization_as_tensor_content``). ``answers`` builds the
+    Classify, Regress and MultiInference answers (large ones in a worker).
     """
 
     def __init__(
@@ -35,16 +43,18 @@ class PredictionServicer(PredictionServiceServicer):
         protocol: str = "grpc",
         *,
         packed_outputs: bool = False,
+        answers: AnswerWriter | None = None,
     ) -> None:
         self._dataplane = dataplane
         self.protocol = protocol
         self._packed_outputs = packed_outputs
+        self._answers = answers if answers is not None else AnswerWriter(None)
 
     @rpc
     async def Predict(
         self, request: messages.PredictRequest | DecodedPredict, context: Context
     ) -> messages.PredictResponse:
-        if isinstance(request, DecodedPredict):
+        if isinstance(request, Decoded):
             # A large message, parsed and decoded in a worker.
             predict_request = request.unwrap()
         else:
@@ -59,37 +69,54 @@ class PredictionServicer(PredictionServiceServicer):
 
     @rpc
     async def Classify(
-        self, request: messages.ClassificationRequest, context: Context
-    ) -> messages.ClassificationResponse:
-        classify_request = converters.to_classify_request(request)
+        self,
+        request: messages.ClassificationRequest | DecodedExamples,
+        context: Context,
+    ) -> messages.ClassificationResponse | messages.Serialized:
+        if isinstance(request, Decoded):
+            # A large message, its examples decoded into columns in a worker.
+            classify_request = request.unwrap()
+            assert isinstance(classify_request, ClassifyRequest)
+        else:
+            classify_request = converters.to_classify_request(request)
         bind_model(classify_request.spec.name, classify_request.spec.version)
         response = await self._dataplane.classify(
             classify_request, protocol=self.protocol, timeout=context.time_remaining()
         )
-        return converters.from_classify_response(response)
+        return await self._answers.classify(response)
 
     @rpc
     async def Regress(
-        self, request: messages.RegressionRequest, context: Context
-    ) -> messages.RegressionResponse:
-        regress_request = converters.to_regress_request(request)
+        self, request: messages.RegressionRequest | DecodedExamples, context: Context
+    ) -> messages.RegressionResponse | messages.Serialized:
+        if isinstance(request, Decoded):
+            regress_request = request.unwrap()
+            assert isinstance(regress_request, RegressRequest)
+        else:
+            regress_request = converters.to_regress_request(request)
         bind_model(regress_request.spec.name, regress_request.spec.version)
         response = await self._dataplane.regress(
             regress_request, protocol=self.protocol, timeout=context.time_remaining()
         )
-        return converters.from_regress_response(response)
+        return await self._answers.regress(response)
 
     @rpc
     async def MultiInference(
-        self, request: messages.MultiInferenceRequest, context: Context
-    ) -> messages.MultiInferenceResponse:
-        multi_request = converters.to_multi_inference_request(request)
+        self,
+        request: messages.MultiInferenceRequest | DecodedExamples,
+        context: Context,
+    ) -> messages.MultiInferenceResponse | messages.Serialized:
+        if isinstance(request, Decoded):
+            multi_request = request.unwrap()
+            assert isinstance(multi_request, MultiInferenceRequest)
+        else:
+            multi_request = converters.to_multi_inference_request(request)
         if multi_request.tasks:
             bind_model(multi_request.tasks[0].spec.name, None)
         response = await self._dataplane.multi_inference(
             multi_request, protocol=self.protocol, timeout=context.time_remaining()
         )
-        return converters.from_multi_inference_response(response)
+        return await self._answers.multi_inference(response)
 
     @rpc
     async def GetModelMetadata(

@@ -42,6 +42,7 @@ from servekit_protocol import grpcweb_server, json_codec
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large_message
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_codes import to_grpc
+from servekit_protocol.grpc_server import OffloadedDecoder
 from servekit_protocol.grpcweb import is_grpc_web
 from servekit_protocol.logs import (
     REQUEST_ID_HEADER,
@@ -49,9 +50,12 @@ from servekit_protocol.logs import (
     bind_request_id,
     version_var,
 )
+from servekit_protocol.services import PREDICTION_SERVICE
 
 from modelserver.dataplane import DataPlane
 from modelserver.errors import InvalidInput, ServingError
+from modelserver.protocol.grpc.largeanswers import AnswerWriter
+from modelserver.protocol.grpc.largeexamples import large_message_decoders
 from modelserver.protocol.grpc.servicer import ModelServicer, PredictionServicer
 from modelserver.protocol.rest.errors import (
     PayloadTooLarge,
@@ -106,6 +110,9 @@ class RestApp:
             rather than the typed fields.
         parsers: Where JSON bodies are parsed (large ones off the event loop);
             the default parses from 1 MiB up in worker processes.
+        grpc_parse_offload_bytes: gRPC-Web messages this large or larger are
+            parsed in ``parsers``, as on the gRPC port; 0 parses every one on
+            the event loop.
     """
 
     def __init__(
@@ -119,18 +126,32 @@ class RestApp:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         packed_outputs: bool = False,
         parsers: json_codec.BodyParsers | None = None,
+        grpc_parse_offload_bytes: int = 0,
     ) -> None:
         self._dataplane = dataplane
-        self._routes = Routes(
-            dataplane,
-            timeout=timeout,
-            parsers=parsers if parsers is not None else json_codec.BodyParsers(),
-        )
+        if parsers is None:
+            parsers = json_codec.BodyParsers()
+        self._routes = Routes(dataplane, timeout=timeout, parsers=parsers)
         self._grpc_web = grpcweb_server.tf_serving_methods(
             PredictionServicer(
-                dataplane, GRPC_WEB_PROTOCOL, packed_outputs=packed_outputs
+                dataplane,
+                GRPC_WEB_PROTOCOL,
+                packed_outputs=packed_outputs,
+                answers=AnswerWriter(parsers),
             ),
             ModelServicer(dataplane, GRPC_WEB_PROTOCOL),
+        )
+        self._grpc_web_decoders = (
+            {
+                f"/{PREDICTION_SERVICE}/{method}": OffloadedDecoder(
+                    decoder, grpc_parse_offload_bytes
+                )
+                for method, decoder in large_message_decoders(
+                    parsers, dataplane.tensor_limits
+                ).items()
+            }
+            if grpc_parse_offload_bytes > 0
+            else {}
         )
         self._metrics_path = metrics_path if render_metrics is not None else None
         self._render_metrics = render_metrics
@@ -270,7 +291,13 @@ class RestApp:
                 # The servicer binds the request id from metadata: give it ours.
                 metadata.append((REQUEST_ID_HEADER, request_id))
                 answer = await grpcweb_server.call_unary(
-                    self._grpc_web, raw_path, content_type, body, metadata, timeout
+                    self._grpc_web,
+                    raw_path,
+                    content_type,
+                    body,
+                    metadata,
+                    timeout,
+                    self._grpc_web_decoders,
                 )
         headers = answer.headers
         headers.append((b"content-length", b"%d" % len(answer.body)))
@@ -349,6 +376,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     packed_outputs: bool = False,
     parsers: json_codec.BodyParsers | None = None,
+    grpc_parse_offload_bytes: int = 0,
 ) -> RestApp:
     """Build the REST ASGI app (see :class:`RestApp` for the arguments)."""
     return RestApp(
@@ -360,4 +388,5 @@ def create_app(
         max_body_bytes=max_body_bytes,
         packed_outputs=packed_outputs,
         parsers=parsers,
+        grpc_parse_offload_bytes=grpc_parse_offload_bytes,
     )

@@ -1,0 +1,179 @@
+"""A forwarded Predict parses, on the backend, to what the in-place path sends."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from gateway.clients.forwarded import ForwardedPredict, read_predict
+from gateway.context import apply_target
+from gateway.routing.router import Target
+from google.protobuf.message import DecodeError
+from servekit_protocol import messages
+from servekit_protocol.tensor_limits import declared_size
+
+
+def _spec(**fields: object) -> messages.ModelSpec:
+    spec = messages.ModelSpec(name="m")
+    if "version" in fields:
+        spec.version.value = int(fields["version"])  # type: ignore[call-overload]
+    if "label" in fields:
+        spec.version_label = str(fields["label"])
+    if "signature" in fields:
+        spec.signature_name = str(fields["signature"])
+    return spec
+
+
+CLIENT_SPECS = {
+    "name only": _spec(),
+    "version": _spec(version=7),
+    "version 0": _spec(version=0),
+    "label": _spec(label="stable"),
+    "signature": _spec(signature="predict_proba"),
+    "version and signature": _spec(version=3, signature="s"),
+    "label and signature": _spec(label="canary", signature="s"),
+}
+TARGETS = {
+    "latest": Target("m", ("b:1",), None, None, "default"),
+    "version": Target("m", ("b:1",), 4, None, "explicit"),
+    "version 0": Target("m", ("b:1",), 0, None, "explicit"),
+    "label": Target("m", ("b:1",), None, "canary", "canary"),
+    "other model": Target("n", ("b:1",), 2, None, "stable"),
+}
+
+
+def _request(
+    spec: messages.ModelSpec | None, inputs: int = 1
+) -> messages.PredictRequest:
+    request = messages.PredictRequest()
+    if spec is not None:
+        request.model_spec.CopyFrom(spec)
+    rng = np.random.default_rng(5)
+    for index in range(inputs):
+        tensor = request.inputs[f"x{index}"]
+        tensor.dtype = messages.DT_FLOAT
+        tensor.tensor_shape.dim.add(size=64)
+        tensor.tensor_shape.dim.add(size=16)
+        tensor.float_val.extend(rng.normal(size=64 * 16).astype(np.float32))
+    request.output_filter.append("y")
+    return request
+
+
+def _sent_in_place(data: bytes, target: Target) -> messages.PredictRequest:
+    # What the gateway sends after parsing the message whole.
+    request = messages.PredictRequest.FromString(data)
+    apply_target(request.model_spec, target)
+    return request
+
+
+def _forwarded(data: bytes) -> ForwardedPredict:
+    read = read_predict(memoryview(data))
+    assert isinstance(read, ForwardedPredict)
+    return read
+
+
+@pytest.mark.parametrize(
+    ("client", "target"), list(itertools.product(CLIENT_SPECS, TARGETS))
+)
+def test_the_forwarded_message_is_the_one_sent_in_place(
+    client: str, target: str
+) -> None:
+    data = _request(CLIENT_SPECS[client]).SerializeToString()
+    forwarded = _forwarded(data)
+    assert forwarded.model_spec == CLIENT_SPECS[client]
+    apply_target(forwarded.model_spec, TARGETS[target])
+    sent = forwarded.SerializeToString()
+    expected = _sent_in_place(data, TARGETS[target])
+    assert messages.PredictRequest.FromString(sent) == expected
+    # One input: the same bytes as serializing the parsed message again.
+    assert sent == expected.SerializeToString()
+
+
+def test_several_inputs_and_a_second_target_parse_equal() -> None:
+    data = _request(_spec(version=7, signature="s"), inputs=3).SerializeToString()
+    forwarded = _forwarded(data)
+    for target in (TARGETS["label"], TARGETS["latest"]):
+        # The canary fallback rewrites the spec a second time.
+        apply_target(forwarded.model_spec, target)
+        sent = messages.PredictRequest.FromString(forwarded.SerializeToString())
+        assert sent == _sent_in_place(data, target)
+
+
+def test_a_copy_has_its_own_spec() -> None:
+    forwarded = _forwarded(_request(_spec()).SerializeToString())
+    mirrored = forwarded.copy()
+    apply_target(mirrored.model_spec, TARGETS["other model"])
+    assert forwarded.model_spec.name == "m"
+    assert mirrored.model_spec.name == "n"
+
+
+def test_tensor_heads_declare_what_the_parsed_tensors_declare() -> None:
+    request = _request(_spec(), inputs=2)
+    text = request.inputs["text"]
+    text.dtype = messages.DT_STRING
+    text.tensor_shape.dim.add(size=3)
+    text.string_val.extend([b"a", b"\xff" * 10, b""])
+    unknown = request.inputs["unknown rank"]
+    unknown.dtype = messages.DT_INT64
+    unknown.tensor_shape.unknown_rank = True
+    data = request.SerializeToString()
+    forwarded = _forwarded(data)
+    assert set(forwarded.inputs) == set(request.inputs)
+    for name, tensor in request.inputs.items():
+        head = forwarded.inputs[name]
+        if tensor.tensor_shape.unknown_rank:
+            assert head.tensor_shape.unknown_rank
+        else:
+            assert declared_size(head) == declared_size(tensor)
+        # Only the declared fields are kept, not a copy of the values.
+        assert head.ByteSize() < 64
+
+
+def _spliced(spec: messages.ModelSpec, after: bytes) -> bytes:
+    spec_bytes = spec.SerializeToString()
+    return b"\x0a" + bytes((len(spec_bytes),)) + spec_bytes + after
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(
+            _request(None).SerializeToString() + _spliced(_spec(version=3), b""),
+            id="spec after the inputs",
+        ),
+        pytest.param(
+            _spliced(_spec(), _request(_spec(version=3)).SerializeToString()),
+            id="spec twice",
+        ),
+        pytest.param(b"", id="empty"),
+        pytest.param(_request(None).SerializeToString(), id="no spec"),
+    ],
+)
+def test_a_message_without_one_leading_spec_is_parsed_whole(data: bytes) -> None:
+    read = read_predict(memoryview(data))
+    assert isinstance(read, messages.PredictRequest)
+    assert read == messages.PredictRequest.FromString(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_request(_spec()).SerializeToString()[:-7], id="truncated"),
+        pytest.param(b"\x0a\xff\xff\xff\xff\x0f" + bytes(64), id="spec too long"),
+        pytest.param(
+            _request(_spec()).SerializeToString() + b"\x1a\x02\xff\xfe",
+            id="output filter not UTF-8",
+        ),
+        pytest.param(
+            _spliced(_spec(), b"\x12\x05\x0a\x03\xff\xfe\xfd"),
+            id="input name not UTF-8",
+        ),
+    ],
+)
+def test_a_bad_message_fails_as_the_full_parse_fails(data: bytes) -> None:
+    with pytest.raises(DecodeError) as whole:
+        messages.PredictRequest.FromString(data)
+    with pytest.raises(DecodeError) as read:
+        read_predict(memoryview(data))
+    assert str(read.value) == str(whole.value)

@@ -1,0 +1,413 @@
+"""Large gRPC and gRPC-Web ``Predict`` messages through the gateway.
+
+Parsing a PredictRequest holds the event loop about 1 ms a MiB and serializing
+it again for the backend about twice that, so at the gateway's 16 MiB body
+limit one large call held every other client for some 75 ms. From
+``--grpc-forward-bytes`` (1 MiB) up the gateway reads only the message's model
+spec and tensor shapes and forwards its bytes (``gateway.clients.forwarded``).
+
+Three gateways stand in front of one model server: one forwarding large
+messages over gRPC-Web to the backend's REST port (the default with
+``--rest-backends``), one forwarding them over gRPC (``--backend-grpc-web
+false``), and one parsing every message whole (``--grpc-forward-bytes 0``).
+Every request, valid or not, goes to all three over gRPC and over gRPC-Web;
+status, message and answer bytes must be equal. The first and the last reach
+the backend's REST port through a relay that records what they send: the
+forwarding gateway sends the client's bytes (a non-canonical encoding kept as
+it came), the parsing one a message serialized again. Small calls sent
+alongside a large one keep being answered, and the forwarding gateway's
+resident memory grows by a bounded amount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from servekit_protocol import grpcweb, messages
+
+from tests.security.figures import record
+from tests.security.stack import (
+    Listener,
+    SmallCalls,
+    assert_no_traceback,
+    rss_bytes,
+)
+from tests.security.test_large_grpc import FEATURES, publish_wide_model
+from tests.support.compiledmodels import models_config
+from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.models import publish_linear_pipeline
+from tests.support.modelserver import model_server
+
+pytestmark = pytest.mark.integration
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+BODY_LIMIT = 16 * 1024 * 1024
+"""The gateways' body limit: the default."""
+LARGE_ROWS = 8_000
+"""Rows of the large request: 8,000 x 256 ``double_val`` values, 15.6 MiB,
+just under the limit."""
+SMALL_CALL_LATENCY = 0.5
+"""Most a small call may take while large messages are forwarded (a few ms on
+an idle machine; the margin is for the shared 2-core runner, as in
+``test_large_grpc``)."""
+MEMORY_GROWTH_LIMIT = 128 * 1024 * 1024
+"""Most the forwarding gateway's resident memory may grow over three large
+calls: the body as received, the rest of the message kept, the message sent
+on and its frame, each 15.6 MiB, and the allocator's retained pages."""
+
+
+@dataclass
+class Recorder:
+    """What the gateways sent through one relay to the backend's REST port."""
+
+    sent: bytearray = field(default_factory=bytearray)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.sent.clear()
+
+    def predict_messages(self) -> list[bytes]:
+        """The Predict messages of the gRPC-Web calls recorded."""
+        with self.lock:
+            data = bytes(self.sent)
+        found = []
+        start = data.find(b"POST " + PREDICT.encode())
+        while start >= 0:
+            head_end = data.index(b"\r\n\r\n", start) + 4
+            head = data[start:head_end].lower()
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            body = data[head_end : head_end + length]
+            (size,) = struct.unpack_from(">I", body, 1)
+            found.append(body[5 : 5 + size])
+            start = data.find(b"POST " + PREDICT.encode(), head_end + length)
+        return found
+
+
+@contextlib.contextmanager
+def recording_relay(target_port: int) -> Iterator[tuple[int, Recorder]]:
+    """A TCP relay on 127.0.0.1 to ``target_port`` that records what its
+    clients send: (its port, the record)."""
+    recorder = Recorder()
+    bound: futures.Future[int] = futures.Future()
+    loop = asyncio.new_event_loop()
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if record:
+                    with recorder.lock:
+                        recorder.sent += data
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass  # a side went away
+        finally:
+            writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", target_port
+        )
+        await asyncio.gather(
+            pipe(reader, upstream_writer, True), pipe(upstream_reader, writer, False)
+        )
+
+    async def serve() -> None:
+        server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        bound.set_result(server.sockets[0].getsockname()[1])
+        async with server:
+            await server.serve_forever()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.daemon = True
+    thread.start()
+    try:
+        yield bound.result(timeout=10), recorder
+    finally:
+        for task in asyncio.all_tasks(loop):
+            loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=10)
+
+
+@dataclass(frozen=True)
+class Gateways:
+    forwarding: GatewayProcess
+    """Default threshold; gRPC-Web to the backend."""
+    forwarding_grpc: GatewayProcess
+    """Default threshold; gRPC to the backend."""
+    parsing: GatewayProcess
+    """Every message parsed whole."""
+    forwarded: Recorder
+    """What ``forwarding`` sent the backend's REST port."""
+    parsed: Recorder
+    """What ``parsing`` sent it."""
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    folder = tmp_path_factory.mktemp("gateway-large-grpc")
+    registry = folder / "models"
+    publish_wide_model(registry, "wide")
+    publish_linear_pipeline(registry, "linear", offset=1.0)
+    config = models_config(folder, registry, ("wide", "linear"))
+    with model_server(
+        (f"--model_config_file={config}", f"--grpc_max_message_bytes={2 * BODY_LIMIT}"),
+        log_path=folder / "model-server.log",
+    ) as server:
+        env = {"GATEWAY_REGISTRY": str(registry)}
+
+        def flags(rest_port: int, *more: str) -> list[str]:
+            rest = f'{{"{server.grpc_target}": "127.0.0.1:{rest_port}"}}'
+            return [
+                f"--default-backend={server.grpc_target}",
+                f"--rest-backends={rest}",
+                f"--max-body-bytes={BODY_LIMIT}",
+                *more,
+            ]
+
+        with (
+            recording_relay(server.rest_port) as (forwarded_port, forwarded),
+            recording_relay(server.rest_port) as (parsed_port, parsed),
+            running_gateway(
+                folder / "forwarding", env=env, flags=flags(forwarded_port)
+            ) as forwarding,
+            running_gateway(
+                folder / "forwarding-grpc",
+                env=env,
+                flags=flags(server.rest_port, "--backend-grpc-web=false"),
+            ) as forwarding_grpc,
+            running_gateway(
+                folder / "parsing",
+                env=env,
+                flags=flags(parsed_port, "--grpc-forward-bytes=0"),
+            ) as parsing,
+        ):
+            yield Gateways(forwarding, forwarding_grpc, parsing, forwarded, parsed)
+            for gateway in (forwarding, forwarding_grpc, parsing):
+                assert_no_traceback(gateway.process)
+
+
+def _request(rows: int, model: str = "wide") -> messages.PredictRequest:
+    request = messages.PredictRequest()
+    request.model_spec.name = model
+    tensor = request.inputs["x"]
+    tensor.dtype = messages.DT_DOUBLE
+    tensor.tensor_shape.dim.add(size=rows)
+    tensor.tensor_shape.dim.add(size=FEATURES)
+    tensor.double_val.extend(np.random.default_rng(7).normal(size=rows * FEATURES))
+    return request
+
+
+def _large(**spec: object) -> bytes:
+    request = _request(LARGE_ROWS)
+    if "version" in spec:
+        request.model_spec.version.value = int(spec["version"])  # type: ignore[call-overload]
+    if "signature" in spec:
+        request.model_spec.signature_name = str(spec["signature"])
+    if "model" in spec:
+        request.model_spec.name = str(spec["model"])
+    return request.SerializeToString()
+
+
+def _over_the_limits() -> bytes:
+    request = _request(1024)
+    request.inputs["x"].tensor_shape.dim[0].size = 1 << 24
+    return request.SerializeToString()
+
+
+def _bad_content() -> bytes:
+    request = _request(1)
+    tensor = request.inputs["x"]
+    tensor.ClearField("double_val")
+    tensor.tensor_shape.dim[0].size = 1024
+    tensor.tensor_content = bytes(1024 * FEATURES * 8 - 8)
+    return request.SerializeToString()
+
+
+def _strings_and_numbers() -> bytes:
+    request = _request(1024)
+    text = request.inputs["text"]
+    text.dtype = messages.DT_STRING
+    text.tensor_shape.dim.add(size=3)
+    text.string_val.extend([b"a", b"\xff" * 10, b""])
+    return request.SerializeToString()
+
+
+def _spec_last() -> bytes:
+    # Not the order any serializer writes: parsed whole, as below the threshold.
+    request = _request(LARGE_ROWS)
+    spec = request.model_spec.SerializeToString()
+    request.ClearField("model_spec")
+    return request.SerializeToString() + b"\x0a" + bytes((len(spec),)) + spec
+
+
+CASES: dict[str, Callable[[], bytes]] = {
+    "15.6 MiB": _large,
+    "version 1 and signature": lambda: _large(version=1, signature="serving_default"),
+    "missing version": lambda: _large(version=9),
+    "unknown signature": lambda: _large(signature="nope"),
+    "unknown model": lambda: _large(model="nope"),
+    "no model name": lambda: _large(model=""),
+    "spec last": _spec_last,
+    "truncated": lambda: _large()[:-7],
+    "over the tensor limits": _over_the_limits,
+    "tensor_content short": _bad_content,
+    "string input": _strings_and_numbers,
+    "garbage": lambda: b"\x0a\xff\xff\xff\xff\x0f" + bytes(2 << 20),
+}
+
+
+Outcome = tuple[str, str, bytes]
+
+
+def _grpc_call(gateway: GatewayProcess, data: bytes) -> Outcome:
+    options = [("grpc.max_send_message_length", 2 * BODY_LIMIT)]
+    with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
+        try:
+            answer = channel.unary_unary(PREDICT)(
+                data, timeout=60, metadata=(("x-request-id", "large-grpc"),)
+            )
+        except grpc.RpcError as exc:
+            return exc.code().name, exc.details() or "", b""
+    return "OK", "", answer
+
+
+def _web_call(gateway: GatewayProcess, data: bytes) -> Outcome:
+    answer = httpx.post(
+        gateway.url + PREDICT,
+        content=grpcweb.frame(data),
+        headers={
+            "content-type": grpcweb.CONTENT_TYPE.decode(),
+            "x-request-id": "large-grpc-web",
+        },
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text[:200]
+    status = answer.headers.get("grpc-status")
+    if status is not None:
+        return status, answer.headers.get("grpc-message", ""), b""
+    message, trailers = grpcweb.response_parts(answer.content)
+    return (
+        trailers.get("grpc-status", ""),
+        trailers.get("grpc-message", ""),
+        (message or b""),
+    )
+
+
+@pytest.mark.parametrize("transport", ["grpc", "grpc-web"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_forwarded_message_is_answered_as_one_parsed_whole(
+    gateways: Gateways, case: str, transport: str
+) -> None:
+    data = CASES[case]()
+    assert len(data) >= 1024 * 1024
+    call = _grpc_call if transport == "grpc" else _web_call
+    parsed = call(gateways.parsing, data)
+    assert call(gateways.forwarding, data) == parsed
+    assert call(gateways.forwarding_grpc, data) == parsed
+    if case == "15.6 MiB":
+        assert parsed[0] in ("OK", "0"), parsed[1]
+        answer = messages.PredictResponse.FromString(parsed[2])
+        assert len(answer.outputs["predictions"].double_val) == LARGE_ROWS
+
+
+def _unpacked() -> tuple[bytes, bytes]:
+    """A 2 MiB request whose values are written one field each (valid, but
+    not how protobuf serializes a repeated double): (the message, its bytes
+    after the model spec)."""
+    shape = messages.TensorShapeProto()
+    shape.dim.add(size=1024)
+    shape.dim.add(size=FEATURES)
+    values = np.random.default_rng(9).normal(size=1024 * FEATURES)
+    tensor = b"".join(
+        (
+            b"\x08" + bytes((messages.DT_DOUBLE,)),
+            _length_delimited(2, shape.SerializeToString()),
+            # Field 6 (double_val), wire type 1 (64 bits), once per value.
+            b"".join(b"\x31" + struct.pack("<d", value) for value in values),
+        )
+    )
+    entry = _length_delimited(1, b"x") + _length_delimited(2, tensor)
+    rest = _length_delimited(2, entry)
+    spec = messages.ModelSpec(name="wide").SerializeToString()
+    return _length_delimited(1, spec) + rest, rest
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    header = bytearray((number << 3 | 2,))
+    size = len(payload)
+    while size > 0x7F:
+        header.append((size & 0x7F) | 0x80)
+        size >>= 7
+    header.append(size)
+    return bytes(header) + payload
+
+
+def test_the_backend_gets_the_clients_bytes(gateways: Gateways) -> None:
+    data, rest = _unpacked()
+    assert len(data) >= 2 * 1024 * 1024
+    request = messages.PredictRequest.FromString(data)
+    assert len(request.inputs["x"].double_val) == 1024 * FEATURES
+    outcomes = []
+    for gateway, recorder in (
+        (gateways.forwarding, gateways.forwarded),
+        (gateways.parsing, gateways.parsed),
+    ):
+        recorder.clear()
+        outcomes.append(_grpc_call(gateway, data))
+        assert outcomes[-1][0] == "OK", outcomes[-1][1]
+        (sent,) = recorder.predict_messages()
+        assert messages.PredictRequest.FromString(sent) == request
+        if gateway is gateways.forwarding:
+            # The target's spec, then the tensor bytes as the client wrote them.
+            assert sent.endswith(rest)
+            assert sent[: -len(rest)] == data[: -len(rest)]
+        else:
+            # Serialized again: the values packed, a quarter fewer bytes.
+            assert len(sent) < len(data) * 0.9
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_large_message_does_not_hold_up_other_clients(gateways: Gateways) -> None:
+    gateway = gateways.forwarding
+    data = _large()
+    listener = Listener("gateway HTTP", gateway.http_port, gateway.process, {})
+    pid = gateway.process.pid
+    before = rss_bytes(pid)
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_bytes(pid))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with SmallCalls(listener) as small:
+            for _ in range(3):
+                outcome = _grpc_call(gateway, data)
+                assert outcome[0] == "OK", outcome[1]
+            time.sleep(0.05)
+    finally:
+        done.set()
+        sampler.join()
+    record("memory growth MiB", (peak - before) / 2**20)
+    small.assert_kept_up(SMALL_CALL_LATENCY, "large messages were forwarded")
+    assert peak - before < MEMORY_GROWTH_LIMIT, f"+{(peak - before) >> 20} MiB"
