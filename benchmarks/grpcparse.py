@@ -27,7 +27,10 @@ With ``--target gateway``: the gateway's two steps of a large ``Predict`` that
 hold its loop, each one synchronous (so each is a stall): reading the message
 (parsed whole and the tensor limits checked, or read for forwarding by
 :func:`gateway.clients.forwarded.read_predict`), then writing it for the
-backend (the target's model spec set, serialized and framed for gRPC-Web).
+backend (the target's model spec set, serialized and framed for gRPC-Web);
+and a large OIP ``ModelInfer``, parsed, turned into arrays and encoded as the
+backend's Predict on the loop, against the same in the JSON workers with the
+ticker running.
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
 [--method predict|classify|free] [--target gateway]``.
@@ -40,7 +43,7 @@ import asyncio
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -104,7 +107,9 @@ def in_place(data: bytes, method: str = "predict") -> float:
 
 
 async def offloaded(
-    decoder: SegmentDecoder[Any] | None, data: bytes, seconds: float = 0.0
+    decoder: Callable[[memoryview], Awaitable[Any]] | None,
+    data: bytes,
+    seconds: float = 0.0,
 ) -> tuple[float, float]:
     """(longest gap between the ticker's ticks, seconds the decode took); with
     no decoder, the ticker alone for ``seconds`` (what the machine's load alone
@@ -128,8 +133,9 @@ async def offloaded(
     else:
         decoded = await decoder(memoryview(data))
         # A parse in place (no room in shared memory) would measure nothing.
-        assert isinstance(decoded, Decoded), "parsed in place"
-        assert decoded.request is not None, decoded.error
+        assert not isinstance(decoded, messages.PredictRequest), "parsed in place"
+        if isinstance(decoded, Decoded):
+            assert decoded.request is not None, decoded.error
     seconds = time.perf_counter() - started
     done.set()
     await ticker
@@ -197,6 +203,78 @@ def gateway_steps(data: bytes, forward: bool) -> tuple[float, float]:
     else:
         grpcweb.frame(request.SerializeToString())
     return read - started, time.perf_counter() - read
+
+
+def infer_message_of(mib: int) -> bytes:
+    """A ModelInferRequest of about ``mib`` MiB of ``fp64_contents``."""
+    from servekit_protocol import oip_messages as oip
+
+    values = mib * 2**20 // 8
+    request = oip.ModelInferRequest(model_name="wide")
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[values // 64, 64])
+    tensor.contents.fp64_contents.extend(np.random.default_rng(0).normal(size=values))
+    return request.SerializeToString()
+
+
+def infer_in_place(data: bytes) -> float:
+    """Seconds a ModelInfer parsed on the loop holds it: the parse, the arrays
+    and the Predict for the backend, one synchronous run."""
+    from gateway.clients.arrays import ArrayRequest
+    from gateway.codecs.v2_grpc import parse_model_infer
+    from servekit_protocol import grpcweb
+    from servekit_protocol import oip_messages as oip
+
+    started = time.perf_counter()
+    parsed = parse_model_infer(oip.ModelInferRequest.FromString(data))
+    request = ArrayRequest(parsed.inputs)
+    request.model_spec.name = "wide"
+    grpcweb.frame(request.to_proto().SerializeToString())
+    return time.perf_counter() - started
+
+
+async def measure_infer(sizes: list[int], rounds: int) -> None:
+    from gateway.clients.forwarded import ForwardedPredict
+    from gateway.codecs.v2_grpc import encode_infer_message
+    from gateway.grpcfront.server import infer_reader
+
+    parsers = BodyParsers()
+    parsers.start(preload=("gateway.codecs.v2_grpc",))
+    read = infer_reader(parsers)
+
+    async def through_workers(message: memoryview) -> None:
+        head = await read(message)
+        encoded = await parsers.in_worker(
+            encode_infer_message, head.message, None, _LIMITS
+        )
+        spec = messages.ModelSpec(name="wide")
+        ForwardedPredict(spec, {}, memoryview(encoded.message)).framed()
+
+    try:
+        await through_workers(memoryview(infer_message_of(1)))
+        print(
+            "| ModelInfer | in place: loop held | in the workers: longest stall "
+            "| idle loop, as long: longest stall | in the workers: took |"
+        )
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for mib in sizes:
+            data = infer_message_of(mib)
+            held, stalls, idle, took = [], [], [], []
+            for _ in range(rounds):
+                held.append(infer_in_place(data))
+                stall, seconds = await offloaded(through_workers, data)
+                stalls.append(stall)
+                took.append(seconds)
+                idle.append((await offloaded(None, b"", seconds))[0])
+            print(
+                f"| {len(data) / 2**20:.0f} MiB "
+                f"| {statistics.median(held) * 1e3:.0f} ms "
+                f"| {statistics.median(stalls) * 1e3:.1f} ms "
+                f"| {statistics.median(idle) * 1e3:.1f} ms "
+                f"| {statistics.median(took) * 1e3:.0f} ms |",
+                flush=True,
+            )
+    finally:
+        parsers.close()
 
 
 def measure_gateway(sizes: list[int], rounds: int) -> None:
@@ -280,6 +358,7 @@ def main() -> None:
     sizes = [int(size) for size in options.sizes.split(",")]
     if options.target == "gateway":
         measure_gateway(sizes, options.rounds)
+        uvloop.run(measure_infer(sizes, options.rounds))
     elif options.method == "free":
         uvloop.run(measure_free(sizes, options.rounds))
     else:

@@ -14,6 +14,9 @@ A version that fails to load does not hold readiness back: a load refused for a
 digest mismatch ends at once, one that raises ends after its retries; either is
 reported in model status (END with its error) while the other models serve.
 
+``servekit serve`` says it is ready only then: the first requests after its
+announcement find every model loaded.
+
 ``servekit loadtest`` waits for that readiness before its first request: started
 before its target exists, on a model whose load takes seconds, it sends nothing
 until the server says ready, and no request of its run fails.
@@ -247,6 +250,58 @@ def test_a_version_that_fails_to_load_is_reported_and_does_not_block_readiness(
             time.sleep(0.1)
         answer = front.post("/v1/models/sound:predict", json=body)
         assert answer.status_code == 200, answer.text
+
+
+SERVE_MODELS = [f"serve_{index:02d}" for index in range(6)]
+SERVE_STEP_SECONDS = 0.3
+"""Each model's warmup sleeps at least 2 x 0.3 s: six loads leave seconds in
+which a premature "ready" would send the first request into a 404."""
+
+
+def test_serve_says_ready_only_once_every_model_answers(tmp_path: Path) -> None:
+    registry = tmp_path / "models"
+    for index, name in enumerate(SERVE_MODELS):
+        publish_linear_pipeline(
+            registry, name, offset=float(index), sleep_seconds=SERVE_STEP_SECONDS
+        )
+    ports = [free_port() for _ in range(4)]
+    while len(set(ports)) < 4:
+        ports = [free_port() for _ in range(4)]
+    http_port, grpc_port, ms_port, ms_rest_port = ports
+    output = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SERVEKIT_")}
+    argv: list[str | os.PathLike[str]] = [
+        VENV_BIN / "servekit", "serve",
+        "--registry", registry,
+        "--port", str(http_port),
+        "--grpc-port", str(grpc_port),
+        "--model-server-port", str(ms_port),
+        "--model-server-rest-port", str(ms_rest_port),
+        "--log-dir", tmp_path / "logs",
+    ]  # fmt: skip
+    body = {"instances": [{"a": 1.0, "b": 1.0}]}
+    with (
+        busy_cpus(2),
+        running_process(
+            argv,
+            log_path=output,
+            env=env,
+            ready=lambda: "servekit is ready" in output.read_text(),
+            ready_timeout=TIMEOUT_SECONDS,
+            stop_timeout=40,
+        ),
+        httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=60) as front,
+    ):
+        # The first requests after the announcement: none may find a model
+        # still loading, through either endpoint that says ready.
+        answers = {
+            model: front.post(f"/v1/models/{model}:predict", json=body).status_code
+            for model in SERVE_MODELS
+        }
+        assert answers == dict.fromkeys(SERVE_MODELS, 200), output.read_text()
+        assert front.get("/readyz").status_code == 200
+        ready = httpx.get(f"http://127.0.0.1:{ms_rest_port}/v2/health/ready")
+        assert ready.status_code == 200, ready.text
 
 
 LOADTEST_MODEL = "slow_linear"

@@ -3,13 +3,13 @@
 Parsing a PredictRequest holds the event loop about 1 ms a MiB and serializing
 it again for the backend about twice that, so at the gateway's 16 MiB body
 limit one large call held every other client for some 75 ms. From
-``--grpc-forward-bytes`` (1 MiB) up the gateway reads only the message's model
+``--grpc-parse-offload-bytes`` (1 MiB) up the gateway reads only the message's model
 spec and tensor shapes and forwards its bytes (``gateway.clients.forwarded``).
 
 Three gateways stand in front of one model server: one forwarding large
 messages over gRPC-Web to the backend's REST port (the default with
 ``--rest-backends``), one forwarding them over gRPC (``--backend-grpc-web
-false``), and one parsing every message whole (``--grpc-forward-bytes 0``).
+false``), and one parsing every message whole (``--grpc-parse-offload-bytes 0``).
 Every request, valid or not, goes to all three over gRPC and over gRPC-Web;
 status, message and answer bytes must be equal. The first and the last reach
 the backend's REST port through a relay that records what they send: the
@@ -35,12 +35,14 @@ import httpx
 import numpy as np
 import pytest
 from servekit_protocol import grpcweb, messages
+from servekit_protocol import oip_messages as oip
 
 from tests.security.figures import record
 from tests.security.stack import (
     Listener,
     SmallCalls,
     assert_no_traceback,
+    cpu_seconds,
     rss_bytes,
 )
 from tests.security.test_large_grpc import FEATURES, publish_wide_model
@@ -48,12 +50,17 @@ from tests.support.compiledmodels import models_config
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import model_server
+from tests.support.processes import spawned_workers
 
 pytestmark = pytest.mark.integration
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 BODY_LIMIT = 16 * 1024 * 1024
 """The gateways' body limit: the default."""
+TENSOR_ELEMENTS_LIMIT = 3_000_000
+"""The gateways' limit on a request's tensor elements: above the large
+requests' 2,048,000, under what 15.6 MiB of FP32 holds."""
 LARGE_ROWS = 8_000
 """Rows of the large request: 8,000 x 256 ``double_val`` values, 15.6 MiB,
 just under the limit."""
@@ -176,6 +183,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
                 f"--default-backend={server.grpc_target}",
                 f"--rest-backends={rest}",
                 f"--max-body-bytes={BODY_LIMIT}",
+                f"--max-request-tensor-elements={TENSOR_ELEMENTS_LIMIT}",
                 *more,
             ]
 
@@ -193,7 +201,7 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
             running_gateway(
                 folder / "parsing",
                 env=env,
-                flags=flags(parsed_port, "--grpc-forward-bytes=0"),
+                flags=flags(parsed_port, "--grpc-parse-offload-bytes=0"),
             ) as parsing,
         ):
             yield Gateways(forwarding, forwarding_grpc, parsing, forwarded, parsed)
@@ -274,11 +282,11 @@ CASES: dict[str, Callable[[], bytes]] = {
 Outcome = tuple[str, str, bytes]
 
 
-def _grpc_call(gateway: GatewayProcess, data: bytes) -> Outcome:
+def _grpc_call(gateway: GatewayProcess, data: bytes, method: str = PREDICT) -> Outcome:
     options = [("grpc.max_send_message_length", 2 * BODY_LIMIT)]
     with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
         try:
-            answer = channel.unary_unary(PREDICT)(
+            answer = channel.unary_unary(method)(
                 data, timeout=60, metadata=(("x-request-id", "large-grpc"),)
             )
         except grpc.RpcError as exc:
@@ -323,6 +331,94 @@ def test_a_forwarded_message_is_answered_as_one_parsed_whole(
         assert parsed[0] in ("OK", "0"), parsed[1]
         answer = messages.PredictResponse.FromString(parsed[2])
         assert len(answer.outputs["predictions"].double_val) == LARGE_ROWS
+
+
+def _infer(rows: int = LARGE_ROWS, raw: bool = False) -> oip.ModelInferRequest:
+    request = oip.ModelInferRequest(model_name="wide", id="large")
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[rows, FEATURES])
+    values = np.random.default_rng(8).normal(size=rows * FEATURES)
+    if raw:
+        request.raw_input_contents.append(values.astype("<f8").tobytes())
+    else:
+        tensor.contents.fp64_contents.extend(values)
+    return request
+
+
+def _infer_with(change: Callable[[oip.ModelInferRequest], None]) -> bytes:
+    request = _infer()
+    change(request)
+    return request.SerializeToString()
+
+
+def _fp32_over_the_limits() -> bytes:
+    rows = 4 * LARGE_ROWS // 2
+    request = oip.ModelInferRequest(model_name="wide")
+    request.inputs.add(name="x", datatype="FP32", shape=[rows, FEATURES])
+    request.raw_input_contents.append(bytes(rows * FEATURES * 4))
+    return request.SerializeToString()
+
+
+def _classified(request: oip.ModelInferRequest) -> None:
+    output = request.outputs.add(name="predictions")
+    output.parameters["classification"].int64_param = 2
+
+
+INFER_CASES: dict[str, Callable[[], bytes]] = {
+    "15.6 MiB typed": lambda: _infer().SerializeToString(),
+    "15.6 MiB raw": lambda: _infer(raw=True).SerializeToString(),
+    "raw and typed": lambda: _infer_with(
+        lambda r: r.raw_input_contents.append(b"\0" * 8)
+    ),
+    "short shape": lambda: _infer_with(lambda r: r.inputs[0].shape.__setitem__(0, 2)),
+    "unknown model": lambda: _infer_with(lambda r: setattr(r, "model_name", "nope")),
+    "version 1": lambda: _infer_with(lambda r: setattr(r, "model_version", "1")),
+    "unknown signature": lambda: _infer_with(
+        lambda r: setattr(r.parameters["signature_name"], "string_param", "nope")
+    ),
+    "classification": lambda: _infer_with(_classified),
+    "unknown output": lambda: _infer_with(lambda r: r.outputs.add(name="nope")),
+    "truncated": lambda: _infer().SerializeToString()[:-9],
+    "garbage": lambda: b"\x0a\xff\xff\xff\xff\x0f" + bytes(2 << 20),
+    "over the tensor limits": _fp32_over_the_limits,
+}
+
+
+@pytest.mark.parametrize("case", list(INFER_CASES))
+def test_a_large_model_infer_is_answered_as_one_parsed_on_the_loop(
+    gateways: Gateways, case: str
+) -> None:
+    data = INFER_CASES[case]()
+    assert len(data) >= 1024 * 1024
+    parsed = _grpc_call(gateways.parsing, data, MODEL_INFER)
+    assert _grpc_call(gateways.forwarding, data, MODEL_INFER) == parsed
+    assert _grpc_call(gateways.forwarding_grpc, data, MODEL_INFER) == parsed
+    if case.startswith("15.6 MiB"):
+        assert parsed[0] == "OK", parsed[1]
+        answer = oip.ModelInferResponse.FromString(parsed[2])
+        assert answer.id == "large"
+        assert list(answer.outputs[0].shape) == [LARGE_ROWS]
+
+
+def _workers_cpu(gateway: GatewayProcess) -> float:
+    return sum(cpu_seconds(pid) for pid in spawned_workers(gateway.process.pid))
+
+
+def test_a_large_model_infer_is_parsed_in_the_workers(gateways: Gateways) -> None:
+    data = _infer().SerializeToString()
+    used = {}
+    for name, gateway in (
+        ("offloading", gateways.forwarding),
+        ("in place", gateways.parsing),
+    ):
+        before = _workers_cpu(gateway)
+        outcome = _grpc_call(gateway, data, MODEL_INFER)
+        assert outcome[0] == "OK", outcome[1]
+        used[name] = _workers_cpu(gateway) - before
+        record(f"JSON workers CPU s ({name})", used[name])
+    # Parsing 15.6 MiB twice and making its arrays: tens of ms of the workers'
+    # CPU; none when parsed on the loop (the answer is small, written in place).
+    assert used["offloading"] >= 0.02, used
+    assert used["in place"] == 0.0, used
 
 
 def _unpacked() -> tuple[bytes, bytes]:
@@ -385,6 +481,7 @@ def test_the_backend_gets_the_clients_bytes(gateways: Gateways) -> None:
 def test_a_large_message_does_not_hold_up_other_clients(gateways: Gateways) -> None:
     gateway = gateways.forwarding
     data = _large()
+    infer = _infer().SerializeToString()
     listener = Listener("gateway HTTP", gateway.http_port, gateway.process, {})
     pid = gateway.process.pid
     before = rss_bytes(pid)
@@ -403,6 +500,9 @@ def test_a_large_message_does_not_hold_up_other_clients(gateways: Gateways) -> N
         with SmallCalls(listener) as small:
             for _ in range(3):
                 outcome = _grpc_call(gateway, data)
+                assert outcome[0] == "OK", outcome[1]
+            for _ in range(2):
+                outcome = _grpc_call(gateway, infer, MODEL_INFER)
                 assert outcome[0] == "OK", outcome[1]
             time.sleep(0.05)
     finally:

@@ -57,6 +57,7 @@ DRAIN_SECONDS = 20.0
 WORKER_MODULES = (
     "gateway.signatures",
     "gateway.codecs.v2",
+    "gateway.codecs.v2_grpc",
     "gateway.codecs.answers",
     "gateway.codecs.typed_body",
 )
@@ -78,7 +79,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--default-backend": ("default_backend", str),
     "--max-body-bytes": ("max_body_bytes", int),
     "--json-offload-bytes": ("json_offload_bytes", int),
-    "--grpc-forward-bytes": ("grpc_forward_bytes", int),
+    "--grpc-parse-offload-bytes": ("grpc_parse_offload_bytes", int),
     "--json-workers": ("json_workers", int),
     "--json-answer-offload-elements": ("json_answer_offload_elements", int),
     "--json-workers-start-timeout-seconds": (

@@ -22,8 +22,10 @@ from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import numpy_dtype, to_shape
 
 from gateway.clients.arrays import ArrayRequest, output_arrays
-from gateway.codecs.v2 import InferRequest
+from gateway.clients.forwarded import ForwardedPredict
+from gateway.codecs.v2 import InferRequest, check_tensor_limits
 from gateway.codecs.v2_datatypes import v2_datatype
+from gateway.codecs.v2_grpc import EncodedInfer
 from gateway.context import CallContext
 from gateway.dataplane import Gateway
 from gateway.errors import InvalidInput
@@ -156,16 +158,7 @@ class InferAnswer:
 
 
 def _check_limits(gateway: Gateway, parsed: InferRequest) -> None:
-    # A v2 tensor carries every element it declares (no fill rule), so its size
-    # is bounded by the body's; the request-wide cap still applies, as on v1.
-    elements = 0
-    size = 0
-    for array in parsed.inputs.values():
-        elements += array.size
-        size += array.nbytes
-        if array.dtype.kind == "O":
-            size += sum(len(item) for item in array.reshape(-1).tolist())
-    gateway.gatekeeper.tensor_limits.check(elements, size)
+    check_tensor_limits(parsed, gateway.gatekeeper.tensor_limits)
 
 
 async def infer(
@@ -175,7 +168,8 @@ async def infer(
     version_text: str | None,
     signature: str,
     parse: Callable[
-        [Mapping[str, np.dtype[Any]] | None], InferRequest | Awaitable[InferRequest]
+        [Mapping[str, np.dtype[Any]] | None],
+        InferRequest | Awaitable[InferRequest] | Awaitable[EncodedInfer],
     ],
 ) -> InferAnswer:
     """Route a v2 inference, call the backend, and collect the outputs asked for.
@@ -184,7 +178,9 @@ async def infer(
         signature: the `signature_name` parameter ("" for the default).
         parse: turns the wire request into an `InferRequest`, given the target's
             input dtypes (numeric inputs are converted to them) when known;
-            or a coroutine doing so (a large body parsed off the event loop).
+            or a coroutine doing so (a large body parsed off the event loop),
+            which may give the backend's message already encoded
+            (`EncodedInfer`, a large gRPC ModelInfer, limits checked).
 
     Raises:
         GatewayError: bad input (400), unknown model, version or output, backend
@@ -194,10 +190,16 @@ async def infer(
     version, label = version_or_label(version_text)
     parsed_holder: list[InferRequest] = []
 
-    async def encode(signatures: SignatureSet | None) -> ArrayRequest:
+    async def encode(
+        signatures: SignatureSet | None,
+    ) -> ArrayRequest | ForwardedPredict:
         wanted = signatures.input_dtypes(signature) if signatures is not None else None
         parsing = parse(wanted)
         parsed = await parsing if inspect.isawaitable(parsing) else parsing
+        if isinstance(parsed, EncodedInfer):
+            parsed_holder[:] = [parsed.request]
+            spec = messages.ModelSpec(signature_name=signature)
+            return ForwardedPredict(spec, {}, memoryview(parsed.message))
         _check_limits(gateway, parsed)
         parsed_holder[:] = [parsed]
         request = ArrayRequest(parsed.inputs, output_filter=tuple(parsed.outputs or ()))

@@ -56,11 +56,13 @@ class Settings(BaseSettings):
     on the first call and called over gRPC."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger gets 413."""
-    grpc_forward_bytes: int = Field(default=1024 * 1024, ge=0)
-    """Size from which a gRPC or gRPC-Web Predict message is forwarded to its
-    backend as it came, only its model spec and tensor shapes read, rather than
-    parsed whole and serialized again on the event loop (about 5 ms a MiB that
-    no other call is served); 0 parses every one."""
+    grpc_parse_offload_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Size from which a gRPC message is not parsed on the event loop (parsing
+    and serializing a Predict again cost it about 5 ms a MiB that no other call
+    is served): a Predict (gRPC or gRPC-Web) is forwarded to its backend as it
+    came, only its model spec and tensor shapes read; an Open Inference
+    Protocol ModelInfer is parsed and turned into arrays in the JSON workers.
+    0 parses every message on the loop."""
     json_offload_bytes: int = Field(default=json_offload.DEFAULT_THRESHOLD_BYTES, gt=0)
     """Size from which a JSON body the gateway translates is parsed (and turned
     into arrays) in a worker process rather than on the event loop, so that a

@@ -4,10 +4,20 @@ import struct
 
 import numpy as np
 import pytest
+from gateway.clients.arrays import ArrayRequest
 from gateway.codecs.v2 import parse_infer_request
-from gateway.codecs.v2_grpc import format_model_infer, parse_model_infer
+from gateway.codecs.v2_grpc import (
+    encode_infer_message,
+    format_model_infer,
+    parameters_dict,
+    parse_model_infer,
+    read_infer_message,
+)
 from gateway.errors import InvalidInput
+from servekit_protocol import messages
 from servekit_protocol import oip_messages as oip
+from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.tensor_limits import TensorLimits
 
 
 def _request() -> oip.ModelInferRequest:
@@ -121,3 +131,45 @@ def test_classification_over_grpc() -> None:
     parsed = parse_model_infer(request)
     answer = format_model_infer("m", "1", {"p": np.array([0.1, 0.9])}, parsed, False)
     assert list(answer.outputs[0].contents.bytes_contents) == [b"0.900000:1"]
+
+
+def _large_request(raw: bool) -> oip.ModelInferRequest:
+    request = _request()
+    values = np.arange(12, dtype=np.float32)
+    tensor = request.inputs.add(name="x", datatype="FP32", shape=[3, 4])
+    if raw:
+        request.raw_input_contents.append(values.tobytes())
+    else:
+        tensor.contents.fp32_contents.extend(values.tolist())
+    request.inputs.add(name="s", datatype="BYTES", shape=[1])
+    if raw:
+        request.raw_input_contents.append(struct.pack("<I", 2) + b"hi")
+    else:
+        request.inputs[1].contents.bytes_contents.append(b"hi")
+    request.outputs.add(name="y").parameters["classification"].int64_param = 2
+    return request
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_message_read_in_a_worker_is_the_one_parsed_in_place(raw: bool) -> None:
+    request = _large_request(raw)
+    data = request.SerializeToString()
+    head = read_infer_message(data)
+    assert (head.model_name, head.model_version, head.raw) == ("m", "", raw)
+    assert head.parameters == parameters_dict(request.parameters)
+    wanted = {"x": np.dtype(np.float64)}
+    encoded = encode_infer_message(data, wanted, TensorLimits())
+    in_place = parse_model_infer(request, wanted)
+    expected = ArrayRequest(in_place.inputs, output_filter=("y",)).to_proto()
+    expected.ClearField("model_spec")
+    assert messages.PredictRequest.FromString(encoded.message) == expected
+    assert encoded.request.inputs == {}
+    assert encoded.request.outputs == in_place.outputs == ["y"]
+    assert encoded.request.requested == in_place.requested
+    assert encoded.request.request_id == in_place.request_id == "abc"
+
+
+def test_a_message_over_the_tensor_limits_is_refused_in_the_worker() -> None:
+    data = _large_request(raw=True).SerializeToString()
+    with pytest.raises(InvalidArgument, match="13 elements"):
+        encode_infer_message(data, None, TensorLimits(max_elements=12))

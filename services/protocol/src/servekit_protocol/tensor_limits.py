@@ -59,16 +59,8 @@ def declared_size(tensor: TensorProto) -> tuple[int, int]:
     Raises:
         InvalidArgument: an unknown rank or a negative dimension.
     """
-    shape = tensor.tensor_shape
-    if shape.unknown_rank:
-        raise InvalidArgument("Tensor shape has unknown rank")
-    elements = 1
-    for dim in shape.dim:
-        if dim.size < 0:
-            raise InvalidArgument(
-                f"Tensor shape has a negative dimension: {[d.size for d in shape.dim]}"
-            )
-        elements *= dim.size
+    # The shape cache the decoding uses too: requests repeat a few shapes.
+    _, elements = tensors.declared_shape(tensor)
     if tensor.dtype == DT_STRING:
         values = sum(len(value) for value in tensor.string_val)
         return elements, elements * _REFERENCE_BYTES + values

@@ -72,20 +72,26 @@ def from_shape(shape: Sequence[int | None] | None) -> TensorShapeProto:
 # directions go through the serialized TensorShapeProto, a cheap key and a
 # cheap value (bounded: shapes come from clients).
 _SHAPE_CACHE_LIMIT = 1024
-_SIZES_BY_BYTES: dict[bytes, tuple[int, ...]] = {}
+_SIZES_BY_BYTES: dict[bytes, tuple[tuple[int, ...], int]] = {}
 _BYTES_BY_SIZES: dict[tuple[int, ...], bytes] = {}
 
 
-def _concrete_shape(tensor: TensorProto) -> tuple[int, ...]:
+def declared_shape(tensor: TensorProto) -> tuple[tuple[int, ...], int]:
+    """A TensorProto's dimension sizes and element count, from its shape alone.
+
+    Raises:
+        InvalidArgument: an unknown rank or a negative dimension.
+    """
     shape = tensor.tensor_shape
     key = shape.SerializeToString()
-    sizes = _SIZES_BY_BYTES.get(key)
-    if sizes is None:
+    known = _SIZES_BY_BYTES.get(key)
+    if known is None:
         sizes = _read_shape(shape)
+        known = (sizes, math.prod(sizes))
         if len(_SIZES_BY_BYTES) >= _SHAPE_CACHE_LIMIT:
             _SIZES_BY_BYTES.clear()
-        _SIZES_BY_BYTES[key] = sizes
-    return sizes
+        _SIZES_BY_BYTES[key] = known
+    return known
 
 
 def _write_shape(sizes: tuple[int, ...], into: TensorShapeProto) -> None:
@@ -143,8 +149,7 @@ def to_ndarray(tensor: TensorProto) -> np.ndarray[Any, Any]:
             fit the shape.
     """
     kind = kind_of(tensor.dtype)
-    shape = _concrete_shape(tensor)
-    size = math.prod(shape)
+    shape, size = declared_shape(tensor)
     content = tensor.tensor_content if kind is not STRING_KIND else b""
     if content:
         expected = size * kind.numpy.itemsize
@@ -313,6 +318,7 @@ __all__ = [
     "MAX_FILL_ELEMENTS",
     "DataTypeLike",
     "data_type",
+    "declared_shape",
     "data_type_name",
     "dtype_name",
     "element_field",

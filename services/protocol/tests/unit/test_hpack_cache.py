@@ -122,8 +122,15 @@ def test_a_lowered_header_list_limit_applies_to_a_repeat() -> None:
         repeat.decode(block, raw=True)
 
 
+def _fresh_hpack_block(headers: list[tuple[bytes, bytes]]) -> bytes:
+    # hpack's block from an empty table with every field never indexed: what a
+    # table-free block must be, byte for byte.
+    fields = [NeverIndexedHeaderTuple(name, value) for name, value in headers]
+    return Encoder().encode(fields, huffman=False)
+
+
 @pytest.mark.parametrize("seed", range(3))
-def test_the_encoder_is_hpack_apart_from_its_table_free_constant_blocks(
+def test_the_encoder_is_hpack_apart_from_its_table_free_blocks(
     seed: int,
 ) -> None:
     # Answers as the server sends them: the constant blocks, trailers with a
@@ -144,16 +151,54 @@ def test_the_encoder_is_hpack_apart_from_its_table_free_constant_blocks(
             size = rng.choice((0, 128, 4096))
             encoder.header_table_size = plain.header_table_size = size
             continue
+        # A pending table size change opens the next block, which hpack writes.
+        resized = encoder.header_table.resized
         block = encoder.encode(headers)
         assert client.decode(block, raw=True) == headers
-        if (
-            tuple(headers) in CONSTANT_BLOCKS
-            and block == CONSTANT_BLOCKS[tuple(headers)]
-        ):
+        if not resized and headers[0] in OK_TRAILERS + RESPONSE_HEADERS:
+            # Table-free: the same bytes whatever the tables hold, and neither
+            # table changes (so the two encoders' tables stay equal).
+            assert block == _fresh_hpack_block(headers)
             continue
-        # Anything else is hpack's block, byte for byte (the constant blocks
-        # leave the table alone, so the two encoders' tables stay equal).
+        # Anything else is hpack's block, byte for byte.
         assert block == plain.encode(headers, huffman=False)
         assert list(encoder.header_table.dynamic_entries) == list(
             plain.header_table.dynamic_entries
         )
+
+
+def test_trailing_metadata_after_a_constant_block_is_written_without_hpack() -> None:
+    encoder = ConstantEncoder()
+    encoder.encode([(b"grpc-status", b"5"), (b"grpc-message", b"indexed")])
+    entries = list(encoder.header_table.dynamic_entries)
+    long_id = NeverIndexedHeaderTuple(b"x-request-id", b"r" * 300)
+    for trailers in (
+        [(b"grpc-status", b"0"), NeverIndexedHeaderTuple(b"x-request-id", b"a1")],
+        [(b"grpc-status", b"0"), long_id],  # lengths over one integer byte
+        [*RESPONSE_HEADERS, NeverIndexedHeaderTuple(b"x-tag-bin", b"AAE")],
+    ):
+        block = encoder.encode(trailers)
+        assert block == _fresh_hpack_block(trailers)
+        assert Decoder().decode(block, raw=True) == trailers
+    assert list(encoder.header_table.dynamic_entries) == entries
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # A name in the static table: hpack would refer to it by index.
+        [(b"grpc-status", b"0"), NeverIndexedHeaderTuple(b"user-agent", b"x")],
+        # A plain (indexable) field after the constant block.
+        [(b"grpc-status", b"0"), (b"x-request-id", b"a1")],
+        # The constant fields themselves never indexed.
+        [NeverIndexedHeaderTuple(b"grpc-status", b"0")],
+        # Text, not bytes.
+        [(b"grpc-status", b"0"), NeverIndexedHeaderTuple("x-request-id", "a1")],
+    ],
+)
+def test_other_blocks_are_left_to_hpack(headers: list[tuple[bytes, bytes]]) -> None:
+    encoder, plain = ConstantEncoder(), Encoder()
+    assert encoder.encode(headers) == plain.encode(headers, huffman=False)
+    assert list(encoder.header_table.dynamic_entries) == list(
+        plain.header_table.dynamic_entries
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from servekit_protocol import json_codec, messages
+from servekit_protocol import json_codec, messages, tensors
 from servekit_protocol.errors import InvalidArgument
 from servekit_protocol.json_codec import TensorSpec
 from servekit_protocol.tensor_limits import (
@@ -52,6 +52,21 @@ def test_malformed_shapes_are_refused() -> None:
     tensor.tensor_shape.unknown_rank = True
     with pytest.raises(InvalidArgument, match="unknown rank"):
         declared_size(tensor)
+
+
+def test_a_repeated_shape_is_judged_as_the_first_time() -> None:
+    # The shapes are cached by their bytes: a repeat gives the same size, and a
+    # malformed shape is refused every time, never cached.
+    for _ in range(2):
+        assert declared_size(_filled(7)) == (7, 28)
+        tensor = messages.TensorProto(dtype=messages.DT_FLOAT)
+        tensor.tensor_shape.dim.add(size=3)
+        tensor.tensor_shape.dim.add(size=-1)
+        with pytest.raises(InvalidArgument, match=r"negative dimension: \[3, -1\]"):
+            declared_size(tensor)
+    empty = messages.TensorProto(dtype=messages.DT_FLOAT)
+    assert tensors.declared_shape(empty) == ((), 1)  # a scalar
+    assert declared_size(empty) == (1, 4)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ request's tensor limits) and nothing else; the tensors' values are the backend's
 Parsing a whole message holds the event loop (and so every other call) about
 1 ms a MiB, and serializing it again for the backend about twice that: at the
 16 MiB default body limit, some 25 ms and 50 ms. So from
-``GATEWAY_GRPC_FORWARD_BYTES`` up a message is read with a *head* type that
+``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up a message is read with a *head* type that
 declares only those fields: protobuf's parser (upb) keeps the rest as unknown
 fields, a copy at memory speed (about 3 ms for 16 MiB), without decoding a value.
 The message then goes to the backend with its leading ``model_spec`` field cut

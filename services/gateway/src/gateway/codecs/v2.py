@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from servekit_protocol.tensor_limits import TensorLimits
 
 from gateway.codecs.v2_datatypes import NUMPY_TO_V2, V2_TO_NUMPY, v2_datatype
 from gateway.codecs.v2_raw import from_raw
@@ -299,6 +300,24 @@ def read_parameters(header: bytes) -> dict[str, Any]:
     """
     parameters: dict[str, Any] = read_document(header).get("parameters") or {}
     return parameters
+
+
+def check_tensor_limits(parsed: InferRequest, limits: TensorLimits) -> None:
+    """Refuse a request whose inputs hold more than ``limits``, together.
+
+    Raises:
+        InvalidArgument: above the limits.
+    """
+    # A v2 tensor carries every element it declares (no fill rule), so its size
+    # is bounded by the body's; the request-wide cap still applies, as on v1.
+    elements = 0
+    size = 0
+    for array in parsed.inputs.values():
+        elements += array.size
+        size += array.nbytes
+        if array.dtype.kind == "O":
+            size += sum(len(item) for item in array.reshape(-1).tolist())
+    limits.check(elements, size)
 
 
 def parse_infer_body(

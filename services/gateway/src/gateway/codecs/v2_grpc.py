@@ -8,14 +8,19 @@ functions; no transport here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from servekit_protocol import oip_messages as oip
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.tensor_limits import TensorLimits
 
-from gateway.codecs.v2 import InferRequest, RequestedOutput
+from gateway.clients.arrays import ArrayRequest
+from gateway.codecs.v2 import InferRequest, RequestedOutput, check_tensor_limits
 from gateway.codecs.v2_classification import classify
 from gateway.codecs.v2_raw import datatype_dtype, from_raw, to_raw
 from gateway.errors import InvalidInput
@@ -217,10 +222,85 @@ def format_model_infer(
     return response
 
 
+@dataclass(frozen=True, slots=True)
+class InferMessage:
+    """A large ModelInferRequest kept as its bytes, with what routing and the
+    answer need read from it in a worker process (a parse on the event loop
+    would hold every other call about 1 ms a MiB)."""
+
+    model_name: str
+    model_version: str
+    parameters: dict[str, Any]
+    """The request's parameters as plain values."""
+    raw: bool
+    """Whether the inputs came in `raw_input_contents` (answered the same way)."""
+    message: bytes = b""
+
+
+def read_infer_message(message: bytes) -> InferMessage:
+    """An InferMessage's head, without the bytes (run in a worker process).
+
+    Raises:
+        DecodeError: the message does not parse.
+    """
+    request = oip.ModelInferRequest.FromString(message)
+    return InferMessage(
+        request.model_name,
+        request.model_version,
+        parameters_dict(request.parameters),
+        bool(request.raw_input_contents),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedInfer:
+    """A ModelInfer request turned into the backend's Predict in a worker."""
+
+    request: InferRequest
+    """The request without its inputs: ids, outputs and parameters, for the
+    answer."""
+    message: bytes
+    """The PredictRequest for the backend without its model spec (the gateway
+    writes the target's in front, as for a forwarded Predict)."""
+
+
+def encode_infer_message(
+    message: bytes,
+    wanted: Mapping[str, np.dtype[Any]] | None,
+    limits: TensorLimits,
+) -> EncodedInfer:
+    """:func:`parse_model_infer` of a message's bytes, checked against the
+    request's tensor limits and encoded as the PredictRequest the backend gets
+    (run in a worker process: parsing, the arrays and serializing the Predict
+    hold the GIL about 5 ms a MiB together).
+
+    Raises:
+        InvalidInput: anything that does not fit the protocol, or an array
+            that cannot be encoded.
+        InvalidArgument: above the tensor limits.
+    """
+    parsed = parse_model_infer(oip.ModelInferRequest.FromString(message), wanted)
+    check_tensor_limits(parsed, limits)
+    try:
+        predict = ArrayRequest(
+            parsed.inputs, output_filter=tuple(parsed.outputs or ())
+        ).to_proto()
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+    predict.ClearField("model_spec")
+    return EncodedInfer(
+        dataclasses.replace(parsed, inputs={}), predict.SerializeToString()
+    )
+
+
 __all__ = [
     "CONTENTS_FIELD",
+    "InferMessage",
     "format_model_infer",
     "parameter_value",
     "parameters_dict",
+    "EncodedInfer",
+    "encode_infer_message",
     "parse_model_infer",
+    "read_infer_message",
 ]

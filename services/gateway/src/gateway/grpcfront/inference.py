@@ -3,18 +3,28 @@
 Model methods go through `GrpcFront.serve` like TF Serving's services on this
 port: the same credentials, admission limit, deadline, request id, metrics and
 error table; the work is `gateway.oip`'s, shared with the HTTP routes. Server
-liveness, readiness and metadata need no credentials, as on HTTP.
+liveness, readiness and metadata need no credentials, as on HTTP. A ModelInfer
+message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is parsed in the JSON
+workers (`grpcfront.server`), never on the event loop.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
 from servekit_protocol import oip_messages as oip
 from servekit_protocol.oip_services import GRPCInferenceServiceServicer
 from servekit_protocol.services import ServicerContext
 
 import gateway
 from gateway import oip as plane
+from gateway.codecs.v2 import InferRequest
 from gateway.codecs.v2_grpc import (
+    EncodedInfer,
+    InferMessage,
+    encode_infer_message,
     format_model_infer,
     parameters_dict,
     parse_model_infer,
@@ -22,6 +32,9 @@ from gateway.codecs.v2_grpc import (
 from gateway.context import CallContext
 from gateway.grpcfront.servicer import GrpcFront
 from gateway.routes.health import ReadinessCache
+
+Wanted = Mapping[str, np.dtype[Any]] | None
+"""The target's input dtypes, when known."""
 
 SERVER_NAME = "servekit-gateway"
 # Triton's model configuration names TF Serving's SavedModels this way.
@@ -129,16 +142,45 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         return await self._front.serve(context, "ModelConfig", request.name, handle)
 
     async def ModelInfer(
-        self, request: oip.ModelInferRequest, context: ServicerContext
+        self,
+        request: oip.ModelInferRequest | InferMessage,
+        context: ServicerContext,
     ) -> oip.ModelInferResponse:
+        """A large message comes as an `InferMessage`: parsed, checked and
+        encoded for the backend in a worker process, it is routed and answered
+        the same way."""
+        parse: Callable[
+            [Wanted],
+            InferRequest | Awaitable[InferRequest] | Awaitable[EncodedInfer],
+        ]
+        if isinstance(request, InferMessage):
+            parameters = request.parameters
+            raw = request.raw
+            message = request.message
+            parsers = self._gateway.parsers
+            limits = self._gateway.gatekeeper.tensor_limits
+
+            async def parse(wanted: Wanted) -> EncodedInfer:
+                return await parsers.in_worker(
+                    encode_infer_message, message, wanted, limits
+                )
+
+        else:
+            parameters = parameters_dict(request.parameters)
+            raw = bool(request.raw_input_contents)
+            parsed = request
+
+            def parse(wanted: Wanted) -> InferRequest:
+                return parse_model_infer(parsed, wanted)
+
         async def handle(ctx: CallContext) -> oip.ModelInferResponse:
             answer = await plane.infer(
                 self._gateway,
                 ctx,
                 request.model_name,
                 request.model_version,
-                plane.signature_name(parameters_dict(request.parameters)),
-                lambda wanted: parse_model_infer(request, wanted),
+                plane.signature_name(parameters),
+                parse,
             )
             # Answer in the form the client used: raw bytes for raw inputs.
             return format_model_infer(
@@ -146,7 +188,7 @@ class InferenceProxy(GRPCInferenceServiceServicer):
                 answer.model_version,
                 answer.outputs,
                 answer.request,
-                raw=bool(request.raw_input_contents),
+                raw=raw,
             )
 
         return await self._front.serve(

@@ -5,20 +5,27 @@ It runs on :class:`servekit_protocol.grpc_server.GrpcServer` (HTTP/2 on the even
 loop) instead of grpc.aio, whose poller thread and event-loop hand-offs took
 about 70% of the gateway's CPU under a cheap model's gRPC load. The API key is
 checked from a call's headers before any of its body is kept. A Predict
-message from ``GATEWAY_GRPC_FORWARD_BYTES`` up is not parsed whole: only its
+message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is not parsed whole: only its
 model spec and tensor shapes are read, and its bytes are forwarded
-(:mod:`gateway.clients.forwarded`).
+(:mod:`gateway.clients.forwarded`); a ModelInfer message from that size up is
+parsed, and its arrays made, in the JSON workers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 
+import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from servekit_protocol import messages
 from servekit_protocol.grpc_server import GrpcServer, OffloadedDecoder
+from servekit_protocol.grpcweb_server import Aborted
+from servekit_protocol.json_codec import BodyParsers
+from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.oip_services import (
     INFERENCE_SERVICE,
     add_inference_service_to_server,
@@ -31,6 +38,7 @@ from servekit_protocol.services import (
 )
 
 from gateway.clients.forwarded import ForwardedPredict, read_predict
+from gateway.codecs.v2_grpc import InferMessage, read_infer_message
 from gateway.dataplane import Gateway
 from gateway.grpcfront.inference import InferenceProxy
 from gateway.grpcfront.servicer import (
@@ -60,10 +68,15 @@ def create_grpc_server(
     )
     front = GrpcFront(gateway)
     add_prediction_service_to_server(PredictionProxy(front), server)
-    if settings.grpc_forward_bytes > 0:
+    threshold = settings.grpc_parse_offload_bytes
+    if threshold > 0:
         server.offload_decoding(
             f"/{PREDICTION_SERVICE}/Predict",
-            OffloadedDecoder(_read_large_predict, settings.grpc_forward_bytes),
+            OffloadedDecoder(_read_large_predict, threshold),
+        )
+        server.offload_decoding(
+            f"/{INFERENCE_SERVICE}/ModelInfer",
+            OffloadedDecoder(infer_reader(gateway.parsers), threshold),
         )
     add_model_service_to_server(ModelProxy(front), server)
     add_inference_service_to_server(
@@ -84,6 +97,32 @@ async def _read_large_predict(
         DecodeError: the message does not parse (answered as in place).
     """
     return read_predict(message)
+
+
+def infer_reader(
+    parsers: BodyParsers,
+) -> Callable[[memoryview], Awaitable[InferMessage]]:
+    """The gRPC server's decoder of large ModelInfer messages."""
+
+    async def read(message: memoryview) -> InferMessage:
+        """A large ModelInfer parsed in a worker for its head; its arrays are
+        made there too once the target's dtypes are known.
+
+        Raises:
+            DecodeError: the message does not parse (answered as in place).
+            Aborted: UNAVAILABLE when the worker died.
+        """
+        data = bytes(message)
+        try:
+            head = await parsers.in_worker(read_infer_message, data)
+        except ParserUnavailable as exc:
+            raise Aborted(
+                grpc.StatusCode.UNAVAILABLE,
+                "The request message could not be parsed: its worker stopped",
+            ) from exc
+        return dataclasses.replace(head, message=data)
+
+    return read
 
 
 async def mark_serving(

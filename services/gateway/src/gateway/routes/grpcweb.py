@@ -59,7 +59,7 @@ class GrpcWebEndpoint:
         self._methods = grpcweb_server.tf_serving_methods(
             PredictionProxy(front), ModelProxy(front)
         )
-        threshold = gateway.settings.grpc_forward_bytes
+        threshold = gateway.settings.grpc_parse_offload_bytes
         if threshold > 0:
             predict = f"{SERVICE_PREFIX}PredictionService/Predict"
             self._methods[predict] = (

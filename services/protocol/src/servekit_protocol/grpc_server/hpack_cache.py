@@ -15,7 +15,11 @@ only what is provably a repeat:
 - :class:`ConstantEncoder` writes the blocks of :data:`CONSTANT_BLOCKS` as fixed
   bytes: ``hpack``'s own encoding of them, made once, that uses only the static
   table and never-indexed literals, which mean the same whatever the client's
-  table holds.
+  table holds. A constant block followed by never-indexed fields (the trailers
+  of a call with its ``x-request-id``) is written the same way: the constant
+  block, then each field as the never-indexed literal ``hpack`` writes from an
+  empty table. Such a field neither refers to the table nor changes it, so the
+  block means the same whatever either side's table holds.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.table import HeaderTable
+
+from servekit_protocol.grpc_server.literals import hpack_integer
 
 RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 """The response headers of every gRPC answer that has a message."""
@@ -43,7 +50,53 @@ CONSTANT_BLOCKS: dict[tuple[tuple[bytes, bytes], ...], bytes] = {
     headers: _table_free_block(headers) for headers in (RESPONSE_HEADERS, OK_TRAILERS)
 }
 """The encoded blocks of the header lists above."""
-_LONGEST_CONSTANT = max(len(headers) for headers in CONSTANT_BLOCKS)
+_STATIC_NAMES = frozenset(name for name, _ in HeaderTable.STATIC_TABLE)
+_NEVER_INDEXED = b"\x10"
+"""RFC 7541 §6.2.3: a literal never indexed, its name a literal too."""
+
+
+def never_indexed_literal(field: Any) -> bytes | None:
+    """``hpack``'s encoding of a never-indexed field from an empty table, without
+    Huffman coding; None when that encoding would refer to the static table (a
+    name of its own) or the field is not a never-indexed one of bytes."""
+    if type(field) is not NeverIndexedHeaderTuple:
+        return None
+    name, value = field
+    if type(name) is not bytes or type(value) is not bytes or name in _STATIC_NAMES:
+        return None
+    return b"".join(
+        (
+            _NEVER_INDEXED,
+            hpack_integer(len(name), 7),
+            name,
+            hpack_integer(len(value), 7),
+            value,
+        )
+    )
+
+
+def table_free_block(headers: list[Any]) -> bytes | None:
+    """The block of ``headers`` when it needs no header table: a constant block,
+    or one followed by never-indexed fields; None otherwise."""
+    count = len(headers)
+    for constant, block in CONSTANT_BLOCKS.items():
+        length = len(constant)
+        if count < length or tuple(headers[:length]) != constant:
+            continue
+        # hpack's HeaderTuple subclasses (never-indexed fields) compare equal
+        # to plain tuples and must not match a constant's plain fields.
+        if any(type(field) is not tuple for field in headers[:length]):
+            continue
+        if count == length:
+            return block
+        parts = [block]
+        for field in headers[length:]:
+            literal = never_indexed_literal(field)
+            if literal is None:
+                return None
+            parts.append(literal)
+        return b"".join(parts)
+    return None
 
 
 class ConstantEncoder(Encoder):
@@ -52,15 +105,11 @@ class ConstantEncoder(Encoder):
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
         # Huffman coding is off unless asked for (h2 never asks): in pure Python
         # it costs more CPU than the few bytes it saves on answers' short values.
-        # h2 hands over a list of plain tuples; hpack's HeaderTuple subclasses
-        # (never-indexed fields) compare equal to them and must not match.
-        block = None
-        if isinstance(headers, list) and len(headers) <= _LONGEST_CONSTANT:
-            block = CONSTANT_BLOCKS.get(tuple(headers))
-            if block is not None and any(type(field) is not tuple for field in headers):
-                block = None
         # A pending table size update must open the next block: hpack writes it.
-        if block is None or self.header_table.resized:
+        if huffman or self.header_table.resized or not isinstance(headers, list):
+            return super().encode(headers, huffman)
+        block = table_free_block(headers)
+        if block is None:
             return super().encode(headers, huffman)
         return block
 
