@@ -10,6 +10,7 @@ call with a status. :func:`call_unary` turns every outcome into an HTTP answer:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -174,7 +175,10 @@ async def call_unary(
             deadline = time.monotonic() + grpcweb.decode_timeout(timeout_header)
             context = WebContext(context.invocation_metadata(), deadline)
         if text:
-            body = grpcweb.decode_text(body)
+            if len(body) >= grpcweb.TEXT_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(grpcweb.decode_text, body)
+            else:
+                body = grpcweb.decode_text(body)
         decoder = offloaded.get(raw_path) if offloaded else None
         try:
             if decoder is not None and len(body) >= decoder.threshold_bytes:
