@@ -71,6 +71,21 @@ def test_text_bodies_may_be_padded_between_chunks() -> None:
         grpcweb.decode_text(b"!!!!")
 
 
+def test_text_bodies_over_a_piece_decode_whole() -> None:
+    # Decoding goes a MiB at a time: chunks and line breaks must straddle the
+    # pieces' edges without changing the result, and an error past the first
+    # piece is still found.
+    payload = bytes(range(256)) * 12_289
+    first = base64.b64encode(payload[:2_000_000])
+    second = base64.b64encode(payload[2_000_000:])
+    assert first.endswith(b"=")
+    wrapped = b"\r\n".join(first[i : i + 76] for i in range(0, len(first), 76))
+    assert len(wrapped) > 2 << 20
+    assert grpcweb.decode_text(wrapped + second) == payload
+    with pytest.raises(InvalidArgument, match="not base64"):
+        grpcweb.decode_text(first + second[:-8] + b"!" + second[-7:])
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("1m", 0.001), ("250m", 0.25), ("3S", 3.0), ("2M", 120.0), ("1H", 3600.0)],
