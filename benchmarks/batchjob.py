@@ -192,6 +192,8 @@ def phase_split(
     counted = time.perf_counter()
     rows = sum(source.rows for source in files)
     chunks = list(sources.read_chunks(files, 0, rows, batch_size, predictor.schema))
+    for chunk in chunks:  # the job does this in its read thread
+        predictor.prepare_chunk(chunk)
     read = time.perf_counter()
     answers = [predictor.predict_chunk(chunk) for chunk in chunks]
     predicted = time.perf_counter()

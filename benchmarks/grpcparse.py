@@ -1,5 +1,5 @@
-"""How long a large gRPC ``Predict`` message holds the model server's event loop,
-parsed in place and parsed in a worker process.
+"""How long a large gRPC ``Predict`` (or ``Classify``) message holds the model
+server's event loop, parsed in place and parsed in a worker process.
 
 In place, the loop runs protobuf's parse and the conversion to arrays
 (:func:`modelserver.protocol.grpc.converters.to_predict_request`) with the GIL
@@ -11,6 +11,18 @@ ticks (1 ms apart): that gap is the stall other clients would see. Sizes are
 of ``double_val`` messages (the costliest encoding to parse), rounds side by
 side, medians reported.
 
+With ``--method classify``: ClassificationRequests of tf.Examples of eight float
+features, parsed and turned into dicts in place
+(:func:`~modelserver.protocol.grpc.converters.to_classify_request`; the
+scikit-learn runtime's columns, also on the loop in place, are not counted),
+offloaded through :class:`~modelserver.protocol.grpc.largeexamples.ExamplesDecoder`
+(parsed and turned into columns in the worker).
+
+With ``--method free``: a received body of each size (a ``bytearray``, its pages
+touched) dropped on the loop, against handed to
+:func:`servekit_protocol.buffers.release_later`: the longest gap of the same
+ticker.
+
 With ``--target gateway``: the gateway's two steps of a large ``Predict`` that
 hold its loop, each one synchronous (so each is a stall): reading the message
 (parsed whole and the tensor limits checked, or read for forwarding by
@@ -21,7 +33,7 @@ backend's Predict on the loop, against the same in the JSON workers with the
 ticker running.
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
-[--target gateway]``.
+[--method predict|classify|free] [--target gateway]``.
 """
 
 from __future__ import annotations
@@ -37,8 +49,15 @@ from typing import Any
 import numpy as np
 import uvloop
 from modelserver.protocol.grpc import converters
-from modelserver.protocol.grpc.largerequests import Decoded, PredictDecoder
+from modelserver.protocol.grpc.largeexamples import CLASSIFY, ExamplesDecoder
+from modelserver.protocol.grpc.largerequests import (
+    Decoded,
+    PredictDecoder,
+    SegmentDecoder,
+)
+from servekit_protocol import examples as example_codec
 from servekit_protocol import messages
+from servekit_protocol.buffers import release_later
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
 
@@ -60,10 +79,30 @@ def message_of(mib: int) -> bytes:
     return request.SerializeToString()
 
 
-def in_place(data: bytes) -> float:
-    """Seconds the loop would be held: parse and arrays."""
+def classify_message_of(mib: int) -> bytes:
+    """A ClassificationRequest of about ``mib`` MiB: examples of eight float
+    features (about 150 bytes each)."""
+    count = mib * 2**20 // 150
+    values = np.random.default_rng(0).normal(size=(count, 8)).tolist()
+    names = [f"f{index}" for index in range(8)]
+    request = messages.ClassificationRequest()
+    request.model_spec.name = "tabular"
+    request.input.CopyFrom(
+        example_codec.from_dicts(
+            {name: [value] for name, value in zip(names, row, strict=True)}
+            for row in values
+        )
+    )
+    return request.SerializeToString()
+
+
+def in_place(data: bytes, method: str = "predict") -> float:
+    """Seconds the loop would be held: parse and arrays (or dicts)."""
     started = time.perf_counter()
-    converters.to_predict_request(messages.PredictRequest.FromString(data), _LIMITS)
+    if method == "classify":
+        converters.to_classify_request(messages.ClassificationRequest.FromString(data))
+    else:
+        converters.to_predict_request(messages.PredictRequest.FromString(data), _LIMITS)
     return time.perf_counter() - started
 
 
@@ -103,13 +142,18 @@ async def offloaded(
     return max(gaps), seconds
 
 
-async def measure(sizes: list[int], rounds: int) -> None:
+async def measure(sizes: list[int], rounds: int, method: str) -> None:
     parsers = BodyParsers()
-    parsers.start(preload=("modelserver.protocol.grpc.largerequests",))
-    decoder = PredictDecoder(parsers, _LIMITS)
+    parsers.start(preload=("modelserver.protocol.grpc.largeexamples",))
+    decoder: SegmentDecoder[Any] = (
+        ExamplesDecoder(parsers, CLASSIFY)
+        if method == "classify"
+        else PredictDecoder(parsers, _LIMITS)
+    )
+    make = classify_message_of if method == "classify" else message_of
     try:
         # The workers' start and first imports are not what is measured.
-        await decoder(memoryview(message_of(1)))
+        await decoder(memoryview(make(1)))
         print(f"load average {os.getloadavg()[0]:.1f}")
         print(
             "| message | in place: loop held | offloaded: longest stall "
@@ -117,10 +161,10 @@ async def measure(sizes: list[int], rounds: int) -> None:
         )
         print("| ---: | ---: | ---: | ---: | ---: |")
         for mib in sizes:
-            data = message_of(mib)
+            data = make(mib)
             held, stalls, idle, took = [], [], [], []
             for _ in range(rounds):
-                held.append(in_place(data))
+                held.append(in_place(data, method))
                 stall, seconds = await offloaded(decoder, data)
                 stalls.append(stall)
                 took.append(seconds)
@@ -258,18 +302,67 @@ def measure_gateway(sizes: list[int], rounds: int) -> None:
         print(f"| {len(data) / 2**20:.0f} MiB | {cells[0]} | {cells[1]} |", flush=True)
 
 
+async def stall_of(free: Callable[[list[bytearray]], Any], mib: int) -> float:
+    """The ticker's longest gap while ``free`` drops a touched body of ``mib``
+    MiB (given as the only reference, in a list)."""
+    holder = [bytearray(b"\x01") * (mib * 2**20)]
+    gaps = [0.0]
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(_TICK_SECONDS)
+            now = time.perf_counter()
+            gaps.append(now - last - _TICK_SECONDS)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.05)
+    work = free(holder)
+    if work is not None:
+        await work
+    await asyncio.sleep(0.05)
+    done.set()
+    await ticker
+    return max(gaps)
+
+
+async def measure_free(sizes: list[int], rounds: int) -> None:
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        "| body | dropped on the loop: longest stall | release_later: longest stall |"
+    )
+    print("| ---: | ---: | ---: |")
+    for mib in sizes:
+        dropped, released = [], []
+        for _ in range(rounds):
+            dropped.append(await stall_of(lambda holder: holder.clear(), mib))
+            released.append(await stall_of(release_later, mib))
+        print(
+            f"| {mib} MiB | {statistics.median(dropped) * 1e3:.1f} ms "
+            f"| {statistics.median(released) * 1e3:.1f} ms |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="16,64,256", help="MiB, comma separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--target", choices=("modelserver", "gateway"))
+    parser.add_argument(
+        "--method", choices=("predict", "classify", "free"), default="predict"
+    )
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(",")]
     if options.target == "gateway":
         measure_gateway(sizes, options.rounds)
         uvloop.run(measure_infer(sizes, options.rounds))
+    elif options.method == "free":
+        uvloop.run(measure_free(sizes, options.rounds))
     else:
-        uvloop.run(measure(sizes, options.rounds))
+        uvloop.run(measure(sizes, options.rounds, options.method))
 
 
 if __name__ == "__main__":

@@ -64,14 +64,17 @@ requests' 2,048,000, under what 15.6 MiB of FP32 holds."""
 LARGE_ROWS = 8_000
 """Rows of the large request: 8,000 x 256 ``double_val`` values, 15.6 MiB,
 just under the limit."""
-SMALL_CALL_LATENCY = 0.5
-"""Most a small call may take while large messages are forwarded (a few ms on
-an idle machine; the margin is for the shared 2-core runner, as in
-``test_large_grpc``)."""
-MEMORY_GROWTH_LIMIT = 128 * 1024 * 1024
+SMALL_CALL_LATENCY = 1.0
+"""Most a small call may take while large messages are handled (a few ms on
+an idle machine, 0.21-0.33 s measured at load average 6-7.6, with this process
+sending 15.6 MiB messages and the model server parsing them on the same 2
+cores; the margin is for a loaded runner, as in ``test_large_json``)."""
+MEMORY_GROWTH_LIMIT = 160 * 1024 * 1024
 """Most the forwarding gateway's resident memory may grow over three large
-calls: the body as received, the rest of the message kept, the message sent
-on and its frame, each 15.6 MiB, and the allocator's retained pages."""
+``Predict`` and two large ``ModelInfer`` calls: the body as received, the head
+parse's copy, the message framed for the backend, a ModelInfer's copy, its
+pickle and the encoded Predict, each 15.6 MiB, and the allocator's retained
+pages (92-108 MiB measured)."""
 
 
 @dataclass

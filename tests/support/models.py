@@ -183,13 +183,19 @@ def publish_linear_pipeline(
     return draft.version
 
 
+MANIFEST_FIELDS_ADDED_SINCE_NULLABLE = {"main_names", "trusted_types", "compiled"}
+"""Manifest fields that servekit did not write yet when features had no
+``nullable`` (all with defaults, so today's reader takes a manifest without them)."""
+
+
 def publish_linear_pipeline_before_nullable(
     registry_root: Path, name: str, *, offset: float = 1.0, impute: bool = False
 ) -> int:
     """Publish :func:`publish_linear_pipeline`'s model as version 1 of ``name`` the
     way servekit published it before features recorded ``nullable``: the same
-    files, and a manifest with the same fields but no ``nullable`` key (the
-    manifest is not among its own digests). Built hidden, manifest last, renamed
+    files, and the manifest with the fields of then only (no ``nullable`` key,
+    nor the fields added since: ``MANIFEST_FIELDS_ADDED_SINCE_NULLABLE``); the
+    manifest is not among its own digests. Built hidden, manifest last, renamed
     into place."""
     import tempfile
 
@@ -213,7 +219,11 @@ def publish_linear_pipeline_before_nullable(
         hidden = base / ".tmp-1"
         shutil.copytree(source, hidden, ignore=shutil.ignore_patterns(MANIFEST_FILE))
         (hidden / MANIFEST_FILE).write_text(
-            written_then.model_dump_json(indent=2) + "\n", encoding="utf-8"
+            written_then.model_dump_json(
+                indent=2, exclude=MANIFEST_FIELDS_ADDED_SINCE_NULLABLE
+            )
+            + "\n",
+            encoding="utf-8",
         )
         hidden.rename(base / "1")
     Registry(registry_root).write_configs()

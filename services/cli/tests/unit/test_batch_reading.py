@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from servekit.batch.chunks import Chunk
 from servekit.batch.readahead import ReadAhead
 from servekit.batch.schema import FLOAT, InputSchema
-from servekit.batch.sources import InputFile, discover, read_chunks, read_ranges
+from servekit.batch.sources import (
+    READ_CHUNKS,
+    InputFile,
+    discover,
+    read_chunks,
+    read_ranges,
+)
 from servekit.console import CommandError
 
 SCHEMA = InputSchema("serving_default", {"a": FLOAT, "b": FLOAT})
@@ -88,6 +96,40 @@ def test_a_parquet_file_is_read_from_the_row_group_of_the_first_row_wanted(
     chunks = list(read_chunks(discover(path), 25, 32, 4, schema))
     assert asked == [[2, 3]]
     assert [row["a"] for c in chunks for row in rows_of(c)] == list(range(25, 32))
+
+
+def test_parquet_chunks_across_the_reads_of_many_chunks_are_the_files_rows(
+    tmp_path: Path,
+) -> None:
+    """A Parquet file is read many chunks at a time (READ_CHUNKS); a chunk that
+    starts in one read and ends in the next holds the rows of both, in order."""
+    path = tmp_path / "in.parquet"
+    rows = 7 * READ_CHUNKS + 11
+    a = [None if row % 13 == 0 else row * 0.5 for row in range(rows)]
+    pq.write_table(
+        pa.table({"a": pa.array(a, pa.float64()), "n": list(range(rows))}),
+        path,
+        row_group_size=50,
+    )
+    schema = InputSchema("serving_default", {"a": FLOAT})
+    ranges = [(1, 3 * READ_CHUNKS + 5), (3 * READ_CHUNKS + 5, rows - 2)]
+    chunks = list(read_ranges(discover(path), ranges, 3, schema))
+    assert {len(chunk) for _, chunk in chunks} <= {1, 2, 3}
+    for index, (start, stop) in enumerate(ranges):
+        mine = [chunk for position, chunk in chunks if position == index]
+        assert [c.start for c in mine] == list(range(start, stop, 3))
+        got = [row for chunk in mine for row in rows_of(chunk)]
+        assert [row["n"] for row in got] == list(range(start, stop))
+        for row in got:
+            expected = a[row["n"]]
+            assert row["a"] == expected or (expected is None and math.isnan(row["a"]))
+        # The columns as read, which Parquet results take, are the same rows.
+        read = [
+            chunk.table.source_rows(np.arange(len(chunk))).column("n").to_pylist()
+            for chunk in mine
+            if chunk.table is not None
+        ]
+        assert [n for part in read for n in part] == list(range(start, stop))
 
 
 def test_a_file_shorter_than_counted_stops_the_job(tmp_path: Path) -> None:

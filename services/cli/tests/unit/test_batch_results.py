@@ -113,3 +113,49 @@ def test_a_text_input_is_given_as_the_codecs_utf8_bytes(tmp_path: Path) -> None:
     assert every["s"].tolist() == ["é".encode(), b"b", "ü".encode()]
     assert some["s"].tolist() == ["é".encode(), "ü".encode()]
     assert some["x"].tolist() == [1.0, 3.0]
+
+
+def test_float_predictions_are_written_without_a_dictionary(tmp_path: Path) -> None:
+    source = tmp_path / "in.parquet"
+    rows = 600
+    pq.write_table(
+        pa.table(
+            {
+                "x": [float(row % 4) for row in range(rows)],
+                "s": [f"t{row % 3}" for row in range(rows)],
+                # An input column named as an output's: the output replaces it.
+                "prediction_label": [-1] * rows,
+            }
+        ),
+        source,
+    )
+    output = tmp_path / "out"
+    output.mkdir()
+    writer = ShardWriter(output, 0, 1, "parquet")
+    for chunk in read_chunks(discover(source), 0, rows, 256, SCHEMA):
+        kept = np.arange(len(chunk), dtype=np.intp)
+        scores = np.stack([kept * 0.25 + chunk.start, kept * 0.5], axis=1)
+        label = (kept + chunk.start) % 7
+        writer.write(
+            chunk,
+            Predictions({}, Bulk(kept, {"scores": scores, "label": label})),
+        )
+    writer.commit()
+    results = pq.ParquetFile(output / "prediction.results-00000-of-00001.parquet")
+    table = results.read()
+    assert table.column_names == ["x", "s", "prediction_label", "prediction_scores"]
+    assert table.column("prediction_scores").to_pylist() == [
+        [row - row % 256 + (row % 256) * 0.25, (row % 256) * 0.5] for row in range(rows)
+    ]
+    assert table.column("prediction_label").to_pylist() == [
+        row % 7 for row in range(rows)
+    ]
+    group = results.metadata.row_group(0)
+    encodings = {
+        group.column(index).path_in_schema: set(group.column(index).encodings)
+        for index in range(group.num_columns)
+    }
+    dictionary = {"PLAIN_DICTIONARY", "RLE_DICTIONARY"}
+    assert encodings["x"] & dictionary and encodings["s"] & dictionary
+    assert encodings["prediction_label"] & dictionary
+    assert not encodings["prediction_scores.list.element"] & dictionary

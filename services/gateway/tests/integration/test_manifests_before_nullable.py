@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import (
+    MANIFEST_FIELDS_ADDED_SINCE_NULLABLE,
     linear_target,
     publish_linear_pipeline,
     publish_linear_pipeline_before_nullable,
@@ -69,12 +71,18 @@ def gateway(
 
 
 def test_the_manifests_are_as_each_publisher_wrote_them(registry: Path) -> None:
+    def manifest(name: str) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(
+            (registry / name / "1" / "servekit.json").read_text()
+        )
+        return found
+
     def features(name: str) -> list[dict[str, object]]:
-        manifest = json.loads((registry / name / "1" / "servekit.json").read_text())
-        found: list[dict[str, object]] = manifest["features"]
+        found: list[dict[str, object]] = manifest(name)["features"]
         return found
 
     assert all("nullable" not in f for f in features("old-plain"))
+    assert not MANIFEST_FIELDS_ADDED_SINCE_NULLABLE & set(manifest("old-plain"))
     assert [f["nullable"] for f in features("new-plain")] == [False, False]
     assert [f["nullable"] for f in features("new-imputed")] == [True, True]
 

@@ -31,6 +31,8 @@ class Chunk:
             (an id, the label) stay in the output's instance but are not sent.
         table: The rows as typed columns (CSV and Parquet chunks, and JSON
             Lines chunks whose rows share one shape).
+        inputs: The model's arrays for the rows that were read, when the
+            predictor made them from ``table`` ahead of the model's call.
     """
 
     start: int
@@ -39,6 +41,7 @@ class Chunk:
     lines: list[bytes] | None = None
     sent: list[Any] | None = None
     table: TableColumns | None = None
+    inputs: dict[str, Any] | None = None
 
     def request(self, offset: int) -> Any:
         """What row ``offset`` sends to the model."""

@@ -67,12 +67,58 @@ class TableColumns:
     sent: list[str]
     error_instances: dict[int, Any] = field(default_factory=dict)
     named: bool = True
-    source: dict[str, pa.ChunkedArray] | None = None
+    source: pa.Table | None = None
 
     @property
     def rows(self) -> int:
         """How many rows the columns hold."""
         return len(next(iter(self.arrays.values())))
+
+    def window(self, first: int, rows: int) -> TableColumns:
+        """Rows ``first`` to ``first + rows`` as columns of their own (views, no copy)."""
+        last = first + rows
+        return TableColumns(
+            {name: array[first:last] for name, array in self.arrays.items()},
+            self.layout,
+            self.sent,
+            {
+                offset - first: instance
+                for offset, instance in self.error_instances.items()
+                if first <= offset < last
+            },
+            self.named,
+            None if self.source is None else self.source.slice(first, rows),
+        )
+
+    @staticmethod
+    def joined(parts: list[TableColumns]) -> TableColumns:
+        """The rows of ``parts`` (columns of one file, in order) as one set of columns."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        errors: dict[int, Any] = {}
+        offset = 0
+        for part in parts:
+            errors.update(
+                {
+                    offset + row: instance
+                    for row, instance in part.error_instances.items()
+                }
+            )
+            offset += part.rows
+        read = [part.source for part in parts if part.source is not None]
+        source = pa.concat_tables(read) if len(read) == len(parts) else None
+        return TableColumns(
+            {
+                name: np.concatenate([part.arrays[name] for part in parts])
+                for name in first.arrays
+            },
+            first.layout,
+            first.sent,
+            errors,
+            first.named,
+            source,
+        )
 
     def instance(self, offset: int, *, plain: bool = False) -> Any:
         """Row ``offset``'s instance (``plain``: NaN and infinities as floats)."""
@@ -152,7 +198,7 @@ class TableColumns:
         """A text column's values as UTF-8 ``bytes`` (or ``str``), made by Arrow."""
         if self.source is None:
             return None
-        column = self.source[name]
+        column = self.source.column(name)
         if column.null_count or not (
             pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
         ):
@@ -180,10 +226,8 @@ class TableColumns:
         if not self.named:
             return self._instance_column(offsets)
         if self.source is not None:
-            if len(offsets) == self.rows:
-                return dict(self.source)
-            taken = pa.array(offsets)
-            return {name: column.take(taken) for name, column in self.source.items()}
+            table = self.source_rows(offsets)
+            return dict(zip(table.column_names, table.columns, strict=True))
         columns: dict[str, pa.Array] = {}
         for name, array in self.arrays.items():
             picked = array[offsets]
@@ -195,6 +239,13 @@ class TableColumns:
             except (pa.ArrowException, TypeError, ValueError):
                 return None
         return columns
+
+    def source_rows(self, offsets: Array) -> pa.Table:
+        """These rows of a Parquet chunk's columns as read (``source`` must be set)."""
+        assert self.source is not None
+        if len(offsets) == self.rows:
+            return self.source
+        return self.source.take(pa.array(offsets))
 
     def _instance_column(self, offsets: Array) -> dict[str, pa.Array] | None:
         picked = [array[offsets] for array in self.arrays.values()]

@@ -93,16 +93,27 @@ class InProcessPredictor:
         """The loaded runtime (``modelserver.runtimes.base.Runtime``)."""
         return self._runtime
 
+    def prepare_chunk(self, chunk: Chunk) -> None:
+        """Build the model's arrays from a table chunk's columns (the matrix of a
+        single matrix input, text as the runtime takes it) ahead of its call."""
+        if chunk.table is not None:
+            rows = np.asarray(chunk.read_offsets(), dtype=np.intp)
+            if len(rows):
+                chunk.inputs = chunk.table.model_inputs(
+                    self._dtypes, rows, text_as_str=self._text_as_str
+                )
+
     def predict_chunk(self, chunk: Chunk) -> Predictions:
         offsets = chunk.read_offsets()
         if not offsets:
             return Predictions()
         rows = np.asarray(offsets, dtype=np.intp)
-        arrays = (
-            chunk.table.model_inputs(self._dtypes, rows, text_as_str=self._text_as_str)
-            if chunk.table is not None
-            else None
-        )
+        if chunk.inputs is None:
+            self.prepare_chunk(chunk)
+        arrays = chunk.inputs
+        # The arrays were made for this call only; the chunk, written after
+        # it, does not keep them.
+        chunk.inputs = None
         if arrays is None:
             instances = [chunk.request(offset) for offset in offsets]
             try:

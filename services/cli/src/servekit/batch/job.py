@@ -11,8 +11,8 @@ instead of mixing its shards in. Each finished shard leaves its counts in
 
 Chunks flow through a bounded pipeline of three threads: while the model works
 on one chunk (the runtimes release the GIL in their native code), a reader
-reads the next ones (pyarrow's readers release it too) and the job writes the
-one before; the input is read once, from the first row this process needs to
+reads the next ones (pyarrow's readers release it too) and builds the
+model's arrays from them, and the job writes the one before; the input is read once, from the first row this process needs to
 the last, whatever the number of shards. At most ``READ_AHEAD + workers + 2``
 chunks are in memory at any time.
 """
@@ -115,11 +115,14 @@ def run_job(
     done_rows = 0
     if progress is not None:
         progress(0, rows_todo)
-    chunks = read_ranges(
-        files,
-        [plan.bounds(index) for index in todo],
-        settings.batch_size,
-        predictor.schema,
+    chunks = _prepared(
+        read_ranges(
+            files,
+            [plan.bounds(index) for index in todo],
+            settings.batch_size,
+            predictor.schema,
+        ),
+        predictor,
     )
     with (
         ReadAhead(chunks, READ_AHEAD, name="batch-read") as ahead,
@@ -161,6 +164,15 @@ def run_job(
     )
     _write_json(output / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _prepared(
+    chunks: Iterator[tuple[int, Chunk]], predictor: Predictor
+) -> Iterator[tuple[int, Chunk]]:
+    """The chunks, each prepared for its model call where it was read."""
+    for position, chunk in chunks:
+        predictor.prepare_chunk(chunk)
+        yield position, chunk
 
 
 def _predicted(

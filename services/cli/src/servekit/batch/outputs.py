@@ -23,7 +23,13 @@ import pyarrow.parquet as pq
 from servekit.batch.answers import prediction_texts
 from servekit.batch.outcomes import Encoded, Outcome, Predictions, RowError
 from servekit.batch.sources import CSV, JSONL, PARQUET, Chunk
-from servekit.batch.tables import INSTANCE, csv_header, csv_rows, results_table
+from servekit.batch.tables import (
+    INSTANCE,
+    PREDICTION,
+    csv_header,
+    csv_rows,
+    results_table,
+)
 
 RESULTS = "prediction.results"
 ERRORS = "prediction.errors"
@@ -57,6 +63,7 @@ class ShardWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._pending_bytes = 0
+        self._row_bytes = 0
         self.succeeded = 0
         self.failed = 0
         if fmt != PARQUET:
@@ -159,16 +166,25 @@ class ShardWriter:
 
     def _write_parquet(self, table: pa.Table) -> None:
         if self._parquet is None:
-            self._parquet = pq.ParquetWriter(self._results_tmp, table.schema)
+            self._parquet = pq.ParquetWriter(
+                self._results_tmp,
+                table.schema,
+                use_dictionary=_dictionary_columns(table.schema),
+            )
         elif table.schema != self._parquet.schema:
             schema = self._parquet.schema
             table = _aligned(table, schema.names).cast(schema)
         # Each write is a row group: a chunk's 1,024 rows a group made every
         # column's page headers, statistics and dictionary a large share of
         # the writing (and of the file), so chunks are held back into groups.
+        if not self._row_bytes:
+            # Measured on the first chunk only: nbytes walks every buffer of a
+            # sliced table (about 150 µs for digits' 66 columns), and a shard's
+            # rows are alike.
+            self._row_bytes = max(1, table.nbytes // max(1, table.num_rows))
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        self._pending_bytes += table.nbytes
+        self._pending_bytes += table.num_rows * self._row_bytes
         if (
             self._pending_rows >= ROW_GROUP_ROWS
             or self._pending_bytes >= ROW_GROUP_BYTES
@@ -211,6 +227,31 @@ class ShardWriter:
             if sync:
                 with self._results_tmp.open("rb") as handle:
                     os.fsync(handle.fileno())
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns written with dictionary encoding: all but float predictions.
+
+    A model's scores are nearly all distinct, so a dictionary of them fills
+    its page and falls back to plain encoding: the hashing is spent for
+    nothing, and the file is larger (``digits``: 114 against 110 bytes a row,
+    and 1.28 against 0.98 µs a row to write, pyarrow 26). An input column
+    keeps the encoding pyarrow chooses by default.
+    """
+    return [
+        field.name
+        for field in schema
+        if not (
+            (field.name == PREDICTION or field.name.startswith(PREDICTION + "_"))
+            and _is_float(field.type)
+        )
+    ]
+
+
+def _is_float(kind: pa.DataType) -> bool:
+    while pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        kind = kind.value_type
+    return bool(pa.types.is_floating(kind))
 
 
 def _text(prediction: Any) -> bytes:

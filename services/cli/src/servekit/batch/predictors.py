@@ -43,6 +43,11 @@ class Predictor(Protocol):
     model: ModelVersion
     schema: InputSchema
 
+    def prepare_chunk(self, chunk: Chunk) -> None:
+        """Do the work on ``chunk`` that needs no model (the job calls it in
+        its read thread, beside the model's calls on earlier chunks)."""
+        ...
+
     def predict_chunk(self, chunk: Chunk) -> Predictions:
         """An outcome for each row of ``chunk`` that was read.
 

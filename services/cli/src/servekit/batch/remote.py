@@ -129,6 +129,9 @@ class RemotePredictor:
             )
         return response.json()
 
+    def prepare_chunk(self, chunk: Chunk) -> None:
+        pass
+
     def predict_chunk(self, chunk: Chunk) -> Predictions:
         return predict_rows(
             chunk, lambda instances: predict_splitting(instances, self._run)

@@ -5,6 +5,10 @@ become one :class:`~servekit.batch.columns.TableColumns`: each column typed as
 the row instances would be, a read error for each row that cannot be, and, for
 Parquet, the record batch itself, whose columns a table of results takes as
 they were read.
+
+A Parquet file is decoded in record batches of many chunks' rows
+(:class:`TablePiece`): each column is converted once for all of them, and a
+chunk's columns are views of those arrays.
 """
 
 from __future__ import annotations
@@ -23,17 +27,52 @@ from servekit.batch.schema import InputSchema
 from servekit.console import CommandError
 
 
+class TablePiece:
+    """Consecutive rows already converted to typed columns (no read errors)."""
+
+    def __init__(self, columns: TableColumns, first: int = 0, rows: int = -1) -> None:
+        self.columns = columns
+        self.first = first
+        self.num_rows = columns.rows - first if rows < 0 else rows
+
+    @classmethod
+    def converted(cls, batch: pa.RecordBatch, schema: InputSchema) -> TablePiece | None:
+        """A Parquet record batch's columns, typed; ``None``: a batch with no columns."""
+        if not batch.num_columns:
+            return None
+        chunk = table_chunk(pa.Table.from_batches([batch]), 0, False, schema)
+        assert chunk.table is not None and not chunk.read_errors
+        return cls(chunk.table)
+
+    def slice(self, first: int, rows: int | None = None) -> TablePiece:
+        """Rows ``first`` to ``first + rows`` of the piece (to its end: ``None``)."""
+        count = self.num_rows - first if rows is None else rows
+        return TablePiece(self.columns, self.first + first, count)
+
+    def window(self) -> TableColumns:
+        """The piece's rows as columns of their own (views of the converted arrays)."""
+        if self.first == 0 and self.num_rows == self.columns.rows:
+            return self.columns
+        return self.columns.window(self.first, self.num_rows)
+
+
 def pieces_chunk(
-    pieces: list[Piece], start: int, from_text: bool, schema: InputSchema
+    pieces: list[Piece | TablePiece], start: int, from_text: bool, schema: InputSchema
 ) -> Chunk:
+    converted = [piece for piece in pieces if isinstance(piece, TablePiece)]
+    if converted:
+        assert len(converted) == len(pieces)
+        columns = TableColumns.joined([piece.window() for piece in converted])
+        return Chunk(start, [], table=columns)
     batches = [piece for piece in pieces if isinstance(piece, pa.RecordBatch)]
     if len(batches) == len(pieces):
         return table_chunk(pa.Table.from_batches(batches), start, from_text, schema)
     if not batches:
+        bad = [piece for piece in pieces if isinstance(piece, BadLine)]
         return Chunk(
             start,
-            [piece.text for piece in pieces if isinstance(piece, BadLine)],
-            {offset: piece.message for offset, piece in enumerate(pieces)},
+            [piece.text for piece in bad],
+            {offset: piece.message for offset, piece in enumerate(bad)},
         )
     # A row that could not be split holds a copy of a row that was in the
     # columns (so it types every column as the other rows do) and is an error
@@ -98,14 +137,14 @@ def table_chunk(
     return Chunk(start, [], read_errors, table=columns)
 
 
-def _as_read(table: pa.Table) -> dict[str, pa.ChunkedArray]:
+def _as_read(table: pa.Table) -> pa.Table:
     """A Parquet chunk's columns as read (a null number NaN, as in the instance)."""
-    return {
-        name: column.fill_null(math.nan)
-        if column.null_count and pa.types.is_floating(column.type)
-        else column
-        for name, column in zip(table.column_names, table.columns, strict=True)
-    }
+    for index, column in enumerate(table.columns):
+        if column.null_count and pa.types.is_floating(column.type):
+            table = table.set_column(
+                index, table.field(index), column.fill_null(math.nan)
+            )
+    return table
 
 
 def typed_values(

@@ -45,7 +45,6 @@ def results_table(
 ) -> pa.Table:
     """The rows at ``offsets`` with their predictions: ``outputs`` (arrays) or
     ``predictions`` (one outcome per row)."""
-    columns = _instance_columns(chunk, offsets)
     answers: dict[str, Any] | None = None
     if outputs is not None:
         answers = prediction_columns(outputs, len(offsets))
@@ -59,6 +58,21 @@ def results_table(
     if answers is None:
         assert predictions is not None
         answers = _answer_columns([_value(item) for item in predictions])
+    if chunk.table is not None and chunk.table.named and chunk.table.source is not None:
+        # A Parquet chunk's own table: adding columns to it costs a fraction of
+        # building a table of all its columns again (47 against 230 µs for
+        # digits' 64 columns).
+        table = chunk.table.source_rows(offsets)
+        for name, column in answers.items():
+            title = f"{PREDICTION}_{name}" if name else PREDICTION
+            index = table.schema.get_field_index(title)
+            table = (
+                table.append_column(title, column)
+                if index < 0
+                else table.set_column(index, title, column)
+            )
+        return table
+    columns = _instance_columns(chunk, offsets)
     for name, column in answers.items():
         columns[f"{PREDICTION}_{name}" if name else PREDICTION] = column
     return pa.table(columns)

@@ -31,6 +31,7 @@ from typing import Any, cast
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from servekit_protocol import messages
+from servekit_protocol.grpc_server import OffloadedDecoder
 
 _SPEC_TAG = 0x0A
 """Field 1 (``model_spec``), length-delimited."""
@@ -187,6 +188,17 @@ def read_predict(message: memoryview) -> ForwardedPredict | messages.PredictRequ
     return ForwardedPredict(spec, inputs, message[spec_end[1] :])
 
 
+def forwarding_decoder(threshold: int) -> OffloadedDecoder:
+    """The decoder of Predict messages from ``threshold`` bytes up, for the
+    gRPC port and gRPC-Web alike: :func:`read_predict`, on the loop (the head
+    parse runs at memory speed, a few ms for 16 MiB)."""
+
+    async def decode(message: memoryview) -> ForwardedPredict | messages.PredictRequest:
+        return read_predict(message)
+
+    return OffloadedDecoder(decode, threshold)
+
+
 def _parsed_whole(message: memoryview) -> messages.PredictRequest:
     return messages.PredictRequest.FromString(bytes(message))
 
@@ -215,4 +227,10 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-__all__ = ["ForwardedPredict", "PredictHead", "TensorHead", "read_predict"]
+__all__ = [
+    "ForwardedPredict",
+    "PredictHead",
+    "TensorHead",
+    "forwarding_decoder",
+    "read_predict",
+]

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from servekit_protocol import messages
 from servekit_protocol.grpc_server import GrpcServer, OffloadedDecoder
 from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
@@ -37,7 +36,7 @@ from servekit_protocol.services import (
     add_prediction_service_to_server,
 )
 
-from gateway.clients.forwarded import ForwardedPredict, read_predict
+from gateway.clients.forwarded import forwarding_decoder
 from gateway.codecs.v2_grpc import InferMessage, read_infer_message
 from gateway.dataplane import Gateway
 from gateway.grpcfront.inference import InferenceProxy
@@ -72,7 +71,7 @@ def create_grpc_server(
     if threshold > 0:
         server.offload_decoding(
             f"/{PREDICTION_SERVICE}/Predict",
-            OffloadedDecoder(_read_large_predict, threshold),
+            forwarding_decoder(threshold),
         )
         server.offload_decoding(
             f"/{INFERENCE_SERVICE}/ModelInfer",
@@ -85,18 +84,6 @@ def create_grpc_server(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer
-
-
-async def _read_large_predict(
-    message: memoryview,
-) -> ForwardedPredict | messages.PredictRequest:
-    """A large Predict read for forwarding, on the loop: the head parse and the
-    copy of the rest run at memory speed (a few ms for 16 MiB).
-
-    Raises:
-        DecodeError: the message does not parse (answered as in place).
-    """
-    return read_predict(message)
 
 
 def infer_reader(

@@ -13,13 +13,14 @@ browser's gRPC-Web client, an HTTP/1.1-only proxy) without an Envoy in between.
 
 from __future__ import annotations
 
-from servekit_protocol import grpcweb_server, messages
+from servekit_protocol import grpcweb_server
 from servekit_protocol.grpcweb import is_grpc_web
 from servekit_protocol.logs import REQUEST_ID_HEADER, accept_request_id
+from servekit_protocol.services import PREDICTION_SERVICE
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from gateway.clients.forwarded import ForwardedPredict, read_predict
+from gateway.clients.forwarded import forwarding_decoder
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError
 from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy, needs_key
@@ -28,27 +29,6 @@ from gateway.routes.handling import authenticate, read_body
 PROTOCOL = "grpc-web"
 SERVICE_PREFIX = grpcweb_server.SERVICE_PREFIX
 _REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
-
-
-class PredictReader:
-    """Parses a gRPC-Web Predict message as the gRPC port does: from
-    ``threshold`` bytes up it is read for forwarding (model spec and tensor
-    shapes only, :mod:`gateway.clients.forwarded`), below it parsed whole."""
-
-    def __init__(self, threshold: int) -> None:
-        self._threshold = threshold
-        self.__name__ = messages.PredictRequest.__name__
-        """The type a parse error names, as for a parsed message."""
-
-    def FromString(self, data: bytes) -> messages.PredictRequest | ForwardedPredict:
-        """The request.
-
-        Raises:
-            DecodeError: the message does not parse.
-        """
-        if len(data) >= self._threshold:
-            return read_predict(memoryview(data))
-        return messages.PredictRequest.FromString(data)
 
 
 class GrpcWebEndpoint:
@@ -60,12 +40,11 @@ class GrpcWebEndpoint:
             PredictionProxy(front), ModelProxy(front)
         )
         threshold = gateway.settings.grpc_parse_offload_bytes
-        if threshold > 0:
-            predict = f"{SERVICE_PREFIX}PredictionService/Predict"
-            self._methods[predict] = (
-                PredictReader(threshold),
-                self._methods[predict][1],
-            )
+        self._offloaded = (
+            {f"/{PREDICTION_SERVICE}/Predict": forwarding_decoder(threshold)}
+            if threshold > 0
+            else None
+        )
         self._limit = max_body_bytes
         self._gateway = gateway
 
@@ -98,7 +77,13 @@ class GrpcWebEndpoint:
                 metadata, timeout = grpcweb_server.header_metadata(forwarded)
                 metadata.append((REQUEST_ID_HEADER, request_id))
                 answer = await grpcweb_server.call_unary(
-                    self._methods, scope["path"], content_type, body, metadata, timeout
+                    self._methods,
+                    scope["path"],
+                    content_type,
+                    body,
+                    metadata,
+                    timeout,
+                    self._offloaded,
                 )
         headers = answer.headers
         # Without a length uvicorn would chunk the answer.

@@ -28,6 +28,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
+from servekit_protocol.buffers import release_later
 from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
     Call,
@@ -296,7 +297,11 @@ class Http2Connection(BackPressure):
             return
         self._buffered -= call.buffered
         call.buffered = 0
+        # A large body's pages are given back in a thread: unmapping 256 MiB
+        # holds the caller (here the loop) about 30 ms.
+        holder = [call.body]
         call.body = bytearray()
+        release_later(holder)
         if call.deferred:
             self._acknowledge(call.stream_id, call.deferred)
             call.deferred = 0

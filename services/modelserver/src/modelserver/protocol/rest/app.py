@@ -40,6 +40,7 @@ from typing import Any
 
 from servekit_protocol import grpcweb_server, json_codec
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large_message
+from servekit_protocol.buffers import release_later
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_codes import to_grpc
 from servekit_protocol.grpc_server import OffloadedDecoder
@@ -290,15 +291,19 @@ class RestApp:
                 )
                 # The servicer binds the request id from metadata: give it ours.
                 metadata.append((REQUEST_ID_HEADER, request_id))
+                holder = [body]
+                del body
                 answer = await grpcweb_server.call_unary(
                     self._grpc_web,
                     raw_path,
                     content_type,
-                    body,
+                    holder[0],
                     metadata,
                     timeout,
                     self._grpc_web_decoders,
                 )
+                # Freed in a thread when large (see servekit_protocol.buffers).
+                release_later(holder)
         headers = answer.headers
         headers.append((b"content-length", b"%d" % len(answer.body)))
         headers.append((_REQUEST_ID_HEADER, request_id.encode()))
