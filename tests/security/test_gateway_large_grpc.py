@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import struct
 import threading
 import time
@@ -34,6 +35,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from modelregistry import Registry
+from modelregistry.layout import SERVEKIT_CONFIG_FILE
 from servekit_protocol import grpcweb, messages
 from servekit_protocol import oip_messages as oip
 
@@ -46,11 +49,10 @@ from tests.security.stack import (
     rss_bytes,
 )
 from tests.security.test_large_grpc import FEATURES, publish_wide_model
-from tests.support.compiledmodels import models_config
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import model_server
-from tests.support.processes import spawned_workers
+from tests.support.processes import spawned_workers, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,6 +60,17 @@ PREDICT = "/tensorflow.serving.PredictionService/Predict"
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 BODY_LIMIT = 16 * 1024 * 1024
 """The gateways' body limit: the default."""
+ROUTES = {
+    "routes": {
+        "mirrored": {
+            "stable": "stable",
+            "canary": {"label": "canary", "weight": 1.0},
+            "shadow": True,
+        }
+    }
+}
+"""``mirrored`` answers from its stable version and shadows every call to its
+canary (label) version."""
 TENSOR_ELEMENTS_LIMIT = 3_000_000
 """The gateways' limit on a request's tensor elements: above the large
 requests' 2,048,000, under what 15.6 MiB of FP32 holds."""
@@ -173,7 +186,14 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     registry = folder / "models"
     publish_wide_model(registry, "wide")
     publish_linear_pipeline(registry, "linear", offset=1.0)
-    config = models_config(folder, registry, ("wide", "linear"))
+    # Two equal versions behind labels, the canary shadowing the stable one.
+    publish_wide_model(registry, "mirrored")
+    publish_wide_model(registry, "mirrored")
+    labels = Registry(registry)
+    labels.set_label("mirrored", "stable", 1)
+    labels.set_label("mirrored", "canary", 2)
+    (registry / "routes.yaml").write_text(json.dumps(ROUTES))
+    config = registry / SERVEKIT_CONFIG_FILE
     with model_server(
         (f"--model_config_file={config}", f"--grpc_max_message_bytes={2 * BODY_LIMIT}"),
         log_path=folder / "model-server.log",
@@ -400,6 +420,29 @@ def test_a_large_model_infer_is_answered_as_one_parsed_on_the_loop(
         answer = oip.ModelInferResponse.FromString(parsed[2])
         assert answer.id == "large"
         assert list(answer.outputs[0].shape) == [LARGE_ROWS]
+
+
+def test_a_forwarded_message_is_mirrored_to_the_shadow_target(
+    gateways: Gateways,
+) -> None:
+    data = _large(model="mirrored")
+    expected = _grpc_call(gateways.parsing, data)
+    assert expected[0] == "OK", expected[1]
+    for gateway in (gateways.forwarding, gateways.forwarding_grpc):
+
+        def agreed(gateway: GatewayProcess = gateway) -> float:
+            return gateway.metric(
+                "gateway_shadow_requests_total", model="mirrored", outcome="agree"
+            )
+
+        before = agreed()
+        assert _grpc_call(gateway, data) == expected
+        # The copy went to the canary label and answered the same.
+        wait_until(
+            lambda: agreed() - before == 1,  # noqa: B023 (read before the next turn)
+            timeout=30,
+            what="the shadow call's agreement",
+        )
 
 
 def _workers_cpu(gateway: GatewayProcess) -> float:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from modelserver import examplecolumns
 from modelserver.errors import (
     ArtifactNotFound,
     InvalidInput,
@@ -18,7 +19,7 @@ from modelserver.errors import (
 from modelserver.registry.warmup import WARMUP_FILE, read_tfrecords, warm_up
 from modelserver.runtimes.base import Runtime
 from modelserver.runtimes.tensorflow import SessionOptions, TensorFlowRuntime
-from modelserver.types import PREDICT_METHOD, SignatureInfo
+from modelserver.types import PREDICT_METHOD, Example, SignatureInfo
 
 from tests.support.models import TFSERVING_TESTDATA
 
@@ -104,6 +105,21 @@ def test_classify_and_regress_from_examples(tf_saved_model: Path) -> None:
     assert large[0] == "large"
     assert small[0] == "small"
     assert large[1] == pytest.approx(1 / (1 + np.exp(-3.0)), rel=1e-5)
+
+
+def test_examples_as_columns_run_as_the_dicts_do(tf_saved_model: Path) -> None:
+    # A large gRPC message's examples arrive as columns (decoded in a worker).
+    runtime = load(tf_saved_model)
+    examples: list[Example] = [{"x": [2.0]}, {"x": [4.0], "note": [b"n"]}, {}]
+    context: Example = {"x": [7.0]}
+    columns = examplecolumns.from_examples(examples, context)
+    for signature in ("regress", "classify"):
+        prepare = getattr(runtime, f"prepare_{signature}")
+        from_dicts = runtime.run(prepare(signature, examples, context))
+        from_columns = runtime.run(prepare(signature, columns, None))
+        assert from_dicts.keys() == from_columns.keys()
+        for key, value in from_dicts.items():
+            np.testing.assert_array_equal(from_columns[key], value)
 
 
 def test_classify_needs_a_classification_signature(tf_saved_model: Path) -> None:
