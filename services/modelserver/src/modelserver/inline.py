@@ -16,14 +16,25 @@ limit by one call at most before a signature whose cost changed (a slower code
 path, a loaded machine) is back in the pool. A larger input than any proven is
 refused by the row rule; calls without a row count, and calls whose deadline has
 passed, always go to the pool (which answers them as before).
+
+What a call is timed by: its wall time, unless it took longer than the limit
+without ever waiting. On a loaded machine other processes take the core from a
+call mid-way; that time is not the call's, and counting it sent a 60 µs call
+back to the pool, two thread hops a call, for the next 16 calls each time. So a
+call over the limit counts its thread's CPU time instead when the thread made no
+voluntary context switch during it (I/O, a lock, the GIL and a sleep all are one):
+only being preempted stretched it. A call that waited at all keeps its wall time,
+so one that blocks is never proven short. Without per-thread usage (not Linux),
+wall time only.
 """
 
 from __future__ import annotations
 
+import resource
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from modelserver.runtimes.base import PreparedCall, Runtime
@@ -31,6 +42,34 @@ if TYPE_CHECKING:
 
 PROVEN_CALLS = 16
 """Consecutive calls within the limit before a signature's calls run inline."""
+
+_RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+
+
+class ThreadUsage(NamedTuple):
+    """The calling thread's CPU seconds and voluntary context switches so far."""
+
+    cpu_seconds: float
+    waits: int
+
+
+def thread_usage() -> ThreadUsage | None:
+    """The calling thread's usage; None where the system has no per-thread usage."""
+    if _RUSAGE_THREAD is None:
+        return None
+    usage = resource.getrusage(_RUSAGE_THREAD)
+    return ThreadUsage(usage.ru_utime + usage.ru_stime, usage.ru_nvcsw)
+
+
+def counted_seconds(
+    wall_seconds: float, before: ThreadUsage | None, after: ThreadUsage | None
+) -> float:
+    """How long a call counts as having taken: its wall time, or its thread's CPU
+    time when the thread never waited during the call (preemption alone made the
+    wall time longer)."""
+    if before is None or after is None or after.waits != before.waits:
+        return wall_seconds
+    return min(wall_seconds, after.cpu_seconds - before.cpu_seconds)
 
 
 class _Record:
@@ -100,12 +139,18 @@ class InlinePolicy:
     ) -> Callable[[PreparedCall], dict[str, Tensor]]:
         """``runtime.run``, recording its duration here (also when it raises)."""
         signature, rows = call.signature_name, call.batch_size
+        limit = self._limit
 
         def run(argument: PreparedCall) -> dict[str, Tensor]:
+            # The usage is read again only for a call over the limit (rare).
+            usage = thread_usage() if limit > 0 else None
             started = time.perf_counter()
             try:
                 return runtime.run(argument)
             finally:
-                self.observe(runtime, signature, rows, time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                if seconds > limit:
+                    seconds = counted_seconds(seconds, usage, thread_usage())
+                self.observe(runtime, signature, rows, seconds)
 
         return run

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from modelserver.dataplane import DataPlane
-from modelserver.inline import PROVEN_CALLS, InlinePolicy
+from modelserver.inline import (
+    PROVEN_CALLS,
+    InlinePolicy,
+    ThreadUsage,
+    counted_seconds,
+    thread_usage,
+)
 from modelserver.runtimes.base import PreparedCall
 from modelserver.types import ModelSpec, PredictRequest
 
@@ -111,3 +119,43 @@ async def test_calls_over_the_limit_stay_in_the_pool(
     threads = _spy_on_threads(dataplane)
     await _predict_many(dataplane, PROVEN_CALLS + 4)
     assert threading.get_ident() not in threads
+
+
+def test_a_preempted_call_counts_its_cpu_time_and_a_waiting_one_its_wall_time() -> None:
+    before = ThreadUsage(cpu_seconds=1.0, waits=7)
+    # 3 ms on the clock, 0.1 ms of CPU, no wait: other processes had the core.
+    assert counted_seconds(0.003, before, ThreadUsage(1.0001, 7)) == pytest.approx(
+        0.0001
+    )
+    # The same call with one wait (I/O, a lock, a sleep): its wall time.
+    assert counted_seconds(0.003, before, ThreadUsage(1.0001, 8)) == 0.003
+    # Never more than the wall time, and wall time where usage is unknown.
+    assert counted_seconds(0.002, before, ThreadUsage(1.5, 7)) == 0.002
+    assert counted_seconds(0.003, None, None) == 0.003
+
+
+def test_a_call_that_sleeps_is_never_proven_short() -> None:
+    policy = InlinePolicy(0.0005)
+
+    class Sleeper:
+        def run(self, call: PreparedCall) -> dict[str, Any]:  # noqa: ARG002
+            time.sleep(0.002)  # waits: little CPU, a voluntary switch
+            return {}
+
+    runtime: Any = Sleeper()
+    call = _call(1)
+    for _ in range(PROVEN_CALLS + 1):
+        policy.timed_run(runtime, call)(call)
+    assert not policy.inline(runtime, call, None)
+
+
+def test_thread_usage_counts_this_threads_cpu() -> None:
+    before = thread_usage()
+    if before is None:
+        pytest.skip("no per-thread usage on this system")
+    deadline = time.thread_time() + 0.02
+    while time.thread_time() < deadline:
+        pass
+    after = thread_usage()
+    assert after is not None
+    assert after.cpu_seconds - before.cpu_seconds >= 0.015
