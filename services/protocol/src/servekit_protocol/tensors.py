@@ -218,7 +218,8 @@ _FIXED_WIDTH_FIELDS: dict[str, int] = {
 _LENGTH_DELIMITED = 2
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf base-128 varint."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -228,7 +229,7 @@ def _varint(value: int) -> bytes:
 
 
 def _packed_record(field_number: int, data: bytes) -> bytes:
-    return _varint(field_number << 3 | _LENGTH_DELIMITED) + _varint(len(data)) + data
+    return varint(field_number << 3 | _LENGTH_DELIMITED) + varint(len(data)) + data
 
 
 def _write_typed(values: np.ndarray[Any, Any], kind: Kind, tensor: TensorProto) -> None:
@@ -315,6 +316,7 @@ def from_ndarray(
 
 
 __all__ = [
+    "varint",
     "MAX_FILL_ELEMENTS",
     "DataTypeLike",
     "data_type",

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
-from servekit_protocol import messages
+from servekit_protocol import messages, tensors
 from servekit_protocol.grpc_server import OffloadedDecoder
 
 _SPEC_TAG = 0x0A
@@ -148,7 +148,7 @@ class ForwardedPredict:
 
     def _spec_field(self) -> tuple[bytes, bytes, bytes]:
         spec = self.model_spec.SerializeToString()
-        return bytes((_SPEC_TAG,)), _varint(len(spec)), spec
+        return bytes((_SPEC_TAG,)), tensors.varint(len(spec)), spec
 
     def copy(self) -> ForwardedPredict:
         """Another request with its own spec (the rest is shared: it is never
@@ -216,15 +216,6 @@ def _leading_spec_end(message: memoryview) -> tuple[int, int] | None:
             end = start + length
             return (start, end) if end <= len(message) else None
     return None
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 __all__ = [

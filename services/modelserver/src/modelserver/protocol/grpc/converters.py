@@ -12,7 +12,7 @@ it empty); metadata answers carry no signature name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, tensors
@@ -116,6 +116,29 @@ def from_predict_response(
 # ---- Classify / Regress / MultiInference -----------------------------------------
 
 
+def iter_examples(proto: messages.Input) -> tuple[Iterator[Example], Example | None]:
+    """The examples of an ``Input`` (an example list, with or without a
+    context), decoded one by one as they are taken, and its context.
+
+    Raises:
+        ProtocolError: The context has a feature that cannot be decoded (the
+            examples raise it when they are taken).
+    """
+    kind = proto.WhichOneof("kind")
+    if kind == "example_list":
+        listed = proto.example_list.examples
+        return (example_codec.to_dict(e) for e in listed), None
+    if kind == "example_list_with_context":
+        with_context = proto.example_list_with_context
+        context = (
+            example_codec.to_dict(with_context.context)
+            if with_context.HasField("context")
+            else None
+        )
+        return (example_codec.to_dict(e) for e in with_context.examples), context
+    return iter(()), None
+
+
 def to_examples(proto: messages.Input) -> tuple[list[Example], Example | None]:
     """Read an ``Input`` (an example list, with or without a context).
 
@@ -123,20 +146,10 @@ def to_examples(proto: messages.Input) -> tuple[list[Example], Example | None]:
         InvalidInput: A feature cannot be decoded.
     """
     try:
-        kind = proto.WhichOneof("kind")
-        if kind == "example_list":
-            return [example_codec.to_dict(e) for e in proto.example_list.examples], None
-        if kind == "example_list_with_context":
-            with_context = proto.example_list_with_context
-            context = (
-                example_codec.to_dict(with_context.context)
-                if with_context.HasField("context")
-                else None
-            )
-            return [example_codec.to_dict(e) for e in with_context.examples], context
+        examples, context = iter_examples(proto)
+        return list(examples), context
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
-    return [], None
 
 
 def to_classify_request(proto: messages.ClassificationRequest) -> ClassifyRequest:

@@ -22,12 +22,10 @@ runtime's, with the same messages.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
-from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, segments
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
@@ -41,7 +39,6 @@ from modelserver.protocol.grpc.largerequests import (
 )
 from modelserver.types import (
     ClassifyRequest,
-    Example,
     ExampleColumns,
     FeatureColumn,
     InferenceTask,
@@ -81,24 +78,6 @@ class _DecodedExamples:
     slots: list[segments.ArraySlot] = field(default_factory=list)
 
 
-def _examples(proto: messages.Input) -> tuple[Iterator[Example], Example | None]:
-    """The examples of an ``Input`` one by one, and its context, as
-    :func:`~modelserver.protocol.grpc.converters.to_examples` reads them."""
-    kind = proto.WhichOneof("kind")
-    if kind == "example_list":
-        listed = proto.example_list.examples
-        return (example_codec.to_dict(e) for e in listed), None
-    if kind == "example_list_with_context":
-        with_context = proto.example_list_with_context
-        context = (
-            example_codec.to_dict(with_context.context)
-            if with_context.HasField("context")
-            else None
-        )
-        return (example_codec.to_dict(e) for e in with_context.examples), context
-    return iter(()), None
-
-
 def decode_examples(
     message_segment: str, arrays_segment: str, method: str
 ) -> _DecodedExamples:
@@ -112,7 +91,7 @@ def decode_examples(
     with segments.mapped(message_segment) as view:
         # upb parses any buffer; the stubs say bytes.
         proto = _MESSAGES[method].FromString(cast(bytes, view))
-    examples, context = _examples(proto.input)
+    examples, context = converters.iter_examples(proto.input)
     columns = examplecolumns.from_examples(examples, context)
     spec = (
         None
