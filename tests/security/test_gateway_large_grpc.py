@@ -46,7 +46,13 @@ from tests.security.stack import (
     cpu_seconds,
     rss_bytes,
 )
-from tests.security.test_large_grpc import FEATURES, publish_wide_model
+from tests.security.test_large_grpc import (
+    FEATURES,
+    bad_content,
+    over_the_limits,
+    publish_wide_model,
+    strings_and_numbers,
+)
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import model_server
@@ -175,30 +181,6 @@ def _large(**spec: object) -> bytes:
     return request.SerializeToString()
 
 
-def _over_the_limits() -> bytes:
-    request = _request(1024)
-    request.inputs["x"].tensor_shape.dim[0].size = 1 << 24
-    return request.SerializeToString()
-
-
-def _bad_content() -> bytes:
-    request = _request(1)
-    tensor = request.inputs["x"]
-    tensor.ClearField("double_val")
-    tensor.tensor_shape.dim[0].size = 1024
-    tensor.tensor_content = bytes(1024 * FEATURES * 8 - 8)
-    return request.SerializeToString()
-
-
-def _strings_and_numbers() -> bytes:
-    request = _request(1024)
-    text = request.inputs["text"]
-    text.dtype = messages.DT_STRING
-    text.tensor_shape.dim.add(size=3)
-    text.string_val.extend([b"a", b"\xff" * 10, b""])
-    return request.SerializeToString()
-
-
 def _spec_last() -> bytes:
     # Not the order any serializer writes: parsed whole, as below the threshold.
     request = _request(LARGE_ROWS)
@@ -216,9 +198,9 @@ CASES: dict[str, Callable[[], bytes]] = {
     "no model name": lambda: _large(model=""),
     "spec last": _spec_last,
     "truncated": lambda: _large()[:-7],
-    "over the tensor limits": _over_the_limits,
-    "tensor_content short": _bad_content,
-    "string input": _strings_and_numbers,
+    "over the tensor limits": over_the_limits,
+    "tensor_content short": bad_content,
+    "string input": strings_and_numbers,
     "garbage": lambda: b"\x0a\xff\xff\xff\xff\x0f" + bytes(2 << 20),
 }
 

@@ -324,14 +324,14 @@ def _call(
     return "OK", "", answer
 
 
-def _over_the_limits() -> bytes:
+def over_the_limits() -> bytes:
     """Over 1 MiB, declaring more elements than the request limit allows."""
     request = predict_request(1024)
     request.inputs["x"].tensor_shape.dim[0].size = 1 << 24
     return request.SerializeToString()
 
 
-def _bad_content() -> bytes:
+def bad_content() -> bytes:
     """Over 1 MiB of ``tensor_content`` that does not fill its shape."""
     request = predict_request(1)
     tensor = request.inputs["x"]
@@ -341,7 +341,7 @@ def _bad_content() -> bytes:
     return request.SerializeToString()
 
 
-def _strings_and_numbers() -> bytes:
+def strings_and_numbers() -> bytes:
     """Over 1 MiB with a string input next to the numeric one (the model
     refuses the extra input; the refusal must be the same)."""
     request = predict_request(1024)
@@ -359,9 +359,9 @@ def _strings_and_numbers() -> bytes:
         pytest.param(
             lambda: predict_request(2048).SerializeToString()[:-7], id="truncated"
         ),
-        pytest.param(_over_the_limits, id="over the tensor limits"),
-        pytest.param(_bad_content, id="tensor_content short"),
-        pytest.param(_strings_and_numbers, id="string input"),
+        pytest.param(over_the_limits, id="over the tensor limits"),
+        pytest.param(bad_content, id="tensor_content short"),
+        pytest.param(strings_and_numbers, id="string input"),
         pytest.param(
             lambda: b"\x0a\xff\xff\xff\xff\x0f" + bytes(2 << 20), id="garbage"
         ),
