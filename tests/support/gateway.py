@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.metrics import sample_sum
+from tests.support.modelserver import model_server
 from tests.support.processes import VENV_BIN, ServerProcess, running_process
 
 
@@ -140,3 +141,24 @@ def running_gateway(
     ) as process:
         ports = json.loads(ready_file.read_text())
         yield GatewayProcess(process, ports["http_port"], ports["grpc_port"])
+
+
+@contextlib.contextmanager
+def gateway_over_registry(registry: Path, folder: Path) -> Iterator[GatewayProcess]:
+    """A model server for every model of ``registry`` and, in front of it, the
+    gateway over the same registry; logs go to ``folder``."""
+    with (
+        model_server(
+            [f"--model_config_file={registry / 'servekit.config'}"],
+            log_path=folder / "model-server.log",
+            ready_timeout=180,
+        ) as backend,
+        running_gateway(
+            folder / "gateway",
+            env={
+                "GATEWAY_REGISTRY": str(registry),
+                "GATEWAY_DEFAULT_BACKEND": backend.grpc_target,
+            },
+        ) as gateway,
+    ):
+        yield gateway

@@ -20,12 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.gateway import GatewayProcess, gateway_over_registry
 from tests.support.models import (
     publish_linear_pipeline,
     publish_linear_pipeline_before_nullable,
 )
-from tests.support.modelserver import ModelServer, model_server
 from tests.support.processes import VENV_BIN
 
 pytestmark = pytest.mark.integration
@@ -48,26 +47,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backend(
-    registry: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ModelServer]:
-    with model_server(
-        [f"--model_config_file={registry / 'servekit.config'}"],
-        log_path=tmp_path_factory.mktemp("openapi-logs") / "model-server.log",
-        ready_timeout=180,
-    ) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gateway(
-    registry: Path, backend: ModelServer, tmp_path_factory: pytest.TempPathFactory
+    registry: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    env = {
-        "GATEWAY_REGISTRY": str(registry),
-        "GATEWAY_DEFAULT_BACKEND": backend.grpc_target,
-    }
-    with running_gateway(tmp_path_factory.mktemp("openapi-gateway"), env=env) as gw:
+    folder = tmp_path_factory.mktemp("openapi-servers")
+    with gateway_over_registry(registry, folder) as gw:
         yield gw
 
 
