@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -277,34 +278,37 @@ def assert_no_traceback(process: ServerProcess) -> None:
     assert "Traceback" not in log, process.log_tail(40)
 
 
-class SmallCalls:
-    """Small ``:predict`` calls one after another on one connection, in a thread,
-    until stopped; the slowest one's seconds."""
+class RepeatedCalls:
+    """One call after another on one connection, in a thread, until stopped: how
+    long each waited, and the statuses seen. A subclass says which call."""
 
-    def __init__(self, listener: Listener) -> None:
-        self._client = httpx.Client(base_url=listener.url, timeout=30)
-        self._headers = {"content-type": "application/json", **listener.headers}
+    interval = 0.01
+    """Seconds between two calls: leaves the server idle in between, as separate
+    clients would."""
+
+    def __init__(self, base_url: str) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=30)
         self._stop = threading.Event()
         self.latencies: list[float] = []
         self.statuses: set[int] = set()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _send(self) -> httpx.Response:
+        raise NotImplementedError
+
     def _call(self) -> None:
         started = time.perf_counter()
-        answer = self._client.post(
-            PREDICT_PATH, content=PREDICT_BODY, headers=self._headers
-        )
+        answer = self._send()
         self.latencies.append(time.perf_counter() - started)
         self.statuses.add(answer.status_code)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._call()
-            # Leaves the server idle in between, as separate clients would.
-            time.sleep(0.01)
+            time.sleep(self.interval)
 
-    def __enter__(self) -> SmallCalls:
-        self._call()  # the connection is open before the large body goes
+    def __enter__(self) -> Self:
+        self._call()  # the connection is open before the calls are timed
         self.latencies.clear()
         self._thread.start()
         return self
@@ -313,6 +317,20 @@ class SmallCalls:
         self._stop.set()
         self._thread.join()
         self._client.close()
+
+
+class SmallCalls(RepeatedCalls):
+    """Small ``:predict`` calls one after another on one connection, in a thread,
+    until stopped; the slowest one's seconds."""
+
+    def __init__(self, listener: Listener) -> None:
+        super().__init__(listener.url)
+        self._headers = {"content-type": "application/json", **listener.headers}
+
+    def _send(self) -> httpx.Response:
+        return self._client.post(
+            PREDICT_PATH, content=PREDICT_BODY, headers=self._headers
+        )
 
     def assert_kept_up(self, limit: float, during: str) -> None:
         """Every small call answered 200, at least three of them, none slower

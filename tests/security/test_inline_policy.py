@@ -21,8 +21,6 @@ the policy is the same at any limit.
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import orjson
 import pytest
 
 from tests.security.figures import record
-from tests.security.stack import assert_no_traceback
+from tests.security.stack import RepeatedCalls, assert_no_traceback
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.pipelines import SLEEP_MARK, publish_marked_sleeper
 
@@ -70,40 +68,17 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-class Prober:
+class Prober(RepeatedCalls):
     """Status calls one after another on one connection, in a thread: how long
     each waited."""
 
+    interval = PROBE_INTERVAL
+
     def __init__(self, server: ModelServer) -> None:
-        self._client = httpx.Client(
-            base_url=f"http://127.0.0.1:{server.rest_port}", timeout=30
-        )
-        self._stop = threading.Event()
-        self.latencies: list[float] = []
-        self.statuses: set[int] = set()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(f"http://127.0.0.1:{server.rest_port}")
 
-    def _call(self) -> None:
-        started = time.perf_counter()
-        answer = self._client.get(f"/v1/models/{MODEL}")
-        self.latencies.append(time.perf_counter() - started)
-        self.statuses.add(answer.status_code)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._call()
-            time.sleep(PROBE_INTERVAL)
-
-    def __enter__(self) -> Prober:
-        self._call()  # the connection is open before the attack starts
-        self.latencies.clear()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._client.close()
+    def _send(self) -> httpx.Response:
+        return self._client.get(f"/v1/models/{MODEL}")
 
     def stalls(self) -> list[float]:
         """The status calls that waited for a stalled loop."""
