@@ -36,7 +36,9 @@ hold its loop, each one synchronous (so each is a stall): reading the message
 backend (the target's model spec set, serialized and framed for gRPC-Web);
 and a large OIP ``ModelInfer``, parsed, turned into arrays and encoded as the
 backend's Predict on the loop, against the same in the JSON workers with the
-ticker running.
+ticker running; and a large ``Predict`` answer of floats or strings, parsed and
+serialized again for the client, against kept as the backend sent it
+(:mod:`gateway.clients.answers`).
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
 [--method predict|classify|free|receive] [--target gateway]``.
@@ -285,6 +287,64 @@ async def measure_infer(sizes: list[int], rounds: int) -> None:
         parsers.close()
 
 
+def answer_of(mib: int, strings: bool) -> bytes:
+    """A PredictResponse of about ``mib`` MiB: float64 values, or strings of
+    seven bytes (nine a value on the wire)."""
+    response = messages.PredictResponse()
+    response.model_spec.name = "wide"
+    response.model_spec.version.value = 1
+    tensor = response.outputs["predictions"]
+    if strings:
+        count = mib * 2**20 // 9
+        tensor.dtype = messages.DT_STRING
+        tensor.string_val.extend(b"class-%d" % (i % 10) for i in range(count))
+    else:
+        count = mib * 2**20 // 8
+        tensor.dtype = messages.DT_DOUBLE
+        tensor.double_val.extend(np.random.default_rng(0).normal(size=count))
+    tensor.tensor_shape.dim.add(size=count)
+    return response.SerializeToString()
+
+
+def answer_step(data: bytes, keep: bool) -> float:
+    """Seconds the gateway's loop spends on a backend's answer before it is
+    framed for the client: parsed and serialized again, or kept as received
+    (:func:`gateway.clients.answers.read_answer`)."""
+    from gateway.clients.answers import read_answer
+
+    started = time.perf_counter()
+    if keep:
+        kept = read_answer(data, 2)
+        assert kept is not None
+        out = kept.data
+    else:
+        out = messages.PredictResponse.FromString(data).SerializeToString()
+    b"\x00" + len(out).to_bytes(4, "big") + out
+    return time.perf_counter() - started
+
+
+def measure_answers(sizes: list[int], rounds: int) -> None:
+    print("| answer | parsed and serialized again (worst) | kept as received (worst) |")
+    print("| ---: | ---: | ---: |")
+    for mib in sizes:
+        for strings in (False, True):
+            data = answer_of(mib, strings)
+            steps: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(rounds):
+                for keep in (False, True):
+                    steps[keep].append(answer_step(data, keep))
+            cells = [
+                f"{statistics.median(steps[keep]) * 1e3:.0f} ms "
+                f"({max(steps[keep]) * 1e3:.0f} ms)"
+                for keep in (False, True)
+            ]
+            kind = "strings" if strings else "float64"
+            print(
+                f"| {len(data) / 2**20:.0f} MiB {kind} | {cells[0]} | {cells[1]} |",
+                flush=True,
+            )
+
+
 def measure_gateway(sizes: list[int], rounds: int) -> None:
     print(f"load average {os.getloadavg()[0]:.1f}")
     print(
@@ -439,6 +499,7 @@ def main() -> None:
     sizes = [int(size) for size in options.sizes.split(",")]
     if options.target == "gateway":
         measure_gateway(sizes, options.rounds)
+        measure_answers(sizes, options.rounds)
         uvloop.run(measure_infer(sizes, options.rounds))
     elif options.method == "receive":
         measure_receive(sizes, options.rounds)

@@ -6,11 +6,11 @@ import itertools
 
 import numpy as np
 import pytest
-from gateway.clients.forwarded import ForwardedPredict, read_predict
+from gateway.clients.forwarded import ForwardedPredict, PredictHead, read_predict
 from gateway.context import apply_target
 from gateway.routing.router import Target
 from google.protobuf.message import DecodeError
-from servekit_protocol import messages
+from servekit_protocol import messages, tensors
 from servekit_protocol.tensor_limits import declared_size
 
 
@@ -177,3 +177,93 @@ def test_a_bad_message_fails_as_the_full_parse_fails(data: bytes) -> None:
     with pytest.raises(DecodeError) as read:
         read_predict(memoryview(data))
     assert str(read.value) == str(whole.value)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    key = tensors.varint(number << 3 | wire)
+    if wire == 2:
+        return key + tensors.varint(len(payload)) + payload
+    return key + payload
+
+
+def _tensor_bytes(*fields: bytes) -> bytes:
+    return b"".join(fields)
+
+
+def _entry(name: bytes, tensor: bytes) -> bytes:
+    return _field(2, 2, _field(1, 2, name) + _field(2, 2, tensor))
+
+
+_SHAPE_2x3 = messages.TensorShapeProto(
+    dim=[messages.TensorShapeProto.Dim(size=2), messages.TensorShapeProto.Dim(size=3)]
+).SerializeToString()
+_SHAPE_NAMED = messages.TensorShapeProto(
+    dim=[messages.TensorShapeProto.Dim(size=5, name="rows")]
+).SerializeToString()
+_DOUBLES = _field(6, 2, np.arange(6, dtype="<f8").tobytes())
+_DTYPE_DOUBLE = _field(1, 0, tensors.varint(messages.DT_DOUBLE))
+WALKED = {
+    "packed values": _entry(
+        b"x", _tensor_bytes(_DTYPE_DOUBLE, _field(2, 2, _SHAPE_2x3), _DOUBLES)
+    ),
+    "tensor_content": _entry(
+        b"x",
+        _tensor_bytes(_DTYPE_DOUBLE, _field(2, 2, _SHAPE_2x3), _field(4, 2, bytes(48))),
+    ),
+    "values one field each": _entry(
+        b"x",
+        _tensor_bytes(
+            _DTYPE_DOUBLE,
+            _field(2, 2, _SHAPE_2x3),
+            *(_field(6, 1, bytes(8)) for _ in range(100)),
+        ),
+    ),
+    "shape twice, merged": _entry(
+        b"x",
+        _tensor_bytes(
+            _field(2, 2, _SHAPE_2x3), _DTYPE_DOUBLE, _field(2, 2, _SHAPE_NAMED)
+        ),
+    ),
+    "dtype twice, the last kept": _entry(
+        b"x",
+        _tensor_bytes(_field(1, 0, b"\x09"), _DTYPE_DOUBLE, _field(2, 2, _SHAPE_2x3)),
+    ),
+    "negative dtype": _entry(b"x", _field(1, 0, b"\xff" * 9 + b"\x01")),
+    "strings": _entry(
+        b"s",
+        _tensor_bytes(
+            _field(1, 0, tensors.varint(messages.DT_STRING)),
+            _field(2, 2, _SHAPE_2x3),
+            *(_field(8, 2, b"v" * n) for n in range(6)),
+        ),
+    ),
+    "the same name twice, the last kept": _entry(b"x", _DTYPE_DOUBLE)
+    + _entry(b"x", _field(1, 0, tensors.varint(messages.DT_FLOAT))),
+    "two inputs and unknown fields": _entry(b"a", _DTYPE_DOUBLE)
+    + _field(9, 0, b"\x96\x01")
+    + _field(10, 1, bytes(8))
+    + _field(11, 5, bytes(4))
+    + _field(12, 2, b"\xff\xff")
+    + _entry(b"b", _tensor_bytes(_field(13, 0, b"\x01"), _DTYPE_DOUBLE))
+    + _field(3, 2, "名前".encode()),
+    "an entry without a key or a value": _field(2, 2, b"")
+    + _field(2, 2, _field(1, 2, b"only a key")),
+    "a group": _entry(b"x", _DTYPE_DOUBLE) + b"\x7b" + b"\x7c",
+    "dtype as a fixed32": _entry(b"x", _field(1, 5, bytes(4))),
+}
+
+
+@pytest.mark.parametrize("rest", list(WALKED.values()), ids=list(WALKED))
+def test_walked_tensor_heads_are_the_head_parses(rest: bytes) -> None:
+    data = _spliced(_spec(version=3), rest)
+    forwarded = _forwarded(data)
+    assert bytes(forwarded.rest) == rest
+    parsed = PredictHead.FromString(rest)
+    assert set(forwarded.inputs) == set(parsed.inputs)
+    for name, tensor in parsed.inputs.items():
+        head = forwarded.inputs[name]
+        assert head.dtype == tensor.dtype
+        assert head.tensor_shape == tensor.tensor_shape
+        assert list(head.string_val) == list(tensor.string_val)
+        # Only the declared fields are kept, not a copy of the values.
+        assert head.ByteSize() < 128

@@ -20,7 +20,7 @@ import grpc
 from servekit_protocol import grpcweb
 from servekit_protocol.errors import ProtocolError
 
-from gateway.clients.http import HttpAnswer, HttpBackend, error_text
+from gateway.clients.http import Body, HttpAnswer, HttpBackend, error_text
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _CONTENT_TYPE = grpcweb.CONTENT_TYPE.decode()
@@ -70,11 +70,12 @@ async def unary_call(
 async def framed_call(
     http: HttpBackend,
     path: str,
-    framed: bytes,
+    framed: Body,
     timeout: float,
     metadata: Sequence[tuple[str, str]],
 ) -> bytes:
-    """:func:`unary_call` with the request already framed.
+    """:func:`unary_call` with the request already framed (in one part or in
+    several, sent one after the other).
 
     Raises:
         RpcFailed, NotSpoken, ConnectionFailed: as :func:`unary_call`.

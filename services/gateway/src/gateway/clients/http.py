@@ -17,6 +17,11 @@ import httptools
 import orjson
 
 MAX_IDLE_CONNECTIONS = 64
+_JOINED_BODY_BYTES = 65536
+"""Bodies under this go out in one write with the head."""
+
+Body = bytes | tuple[bytes | memoryview, ...]
+"""A request body: its bytes, or its parts in order (sent without joining)."""
 
 
 class ConnectionFailed(Exception):
@@ -104,13 +109,16 @@ class _Connection(asyncio.Protocol):
         if future is not None and not future.done():
             future.set_exception(exc)
 
-    async def exchange(self, head: bytes, body: bytes) -> HttpAnswer:
+    async def exchange(self, head: bytes, body: Body) -> HttpAnswer:
         assert self.transport is not None
         future: asyncio.Future[HttpAnswer] = asyncio.get_running_loop().create_future()
         self._answer = future
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)
+        if isinstance(body, bytes) and len(body) < _JOINED_BODY_BYTES:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            for part in (body,) if isinstance(body, bytes) else body:
+                self.transport.write(part)
         return await future
 
     def close(self) -> None:
@@ -148,7 +156,7 @@ class HttpBackend:
         self,
         method: str,
         target: str,
-        body: bytes = b"",
+        body: Body = b"",
         headers: tuple[tuple[str, str], ...] = (),
     ) -> HttpAnswer:
         """Send one request and return the whole answer.
@@ -173,7 +181,7 @@ class HttpBackend:
         return await self._exchange(connection, head, body)
 
     async def _exchange(
-        self, connection: _Connection, head: bytes, body: bytes
+        self, connection: _Connection, head: bytes, body: Body
     ) -> HttpAnswer:
         try:
             answer = await connection.exchange(head, body)
@@ -192,13 +200,14 @@ class HttpBackend:
         self,
         method: str,
         target: str,
-        body: bytes,
+        body: Body,
         headers: tuple[tuple[str, str], ...],
     ) -> bytes:
+        size = len(body) if isinstance(body, bytes) else sum(map(len, body))
         lines = [
             f"{method} {target} HTTP/1.1".encode("latin-1"),
             b"host: " + self._host_header,
-            b"content-length: %d" % len(body),
+            b"content-length: %d" % size,
         ]
         lines.extend(f"{name}: {value}".encode("latin-1") for name, value in headers)
         return b"\r\n".join(lines) + b"\r\n\r\n"
