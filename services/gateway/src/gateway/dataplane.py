@@ -21,6 +21,10 @@ from servekit_protocol import json_codec, messages
 from gateway.admission import Admission, InFlight
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.clients.health import backend_health
 from gateway.context import CallContext, apply_target, spec_version
 from gateway.errors import GatewayError, InvalidInput
@@ -191,7 +195,7 @@ class Gateway:
         model: str,
         version: int | None,
         label: str | None,
-        request: messages.ClassificationRequest,
+        request: messages.ClassificationRequest | ForwardedExamples,
     ) -> messages.ClassificationResponse:
         plan = self.plan(ctx, model, version, label)
         return await self._to_primary(ctx, plan, request, self.client.classify)
@@ -202,13 +206,15 @@ class Gateway:
         model: str,
         version: int | None,
         label: str | None,
-        request: messages.RegressionRequest,
+        request: messages.RegressionRequest | ForwardedExamples,
     ) -> messages.RegressionResponse:
         plan = self.plan(ctx, model, version, label)
         return await self._to_primary(ctx, plan, request, self.client.regress)
 
     async def multi_inference(
-        self, ctx: CallContext, request: messages.MultiInferenceRequest
+        self,
+        ctx: CallContext,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
     ) -> messages.MultiInferenceResponse:
         """MultiInference: every task names the same model (as TF Serving requires).
 

@@ -32,6 +32,10 @@ from servekit_protocol.services import (
 from gateway.clients import grpcweb
 from gateway.clients.breaker import BreakerState, CircuitBreaker
 from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.clients.http import (
     ConnectionFailed,
     HttpAnswer,
@@ -39,6 +43,7 @@ from gateway.clients.http import (
     Refused,
     error_text,
 )
+from gateway.clients.spliced import Spliced
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -49,6 +54,14 @@ from gateway.observability.metrics import GatewayMetrics
 logger = logging.getLogger(__name__)
 
 Response = TypeVar("Response")
+
+_FORWARDED_ANSWERS: dict[str, type[Any]] = {
+    "Predict": messages.PredictResponse,
+    "Classify": messages.ClassificationResponse,
+    "Regress": messages.RegressionResponse,
+    "MultiInference": messages.MultiInferenceResponse,
+}
+"""The methods whose large requests are forwarded as received, and their answers."""
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", -1),
@@ -91,11 +104,15 @@ class Backend:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.prediction = PredictionServiceStub(self.channel)
-        self.forward_predict = self.channel.unary_unary(
-            f"/{PREDICTION_SERVICE}/Predict",
-            response_deserializer=messages.PredictResponse.FromString,
-        )
-        """Predict taking the request's bytes (`ForwardedPredict`'s)."""
+        self.forwarders = {
+            method: self.channel.unary_unary(
+                f"/{PREDICTION_SERVICE}/{method}",
+                response_deserializer=answer.FromString,
+            )
+            for method, answer in _FORWARDED_ANSWERS.items()
+        }
+        """The PredictionService methods taking a request's bytes (a
+        `Spliced` request's), by name."""
         self.models = ModelServiceStub(self.channel)
         self.http = HttpBackend(rest_address) if rest_address is not None else None
         """The same server's REST API, when the settings name it."""
@@ -289,7 +306,7 @@ async def _grpc_web_call(
     try:
         async with asyncio.timeout(timeout):
             path = f"/{service}/{method}"
-            if isinstance(request, ForwardedPredict):
+            if isinstance(request, Spliced):
                 answer = await grpcweb.framed_call(
                     backend.http, path, request.framed(), timeout, metadata
                 )
@@ -340,8 +357,8 @@ class BackendClient:
                         backend.http.address,
                         exc,
                     )
-            if isinstance(request, ForwardedPredict):
-                return await backend.forward_predict(
+            if isinstance(request, Spliced):
+                return await backend.forwarders[method](
                     request.SerializeToString(), timeout=timeout, metadata=md
                 )
             call = getattr(getattr(backend, stub), method)
@@ -404,7 +421,7 @@ class BackendClient:
     async def classify(
         self,
         addresses: Sequence[str],
-        request: messages.ClassificationRequest,
+        request: messages.ClassificationRequest | ForwardedExamples,
         deadline: float,
         metadata: Metadata,
     ) -> messages.ClassificationResponse:
@@ -416,7 +433,7 @@ class BackendClient:
     async def regress(
         self,
         addresses: Sequence[str],
-        request: messages.RegressionRequest,
+        request: messages.RegressionRequest | ForwardedExamples,
         deadline: float,
         metadata: Metadata,
     ) -> messages.RegressionResponse:
@@ -428,7 +445,7 @@ class BackendClient:
     async def multi_inference(
         self,
         addresses: Sequence[str],
-        request: messages.MultiInferenceRequest,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
         deadline: float,
         metadata: Metadata,
     ) -> messages.MultiInferenceResponse:
