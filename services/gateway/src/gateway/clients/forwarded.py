@@ -130,13 +130,17 @@ class ForwardedPredict(Spliced):
     rest: memoryview
     """The client's message without its leading ``model_spec`` field (a view
     of the received body, which is not reused: see ``OffloadedDecoder``)."""
+    keep_answer_from: int | None = None
+    """Answers of this many bytes or more come back as the backend sent them
+    (`clients.answers`): set where the answer goes to the client unchanged;
+    None: parsed."""
 
     def leading(self) -> tuple[bytes]:
         return (self.model_spec.SerializeToString(),)
 
     def copy(self) -> ForwardedPredict:
-        """Another request with its own spec (the rest is shared: it is never
-        changed)."""
+        """Another request with its own spec, its answer parsed (the rest is
+        shared: it is never changed)."""
         spec = messages.ModelSpec()
         spec.CopyFrom(self.model_spec)
         return ForwardedPredict(spec, self.inputs, self.rest)
