@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
+from servekit.batch.columns import KEYED
 from servekit.batch.outcomes import Outcome, Predictions, RowError
 from servekit.batch.schema import InputSchema
 from servekit.batch.sources import Chunk
@@ -79,15 +81,26 @@ def body_of(instances: Sequence[Any], signature_name: str) -> bytes:
     return orjson.dumps(document)
 
 
-def predict_rows(
-    chunk: Chunk, predict: Callable[[Sequence[Any]], list[Outcome]]
-) -> Predictions:
-    """``predict`` on the requests of the chunk's rows that were read."""
-    offsets = chunk.read_offsets()
-    if not offsets:
-        return Predictions()
-    instances = [chunk.request(offset) for offset in offsets]
-    return Predictions(dict(zip(offsets, predict(instances), strict=True)))
+def chunk_body(chunk: Chunk, offsets: list[int], signature_name: str) -> bytes:
+    """The row-format ``:predict`` body for these rows of ``chunk``: the same
+    JSON as :func:`body_of` on their requests.
+
+    A table chunk whose rows send all their columns writes each row's text a
+    column at a time (:meth:`TableColumns.instance_texts`) instead of making a
+    Python object a row and encoding it.
+    """
+    table = chunk.table
+    if (
+        table is None
+        or chunk.lines is not None
+        or (table.layout == KEYED and len(table.sent) != len(table.arrays))
+    ):
+        return body_of([chunk.request(offset) for offset in offsets], signature_name)
+    rows = table.instance_texts(np.asarray(offsets, dtype=np.intp))
+    tail = b"]}"
+    if signature_name:
+        tail = b'],"signature_name":' + orjson.dumps(signature_name) + b"}"
+    return b'{"instances":[' + b",".join(rows) + tail
 
 
 def predict_splitting(
