@@ -442,6 +442,9 @@ def test_json_lines_columns_are_what_the_codec_makes_of_the_rows(
     if "a" in inputs:
         assert requests[0] == {"a": 0.0, "n": -9, "s": "t0"}
     body = orjson.dumps({"instances": requests})
+    # --target's body: the same values (rows that send all they hold are
+    # their lines as written).
+    assert json_codec.loads(chunk_body(chunk, offsets, "")) == json_codec.loads(body)
     specs = {name: json_codec.TensorSpec(dtype, None) for name, dtype in inputs.items()}
     expected = json_codec.parse_predict_request(body, specs).inputs
     arrays = chunk.table.model_inputs(

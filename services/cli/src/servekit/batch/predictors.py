@@ -85,18 +85,25 @@ def chunk_body(chunk: Chunk, offsets: list[int], signature_name: str) -> bytes:
     """The row-format ``:predict`` body for these rows of ``chunk``: the same
     JSON as :func:`body_of` on their requests.
 
-    A table chunk whose rows send all their columns writes each row's text a
-    column at a time (:meth:`TableColumns.instance_texts`) instead of making a
-    Python object a row and encoding it.
+    Rows that send all they hold are not made Python objects and encoded: a
+    JSON Lines row is sent as its line (the same values), a table chunk's rows
+    as their texts made a column at a time (:meth:`TableColumns.instance_texts`).
     """
     table = chunk.table
-    if (
-        table is None
-        or chunk.lines is not None
-        or (table.layout == KEYED and len(table.sent) != len(table.arrays))
-    ):
+    whole = (
+        chunk.sent is None
+        if table is None
+        else table.layout != KEYED or len(table.sent) == len(table.arrays)
+    )
+    rows: list[bytes]
+    if not whole or (table is None and chunk.lines is None):
         return body_of([chunk.request(offset) for offset in offsets], signature_name)
-    rows = table.instance_texts(np.asarray(offsets, dtype=np.intp))
+    if chunk.lines is not None:
+        lines = chunk.lines
+        rows = [lines[offset] for offset in offsets]
+    else:
+        assert table is not None
+        rows = table.instance_texts(np.asarray(offsets, dtype=np.intp))
     tail = b"]}"
     if signature_name:
         tail = b'],"signature_name":' + orjson.dumps(signature_name) + b"}"
