@@ -23,6 +23,12 @@ touched) dropped on the loop, against handed to
 :func:`servekit_protocol.buffers.release_later`: the longest gap of the same
 ticker.
 
+With ``--method receive``: the CPU a message of each size costs the gRPC
+server's ``h2`` connection to receive (its frames handed over 16 KiB at a time
+and acknowledged, as the server does), with ``hyperframe``'s own frame
+``repr`` (which ``h2`` builds for every frame) against the short one of
+:mod:`servekit_protocol.grpc_server.frame_repr`, rounds in turns.
+
 With ``--target gateway``: the gateway's two steps of a large ``Predict`` that
 hold its loop, each one synchronous (so each is a stall): reading the message
 (parsed whole and the tensor limits checked, or read for forwarding by
@@ -33,7 +39,7 @@ backend's Predict on the loop, against the same in the JSON workers with the
 ticker running.
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
-[--method predict|classify|free] [--target gateway]``.
+[--method predict|classify|free|receive] [--target gateway]``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any
 
 import numpy as np
 import uvloop
+from hyperframe.frame import DataFrame
 from modelserver.protocol.grpc import converters
 from modelserver.protocol.grpc.largeexamples import CLASSIFY, ExamplesDecoder
 from modelserver.protocol.grpc.largerequests import (
@@ -58,6 +65,7 @@ from modelserver.protocol.grpc.largerequests import (
 from servekit_protocol import examples as example_codec
 from servekit_protocol import messages
 from servekit_protocol.buffers import release_later
+from servekit_protocol.grpc_server import frame_repr
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
 
@@ -146,7 +154,7 @@ async def measure(sizes: list[int], rounds: int, method: str) -> None:
     parsers = BodyParsers()
     parsers.start(preload=("modelserver.protocol.grpc.largeexamples",))
     decoder: SegmentDecoder[Any] = (
-        ExamplesDecoder(parsers, CLASSIFY)
+        ExamplesDecoder(parsers, CLASSIFY, _LIMITS)
         if method == "classify"
         else PredictDecoder(parsers, _LIMITS)
     )
@@ -346,19 +354,94 @@ async def measure_free(sizes: list[int], rounds: int) -> None:
         )
 
 
+def client_bytes(body_bytes: int) -> bytes:
+    """What a client sends for one call with a body of ``body_bytes``: the
+    preface, SETTINGS, a HEADERS frame and 16 KiB DATA frames."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(
+        1,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/tensorflow.serving.PredictionService/Predict"),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+        ],
+    )
+    wire = bytearray(client.data_to_send())
+    chunk = b"\x01" * 16_384
+    for offset in range(0, body_bytes, len(chunk)):
+        frame = DataFrame(1, chunk[: body_bytes - offset])
+        if offset + len(chunk) >= body_bytes:
+            frame.flags.add("END_STREAM")
+        wire += frame.serialize()
+    return bytes(wire)
+
+
+def receive_cpu(wire: bytes) -> float:
+    """CPU seconds an ``h2`` server connection takes to receive ``wire``."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived
+    from h2.settings import SettingCodes
+
+    server = H2Connection(H2Configuration(client_side=False))
+    server.local_settings.update({SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    server.initiate_connection()
+    server.increment_flow_control_window(2**31 - 1 - 65_535)
+    view = memoryview(wire)
+    started = time.process_time()
+    for offset in range(0, len(view), 16_384):
+        for event in server.receive_data(view[offset : offset + 16_384]):
+            if isinstance(event, DataReceived):
+                server.acknowledge_received_data(
+                    event.flow_controlled_length or 0, event.stream_id
+                )
+        server.data_to_send()
+    return time.process_time() - started
+
+
+def measure_receive(sizes: list[int], rounds: int) -> None:
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print("| body | hyperframe's repr: CPU | short repr: CPU | saved |")
+    print("| ---: | ---: | ---: | ---: |")
+    for mib in sizes:
+        wire = client_bytes(mib * 2**20)
+        before, after = [], []
+        for _ in range(rounds):
+            frame_repr.uninstall()
+            before.append(receive_cpu(wire))
+            frame_repr.install()
+            after.append(receive_cpu(wire))
+        old, new = statistics.median(before), statistics.median(after)
+        print(
+            f"| {mib} MiB | {old * 1e3:.0f} ms | {new * 1e3:.0f} ms "
+            f"| {(old - new) * 1e3:.0f} ms |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="16,64,256", help="MiB, comma separated")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--target", choices=("modelserver", "gateway"))
     parser.add_argument(
-        "--method", choices=("predict", "classify", "free"), default="predict"
+        "--method",
+        choices=("predict", "classify", "free", "receive"),
+        default="predict",
     )
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(",")]
     if options.target == "gateway":
         measure_gateway(sizes, options.rounds)
         uvloop.run(measure_infer(sizes, options.rounds))
+    elif options.method == "receive":
+        measure_receive(sizes, options.rounds)
     elif options.method == "free":
         uvloop.run(measure_free(sizes, options.rounds))
     else:

@@ -135,6 +135,10 @@ class ForwardedPredict:
     rest: memoryview
     """The client's message without its leading ``model_spec`` field (a view
     of the received body, which is not reused: see ``OffloadedDecoder``)."""
+    keep_answer_from: int | None = None
+    """Answers of this many bytes or more come back as the backend sent them
+    (`clients.answers`): set where the answer goes to the client unchanged;
+    None: parsed."""
 
     def SerializeToString(self) -> bytes:
         """The message for the backend: the spec first, then the rest as it came."""
@@ -151,8 +155,8 @@ class ForwardedPredict:
         return bytes((_SPEC_TAG,)), tensors.varint(len(spec)), spec
 
     def copy(self) -> ForwardedPredict:
-        """Another request with its own spec (the rest is shared: it is never
-        changed)."""
+        """Another request with its own spec, its answer parsed (the rest is
+        shared: it is never changed)."""
         spec = messages.ModelSpec()
         spec.CopyFrom(self.model_spec)
         return ForwardedPredict(spec, self.inputs, self.rest)

@@ -9,6 +9,7 @@
 | ``meter`` | flood checks on the incoming frame headers, before ``h2`` reads them |
 | ``limits`` | :class:`Http2Limits`, every limit with its default |
 | ``literals`` | HPACK literals for hand-built header blocks |
+| ``frame_repr`` | ``hyperframe``'s frame ``repr`` without copying payloads (``h2`` builds one per frame) |
 | ``hpack_cache`` | ``hpack``'s coders, skipping repeated request blocks and constant answer blocks |
 """
 

@@ -29,6 +29,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from servekit_protocol.buffers import release_later
+from servekit_protocol.grpc_server import frame_repr
 from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
     Call,
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
     from servekit_protocol.grpc_server.server import GrpcServer
 
 logger = logging.getLogger(__name__)
+
+# h2 builds repr(frame) of every frame it receives; made cheap once, here.
+frame_repr.install()
 
 _CONFIG = H2Configuration(
     client_side=False,
