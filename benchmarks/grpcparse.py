@@ -154,7 +154,7 @@ async def measure(sizes: list[int], rounds: int, method: str) -> None:
     parsers = BodyParsers()
     parsers.start(preload=("modelserver.protocol.grpc.largeexamples",))
     decoder: SegmentDecoder[Any] = (
-        ExamplesDecoder(parsers, CLASSIFY)
+        ExamplesDecoder(parsers, CLASSIFY, _LIMITS)
         if method == "classify"
         else PredictDecoder(parsers, _LIMITS)
     )

@@ -14,13 +14,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from servekit_protocol import json_codec, messages
 
 from gateway.admission import Admission, InFlight
+from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.clients.health import backend_health
 from gateway.context import CallContext, apply_target, spec_version
 from gateway.errors import GatewayError, InvalidInput
@@ -191,10 +197,12 @@ class Gateway:
         model: str,
         version: int | None,
         label: str | None,
-        request: messages.ClassificationRequest,
-    ) -> messages.ClassificationResponse:
+        request: messages.ClassificationRequest | ForwardedExamples,
+    ) -> messages.ClassificationResponse | ReceivedAnswer:
+        """A large answer stays its bytes where ``ctx.keep_answer_from`` says."""
         plan = self.plan(ctx, model, version, label)
-        return await self._to_primary(ctx, plan, request, self.client.classify)
+        send = partial(self.client.classify, keep_from=ctx.keep_answer_from)
+        return await self._to_primary(ctx, plan, request, send)
 
     async def regress(
         self,
@@ -202,15 +210,20 @@ class Gateway:
         model: str,
         version: int | None,
         label: str | None,
-        request: messages.RegressionRequest,
-    ) -> messages.RegressionResponse:
+        request: messages.RegressionRequest | ForwardedExamples,
+    ) -> messages.RegressionResponse | ReceivedAnswer:
+        """A large answer stays its bytes where ``ctx.keep_answer_from`` says."""
         plan = self.plan(ctx, model, version, label)
-        return await self._to_primary(ctx, plan, request, self.client.regress)
+        send = partial(self.client.regress, keep_from=ctx.keep_answer_from)
+        return await self._to_primary(ctx, plan, request, send)
 
     async def multi_inference(
-        self, ctx: CallContext, request: messages.MultiInferenceRequest
-    ) -> messages.MultiInferenceResponse:
+        self,
+        ctx: CallContext,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
+    ) -> messages.MultiInferenceResponse | ReceivedAnswer:
         """MultiInference: every task names the same model (as TF Serving requires).
+        A large answer stays its bytes where ``ctx.keep_answer_from`` says.
 
         Raises:
             InvalidInput: no tasks, or tasks for different models.
@@ -227,7 +240,11 @@ class Gateway:
         for task in request.tasks:
             apply_target(task.model_spec, plan.primary)
         return await self.client.multi_inference(
-            plan.primary.backends, request, ctx.deadline, ctx.metadata()
+            plan.primary.backends,
+            request,
+            ctx.deadline,
+            ctx.metadata(),
+            ctx.keep_answer_from,
         )
 
     # ---- metadata and status -----------------------------------------------------

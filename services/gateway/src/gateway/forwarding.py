@@ -23,6 +23,7 @@ from servekit_protocol.status import Code
 
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer, Request, Response
+from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer, error_text
 from gateway.clients.restbatch import rest_predict
 from gateway.context import CallContext, apply_target, rest_path
@@ -139,12 +140,14 @@ class Forwarder:
             ProtocolError: an answer that cannot be decoded into arrays.
         """
         forward = call.rest_body is not None and self.forwards_rest(plan)
+        # Shadow mode compares decoded outputs, so a mirrored answer is parsed.
+        keep_from = ctx.keep_answer_from if plan.shadow is None else None
         target = plan.primary
-        attempt = await self._attempt(ctx, target, call, forward)
+        attempt = await self._attempt(ctx, target, call, forward, keep_from)
         if target.role == CANARY_ROLE and attempt.unknown_label:
             target = self._router.stable_target(target.model)
             ctx.route = target.role
-            attempt = await self._attempt(ctx, target, call, forward)
+            attempt = await self._attempt(ctx, target, call, forward, keep_from)
         if attempt.error is not None:
             raise attempt.error
         predicted = attempt.predicted
@@ -169,14 +172,21 @@ class Forwarder:
         return predicted
 
     async def _attempt(
-        self, ctx: CallContext, target: Target, call: PredictCall, forward: bool
+        self,
+        ctx: CallContext,
+        target: Target,
+        call: PredictCall,
+        forward: bool,
+        keep_from: int | None,
     ) -> _Attempt:
         if forward:
             assert call.rest_body is not None
             answer = await self._forward_rest(ctx, target, call.rest_body)
             return _Attempt(Predicted(answer=answer))
         try:
-            response, signatures, request = await self._translated(ctx, target, call)
+            response, signatures, request = await self._translated(
+                ctx, target, call, keep_from
+            )
         except BackendError as exc:
             return _Attempt(Predicted(), error=exc)
         return _Attempt(Predicted(response, signatures), request)
@@ -198,12 +208,20 @@ class Forwarder:
         )
 
     async def _translated(
-        self, ctx: CallContext, target: Target, call: PredictCall
+        self,
+        ctx: CallContext,
+        target: Target,
+        call: PredictCall,
+        keep_from: int | None,
     ) -> tuple[Response, SignatureSet | None, Request]:
         cache = self._signatures
         signatures = await cache.get(target, ctx) if call.needs_signatures else None
         request = await _encoded(call, signatures)
         apply_target(request.model_spec, target)
+        if isinstance(request, ForwardedPredict):
+            # Only a forwarded request is never merged: a merged answer is
+            # split, which needs it parsed.
+            request.keep_answer_from = keep_from
         try:
             response = await self._coalescer.predict(
                 target.backends, request, ctx.deadline, ctx.metadata()
@@ -223,6 +241,8 @@ class Forwarder:
             signatures = fresh
             request = await _encoded(call, signatures)
             apply_target(request.model_spec, target)
+            if isinstance(request, ForwardedPredict):
+                request.keep_answer_from = keep_from
             response = await self._coalescer.predict(
                 target.backends, request, ctx.deadline, ctx.metadata()
             )

@@ -153,7 +153,7 @@ class PredictionServiceServicer:
 
     def Predict(
         self, request: PredictRequest, context: ServicerContext
-    ) -> PredictResponse | Awaitable[PredictResponse]:
+    ) -> PredictResponse | Serialized | Awaitable[PredictResponse | Serialized]:
         del request
         _unimplemented(context, "Predict")
 

@@ -17,6 +17,8 @@ import numpy as np
 from servekit_protocol import messages
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 
+from gateway.clients.answers import ReceivedAnswer
+
 Array = np.ndarray[Any, Any]
 
 
@@ -126,13 +128,16 @@ def split_arrays(
 
 
 def output_arrays(
-    response: messages.PredictResponse | ArrayResponse,
+    response: messages.PredictResponse | ArrayResponse | ReceivedAnswer,
 ) -> dict[str, Array]:
-    """The outputs of either kind of answer as arrays.
+    """The outputs of any kind of answer as arrays (an answer kept as its
+    bytes is parsed: callers that decode outputs do not ask for those).
 
     Raises:
         ProtocolError: an output cannot be decoded.
     """
     if isinstance(response, ArrayResponse):
         return response.outputs
+    if isinstance(response, ReceivedAnswer):
+        response = messages.PredictResponse.FromString(response.data)
     return ArrayResponse.from_proto(response).outputs

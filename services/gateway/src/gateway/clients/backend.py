@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -30,8 +30,13 @@ from servekit_protocol.services import (
 )
 
 from gateway.clients import grpcweb
+from gateway.clients.answers import ReceivedAnswer, read_answer, spec_field_number
 from gateway.clients.breaker import BreakerState, CircuitBreaker
 from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.clients.http import (
     ConnectionFailed,
     HttpAnswer,
@@ -39,6 +44,7 @@ from gateway.clients.http import (
     Refused,
     error_text,
 )
+from gateway.clients.spliced import Spliced
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -91,11 +97,7 @@ class Backend:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.prediction = PredictionServiceStub(self.channel)
-        self.forward_predict = self.channel.unary_unary(
-            f"/{PREDICTION_SERVICE}/Predict",
-            response_deserializer=messages.PredictResponse.FromString,
-        )
-        """Predict taking the request's bytes (`ForwardedPredict`'s)."""
+        self._raw: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self.models = ModelServiceStub(self.channel)
         self.http = HttpBackend(rest_address) if rest_address is not None else None
         """The same server's REST API, when the settings name it."""
@@ -108,6 +110,13 @@ class Backend:
         self._circuit_gauge = metrics.circuit_state.labels(address)
         self._circuit_rejections = metrics.circuit_rejections.labels(address)
         self._metrics = metrics
+
+    def raw(self, path: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        """The method at ``path`` taking and giving serialized messages."""
+        call = self._raw.get(path)
+        if call is None:
+            call = self._raw[path] = self.channel.unary_unary(path)
+        return call
 
     def refuse(self) -> None:
         self._circuit_rejections.inc()
@@ -282,28 +291,39 @@ _WEB_METHODS: dict[str, tuple[str, type[Any]]] = {
 
 
 async def _grpc_web_call(
-    backend: Backend, method: str, request: Any, timeout: float, metadata: Metadata
-) -> Any:
+    backend: Backend, path: str, request: Any, timeout: float, metadata: Metadata
+) -> bytes:
+    """The answer message's bytes of a gRPC-Web call to ``path``."""
     assert backend.http is not None
-    service, response_type = _WEB_METHODS[method]
     try:
         async with asyncio.timeout(timeout):
-            path = f"/{service}/{method}"
-            if isinstance(request, ForwardedPredict):
-                answer = await grpcweb.framed_call(
+            if isinstance(request, Spliced):
+                return await grpcweb.framed_call(
                     backend.http, path, request.framed(), timeout, metadata
                 )
-            else:
-                answer = await grpcweb.unary_call(
-                    backend.http, path, request.SerializeToString(), timeout, metadata
-                )
+            return await grpcweb.unary_call(
+                backend.http, path, request.SerializeToString(), timeout, metadata
+            )
     except TimeoutError:
         backend.breaker.record_cancelled()
         raise DeadlineExceeded(
             f"deadline exceeded waiting for backend {backend.address}"
         ) from None
+
+
+def _answer(response_type: Any, data: bytes, keep_from: int | None) -> Any:
+    """The answer message: kept as its bytes from ``keep_from`` bytes up
+    (`clients.answers`), else parsed.
+
+    Raises:
+        grpcweb.RpcFailed: INTERNAL, the answer does not parse.
+    """
+    if keep_from is not None and len(data) >= keep_from:
+        kept = read_answer(data, spec_field_number(response_type))
+        if kept is not None:
+            return kept
     try:
-        return response_type.FromString(answer)
+        return response_type.FromString(data)
     except DecodeError as exc:
         raise grpcweb.RpcFailed(
             grpc.StatusCode.INTERNAL, f"unreadable {response_type.__name__}: {exc}"
@@ -324,14 +344,19 @@ class BackendClient:
         request: Any,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> Any:
         """Call `method` on the backend's `stub` ("prediction" or "models"), as
-        gRPC-Web on its REST port when it has one that speaks it."""
+        gRPC-Web on its REST port when it has one that speaks it. An answer of
+        `keep_from` bytes or more comes back as a `ReceivedAnswer` (its bytes
+        as sent; None: always parsed)."""
+        service, response_type = _WEB_METHODS[method]
+        path = f"/{service}/{method}"
 
         async def invoke(backend: Backend, timeout: float, md: Metadata) -> Any:
             if backend.grpc_web and backend.http is not None:
                 try:
-                    return await _grpc_web_call(backend, method, request, timeout, md)
+                    data = await _grpc_web_call(backend, path, request, timeout, md)
                 except grpcweb.NotSpoken as exc:
                     backend.grpc_web = False
                     logger.warning(
@@ -340,10 +365,13 @@ class BackendClient:
                         backend.http.address,
                         exc,
                     )
-            if isinstance(request, ForwardedPredict):
-                return await backend.forward_predict(
+                else:
+                    return _answer(response_type, data, keep_from)
+            if isinstance(request, Spliced) or keep_from is not None:
+                data = await backend.raw(path)(
                     request.SerializeToString(), timeout=timeout, metadata=md
                 )
+                return _answer(response_type, data, keep_from)
             call = getattr(getattr(backend, stub), method)
             return await call(request, timeout=timeout, metadata=md)
 
@@ -389,51 +417,86 @@ class BackendClient:
         )
         return answer
 
+    @overload
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: messages.PredictRequest,
+        deadline: float,
+        metadata: Metadata,
+    ) -> messages.PredictResponse: ...
+
+    @overload
+    async def predict(
+        self,
+        addresses: Sequence[str],
+        request: ForwardedPredict,
+        deadline: float,
+        metadata: Metadata,
+    ) -> messages.PredictResponse | ReceivedAnswer: ...
+
     async def predict(
         self,
         addresses: Sequence[str],
         request: messages.PredictRequest | ForwardedPredict,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.PredictResponse:
-        response: messages.PredictResponse = await self._unary(
-            addresses, "prediction", "Predict", request, deadline, metadata
+    ) -> messages.PredictResponse | ReceivedAnswer:
+        """A forwarded request's answer may come back as its bytes (see
+        `ForwardedPredict.keep_answer_from`)."""
+        keep_from = (
+            request.keep_answer_from if isinstance(request, ForwardedPredict) else None
+        )
+        response: messages.PredictResponse | ReceivedAnswer = await self._unary(
+            addresses, "prediction", "Predict", request, deadline, metadata, keep_from
         )
         return response
 
     async def classify(
         self,
         addresses: Sequence[str],
-        request: messages.ClassificationRequest,
+        request: messages.ClassificationRequest | ForwardedExamples,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.ClassificationResponse:
-        response: messages.ClassificationResponse = await self._unary(
-            addresses, "prediction", "Classify", request, deadline, metadata
+        keep_from: int | None = None,
+    ) -> messages.ClassificationResponse | ReceivedAnswer:
+        """``keep_from``: as `_unary`'s (None: parsed)."""
+        response: messages.ClassificationResponse | ReceivedAnswer = await self._unary(
+            addresses, "prediction", "Classify", request, deadline, metadata, keep_from
         )
         return response
 
     async def regress(
         self,
         addresses: Sequence[str],
-        request: messages.RegressionRequest,
+        request: messages.RegressionRequest | ForwardedExamples,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.RegressionResponse:
-        response: messages.RegressionResponse = await self._unary(
-            addresses, "prediction", "Regress", request, deadline, metadata
+        keep_from: int | None = None,
+    ) -> messages.RegressionResponse | ReceivedAnswer:
+        """``keep_from``: as `_unary`'s (None: parsed)."""
+        response: messages.RegressionResponse | ReceivedAnswer = await self._unary(
+            addresses, "prediction", "Regress", request, deadline, metadata, keep_from
         )
         return response
 
     async def multi_inference(
         self,
         addresses: Sequence[str],
-        request: messages.MultiInferenceRequest,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.MultiInferenceResponse:
-        response: messages.MultiInferenceResponse = await self._unary(
-            addresses, "prediction", "MultiInference", request, deadline, metadata
+        keep_from: int | None = None,
+    ) -> messages.MultiInferenceResponse | ReceivedAnswer:
+        """``keep_from``: as `_unary`'s (None: parsed)."""
+        response: messages.MultiInferenceResponse | ReceivedAnswer = await self._unary(
+            addresses,
+            "prediction",
+            "MultiInference",
+            request,
+            deadline,
+            metadata,
+            keep_from,
         )
         return response
 

@@ -49,6 +49,7 @@ from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.logs import REQUEST_ID_HEADER
 
+from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, Metadata
 from gateway.clients.forwarded import ForwardedPredict
@@ -73,7 +74,7 @@ logger = logging.getLogger(__name__)
 
 Request = messages.PredictRequest | ArrayRequest | ForwardedPredict
 """A Predict for the backend's gRPC API."""
-Response = messages.PredictResponse | ArrayResponse
+Response = messages.PredictResponse | ArrayResponse | ReceivedAnswer
 AnyRequest = Request | RestPredict
 AnyResponse = Response | HttpAnswer
 
@@ -209,7 +210,7 @@ class Coalescer:
         request: ForwardedPredict,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.PredictResponse: ...
+    ) -> messages.PredictResponse | ReceivedAnswer: ...
 
     @overload
     async def predict(

@@ -33,6 +33,7 @@ import grpc
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 
+from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import (
     ArrayRequest,
     ArrayResponse,
@@ -355,7 +356,7 @@ class ForwardedStrategy:
         request: ForwardedPredict,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.PredictResponse:
+    ) -> messages.PredictResponse | ReceivedAnswer:
         return await self._client.predict(addresses, request, deadline, metadata)
 
     async def call_merged(
@@ -365,9 +366,9 @@ class ForwardedStrategy:
         rows: Sequence[int],
         deadline: float,
         metadata: Metadata,
-    ) -> Merged[messages.PredictResponse]:
+    ) -> Merged[messages.PredictResponse | ReceivedAnswer]:
         del addresses, requests, rows, deadline, metadata
         raise AssertionError("forwarded requests have no key, so never merge")
 
-    def succeeded(self, response: messages.PredictResponse) -> bool:
+    def succeeded(self, response: messages.PredictResponse | ReceivedAnswer) -> bool:
         return response is not None

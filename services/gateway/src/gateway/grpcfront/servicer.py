@@ -24,6 +24,7 @@ from servekit_protocol.logs import (
     bind_model,
     bind_request,
 )
+from servekit_protocol.messages import Serialized
 from servekit_protocol.oip_services import INFERENCE_SERVICE
 from servekit_protocol.services import (
     ModelServiceServicer,
@@ -33,6 +34,10 @@ from servekit_protocol.services import (
 from servekit_protocol.tensor_limits import check_tensor_protos
 
 from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
 from gateway.errors import (
@@ -205,26 +210,32 @@ class PredictionProxy(PredictionServiceServicer):
     def __init__(self, front: GrpcFront) -> None:
         self._front = front
         self._gateway = front.gateway
+        threshold = front.gateway.settings.grpc_parse_offload_bytes
+        self._keep_answer_from = threshold if threshold > 0 else None
+        """Answers from this size go back as the backend sent them
+        (`clients.answers`): the client gets the message unchanged."""
 
     async def Predict(
         self,
         request: messages.PredictRequest | ForwardedPredict,
         context: ServicerContext,
-    ) -> messages.PredictResponse:
+    ) -> messages.PredictResponse | Serialized:
         """A large message comes as a `ForwardedPredict` (only its spec and
-        tensor shapes read); it is routed, checked and answered the same way."""
+        tensor shapes read); it is routed, checked and answered the same way,
+        its large answer as the backend's bytes."""
         version, label = spec_version(request.model_spec)
 
-        async def handle(ctx: CallContext) -> messages.PredictResponse:
+        async def handle(ctx: CallContext) -> messages.PredictResponse | Serialized:
             # A ForwardedPredict's inputs carry the fields the limits read.
             check_tensor_protos(
                 request.inputs.values(), self._gateway.gatekeeper.tensor_limits
             )
             plan = self._gateway.plan(ctx, request.model_spec.name, version, label)
+            ctx.keep_answer_from = self._keep_answer_from
             call = PredictCall(lambda _signatures: request, needs_signatures=False)
             response = (await self._gateway.predict(ctx, plan, call)).translated
-            # A proto request is answered with a proto.
-            assert isinstance(response, messages.PredictResponse)
+            # A proto request is answered with a proto, or its bytes.
+            assert isinstance(response, messages.PredictResponse | Serialized)
             return response
 
         return await self._front.serve(
@@ -232,11 +243,18 @@ class PredictionProxy(PredictionServiceServicer):
         )
 
     async def Classify(
-        self, request: messages.ClassificationRequest, context: ServicerContext
-    ) -> messages.ClassificationResponse:
+        self,
+        request: messages.ClassificationRequest | ForwardedExamples,
+        context: ServicerContext,
+    ) -> messages.ClassificationResponse | Serialized:
+        """A large message comes as a `ForwardedExamples` (only its spec
+        read); it is routed, checked and answered the same way."""
         version, label = spec_version(request.model_spec)
 
-        async def handle(ctx: CallContext) -> messages.ClassificationResponse:
+        async def handle(
+            ctx: CallContext,
+        ) -> messages.ClassificationResponse | Serialized:
+            ctx.keep_answer_from = self._keep_answer_from
             return await self._gateway.classify(
                 ctx, request.model_spec.name, version, label, request
             )
@@ -246,11 +264,14 @@ class PredictionProxy(PredictionServiceServicer):
         )
 
     async def Regress(
-        self, request: messages.RegressionRequest, context: ServicerContext
-    ) -> messages.RegressionResponse:
+        self,
+        request: messages.RegressionRequest | ForwardedExamples,
+        context: ServicerContext,
+    ) -> messages.RegressionResponse | Serialized:
         version, label = spec_version(request.model_spec)
 
-        async def handle(ctx: CallContext) -> messages.RegressionResponse:
+        async def handle(ctx: CallContext) -> messages.RegressionResponse | Serialized:
+            ctx.keep_answer_from = self._keep_answer_from
             return await self._gateway.regress(
                 ctx, request.model_spec.name, version, label, request
             )
@@ -260,11 +281,18 @@ class PredictionProxy(PredictionServiceServicer):
         )
 
     async def MultiInference(
-        self, request: messages.MultiInferenceRequest, context: ServicerContext
-    ) -> messages.MultiInferenceResponse:
+        self,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
+        context: ServicerContext,
+    ) -> messages.MultiInferenceResponse | Serialized:
+        """A large message comes as a `ForwardedMultiInference` (only its
+        tasks read); it is checked, routed and answered the same way."""
         model = request.tasks[0].model_spec.name if request.tasks else ""
 
-        async def handle(ctx: CallContext) -> messages.MultiInferenceResponse:
+        async def handle(
+            ctx: CallContext,
+        ) -> messages.MultiInferenceResponse | Serialized:
+            ctx.keep_answer_from = self._keep_answer_from
             return await self._gateway.multi_inference(ctx, request)
 
         return await self._front.serve(context, "MultiInference", model, handle)

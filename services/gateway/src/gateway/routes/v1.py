@@ -84,6 +84,8 @@ async def post_model(request: Request) -> Response:
             classify.model_spec.signature_name = examples.signature_name
             classify.input.CopyFrom(examples.input)
             answer = await gateway.classify(ctx, model, version, label, classify)
+            # Only the gRPC adapters keep answers as their bytes.
+            assert isinstance(answer, messages.ClassificationResponse)
             return _bytes_response(
                 await _write_classify(gateway.parsers, answer.result)
             )
@@ -91,6 +93,7 @@ async def post_model(request: Request) -> Response:
         regress.model_spec.signature_name = examples.signature_name
         regress.input.CopyFrom(examples.input)
         result = await gateway.regress(ctx, model, version, label, regress)
+        assert isinstance(result, messages.RegressionResponse)
         return _bytes_response(await _write_regress(gateway.parsers, result.result))
 
     return await serve_http(request, PROTOCOL, handle)
