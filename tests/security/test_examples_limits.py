@@ -73,6 +73,13 @@ a worker (1.8 MiB) that the same server answers: 1.9 MiB of values and counts.""
 SMALL_CALL_LATENCY = 1.0
 """Most a small call may take meanwhile (a few ms on an idle machine; the
 margin is for the shared 2-core runner, as in ``test_large_json``)."""
+REST_WORKER_EXAMPLES = 400_000
+"""Empty examples of the REST body over the 1 MiB from which it is parsed in a
+worker (1.2 MB): 400 million values merged."""
+REST_WORKER_GROWTH_LIMIT = 128 * 1024 * 1024
+"""Most the workers' resident memory may grow on it: the JSON document and
+its 400,000 parsed examples (40-43 MiB measured at load average 8). Merged
+into dicts, 400 million entries would not fit the machine."""
 LIMIT_MESSAGE = "The request's examples hold at least "
 
 
@@ -270,3 +277,24 @@ def test_many_small_features_are_refused_before_the_worker_builds_them(
     )
     assert len(under) > 1024 * 1024
     assert _grpc_call(server, method, under) == ("OK", "")
+
+
+@pytest.mark.parametrize("method", ["Classify", "Regress"])
+def test_a_wide_context_in_a_large_rest_body_is_refused_in_a_worker(
+    servers: Servers, method: str
+) -> None:
+    server = servers.defaults
+    body = orjson.dumps(
+        {"context": _wide_context(), "examples": [{}] * REST_WORKER_EXAMPLES}
+    )
+    assert len(body) > 1024 * 1024
+    workers = PeakMemory(lambda: spawned_workers(server.process.pid))
+    listener = Listener("model server", server.rest_port, server.process, {})
+    with SmallCalls(listener) as small:
+        answer = _rest_call(server, method, body)
+        time.sleep(0.05)
+    growth = workers.growth()
+    record("worker memory growth MiB", growth / 2**20)
+    _assert_refused(answer, "400")
+    assert growth < REST_WORKER_GROWTH_LIMIT, f"workers +{growth >> 20} MiB"
+    small.assert_kept_up(SMALL_CALL_LATENCY, "a large body was refused")
