@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.security.figures import write_if_asked
+from tests.security.forwarding_stack import Gateways, forwarding_gateways
 from tests.security.http2 import GATEWAY_ENV, MODEL_SERVER_FLAGS, Target
 from tests.security.stack import Stack, serving_stack
 
@@ -58,3 +59,12 @@ def gateway_target_of(stack: Stack) -> Target:
     gateway = stack.gateway
     key = (("x-api-key", stack.keys.admin),)
     return Target("gateway", gateway.grpc_port, gateway.process, key)
+
+
+@pytest.fixture(scope="session")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    """Three gateways (forwarding large gRPC messages over gRPC-Web and over
+    gRPC, parsing them whole) in front of one model server
+    (:mod:`tests.security.forwarding_stack`)."""
+    with forwarding_gateways(tmp_path_factory.mktemp("gateway-large-grpc")) as stack:
+        yield stack

@@ -25,12 +25,12 @@ class Recorder:
         with self.lock:
             self.sent.clear()
 
-    def predict_messages(self) -> list[bytes]:
-        """The Predict messages of the gRPC-Web calls recorded."""
+    def predict_messages(self, path: str = PREDICT) -> list[bytes]:
+        """The request messages of the gRPC-Web calls of ``path`` recorded."""
         with self.lock:
             data = bytes(self.sent)
         found = []
-        start = data.find(b"POST " + PREDICT.encode())
+        start = data.find(b"POST " + path.encode())
         while start >= 0:
             head_end = data.index(b"\r\n\r\n", start) + 4
             head = data[start:head_end].lower()
@@ -38,7 +38,7 @@ class Recorder:
             body = data[head_end : head_end + length]
             (size,) = struct.unpack_from(">I", body, 1)
             found.append(body[5 : 5 + size])
-            start = data.find(b"POST " + PREDICT.encode(), head_end + length)
+            start = data.find(b"POST " + path.encode(), head_end + length)
         return found
 
 

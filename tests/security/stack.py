@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -173,6 +173,37 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+class PeakMemory:
+    """The peak resident memory of some processes together (``pids`` lists
+    them at each sample), sampled every 5 ms in a thread until :meth:`growth`
+    is read."""
+
+    def __init__(self, pids: Callable[[], set[int]]) -> None:
+        self._pids = pids
+        self.before = self.peak = self._total()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _total(self) -> int:
+        total = 0
+        for pid in self._pids():
+            # A worker may end between the listing and the read.
+            with contextlib.suppress(FileNotFoundError):
+                total += rss_bytes(pid)
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._total())
+
+    def growth(self) -> int:
+        """Stop sampling; the peak's bytes over the first sample."""
+        self._stop.set()
+        self._thread.join()
+        return self.peak - self.before
 
 
 def cpu_seconds(pid: int) -> float:

@@ -6,77 +6,45 @@ limit one large call held every other client for some 75 ms. From
 ``--grpc-parse-offload-bytes`` (1 MiB) up the gateway reads only the message's model
 spec and tensor shapes and forwards its bytes (``gateway.clients.forwarded``).
 
-Three gateways stand in front of one model server: one forwarding large
-messages over gRPC-Web to the backend's REST port (the default with
-``--rest-backends``), one forwarding them over gRPC (``--backend-grpc-web
-false``), and one parsing every message whole (``--grpc-parse-offload-bytes 0``).
-Every request, valid or not, goes to all three over gRPC and over gRPC-Web;
-status, message and answer bytes must be equal. The first and the last reach
-the backend's REST port through a relay that records what they send: the
-forwarding gateway sends the client's bytes (a non-canonical encoding kept as
-it came), the parsing one a message serialized again. Small calls sent
-alongside a large one keep being answered, and the forwarding gateway's
-resident memory grows by a bounded amount.
+Three gateways stand in front of one model server
+(:mod:`tests.security.forwarding_stack`): one forwarding large messages over
+gRPC-Web to the backend's REST port, one forwarding them over gRPC, and one
+parsing every message whole. Every request, valid or not, goes to all three
+over gRPC and over gRPC-Web; status, message and answer bytes must be equal.
+The first and the last reach the backend's REST port through a relay that
+records what they send: the forwarding gateway sends the client's bytes (a
+non-canonical encoding kept as it came), the parsing one a message serialized
+again. Small calls sent alongside a large one keep being answered, and the
+forwarding gateway's resident memory grows by a bounded amount.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import grpc
-import httpx
 import numpy as np
 import pytest
-from modelregistry import Registry
-from modelregistry.layout import SERVEKIT_CONFIG_FILE
-from servekit_protocol import grpcweb, messages
+from servekit_protocol import messages
 from servekit_protocol import oip_messages as oip
 
 from tests.security.figures import record
-from tests.security.recording import PREDICT, Recorder, recording_relay
-from tests.security.stack import (
-    Listener,
-    SmallCalls,
-    assert_no_traceback,
-    cpu_seconds,
-    rss_bytes,
-)
+from tests.security.forwarding_stack import Gateways, grpc_call, web_call
+from tests.security.stack import Listener, SmallCalls, cpu_seconds, rss_bytes
 from tests.security.test_large_grpc import (
     FEATURES,
     bad_content,
     over_the_limits,
-    publish_wide_model,
     strings_and_numbers,
 )
-from tests.support.gateway import GatewayProcess, running_gateway
-from tests.support.models import publish_linear_pipeline
-from tests.support.modelserver import model_server
+from tests.support.gateway import GatewayProcess
 from tests.support.processes import spawned_workers, wait_until
 
 pytestmark = pytest.mark.integration
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-BODY_LIMIT = 16 * 1024 * 1024
-"""The gateways' body limit: the default."""
-ROUTES = {
-    "routes": {
-        "mirrored": {
-            "stable": "stable",
-            "canary": {"label": "canary", "weight": 1.0},
-            "shadow": True,
-        }
-    }
-}
-"""``mirrored`` answers from its stable version and shadows every call to its
-canary (label) version."""
-TENSOR_ELEMENTS_LIMIT = 3_000_000
-"""The gateways' limit on a request's tensor elements: above the large
-requests' 2,048,000, under what 15.6 MiB of FP32 holds."""
 LARGE_ROWS = 8_000
 """Rows of the large request: 8,000 x 256 ``double_val`` values, 15.6 MiB,
 just under the limit."""
@@ -91,72 +59,6 @@ MEMORY_GROWTH_LIMIT = 160 * 1024 * 1024
 parse's copy, the message framed for the backend, a ModelInfer's copy, its
 pickle and the encoded Predict, each 15.6 MiB, and the allocator's retained
 pages (92-108 MiB measured)."""
-
-
-@dataclass(frozen=True)
-class Gateways:
-    forwarding: GatewayProcess
-    """Default threshold; gRPC-Web to the backend."""
-    forwarding_grpc: GatewayProcess
-    """Default threshold; gRPC to the backend."""
-    parsing: GatewayProcess
-    """Every message parsed whole."""
-    forwarded: Recorder
-    """What ``forwarding`` sent the backend's REST port."""
-    parsed: Recorder
-    """What ``parsing`` sent it."""
-
-
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
-    folder = tmp_path_factory.mktemp("gateway-large-grpc")
-    registry = folder / "models"
-    publish_wide_model(registry, "wide")
-    publish_linear_pipeline(registry, "linear", offset=1.0)
-    # Two equal versions behind labels, the canary shadowing the stable one.
-    publish_wide_model(registry, "mirrored")
-    publish_wide_model(registry, "mirrored")
-    labels = Registry(registry)
-    labels.set_label("mirrored", "stable", 1)
-    labels.set_label("mirrored", "canary", 2)
-    (registry / "routes.yaml").write_text(json.dumps(ROUTES))
-    config = registry / SERVEKIT_CONFIG_FILE
-    with model_server(
-        (f"--model_config_file={config}", f"--grpc_max_message_bytes={2 * BODY_LIMIT}"),
-        log_path=folder / "model-server.log",
-    ) as server:
-        env = {"GATEWAY_REGISTRY": str(registry)}
-
-        def flags(rest_port: int, *more: str) -> list[str]:
-            rest = f'{{"{server.grpc_target}": "127.0.0.1:{rest_port}"}}'
-            return [
-                f"--default-backend={server.grpc_target}",
-                f"--rest-backends={rest}",
-                f"--max-body-bytes={BODY_LIMIT}",
-                f"--max-request-tensor-elements={TENSOR_ELEMENTS_LIMIT}",
-                *more,
-            ]
-
-        with (
-            recording_relay(server.rest_port) as (forwarded_port, forwarded),
-            recording_relay(server.rest_port) as (parsed_port, parsed),
-            running_gateway(
-                folder / "forwarding", env=env, flags=flags(forwarded_port)
-            ) as forwarding,
-            running_gateway(
-                folder / "forwarding-grpc",
-                env=env,
-                flags=flags(server.rest_port, "--backend-grpc-web=false"),
-            ) as forwarding_grpc,
-            running_gateway(
-                folder / "parsing",
-                env=env,
-                flags=flags(parsed_port, "--grpc-parse-offload-bytes=0"),
-            ) as parsing,
-        ):
-            yield Gateways(forwarding, forwarding_grpc, parsing, forwarded, parsed)
-            for gateway in (forwarding, forwarding_grpc, parsing):
-                assert_no_traceback(gateway.process)
 
 
 def _request(rows: int, model: str = "wide") -> messages.PredictRequest:
@@ -205,43 +107,6 @@ CASES: dict[str, Callable[[], bytes]] = {
 }
 
 
-Outcome = tuple[str, str, bytes]
-
-
-def _grpc_call(gateway: GatewayProcess, data: bytes, method: str = PREDICT) -> Outcome:
-    options = [("grpc.max_send_message_length", 2 * BODY_LIMIT)]
-    with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
-        try:
-            answer = channel.unary_unary(method)(
-                data, timeout=60, metadata=(("x-request-id", "large-grpc"),)
-            )
-        except grpc.RpcError as exc:
-            return exc.code().name, exc.details() or "", b""
-    return "OK", "", answer
-
-
-def _web_call(gateway: GatewayProcess, data: bytes) -> Outcome:
-    answer = httpx.post(
-        gateway.url + PREDICT,
-        content=grpcweb.frame(data),
-        headers={
-            "content-type": grpcweb.CONTENT_TYPE.decode(),
-            "x-request-id": "large-grpc-web",
-        },
-        timeout=60,
-    )
-    assert answer.status_code == 200, answer.text[:200]
-    status = answer.headers.get("grpc-status")
-    if status is not None:
-        return status, answer.headers.get("grpc-message", ""), b""
-    message, trailers = grpcweb.response_parts(answer.content)
-    return (
-        trailers.get("grpc-status", ""),
-        trailers.get("grpc-message", ""),
-        (message or b""),
-    )
-
-
 @pytest.mark.parametrize("transport", ["grpc", "grpc-web"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_forwarded_message_is_answered_as_one_parsed_whole(
@@ -249,7 +114,7 @@ def test_a_forwarded_message_is_answered_as_one_parsed_whole(
 ) -> None:
     data = CASES[case]()
     assert len(data) >= 1024 * 1024
-    call = _grpc_call if transport == "grpc" else _web_call
+    call = grpc_call if transport == "grpc" else web_call
     parsed = call(gateways.parsing, data)
     assert call(gateways.forwarding, data) == parsed
     assert call(gateways.forwarding_grpc, data) == parsed
@@ -315,9 +180,9 @@ def test_a_large_model_infer_is_answered_as_one_parsed_on_the_loop(
 ) -> None:
     data = INFER_CASES[case]()
     assert len(data) >= 1024 * 1024
-    parsed = _grpc_call(gateways.parsing, data, MODEL_INFER)
-    assert _grpc_call(gateways.forwarding, data, MODEL_INFER) == parsed
-    assert _grpc_call(gateways.forwarding_grpc, data, MODEL_INFER) == parsed
+    parsed = grpc_call(gateways.parsing, data, MODEL_INFER)
+    assert grpc_call(gateways.forwarding, data, MODEL_INFER) == parsed
+    assert grpc_call(gateways.forwarding_grpc, data, MODEL_INFER) == parsed
     if case.startswith("15.6 MiB"):
         assert parsed[0] == "OK", parsed[1]
         answer = oip.ModelInferResponse.FromString(parsed[2])
@@ -329,7 +194,7 @@ def test_a_forwarded_message_is_mirrored_to_the_shadow_target(
     gateways: Gateways,
 ) -> None:
     data = _large(model="mirrored")
-    expected = _grpc_call(gateways.parsing, data)
+    expected = grpc_call(gateways.parsing, data)
     assert expected[0] == "OK", expected[1]
     for gateway in (gateways.forwarding, gateways.forwarding_grpc):
 
@@ -339,7 +204,7 @@ def test_a_forwarded_message_is_mirrored_to_the_shadow_target(
             )
 
         before = agreed()
-        assert _grpc_call(gateway, data) == expected
+        assert grpc_call(gateway, data) == expected
         # The copy went to the canary label and answered the same.
         wait_until(
             lambda: agreed() - before == 1,  # noqa: B023 (read before the next turn)
@@ -360,7 +225,7 @@ def test_a_large_model_infer_is_parsed_in_the_workers(gateways: Gateways) -> Non
         ("in place", gateways.parsing),
     ):
         before = _workers_cpu(gateway)
-        outcome = _grpc_call(gateway, data, MODEL_INFER)
+        outcome = grpc_call(gateway, data, MODEL_INFER)
         assert outcome[0] == "OK", outcome[1]
         used[name] = _workers_cpu(gateway) - before
         record(f"JSON workers CPU s ({name})", used[name])
@@ -413,7 +278,7 @@ def test_the_backend_gets_the_clients_bytes(gateways: Gateways) -> None:
         (gateways.parsing, gateways.parsed),
     ):
         recorder.clear()
-        outcomes.append(_grpc_call(gateway, data))
+        outcomes.append(grpc_call(gateway, data))
         assert outcomes[-1][0] == "OK", outcomes[-1][1]
         (sent,) = recorder.predict_messages()
         assert messages.PredictRequest.FromString(sent) == request
@@ -448,10 +313,10 @@ def test_a_large_message_does_not_hold_up_other_clients(gateways: Gateways) -> N
     try:
         with SmallCalls(listener) as small:
             for _ in range(3):
-                outcome = _grpc_call(gateway, data)
+                outcome = grpc_call(gateway, data)
                 assert outcome[0] == "OK", outcome[1]
             for _ in range(2):
-                outcome = _grpc_call(gateway, infer, MODEL_INFER)
+                outcome = grpc_call(gateway, infer, MODEL_INFER)
                 assert outcome[0] == "OK", outcome[1]
             time.sleep(0.05)
     finally:

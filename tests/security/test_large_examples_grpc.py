@@ -156,7 +156,17 @@ CASES: dict[str, Callable[[], tuple[str, bytes]]] = {
         "Regress",
         _message(
             "Regress",
-            [{"a": row["a"]} for row in _rows(EXAMPLES)[:-1]] + [{"a": [1], "b": [2]}],
+            [{"a": row["a"], "tag": [b"12345678"]} for row in _rows(EXAMPLES)[:-1]]
+            + [{"a": [1], "b": [2]}],
+            {"b": [0.5], "note": [bytes(1024)]},
+        ),
+    ),
+    "a context over the limits": lambda: (
+        "Regress",
+        _message(
+            "Regress",
+            [{"a": row["a"]} for row in _rows(EXAMPLES)],
+            # Merged into every example: 12.5 GiB of bytes values.
             {"b": [0.5], "note": [bytes(256 * 1024)]},
         ),
     ),

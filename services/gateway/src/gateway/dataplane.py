@@ -23,6 +23,10 @@ from gateway.admission import Admission, InFlight
 from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.backend import BackendClient, BackendPool
 from gateway.clients.coalescer import Coalescer
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.clients.health import backend_health
 from gateway.context import CallContext, apply_target, spec_version
 from gateway.errors import GatewayError, InvalidInput
@@ -193,7 +197,7 @@ class Gateway:
         model: str,
         version: int | None,
         label: str | None,
-        request: messages.ClassificationRequest,
+        request: messages.ClassificationRequest | ForwardedExamples,
     ) -> messages.ClassificationResponse | ReceivedAnswer:
         """A large answer stays its bytes where ``ctx.keep_answer_from`` says."""
         plan = self.plan(ctx, model, version, label)
@@ -206,7 +210,7 @@ class Gateway:
         model: str,
         version: int | None,
         label: str | None,
-        request: messages.RegressionRequest,
+        request: messages.RegressionRequest | ForwardedExamples,
     ) -> messages.RegressionResponse | ReceivedAnswer:
         """A large answer stays its bytes where ``ctx.keep_answer_from`` says."""
         plan = self.plan(ctx, model, version, label)
@@ -214,7 +218,9 @@ class Gateway:
         return await self._to_primary(ctx, plan, request, send)
 
     async def multi_inference(
-        self, ctx: CallContext, request: messages.MultiInferenceRequest
+        self,
+        ctx: CallContext,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
     ) -> messages.MultiInferenceResponse | ReceivedAnswer:
         """MultiInference: every task names the same model (as TF Serving requires).
         A large answer stays its bytes where ``ctx.keep_answer_from`` says.

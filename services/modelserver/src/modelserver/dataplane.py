@@ -31,10 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from servekit_protocol.tensor_limits import TensorLimits
 
@@ -55,6 +55,8 @@ from modelserver.types import (
     Api,
     ClassifyRequest,
     ClassifyResponse,
+    ExampleColumns,
+    Examples,
     ModelMetadata,
     ModelSpec,
     MultiInferenceRequest,
@@ -75,6 +77,25 @@ if TYPE_CHECKING:
     from modelserver.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+Prepared = TypeVar("Prepared")
+
+EXAMPLES_PREPARED_ON_THE_LOOP = 1024
+"""Examples up to which a Classify, Regress or MultiInference call's examples
+are turned into the model's inputs on the event loop; more are turned in a
+thread. TensorFlow's runtime rebuilds a dict an example from a worker's
+columns and serializes every example again, once a task (about 10 µs an
+example of a few features): 200,000 examples held the loop for seconds. The
+thread still takes the GIL, but hands it back to the loop every switch
+interval (5 ms); the count is bounded by the request's tensor limits."""
+
+
+async def _prepared(prepare: Callable[[], Prepared], examples: Examples) -> Prepared:
+    """``prepare()``, in a thread when ``examples`` are many."""
+    rows = examples.rows if isinstance(examples, ExampleColumns) else len(examples)
+    if rows <= EXAMPLES_PREPARED_ON_THE_LOOP:
+        return prepare()
+    return await asyncio.to_thread(prepare)
 
 
 class DataPlane:
@@ -255,8 +276,11 @@ class DataPlane:
             self._observe(spec.name, Api.CLASSIFY, protocol) as observation,
             self._acquired(spec, observation) as (servable, runtime),
         ):
-            call = runtime.prepare_classify(
-                spec.signature_name, request.examples, request.context
+            call = await _prepared(
+                lambda: runtime.prepare_classify(
+                    spec.signature_name, request.examples, request.context
+                ),
+                request.examples,
             )
             outputs = await self._executor.run(servable, runtime, call, timeout)
             results = runtime.to_classifications(call, outputs)
@@ -277,8 +301,11 @@ class DataPlane:
             self._observe(spec.name, Api.REGRESS, protocol) as observation,
             self._acquired(spec, observation) as (servable, runtime),
         ):
-            call = runtime.prepare_regress(
-                spec.signature_name, request.examples, request.context
+            call = await _prepared(
+                lambda: runtime.prepare_regress(
+                    spec.signature_name, request.examples, request.context
+                ),
+                request.examples,
             )
             outputs = await self._executor.run(servable, runtime, call, timeout)
             results = runtime.to_regressions(call, outputs)
@@ -310,7 +337,9 @@ class DataPlane:
                 servable,
                 runtime,
             ):
-                calls = prepare_tasks(request, runtime)
+                calls = await _prepared(
+                    lambda: prepare_tasks(request, runtime), request.examples
+                )
                 outputs = await asyncio.gather(
                     *(
                         self._executor.run(servable, runtime, call, timeout)

@@ -298,11 +298,16 @@ class Settings(BaseSettings):
     )
     """Elements of all the input tensors of one request together (REST, gRPC,
     gRPC-Web), checked from the declared shapes before any is decoded; more is
-    INVALID_ARGUMENT / 400. TF Serving has no such limit."""
+    INVALID_ARGUMENT / 400. For Classify, Regress and MultiInference, the values
+    of the tf.Examples once the context is merged into each, counted before any
+    example is decoded (:mod:`modelserver.examplesize`). TF Serving has no such
+    limit."""
 
     max_request_tensor_bytes: int = Field(default=tensor_limits.DEFAULT_MAX_BYTES, ge=1)
     """Bytes of all the input tensors of one request together once decoded,
-    checked like ``max_request_tensor_elements``."""
+    checked like ``max_request_tensor_elements``; for tf.Examples, 8 bytes a
+    float or int64 value, a bytes value's bytes plus 8, and 8 a feature of an
+    example."""
 
     json_native_logs: bool = True
     """Log what native libraries (TensorFlow, gRPC core) write to stderr as JSON

@@ -66,7 +66,7 @@ async def test_an_examples_message_without_room_is_parsed_in_place(
     data = request.SerializeToString()
     parsers = BodyParsers()
     try:
-        decoded = await ExamplesDecoder(parsers, CLASSIFY)(memoryview(data))
+        decoded = await ExamplesDecoder(parsers, CLASSIFY, None)(memoryview(data))
     finally:
         parsers.close()
     assert isinstance(decoded, messages.ClassificationRequest)

@@ -191,9 +191,12 @@ async def call_unary(
             else:
                 request = request_type.FromString(grpcweb.request_message(body))
         except DecodeError as exc:
+            # The gRPC port's words (the error names the type): a gateway that
+            # forwards a large message unparsed passes on its backend's answer,
+            # whichever of the two the backend was called on.
             raise Aborted(
                 grpc.StatusCode.INTERNAL,
-                f"Failed to parse the request as {request_type.__name__}: {exc}",
+                f"Failed to parse the request: {exc}",
                 (),
             ) from exc
         response = await method(request, context)

@@ -33,6 +33,10 @@ from gateway.clients import grpcweb
 from gateway.clients.answers import ReceivedAnswer, read_answer, spec_field_number
 from gateway.clients.breaker import BreakerState, CircuitBreaker
 from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.clients.http import (
     ConnectionFailed,
     HttpAnswer,
@@ -40,6 +44,7 @@ from gateway.clients.http import (
     Refused,
     error_text,
 )
+from gateway.clients.spliced import Spliced
 from gateway.errors import (
     BackendError,
     BackendUnavailable,
@@ -292,7 +297,7 @@ async def _grpc_web_call(
     assert backend.http is not None
     try:
         async with asyncio.timeout(timeout):
-            if isinstance(request, ForwardedPredict):
+            if isinstance(request, Spliced):
                 return await grpcweb.framed_call(
                     backend.http, path, request.framed(), timeout, metadata
                 )
@@ -362,7 +367,7 @@ class BackendClient:
                     )
                 else:
                     return _answer(response_type, data, keep_from)
-            if isinstance(request, ForwardedPredict) or keep_from is not None:
+            if isinstance(request, Spliced) or keep_from is not None:
                 data = await backend.raw(path)(
                     request.SerializeToString(), timeout=timeout, metadata=md
                 )
@@ -450,7 +455,7 @@ class BackendClient:
     async def classify(
         self,
         addresses: Sequence[str],
-        request: messages.ClassificationRequest,
+        request: messages.ClassificationRequest | ForwardedExamples,
         deadline: float,
         metadata: Metadata,
         keep_from: int | None = None,
@@ -464,7 +469,7 @@ class BackendClient:
     async def regress(
         self,
         addresses: Sequence[str],
-        request: messages.RegressionRequest,
+        request: messages.RegressionRequest | ForwardedExamples,
         deadline: float,
         metadata: Metadata,
         keep_from: int | None = None,
@@ -478,7 +483,7 @@ class BackendClient:
     async def multi_inference(
         self,
         addresses: Sequence[str],
-        request: messages.MultiInferenceRequest,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
         deadline: float,
         metadata: Metadata,
         keep_from: int | None = None,

@@ -11,15 +11,10 @@ declares only those fields: protobuf's parser (upb) keeps the rest as unknown
 fields, a copy at memory speed (about 3 ms for 16 MiB), without decoding a value.
 The message then goes to the backend with its leading ``model_spec`` field cut
 off and the target's spec written in its place; its other bytes are sent as
-received.
-
-That splice parses, on the backend, to exactly the message the in-place path
-sends (the client's message with :func:`~gateway.context.apply_target` applied)
-only when the client wrote ``model_spec`` once, as the first field: protobuf
-merges repeated occurrences of a message field rather than replacing them, so a
-spec left elsewhere in the message would merge into the target's (a version the
-target does not set would survive). Every serializer writes fields in number
-order, once; a message written otherwise is parsed whole, as below the threshold.
+received (:mod:`gateway.clients.spliced`, shared with Classify, Regress and
+MultiInference: :mod:`gateway.clients.forwarded_examples`). A message whose
+``model_spec`` is not its one leading field is parsed whole, as below the
+threshold.
 """
 
 from __future__ import annotations
@@ -30,12 +25,13 @@ from typing import Any, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
-from servekit_protocol import messages, tensors
+from servekit_protocol import messages
 from servekit_protocol.grpc_server import OffloadedDecoder
+from servekit_protocol.services import PREDICTION_SERVICE
 
-_SPEC_TAG = 0x0A
-"""Field 1 (``model_spec``), length-delimited."""
-_MAX_VARINT_BYTES = 10
+from gateway.clients.forwarded_examples import read_examples, read_multi_inference
+from gateway.clients.spliced import Spliced, leading_entries
+
 _SPEC_FIELD, _INPUTS_FIELD, _OUTPUT_FILTER_FIELD = 1, 2, 3
 _HEAD_FIELDS = (_SPEC_FIELD, _INPUTS_FIELD, _OUTPUT_FILTER_FIELD)
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
@@ -130,7 +126,7 @@ PredictHead, TensorHead = _head_types()
 
 
 @dataclass(slots=True)
-class ForwardedPredict:
+class ForwardedPredict(Spliced):
     """A PredictRequest the gateway forwards without parsing its tensors.
 
     ``model_spec`` is a real ModelSpec: routing reads it and
@@ -150,21 +146,8 @@ class ForwardedPredict:
     (`clients.answers`): set where the answer goes to the client unchanged;
     None: parsed."""
 
-    def SerializeToString(self) -> bytes:
-        """The message for the backend: the spec first, then the rest as it came."""
-        return b"".join((*self._spec_field(), self.rest))
-
-    def framed(self) -> tuple[bytes, memoryview]:
-        """The message framed as gRPC frames it (uncompressed), in two parts:
-        the frame's prefix and the spec, then the rest, not copied (a copy of
-        64 MiB, into fresh pages, holds the loop some 80 ms)."""
-        head = self._spec_field()
-        size = sum(map(len, head)) + len(self.rest)
-        return b"".join((b"\x00", size.to_bytes(4, "big"), *head)), self.rest
-
-    def _spec_field(self) -> tuple[bytes, bytes, bytes]:
-        spec = self.model_spec.SerializeToString()
-        return bytes((_SPEC_TAG,)), tensors.varint(len(spec)), spec
+    def leading(self) -> tuple[bytes]:
+        return (self.model_spec.SerializeToString(),)
 
     def copy(self) -> ForwardedPredict:
         """Another request with its own spec, its answer parsed (the rest is
@@ -182,7 +165,8 @@ def read_predict(message: memoryview) -> ForwardedPredict | messages.PredictRequ
         DecodeError: the message does not parse; the error is the full parse's,
             so that a client sees what the in-place path gives.
     """
-    spec_end = _leading_spec_end(message)
+    leading = leading_entries(message, 1)
+    spec_end = leading[0] if len(leading) == 1 else None
     spec = messages.ModelSpec()
     walked = None if spec_end is None else _walked_inputs(message, spec_end[1])
     if spec_end is not None and walked is not None:
@@ -211,15 +195,34 @@ def read_predict(message: memoryview) -> ForwardedPredict | messages.PredictRequ
     return ForwardedPredict(spec, inputs, message[spec_end[1] :])
 
 
-def forwarding_decoder(threshold: int) -> OffloadedDecoder:
-    """The decoder of Predict messages from ``threshold`` bytes up, for the
-    gRPC port and gRPC-Web alike: :func:`read_predict`, on the loop (the head
-    parse runs at memory speed, a few ms for 16 MiB)."""
+def forwarding_decoders(threshold: int) -> dict[str, OffloadedDecoder]:
+    """The decoders of the messages forwarded from ``threshold`` bytes up, by
+    method path, for the gRPC port and gRPC-Web alike. They run on the loop:
+    the reads parse the leading entries and let upb skip the rest, a few ms
+    for 16 MiB."""
 
-    async def decode(message: memoryview) -> ForwardedPredict | messages.PredictRequest:
+    async def predict(message: memoryview) -> object:
         return read_predict(message)
 
-    return OffloadedDecoder(decode, threshold)
+    async def classify(message: memoryview) -> object:
+        return read_examples(message, messages.ClassificationRequest)
+
+    async def regress(message: memoryview) -> object:
+        return read_examples(message, messages.RegressionRequest)
+
+    async def multi_inference(message: memoryview) -> object:
+        return read_multi_inference(message)
+
+    decoders = {
+        "Predict": predict,
+        "Classify": classify,
+        "Regress": regress,
+        "MultiInference": multi_inference,
+    }
+    return {
+        f"/{PREDICTION_SERVICE}/{method}": OffloadedDecoder(decode, threshold)
+        for method, decode in decoders.items()
+    }
 
 
 def _parsed_whole(message: memoryview) -> messages.PredictRequest:
@@ -383,25 +386,10 @@ def _varint(message: memoryview, position: int) -> tuple[int, int]:
     raise IndexError("varint over 10 bytes")
 
 
-def _leading_spec_end(message: memoryview) -> tuple[int, int] | None:
-    """Where the value of a leading ``model_spec`` field starts and ends."""
-    if len(message) < 2 or message[0] != _SPEC_TAG:
-        return None
-    length = 0
-    for index in range(1, min(len(message), 1 + _MAX_VARINT_BYTES)):
-        byte = message[index]
-        length |= (byte & 0x7F) << (7 * (index - 1))
-        if not byte & 0x80:
-            start = index + 1
-            end = start + length
-            return (start, end) if end <= len(message) else None
-    return None
-
-
 __all__ = [
     "ForwardedPredict",
     "PredictHead",
     "TensorHead",
-    "forwarding_decoder",
+    "forwarding_decoders",
     "read_predict",
 ]

@@ -4,11 +4,13 @@ Protocol's `inference.GRPCInferenceService`, and gRPC health.
 It runs on :class:`servekit_protocol.grpc_server.GrpcServer` (HTTP/2 on the event
 loop) instead of grpc.aio, whose poller thread and event-loop hand-offs took
 about 70% of the gateway's CPU under a cheap model's gRPC load. The API key is
-checked from a call's headers before any of its body is kept. A Predict
-message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is not parsed whole: only its
-model spec and tensor shapes are read, and its bytes are forwarded
-(:mod:`gateway.clients.forwarded`); a ModelInfer message from that size up is
-parsed, and its arrays made, in the JSON workers.
+checked from a call's headers before any of its body is kept. A Predict,
+Classify, Regress or MultiInference message from
+``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is not parsed whole: only its model
+specs (and a Predict's tensor shapes) are read, and its bytes are forwarded
+(:mod:`gateway.clients.forwarded`, :mod:`gateway.clients.forwarded_examples`);
+a ModelInfer message from that size up is parsed, and its arrays made, in the
+JSON workers.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from servekit_protocol.services import (
     add_prediction_service_to_server,
 )
 
-from gateway.clients.forwarded import forwarding_decoder
+from gateway.clients.forwarded import forwarding_decoders
 from gateway.codecs.v2_grpc import InferMessage, read_infer_message
 from gateway.dataplane import Gateway
 from gateway.grpcfront.inference import InferenceProxy
@@ -69,10 +71,8 @@ def create_grpc_server(
     add_prediction_service_to_server(PredictionProxy(front), server)
     threshold = settings.grpc_parse_offload_bytes
     if threshold > 0:
-        server.offload_decoding(
-            f"/{PREDICTION_SERVICE}/Predict",
-            forwarding_decoder(threshold),
-        )
+        for method, decoder in forwarding_decoders(threshold).items():
+            server.offload_decoding(method, decoder)
         server.offload_decoding(
             f"/{INFERENCE_SERVICE}/ModelInfer",
             OffloadedDecoder(infer_reader(gateway.parsers), threshold),

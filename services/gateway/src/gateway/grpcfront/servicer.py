@@ -34,6 +34,10 @@ from servekit_protocol.services import (
 from servekit_protocol.tensor_limits import check_tensor_protos
 
 from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded_examples import (
+    ForwardedExamples,
+    ForwardedMultiInference,
+)
 from gateway.context import CallContext, spec_version
 from gateway.dataplane import Gateway
 from gateway.errors import (
@@ -239,8 +243,12 @@ class PredictionProxy(PredictionServiceServicer):
         )
 
     async def Classify(
-        self, request: messages.ClassificationRequest, context: ServicerContext
+        self,
+        request: messages.ClassificationRequest | ForwardedExamples,
+        context: ServicerContext,
     ) -> messages.ClassificationResponse | Serialized:
+        """A large message comes as a `ForwardedExamples` (only its spec
+        read); it is routed, checked and answered the same way."""
         version, label = spec_version(request.model_spec)
 
         async def handle(
@@ -256,7 +264,9 @@ class PredictionProxy(PredictionServiceServicer):
         )
 
     async def Regress(
-        self, request: messages.RegressionRequest, context: ServicerContext
+        self,
+        request: messages.RegressionRequest | ForwardedExamples,
+        context: ServicerContext,
     ) -> messages.RegressionResponse | Serialized:
         version, label = spec_version(request.model_spec)
 
@@ -271,8 +281,12 @@ class PredictionProxy(PredictionServiceServicer):
         )
 
     async def MultiInference(
-        self, request: messages.MultiInferenceRequest, context: ServicerContext
+        self,
+        request: messages.MultiInferenceRequest | ForwardedMultiInference,
+        context: ServicerContext,
     ) -> messages.MultiInferenceResponse | Serialized:
+        """A large message comes as a `ForwardedMultiInference` (only its
+        tasks read); it is checked, routed and answered the same way."""
         model = request.tasks[0].model_spec.name if request.tasks else ""
 
         async def handle(

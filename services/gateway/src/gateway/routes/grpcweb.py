@@ -6,8 +6,8 @@ or ``application/grpc-web-text`` runs the gRPC front's proxies
 (:mod:`gateway.grpcfront.servicer`). Keys (``x-api-key`` or ``Authorization``
 headers), routing, rollouts, rate limits, deadlines (``grpc-timeout``), metrics
 (``protocol="grpc-web"``) and logs are the gRPC port's, and so are the status
-codes, sent trailers-only on failure; a large Predict is forwarded unparsed
-as on the gRPC port. For clients that cannot speak HTTP/2 (a
+codes, sent trailers-only on failure; a large Predict, Classify, Regress or
+MultiInference is forwarded unparsed as on the gRPC port. For clients that cannot speak HTTP/2 (a
 browser's gRPC-Web client, an HTTP/1.1-only proxy) without an Envoy in between.
 """
 
@@ -16,11 +16,10 @@ from __future__ import annotations
 from servekit_protocol import grpcweb_server
 from servekit_protocol.grpcweb import is_grpc_web
 from servekit_protocol.logs import REQUEST_ID_HEADER, accept_request_id
-from servekit_protocol.services import PREDICTION_SERVICE
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from gateway.clients.forwarded import forwarding_decoder
+from gateway.clients.forwarded import forwarding_decoders
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError
 from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy, needs_key
@@ -40,11 +39,7 @@ class GrpcWebEndpoint:
             PredictionProxy(front), ModelProxy(front)
         )
         threshold = gateway.settings.grpc_parse_offload_bytes
-        self._offloaded = (
-            {f"/{PREDICTION_SERVICE}/Predict": forwarding_decoder(threshold)}
-            if threshold > 0
-            else None
-        )
+        self._offloaded = forwarding_decoders(threshold) if threshold > 0 else None
         self._limit = max_body_bytes
         self._gateway = gateway
 

@@ -22,6 +22,7 @@ from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.status import code_name
 from servekit_protocol.tensor_limits import TensorLimits, check_tensor_protos
 
+from modelserver import examplesize
 from modelserver.errors import InvalidInput
 from modelserver.types import (
     Classifications,
@@ -139,12 +140,23 @@ def iter_examples(proto: messages.Input) -> tuple[Iterator[Example], Example | N
     return iter(()), None
 
 
-def to_examples(proto: messages.Input) -> tuple[list[Example], Example | None]:
+def to_examples(
+    proto: messages.Input, limits: TensorLimits | None = None
+) -> tuple[list[Example], Example | None]:
     """Read an ``Input`` (an example list, with or without a context).
 
+    Args:
+        proto: The input.
+        limits: The most its examples may make once merged with the context
+            (:mod:`modelserver.examplesize`), checked before any is read; None
+            for no limit.
+
     Raises:
-        InvalidInput: A feature cannot be decoded.
+        InvalidInput: A feature cannot be decoded, or the examples make more
+            than ``limits``.
     """
+    if limits is not None:
+        examplesize.check_input(proto, limits)
     try:
         examples, context = iter_examples(proto)
         return list(examples), context
@@ -152,23 +164,29 @@ def to_examples(proto: messages.Input) -> tuple[list[Example], Example | None]:
         raise InvalidInput(exc.message) from exc
 
 
-def to_classify_request(proto: messages.ClassificationRequest) -> ClassifyRequest:
+def to_classify_request(
+    proto: messages.ClassificationRequest, limits: TensorLimits | None = None
+) -> ClassifyRequest:
     """Read a ClassificationRequest.
 
     Raises:
-        InvalidInput: A feature cannot be decoded.
+        InvalidInput: A feature cannot be decoded, or the examples make more
+            than ``limits`` (see :func:`to_examples`).
     """
-    examples, context = to_examples(proto.input)
+    examples, context = to_examples(proto.input, limits)
     return ClassifyRequest(to_model_spec(proto.model_spec), examples, context)
 
 
-def to_regress_request(proto: messages.RegressionRequest) -> RegressRequest:
+def to_regress_request(
+    proto: messages.RegressionRequest, limits: TensorLimits | None = None
+) -> RegressRequest:
     """Read a RegressionRequest.
 
     Raises:
-        InvalidInput: A feature cannot be decoded.
+        InvalidInput: A feature cannot be decoded, or the examples make more
+            than ``limits`` (see :func:`to_examples`).
     """
-    examples, context = to_examples(proto.input)
+    examples, context = to_examples(proto.input, limits)
     return RegressRequest(to_model_spec(proto.model_spec), examples, context)
 
 
@@ -207,14 +225,15 @@ def from_regress_response(response: RegressResponse) -> messages.RegressionRespo
 
 
 def to_multi_inference_request(
-    proto: messages.MultiInferenceRequest,
+    proto: messages.MultiInferenceRequest, limits: TensorLimits | None = None
 ) -> MultiInferenceRequest:
     """Read a MultiInferenceRequest (task validation is the dataplane's).
 
     Raises:
-        InvalidInput: A feature cannot be decoded.
+        InvalidInput: A feature cannot be decoded, or the examples make more
+            than ``limits`` (see :func:`to_examples`).
     """
-    examples, context = to_examples(proto.input)
+    examples, context = to_examples(proto.input, limits)
     tasks = tuple(
         InferenceTask(to_model_spec(task.model_spec), task.method_name)
         for task in proto.tasks

@@ -10,28 +10,35 @@ JSON worker through a shared memory segment, as a large ``Predict`` does
 (:mod:`modelserver.protocol.grpc.largerequests`); the worker parses it, merges
 each example with the context and writes one column a feature
 (:mod:`modelserver.examplecolumns`) to a second segment. The request the
-servicer gets carries those columns instead of dicts; a scikit-learn
+servicer gets carries those columns instead of dicts. The message is parsed
+with its examples left serialized (:mod:`~modelserver.protocol.grpc.serializedinput`)
+and what they make is checked against the request's tensor limits
+(:mod:`modelserver.examplesize`) before any column is built; a scikit-learn
 signature reads its inputs from them directly, and a runtime that takes dicts
 gets them rebuilt (on the loop, as in place).
 
 What a client sees is what the in-place path gives: a message that does not
-parse answers INTERNAL ``Failed to parse the request: ...``, and every other
-check (empty input, missing feature, a feature with several values) is the
-runtime's, with the same messages.
+parse answers INTERNAL ``Failed to parse the request: ...``, examples over the
+limits INVALID_ARGUMENT with the same message, and every other check (empty
+input, missing feature, a feature with several values) is the runtime's, with
+the same messages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
+from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, segments
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
 
-from modelserver import examplecolumns
-from modelserver.protocol.grpc import converters
+from modelserver import examplecolumns, examplesize
+from modelserver.errors import InvalidInput
+from modelserver.protocol.grpc import converters, serializedinput
 from modelserver.protocol.grpc.largerequests import (
     Decoded,
     PredictDecoder,
@@ -76,37 +83,63 @@ class _DecodedExamples:
     rows: int
     features: list[_Feature] = field(default_factory=list)
     slots: list[segments.ArraySlot] = field(default_factory=list)
+    error: str = ""
 
 
 def decode_examples(
-    message_segment: str, arrays_segment: str, method: str
+    message_segment: str,
+    arrays_segment: str,
+    method: str,
+    limits: TensorLimits | None,
 ) -> _DecodedExamples:
-    """Parse the ``method`` request in ``message_segment`` and write its
-    examples' columns to a new segment ``arrays_segment`` (runs in a worker
-    process).
+    """Parse the ``method`` request in ``message_segment``, check what its
+    examples make against ``limits`` and write their columns to a new segment
+    ``arrays_segment`` (runs in a worker process).
 
     Raises:
         DecodeError: The message does not parse.
     """
     with segments.mapped(message_segment) as view:
-        # upb parses any buffer; the stubs say bytes.
-        proto = _MESSAGES[method].FromString(cast(bytes, view))
-    examples, context = converters.iter_examples(proto.input)
-    columns = examplecolumns.from_examples(examples, context)
-    spec = (
-        None
-        if method == MULTI_INFERENCE
-        else converters.to_model_spec(proto.model_spec)
-    )
-    tasks = (
-        tuple(
-            InferenceTask(converters.to_model_spec(task.model_spec), task.method_name)
-            for task in proto.tasks
+        request = serializedinput.parse(method, view)
+
+    def parsed(data: bytes) -> messages.Example:
+        example: messages.Example = serializedinput.parse_part(
+            messages.Example, data, method
         )
-        if method == MULTI_INFERENCE
-        else ()
+        return example
+
+    context = None if request.context is None else parsed(request.context)
+    if limits is not None and not examplesize.within_bound(
+        request.wire_bytes + len(request.examples) * len(request.context or b""),
+        limits,
+    ):
+        try:
+            examplesize.check_examples(request.examples, context, limits)
+        except DecodeError as exc:
+            raise serializedinput.decode_error(exc, method) from exc
+        except InvalidInput as exc:
+            return _DecodedExamples(method, None, (), 0, error=exc.message)
+    if method == MULTI_INFERENCE:
+        spec = None
+        tasks = tuple(
+            InferenceTask(converters.to_model_spec(task.model_spec), task.method_name)
+            for task in (
+                serializedinput.parse_part(messages.InferenceTask, data, method)
+                for data in request.head
+            )
+        )
+    else:
+        spec = converters.to_model_spec(
+            serializedinput.parse_part(
+                messages.ModelSpec, b"".join(request.head), method
+            )
+        )
+        tasks = ()
+    columns = examplecolumns.from_examples(
+        (example_codec.to_dict(parsed(data)) for data in request.examples),
+        None if context is None else example_codec.to_dict(context),
     )
-    del proto, examples
+    del request, context
     numeric: dict[str, np.ndarray[Any, Any]] = {}
     features = []
     for index, (name, column) in enumerate(columns.features.items()):
@@ -129,14 +162,18 @@ class ExamplesDecoder(SegmentDecoder[DecodedExamples]):
         method: ``CLASSIFY``, ``REGRESS`` or ``MULTI_INFERENCE``.
     """
 
-    def __init__(self, parsers: BodyParsers, method: str) -> None:
-        super().__init__(parsers, _MESSAGES[method], decode_examples, method)
+    def __init__(
+        self, parsers: BodyParsers, method: str, limits: TensorLimits | None
+    ) -> None:
+        super().__init__(parsers, _MESSAGES[method], decode_examples, method, limits)
 
     def assemble(
         self, decoded: Any, arrays: dict[str, np.ndarray[Any, Any]]
     ) -> DecodedExamples:
-        """The request, its examples as columns."""
+        """The request, its examples as columns, or why it was refused."""
         assert isinstance(decoded, _DecodedExamples)
+        if decoded.error:
+            return Decoded(None, decoded.error)
         features = {}
         for index, feature in enumerate(decoded.features):
             values = (
@@ -166,5 +203,5 @@ def large_message_decoders(
     """PredictionService method name -> the decoder of its large messages."""
     return {
         "Predict": PredictDecoder(parsers, limits),
-        **{method: ExamplesDecoder(parsers, method) for method in _MESSAGES},
+        **{method: ExamplesDecoder(parsers, method, limits) for method in _MESSAGES},
     }

@@ -78,7 +78,9 @@ class PredictionServicer(PredictionServiceServicer):
             classify_request = request.unwrap()
             assert isinstance(classify_request, ClassifyRequest)
         else:
-            classify_request = converters.to_classify_request(request)
+            classify_request = converters.to_classify_request(
+                request, self._dataplane.tensor_limits
+            )
         bind_model(classify_request.spec.name, classify_request.spec.version)
         response = await self._dataplane.classify(
             classify_request, protocol=self.protocol, timeout=context.time_remaining()
@@ -93,7 +95,9 @@ class PredictionServicer(PredictionServiceServicer):
             regress_request = request.unwrap()
             assert isinstance(regress_request, RegressRequest)
         else:
-            regress_request = converters.to_regress_request(request)
+            regress_request = converters.to_regress_request(
+                request, self._dataplane.tensor_limits
+            )
         bind_model(regress_request.spec.name, regress_request.spec.version)
         response = await self._dataplane.regress(
             regress_request, protocol=self.protocol, timeout=context.time_remaining()
@@ -110,7 +114,9 @@ class PredictionServicer(PredictionServiceServicer):
             multi_request = request.unwrap()
             assert isinstance(multi_request, MultiInferenceRequest)
         else:
-            multi_request = converters.to_multi_inference_request(request)
+            multi_request = converters.to_multi_inference_request(
+                request, self._dataplane.tensor_limits
+            )
         if multi_request.tasks:
             bind_model(multi_request.tasks[0].spec.name, None)
         response = await self._dataplane.multi_inference(

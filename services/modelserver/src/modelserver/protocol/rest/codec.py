@@ -172,31 +172,41 @@ async def encode_predict(
 
 
 async def decode_examples(
-    body: bytes, parsers: json_codec.BodyParsers
+    body: bytes, parsers: json_codec.BodyParsers, limits: TensorLimits | None = None
 ) -> tuple[str, list[Example], Example | None]:
     """Read a ``:classify``/``:regress`` body: signature name, examples, context;
     ``parsers`` parses a large one off the event loop.
 
+    Args:
+        body: The request body.
+        parsers: The JSON workers.
+        limits: The most the examples may make once merged with the context,
+            checked before they are read (None for no limit).
+
     Raises:
-        InvalidInput: Malformed JSON, no ``examples`` list or bad features.
+        InvalidInput: Malformed JSON, no ``examples`` list, bad features, or
+            examples over ``limits``.
     """
     try:
-        return await parsers.run(len(body), examples_of, body)
+        return await parsers.run(len(body), examples_of, body, limits)
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
 
 
-def examples_of(body: bytes) -> tuple[str, list[Example], Example | None]:
+def examples_of(
+    body: bytes, limits: TensorLimits | None = None
+) -> tuple[str, list[Example], Example | None]:
     """:func:`decode_examples` in place.
 
     Raises:
-        InvalidInput: Malformed JSON, no ``examples`` list or bad features.
+        InvalidInput: Malformed JSON, no ``examples`` list, bad features, or
+            examples over ``limits``.
     """
     try:
         parsed = json_codec.parse_examples_request(body)
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
-    examples, context = converters.to_examples(parsed.input)
+    examples, context = converters.to_examples(parsed.input, limits)
     return parsed.signature_name, examples, context
 
 

@@ -125,7 +125,7 @@ class Routes:
             ServingError: Anything the dataplane raises.
         """
         signature_name, examples, context = await codec.decode_examples(
-            body, self._parsers
+            body, self._parsers, self._dataplane.tensor_limits
         )
         response = await self._dataplane.classify(
             ClassifyRequest(
@@ -144,7 +144,7 @@ class Routes:
             ServingError: Anything the dataplane raises.
         """
         signature_name, examples, context = await codec.decode_examples(
-            body, self._parsers
+            body, self._parsers, self._dataplane.tensor_limits
         )
         response = await self._dataplane.regress(
             RegressRequest(
