@@ -18,7 +18,12 @@ from servekit.batch.answers import prediction_texts
 from servekit.batch.job import ShardPlan
 from servekit.batch.outcomes import Bulk, Encoded, Predictions, RowError
 from servekit.batch.outputs import ShardWriter
-from servekit.batch.predictors import BatchRejected, predict_splitting
+from servekit.batch.predictors import (
+    BatchRejected,
+    body_of,
+    chunk_body,
+    predict_splitting,
+)
 from servekit.batch.refs import ModelRef, ShardSlice, parse_model_ref, parse_shard
 from servekit.batch.schema import FLOAT, INTEGER, TEXT, InputSchema, value_kind
 from servekit.batch.sources import Chunk, discover, read_chunks
@@ -270,6 +275,30 @@ def test_table_columns_are_what_the_codec_makes_of_the_rows(
         assert np.array_equal(array, expected[name], equal_nan=array.dtype.kind == "f")
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize(
+    ("inputs", "columns"),
+    [
+        ({"a": FLOAT, "n": INTEGER, "s": TEXT}, ["a", "n", "s"]),
+        ({"a": FLOAT, "n": INTEGER, "s": TEXT}, ["a", "n", "s", "flag"]),
+        ({"pixels": FLOAT}, ["a", "n"]),
+        ({"a": FLOAT}, ["a"]),
+    ],
+    ids=["keyed", "keyed-extra", "matrix", "bare"],
+)
+def test_a_chunks_request_body_is_its_requests_encoded(
+    tmp_path: Path, fmt: str, inputs: dict[str, str], columns: list[str]
+) -> None:
+    path = columns_file(tmp_path, fmt, columns)
+    (chunk,) = read_chunks(discover(path), 0, 50, 50, InputSchema("s", inputs))
+    offsets = [offset for offset in range(len(chunk)) if offset % 7]
+    requests = [chunk.request(offset) for offset in offsets]
+    for signature in ("", "serving_default"):
+        body = chunk_body(chunk, offsets, signature)
+        assert body == body_of(requests, signature)
+    assert b"NaN" in body and b"-Infinity" in body
+
+
 def test_text_or_booleans_for_a_number_are_left_to_the_codec(tmp_path: Path) -> None:
     pq.write_table(pa.table({"a": [True, False]}), tmp_path / "in.parquet")
     (chunk,) = read_chunks(
@@ -413,6 +442,9 @@ def test_json_lines_columns_are_what_the_codec_makes_of_the_rows(
     if "a" in inputs:
         assert requests[0] == {"a": 0.0, "n": -9, "s": "t0"}
     body = orjson.dumps({"instances": requests})
+    # --target's body: the same values (rows that send all they hold are
+    # their lines as written).
+    assert json_codec.loads(chunk_body(chunk, offsets, "")) == json_codec.loads(body)
     specs = {name: json_codec.TensorSpec(dtype, None) for name, dtype in inputs.items()}
     expected = json_codec.parse_predict_request(body, specs).inputs
     arrays = chunk.table.model_inputs(

@@ -33,6 +33,8 @@ class Chunk:
             Lines chunks whose rows share one shape).
         inputs: The model's arrays for the rows that were read, when the
             predictor made them from ``table`` ahead of the model's call.
+        body: The request body for the rows that were read, when a remote
+            predictor made it ahead of its call.
     """
 
     start: int
@@ -42,6 +44,7 @@ class Chunk:
     sent: list[Any] | None = None
     table: TableColumns | None = None
     inputs: dict[str, Any] | None = None
+    body: bytes | None = None
 
     def request(self, offset: int) -> Any:
         """What row ``offset`` sends to the model."""

@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
+from servekit.batch.columns import KEYED
 from servekit.batch.outcomes import Outcome, Predictions, RowError
 from servekit.batch.schema import InputSchema
 from servekit.batch.sources import Chunk
@@ -79,15 +81,33 @@ def body_of(instances: Sequence[Any], signature_name: str) -> bytes:
     return orjson.dumps(document)
 
 
-def predict_rows(
-    chunk: Chunk, predict: Callable[[Sequence[Any]], list[Outcome]]
-) -> Predictions:
-    """``predict`` on the requests of the chunk's rows that were read."""
-    offsets = chunk.read_offsets()
-    if not offsets:
-        return Predictions()
-    instances = [chunk.request(offset) for offset in offsets]
-    return Predictions(dict(zip(offsets, predict(instances), strict=True)))
+def chunk_body(chunk: Chunk, offsets: list[int], signature_name: str) -> bytes:
+    """The row-format ``:predict`` body for these rows of ``chunk``: the same
+    JSON as :func:`body_of` on their requests.
+
+    Rows that send all they hold are not made Python objects and encoded: a
+    JSON Lines row is sent as its line (the same values), a table chunk's rows
+    as their texts made a column at a time (:meth:`TableColumns.instance_texts`).
+    """
+    table = chunk.table
+    whole = (
+        chunk.sent is None
+        if table is None
+        else table.layout != KEYED or len(table.sent) == len(table.arrays)
+    )
+    rows: list[bytes]
+    if not whole or (table is None and chunk.lines is None):
+        return body_of([chunk.request(offset) for offset in offsets], signature_name)
+    if chunk.lines is not None:
+        lines = chunk.lines
+        rows = [lines[offset] for offset in offsets]
+    else:
+        assert table is not None
+        rows = table.instance_texts(np.asarray(offsets, dtype=np.intp))
+    tail = b"]}"
+    if signature_name:
+        tail = b'],"signature_name":' + orjson.dumps(signature_name) + b"}"
+    return b'{"instances":[' + b",".join(rows) + tail
 
 
 def predict_splitting(

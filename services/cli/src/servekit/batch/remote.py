@@ -19,12 +19,12 @@ import orjson
 from servekit_protocol import json_codec
 from servekit_protocol.errors import ProtocolError
 
-from servekit.batch.outcomes import Predictions
+from servekit.batch.outcomes import Predictions, RowError
 from servekit.batch.predictors import (
     BatchRejected,
     ModelVersion,
     body_of,
-    predict_rows,
+    chunk_body,
     predict_splitting,
 )
 from servekit.batch.schema import InputSchema, value_kind
@@ -130,22 +130,46 @@ class RemotePredictor:
         return response.json()
 
     def prepare_chunk(self, chunk: Chunk) -> None:
-        pass
+        """Build the chunk's request body (in the job's read thread)."""
+        offsets = chunk.read_offsets()
+        if offsets:
+            chunk.body = chunk_body(chunk, offsets, self._signature)
 
     def predict_chunk(self, chunk: Chunk) -> Predictions:
-        return predict_rows(
-            chunk, lambda instances: predict_splitting(instances, self._run)
-        )
+        offsets = chunk.read_offsets()
+        if not offsets:
+            return Predictions()
+        body = chunk.body
+        # Sent once; the chunk, written after its answer, does not keep it.
+        chunk.body = None
+        if body is None:
+            body = chunk_body(chunk, offsets, self._signature)
+        outcomes: list[Any]
+        try:
+            outcomes = self._post(body, len(offsets))
+        except BatchRejected as exc:
+            if len(offsets) == 1:
+                outcomes = [RowError(exc.status, exc.message)]
+            else:
+                # Which rows the model refuses, and why, is found in halves.
+                instances = [chunk.request(offset) for offset in offsets]
+                middle = len(instances) // 2
+                outcomes = predict_splitting(
+                    instances[:middle], self._run
+                ) + predict_splitting(instances[middle:], self._run)
+        return Predictions(dict(zip(offsets, outcomes, strict=True)))
 
     def _run(self, instances: Sequence[Any]) -> list[Any]:
-        response = self._send("POST", self._path, body_of(instances, self._signature))
+        return self._post(body_of(instances, self._signature), len(instances))
+
+    def _post(self, body: bytes, rows: int) -> list[Any]:
+        response = self._send("POST", self._path, body)
         status = response.status_code
         if status == HTTPStatus.OK:
             predictions: list[Any] = json_codec.loads(response.content)["predictions"]
-            if len(predictions) != len(instances):
+            if len(predictions) != rows:
                 raise CommandError(
-                    f"{self._path}: {len(predictions)} predictions for "
-                    f"{len(instances)} instances"
+                    f"{self._path}: {len(predictions)} predictions for {rows} instances"
                 )
             return predictions
         if (
