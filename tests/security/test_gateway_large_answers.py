@@ -311,9 +311,13 @@ def test_the_forwarding_gateways_loop_spends_less_on_a_large_answer(
         spent[name] = (loop_cpu_seconds(pid) - before) / 3
         record(f"gateway loop CPU s a large string answer ({name})", spent[name])
     assert len({outcome[2] for outcome in outcomes}) == 1
-    # Both read the 9.2 MiB request the same way (the parsing gateway parses
-    # and writes it again too); only the answer's parse and writing differ.
-    assert spent["passed through"] < spent["parsed"] * 0.6, spent
+    # Both receive the 9.2 MiB request and send the 10.3 MiB answer over
+    # HTTP/2 (most of either's loop time); the parsing gateway also parses and
+    # writes again the request and the answer's 1.2 M strings. Measured: 0.47
+    # to 0.60 of the parsing gateway's (load average 7-8); an answer parsed and
+    # written again would add some 0.05 s a call to the forwarding gateway,
+    # about 0.75 of the parsing one's.
+    assert spent["passed through"] < spent["parsed"] * 0.7, spent
 
 
 def test_large_answers_do_not_hold_up_other_clients(gateways: Gateways) -> None:
