@@ -34,12 +34,15 @@ hold its loop, each one synchronous (so each is a stall): reading the message
 (parsed whole and the tensor limits checked, or read for forwarding by
 :func:`gateway.clients.forwarded.read_predict`), then writing it for the
 backend (the target's model spec set, serialized and framed for gRPC-Web);
+with ``--method classify`` or ``regress``, the same two steps of a
+ClassificationRequest or RegressionRequest of tf.Examples (read for
+forwarding by :func:`gateway.clients.forwarded_examples.read_examples`);
 and a large OIP ``ModelInfer``, parsed, turned into arrays and encoded as the
 backend's Predict on the loop, against the same in the JSON workers with the
 ticker running.
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
-[--method predict|classify|free|receive] [--target gateway]``.
+[--method predict|classify|regress|free|receive] [--target gateway]``.
 """
 
 from __future__ import annotations
@@ -189,28 +192,45 @@ async def measure(sizes: list[int], rounds: int, method: str) -> None:
         parsers.close()
 
 
-def gateway_steps(data: bytes, forward: bool) -> tuple[float, float]:
+def gateway_steps(
+    data: bytes, forward: bool, method: str = "predict"
+) -> tuple[float, float]:
     """Seconds of the gateway's read step and write step for one message."""
-    from gateway.clients.forwarded import ForwardedPredict, read_predict
+    from gateway.clients.forwarded import read_predict
+    from gateway.clients.forwarded_examples import read_examples
+    from gateway.clients.spliced import Spliced
     from gateway.context import apply_target
     from gateway.routing.router import Target
     from servekit_protocol import grpcweb
     from servekit_protocol.tensor_limits import check_tensor_protos
 
     started = time.perf_counter()
-    request = (
-        read_predict(memoryview(data))
-        if forward
-        else messages.PredictRequest.FromString(data)
-    )
-    check_tensor_protos(request.inputs.values(), _LIMITS)
+    request: Any
+    if method == "predict":
+        request = (
+            read_predict(memoryview(data))
+            if forward
+            else messages.PredictRequest.FromString(data)
+        )
+        check_tensor_protos(request.inputs.values(), _LIMITS)
+    else:
+        kind = _EXAMPLES_REQUESTS[method]
+        request = (
+            read_examples(memoryview(data), kind) if forward else kind.FromString(data)
+        )
     read = time.perf_counter()
     apply_target(request.model_spec, Target("wide", ("b:1",), 2, None, "stable"))
-    if isinstance(request, ForwardedPredict):
+    if isinstance(request, Spliced):
         request.framed()
     else:
         grpcweb.frame(request.SerializeToString())
     return read - started, time.perf_counter() - read
+
+
+_EXAMPLES_REQUESTS: dict[str, Any] = {
+    "classify": messages.ClassificationRequest,
+    "regress": messages.RegressionRequest,
+}
 
 
 def infer_message_of(mib: int) -> bytes:
@@ -285,19 +305,22 @@ async def measure_infer(sizes: list[int], rounds: int) -> None:
         parsers.close()
 
 
-def measure_gateway(sizes: list[int], rounds: int) -> None:
-    print(f"load average {os.getloadavg()[0]:.1f}")
+def measure_gateway(sizes: list[int], rounds: int, method: str) -> None:
+    print(f"load average {os.getloadavg()[0]:.1f}, {method}")
     print(
         "| message | parsed whole: read, write (worst) "
         "| forwarded: read, write (worst) |"
     )
     print("| ---: | ---: | ---: |")
     for mib in sizes:
-        data = message_of(mib)
+        data = message_of(mib) if method == "predict" else classify_message_of(mib)
+        if method == "regress":
+            # The same examples: the two requests differ in their type alone.
+            data = messages.RegressionRequest.FromString(data).SerializeToString()
         steps: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
         for _ in range(rounds):
             for forward in (False, True):
-                steps[forward].append(gateway_steps(data, forward))
+                steps[forward].append(gateway_steps(data, forward, method))
         cells = []
         for forward in (False, True):
             reads = [read for read, _ in steps[forward]]
@@ -432,14 +455,17 @@ def main() -> None:
     parser.add_argument("--target", choices=("modelserver", "gateway"))
     parser.add_argument(
         "--method",
-        choices=("predict", "classify", "free", "receive"),
+        choices=("predict", "classify", "regress", "free", "receive"),
         default="predict",
     )
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(",")]
     if options.target == "gateway":
-        measure_gateway(sizes, options.rounds)
-        uvloop.run(measure_infer(sizes, options.rounds))
+        measure_gateway(sizes, options.rounds, options.method)
+        if options.method == "predict":
+            uvloop.run(measure_infer(sizes, options.rounds))
+    elif options.method == "regress":
+        parser.error("--method regress is measured with --target gateway")
     elif options.method == "receive":
         measure_receive(sizes, options.rounds)
     elif options.method == "free":

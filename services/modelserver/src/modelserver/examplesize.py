@@ -12,7 +12,12 @@ cap what the examples make, as they cap a ``Predict`` request's tensors:
   :mod:`modelserver.examplecolumns` keep);
 * every bytes value is one element of its bytes plus a reference (8 bytes);
 * every feature of every example also costs 8 bytes (its value count), so
-  that a message of many empty or one-value features counts for what it costs.
+  that a message of many empty features is not free.
+
+What is counted is what the model's inputs hold, not what building them costs
+in Python: a worker's columns take about 70 bytes a value while they are
+built, so a message at the default limit (256 MiB) of one-value features,
+about 241 MiB by this count, is accepted and costs its worker about 1.1 GB.
 
 The parser counts an example's values (a view of it whose features merge into
 one, :func:`~modelserver.protocol.grpc.serializedinput.tally`), not Python;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import inspect
 import logging
 import time
@@ -22,6 +23,7 @@ from google.protobuf.message import DecodeError
 from hpack import NeverIndexedHeaderTuple
 
 from servekit_protocol import grpcweb, messages
+from servekit_protocol.buffers import release_later
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server.hpack_cache import OK_TRAILERS, RESPONSE_HEADERS
 from servekit_protocol.grpcweb_server import Aborted, WebContext
@@ -252,18 +254,41 @@ async def decode_request(call: Call, limit: int) -> Any:
     if declared is None or len(body) != 5 + declared:
         raise Aborted(grpc.StatusCode.INTERNAL, "Expected exactly one request message")
     offload = call.offload
-    message: bytes | memoryview
     if body[0]:
-        message = bytes(body[5:])
-        if len(message) > _THREAD_INFLATE_BYTES:
-            message = await asyncio.to_thread(_inflate, message, call.encoding, limit)
-        else:
-            message = _inflate(message, call.encoding, limit)
-    elif offload is not None and declared >= offload.threshold_bytes:
+        # The inflated message is handed over as the only reference to it, so
+        # that a large one is given back in a thread once parsed.
+        holder = [await _inflate_body(body, call.encoding, limit)]
+        try:
+            return await _parse(call, holder[0])
+        finally:
+            release_later(holder)
+    if offload is not None and declared >= offload.threshold_bytes:
         # Not copied here: a copy of hundreds of MiB would hold the loop too.
-        message = memoryview(body)[5:]
-    else:
-        message = bytes(body[5:])
+        return await _parse(call, memoryview(body)[5:])
+    # One copy (body[5:] would be a bytearray copy, then bytes a second).
+    return await _parse(call, bytes(memoryview(body)[5:]))
+
+
+async def _inflate_body(body: bytearray, encoding: str, limit: int) -> bytes:
+    """The body's compressed message inflated, read in place (a copy of a large
+    one would hold the loop as long as copying it takes)."""
+    compressed = memoryview(body)[5:]
+    try:
+        if len(compressed) > _THREAD_INFLATE_BYTES:
+            return await asyncio.to_thread(_inflate, compressed, encoding, limit)
+        return _inflate(compressed, encoding, limit)
+    finally:
+        # The view lets go of the body now, not whenever the thread's work
+        # item or a traceback does: the connection gives the body back in a
+        # thread only when nothing else holds it. A call cancelled while the
+        # thread still reads the body keeps the view (BufferError).
+        with contextlib.suppress(BufferError):
+            compressed.release()
+
+
+async def _parse(call: Call, message: bytes | memoryview) -> Any:
+    """The handler's request from the message's bytes."""
+    offload = call.offload
     deserializer = call.handler.request_deserializer
     try:
         if offload is not None and len(message) >= offload.threshold_bytes:
@@ -277,7 +302,7 @@ async def decode_request(call: Call, limit: int) -> Any:
         ) from exc
 
 
-def _inflate(data: bytes, encoding: str, limit: int) -> bytes:
+def _inflate(data: memoryview, encoding: str, limit: int) -> bytes:
     if encoding == "gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     elif encoding == "deflate":
