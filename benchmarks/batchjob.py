@@ -9,7 +9,8 @@ a temporary one when absent) and each input format, side by side in one run:
   its rows, writing the results in each ``--output-formats`` format with the
   instances, manifest), model load excluded;
 - **target**: the same job against a ``servekit-model-server`` on 127.0.0.1
-  (``--concurrency`` requests in flight).
+  (``--concurrency`` requests in flight), or with ``--through-gateway`` against
+  the gateway in front of it.
 
 Rounds alternate limit and job so that both see the same machine load; the ratio
 is the median of the per-round ratios. Results go to stdout as a Markdown table
@@ -59,6 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--no-target", action="store_true")
+    parser.add_argument(
+        "--through-gateway",
+        action="store_true",
+        help="the target is a gateway in front of the model server",
+    )
     parser.add_argument(
         "--split",
         action="store_true",
@@ -215,9 +221,14 @@ def phase_split(
 
 
 @contextlib.contextmanager
-def model_server(registry: Path, folder: Path) -> Iterator[str]:
+def model_server(registry: Path, folder: Path, *, gateway: bool) -> Iterator[str]:
+    from tests.support.gateway import gateway_over_registry
     from tests.support.modelserver import model_server as start
 
+    if gateway:
+        with gateway_over_registry(registry, folder) as front:
+            yield front.url
+        return
     with start(
         [f"--model_config_file={registry / 'servekit.config'}"],
         log_path=folder / "model-server.log",
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         server = (
             contextlib.nullcontext(None)
             if args.no_target
-            else model_server(registry, folder)
+            else model_server(registry, folder, gateway=args.through_gateway)
         )
         with server as target:
             for name in args.models:

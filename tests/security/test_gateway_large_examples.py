@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from servekit_protocol import messages
@@ -244,6 +245,12 @@ def test_a_forwarded_examples_message_is_answered_as_one_parsed_whole(
     assert call(gateways.forwarding_grpc, data, path) == parsed
     if case in ("valid", "label", "example with a context"):
         assert parsed[0] in ("OK", "0"), parsed[1]
+    if case == "unknown model":
+        # Folded into one label value, as a parsed message's name is.
+        for gateway in (gateways.forwarding, gateways.forwarding_grpc):
+            metrics = httpx.get(gateway.url + "/metrics", timeout=10).text
+            assert 'model="nope"' not in metrics
+            assert 'model="__unknown__"' in metrics
     if case == "valid" and method == "Classify":
         answer = messages.ClassificationResponse.FromString(parsed[2])
         classes = answer.result.classifications
