@@ -57,8 +57,12 @@ def thread_usage() -> ThreadUsage | None:
     """The calling thread's usage; None where the system has no per-thread usage."""
     if _RUSAGE_THREAD is None:
         return None
-    usage = resource.getrusage(_RUSAGE_THREAD)
-    return ThreadUsage(usage.ru_utime + usage.ru_stime, usage.ru_nvcsw)
+    waits = resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+    # Not getrusage's CPU times: they advance only when the scheduler accounts
+    # the thread (a tick, a switch), so a call shorter than a tick often reads
+    # no CPU at all and would pass for short. The thread's CPU clock includes
+    # the slice it is running.
+    return ThreadUsage(time.thread_time(), waits)
 
 
 def counted_seconds(
