@@ -29,19 +29,8 @@ and acknowledged, as the server does), with ``hyperframe``'s own frame
 ``repr`` (which ``h2`` builds for every frame) against the short one of
 :mod:`servekit_protocol.grpc_server.frame_repr`, rounds in turns.
 
-With ``--target gateway``: the gateway's two steps of a large ``Predict`` that
-hold its loop, each one synchronous (so each is a stall): reading the message
-(parsed whole and the tensor limits checked, or read for forwarding by
-:func:`gateway.clients.forwarded.read_predict`), then writing it for the
-backend (the target's model spec set, serialized and framed for gRPC-Web);
-with ``--method classify`` or ``regress``, the same two steps of a
-ClassificationRequest or RegressionRequest of tf.Examples (read for
-forwarding by :func:`gateway.clients.forwarded_examples.read_examples`);
-and a large OIP ``ModelInfer``, parsed, turned into arrays and encoded as the
-backend's Predict on the loop, against the same in the JSON workers with the
-ticker running; and a large ``Predict`` answer of floats or strings, parsed and
-serialized again for the client, against kept as the backend sent it
-(:mod:`gateway.clients.answers`).
+With ``--target gateway``: the gateway's steps, measured by
+:mod:`benchmarks.grpcparse_gateway`.
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
 [--method predict|classify|regress|free|receive] [--target gateway]``.
@@ -75,7 +64,7 @@ from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
 
 _TICK_SECONDS = 0.001
-_LIMITS = TensorLimits(max_elements=1 << 26, max_bytes=1 << 30)
+LIMITS = TensorLimits(max_elements=1 << 26, max_bytes=1 << 30)
 """Room for the 256 MiB message's 32 Mi values."""
 
 
@@ -115,7 +104,7 @@ def in_place(data: bytes, method: str = "predict") -> float:
     if method == "classify":
         converters.to_classify_request(messages.ClassificationRequest.FromString(data))
     else:
-        converters.to_predict_request(messages.PredictRequest.FromString(data), _LIMITS)
+        converters.to_predict_request(messages.PredictRequest.FromString(data), LIMITS)
     return time.perf_counter() - started
 
 
@@ -159,9 +148,9 @@ async def measure(sizes: list[int], rounds: int, method: str) -> None:
     parsers = BodyParsers()
     parsers.start(preload=("modelserver.protocol.grpc.largeexamples",))
     decoder: SegmentDecoder[Any] = (
-        ExamplesDecoder(parsers, CLASSIFY, _LIMITS)
+        ExamplesDecoder(parsers, CLASSIFY, LIMITS)
         if method == "classify"
-        else PredictDecoder(parsers, _LIMITS)
+        else PredictDecoder(parsers, LIMITS)
     )
     make = classify_message_of if method == "classify" else message_of
     try:
@@ -192,205 +181,6 @@ async def measure(sizes: list[int], rounds: int, method: str) -> None:
             )
     finally:
         parsers.close()
-
-
-def gateway_steps(
-    data: bytes, forward: bool, method: str = "predict"
-) -> tuple[float, float]:
-    """Seconds of the gateway's read step and write step for one message."""
-    from gateway.clients.forwarded import read_predict
-    from gateway.clients.forwarded_examples import read_examples
-    from gateway.clients.spliced import Spliced
-    from gateway.context import apply_target
-    from gateway.routing.router import Target
-    from servekit_protocol import grpcweb
-    from servekit_protocol.tensor_limits import check_tensor_protos
-
-    started = time.perf_counter()
-    request: Any
-    if method == "predict":
-        request = (
-            read_predict(memoryview(data))
-            if forward
-            else messages.PredictRequest.FromString(data)
-        )
-        check_tensor_protos(request.inputs.values(), _LIMITS)
-    else:
-        kind = _EXAMPLES_REQUESTS[method]
-        request = (
-            read_examples(memoryview(data), kind) if forward else kind.FromString(data)
-        )
-    read = time.perf_counter()
-    apply_target(request.model_spec, Target("wide", ("b:1",), 2, None, "stable"))
-    if isinstance(request, Spliced):
-        request.framed()
-    else:
-        grpcweb.frame(request.SerializeToString())
-    return read - started, time.perf_counter() - read
-
-
-_EXAMPLES_REQUESTS: dict[str, Any] = {
-    "classify": messages.ClassificationRequest,
-    "regress": messages.RegressionRequest,
-}
-
-
-def infer_message_of(mib: int) -> bytes:
-    """A ModelInferRequest of about ``mib`` MiB of ``fp64_contents``."""
-    from servekit_protocol import oip_messages as oip
-
-    values = mib * 2**20 // 8
-    request = oip.ModelInferRequest(model_name="wide")
-    tensor = request.inputs.add(name="x", datatype="FP64", shape=[values // 64, 64])
-    tensor.contents.fp64_contents.extend(np.random.default_rng(0).normal(size=values))
-    return request.SerializeToString()
-
-
-def infer_in_place(data: bytes) -> float:
-    """Seconds a ModelInfer parsed on the loop holds it: the parse, the arrays
-    and the Predict for the backend, one synchronous run."""
-    from gateway.clients.arrays import ArrayRequest
-    from gateway.codecs.v2_grpc import parse_model_infer
-    from servekit_protocol import grpcweb
-    from servekit_protocol import oip_messages as oip
-
-    started = time.perf_counter()
-    parsed = parse_model_infer(oip.ModelInferRequest.FromString(data))
-    request = ArrayRequest(parsed.inputs)
-    request.model_spec.name = "wide"
-    grpcweb.frame(request.to_proto().SerializeToString())
-    return time.perf_counter() - started
-
-
-async def measure_infer(sizes: list[int], rounds: int) -> None:
-    from gateway.clients.forwarded import ForwardedPredict
-    from gateway.codecs.v2_grpc import encode_infer_message
-    from gateway.grpcfront.server import infer_reader
-
-    parsers = BodyParsers()
-    parsers.start(preload=("gateway.codecs.v2_grpc",))
-    read = infer_reader(parsers)
-
-    async def through_workers(message: memoryview) -> None:
-        head = await read(message)
-        encoded = await parsers.in_worker(
-            encode_infer_message, head.message, None, _LIMITS
-        )
-        spec = messages.ModelSpec(name="wide")
-        ForwardedPredict(spec, {}, memoryview(encoded.message)).framed()
-
-    try:
-        await through_workers(memoryview(infer_message_of(1)))
-        print(
-            "| ModelInfer | in place: loop held | in the workers: longest stall "
-            "| idle loop, as long: longest stall | in the workers: took |"
-        )
-        print("| ---: | ---: | ---: | ---: | ---: |")
-        for mib in sizes:
-            data = infer_message_of(mib)
-            held, stalls, idle, took = [], [], [], []
-            for _ in range(rounds):
-                held.append(infer_in_place(data))
-                stall, seconds = await offloaded(through_workers, data)
-                stalls.append(stall)
-                took.append(seconds)
-                idle.append((await offloaded(None, b"", seconds))[0])
-            print(
-                f"| {len(data) / 2**20:.0f} MiB "
-                f"| {statistics.median(held) * 1e3:.0f} ms "
-                f"| {statistics.median(stalls) * 1e3:.1f} ms "
-                f"| {statistics.median(idle) * 1e3:.1f} ms "
-                f"| {statistics.median(took) * 1e3:.0f} ms |",
-                flush=True,
-            )
-    finally:
-        parsers.close()
-
-
-def answer_of(mib: int, strings: bool) -> bytes:
-    """A PredictResponse of about ``mib`` MiB: float64 values, or strings of
-    seven bytes (nine a value on the wire)."""
-    response = messages.PredictResponse()
-    response.model_spec.name = "wide"
-    response.model_spec.version.value = 1
-    tensor = response.outputs["predictions"]
-    if strings:
-        count = mib * 2**20 // 9
-        tensor.dtype = messages.DT_STRING
-        tensor.string_val.extend(b"class-%d" % (i % 10) for i in range(count))
-    else:
-        count = mib * 2**20 // 8
-        tensor.dtype = messages.DT_DOUBLE
-        tensor.double_val.extend(np.random.default_rng(0).normal(size=count))
-    tensor.tensor_shape.dim.add(size=count)
-    return response.SerializeToString()
-
-
-def answer_step(data: bytes, keep: bool) -> float:
-    """Seconds the gateway's loop spends on a backend's answer before it is
-    framed for the client: parsed and serialized again, or kept as received
-    (:func:`gateway.clients.answers.read_answer`)."""
-    from gateway.clients.answers import read_answer
-
-    started = time.perf_counter()
-    if keep:
-        kept = read_answer(data, 2)
-        assert kept is not None
-        out = kept.data
-    else:
-        out = messages.PredictResponse.FromString(data).SerializeToString()
-    b"\x00" + len(out).to_bytes(4, "big") + out
-    return time.perf_counter() - started
-
-
-def measure_answers(sizes: list[int], rounds: int) -> None:
-    print("| answer | parsed and serialized again (worst) | kept as received (worst) |")
-    print("| ---: | ---: | ---: |")
-    for mib in sizes:
-        for strings in (False, True):
-            data = answer_of(mib, strings)
-            steps: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(rounds):
-                for keep in (False, True):
-                    steps[keep].append(answer_step(data, keep))
-            cells = [
-                f"{statistics.median(steps[keep]) * 1e3:.0f} ms "
-                f"({max(steps[keep]) * 1e3:.0f} ms)"
-                for keep in (False, True)
-            ]
-            kind = "strings" if strings else "float64"
-            print(
-                f"| {len(data) / 2**20:.0f} MiB {kind} | {cells[0]} | {cells[1]} |",
-                flush=True,
-            )
-
-
-def measure_gateway(sizes: list[int], rounds: int, method: str) -> None:
-    print(f"load average {os.getloadavg()[0]:.1f}, {method}")
-    print(
-        "| message | parsed whole: read, write (worst) "
-        "| forwarded: read, write (worst) |"
-    )
-    print("| ---: | ---: | ---: |")
-    for mib in sizes:
-        data = message_of(mib) if method == "predict" else classify_message_of(mib)
-        if method == "regress":
-            # The same examples: the two requests differ in their type alone.
-            data = messages.RegressionRequest.FromString(data).SerializeToString()
-        steps: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-        for _ in range(rounds):
-            for forward in (False, True):
-                steps[forward].append(gateway_steps(data, forward, method))
-        cells = []
-        for forward in (False, True):
-            reads = [read for read, _ in steps[forward]]
-            writes = [write for _, write in steps[forward]]
-            cells.append(
-                f"{statistics.median(reads) * 1e3:.0f} ms, "
-                f"{statistics.median(writes) * 1e3:.0f} ms "
-                f"({max(max(reads), max(writes)) * 1e3:.0f} ms)"
-            )
-        print(f"| {len(data) / 2**20:.0f} MiB | {cells[0]} | {cells[1]} |", flush=True)
 
 
 async def stall_of(free: Callable[[list[bytearray]], Any], mib: int) -> float:
@@ -521,6 +311,12 @@ def main() -> None:
     options = parser.parse_args()
     sizes = [int(size) for size in options.sizes.split(",")]
     if options.target == "gateway":
+        from benchmarks.grpcparse_gateway import (
+            measure_answers,
+            measure_gateway,
+            measure_infer,
+        )
+
         measure_gateway(sizes, options.rounds, options.method)
         if options.method == "predict":
             measure_answers(sizes, options.rounds)
