@@ -21,13 +21,14 @@ from servekit_protocol import json_codec, messages
 
 from gateway.admission import Admission, InFlight
 from gateway.clients.answers import ReceivedAnswer
-from gateway.clients.backend import BackendClient, BackendPool
+from gateway.clients.backend import BackendClient
 from gateway.clients.coalescer import Coalescer
 from gateway.clients.forwarded_examples import (
     ForwardedExamples,
     ForwardedMultiInference,
 )
 from gateway.clients.health import backend_health
+from gateway.clients.pool import BackendPool
 from gateway.context import CallContext, apply_target, spec_version
 from gateway.errors import GatewayError, InvalidInput
 from gateway.forwarding import Forwarder, PredictCall, Predicted

@@ -21,10 +21,11 @@ from servekit_protocol.grpc_codes import from_grpc
 from servekit_protocol.serving import is_unknown_label
 from servekit_protocol.status import Code
 
-from gateway.clients.backend import BackendClient, BackendPool
+from gateway.clients.backend import BackendClient
 from gateway.clients.coalescer import Coalescer, Request, Response
 from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer, error_text
+from gateway.clients.pool import BackendPool
 from gateway.clients.restbatch import rest_predict
 from gateway.context import CallContext, apply_target, rest_path
 from gateway.errors import BackendError

@@ -13,8 +13,8 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 import gateway as package
-from gateway.clients.backend import BackendPool, RetryPolicy
 from gateway.clients.breaker import CircuitBreaker
+from gateway.clients.pool import BackendPool, RetryPolicy
 from gateway.codecs.typed_body import field_errors, summary
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError, UnprocessableInput

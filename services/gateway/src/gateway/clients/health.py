@@ -14,7 +14,7 @@ import enum
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.clients.backend import Backend
+from gateway.clients.pool import Backend
 
 
 class BackendHealth(enum.Enum):
