@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,10 +40,10 @@ from tests.security.figures import record
 from tests.security.recording import PREDICT
 from tests.security.stack import (
     Listener,
+    PeakMemory,
     SmallCalls,
     assert_no_traceback,
     loop_cpu_seconds,
-    rss_bytes,
 )
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_linear_pipeline
@@ -339,18 +338,7 @@ def test_large_answers_do_not_hold_up_other_clients(
     data = _request("strings", STRING_ROWS)
     listener = Listener("gateway HTTP", gateway.http_port, gateway.process, {})
     pid = gateway.process.pid
-    before = rss_bytes(pid)
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_bytes(pid))
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    memory = PeakMemory(lambda: {pid})
     try:
         with SmallCalls(listener) as small:
             for transport in ("grpc", "grpc-web", "grpc"):
@@ -358,8 +346,7 @@ def test_large_answers_do_not_hold_up_other_clients(
                 assert outcome[0] == "OK", outcome[1]
             time.sleep(0.05)
     finally:
-        done.set()
-        sampler.join()
-    record("memory growth MiB (large answers)", (peak - before) / 2**20)
+        growth = memory.growth()
+    record("memory growth MiB (large answers)", growth / 2**20)
     small.assert_kept_up(SMALL_CALL_LATENCY, "large answers went back")
-    assert peak - before < MEMORY_GROWTH_LIMIT, f"+{(peak - before) >> 20} MiB"
+    assert growth < MEMORY_GROWTH_LIMIT, f"+{growth >> 20} MiB"

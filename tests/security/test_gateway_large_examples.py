@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import struct
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,7 @@ from servekit_protocol import tensors as wire
 
 from tests.security.figures import record
 from tests.security.forwarding_stack import Gateways, Outcome, grpc_call, web_call
-from tests.security.stack import Listener, SmallCalls, loop_cpu_seconds, rss_bytes
+from tests.security.stack import Listener, PeakMemory, SmallCalls, loop_cpu_seconds
 from tests.support.gateway import GatewayProcess
 from tests.support.pipelines import CLASSES
 
@@ -351,26 +350,16 @@ def test_a_large_classify_does_not_hold_up_other_clients(gateways: Gateways) -> 
     gateway = gateways.forwarding
     listener = Listener("gateway HTTP", gateway.http_port, gateway.process, {})
     pid = gateway.process.pid
-    before = peak = rss_bytes(pid)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.005):
-            peak = max(peak, rss_bytes(pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    memory = PeakMemory(lambda: {pid})
     try:
         with SmallCalls(listener) as small:
             outcome = grpc_call(gateway, data, path)
             time.sleep(0.05)
     finally:
-        done.set()
-        sampler.join()
+        growth = memory.growth()
     assert outcome[0] == "OK", outcome[1]
     answer = messages.ClassificationResponse.FromString(outcome[2])
     assert len(answer.result.classifications) == LARGE_EXAMPLES
-    record("memory growth MiB, large Classify", (peak - before) / 2**20)
+    record("memory growth MiB, large Classify", growth / 2**20)
     small.assert_kept_up(SMALL_CALL_LATENCY, "a large Classify was forwarded")
-    assert peak - before < MEMORY_GROWTH_LIMIT, f"+{(peak - before) >> 20} MiB"
+    assert growth < MEMORY_GROWTH_LIMIT, f"+{growth >> 20} MiB"

@@ -21,7 +21,6 @@ forwarding gateway's resident memory grows by a bounded amount.
 from __future__ import annotations
 
 import struct
-import threading
 import time
 from collections.abc import Callable
 
@@ -32,7 +31,7 @@ from servekit_protocol import oip_messages as oip
 
 from tests.security.figures import record
 from tests.security.forwarding_stack import Gateways, grpc_call, web_call
-from tests.security.stack import Listener, SmallCalls, cpu_seconds, rss_bytes
+from tests.security.stack import Listener, PeakMemory, SmallCalls, cpu_seconds
 from tests.security.test_large_grpc import (
     FEATURES,
     bad_content,
@@ -298,18 +297,7 @@ def test_a_large_message_does_not_hold_up_other_clients(gateways: Gateways) -> N
     infer = _infer().SerializeToString()
     listener = Listener("gateway HTTP", gateway.http_port, gateway.process, {})
     pid = gateway.process.pid
-    before = rss_bytes(pid)
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_bytes(pid))
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    memory = PeakMemory(lambda: {pid})
     try:
         with SmallCalls(listener) as small:
             for _ in range(3):
@@ -320,8 +308,7 @@ def test_a_large_message_does_not_hold_up_other_clients(gateways: Gateways) -> N
                 assert outcome[0] == "OK", outcome[1]
             time.sleep(0.05)
     finally:
-        done.set()
-        sampler.join()
-    record("memory growth MiB", (peak - before) / 2**20)
+        growth = memory.growth()
+    record("memory growth MiB", growth / 2**20)
     small.assert_kept_up(SMALL_CALL_LATENCY, "large messages were forwarded")
-    assert peak - before < MEMORY_GROWTH_LIMIT, f"+{(peak - before) >> 20} MiB"
+    assert growth < MEMORY_GROWTH_LIMIT, f"+{growth >> 20} MiB"
