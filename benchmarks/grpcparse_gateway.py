@@ -26,7 +26,12 @@ import numpy as np
 from servekit_protocol import messages
 from servekit_protocol.json_codec import BodyParsers
 
-from benchmarks.grpcparse import LIMITS, classify_message_of, message_of, offloaded
+from benchmarks.grpcparse import (
+    LIMITS,
+    classify_message_of,
+    message_of,
+    print_rounds,
+)
 
 
 def gateway_steps(
@@ -116,28 +121,15 @@ async def measure_infer(sizes: list[int], rounds: int) -> None:
 
     try:
         await through_workers(memoryview(infer_message_of(1)))
-        print(
+        await print_rounds(
+            sizes,
+            rounds,
+            infer_message_of,
+            infer_in_place,
+            through_workers,
             "| ModelInfer | in place: loop held | in the workers: longest stall "
-            "| idle loop, as long: longest stall | in the workers: took |"
+            "| idle loop, as long: longest stall | in the workers: took |",
         )
-        print("| ---: | ---: | ---: | ---: | ---: |")
-        for mib in sizes:
-            data = infer_message_of(mib)
-            held, stalls, idle, took = [], [], [], []
-            for _ in range(rounds):
-                held.append(infer_in_place(data))
-                stall, seconds = await offloaded(through_workers, data)
-                stalls.append(stall)
-                took.append(seconds)
-                idle.append((await offloaded(None, b"", seconds))[0])
-            print(
-                f"| {len(data) / 2**20:.0f} MiB "
-                f"| {statistics.median(held) * 1e3:.0f} ms "
-                f"| {statistics.median(stalls) * 1e3:.1f} ms "
-                f"| {statistics.median(idle) * 1e3:.1f} ms "
-                f"| {statistics.median(took) * 1e3:.0f} ms |",
-                flush=True,
-            )
     finally:
         parsers.close()
 
