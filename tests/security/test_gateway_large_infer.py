@@ -37,6 +37,7 @@ from tests.security.stack import (
     loop_cpu_seconds,
 )
 from tests.security.test_large_grpc import FEATURES
+from tests.security.test_loop_stalls import assert_no_stall
 from tests.support.processes import spawned_workers
 
 pytestmark = pytest.mark.integration
@@ -72,12 +73,12 @@ ANSWER_ROWS = 900_000
 pipeline (14.4 MB) answered with 7.2 MB of FP64 predictions."""
 
 
-def _linear(typed: bool = False) -> oip.ModelInferRequest:
+def _linear(typed: bool = False, rows: int = ANSWER_ROWS) -> oip.ModelInferRequest:
     request = oip.ModelInferRequest(model_name="linear", id="answer")
     rng = np.random.default_rng(13)
     for name in ("a", "b"):
-        tensor = request.inputs.add(name=name, datatype="FP64", shape=[ANSWER_ROWS])
-        values = rng.normal(size=ANSWER_ROWS)
+        tensor = request.inputs.add(name=name, datatype="FP64", shape=[rows])
+        values = rng.normal(size=rows)
         if typed:
             tensor.contents.fp64_contents.extend(values)
         else:
@@ -268,3 +269,35 @@ def test_large_model_infers_do_not_hold_up_other_clients(gateways: Gateways) -> 
     record("memory growth MiB (raw ModelInfer)", growth / 2**20)
     small.assert_kept_up(SMALL_CALL_LATENCY, "large raw ModelInfer calls were served")
     assert growth < MEMORY_GROWTH_LIMIT, f"+{growth >> 20} MiB"
+
+
+STALL_CALLS: dict[str, tuple[Callable[[], bytes], Callable[[], bytes]]] = {
+    "15.6 MiB raw ModelInfer": (
+        lambda: _raw(rows=1_024).SerializeToString(),
+        lambda: _raw().SerializeToString(),
+    ),
+    "raw ModelInfer, 7.2 MB answer": (
+        lambda: _linear(rows=100_000).SerializeToString(),
+        lambda: _linear().SerializeToString(),
+    ),
+}
+"""A warm-up message (over the 1 MiB threshold: the first call of a kind
+starts what it needs) and the large one."""
+
+
+@pytest.mark.parametrize("family", list(STALL_CALLS))
+def test_a_large_raw_model_infer_does_not_stall_the_gateways_loop(
+    gateways: Gateways, family: str
+) -> None:
+    gateway = gateways.forwarding
+    warm, large = STALL_CALLS[family]
+
+    def call(data: bytes) -> None:
+        outcome = grpc_call(gateway, data, MODEL_INFER)
+        assert outcome[0] == "OK", outcome[1]
+
+    call(warm())
+    data = large()
+    assert_no_stall(
+        gateway.url + "/metrics", "gateway", f"gateway, {family}", lambda: call(data)
+    )
