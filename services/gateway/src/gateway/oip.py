@@ -22,10 +22,11 @@ from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import numpy_dtype, to_shape
 
 from gateway.clients.arrays import ArrayRequest, output_arrays
-from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.codecs.v2 import InferRequest, check_tensor_limits
 from gateway.codecs.v2_datatypes import v2_datatype
 from gateway.codecs.v2_grpc import EncodedInfer
+from gateway.codecs.v2_spliced import SplicedInfer
 from gateway.context import CallContext
 from gateway.dataplane import Gateway
 from gateway.errors import InvalidInput
@@ -169,7 +170,10 @@ async def infer(
     signature: str,
     parse: Callable[
         [Mapping[str, np.dtype[Any]] | None],
-        InferRequest | Awaitable[InferRequest] | Awaitable[EncodedInfer],
+        InferRequest
+        | Awaitable[InferRequest]
+        | Awaitable[EncodedInfer]
+        | Awaitable[SplicedInfer],
     ],
 ) -> InferAnswer:
     """Route a v2 inference, call the backend, and collect the outputs asked for.
@@ -180,7 +184,8 @@ async def infer(
             input dtypes (numeric inputs are converted to them) when known;
             or a coroutine doing so (a large body parsed off the event loop),
             which may give the backend's message already encoded
-            (`EncodedInfer`, a large gRPC ModelInfer, limits checked).
+            (`EncodedInfer` or `SplicedInfer`, a large gRPC ModelInfer,
+            limits checked).
 
     Raises:
         GatewayError: bad input (400), unknown model, version or output, backend
@@ -200,6 +205,10 @@ async def infer(
             parsed_holder[:] = [parsed.request]
             spec = messages.ModelSpec(signature_name=signature)
             return ForwardedPredict(spec, {}, memoryview(parsed.message))
+        if isinstance(parsed, SplicedInfer):
+            parsed_holder[:] = [parsed.request]
+            spec = messages.ModelSpec(signature_name=signature)
+            return WrittenPredict(spec, {}, memoryview(b""), parts=parsed.parts)
         _check_limits(gateway, parsed)
         parsed_holder[:] = [parsed]
         request = ArrayRequest(parsed.inputs, output_filter=tuple(parsed.outputs or ()))

@@ -4,12 +4,15 @@ Model methods go through `GrpcFront.serve` like TF Serving's services on this
 port: the same credentials, admission limit, deadline, request id, metrics and
 error table; the work is `gateway.oip`'s, shared with the HTTP routes. Server
 liveness, readiness and metadata need no credentials, as on HTTP. A ModelInfer
-message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is parsed in the JSON
-workers (`grpcfront.server`), never on the event loop.
+message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is never parsed whole on
+the event loop: its raw inputs are written into the backend's Predict as
+they came (`codecs.v2_spliced`), any other is parsed in the JSON workers
+(`grpcfront.server`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -28,6 +31,11 @@ from gateway.codecs.v2_grpc import (
     format_model_infer,
     parameters_dict,
     parse_model_infer,
+)
+from gateway.codecs.v2_spliced import (
+    RawInfer,
+    SplicedInfer,
+    encode_raw_infer,
 )
 from gateway.context import CallContext
 from gateway.grpcfront.servicer import GrpcFront
@@ -143,17 +151,32 @@ class InferenceProxy(GRPCInferenceServiceServicer):
 
     async def ModelInfer(
         self,
-        request: oip.ModelInferRequest | InferMessage,
+        request: oip.ModelInferRequest | InferMessage | RawInfer,
         context: ServicerContext,
     ) -> oip.ModelInferResponse:
-        """A large message comes as an `InferMessage`: parsed, checked and
-        encoded for the backend in a worker process, it is routed and answered
-        the same way."""
+        """A large message comes as a `RawInfer` (its raw inputs checked and
+        written into the backend's Predict in a thread) or an `InferMessage`
+        (parsed, checked and encoded for the backend in a worker process); it
+        is routed and answered the same way."""
         parse: Callable[
             [Wanted],
-            InferRequest | Awaitable[InferRequest] | Awaitable[EncodedInfer],
+            InferRequest
+            | Awaitable[InferRequest]
+            | Awaitable[EncodedInfer]
+            | Awaitable[SplicedInfer],
         ]
-        if isinstance(request, InferMessage):
+        if isinstance(request, RawInfer):
+            parameters = parameters_dict(request.head.parameters)
+            raw = True
+            spliced = request
+            limits = self._gateway.gatekeeper.tensor_limits
+
+            async def parse(wanted: Wanted) -> SplicedInfer:
+                return await asyncio.to_thread(
+                    encode_raw_infer, spliced, wanted, limits
+                )
+
+        elif isinstance(request, InferMessage):
             parameters = request.parameters
             raw = request.raw
             message = request.message
