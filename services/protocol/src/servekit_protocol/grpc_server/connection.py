@@ -29,7 +29,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from servekit_protocol.buffers import release_later
-from servekit_protocol.grpc_server import frame_repr
+from servekit_protocol.grpc_server import frame_repr, header_checks
 from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
     Call,
@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 # h2 builds repr(frame) of every frame it receives; made cheap once, here.
 frame_repr.install()
+# h2 checks a repeated request header block again; answered from memory.
+header_checks.install()
 
 _CONFIG = H2Configuration(
     client_side=False,
