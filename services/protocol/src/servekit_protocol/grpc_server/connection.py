@@ -29,11 +29,13 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
 from servekit_protocol.buffers import release_later
+from servekit_protocol.byte_parts import byte_views, take
 from servekit_protocol.grpc_server import frame_repr
 from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
     Call,
     CallGone,
+    Framed,
     check_size,
     find_handler,
     read_headers,
@@ -67,6 +69,8 @@ _CONFIG = H2Configuration(
     normalize_outbound_headers=False,
 )
 _DEFAULT_WINDOW = 65_535
+_FLUSH_BYTES = 256 * 1024
+"""DATA frames of a large answer written to the socket at once."""
 
 
 def _local_settings(limits: Http2Limits, *, advertised: bool) -> Settings:
@@ -338,38 +342,53 @@ class Http2Connection(BackPressure):
             return
         self._cancel_stream(call.stream_id)
 
-    async def send_message(self, call: Call, framed: bytes) -> None:
+    async def send_message(self, call: Call, framed: Framed) -> None:
         """One framed message of an answer, after the headers if not sent yet.
+
+        Each DATA frame is handed to ``h2`` as a view of the message (the
+        first one, which carries the prefix too, joined): ``h2`` 4.x and
+        ``hyperframe`` 6.x copy what they are given as they build the frame
+        (the view made ``bytes``, the header put in front, the outbound
+        buffer), so a copy made here would only add one more.
 
         Raises:
             CallGone: The stream or the connection closed meanwhile.
         """
         await self._wait_writable()
         number = call.stream_id
-        view = memoryview(framed)
+        pending = byte_views(framed)
+        unflushed = 0
         try:
             if not call.headers_sent:
                 call.headers_sent = True
                 self._h2.send_headers(number, RESPONSE_HEADERS)
-            while view:
+            while pending:
                 window = min(
                     self._h2.local_flow_control_window(number),
                     self._h2.max_outbound_frame_size,
+                    self._limits.max_data_frame_bytes,
                 )
                 if window <= 0:
                     self._flush()
                     self._window_opened.clear()
                     await self._stall(self._window_opened)
                     continue
-                self._h2.send_data(number, bytes(view[:window]))
-                view = view[window:]
-                self._flush()
-                await self._wait_writable()
+                piece = take(pending, window)
+                self._h2.send_data(number, piece)
+                unflushed += len(piece)
+                if unflushed >= _FLUSH_BYTES or not pending:
+                    # A write per frame would be a system call per 16 KiB.
+                    self._flush()
+                    unflushed = 0
+                    await self._wait_writable()
+                    # While the client reads as fast as it is sent to, nothing
+                    # above waits: the other calls get the loop between writes.
+                    await asyncio.sleep(0)
         except h2.exceptions.ProtocolError as exc:
             raise CallGone from exc
 
     async def answer(
-        self, call: Call, framed: bytes, trailing: Iterable[tuple[str, str | bytes]]
+        self, call: Call, framed: Framed, trailing: Iterable[tuple[str, str | bytes]]
     ) -> None:
         """A unary call's message and status.
 
@@ -378,16 +397,20 @@ class Http2Connection(BackPressure):
         """
         await self._wait_writable()
         number = call.stream_id
+        prefix, message = framed
         try:
             window = min(
                 self._h2.local_flow_control_window(number),
                 self._h2.max_outbound_frame_size,
+                self._limits.max_data_frame_bytes,
             )
-            if len(framed) <= window:
-                # The usual case: headers, message and trailers in one write.
+            if len(prefix) + len(message) <= window:
+                # The usual case: headers, message and trailers in one write
+                # (the message is at most one frame, so joined once, as h2
+                # would copy it into its frame anyway).
                 call.headers_sent = True
                 self._h2.send_headers(number, RESPONSE_HEADERS)
-                self._h2.send_data(number, framed)
+                self._h2.send_data(number, prefix + message)
                 self._h2.send_headers(
                     number,
                     status_headers(grpc.StatusCode.OK, "", trailing, False),
