@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
-from servekit_protocol import grpcweb, messages
+from servekit_protocol import messages
 
 from tests.security.figures import record
+from tests.security.forwarding_stack import BODY_LIMIT, Outcome, grpc_call, web_call
 from tests.security.recording import PREDICT
 from tests.security.stack import (
     Listener,
@@ -51,8 +51,6 @@ from tests.support.modelserver import model_server
 
 pytestmark = pytest.mark.integration
 
-BODY_LIMIT = 16 * 1024 * 1024
-"""The gateways' body limit: the default."""
 ROWS = 250_000
 """Rows of a large call: a 2 MiB request (one float64 a row) whose answer is
 2 MiB of floats, 1.2 MiB of integers or 2.1 MiB of strings, each over the
@@ -193,57 +191,10 @@ def _request(model: str, rows: int = ROWS, **spec: Any) -> bytes:
     return request.SerializeToString()
 
 
-Outcome = tuple[str, str, bytes]
-
-
-def _grpc_call(target: str, data: bytes, method: str = PREDICT) -> Outcome:
-    options = [
-        ("grpc.max_send_message_length", 2 * BODY_LIMIT),
-        ("grpc.max_receive_message_length", 2 * BODY_LIMIT),
-    ]
-    with grpc.insecure_channel(target, options=options) as channel:
-        try:
-            answer = channel.unary_unary(method)(
-                data, timeout=60, metadata=(("x-request-id", "large-answer"),)
-            )
-        except grpc.RpcError as exc:
-            return exc.code().name, exc.details() or "", b""
-    return "OK", "", answer
-
-
-def _web_call(gateway: GatewayProcess, data: bytes, method: str = PREDICT) -> Outcome:
-    answer = httpx.post(
-        gateway.url + method,
-        content=grpcweb.frame(data),
-        headers={
-            "content-type": grpcweb.CONTENT_TYPE.decode(),
-            "x-request-id": "large-answer-web",
-        },
-        timeout=60,
-    )
-    assert answer.status_code == 200, answer.text[:200]
-    status = answer.headers.get("grpc-status")
-    if status is not None:
-        return _code_name(status), answer.headers.get("grpc-message", ""), b""
-    message, trailers = grpcweb.response_parts(answer.content)
-    return (
-        _code_name(trailers.get("grpc-status", "")),
-        grpcweb.decode_status_message(trailers.get("grpc-message", "")),
-        (message or b""),
-    )
-
-
-def _code_name(status: str) -> str:
-    return next(
-        (code.name for code in grpc.StatusCode if str(code.value[0]) == status),
-        status,
-    )
-
-
 def _call(gateway: GatewayProcess, transport: str, data: bytes) -> Outcome:
     if transport == "grpc":
-        return _grpc_call(gateway.grpc_target, data)
-    return _web_call(gateway, data)
+        return grpc_call(gateway, data)
+    return web_call(gateway, data)
 
 
 CASES: dict[str, dict[str, Any]] = {
@@ -277,7 +228,7 @@ def test_a_large_answer_reaches_the_client_as_the_backend_sent_it(
     if case in ANSWERED:
         assert parsed[0] == "OK", parsed[1]
         # The backend's own bytes: the gateways add nothing and drop nothing.
-        assert _grpc_call(answer_gateways.backend_grpc, data) == parsed
+        assert grpc_call(answer_gateways.backend_grpc, data) == parsed
         assert len(parsed[2]) >= 1024 * 1024
         answer = messages.PredictResponse.FromString(parsed[2])
         predictions = answer.outputs["predictions"]
@@ -322,7 +273,7 @@ def test_the_forwarding_gateways_loop_spends_less_on_a_large_answer(
         ):
             pid = gateway.process.pid
             before = loop_cpu_seconds(pid)
-            outcomes.append(_grpc_call(gateway.grpc_target, data))
+            outcomes.append(grpc_call(gateway, data))
             assert outcomes[-1][0] == "OK", outcomes[-1][1]
             spent[name].append(loop_cpu_seconds(pid) - before)
     medians = {name: statistics.median(seconds) for name, seconds in spent.items()}
@@ -362,7 +313,7 @@ def test_a_small_request_s_large_answer_reaches_the_client_as_the_backend_sent_i
     assert len(parsed[2]) >= 10 * 1024 * 1024
     assert _call(answer_gateways.forwarding, transport, data) == parsed
     assert _call(answer_gateways.forwarding_grpc, transport, data) == parsed
-    assert _grpc_call(answer_gateways.backend_grpc, data) == parsed
+    assert grpc_call(answer_gateways.backend_grpc, data) == parsed
 
 
 def test_the_forwarding_gateways_loop_spends_less_on_a_small_request_s_answer(
@@ -380,7 +331,7 @@ def test_the_forwarding_gateways_loop_spends_less_on_a_small_request_s_answer(
         ):
             pid = gateway.process.pid
             before = loop_cpu_seconds(pid)
-            outcome = _grpc_call(gateway.grpc_target, data)
+            outcome = grpc_call(gateway.grpc_target, data)
             assert outcome[0] == "OK", outcome[1]
             spent[name].append(loop_cpu_seconds(pid) - before)
             outcomes.add(outcome[2])

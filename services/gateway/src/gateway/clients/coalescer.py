@@ -52,7 +52,7 @@ from servekit_protocol.logs import REQUEST_ID_HEADER
 from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, Metadata
-from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.restbatch import RestPredict
 from gateway.clients.strategies import (
@@ -183,6 +183,7 @@ class Coalescer:
                 ArrayRequest: ArrayStrategy(client),
                 RestPredict: RestStrategy(client),
                 ForwardedPredict: ForwardedStrategy(client),
+                WrittenPredict: ForwardedStrategy(client),
             },
             metrics.coalesced_requests.observe,
             max_rows=max_rows,

@@ -26,11 +26,10 @@ import h2.exceptions
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.settings import SettingCodes, Settings
 
 from servekit_protocol.buffers import release_later
 from servekit_protocol.byte_parts import byte_views, take
-from servekit_protocol.grpc_server import frame_repr
+from servekit_protocol.grpc_server import frame_repr, header_checks
 from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
     Call,
@@ -47,17 +46,19 @@ from servekit_protocol.grpc_server.hpack_cache import (
     ConstantEncoder,
     RepeatDecoder,
 )
+from servekit_protocol.grpc_server.limits import local_settings
 from servekit_protocol.grpc_server.meter import FrameMeter, PeerError, TokenBucket
 from servekit_protocol.grpcweb_server import Aborted
 
 if TYPE_CHECKING:
-    from servekit_protocol.grpc_server.limits import Http2Limits
     from servekit_protocol.grpc_server.server import GrpcServer
 
 logger = logging.getLogger(__name__)
 
 # h2 builds repr(frame) of every frame it receives; made cheap once, here.
 frame_repr.install()
+# h2 checks a repeated request header block again; answered from memory.
+header_checks.install()
 
 _CONFIG = H2Configuration(
     client_side=False,
@@ -73,16 +74,6 @@ _FLUSH_BYTES = 256 * 1024
 """DATA frames of a large answer written to the socket at once."""
 
 
-def _local_settings(limits: Http2Limits, *, advertised: bool) -> Settings:
-    values = {
-        SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-        SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
-    }
-    if advertised:
-        values[SettingCodes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
-    return Settings(client=False, initial_values=values)
-
-
 class Http2Connection(BackPressure):
     """The HTTP/2 side of one client's gRPC calls."""
 
@@ -90,7 +81,7 @@ class Http2Connection(BackPressure):
         self._server = server
         limits = server.limits
         self._h2 = H2Connection(_CONFIG)
-        self._h2.local_settings = _local_settings(limits, advertised=True)
+        self._h2.local_settings = local_settings(limits, advertised=True)
         self._h2.encoder = ConstantEncoder()
         self._h2.decoder = RepeatDecoder(limits.max_header_list_size)
         self._meter = FrameMeter(
@@ -129,7 +120,7 @@ class Http2Connection(BackPressure):
         # The SETTINGS sent advertise the stream limit. h2 would answer the
         # stream over it by ending the whole connection; it gets no limit of
         # its own, and _on_request refuses that one stream instead.
-        self._h2.local_settings = _local_settings(self._limits, advertised=False)
+        self._h2.local_settings = local_settings(self._limits, advertised=False)
         if not self._server.admit(self):
             self._h2.close_connection(
                 ErrorCodes.NO_ERROR, additional_data=b"too many connections"
@@ -343,13 +334,8 @@ class Http2Connection(BackPressure):
         self._cancel_stream(call.stream_id)
 
     async def send_message(self, call: Call, framed: Framed) -> None:
-        """One framed message of an answer, after the headers if not sent yet.
-
-        Each DATA frame is handed to ``h2`` as a view of the message (the
-        first one, which carries the prefix too, joined): ``h2`` 4.x and
-        ``hyperframe`` 6.x copy what they are given as they build the frame
-        (the view made ``bytes``, the header put in front, the outbound
-        buffer), so a copy made here would only add one more.
+        """One framed message of an answer, after the headers if not sent yet;
+        its DATA frames are views of it (``byte_parts``), as ``h2`` copies them.
 
         Raises:
             CallGone: The stream or the connection closed meanwhile.
@@ -405,9 +391,7 @@ class Http2Connection(BackPressure):
                 self._limits.max_data_frame_bytes,
             )
             if len(prefix) + len(message) <= window:
-                # The usual case: headers, message and trailers in one write
-                # (the message is at most one frame, so joined once, as h2
-                # would copy it into its frame anyway).
+                # The usual case: headers, message and trailers in one write.
                 call.headers_sent = True
                 self._h2.send_headers(number, RESPONSE_HEADERS)
                 self._h2.send_data(number, prefix + message)

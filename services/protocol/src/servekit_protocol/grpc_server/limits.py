@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from h2.settings import SettingCodes, Settings
+
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -124,6 +126,19 @@ class Http2Limits:
             raise ValueError("stream_window_bytes must be in [65535, 2**31)")
         if not 65_535 <= self.connection_window_bytes < 2**31:
             raise ValueError("connection_window_bytes must be in [65535, 2**31)")
+
+
+def local_settings(limits: Http2Limits, *, advertised: bool) -> Settings:
+    """The SETTINGS the server sends (``advertised``) or holds ``h2`` to: the
+    stream limit is only advertised, since ``h2`` would end the whole
+    connection over it where the server refuses the one stream."""
+    values = {
+        SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+        SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
+    }
+    if advertised:
+        values[SettingCodes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
+    return Settings(client=False, initial_values=values)
 
 
 def described_fields() -> dict[str, tuple[type, object, str]]:

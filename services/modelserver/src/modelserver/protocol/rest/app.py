@@ -40,7 +40,7 @@ from typing import Any
 
 from servekit_protocol import grpcweb_server, json_codec
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large_message
-from servekit_protocol.buffers import release_later
+from servekit_protocol.buffers import join_chunks, release_later
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_codes import to_grpc
 from servekit_protocol.grpc_server import OffloadedDecoder
@@ -328,7 +328,7 @@ class RestApp:
                 if size > limit:
                     raise PayloadTooLarge(too_large_message(limit))
                 chunks.append(chunk)
-            body = b"".join(chunks)
+            body = await join_chunks(chunks, size)
         if len(body) > limit:
             raise PayloadTooLarge(too_large_message(limit))
         coding = coding_of(content_encoding)
