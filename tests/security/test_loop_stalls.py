@@ -70,8 +70,8 @@ message as base64 text."""
 ROWS = 32_768
 """Rows of the model server's large Predict: 32,768 x 256 ``double_val``
 values, 64 MiB."""
-JSON_ROWS = 6_000
-"""Rows of the large REST body: 6,000 x 256 floats, about 64 MiB of JSON."""
+JSON_ROWS = 13_400
+"""Rows of the large REST body: 13,400 x 256 floats, about 64 MiB of JSON."""
 WARM_ROWS = 1_024
 """Rows of the first, smaller call of each kind: 2 MiB, over the 1 MiB from
 which messages and bodies are handed to the workers."""
