@@ -21,11 +21,13 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import numpy_dtype, to_shape
 
-from gateway.clients.arrays import ArrayRequest, output_arrays
+from gateway.clients.answers import ReceivedAnswer
+from gateway.clients.arrays import ArrayRequest
 from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.codecs.v2 import InferRequest, check_tensor_limits
 from gateway.codecs.v2_datatypes import v2_datatype
 from gateway.codecs.v2_grpc import EncodedInfer
+from gateway.codecs.v2_grpc_answer import chosen_outputs
 from gateway.codecs.v2_spliced import SplicedInfer
 from gateway.context import CallContext
 from gateway.dataplane import Gateway
@@ -156,6 +158,9 @@ class InferAnswer:
     outputs: dict[str, np.ndarray[Any, Any]]
     """The outputs asked for (all, without `outputs`), in the order asked."""
     model_version: str
+    received: ReceivedAnswer | None = None
+    """A large answer kept as the backend's bytes (`outputs` then empty):
+    the request set `CallContext.keep_answer_from`."""
 
 
 def _check_limits(gateway: Gateway, parsed: InferRequest) -> None:
@@ -219,23 +224,18 @@ async def infer(
     plan = gateway.plan(ctx, model, version, label)
     response = (await gateway.predict(ctx, plan, PredictCall(encode))).translated
     parsed = parsed_holder[0]
-    try:
-        answered = output_arrays(response)
-    except ProtocolError as exc:
-        raise InvalidInput(exc.message) from exc
-    names = parsed.outputs or sorted(answered)
-    missing = [name for name in names if name not in answered]
-    if missing:
-        raise InvalidInput(
-            f"model {model!r} has no output {missing[0]!r} "
-            f"(it has: {', '.join(sorted(answered))})"
-        )
+    model_version = (
+        str(response.model_spec.version.value)
+        if response.model_spec.HasField("version")
+        else ""
+    )
+    if isinstance(response, ReceivedAnswer):
+        # Written off the loop by the caller (`codecs.v2_grpc_answer`).
+        return InferAnswer(parsed, {}, model_version, received=response)
     return InferAnswer(
         request=parsed,
-        outputs={name: answered[name] for name in names},
-        model_version=str(response.model_spec.version.value)
-        if response.model_spec.HasField("version")
-        else "",
+        outputs=chosen_outputs(model, parsed, response),
+        model_version=model_version,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from servekit_protocol import oip_messages as oip
+from servekit_protocol.messages import Serialized
 from servekit_protocol.oip_services import GRPCInferenceServiceServicer
 from servekit_protocol.services import ServicerContext
 
@@ -32,6 +33,7 @@ from gateway.codecs.v2_grpc import (
     parameters_dict,
     parse_model_infer,
 )
+from gateway.codecs.v2_grpc_answer import write_infer_answer
 from gateway.codecs.v2_spliced import (
     RawInfer,
     SplicedInfer,
@@ -62,6 +64,10 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         self._front = front
         self._gateway = front.gateway
         self._readiness = readiness
+        threshold = front.gateway.settings.grpc_parse_offload_bytes
+        self._keep_answer_from = threshold if threshold > 0 else None
+        """Answers of large requests from this size come back as the
+        backend's bytes (`clients.answers`), written off the loop."""
 
     async def ServerLive(
         self, request: oip.ServerLiveRequest, context: ServicerContext
@@ -153,11 +159,13 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         self,
         request: oip.ModelInferRequest | InferMessage | RawInfer,
         context: ServicerContext,
-    ) -> oip.ModelInferResponse:
+    ) -> oip.ModelInferResponse | Serialized:
         """A large message comes as a `RawInfer` (its raw inputs checked and
         written into the backend's Predict in a thread) or an `InferMessage`
         (parsed, checked and encoded for the backend in a worker process); it
-        is routed and answered the same way."""
+        is routed and answered the same way, its large answer kept as the
+        backend's bytes and written in a thread (`codecs.v2_grpc_answer`)."""
+        large = isinstance(request, RawInfer | InferMessage)
         parse: Callable[
             [Wanted],
             InferRequest
@@ -196,7 +204,9 @@ class InferenceProxy(GRPCInferenceServiceServicer):
             def parse(wanted: Wanted) -> InferRequest:
                 return parse_model_infer(parsed, wanted)
 
-        async def handle(ctx: CallContext) -> oip.ModelInferResponse:
+        async def handle(ctx: CallContext) -> oip.ModelInferResponse | Serialized:
+            if large:
+                ctx.keep_answer_from = self._keep_answer_from
             answer = await plane.infer(
                 self._gateway,
                 ctx,
@@ -206,6 +216,17 @@ class InferenceProxy(GRPCInferenceServiceServicer):
                 parse,
             )
             # Answer in the form the client used: raw bytes for raw inputs.
+            if answer.received is not None:
+                return Serialized(
+                    await asyncio.to_thread(
+                        write_infer_answer,
+                        request.model_name,
+                        answer.model_version,
+                        answer.received,
+                        answer.request,
+                        raw,
+                    )
+                )
             return format_model_infer(
                 request.model_name,
                 answer.model_version,
