@@ -24,12 +24,14 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import httpx
 import numpy as np
 import orjson
 import pytest
+from modelregistry.layout import SERVEKIT_CONFIG_FILE
 from servekit_protocol import grpcweb, messages
 from servekit_protocol import oip_messages as oip
 
@@ -75,6 +77,9 @@ JSON_ROWS = 13_400
 WARM_ROWS = 1_024
 """Rows of the first, smaller call of each kind: 2 MiB, over the 1 MiB from
 which messages and bodies are handed to the workers."""
+ANSWER_ROWS = 8 * 1024 * 1024
+"""Rows of the small Predict whose answer is large: one ``double_val`` value
+standing for 8 Mi rows, answered with 8 Mi ``double_val`` values, 64 MiB."""
 SETTLE_SECONDS = 0.3
 """Wait after an answer before the metrics are read: the server may still be
 freeing the call's buffers, and a stretch is recorded at the next beat."""
@@ -143,10 +148,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
     directory = tmp_path_factory.mktemp("loop-stalls")
     registry = directory / "models"
     publish_wide_model(registry, "wide")
+    publish_line_model(registry, "line")
     with model_server(
         [
-            "--model_name=wide",
-            f"--model_base_path={registry / 'wide'}",
+            f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
             f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
             f"--monitoring_config_file={write_monitoring_config(directory)}",
         ],
@@ -154,6 +159,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
     ) as running:
         yield running
         assert_no_traceback(running.process)
+
+
+def publish_line_model(registry: Path, name: str) -> None:
+    """A linear regression on one ``[-1, 1]`` input ``x``: one row in, one
+    value out."""
+    import joblib
+    from modelregistry import Registry
+    from sklearn.linear_model import LinearRegression
+
+    features = np.arange(8.0).reshape(-1, 1)
+    model = LinearRegression().fit(features, 3.0 * features[:, 0] + 0.25)
+    with Registry(registry).publish(name, framework="sklearn") as draft:
+        joblib.dump(model, draft.path / "model.joblib")
+        draft.manifest.update(
+            artifact="model.joblib",
+            task="regression",
+            features=[],
+            signatures={
+                "serving_default": {
+                    "method": "predict",
+                    "inputs": {"x": {"dtype": "float64", "shape": [-1, 1]}},
+                    "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
+                }
+            },
+            metrics={},
+        )
 
 
 def _predict_message(rows: int) -> bytes:
@@ -206,6 +237,69 @@ def _rest_predict(server: ModelServer, rows: int) -> None:
     )
     assert answer.status_code == 200, answer.text[:200]
     assert len(answer.json()["predictions"]) == rows
+
+
+def _small_predict_message(rows: int) -> bytes:
+    """A request of a few bytes whose answer has ``rows`` values: its one
+    ``double_val`` value stands for every element of its ``[rows, 1]`` input."""
+    request = messages.PredictRequest()
+    request.model_spec.name = "line"
+    tensor = request.inputs["x"]
+    tensor.dtype = messages.DT_DOUBLE
+    tensor.tensor_shape.dim.add(size=rows)
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.double_val.append(0.5)
+    return request.SerializeToString()
+
+
+def _check_large_answer(answer: bytes, rows: int) -> None:
+    predictions = messages.PredictResponse.FromString(answer).outputs["predictions"]
+    values = np.asarray(predictions.double_val)
+    assert values.shape == (rows,)
+    assert np.allclose(values, 3.0 * 0.5 + 0.25)
+
+
+def _grpc_large_answer(server: ModelServer, rows: int) -> None:
+    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
+    with grpc.insecure_channel(server.grpc_target, options=options) as channel:
+        answer = channel.unary_unary(PREDICT)(_small_predict_message(rows), timeout=120)
+    _check_large_answer(answer, rows)
+
+
+def _web_large_answer(server: ModelServer, rows: int) -> None:
+    answer = httpx.post(
+        server.rest_url + PREDICT,
+        content=grpcweb.frame(_small_predict_message(rows)),
+        headers={"content-type": "application/grpc-web+proto"},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text[:200]
+    message, trailers = grpcweb.response_parts(answer.content)
+    assert trailers.get("grpc-status") == "0", (answer.headers, trailers)
+    assert message is not None
+    _check_large_answer(message, rows)
+
+
+LARGE_ANSWER_CALLS: dict[str, Callable[[ModelServer, int], None]] = {
+    "gRPC": _grpc_large_answer,
+    "gRPC-Web": _web_large_answer,
+}
+
+
+@pytest.mark.parametrize("transport", list(LARGE_ANSWER_CALLS))
+def test_a_small_request_s_large_answer_does_not_stall_the_model_servers_loop(
+    server: ModelServer, transport: str
+) -> None:
+    call = LARGE_ANSWER_CALLS[transport]
+    # 32 Ki rows: over the answer threshold, so the first call starts the
+    # workers' imports.
+    call(server, 32 * 1024)
+    assert_no_stall(
+        server.rest_url + METRICS_PATH,
+        "modelserver",
+        f"model server, 64 MiB answer to a small {transport} Predict",
+        lambda: call(server, ANSWER_ROWS),
+    )
 
 
 MODEL_SERVER_CALLS: dict[str, Callable[[ModelServer, int], None]] = {

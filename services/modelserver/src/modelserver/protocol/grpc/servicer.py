@@ -34,7 +34,8 @@ class PredictionServicer(PredictionServiceServicer):
     same servicer answers gRPC-Web on the REST port). ``packed_outputs`` answers
     Predict with ``tensor_content`` instead of the typed fields
     (``--enable_serialization_as_tensor_content``). ``answers`` builds the
-    Classify, Regress and MultiInference answers (large ones in a worker).
+    Predict, Classify, Regress and MultiInference answers (large ones in a
+    worker).
     """
 
     def __init__(
@@ -53,7 +54,7 @@ class PredictionServicer(PredictionServiceServicer):
     @rpc
     async def Predict(
         self, request: messages.PredictRequest | DecodedPredict, context: Context
-    ) -> messages.PredictResponse:
+    ) -> messages.PredictResponse | messages.Serialized:
         if isinstance(request, Decoded):
             # A large message, parsed and decoded in a worker.
             predict_request = request.unwrap()
@@ -65,7 +66,7 @@ class PredictionServicer(PredictionServiceServicer):
         response = await self._dataplane.predict(
             predict_request, protocol=self.protocol, timeout=context.time_remaining()
         )
-        return converters.from_predict_response(response, packed=self._packed_outputs)
+        return await self._answers.predict(response, packed=self._packed_outputs)
 
     @rpc
     async def Classify(
