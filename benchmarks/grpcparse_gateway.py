@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from servekit_protocol import messages
+from servekit_protocol import grpcweb, messages
 from servekit_protocol.json_codec import BodyParsers
 
 from benchmarks.grpcparse import LIMITS, classify_message_of, message_of, offloaded
@@ -240,41 +240,54 @@ def answer_of(mib: int, strings: bool) -> bytes:
     return response.SerializeToString()
 
 
-def answer_step(data: bytes, keep: bool) -> float:
-    """Seconds the gateway's loop spends on a backend's answer before it is
-    framed for the client: parsed and serialized again, or kept as received
-    (:func:`gateway.clients.answers.read_answer`)."""
+ANSWER_STEPS = ("parsed", "kept, joined", "kept")
+"""How a backend's answer is handled: parsed and serialized again (and framed
+joined), kept as received but framed joined (a copy of all of it, as the gRPC
+server framed every answer before), or kept and framed with the prefix apart
+(:data:`servekit_protocol.grpc_server.calls.Framed`, as now)."""
+
+
+def answer_step(data: bytes, step: str) -> float:
+    """Seconds the gateway's loop spends on a backend's answer until it is
+    framed for the client (:func:`gateway.clients.answers.read_answer` keeps
+    it as received)."""
     from gateway.clients.answers import read_answer
 
     started = time.perf_counter()
-    if keep:
+    if step == "parsed":
+        out = messages.PredictResponse.FromString(data).SerializeToString()
+    else:
         kept = read_answer(data, 2)
         assert kept is not None
         out = kept.data
+    if step == "kept":
+        (grpcweb.prefix(len(out)), out)
     else:
-        out = messages.PredictResponse.FromString(data).SerializeToString()
-    b"\x00" + len(out).to_bytes(4, "big") + out
+        grpcweb.prefix(len(out)) + out
     return time.perf_counter() - started
 
 
 def measure_answers(sizes: list[int], rounds: int) -> None:
-    print("| answer | parsed and serialized again (worst) | kept as received (worst) |")
-    print("| ---: | ---: | ---: |")
+    print(
+        "| answer | parsed and serialized again (worst) "
+        "| kept, framed joined (worst) | kept, prefix apart (worst) |"
+    )
+    print("| ---: | ---: | ---: | ---: |")
     for mib in sizes:
         for strings in (False, True):
             data = answer_of(mib, strings)
-            steps: dict[bool, list[float]] = {False: [], True: []}
+            steps: dict[str, list[float]] = {step: [] for step in ANSWER_STEPS}
             for _ in range(rounds):
-                for keep in (False, True):
-                    steps[keep].append(answer_step(data, keep))
+                for step in ANSWER_STEPS:
+                    steps[step].append(answer_step(data, step))
             cells = [
-                f"{statistics.median(steps[keep]) * 1e3:.0f} ms "
-                f"({max(steps[keep]) * 1e3:.0f} ms)"
-                for keep in (False, True)
+                f"{statistics.median(steps[step]) * 1e3:.0f} ms "
+                f"({max(steps[step]) * 1e3:.0f} ms)"
+                for step in ANSWER_STEPS
             ]
             kind = "strings" if strings else "float64"
             print(
-                f"| {len(data) / 2**20:.0f} MiB {kind} | {cells[0]} | {cells[1]} |",
+                f"| {len(data) / 2**20:.0f} MiB {kind} | {' | '.join(cells)} |",
                 flush=True,
             )
 

@@ -305,13 +305,14 @@ class RestApp:
                 # Freed in a thread when large (see servekit_protocol.buffers).
                 release_later(holder)
         headers = answer.headers
-        headers.append((b"content-length", b"%d" % len(answer.body)))
+        headers.append((b"content-length", b"%d" % answer.length))
         headers.append((_REQUEST_ID_HEADER, request_id.encode()))
         headers.extend(self._extra_headers)
         await send(
             {"type": "http.response.start", "status": answer.status, "headers": headers}
         )
-        await send({"type": "http.response.body", "body": answer.body})
+        for event in answer.body_events():
+            await send(event)
 
     async def _read_body(self, receive: Receive, content_encoding: bytes) -> bytes:
         limit = self._max_body_bytes
