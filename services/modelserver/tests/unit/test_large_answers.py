@@ -61,7 +61,18 @@ async def test_a_worker_built_answer_has_the_in_place_bytes(
     assert isinstance(in_place, messages.PredictResponse)
     in_worker = await AnswerWriter(parsers).predict(response, packed=packed)
     assert isinstance(in_worker, messages.Serialized)
-    assert in_worker.data == in_place.SerializeToString()
+    if len(response.outputs) == 1:
+        assert in_worker.data == in_place.SerializeToString()
+    else:
+        # The outputs map's entries are written in the order of the writing
+        # process's hash seed (upb): two in-place builds in two processes
+        # differ the same way. Each entry's bytes and the rest are the same.
+        parsed = messages.PredictResponse.FromString(in_worker.data)
+        assert parsed == in_place
+        assert parsed.SerializeToString(
+            deterministic=True
+        ) == in_place.SerializeToString(deterministic=True)
+        assert len(in_worker.data) == in_place.ByteSize()
 
 
 async def test_answers_under_the_threshold_are_built_in_place() -> None:
