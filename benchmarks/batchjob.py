@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     limits, jobs, ratios, targets = [], [], [], []
                     limit_cpu, job_cpu = [], []
+                    load_before = os.getloadavg()[0]
                     for round_number in range(args.rounds):
                         where = folder / f"{name}-{fmt}-{written}-{round_number}"
                         cpu = time.process_time()
@@ -306,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
                         "limit_rows_per_s": statistics.median(limits),
                         "in_process_rows_per_s": statistics.median(jobs),
                         "ratio": statistics.median(ratios),
+                        "ratios": [round(ratio, 3) for ratio in ratios],
+                        # The 1-minute load average before and after the rounds:
+                        # how busy the machine's cores were around the figures.
+                        "load_average": [load_before, os.getloadavg()[0]],
                         # CPU time of all the process's threads, µs a row.
                         "limit_cpu_us": round(statistics.median(limit_cpu) * 1e6, 3),
                         "job_cpu_us": round(statistics.median(job_cpu) * 1e6, 3),

@@ -144,6 +144,40 @@ async def offloaded(
     return max(gaps), seconds
 
 
+async def print_rounds(
+    sizes: list[int],
+    rounds: int,
+    make: Callable[[int], bytes],
+    hold: Callable[[bytes], float],
+    decode: Callable[[memoryview], Awaitable[Any]],
+    header: str,
+) -> None:
+    """Print one row per size: the loop held by ``hold`` (in place) against the
+    longest stall while ``decode`` runs off the loop, the idle loop's longest
+    stall over as long, and how long ``decode`` took; medians of ``rounds``
+    side by side. ``header`` is the table's header row, its columns in that
+    order."""
+    print(header)
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for mib in sizes:
+        data = make(mib)
+        held, stalls, idle, took = [], [], [], []
+        for _ in range(rounds):
+            held.append(hold(data))
+            stall, seconds = await offloaded(decode, data)
+            stalls.append(stall)
+            took.append(seconds)
+            idle.append((await offloaded(None, b"", seconds))[0])
+        print(
+            f"| {len(data) / 2**20:.0f} MiB "
+            f"| {statistics.median(held) * 1e3:.0f} ms "
+            f"| {statistics.median(stalls) * 1e3:.1f} ms "
+            f"| {statistics.median(idle) * 1e3:.1f} ms "
+            f"| {statistics.median(took) * 1e3:.0f} ms |",
+            flush=True,
+        )
+
+
 async def measure(sizes: list[int], rounds: int, method: str) -> None:
     parsers = BodyParsers()
     parsers.start(preload=("modelserver.protocol.grpc.largeexamples",))
@@ -157,28 +191,15 @@ async def measure(sizes: list[int], rounds: int, method: str) -> None:
         # The workers' start and first imports are not what is measured.
         await decoder(memoryview(make(1)))
         print(f"load average {os.getloadavg()[0]:.1f}")
-        print(
+        await print_rounds(
+            sizes,
+            rounds,
+            make,
+            lambda data: in_place(data, method),
+            decoder,
             "| message | in place: loop held | offloaded: longest stall "
-            "| idle loop, as long: longest stall | offloaded: decode took |"
+            "| idle loop, as long: longest stall | offloaded: decode took |",
         )
-        print("| ---: | ---: | ---: | ---: | ---: |")
-        for mib in sizes:
-            data = make(mib)
-            held, stalls, idle, took = [], [], [], []
-            for _ in range(rounds):
-                held.append(in_place(data, method))
-                stall, seconds = await offloaded(decoder, data)
-                stalls.append(stall)
-                took.append(seconds)
-                idle.append((await offloaded(None, b"", seconds))[0])
-            print(
-                f"| {len(data) / 2**20:.0f} MiB "
-                f"| {statistics.median(held) * 1e3:.0f} ms "
-                f"| {statistics.median(stalls) * 1e3:.1f} ms "
-                f"| {statistics.median(idle) * 1e3:.1f} ms "
-                f"| {statistics.median(took) * 1e3:.0f} ms |",
-                flush=True,
-            )
     finally:
         parsers.close()
 

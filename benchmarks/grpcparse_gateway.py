@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import numpy as np
-from servekit_protocol import messages
+from servekit_protocol import grpcweb, messages
 from servekit_protocol.json_codec import BodyParsers
 
 from benchmarks.grpcparse import LIMITS, classify_message_of, message_of, offloaded
@@ -70,14 +70,19 @@ _EXAMPLES_REQUESTS: dict[str, Any] = {
 }
 
 
-def infer_message_of(mib: int) -> bytes:
-    """A ModelInferRequest of about ``mib`` MiB of ``fp64_contents``."""
+def infer_message_of(mib: int, raw: bool = False) -> bytes:
+    """A ModelInferRequest of about ``mib`` MiB of FP64 values, in
+    ``fp64_contents`` or (``raw``) ``raw_input_contents``."""
     from servekit_protocol import oip_messages as oip
 
     values = mib * 2**20 // 8
     request = oip.ModelInferRequest(model_name="wide")
     tensor = request.inputs.add(name="x", datatype="FP64", shape=[values // 64, 64])
-    tensor.contents.fp64_contents.extend(np.random.default_rng(0).normal(size=values))
+    data = np.random.default_rng(0).normal(size=values)
+    if raw:
+        request.raw_input_contents.append(data.astype("<f8").tobytes())
+    else:
+        tensor.contents.fp64_contents.extend(data)
     return request.SerializeToString()
 
 
@@ -98,46 +103,62 @@ def infer_in_place(data: bytes) -> float:
 
 
 async def measure_infer(sizes: list[int], rounds: int) -> None:
-    from gateway.clients.forwarded import ForwardedPredict
-    from gateway.codecs.v2_grpc import encode_infer_message
-    from gateway.grpcfront.server import infer_reader
+    """A large ModelInfer's loop stall: parsed on the loop, through the JSON
+    workers (every message before raw inputs were spliced; typed contents
+    still), and read with its raw inputs spliced into the backend's Predict
+    (:mod:`gateway.codecs.v2_spliced`, the encoding in a thread)."""
+    import asyncio
+
+    from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
+    from gateway.codecs.v2_grpc import encode_infer_message, read_infer_message
+    from gateway.codecs.v2_spliced import RawInfer, encode_raw_infer, read_raw_infer
 
     parsers = BodyParsers()
     parsers.start(preload=("gateway.codecs.v2_grpc",))
-    read = infer_reader(parsers)
+    spec = messages.ModelSpec(name="wide")
 
     async def through_workers(message: memoryview) -> None:
-        head = await read(message)
-        encoded = await parsers.in_worker(
-            encode_infer_message, head.message, None, LIMITS
-        )
-        spec = messages.ModelSpec(name="wide")
+        data = bytes(message)
+        await parsers.in_worker(read_infer_message, data)
+        encoded = await parsers.in_worker(encode_infer_message, data, None, LIMITS)
         ForwardedPredict(spec, {}, memoryview(encoded.message)).framed()
+
+    async def spliced(message: memoryview) -> None:
+        raw = read_raw_infer(message)
+        assert isinstance(raw, RawInfer), "not a raw request"
+        encoded = await asyncio.to_thread(encode_raw_infer, raw, None, LIMITS)
+        WrittenPredict(spec, {}, memoryview(b""), parts=encoded.parts).framed()
 
     try:
         await through_workers(memoryview(infer_message_of(1)))
         print(
             "| ModelInfer | in place: loop held | in the workers: longest stall "
-            "| idle loop, as long: longest stall | in the workers: took |"
+            "| spliced: longest stall | idle loop, as long: longest stall "
+            "| in the workers: took |"
         )
-        print("| ---: | ---: | ---: | ---: | ---: |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
         for mib in sizes:
-            data = infer_message_of(mib)
-            held, stalls, idle, took = [], [], [], []
-            for _ in range(rounds):
-                held.append(infer_in_place(data))
-                stall, seconds = await offloaded(through_workers, data)
-                stalls.append(stall)
-                took.append(seconds)
-                idle.append((await offloaded(None, b"", seconds))[0])
-            print(
-                f"| {len(data) / 2**20:.0f} MiB "
-                f"| {statistics.median(held) * 1e3:.0f} ms "
-                f"| {statistics.median(stalls) * 1e3:.1f} ms "
-                f"| {statistics.median(idle) * 1e3:.1f} ms "
-                f"| {statistics.median(took) * 1e3:.0f} ms |",
-                flush=True,
-            )
+            for raw in (False, True):
+                data = infer_message_of(mib, raw)
+                held, stalls, splices, idle, took = [], [], [], [], []
+                for _ in range(rounds):
+                    held.append(infer_in_place(data))
+                    stall, seconds = await offloaded(through_workers, data)
+                    stalls.append(stall)
+                    took.append(seconds)
+                    if raw:
+                        splices.append((await offloaded(spliced, data))[0])
+                    idle.append((await offloaded(None, b"", seconds))[0])
+                splice = f"{statistics.median(splices) * 1e3:.1f} ms" if raw else "-"
+                print(
+                    f"| {len(data) / 2**20:.0f} MiB {'raw' if raw else 'typed'} "
+                    f"| {statistics.median(held) * 1e3:.0f} ms "
+                    f"| {statistics.median(stalls) * 1e3:.1f} ms "
+                    f"| {splice} "
+                    f"| {statistics.median(idle) * 1e3:.1f} ms "
+                    f"| {statistics.median(took) * 1e3:.0f} ms |",
+                    flush=True,
+                )
     finally:
         parsers.close()
 
@@ -161,41 +182,54 @@ def answer_of(mib: int, strings: bool) -> bytes:
     return response.SerializeToString()
 
 
-def answer_step(data: bytes, keep: bool) -> float:
-    """Seconds the gateway's loop spends on a backend's answer before it is
-    framed for the client: parsed and serialized again, or kept as received
-    (:func:`gateway.clients.answers.read_answer`)."""
+ANSWER_STEPS = ("parsed", "kept, joined", "kept")
+"""How a backend's answer is handled: parsed and serialized again (and framed
+joined), kept as received but framed joined (a copy of all of it, as the gRPC
+server framed every answer before), or kept and framed with the prefix apart
+(:data:`servekit_protocol.grpc_server.calls.Framed`, as now)."""
+
+
+def answer_step(data: bytes, step: str) -> float:
+    """Seconds the gateway's loop spends on a backend's answer until it is
+    framed for the client (:func:`gateway.clients.answers.read_answer` keeps
+    it as received)."""
     from gateway.clients.answers import read_answer
 
     started = time.perf_counter()
-    if keep:
+    if step == "parsed":
+        out = messages.PredictResponse.FromString(data).SerializeToString()
+    else:
         kept = read_answer(data, 2)
         assert kept is not None
         out = kept.data
+    if step == "kept":
+        (grpcweb.prefix(len(out)), out)
     else:
-        out = messages.PredictResponse.FromString(data).SerializeToString()
-    b"\x00" + len(out).to_bytes(4, "big") + out
+        grpcweb.prefix(len(out)) + out
     return time.perf_counter() - started
 
 
 def measure_answers(sizes: list[int], rounds: int) -> None:
-    print("| answer | parsed and serialized again (worst) | kept as received (worst) |")
-    print("| ---: | ---: | ---: |")
+    print(
+        "| answer | parsed and serialized again (worst) "
+        "| kept, framed joined (worst) | kept, prefix apart (worst) |"
+    )
+    print("| ---: | ---: | ---: | ---: |")
     for mib in sizes:
         for strings in (False, True):
             data = answer_of(mib, strings)
-            steps: dict[bool, list[float]] = {False: [], True: []}
+            steps: dict[str, list[float]] = {step: [] for step in ANSWER_STEPS}
             for _ in range(rounds):
-                for keep in (False, True):
-                    steps[keep].append(answer_step(data, keep))
+                for step in ANSWER_STEPS:
+                    steps[step].append(answer_step(data, step))
             cells = [
-                f"{statistics.median(steps[keep]) * 1e3:.0f} ms "
-                f"({max(steps[keep]) * 1e3:.0f} ms)"
-                for keep in (False, True)
+                f"{statistics.median(steps[step]) * 1e3:.0f} ms "
+                f"({max(steps[step]) * 1e3:.0f} ms)"
+                for step in ANSWER_STEPS
             ]
             kind = "strings" if strings else "float64"
             print(
-                f"| {len(data) / 2**20:.0f} MiB {kind} | {cells[0]} | {cells[1]} |",
+                f"| {len(data) / 2**20:.0f} MiB {kind} | {' | '.join(cells)} |",
                 flush=True,
             )
 

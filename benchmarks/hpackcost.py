@@ -6,7 +6,9 @@ as indexed fields, the same bytes every time), encoding the response headers and
 encoding the trailers (``grpc-status`` and the call's ``x-request-id``). Each is
 timed with ``hpack``'s own coders as ``h2`` would use them and with the server's
 (:mod:`servekit_protocol.grpc_server.hpack_cache`, never-indexed metadata, no
-Huffman coding), side by side in rounds, medians reported.
+Huffman coding), side by side in rounds, medians reported. A fourth row times
+``h2``'s RFC 9113 checks of the decoded request fields, ``h2``'s own and with
+:mod:`servekit_protocol.grpc_server.header_checks` installed.
 
 Run as ``python -m benchmarks.hpackcost [--rounds N]``.
 """
@@ -18,8 +20,12 @@ import statistics
 import time
 from collections.abc import Callable
 
+from h2.stream import H2Stream
+from h2.utilities import HeaderValidationFlags
 from hpack import Decoder, Encoder
+from servekit_protocol.grpc_server import header_checks
 from servekit_protocol.grpc_server.calls import metadata_headers
+from servekit_protocol.grpc_server.connection import _CONFIG
 from servekit_protocol.grpc_server.hpack_cache import (
     RESPONSE_HEADERS,
     ConstantEncoder,
@@ -47,6 +53,21 @@ def _micros(action: Callable[[], object], count: int) -> float:
 def _request_ids() -> Callable[[], str]:
     counter = iter(range(1 << 62))
     return lambda: f"{next(counter):032x}"
+
+
+def _checks(count: int, fields: list[object]) -> tuple[float, float]:
+    stream = H2Stream(1, _CONFIG, 65_535, 65_535)
+    flags = HeaderValidationFlags(False, False, False, False)
+
+    def check() -> object:
+        return stream._process_received_headers(fields, flags, None)  # type: ignore[arg-type]
+
+    header_checks.uninstall()
+    try:
+        plain = _micros(check, count)
+    finally:
+        header_checks.install()
+    return plain, _micros(check, count)
 
 
 def measure(count: int) -> dict[str, tuple[float, float]]:
@@ -84,6 +105,9 @@ def measure(count: int) -> dict[str, tuple[float, float]]:
                 ),
                 count,
             ),
+        ),
+        "request checks (h2, RFC 9113)": _checks(
+            count, list(server_decoder.decode(repeat, raw=True))
         ),
     }
 

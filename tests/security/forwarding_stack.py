@@ -123,17 +123,20 @@ def forwarding_gateways(folder: Path) -> Iterator[Gateways]:
 
 
 Outcome = tuple[str, str, bytes]
-"""A call's status (a gRPC code's name, or gRPC-Web's number), its message
-and its answer's bytes."""
+"""A call's status (a gRPC code's name), its message and its answer's bytes."""
 
 
-def grpc_call(gateway: GatewayProcess, data: bytes, method: str = PREDICT) -> Outcome:
-    """One call of ``method`` with ``data`` as its message, on the gRPC port."""
+def grpc_call(
+    target: GatewayProcess | str, data: bytes, method: str = PREDICT
+) -> Outcome:
+    """One call of ``method`` with ``data`` as its message, on the gateway's
+    gRPC port (or at another gRPC address, e.g. the backend's)."""
+    address = target if isinstance(target, str) else target.grpc_target
     options = [
         ("grpc.max_send_message_length", 2 * BODY_LIMIT),
         ("grpc.max_receive_message_length", 4 * BODY_LIMIT),
     ]
-    with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
+    with grpc.insecure_channel(address, options=options) as channel:
         try:
             answer = channel.unary_unary(method)(
                 data, timeout=60, metadata=(("x-request-id", "large-grpc"),)
@@ -144,7 +147,9 @@ def grpc_call(gateway: GatewayProcess, data: bytes, method: str = PREDICT) -> Ou
 
 
 def web_call(gateway: GatewayProcess, data: bytes, method: str = PREDICT) -> Outcome:
-    """The same as a gRPC-Web call on the HTTP port."""
+    """The same as a gRPC-Web call on the HTTP port: its status named and its
+    message decoded as a gRPC client would, so outcomes compare across the
+    two transports."""
     answer = httpx.post(
         gateway.url + method,
         content=grpcweb.frame(data),
@@ -157,10 +162,17 @@ def web_call(gateway: GatewayProcess, data: bytes, method: str = PREDICT) -> Out
     assert answer.status_code == 200, answer.text[:200]
     status = answer.headers.get("grpc-status")
     if status is not None:
-        return status, answer.headers.get("grpc-message", ""), b""
+        return _code_name(status), answer.headers.get("grpc-message", ""), b""
     message, trailers = grpcweb.response_parts(answer.content)
     return (
-        trailers.get("grpc-status", ""),
-        trailers.get("grpc-message", ""),
+        _code_name(trailers.get("grpc-status", "")),
+        grpcweb.decode_status_message(trailers.get("grpc-message", "")),
         (message or b""),
+    )
+
+
+def _code_name(status: str) -> str:
+    return next(
+        (code.name for code in grpc.StatusCode if str(code.value[0]) == status),
+        status,
     )

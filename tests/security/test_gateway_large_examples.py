@@ -316,7 +316,7 @@ def test_the_backend_gets_the_clients_input_bytes(
     assert outcomes[0] == outcomes[1]
 
 
-def _large(method: str, count: int, note: bytes = b"") -> bytes:
+def large_examples_request(method: str, count: int, note: bytes = b"") -> bytes:
     """A request of ``count`` examples of ``a``, ``b`` and ``note``."""
     request = REQUEST_TYPES[method].FromString(_message(method))
     request.ClearField("input")
@@ -326,7 +326,7 @@ def _large(method: str, count: int, note: bytes = b"") -> bytes:
 
 def test_a_large_regress_is_not_parsed_on_the_event_loop(gateways: Gateways) -> None:
     path = SERVICE + "Regress"
-    data = _large("Regress", LOOP_EXAMPLES)
+    data = large_examples_request("Regress", LOOP_EXAMPLES)
     assert len(data) > 14 * 2**20
     used = {}
     answers = {}
@@ -345,7 +345,7 @@ def test_a_large_regress_is_not_parsed_on_the_event_loop(gateways: Gateways) -> 
 
 def test_a_large_classify_does_not_hold_up_other_clients(gateways: Gateways) -> None:
     path = SERVICE + "Classify"
-    data = _large("Classify", LARGE_EXAMPLES, NOTE)
+    data = large_examples_request("Classify", LARGE_EXAMPLES, NOTE)
     assert len(data) > 14 * 2**20
     gateway = gateways.forwarding
     listener = Listener("gateway HTTP", gateway.http_port, gateway.process, {})

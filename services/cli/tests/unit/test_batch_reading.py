@@ -200,3 +200,42 @@ def test_leaving_early_stops_the_reader_and_closes_the_source() -> None:
                 break
     assert closed.is_set()
     assert not any(t.name == "test-read" for t in threading.enumerate())
+
+
+def test_read_ahead_with_a_budget_holds_at_most_its_bytes_in_order() -> None:
+    produced = 0
+    most_held = 0
+    taken = 0
+    lock = threading.Lock()
+    sizes = [300, 100, 100, 500, 50, 50, 50, 700, 10] * 20
+
+    def blocks() -> Iterator[int]:
+        nonlocal produced, most_held
+        for size in sizes:
+            with lock:
+                produced += 1
+                most_held = max(most_held, sum(sizes[taken:produced]))
+            yield size
+
+    seen = []
+    with ReadAhead(blocks(), 50, name="test-read", budget=400, size=int) as ahead:
+        for size in ahead:
+            seen.append(size)
+            with lock:
+                taken += 1
+    assert seen == sizes
+    # Waiting: at most 400 bytes, or one item over the budget alone; besides
+    # them, the item the reader holds and the one the loop took, uncounted.
+    assert most_held <= 400 + 700 + 700
+
+
+def test_read_ahead_lets_one_item_over_the_budget_through() -> None:
+    with ReadAhead(
+        iter([10, 5_000, 20]), 4, name="test-read", budget=100, size=int
+    ) as ahead:
+        assert list(ahead) == [10, 5_000, 20]
+
+
+def test_read_ahead_refuses_a_budget_without_sizes() -> None:
+    with pytest.raises(ValueError, match="together"):
+        ReadAhead(iter([1]), 2, name="test-read", budget=100)

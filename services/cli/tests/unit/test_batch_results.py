@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from servekit.batch import outputs
 from servekit.batch.outcomes import Bulk, Predictions, RowError
 from servekit.batch.outputs import ROW_GROUP_ROWS, ShardWriter
 from servekit.batch.schema import FLOAT, TEXT, InputSchema
@@ -159,3 +162,44 @@ def test_float_predictions_are_written_without_a_dictionary(tmp_path: Path) -> N
     assert encodings["x"] & dictionary and encodings["s"] & dictionary
     assert encodings["prediction_label"] & dictionary
     assert not encodings["prediction_scores.list.element"] & dictionary
+
+
+def test_row_groups_written_behind_land_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small row groups: twelve of them, each encoded in the writer's thread
+    # while the next one is gathered.
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 256)
+    source = tmp_path / "in.parquet"
+    parquet_input(source)
+    output = tmp_path / "out"
+    output.mkdir()
+    writer = ShardWriter(output, 0, 1, "parquet")
+    chunks = list(read_chunks(discover(source), 0, ROWS, 128, SCHEMA))
+    for chunk, answer in zip(chunks, answer_all_but(128, {BAD}), strict=True):
+        writer.write(chunk, answer)
+    writer.commit()
+    results = pq.ParquetFile(output / "prediction.results-00000-of-00001.parquet")
+    assert results.metadata.num_row_groups == math.ceil((ROWS - 1) / 256)
+    table = results.read()
+    expected = [row for row in range(ROWS) if row != BAD]
+    assert table.column("id").to_pylist() == expected
+    assert table.column("prediction").to_pylist() == [row * 2.0 for row in expected]
+    assert not any(t.name.startswith("write") for t in threading.enumerate())
+
+
+def test_an_aborted_shard_with_a_row_group_in_flight_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", 128)
+    source = tmp_path / "in.parquet"
+    parquet_input(source)
+    output = tmp_path / "out"
+    output.mkdir()
+    writer = ShardWriter(output, 0, 1, "parquet")
+    chunks = list(read_chunks(discover(source), 0, ROWS, 128, SCHEMA))
+    for chunk, answer in list(zip(chunks, answer_all_but(128, set()), strict=True))[:5]:
+        writer.write(chunk, answer)
+    writer.abort()
+    assert list(output.iterdir()) == []
+    assert not any(t.name.startswith("write") for t in threading.enumerate())

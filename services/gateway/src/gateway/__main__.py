@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from servekit_protocol.grpc_server.limits import described_fields
 from servekit_protocol.http1 import protocol_class
 from servekit_protocol.json_codec.offload import WorkersNotStarted
+from servekit_protocol.loop_heartbeat import LoopHeartbeat
 
 from gateway.grpcfront.server import (
     create_grpc_server,
@@ -41,6 +42,7 @@ from gateway.grpcfront.server import (
 )
 from gateway.main import build_gateway, create_app
 from gateway.observability.logging import configure_logging
+from gateway.observability.metrics import GatewayMetrics
 from gateway.routing.config import RoutesFileError
 from gateway.security.keys import KeysFileError, generate_key, hash_key
 from gateway.settings import Settings
@@ -114,6 +116,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--http-body-timeout-seconds": ("http_body_timeout_seconds", float),
     "--http-max-header-bytes": ("http_max_header_bytes", int),
     "--http-max-connections": ("http_max_connections", int),
+    "--event-loop-heartbeat-ms": ("event_loop_heartbeat_ms", float),
 }
 
 
@@ -241,6 +244,7 @@ def _bound_port(server: uvicorn.Server) -> int:
 async def serve(settings: Settings) -> None:
     """Run both servers until SIGTERM/SIGINT, then drain and stop."""
     gateway = build_gateway(settings)
+    heartbeat = _start_heartbeat(settings, gateway.metrics)
     # Launched first: they import while the servers start and the backends are
     # checked, and readiness waits for them, so that no large body or answer
     # waits for their start (seconds). They import the modules of what they
@@ -337,8 +341,23 @@ async def serve(settings: Settings) -> None:
     await asyncio.gather(http_task, grpc_server.stop(grace=DRAIN_SECONDS))
     await gateway.close()
     workers.cancel()
+    if heartbeat is not None:
+        heartbeat.stop()
     _raise_if_failed(workers)
     logger.info("gateway stopped")
+
+
+def _start_heartbeat(
+    settings: Settings, metrics: GatewayMetrics
+) -> LoopHeartbeat | None:
+    """The event loop's heartbeat into `metrics`, unless turned off."""
+    if settings.event_loop_heartbeat_ms <= 0:
+        return None
+    heartbeat = LoopHeartbeat(
+        settings.event_loop_heartbeat_ms / 1000, metrics.observe_loop
+    )
+    heartbeat.start()
+    return heartbeat
 
 
 def _started(workers: asyncio.Task[None]) -> bool:

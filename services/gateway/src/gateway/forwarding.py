@@ -220,12 +220,12 @@ class Forwarder:
         request = await _encoded(call, signatures)
         apply_target(request.model_spec, target)
         if isinstance(request, ForwardedPredict):
-            # Only a forwarded request is never merged: a merged answer is
-            # split, which needs it parsed.
             request.keep_answer_from = keep_from
         try:
+            # A large answer called alone comes back as its bytes, whatever the
+            # request's size; a merged one is parsed, to be split.
             response = await self._coalescer.predict(
-                target.backends, request, ctx.deadline, ctx.metadata()
+                target.backends, request, ctx.deadline, ctx.metadata(), keep_from
             )
         except BackendError as exc:
             if (
@@ -245,7 +245,7 @@ class Forwarder:
             if isinstance(request, ForwardedPredict):
                 request.keep_answer_from = keep_from
             response = await self._coalescer.predict(
-                target.backends, request, ctx.deadline, ctx.metadata()
+                target.backends, request, ctx.deadline, ctx.metadata(), keep_from
             )
         if (
             signatures is not None

@@ -21,11 +21,14 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.tensors import numpy_dtype, to_shape
 
-from gateway.clients.arrays import ArrayRequest, output_arrays
-from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.answers import ReceivedAnswer
+from gateway.clients.arrays import ArrayRequest
+from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.codecs.v2 import InferRequest, check_tensor_limits
 from gateway.codecs.v2_datatypes import v2_datatype
 from gateway.codecs.v2_grpc import EncodedInfer
+from gateway.codecs.v2_grpc_answer import chosen_outputs
+from gateway.codecs.v2_spliced import SplicedInfer
 from gateway.context import CallContext
 from gateway.dataplane import Gateway
 from gateway.errors import InvalidInput
@@ -155,6 +158,9 @@ class InferAnswer:
     outputs: dict[str, np.ndarray[Any, Any]]
     """The outputs asked for (all, without `outputs`), in the order asked."""
     model_version: str
+    received: ReceivedAnswer | None = None
+    """A large answer kept as the backend's bytes (`outputs` then empty):
+    the request set `CallContext.keep_answer_from`."""
 
 
 def _check_limits(gateway: Gateway, parsed: InferRequest) -> None:
@@ -169,7 +175,10 @@ async def infer(
     signature: str,
     parse: Callable[
         [Mapping[str, np.dtype[Any]] | None],
-        InferRequest | Awaitable[InferRequest] | Awaitable[EncodedInfer],
+        InferRequest
+        | Awaitable[InferRequest]
+        | Awaitable[EncodedInfer]
+        | Awaitable[SplicedInfer],
     ],
 ) -> InferAnswer:
     """Route a v2 inference, call the backend, and collect the outputs asked for.
@@ -180,7 +189,8 @@ async def infer(
             input dtypes (numeric inputs are converted to them) when known;
             or a coroutine doing so (a large body parsed off the event loop),
             which may give the backend's message already encoded
-            (`EncodedInfer`, a large gRPC ModelInfer, limits checked).
+            (`EncodedInfer` or `SplicedInfer`, a large gRPC ModelInfer,
+            limits checked).
 
     Raises:
         GatewayError: bad input (400), unknown model, version or output, backend
@@ -200,6 +210,10 @@ async def infer(
             parsed_holder[:] = [parsed.request]
             spec = messages.ModelSpec(signature_name=signature)
             return ForwardedPredict(spec, {}, memoryview(parsed.message))
+        if isinstance(parsed, SplicedInfer):
+            parsed_holder[:] = [parsed.request]
+            spec = messages.ModelSpec(signature_name=signature)
+            return WrittenPredict(spec, {}, memoryview(b""), parts=parsed.parts)
         _check_limits(gateway, parsed)
         parsed_holder[:] = [parsed]
         request = ArrayRequest(parsed.inputs, output_filter=tuple(parsed.outputs or ()))
@@ -210,23 +224,18 @@ async def infer(
     plan = gateway.plan(ctx, model, version, label)
     response = (await gateway.predict(ctx, plan, PredictCall(encode))).translated
     parsed = parsed_holder[0]
-    try:
-        answered = output_arrays(response)
-    except ProtocolError as exc:
-        raise InvalidInput(exc.message) from exc
-    names = parsed.outputs or sorted(answered)
-    missing = [name for name in names if name not in answered]
-    if missing:
-        raise InvalidInput(
-            f"model {model!r} has no output {missing[0]!r} "
-            f"(it has: {', '.join(sorted(answered))})"
-        )
+    model_version = (
+        str(response.model_spec.version.value)
+        if response.model_spec.HasField("version")
+        else ""
+    )
+    if isinstance(response, ReceivedAnswer):
+        # Written off the loop by the caller (`codecs.v2_grpc_answer`).
+        return InferAnswer(parsed, {}, model_version, received=response)
     return InferAnswer(
         request=parsed,
-        outputs={name: answered[name] for name in names},
-        model_version=str(response.model_spec.version.value)
-        if response.model_spec.HasField("version")
-        else "",
+        outputs=chosen_outputs(model, parsed, response),
+        model_version=model_version,
     )
 
 

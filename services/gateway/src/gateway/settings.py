@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from servekit_protocol import http1, tensor_limits
+from servekit_protocol import http1, loop_heartbeat, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.json_codec import offload as json_offload
 
@@ -154,6 +154,12 @@ class Settings(BaseSettings):
     """Bytes of HTTP request line and headers accepted; 431 beyond."""
     http_max_connections: int = Field(default=http1.DEFAULT_MAX_CONNECTIONS, ge=1)
     """HTTP connections held at once; more are answered 503 and closed."""
+    event_loop_heartbeat_ms: float = Field(
+        default=loop_heartbeat.DEFAULT_INTERVAL_MS, ge=0
+    )
+    """Milliseconds between the event loop's heartbeats, which measure how long
+    the loop was held (`gateway_event_loop_busy_seconds`, `..._lag_seconds`);
+    0 turns them off."""
 
     @field_validator("rest_backends")
     @classmethod

@@ -64,6 +64,7 @@ class ListStrategy:
         request: Rows,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,  # noqa: ARG002 (rows are never kept)
     ) -> Rows:
         self.singles.append(request)
         self.calls.append((tuple(addresses), deadline, metadata))

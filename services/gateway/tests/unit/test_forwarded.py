@@ -13,33 +13,21 @@ from google.protobuf.message import DecodeError
 from servekit_protocol import messages, tensors
 from servekit_protocol.tensor_limits import declared_size
 
-
-def _spec(**fields: object) -> messages.ModelSpec:
-    spec = messages.ModelSpec(name="m")
-    if "version" in fields:
-        spec.version.value = int(fields["version"])  # type: ignore[call-overload]
-    if "label" in fields:
-        spec.version_label = str(fields["label"])
-    if "signature" in fields:
-        spec.signature_name = str(fields["signature"])
-    return spec
-
+from tests.support.forwarded_messages import (
+    TARGETS,
+    field,
+    model_spec,
+    spec_field,
+)
 
 CLIENT_SPECS = {
-    "name only": _spec(),
-    "version": _spec(version=7),
-    "version 0": _spec(version=0),
-    "label": _spec(label="stable"),
-    "signature": _spec(signature="predict_proba"),
-    "version and signature": _spec(version=3, signature="s"),
-    "label and signature": _spec(label="canary", signature="s"),
-}
-TARGETS = {
-    "latest": Target("m", ("b:1",), None, None, "default"),
-    "version": Target("m", ("b:1",), 4, None, "explicit"),
-    "version 0": Target("m", ("b:1",), 0, None, "explicit"),
-    "label": Target("m", ("b:1",), None, "canary", "canary"),
-    "other model": Target("n", ("b:1",), 2, None, "stable"),
+    "name only": model_spec(),
+    "version": model_spec(version=7),
+    "version 0": model_spec(version=0),
+    "label": model_spec(label="stable"),
+    "signature": model_spec(signature="predict_proba"),
+    "version and signature": model_spec(version=3, signature="s"),
+    "label and signature": model_spec(label="canary", signature="s"),
 }
 
 
@@ -91,7 +79,7 @@ def test_the_forwarded_message_is_the_one_sent_in_place(
 
 
 def test_several_inputs_and_a_second_target_parse_equal() -> None:
-    data = _request(_spec(version=7, signature="s"), inputs=3).SerializeToString()
+    data = _request(model_spec(version=7, signature="s"), inputs=3).SerializeToString()
     forwarded = _forwarded(data)
     for target in (TARGETS["label"], TARGETS["latest"]):
         # The canary fallback rewrites the spec a second time.
@@ -101,7 +89,7 @@ def test_several_inputs_and_a_second_target_parse_equal() -> None:
 
 
 def test_a_copy_has_its_own_spec() -> None:
-    forwarded = _forwarded(_request(_spec()).SerializeToString())
+    forwarded = _forwarded(_request(model_spec()).SerializeToString())
     mirrored = forwarded.copy()
     apply_target(mirrored.model_spec, TARGETS["other model"])
     assert forwarded.model_spec.name == "m"
@@ -109,7 +97,7 @@ def test_a_copy_has_its_own_spec() -> None:
 
 
 def test_tensor_heads_declare_what_the_parsed_tensors_declare() -> None:
-    request = _request(_spec(), inputs=2)
+    request = _request(model_spec(), inputs=2)
     text = request.inputs["text"]
     text.dtype = messages.DT_STRING
     text.tensor_shape.dim.add(size=3)
@@ -130,20 +118,16 @@ def test_tensor_heads_declare_what_the_parsed_tensors_declare() -> None:
         assert head.ByteSize() < 64
 
 
-def _spliced(spec: messages.ModelSpec, after: bytes) -> bytes:
-    spec_bytes = spec.SerializeToString()
-    return b"\x0a" + bytes((len(spec_bytes),)) + spec_bytes + after
-
-
 @pytest.mark.parametrize(
     "data",
     [
         pytest.param(
-            _request(None).SerializeToString() + _spliced(_spec(version=3), b""),
+            _request(None).SerializeToString() + spec_field(model_spec(version=3)),
             id="spec after the inputs",
         ),
         pytest.param(
-            _spliced(_spec(), _request(_spec(version=3)).SerializeToString()),
+            spec_field(model_spec())
+            + _request(model_spec(version=3)).SerializeToString(),
             id="spec twice",
         ),
         pytest.param(b"", id="empty"),
@@ -159,14 +143,14 @@ def test_a_message_without_one_leading_spec_is_parsed_whole(data: bytes) -> None
 @pytest.mark.parametrize(
     "data",
     [
-        pytest.param(_request(_spec()).SerializeToString()[:-7], id="truncated"),
+        pytest.param(_request(model_spec()).SerializeToString()[:-7], id="truncated"),
         pytest.param(b"\x0a\xff\xff\xff\xff\x0f" + bytes(64), id="spec too long"),
         pytest.param(
-            _request(_spec()).SerializeToString() + b"\x1a\x02\xff\xfe",
+            _request(model_spec()).SerializeToString() + b"\x1a\x02\xff\xfe",
             id="output filter not UTF-8",
         ),
         pytest.param(
-            _spliced(_spec(), b"\x12\x05\x0a\x03\xff\xfe\xfd"),
+            spec_field(model_spec()) + b"\x12\x05\x0a\x03\xff\xfe\xfd",
             id="input name not UTF-8",
         ),
     ],
@@ -179,19 +163,12 @@ def test_a_bad_message_fails_as_the_full_parse_fails(data: bytes) -> None:
     assert str(read.value) == str(whole.value)
 
 
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-    key = tensors.varint(number << 3 | wire)
-    if wire == 2:
-        return key + tensors.varint(len(payload)) + payload
-    return key + payload
-
-
 def _tensor_bytes(*fields: bytes) -> bytes:
     return b"".join(fields)
 
 
 def _entry(name: bytes, tensor: bytes) -> bytes:
-    return _field(2, 2, _field(1, 2, name) + _field(2, 2, tensor))
+    return field(2, 2, field(1, 2, name) + field(2, 2, tensor))
 
 
 _SHAPE_2x3 = messages.TensorShapeProto(
@@ -200,62 +177,62 @@ _SHAPE_2x3 = messages.TensorShapeProto(
 _SHAPE_NAMED = messages.TensorShapeProto(
     dim=[messages.TensorShapeProto.Dim(size=5, name="rows")]
 ).SerializeToString()
-_DOUBLES = _field(6, 2, np.arange(6, dtype="<f8").tobytes())
-_DTYPE_DOUBLE = _field(1, 0, tensors.varint(messages.DT_DOUBLE))
+_DOUBLES = field(6, 2, np.arange(6, dtype="<f8").tobytes())
+_DTYPE_DOUBLE = field(1, 0, tensors.varint(messages.DT_DOUBLE))
 WALKED = {
     "packed values": _entry(
-        b"x", _tensor_bytes(_DTYPE_DOUBLE, _field(2, 2, _SHAPE_2x3), _DOUBLES)
+        b"x", _tensor_bytes(_DTYPE_DOUBLE, field(2, 2, _SHAPE_2x3), _DOUBLES)
     ),
     "tensor_content": _entry(
         b"x",
-        _tensor_bytes(_DTYPE_DOUBLE, _field(2, 2, _SHAPE_2x3), _field(4, 2, bytes(48))),
+        _tensor_bytes(_DTYPE_DOUBLE, field(2, 2, _SHAPE_2x3), field(4, 2, bytes(48))),
     ),
     "values one field each": _entry(
         b"x",
         _tensor_bytes(
             _DTYPE_DOUBLE,
-            _field(2, 2, _SHAPE_2x3),
-            *(_field(6, 1, bytes(8)) for _ in range(100)),
+            field(2, 2, _SHAPE_2x3),
+            *(field(6, 1, bytes(8)) for _ in range(100)),
         ),
     ),
     "shape twice, merged": _entry(
         b"x",
         _tensor_bytes(
-            _field(2, 2, _SHAPE_2x3), _DTYPE_DOUBLE, _field(2, 2, _SHAPE_NAMED)
+            field(2, 2, _SHAPE_2x3), _DTYPE_DOUBLE, field(2, 2, _SHAPE_NAMED)
         ),
     ),
     "dtype twice, the last kept": _entry(
         b"x",
-        _tensor_bytes(_field(1, 0, b"\x09"), _DTYPE_DOUBLE, _field(2, 2, _SHAPE_2x3)),
+        _tensor_bytes(field(1, 0, b"\x09"), _DTYPE_DOUBLE, field(2, 2, _SHAPE_2x3)),
     ),
-    "negative dtype": _entry(b"x", _field(1, 0, b"\xff" * 9 + b"\x01")),
+    "negative dtype": _entry(b"x", field(1, 0, b"\xff" * 9 + b"\x01")),
     "strings": _entry(
         b"s",
         _tensor_bytes(
-            _field(1, 0, tensors.varint(messages.DT_STRING)),
-            _field(2, 2, _SHAPE_2x3),
-            *(_field(8, 2, b"v" * n) for n in range(6)),
+            field(1, 0, tensors.varint(messages.DT_STRING)),
+            field(2, 2, _SHAPE_2x3),
+            *(field(8, 2, b"v" * n) for n in range(6)),
         ),
     ),
     "the same name twice, the last kept": _entry(b"x", _DTYPE_DOUBLE)
-    + _entry(b"x", _field(1, 0, tensors.varint(messages.DT_FLOAT))),
+    + _entry(b"x", field(1, 0, tensors.varint(messages.DT_FLOAT))),
     "two inputs and unknown fields": _entry(b"a", _DTYPE_DOUBLE)
-    + _field(9, 0, b"\x96\x01")
-    + _field(10, 1, bytes(8))
-    + _field(11, 5, bytes(4))
-    + _field(12, 2, b"\xff\xff")
-    + _entry(b"b", _tensor_bytes(_field(13, 0, b"\x01"), _DTYPE_DOUBLE))
-    + _field(3, 2, "名前".encode()),
-    "an entry without a key or a value": _field(2, 2, b"")
-    + _field(2, 2, _field(1, 2, b"only a key")),
+    + field(9, 0, b"\x96\x01")
+    + field(10, 1, bytes(8))
+    + field(11, 5, bytes(4))
+    + field(12, 2, b"\xff\xff")
+    + _entry(b"b", _tensor_bytes(field(13, 0, b"\x01"), _DTYPE_DOUBLE))
+    + field(3, 2, "名前".encode()),
+    "an entry without a key or a value": field(2, 2, b"")
+    + field(2, 2, field(1, 2, b"only a key")),
     "a group": _entry(b"x", _DTYPE_DOUBLE) + b"\x7b" + b"\x7c",
-    "dtype as a fixed32": _entry(b"x", _field(1, 5, bytes(4))),
+    "dtype as a fixed32": _entry(b"x", field(1, 5, bytes(4))),
 }
 
 
 @pytest.mark.parametrize("rest", list(WALKED.values()), ids=list(WALKED))
 def test_walked_tensor_heads_are_the_head_parses(rest: bytes) -> None:
-    data = _spliced(_spec(version=3), rest)
+    data = spec_field(model_spec(version=3)) + rest
     forwarded = _forwarded(data)
     assert bytes(forwarded.rest) == rest
     parsed = PredictHead.FromString(rest)

@@ -15,10 +15,12 @@ from gateway.clients.forwarded_examples import (
     read_multi_inference,
 )
 from gateway.context import apply_target
-from gateway.routing.router import Target
 from google.protobuf.message import DecodeError
 from servekit_protocol import messages
 from servekit_protocol.services import PREDICTION_SERVICE
+
+from tests.support.forwarded_messages import LENGTH_DELIMITED, field, model_spec
+from tests.support.forwarded_messages import TARGETS as ALL_TARGETS
 
 ExamplesType = type[messages.ClassificationRequest] | type[messages.RegressionRequest]
 EXAMPLES_TYPES: dict[str, ExamplesType] = {
@@ -26,28 +28,12 @@ EXAMPLES_TYPES: dict[str, ExamplesType] = {
     "regress": messages.RegressionRequest,
 }
 TARGETS = {
-    "latest": Target("m", ("b:1",), None, None, "default"),
-    "version": Target("m", ("b:1",), 4, None, "explicit"),
-    "label": Target("m", ("b:1",), None, "canary", "canary"),
-    "other model": Target("n", ("b:1",), 2, None, "stable"),
+    name: ALL_TARGETS[name] for name in ("latest", "version", "label", "other model")
 }
-
-
-def _spec(**fields: object) -> messages.ModelSpec:
-    spec = messages.ModelSpec(name=str(fields.get("name", "m")))
-    if "version" in fields:
-        spec.version.value = int(fields["version"])  # type: ignore[call-overload]
-    if "label" in fields:
-        spec.version_label = str(fields["label"])
-    if "signature" in fields:
-        spec.signature_name = str(fields["signature"])
-    return spec
-
-
 CLIENT_SPECS = {
-    "name only": _spec(),
-    "version": _spec(version=7),
-    "label and signature": _spec(label="stable", signature="s"),
+    "name only": model_spec(),
+    "version": model_spec(version=7),
+    "label and signature": model_spec(label="stable", signature="s"),
 }
 
 
@@ -118,7 +104,7 @@ def test_a_forwarded_examples_request_is_the_one_sent_in_place(
 
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_a_forwarded_multi_inference_is_the_one_sent_in_place(target: str) -> None:
-    specs = [_spec(version=3), _spec(version=3, signature="r")]
+    specs = [model_spec(version=3), model_spec(version=3, signature="r")]
     request = _multi(
         specs, ("tensorflow/serving/classify", "tensorflow/serving/regress")
     )
@@ -133,39 +119,24 @@ def test_a_forwarded_multi_inference_is_the_one_sent_in_place(target: str) -> No
 
 def test_the_rest_is_a_view_of_the_received_message() -> None:
     data = bytearray(
-        _examples_request(messages.RegressionRequest, _spec()).SerializeToString()
+        _examples_request(messages.RegressionRequest, model_spec()).SerializeToString()
     )
     forwarded = read_examples(memoryview(data), messages.RegressionRequest)
     assert isinstance(forwarded, ForwardedExamples)
     assert forwarded.rest.obj is data
 
 
-def _field_one(value: bytes) -> bytes:
-    assert len(value) < 0x80
-    return b"\x0a" + bytes((len(value),)) + value
-
-
-def _input_field(model_input: messages.Input) -> bytes:
-    value = model_input.SerializeToString()
-    header = bytearray(b"\x12")
-    size = len(value)
-    while size > 0x7F:
-        header.append((size & 0x7F) | 0x80)
-        size >>= 7
-    header.append(size)
-    return bytes(header) + value
-
-
-SPEC = _spec().SerializeToString()
+SPEC = model_spec().SerializeToString()
 EXAMPLES_WHOLE = {
-    "spec last": _input_field(_input()) + _field_one(SPEC),
-    "spec twice": _field_one(SPEC)
-    + _field_one(_spec(version=2).SerializeToString())
-    + _input_field(_input()),
-    "spec around the input": _field_one(SPEC)
-    + _input_field(_input())
-    + _field_one(SPEC),
-    "no spec": _input_field(_input()),
+    "spec last": field(2, LENGTH_DELIMITED, _input().SerializeToString())
+    + field(1, LENGTH_DELIMITED, SPEC),
+    "spec twice": field(1, LENGTH_DELIMITED, SPEC)
+    + field(1, LENGTH_DELIMITED, model_spec(version=2).SerializeToString())
+    + field(2, LENGTH_DELIMITED, _input().SerializeToString()),
+    "spec around the input": field(1, LENGTH_DELIMITED, SPEC)
+    + field(2, LENGTH_DELIMITED, _input().SerializeToString())
+    + field(1, LENGTH_DELIMITED, SPEC),
+    "no spec": field(2, LENGTH_DELIMITED, _input().SerializeToString()),
     "empty": b"",
 }
 
@@ -184,16 +155,19 @@ def test_an_examples_request_without_one_leading_spec_is_parsed_whole(
 
 def _task(name: str = "m") -> bytes:
     return messages.InferenceTask(
-        model_spec=_spec(name=name), method_name="tensorflow/serving/regress"
+        model_spec=model_spec(name=name), method_name="tensorflow/serving/regress"
     ).SerializeToString()
 
 
 MULTI_WHOLE = {
-    "task last": _field_one(_task()) + _input_field(_input()) + _field_one(_task("n")),
-    "no leading task": _input_field(_input()) + _field_one(_task()),
-    "no task": _input_field(_input()),
-    "too many tasks": _field_one(_task()) * (MAX_FORWARDED_TASKS + 1)
-    + _input_field(_input()),
+    "task last": field(1, LENGTH_DELIMITED, _task())
+    + field(2, LENGTH_DELIMITED, _input().SerializeToString())
+    + field(1, LENGTH_DELIMITED, _task("n")),
+    "no leading task": field(2, LENGTH_DELIMITED, _input().SerializeToString())
+    + field(1, LENGTH_DELIMITED, _task()),
+    "no task": field(2, LENGTH_DELIMITED, _input().SerializeToString()),
+    "too many tasks": field(1, LENGTH_DELIMITED, _task()) * (MAX_FORWARDED_TASKS + 1)
+    + field(2, LENGTH_DELIMITED, _input().SerializeToString()),
 }
 
 
@@ -208,7 +182,9 @@ def test_a_multi_inference_without_its_tasks_in_front_is_parsed_whole(
 
 
 def test_the_most_tasks_are_forwarded() -> None:
-    data = _field_one(_task()) * MAX_FORWARDED_TASKS + _input_field(_input())
+    data = field(1, LENGTH_DELIMITED, _task()) * MAX_FORWARDED_TASKS + field(
+        2, LENGTH_DELIMITED, _input().SerializeToString()
+    )
     read = read_multi_inference(memoryview(data))
     assert isinstance(read, ForwardedMultiInference)
     assert len(read.tasks) == MAX_FORWARDED_TASKS
@@ -216,16 +192,18 @@ def test_the_most_tasks_are_forwarded() -> None:
 
 def _valid_examples() -> bytes:
     return _examples_request(
-        messages.ClassificationRequest, _spec()
+        messages.ClassificationRequest, model_spec()
     ).SerializeToString()
 
 
 BAD = {
     "truncated": _valid_examples()[:-7],
     "spec too long": b"\x0a\xff\xff\xff\xff\x0f" + bytes(64),
-    "name not UTF-8": _field_one(b"\x0a\x03\xff\xfe\xfd") + _input_field(_input()),
+    "name not UTF-8": field(1, LENGTH_DELIMITED, b"\x0a\x03\xff\xfe\xfd")
+    + field(2, LENGTH_DELIMITED, _input().SerializeToString()),
     "bad field after the input": _valid_examples() + b"\x1a\xff\xff\xff\xff\x0f",
-    "method name not UTF-8": _field_one(b"\x12\x02\xff\xfe") + _input_field(_input()),
+    "method name not UTF-8": field(1, LENGTH_DELIMITED, b"\x12\x02\xff\xfe")
+    + field(2, LENGTH_DELIMITED, _input().SerializeToString()),
 }
 
 

@@ -126,6 +126,7 @@ async def serve(settings: Settings) -> int:
     from servekit_protocol.http1 import ListenerLimits
     from servekit_protocol.json_codec import BodyParsers
     from servekit_protocol.json_codec.offload import WorkersNotStarted
+    from servekit_protocol.loop_heartbeat import LoopHeartbeat
 
     from modelserver.dataplane import DataPlane
     from modelserver.errors import ServingError
@@ -140,6 +141,12 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stopping.set)
 
     metrics = Metrics()
+    heartbeat: LoopHeartbeat | None = None
+    if settings.event_loop_heartbeat_ms > 0:
+        heartbeat = LoopHeartbeat(
+            settings.event_loop_heartbeat_ms / 1000, metrics.observe_loop
+        )
+        heartbeat.start()
     dataplane = DataPlane.from_settings(settings, metrics)
     parsers = BodyParsers(
         settings.rest_api_json_offload_bytes,
@@ -258,6 +265,8 @@ async def serve(settings: Settings) -> int:
         exit_status = EXIT_FAILURE
     finally:
         await _shutdown(started)
+        if heartbeat is not None:
+            heartbeat.stop()
         parsers.close()
         try:
             await dataplane.stop()

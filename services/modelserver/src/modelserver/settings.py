@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from servekit_protocol import http1, tensor_limits
+from servekit_protocol import http1, loop_heartbeat, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.json_codec import offload as json_offload
 
@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(default=256 * 1024 * 1024, ge=4 * 1024 * 1024)
     """servekit extension: largest gRPC message received or sent (TF Serving: no
     limit; gRPC's default of 4 MiB is too small for image batches)."""
+
+    event_loop_heartbeat_ms: float = Field(
+        default=loop_heartbeat.DEFAULT_INTERVAL_MS, ge=0
+    )
+    """servekit extension: milliseconds between the event loop's heartbeats,
+    which measure how long the loop was held (Prometheus
+    ``modelserver_event_loop_busy_seconds`` and ``..._lag_seconds``); 0 turns
+    them off."""
 
     grpc_parse_offload_bytes: int = Field(default=1024 * 1024, ge=0)
     """servekit extension: size from which a gRPC ``Predict`` message is parsed,

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from modelserver.errors import InvalidInput
 from modelserver.protocol.grpc import converters
-from modelserver.protocol.rest.codec import classify_json, regress_json
+from modelserver.protocol.rest.codec import (
+    SCAN_STEP,
+    classify_json,
+    mentions_any,
+    regress_json,
+)
 from modelserver.runtimes.base import classification_results, regression_results
 from modelserver.types import Classifications
 from servekit_protocol import json_codec, messages
@@ -89,3 +94,23 @@ def test_a_regression_answer_is_the_message_s_json(size: int) -> None:
 def test_no_regression_values_is_refused_as_tf_serving_does() -> None:
     with pytest.raises(InvalidInput, match="empty RegressionResults"):
         regress_json([])
+
+
+@pytest.mark.parametrize(
+    ("offset", "found"),
+    [
+        (0, True),
+        (SCAN_STEP - 5, True),  # across the first step's end
+        (SCAN_STEP, True),
+        (2 * SCAN_STEP + 100, True),
+        (None, False),
+    ],
+)
+async def test_a_large_body_is_searched_a_step_at_a_time(
+    offset: int | None, found: bool
+) -> None:
+    body = bytearray(b" " * (3 * SCAN_STEP))
+    needle = b'"signature_name"'
+    if offset is not None:
+        body[offset : offset + len(needle)] = needle
+    assert await mentions_any(bytes(body), b"\\u", needle) is found

@@ -1,4 +1,9 @@
-"""Large received buffers given back to the system off the event loop.
+"""Large received buffers joined, and given back to the system, off the event loop.
+
+Joining the chunks of a large body is a copy into fresh pages: 62 ms of the
+loop's CPU for 75 MiB (most of it the page faults). :func:`join_chunks` makes
+that copy in a thread (``bytes.join`` releases the GIL for copies of 1 MiB and
+more), so the loop serves others meanwhile.
 
 Freeing a buffer of hundreds of MiB unmaps its pages in the call, with the GIL
 held: 22 ms for a 128 MiB ``bytearray``, 33 ms for 256 MiB on the shared
@@ -36,6 +41,21 @@ if sys.platform.startswith("linux"):
         _LIBC.madvise.restype = ctypes.c_int
     except (OSError, AttributeError):
         _LIBC = None
+
+
+JOIN_IN_THREAD_BYTES = 4 * 1024 * 1024
+"""Bodies from this size are joined in a thread (well under 1 ms of copying on
+the loop below it)."""
+
+
+async def join_chunks(chunks: list[bytes], size: int) -> bytes:
+    """``b"".join(chunks)`` (``size`` bytes in all), in a thread of the running
+    loop's default executor from :data:`JOIN_IN_THREAD_BYTES` up."""
+    if len(chunks) == 1:
+        return chunks[0]
+    if size < JOIN_IN_THREAD_BYTES:
+        return b"".join(chunks)
+    return await asyncio.get_running_loop().run_in_executor(None, b"".join, chunks)
 
 
 def release_later(

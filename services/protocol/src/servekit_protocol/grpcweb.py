@@ -76,6 +76,12 @@ def code_for_http_status(status: int) -> int:
     return _HTTP_TO_GRPC.get(status, UNKNOWN)
 
 
+def prefix(length: int, flag: int = DATA_FLAG) -> bytes:
+    """The five bytes in front of a frame's ``length`` bytes of payload (gRPC's
+    length-prefixed message, and gRPC-Web's frames)."""
+    return _PREFIX.pack(flag, length)
+
+
 def frame(message: bytes) -> bytes:
     """One data frame holding ``message``."""
     return _PREFIX.pack(DATA_FLAG, len(message)) + message

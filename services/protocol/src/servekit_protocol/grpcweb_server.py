@@ -11,7 +11,6 @@ call with a status. :func:`call_unary` turns every outcome into an HTTP answer:
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import logging
 import time
@@ -23,6 +22,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from servekit_protocol import grpcweb, messages
+from servekit_protocol.byte_parts import byte_views, take
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.services import MODEL_SERVICE, PREDICTION_SERVICE
 
@@ -84,13 +84,39 @@ class WebContext:
         raise Aborted(code, details, trailing_metadata or self.trailing)
 
 
+Body = tuple[bytes | memoryview, ...]
+"""An answer's body as the parts it is written in, in order."""
+JOIN_BELOW_BYTES = 64 * 1024
+"""An answer's body smaller than this is joined into one part: copying a few
+KiB costs less than writing each part on its own."""
+
+
 @dataclass(slots=True)
 class WebAnswer:
-    """Status, headers and body of one call's HTTP answer."""
+    """Status, headers and body of one call's HTTP answer.
+
+    The body is in parts (a large answer's message prefix, message and trailer
+    frame), so that the message is written as the bytes it was serialized to,
+    never copied into one joined body on the event loop.
+    """
 
     status: int
     headers: Headers
-    body: bytes
+    parts: Body
+
+    @property
+    def length(self) -> int:
+        """Bytes of the body."""
+        return sum(len(part) for part in self.parts)
+
+    def body_events(self) -> list[dict[str, Any]]:
+        """The ASGI ``http.response.body`` events that send the body, one a part
+        (the server writes each as it is)."""
+        last = len(self.parts) - 1
+        return [
+            {"type": "http.response.body", "body": part, "more_body": index < last}
+            for index, part in enumerate(self.parts)
+        ] or [{"type": "http.response.body", "body": b""}]
 
 
 def tf_serving_methods(prediction: Any, models: Any) -> dict[str, tuple[Any, Method]]:
@@ -125,7 +151,7 @@ def unsupported_media() -> WebAnswer:
     """The answer to a service path sent without a gRPC-Web content type (415,
     as a gRPC server answers a wrong content type)."""
     body = b'{"error": "gRPC-Web calls need Content-Type: application/grpc-web"}'
-    return WebAnswer(415, [(b"content-type", b"application/json")], body)
+    return WebAnswer(415, [(b"content-type", b"application/json")], (body,))
 
 
 def error_answer(content_type: bytes, code: grpc.StatusCode, details: str) -> WebAnswer:
@@ -206,12 +232,49 @@ async def call_unary(
         return _trailers_only(
             answer_type, grpc.StatusCode.INVALID_ARGUMENT, exc.message, ()
         )
-    payload = grpcweb.frame(response.SerializeToString()) + grpcweb.trailer_frame(
-        grpcweb.OK, "", context.trailing
+    return WebAnswer(
+        200,
+        [(b"content-type", answer_type)],
+        await _answer_body(response.SerializeToString(), context.trailing, text),
     )
+
+
+async def _answer_body(
+    serialized: bytes | memoryview, trailing: Sequence[tuple[str, str]], text: bool
+) -> Body:
+    """The parts of a successful answer's body: the message's frame and the
+    trailer frame, in base64 for ``grpc-web-text``."""
+    parts: Body = (
+        grpcweb.prefix(len(serialized)),
+        serialized,
+        grpcweb.trailer_frame(grpcweb.OK, "", trailing),
+    )
+    size = sum(len(part) for part in parts)
     if text:
-        payload = base64.b64encode(payload)
-    return WebAnswer(200, [(b"content-type", answer_type)], payload)
+        if size >= grpcweb.TEXT_IN_THREAD_BYTES:
+            return await asyncio.to_thread(_encode_text, parts)
+        return _encode_text(parts)
+    if size < JOIN_BELOW_BYTES:
+        return (b"".join(parts),)
+    return parts
+
+
+_TEXT_PIECE_BYTES = 3 * 256 * 1024
+"""Bytes encoded to base64 in one call: a multiple of three, so that the
+pieces' encodings, one after the other, are the encoding of the whole (no
+padding between them), and each call is short: run in a thread, the event loop
+gets the GIL back between pieces."""
+
+
+def _encode_text(parts: Body) -> Body:
+    """``parts`` in base64 (``grpc-web-text``), as pieces."""
+    pending = byte_views(parts)
+    encoded: list[bytes] = []
+    while pending:
+        encoded.append(
+            binascii.b2a_base64(take(pending, _TEXT_PIECE_BYTES), newline=False)
+        )
+    return tuple(encoded)
 
 
 def _binary_values(
@@ -268,4 +331,4 @@ def _trailers_only(
         for key, value in trailing
         if key != "x-request-id"
     )
-    return WebAnswer(200, headers, b"")
+    return WebAnswer(200, headers, ())

@@ -15,6 +15,7 @@ from collections.abc import Awaitable
 import grpc
 
 from servekit_protocol import oip_messages as oip
+from servekit_protocol.messages import Serialized
 from servekit_protocol.services import (
     Method,
     ServicerContext,
@@ -118,7 +119,13 @@ class GRPCInferenceServiceServicer:
 
     def ModelInfer(
         self, request: oip.ModelInferRequest, context: ServicerContext
-    ) -> oip.ModelInferResponse | Awaitable[oip.ModelInferResponse]:
+    ) -> (
+        oip.ModelInferResponse
+        | Serialized
+        | Awaitable[oip.ModelInferResponse | Serialized]
+    ):
+        """An answer already :class:`~servekit_protocol.messages.Serialized` is
+        sent as its bytes (a large answer written off the event loop)."""
         del request
         _unimplemented(context, "ModelInfer")
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from servekit_protocol import tensors
 from servekit_protocol.errors import InvalidArgument
@@ -53,14 +56,18 @@ class TensorLimits:
             )
 
 
-def declared_size(tensor: TensorProto) -> tuple[int, int]:
-    """The elements and decoded bytes a TensorProto's shape declares.
+def declared_size(
+    tensor: TensorProto, declared: tuple[tuple[int, ...], int] | None = None
+) -> tuple[int, int]:
+    """The elements and decoded bytes a TensorProto's shape declares
+    (``declared``: its :func:`~servekit_protocol.tensors.declared_shape`, when
+    read already).
 
     Raises:
         InvalidArgument: an unknown rank or a negative dimension.
     """
     # The shape cache the decoding uses too: requests repeat a few shapes.
-    _, elements = tensors.declared_shape(tensor)
+    _, elements = tensors.declared_shape(tensor) if declared is None else declared
     if tensor.dtype == DT_STRING:
         values = sum(len(value) for value in tensor.string_val)
         return elements, elements * _REFERENCE_BYTES + values
@@ -87,6 +94,33 @@ def check_tensor_protos(inputs: Iterable[TensorProto], limits: TensorLimits) -> 
     limits.check(elements, size)
 
 
+def decode_tensor_protos(
+    inputs: Iterable[tuple[str, TensorProto]], limits: TensorLimits | None
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Named TensorProtos decoded, once their sizes together are within ``limits``
+    (None: no limit); nothing is decoded before every shape has been checked.
+
+    Each shape is read once, for the check and the decoding both: for a request
+    of many one-element tensors, reading it costs as much as decoding.
+
+    Raises:
+        InvalidArgument: above the limits, a malformed shape, or a tensor that
+            cannot be decoded.
+    """
+    named = [(name, tensor, tensors.declared_shape(tensor)) for name, tensor in inputs]
+    if limits is not None:
+        elements = 0
+        size = 0
+        for _, tensor, declared in named:
+            count, nbytes = declared_size(tensor, declared)
+            elements += count
+            size += nbytes
+        limits.check(elements, size)
+    return {
+        name: tensors.to_ndarray(tensor, declared) for name, tensor, declared in named
+    }
+
+
 def json_elements(value: object) -> int:
     """Elements a JSON value (nested lists) declares by its first row at every
     level; ragged values are refused later, when converted."""
@@ -105,5 +139,6 @@ __all__ = [
     "TensorLimits",
     "check_tensor_protos",
     "declared_size",
+    "decode_tensor_protos",
     "json_elements",
 ]

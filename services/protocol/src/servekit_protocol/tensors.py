@@ -141,15 +141,22 @@ def _typed_values(tensor: TensorProto, kind: Kind) -> np.ndarray[Any, Any]:
     return np.asarray(getattr(tensor, field), dtype=kind.numpy)
 
 
-def to_ndarray(tensor: TensorProto) -> np.ndarray[Any, Any]:
+def to_ndarray(
+    tensor: TensorProto, declared: tuple[tuple[int, ...], int] | None = None
+) -> np.ndarray[Any, Any]:
     """Decode a TensorProto into a new (writable) numpy array.
+
+    Args:
+        tensor: The tensor.
+        declared: Its :func:`declared_shape`, when the caller has read it
+            already (the request's size check does).
 
     Raises:
         InvalidArgument: unsupported dtype, bad shape, or values that do not
             fit the shape.
     """
     kind = kind_of(tensor.dtype)
-    shape, size = declared_shape(tensor)
+    shape, size = declared_shape(tensor) if declared is None else declared
     content = tensor.tensor_content if kind is not STRING_KIND else b""
     if content:
         expected = size * kind.numpy.itemsize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from servekit_protocol import json_codec, messages, tensors
 from servekit_protocol.errors import InvalidArgument
@@ -10,6 +11,7 @@ from servekit_protocol.tensor_limits import (
     TensorLimits,
     check_tensor_protos,
     declared_size,
+    decode_tensor_protos,
 )
 
 
@@ -67,6 +69,44 @@ def test_a_repeated_shape_is_judged_as_the_first_time() -> None:
     empty = messages.TensorProto(dtype=messages.DT_FLOAT)
     assert tensors.declared_shape(empty) == ((), 1)  # a scalar
     assert declared_size(empty) == (1, 4)
+
+
+def test_decoding_checks_every_shape_before_any_tensor_is_decoded() -> None:
+    # The last tensor's shape is malformed and the first one's values do not
+    # fit its shape: the shape is what is refused, as no tensor is decoded
+    # before every shape has been read.
+    bad_values = messages.TensorProto(dtype=messages.DT_FLOAT)
+    bad_values.tensor_shape.dim.add(size=1)
+    bad_values.float_val.extend([1.0, 2.0])
+    bad_shape = messages.TensorProto(dtype=messages.DT_FLOAT)
+    bad_shape.tensor_shape.dim.add(size=-1)
+    with pytest.raises(InvalidArgument, match="negative"):
+        decode_tensor_protos([("a", bad_values), ("b", bad_shape)], None)
+    over = [(name, _filled(1 << 24)) for name in "abc"] + [("d", bad_values)]
+    with pytest.raises(InvalidArgument, match="50331649 elements"):
+        decode_tensor_protos(over, TensorLimits())
+
+
+def test_decoding_gives_what_each_tensor_decodes_to() -> None:
+    named = [
+        ("x", tensors.from_ndarray(np.arange(6.0).reshape(2, 3))),
+        ("s", tensors.from_ndarray(np.array([b"a", b"bc"], dtype=object))),
+        ("k", tensors.from_ndarray(np.array([[7]], dtype=np.int64), packed=True)),
+        ("f", _filled(4)),
+    ]
+    decoded = decode_tensor_protos(named, TensorLimits(max_elements=13))
+    assert list(decoded) == ["x", "s", "k", "f"]
+    for name, tensor in named:
+        expected = tensors.to_ndarray(tensor)
+        assert decoded[name].dtype == expected.dtype
+        np.testing.assert_array_equal(decoded[name], expected)
+    with pytest.raises(InvalidArgument, match="13 elements"):
+        decode_tensor_protos(named, TensorLimits(max_elements=12))
+    with pytest.raises(InvalidArgument, match="has 2 values but shape"):
+        bad = messages.TensorProto(dtype=messages.DT_FLOAT)
+        bad.tensor_shape.dim.add(size=1)
+        bad.float_val.extend([1.0, 2.0])
+        decode_tensor_protos([*named, ("bad", bad)], None)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ last: its presence is what marks the shard done for a resumed job.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -61,6 +62,8 @@ class ShardWriter:
         self._csv_columns: list[str] = []
         self._parquet: pq.ParquetWriter | None = None
         self._pending: list[pa.Table] = []
+        self._behind: ThreadPoolExecutor | None = None
+        self._writing: Future[None] | None = None
         self._pending_rows = 0
         self._pending_bytes = 0
         self._row_bytes = 0
@@ -193,13 +196,28 @@ class ShardWriter:
 
     def _flush_parquet(self) -> None:
         if self._parquet is not None and self._pending:
-            self._parquet.write_table(pa.concat_tables(self._pending))
+            group = pa.concat_tables(self._pending)
+            # Written behind: the encoding (which releases the GIL) runs in a
+            # thread of its own while the next chunks are predicted; one row
+            # group at a time, so at most two are held (this one and the one
+            # being gathered) and they land in order.
+            self._wait_written()
+            if self._behind is None:
+                self._behind = ThreadPoolExecutor(1, thread_name_prefix="write")
+            self._writing = self._behind.submit(self._parquet.write_table, group)
         self._pending = []
         self._pending_rows = self._pending_bytes = 0
+
+    def _wait_written(self) -> None:
+        """Wait for the row group being written; raise what writing it raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def commit(self) -> None:
         """Flush both files to disk and rename them into place, results last."""
         self._flush_parquet()
+        self._wait_written()
         if self._parquet is None and self._format == PARQUET:
             # No row succeeded: an empty file with no columns still marks it done.
             pq.write_table(pa.table({}), self._results_tmp)
@@ -215,6 +233,12 @@ class ShardWriter:
         self._results_tmp.unlink(missing_ok=True)
 
     def _close(self, *, sync: bool) -> None:
+        if self._behind is not None:
+            # Aborting: the row group in flight is dropped with the file, but
+            # the writer is not closed under the thread still writing it.
+            self._behind.shutdown(wait=True)
+            self._behind = None
+            self._writing = None
         for handle in (self._errors_file, self._results_file):
             if handle is not None and not handle.closed:
                 if sync:

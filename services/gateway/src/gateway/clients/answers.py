@@ -26,15 +26,13 @@ from typing import Any
 from google.protobuf.message import DecodeError
 from servekit_protocol import messages
 
+from gateway.clients.wire import FIXED32, FIXED64, LENGTH_DELIMITED, VARINT, varint
+
 MAX_TOP_LEVEL_FIELDS = 4096
 """Top-level fields walked before an answer is parsed whole instead: a
 PredictResponse has one per output (and its spec), the others one result, so
 only a malformed answer has more, and walking millions in Python would hold
 the loop longer than the parse."""
-_VARINT = 0
-_FIXED64 = 1
-_LENGTH_DELIMITED = 2
-_FIXED32 = 5
 
 
 class ReceivedAnswer(messages.Serialized):
@@ -73,12 +71,12 @@ def read_answer(data: bytes, spec_field: int | None) -> ReceivedAnswer | None:
             fields += 1
             if fields > MAX_TOP_LEVEL_FIELDS:
                 return None
-            key, position = _varint(data, position)
+            key, position = varint(data, position)
             number, wire = key >> 3, key & 7
             if number == 0:
                 return None
-            if wire == _LENGTH_DELIMITED:
-                length, position = _varint(data, position)
+            if wire == LENGTH_DELIMITED:
+                length, position = varint(data, position)
                 stop = position + length
                 if stop > end:
                     return None
@@ -88,11 +86,11 @@ def read_answer(data: bytes, spec_field: int | None) -> ReceivedAnswer | None:
                 position = stop
             elif number == spec_field:
                 return None
-            elif wire == _VARINT:
-                _, position = _varint(data, position)
-            elif wire == _FIXED64:
+            elif wire == VARINT:
+                _, position = varint(data, position)
+            elif wire == FIXED64:
                 position += 8
-            elif wire == _FIXED32:
+            elif wire == FIXED32:
                 position += 4
             else:
                 return None
@@ -101,25 +99,6 @@ def read_answer(data: bytes, spec_field: int | None) -> ReceivedAnswer | None:
     if position != end:
         return None
     return ReceivedAnswer(data, spec)
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    """A base-128 varint at ``position``: (its value, the position after it).
-
-    Raises:
-        IndexError: the data ends inside it, or it is over 10 bytes.
-    """
-    value = 0
-    shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
-        if shift >= 70:
-            raise IndexError("varint over 10 bytes")
 
 
 __all__ = [

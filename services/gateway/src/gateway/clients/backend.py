@@ -186,15 +186,17 @@ class BackendClient:
         request: messages.PredictRequest,
         deadline: float,
         metadata: Metadata,
+        keep_from: None = None,
     ) -> messages.PredictResponse: ...
 
     @overload
     async def predict(
         self,
         addresses: Sequence[str],
-        request: ForwardedPredict,
+        request: messages.PredictRequest | ForwardedPredict,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> messages.PredictResponse | ReceivedAnswer: ...
 
     async def predict(
@@ -203,12 +205,13 @@ class BackendClient:
         request: messages.PredictRequest | ForwardedPredict,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> messages.PredictResponse | ReceivedAnswer:
-        """A forwarded request's answer may come back as its bytes (see
-        `ForwardedPredict.keep_answer_from`)."""
-        keep_from = (
-            request.keep_answer_from if isinstance(request, ForwardedPredict) else None
-        )
+        """The answer may come back as its bytes from ``keep_from`` bytes up
+        (a forwarded request's own `ForwardedPredict.keep_answer_from`): a
+        small request's answer is judged by its size too."""
+        if isinstance(request, ForwardedPredict):
+            keep_from = request.keep_answer_from
         response: messages.PredictResponse | ReceivedAnswer = await self._unary(
             addresses, "prediction", "Predict", request, deadline, metadata, keep_from
         )

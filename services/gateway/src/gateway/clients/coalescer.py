@@ -52,7 +52,7 @@ from servekit_protocol.logs import REQUEST_ID_HEADER
 from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import ArrayRequest, ArrayResponse
 from gateway.clients.backend import BackendClient, Metadata
-from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.restbatch import RestPredict
 from gateway.clients.strategies import (
@@ -89,6 +89,7 @@ class _Waiter:
     deadline: float
     metadata: Metadata
     future: asyncio.Future[Any]
+    keep_from: int | None = None
 
 
 @dataclass(slots=True)
@@ -182,6 +183,7 @@ class Coalescer:
                 ArrayRequest: ArrayStrategy(client),
                 RestPredict: RestStrategy(client),
                 ForwardedPredict: ForwardedStrategy(client),
+                WrittenPredict: ForwardedStrategy(client),
             },
             metrics.coalesced_requests.observe,
             max_rows=max_rows,
@@ -201,15 +203,17 @@ class Coalescer:
         request: messages.PredictRequest,
         deadline: float,
         metadata: Metadata,
+        keep_from: None = None,
     ) -> messages.PredictResponse: ...
 
     @overload
     async def predict(
         self,
         addresses: Sequence[str],
-        request: ForwardedPredict,
+        request: messages.PredictRequest | ForwardedPredict,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> messages.PredictResponse | ReceivedAnswer: ...
 
     @overload
@@ -237,6 +241,7 @@ class Coalescer:
         request: Request,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> Response: ...
 
     async def predict(
@@ -245,10 +250,13 @@ class Coalescer:
         request: AnyRequest,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> AnyResponse:
         """The backend's answer to `request`, possibly from a merged call; of the
         request's kind (an `ArrayResponse` for an `ArrayRequest`, an `HttpAnswer`
-        of any status for a `RestPredict`).
+        of any status for a `RestPredict`). A `PredictRequest`'s answer of
+        ``keep_from`` bytes or more comes back as its bytes (a `ReceivedAnswer`)
+        when it was called alone; a merged answer is parsed to be split.
 
         Raises:
             GatewayError: as `BackendClient.predict`; DeadlineExceeded when the
@@ -258,7 +266,7 @@ class Coalescer:
         """
         strategy = self._strategies[type(request)]
         answer: AnyResponse = await self.submit(
-            strategy, addresses, request, deadline, metadata
+            strategy, addresses, request, deadline, metadata, keep_from
         )
         return answer
 
@@ -269,6 +277,7 @@ class Coalescer:
         request: Any,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> Any:
         """`predict` with the strategy named: the async core.
 
@@ -278,13 +287,17 @@ class Coalescer:
         """
         keyed = strategy.key(request) if self.merges else None
         if keyed is None:
-            return await strategy.call(addresses, request, deadline, metadata)
+            return await strategy.call(
+                addresses, request, deadline, metadata, keep_from
+            )
         strategy_key, rows = keyed
         key = (id(strategy), tuple(addresses), *strategy_key)
         group = self._groups.get(key)
         limit = self._max_rows if group is None else group.max_rows
         if limit <= 1 or rows >= limit:
-            return await strategy.call(addresses, request, deadline, metadata)
+            return await strategy.call(
+                addresses, request, deadline, metadata, keep_from
+            )
         now = time.monotonic()
         if group is None:
             if len(self._groups) >= _SWEEP_AT:
@@ -299,13 +312,17 @@ class Coalescer:
         ):
             group.in_flight += 1
             try:
-                return await strategy.call(addresses, request, deadline, metadata)
+                return await strategy.call(
+                    addresses, request, deadline, metadata, keep_from
+                )
             finally:
                 group.answered(1, now)
                 self._release(group)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        group.waiting.append(_Waiter(request, rows, deadline, metadata, future))
+        group.waiting.append(
+            _Waiter(request, rows, deadline, metadata, future, keep_from)
+        )
         group.waiting_rows += rows
         self._dispatch(group)
         # A timer on the future itself: asyncio.wait_for wraps it in more
@@ -397,7 +414,11 @@ class Coalescer:
         """Serve one caller on its own; True when it got a successful answer."""
         try:
             response = await group.strategy.call(
-                group.addresses, waiter.request, waiter.deadline, waiter.metadata
+                group.addresses,
+                waiter.request,
+                waiter.deadline,
+                waiter.metadata,
+                waiter.keep_from,
             )
         except (GatewayError, ProtocolError) as exc:
             if not waiter.future.done():

@@ -31,12 +31,19 @@ from servekit_protocol.services import PREDICTION_SERVICE
 
 from gateway.clients.forwarded_examples import read_examples, read_multi_inference
 from gateway.clients.spliced import Spliced, leading_entries
+from gateway.clients.wire import (
+    LENGTH_DELIMITED,
+    VARINT,
+    length_delimited,
+    skipped,
+    tag,
+    varint,
+)
 
 _SPEC_FIELD, _INPUTS_FIELD, _OUTPUT_FILTER_FIELD = 1, 2, 3
 _HEAD_FIELDS = (_SPEC_FIELD, _INPUTS_FIELD, _OUTPUT_FILTER_FIELD)
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _DTYPE_FIELD, _SHAPE_FIELD, _STRING_VAL_FIELD = 1, 2, 8
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 _INT32_END = 1 << 31
 _WALKED_TENSOR_FIELDS = 64
 """Fields of one tensor walked before it is parsed with the head type: values
@@ -157,6 +164,26 @@ class ForwardedPredict(Spliced):
         return ForwardedPredict(spec, self.inputs, self.rest)
 
 
+@dataclass(slots=True)
+class WrittenPredict(ForwardedPredict):
+    """A PredictRequest the gateway wrote itself, in parts: its tensors'
+    values are views of a client's message (a large OIP ModelInfer's raw
+    inputs, :mod:`gateway.codecs.v2_spliced`), sent without being joined."""
+
+    parts: tuple[bytes | memoryview, ...] = ()
+    """The message after its model spec, in order."""
+
+    def rest_parts(self) -> tuple[bytes | memoryview, ...]:
+        return self.parts
+
+    def copy(self) -> WrittenPredict:
+        """Another request with its own spec, its answer parsed (the parts are
+        shared: they are never changed)."""
+        spec = messages.ModelSpec()
+        spec.CopyFrom(self.model_spec)
+        return WrittenPredict(spec, self.inputs, self.rest, parts=self.parts)
+
+
 def read_predict(message: memoryview) -> ForwardedPredict | messages.PredictRequest:
     """A large Predict message, read for forwarding; parsed whole (as below the
     threshold) when its ``model_spec`` is not its one leading field.
@@ -242,9 +269,9 @@ def _walked_inputs(message: memoryview, start: int) -> dict[str, Any] | None:
     position = start
     try:
         while position < end:
-            number, wire, position = _tag(message, position)
-            if wire == _LENGTH_DELIMITED:
-                value_start, position = _length_delimited(message, position, end)
+            number, wire, position = tag(message, position)
+            if wire == LENGTH_DELIMITED:
+                value_start, position = length_delimited(message, position, end)
                 if number == _SPEC_FIELD:
                     return None
                 if number == _INPUTS_FIELD:
@@ -258,7 +285,7 @@ def _walked_inputs(message: memoryview, start: int) -> dict[str, Any] | None:
             elif number in _HEAD_FIELDS:
                 return None
             else:
-                position = _skipped(message, position, wire)
+                position = skipped(message, position, wire)
     except (IndexError, UnicodeDecodeError, DecodeError):
         return None
     return inputs if position == end else None
@@ -270,13 +297,13 @@ def _walked_entry(message: memoryview, start: int, end: int) -> tuple[str, Any] 
     tensor: Any = None
     position = start
     while position < end:
-        number, wire, position = _tag(message, position)
-        if wire != _LENGTH_DELIMITED:
+        number, wire, position = tag(message, position)
+        if wire != LENGTH_DELIMITED:
             if number in (_ENTRY_KEY, _ENTRY_VALUE):
                 return None
-            position = _skipped(message, position, wire)
+            position = skipped(message, position, wire)
             continue
-        value_start, position = _length_delimited(message, position, end)
+        value_start, position = length_delimited(message, position, end)
         if number == _ENTRY_KEY:
             if key is not None:
                 return None
@@ -303,25 +330,25 @@ def _walked_tensor(message: memoryview, start: int, end: int) -> Any:
     fields = 0
     while position < end:
         fields += 1
-        number, wire, position = _tag(message, position)
+        number, wire, position = tag(message, position)
         if fields > _WALKED_TENSOR_FIELDS or number == _STRING_VAL_FIELD:
             # upb keeps strings as known fields: no bulk copy to avoid.
             return _head_parsed(message[start:end])
-        if number == _DTYPE_FIELD and wire == _VARINT:
-            dtype, position = _varint(message, position)
+        if number == _DTYPE_FIELD and wire == VARINT:
+            dtype, position = varint(message, position)
             if dtype >= _INT32_END:
                 # A negative or overlong int32: upb's truncation decides.
                 return _head_parsed(message[start:end])
             tensor.dtype = dtype
-        elif number == _SHAPE_FIELD and wire == _LENGTH_DELIMITED:
-            value_start, position = _length_delimited(message, position, end)
+        elif number == _SHAPE_FIELD and wire == LENGTH_DELIMITED:
+            value_start, position = length_delimited(message, position, end)
             tensor.tensor_shape.MergeFromString(message[value_start:position])
         elif number in (_DTYPE_FIELD, _SHAPE_FIELD):
             return _head_parsed(message[start:end])
-        elif wire == _LENGTH_DELIMITED:
-            _, position = _length_delimited(message, position, end)
+        elif wire == LENGTH_DELIMITED:
+            _, position = length_delimited(message, position, end)
         else:
-            position = _skipped(message, position, wire)
+            position = skipped(message, position, wire)
     if position != end:
         raise IndexError("a field runs past its tensor")
     return tensor
@@ -336,58 +363,9 @@ def _head_parsed(tensor: memoryview) -> Any:
     return TensorHead.FromString(head.SerializeToString())
 
 
-def _tag(message: memoryview, position: int) -> tuple[int, int, int]:
-    """(field number, wire type, position after the tag).
-
-    Raises:
-        IndexError: field number 0, or the data ends inside the tag.
-    """
-    key, position = _varint(message, position)
-    if key >> 3 == 0:
-        raise IndexError("field number 0")
-    return key >> 3, key & 7, position
-
-
-def _length_delimited(message: memoryview, position: int, end: int) -> tuple[int, int]:
-    """(where a length-delimited value starts, where it ends).
-
-    Raises:
-        IndexError: it runs past ``end``.
-    """
-    length, position = _varint(message, position)
-    if position + length > end:
-        raise IndexError("a field runs past its message")
-    return position, position + length
-
-
-def _skipped(message: memoryview, position: int, wire: int) -> int:
-    """The position after a value of wire type ``wire`` (not length-delimited).
-
-    Raises:
-        IndexError: a group or an invalid wire type (left to upb).
-    """
-    if wire == _VARINT:
-        return _varint(message, position)[1]
-    if wire == _FIXED64:
-        return position + 8
-    if wire == _FIXED32:
-        return position + 4
-    raise IndexError(f"wire type {wire}")
-
-
-def _varint(message: memoryview, position: int) -> tuple[int, int]:
-    value = 0
-    for shift in range(0, 70, 7):
-        byte = message[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-    raise IndexError("varint over 10 bytes")
-
-
 __all__ = [
     "ForwardedPredict",
+    "WrittenPredict",
     "PredictHead",
     "TensorHead",
     "forwarding_decoders",

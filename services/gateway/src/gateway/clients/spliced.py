@@ -46,17 +46,23 @@ class Spliced:
         """The serialized values of the field-1 entries to send, in order."""
         raise NotImplementedError
 
+    def rest_parts(self) -> tuple[bytes | memoryview, ...]:
+        """The message after its leading entries, in parts sent one after the
+        other: the rest as received (a subclass may write it in several)."""
+        return (self.rest,)
+
     def SerializeToString(self) -> bytes:
         """The message for the backend: the entries, then the rest as it came."""
-        return b"".join((*self._head(), self.rest))
+        return b"".join((*self._head(), *self.rest_parts()))
 
-    def framed(self) -> tuple[bytes, memoryview]:
-        """The message framed as gRPC frames it (uncompressed), in two parts:
-        the frame's prefix and the entries, then the rest, not copied (a copy
-        of 64 MiB, into fresh pages, holds the loop some 80 ms)."""
+    def framed(self) -> tuple[bytes | memoryview, ...]:
+        """The message framed as gRPC frames it (uncompressed), in parts: the
+        frame's prefix and the entries, then the rest's parts, not copied (a
+        copy of 64 MiB, into fresh pages, holds the loop some 80 ms)."""
         head = self._head()
-        size = sum(map(len, head)) + len(self.rest)
-        return b"".join((b"\x00", size.to_bytes(4, "big"), *head)), self.rest
+        rest = self.rest_parts()
+        size = sum(map(len, head)) + sum(map(len, rest))
+        return b"".join((b"\x00", size.to_bytes(4, "big"), *head)), *rest
 
     def _head(self) -> list[bytes]:
         head: list[bytes] = []

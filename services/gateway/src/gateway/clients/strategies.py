@@ -116,8 +116,11 @@ class Strategy(Protocol[RequestT_contra, ResponseT]):
         request: RequestT_contra,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> ResponseT:
-        """One backend call for one request.
+        """One backend call for one request; a gRPC caller's answer of
+        ``keep_from`` bytes or more may come back as its bytes
+        (`clients.answers`), where the kind of request allows it.
 
         Raises:
             GatewayError: the backend's or the transport's error.
@@ -244,8 +247,11 @@ class ProtoStrategy(_TensorStrategy[messages.PredictRequest, messages.PredictRes
         request: messages.PredictRequest,
         deadline: float,
         metadata: Metadata,
-    ) -> messages.PredictResponse:
-        return await self._client.predict(addresses, request, deadline, metadata)
+        keep_from: int | None = None,
+    ) -> messages.PredictResponse | ReceivedAnswer:
+        return await self._client.predict(
+            addresses, request, deadline, metadata, keep_from
+        )
 
     def _merge(
         self, requests: Sequence[messages.PredictRequest], rows: Sequence[int]
@@ -270,6 +276,7 @@ class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse]):
         request: ArrayRequest,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,  # noqa: ARG002 (decoded into arrays)
     ) -> ArrayResponse:
         try:
             encoded = request.to_proto()
@@ -306,6 +313,7 @@ class RestStrategy:
         request: RestPredict,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,  # noqa: ARG002 (a REST answer is bytes)
     ) -> HttpAnswer:
         return await self._client.forward_rest(
             addresses, request.path, request.body, deadline, metadata
@@ -356,6 +364,7 @@ class ForwardedStrategy:
         request: ForwardedPredict,
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,  # noqa: ARG002 (the request carries it)
     ) -> messages.PredictResponse | ReceivedAnswer:
         return await self._client.predict(addresses, request, deadline, metadata)
 

@@ -53,7 +53,12 @@ def parameters_dict(parameters: Mapping[str, oip.InferParameter]) -> dict[str, A
     return {key: parameter_value(value) for key, value in parameters.items()}
 
 
-def _shape(raw: Any, name: str) -> tuple[int, ...]:
+def input_shape(raw: Any, name: str) -> tuple[int, ...]:
+    """An input's shape.
+
+    Raises:
+        InvalidInput: a dimension is negative.
+    """
     shape = tuple(int(dim) for dim in raw)
     if any(dim < 0 for dim in shape):
         raise InvalidInput(f"input {name!r}: shape must be non-negative integers")
@@ -95,7 +100,7 @@ def _from_contents(
     return array.reshape(shape)
 
 
-def _requested(
+def requested_output(
     item: oip.ModelInferRequest.InferRequestedOutputTensor,
 ) -> RequestedOutput:
     parameters = parameters_dict(item.parameters)
@@ -137,7 +142,7 @@ def parse_model_infer(
             raise InvalidInput("every input needs a name")
         if name in inputs:
             raise InvalidInput(f"input {name!r} given twice")
-        shape = _shape(tensor.shape, name)
+        shape = input_shape(tensor.shape, name)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(
@@ -156,7 +161,7 @@ def parse_model_infer(
         ):
             array = array.astype(target)
         inputs[name] = array
-    requested = [_requested(item) for item in request.outputs]
+    requested = [requested_output(item) for item in request.outputs]
     return InferRequest(
         inputs,
         request.id or None,
@@ -297,7 +302,9 @@ __all__ = [
     "CONTENTS_FIELD",
     "InferMessage",
     "format_model_infer",
+    "input_shape",
     "parameter_value",
+    "requested_output",
     "parameters_dict",
     "EncodedInfer",
     "encode_infer_message",

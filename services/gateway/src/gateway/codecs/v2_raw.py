@@ -93,6 +93,31 @@ def decode_bytes_elements(raw: bytes, count: int, name: str) -> np.ndarray[Any, 
     return array
 
 
+def check_raw(
+    raw: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str
+) -> np.dtype[Any]:
+    """The numpy dtype of a tensor's raw bytes, checked to fit: a fixed-size
+    datatype's byte count against the shape, BOOL bytes 0 or 1 (BYTES
+    elements are checked as they are decoded).
+
+    Raises:
+        InvalidInput: unknown datatype, or bytes that do not fit the shape.
+    """
+    dtype = datatype_dtype(datatype, name)
+    if dtype.kind == "O":
+        return dtype
+    count = math.prod(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise InvalidInput(
+            f"tensor {name!r}: shape {list(shape)} of {datatype} needs {expected} "
+            f"bytes, got {len(raw)}"
+        )
+    if dtype.kind == "b" and expected and int(np.frombuffer(raw, np.uint8).max()) > 1:
+        raise InvalidInput(f"tensor {name!r}: BOOL bytes must be 0 or 1")
+    return dtype
+
+
 def from_raw(
     raw: bytes, datatype: str, shape: tuple[int, ...], name: str
 ) -> np.ndarray[Any, Any]:
@@ -101,20 +126,10 @@ def from_raw(
     Raises:
         InvalidInput: unknown datatype, or a byte count that does not fit the shape.
     """
-    dtype = datatype_dtype(datatype, name)
-    count = math.prod(shape)
+    dtype = check_raw(raw, datatype, shape, name)
     if dtype.kind == "O":
-        return decode_bytes_elements(raw, count, name).reshape(shape)
-    wire = dtype.newbyteorder("<")
-    expected = count * wire.itemsize
-    if len(raw) != expected:
-        raise InvalidInput(
-            f"tensor {name!r}: shape {list(shape)} of {datatype} needs {expected} "
-            f"bytes, got {len(raw)}"
-        )
-    array = np.frombuffer(raw, dtype=wire)
-    if dtype.kind == "b" and array.size and int(array.view(np.uint8).max()) > 1:
-        raise InvalidInput(f"tensor {name!r}: BOOL bytes must be 0 or 1")
+        return decode_bytes_elements(raw, math.prod(shape), name).reshape(shape)
+    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
     # frombuffer views the (immutable) request bytes; callers may write.
     return array.astype(dtype).reshape(shape)
 
@@ -133,6 +148,7 @@ def to_raw(array: np.ndarray[Any, Any]) -> tuple[str, bytes]:
 
 
 __all__ = [
+    "check_raw",
     "datatype_dtype",
     "decode_bytes_elements",
     "encode_bytes_elements",

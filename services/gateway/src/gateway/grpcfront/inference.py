@@ -4,17 +4,21 @@ Model methods go through `GrpcFront.serve` like TF Serving's services on this
 port: the same credentials, admission limit, deadline, request id, metrics and
 error table; the work is `gateway.oip`'s, shared with the HTTP routes. Server
 liveness, readiness and metadata need no credentials, as on HTTP. A ModelInfer
-message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is parsed in the JSON
-workers (`grpcfront.server`), never on the event loop.
+message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is never parsed whole on
+the event loop: its raw inputs are written into the backend's Predict as
+they came (`codecs.v2_spliced`), any other is parsed in the JSON workers
+(`grpcfront.server`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
 from servekit_protocol import oip_messages as oip
+from servekit_protocol.messages import Serialized
 from servekit_protocol.oip_services import GRPCInferenceServiceServicer
 from servekit_protocol.services import ServicerContext
 
@@ -28,6 +32,12 @@ from gateway.codecs.v2_grpc import (
     format_model_infer,
     parameters_dict,
     parse_model_infer,
+)
+from gateway.codecs.v2_grpc_answer import write_infer_answer
+from gateway.codecs.v2_spliced import (
+    RawInfer,
+    SplicedInfer,
+    encode_raw_infer,
 )
 from gateway.context import CallContext
 from gateway.grpcfront.servicer import GrpcFront
@@ -54,6 +64,10 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         self._front = front
         self._gateway = front.gateway
         self._readiness = readiness
+        threshold = front.gateway.settings.grpc_parse_offload_bytes
+        self._keep_answer_from = threshold if threshold > 0 else None
+        """Answers of large requests from this size come back as the
+        backend's bytes (`clients.answers`), written off the loop."""
 
     async def ServerLive(
         self, request: oip.ServerLiveRequest, context: ServicerContext
@@ -143,17 +157,34 @@ class InferenceProxy(GRPCInferenceServiceServicer):
 
     async def ModelInfer(
         self,
-        request: oip.ModelInferRequest | InferMessage,
+        request: oip.ModelInferRequest | InferMessage | RawInfer,
         context: ServicerContext,
-    ) -> oip.ModelInferResponse:
-        """A large message comes as an `InferMessage`: parsed, checked and
-        encoded for the backend in a worker process, it is routed and answered
-        the same way."""
+    ) -> oip.ModelInferResponse | Serialized:
+        """A large message comes as a `RawInfer` (its raw inputs checked and
+        written into the backend's Predict in a thread) or an `InferMessage`
+        (parsed, checked and encoded for the backend in a worker process); it
+        is routed and answered the same way, its large answer kept as the
+        backend's bytes and written in a thread (`codecs.v2_grpc_answer`)."""
+        large = isinstance(request, RawInfer | InferMessage)
         parse: Callable[
             [Wanted],
-            InferRequest | Awaitable[InferRequest] | Awaitable[EncodedInfer],
+            InferRequest
+            | Awaitable[InferRequest]
+            | Awaitable[EncodedInfer]
+            | Awaitable[SplicedInfer],
         ]
-        if isinstance(request, InferMessage):
+        if isinstance(request, RawInfer):
+            parameters = parameters_dict(request.head.parameters)
+            raw = True
+            spliced = request
+            limits = self._gateway.gatekeeper.tensor_limits
+
+            async def parse(wanted: Wanted) -> SplicedInfer:
+                return await asyncio.to_thread(
+                    encode_raw_infer, spliced, wanted, limits
+                )
+
+        elif isinstance(request, InferMessage):
             parameters = request.parameters
             raw = request.raw
             message = request.message
@@ -173,7 +204,9 @@ class InferenceProxy(GRPCInferenceServiceServicer):
             def parse(wanted: Wanted) -> InferRequest:
                 return parse_model_infer(parsed, wanted)
 
-        async def handle(ctx: CallContext) -> oip.ModelInferResponse:
+        async def handle(ctx: CallContext) -> oip.ModelInferResponse | Serialized:
+            if large:
+                ctx.keep_answer_from = self._keep_answer_from
             answer = await plane.infer(
                 self._gateway,
                 ctx,
@@ -183,6 +216,17 @@ class InferenceProxy(GRPCInferenceServiceServicer):
                 parse,
             )
             # Answer in the form the client used: raw bytes for raw inputs.
+            if answer.received is not None:
+                return Serialized(
+                    await asyncio.to_thread(
+                        write_infer_answer,
+                        request.model_name,
+                        answer.model_version,
+                        answer.received,
+                        answer.request,
+                        raw,
+                    )
+                )
             return format_model_infer(
                 request.model_name,
                 answer.model_version,

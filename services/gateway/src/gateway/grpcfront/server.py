@@ -9,8 +9,9 @@ Classify, Regress or MultiInference message from
 ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is not parsed whole: only its model
 specs (and a Predict's tensor shapes) are read, and its bytes are forwarded
 (:mod:`gateway.clients.forwarded`, :mod:`gateway.clients.forwarded_examples`);
-a ModelInfer message from that size up is parsed, and its arrays made, in the
-JSON workers.
+a ModelInfer message from that size up is read by walking its fields, its raw
+inputs kept as views (:mod:`gateway.codecs.v2_spliced`), or else (typed
+contents, BYTES) parsed, and its arrays made, in the JSON workers.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from servekit_protocol.services import (
 
 from gateway.clients.forwarded import forwarding_decoders
 from gateway.codecs.v2_grpc import InferMessage, read_infer_message
+from gateway.codecs.v2_spliced import RawInfer, read_raw_infer
 from gateway.dataplane import Gateway
 from gateway.grpcfront.inference import InferenceProxy
 from gateway.grpcfront.servicer import (
@@ -88,17 +90,21 @@ def create_grpc_server(
 
 def infer_reader(
     parsers: BodyParsers,
-) -> Callable[[memoryview], Awaitable[InferMessage]]:
+) -> Callable[[memoryview], Awaitable[InferMessage | RawInfer]]:
     """The gRPC server's decoder of large ModelInfer messages."""
 
-    async def read(message: memoryview) -> InferMessage:
-        """A large ModelInfer parsed in a worker for its head; its arrays are
-        made there too once the target's dtypes are known.
+    async def read(message: memoryview) -> InferMessage | RawInfer:
+        """A large ModelInfer with raw inputs read for its head on the loop,
+        its inputs kept as views; any other parsed in a worker for its head,
+        its arrays made there too once the target's dtypes are known.
 
         Raises:
             DecodeError: the message does not parse (answered as in place).
             Aborted: UNAVAILABLE when the worker died.
         """
+        spliced = read_raw_infer(message)
+        if spliced is not None:
+            return spliced
         data = bytes(message)
         try:
             head = await parsers.in_worker(read_infer_message, data)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from servekit_protocol.loop_heartbeat import STALL_BUCKETS
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -115,6 +116,19 @@ class GatewayMetrics:
             ["source", "result"],
             registry=self.registry,
         )
+        self.loop_busy = Histogram(
+            "gateway_event_loop_busy_seconds",
+            "CPU time the event loop's thread spent between two heartbeats: "
+            "a callback that holds the loop shows as a stretch at least as long.",
+            buckets=STALL_BUCKETS,
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How much later than due each event loop heartbeat ran (wall clock).",
+            buckets=STALL_BUCKETS,
+            registry=self.registry,
+        )
 
         # Labelled children, looked up once: `labels()` costs more than the
         # observation itself on the hot path.
@@ -158,6 +172,11 @@ class GatewayMetrics:
         self._child(
             self.request_duration, model, version, route, protocol, code
         ).observe(seconds)
+
+    def observe_loop(self, busy: float, lag: float) -> None:
+        """Record one heartbeat's stretch (see `servekit_protocol.loop_heartbeat`)."""
+        self.loop_busy.observe(busy)
+        self.loop_lag.observe(lag)
 
     def observe_backend(self, backend: str, method: str, seconds: float) -> None:
         self._child(self.backend_duration, backend, method).observe(seconds)

@@ -82,9 +82,10 @@ class GrpcWebEndpoint:
                 )
         headers = answer.headers
         # Without a length uvicorn would chunk the answer.
-        headers.append((b"content-length", b"%d" % len(answer.body)))
+        headers.append((b"content-length", b"%d" % answer.length))
         headers.append((_REQUEST_ID_HEADER, request_id.encode("latin-1")))
         await send(
             {"type": "http.response.start", "status": answer.status, "headers": headers}
         )
-        await send({"type": "http.response.body", "body": answer.body})
+        for event in answer.body_events():
+            await send(event)

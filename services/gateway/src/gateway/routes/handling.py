@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate
+from servekit_protocol.buffers import join_chunks
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.logs import (
     REQUEST_ID_HEADER,
@@ -159,7 +160,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         # The client left (or its body timed out and the listener closed the
         # connection): nobody reads the answer, and it is no server error.
         raise InvalidInput("request body incomplete: the connection closed") from exc
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    body = await join_chunks(chunks, size) if chunks else b""
     coding = coding_of(encoding) if encoding else None
     if coding is not None:
         # TF Serving inflates gzip bodies; the backends then get plain JSON.

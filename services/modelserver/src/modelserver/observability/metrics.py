@@ -14,6 +14,9 @@ are not legal in the Prometheus text format's recommended style, so servekit use
 ``modelserver_model_load_latency_seconds``              time to load + warm up a version
 ``modelserver_model_version_state``                     1 for a version's current state
                                                         (START, LOADING, AVAILABLE, UNLOADING, END)
+``modelserver_event_loop_busy_seconds``                 CPU the event loop's thread spent between
+                                                        two heartbeats (``--event_loop_heartbeat_ms``)
+``modelserver_event_loop_lag_seconds``                  how late each heartbeat ran (wall clock)
 =====================================================  ==========================================
 
 ``version`` is ``""`` when a request failed before a version was resolved.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from servekit_protocol.loop_heartbeat import STALL_BUCKETS
 
 from modelserver.types import VersionState
 
@@ -92,6 +96,19 @@ class Metrics:
             ("model", "version", "state"),
             registry=self.registry,
         )
+        self.loop_busy = Histogram(
+            "modelserver_event_loop_busy_seconds",
+            "CPU time the event loop's thread spent between two heartbeats: "
+            "a callback that holds the loop shows as a stretch at least as long.",
+            buckets=STALL_BUCKETS,
+            registry=self.registry,
+        )
+        self.loop_lag = Histogram(
+            "modelserver_event_loop_lag_seconds",
+            "How much later than due each event loop heartbeat ran (wall clock).",
+            buckets=STALL_BUCKETS,
+            registry=self.registry,
+        )
         # labels() locks and validates on every call; requests reuse few label
         # sets, so their children are kept here.
         self._request_children: dict[
@@ -119,6 +136,11 @@ class Metrics:
             self._request_children[labels] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_loop(self, busy: float, lag: float) -> None:
+        """Record one heartbeat's stretch (see ``servekit_protocol.loop_heartbeat``)."""
+        self.loop_busy.observe(busy)
+        self.loop_lag.observe(lag)
 
     def set_version_state(self, model: str, version: int, state: VersionState) -> None:
         """Mark ``state`` as the current one of a version."""

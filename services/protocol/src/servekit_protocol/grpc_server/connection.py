@@ -26,14 +26,15 @@ import h2.exceptions
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.settings import SettingCodes, Settings
 
 from servekit_protocol.buffers import release_later
-from servekit_protocol.grpc_server import frame_repr
+from servekit_protocol.byte_parts import byte_views, take
+from servekit_protocol.grpc_server import frame_repr, header_checks
 from servekit_protocol.grpc_server.backpressure import CLOSING_SECONDS, BackPressure
 from servekit_protocol.grpc_server.calls import (
     Call,
     CallGone,
+    Framed,
     check_size,
     find_handler,
     read_headers,
@@ -45,17 +46,19 @@ from servekit_protocol.grpc_server.hpack_cache import (
     ConstantEncoder,
     RepeatDecoder,
 )
+from servekit_protocol.grpc_server.limits import local_settings
 from servekit_protocol.grpc_server.meter import FrameMeter, PeerError, TokenBucket
 from servekit_protocol.grpcweb_server import Aborted
 
 if TYPE_CHECKING:
-    from servekit_protocol.grpc_server.limits import Http2Limits
     from servekit_protocol.grpc_server.server import GrpcServer
 
 logger = logging.getLogger(__name__)
 
 # h2 builds repr(frame) of every frame it receives; made cheap once, here.
 frame_repr.install()
+# h2 checks a repeated request header block again; answered from memory.
+header_checks.install()
 
 _CONFIG = H2Configuration(
     client_side=False,
@@ -67,16 +70,8 @@ _CONFIG = H2Configuration(
     normalize_outbound_headers=False,
 )
 _DEFAULT_WINDOW = 65_535
-
-
-def _local_settings(limits: Http2Limits, *, advertised: bool) -> Settings:
-    values = {
-        SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-        SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window_bytes,
-    }
-    if advertised:
-        values[SettingCodes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
-    return Settings(client=False, initial_values=values)
+_FLUSH_BYTES = 256 * 1024
+"""DATA frames of a large answer written to the socket at once."""
 
 
 class Http2Connection(BackPressure):
@@ -86,7 +81,7 @@ class Http2Connection(BackPressure):
         self._server = server
         limits = server.limits
         self._h2 = H2Connection(_CONFIG)
-        self._h2.local_settings = _local_settings(limits, advertised=True)
+        self._h2.local_settings = local_settings(limits, advertised=True)
         self._h2.encoder = ConstantEncoder()
         self._h2.decoder = RepeatDecoder(limits.max_header_list_size)
         self._meter = FrameMeter(
@@ -125,7 +120,7 @@ class Http2Connection(BackPressure):
         # The SETTINGS sent advertise the stream limit. h2 would answer the
         # stream over it by ending the whole connection; it gets no limit of
         # its own, and _on_request refuses that one stream instead.
-        self._h2.local_settings = _local_settings(self._limits, advertised=False)
+        self._h2.local_settings = local_settings(self._limits, advertised=False)
         if not self._server.admit(self):
             self._h2.close_connection(
                 ErrorCodes.NO_ERROR, additional_data=b"too many connections"
@@ -338,38 +333,48 @@ class Http2Connection(BackPressure):
             return
         self._cancel_stream(call.stream_id)
 
-    async def send_message(self, call: Call, framed: bytes) -> None:
-        """One framed message of an answer, after the headers if not sent yet.
+    async def send_message(self, call: Call, framed: Framed) -> None:
+        """One framed message of an answer, after the headers if not sent yet;
+        its DATA frames are views of it (``byte_parts``), as ``h2`` copies them.
 
         Raises:
             CallGone: The stream or the connection closed meanwhile.
         """
         await self._wait_writable()
         number = call.stream_id
-        view = memoryview(framed)
+        pending = byte_views(framed)
+        unflushed = 0
         try:
             if not call.headers_sent:
                 call.headers_sent = True
                 self._h2.send_headers(number, RESPONSE_HEADERS)
-            while view:
+            while pending:
                 window = min(
                     self._h2.local_flow_control_window(number),
                     self._h2.max_outbound_frame_size,
+                    self._limits.max_data_frame_bytes,
                 )
                 if window <= 0:
                     self._flush()
                     self._window_opened.clear()
                     await self._stall(self._window_opened)
                     continue
-                self._h2.send_data(number, bytes(view[:window]))
-                view = view[window:]
-                self._flush()
-                await self._wait_writable()
+                piece = take(pending, window)
+                self._h2.send_data(number, piece)
+                unflushed += len(piece)
+                if unflushed >= _FLUSH_BYTES or not pending:
+                    # A write per frame would be a system call per 16 KiB.
+                    self._flush()
+                    unflushed = 0
+                    await self._wait_writable()
+                    # While the client reads as fast as it is sent to, nothing
+                    # above waits: the other calls get the loop between writes.
+                    await asyncio.sleep(0)
         except h2.exceptions.ProtocolError as exc:
             raise CallGone from exc
 
     async def answer(
-        self, call: Call, framed: bytes, trailing: Iterable[tuple[str, str | bytes]]
+        self, call: Call, framed: Framed, trailing: Iterable[tuple[str, str | bytes]]
     ) -> None:
         """A unary call's message and status.
 
@@ -378,16 +383,18 @@ class Http2Connection(BackPressure):
         """
         await self._wait_writable()
         number = call.stream_id
+        prefix, message = framed
         try:
             window = min(
                 self._h2.local_flow_control_window(number),
                 self._h2.max_outbound_frame_size,
+                self._limits.max_data_frame_bytes,
             )
-            if len(framed) <= window:
+            if len(prefix) + len(message) <= window:
                 # The usual case: headers, message and trailers in one write.
                 call.headers_sent = True
                 self._h2.send_headers(number, RESPONSE_HEADERS)
-                self._h2.send_data(number, framed)
+                self._h2.send_data(number, prefix + message)
                 self._h2.send_headers(
                     number,
                     status_headers(grpc.StatusCode.OK, "", trailing, False),

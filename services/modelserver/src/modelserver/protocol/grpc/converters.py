@@ -20,7 +20,7 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.status import code_name
-from servekit_protocol.tensor_limits import TensorLimits, check_tensor_protos
+from servekit_protocol.tensor_limits import TensorLimits, decode_tensor_protos
 
 from modelserver import examplesize
 from modelserver.errors import InvalidInput
@@ -86,11 +86,7 @@ def to_predict_request(
             than ``limits``.
     """
     try:
-        if limits is not None:
-            check_tensor_protos(proto.inputs.values(), limits)
-        inputs = {
-            name: tensors.to_ndarray(tensor) for name, tensor in proto.inputs.items()
-        }
+        inputs = decode_tensor_protos(proto.inputs.items(), limits)
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
     return PredictRequest(

@@ -40,7 +40,7 @@ from typing import Any
 
 from servekit_protocol import grpcweb_server, json_codec
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate, too_large_message
-from servekit_protocol.buffers import release_later
+from servekit_protocol.buffers import join_chunks, release_later
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_codes import to_grpc
 from servekit_protocol.grpc_server import OffloadedDecoder
@@ -305,13 +305,14 @@ class RestApp:
                 # Freed in a thread when large (see servekit_protocol.buffers).
                 release_later(holder)
         headers = answer.headers
-        headers.append((b"content-length", b"%d" % len(answer.body)))
+        headers.append((b"content-length", b"%d" % answer.length))
         headers.append((_REQUEST_ID_HEADER, request_id.encode()))
         headers.extend(self._extra_headers)
         await send(
             {"type": "http.response.start", "status": answer.status, "headers": headers}
         )
-        await send({"type": "http.response.body", "body": answer.body})
+        for event in answer.body_events():
+            await send(event)
 
     async def _read_body(self, receive: Receive, content_encoding: bytes) -> bytes:
         limit = self._max_body_bytes
@@ -327,7 +328,7 @@ class RestApp:
                 if size > limit:
                     raise PayloadTooLarge(too_large_message(limit))
                 chunks.append(chunk)
-            body = b"".join(chunks)
+            body = await join_chunks(chunks, size)
         if len(body) > limit:
             raise PayloadTooLarge(too_large_message(limit))
         coding = coding_of(content_encoding)
