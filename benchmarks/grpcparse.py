@@ -336,12 +336,14 @@ def main() -> None:
             measure_answers,
             measure_gateway,
             measure_infer,
+            measure_infer_answers,
         )
 
         measure_gateway(sizes, options.rounds, options.method)
         if options.method == "predict":
             measure_answers(sizes, options.rounds)
             uvloop.run(measure_infer(sizes, options.rounds))
+            uvloop.run(measure_infer_answers(sizes, options.rounds))
     elif options.method == "regress":
         parser.error("--method regress is measured with --target gateway")
     elif options.method == "receive":

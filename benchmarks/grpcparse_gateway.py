@@ -6,9 +6,11 @@ backend (the target's model spec set, serialized and framed for gRPC-Web);
 with ``--method classify`` or ``regress``, the same two steps of a
 ClassificationRequest or RegressionRequest of tf.Examples (read for
 forwarding by :func:`gateway.clients.forwarded_examples.read_examples`);
-and a large OIP ``ModelInfer``, parsed, turned into arrays and encoded as the
-backend's Predict on the loop, against the same in the JSON workers with the
-ticker running; and a large ``Predict`` answer of floats or strings, parsed and
+and a large OIP ``ModelInfer`` (typed or raw), parsed, turned into arrays and
+encoded as the backend's Predict on the loop, against the same in the JSON
+workers and (raw) spliced in a thread, with the ticker running, and its answer
+built on the loop against written in a thread; and a large ``Predict`` answer
+of floats or strings, parsed and
 serialized again for the client, against kept as the backend sent it
 (:mod:`gateway.clients.answers`).
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -161,6 +164,61 @@ async def measure_infer(sizes: list[int], rounds: int) -> None:
                 )
     finally:
         parsers.close()
+
+
+async def measure_infer_answers(sizes: list[int], rounds: int) -> None:
+    """A large ModelInfer's answer (raw outputs) from the backend's Predict
+    answer of float64 values: parsed, decoded and built on the loop, as
+    before, against written from the bytes in a thread
+    (:func:`gateway.codecs.v2_grpc_answer.write_infer_answer`), the loop's
+    longest stall meanwhile."""
+    import asyncio
+
+    from gateway.clients.answers import ReceivedAnswer, read_answer
+    from gateway.codecs.v2 import InferRequest
+    from gateway.codecs.v2_grpc import format_model_infer
+    from gateway.codecs.v2_grpc_answer import chosen_outputs, write_infer_answer
+
+    request = InferRequest({}, "id")
+
+    def on_the_loop(data: bytes) -> float:
+        started = time.perf_counter()
+        response = messages.PredictResponse.FromString(data)
+        outputs = chosen_outputs("wide", request, response)
+        format_model_infer("wide", "1", outputs, request, raw=True).SerializeToString()
+        return time.perf_counter() - started
+
+    def written(kept: ReceivedAnswer) -> Callable[[memoryview], Awaitable[None]]:
+        async def write(_message: memoryview) -> None:
+            await asyncio.to_thread(
+                write_infer_answer, "wide", "1", kept, request, True
+            )
+
+        return write
+
+    print(
+        "| ModelInfer answer | built on the loop: loop held "
+        "| written in a thread: longest stall | idle loop, as long |"
+    )
+    print("| ---: | ---: | ---: | ---: |")
+    for mib in sizes:
+        data = answer_of(mib, strings=False)
+        # As the backend client keeps it (a walk of its two fields).
+        kept = read_answer(data, 2)
+        assert kept is not None
+        held, stalls, idle = [], [], []
+        for _ in range(rounds):
+            held.append(on_the_loop(data))
+            stall, seconds = await offloaded(written(kept), data)
+            stalls.append(stall)
+            idle.append((await offloaded(None, b"", seconds))[0])
+        print(
+            f"| {len(data) / 2**20:.0f} MiB float64 "
+            f"| {statistics.median(held) * 1e3:.0f} ms "
+            f"| {statistics.median(stalls) * 1e3:.1f} ms "
+            f"| {statistics.median(idle) * 1e3:.1f} ms |",
+            flush=True,
+        )
 
 
 def answer_of(mib: int, strings: bool) -> bytes:

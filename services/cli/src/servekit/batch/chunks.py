@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 from servekit_protocol import json_codec
 
 from servekit.batch.columns import TableColumns
@@ -79,6 +80,13 @@ class Chunk:
         if self.table is not None:
             return self.table.instance_texts(np.asarray(offsets, dtype=np.intp))
         return [orjson.dumps(self.instances[offset]) for offset in offsets]
+
+    def read_rows(self) -> NDArray[np.intp]:
+        """The offsets of the rows that were read, in order, as an array (made
+        without a Python int a row when every row was read)."""
+        if not self.read_errors:
+            return np.arange(len(self), dtype=np.intp)
+        return np.asarray(self.read_offsets(), dtype=np.intp)
 
     def read_offsets(self) -> list[int]:
         """The offsets of the rows that were read, in order."""

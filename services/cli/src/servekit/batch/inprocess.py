@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from servekit_protocol import json_codec
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensors import numpy_dtype
@@ -97,17 +98,16 @@ class InProcessPredictor:
         """Build the model's arrays from a table chunk's columns (the matrix of a
         single matrix input, text as the runtime takes it) ahead of its call."""
         if chunk.table is not None:
-            rows = np.asarray(chunk.read_offsets(), dtype=np.intp)
+            rows = chunk.read_rows()
             if len(rows):
                 chunk.inputs = chunk.table.model_inputs(
                     self._dtypes, rows, text_as_str=self._text_as_str
                 )
 
     def predict_chunk(self, chunk: Chunk) -> Predictions:
-        offsets = chunk.read_offsets()
-        if not offsets:
+        rows = chunk.read_rows()
+        if not len(rows):
             return Predictions()
-        rows = np.asarray(offsets, dtype=np.intp)
         if chunk.inputs is None:
             self.prepare_chunk(chunk)
         arrays = chunk.inputs
@@ -115,6 +115,7 @@ class InProcessPredictor:
         # it, does not keep them.
         chunk.inputs = None
         if arrays is None:
+            offsets = rows.tolist()
             instances = [chunk.request(offset) for offset in offsets]
             try:
                 arrays = self._parse(instances)
@@ -131,7 +132,7 @@ class InProcessPredictor:
                 )
         answered: list[tuple[Any, dict[str, Any]]] = []
         refused: dict[int, Outcome] = {}
-        self._run_splitting(arrays, np.arange(len(offsets)), offsets, answered, refused)
+        self._run_splitting(arrays, np.arange(len(rows)), rows, answered, refused)
         return _gathered(rows, answered, refused)
 
     def _parse(self, instances: Sequence[Any]) -> dict[str, Any]:
@@ -147,7 +148,7 @@ class InProcessPredictor:
         self,
         arrays: dict[str, Any],
         positions: Any,
-        offsets: list[int],
+        offsets: NDArray[np.intp],
         answered: list[tuple[Any, dict[str, Any]]],
         refused: dict[int, Outcome],
     ) -> None:
@@ -163,7 +164,9 @@ class InProcessPredictor:
             )
         except BatchRejected as exc:
             if len(positions) == 1:
-                refused[offsets[int(positions[0])]] = RowError(exc.status, exc.message)
+                refused[int(offsets[int(positions[0])])] = RowError(
+                    exc.status, exc.message
+                )
                 return
             middle = len(positions) // 2
             for half in (positions[:middle], positions[middle:]):

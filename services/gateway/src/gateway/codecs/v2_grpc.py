@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,38 @@ def parameter_value(parameter: oip.InferParameter) -> Any:
 def parameters_dict(parameters: Mapping[str, oip.InferParameter]) -> dict[str, Any]:
     """A parameters map as plain values."""
     return {key: parameter_value(value) for key, value in parameters.items()}
+
+
+def check_input_count(inputs: int, raw: int) -> None:
+    """The request's inputs against its ``raw_input_contents`` entries, as every
+    ModelInfer path checks them.
+
+    Raises:
+        InvalidInput: no input, or raw entries for some inputs only.
+    """
+    if not inputs:
+        raise InvalidInput("a ModelInferRequest needs at least one input")
+    if raw and raw != inputs:
+        raise InvalidInput(
+            f"raw_input_contents has {raw} entries for {inputs} "
+            f"inputs; give every input's data there, or none"
+        )
+
+
+def named_input(
+    tensor: oip.ModelInferRequest.InferInputTensor, seen: Container[str]
+) -> tuple[str, tuple[int, ...]]:
+    """An input's name and shape, as every ModelInfer path checks them.
+
+    Raises:
+        InvalidInput: no name, a name in ``seen`` already, or a bad shape.
+    """
+    name = tensor.name
+    if not name:
+        raise InvalidInput("every input needs a name")
+    if name in seen:
+        raise InvalidInput(f"input {name!r} given twice")
+    return name, input_shape(tensor.shape, name)
 
 
 def input_shape(raw: Any, name: str) -> tuple[int, ...]:
@@ -127,22 +159,11 @@ def parse_model_infer(
     Raises:
         InvalidInput: anything that does not fit the protocol.
     """
-    if not request.inputs:
-        raise InvalidInput("a ModelInferRequest needs at least one input")
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} "
-            f"inputs; give every input's data there, or none"
-        )
+    check_input_count(len(request.inputs), len(raw))
     inputs: dict[str, np.ndarray[Any, Any]] = {}
     for position, tensor in enumerate(request.inputs):
-        name = tensor.name
-        if not name:
-            raise InvalidInput("every input needs a name")
-        if name in inputs:
-            raise InvalidInput(f"input {name!r} given twice")
-        shape = input_shape(tensor.shape, name)
+        name, shape = named_input(tensor, inputs)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(

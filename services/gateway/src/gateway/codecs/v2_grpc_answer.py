@@ -47,6 +47,8 @@ _DTYPE, _SHAPE, _CONTENT, _FLOAT_VAL, _DOUBLE_VAL = 1, 2, 4, 5, 6
 """TensorProto's fields the walk reads."""
 _PACKED_FIELDS = {_FLOAT_VAL: messages.DT_FLOAT, _DOUBLE_VAL: messages.DT_DOUBLE}
 """The typed fields whose packed bytes are the raw values, and their dtype."""
+_CHUNK_BYTES = 1024 * 1024
+"""The most of an output's values copied with the GIL held at once."""
 _RAW_OUTPUT_TAG = b"\x32"
 """ModelInferResponse.raw_output_contents (field 6)."""
 
@@ -136,10 +138,17 @@ def written_answer(
         datatype, shape, content = tensor
         response.outputs.add(name=name, datatype=datatype, shape=shape)
         values.append(content)
-    parts: list[bytes | memoryview] = [response.SerializeToString()]
+    pieces = [response.SerializeToString()]
     for content in values:
-        parts += (_RAW_OUTPUT_TAG + varint(len(content)), content)
-    return b"".join(parts)
+        pieces.append(_RAW_OUTPUT_TAG + varint(len(content)))
+        # Copied a chunk at a time, then joined: bytes.join holds the GIL
+        # while it copies a view (64 MiB: 110-200 ms on a loaded machine, the
+        # event loop waiting all along), but not while it copies bytes.
+        pieces += (
+            bytes(content[start : start + _CHUNK_BYTES])
+            for start in range(0, len(content), _CHUNK_BYTES)
+        )
+    return b"".join(pieces)
 
 
 def _decoded(view: memoryview, start: int, end: int) -> None:

@@ -41,7 +41,8 @@ from servekit_protocol.tensors import varint
 from gateway.clients import wire
 from gateway.codecs.v2 import InferRequest
 from gateway.codecs.v2_grpc import (
-    input_shape,
+    check_input_count,
+    named_input,
     parameters_dict,
     requested_output,
 )
@@ -165,22 +166,12 @@ def encode_raw_infer(
         InvalidArgument: above the tensor limits.
     """
     head = infer.head
-    if not head.inputs:
-        raise InvalidInput("a ModelInferRequest needs at least one input")
     raw = infer.raw
-    if len(raw) != len(head.inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(head.inputs)} "
-            f"inputs; give every input's data there, or none"
-        )
+    # A raw infer always has entries: none at all is not this path's.
+    check_input_count(len(head.inputs), len(raw))
     inputs: dict[str, _Input] = {}
     for position, tensor in enumerate(head.inputs):
-        name = tensor.name
-        if not name:
-            raise InvalidInput("every input needs a name")
-        if name in inputs:
-            raise InvalidInput(f"input {name!r} given twice")
-        shape = input_shape(tensor.shape, name)
+        name, shape = named_input(tensor, inputs)
         dtype = check_raw(raw[position], tensor.datatype, shape, name)
         target = wanted.get(name) if wanted is not None else None
         cast = (
