@@ -8,22 +8,39 @@ every example, ``InputToSerializedExampleTensor``, and has no limit on the
 result). The request's tensor limits (:class:`~servekit_protocol.tensor_limits.TensorLimits`)
 cap what the examples make, as they cap a ``Predict`` request's tensors:
 
-* every float or int64 value is one element of 8 bytes (what the columns of
-  :mod:`modelserver.examplecolumns` keep);
-* every bytes value is one element of its bytes plus a reference (8 bytes);
-* every feature of every example also costs 8 bytes (its value count), so
-  that a message of many empty features is not free.
+* every float or int64 value is one element of 8 bytes (a column of
+  :mod:`modelserver.examplecolumns` holds it in a typed array);
+* every bytes value is one element of its bytes plus 48 (the Python bytes
+  object's header, its slot in the column's lists and arrays);
+* every feature of every example costs 16 bytes (its value count and its
+  example's index in the column), so that a message of many empty features
+  is not free;
+* every example costs 48 bytes (the bytes object TensorFlow's runtime
+  serializes it into, and its slot), so that a message of many empty
+  examples is not free either.
 
-What is counted is what the model's inputs hold, not what building them costs
-in Python: a worker's columns take about 70 bytes a value while they are
-built, so a message at the default limit (256 MiB) of one-value features,
-about 241 MiB by this count, is accepted and costs its worker about 1.1 GB.
+These are what a JSON worker and the server really allocate, so the bytes
+limit bounds them. Measured as the peak resident growth of one process over
+1,000,000 examples of 8 one-value float features (240 MB counted): building
+the columns (:func:`modelserver.examplecolumns.from_examples`) 234 MB (0.97x
+the count), TensorFlow's runtime serializing them again 243 MB (1.01x); for
+4,000,000 examples of one feature (288 MB counted) 94 and 311 MB. Columns and
+serialized examples together stay under twice the count. The former costs
+(8 bytes a value and a feature, nothing an example) let the columns take
+611 MB for 128 MB counted (lists: about 76 bytes a value), so that a message
+at the default limit of one-value features cost its worker about 1.1 GB.
+TensorFlow's runtime rebuilds the examples a chunk at a time
+(:func:`~modelserver.examplecolumns.iter_examples`) and keeps them serialized.
+What the count cannot see is the parse of the message itself, which comes
+first: about three times the message in a worker, bounded by the message
+limit (``--grpc_max_message_bytes``), not by these.
 
 The parser counts an example's values (a view of it whose features merge into
 one, :func:`~modelserver.protocol.grpc.serializedinput.tally`), not Python;
 even so the count is skipped when the serialized examples (the context counted
 once an example) bound it under the limits: a value takes at least one byte of
-the message, a feature at least two, and none makes more than 8 bytes a byte.
+the message, a feature or an example at least two, and none makes more than
+24 bytes a byte (an empty bytes value or example: 48 bytes of 2).
 """
 
 from __future__ import annotations
@@ -37,10 +54,16 @@ from modelserver.errors import InvalidInput
 from modelserver.protocol.grpc import serializedinput
 
 _VALUE_BYTES = 8
-"""Bytes of a float or int64 value, and of a bytes value's reference."""
-_FEATURE_BYTES = 8
-"""Bytes a feature of an example costs besides its values (its count)."""
-_BYTES_PER_WIRE_BYTE = 8
+"""Bytes of a float or int64 value."""
+_TEXT_VALUE_BYTES = 48
+"""Bytes of a bytes value besides its bytes (the object's header, its slots)."""
+_FEATURE_BYTES = 16
+"""Bytes a feature of an example costs besides its values (its count, its
+example's index)."""
+_EXAMPLE_BYTES = 48
+"""Bytes an example costs besides its features (serialized again for
+TensorFlow: a bytes object's header and slot)."""
+_BYTES_PER_WIRE_BYTE = 24
 """The most bytes one byte of a serialized example makes (see above)."""
 
 
@@ -50,7 +73,7 @@ def feature_size(feature: messages.Feature) -> tuple[int, int]:
     if kind == "bytes_list":
         values = feature.bytes_list.value
         return len(values), _FEATURE_BYTES + sum(
-            _VALUE_BYTES + len(value) for value in values
+            _TEXT_VALUE_BYTES + len(value) for value in values
         )
     if kind == "float_list":
         count = len(feature.float_list.value)
@@ -102,11 +125,12 @@ def check_examples(
         else:
             counted = serializedinput.tally(data, names=bool(shared))
             previous = (data, counted)
-        values = counted.numbers + counted.texts
-        elements += shared_elements + values
+        elements += shared_elements + counted.numbers + counted.texts
         size += (
-            shared_bytes
-            + values * _VALUE_BYTES
+            _EXAMPLE_BYTES
+            + shared_bytes
+            + counted.numbers * _VALUE_BYTES
+            + counted.texts * _TEXT_VALUE_BYTES
             + counted.text_bytes
             + counted.features * _FEATURE_BYTES
         )

@@ -314,8 +314,9 @@ class Settings(BaseSettings):
     max_request_tensor_bytes: int = Field(default=tensor_limits.DEFAULT_MAX_BYTES, ge=1)
     """Bytes of all the input tensors of one request together once decoded,
     checked like ``max_request_tensor_elements``; for tf.Examples, 8 bytes a
-    float or int64 value, a bytes value's bytes plus 8, and 8 a feature of an
-    example."""
+    float or int64 value, a bytes value's bytes plus 48, 16 a feature of an
+    example and 48 an example (what they really take decoded,
+    :mod:`modelserver.examplesize`)."""
 
     json_native_logs: bool = True
     """Log what native libraries (TensorFlow, gRPC core) write to stderr as JSON

@@ -25,22 +25,23 @@ def _refused(request_input: Any, limits: TensorLimits) -> str:
     return refused.value.message
 
 
-def test_a_feature_counts_its_values_and_a_count() -> None:
+def test_a_feature_counts_its_values_a_count_and_an_index() -> None:
     example = example_codec.from_dict({"f": [1.0, 2.0], "i": [3], "s": [b"abc"]})
     sizes = {
         name: examplesize.feature_size(feature)
         for name, feature in example.features.feature.items()
     }
-    assert sizes == {"f": (2, 8 + 16), "i": (1, 8 + 8), "s": (1, 8 + 8 + 3)}
-    assert examplesize.feature_size(messages.Feature()) == (0, 8)
+    assert sizes == {"f": (2, 16 + 16), "i": (1, 16 + 8), "s": (1, 16 + 48 + 3)}
+    assert examplesize.feature_size(messages.Feature()) == (0, 16)
 
 
 def test_the_context_counts_once_an_example_unless_the_example_replaces_it() -> None:
     rows = [{"a": [1.0]}, {"a": [2.0], "big": [0]}, {}]
     context = {"big": [0.0] * 10}
-    # Merged: 1 + 10, 1 + 1, 10 values; 2 + 2 + 1 features of 8 bytes each.
+    # Merged: 1 + 10, 1 + 1, 10 values; 2 + 2 + 1 features of 16 bytes each;
+    # 3 examples of 48.
     values = 11 + 2 + 10
-    size = values * 8 + 5 * 8
+    size = values * 8 + 5 * 16 + 3 * 48
     serialized = [example_codec.from_dict(row).SerializeToString() for row in rows]
     examplesize.check_examples(
         serialized,
@@ -82,14 +83,14 @@ def test_a_large_context_over_many_empty_examples_is_refused() -> None:
 
 
 def test_the_serialized_size_bounds_the_count_and_past_it_the_count_is_exact() -> None:
-    # 1,000 examples of one feature of one value: 16 bytes each.
+    # 1,000 examples of one feature of one value: 48 + 16 + 8 bytes each.
     request_input = _input([{"a": [1.0]}] * 1000)
     wire = request_input.example_list.ByteSize()
-    assert examplesize.within_bound(wire, TensorLimits(max_bytes=8 * wire))
-    assert not examplesize.within_bound(wire, TensorLimits(max_bytes=8 * wire - 1))
+    assert examplesize.within_bound(wire, TensorLimits(max_bytes=24 * wire))
+    assert not examplesize.within_bound(wire, TensorLimits(max_bytes=24 * wire - 1))
     assert not examplesize.within_bound(wire, TensorLimits(max_elements=wire - 1))
-    examplesize.check_input(request_input, TensorLimits(max_bytes=16 * 1000))
-    _refused(request_input, TensorLimits(max_bytes=16 * 1000 - 1))
+    examplesize.check_input(request_input, TensorLimits(max_bytes=72 * 1000))
+    _refused(request_input, TensorLimits(max_bytes=72 * 1000 - 1))
     _refused(request_input, TensorLimits(max_elements=999))
 
 

@@ -14,7 +14,7 @@ including their error messages.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -416,8 +416,12 @@ def regression_results(values: Tensor, num_examples: int) -> list[float]:
     return result
 
 
-def merge_examples(examples: Examples, context: Example | None) -> list[Example]:
-    """Each example with the context's features added (the example's win).
+def merged_examples(
+    examples: Examples, context: Example | None
+) -> tuple[int, Iterable[Example]]:
+    """How many examples there are, and each with the context's features added
+    (the example's win), built as they are read: a runtime that keeps each in
+    another form (TensorFlow serializes them) never holds all the dicts.
 
     Raises:
         InvalidInput: There are no examples.
@@ -425,9 +429,19 @@ def merge_examples(examples: Examples, context: Example | None) -> list[Example]
     if isinstance(examples, ExampleColumns):
         if not examples.rows:
             raise InvalidInput("Input is empty.")
-        return examplecolumns.to_examples(examples)
+        return examples.rows, examplecolumns.iter_examples(examples)
     if not examples:
         raise InvalidInput("Input is empty.")
     if not context:
-        return examples
-    return [{**context, **example} for example in examples]
+        return len(examples), examples
+    return len(examples), ({**context, **example} for example in examples)
+
+
+def merge_examples(examples: Examples, context: Example | None) -> list[Example]:
+    """Each example with the context's features added (the example's win).
+
+    Raises:
+        InvalidInput: There are no examples.
+    """
+    _, merged = merged_examples(examples, context)
+    return merged if isinstance(merged, list) else list(merged)

@@ -18,7 +18,7 @@ only when it loads a SavedModel.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from modelserver.runtimes.base import (
     check_regress_signature,
     common_batch_size,
     complete_inputs,
-    merge_examples,
+    merged_examples,
     select_outputs,
 )
 from modelserver.types import (
@@ -211,7 +211,7 @@ class TensorFlowRuntime(Runtime):
         check_classify_signature(
             key, signature, method_name_check=self.method_name_check
         )
-        serialized = _serialize(merge_examples(examples, context))
+        serialized = _serialize(*merged_examples(examples, context))
         outputs = tuple(
             alias
             for alias in (CLASSIFY_CLASSES, CLASSIFY_SCORES)
@@ -228,7 +228,7 @@ class TensorFlowRuntime(Runtime):
         check_regress_signature(
             key, signature, method_name_check=self.method_name_check
         )
-        serialized = _serialize(merge_examples(examples, context))
+        serialized = _serialize(*merged_examples(examples, context))
         return PreparedCall(
             key,
             {REGRESS_INPUTS: serialized},
@@ -364,12 +364,14 @@ def _check_dtype(index: int, feed: _Feed, value: Tensor) -> Tensor:
     )
 
 
-def _serialize(examples: list[Example]) -> Tensor:
-    serialized = np.empty(len(examples), dtype=object)
+def _serialize(count: int, examples: Iterable[Example]) -> Tensor:
+    # One example at a time: only its serialized form is kept (about the size
+    # of its part of the message, and 48 bytes for the bytes object and its
+    # slot; see modelserver.examplesize).
+    serialized = np.empty(count, dtype=object)
     try:
-        serialized[:] = [
-            example_codec.from_dict(example).SerializeToString() for example in examples
-        ]
+        for index, example in enumerate(examples):
+            serialized[index] = example_codec.from_dict(example).SerializeToString()
     except ServingError:
         raise
     except (TypeError, ValueError) as exc:
