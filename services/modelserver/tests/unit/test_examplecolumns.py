@@ -98,3 +98,27 @@ def test_a_feature_every_example_holds_once_is_one_array() -> None:
     assert b.values.dtype == np.int64
     assert a.present is None
     assert a.lengths.tolist() == [1] * 5
+
+
+def test_examples_rebuilt_a_chunk_at_a_time_are_the_merged_examples() -> None:
+    rows = 2 * examplecolumns.ROWS_A_CHUNK + 5
+    # Sparse features across chunk boundaries, empty lists, several values,
+    # and a feature whose kind changes after the first chunk.
+    examples: list[Example] = [
+        {
+            **({"sparse": [float(i), 0.5]} if i % 997 == 0 else {}),
+            **({"empty": []} if i % 3 == 0 else {}),
+            "mixed": [i] if i < examplecolumns.ROWS_A_CHUNK else [float(i)],
+            "text": [b"t%d" % i],
+        }
+        for i in range(rows)
+    ]
+    context: Example = {"shared": [1, 2], "sparse": [-1.0]}
+    columns = examplecolumns.from_examples(examples, context)
+    assert columns.features["mixed"].values.dtype == object
+    merged = merge_examples(examples, context)
+    rebuilt = list(examplecolumns.iter_examples(columns))
+    assert rebuilt == merged
+    assert [type(e["mixed"][0]) for e in rebuilt] == [
+        type(e["mixed"][0]) for e in merged
+    ]
