@@ -31,7 +31,8 @@ import uvloop
 from servekit_protocol import messages
 from servekit_protocol.grpc_server import GrpcServer, Http2Limits
 
-_TICK_SECONDS = 0.001
+from benchmarks.ticker import loop_intervals
+
 _CLIENT = """
 import sys, grpc
 channel = grpc.insecure_channel(
@@ -87,27 +88,13 @@ async def _start(frame_bytes: int, message: bytes) -> _Setup:
 async def _round(setup: _Setup, size: int) -> None:
     client = setup.client
     assert client.stdin is not None and client.stdout is not None
-    stop = asyncio.Event()
-    worst = 0.0
-
-    async def tick() -> None:
-        nonlocal worst
-        last = time.perf_counter()
-        while not stop.is_set():
-            await asyncio.sleep(_TICK_SECONDS)
-            now = time.perf_counter()
-            worst = max(worst, now - last)
-            last = now
-
-    ticker = asyncio.create_task(tick())
-    started = time.thread_time()
-    client.stdin.write("go\n")
-    client.stdin.flush()
-    line = await asyncio.to_thread(client.stdout.readline)
-    setup.cpu.append(time.thread_time() - started)
-    stop.set()
-    await ticker
-    setup.gaps.append(worst)
+    async with loop_intervals() as intervals:
+        started = time.thread_time()
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        line = await asyncio.to_thread(client.stdout.readline)
+        setup.cpu.append(time.thread_time() - started)
+    setup.gaps.append(max([0.0, *intervals]))
     assert int(line) == size, line
 
 

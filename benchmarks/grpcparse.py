@@ -63,7 +63,8 @@ from servekit_protocol.grpc_server import frame_repr
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.tensor_limits import TensorLimits
 
-_TICK_SECONDS = 0.001
+from benchmarks.ticker import TICK_SECONDS, loop_intervals
+
 LIMITS = TensorLimits(max_elements=1 << 26, max_bytes=1 << 30)
 """Room for the 256 MiB message's 32 Mi values."""
 
@@ -116,32 +117,24 @@ async def offloaded(
     """(longest gap between the ticker's ticks, seconds the decode took); with
     no decoder, the ticker alone for ``seconds`` (what the machine's load alone
     costs it)."""
-    gaps = [0.0]
-    done = asyncio.Event()
+    async with loop_intervals() as intervals:
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        if decoder is None:
+            await asyncio.sleep(seconds)
+        else:
+            decoded = await decoder(memoryview(data))
+            # A parse in place (no room in shared memory) would measure nothing.
+            assert not isinstance(decoded, messages.PredictRequest), "parsed in place"
+            if isinstance(decoded, Decoded):
+                assert decoded.request is not None, decoded.error
+        seconds = time.perf_counter() - started
+    return _longest_gap(intervals), seconds
 
-    async def tick() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(_TICK_SECONDS)
-            now = time.perf_counter()
-            gaps.append(now - last - _TICK_SECONDS)
-            last = now
 
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.05)
-    started = time.perf_counter()
-    if decoder is None:
-        await asyncio.sleep(seconds)
-    else:
-        decoded = await decoder(memoryview(data))
-        # A parse in place (no room in shared memory) would measure nothing.
-        assert not isinstance(decoded, messages.PredictRequest), "parsed in place"
-        if isinstance(decoded, Decoded):
-            assert decoded.request is not None, decoded.error
-    seconds = time.perf_counter() - started
-    done.set()
-    await ticker
-    return max(gaps), seconds
+def _longest_gap(intervals: list[float]) -> float:
+    """How much later than due the latest tick came (0 with no tick)."""
+    return max([0.0, *(interval - TICK_SECONDS for interval in intervals)])
 
 
 async def print_rounds(
@@ -208,26 +201,13 @@ async def stall_of(free: Callable[[list[bytearray]], Any], mib: int) -> float:
     """The ticker's longest gap while ``free`` drops a touched body of ``mib``
     MiB (given as the only reference, in a list)."""
     holder = [bytearray(b"\x01") * (mib * 2**20)]
-    gaps = [0.0]
-    done = asyncio.Event()
-
-    async def tick() -> None:
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(_TICK_SECONDS)
-            now = time.perf_counter()
-            gaps.append(now - last - _TICK_SECONDS)
-            last = now
-
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.05)
-    work = free(holder)
-    if work is not None:
-        await work
-    await asyncio.sleep(0.05)
-    done.set()
-    await ticker
-    return max(gaps)
+    async with loop_intervals() as intervals:
+        await asyncio.sleep(0.05)
+        work = free(holder)
+        if work is not None:
+            await work
+        await asyncio.sleep(0.05)
+    return _longest_gap(intervals)
 
 
 async def measure_free(sizes: list[int], rounds: int) -> None:
