@@ -42,6 +42,7 @@ from servekit_protocol.segments import SEGMENT_DIR
 
 from tests.security.figures import record
 from tests.security.stack import assert_no_traceback, rss_bytes
+from tests.support.models import publish_regression
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.processes import spawned_workers
 
@@ -74,30 +75,13 @@ OFFLOAD_BYTES = 1024 * 1024
 def publish_wide_model(registry: Path, name: str) -> np.ndarray[Any, Any]:
     """A linear regression on one ``[-1, FEATURES]`` input ``x``; its weights
     (the intercept last), to compute the expected answers."""
-    from modelregistry import Registry
     from sklearn.linear_model import LinearRegression
 
     rng = np.random.default_rng(3)
     features = rng.normal(size=(512, FEATURES))
     weights = rng.normal(size=FEATURES)
     model = LinearRegression().fit(features, features @ weights + 0.5)
-    import joblib
-
-    with Registry(registry).publish(name, framework="sklearn") as draft:
-        joblib.dump(model, draft.path / "model.joblib")
-        draft.manifest.update(
-            artifact="model.joblib",
-            task="regression",
-            features=[],
-            signatures={
-                "serving_default": {
-                    "method": "predict",
-                    "inputs": {"x": {"dtype": "float64", "shape": [-1, FEATURES]}},
-                    "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
-                }
-            },
-            metrics={"r2": 1.0},
-        )
+    publish_regression(registry, name, model, FEATURES, {"r2": 1.0})
     return np.append(model.coef_, model.intercept_)
 
 

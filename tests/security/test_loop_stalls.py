@@ -53,6 +53,7 @@ from tests.security.test_large_grpc import (
     predict_request,
     publish_wide_model,
 )
+from tests.support.models import publish_regression
 from tests.support.modelserver import (
     METRICS_PATH,
     ModelServer,
@@ -164,27 +165,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
 def publish_line_model(registry: Path, name: str) -> None:
     """A linear regression on one ``[-1, 1]`` input ``x``: one row in, one
     value out."""
-    import joblib
-    from modelregistry import Registry
     from sklearn.linear_model import LinearRegression
 
     features = np.arange(8.0).reshape(-1, 1)
     model = LinearRegression().fit(features, 3.0 * features[:, 0] + 0.25)
-    with Registry(registry).publish(name, framework="sklearn") as draft:
-        joblib.dump(model, draft.path / "model.joblib")
-        draft.manifest.update(
-            artifact="model.joblib",
-            task="regression",
-            features=[],
-            signatures={
-                "serving_default": {
-                    "method": "predict",
-                    "inputs": {"x": {"dtype": "float64", "shape": [-1, 1]}},
-                    "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
-                }
-            },
-            metrics={},
-        )
+    publish_regression(registry, name, model, 1, {})
 
 
 def _predict_message(rows: int) -> bytes:

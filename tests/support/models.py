@@ -270,3 +270,32 @@ class VersionFolder:
     def install(self, version: int) -> Path:
         """``source`` in place as ``version`` (see :func:`install_version_copy`)."""
         return install_version_copy(self.source, self.base, version)
+
+
+def publish_regression(
+    registry_root: Path,
+    name: str,
+    model: Any,
+    features: int,
+    metrics: dict[str, float],
+) -> None:
+    """Publish a fitted scikit-learn regression on one ``[-1, features]``
+    float64 input ``x``, answering float64 ``predictions``."""
+    import joblib
+    from modelregistry import Registry
+
+    with Registry(registry_root).publish(name, framework="sklearn") as draft:
+        joblib.dump(model, draft.path / "model.joblib")
+        draft.manifest.update(
+            artifact="model.joblib",
+            task="regression",
+            features=[],
+            signatures={
+                "serving_default": {
+                    "method": "predict",
+                    "inputs": {"x": {"dtype": "float64", "shape": [-1, features]}},
+                    "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
+                }
+            },
+            metrics=metrics,
+        )
