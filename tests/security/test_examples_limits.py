@@ -34,6 +34,7 @@ from tests.security.stack import (
     assert_no_traceback,
 )
 from tests.support.compiledmodels import models_config
+from tests.support.forwarded_messages import LENGTH_DELIMITED, field
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.pipelines import publish_classifier
@@ -143,29 +144,17 @@ def _amplifying(method: str) -> bytes:
     )
 
 
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value >= 0x80:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
-
-
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field ``number`` holding ``data``."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
 def _small_features(method: str) -> bytes:
     example = example_codec.from_dict(
         {f"f{index:02}": [float(index)] for index in range(SMALL_FEATURES)}
     )
     # Input.example_list (1) of ExampleList.examples (1), the example repeated:
     # the same bytes as building the list, in a fraction of the time.
-    listed = _field(1, example.SerializeToString()) * SMALL_FEATURE_EXAMPLES
+    listed = (
+        field(1, LENGTH_DELIMITED, example.SerializeToString()) * SMALL_FEATURE_EXAMPLES
+    )
     head = _request(method, messages.Input())
-    return head + _field(2, _field(1, listed))
+    return head + field(2, LENGTH_DELIMITED, field(1, LENGTH_DELIMITED, listed))
 
 
 def _grpc_call(server: ModelServer, method: str, data: bytes) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from servekit_protocol import messages
 from tests.security.figures import record
 from tests.security.stack import PeakMemory, assert_no_traceback
 from tests.support.compiledmodels import models_config
+from tests.support.forwarded_messages import LENGTH_DELIMITED, field
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
 from tests.support.processes import spawned_workers
@@ -87,20 +88,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         assert_no_traceback(small_limit.process)
 
 
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value >= 0x80:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
-
-
-def _field(number: int, data: bytes) -> bytes:
-    """A length-delimited field ``number`` holding ``data``."""
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
 def _regress(example: dict[str, list[float]], count: int) -> bytes:
     """A RegressionRequest for ``linear`` of ``count`` times ``example``."""
     request = messages.RegressionRequest()
@@ -108,8 +95,10 @@ def _regress(example: dict[str, list[float]], count: int) -> bytes:
     serialized = example_codec.from_dict(example).SerializeToString()
     # Input.example_list (1) of ExampleList.examples (1), the example repeated:
     # the same bytes as building the list, in a fraction of the time.
-    listed = _field(1, serialized) * count
-    return request.SerializeToString() + _field(2, _field(1, listed))
+    listed = field(1, LENGTH_DELIMITED, serialized) * count
+    return request.SerializeToString() + field(
+        2, LENGTH_DELIMITED, field(1, LENGTH_DELIMITED, listed)
+    )
 
 
 def _call(server: ModelServer, data: bytes) -> tuple[str, str, bytes]:
