@@ -25,9 +25,10 @@ from typing import Any, cast
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from servekit_protocol import tensors
 
+from gateway.clients import wire
+
 FIELD_ONE_TAG = 0x0A
 """Field 1, length-delimited: ``model_spec`` or a MultiInference ``tasks`` entry."""
-_MAX_VARINT_BYTES = 10
 
 
 class Spliced:
@@ -102,16 +103,10 @@ def field_one_after(rest: memoryview) -> bool:
 def _field_one_at(message: memoryview, offset: int) -> tuple[int, int] | None:
     if len(message) < offset + 2 or message[offset] != FIELD_ONE_TAG:
         return None
-    length = 0
-    end_of_varint = min(len(message), offset + 1 + _MAX_VARINT_BYTES)
-    for index in range(offset + 1, end_of_varint):
-        byte = message[index]
-        length |= (byte & 0x7F) << (7 * (index - offset - 1))
-        if not byte & 0x80:
-            start = index + 1
-            end = start + length
-            return (start, end) if end <= len(message) else None
-    return None
+    try:
+        return wire.length_delimited(message, offset + 1, len(message))
+    except IndexError:
+        return None
 
 
 def _field_one_head() -> Any:
