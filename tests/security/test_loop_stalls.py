@@ -78,10 +78,11 @@ which messages and bodies are handed to the workers."""
 ANSWER_ROWS = 8 * 1024 * 1024
 """Rows of the small Predict whose answer is large: one ``double_val`` value
 standing for 8 Mi rows, answered with 8 Mi ``double_val`` values, 64 MiB."""
-CLASSIFY_EXAMPLES = 64_000
+CLASSIFY_EXAMPLES = 16_000
 """Examples of the gateway's large Classify (:data:`CLASSIFY_NOTE` in each):
-a 64 MiB message and a 640,000-pair answer."""
-CLASSIFY_NOTE = b"n" * 1_000
+a 64 MiB message with a 160,000-pair answer, so that the request is what the
+gateway's loop works on."""
+CLASSIFY_NOTE = b"n" * 4_150
 """A text feature of every example, which the classifier does not read."""
 BYTES_ENTRY = 8 * 1024
 """Bytes of each value of the large BYTES ModelInfer: a row of 256 is 2 MiB,

@@ -61,6 +61,18 @@ async def read_infer(parsers: BodyParsers, message: memoryview) -> InferMessage:
         DecodeError: the message does not parse (answered as in place).
         Aborted: UNAVAILABLE when the worker died.
     """
+    # Shielded: a call cancelled meanwhile (its client gone, its deadline
+    # past) still waits for the thread writing the segment and the worker
+    # reading it, then removes the segment.
+    reading = asyncio.ensure_future(_read(parsers, message))
+    try:
+        return await asyncio.shield(reading)
+    except asyncio.CancelledError:
+        reading.add_done_callback(_release_unreceived)
+        raise
+
+
+async def _read(parsers: BodyParsers, message: memoryview) -> InferMessage:
     name = segments.new_name("infer")
     try:
         await asyncio.to_thread(segments.write_bytes, name, message)
@@ -158,6 +170,14 @@ def _unlink_soon(name: str) -> None:
     except RuntimeError:
         # The interpreter is shutting down (a finalizer run at exit).
         segments.unlink(name)
+
+
+def _release_unreceived(task: asyncio.Future[InferMessage]) -> None:
+    # The head of a call that was cancelled while it was read.
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        release(task.result())
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
