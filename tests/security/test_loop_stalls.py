@@ -38,6 +38,11 @@ from servekit_protocol import oip_messages as oip
 from tests.security.figures import record
 from tests.security.forwarding_stack import Gateways, grpc_call
 from tests.security.http2 import Target
+from tests.security.merging_stack import (
+    MergingGateways,
+    concurrent_predicts,
+    merged_calls,
+)
 from tests.security.stack import assert_no_traceback
 from tests.security.test_compressed_grpc import framed_call
 from tests.security.test_gateway_large_examples import (
@@ -356,3 +361,25 @@ def test_a_large_message_does_not_stall_the_gateways_loop(
         f"gateway, 15 MiB {family}",
         lambda: call(gateways, LARGE_ROWS),
     )
+
+
+def _merged_round(merging: MergingGateways, rows: int) -> None:
+    outcomes = concurrent_predicts(merging.offloading, rows)
+    assert all(status == "OK" for status, _ in outcomes), outcomes
+
+
+def test_a_merged_call_s_large_answer_does_not_stall_the_gateways_loop(
+    merging: MergingGateways,
+) -> None:
+    gateway = merging.offloading
+    # One row a caller: a 4 MiB merged answer, over the threshold, so the
+    # first round starts what cutting answers off the loop needs.
+    _merged_round(merging, 1)
+    merges = merged_calls(gateway)
+    assert_no_stall(
+        gateway.url + "/metrics",
+        "gateway",
+        "gateway, 16 MiB merged answer cut for 8 gRPC callers",
+        lambda: _merged_round(merging, 4),
+    )
+    assert merged_calls(gateway) > merges, "the concurrent calls were not merged"
