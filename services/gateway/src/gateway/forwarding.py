@@ -222,8 +222,8 @@ class Forwarder:
         if isinstance(request, ForwardedPredict):
             request.keep_answer_from = keep_from
         try:
-            # A large answer called alone comes back as its bytes, whatever the
-            # request's size; a merged one is parsed, to be split.
+            # A large answer comes back as its bytes, whatever the request's
+            # size; a large merged one is cut into bytes off the loop.
             response = await self._coalescer.predict(
                 target.backends, request, ctx.deadline, ctx.metadata(), keep_from
             )

@@ -66,6 +66,7 @@ from gateway.clients.strategies import (
     Shared,
     Strategy,
     Unsplittable,
+    merged_keep_from,
 )
 from gateway.errors import DeadlineExceeded, GatewayError
 from gateway.observability.metrics import GatewayMetrics
@@ -255,10 +256,8 @@ class Coalescer:
         """The backend's answer to `request`, possibly from a merged call; of the
         request's kind (an `ArrayResponse` for an `ArrayRequest`, an `HttpAnswer`
         of any status for a `RestPredict`). A `PredictRequest`'s answer of
-        ``keep_from`` bytes or more comes back as its bytes (a `ReceivedAnswer`)
-        when it was called alone, and its share of a merged answer of
-        ``keep_from`` bytes or more is cut off the event loop and comes back as
-        bytes too (when every merged caller gave a ``keep_from``).
+        ``keep_from`` bytes or more comes back as its bytes (a `ReceivedAnswer`),
+        and so does its share of a merged answer that large (cut off the loop).
 
         Raises:
             GatewayError: as `BackendClient.predict`; DeadlineExceeded when the
@@ -442,7 +441,7 @@ class Coalescer:
                 [waiter.request for waiter in batch],
                 rows,
                 *_merged_call(batch),
-                _kept_from(batch),
+                merged_keep_from([waiter.keep_from for waiter in batch]),
             )
         except GatewayError as exc:
             for waiter in batch:
@@ -492,15 +491,6 @@ def _merged_call(batch: Sequence[_Waiter]) -> tuple[float, Metadata]:
         if key == REQUEST_ID_HEADER
     )
     return max(waiter.deadline for waiter in batch), ((REQUEST_ID_HEADER, ids),)
-
-
-def _kept_from(batch: Sequence[_Waiter]) -> int | None:
-    """From what size a merged answer is kept as bytes: only when every caller
-    takes its answer as bytes from some size up; the smallest of those sizes."""
-    sizes = [waiter.keep_from for waiter in batch]
-    if any(size is None for size in sizes):
-        return None
-    return min(size for size in sizes if size is not None)
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

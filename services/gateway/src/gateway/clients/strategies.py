@@ -161,6 +161,15 @@ class Strategy(Protocol[RequestT_contra, ResponseT]):
         ...
 
 
+def merged_keep_from(sizes: Sequence[int | None]) -> int | None:
+    """From what size a merged answer is kept as bytes: only when every caller
+    takes its answer as bytes from some size up (``sizes``, their
+    ``keep_from``), and then from the smallest of those sizes."""
+    if any(size is None for size in sizes):
+        return None
+    return min(size for size in sizes if size is not None)
+
+
 def spec_key(spec: messages.ModelSpec, output_filter: Sequence[str]) -> Key:
     """The part of a key that says which model, version and outputs."""
     version = spec.version.value if spec.HasField("version") else None
