@@ -7,19 +7,28 @@ large answer: eight callers of four rows each, merged into one backend call of
 32 rows (the gateways' default ``--coalesce-max-rows``), get a 16 MiB answer
 that the gateway cuts into eight 2 MiB ones. One gateway has the default
 ``--grpc-parse-offload-bytes`` (1 MiB); the other has 0, so every answer is
-parsed and cut on its event loop, as before the threshold existed.
+parsed and cut on its event loop, as before the threshold existed. Both call
+the model server as gRPC-Web on its REST port (the default with
+``--rest-backends``).
+
+``mirrored`` is the same model in two versions behind labels, the canary one
+shadowing the stable one, so each call to it is made twice and the two
+answers compared.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
+from modelregistry import Registry
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
 from servekit_protocol import messages
 
@@ -35,6 +44,17 @@ CALLER_ROWS = 4
 MERGED_CALLERS = 8
 """Callers that wait while a first call is in flight and then go as one call
 of 32 rows (the default ``--coalesce-max-rows``): a 16 MiB merged answer."""
+ROUTES = {
+    "routes": {
+        "mirrored": {
+            "stable": "stable",
+            "canary": {"label": "canary", "weight": 1.0},
+            "shadow": True,
+        }
+    }
+}
+"""``mirrored`` answers from its stable version and shadows every call to its
+canary version."""
 MESSAGE_LIMIT = 64 * 1024 * 1024
 """The model server's message limit here: room for the 16 MiB merged answer."""
 
@@ -43,7 +63,6 @@ def publish_spread_model(registry: Path, name: str) -> None:
     """A linear regression on one float64 input ``x`` answering
     ``SPREAD_OUTPUTS`` float64 ``predictions`` a row."""
     import joblib
-    from modelregistry import Registry
     from sklearn.linear_model import LinearRegression
 
     rng = np.random.default_rng(11)
@@ -85,6 +104,12 @@ def merging_gateways(folder: Path) -> Iterator[MergingGateways]:
     """The model server and the two gateways, until the block ends."""
     registry = folder / "models"
     publish_spread_model(registry, "spread")
+    publish_spread_model(registry, "mirrored")
+    publish_spread_model(registry, "mirrored")
+    labels = Registry(registry)
+    labels.set_label("mirrored", "stable", 1)
+    labels.set_label("mirrored", "canary", 2)
+    (registry / "routes.yaml").write_text(json.dumps(ROUTES))
     with model_server(
         (
             f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
@@ -93,7 +118,8 @@ def merging_gateways(folder: Path) -> Iterator[MergingGateways]:
         log_path=folder / "model-server.log",
     ) as server:
         env = {"GATEWAY_REGISTRY": str(registry)}
-        flags = [f"--default-backend={server.grpc_target}"]
+        rest = f'{{"{server.grpc_target}": "127.0.0.1:{server.rest_port}"}}'
+        flags = [f"--default-backend={server.grpc_target}", f"--rest-backends={rest}"]
         with (
             running_gateway(folder / "offloading", env=env, flags=flags) as offloading,
             running_gateway(
@@ -109,12 +135,15 @@ def merging_gateways(folder: Path) -> Iterator[MergingGateways]:
 
 
 def spread_request(
-    caller: int, rows: int = CALLER_ROWS, version: int | None = None
+    caller: int,
+    rows: int = CALLER_ROWS,
+    version: int | None = None,
+    model: str = "spread",
 ) -> bytes:
     """Caller number ``caller``'s Predict of ``rows`` rows, its values its own,
-    of ``version`` when given."""
+    of ``model`` (and ``version`` when given)."""
     request = messages.PredictRequest()
-    request.model_spec.name = "spread"
+    request.model_spec.name = model
     if version is not None:
         request.model_spec.version.value = version
     tensor = request.inputs["x"]
@@ -125,19 +154,28 @@ def spread_request(
     return request.SerializeToString()
 
 
+FIRST_ROWS = 16
+"""Rows of the first call: an 8 MiB answer, long enough in flight for the
+others, sent 20 ms after it, to arrive meanwhile (a few ms)."""
+
+
 def merged_calls(gateway: GatewayProcess) -> float:
-    """Backend Predicts the gateway made for more than one caller so far."""
+    """Backend Predicts the gateway made for more than half of
+    ``MERGED_CALLERS`` callers so far."""
     calls = gateway.metric("gateway_coalesced_requests_count")
-    alone = gateway.metric("gateway_coalesced_requests_bucket", le="1.0")
-    return calls - alone
+    fewer = gateway.metric(
+        "gateway_coalesced_requests_bucket", le=f"{MERGED_CALLERS // 2:.1f}"
+    )
+    return calls - fewer
 
 
 def concurrent_predicts(
     gateway: GatewayProcess, rows: int = CALLER_ROWS, version: int | None = None
 ) -> list[tuple[str, bytes]]:
-    """One first call and ``MERGED_CALLERS`` more sent while it is in flight,
-    each on its own connected channel, released together; each one's status
-    (a gRPC code's name, with its message) and answer, in the callers' order."""
+    """One first call (of ``FIRST_ROWS`` rows) and ``MERGED_CALLERS`` more
+    sent while it is in flight, each on its own connected channel, released
+    together; each one's status (a gRPC code's name, with its message) and
+    answer, in the callers' order."""
     callers = 1 + MERGED_CALLERS
     options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
     channels = [
@@ -145,15 +183,17 @@ def concurrent_predicts(
         for _ in range(callers)
     ]
     outcomes: list[tuple[str, bytes]] = [("", b"")] * callers
-    start = threading.Barrier(callers)
+    start = threading.Barrier(callers - 1)
 
     def call(caller: int) -> None:
         method = channels[caller].unary_unary(PREDICT)
-        start.wait(timeout=60)
+        if caller:
+            start.wait(timeout=60)
+        count = rows if caller else FIRST_ROWS
         try:
             outcomes[caller] = (
                 "OK",
-                method(spread_request(caller, rows, version), timeout=60),
+                method(spread_request(caller, count, version), timeout=60),
             )
         except grpc.RpcError as exc:
             outcomes[caller] = (f"{exc.code().name}: {exc.details()}", b"")
@@ -164,7 +204,9 @@ def concurrent_predicts(
         threads = [
             threading.Thread(target=call, args=(caller,)) for caller in range(callers)
         ]
-        for thread in threads:
+        threads[0].start()
+        time.sleep(0.02)
+        for thread in threads[1:]:
             thread.start()
         for thread in threads:
             thread.join(timeout=120)

@@ -141,8 +141,8 @@ class Forwarder:
             ProtocolError: an answer that cannot be decoded into arrays.
         """
         forward = call.rest_body is not None and self.forwards_rest(plan)
-        # Shadow mode compares decoded outputs, so a mirrored answer is parsed.
-        keep_from = ctx.keep_answer_from if plan.shadow is None else None
+        # A mirrored answer kept as its bytes is compared off the loop (`shadow`).
+        keep_from = ctx.keep_answer_from
         target = plan.primary
         attempt = await self._attempt(ctx, target, call, forward, keep_from)
         if target.role == CANARY_ROLE and attempt.unknown_label:
