@@ -31,11 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from servekit_protocol.json_codec import offload as json_offload
 from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.config import (
@@ -67,6 +68,7 @@ from modelserver.types import (
     RegressResponse,
     ResolvedSpec,
     SignatureInfo,
+    Tensor,
     VersionStatus,
 )
 
@@ -89,6 +91,22 @@ example of a few features): 200,000 examples held the loop for seconds. The
 thread still takes the GIL, but hands it back to the loop every switch
 interval (5 ms); the count is bounded by the request's tensor limits."""
 
+Result = TypeVar("Result")
+
+
+async def _post_processed(
+    convert: Callable[[], Result], outputs: Iterable[Tensor], threshold: int
+) -> Result:
+    """``convert()`` (a model's outputs turned into classifications or
+    regression values), in a thread when ``outputs`` hold ``threshold``
+    elements or more: checking, rounding through float32 and listing the
+    values hold the loop tens of milliseconds from about 100,000 examples,
+    seconds at the request limits. Like the answers the protocols write, and
+    from the same setting (``--rest_api_json_answer_offload_elements``)."""
+    if sum(int(tensor.size) for tensor in outputs) < threshold:
+        return convert()
+    return await asyncio.to_thread(convert)
+
 
 async def _prepared(prepare: Callable[[], Prepared], examples: Examples) -> Prepared:
     """``prepare()``, in a thread when ``examples`` are many."""
@@ -104,6 +122,7 @@ class DataPlane:
     # The defaults until __init__ reads the settings (subclasses that replace
     # __init__, as test doubles do, keep them).
     _tensor_limits = TensorLimits()
+    _post_processing_threshold = json_offload.DEFAULT_ANSWER_THRESHOLD_ELEMENTS
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
@@ -134,6 +153,7 @@ class DataPlane:
             max_elements=settings.max_request_tensor_elements,
             max_bytes=settings.max_request_tensor_bytes,
         )
+        self._post_processing_threshold = settings.rest_api_json_answer_offload_elements
         self._ready = False
         self._live = True
         self._stopping = False
@@ -283,7 +303,11 @@ class DataPlane:
                 request.examples,
             )
             outputs = await self._executor.run(servable, runtime, call, timeout)
-            results = runtime.to_classifications(call, outputs)
+            results = await _post_processed(
+                lambda: runtime.to_classifications(call, outputs),
+                outputs.values(),
+                self._post_processing_threshold,
+            )
             return ClassifyResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
             )
@@ -308,7 +332,11 @@ class DataPlane:
                 request.examples,
             )
             outputs = await self._executor.run(servable, runtime, call, timeout)
-            results = runtime.to_regressions(call, outputs)
+            results = await _post_processed(
+                lambda: runtime.to_regressions(call, outputs),
+                outputs.values(),
+                self._post_processing_threshold,
+            )
             return RegressResponse(
                 ResolvedSpec(spec.name, servable.version, call.signature_name), results
             )
@@ -346,7 +374,13 @@ class DataPlane:
                         for _, call in calls
                     )
                 )
-                results = task_results(name, servable.version, runtime, calls, outputs)
+                results = await _post_processed(
+                    lambda: task_results(
+                        name, servable.version, runtime, calls, outputs
+                    ),
+                    (tensor for output in outputs for tensor in output.values()),
+                    self._post_processing_threshold,
+                )
             return MultiInferenceResponse(results)
 
     def _resolve(self, spec: ModelSpec) -> Servable:

@@ -3,12 +3,14 @@ resolution, the four APIs, metadata, errors and metrics."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from modelserver.dataplane import DataPlane
+from modelserver.dataplane import DataPlane, _post_processed
 from modelserver.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -240,3 +242,17 @@ async def test_deadline_exceeded(
             PredictRequest(ModelSpec("slow"), linear_inputs((1.0, 1.0))),
             timeout=0.05,
         )
+
+
+async def test_large_outputs_are_post_processed_in_a_thread() -> None:
+    def thread_name() -> str:
+        return threading.current_thread().name
+
+    outputs = [np.zeros((4, 2)), np.zeros(2)]
+    # Ten elements: on the loop's thread under the threshold, not from it.
+    assert await _post_processed(thread_name, outputs, 11) == (
+        threading.current_thread().name
+    )
+    assert await _post_processed(thread_name, outputs, 10) != (
+        threading.current_thread().name
+    )

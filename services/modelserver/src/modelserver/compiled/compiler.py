@@ -44,6 +44,8 @@ from modelserver.compiled.trees import Mode, tree_model_bytes
 HELDOUT_LIMIT = 2000
 CHUNK = 4096
 REFUSED_SAMPLE = 32
+SINGLE_ROWS = 64
+"""Rows also answered one at a time, by the one-row path a lone client gets."""
 STRING = "string"
 Progress = Callable[[str], None]
 
@@ -304,6 +306,15 @@ def _compare(
         )
     answered = ~expected_failed
     comparison = compare(expected[answered], actual[answered], compiled.is_classifier)
+    singles = np.flatnonzero(answered)[:SINGLE_ROWS]
+    if compiled.handles_rows and len(singles):
+        one_by_one, refused_alone = _answers_alone(
+            getattr(compiled, method), rows, singles
+        )
+        if refused_alone is not None:
+            return f"row {refused_alone} is refused when asked alone", float("inf")
+        alone = compare(expected[singles], one_by_one, compiled.is_classifier)
+        comparison.max_error = max(comparison.max_error, alone.max_error)
     if compiled.is_classifier:
         kept = _subset(rows, answered)
         labels_expected, _ = _answers(
@@ -317,6 +328,22 @@ def _compare(
         if differing:
             return f"{differing} rows get another class", comparison.max_error
     return None, comparison.max_error
+
+
+def _answers_alone(
+    function: Callable[[dict[str, Array]], Any], rows: dict[str, Array], picked: Array
+) -> tuple[Array, int | None]:
+    """``function``'s answers to each picked row asked alone, or the first row
+    it refuses."""
+    answers: list[Array] = []
+    for index in range(len(picked)):
+        try:
+            answers.append(
+                np.asarray(function(_subset(rows, picked[index : index + 1])))
+            )
+        except (ValueError, TypeError, KeyError):
+            return np.empty(0), int(picked[index])
+    return np.concatenate(answers), None
 
 
 def _overflowing(compiled: CompiledModel, rows: dict[str, Array]) -> Array:

@@ -24,6 +24,7 @@ from modelserver.compiled.plan import (
     as_matrix,
     prepare,
 )
+from modelserver.compiled.rows import NotOnRow, prepare_row, run_row
 from modelserver.compiled.trees import INPUT, OUTPUT
 
 PLAN_FILE = "compiled/plan.json"
@@ -64,6 +65,10 @@ class CompiledModel:
         self._features: list[str] = list(plan["features"])
         self._preprocess = (
             None if plan["preprocess"] is None else prepare(plan["preprocess"], source)
+        )
+        # One-row calls (most of a lone client's) skip numpy's per-call overhead.
+        self._row = (
+            None if plan["preprocess"] is None else prepare_row(plan["preprocess"])
         )
         self._float32 = plan["mode"] == "approximate"
         self._session = session_for(model_bytes)
@@ -107,6 +112,11 @@ class CompiledModel:
             raise CompileError(f"ONNX Runtime refused the model: {exc}") from exc
 
     @property
+    def handles_rows(self) -> bool:
+        """Whether one-row calls run the plan on Python values (see :mod:`.rows`)."""
+        return self._row is not None
+
+    @property
     def is_classifier(self) -> bool:
         """Whether the model answers classes and probabilities."""
         return self._classifier
@@ -115,6 +125,13 @@ class CompiledModel:
         """The features the tree ensemble takes, as a float64 matrix."""
         if self._preprocess is None:
             return as_matrix(values, self._features)
+        if self._row is not None and not isinstance(values, np.ndarray):
+            try:
+                features = run_row(self._row, values, self._features)
+            except NotOnRow:
+                features = None
+            if features is not None:
+                return features
         return self._preprocess(values, self._features)
 
     def scores(self, values: Value) -> Array:

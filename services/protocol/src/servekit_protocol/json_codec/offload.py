@@ -32,6 +32,7 @@ import asyncio
 import importlib
 import logging
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.json_codec import parent_watch
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +201,8 @@ class BodyParsers:
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts,
+                initializer=_prepare_worker,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
@@ -227,11 +230,14 @@ class BodyParsers:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _ignore_interrupts() -> None:
+def _prepare_worker(server_pid: int) -> None:
     """Leave Ctrl-C to the server: a terminal sends SIGINT to the whole process
     group, and a worker would die of it with a traceback while the server
-    drains. The server ends its workers itself (:meth:`BodyParsers.close`)."""
+    drains. The server ends its workers itself (:meth:`BodyParsers.close`);
+    when it cannot (killed), the worker ends itself
+    (:func:`~servekit_protocol.json_codec.parent_watch.watch_parent`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent_watch.watch_parent(server_pid)
 
 
 def _preload(modules: tuple[str, ...]) -> None:

@@ -14,8 +14,11 @@ counted in pairs, or values) the model's arrays go to a JSON worker, which
 fills the message with the in-place code
 (:mod:`~modelserver.protocol.grpc.converters`) and sends its serialized bytes
 back; the servers send those as they are (:class:`~servekit_protocol.messages.Serialized`).
-A scikit-learn model's labels are one row for every example: only that row
-travels.
+The numeric arrays go to the worker, and the answer's bytes come back, through
+shared memory segments (:mod:`servekit_protocol.segment_answers`): through the
+pool's pipe, a 64 MiB answer held the event loop 64-162 ms in the pool's
+threads. A scikit-learn model's labels are one row for every example: only
+that row travels.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from servekit_protocol import messages
+from servekit_protocol import messages, segment_answers
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import ParserUnavailable
 
@@ -89,26 +92,51 @@ def _unpack_response(
     return response
 
 
-def serialize_predict(response: PredictResponse, packed: bool) -> bytes:
+def serialize_predict(
+    outputs: dict[str, np.ndarray[Any, Any]], spec: Any, packed: bool
+) -> bytes:
     """The PredictResponse's bytes (runs in a worker process)."""
+    response = PredictResponse(spec, outputs)
     return converters.from_predict_response(response, packed=packed).SerializeToString()
 
 
-def serialize_classify(spec: Any, results: Classifications | _SharedLabels) -> bytes:
-    """The ClassificationResponse's bytes (runs in a worker process)."""
-    response = ClassifyResponse(spec, _unpack(results))
+_SCORES = "scores"
+
+
+def serialize_classify(
+    arrays: dict[str, np.ndarray[Any, Any]],
+    spec: Any,
+    results: Classifications | _SharedLabels,
+) -> bytes:
+    """The ClassificationResponse's bytes (runs in a worker process); the
+    scores, when there are any, are ``arrays``' only one."""
+    unpacked = _unpack(results)
+    response = ClassifyResponse(
+        spec,
+        Classifications(
+            unpacked.labels,
+            arrays.get(_SCORES),
+            unpacked.examples,
+            unpacked.classes,
+        ),
+    )
     return converters.from_classify_response(response).SerializeToString()
 
 
-def serialize_regress(response: RegressResponse) -> bytes:
+def serialize_regress(
+    arrays: dict[str, np.ndarray[Any, Any]], response: RegressResponse
+) -> bytes:
     """The RegressionResponse's bytes (runs in a worker process)."""
+    del arrays  # the values are a list, pickled
     return converters.from_regress_response(response).SerializeToString()
 
 
 def serialize_multi_inference(
+    arrays: dict[str, np.ndarray[Any, Any]],
     results: Sequence[ClassifyResponse | RegressResponse | tuple[Any, ...]],
 ) -> bytes:
     """The MultiInferenceResponse's bytes (runs in a worker process)."""
+    del arrays  # a few tasks' results, pickled
     response = MultiInferenceResponse([_unpack_response(item) for item in results])
     return converters.from_multi_inference_response(response).SerializeToString()
 
@@ -135,10 +163,14 @@ class AnswerWriter:
         parsers = self._parsers
         return parsers is not None and size >= parsers.answer_threshold_elements
 
-    async def _in_worker(self, function: Any, *args: Any) -> messages.Serialized:
+    async def _in_worker(
+        self, function: Any, arrays: dict[str, np.ndarray[Any, Any]], *args: Any
+    ) -> messages.Serialized:
         assert self._parsers is not None
         try:
-            data = await self._parsers.in_worker(function, *args)
+            data = await segment_answers.write_in_worker(
+                self._parsers, function, arrays, *args
+            )
         except ParserUnavailable as exc:
             raise Overloaded(exc.message) from exc
         return messages.Serialized(data)
@@ -157,7 +189,9 @@ class AnswerWriter:
             array.size for array in response.outputs.values()
         ):
             return converters.from_predict_response(response, packed=packed)
-        return await self._in_worker(serialize_predict, response, packed)
+        return await self._in_worker(
+            serialize_predict, response.outputs, response.spec, packed
+        )
 
     async def classify(
         self, response: ClassifyResponse
@@ -169,8 +203,13 @@ class AnswerWriter:
         """
         if not self._offloads(response.results.size):
             return converters.from_classify_response(response)
+        results = response.results
+        arrays = {} if results.scores is None else {_SCORES: results.scores}
+        without_scores = Classifications(
+            results.labels, None, results.examples, results.classes
+        )
         return await self._in_worker(
-            serialize_classify, response.spec, _portable(response.results)
+            serialize_classify, arrays, response.spec, _portable(without_scores)
         )
 
     async def regress(
@@ -183,7 +222,7 @@ class AnswerWriter:
         """
         if not self._offloads(len(response.results)):
             return converters.from_regress_response(response)
-        return await self._in_worker(serialize_regress, response)
+        return await self._in_worker(serialize_regress, {}, response)
 
     async def multi_inference(
         self, response: MultiInferenceResponse
@@ -197,5 +236,6 @@ class AnswerWriter:
             return converters.from_multi_inference_response(response)
         return await self._in_worker(
             serialize_multi_inference,
+            {},
             [_portable_response(item) for item in response.results],
         )

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from servekit_protocol import json_codec, messages
+from servekit_protocol import json_codec, messages, segment_answers
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.tensor_limits import TensorLimits
@@ -177,7 +177,8 @@ async def encode_predict(
         Overloaded: The worker writing the answer died.
     """
     try:
-        return await parsers.write_answer(
+        return await _write_answer(
+            parsers,
             json_codec.output_elements(outputs),
             json_codec.format_predict_response,
             outputs,
@@ -243,8 +244,12 @@ async def encode_classify(
         InvalidInput: No results (as in TF Serving).
         Overloaded: The worker writing the answer died.
     """
+    scores = {} if results.scores is None else {_SCORES: results.scores}
+    without_scores = replace(results, scores=None)
     try:
-        return await parsers.write_answer(results.size, classify_json, results)
+        return await _write_answer(
+            parsers, results.size, classify_json_of, scores, without_scores
+        )
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
 
@@ -260,9 +265,54 @@ async def encode_regress(
         Overloaded: The worker writing the answer died.
     """
     try:
-        return await parsers.write_answer(len(results), regress_json, results)
+        return await _write_answer(parsers, len(results), regress_json_of, {}, results)
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
+
+
+async def _write_answer(
+    parsers: json_codec.BodyParsers,
+    elements: int,
+    function: Callable[..., bytes],
+    arrays: dict[str, Tensor],
+    *args: Any,
+) -> bytes:
+    """``function(arrays, *args)``: in place under the answer threshold, in a
+    worker with the arrays and the answer moved through shared memory
+    segments otherwise (through the pool's pipe, a 64 MiB answer held the
+    event loop tens of milliseconds in the pool's threads).
+
+    Raises:
+        ProtocolError: What ``function`` raises.
+        ParserUnavailable: The worker died.
+    """
+    if elements < parsers.answer_threshold_elements:
+        return function(arrays, *args)
+    return await segment_answers.write_in_worker(parsers, function, arrays, *args)
+
+
+_SCORES = "scores"
+
+
+def classify_json_of(arrays: dict[str, Tensor], results: Classifications) -> bytes:
+    """:func:`classify_json` of ``results`` with the scores ``arrays`` holds
+    (none when it is empty), in place or in a worker.
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+    """
+    return classify_json(replace(results, scores=arrays.get(_SCORES)))
+
+
+def regress_json_of(arrays: dict[str, Tensor], results: Sequence[float]) -> bytes:
+    """:func:`regress_json`, in place or in a worker (``arrays`` is empty: the
+    values are a list).
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+    """
+    del arrays
+    return regress_json(results)
 
 
 def classify_json(results: Classifications) -> bytes:

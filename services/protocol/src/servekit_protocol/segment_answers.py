@@ -1,0 +1,171 @@
+"""Large answers written in a worker process, with their arrays sent there and
+their bytes sent back through shared memory segments, not the pool's pipe.
+
+A process pool's pipe carries pickles: a 64 MiB answer coming back is read and
+unpickled by the pool's helper threads in the server, copies made holding the
+GIL, which held the event loop 64-162 ms on a quiet 2-core machine even though
+the loop itself ran none of it; the arrays going out cost the same in the
+pickling thread. Here the server's side only calls ``write`` (the arrays, in
+C order) and ``read`` (the answer) in a thread, copies the kernel makes with
+the GIL released; the worker maps the arrays' segment and writes the answer
+into another. What else the worker needs (string arrays, small arguments)
+still travels pickled.
+
+Both segments are named by the server's side, which unlinks them once the
+worker has answered, on every path: a call cancelled meanwhile waits for its
+worker in the background first. When a segment cannot be written (a
+container's ``/dev/shm`` is small unless given more) the bytes go through the
+pipe as before, with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from servekit_protocol import segments
+from servekit_protocol.json_codec.offload import BodyParsers
+
+logger = logging.getLogger(__name__)
+
+Array = np.ndarray[Any, Any]
+AnswerFunction = Callable[..., bytes]
+"""A module-level function ``f(arrays, *args) -> bytes`` run in the worker."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrays:
+    # How the worker gets the arrays: numeric ones from a segment's slots,
+    # the others pickled, in ``order``.
+    segment: str
+    slots: list[segments.ArraySlot]
+    pickled: dict[str, Array]
+    order: tuple[str, ...]
+
+
+async def write_in_worker(
+    parsers: BodyParsers,
+    function: AnswerFunction,
+    arrays: Mapping[str, Array],
+    *args: Any,
+) -> bytes:
+    """``function(arrays, *args)`` in a worker process, ``arrays`` (same keys,
+    same order, same values) and the answer's bytes moved through segments.
+
+    Raises:
+        ProtocolError: What ``function`` raises; :class:`~servekit_protocol.json_codec.offload.ParserUnavailable`
+            when the worker died.
+    """
+    # Shielded: a cancelled call's worker still finishes before the segments
+    # are removed (it may be writing one).
+    writing = asyncio.ensure_future(_write(parsers, function, dict(arrays), args))
+    writing.add_done_callback(_retrieve)
+    return await asyncio.shield(writing)
+
+
+async def _write(
+    parsers: BodyParsers,
+    function: AnswerFunction,
+    arrays: dict[str, Array],
+    args: tuple[Any, ...],
+) -> bytes:
+    arrays_segment = segments.new_name("outputs")
+    answer_segment = segments.new_name("answer")
+    numeric = {key: value for key, value in arrays.items() if value.dtype != object}
+    try:
+        try:
+            slots = (
+                await asyncio.to_thread(segments.write_arrays, arrays_segment, numeric)
+                if numeric
+                else []
+            )
+            pickled = {k: v for k, v in arrays.items() if k not in numeric}
+        except OSError as exc:
+            _warn("its arrays", exc)
+            slots, pickled = [], arrays
+        sent = _Arrays(arrays_segment, slots, pickled, tuple(arrays))
+        answer = await parsers.in_worker(
+            write_answer, answer_segment, sent, function, *args
+        )
+        if isinstance(answer, bytes):
+            _warn("the answer", None)
+            return answer
+        return await asyncio.to_thread(read_answer, answer_segment, answer)
+    finally:
+        loop = asyncio.get_running_loop()
+        for name in (arrays_segment, answer_segment):
+            # Unlinking frees the pages there and then (about 50 ms for
+            # 256 MiB): not on the loop's thread.
+            loop.run_in_executor(None, segments.unlink, name)
+
+
+def write_answer(
+    answer_segment: str,
+    sent: _Arrays,
+    function: AnswerFunction,
+    *args: Any,
+) -> int | bytes:
+    """Run in the worker: the answer written to ``answer_segment``, its size
+    returned; the answer itself when the segment cannot be written."""
+    arrays: dict[str, Array] = {}
+    if sent.slots:
+        arrays.update(segments.read_arrays(sent.segment, sent.slots))
+    arrays.update(sent.pickled)
+    answer = function({key: arrays[key] for key in sent.order}, *args)
+    try:
+        segments.write_bytes(answer_segment, answer)
+    except OSError:
+        segments.unlink(answer_segment)
+        return answer
+    return len(answer)
+
+
+def read_answer(name: str, size: int) -> bytes:
+    """The ``size`` bytes of segment ``name`` (blocking: run it in a thread;
+    ``read`` fills the new bytes object with the GIL released).
+
+    Raises:
+        OSError: The segment is missing or shorter than ``size``.
+    """
+    fd = os.open(os.path.join(segments.SEGMENT_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size)
+        if len(data) == size:
+            return data
+        # tmpfs reads a file whole; another file system may answer in parts.
+        parts = [data]
+        read = len(data)
+        while read < size:
+            part = os.read(fd, size - read)
+            if not part:
+                raise OSError(f"segment {name} ended early")
+            parts.append(part)
+            read += len(part)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def _warn(what: str, exc: OSError | None) -> None:
+    logger.warning(
+        "A large answer's %s went through the worker pipe, copies that hold "
+        "the GIL and so the event loop: its shared memory segment could not be "
+        "written (%s); give %s more room",
+        what,
+        exc if exc is not None else "no space",
+        segments.SEGMENT_DIR,
+    )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # The error of a write whose call was cancelled is nobody's to raise.
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.exception()
