@@ -30,10 +30,11 @@ and acknowledged, as the server does), with ``hyperframe``'s own frame
 :mod:`servekit_protocol.grpc_server.frame_repr`, rounds in turns.
 
 With ``--target gateway``: the gateway's steps, measured by
-:mod:`benchmarks.grpcparse_gateway`.
+:mod:`benchmarks.grpcparse_gateway` (``--method infer``: its large ModelInfer
+alone).
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
-[--method predict|classify|regress|free|receive] [--target gateway]``.
+[--method predict|classify|regress|free|receive|infer] [--target gateway]``.
 """
 
 from __future__ import annotations
@@ -306,7 +307,7 @@ def main() -> None:
     parser.add_argument("--target", choices=("modelserver", "gateway"))
     parser.add_argument(
         "--method",
-        choices=("predict", "classify", "regress", "free", "receive"),
+        choices=("predict", "classify", "regress", "free", "receive", "infer"),
         default="predict",
     )
     options = parser.parse_args()
@@ -319,13 +320,16 @@ def main() -> None:
             measure_infer_answers,
         )
 
+        if options.method == "infer":
+            uvloop.run(measure_infer(sizes, options.rounds))
+            return
         measure_gateway(sizes, options.rounds, options.method)
         if options.method == "predict":
             measure_answers(sizes, options.rounds)
             uvloop.run(measure_infer(sizes, options.rounds))
             uvloop.run(measure_infer_answers(sizes, options.rounds))
-    elif options.method == "regress":
-        parser.error("--method regress is measured with --target gateway")
+    elif options.method in ("regress", "infer"):
+        parser.error(f"--method {options.method} is measured with --target gateway")
     elif options.method == "receive":
         measure_receive(sizes, options.rounds)
     elif options.method == "free":

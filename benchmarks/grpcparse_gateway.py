@@ -6,9 +6,10 @@ backend (the target's model spec set, serialized and framed for gRPC-Web);
 with ``--method classify`` or ``regress``, the same two steps of a
 ClassificationRequest or RegressionRequest of tf.Examples (read for
 forwarding by :func:`gateway.clients.forwarded_examples.read_examples`);
-and a large OIP ``ModelInfer`` (typed or raw), parsed, turned into arrays and
-encoded as the backend's Predict on the loop, against the same in the JSON
-workers and (raw) spliced in a thread, with the ticker running, and its answer
+and a large OIP ``ModelInfer`` (typed, BYTES or raw), parsed, turned into
+arrays and encoded as the backend's Predict on the loop, against the same in
+the JSON workers (through their pipe, or through shared memory) and (raw)
+spliced in a thread, with the ticker running, and its answer
 built on the loop against written in a thread; and a large ``Predict`` answer
 of floats or strings, parsed and
 serialized again for the client, against kept as the backend sent it
@@ -73,16 +74,31 @@ _EXAMPLES_REQUESTS: dict[str, Any] = {
 }
 
 
-def infer_message_of(mib: int, raw: bool = False) -> bytes:
+INFER_FORMS = ("typed", "bytes", "raw")
+"""How a ModelInfer's tensor travels: ``fp64_contents``, ``bytes_contents``
+or ``raw_input_contents``."""
+
+
+def infer_message_of(mib: int, form: str = "typed") -> bytes:
     """A ModelInferRequest of about ``mib`` MiB of FP64 values, in
-    ``fp64_contents`` or (``raw``) ``raw_input_contents``."""
+    ``fp64_contents`` or ``raw_input_contents``; or (``bytes``) of BYTES
+    values of 1 KiB each, numbers padded with zeros."""
     from servekit_protocol import oip_messages as oip
 
     values = mib * 2**20 // 8
     request = oip.ModelInferRequest(model_name="wide")
-    tensor = request.inputs.add(name="x", datatype="FP64", shape=[values // 64, 64])
     data = np.random.default_rng(0).normal(size=values)
-    if raw:
+    if form == "bytes":
+        count = mib * 2**10
+        strings = request.inputs.add(
+            name="x", datatype="BYTES", shape=[count // 64, 64]
+        )
+        strings.contents.bytes_contents.extend(
+            f"{value:.6f}".encode().ljust(1024, b"0") for value in data[:count]
+        )
+        return request.SerializeToString()
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[values // 64, 64])
+    if form == "raw":
         request.raw_input_contents.append(data.astype("<f8").tobytes())
     else:
         tensor.contents.fp64_contents.extend(data)
@@ -107,14 +123,17 @@ def infer_in_place(data: bytes) -> float:
 
 async def measure_infer(sizes: list[int], rounds: int) -> None:
     """A large ModelInfer's loop stall: parsed on the loop, through the JSON
-    workers (every message before raw inputs were spliced; typed contents
-    still), and read with its raw inputs spliced into the backend's Predict
+    workers' pipe (every message before raw inputs were spliced), through
+    the workers with the message and the Predict in shared memory (typed
+    contents and BYTES: :mod:`gateway.grpcfront.infer_segments`), and read
+    with its raw inputs spliced into the backend's Predict
     (:mod:`gateway.codecs.v2_spliced`, the encoding in a thread)."""
     import asyncio
 
     from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
     from gateway.codecs.v2_grpc import encode_infer_message, read_infer_message
     from gateway.codecs.v2_spliced import RawInfer, encode_raw_infer, read_raw_infer
+    from gateway.grpcfront.infer_segments import encode_infer, read_infer
 
     parsers = BodyParsers()
     parsers.start(preload=("gateway.codecs.v2_grpc",))
@@ -126,40 +145,55 @@ async def measure_infer(sizes: list[int], rounds: int) -> None:
         encoded = await parsers.in_worker(encode_infer_message, data, None, LIMITS)
         ForwardedPredict(spec, {}, memoryview(encoded.message)).framed()
 
+    async def through_segments(message: memoryview) -> None:
+        head = await read_infer(parsers, message)
+        assert head.segment, "not through shared memory"
+        encoded = await encode_infer(parsers, head, None, LIMITS)
+        ForwardedPredict(spec, {}, memoryview(encoded.message)).framed()
+
     async def spliced(message: memoryview) -> None:
         raw = read_raw_infer(message)
         assert isinstance(raw, RawInfer), "not a raw request"
         encoded = await asyncio.to_thread(encode_raw_infer, raw, None, LIMITS)
         WrittenPredict(spec, {}, memoryview(b""), parts=encoded.parts).framed()
 
+    def median_ms(values: list[float], digits: int = 1) -> str:
+        return f"{statistics.median(values) * 1e3:.{digits}f} ms" if values else "-"
+
     try:
         await through_workers(memoryview(infer_message_of(1)))
+        await through_segments(memoryview(infer_message_of(1)))
+        print(f"load average {os.getloadavg()[0]:.1f}")
         print(
             "| ModelInfer | in place: loop held | in the workers: longest stall "
-            "| spliced: longest stall | idle loop, as long: longest stall "
-            "| in the workers: took |"
+            "| shared memory: longest stall | spliced: longest stall "
+            "| idle loop, as long: longest stall | in the workers: took "
+            "| shared memory: took |"
         )
-        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for mib in sizes:
-            for raw in (False, True):
-                data = infer_message_of(mib, raw)
-                held, stalls, splices, idle, took = [], [], [], [], []
+            for form in INFER_FORMS:
+                data = infer_message_of(mib, form)
+                held, stalls, idle, took = [], [], [], []
+                shared, shared_took, splices = [], [], []
                 for _ in range(rounds):
                     held.append(infer_in_place(data))
                     stall, seconds = await offloaded(through_workers, data)
                     stalls.append(stall)
                     took.append(seconds)
-                    if raw:
+                    if form == "raw":
                         splices.append((await offloaded(spliced, data))[0])
+                    else:
+                        stall, seconds = await offloaded(through_segments, data)
+                        shared.append(stall)
+                        shared_took.append(seconds)
                     idle.append((await offloaded(None, b"", seconds))[0])
-                splice = f"{statistics.median(splices) * 1e3:.1f} ms" if raw else "-"
                 print(
-                    f"| {len(data) / 2**20:.0f} MiB {'raw' if raw else 'typed'} "
-                    f"| {statistics.median(held) * 1e3:.0f} ms "
-                    f"| {statistics.median(stalls) * 1e3:.1f} ms "
-                    f"| {splice} "
-                    f"| {statistics.median(idle) * 1e3:.1f} ms "
-                    f"| {statistics.median(took) * 1e3:.0f} ms |",
+                    f"| {len(data) / 2**20:.0f} MiB {form} "
+                    f"| {median_ms(held, 0)} | {median_ms(stalls)} "
+                    f"| {median_ms(shared)} | {median_ms(splices)} "
+                    f"| {median_ms(idle)} | {median_ms(took, 0)} "
+                    f"| {median_ms(shared_took, 0)} |",
                     flush=True,
                 )
     finally:

@@ -9,7 +9,8 @@ answer as JSON, so tests in the main environment compare it with v1 answers::
      "http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001",
      "model": "m", "version": "", "id": "", "headers": {...},
      "parameters": {...},
-     "inputs": [{"name", "datatype", "shape", "data"}],
+     "inputs": [{"name", "datatype", "shape", "data"}
+                or {"name", "datatype", "shape", "npy": "/path/of/array.npy"}],
      "outputs": [{"name", "class_count"}] or null,
      "compression": null | "gzip" | "deflate"}   (requests and answers)
 
@@ -46,6 +47,9 @@ NUMPY_TYPES = {
 
 
 def _array(spec: dict[str, Any]) -> np.ndarray:
+    if "npy" in spec:
+        # A large input, written by the test to a .npy file.
+        return np.load(spec["npy"])
     data = spec["data"]
     if spec["datatype"] == "BYTES":
         data = [item.encode() for item in data]

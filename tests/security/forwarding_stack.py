@@ -127,10 +127,14 @@ Outcome = tuple[str, str, bytes]
 
 
 def grpc_call(
-    target: GatewayProcess | str, data: bytes, method: str = PREDICT
+    target: GatewayProcess | str,
+    data: bytes,
+    method: str = PREDICT,
+    timeout: float = 60.0,
 ) -> Outcome:
     """One call of ``method`` with ``data`` as its message, on the gateway's
-    gRPC port (or at another gRPC address, e.g. the backend's)."""
+    gRPC port (or at another gRPC address, e.g. the backend's), given
+    ``timeout`` seconds."""
     address = target if isinstance(target, str) else target.grpc_target
     options = [
         ("grpc.max_send_message_length", 2 * BODY_LIMIT),
@@ -139,7 +143,7 @@ def grpc_call(
     with grpc.insecure_channel(address, options=options) as channel:
         try:
             answer = channel.unary_unary(method)(
-                data, timeout=60, metadata=(("x-request-id", "large-grpc"),)
+                data, timeout=timeout, metadata=(("x-request-id", "large-grpc"),)
             )
         except grpc.RpcError as exc:
             return exc.code().name, exc.details() or "", b""

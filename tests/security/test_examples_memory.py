@@ -59,6 +59,11 @@ LEGIT_WORKER_GROWTH_LIMIT = 768 * 1024 * 1024
 default limit (2,796,202 examples of two features, 90 MiB): the message
 parsed (about three times) and the columns, under the 256 MiB counted
 (464 MiB measured at load average 14)."""
+MIXED_EXAMPLES = 120_000
+"""Examples of two one-value float features after one example of the same two
+as int64 values: 96 bytes an example counted as one kind (11 MiB, under
+:data:`SMALL_TENSOR_BYTES`), 192 with the values in columns of mixed kinds,
+which hold Python objects (22 MiB, over)."""
 LIMIT_MESSAGE = "The request's examples hold at least "
 
 
@@ -88,14 +93,22 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         assert_no_traceback(small_limit.process)
 
 
-def _regress(example: dict[str, list[float]], count: int) -> bytes:
-    """A RegressionRequest for ``linear`` of ``count`` times ``example``."""
+def _regress(
+    example: dict[str, list[float]],
+    count: int,
+    first: dict[str, list[int]] | None = None,
+) -> bytes:
+    """A RegressionRequest for ``linear`` of ``count`` times ``example``,
+    after ``first`` when given."""
     request = messages.RegressionRequest()
     request.model_spec.name = "linear"
     serialized = example_codec.from_dict(example).SerializeToString()
     # Input.example_list (1) of ExampleList.examples (1), the example repeated:
     # the same bytes as building the list, in a fraction of the time.
     listed = field(1, LENGTH_DELIMITED, serialized) * count
+    if first is not None:
+        leading = example_codec.from_dict(first).SerializeToString()
+        listed = field(1, LENGTH_DELIMITED, leading) + listed
     return request.SerializeToString() + field(
         2, LENGTH_DELIMITED, field(1, LENGTH_DELIMITED, listed)
     )
@@ -177,3 +190,17 @@ def test_the_limit_holds_to_the_example(servers: Servers, extra: int) -> None:
         _assert_refused(answer)
     else:
         _assert_answered(answer, count)
+
+
+def test_values_in_columns_of_mixed_kinds_count_as_the_objects_they_become(
+    servers: Servers,
+) -> None:
+    server = servers.small_limit
+    floats = {"a": [1.0], "b": [2.0]}
+    mixed = _regress(floats, MIXED_EXAMPLES, first={"a": [1], "b": [2]})
+    assert len(mixed) > 1024 * 1024  # decoded in a worker
+    _assert_refused(_call(server, mixed))
+    # The same values all floats are answered.
+    _assert_answered(
+        _call(server, _regress(floats, MIXED_EXAMPLES + 1)), MIXED_EXAMPLES + 1
+    )

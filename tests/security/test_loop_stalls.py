@@ -20,6 +20,7 @@ bounded.
 from __future__ import annotations
 
 import base64
+import math
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -36,7 +37,6 @@ from servekit_protocol import grpcweb, messages
 from servekit_protocol import oip_messages as oip
 
 from tests.security.figures import record
-from tests.security.forwarding_stack import Gateways, grpc_call
 from tests.security.http2 import Target
 from tests.security.merging_stack import (
     MergingGateways,
@@ -46,19 +46,15 @@ from tests.security.merging_stack import (
 )
 from tests.security.stack import assert_no_traceback
 from tests.security.test_compressed_grpc import framed_call
-from tests.security.test_gateway_large_examples import (
-    LARGE_EXAMPLES,
-    NOTE,
-    SERVICE,
-    large_examples_request,
-)
-from tests.security.test_gateway_large_grpc import LARGE_ROWS, MODEL_INFER
+from tests.security.test_gateway_large_examples import SERVICE, large_examples_request
+from tests.security.test_gateway_large_grpc import MODEL_INFER
 from tests.security.test_large_grpc import (
     FEATURES,
     PREDICT,
     predict_request,
     publish_wide_model,
 )
+from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_regression
 from tests.support.modelserver import (
     METRICS_PATH,
@@ -66,6 +62,7 @@ from tests.support.modelserver import (
     model_server,
     write_monitoring_config,
 )
+from tests.support.pipelines import publish_classifier
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +84,17 @@ which messages and bodies are handed to the workers."""
 ANSWER_ROWS = 8 * 1024 * 1024
 """Rows of the small Predict whose answer is large: one ``double_val`` value
 standing for 8 Mi rows, answered with 8 Mi ``double_val`` values, 64 MiB."""
+CLASSIFY_EXAMPLES = 16_000
+"""Examples of the gateway's large Classify (:data:`CLASSIFY_NOTE` in each):
+a 64 MiB message with a 160,000-pair answer, so that the request is what the
+gateway's loop works on."""
+CLASSIFY_NOTE = b"n" * 4_150
+"""A text feature of every example, which the classifier does not read."""
+BYTES_ENTRY = 8 * 1024
+"""Bytes of each value of the large BYTES ModelInfer: a row of 256 is 2 MiB,
+so 32 rows are 64 MiB in 8,192 entries."""
+BYTES_ROWS_PER_ROW = BYTES_ENTRY // 8
+"""FP64 rows whose bytes one BYTES row has."""
 SETTLE_SECONDS = 0.3
 """Wait after an answer before the metrics are read: the server may still be
 freeing the call's buffers, and a stretch is recorded at the next beat."""
@@ -149,13 +157,20 @@ def assert_no_stall(url: str, name: str, family: str, call: Callable[[], None]) 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
-    """A model server on the wide model with room for 64 MiB messages and its
-    Prometheus page on."""
-    directory = tmp_path_factory.mktemp("loop-stalls")
-    registry = directory / "models"
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``wide``, ``line`` and ``classifier`` (ten classes on ``a`` and ``b``)."""
+    registry = tmp_path_factory.mktemp("loop-stalls") / "models"
     publish_wide_model(registry, "wide")
     publish_line_model(registry, "line")
+    publish_classifier(registry, "classifier")
+    return registry
+
+
+@pytest.fixture(scope="module")
+def server(registry: Path) -> Iterator[ModelServer]:
+    """A model server on the registry with room for 64 MiB messages and its
+    Prometheus page on."""
+    directory = registry.parent
     with model_server(
         [
             f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
@@ -317,50 +332,107 @@ def test_a_large_body_does_not_stall_the_model_servers_loop(
     )
 
 
-def _infer_message(rows: int) -> bytes:
+def _infer_message(rows: int, form: str) -> bytes:
+    """A ModelInfer of ``rows`` x 256 FP64 values for ``wide``: in
+    ``raw_input_contents`` (``raw``) or ``fp64_contents`` (``typed``); or
+    ``rows / 1024`` rows of BYTES (``bytes``), each value written out in
+    8 KiB, the same bytes a row."""
     request = oip.ModelInferRequest(model_name="wide", id="large")
+    if form == "bytes":
+        shape = [rows // BYTES_ROWS_PER_ROW, FEATURES]
+        values = np.random.default_rng(8).normal(size=shape[0] * FEATURES)
+        tensor = request.inputs.add(name="x", datatype="BYTES", shape=shape)
+        # float() reads a number with trailing zeros as the number itself, so
+        # the backend's cast gives ``wide`` its FP64 rows.
+        tensor.contents.bytes_contents.extend(
+            f"{value:.6f}".encode().ljust(BYTES_ENTRY, b"0") for value in values
+        )
+        return request.SerializeToString()
+    values = np.random.default_rng(8).normal(size=rows * FEATURES)
     tensor = request.inputs.add(name="x", datatype="FP64", shape=[rows, FEATURES])
-    tensor.contents.fp64_contents.extend(
-        np.random.default_rng(8).normal(size=rows * FEATURES)
-    )
+    if form == "raw":
+        request.raw_input_contents.append(values.astype("<f8").tobytes())
+    else:
+        tensor.contents.fp64_contents.extend(values)
     return request.SerializeToString()
 
 
-def _checked(outcome: tuple[str, str, bytes]) -> None:
-    assert outcome[0] == "OK", outcome[1]
+def _infer_rows(answer: bytes) -> int:
+    response = oip.ModelInferResponse.FromString(answer)
+    return math.prod(response.outputs[0].shape)
 
 
-GATEWAY_CALLS: dict[str, Callable[[Gateways, int], None]] = {
-    "Predict": lambda gateways, rows: _checked(
-        grpc_call(gateways.forwarding, _predict_message(rows))
-    ),
-    "Classify": lambda gateways, rows: _checked(
-        grpc_call(
-            gateways.forwarding,
-            large_examples_request(
-                "Classify", rows * LARGE_EXAMPLES // LARGE_ROWS, NOTE
-            ),
-            SERVICE + "Classify",
-        )
-    ),
-    "ModelInfer": lambda gateways, rows: _checked(
-        grpc_call(gateways.forwarding, _infer_message(rows), MODEL_INFER)
-    ),
+@pytest.fixture(scope="module")
+def gateway(server: ModelServer, registry: Path) -> Iterator[GatewayProcess]:
+    """A gateway in front of ``server`` with room for 64 MiB messages,
+    forwarding large ones over gRPC-Web to its REST port (the default with
+    ``--rest-backends``)."""
+    rest = f'{{"{server.grpc_target}": "127.0.0.1:{server.rest_port}"}}'
+    with running_gateway(
+        registry.parent / "gateway",
+        env={"GATEWAY_REGISTRY": str(registry)},
+        flags=[
+            f"--default-backend={server.grpc_target}",
+            f"--rest-backends={rest}",
+            f"--max-body-bytes={MESSAGE_LIMIT}",
+        ],
+    ) as running:
+        yield running
+        assert_no_traceback(running.process)
+
+
+def _called(gateway: GatewayProcess, data: bytes, method: str) -> bytes:
+    options = [
+        ("grpc.max_send_message_length", MESSAGE_LIMIT),
+        ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ]
+    with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
+        answer: bytes = channel.unary_unary(method)(data, timeout=120)
+    return answer
+
+
+def _gateway_predict(gateway: GatewayProcess, rows: int) -> None:
+    assert _answered_rows(_called(gateway, _predict_message(rows), PREDICT)) == rows
+
+
+def _gateway_classify(gateway: GatewayProcess, rows: int) -> None:
+    examples = rows * CLASSIFY_EXAMPLES // ROWS
+    data = large_examples_request("Classify", examples, CLASSIFY_NOTE)
+    answer = messages.ClassificationResponse.FromString(
+        _called(gateway, data, SERVICE + "Classify")
+    )
+    assert len(answer.result.classifications) == examples
+
+
+def _gateway_infer(form: str) -> Callable[[GatewayProcess, int], None]:
+    def call(gateway: GatewayProcess, rows: int) -> None:
+        answer = _called(gateway, _infer_message(rows, form), MODEL_INFER)
+        expected = rows // BYTES_ROWS_PER_ROW if form == "bytes" else rows
+        assert _infer_rows(answer) == expected
+
+    return call
+
+
+GATEWAY_CALLS: dict[str, Callable[[GatewayProcess, int], None]] = {
+    "Predict": _gateway_predict,
+    "Classify": _gateway_classify,
+    "raw ModelInfer": _gateway_infer("raw"),
+    "typed ModelInfer": _gateway_infer("typed"),
+    "BYTES ModelInfer": _gateway_infer("bytes"),
 }
 
 
 @pytest.mark.parametrize("family", list(GATEWAY_CALLS))
 def test_a_large_message_does_not_stall_the_gateways_loop(
-    gateways: Gateways, family: str
+    gateway: GatewayProcess, family: str
 ) -> None:
     call = GATEWAY_CALLS[family]
-    call(gateways, WARM_ROWS)
-    gateway = gateways.forwarding
+    call(gateway, WARM_ROWS)
     assert_no_stall(
         gateway.url + "/metrics",
         "gateway",
-        f"gateway, 15 MiB {family}",
-        lambda: call(gateways, LARGE_ROWS),
+        f"gateway, 64 MiB {family}",
+        lambda: call(gateway, ROWS),
     )
 
 

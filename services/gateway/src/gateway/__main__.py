@@ -30,6 +30,7 @@ from typing import Any
 import uvicorn
 import yaml
 from pydantic import ValidationError
+from servekit_protocol import segments
 from servekit_protocol.grpc_server.limits import described_fields
 from servekit_protocol.http1 import protocol_class
 from servekit_protocol.json_codec.offload import WorkersNotStarted
@@ -234,6 +235,21 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _sweep_segments() -> None:
+    """Remove the shared memory segments stopped servers left (a gateway
+    killed while a worker parsed a large ModelInfer), one log line if any."""
+    swept = await asyncio.to_thread(segments.sweep_leftovers)
+    if swept.segments:
+        logger.info(
+            "Removed shared memory segments left by stopped servers",
+            extra={
+                "segments": swept.segments,
+                "bytes_freed": swept.bytes,
+                "directory": segments.SEGMENT_DIR,
+            },
+        )
+
+
 def _bound_port(server: uvicorn.Server) -> int:
     for listener in server.servers:
         for sock in listener.sockets:
@@ -258,6 +274,8 @@ async def serve(settings: Settings) -> None:
     grpc_port = grpc_server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
+    # Before the gRPC port can make segments of this process's own id.
+    await _sweep_segments()
     await grpc_server.start()
     # NOT_SERVING until the JSON workers have started and the backends are
     # ready; from then on health follows /readyz.

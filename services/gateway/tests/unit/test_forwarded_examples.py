@@ -14,6 +14,13 @@ from gateway.clients.forwarded_examples import (
     read_examples,
     read_multi_inference,
 )
+from gateway.clients.spliced import (
+    MAX_FIELD_NUMBER,
+    MAX_WALKED_FIELDS,
+    FieldOneHead,
+    field_one_after,
+)
+from gateway.clients.wire import FIXED32, VARINT
 from gateway.context import apply_target
 from google.protobuf.message import DecodeError
 from servekit_protocol import messages
@@ -230,3 +237,41 @@ def test_every_forwarded_method_has_a_decoder_from_the_threshold() -> None:
         for method in ("Predict", "Classify", "Regress", "MultiInference")
     }
     assert {decoder.threshold_bytes for decoder in decoders.values()} == {1 << 20}
+
+
+REST_CASES = {
+    "the input": field(2, LENGTH_DELIMITED, _input().SerializeToString()),
+    "a field 1 after": field(2, LENGTH_DELIMITED, b"")
+    + field(1, LENGTH_DELIMITED, b"\x0a\x01m"),
+    "field 1 as a varint": field(1, VARINT, b"\x05"),
+    "field 1 past the walked fields": field(3, VARINT, b"\x01")
+    * (MAX_WALKED_FIELDS + 1)
+    + field(1, LENGTH_DELIMITED, b""),
+    "many fields, no field 1": field(3, FIXED32, b"\x00" * 4) * (MAX_WALKED_FIELDS + 1),
+    "the largest field number": field(MAX_FIELD_NUMBER, VARINT, b"\x01"),
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize("case", list(REST_CASES))
+def test_field_one_after_agrees_with_upb(case: str) -> None:
+    rest = REST_CASES[case]
+    assert field_one_after(memoryview(rest)) == bool(
+        FieldOneHead.FromString(rest).entries
+    )
+
+
+@pytest.mark.parametrize(
+    "rest",
+    [
+        field(MAX_FIELD_NUMBER + 1, VARINT, b"\x01"),
+        field(3, 3, b""),  # a group start, never closed
+        field(2, LENGTH_DELIMITED, b"abc")[:-1],
+    ],
+)
+def test_field_one_after_fails_as_upb_fails(rest: bytes) -> None:
+    with pytest.raises(DecodeError) as whole:
+        FieldOneHead.FromString(rest)
+    with pytest.raises(DecodeError) as walked:
+        field_one_after(memoryview(rest))
+    assert str(walked.value) == str(whole.value)

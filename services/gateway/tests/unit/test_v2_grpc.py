@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,13 +9,15 @@ from gateway.clients.arrays import ArrayRequest
 from gateway.codecs.v2 import parse_infer_request
 from gateway.codecs.v2_grpc import (
     encode_infer_message,
+    encode_infer_segment,
     format_model_infer,
     parameters_dict,
     parse_model_infer,
     read_infer_message,
+    read_infer_segment,
 )
 from gateway.errors import InvalidInput
-from servekit_protocol import messages
+from servekit_protocol import messages, segments
 from servekit_protocol import oip_messages as oip
 from servekit_protocol.errors import InvalidArgument
 from servekit_protocol.tensor_limits import TensorLimits
@@ -173,3 +176,35 @@ def test_a_message_over_the_tensor_limits_is_refused_in_the_worker() -> None:
     data = _large_request(raw=True).SerializeToString()
     with pytest.raises(InvalidArgument, match="13 elements"):
         encode_infer_message(data, None, TensorLimits(max_elements=12))
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_message_in_a_segment_encodes_as_its_bytes_do(raw: bool) -> None:
+    data = _large_request(raw).SerializeToString()
+    message, predict = segments.new_name("message"), segments.new_name("predict")
+    wanted = {"x": np.dtype(np.float64)}
+    try:
+        segments.write_bytes(message, data)
+        assert read_infer_segment(message) == read_infer_message(data)
+        written = encode_infer_segment(message, predict, wanted, TensorLimits())
+        with segments.mapped(predict) as view:
+            in_segment = bytes(view)
+    finally:
+        segments.unlink(message)
+        segments.unlink(predict)
+    encoded = encode_infer_message(data, wanted, TensorLimits())
+    assert in_segment == encoded.message
+    assert written.size == len(encoded.message)
+    assert written.request == encoded.request
+
+
+def test_a_segment_over_the_tensor_limits_writes_no_predict() -> None:
+    data = _large_request(raw=False).SerializeToString()
+    message, predict = segments.new_name("message"), segments.new_name("predict")
+    try:
+        segments.write_bytes(message, data)
+        with pytest.raises(InvalidArgument, match="13 elements"):
+            encode_infer_segment(message, predict, None, TensorLimits(max_elements=12))
+        assert not (Path(segments.SEGMENT_DIR) / predict).exists()
+    finally:
+        segments.unlink(message)

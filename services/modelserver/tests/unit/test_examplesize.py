@@ -36,7 +36,7 @@ def test_a_feature_counts_its_values_a_count_and_an_index() -> None:
 
 
 def test_the_context_counts_once_an_example_unless_the_example_replaces_it() -> None:
-    rows = [{"a": [1.0]}, {"a": [2.0], "big": [0]}, {}]
+    rows = [{"a": [1.0]}, {"a": [2.0], "big": [0.5]}, {}]
     context = {"big": [0.0] * 10}
     # Merged: 1 + 10, 1 + 1, 10 values; 2 + 2 + 1 features of 16 bytes each;
     # 3 examples of 48.
@@ -92,6 +92,66 @@ def test_the_serialized_size_bounds_the_count_and_past_it_the_count_is_exact() -
     examplesize.check_input(request_input, TensorLimits(max_bytes=72 * 1000))
     _refused(request_input, TensorLimits(max_bytes=72 * 1000 - 1))
     _refused(request_input, TensorLimits(max_elements=999))
+
+
+def test_the_parser_tells_each_features_kinds_of_list() -> None:
+    example = example_codec.from_dict({"f": [1.0, 2.0], "s": [b"x"], "e": []})
+    # A feature sent with a float_list and then an int64_list keeps both here.
+    both = example_codec.from_dict({"f": [3]}).SerializeToString()
+    kinds = serializedinput.feature_kinds(example.SerializeToString() + both)
+    assert sorted(kinds) == [
+        ("e", 0, 0),
+        ("f", serializedinput.FLOATS, 2),
+        ("f", serializedinput.INTS, 1),
+        ("s", serializedinput.TEXTS, 0),
+    ]
+
+
+def _exact_bytes(rows: list[dict[str, Any]], context: dict[str, Any] | None) -> int:
+    """The bytes limit the input of ``rows`` just meets (refused one under)."""
+    request_input = _input(rows, context)
+    low, high = 0, 1 << 20
+    while low < high:
+        middle = (low + high) // 2
+        try:
+            examplesize.check_input(request_input, TensorLimits(max_bytes=middle))
+        except InvalidInput:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+@pytest.mark.parametrize(
+    "first", [{"x": [b""]}, {"x": [7]}], ids=["bytes first", "int64 first"]
+)
+def test_numbers_of_a_feature_of_mixed_kinds_count_as_objects(
+    first: dict[str, Any],
+) -> None:
+    floats = [{"x": [1.0] * 10}] * 20
+    # 21 examples of 48 bytes and a feature of 16 each.
+    examples = 21 * (48 + 16)
+    # The first example's value: 8 bytes a number, 48 an empty bytes value.
+    first_bytes = 48 if first["x"] == [b""] else 8
+    # Of one kind, the 200 floats are 8 bytes each.
+    assert _exact_bytes([{"x": [0.5]}, *floats], None) == examples + 8 + 200 * 8
+    # Mixed, 56 each, as is the int 7.
+    first_mixed = 48 if first["x"] == [b""] else 56
+    assert _exact_bytes([first, *floats], None) == examples + first_mixed + 200 * 56
+    # The same values in a feature of another name mix nothing.
+    assert _exact_bytes([{"y": first["x"]}, *floats], None) == (
+        examples + first_bytes + 200 * 8
+    )
+
+
+def test_a_context_feature_of_another_kind_mixes_where_it_is_merged() -> None:
+    # x: 1.5 in the first example, the context's int in the second.
+    rows: list[dict[str, Any]] = [{"x": [1.5]}, {}]
+    merged = 2 * 48 + 2 * (16 + 8)
+    assert _exact_bytes(rows, {"x": [1]}) == merged + 2 * 48
+    # Replaced in every example, the context's kind is in no column.
+    assert _exact_bytes([{"x": [1.5]}, {"x": [2.5]}], {"x": [1]}) == merged
+    assert _exact_bytes(rows, {"x": [2.5]}) == merged
 
 
 def _request(method: str, request_input: Any) -> Any:

@@ -12,10 +12,11 @@ import dataclasses
 import math
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from servekit_protocol import oip_messages as oip
+from servekit_protocol import segments
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.tensor_limits import TensorLimits
 
@@ -248,11 +249,12 @@ def format_model_infer(
     return response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class InferMessage:
-    """A large ModelInferRequest kept as its bytes, with what routing and the
-    answer need read from it in a worker process (a parse on the event loop
-    would hold every other call about 1 ms a MiB)."""
+    """A large ModelInferRequest kept as its bytes (in a shared memory
+    segment, or else in ``message``), with what routing and the answer need
+    read from it in a worker process (a parse on the event loop would hold
+    every other call about 1 ms a MiB)."""
 
     model_name: str
     model_version: str
@@ -261,6 +263,9 @@ class InferMessage:
     raw: bool
     """Whether the inputs came in `raw_input_contents` (answered the same way)."""
     message: bytes = b""
+    segment: str = ""
+    """The shared memory segment holding the message (``message`` then
+    empty), removed once the request is answered."""
 
 
 def read_infer_message(message: bytes) -> InferMessage:
@@ -278,6 +283,18 @@ def read_infer_message(message: bytes) -> InferMessage:
     )
 
 
+def read_infer_segment(segment: str) -> InferMessage:
+    """:func:`read_infer_message` of the message in a shared memory segment
+    (run in a worker process).
+
+    Raises:
+        DecodeError: the message does not parse.
+    """
+    with segments.mapped(segment) as view:
+        # upb parses any buffer; the stubs say bytes.
+        return read_infer_message(cast(bytes, view))
+
+
 @dataclass(frozen=True, slots=True)
 class EncodedInfer:
     """A ModelInfer request turned into the backend's Predict in a worker."""
@@ -285,9 +302,20 @@ class EncodedInfer:
     request: InferRequest
     """The request without its inputs: ids, outputs and parameters, for the
     answer."""
-    message: bytes
+    message: bytes | memoryview
     """The PredictRequest for the backend without its model spec (the gateway
     writes the target's in front, as for a forwarded Predict)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenInfer:
+    """A ModelInfer request encoded as the backend's Predict in a worker, the
+    Predict written to a shared memory segment."""
+
+    request: InferRequest
+    """The request without its inputs, as in :class:`EncodedInfer`."""
+    size: int
+    """Bytes of the Predict in the segment."""
 
 
 def encode_infer_message(
@@ -305,7 +333,40 @@ def encode_infer_message(
             that cannot be encoded.
         InvalidArgument: above the tensor limits.
     """
-    parsed = parse_model_infer(oip.ModelInferRequest.FromString(message), wanted)
+    return _encoded(oip.ModelInferRequest.FromString(message), wanted, limits)
+
+
+def encode_infer_segment(
+    segment: str,
+    predict_segment: str,
+    wanted: Mapping[str, np.dtype[Any]] | None,
+    limits: TensorLimits,
+) -> WrittenInfer:
+    """:func:`encode_infer_message` of the message in shared memory segment
+    ``segment``, the Predict written to a new segment ``predict_segment`` (run
+    in a worker process: the gateway's side only copies the bytes in and out
+    in threads, with the GIL released, instead of pickling them on the loop).
+
+    Raises:
+        InvalidInput: as :func:`encode_infer_message`.
+        InvalidArgument: above the tensor limits.
+        OSError: the Predict's segment cannot be written (no space).
+    """
+    with segments.mapped(segment) as view:
+        # upb parses any buffer; the stubs say bytes.
+        request = oip.ModelInferRequest.FromString(cast(bytes, view))
+    encoded = _encoded(request, wanted, limits)
+    del request
+    segments.write_bytes(predict_segment, encoded.message)
+    return WrittenInfer(encoded.request, len(encoded.message))
+
+
+def _encoded(
+    request: oip.ModelInferRequest,
+    wanted: Mapping[str, np.dtype[Any]] | None,
+    limits: TensorLimits,
+) -> EncodedInfer:
+    parsed = parse_model_infer(request, wanted)
     check_tensor_limits(parsed, limits)
     try:
         predict = ArrayRequest(
@@ -328,7 +389,10 @@ __all__ = [
     "requested_output",
     "parameters_dict",
     "EncodedInfer",
+    "WrittenInfer",
     "encode_infer_message",
+    "encode_infer_segment",
     "parse_model_infer",
     "read_infer_message",
+    "read_infer_segment",
 ]

@@ -6,8 +6,8 @@ error table; the work is `gateway.oip`'s, shared with the HTTP routes. Server
 liveness, readiness and metadata need no credentials, as on HTTP. A ModelInfer
 message from ``GATEWAY_GRPC_PARSE_OFFLOAD_BYTES`` up is never parsed whole on
 the event loop: its raw inputs are written into the backend's Predict as
-they came (`codecs.v2_spliced`), any other is parsed in the JSON workers
-(`grpcfront.server`).
+they came (`codecs.v2_spliced`), any other is parsed in the JSON workers,
+handed there through shared memory (`grpcfront.infer_segments`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from gateway.codecs.v2 import InferRequest
 from gateway.codecs.v2_grpc import (
     EncodedInfer,
     InferMessage,
-    encode_infer_message,
     format_model_infer,
     parameters_dict,
     parse_model_infer,
@@ -40,6 +39,7 @@ from gateway.codecs.v2_spliced import (
     encode_raw_infer,
 )
 from gateway.context import CallContext
+from gateway.grpcfront.infer_segments import encode_infer, release
 from gateway.grpcfront.servicer import GrpcFront
 from gateway.routes.health import ReadinessCache
 
@@ -187,14 +187,12 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         elif isinstance(request, InferMessage):
             parameters = request.parameters
             raw = request.raw
-            message = request.message
+            message = request
             parsers = self._gateway.parsers
             limits = self._gateway.gatekeeper.tensor_limits
 
             async def parse(wanted: Wanted) -> EncodedInfer:
-                return await parsers.in_worker(
-                    encode_infer_message, message, wanted, limits
-                )
+                return await encode_infer(parsers, message, wanted, limits)
 
         else:
             parameters = parameters_dict(request.parameters)
@@ -235,9 +233,13 @@ class InferenceProxy(GRPCInferenceServiceServicer):
                 raw=raw,
             )
 
-        return await self._front.serve(
-            context, "ModelInfer", request.model_name, handle
-        )
+        try:
+            return await self._front.serve(
+                context, "ModelInfer", request.model_name, handle
+            )
+        finally:
+            if isinstance(request, InferMessage):
+                release(request)
 
 
 __all__ = ["InferenceProxy"]

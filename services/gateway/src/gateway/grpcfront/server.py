@@ -11,23 +11,20 @@ specs (and a Predict's tensor shapes) are read, and its bytes are forwarded
 (:mod:`gateway.clients.forwarded`, :mod:`gateway.clients.forwarded_examples`);
 a ModelInfer message from that size up is read by walking its fields, its raw
 inputs kept as views (:mod:`gateway.codecs.v2_spliced`), or else (typed
-contents, BYTES) parsed, and its arrays made, in the JSON workers.
+contents, BYTES) parsed, and its arrays made, in the JSON workers, handed
+there through shared memory (:mod:`gateway.grpcfront.infer_segments`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from servekit_protocol.grpc_server import GrpcServer, OffloadedDecoder
-from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
-from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.oip_services import (
     INFERENCE_SERVICE,
     add_inference_service_to_server,
@@ -40,9 +37,10 @@ from servekit_protocol.services import (
 )
 
 from gateway.clients.forwarded import forwarding_decoders
-from gateway.codecs.v2_grpc import InferMessage, read_infer_message
+from gateway.codecs.v2_grpc import InferMessage
 from gateway.codecs.v2_spliced import RawInfer, read_raw_infer
 from gateway.dataplane import Gateway
+from gateway.grpcfront.infer_segments import read_infer
 from gateway.grpcfront.inference import InferenceProxy
 from gateway.grpcfront.servicer import (
     GrpcFront,
@@ -95,8 +93,9 @@ def infer_reader(
 
     async def read(message: memoryview) -> InferMessage | RawInfer:
         """A large ModelInfer with raw inputs read for its head on the loop,
-        its inputs kept as views; any other parsed in a worker for its head,
-        its arrays made there too once the target's dtypes are known.
+        its inputs kept as views; any other handed to a worker through shared
+        memory and parsed there for its head, its arrays made there too once
+        the target's dtypes are known (:mod:`gateway.grpcfront.infer_segments`).
 
         Raises:
             DecodeError: the message does not parse (answered as in place).
@@ -105,15 +104,7 @@ def infer_reader(
         spliced = read_raw_infer(message)
         if spliced is not None:
             return spliced
-        data = bytes(message)
-        try:
-            head = await parsers.in_worker(read_infer_message, data)
-        except ParserUnavailable as exc:
-            raise Aborted(
-                grpc.StatusCode.UNAVAILABLE,
-                "The request message could not be parsed: its worker stopped",
-            ) from exc
-        return dataclasses.replace(head, message=data)
+        return await read_infer(parsers, message)
 
     return read
 

@@ -99,6 +99,20 @@ def _message_types() -> dict[str, Any]:
         "MergedExample",
         ("features", 1, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.MergedFeatures"),
     )
+    # The same Example's features, each with every kind of list it was sent.
+    add(
+        "KindedEntry",
+        ("key", 1, _OPTIONAL, _STRING, ""),
+        ("value", 2, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.MergedFeature"),
+    )
+    add(
+        "KindedFeatures",
+        ("feature", 1, _REPEATED, _MESSAGE, f".{_PACKAGE}.KindedEntry"),
+    )
+    add(
+        "KindedExample",
+        ("features", 1, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.KindedFeatures"),
+    )
     # The same Example's feature names, one an entry.
     add("NamedEntry", ("key", 1, _OPTIONAL, _STRING, ""))
     add("NamedFeatures", ("feature", 1, _REPEATED, _MESSAGE, f".{_PACKAGE}.NamedEntry"))
@@ -112,7 +126,7 @@ def _message_types() -> dict[str, Any]:
         name: message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"{_PACKAGE}.{name}")
         )
-        for name in (*_REQUESTS, "MergedExample", "NamedExample")
+        for name in (*_REQUESTS, "MergedExample", "NamedExample", "KindedExample")
     }
 
 
@@ -167,6 +181,18 @@ def parse(method: str, data: Any) -> SerializedInput:
     return SerializedInput(request.head, examples, context, listed.ByteSize())
 
 
+FLOATS = 1
+"""A ``float_list``, in a mask of kinds of list."""
+INTS = 2
+"""An ``int64_list``, in a mask of kinds of list."""
+TEXTS = 4
+"""A ``bytes_list``, in a mask of kinds of list."""
+
+
+def _kinds(floats: int, ints: int, texts: int) -> int:
+    return (FLOATS if floats else 0) | (INTS if ints else 0) | (TEXTS if texts else 0)
+
+
 @dataclass(frozen=True, slots=True)
 class ExampleTally:
     """What one serialized example holds, counted by the parser.
@@ -177,6 +203,8 @@ class ExampleTally:
         text_bytes: The bytes of those.
         features: Its features.
         names: Their names, when asked for.
+        kinds: The kinds of list holding its values (:data:`FLOATS`,
+            :data:`INTS`, :data:`TEXTS`).
     """
 
     numbers: int
@@ -184,6 +212,7 @@ class ExampleTally:
     text_bytes: int
     features: int
     names: tuple[str, ...] = ()
+    kinds: int = 0
 
 
 def tally(data: bytes, *, names: bool = False) -> ExampleTally:
@@ -197,14 +226,35 @@ def tally(data: bytes, *, names: bool = False) -> ExampleTally:
     """
     merged = _TYPES["MergedExample"].FromString(data).features.feature.value
     texts = merged.bytes_list.bytes_value
+    floats = len(merged.float_list.value)
+    ints = len(merged.int64_list.value)
     named = _TYPES["NamedExample"].FromString(data).features.feature
     return ExampleTally(
-        len(merged.float_list.value) + len(merged.int64_list.value),
+        floats + ints,
         len(texts),
         sum(map(len, texts)),
         len(named),
         tuple(entry.key for entry in named) if names else (),
+        _kinds(floats, ints, len(texts)),
     )
+
+
+def feature_kinds(data: bytes) -> tuple[tuple[str, int, int], ...]:
+    """Each feature of a serialized example: (its name, the kinds of list it
+    holds values in, its float and int64 values). A feature sent with two
+    kinds of list has both (the parsed example keeps the last).
+
+    Raises:
+        DecodeError: It does not parse.
+    """
+    features = []
+    for entry in _TYPES["KindedExample"].FromString(data).features.feature:
+        value = entry.value
+        floats = len(value.float_list.value)
+        ints = len(value.int64_list.value)
+        kinds = _kinds(floats, ints, len(value.bytes_list.bytes_value))
+        features.append((entry.key, kinds, floats + ints))
+    return tuple(features)
 
 
 def parse_part(kind: type[Any], data: bytes, method: str) -> Any:
