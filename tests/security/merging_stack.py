@@ -31,6 +31,7 @@ import numpy as np
 from modelregistry import Registry
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
 from servekit_protocol import messages
+from servekit_protocol import oip_messages as oip
 
 from tests.security.recording import PREDICT
 from tests.security.stack import assert_no_traceback
@@ -214,3 +215,12 @@ def concurrent_predicts(
         for channel in channels:
             channel.close()
     return outcomes
+
+
+def spread_infer(rows: int) -> bytes:
+    """An OIP ModelInfer of ``rows`` rows for ``spread``, in ``fp64_contents``
+    (so its answer is typed too): a few bytes a row, 512 KiB of answer."""
+    request = oip.ModelInferRequest(model_name="spread", id="small")
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[rows, 1])
+    tensor.contents.fp64_contents.extend(float(row) for row in range(rows))
+    return request.SerializeToString()

@@ -38,12 +38,6 @@ from servekit_protocol import oip_messages as oip
 
 from tests.security.figures import record
 from tests.security.http2 import Target
-from tests.security.merging_stack import (
-    MergingGateways,
-    concurrent_predicts,
-    merged_calls,
-    spread_request,
-)
 from tests.security.stack import assert_no_traceback
 from tests.security.test_compressed_grpc import framed_call
 from tests.security.test_gateway_large_examples import SERVICE, large_examples_request
@@ -433,61 +427,4 @@ def test_a_large_message_does_not_stall_the_gateways_loop(
         "gateway",
         f"gateway, 64 MiB {family}",
         lambda: call(gateway, ROWS),
-    )
-
-
-def _merged_round(merging: MergingGateways, rows: int) -> None:
-    outcomes = concurrent_predicts(merging.offloading, rows)
-    assert all(status == "OK" for status, _ in outcomes), outcomes
-
-
-def test_a_merged_call_s_large_answer_does_not_stall_the_gateways_loop(
-    merging: MergingGateways,
-) -> None:
-    gateway = merging.offloading
-    # One row a caller: a 4 MiB merged answer, over the threshold, so the
-    # first round starts what cutting answers off the loop needs.
-    _merged_round(merging, 1)
-    merges = merged_calls(gateway)
-    assert_no_stall(
-        gateway.url + "/metrics",
-        "gateway",
-        "gateway, 16 MiB merged answer cut for 8 gRPC callers",
-        lambda: _merged_round(merging, 4),
-    )
-    assert merged_calls(gateway) > merges, "the concurrent calls were not merged"
-
-
-SHADOWED_ROWS = 60
-"""Rows of the shadowed call: a 30 MiB answer, and the shadow's. Parsed and
-compared on the loop, answers of 30 and 40 MiB held it 75-250 ms at a
-stretch (load average 8-9); at 16 MiB each stretch stayed under 50 ms."""
-
-
-def _shadowed_call(merging: MergingGateways, rows: int) -> None:
-    """One Predict of ``mirrored``, answered once its shadow call's answer has
-    been compared (the client's call does not wait for it)."""
-    gateway = merging.offloading
-    compared = gateway.metric("gateway_shadow_requests_total")
-    agreed = gateway.metric("gateway_shadow_requests_total", outcome="agree")
-    _checked(grpc_call(gateway, spread_request(0, rows, model="mirrored")))
-    deadline = time.monotonic() + 60
-    while gateway.metric("gateway_shadow_requests_total") <= compared:
-        assert time.monotonic() < deadline, "the shadow call was not compared"
-        time.sleep(0.05)
-    assert gateway.metric("gateway_shadow_requests_total", outcome="agree") > agreed
-
-
-def test_a_shadowed_call_s_large_answers_do_not_stall_the_gateways_loop(
-    merging: MergingGateways,
-) -> None:
-    """Its 30 MiB answer and the shadow's, compared."""
-    # Four rows: 2 MiB answers, over the threshold, so the first call starts
-    # what comparing off the loop needs.
-    _shadowed_call(merging, 4)
-    assert_no_stall(
-        merging.offloading.url + "/metrics",
-        "gateway",
-        "gateway, 30 MiB answer of a shadowed gRPC Predict and its shadow's",
-        lambda: _shadowed_call(merging, SHADOWED_ROWS),
     )
