@@ -8,10 +8,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from servekit.batch import outputs
+from servekit.batch.answers import read_back
 from servekit.batch.outcomes import Bulk, Predictions, RowError
 from servekit.batch.outputs import ROW_GROUP_ROWS, ShardWriter
 from servekit.batch.schema import FLOAT, TEXT, InputSchema
@@ -203,3 +205,31 @@ def test_an_aborted_shard_with_a_row_group_in_flight_leaves_nothing(
     writer.abort()
     assert list(output.iterdir()) == []
     assert not any(t.name.startswith("write") for t in threading.enumerate())
+
+
+def test_float32_reads_back_as_the_codec_text_does() -> None:
+    # Random bit patterns cover every exponent, subnormals included; then the
+    # values next to each power of ten and short decimals, where the shortest
+    # text is shortest.
+    bits = np.random.default_rng(11).integers(0, 2**32, 300_000, dtype=np.uint64)
+    values = bits.astype(np.uint32).view(np.float32)
+    powers = np.float32([10.0**exponent for exponent in range(-37, 39)])
+    edges = np.concatenate(
+        [
+            powers,
+            np.nextafter(powers, np.float32(0.0)),
+            np.nextafter(powers, np.float32(np.inf)),
+            np.float32([0.0, -0.0, 0.1, 0.3, 1e-45, 1.17549435e-38, 3.4028235e38]),
+            np.float32([float(f"{d}e{e}") for d in range(1, 200) for e in (-9, 0, 9)]),
+        ]
+    )
+    values = np.concatenate([values[np.isfinite(values)], edges, -edges])
+    through_text = np.array(
+        orjson.loads(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)),
+        dtype=np.float64,
+    )
+    answered = read_back(values.reshape(-1, 2) if len(values) % 2 == 0 else values)
+    assert answered.dtype == np.float64
+    assert np.array_equal(answered.reshape(-1), through_text)
+    assert np.array_equal(np.signbit(answered.reshape(-1)), np.signbit(through_text))
+    assert read_back(np.float32([[0.1, 2.5]])).tolist() == [[0.1, 2.5]]

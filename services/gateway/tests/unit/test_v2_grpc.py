@@ -208,3 +208,20 @@ def test_a_segment_over_the_tensor_limits_writes_no_predict() -> None:
         assert not (Path(segments.SEGMENT_DIR) / predict).exists()
     finally:
         segments.unlink(message)
+
+
+def test_a_predict_with_no_room_in_shared_memory_comes_back_itself() -> None:
+    data = _large_request(raw=False).SerializeToString()
+    message = segments.new_name("message")
+    # A segment in a folder that does not exist: writing it fails as a full
+    # /dev/shm does, with an OSError.
+    predict = f"missing-{segments.new_name('folder')}/predict"
+    try:
+        segments.write_bytes(message, data)
+        written = encode_infer_segment(message, predict, None, TensorLimits())
+    finally:
+        segments.unlink(message)
+    encoded = encode_infer_message(data, None, TensorLimits())
+    assert written.message == encoded.message
+    assert written.size == len(encoded.message)
+    assert written.request == encoded.request

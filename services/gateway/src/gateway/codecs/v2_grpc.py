@@ -316,6 +316,9 @@ class WrittenInfer:
     """The request without its inputs, as in :class:`EncodedInfer`."""
     size: int
     """Bytes of the Predict in the segment."""
+    message: bytes = b""
+    """The Predict itself when its segment could not be written (no room in
+    shared memory): it then comes back through the pool's pipe."""
 
 
 def encode_infer_message(
@@ -350,14 +353,19 @@ def encode_infer_segment(
     Raises:
         InvalidInput: as :func:`encode_infer_message`.
         InvalidArgument: above the tensor limits.
-        OSError: the Predict's segment cannot be written (no space).
     """
     with segments.mapped(segment) as view:
         # upb parses any buffer; the stubs say bytes.
         request = oip.ModelInferRequest.FromString(cast(bytes, view))
     encoded = _encoded(request, wanted, limits)
     del request
-    segments.write_bytes(predict_segment, encoded.message)
+    try:
+        segments.write_bytes(predict_segment, encoded.message)
+    except OSError:
+        segments.unlink(predict_segment)
+        # The worker serialized it: already bytes, not copied again.
+        message = bytes(encoded.message)
+        return WrittenInfer(encoded.request, len(message), message)
     return WrittenInfer(encoded.request, len(encoded.message))
 
 

@@ -132,7 +132,16 @@ async def _encode(
         written: WrittenInfer = await parsers.in_worker(
             encode_infer_segment, request.segment, predict, wanted, limits
         )
-        data = await asyncio.to_thread(_read_bytes, predict, written.size)
+        if written.message:
+            logger.warning(
+                "A large ModelInfer's Predict came back through the workers' "
+                "pipe: its shared memory segment could not be written; give %s "
+                "more room",
+                segments.SEGMENT_DIR,
+            )
+            data: bytes | memoryview = written.message
+        else:
+            data = await asyncio.to_thread(_read_bytes, predict, written.size)
     finally:
         _unlink_soon(predict)
     return EncodedInfer(written.request, data)
