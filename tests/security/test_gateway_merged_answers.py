@@ -19,7 +19,9 @@ import grpc
 import numpy as np
 import pytest
 from servekit_protocol import messages
+from servekit_protocol import oip_messages as oip
 
+from tests.security.forwarding_stack import grpc_call
 from tests.security.merging_stack import (
     CALLER_ROWS,
     MESSAGE_LIMIT,
@@ -27,9 +29,11 @@ from tests.security.merging_stack import (
     MergingGateways,
     concurrent_predicts,
     merged_calls,
+    spread_infer,
     spread_request,
 )
 from tests.security.recording import PREDICT
+from tests.security.test_gateway_large_grpc import MODEL_INFER
 
 pytestmark = pytest.mark.integration
 
@@ -89,3 +93,17 @@ def test_a_merged_call_s_error_is_every_caller_s_on_both_gateways(
     parsed = concurrent_predicts(merging.parsing, version=9)
     assert offloaded == parsed
     assert all(status.startswith("NOT_FOUND") for status, _ in offloaded), offloaded
+
+
+def test_a_small_model_infer_s_large_answer_is_the_one_written_on_the_loop(
+    merging: MergingGateways,
+) -> None:
+    """An 8-row typed ModelInfer's 4 MiB answer, written off the loop by one
+    gateway and on it by the other: the same bytes."""
+    offloaded = grpc_call(merging.offloading, spread_infer(8), MODEL_INFER)
+    parsed = grpc_call(merging.parsing, spread_infer(8), MODEL_INFER)
+    assert offloaded[0] == "OK", offloaded[1]
+    assert offloaded == parsed
+    answer = oip.ModelInferResponse.FromString(offloaded[2])
+    assert list(answer.outputs[0].shape) == [8, SPREAD_OUTPUTS]
+    assert len(answer.outputs[0].contents.fp64_contents) == 8 * SPREAD_OUTPUTS

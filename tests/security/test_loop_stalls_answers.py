@@ -1,6 +1,7 @@
 """No large answer holds the gateway's event loop for more than 50 ms, where
 the gateway cuts, compares or converts it: a merged call's answer cut for its
-callers, and a shadowed call's answer compared with its shadow's.
+callers, a shadowed call's answer compared with its shadow's, and a small
+OIP ModelInfer's large answer written as typed contents.
 
 Measured as in :mod:`tests.security.test_loop_stalls` (the loop thread's CPU
 stretches from the gateway's ``gateway_event_loop_busy_seconds``), on the
@@ -9,18 +10,23 @@ gateways of :mod:`tests.security.merging_stack`.
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
+from servekit_protocol import oip_messages as oip
 
 from tests.security.forwarding_stack import grpc_call
 from tests.security.merging_stack import (
+    SPREAD_OUTPUTS,
     MergingGateways,
     concurrent_predicts,
     merged_calls,
+    spread_infer,
     spread_request,
 )
 from tests.security.recording import PREDICT
+from tests.security.test_gateway_large_grpc import MODEL_INFER
 from tests.security.test_loop_stalls import assert_no_stall
 
 pytestmark = pytest.mark.integration
@@ -86,4 +92,28 @@ def test_a_shadowed_call_s_large_answers_do_not_stall_the_gateways_loop(
         "gateway",
         "gateway, 30 MiB answer of a shadowed gRPC Predict and its shadow's",
         lambda: _shadowed_call(merging, SHADOWED_ROWS),
+    )
+
+
+INFER_ROWS = 80
+"""Rows of the small ModelInfer: 640 bytes of request, a 40 MiB typed answer."""
+
+
+def _small_infer(merging: MergingGateways, rows: int) -> None:
+    answer = _called(merging, spread_infer(rows), MODEL_INFER)
+    response = oip.ModelInferResponse.FromString(answer)
+    assert math.prod(response.outputs[0].shape) == rows * SPREAD_OUTPUTS
+
+
+def test_a_small_model_infer_s_large_answer_does_not_stall_the_gateways_loop(
+    merging: MergingGateways,
+) -> None:
+    # Four rows: a 2 MiB answer, over the threshold, so the first call starts
+    # what writing answers off the loop needs.
+    _small_infer(merging, 4)
+    assert_no_stall(
+        merging.offloading.url + "/metrics",
+        "gateway",
+        "gateway, 40 MiB typed answer to a small ModelInfer",
+        lambda: _small_infer(merging, INFER_ROWS),
     )

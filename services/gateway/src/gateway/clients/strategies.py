@@ -329,8 +329,10 @@ class ProtoStrategy(
         return split_answer(answer, rows)
 
 
-class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse]):
-    """REST callers' typed arrays, concatenated and encoded once per call."""
+class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse | ReceivedAnswer]):
+    """REST and OIP callers' typed arrays, concatenated and encoded once per
+    call; an answer from ``keep_from`` bytes up (OIP gRPC callers give one)
+    comes back as its bytes, to be decoded off the event loop."""
 
     def key(self, request: ArrayRequest) -> tuple[Key, int] | None:
         return array_key(request)
@@ -341,13 +343,17 @@ class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse]):
         request: ArrayRequest,
         deadline: float,
         metadata: Metadata,
-        keep_from: int | None = None,  # noqa: ARG002 (decoded into arrays)
-    ) -> ArrayResponse:
+        keep_from: int | None = None,
+    ) -> ArrayResponse | ReceivedAnswer:
         try:
             encoded = request.to_proto()
         except ProtocolError as exc:
             raise InvalidInput(exc.message) from exc
-        response = await self._client.predict(addresses, encoded, deadline, metadata)
+        response = await self._client.predict(
+            addresses, encoded, deadline, metadata, keep_from
+        )
+        if isinstance(response, ReceivedAnswer):
+            return response
         return ArrayResponse.from_proto(response)
 
     def _merge(
