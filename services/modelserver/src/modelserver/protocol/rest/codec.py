@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from servekit_protocol import json_codec, messages, segment_answers
+from servekit_protocol import json_codec, messages, segment_answers, segment_bodies
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.tensor_limits import TensorLimits
@@ -150,13 +150,14 @@ async def decode_predict(
         except ServingError:
             await parsers.run(size, signature_name_of, body)
             raise
-        parsed = await parsers.run(
-            size,
-            json_codec.parse_predict_request,
-            body,
-            input_specs(signature),
-            limits,
-        )
+        if size < parsers.threshold_bytes:
+            parsed = json_codec.parse_predict_request(
+                body, input_specs(signature), limits
+            )
+        else:
+            parsed = await segment_bodies.parse_predict(
+                parsers, body, input_specs(signature), limits
+            )
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
     except ProtocolError as exc:

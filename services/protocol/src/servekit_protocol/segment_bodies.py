@@ -1,0 +1,146 @@
+"""Large REST ``:predict`` bodies parsed in a worker process, the body sent
+there and the decoded arrays sent back through shared memory segments, not the
+pool's pipe.
+
+Through the pipe, the pool's helper threads in the server pickle the body out
+and receive and unpickle the arrays back, copies made holding the GIL: a
+157 MiB body decoding to 64 MiB of doubles held the event loop about 0.35 s on
+a loaded 2-core machine although the loop itself ran none of it. Here the
+server only writes the body and reads the arrays, in threads, with the GIL
+released (:mod:`servekit_protocol.segments`); string arrays still travel
+pickled. The segments' lifetime is that of
+:mod:`servekit_protocol.segment_answers`' ones: named by the server's side,
+unlinked once the worker has answered on every path, the pipe used instead with
+a warning when a segment cannot be written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+from servekit_protocol import segment_answers, segments
+from servekit_protocol.json_codec.offload import BodyParsers
+from servekit_protocol.json_codec.predict import (
+    PredictBody,
+    SpecSource,
+    parse_predict_request,
+)
+from servekit_protocol.tensor_limits import TensorLimits
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Parsed:
+    # What the worker hands back: the body without its numeric arrays, and
+    # where those lie in the arrays' segment.
+    body: PredictBody
+    slots: list[segments.ArraySlot]
+    order: tuple[str, ...]
+
+
+async def parse_predict(
+    parsers: BodyParsers,
+    body: bytes,
+    specs: SpecSource,
+    limits: TensorLimits | None,
+) -> PredictBody:
+    """:func:`~servekit_protocol.json_codec.parse_predict_request` of ``body``
+    in a worker process, the body and the decoded arrays moved through
+    segments.
+
+    Raises:
+        InvalidArgument: What parsing raises.
+        ParserUnavailable: The worker died.
+    """
+    # Shielded: a cancelled call's worker still finishes before the segments
+    # are removed (it may be writing one).
+    parsing = asyncio.ensure_future(_parse(parsers, body, specs, limits))
+    parsing.add_done_callback(_retrieve)
+    return await asyncio.shield(parsing)
+
+
+async def _parse(
+    parsers: BodyParsers,
+    body: bytes,
+    specs: SpecSource,
+    limits: TensorLimits | None,
+) -> PredictBody:
+    body_segment = segments.new_name("body")
+    arrays_segment = segments.new_name("inputs")
+    try:
+        try:
+            await asyncio.to_thread(segments.write_bytes, body_segment, body)
+        except OSError as exc:
+            _warn(exc)
+            return await parsers.in_worker(parse_predict_request, body, specs, limits)
+        parsed = await parsers.in_worker(
+            parse_in_worker, body_segment, len(body), arrays_segment, specs, limits
+        )
+        if isinstance(parsed, PredictBody):
+            _warn(None)
+            return parsed
+        arrays = (
+            await asyncio.to_thread(segments.read_arrays, arrays_segment, parsed.slots)
+            if parsed.slots
+            else {}
+        )
+        arrays.update(parsed.body.inputs)
+        return dataclasses.replace(
+            parsed.body, inputs={name: arrays[name] for name in parsed.order}
+        )
+    finally:
+        loop = asyncio.get_running_loop()
+        for name in (body_segment, arrays_segment):
+            # Unlinking frees the pages there and then: not on the loop's thread.
+            loop.run_in_executor(None, segments.unlink, name)
+
+
+def parse_in_worker(
+    body_segment: str,
+    size: int,
+    arrays_segment: str,
+    specs: SpecSource,
+    limits: TensorLimits | None,
+) -> _Parsed | PredictBody:
+    """Run in the worker: the body in ``body_segment`` parsed, its numeric
+    arrays written to ``arrays_segment``; the parsed body itself when that
+    segment cannot be written.
+
+    Raises:
+        InvalidArgument: What parsing raises.
+    """
+    body = segment_answers.read_answer(body_segment, size)
+    parsed = parse_predict_request(body, specs, limits)
+    del body
+    numeric = {k: v for k, v in parsed.inputs.items() if v.dtype != object}
+    try:
+        slots = segments.write_arrays(arrays_segment, numeric) if numeric else []
+    except OSError:
+        segments.unlink(arrays_segment)
+        return parsed
+    pickled = {k: v for k, v in parsed.inputs.items() if k not in numeric}
+    return _Parsed(
+        dataclasses.replace(parsed, inputs=pickled), slots, tuple(parsed.inputs)
+    )
+
+
+def _warn(exc: OSError | None) -> None:
+    logger.warning(
+        "A large :predict body went through the worker pipe, copies that hold "
+        "the GIL and so the event loop: its shared memory segment could not be "
+        "written (%s); give %s more room",
+        exc if exc is not None else "no space",
+        segments.SEGMENT_DIR,
+    )
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # The error of a parse whose call was cancelled is nobody's to raise.
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.exception()

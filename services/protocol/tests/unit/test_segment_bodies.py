@@ -1,0 +1,102 @@
+"""Large ``:predict`` bodies parsed in a worker with the body and the decoded
+arrays moved through shared memory segments (servekit_protocol.segment_bodies),
+real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import orjson
+import pytest
+from servekit_protocol import json_codec, segment_bodies, segments
+from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.json_codec.offload import BodyParsers
+from servekit_protocol.tensor_limits import TensorLimits
+
+SPECS = {
+    "x": json_codec.TensorSpec("DT_DOUBLE", None),
+    "n": json_codec.TensorSpec("DT_INT64", None),
+    "s": json_codec.TensorSpec("DT_STRING", None),
+}
+
+
+@pytest.fixture(scope="module")
+def parsers() -> Iterator[BodyParsers]:
+    running = BodyParsers(workers=1, threshold_bytes=1)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _own_segments() -> list[str]:
+    prefix = f"servekit-{os.getpid()}-"
+    return [
+        name for name in os.listdir(segments.SEGMENT_DIR) if name.startswith(prefix)
+    ]
+
+
+async def _settled(timeout: float = 10.0) -> list[str]:
+    # Unlinking runs in a thread that is not awaited.
+    deadline = time.monotonic() + timeout
+    while _own_segments() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return _own_segments()
+
+
+def _body(rows: int) -> bytes:
+    rng = np.random.default_rng(5)
+    return orjson.dumps(
+        {
+            "inputs": {
+                "x": rng.normal(size=(rows, 4)).tolist(),
+                "n": rng.integers(-(2**40), 2**40, size=rows).tolist(),
+                "s": [f"row {index}" for index in range(rows)],
+            }
+        }
+    )
+
+
+@pytest.mark.parametrize("rows", [1, 50_000])
+async def test_a_body_parsed_through_segments_is_the_body_parsed_in_place(
+    parsers: BodyParsers, rows: int
+) -> None:
+    body = _body(rows)
+    in_place = json_codec.parse_predict_request(body, SPECS, None)
+    parsed = await segment_bodies.parse_predict(parsers, body, SPECS, None)
+    assert parsed.signature_name == in_place.signature_name
+    assert parsed.format == in_place.format
+    assert list(parsed.inputs) == list(in_place.inputs)
+    for name, array in in_place.inputs.items():
+        assert parsed.inputs[name].dtype == array.dtype
+        assert parsed.inputs[name].shape == array.shape
+        assert parsed.inputs[name].tolist() == array.tolist()
+        assert parsed.inputs[name].flags.writeable
+    assert await _settled() == []
+
+
+async def test_a_bad_body_or_one_over_the_limits_is_refused_and_nothing_is_left(
+    parsers: BodyParsers,
+) -> None:
+    with pytest.raises(InvalidArgument, match="JSON Parse error"):
+        await segment_bodies.parse_predict(parsers, b'{"inputs": [1,', SPECS, None)
+    with pytest.raises(InvalidArgument):
+        await segment_bodies.parse_predict(
+            parsers, _body(100), SPECS, TensorLimits(max_elements=10)
+        )
+    assert await _settled() == []
+
+
+async def test_a_cancelled_parse_removes_its_segments(parsers: BodyParsers) -> None:
+    call = asyncio.ensure_future(
+        segment_bodies.parse_predict(parsers, _body(200_000), SPECS, None)
+    )
+    await asyncio.sleep(0.05)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await _settled(timeout=60) == []
