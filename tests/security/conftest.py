@@ -9,6 +9,7 @@ import pytest
 from tests.security.figures import write_if_asked
 from tests.security.forwarding_stack import Gateways, forwarding_gateways
 from tests.security.http2 import GATEWAY_ENV, MODEL_SERVER_FLAGS, Target
+from tests.security.merging_stack import MergingGateways, merging_gateways
 from tests.security.stack import Stack, serving_stack
 
 
@@ -67,4 +68,12 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
     gRPC, parsing them whole) in front of one model server
     (:mod:`tests.security.forwarding_stack`)."""
     with forwarding_gateways(tmp_path_factory.mktemp("gateway-large-grpc")) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def merging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MergingGateways]:
+    """Two gateways merging concurrent gRPC Predicts with large answers, cutting
+    them off and on the event loop (:mod:`tests.security.merging_stack`)."""
+    with merging_gateways(tmp_path_factory.mktemp("gateway-merged")) as stack:
         yield stack

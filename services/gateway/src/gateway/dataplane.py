@@ -101,6 +101,7 @@ class Gateway:
             metrics,
             timeout_ms=settings.default_timeout_ms,
             max_tasks=settings.max_in_flight // 2,
+            keep_from=settings.grpc_parse_offload_bytes or None,
         )
         self.forwarder = Forwarder(
             pool, self.client, self.coalescer, self.signatures, router, self.shadow

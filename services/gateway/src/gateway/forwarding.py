@@ -141,8 +141,8 @@ class Forwarder:
             ProtocolError: an answer that cannot be decoded into arrays.
         """
         forward = call.rest_body is not None and self.forwards_rest(plan)
-        # Shadow mode compares decoded outputs, so a mirrored answer is parsed.
-        keep_from = ctx.keep_answer_from if plan.shadow is None else None
+        # A mirrored answer kept as its bytes is compared off the loop (`shadow`).
+        keep_from = ctx.keep_answer_from
         target = plan.primary
         attempt = await self._attempt(ctx, target, call, forward, keep_from)
         if target.role == CANARY_ROLE and attempt.unknown_label:
@@ -222,8 +222,8 @@ class Forwarder:
         if isinstance(request, ForwardedPredict):
             request.keep_answer_from = keep_from
         try:
-            # A large answer called alone comes back as its bytes, whatever the
-            # request's size; a merged one is parsed, to be split.
+            # A large answer comes back as its bytes, whatever the request's
+            # size; a large merged one is cut into bytes off the loop.
             response = await self._coalescer.predict(
                 target.backends, request, ctx.deadline, ctx.metadata(), keep_from
             )

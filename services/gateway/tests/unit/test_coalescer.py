@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import (
     ArrayRequest,
     ArrayResponse,
     merge_arrays,
     split_arrays,
 )
-from gateway.clients.protobatch import merge_requests, split_response
+from gateway.clients.protobatch import merge_requests, split_answer, split_response
 from gateway.clients.strategies import array_key, proto_key
 from servekit_protocol import messages
 from servekit_protocol.tensors import from_ndarray, to_ndarray
@@ -128,6 +129,35 @@ def test_split_gives_each_caller_its_rows() -> None:
         to_ndarray(parts[2].outputs["scores"]), np.arange(6.0, 12.0).reshape(3, 2)
     )
     assert all(p.model_spec.version.value == 4 for p in parts)
+
+
+def test_a_kept_answer_splits_into_the_bytes_of_the_parsed_split() -> None:
+    response = messages.PredictResponse()
+    response.model_spec.name = "m"
+    response.model_spec.version.value = 4
+    from_ndarray(np.arange(12.0).reshape(6, 2), into=response.outputs["scores"])
+    response.outputs["names"].dtype = messages.DataType.DT_STRING
+    response.outputs["names"].tensor_shape.dim.add(size=6)
+    response.outputs["names"].string_val.extend(b"n%d" % i for i in range(6))
+    spec = response.model_spec
+    kept = ReceivedAnswer(response.SerializeToString(), spec)
+    parts = split_answer(kept, [1, 2, 3])
+    expected = split_response(response, [1, 2, 3])
+    assert parts is not None and expected is not None
+    # Map entries are written in the map's own order, which protobuf leaves
+    # open: with several outputs the messages are compared, with one the bytes.
+    assert [messages.PredictResponse.FromString(part.data) for part in parts] == (
+        expected
+    )
+    assert all(part.model_spec == response.model_spec for part in parts)
+    assert split_answer(kept, [1, 2]) is None
+    del response.outputs["names"]
+    single = split_answer(ReceivedAnswer(response.SerializeToString(), spec), [2, 4])
+    expected = split_response(response, [2, 4])
+    assert single is not None and expected is not None
+    assert [part.data for part in single] == [
+        part.SerializeToString() for part in expected
+    ]
 
 
 def test_split_refuses_outputs_without_the_batch_dimension() -> None:

@@ -49,6 +49,8 @@ class ListStrategy:
     merged: list[list[Rows]] = field(default_factory=list)
     calls: list[tuple[tuple[str, ...], float, Metadata]] = field(default_factory=list)
     """Every call's addresses, deadline and metadata, merged or not."""
+    merged_kept_from: list[int | None] = field(default_factory=list)
+    """Each merged call's ``keep_from``."""
     max_merged_rows: int | None = None
     """Above this the backend refuses a merged call as too big."""
     unsplittable: bool = False
@@ -80,8 +82,10 @@ class ListStrategy:
         rows: Sequence[int],
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> Merged[Rows]:
         self.merged.append(list(requests))
+        self.merged_kept_from.append(keep_from)
         self.calls.append((tuple(addresses), deadline, metadata))
         await self.open.wait()
         if self.down:
@@ -115,6 +119,7 @@ class Core:
         addresses: Sequence[str] = ADDRESSES,
         timeout: float = 5.0,
         request_id: str = "",
+        keep_from: int | None = None,
     ) -> asyncio.Task[Rows]:
         metadata = (("x-request-id", request_id),) if request_id else NO_METADATA
 
@@ -125,6 +130,7 @@ class Core:
                 request,
                 time.monotonic() + timeout,
                 metadata,
+                keep_from,
             )
             return answer
 
@@ -370,3 +376,26 @@ async def test_a_coalescer_with_merging_off_calls_straight_through() -> None:
     assert tested.strategy.singles == [(0.5,), (1.0,)]
     tested.strategy.open.set()
     await asyncio.gather(first, second)
+
+
+@pytest.mark.parametrize(
+    ("kept_from", "merged_from"),
+    [((4096, 1024), 1024), ((4096, None), None), ((None, None), None)],
+)
+async def test_a_merged_answer_is_kept_as_bytes_only_when_every_caller_takes_it(
+    kept_from: tuple[int | None, int | None], merged_from: int | None
+) -> None:
+    """A merged call's answer may come back as bytes (its shares too) only when
+    every caller's would, from the smallest of their sizes."""
+    tested = core()
+    first = tested.submit((0.5,))
+    await settle()
+    waiting = [
+        tested.submit((float(index),), keep_from=keep)
+        for index, keep in enumerate(kept_from, start=1)
+    ]
+    await settle()
+    tested.strategy.open.set()
+    await first
+    assert await asyncio.gather(*waiting) == [(2.0,), (4.0,)]
+    assert tested.strategy.merged_kept_from == [merged_from]

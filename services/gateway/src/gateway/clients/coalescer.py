@@ -66,6 +66,7 @@ from gateway.clients.strategies import (
     Shared,
     Strategy,
     Unsplittable,
+    merged_keep_from,
 )
 from gateway.errors import DeadlineExceeded, GatewayError
 from gateway.observability.metrics import GatewayMetrics
@@ -255,8 +256,8 @@ class Coalescer:
         """The backend's answer to `request`, possibly from a merged call; of the
         request's kind (an `ArrayResponse` for an `ArrayRequest`, an `HttpAnswer`
         of any status for a `RestPredict`). A `PredictRequest`'s answer of
-        ``keep_from`` bytes or more comes back as its bytes (a `ReceivedAnswer`)
-        when it was called alone; a merged answer is parsed to be split.
+        ``keep_from`` bytes or more comes back as its bytes (a `ReceivedAnswer`),
+        and so does its share of a merged answer that large (cut off the loop).
 
         Raises:
             GatewayError: as `BackendClient.predict`; DeadlineExceeded when the
@@ -440,6 +441,7 @@ class Coalescer:
                 [waiter.request for waiter in batch],
                 rows,
                 *_merged_call(batch),
+                merged_keep_from([waiter.keep_from for waiter in batch]),
             )
         except GatewayError as exc:
             for waiter in batch:

@@ -4,7 +4,8 @@ gRPC callers hold `PredictRequest`s; merging them concatenates each input along
 the batch axis. Packed bytes and complete typed value lists are joined as they
 are, without decoding; only a tensor in another form (one value standing for a
 whole tensor, say) goes through numpy. Splitting cuts each output's rows the same
-way.
+way. A large merged answer kept as its bytes is parsed, cut and each share
+serialized in one go (`split_answer`), off the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from servekit_protocol import messages
 from servekit_protocol.tensors import element_field, from_ndarray, to_ndarray
+
+from gateway.clients.answers import ReceivedAnswer
 
 Layout = tuple[tuple[str, int, tuple[int, ...]], ...]
 
@@ -176,3 +179,22 @@ def split_response(
             answer.outputs[name].CopyFrom(split[index])
         answers.append(answer)
     return answers
+
+
+def split_answer(
+    answer: ReceivedAnswer, rows: Sequence[int]
+) -> list[ReceivedAnswer] | None:
+    """`split_response` of an answer kept as its bytes, each caller's share
+    serialized: the bytes protobuf writes for the share `split_response` cuts
+    from the parsed answer. Meant for a worker thread: parsing and writing
+    again hold the GIL, but not the event loop's own thread.
+
+    Raises:
+        DecodeError: the answer does not parse.
+        ProtocolError: an output cannot be decoded.
+    """
+    response = messages.PredictResponse.FromString(answer.data)
+    parts = split_response(response, rows)
+    if parts is None:
+        return None
+    return [ReceivedAnswer(part.SerializeToString(), part.model_spec) for part in parts]

@@ -21,15 +21,22 @@ arrays (`ArrayStrategy`, see `clients.arrays`) and untranslated REST bodies for
 the backend's REST API (`RestStrategy`, see `clients.restbatch`); each merges
 only with its own kind and answers in its own kind. Large gRPC messages
 forwarded unparsed (`ForwardedStrategy`, see `clients.forwarded`) go alone.
+
+A merged answer of gRPC callers that all take answers as bytes from
+``keep_from`` up is received as its bytes when it is that large, and parsed,
+cut and each share serialized again in a worker thread: on the event loop a
+16 MiB answer cut for eight callers held it about 150 ms.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
 
@@ -44,7 +51,12 @@ from gateway.clients.arrays import (
 from gateway.clients.backend import BackendClient, Metadata
 from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer
-from gateway.clients.protobatch import merge_requests, proto_layout, split_response
+from gateway.clients.protobatch import (
+    merge_requests,
+    proto_layout,
+    split_answer,
+    split_response,
+)
 from gateway.clients.restbatch import RestPredict, merge_rest, split_rest
 from gateway.errors import BackendError, InvalidInput
 
@@ -134,8 +146,10 @@ class Strategy(Protocol[RequestT_contra, ResponseT]):
         rows: Sequence[int],
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> Merged[ResponseT]:
-        """One backend call for several requests.
+        """One backend call for several requests; ``keep_from``: as `call`'s,
+        for the merged answer (its shares are then bytes too).
 
         Raises:
             GatewayError: an error of the backend that holds for every caller.
@@ -145,6 +159,15 @@ class Strategy(Protocol[RequestT_contra, ResponseT]):
     def succeeded(self, response: ResponseT) -> bool:
         """Whether an answer is a success (REST answers carry any status)."""
         ...
+
+
+def merged_keep_from(sizes: Sequence[int | None]) -> int | None:
+    """From what size a merged answer is kept as bytes: only when every caller
+    takes its answer as bytes from some size up (``sizes``, their
+    ``keep_from``), and then from the smallest of those sizes."""
+    if any(size is None for size in sizes):
+        return None
+    return min(size for size in sizes if size is not None)
 
 
 def spec_key(spec: messages.ModelSpec, output_filter: Sequence[str]) -> Key:
@@ -204,6 +227,41 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
     ) -> Sequence[ResponseT] | None:
         raise NotImplementedError
 
+    def _split_kept(
+        self, answer: ReceivedAnswer, rows: Sequence[int]
+    ) -> Sequence[ResponseT] | None:
+        """`_split` of an answer kept as its bytes; run in a worker thread.
+
+        Raises:
+            DecodeError: the answer does not parse.
+            ProtocolError: an output cannot be decoded.
+        """
+        return self._split(messages.PredictResponse.FromString(answer.data), rows)
+
+    async def _cut(
+        self,
+        response: messages.PredictResponse | ReceivedAnswer,
+        rows: Sequence[int],
+    ) -> Sequence[ResponseT] | None:
+        """Each caller's share, or None when the answer cannot be cut; one kept
+        as its bytes is cut off the event loop.
+
+        Raises:
+            BackendError: INTERNAL, a kept answer does not parse (as it fails
+                when parsed on receipt).
+        """
+        try:
+            if not isinstance(response, ReceivedAnswer):
+                return self._split(response, rows)
+            try:
+                return await asyncio.to_thread(self._split_kept, response, rows)
+            except DecodeError as exc:
+                raise BackendError(
+                    f"unreadable PredictResponse: {exc}", grpc.StatusCode.INTERNAL
+                ) from exc
+        except ProtocolError:
+            return None
+
     def succeeded(self, response: ResponseT) -> bool:
         """A Predict answer is a success: the backend's errors are raised."""
         return response is not None
@@ -215,27 +273,29 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
         rows: Sequence[int],
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> Merged[ResponseT]:
         try:
             merged = self._merge(requests, rows)
         except ProtocolError as exc:
             return Separately(exc.message, blame_merge=False)
         try:
-            response = await self._client.predict(addresses, merged, deadline, metadata)
+            response = await self._client.predict(
+                addresses, merged, deadline, metadata, keep_from
+            )
         except BackendError as exc:
             if exc.grpc_code not in SEPARABLE_CODES:
                 raise
             return Separately(exc.message, blame_merge=True)
-        try:
-            parts = self._split(response, rows)
-        except ProtocolError:
-            parts = None
+        parts = await self._cut(response, rows)
         if parts is None:
             return Unsplittable(merged.model_spec.name)
         return Parts(parts)
 
 
-class ProtoStrategy(_TensorStrategy[messages.PredictRequest, messages.PredictResponse]):
+class ProtoStrategy(
+    _TensorStrategy[messages.PredictRequest, messages.PredictResponse | ReceivedAnswer]
+):
     """gRPC callers' PredictRequests, merged tensor by tensor."""
 
     def key(self, request: messages.PredictRequest) -> tuple[Key, int] | None:
@@ -263,9 +323,16 @@ class ProtoStrategy(_TensorStrategy[messages.PredictRequest, messages.PredictRes
     ) -> Sequence[messages.PredictResponse] | None:
         return split_response(response, rows)
 
+    def _split_kept(
+        self, answer: ReceivedAnswer, rows: Sequence[int]
+    ) -> Sequence[ReceivedAnswer] | None:
+        return split_answer(answer, rows)
 
-class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse]):
-    """REST callers' typed arrays, concatenated and encoded once per call."""
+
+class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse | ReceivedAnswer]):
+    """REST and OIP callers' typed arrays, concatenated and encoded once per
+    call; an answer from ``keep_from`` bytes up (OIP gRPC callers give one)
+    comes back as its bytes, to be decoded off the event loop."""
 
     def key(self, request: ArrayRequest) -> tuple[Key, int] | None:
         return array_key(request)
@@ -276,13 +343,17 @@ class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse]):
         request: ArrayRequest,
         deadline: float,
         metadata: Metadata,
-        keep_from: int | None = None,  # noqa: ARG002 (decoded into arrays)
-    ) -> ArrayResponse:
+        keep_from: int | None = None,
+    ) -> ArrayResponse | ReceivedAnswer:
         try:
             encoded = request.to_proto()
         except ProtocolError as exc:
             raise InvalidInput(exc.message) from exc
-        response = await self._client.predict(addresses, encoded, deadline, metadata)
+        response = await self._client.predict(
+            addresses, encoded, deadline, metadata, keep_from
+        )
+        if isinstance(response, ReceivedAnswer):
+            return response
         return ArrayResponse.from_proto(response)
 
     def _merge(
@@ -326,6 +397,7 @@ class RestStrategy:
         rows: Sequence[int],
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,  # noqa: ARG002 (a REST answer is bytes)
     ) -> Merged[HttpAnswer]:
         first = requests[0]
         answer = await self._client.forward_rest(
@@ -375,8 +447,9 @@ class ForwardedStrategy:
         rows: Sequence[int],
         deadline: float,
         metadata: Metadata,
+        keep_from: int | None = None,
     ) -> Merged[messages.PredictResponse | ReceivedAnswer]:
-        del addresses, requests, rows, deadline, metadata
+        del addresses, requests, rows, deadline, metadata, keep_from
         raise AssertionError("forwarded requests have no key, so never merge")
 
     def succeeded(self, response: messages.PredictResponse | ReceivedAnswer) -> bool:

@@ -66,8 +66,7 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         self._readiness = readiness
         threshold = front.gateway.settings.grpc_parse_offload_bytes
         self._keep_answer_from = threshold if threshold > 0 else None
-        """Answers of large requests from this size come back as the
-        backend's bytes (`clients.answers`), written off the loop."""
+        """Answers from this size come back as the backend's bytes (`clients.answers`), written off the loop."""
 
     async def ServerLive(
         self, request: oip.ServerLiveRequest, context: ServicerContext
@@ -163,9 +162,9 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         """A large message comes as a `RawInfer` (its raw inputs checked and
         written into the backend's Predict in a thread) or an `InferMessage`
         (parsed, checked and encoded for the backend in a worker process); it
-        is routed and answered the same way, its large answer kept as the
-        backend's bytes and written in a thread (`codecs.v2_grpc_answer`)."""
-        large = isinstance(request, RawInfer | InferMessage)
+        is routed and answered the same way. A large answer, whatever the
+        request's size, is kept as the backend's bytes and written in a thread
+        (`codecs.v2_grpc_answer`)."""
         parse: Callable[
             [Wanted],
             InferRequest
@@ -203,8 +202,7 @@ class InferenceProxy(GRPCInferenceServiceServicer):
                 return parse_model_infer(parsed, wanted)
 
         async def handle(ctx: CallContext) -> oip.ModelInferResponse | Serialized:
-            if large:
-                ctx.keep_answer_from = self._keep_answer_from
+            ctx.keep_answer_from = self._keep_answer_from
             answer = await plane.infer(
                 self._gateway,
                 ctx,

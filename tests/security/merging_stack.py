@@ -1,0 +1,226 @@
+"""Two gateways merging concurrent gRPC Predicts in front of one model server,
+for the tests of large merged answers (``test_loop_stalls``,
+``test_gateway_merged_answers``).
+
+The model ``spread`` answers 65,536 float64 values a row, so a few rows make a
+large answer: eight callers of four rows each, merged into one backend call of
+32 rows (the gateways' default ``--coalesce-max-rows``), get a 16 MiB answer
+that the gateway cuts into eight 2 MiB ones. One gateway has the default
+``--grpc-parse-offload-bytes`` (1 MiB); the other has 0, so every answer is
+parsed and cut on its event loop, as before the threshold existed. Both call
+the model server as gRPC-Web on its REST port (the default with
+``--rest-backends``).
+
+``mirrored`` is the same model in two versions behind labels, the canary one
+shadowing the stable one, so each call to it is made twice and the two
+answers compared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from modelregistry import Registry
+from modelregistry.layout import SERVEKIT_CONFIG_FILE
+from servekit_protocol import messages
+from servekit_protocol import oip_messages as oip
+
+from tests.security.recording import PREDICT
+from tests.security.stack import assert_no_traceback
+from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.modelserver import ModelServer, model_server
+
+SPREAD_OUTPUTS = 65_536
+"""Values the ``spread`` model answers a row: 512 KiB of float64."""
+CALLER_ROWS = 4
+"""Rows of one merged caller: a 2 MiB answer each, over the 1 MiB threshold."""
+MERGED_CALLERS = 8
+"""Callers that wait while a first call is in flight and then go as one call
+of 32 rows (the default ``--coalesce-max-rows``): a 16 MiB merged answer."""
+ROUTES = {
+    "routes": {
+        "mirrored": {
+            "stable": "stable",
+            "canary": {"label": "canary", "weight": 1.0},
+            "shadow": True,
+        }
+    }
+}
+"""``mirrored`` answers from its stable version and shadows every call to its
+canary version."""
+MESSAGE_LIMIT = 64 * 1024 * 1024
+"""The model server's message limit here: room for the 16 MiB merged answer."""
+
+
+def publish_spread_model(registry: Path, name: str) -> None:
+    """A linear regression on one float64 input ``x`` answering
+    ``SPREAD_OUTPUTS`` float64 ``predictions`` a row."""
+    import joblib
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(11)
+    features = np.arange(8.0).reshape(-1, 1)
+    slopes = rng.normal(size=SPREAD_OUTPUTS)
+    model = LinearRegression().fit(features, features * slopes + 0.5)
+    with Registry(registry).publish(name, framework="sklearn") as draft:
+        joblib.dump(model, draft.path / "model.joblib")
+        draft.manifest.update(
+            artifact="model.joblib",
+            task="regression",
+            features=[],
+            signatures={
+                "serving_default": {
+                    "method": "predict",
+                    "inputs": {"x": {"dtype": "float64", "shape": [-1, 1]}},
+                    "outputs": {
+                        "predictions": {
+                            "dtype": "float64",
+                            "shape": [-1, SPREAD_OUTPUTS],
+                        }
+                    },
+                }
+            },
+        )
+
+
+@dataclass(frozen=True)
+class MergingGateways:
+    server: ModelServer
+    offloading: GatewayProcess
+    """The default threshold: large merged answers cut off the event loop."""
+    parsing: GatewayProcess
+    """``--grpc-parse-offload-bytes 0``: every answer parsed and cut on the loop."""
+
+
+@contextlib.contextmanager
+def merging_gateways(folder: Path) -> Iterator[MergingGateways]:
+    """The model server and the two gateways, until the block ends."""
+    registry = folder / "models"
+    publish_spread_model(registry, "spread")
+    publish_spread_model(registry, "mirrored")
+    publish_spread_model(registry, "mirrored")
+    labels = Registry(registry)
+    labels.set_label("mirrored", "stable", 1)
+    labels.set_label("mirrored", "canary", 2)
+    (registry / "routes.yaml").write_text(json.dumps(ROUTES))
+    with model_server(
+        (
+            f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
+            f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
+        ),
+        log_path=folder / "model-server.log",
+    ) as server:
+        env = {"GATEWAY_REGISTRY": str(registry)}
+        rest = f'{{"{server.grpc_target}": "127.0.0.1:{server.rest_port}"}}'
+        flags = [f"--default-backend={server.grpc_target}", f"--rest-backends={rest}"]
+        with (
+            running_gateway(folder / "offloading", env=env, flags=flags) as offloading,
+            running_gateway(
+                folder / "parsing",
+                env=env,
+                flags=[*flags, "--grpc-parse-offload-bytes=0"],
+            ) as parsing,
+        ):
+            yield MergingGateways(server, offloading, parsing)
+            for gateway in (offloading, parsing):
+                assert_no_traceback(gateway.process)
+        assert_no_traceback(server.process)
+
+
+def spread_request(
+    caller: int,
+    rows: int = CALLER_ROWS,
+    version: int | None = None,
+    model: str = "spread",
+) -> bytes:
+    """Caller number ``caller``'s Predict of ``rows`` rows, its values its own,
+    of ``model`` (and ``version`` when given)."""
+    request = messages.PredictRequest()
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    tensor = request.inputs["x"]
+    tensor.dtype = messages.DT_DOUBLE
+    tensor.tensor_shape.dim.add(size=rows)
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.double_val.extend(float(caller * rows + row) for row in range(rows))
+    return request.SerializeToString()
+
+
+FIRST_ROWS = 16
+"""Rows of the first call: an 8 MiB answer, long enough in flight for the
+others, sent 20 ms after it, to arrive meanwhile (a few ms)."""
+
+
+def merged_calls(gateway: GatewayProcess) -> float:
+    """Backend Predicts the gateway made for more than half of
+    ``MERGED_CALLERS`` callers so far."""
+    calls = gateway.metric("gateway_coalesced_requests_count")
+    fewer = gateway.metric(
+        "gateway_coalesced_requests_bucket", le=f"{MERGED_CALLERS // 2:.1f}"
+    )
+    return calls - fewer
+
+
+def concurrent_predicts(
+    gateway: GatewayProcess, rows: int = CALLER_ROWS, version: int | None = None
+) -> list[tuple[str, bytes]]:
+    """One first call (of ``FIRST_ROWS`` rows) and ``MERGED_CALLERS`` more
+    sent while it is in flight, each on its own connected channel, released
+    together; each one's status (a gRPC code's name, with its message) and
+    answer, in the callers' order."""
+    callers = 1 + MERGED_CALLERS
+    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
+    channels = [
+        grpc.insecure_channel(gateway.grpc_target, options=options)
+        for _ in range(callers)
+    ]
+    outcomes: list[tuple[str, bytes]] = [("", b"")] * callers
+    start = threading.Barrier(callers - 1)
+
+    def call(caller: int) -> None:
+        method = channels[caller].unary_unary(PREDICT)
+        if caller:
+            start.wait(timeout=60)
+        count = rows if caller else FIRST_ROWS
+        try:
+            outcomes[caller] = (
+                "OK",
+                method(spread_request(caller, count, version), timeout=60),
+            )
+        except grpc.RpcError as exc:
+            outcomes[caller] = (f"{exc.code().name}: {exc.details()}", b"")
+
+    try:
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        threads = [
+            threading.Thread(target=call, args=(caller,)) for caller in range(callers)
+        ]
+        threads[0].start()
+        time.sleep(0.02)
+        for thread in threads[1:]:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        for channel in channels:
+            channel.close()
+    return outcomes
+
+
+def spread_infer(rows: int) -> bytes:
+    """An OIP ModelInfer of ``rows`` rows for ``spread``, in ``fp64_contents``
+    (so its answer is typed too): a few bytes a row, 512 KiB of answer."""
+    request = oip.ModelInferRequest(model_name="spread", id="small")
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[rows, 1])
+    tensor.contents.fp64_contents.extend(float(row) for row in range(rows))
+    return request.SerializeToString()
