@@ -36,6 +36,7 @@ from servekit_protocol import oip_messages as oip
 from tests.security.recording import PREDICT
 from tests.security.stack import assert_no_traceback
 from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.models import publish_regression
 from tests.support.modelserver import ModelServer, model_server
 
 SPREAD_OUTPUTS = 65_536
@@ -63,32 +64,13 @@ MESSAGE_LIMIT = 64 * 1024 * 1024
 def publish_spread_model(registry: Path, name: str) -> None:
     """A linear regression on one float64 input ``x`` answering
     ``SPREAD_OUTPUTS`` float64 ``predictions`` a row."""
-    import joblib
     from sklearn.linear_model import LinearRegression
 
     rng = np.random.default_rng(11)
     features = np.arange(8.0).reshape(-1, 1)
     slopes = rng.normal(size=SPREAD_OUTPUTS)
     model = LinearRegression().fit(features, features * slopes + 0.5)
-    with Registry(registry).publish(name, framework="sklearn") as draft:
-        joblib.dump(model, draft.path / "model.joblib")
-        draft.manifest.update(
-            artifact="model.joblib",
-            task="regression",
-            features=[],
-            signatures={
-                "serving_default": {
-                    "method": "predict",
-                    "inputs": {"x": {"dtype": "float64", "shape": [-1, 1]}},
-                    "outputs": {
-                        "predictions": {
-                            "dtype": "float64",
-                            "shape": [-1, SPREAD_OUTPUTS],
-                        }
-                    },
-                }
-            },
-        )
+    publish_regression(registry, name, model, features=1, outputs=SPREAD_OUTPUTS)
 
 
 @dataclass(frozen=True)

@@ -277,13 +277,16 @@ def publish_regression(
     name: str,
     model: Any,
     features: int,
-    metrics: dict[str, float],
+    metrics: dict[str, float] | None = None,
+    outputs: int | None = None,
 ) -> None:
     """Publish a fitted scikit-learn regression on one ``[-1, features]``
-    float64 input ``x``, answering float64 ``predictions``."""
+    float64 input ``x``, answering float64 ``predictions`` (``[-1]``, or
+    ``[-1, outputs]`` when given)."""
     import joblib
     from modelregistry import Registry
 
+    shape = [-1] if outputs is None else [-1, outputs]
     with Registry(registry_root).publish(name, framework="sklearn") as draft:
         joblib.dump(model, draft.path / "model.joblib")
         draft.manifest.update(
@@ -294,8 +297,9 @@ def publish_regression(
                 "serving_default": {
                     "method": "predict",
                     "inputs": {"x": {"dtype": "float64", "shape": [-1, features]}},
-                    "outputs": {"predictions": {"dtype": "float64", "shape": [-1]}},
+                    "outputs": {"predictions": {"dtype": "float64", "shape": shape}},
                 }
             },
-            metrics=metrics,
         )
+        if metrics is not None:
+            draft.manifest.update(metrics=metrics)

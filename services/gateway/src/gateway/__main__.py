@@ -235,21 +235,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _sweep_segments() -> None:
-    """Remove the shared memory segments stopped servers left (a gateway
-    killed while a worker parsed a large ModelInfer), one log line if any."""
-    swept = await asyncio.to_thread(segments.sweep_leftovers)
-    if swept.segments:
-        logger.info(
-            "Removed shared memory segments left by stopped servers",
-            extra={
-                "segments": swept.segments,
-                "bytes_freed": swept.bytes,
-                "directory": segments.SEGMENT_DIR,
-            },
-        )
-
-
 def _bound_port(server: uvicorn.Server) -> int:
     for listener in server.servers:
         for sock in listener.sockets:
@@ -275,7 +260,7 @@ async def serve(settings: Settings) -> None:
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     # Before the gRPC port can make segments of this process's own id.
-    await _sweep_segments()
+    await segments.sweep_at_start(logger)
     await grpc_server.start()
     # NOT_SERVING until the JSON workers have started and the backends are
     # ready; from then on health follows /readyz.

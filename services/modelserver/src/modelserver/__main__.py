@@ -226,7 +226,9 @@ async def serve(settings: Settings) -> int:
     exit_status = 0
     try:
         # Before the gRPC port can make segments of this process's own id.
-        await _sweep_segments()
+        from servekit_protocol import segments
+
+        await segments.sweep_at_start(logger)
         for server in (grpc_server, rest_server):
             if server is not None:
                 await server.start()
@@ -275,23 +277,6 @@ async def serve(settings: Settings) -> int:
             exit_status = EXIT_FAILURE
     logger.info("Server stopped", extra={"exit_status": exit_status})
     return exit_status
-
-
-async def _sweep_segments() -> None:
-    """Remove the shared memory segments crashed servers left (a server killed
-    while a worker decoded a large gRPC message), one log line if any."""
-    from servekit_protocol import segments
-
-    swept = await asyncio.to_thread(segments.sweep_leftovers)
-    if swept.segments:
-        logger.info(
-            "Removed shared memory segments left by stopped servers",
-            extra={
-                "segments": swept.segments,
-                "bytes_freed": swept.bytes,
-                "directory": segments.SEGMENT_DIR,
-            },
-        )
 
 
 async def _start_up(

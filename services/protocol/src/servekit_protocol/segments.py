@@ -22,7 +22,9 @@ at exit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import mmap
 import os
 import re
@@ -87,6 +89,22 @@ def sweep_leftovers(directory: str = SEGMENT_DIR) -> Swept:
             removed += 1
             freed += status.st_size
     return Swept(removed, freed)
+
+
+async def sweep_at_start(logger: logging.Logger) -> Swept:
+    """:func:`sweep_leftovers` in a thread, as a server starts, with one log
+    line on ``logger`` when it removed anything."""
+    swept = await asyncio.to_thread(sweep_leftovers)
+    if swept.segments:
+        logger.info(
+            "Removed shared memory segments left by stopped servers",
+            extra={
+                "segments": swept.segments,
+                "bytes_freed": swept.bytes,
+                "directory": SEGMENT_DIR,
+            },
+        )
+    return swept
 
 
 def _is_running(pid: int) -> bool:
