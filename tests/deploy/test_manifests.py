@@ -198,6 +198,48 @@ def test_model_servers_drain_before_they_stop(
         assert spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
 
 
+_QUANTITY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "mb": 2**20, "gb": 2**30}
+
+
+def _bytes_of(quantity: str) -> int:
+    """A Kubernetes quantity (``1Gi``) or a compose size (``1gb``) in bytes."""
+    for unit, size in _QUANTITY_UNITS.items():
+        if quantity.endswith(unit):
+            return int(quantity[: -len(unit)]) * size
+    return int(quantity)
+
+
+def _message_limit(args: list[str]) -> int:
+    from modelserver.settings import Settings
+
+    default = Settings.model_fields["grpc_max_message_bytes"].default
+    return int(flag_values(args).get("grpc_max_message_bytes", default))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_model_server_has_shared_memory_for_its_largest_messages(
+    rendered: dict[str, Objects], overlay: str
+) -> None:
+    # A large message and its decoded arrays cross to the worker processes
+    # through /dev/shm; a container's own 64 MiB holds neither a 256 MiB
+    # message nor its arrays, and a message without room is parsed on the
+    # event loop.
+    obj = find(rendered[overlay], "Deployment", "modelserver")
+    container = pod_spec(obj)["containers"][0]
+    volume = mount_for(obj, container, "/dev/shm")["volume"]
+    assert volume["emptyDir"]["medium"] == "Memory"
+    room = _bytes_of(volume["emptyDir"]["sizeLimit"])
+    assert room >= 2 * _message_limit(container["args"])
+    assert room < _bytes_of(container["resources"]["limits"]["memory"])
+
+
+def test_the_compose_model_server_has_shared_memory_for_its_largest_messages(
+    compose_file: dict[str, Any],
+) -> None:
+    service = compose_file["services"]["modelserver"]
+    assert _bytes_of(service["shm_size"]) >= 2 * _message_limit(service["command"])
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_autoscaler_targets_the_gateway_deployment(
     rendered: dict[str, Objects], overlay: str
