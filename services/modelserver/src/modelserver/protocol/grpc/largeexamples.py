@@ -43,6 +43,9 @@ from modelserver.protocol.grpc.largerequests import (
     Decoded,
     PredictDecoder,
     SegmentDecoder,
+    WorkerMessage,
+    message_view,
+    write_or_carry,
 )
 from modelserver.types import (
     ClassifyRequest,
@@ -84,23 +87,26 @@ class _DecodedExamples:
     features: list[_Feature] = field(default_factory=list)
     slots: list[segments.ArraySlot] = field(default_factory=list)
     error: str = ""
+    carried: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
 
 
 def decode_examples(
-    message_segment: str,
-    arrays_segment: str,
+    message: WorkerMessage,
+    arrays_segment: str | None,
     method: str,
     limits: TensorLimits | None,
 ) -> _DecodedExamples:
-    """Parse the ``method`` request in ``message_segment``, check what its
-    examples make against ``limits`` and write their columns to a new segment
-    ``arrays_segment`` (runs in a worker process).
+    """Parse the ``method`` request in ``message``, check what its examples
+    make against ``limits`` and write their columns to a new segment
+    ``arrays_segment`` (runs in a worker process); they come back in the
+    answer when there is no segment, or no room for one.
 
     Raises:
         DecodeError: The message does not parse.
     """
-    with segments.mapped(message_segment) as view:
+    with message_view(message) as view:
         request = serializedinput.parse(method, view)
+    del message
 
     def parsed(data: bytes) -> messages.Example:
         example: messages.Example = serializedinput.parse_part(
@@ -150,8 +156,10 @@ def decode_examples(
         if objects is None:
             numeric[f"{index}.values"] = column.values
         features.append(_Feature(name, column.present is not None, objects))
-    slots = segments.write_arrays(arrays_segment, numeric)
-    return _DecodedExamples(method, spec, tasks, columns.rows, features, slots)
+    slots, carried = write_or_carry(arrays_segment, numeric)
+    return _DecodedExamples(
+        method, spec, tasks, columns.rows, features, slots, carried=carried
+    )
 
 
 class ExamplesDecoder(SegmentDecoder[DecodedExamples]):
@@ -165,7 +173,7 @@ class ExamplesDecoder(SegmentDecoder[DecodedExamples]):
     def __init__(
         self, parsers: BodyParsers, method: str, limits: TensorLimits | None
     ) -> None:
-        super().__init__(parsers, _MESSAGES[method], decode_examples, method, limits)
+        super().__init__(parsers, decode_examples, method, limits)
 
     def assemble(
         self, decoded: Any, arrays: dict[str, np.ndarray[Any, Any]]

@@ -13,6 +13,15 @@ and writes them to a second segment, from which they are read back into new
 arrays. The event loop only starts the copies, which run in threads without the
 GIL. String tensors (object arrays, rare in large requests) come back pickled.
 
+When a segment cannot be written (no room: a container's ``/dev/shm`` is
+64 MiB unless given more, and concurrent large messages can fill any size) the
+pool's pipe carries that side instead, with one warning line: the message goes
+pickled (:class:`MessageBytes`, in chunks, by the pool's feeder thread) and the
+arrays come back pickled (unpickled by the pool's result thread). The event
+loop's thread neither parses nor copies the message on any path; those threads
+hold the GIL in short stretches, which delays the loop (lag) without keeping
+it busy.
+
 What a client sees is what the in-place path gives: a message that does not
 parse answers INTERNAL ``Failed to parse the request: ...`` from the server, and
 a request over the tensor limits or with a tensor that does not decode answers
@@ -25,13 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
 import grpc
 import numpy as np
-from google.protobuf.message import Message
 from servekit_protocol import messages, segments
 from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
@@ -76,29 +84,105 @@ DecodedPredict = Decoded[PredictRequest]
 """A Predict request decoded in a worker."""
 
 
+_PICKLE_CHUNK_BYTES = 4 << 20
+"""Size of the pieces a message is pickled in: the feeder thread copies one
+(about 1 ms) between chances for the loop's thread to take the GIL back."""
+
+
+class ReceivedBytes(list[bytes]):
+    """A message's bytes as a worker receives them (see :class:`MessageBytes`)."""
+
+    def joined(self) -> bytes:
+        """The message in one piece."""
+        return b"".join(self)
+
+
+class MessageBytes:
+    """A message's bytes handed to a worker through the pool's pipe: pickled
+    from the received buffer, without a copy on the caller's thread, in pieces
+    of ``_PICKLE_CHUNK_BYTES`` (a worker gets a :class:`ReceivedBytes`).
+
+    Args:
+        view: The message; it must stay unchanged until the worker answers.
+    """
+
+    __slots__ = ("_view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The pieces are made as the pickler asks for them, in the thread
+        # that pickles (the pool's feeder), never all at once.
+        view = self._view
+        pieces = (
+            view[start : start + _PICKLE_CHUNK_BYTES].tobytes()
+            for start in range(0, len(view), _PICKLE_CHUNK_BYTES)
+        )
+        return (ReceivedBytes, (), None, pieces)
+
+
+WorkerMessage = str | ReceivedBytes
+"""What a worker gets: the name of the message's segment, or its bytes."""
+
+
+@contextlib.contextmanager
+def message_view(message: WorkerMessage) -> Iterator[memoryview]:
+    """The message a worker was handed, for as long as the block runs.
+
+    Raises:
+        OSError: No such segment.
+    """
+    if isinstance(message, str):
+        with segments.mapped(message) as view:
+            yield view
+    else:
+        yield memoryview(message.joined())
+
+
+def write_or_carry(
+    arrays_segment: str | None, arrays: dict[str, np.ndarray[Any, Any]]
+) -> tuple[list[segments.ArraySlot], dict[str, np.ndarray[Any, Any]]]:
+    """In a worker, ``arrays`` written to ``arrays_segment``: their slots, and
+    no arrays to carry; with no segment, or none with room, no slots, and the
+    arrays to carry back through the pipe."""
+    if arrays_segment is None:
+        return [], arrays
+    try:
+        return segments.write_arrays(arrays_segment, arrays), {}
+    except OSError:
+        # What was written frees room for other calls at once.
+        segments.unlink(arrays_segment)
+        return [], arrays
+
+
 @dataclass(frozen=True, slots=True)
 class _Decoded:
-    # What a worker hands back: everything but the numeric arrays' bytes.
+    # What a worker hands back: everything but the numeric arrays' bytes
+    # (``carried`` holds them when they could not go through a segment).
     spec: ModelSpec | None = None
     output_filter: tuple[str, ...] = ()
     order: tuple[str, ...] = ()
     slots: list[segments.ArraySlot] = field(default_factory=list)
     objects: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
     error: str = ""
+    carried: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
 
 
 def decode_predict(
-    message_segment: str, arrays_segment: str, limits: TensorLimits | None
+    message: WorkerMessage, arrays_segment: str | None, limits: TensorLimits | None
 ) -> _Decoded:
-    """Parse the PredictRequest in ``message_segment`` and write its numeric
-    arrays to a new segment ``arrays_segment`` (runs in a worker process).
+    """Parse the PredictRequest in ``message`` and write its numeric arrays to
+    a new segment ``arrays_segment`` (runs in a worker process); they come
+    back in the answer when there is no segment, or no room for one.
 
     Raises:
         DecodeError: The message does not parse.
     """
-    with segments.mapped(message_segment) as view:
+    with message_view(message) as view:
         # upb parses any buffer; the stubs say bytes.
         proto = messages.PredictRequest.FromString(cast(bytes, view))
+    del message
     try:
         request = converters.to_predict_request(proto, limits)
     except InvalidInput as exc:
@@ -106,13 +190,14 @@ def decode_predict(
     del proto
     numeric = {k: v for k, v in request.inputs.items() if v.dtype != object}
     objects = {k: v for k, v in request.inputs.items() if v.dtype == object}
-    slots = segments.write_arrays(arrays_segment, numeric)
+    slots, carried = write_or_carry(arrays_segment, numeric)
     return _Decoded(
         request.spec,
         request.output_filter,
         tuple(request.inputs),
         slots,
         objects,
+        carried=carried,
     )
 
 
@@ -120,32 +205,30 @@ class SegmentDecoder(Generic[Result]):
     """Decodes one method's large messages in a worker process (the gRPC
     server's :class:`~servekit_protocol.grpc_server.OffloadedDecoder`): the
     message goes through a segment, the worker's numeric arrays come back
-    through another, and :meth:`assemble` builds what the servicer gets.
+    through another (either through the pool's pipe when its segment has no
+    room), and :meth:`assemble` builds what the servicer gets.
 
     Args:
         parsers: The worker processes.
-        message_type: The method's request message, parsed in place when
-            shared memory is short.
-        worker: The module-level function the worker runs on the message's
-            and the arrays' segment names, then ``worker_args``.
+        worker: The module-level function the worker runs on the message
+            (:data:`WorkerMessage`) and the arrays' segment name (None: carry them
+            back), then ``worker_args``; what it returns has ``slots`` and
+            ``carried`` (see :func:`write_or_carry`).
         worker_args: Its other arguments.
     """
 
     def __init__(
         self,
         parsers: BodyParsers,
-        message_type: type[Message],
         worker: Callable[..., Any],
         *worker_args: Any,
     ) -> None:
         self._parsers = parsers
-        self._message_type = message_type
         self._worker = worker
         self._worker_args = worker_args
 
-    async def __call__(self, message: memoryview) -> Result | Message:
-        """The request decoded; the message parsed in place when shared memory
-        is short.
+    async def __call__(self, message: memoryview) -> Result:
+        """The request decoded.
 
         Raises:
             DecodeError: The message does not parse.
@@ -161,27 +244,21 @@ class SegmentDecoder(Generic[Result]):
         """What the servicer gets, from the worker's answer and its arrays."""
         raise NotImplementedError
 
-    async def _decode(self, message: memoryview) -> Result | Message:
+    async def _decode(self, message: memoryview) -> Result:
         message_segment = segments.new_name("message")
         arrays_segment = segments.new_name("arrays")
         try:
             try:
                 await asyncio.to_thread(segments.write_bytes, message_segment, message)
             except OSError as exc:
-                return _in_place(self._message_type, message, exc)
-            try:
-                decoded = await self._parsers.in_worker(
-                    self._worker, message_segment, arrays_segment, *self._worker_args
-                )
-            except ParserUnavailable as exc:
-                raise Aborted(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "The request message could not be parsed: its worker stopped",
-                ) from exc
-            except OSError as exc:
-                # The worker could not write the arrays' segment (no space).
-                return _in_place(self._message_type, message, exc)
-            _discard(message_segment)
+                _discard(message_segment)
+                _warn("the message went to its worker", exc)
+                decoded = await self._in_worker(MessageBytes(message), None)
+            else:
+                decoded = await self._in_worker(message_segment, arrays_segment)
+                _discard(message_segment)
+                if decoded.carried:
+                    _warn("its arrays came back from its worker", None)
             arrays = (
                 await asyncio.to_thread(
                     segments.read_arrays, arrays_segment, decoded.slots
@@ -191,7 +268,19 @@ class SegmentDecoder(Generic[Result]):
             )
         finally:
             _discard(message_segment, arrays_segment)
+        arrays.update(decoded.carried)
         return self.assemble(decoded, arrays)
+
+    async def _in_worker(self, message: str | MessageBytes, arrays: str | None) -> Any:
+        try:
+            return await self._parsers.in_worker(
+                self._worker, message, arrays, *self._worker_args
+            )
+        except ParserUnavailable as exc:
+            raise Aborted(
+                grpc.StatusCode.UNAVAILABLE,
+                "The request message could not be parsed: its worker stopped",
+            ) from exc
 
 
 class PredictDecoder(SegmentDecoder[DecodedPredict]):
@@ -203,7 +292,7 @@ class PredictDecoder(SegmentDecoder[DecodedPredict]):
     """
 
     def __init__(self, parsers: BodyParsers, limits: TensorLimits | None) -> None:
-        super().__init__(parsers, messages.PredictRequest, decode_predict, limits)
+        super().__init__(parsers, decode_predict, limits)
 
     def assemble(
         self, decoded: Any, arrays: dict[str, np.ndarray[Any, Any]]
@@ -222,23 +311,15 @@ class PredictDecoder(SegmentDecoder[DecodedPredict]):
         )
 
 
-def _in_place(
-    message_type: type[Message], message: memoryview, exc: OSError
-) -> Message:
-    """The message parsed here, as below the threshold: a container's
-    ``/dev/shm`` is 64 MiB unless given more, and a request that cannot go to
-    a worker is still answered, holding the loop as it did before offloading.
-
-    Raises:
-        DecodeError: The message does not parse.
-    """
+def _warn(what: str, exc: OSError | None) -> None:
     logger.warning(
-        "A large gRPC message is parsed on the event loop: its shared memory "
-        "segment could not be written (%s); give %s more room",
-        exc,
+        "A large gRPC message went through the worker pipe (%s), copies made "
+        "holding the GIL in the pool's threads: its shared memory segment "
+        "could not be written (%s); give %s more room",
+        what,
+        exc if exc is not None else "no space",
         segments.SEGMENT_DIR,
     )
-    return message_type.FromString(bytes(message))
 
 
 def _discard(*names: str) -> None:
