@@ -18,6 +18,10 @@ scikit-learn runtime's columns, also on the loop in place, are not counted),
 offloaded through :class:`~modelserver.protocol.grpc.largeexamples.ExamplesDecoder`
 (parsed and turned into columns in the worker).
 
+With ``--no-room``: the message's shared memory segment cannot be written (an
+ENOSPC raised in this process, as on a full ``/dev/shm``), so the offloaded
+column is the pool's pipe carrying the message and the arrays.
+
 With ``--method free``: a received body of each size (a ``bytearray``, its pages
 touched) dropped on the loop, against handed to
 :func:`servekit_protocol.buffers.release_later`: the longest gap of the same
@@ -34,13 +38,16 @@ With ``--target gateway``: the gateway's steps, measured by
 alone).
 
 Run as ``python -m benchmarks.grpcparse [--sizes 16,64,256] [--rounds 3]
-[--method predict|classify|regress|free|receive|infer] [--target gateway]``.
+[--method predict|classify|regress|free|receive|infer] [--target gateway]
+[--no-room]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import logging
 import os
 import statistics
 import time
@@ -58,7 +65,7 @@ from modelserver.protocol.grpc.largerequests import (
     SegmentDecoder,
 )
 from servekit_protocol import examples as example_codec
-from servekit_protocol import messages
+from servekit_protocol import messages, segments
 from servekit_protocol.buffers import release_later
 from servekit_protocol.grpc_server import frame_repr
 from servekit_protocol.json_codec import BodyParsers
@@ -300,6 +307,10 @@ def measure_receive(sizes: list[int], rounds: int) -> None:
         )
 
 
+def _no_room(name: str, data: bytes | bytearray | memoryview) -> None:  # noqa: ARG001
+    raise OSError(errno.ENOSPC, "No space left on device", name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="16,64,256", help="MiB, comma separated")
@@ -310,7 +321,16 @@ def main() -> None:
         choices=("predict", "classify", "regress", "free", "receive", "infer"),
         default="predict",
     )
+    parser.add_argument(
+        "--no-room",
+        action="store_true",
+        help="fail the message's shared memory segment: the pipe carries it",
+    )
     options = parser.parse_args()
+    if options.no_room:
+        segments.write_bytes = _no_room
+        # One warning a call otherwise, on the table's stream.
+        logging.getLogger("modelserver.protocol.grpc.largerequests").disabled = True
     sizes = [int(size) for size in options.sizes.split(",")]
     if options.target == "gateway":
         from benchmarks.grpcparse_gateway import (
