@@ -21,6 +21,7 @@ import pytest
 from google.protobuf.message import DecodeError
 from modelserver.protocol.grpc.largeexamples import CLASSIFY, ExamplesDecoder
 from modelserver.protocol.grpc.largerequests import (
+    CarriedArray,
     Decoded,
     MessageBytes,
     PredictDecoder,
@@ -214,6 +215,30 @@ def test_message_bytes_pickle_to_the_same_bytes_in_pieces() -> None:
     assert isinstance(received, ReceivedBytes)
     assert len(received) == 3
     assert received.joined() == data
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(3 * 1024 * 1024, dtype=np.float64).reshape(-1, 4),  # 6 pieces
+        np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2],  # not contiguous
+        np.array([1 + 2j, 3j], dtype=np.complex64),
+        np.array([True, False]),
+        np.array(7, dtype=np.int16),
+        np.zeros((0, 5), dtype=np.float32),
+    ],
+    ids=["large", "strided big-endian", "complex", "bool", "0-d", "empty"],
+)
+def test_carried_arrays_unpickle_to_the_same_arrays(
+    array: np.ndarray[Any, Any],
+) -> None:
+    carried = pickle.loads(pickle.dumps(CarriedArray(array)))
+    assert isinstance(carried, CarriedArray)
+    assert carried.array.dtype == array.dtype
+    assert carried.array.shape == array.shape
+    assert carried.array.tobytes() == array.tobytes()
+    assert carried.array.flags.c_contiguous
+    assert carried.array.flags.writeable
 
 
 async def test_a_large_message_through_the_pipe_keeps_the_loop_free(

@@ -40,6 +40,7 @@ from modelserver import examplecolumns, examplesize
 from modelserver.errors import InvalidInput
 from modelserver.protocol.grpc import converters, serializedinput
 from modelserver.protocol.grpc.largerequests import (
+    CarriedArray,
     Decoded,
     PredictDecoder,
     SegmentDecoder,
@@ -87,7 +88,7 @@ class _DecodedExamples:
     features: list[_Feature] = field(default_factory=list)
     slots: list[segments.ArraySlot] = field(default_factory=list)
     error: str = ""
-    carried: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
+    carried: dict[str, CarriedArray] = field(default_factory=dict)
 
 
 def decode_examples(

@@ -140,20 +140,78 @@ def message_view(message: WorkerMessage) -> Iterator[memoryview]:
         yield memoryview(message.joined())
 
 
+class _Piece:
+    # One piece of a carried array: unpickled by calling a Python function,
+    # where the unpickling thread can hand the GIL to the loop's.
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_piece, (self.data,))
+
+
+def _piece(data: bytes) -> bytes:
+    return data
+
+
+class CarriedArray:
+    """An array carried back from a worker through the pool's pipe, pickled
+    in pieces of ``_PICKLE_CHUNK_BYTES`` and unpickled straight into a new
+    array, so that the pool's result thread never holds the GIL for the whole
+    array (a single ndarray is unpickled in one C call, 256 MiB in one go).
+
+    Args:
+        array: The array (in the worker); a new empty one being filled (in
+            the server).
+    """
+
+    __slots__ = ("array", "_bytes", "_filled")
+
+    def __init__(self, array: np.ndarray[Any, Any]) -> None:
+        # Not ascontiguousarray: it makes a 0-d array 1-d.
+        self.array = array if array.flags.c_contiguous else array.copy(order="C")
+        self._bytes = self.array.reshape(-1).view(np.uint8)
+        self._filled = 0
+
+    @classmethod
+    def _empty(cls, dtype: np.dtype[Any], shape: tuple[int, ...]) -> CarriedArray:
+        return cls(np.empty(shape, dtype))
+
+    def append(self, piece: bytes) -> None:
+        """Copy the next piece in (unpickling calls it)."""
+        end = self._filled + len(piece)
+        self._bytes[self._filled : end] = np.frombuffer(piece, np.uint8)
+        self._filled = end
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        data = self._bytes
+        pieces = (
+            _Piece(data[start : start + _PICKLE_CHUNK_BYTES].tobytes())
+            for start in range(0, len(data), _PICKLE_CHUNK_BYTES)
+        )
+        return (
+            CarriedArray._empty,
+            (self.array.dtype, self.array.shape),
+            None,
+            pieces,
+        )
+
+
 def write_or_carry(
     arrays_segment: str | None, arrays: dict[str, np.ndarray[Any, Any]]
-) -> tuple[list[segments.ArraySlot], dict[str, np.ndarray[Any, Any]]]:
+) -> tuple[list[segments.ArraySlot], dict[str, CarriedArray]]:
     """In a worker, ``arrays`` written to ``arrays_segment``: their slots, and
     no arrays to carry; with no segment, or none with room, no slots, and the
     arrays to carry back through the pipe."""
-    if arrays_segment is None:
-        return [], arrays
-    try:
-        return segments.write_arrays(arrays_segment, arrays), {}
-    except OSError:
-        # What was written frees room for other calls at once.
-        segments.unlink(arrays_segment)
-        return [], arrays
+    if arrays_segment is not None:
+        try:
+            return segments.write_arrays(arrays_segment, arrays), {}
+        except OSError:
+            # What was written frees room for other calls at once.
+            segments.unlink(arrays_segment)
+    return [], {name: CarriedArray(array) for name, array in arrays.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +224,7 @@ class _Decoded:
     slots: list[segments.ArraySlot] = field(default_factory=list)
     objects: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
     error: str = ""
-    carried: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
+    carried: dict[str, CarriedArray] = field(default_factory=dict)
 
 
 def decode_predict(
@@ -268,7 +326,9 @@ class SegmentDecoder(Generic[Result]):
             )
         finally:
             _discard(message_segment, arrays_segment)
-        arrays.update(decoded.carried)
+        arrays.update(
+            {name: carried.array for name, carried in decoded.carried.items()}
+        )
         return self.assemble(decoded, arrays)
 
     async def _in_worker(self, message: str | MessageBytes, arrays: str | None) -> Any:
