@@ -428,3 +428,24 @@ def test_a_large_message_does_not_stall_the_gateways_loop(
         f"gateway, 64 MiB {family}",
         lambda: call(gateway, ROWS),
     )
+
+
+def _gateway_large_answer(gateway: GatewayProcess, rows: int) -> None:
+    answer = _called(gateway, _small_predict_message(rows), PREDICT)
+    _check_large_answer(answer, rows)
+
+
+def test_a_small_predict_s_large_answer_does_not_stall_the_gateways_loop(
+    gateway: GatewayProcess,
+) -> None:
+    """A 64 MiB answer received from the backend (over gRPC-Web) and sent to
+    the client as it came."""
+    # 32 Ki rows: a 256 KiB answer, over the threshold from which answers are
+    # kept as received, so the first call starts what that needs.
+    _gateway_large_answer(gateway, 32 * 1024)
+    assert_no_stall(
+        gateway.url + "/metrics",
+        "gateway",
+        "gateway, 64 MiB answer to a small gRPC Predict",
+        lambda: _gateway_large_answer(gateway, ANSWER_ROWS),
+    )

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from gateway.clients.http import ConnectionFailed, HttpBackend
+from servekit_protocol.buffers import JOIN_IN_THREAD_BYTES
 
 Answer = Callable[[bytes], bytes]
 """Request head and body (as received) -> the raw bytes to answer."""
@@ -168,3 +169,18 @@ def test_nothing_listening_is_connection_failed() -> None:
 def test_an_address_without_a_port_is_refused() -> None:
     with pytest.raises(ValueError, match="host:port"):
         HttpBackend("localhost")
+
+
+def test_a_large_body_is_joined_or_left_as_its_chunks() -> None:
+    body = bytes(range(256)) * (JOIN_IN_THREAD_BYTES // 256 + 1)
+
+    async def scenario(backend: HttpBackend, _seen: list[int]) -> None:
+        joined = await backend.request("POST", "/v1/models/m:predict", b"{}")
+        assert joined.body == body and not joined.chunks
+        left = await backend.request(
+            "POST", "/v1/models/m:predict", b"{}", joined=False
+        )
+        assert left.body == b"" and len(left.chunks) > 1
+        assert b"".join(left.chunks) == body
+
+    asyncio.run(serve(fixed(body), scenario))
