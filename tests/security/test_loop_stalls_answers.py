@@ -1,7 +1,10 @@
 """No large answer holds the gateway's event loop for more than 50 ms, where
 the gateway cuts, compares or converts it: a merged call's answer cut for its
-callers, a shadowed call's answer compared with its shadow's, and a small
-OIP ModelInfer's large answer written as typed contents.
+callers, a shadowed call's answer compared with its shadow's, a small
+OIP ModelInfer's large answer written as typed contents, and the large
+answers of a REST v1 `:predict` translated to gRPC and of an OIP REST
+`infer`, decoded into arrays. Parsed and decoded on the loop, those two 40 MiB
+answers held it 75 and 100 ms at a stretch (load average 2.8).
 
 Measured as in :mod:`tests.security.test_loop_stalls` (the loop thread's CPU
 stretches from the gateway's ``gateway_event_loop_busy_seconds``), on the
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
+import httpx
 import pytest
 from servekit_protocol import oip_messages as oip
 
@@ -28,6 +33,7 @@ from tests.security.merging_stack import (
 from tests.security.recording import PREDICT
 from tests.security.test_gateway_large_grpc import MODEL_INFER
 from tests.security.test_loop_stalls import assert_no_stall
+from tests.support.gateway import GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +123,92 @@ def test_a_small_model_infer_s_large_answer_does_not_stall_the_gateways_loop(
         "gateway, 40 MiB typed answer to a small ModelInfer",
         lambda: _small_infer(merging, INFER_ROWS),
     )
+
+
+REST_ROWS = 80
+"""Rows of the REST calls: a 40 MiB answer from the backend, 5.2 million
+float64 values written as JSON."""
+
+
+def _rest_predict(
+    merging: MergingGateways, rows: int, gateway: GatewayProcess | None = None
+) -> bytes:
+    """A TF Serving v1 `:predict` of ``mirrored`` (shadowed, so translated to
+    a gRPC call rather than forwarded to the backend's REST API); its body."""
+    instances = [[float(row)] for row in range(rows)]
+    response = httpx.post(
+        (gateway or merging.offloading).url + "/v1/models/mirrored:predict",
+        json={"instances": instances},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text[:300]
+    predictions = response.json()["predictions"]
+    assert len(predictions) == rows
+    assert len(predictions[0]) == SPREAD_OUTPUTS
+    return response.content
+
+
+def test_a_rest_predict_s_large_answer_does_not_stall_the_gateways_loop(
+    merging: MergingGateways,
+) -> None:
+    # Four rows: a 2 MiB answer, over the threshold, so the first call starts
+    # what decoding answers off the loop needs.
+    _rest_predict(merging, 4)
+    assert_no_stall(
+        merging.offloading.url + "/metrics",
+        "gateway",
+        "gateway, 40 MiB answer of a REST v1 :predict translated to gRPC",
+        lambda: _rest_predict(merging, REST_ROWS),
+    )
+
+
+def _rest_infer(
+    merging: MergingGateways, rows: int, gateway: GatewayProcess | None = None
+) -> bytes:
+    """An Open Inference Protocol REST `infer` of ``spread``; its body."""
+    body = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP64",
+                "shape": [rows, 1],
+                "data": [float(row) for row in range(rows)],
+            }
+        ]
+    }
+    response = httpx.post(
+        (gateway or merging.offloading).url + "/v2/models/spread/infer",
+        json=body,
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text[:300]
+    output = response.json()["outputs"][0]
+    assert output["shape"] == [rows, SPREAD_OUTPUTS]
+    assert len(output["data"]) == rows * SPREAD_OUTPUTS
+    return response.content
+
+
+def test_an_oip_rest_infer_s_large_answer_does_not_stall_the_gateways_loop(
+    merging: MergingGateways,
+) -> None:
+    _rest_infer(merging, 4)
+    assert_no_stall(
+        merging.offloading.url + "/metrics",
+        "gateway",
+        "gateway, 40 MiB answer of an OIP REST v2 infer",
+        lambda: _rest_infer(merging, REST_ROWS),
+    )
+
+
+@pytest.mark.parametrize("call", [_rest_predict, _rest_infer])
+def test_rest_answers_decoded_off_the_loop_are_the_bytes_of_those_decoded_on_it(
+    merging: MergingGateways,
+    call: Callable[[MergingGateways, int, GatewayProcess], bytes],
+) -> None:
+    """The same call to the gateway that decodes every answer on its loop
+    (``--grpc-parse-offload-bytes=0``) answers the same bytes, over the
+    threshold (8 rows, 4 MiB) and under it (1 row, 512 KiB)."""
+    for rows in (8, 1):
+        off = call(merging, rows, merging.offloading)
+        on = call(merging, rows, merging.parsing)
+        assert off == on, f"{rows} rows: the answers differ"

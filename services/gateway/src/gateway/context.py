@@ -37,7 +37,8 @@ class CallContext:
     keep_answer_from: int | None = None
     """Backend answers of this many bytes or more may stay the bytes the
     backend sent (`clients.answers`): set by adapters that hand the answer to
-    their client unchanged (gRPC and gRPC-Web); None: always parsed."""
+    their client unchanged (gRPC and gRPC-Web) or decode it off the event
+    loop (REST v1 `:predict`, OIP REST `infer`); None: always parsed."""
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC metadata for backend calls: the request id travels along."""

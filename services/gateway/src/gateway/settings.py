@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     is served): a Predict (gRPC or gRPC-Web) is forwarded to its backend as it
     came, only its model spec and tensor shapes read; an Open Inference
     Protocol ModelInfer is parsed and turned into arrays in the JSON workers.
-    0 parses every message on the loop."""
+    A backend's answer of this size or more is kept as its bytes and parsed
+    (for REST callers: decoded into arrays) in a worker thread. 0 parses
+    every message on the loop."""
     json_offload_bytes: int = Field(default=json_offload.DEFAULT_THRESHOLD_BYTES, gt=0)
     """Size from which a JSON body the gateway translates is parsed (and turned
     into arrays) in a worker process rather than on the event loop, so that a

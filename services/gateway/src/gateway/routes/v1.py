@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.clients.arrays import ArrayRequest, output_arrays
+from gateway.clients.arrays import ArrayRequest, decoded_outputs
 from gateway.context import CallContext
 from gateway.forwarding import PredictCall
 from gateway.routes.handling import (
@@ -156,6 +156,10 @@ async def _predict(
     gateway decides (`Gateway.predict`); the JSON is parsed only in the latter."""
     gateway = gateway_of(request)
     plan = gateway.plan(ctx, model, version, label)
+    # A large translated answer comes back as its bytes and is decoded off
+    # the loop; the JSON is written in a worker from the JSON threshold.
+    threshold = gateway.settings.grpc_parse_offload_bytes
+    ctx.keep_answer_from = threshold if threshold > 0 else None
     formats: list[json_codec.RequestFormat] = []
 
     async def encode(signatures: SignatureSet | None) -> ArrayRequest:
@@ -177,7 +181,7 @@ async def _predict(
     if predicted.answer is not None:
         answer = predicted.answer
         return Response(answer.body, status_code=answer.status, media_type=JSON)
-    outputs = output_arrays(predicted.translated)
+    outputs = await decoded_outputs(predicted.translated)
     return _bytes_response(
         await gateway.parsers.write_answer(
             json_codec.output_elements(outputs),

@@ -11,8 +11,11 @@ extension, and `Content-Encoding: gzip` or `deflate`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import grpc
+from google.protobuf.message import DecodeError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -33,7 +36,9 @@ from gateway.codecs.v2 import (
     tensor_metadata,
 )
 from gateway.codecs.v2_binary import BINARY_CONTENT_TYPE, HEADER_LENGTH, split_body
+from gateway.codecs.v2_grpc_answer import chosen_outputs
 from gateway.context import CallContext
+from gateway.errors import BackendError
 from gateway.routes.handling import (
     authorize,
     gateway_of,
@@ -166,6 +171,10 @@ async def infer(request: Request) -> Response:
             async def parse(wanted: Any) -> InferRequest:
                 return await parsers.run(size, parse_infer_body, header, wanted, binary)
 
+        # A large answer comes back as its bytes and is decoded off the loop;
+        # the JSON is written in a worker from the JSON threshold.
+        threshold = gw.settings.grpc_parse_offload_bytes
+        ctx.keep_answer_from = threshold if threshold > 0 else None
         answer = await oip.infer(
             gw,
             ctx,
@@ -174,10 +183,13 @@ async def infer(request: Request) -> Response:
             oip.signature_name(parameters),
             parse,
         )
+        outputs = answer.outputs
+        if answer.received is not None:
+            outputs = await _kept_outputs(model, answer)
         written = await gw.parsers.write_answer(
-            output_elements(answer.outputs),
+            output_elements(outputs),
             write_infer_answer,
-            answer.outputs,
+            outputs,
             answer_request(answer.request),
             model,
             answer.model_version,
@@ -199,6 +211,26 @@ async def infer(request: Request) -> Response:
         )
 
     return await serve_http(request, PROTOCOL, handle)
+
+
+async def _kept_outputs(model: str, answer: oip.InferAnswer) -> dict[str, Any]:
+    """The outputs asked for of an answer kept as its bytes, parsed and decoded
+    in a worker thread (:func:`~gateway.clients.arrays.decoded_outputs`).
+
+    Raises:
+        BackendError: INTERNAL, the answer does not parse (as it fails when
+            parsed on receipt).
+        InvalidInput: as :func:`~gateway.codecs.v2_grpc_answer.chosen_outputs`.
+    """
+    assert answer.received is not None
+    try:
+        return await asyncio.to_thread(
+            chosen_outputs, model, answer.request, answer.received
+        )
+    except DecodeError as exc:
+        raise BackendError(
+            f"unreadable PredictResponse: {exc}", grpc.StatusCode.INTERNAL
+        ) from exc
 
 
 def v2_routes() -> list[Route]:
