@@ -3,8 +3,10 @@ the gateway cuts, compares or converts it: a merged call's answer cut for its
 callers, a shadowed call's answer compared with its shadow's, a small
 OIP ModelInfer's large answer written as typed contents, and the large
 answers of a REST v1 `:predict` translated to gRPC and of an OIP REST
-`infer`, decoded into arrays. Parsed and decoded on the loop, those two 40 MiB
-answers held it 75 and 100 ms at a stretch (load average 2.8).
+`infer`, decoded into arrays, and a merged REST v1 `:predict`'s JSON answer
+cut for its callers. Parsed and decoded on the loop, those two 40 MiB
+answers held it 75 and 100 ms at a stretch (load average 2.8); read and cut
+on the loop, the 40 MB merged JSON answer held it 500 ms (load average 8).
 
 Measured as in :mod:`tests.security.test_loop_stalls` (the loop thread's CPU
 stretches from the gateway's ``gateway_event_loop_busy_seconds``), on the
@@ -14,6 +16,7 @@ gateways of :mod:`tests.security.merging_stack`.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -212,3 +215,50 @@ def test_rest_answers_decoded_off_the_loop_are_the_bytes_of_those_decoded_on_it(
         off = call(merging, rows, merging.offloading)
         on = call(merging, rows, merging.parsing)
         assert off == on, f"{rows} rows: the answers differ"
+
+
+def _merged_rest_round(merging: MergingGateways, rows: int) -> None:
+    """One first REST v1 `:predict` of ``spread`` (16 rows) and eight more of
+    ``rows`` rows sent while it is in flight, forwarded to the backend's REST
+    API and merged there as JSON; each caller gets its own rows."""
+    url = merging.offloading.url + "/v1/models/spread:predict"
+    callers = 1 + 8
+    outcomes: list[int] = [0] * callers
+    start = threading.Barrier(callers - 1)
+
+    def call(caller: int) -> None:
+        if caller:
+            start.wait(timeout=60)
+        count = rows if caller else 16
+        instances = [[float(caller * 100 + row)] for row in range(count)]
+        response = httpx.post(url, json={"instances": instances}, timeout=120)
+        predictions = response.json()["predictions"] if response.is_success else []
+        outcomes[caller] = len(predictions) if len(predictions) == count else -1
+
+    threads = [threading.Thread(target=call, args=(c,)) for c in range(callers)]
+    threads[0].start()
+    time.sleep(0.02)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    assert all(outcome > 0 for outcome in outcomes), outcomes
+
+
+def test_a_merged_rest_predict_s_large_answer_does_not_stall_the_gateways_loop(
+    merging: MergingGateways,
+) -> None:
+    """Eight callers' REST bodies merged into one, its JSON answer (32 rows,
+    some 40 MB) cut back into theirs."""
+    gateway = merging.offloading
+    # One row a caller: a 1 MiB-odd merged answer, over the JSON threshold,
+    # so the first round starts the JSON workers.
+    _merged_rest_round(merging, 1)
+    merges = merged_calls(gateway)
+    assert_no_stall(
+        gateway.url + "/metrics",
+        "gateway",
+        "gateway, 40 MB merged REST v1 answer cut for 8 callers",
+        lambda: _merged_rest_round(merging, 4),
+    )
+    assert merged_calls(gateway) > merges, "the concurrent calls were not merged"

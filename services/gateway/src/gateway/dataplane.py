@@ -82,18 +82,19 @@ class Gateway:
         self.router = router
         self.pool = pool
         self.client = BackendClient(pool)
-        self.coalescer = Coalescer.for_backends(
-            self.client,
-            metrics,
-            max_rows=settings.coalesce_max_rows,
-            max_in_flight=settings.coalesce_max_in_flight,
-        )
         self.registry = registry
         self.gatekeeper = Admission(settings, metrics, authenticator)
         self.parsers = json_codec.BodyParsers(
             settings.json_offload_bytes,
             settings.json_workers,
             settings.json_answer_offload_elements,
+        )
+        self.coalescer = Coalescer.for_backends(
+            self.client,
+            metrics,
+            max_rows=settings.coalesce_max_rows,
+            max_in_flight=settings.coalesce_max_in_flight,
+            parsers=self.parsers,
         )
         self.signatures = SignatureCache(self.client, settings.metadata_ttl_seconds)
         self.shadow = Shadow(

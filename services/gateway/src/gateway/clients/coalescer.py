@@ -47,6 +47,7 @@ from typing import Any, overload
 
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.logs import REQUEST_ID_HEADER
 
 from gateway.clients.answers import ReceivedAnswer
@@ -175,14 +176,17 @@ class Coalescer:
         *,
         max_rows: int,
         max_in_flight: int,
+        parsers: BodyParsers,
     ) -> Coalescer:
-        """The gateway's coalescer: protos, arrays and REST bodies through `client`;
-        `coalesced_requests` records how many callers each call served."""
+        """The gateway's coalescer: protos, arrays and REST bodies through `client`
+        (a large merged REST answer cut in one of the JSON workers of
+        `parsers`); `coalesced_requests` records how many callers each call
+        served."""
         return cls(
             {
                 messages.PredictRequest: ProtoStrategy(client),
                 ArrayRequest: ArrayStrategy(client),
-                RestPredict: RestStrategy(client),
+                RestPredict: RestStrategy(client, parsers),
                 ForwardedPredict: ForwardedStrategy(client),
                 WrittenPredict: ForwardedStrategy(client),
             },

@@ -11,6 +11,10 @@ the client's text, and writes it back in a form that reads into that value again
 so a merged body carries the same values. What orjson cannot read (NaN, Infinity,
 malformed JSON) is not merged: it goes to the backend as it came, and the backend
 answers it as its own.
+
+A merged answer from the JSON threshold is cut in a JSON worker
+(`RestStrategy`), so `split_rest` reads nothing of the first request but its
+format.
 """
 
 from __future__ import annotations
