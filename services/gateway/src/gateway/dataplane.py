@@ -29,6 +29,7 @@ from gateway.clients.forwarded_examples import (
 )
 from gateway.clients.health import backend_health
 from gateway.clients.pool import BackendPool
+from gateway.clients.strategies import backend_strategies
 from gateway.context import CallContext, apply_target, spec_version
 from gateway.errors import GatewayError, InvalidInput
 from gateway.forwarding import Forwarder, PredictCall, Predicted
@@ -89,12 +90,12 @@ class Gateway:
             settings.json_workers,
             settings.json_answer_offload_elements,
         )
-        self.coalescer = Coalescer.for_backends(
-            self.client,
-            metrics,
+        # `coalesced_requests` records how many callers each backend call served.
+        self.coalescer = Coalescer(
+            backend_strategies(self.client, self.parsers),
+            metrics.coalesced_requests.observe,
             max_rows=settings.coalesce_max_rows,
             max_in_flight=settings.coalesce_max_in_flight,
-            parsers=self.parsers,
         )
         self.signatures = SignatureCache(self.client, settings.metadata_ttl_seconds)
         self.shadow = Shadow(

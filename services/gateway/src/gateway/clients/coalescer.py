@@ -47,22 +47,17 @@ from typing import Any, overload
 
 from servekit_protocol import messages
 from servekit_protocol.errors import ProtocolError
-from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.logs import REQUEST_ID_HEADER
 
 from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import ArrayRequest, ArrayResponse
-from gateway.clients.backend import BackendClient, Metadata
-from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
+from gateway.clients.backend import Metadata
+from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.restbatch import RestPredict
 from gateway.clients.strategies import (
-    ArrayStrategy,
-    ForwardedStrategy,
     Key,
     Parts,
-    ProtoStrategy,
-    RestStrategy,
     Separately,
     Shared,
     Strategy,
@@ -70,7 +65,6 @@ from gateway.clients.strategies import (
     merged_keep_from,
 )
 from gateway.errors import DeadlineExceeded, GatewayError
-from gateway.observability.metrics import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -167,33 +161,6 @@ class Coalescer:
         self._max_in_flight = max(1, max_in_flight)
         self._groups: dict[Key, _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-
-    @classmethod
-    def for_backends(
-        cls,
-        client: BackendClient,
-        metrics: GatewayMetrics,
-        *,
-        max_rows: int,
-        max_in_flight: int,
-        parsers: BodyParsers,
-    ) -> Coalescer:
-        """The gateway's coalescer: protos, arrays and REST bodies through `client`
-        (a large merged REST answer cut in one of the JSON workers of
-        `parsers`); `coalesced_requests` records how many callers each call
-        served."""
-        return cls(
-            {
-                messages.PredictRequest: ProtoStrategy(client),
-                ArrayRequest: ArrayStrategy(client),
-                RestPredict: RestStrategy(client, parsers),
-                ForwardedPredict: ForwardedStrategy(client),
-                WrittenPredict: ForwardedStrategy(client),
-            },
-            metrics.coalesced_requests.observe,
-            max_rows=max_rows,
-            max_in_flight=max_in_flight,
-        )
 
     @property
     def merges(self) -> bool:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -50,7 +50,7 @@ from gateway.clients.arrays import (
     split_arrays,
 )
 from gateway.clients.backend import BackendClient, Metadata
-from gateway.clients.forwarded import ForwardedPredict
+from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.protobatch import (
     merge_requests,
@@ -472,3 +472,19 @@ class ForwardedStrategy:
 
     def succeeded(self, response: messages.PredictResponse | ReceivedAnswer) -> bool:
         return response is not None
+
+
+def backend_strategies(
+    client: BackendClient, parsers: BodyParsers
+) -> dict[type, Strategy[Any, Any]]:
+    """The gateway's strategy for each kind of request: protos, arrays and REST
+    bodies through `client` (a large merged REST answer cut in one of the JSON
+    workers of `parsers`)."""
+    forwarded = ForwardedStrategy(client)
+    return {
+        messages.PredictRequest: ProtoStrategy(client),
+        ArrayRequest: ArrayStrategy(client),
+        RestPredict: RestStrategy(client, parsers),
+        ForwardedPredict: forwarded,
+        WrittenPredict: forwarded,
+    }
