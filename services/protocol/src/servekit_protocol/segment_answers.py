@@ -99,11 +99,7 @@ async def _write(
             return answer
         return await asyncio.to_thread(read_answer, answer_segment, answer)
     finally:
-        loop = asyncio.get_running_loop()
-        for name in (arrays_segment, answer_segment):
-            # Unlinking frees the pages there and then (about 50 ms for
-            # 256 MiB): not on the loop's thread.
-            loop.run_in_executor(None, segments.unlink, name)
+        segments.unlink_soon(arrays_segment, answer_segment)
 
 
 def write_answer(

@@ -94,10 +94,7 @@ async def _parse(
             parsed.body, inputs={name: arrays[name] for name in parsed.order}
         )
     finally:
-        loop = asyncio.get_running_loop()
-        for name in (body_segment, arrays_segment):
-            # Unlinking frees the pages there and then: not on the loop's thread.
-            loop.run_in_executor(None, segments.unlink, name)
+        segments.unlink_soon(body_segment, arrays_segment)
 
 
 def parse_in_worker(

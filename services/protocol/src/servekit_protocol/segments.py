@@ -131,6 +131,16 @@ def unlink(name: str) -> None:
         os.unlink(_path(name))
 
 
+def unlink_soon(*names: str) -> None:
+    """:func:`unlink` each of ``names`` in the running loop's default executor,
+    not awaited: unlinking frees a segment's pages there and then, about 50 ms
+    for 256 MiB with the calling thread blocked (the GIL is released, but the
+    loop would be the caller)."""
+    loop = asyncio.get_running_loop()
+    for name in names:
+        loop.run_in_executor(None, unlink, name)
+
+
 def _create(name: str) -> int:
     return os.open(
         _path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600

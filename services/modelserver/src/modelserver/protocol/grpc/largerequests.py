@@ -309,12 +309,12 @@ class SegmentDecoder(Generic[Result]):
             try:
                 await asyncio.to_thread(segments.write_bytes, message_segment, message)
             except OSError as exc:
-                _discard(message_segment)
+                segments.unlink_soon(message_segment)
                 _warn("the message went to its worker", exc)
                 decoded = await self._in_worker(MessageBytes(message), None)
             else:
                 decoded = await self._in_worker(message_segment, arrays_segment)
-                _discard(message_segment)
+                segments.unlink_soon(message_segment)
                 if decoded.carried:
                     _warn("its arrays came back from its worker", None)
             arrays = (
@@ -325,7 +325,7 @@ class SegmentDecoder(Generic[Result]):
                 else {}
             )
         finally:
-            _discard(message_segment, arrays_segment)
+            segments.unlink_soon(message_segment, arrays_segment)
         arrays.update(
             {name: carried.array for name, carried in decoded.carried.items()}
         )
@@ -380,15 +380,6 @@ def _warn(what: str, exc: OSError | None) -> None:
         exc if exc is not None else "no space",
         segments.SEGMENT_DIR,
     )
-
-
-def _discard(*names: str) -> None:
-    """Unlink segments in a thread, not awaited: unlinking frees the pages of
-    the segment there and then, about 50 ms for 256 MiB with the calling
-    thread blocked (the GIL is released, but the loop is the caller)."""
-    loop = asyncio.get_running_loop()
-    for name in names:
-        loop.run_in_executor(None, segments.unlink, name)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
