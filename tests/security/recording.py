@@ -16,29 +16,40 @@ PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 @dataclass
 class Recorder:
-    """What the gateways sent through one relay to the backend's REST port."""
+    """What the gateways sent through one relay to the backend's REST port,
+    one record per connection: the gateway's health and status calls run on
+    connections of their own, and bytes of two connections interleaved would
+    cut into each other's messages."""
 
-    sent: bytearray = field(default_factory=bytearray)
+    streams: list[bytearray] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def clear(self) -> None:
         with self.lock:
-            self.sent.clear()
+            for stream in self.streams:
+                stream.clear()
+
+    def stream(self) -> bytearray:
+        """A new connection's record."""
+        with self.lock:
+            self.streams.append(bytearray())
+            return self.streams[-1]
 
     def predict_messages(self, path: str = PREDICT) -> list[bytes]:
         """The request messages of the gRPC-Web calls of ``path`` recorded."""
         with self.lock:
-            data = bytes(self.sent)
+            streams = [bytes(stream) for stream in self.streams]
         found = []
-        start = data.find(b"POST " + path.encode())
-        while start >= 0:
-            head_end = data.index(b"\r\n\r\n", start) + 4
-            head = data[start:head_end].lower()
-            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
-            body = data[head_end : head_end + length]
-            (size,) = struct.unpack_from(">I", body, 1)
-            found.append(body[5 : 5 + size])
-            start = data.find(b"POST " + path.encode(), head_end + length)
+        for data in streams:
+            start = data.find(b"POST " + path.encode())
+            while start >= 0:
+                head_end = data.index(b"\r\n\r\n", start) + 4
+                head = data[start:head_end].lower()
+                length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+                body = data[head_end : head_end + length]
+                (size,) = struct.unpack_from(">I", body, 1)
+                found.append(body[5 : 5 + size])
+                start = data.find(b"POST " + path.encode(), head_end + length)
         return found
 
 
@@ -51,13 +62,15 @@ def recording_relay(target_port: int) -> Iterator[tuple[int, Recorder]]:
     loop = asyncio.new_event_loop()
 
     async def pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        record: bytearray | None,
     ) -> None:
         try:
             while data := await reader.read(65536):
-                if record:
+                if record is not None:
                     with recorder.lock:
-                        recorder.sent += data
+                        record += data
                 writer.write(data)
                 await writer.drain()
         except OSError:
@@ -70,7 +83,8 @@ def recording_relay(target_port: int) -> Iterator[tuple[int, Recorder]]:
             "127.0.0.1", target_port
         )
         await asyncio.gather(
-            pipe(reader, upstream_writer, True), pipe(upstream_reader, writer, False)
+            pipe(reader, upstream_writer, recorder.stream()),
+            pipe(upstream_reader, writer, None),
         )
 
     async def serve() -> None:
