@@ -21,7 +21,6 @@ pipe as before, with a warning.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -65,9 +64,7 @@ async def write_in_worker(
     """
     # Shielded: a cancelled call's worker still finishes before the segments
     # are removed (it may be writing one).
-    writing = asyncio.ensure_future(_write(parsers, function, dict(arrays), args))
-    writing.add_done_callback(_retrieve)
-    return await asyncio.shield(writing)
+    return await segments.run_to_end(_write(parsers, function, dict(arrays), args))
 
 
 async def _write(
@@ -158,10 +155,3 @@ def _warn(what: str, exc: OSError | None) -> None:
         exc if exc is not None else "no space",
         segments.SEGMENT_DIR,
     )
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # The error of a write whose call was cancelled is nobody's to raise.
-    if not task.cancelled():
-        with contextlib.suppress(Exception):
-            task.exception()

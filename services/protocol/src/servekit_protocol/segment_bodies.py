@@ -17,10 +17,8 @@ a warning when a segment cannot be written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-from typing import Any
 
 from servekit_protocol import segment_answers, segments
 from servekit_protocol.json_codec.offload import BodyParsers
@@ -59,9 +57,7 @@ async def parse_predict(
     """
     # Shielded: a cancelled call's worker still finishes before the segments
     # are removed (it may be writing one).
-    parsing = asyncio.ensure_future(_parse(parsers, body, specs, limits))
-    parsing.add_done_callback(_retrieve)
-    return await asyncio.shield(parsing)
+    return await segments.run_to_end(_parse(parsers, body, specs, limits))
 
 
 async def _parse(
@@ -134,10 +130,3 @@ def _warn(exc: OSError | None) -> None:
         exc if exc is not None else "no space",
         segments.SEGMENT_DIR,
     )
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # The error of a parse whose call was cancelled is nobody's to raise.
-    if not task.cancelled():
-        with contextlib.suppress(Exception):
-            task.exception()

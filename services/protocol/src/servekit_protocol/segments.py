@@ -30,9 +30,9 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -129,6 +129,24 @@ def unlink(name: str) -> None:
     """Remove a segment if it exists (its pages go once nothing maps them)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(_path(name))
+
+
+_T = TypeVar("_T")
+
+
+async def run_to_end(work: Awaitable[_T]) -> _T:
+    """``work`` awaited shielded: a call cancelled meanwhile (its client went
+    away) still lets it run to its end, so the segments it made are removed;
+    its error is then nobody's to raise and is consumed."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(_consume_error)
+    return await asyncio.shield(task)
+
+
+def _consume_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.exception()
 
 
 def unlink_soon(*names: str) -> None:

@@ -294,9 +294,7 @@ class SegmentDecoder(Generic[Result]):
         """
         # Shielded: a call cancelled meanwhile (its client went away) still
         # waits for its worker to finish before the segments are removed.
-        decoding = asyncio.ensure_future(self._decode(message))
-        decoding.add_done_callback(_retrieve)
-        return await asyncio.shield(decoding)
+        return await segments.run_to_end(self._decode(message))
 
     def assemble(self, decoded: Any, arrays: dict[str, np.ndarray[Any, Any]]) -> Result:
         """What the servicer gets, from the worker's answer and its arrays."""
@@ -380,10 +378,3 @@ def _warn(what: str, exc: OSError | None) -> None:
         exc if exc is not None else "no space",
         segments.SEGMENT_DIR,
     )
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # The error of a decode whose call was cancelled is nobody's to raise.
-    if not task.cancelled():
-        with contextlib.suppress(Exception):
-            task.exception()
