@@ -5,7 +5,8 @@ HTTP/2 client (``h2``), for ``test_gateway_h2_backend``.
 
 The registry holds ``line`` (one ``x`` in, one value out: a small request
 whose answer is as large as its declared shape) and ``classifier`` (ten
-classes on ``a`` and ``b``). The model server is restartable on its ports.
+classes on ``a`` and ``b``). The model server is restartable on its ports
+and allows :data:`BACKEND_STREAMS` streams a connection.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.pipelines import publish_classifier
 from tests.support.restartable import RestartableModelServer
 
+BACKEND_STREAMS = 4
+"""The model server's SETTINGS_MAX_CONCURRENT_STREAMS here: the gateway's
+client must queue or open a further connection beyond it."""
+
 
 @dataclass(frozen=True)
 class H2Stack:
@@ -40,11 +45,15 @@ def h2_stack(folder: Path) -> Iterator[H2Stack]:
     registry = folder / "models"
     publish_line_model(registry, "line")
     publish_classifier(registry, "classifier")
-    server = RestartableModelServer(registry, folder)
+    server = RestartableModelServer(
+        registry, folder, flags=(f"--http2_max_concurrent_streams={BACKEND_STREAMS}",)
+    )
     server.start()
     try:
         env = {"GATEWAY_REGISTRY": str(registry)}
-        flags = [f"--default-backend={server.target}"]
+        # Every Predict its own backend call, so that concurrent ones are
+        # concurrent streams.
+        flags = [f"--default-backend={server.target}", "--coalesce-max-rows=0"]
         with (
             running_gateway(
                 folder / "grpcio",

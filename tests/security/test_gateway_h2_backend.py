@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from servekit_protocol import messages
@@ -18,6 +19,7 @@ from servekit_protocol import messages
 from tests.security.figures import record
 from tests.security.forwarding_stack import Outcome, grpc_call
 from tests.security.h2_backend_stack import (
+    BACKEND_STREAMS,
     H2Stack,
     classify_request,
     h2_stack,
@@ -83,6 +85,29 @@ def test_both_clients_give_the_same_error(
     via_grpcio, via_h2 = _both(stack, data, method)
     assert via_grpcio[0] == code, via_grpcio
     assert via_h2[:2] == via_grpcio[:2]
+
+
+CONCURRENT_CALLS = 4 * BACKEND_STREAMS
+"""Calls made at once: four times the backend's stream limit."""
+
+
+def test_concurrent_calls_beyond_the_backends_stream_limit_all_succeed(
+    stack: H2Stack,
+) -> None:
+    """Each call's 2 MiB answer keeps its stream open a while, so the calls
+    overlap at the backend; a stream over its limit would be refused and
+    retried (UNAVAILABLE), which the retry counter would show."""
+    data = line_predict(262_144)
+    retries = stack.h2.metric("gateway_backend_retries_total")
+    with ThreadPoolExecutor(CONCURRENT_CALLS) as pool:
+        outcomes = list(
+            pool.map(
+                lambda _: grpc_call(stack.h2, data, PREDICT), range(CONCURRENT_CALLS)
+            )
+        )
+    assert {status for status, _, _ in outcomes} == {"OK"}, outcomes[:3]
+    assert len({answer for _, _, answer in outcomes}) == 1
+    assert stack.h2.metric("gateway_backend_retries_total") == retries
 
 
 def test_a_64_mib_answer_does_not_stall_the_gateways_loop(stack: H2Stack) -> None:

@@ -19,6 +19,8 @@ class RestartableModelServer:
     log_dir: Path
     grpc_port: int = field(default_factory=free_port)
     rest_port: int = field(default_factory=free_port)
+    flags: tuple[str, ...] = ()
+    """More flags for the server."""
     process: ServerProcess | None = None
     starts: int = 0
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -38,6 +40,7 @@ class RestartableModelServer:
             f"--model_config_file={self.registry / 'servekit.config'}",
             "--model_config_file_poll_wait_seconds=1",
             "--file_system_poll_wait_seconds=1",
+            *self.flags,
         ]
         self.process = self._stack.enter_context(
             running_process(
