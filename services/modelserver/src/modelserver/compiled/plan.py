@@ -149,8 +149,11 @@ def missing_objects(matrix: Array) -> Array:
     every value a request or a file can carry (str, numbers, None, lists).
     """
     mask: Array = np.not_equal(matrix, matrix)
-    mask |= np.equal(matrix, None)
+    mask |= np.equal(matrix, _NONE)
     return mask
+
+
+_NONE = np.array(None, dtype=object)
 
 
 def _impute(spec: Spec, _source: StepSource | None) -> Kernel:
