@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from servekit_protocol import json_codec, messages, segment_answers, segment_bodies
@@ -29,6 +29,7 @@ from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.errors import InvalidInput, Overloaded, ServingError
+from modelserver.protocol import answerarrays
 from modelserver.protocol.grpc import converters
 from modelserver.types import (
     Classifications,
@@ -143,12 +144,12 @@ async def decode_predict(
     size = len(body)
     try:
         if await mentions_any(body, _SIGNATURE_KEY, _ESCAPE):
-            name = await parsers.run(size, signature_name_of, body)
+            name = await _read_body(parsers, signature_name_of, body)
             spec = replace(spec, signature_name=name)
         try:
             _, signature = await lookup(spec)
         except ServingError:
-            await parsers.run(size, signature_name_of, body)
+            await _read_body(parsers, signature_name_of, body)
             raise
         if size < parsers.threshold_bytes:
             parsed = json_codec.parse_predict_request(
@@ -163,6 +164,24 @@ async def decode_predict(
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
     return spec, parsed.inputs, parsed.format
+
+
+_Read = TypeVar("_Read")
+
+
+async def _read_body(
+    parsers: json_codec.BodyParsers,
+    function: Callable[..., _Read],
+    body: bytes,
+    *args: Any,
+) -> _Read:
+    """``function(body, *args)``: in place under the body threshold, in a
+    worker with the body moved through a shared memory segment otherwise
+    (through the pool's pipe, pickling a large body held the event loop in the
+    pool's threads)."""
+    if len(body) < parsers.threshold_bytes:
+        return function(body, *args)
+    return await segment_bodies.run_on_body(parsers, function, body, *args)
 
 
 async def encode_predict(
@@ -208,7 +227,7 @@ async def decode_examples(
             examples over ``limits``.
     """
     try:
-        return await parsers.run(len(body), examples_of, body, limits)
+        return await _read_body(parsers, examples_of, body, limits)
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
 
@@ -245,11 +264,10 @@ async def encode_classify(
         InvalidInput: No results (as in TF Serving).
         Overloaded: The worker writing the answer died.
     """
-    scores = {} if results.scores is None else {_SCORES: results.scores}
-    without_scores = replace(results, scores=None)
+    arrays, shape = answerarrays.classification_arrays(results)
     try:
         return await _write_answer(
-            parsers, results.size, classify_json_of, scores, without_scores
+            parsers, results.size, classify_json_of, arrays, shape
         )
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
@@ -265,8 +283,12 @@ async def encode_regress(
         InvalidInput: No results (as in TF Serving).
         Overloaded: The worker writing the answer died.
     """
+    if len(results) < parsers.answer_threshold_elements:
+        return regress_json(results)
+    # The values as an array (built in a thread), which the segment carries.
+    arrays = await answerarrays.regression_arrays(results)
     try:
-        return await _write_answer(parsers, len(results), regress_json_of, {}, results)
+        return await _write_answer(parsers, len(results), regress_json_of, arrays)
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
 
@@ -292,28 +314,27 @@ async def _write_answer(
     return await segment_answers.write_in_worker(parsers, function, arrays, *args)
 
 
-_SCORES = "scores"
-
-
-def classify_json_of(arrays: dict[str, Tensor], results: Classifications) -> bytes:
-    """:func:`classify_json` of ``results`` with the scores ``arrays`` holds
-    (none when it is empty), in place or in a worker.
-
-    Raises:
-        InvalidInput: No results (as in TF Serving).
-    """
-    return classify_json(replace(results, scores=arrays.get(_SCORES)))
-
-
-def regress_json_of(arrays: dict[str, Tensor], results: Sequence[float]) -> bytes:
-    """:func:`regress_json`, in place or in a worker (``arrays`` is empty: the
-    values are a list).
+def classify_json_of(
+    arrays: dict[str, Tensor], shape: answerarrays.ClassificationsShape
+) -> bytes:
+    """:func:`classify_json` of the classifications ``arrays`` and ``shape``
+    hold (:func:`~modelserver.protocol.answerarrays.classification_arrays`), in
+    place or in a worker.
 
     Raises:
         InvalidInput: No results (as in TF Serving).
     """
-    del arrays
-    return regress_json(results)
+    return classify_json(answerarrays.classifications_of(arrays, shape))
+
+
+def regress_json_of(arrays: dict[str, Tensor]) -> bytes:
+    """:func:`regress_json` of the values ``arrays`` holds
+    (:func:`~modelserver.protocol.answerarrays.regression_arrays`), in a worker.
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+    """
+    return regress_json(answerarrays.regression_values(arrays))
 
 
 def classify_json(results: Classifications) -> bytes:
