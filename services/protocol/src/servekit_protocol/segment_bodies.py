@@ -66,19 +66,19 @@ async def _parse(
     specs: SpecSource,
     limits: TensorLimits | None,
 ) -> PredictBody:
-    body_segment = segments.new_name("body")
-    arrays_segment = segments.new_name("inputs")
+    body_segment = segments.new_path(parsers.segment_dir, "body")
+    arrays_segment = segments.new_path(parsers.segment_dir, "inputs")
     try:
         try:
             await asyncio.to_thread(segments.write_bytes, body_segment, body)
         except OSError as exc:
-            _warn(exc)
+            _warn(exc, parsers.segment_dir)
             return await parsers.in_worker(parse_predict_request, body, specs, limits)
         parsed = await parsers.in_worker(
             parse_in_worker, body_segment, len(body), arrays_segment, specs, limits
         )
         if isinstance(parsed, PredictBody):
-            _warn(None)
+            _warn(None, parsers.segment_dir)
             return parsed
         arrays = (
             await asyncio.to_thread(segments.read_arrays, arrays_segment, parsed.slots)
@@ -122,11 +122,11 @@ def parse_in_worker(
     )
 
 
-def _warn(exc: OSError | None) -> None:
+def _warn(exc: OSError | None, directory: str) -> None:
     logger.warning(
         "A large :predict body went through the worker pipe, copies that hold "
         "the GIL and so the event loop: its shared memory segment could not be "
         "written (%s); give %s more room",
-        exc if exc is not None else "no space",
-        segments.SEGMENT_DIR,
+        exc if exc is not None else "no room",
+        directory,
     )
