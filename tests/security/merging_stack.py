@@ -1,4 +1,5 @@
-"""Two gateways merging concurrent gRPC Predicts in front of one model server,
+"""Two gateways merging concurrent calls (gRPC Predict and ModelInfer, REST
+v1 `:predict` and v2 `infer`) in front of one model server,
 for the tests of large merged answers (``test_loop_stalls``,
 ``test_gateway_merged_answers``).
 
@@ -22,11 +23,13 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 from modelregistry import Registry
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
@@ -155,10 +158,26 @@ def merged_calls(gateway: GatewayProcess) -> float:
 def concurrent_predicts(
     gateway: GatewayProcess, rows: int = CALLER_ROWS, version: int | None = None
 ) -> list[tuple[str, bytes]]:
+    """`concurrent_calls` of TF Serving Predicts (``spread_request``)."""
+    return concurrent_calls(
+        gateway,
+        PREDICT,
+        lambda caller, count: spread_request(caller, count, version),
+        rows,
+    )
+
+
+def concurrent_calls(
+    gateway: GatewayProcess,
+    method: str,
+    request: Callable[[int, int], bytes],
+    rows: int = CALLER_ROWS,
+) -> list[tuple[str, bytes]]:
     """One first call (of ``FIRST_ROWS`` rows) and ``MERGED_CALLERS`` more
     sent while it is in flight, each on its own connected channel, released
-    together; each one's status (a gRPC code's name, with its message) and
-    answer, in the callers' order."""
+    together; ``request(caller, rows)`` is a caller's message to ``method``.
+    Each one's status (a gRPC code's name, with its message) and answer, in
+    the callers' order."""
     callers = 1 + MERGED_CALLERS
     options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
     channels = [
@@ -169,15 +188,12 @@ def concurrent_predicts(
     start = threading.Barrier(callers - 1)
 
     def call(caller: int) -> None:
-        method = channels[caller].unary_unary(PREDICT)
+        stub = channels[caller].unary_unary(method)
         if caller:
             start.wait(timeout=60)
         count = rows if caller else FIRST_ROWS
         try:
-            outcomes[caller] = (
-                "OK",
-                method(spread_request(caller, count, version), timeout=60),
-            )
+            outcomes[caller] = ("OK", stub(request(caller, count), timeout=60))
         except grpc.RpcError as exc:
             outcomes[caller] = (f"{exc.code().name}: {exc.details()}", b"")
 
@@ -199,10 +215,57 @@ def concurrent_predicts(
     return outcomes
 
 
-def spread_infer(rows: int) -> bytes:
+def concurrent_posts(
+    gateway: GatewayProcess,
+    path: str,
+    body: Callable[[int, int], dict[str, Any]],
+    rows: int = CALLER_ROWS,
+) -> list[tuple[int, bytes]]:
+    """`concurrent_calls` over HTTP: ``body(caller, rows)`` is a caller's JSON
+    body POSTed to ``path``; each one's status and body, in the callers'
+    order."""
+    callers = 1 + MERGED_CALLERS
+    outcomes: list[tuple[int, bytes]] = [(0, b"")] * callers
+    start = threading.Barrier(callers - 1)
+
+    def call(caller: int) -> None:
+        if caller:
+            start.wait(timeout=60)
+        count = rows if caller else FIRST_ROWS
+        response = httpx.post(gateway.url + path, json=body(caller, count), timeout=120)
+        outcomes[caller] = (response.status_code, response.content)
+
+    threads = [threading.Thread(target=call, args=(c,)) for c in range(callers)]
+    threads[0].start()
+    time.sleep(0.02)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    return outcomes
+
+
+def spread_instances(caller: int, rows: int) -> dict[str, Any]:
+    """Caller number ``caller``'s TF Serving REST body of ``rows`` rows for
+    ``spread``, the values of its `spread_request`."""
+    return {"instances": [[float(caller * rows + row)] for row in range(rows)]}
+
+
+def spread_inputs(caller: int, rows: int) -> dict[str, Any]:
+    """The same rows as an Open Inference Protocol REST `infer` body."""
+    data = [float(caller * rows + row) for row in range(rows)]
+    return {
+        "inputs": [{"name": "x", "datatype": "FP64", "shape": [rows, 1], "data": data}]
+    }
+
+
+def spread_infer(rows: int, caller: int = 0) -> bytes:
     """An OIP ModelInfer of ``rows`` rows for ``spread``, in ``fp64_contents``
-    (so its answer is typed too): a few bytes a row, 512 KiB of answer."""
+    (so its answer is typed too): a few bytes a row, 512 KiB of answer;
+    caller number ``caller``'s values are its own."""
     request = oip.ModelInferRequest(model_name="spread", id="small")
     tensor = request.inputs.add(name="x", datatype="FP64", shape=[rows, 1])
-    tensor.contents.fp64_contents.extend(float(row) for row in range(rows))
+    tensor.contents.fp64_contents.extend(
+        float(caller * rows + row) for row in range(rows)
+    )
     return request.SerializeToString()

@@ -15,6 +15,8 @@ and both must have merged the calls.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from tests.security.merging_stack import (
     MESSAGE_LIMIT,
     SPREAD_OUTPUTS,
     MergingGateways,
+    concurrent_calls,
     concurrent_predicts,
     merged_calls,
     spread_infer,
@@ -107,3 +110,60 @@ def test_a_small_model_infer_s_large_answer_is_the_one_written_on_the_loop(
     answer = oip.ModelInferResponse.FromString(offloaded[2])
     assert list(answer.outputs[0].shape) == [8, SPREAD_OUTPUTS]
     assert len(answer.outputs[0].contents.fp64_contents) == 8 * SPREAD_OUTPUTS
+
+
+def _raw_infer(caller: int, rows: int) -> bytes:
+    """`spread_infer` with the values in ``raw_input_contents`` (answered
+    raw)."""
+    request = oip.ModelInferRequest.FromString(spread_infer(rows, caller))
+    values = np.asarray(request.inputs[0].contents.fp64_contents, dtype="<f8")
+    request.inputs[0].ClearField("contents")
+    request.raw_input_contents.append(values.tobytes())
+    return request.SerializeToString()
+
+
+def _typed_infer(caller: int, rows: int) -> bytes:
+    return spread_infer(rows, caller)
+
+
+def _infer_values(data: bytes) -> np.ndarray:
+    answer = oip.ModelInferResponse.FromString(data)
+    output = answer.outputs[0]
+    assert list(output.shape) == [CALLER_ROWS, SPREAD_OUTPUTS]
+    if answer.raw_output_contents:
+        values = np.frombuffer(answer.raw_output_contents[0], dtype="<f8")
+    else:
+        values = np.asarray(output.contents.fp64_contents)
+    return values.reshape(CALLER_ROWS, SPREAD_OUTPUTS)
+
+
+@pytest.mark.parametrize("request_of", [_typed_infer, _raw_infer])
+def test_merged_model_infer_answers_are_the_bytes_written_on_the_loop(
+    merging: MergingGateways, request_of: Callable[[int, int], bytes]
+) -> None:
+    """Concurrent ModelInfers merged into one backend call: each caller's
+    2 MiB share written in a thread by one gateway and on the loop by the
+    other, the same bytes, its values the model server's answer to its own
+    rows."""
+    merges = {
+        name: merged_calls(gateway)
+        for name, gateway in (
+            ("offloading", merging.offloading),
+            ("parsing", merging.parsing),
+        )
+    }
+    for _ in range(ROUNDS):
+        offloaded = concurrent_calls(merging.offloading, MODEL_INFER, request_of)
+        parsed = concurrent_calls(merging.parsing, MODEL_INFER, request_of)
+        assert [status for status, _ in offloaded] == ["OK"] * len(offloaded)
+        assert offloaded == parsed
+    assert merged_calls(merging.offloading) > merges["offloading"]
+    assert merged_calls(merging.parsing) > merges["parsing"]
+    for caller in (1, 2, len(offloaded) - 1):
+        answer = oip.ModelInferResponse.FromString(offloaded[caller][1])
+        assert answer.model_name == "spread"
+        assert answer.model_version == "1"
+        assert bool(answer.raw_output_contents) == (request_of is _raw_infer)
+        np.testing.assert_array_equal(
+            _infer_values(offloaded[caller][1]), _direct_values(merging, caller)
+        )

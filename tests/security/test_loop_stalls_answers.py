@@ -3,10 +3,13 @@ the gateway cuts, compares or converts it: a merged call's answer cut for its
 callers, a shadowed call's answer compared with its shadow's, a small
 OIP ModelInfer's large answer written as typed contents, and the large
 answers of a REST v1 `:predict` translated to gRPC and of an OIP REST
-`infer`, decoded into arrays, and a merged REST v1 `:predict`'s JSON answer
-cut for its callers. Parsed and decoded on the loop, those two 40 MiB
-answers held it 75 and 100 ms at a stretch (load average 2.8); read and cut
-on the loop, the 40 MB merged JSON answer held it 500 ms (load average 8).
+`infer`, decoded into arrays, a merged REST v1 `:predict`'s JSON answer
+cut for its callers, and the shares of merged OIP ModelInfer and REST `infer`
+calls written for their callers. Parsed and decoded on the loop, those two
+40 MiB answers held it 75 and 100 ms at a stretch (load average 2.8); read
+and cut on the loop, the 40 MB merged JSON answer held it 500 ms (load
+average 8); eight merged ModelInfer shares of 2 MiB written on the loop, 100
+ms (load average 2.6).
 
 Measured as in :mod:`tests.security.test_loop_stalls` (the loop thread's CPU
 stretches from the gateway's ``gateway_event_loop_busy_seconds``), on the
@@ -15,10 +18,11 @@ gateways of :mod:`tests.security.merging_stack`.
 
 from __future__ import annotations
 
+import json
 import math
-import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -26,11 +30,16 @@ from servekit_protocol import oip_messages as oip
 
 from tests.security.forwarding_stack import grpc_call
 from tests.security.merging_stack import (
+    FIRST_ROWS,
     SPREAD_OUTPUTS,
     MergingGateways,
+    concurrent_calls,
+    concurrent_posts,
     concurrent_predicts,
     merged_calls,
     spread_infer,
+    spread_inputs,
+    spread_instances,
     spread_request,
 )
 from tests.security.recording import PREDICT
@@ -65,6 +74,33 @@ def test_a_merged_call_s_large_answer_does_not_stall_the_gateways_loop(
         "gateway",
         "gateway, 16 MiB merged answer cut for 8 gRPC callers",
         lambda: _merged_round(merging, 4),
+    )
+    assert merged_calls(gateway) > merges, "the concurrent calls were not merged"
+
+
+def _merged_infer_round(merging: MergingGateways, rows: int) -> None:
+    outcomes = concurrent_calls(merging.offloading, MODEL_INFER, _infer_of, rows)
+    assert all(status == "OK" for status, _ in outcomes), outcomes
+
+
+def _infer_of(caller: int, rows: int) -> bytes:
+    return spread_infer(rows, caller)
+
+
+def test_a_merged_model_infer_s_large_answers_do_not_stall_the_gateways_loop(
+    merging: MergingGateways,
+) -> None:
+    """Eight typed ModelInfers merged into one backend call: each caller's
+    2 MiB share written as a ModelInferResponse with typed contents. Built on
+    the loop, the eight held it 60-110 ms at a stretch (load average 4)."""
+    gateway = merging.offloading
+    _merged_infer_round(merging, 1)
+    merges = merged_calls(gateway)
+    assert_no_stall(
+        gateway.url + "/metrics",
+        "gateway",
+        "gateway, 16 MiB merged answer written for 8 OIP ModelInfer callers",
+        lambda: _merged_infer_round(merging, 4),
     )
     assert merged_calls(gateway) > merges, "the concurrent calls were not merged"
 
@@ -217,32 +253,31 @@ def test_rest_answers_decoded_off_the_loop_are_the_bytes_of_those_decoded_on_it(
         assert off == on, f"{rows} rows: the answers differ"
 
 
-def _merged_rest_round(merging: MergingGateways, rows: int) -> None:
-    """One first REST v1 `:predict` of ``spread`` (16 rows) and eight more of
-    ``rows`` rows sent while it is in flight, forwarded to the backend's REST
-    API and merged there as JSON; each caller gets its own rows."""
-    url = merging.offloading.url + "/v1/models/spread:predict"
-    callers = 1 + 8
-    outcomes: list[int] = [0] * callers
-    start = threading.Barrier(callers - 1)
+def _merged_rest_round(
+    merging: MergingGateways,
+    rows: int,
+    path: str = "/v1/models/spread:predict",
+    body: Callable[[int, int], dict[str, Any]] = spread_instances,
+) -> None:
+    """One first REST call of ``spread`` (16 rows) and eight more of ``rows``
+    rows sent while it is in flight, merged into one backend call; each
+    caller gets its own rows."""
+    outcomes = concurrent_posts(merging.offloading, path, body, rows)
+    statuses = [status for status, _ in outcomes]
+    assert statuses == [200] * len(outcomes), [body[:300] for _, body in outcomes]
+    first = rows_answered(outcomes[0][1])
+    assert first == FIRST_ROWS
+    assert [rows_answered(content) for _, content in outcomes[1:]] == [rows] * (
+        len(outcomes) - 1
+    )
 
-    def call(caller: int) -> None:
-        if caller:
-            start.wait(timeout=60)
-        count = rows if caller else 16
-        instances = [[float(caller * 100 + row)] for row in range(count)]
-        response = httpx.post(url, json={"instances": instances}, timeout=120)
-        predictions = response.json()["predictions"] if response.is_success else []
-        outcomes[caller] = len(predictions) if len(predictions) == count else -1
 
-    threads = [threading.Thread(target=call, args=(c,)) for c in range(callers)]
-    threads[0].start()
-    time.sleep(0.02)
-    for thread in threads[1:]:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=180)
-    assert all(outcome > 0 for outcome in outcomes), outcomes
+def rows_answered(content: bytes) -> int:
+    """The rows of a v1 `:predict` or v2 `infer` answer."""
+    document = json.loads(content)
+    if "predictions" in document:
+        return len(document["predictions"])
+    return int(document["outputs"][0]["shape"][0])
 
 
 def test_a_merged_rest_predict_s_large_answer_does_not_stall_the_gateways_loop(
@@ -260,5 +295,26 @@ def test_a_merged_rest_predict_s_large_answer_does_not_stall_the_gateways_loop(
         "gateway",
         "gateway, 40 MB merged REST v1 answer cut for 8 callers",
         lambda: _merged_rest_round(merging, 4),
+    )
+    assert merged_calls(gateway) > merges, "the concurrent calls were not merged"
+
+
+def test_a_merged_oip_rest_infer_s_large_answers_do_not_stall_the_gateways_loop(
+    merging: MergingGateways,
+) -> None:
+    """Eight OIP REST `infer` calls merged into one backend call (typed
+    arrays), each caller's 2 MiB share written as JSON."""
+    gateway = merging.offloading
+
+    def round_of(rows: int) -> None:
+        _merged_rest_round(merging, rows, "/v2/models/spread/infer", spread_inputs)
+
+    round_of(1)
+    merges = merged_calls(gateway)
+    assert_no_stall(
+        gateway.url + "/metrics",
+        "gateway",
+        "gateway, 16 MiB merged answer written for 8 OIP REST infer callers",
+        lambda: round_of(4),
     )
     assert merged_calls(gateway) > merges, "the concurrent calls were not merged"

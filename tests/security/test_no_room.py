@@ -76,7 +76,7 @@ ERRNO_TEXT = "[Errno 27] File too large"
 MESSAGE_WARNING = "A large gRPC message went through the worker pipe (the message"
 ARRAYS_WARNING = "A large answer's its arrays went through the worker pipe"
 ANSWER_WARNING = "A large answer's the answer went through the worker pipe"
-BODY_WARNING = "A large :predict body went through the worker pipe"
+BODY_WARNING = "A large request body went through the worker pipe"
 INFER_WARNING = "A large ModelInfer message goes to a worker through its pipe"
 
 

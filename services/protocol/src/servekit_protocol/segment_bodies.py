@@ -1,6 +1,8 @@
 """Large REST ``:predict`` bodies parsed in a worker process, the body sent
 there and the decoded arrays sent back through shared memory segments, not the
-pool's pipe.
+pool's pipe; other reads of a large body (its ``signature_name``, a
+``:classify`` or ``:regress`` body's examples) get the body the same way
+(:func:`run_on_body`).
 
 Through the pipe, the pool's helper threads in the server pickle the body out
 and receive and unpickle the arrays back, copies made holding the GIL: a
@@ -19,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from servekit_protocol import segment_answers, segments
 from servekit_protocol.json_codec.offload import BodyParsers
@@ -30,6 +34,8 @@ from servekit_protocol.json_codec.predict import (
 from servekit_protocol.tensor_limits import TensorLimits
 
 logger = logging.getLogger(__name__)
+
+_Result = TypeVar("_Result")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,9 +128,52 @@ def parse_in_worker(
     )
 
 
+async def run_on_body(
+    parsers: BodyParsers, function: Callable[..., _Result], body: bytes, *args: Any
+) -> _Result:
+    """``function(body, *args)`` in a worker process, ``body`` moved there
+    through a segment; what ``function`` returns comes back pickled.
+
+    Raises:
+        Exception: What ``function`` raises (pickled back as it is);
+            :class:`~servekit_protocol.json_codec.offload.ParserUnavailable`
+            when the worker died.
+    """
+    # Shielded: a cancelled call's worker still finishes before the segment is
+    # removed (it may be reading it).
+    return await segments.run_to_end(_run_on_body(parsers, function, body, args))
+
+
+async def _run_on_body(
+    parsers: BodyParsers,
+    function: Callable[..., _Result],
+    body: bytes,
+    args: tuple[Any, ...],
+) -> _Result:
+    body_segment = segments.new_path(parsers.segment_dir, "body")
+    try:
+        try:
+            await asyncio.to_thread(segments.write_bytes, body_segment, body)
+        except OSError as exc:
+            _warn(exc, parsers.segment_dir)
+            return await parsers.in_worker(function, body, *args)
+        return await parsers.in_worker(
+            call_on_segment, body_segment, len(body), function, *args
+        )
+    finally:
+        segments.unlink_soon(body_segment)
+
+
+def call_on_segment(
+    body_segment: str, size: int, function: Callable[..., _Result], *args: Any
+) -> _Result:
+    """Run in the worker: ``function`` of the body in ``body_segment``."""
+    return function(segment_answers.read_answer(body_segment, size), *args)
+
+
 def _warn(exc: OSError | None, directory: str) -> None:
     logger.warning(
-        "A large :predict body went through the worker pipe, copies that hold "
+        "A large request body went through the worker pipe, copies that hold "
         "the GIL and so the event loop: its shared memory segment could not be "
         "written (%s); give %s more room",
         exc if exc is not None else "no room",

@@ -102,3 +102,63 @@ async def test_a_cancelled_parse_removes_its_segments(parsers: BodyParsers) -> N
     with pytest.raises(asyncio.CancelledError):
         await call
     assert await _settled(timeout=60) == []
+
+
+def _read_in_worker(body: bytes, parent: int, note: str) -> tuple[int, str, str, bool]:
+    """What a worker got: its pid, the note, the body's signature name, and
+    whether the parent's body segment existed meanwhile."""
+    document = orjson.loads(body)
+    prefix = f"servekit-{parent}-"
+    in_segment = any(
+        name.startswith(prefix) and name.endswith("-body")
+        for name in os.listdir(segments.default_directory())
+    )
+    return os.getpid(), note, str(document.get("signature_name", "")), in_segment
+
+
+def _refuse_body(body: bytes) -> None:
+    raise InvalidArgument(f"refused {len(body)} bytes")
+
+
+def _slow_read(body: bytes, seconds: float) -> int:
+    time.sleep(seconds)
+    return len(body)
+
+
+async def test_a_body_read_in_a_worker_arrives_whole_through_a_segment(
+    parsers: BodyParsers,
+) -> None:
+    body = orjson.dumps({"signature_name": "séries", "inputs": {"x": [1.5] * 5000}})
+    pid, note, name, in_segment = await segment_bodies.run_on_body(
+        parsers, _read_in_worker, body, os.getpid(), "n"
+    )
+    assert pid != os.getpid()
+    assert (note, name) == ("n", "séries")
+    assert in_segment
+    examples = orjson.dumps({"examples": [{"x": [float(i)]} for i in range(3000)]})
+    assert await segment_bodies.run_on_body(
+        parsers, json_codec.parse_examples_request, examples
+    ) == json_codec.parse_examples_request(examples)
+    assert await _settled() == []
+
+
+async def test_a_body_read_s_error_comes_back_and_nothing_is_left(
+    parsers: BodyParsers,
+) -> None:
+    with pytest.raises(InvalidArgument, match="refused 70000 bytes"):
+        await segment_bodies.run_on_body(parsers, _refuse_body, b"x" * 70_000)
+    assert await _settled() == []
+
+
+async def test_a_cancelled_body_read_removes_its_segment(
+    parsers: BodyParsers,
+) -> None:
+    call = asyncio.ensure_future(
+        segment_bodies.run_on_body(parsers, _slow_read, b"y" * 100_000, 0.5)
+    )
+    await asyncio.sleep(0.1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # The worker still reads it: the segment stays until it has answered.
+    assert await _settled(timeout=30) == []

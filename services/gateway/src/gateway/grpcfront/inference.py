@@ -32,7 +32,11 @@ from gateway.codecs.v2_grpc import (
     parameters_dict,
     parse_model_infer,
 )
-from gateway.codecs.v2_grpc_answer import write_infer_answer
+from gateway.codecs.v2_grpc_answer import (
+    built_answer,
+    outputs_size,
+    write_infer_answer,
+)
 from gateway.codecs.v2_spliced import (
     RawInfer,
     SplicedInfer,
@@ -164,7 +168,8 @@ class InferenceProxy(GRPCInferenceServiceServicer):
         (parsed, checked and encoded for the backend in a worker process); it
         is routed and answered the same way. A large answer, whatever the
         request's size, is kept as the backend's bytes and written in a thread
-        (`codecs.v2_grpc_answer`)."""
+        (`codecs.v2_grpc_answer`); so is a large share of a merged call's
+        answer, which comes decoded."""
         parse: Callable[
             [Wanted],
             InferRequest
@@ -219,6 +224,20 @@ class InferenceProxy(GRPCInferenceServiceServicer):
                         request.model_name,
                         answer.model_version,
                         answer.received,
+                        answer.request,
+                        raw,
+                    )
+                )
+            keep_from = self._keep_answer_from
+            if keep_from is not None and outputs_size(answer.outputs) >= keep_from:
+                # Decoded already (a merged call's share): written in a
+                # thread all the same.
+                return Serialized(
+                    await asyncio.to_thread(
+                        built_answer,
+                        request.model_name,
+                        answer.model_version,
+                        answer.outputs,
                         answer.request,
                         raw,
                     )

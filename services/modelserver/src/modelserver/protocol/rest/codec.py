@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from servekit_protocol import json_codec, messages, segment_answers, segment_bodies
@@ -143,12 +143,12 @@ async def decode_predict(
     size = len(body)
     try:
         if await mentions_any(body, _SIGNATURE_KEY, _ESCAPE):
-            name = await parsers.run(size, signature_name_of, body)
+            name = await _read_body(parsers, signature_name_of, body)
             spec = replace(spec, signature_name=name)
         try:
             _, signature = await lookup(spec)
         except ServingError:
-            await parsers.run(size, signature_name_of, body)
+            await _read_body(parsers, signature_name_of, body)
             raise
         if size < parsers.threshold_bytes:
             parsed = json_codec.parse_predict_request(
@@ -163,6 +163,24 @@ async def decode_predict(
     except ProtocolError as exc:
         raise InvalidInput(exc.message) from exc
     return spec, parsed.inputs, parsed.format
+
+
+_Read = TypeVar("_Read")
+
+
+async def _read_body(
+    parsers: json_codec.BodyParsers,
+    function: Callable[..., _Read],
+    body: bytes,
+    *args: Any,
+) -> _Read:
+    """``function(body, *args)``: in place under the body threshold, in a
+    worker with the body moved through a shared memory segment otherwise
+    (through the pool's pipe, pickling a large body held the event loop in the
+    pool's threads)."""
+    if len(body) < parsers.threshold_bytes:
+        return function(body, *args)
+    return await segment_bodies.run_on_body(parsers, function, body, *args)
 
 
 async def encode_predict(
@@ -208,7 +226,7 @@ async def decode_examples(
             examples over ``limits``.
     """
     try:
-        return await parsers.run(len(body), examples_of, body, limits)
+        return await _read_body(parsers, examples_of, body, limits)
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
 
