@@ -102,7 +102,8 @@ def _segments_of(pid: int) -> list[str]:
     ]
 
 
-def _settled(pid: int) -> list[str]:
+def settled_segments(pid: int) -> list[str]:
+    """The segments of ``pid`` left once it has had time to remove them."""
     deadline = time.monotonic() + SETTLE_SECONDS
     while _segments_of(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -118,16 +119,17 @@ def _post(server: ModelServer, path: str, body: bytes) -> httpx.Response:
     )
 
 
-def _watching_bodies(pid: int, call: Callable[[], None]) -> bool:
-    """Run ``call`` and say whether a body segment of ``pid`` appeared
-    meanwhile (the worker reads a body of megabytes for tens of milliseconds;
-    the folder is listed every millisecond)."""
+def watching_segments(pid: int, suffix: str, call: Callable[[], None]) -> bool:
+    """Run ``call`` and say whether a segment of ``pid`` whose name ends with
+    ``suffix`` appeared meanwhile (a worker reads a body, or the arrays of an
+    answer, of megabytes for tens of milliseconds; the folder is listed every
+    millisecond)."""
     seen = threading.Event()
     done = threading.Event()
 
     def watch() -> None:
         while not done.is_set() and not seen.is_set():
-            if any(name.endswith("-body") for name in _segments_of(pid)):
+            if any(name.endswith(suffix) for name in _segments_of(pid)):
                 seen.set()
             time.sleep(0.001)
 
@@ -182,7 +184,7 @@ def test_a_large_predict_body_naming_its_signature_is_answered_alike(
         assert len(answer.json()["predictions"]) == ROWS
     else:
         assert "error" in answer.json()
-    assert _settled(servers.offloading.process.pid) == []
+    assert settled_segments(servers.offloading.process.pid) == []
 
 
 @pytest.mark.parametrize(
@@ -203,7 +205,7 @@ def test_large_examples_bodies_are_answered_alike(
     else:
         assert answer.status_code == 200, answer.text[:200]
         assert len(answer.json()["results"]) == EXAMPLES
-    assert _settled(servers.offloading.process.pid) == []
+    assert settled_segments(servers.offloading.process.pid) == []
 
 
 @pytest.mark.parametrize(
@@ -223,7 +225,7 @@ def test_refused_large_examples_bodies_are_refused_alike(
     answer = _same_answer(servers, "linear:regress", body)
     assert answer.status_code == 400
     assert "error" in answer.json()
-    assert _settled(servers.offloading.process.pid) == []
+    assert settled_segments(servers.offloading.process.pid) == []
 
 
 @pytest.mark.parametrize(
@@ -247,11 +249,12 @@ def test_a_large_body_goes_through_a_segment_without_stalling_the_loop(
     def call() -> None:
         answered.append(_post(server, path, body).status_code)
 
-    assert _watching_bodies(
+    assert watching_segments(
         pid,
+        "-body",
         lambda: assert_no_stall(
             server.rest_url + METRICS_PATH, "modelserver", f"REST {path} body", call
         ),
     )
     assert answered == [200]
-    assert _settled(pid) == []
+    assert settled_segments(pid) == []

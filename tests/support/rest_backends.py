@@ -5,6 +5,8 @@
 - `not_found_backend`: what TF Serving's REST port answers outside `/v1/` (404),
   so a gateway learns that it has no gRPC-Web.
 - `silent_backend`: a port that accepts connections and never answers.
+- `garbled_backend`: a gRPC-Web port whose Predict answers are not
+  PredictResponses: well formed at the top level, garbage inside.
 
 Each binds 127.0.0.1 on a port it picks itself.
 """
@@ -19,7 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 from servekit_protocol import grpcweb, messages
-from servekit_protocol.tensors import from_ndarray
+from servekit_protocol.metadata import pack_signature_def_map
+from servekit_protocol.tensors import from_ndarray, varint
 
 
 class BusyBackend(ThreadingHTTPServer):
@@ -148,3 +151,87 @@ def silent_backend() -> Iterator[str]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+GARBLED_BYTES_A_ROW = 64 * 1024
+"""The garbled answer's size for each row asked."""
+
+
+def garbled_predict_response(model: str, size: int) -> bytes:
+    """A PredictResponse's bytes that do not parse: its model spec and one
+    output entry are well formed, but the output's TensorProto holds ``size``
+    bytes of ``tensor_content`` followed by a field numbered 0."""
+    spec = messages.ModelSpec(name=model)
+    spec.version.value = 1
+    tensor = b"\x22" + varint(size) + bytes(size) + b"\x00"
+    entry = b"\x0a\x01y\x12" + varint(len(tensor)) + tensor
+    spec_bytes = spec.SerializeToString()
+    return (
+        b"\x12"
+        + varint(len(spec_bytes))
+        + spec_bytes
+        + b"\x0a"
+        + varint(len(entry))
+        + entry
+    )
+
+
+def _garbled_metadata() -> bytes:
+    """GetModelMetadata's answer: one float64 input ``x`` of shape [-1, 1],
+    one float64 output ``y``."""
+    signatures = messages.SignatureDefMap()
+    signature = signatures.signature_def["serving_default"]
+    signature.method_name = "tensorflow/serving/predict"
+    for tensors, name in ((signature.inputs, "x"), (signature.outputs, "y")):
+        info = tensors[name]
+        info.name = f"{name}:0"
+        info.dtype = messages.DT_DOUBLE
+        info.tensor_shape.dim.add(size=-1)
+        info.tensor_shape.dim.add(size=1)
+    response = messages.GetModelMetadataResponse()
+    response.model_spec.name = "garbled"
+    response.model_spec.version.value = 1
+    pack_signature_def_map(signatures, into=response.metadata["signature_def"])
+    return response.SerializeToString()
+
+
+class _GarbledHandler(BaseHTTPRequestHandler):
+    """gRPC-Web Predicts answered OK with `garbled_predict_response`, of
+    ``GARBLED_BYTES_A_ROW`` bytes for each row of the request's inputs (their
+    first dimension); any other method UNIMPLEMENTED."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        payload = grpcweb.trailer_frame(12, "", ())
+        if self.path.endswith("/GetModelMetadata"):
+            payload = grpcweb.frame(_garbled_metadata()) + grpcweb.trailer_frame(
+                0, "", ()
+            )
+        elif self.path.endswith("/Predict"):
+            request = messages.PredictRequest.FromString(grpcweb.request_message(body))
+            rows = max(
+                tensor.tensor_shape.dim[0].size for tensor in request.inputs.values()
+            )
+            answer = garbled_predict_response(
+                request.model_spec.name, rows * GARBLED_BYTES_A_ROW
+            )
+            payload = grpcweb.frame(answer) + grpcweb.trailer_frame(0, "", ())
+        self.send_response(200)
+        self.send_header("content-type", "application/grpc-web+proto")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def garbled_backend() -> Iterator[str]:
+    """The address of a gRPC-Web port (`_GarbledHandler`)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _GarbledHandler)
+    server.daemon_threads = True
+    with serving(server):
+        yield f"127.0.0.1:{server.server_address[1]}"

@@ -155,6 +155,13 @@ class BackendError(GatewayError):
         return self.backend_code
 
 
+def unreadable_answer(exc: Exception) -> BackendError:
+    """INTERNAL for a backend's answer that does not parse as a
+    PredictResponse: the same status and message whether the gateway parsed it
+    on receipt or kept its bytes and parsed it later."""
+    return BackendError(f"unreadable PredictResponse: {exc}", grpc.StatusCode.INTERNAL)
+
+
 def internal_error_message() -> str:
     """The body of a 500 caused by a bug in the gateway (details go to the log)."""
     return "internal error in the gateway"

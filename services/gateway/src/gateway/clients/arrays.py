@@ -14,14 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 from servekit_protocol import messages
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 
 from gateway.clients.answers import ReceivedAnswer
-from gateway.errors import BackendError
+from gateway.errors import unreadable_answer
 
 Array = np.ndarray[Any, Any]
 
@@ -165,6 +164,4 @@ async def decoded_outputs(
     try:
         return await asyncio.to_thread(output_arrays, response)
     except DecodeError as exc:
-        raise BackendError(
-            f"unreadable PredictResponse: {exc}", grpc.StatusCode.INTERNAL
-        ) from exc
+        raise unreadable_answer(exc) from exc

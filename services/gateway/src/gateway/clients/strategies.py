@@ -59,7 +59,7 @@ from gateway.clients.protobatch import (
     split_response,
 )
 from gateway.clients.restbatch import RestPredict, merge_rest, split_rest
-from gateway.errors import BackendError, InvalidInput
+from gateway.errors import BackendError, InvalidInput, unreadable_answer
 
 Key = tuple[object, ...]
 
@@ -257,9 +257,7 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
             try:
                 return await asyncio.to_thread(self._split_kept, response, rows)
             except DecodeError as exc:
-                raise BackendError(
-                    f"unreadable PredictResponse: {exc}", grpc.StatusCode.INTERNAL
-                ) from exc
+                raise unreadable_answer(exc) from exc
         except ProtocolError:
             return None
 

@@ -38,7 +38,7 @@ from gateway.clients.arrays import ArrayResponse, output_arrays
 from gateway.codecs.v2 import InferRequest
 from gateway.codecs.v2_datatypes import NUMPY_TO_V2
 from gateway.codecs.v2_grpc import format_model_infer
-from gateway.errors import InvalidInput
+from gateway.errors import InvalidInput, unreadable_answer
 
 _OUTPUTS_FIELD = 1
 """PredictResponse.outputs, a map entry (key 1, value 2)."""
@@ -94,14 +94,19 @@ def write_infer_answer(
     the whole answer).
 
     Raises:
+        BackendError: INTERNAL, the answer does not parse (as it fails when
+            parsed on receipt).
         InvalidInput: as :func:`chosen_outputs` and
             :func:`~gateway.codecs.v2_grpc.format_model_infer`.
     """
-    if raw:
-        written = written_answer(model, model_version, received.data, request)
-        if written is not None:
-            return written
-    outputs = chosen_outputs(model, request, received)
+    try:
+        if raw:
+            written = written_answer(model, model_version, received.data, request)
+            if written is not None:
+                return written
+        outputs = chosen_outputs(model, request, received)
+    except DecodeError as exc:
+        raise unreadable_answer(exc) from exc
     answer = format_model_infer(model, model_version, outputs, request, raw=raw)
     return answer.SerializeToString()
 

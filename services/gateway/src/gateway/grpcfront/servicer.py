@@ -161,6 +161,9 @@ class GrpcFront:
                 result = await handle(ctx)
         except GatewayError as exc:
             failure = exc
+            if exc.http_status >= 500:
+                # As the HTTP routes log theirs: the access line has only the code.
+                logger.warning("request failed: %s", exc.message)
         except ProtocolError as exc:
             failure = InvalidInput(exc.message)
         except Exception:

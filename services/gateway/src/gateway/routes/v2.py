@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,7 +37,7 @@ from gateway.codecs.v2 import (
 from gateway.codecs.v2_binary import BINARY_CONTENT_TYPE, HEADER_LENGTH, split_body
 from gateway.codecs.v2_grpc_answer import chosen_outputs
 from gateway.context import CallContext
-from gateway.errors import BackendError
+from gateway.errors import unreadable_answer
 from gateway.routes.handling import (
     authorize,
     gateway_of,
@@ -228,9 +227,7 @@ async def _kept_outputs(model: str, answer: oip.InferAnswer) -> dict[str, Any]:
             chosen_outputs, model, answer.request, answer.received
         )
     except DecodeError as exc:
-        raise BackendError(
-            f"unreadable PredictResponse: {exc}", grpc.StatusCode.INTERNAL
-        ) from exc
+        raise unreadable_answer(exc) from exc
 
 
 def v2_routes() -> list[Route]:

@@ -17,14 +17,12 @@ back; the servers send those as they are (:class:`~servekit_protocol.messages.Se
 The numeric arrays go to the worker, and the answer's bytes come back, through
 shared memory segments (:mod:`servekit_protocol.segment_answers`): through the
 pool's pipe, a 64 MiB answer held the event loop 64-162 ms in the pool's
-threads. A scikit-learn model's labels are one row for every example: only
-that row travels.
+threads. Classifications and regression values travel as arrays too
+(:mod:`modelserver.protocol.answerarrays`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,63 +31,15 @@ from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import ParserUnavailable
 
 from modelserver.errors import Overloaded
+from modelserver.protocol import answerarrays
 from modelserver.protocol.grpc import converters
 from modelserver.types import (
-    Classifications,
     ClassifyResponse,
     MultiInferenceResponse,
     PredictResponse,
     RegressResponse,
+    ResolvedSpec,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _SharedLabels:
-    # Classifications whose labels are one row repeated for every example,
-    # sent as that row (a broadcast view pickles as the whole array).
-    row: np.ndarray[Any, Any]
-    scores: np.ndarray[Any, Any] | None
-    examples: int
-    classes: int
-
-    def unpack(self) -> Classifications:
-        labels = np.broadcast_to(self.row, (self.examples, self.classes))
-        return Classifications(labels, self.scores, self.examples, self.classes)
-
-
-def _portable(results: Classifications) -> Classifications | _SharedLabels:
-    labels = results.labels
-    if (
-        labels is not None
-        and labels.ndim == 2
-        and labels.shape[0] > 1
-        and labels.strides[0] == 0
-    ):
-        return _SharedLabels(
-            labels[0].copy(), results.scores, results.examples, results.classes
-        )
-    return results
-
-
-def _unpack(results: Classifications | _SharedLabels) -> Classifications:
-    return results.unpack() if isinstance(results, _SharedLabels) else results
-
-
-def _portable_response(
-    response: ClassifyResponse | RegressResponse,
-) -> ClassifyResponse | RegressResponse | tuple[Any, ...]:
-    if isinstance(response, ClassifyResponse):
-        return (response.spec, _portable(response.results))
-    return response
-
-
-def _unpack_response(
-    response: ClassifyResponse | RegressResponse | tuple[Any, ...],
-) -> ClassifyResponse | RegressResponse:
-    if isinstance(response, tuple):
-        spec, results = response
-        return ClassifyResponse(spec, _unpack(results))
-    return response
 
 
 def serialize_predict(
@@ -100,44 +50,29 @@ def serialize_predict(
     return converters.from_predict_response(response, packed=packed).SerializeToString()
 
 
-_SCORES = "scores"
-
-
 def serialize_classify(
     arrays: dict[str, np.ndarray[Any, Any]],
-    spec: Any,
-    results: Classifications | _SharedLabels,
+    spec: ResolvedSpec,
+    shape: answerarrays.ClassificationsShape,
 ) -> bytes:
-    """The ClassificationResponse's bytes (runs in a worker process); the
-    scores, when there are any, are ``arrays``' only one."""
-    unpacked = _unpack(results)
-    response = ClassifyResponse(
-        spec,
-        Classifications(
-            unpacked.labels,
-            arrays.get(_SCORES),
-            unpacked.examples,
-            unpacked.classes,
-        ),
-    )
+    """The ClassificationResponse's bytes (runs in a worker process)."""
+    response = ClassifyResponse(spec, answerarrays.classifications_of(arrays, shape))
     return converters.from_classify_response(response).SerializeToString()
 
 
 def serialize_regress(
-    arrays: dict[str, np.ndarray[Any, Any]], response: RegressResponse
+    arrays: dict[str, np.ndarray[Any, Any]], spec: ResolvedSpec
 ) -> bytes:
     """The RegressionResponse's bytes (runs in a worker process)."""
-    del arrays  # the values are a list, pickled
+    response = RegressResponse(spec, answerarrays.regression_values(arrays))
     return converters.from_regress_response(response).SerializeToString()
 
 
 def serialize_multi_inference(
-    arrays: dict[str, np.ndarray[Any, Any]],
-    results: Sequence[ClassifyResponse | RegressResponse | tuple[Any, ...]],
+    arrays: dict[str, np.ndarray[Any, Any]], tasks: list[answerarrays.TaskShape]
 ) -> bytes:
     """The MultiInferenceResponse's bytes (runs in a worker process)."""
-    del arrays  # a few tasks' results, pickled
-    response = MultiInferenceResponse([_unpack_response(item) for item in results])
+    response = answerarrays.multi_inference_of(arrays, tasks)
     return converters.from_multi_inference_response(response).SerializeToString()
 
 
@@ -203,14 +138,8 @@ class AnswerWriter:
         """
         if not self._offloads(response.results.size):
             return converters.from_classify_response(response)
-        results = response.results
-        arrays = {} if results.scores is None else {_SCORES: results.scores}
-        without_scores = Classifications(
-            results.labels, None, results.examples, results.classes
-        )
-        return await self._in_worker(
-            serialize_classify, arrays, response.spec, _portable(without_scores)
-        )
+        arrays, shape = answerarrays.classification_arrays(response.results)
+        return await self._in_worker(serialize_classify, arrays, response.spec, shape)
 
     async def regress(
         self, response: RegressResponse
@@ -222,7 +151,8 @@ class AnswerWriter:
         """
         if not self._offloads(len(response.results)):
             return converters.from_regress_response(response)
-        return await self._in_worker(serialize_regress, {}, response)
+        arrays = await answerarrays.regression_arrays(response.results)
+        return await self._in_worker(serialize_regress, arrays, response.spec)
 
     async def multi_inference(
         self, response: MultiInferenceResponse
@@ -234,8 +164,5 @@ class AnswerWriter:
         """
         if not self._offloads(sum(_size(item) for item in response.results)):
             return converters.from_multi_inference_response(response)
-        return await self._in_worker(
-            serialize_multi_inference,
-            {},
-            [_portable_response(item) for item in response.results],
-        )
+        arrays, tasks = await answerarrays.multi_inference_arrays(response)
+        return await self._in_worker(serialize_multi_inference, arrays, tasks)

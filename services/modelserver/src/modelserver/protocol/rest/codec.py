@@ -29,6 +29,7 @@ from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.errors import InvalidInput, Overloaded, ServingError
+from modelserver.protocol import answerarrays
 from modelserver.protocol.grpc import converters
 from modelserver.types import (
     Classifications,
@@ -263,11 +264,10 @@ async def encode_classify(
         InvalidInput: No results (as in TF Serving).
         Overloaded: The worker writing the answer died.
     """
-    scores = {} if results.scores is None else {_SCORES: results.scores}
-    without_scores = replace(results, scores=None)
+    arrays, shape = answerarrays.classification_arrays(results)
     try:
         return await _write_answer(
-            parsers, results.size, classify_json_of, scores, without_scores
+            parsers, results.size, classify_json_of, arrays, shape
         )
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
@@ -283,8 +283,12 @@ async def encode_regress(
         InvalidInput: No results (as in TF Serving).
         Overloaded: The worker writing the answer died.
     """
+    if len(results) < parsers.answer_threshold_elements:
+        return regress_json(results)
+    # The values as an array (built in a thread), which the segment carries.
+    arrays = await answerarrays.regression_arrays(results)
     try:
-        return await _write_answer(parsers, len(results), regress_json_of, {}, results)
+        return await _write_answer(parsers, len(results), regress_json_of, arrays)
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
 
@@ -310,28 +314,27 @@ async def _write_answer(
     return await segment_answers.write_in_worker(parsers, function, arrays, *args)
 
 
-_SCORES = "scores"
-
-
-def classify_json_of(arrays: dict[str, Tensor], results: Classifications) -> bytes:
-    """:func:`classify_json` of ``results`` with the scores ``arrays`` holds
-    (none when it is empty), in place or in a worker.
-
-    Raises:
-        InvalidInput: No results (as in TF Serving).
-    """
-    return classify_json(replace(results, scores=arrays.get(_SCORES)))
-
-
-def regress_json_of(arrays: dict[str, Tensor], results: Sequence[float]) -> bytes:
-    """:func:`regress_json`, in place or in a worker (``arrays`` is empty: the
-    values are a list).
+def classify_json_of(
+    arrays: dict[str, Tensor], shape: answerarrays.ClassificationsShape
+) -> bytes:
+    """:func:`classify_json` of the classifications ``arrays`` and ``shape``
+    hold (:func:`~modelserver.protocol.answerarrays.classification_arrays`), in
+    place or in a worker.
 
     Raises:
         InvalidInput: No results (as in TF Serving).
     """
-    del arrays
-    return regress_json(results)
+    return classify_json(answerarrays.classifications_of(arrays, shape))
+
+
+def regress_json_of(arrays: dict[str, Tensor]) -> bytes:
+    """:func:`regress_json` of the values ``arrays`` holds
+    (:func:`~modelserver.protocol.answerarrays.regression_arrays`), in a worker.
+
+    Raises:
+        InvalidInput: No results (as in TF Serving).
+    """
+    return regress_json(answerarrays.regression_values(arrays))
 
 
 def classify_json(results: Classifications) -> bytes:
