@@ -12,7 +12,13 @@ from benchmarks.servers import ProcessSet, StartError, free_port, http_post_succ
 from benchmarks.settings import REPO_ROOT, VENV_BIN, BenchOptions
 from benchmarks.targets import GrpcTarget, HttpTarget
 
-GATEWAY_SYSTEMS = ("gateway", "gateway-unmerged", "gateway-v2")
+GATEWAY_SYSTEMS = (
+    "gateway",
+    "gateway-unmerged",
+    "gateway-v2",
+    "gateway-grpcio",
+    "gateway-h2",
+)
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 FRONT_SYSTEMS = (*GATEWAY_SYSTEMS, "relay")
 """Systems in front of the gateway backend, which must run when any of them does."""
@@ -49,6 +55,10 @@ def start_gateway(
     }
     if system == "gateway-unmerged":
         environment["GATEWAY_COALESCE_MAX_ROWS"] = "0"
+    if system in ("gateway-grpcio", "gateway-h2"):
+        # Every gRPC call over plain gRPC, as to TF Serving, with either client.
+        environment["GATEWAY_BACKEND_GRPC_WEB"] = "false"
+        environment["GATEWAY_BACKEND_GRPC_CLIENT"] = system.removeprefix("gateway-")
     process = processes.start(
         system,
         [str(VENV_BIN / "servekit-gateway")],

@@ -24,6 +24,8 @@ LABELS = {
     "gateway": "gateway → servekit",
     "gateway-unmerged": "gateway → servekit (coalescing off)",
     "gateway-v2": "gateway → servekit, OIP v2 (binary tensors / ModelInfer)",
+    "gateway-grpcio": "gateway → servekit over plain gRPC (grpc.aio client)",
+    "gateway-h2": "gateway → servekit over plain gRPC (h2 client)",
     "relay": "bare relay → servekit (forwards bytes only)",
     "grpc-ceiling": "trivial gRPC server",
     "servekit-grpc-before": "servekit, hand-written HTTP/2 (before)",

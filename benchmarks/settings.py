@@ -26,6 +26,8 @@ SYSTEMS = (
     "gateway",
     "gateway-unmerged",
     "gateway-v2",
+    "gateway-grpcio",
+    "gateway-h2",
     "relay",
     "inprocess",
     "grpc-ceiling",

@@ -7,7 +7,7 @@ an example and 48 an example. It used to be 8 a number and 8 a feature while
 the worker's columns took about 70 bytes a value, so a message at the default
 message limit (256 MiB) of one-value features, 234 MiB by the old count, was
 accepted and cost its worker about 2 GB. At the default settings that message
-is now refused in the worker before any column is built, and a message whose
+is now refused in the worker before it is parsed, and a message whose
 examples count exactly the limit is still answered, one example more refused.
 While the refused message is received and parsed, small REST calls on the same
 server are answered within :data:`SMALL_CALL_LATENCY`.
@@ -53,12 +53,14 @@ three characters: 1,094 bytes an example on the wire)."""
 ATTACK_BYTES = 250 * 1024 * 1024
 """Size of the attacking message, under the default message limit: its
 examples count 234 MiB the old way (accepted), 362 MiB now (refused)."""
-ATTACK_WORKER_GROWTH_LIMIT = 1280 * 1024 * 1024
+ATTACK_WORKER_GROWTH_LIMIT = 384 * 1024 * 1024
 """Most the workers' resident memory may grow on the attacking message: the
-message mapped from its segment and parsed with its examples left serialized
-(about three times the message; the count cannot see it, the message limit
-bounds it), 1,014 MiB measured at load average 14. Building its columns
-took about 1.1 GB more."""
+message mapped from its segment (250 MiB, every page read by the count),
+counted on its bytes and refused before it is parsed; 250 MiB measured at load
+average 11. The rest is room for the worker's own allocations, which do not
+grow with the examples. Parsed before the count, as it was, the workers grew
+about 1,011 MiB (load average 5.5); building its columns took about 1.1 GB
+more."""
 EXAMPLE_BYTES = 48 + 2 * (16 + 8)
 """What one example of two one-value float features counts."""
 LEGIT_WORKER_GROWTH_LIMIT = 768 * 1024 * 1024

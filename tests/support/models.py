@@ -142,7 +142,7 @@ def publish_linear_pipeline(
 
     rng = np.random.default_rng(7)
     frame = pd.DataFrame({"a": rng.normal(size=64), "b": rng.normal(size=64)}).astype(
-        dtype
+        np.dtype(dtype)
     )
     target = 2.0 * frame["a"] + 3.0 * frame["b"] + offset
     steps: list[tuple[str, Any]] = []

@@ -99,6 +99,8 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--rest-backends": ("rest_backends", json.loads),
     "--http2": ("http2", json.loads),
     "--backend-grpc-web": ("backend_grpc_web", json.loads),
+    "--backend-grpc-client": ("backend_grpc_client", str),
+    "--backend-max-answer-bytes": ("backend_max_answer_bytes", int),
     "--retries": ("retries", int),
     "--retry-backoff-ms": ("retry_backoff_ms", float),
     "--breaker-failures": ("breaker_failures", int),

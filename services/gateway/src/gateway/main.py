@@ -169,6 +169,11 @@ def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> 
         ),
         settings.rest_backends,
         grpc_web=settings.backend_grpc_web,
+        h2_max_answer_bytes=(
+            settings.backend_max_answer_bytes
+            if settings.backend_grpc_client == "h2"
+            else None
+        ),
     )
     metrics.known_model = lambda model: router.route_of(model) is not None
     return Gateway(settings, metrics, router, pool, authenticator, registry)

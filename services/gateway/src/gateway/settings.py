@@ -7,6 +7,7 @@ else in the gateway reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,16 @@ class Settings(BaseSettings):
     gRPC-Web on that port: the servekit model server speaks it, and it costs both
     sides less than Python gRPC. A backend that does not (TF Serving) is found out
     on the first call and called over gRPC."""
+    backend_grpc_client: Literal["grpcio", "h2"] = "grpcio"
+    """Client of the calls made to a backend's gRPC port (every call to TF
+    Serving, and to a backend without a REST address): `grpcio` (grpc.aio) or
+    `h2`, the gateway's own HTTP/2 client (`clients/h2grpc.py`), which reads a
+    large answer frame by frame instead of holding the event loop while grpcio
+    copies it (64 MiB: 85-100 ms). Health checks use grpcio either way."""
+    backend_max_answer_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    """Largest answer message the `h2` client accepts from a backend
+    (RESOURCE_EXHAUSTED beyond); grpcio's calls have no limit. The default is
+    four times the servekit model server's default message limit."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     """Largest request body accepted; larger gets 413."""
     grpc_parse_offload_bytes: int = Field(default=1024 * 1024, ge=0)

@@ -39,9 +39,12 @@ serialized examples together stay under twice the count. The former costs
 at the default limit of one-value features cost its worker about 1.1 GB.
 TensorFlow's runtime rebuilds the examples a chunk at a time
 (:func:`~modelserver.examplecolumns.iter_examples`) and keeps them serialized.
-What the count cannot see is the parse of the message itself, which comes
-first: about three times the message in a worker, bounded by the message
-limit (``--grpc_max_message_bytes``), not by these.
+The count comes before the message is parsed (about three times the message
+in a worker): the message's bytes are walked
+(:mod:`~modelserver.protocol.grpc.examplewire`) and each example counted as a
+view of them, a run of examples alike once. A refused message so costs its
+worker the message mapped and nothing an example: 250 MiB for a 250 MiB
+message of 64-feature examples, against 1,011 MiB parsed first.
 
 The parser counts an example's values (a view of it whose features merge into
 one, :func:`~modelserver.protocol.grpc.serializedinput.tally`), not Python;
@@ -61,13 +64,14 @@ the request's examples and context hold more than one kind of list at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
 
+from google.protobuf.message import DecodeError
 from servekit_protocol import messages
 from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.errors import InvalidInput
-from modelserver.protocol.grpc import serializedinput
+from modelserver.protocol.grpc import examplewire, serializedinput
 
 _VALUE_BYTES = 8
 """Bytes of a float or int64 value."""
@@ -117,14 +121,73 @@ def within_bound(wire_bytes: int, limits: TensorLimits) -> bool:
     )
 
 
-def check_examples(
-    examples: Sequence[bytes], context: messages.Example | None, limits: TensorLimits
+def check_request(method: str, data: memoryview, limits: TensorLimits) -> bool:
+    """Refuse the serialized ``method`` request in ``data`` when its examples
+    make more than ``limits``, before it is parsed: its bytes are walked
+    (:mod:`~modelserver.protocol.grpc.examplewire`), each example counted as a
+    view of them. False when the walk cannot read the bytes: the parser then
+    gives its own error, and must not take them.
+
+    Raises:
+        InvalidInput: Above the limits.
+        DecodeError: The context or an example does not parse, with the message
+            the whole request gives.
+    """
+    # Raised again from here: the exception of a deeper frame would keep that
+    # frame's views of ``data`` (a mapped segment that is closed next) alive.
+    error: Exception | None = None
+    try:
+        readable = _check(data, examplewire.REQUEST, limits)
+    except InvalidInput as exc:
+        error = InvalidInput(exc.message)
+    except DecodeError as exc:
+        error = serializedinput.decode_error(DecodeError(str(exc)), method)
+    if error is not None:
+        raise error
+    return readable
+
+
+def check_input(request_input: messages.Input, limits: TensorLimits) -> None:
+    """:func:`check_request` on a parsed ``Input``, counted the same way.
+
+    Raises:
+        InvalidInput: Above the limits.
+    """
+    data = memoryview(request_input.SerializeToString())
+    # Serialized by protobuf, it can always be walked and its parts parsed.
+    _check(data, examplewire.INPUT, limits)
+
+
+def _check(data: memoryview, level: int, limits: TensorLimits) -> bool:
+    try:
+        located = examplewire.locate(data, level)
+    except examplewire.Malformed:
+        return False
+    context_bytes = len(located.context or b"")
+    if within_bound(
+        located.wire_bytes + (located.examples + 1) * context_bytes, limits
+    ):
+        return True
+    context = (
+        None
+        if located.context is None
+        else messages.Example.FromString(located.context)
+    )
+    _check_examples(lambda: examplewire.examples(data, located, level), context, limits)
+    return True
+
+
+def _check_examples(
+    examples: Callable[[], Iterator[tuple[memoryview, int]]],
+    context: messages.Example | None,
+    limits: TensorLimits,
 ) -> None:
     """Refuse serialized examples that make more than ``limits`` merged with
     ``context`` (an example's own feature replaces the context's of the same
     name). The parser counts each example's values
     (:func:`~modelserver.protocol.grpc.serializedinput.tally`); the count stops
-    at the first example past the limits.
+    at the first example past the limits. ``examples`` hands them out again
+    each call.
 
     Raises:
         InvalidInput: Above the limits.
@@ -144,31 +207,44 @@ def check_examples(
         kinds_seen |= kind
     elements = 0
     size = 0
-    previous: tuple[bytes, serializedinput.ExampleTally] | None = None
-    for data in examples:
-        # Examples often repeat the one before (and an amplifying request's
-        # empty ones always do): their count is known.
+    previous: tuple[memoryview, int, int] | None = None
+    for data, count in examples():
+        # Examples often repeat one before (and an amplifying request's empty
+        # ones always do): their count is known.
         if previous is not None and previous[0] == data:
-            counted = previous[1]
+            _, own_elements, own_size = previous
         else:
             counted = serializedinput.tally(data, names=bool(shared))
-            previous = (data, counted)
             kinds_seen |= counted.kinds
-        elements += shared_elements + counted.numbers + counted.texts
-        size += (
-            _EXAMPLE_BYTES
-            + shared_bytes
-            + counted.numbers * _VALUE_BYTES
-            + counted.texts * _TEXT_VALUE_BYTES
-            + counted.text_bytes
-            + counted.features * _FEATURE_BYTES
-        )
-        # The example's names, not the context's: an example names few.
-        for name in {name for name in counted.names if name in shared}:
-            elements -= shared[name][0]
-            size -= shared[name][1]
-        if elements > limits.max_elements or size > limits.max_bytes:
-            raise _refusal(elements, size, limits)
+            own_elements = shared_elements + counted.numbers + counted.texts
+            own_size = (
+                _EXAMPLE_BYTES
+                + shared_bytes
+                + counted.numbers * _VALUE_BYTES
+                + counted.texts * _TEXT_VALUE_BYTES
+                + counted.text_bytes
+                + counted.features * _FEATURE_BYTES
+            )
+            # Its own feature replaces the context's of the same name.
+            for name in counted.names:
+                if name in shared:
+                    own_elements -= shared[name][0]
+                    own_size -= shared[name][1]
+            previous = (data, own_elements, own_size)
+        if (
+            elements + count * own_elements > limits.max_elements
+            or size + count * own_size > limits.max_bytes
+        ):
+            # The first of them past the limits.
+            past = count
+            if own_elements:
+                past = (limits.max_elements - elements) // own_elements + 1
+            past = min(past, (limits.max_bytes - size) // own_size + 1)
+            raise _refusal(
+                elements + past * own_elements, size + past * own_size, limits
+            )
+        elements += count * own_elements
+        size += count * own_size
     if kinds_seen & (kinds_seen - 1):
         size += (_OBJECT_VALUE_BYTES - _VALUE_BYTES) * _mixed_numbers(examples, kinds)
         if size > limits.max_bytes:
@@ -200,15 +276,16 @@ def _context_kinds(context: messages.Example | None) -> dict[str, tuple[int, int
 
 
 def _mixed_numbers(
-    examples: Sequence[bytes], context: dict[str, tuple[int, int]]
+    examples: Callable[[], Iterator[tuple[memoryview, int]]],
+    context: dict[str, tuple[int, int]],
 ) -> int:
     """The float and int64 values that land in a column of more than one kind
     of list, the context's counted in every example that lacks its feature
     (:func:`~modelserver.examplecolumns.from_examples` merges them so)."""
     kinds: dict[str, int] = {}
     lacking: set[str] = set()
-    previous: bytes | None = None
-    for data in examples:
+    previous: memoryview | None = None
+    for data, _ in examples():
         if data == previous:
             continue  # the same names and kinds again
         previous = data
@@ -224,44 +301,15 @@ def _mixed_numbers(
         return 0
     mixed_context = {name: context[name][1] for name in mixed & context.keys()}
     total = 0
-    last: tuple[bytes, int] | None = None
-    for data in examples:
+    last: tuple[memoryview, int] | None = None
+    for data, count in examples():
         if last is None or last[0] != data:
             features = serializedinput.feature_kinds(data)
             own = {name for name, _, _ in features}
-            numbers = sum(count for name, _, count in features if name in mixed)
+            numbers = sum(number for name, _, number in features if name in mixed)
             numbers += sum(
-                count for name, count in mixed_context.items() if name not in own
+                number for name, number in mixed_context.items() if name not in own
             )
             last = (data, numbers)
-        total += last[1]
+        total += last[1] * count
     return total
-
-
-def check_input(request_input: messages.Input, limits: TensorLimits) -> None:
-    """:func:`check_examples` on a parsed ``Input``.
-
-    Raises:
-        InvalidInput: Above the limits.
-    """
-    kind = request_input.WhichOneof("kind")
-    if kind == "example_list":
-        listed = request_input.example_list
-        if not within_bound(listed.ByteSize(), limits):
-            check_examples(
-                [example.SerializeToString() for example in listed.examples],
-                None,
-                limits,
-            )
-    elif kind == "example_list_with_context":
-        with_context = request_input.example_list_with_context
-        context = with_context.context if with_context.HasField("context") else None
-        examples = with_context.examples
-        # The context once in the list's size, and once more an example.
-        wire_bytes = with_context.ByteSize()
-        if context is not None:
-            wire_bytes += len(examples) * context.ByteSize()
-        if not within_bound(wire_bytes, limits):
-            check_examples(
-                [example.SerializeToString() for example in examples], context, limits
-            )

@@ -42,20 +42,15 @@ def test_the_context_counts_once_an_example_unless_the_example_replaces_it() -> 
     # 3 examples of 48.
     values = 11 + 2 + 10
     size = values * 8 + 5 * 16 + 3 * 48
-    serialized = [example_codec.from_dict(row).SerializeToString() for row in rows]
-    examplesize.check_examples(
-        serialized,
-        example_codec.from_dict(context),
-        TensorLimits(max_elements=values, max_bytes=size),
+    request_input = _input(rows, context)
+    examplesize.check_input(
+        request_input, TensorLimits(max_elements=values, max_bytes=size)
     )
     for limits in (
         TensorLimits(max_elements=values - 1, max_bytes=size),
         TensorLimits(max_elements=values, max_bytes=size - 1),
     ):
-        with pytest.raises(InvalidInput, match="at least"):
-            examplesize.check_examples(
-                serialized, example_codec.from_dict(context), limits
-            )
+        assert "at least" in _refused(request_input, limits)
 
 
 def test_the_parser_counts_an_example_as_its_features_hold() -> None:
@@ -66,10 +61,9 @@ def test_the_parser_counts_an_example_as_its_features_hold() -> None:
     assert (counted.numbers, counted.texts, counted.text_bytes) == (5, 2, 3)
     assert counted.features == 4
     assert sorted(counted.names) == ["e", "f", "i", "s"]
-    # A name sent twice is kept once parsed, counted twice here.
-    twice = example.SerializeToString() * 2
-    assert serializedinput.tally(twice).features == 8
-    assert len(messages.Example.FromString(twice).features.feature) == 4
+    # A name sent twice is one feature, as parsed; its values count twice.
+    twice = serializedinput.tally(example.SerializeToString() * 2)
+    assert (twice.numbers, twice.features) == (10, 4)
 
 
 def test_a_large_context_over_many_empty_examples_is_refused() -> None:
@@ -96,15 +90,23 @@ def test_the_serialized_size_bounds_the_count_and_past_it_the_count_is_exact() -
 
 def test_the_parser_tells_each_features_kinds_of_list() -> None:
     example = example_codec.from_dict({"f": [1.0, 2.0], "s": [b"x"], "e": []})
-    # A feature sent with a float_list and then an int64_list keeps both here.
-    both = example_codec.from_dict({"f": [3]}).SerializeToString()
-    kinds = serializedinput.feature_kinds(example.SerializeToString() + both)
+    # A name sent again replaces the feature, as parsed.
+    again = example_codec.from_dict({"f": [3]}).SerializeToString()
+    kinds = serializedinput.feature_kinds(example.SerializeToString() + again)
     assert sorted(kinds) == [
         ("e", 0, 0),
-        ("f", serializedinput.FLOATS, 2),
         ("f", serializedinput.INTS, 1),
         ("s", serializedinput.TEXTS, 0),
     ]
+    # A feature sent with a float_list and then an int64_list keeps both here
+    # (the parsed one keeps the last).
+    floats = example_codec.from_dict({"g": [1.5]}).features.feature["g"]
+    ints = example_codec.from_dict({"g": [2]}).features.feature["g"]
+    both = floats.SerializeToString() + ints.SerializeToString()
+    entry = b"\x0a\x01g\x12" + bytes([len(both)]) + both
+    features = b"\x0a" + bytes([len(entry)]) + entry
+    kinds = serializedinput.feature_kinds(b"\x0a" + bytes([len(features)]) + features)
+    assert kinds == (("g", serializedinput.FLOATS | serializedinput.INTS, 2),)
 
 
 def _exact_bytes(rows: list[dict[str, Any]], context: dict[str, Any] | None) -> int:

@@ -13,6 +13,7 @@ from typing import Any, overload
 
 import grpc
 from google.protobuf.message import DecodeError
+from servekit_protocol import grpcweb as grpcweb_frames
 from servekit_protocol import messages
 from servekit_protocol.services import (
     MODEL_SERVICE,
@@ -92,6 +93,12 @@ def _answer(response_type: Any, data: bytes, keep_from: int | None) -> Any:
         ) from exc
 
 
+def _framed(message: bytes) -> tuple[bytes, bytes]:
+    """A message framed as gRPC frames it (uncompressed), in two parts: the
+    message is not copied behind its prefix."""
+    return grpcweb_frames.prefix(len(message)), message
+
+
 class BackendClient:
     """Typed TF Serving calls over the pool; every method raises like `BackendPool.call`."""
 
@@ -129,6 +136,14 @@ class BackendClient:
                     )
                 else:
                     return _answer(response_type, data, keep_from)
+            if backend.h2 is not None:
+                parts = (
+                    request.framed()
+                    if isinstance(request, Spliced)
+                    else _framed(request.SerializeToString())
+                )
+                data = await backend.h2.unary(path, parts, timeout, md)
+                return _answer(response_type, data, keep_from)
             if isinstance(request, Spliced) or keep_from is not None:
                 data = await backend.raw(path)(
                     request.SerializeToString(), timeout=timeout, metadata=md

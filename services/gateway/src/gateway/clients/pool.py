@@ -21,6 +21,7 @@ from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
 
 from gateway.clients import grpcweb
 from gateway.clients.breaker import BreakerState, CircuitBreaker
+from gateway.clients.h2grpc import H2Channel
 from gateway.clients.http import ConnectionFailed, HttpBackend
 from gateway.errors import BackendError, BackendUnavailable, DeadlineExceeded
 from gateway.observability.metrics import GatewayMetrics
@@ -66,9 +67,19 @@ class Backend:
         metrics: GatewayMetrics,
         rest_address: str | None = None,
         grpc_web: bool = True,
+        h2_max_answer_bytes: int | None = None,
     ) -> None:
         self.address = address
+        # The health checks (clients/health.py) stay on grpcio's stub: one small
+        # call per check, nothing the event loop waits on.
         self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.h2 = (
+            H2Channel(address, h2_max_answer_bytes)
+            if h2_max_answer_bytes is not None
+            else None
+        )
+        """The HTTP/2 client of `clients.h2grpc`, when the settings choose it
+        for the unary calls (`Settings.backend_grpc_client`)."""
         self.prediction = PredictionServiceStub(self.channel)
         self._raw: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self.models = ModelServiceStub(self.channel)
@@ -100,6 +111,8 @@ class Backend:
     async def close(self) -> None:
         if self.http is not None:
             self.http.close()
+        if self.h2 is not None:
+            await self.h2.close()
         await self.channel.close(grace=None)
 
 
@@ -113,9 +126,13 @@ class BackendPool:
         breaker_factory: Callable[[], CircuitBreaker],
         rest_addresses: Mapping[str, str] | None = None,
         grpc_web: bool = True,
+        h2_max_answer_bytes: int | None = None,
     ) -> None:
+        """``h2_max_answer_bytes``: call the backends' gRPC ports with
+        `clients.h2grpc`, answers capped at that size (None: grpc.aio)."""
         self._metrics = metrics
         self._grpc_web = grpc_web
+        self._h2_max_answer_bytes = h2_max_answer_bytes
         self._retry = retry
         self._breaker_factory = breaker_factory
         self.rest_addresses: Mapping[str, str] = dict(rest_addresses or {})
@@ -131,6 +148,7 @@ class BackendPool:
                 self._metrics,
                 self.rest_addresses.get(address),
                 self._grpc_web,
+                self._h2_max_answer_bytes,
             )
             self._backends[address] = backend
         return backend

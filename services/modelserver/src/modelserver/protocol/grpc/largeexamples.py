@@ -10,10 +10,11 @@ JSON worker through a shared memory segment, as a large ``Predict`` does
 (:mod:`modelserver.protocol.grpc.largerequests`); the worker parses it, merges
 each example with the context and writes one column a feature
 (:mod:`modelserver.examplecolumns`) to a second segment. The request the
-servicer gets carries those columns instead of dicts. The message is parsed
-with its examples left serialized (:mod:`~modelserver.protocol.grpc.serializedinput`)
-and what they make is checked against the request's tensor limits
-(:mod:`modelserver.examplesize`) before any column is built; a scikit-learn
+servicer gets carries those columns instead of dicts. What the examples make
+is checked against the request's tensor limits on the message's bytes
+(:mod:`modelserver.examplesize`) before the message is parsed, with its
+examples left serialized (:mod:`~modelserver.protocol.grpc.serializedinput`),
+and before any column is built; a scikit-learn
 signature reads its inputs from them directly, and a runtime that takes dicts
 gets them rebuilt (on the loop, as in place).
 
@@ -30,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from google.protobuf.message import DecodeError
 from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, segments
 from servekit_protocol.json_codec import BodyParsers
@@ -97,17 +97,29 @@ def decode_examples(
     method: str,
     limits: TensorLimits | None,
 ) -> _DecodedExamples:
-    """Parse the ``method`` request in ``message``, check what its examples
-    make against ``limits`` and write their columns to a new segment
+    """Check what the examples of the ``method`` request in ``message`` make
+    against ``limits``, parse it and write their columns to a new segment
     ``arrays_segment`` (runs in a worker process); they come back in the
     answer when there is no segment, or no room for one.
 
     Raises:
         DecodeError: The message does not parse.
     """
+    refusal = ""
     with message_view(message) as view:
-        request = serializedinput.parse(method, view)
+        # Counted on the wire first: a refused message is never parsed.
+        try:
+            readable = limits is None or examplesize.check_request(method, view, limits)
+        except InvalidInput as exc:
+            refusal = exc.message
+        else:
+            request = serializedinput.parse(method, view)
     del message
+    if refusal:
+        return _DecodedExamples(method, None, (), 0, error=refusal)
+    if not readable:
+        # upb took what the walk could not read: refused as it refuses.
+        raise serializedinput.corrupt(method)
 
     def parsed(data: bytes) -> messages.Example:
         example: messages.Example = serializedinput.parse_part(
@@ -116,16 +128,6 @@ def decode_examples(
         return example
 
     context = None if request.context is None else parsed(request.context)
-    if limits is not None and not examplesize.within_bound(
-        request.wire_bytes + len(request.examples) * len(request.context or b""),
-        limits,
-    ):
-        try:
-            examplesize.check_examples(request.examples, context, limits)
-        except DecodeError as exc:
-            raise serializedinput.decode_error(exc, method) from exc
-        except InvalidInput as exc:
-            return _DecodedExamples(method, None, (), 0, error=exc.message)
     if method == MULTI_INFERENCE:
         spec = None
         tasks = tuple(

@@ -99,26 +99,26 @@ def _message_types() -> dict[str, Any]:
         "MergedExample",
         ("features", 1, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.MergedFeatures"),
     )
-    # The same Example's features, each with every kind of list it was sent.
-    add(
-        "KindedEntry",
-        ("key", 1, _OPTIONAL, _STRING, ""),
-        ("value", 2, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.MergedFeature"),
+    # The same Example's features as the parser keeps them: a map, in which
+    # a later entry of a name replaces an earlier one, and an entry holding a
+    # field it does not know is left out (upb keeps it among the Features'
+    # unknown fields, so the context's feature of that name is merged in).
+    # Each with every kind of list it was sent.
+    kept = add("KeptFeatures", ("feature", 1, _REPEATED, _MESSAGE, ""))
+    kept.field[0].type_name = f".{_PACKAGE}.KeptFeatures.FeatureEntry"
+    entry = kept.nested_type.add(name="FeatureEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, label=_OPTIONAL, type=_STRING)
+    entry.field.add(
+        name="value",
+        number=2,
+        label=_OPTIONAL,
+        type=_MESSAGE,
+        type_name=f".{_PACKAGE}.MergedFeature",
     )
     add(
-        "KindedFeatures",
-        ("feature", 1, _REPEATED, _MESSAGE, f".{_PACKAGE}.KindedEntry"),
-    )
-    add(
-        "KindedExample",
-        ("features", 1, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.KindedFeatures"),
-    )
-    # The same Example's feature names, one an entry.
-    add("NamedEntry", ("key", 1, _OPTIONAL, _STRING, ""))
-    add("NamedFeatures", ("feature", 1, _REPEATED, _MESSAGE, f".{_PACKAGE}.NamedEntry"))
-    add(
-        "NamedExample",
-        ("features", 1, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.NamedFeatures"),
+        "KeptExample",
+        ("features", 1, _OPTIONAL, _MESSAGE, f".{_PACKAGE}.KeptFeatures"),
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
@@ -126,7 +126,7 @@ def _message_types() -> dict[str, Any]:
         name: message_factory.GetMessageClass(
             pool.FindMessageTypeByName(f"{_PACKAGE}.{name}")
         )
-        for name in (*_REQUESTS, "MergedExample", "NamedExample", "KindedExample")
+        for name in (*_REQUESTS, "MergedExample", "KeptExample")
     }
 
 
@@ -147,13 +147,11 @@ class SerializedInput:
             tasks).
         examples: Each example serialized, in order.
         context: The serialized context; None when there is none.
-        wire_bytes: The serialized size of the example list (the context once).
     """
 
     head: Sequence[bytes]
     examples: Sequence[bytes]
     context: bytes | None
-    wire_bytes: int
 
 
 def parse(method: str, data: Any) -> SerializedInput:
@@ -177,8 +175,8 @@ def parse(method: str, data: Any) -> SerializedInput:
         if listed.context:
             context = b"".join(listed.context)
     else:
-        return SerializedInput(request.head, (), None, 0)
-    return SerializedInput(request.head, examples, context, listed.ByteSize())
+        return SerializedInput(request.head, (), None)
+    return SerializedInput(request.head, examples, context)
 
 
 FLOATS = 1
@@ -215,11 +213,13 @@ class ExampleTally:
     kinds: int = 0
 
 
-def tally(data: bytes, *, names: bool = False) -> ExampleTally:
+def tally(data: bytes | memoryview, *, names: bool = False) -> ExampleTally:
     """Count the values of a serialized example, all its features at once.
 
-    A feature sent with two kinds of list, or a name sent twice, counts each
-    time (the parsed example keeps the last): never less than it holds.
+    Its features and their names are those the parsed example keeps. Its
+    values are every value sent: those of a feature sent with two kinds of
+    list, or of an entry the parser leaves out or replaces, count too. Never
+    less than it holds.
 
     Raises:
         DecodeError: It does not parse.
@@ -228,19 +228,19 @@ def tally(data: bytes, *, names: bool = False) -> ExampleTally:
     texts = merged.bytes_list.bytes_value
     floats = len(merged.float_list.value)
     ints = len(merged.int64_list.value)
-    named = _TYPES["NamedExample"].FromString(data).features.feature
+    kept = _TYPES["KeptExample"].FromString(data).features.feature
     return ExampleTally(
         floats + ints,
         len(texts),
         sum(map(len, texts)),
-        len(named),
-        tuple(entry.key for entry in named) if names else (),
+        len(kept),
+        tuple(kept) if names else (),
         _kinds(floats, ints, len(texts)),
     )
 
 
-def feature_kinds(data: bytes) -> tuple[tuple[str, int, int], ...]:
-    """Each feature of a serialized example: (its name, the kinds of list it
+def feature_kinds(data: bytes | memoryview) -> tuple[tuple[str, int, int], ...]:
+    """Each feature the parsed example keeps: (its name, the kinds of list it
     holds values in, its float and int64 values). A feature sent with two
     kinds of list has both (the parsed example keeps the last).
 
@@ -248,12 +248,11 @@ def feature_kinds(data: bytes) -> tuple[tuple[str, int, int], ...]:
         DecodeError: It does not parse.
     """
     features = []
-    for entry in _TYPES["KindedExample"].FromString(data).features.feature:
-        value = entry.value
+    for name, value in _TYPES["KeptExample"].FromString(data).features.feature.items():
         floats = len(value.float_list.value)
         ints = len(value.int64_list.value)
         kinds = _kinds(floats, ints, len(value.bytes_list.bytes_value))
-        features.append((entry.key, kinds, floats + ints))
+        features.append((name, kinds, floats + ints))
     return tuple(features)
 
 
@@ -269,6 +268,15 @@ def parse_part(kind: type[Any], data: bytes, method: str) -> Any:
         return kind.FromString(data)
     except DecodeError as exc:
         raise decode_error(exc, method) from exc
+
+
+def corrupt(method: str) -> DecodeError:
+    """The error upb gives a ``method`` request whose wire format it cannot
+    read."""
+    whole = f"{_PACKAGE}.{_REQUEST_OF_METHOD[method]}"
+    return DecodeError(
+        f"Error parsing message with type '{whole}': Wire format was corrupt"
+    )
 
 
 def decode_error(error: DecodeError, method: str) -> DecodeError:

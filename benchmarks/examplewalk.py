@@ -1,0 +1,114 @@
+"""The wire count of a large tf.Example message: ``python -m benchmarks.examplewalk``.
+
+A JSON worker counts the examples of a large ``Regress`` (``Classify``,
+``MultiInference``) message on its bytes before parsing it
+(``modelserver.examplesize.check_request``). This measures that count in MiB
+of message a second, and beside it, in the same rounds, the parse that used to
+come first (``serializedinput.parse``: the examples left serialized) and its
+peak memory. Messages: examples of 64 one-value float features, all the same
+(what ``tests/security/test_examples_memory.py`` sends) or each different;
+empty examples (two bytes each), alone or each after an example of one empty
+``features`` (``alternating``); examples of 8 features under a context of 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import struct
+import time
+from collections.abc import Callable
+
+from modelserver import examplesize
+from modelserver.errors import InvalidInput
+from modelserver.protocol.grpc import serializedinput
+from servekit_protocol import examples as example_codec
+from servekit_protocol.tensor_limits import TensorLimits
+from servekit_protocol.tensors import varint
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def _example(features: int, seed: int) -> bytes:
+    row = {f"f{index:02}": [float(seed % 1000 + index)] for index in range(features)}
+    return example_codec.from_dict(row).SerializeToString()
+
+
+def _message(kind: str, size: int) -> bytes:
+    head = _field(1, _field(1, b"m"))
+    if kind == "same":
+        one = _field(1, _example(64, 0))
+        listed = one * (size // len(one))
+    elif kind == "different":
+        one = _field(1, _example(64, 0))
+        parts = []
+        for index in range(size // len(one)):
+            # The same size, a different value: no two examples alike.
+            example = bytearray(one)
+            example[-4:] = struct.pack("<f", float(index))
+            parts.append(bytes(example))
+        listed = b"".join(parts)
+    elif kind == "empty":
+        listed = b"\x0a\x00" * (size // 2)
+    elif kind == "alternating":
+        # No two examples alike in a row: a step of Python an example.
+        listed = b"\x0a\x00\x0a\x02\x0a\x00" * (size // 6)
+    else:
+        one = _field(1, _example(8, 0))
+        context = _field(2, _example(64, 1))
+        listed = one * (size // len(one)) + context
+    number = 2 if kind == "context" else 1
+    return head + _field(2, _field(number, listed))
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.examplewalk")
+    parser.add_argument("--mib", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--kinds", nargs="+", default=["same", "different", "empty", "context"]
+    )
+    args = parser.parse_args(argv)
+    # Large enough that nothing is refused: the whole message is counted.
+    limits = TensorLimits(max_elements=1 << 62, max_bytes=1 << 62)
+    for kind in args.kinds:
+        data = _message(kind, args.mib << 20)
+        view = memoryview(data)
+        mib = len(data) / 2**20
+
+        def count(view: memoryview = view) -> None:
+            try:
+                examplesize.check_request("Regress", view, limits)
+            except InvalidInput:
+                raise AssertionError("refused under no limit") from None
+
+        def parse(view: memoryview = view) -> None:
+            serializedinput.parse("Regress", view)
+
+        walked: list[float] = []
+        parsed: list[float] = []
+        for _ in range(args.rounds):
+            walked.append(_timed(count))
+            parsed.append(_timed(parse))
+        walk_rate = mib / statistics.median(walked)
+        parse_rate = mib / statistics.median(parsed)
+        print(
+            f"{kind:>9}: {mib:6.1f} MiB  wire count {walk_rate:7.1f} MiB/s  "
+            f"parse (examples serialized) {parse_rate:7.1f} MiB/s"
+        )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident {peak:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
