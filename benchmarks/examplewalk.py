@@ -2,10 +2,11 @@
 
 A JSON worker counts the examples of a large ``Regress`` (``Classify``,
 ``MultiInference``) message on its bytes before parsing it
-(``modelserver.examplesize.check_request``). This measures that count in MiB
-of message a second, and beside it, in the same rounds, the parse that used to
-come first (``serializedinput.parse``: the examples left serialized) and its
-peak memory. Messages: examples of 64 one-value float features, all the same
+(``modelserver.examplesize.check_request``). This measures in MiB of message
+a second the walk alone (``examplewire.locate``: the first of its two passes),
+the whole count under no limit (the walk, then every example handed out and
+counted), and beside them, in the same rounds, the parse that used to come
+first (``serializedinput.parse``: the examples left serialized). Messages: examples of 64 one-value float features, all the same
 (what ``tests/security/test_examples_memory.py`` sends) or each different;
 empty examples (two bytes each), alone or each after an example of one empty
 ``features`` (``alternating``); examples of 8 features under a context of 64.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 
 from modelserver import examplesize
 from modelserver.errors import InvalidInput
-from modelserver.protocol.grpc import serializedinput
+from modelserver.protocol.grpc import examplewire, serializedinput
 from servekit_protocol import examples as example_codec
 from servekit_protocol.tensor_limits import TensorLimits
 from servekit_protocol.tensors import varint
@@ -91,19 +92,22 @@ def main(argv: list[str] | None = None) -> int:
             except InvalidInput:
                 raise AssertionError("refused under no limit") from None
 
+        def walk(view: memoryview = view) -> None:
+            examplewire.locate(view)
+
         def parse(view: memoryview = view) -> None:
             serializedinput.parse("Regress", view)
 
-        walked: list[float] = []
-        parsed: list[float] = []
+        steps = {"walk": walk, "count": count, "parse": parse}
+        times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.rounds):
-            walked.append(_timed(count))
-            parsed.append(_timed(parse))
-        walk_rate = mib / statistics.median(walked)
-        parse_rate = mib / statistics.median(parsed)
+            for name, step in steps.items():
+                times[name].append(_timed(step))
+        rates = {name: mib / statistics.median(times[name]) for name in steps}
         print(
-            f"{kind:>9}: {mib:6.1f} MiB  wire count {walk_rate:7.1f} MiB/s  "
-            f"parse (examples serialized) {parse_rate:7.1f} MiB/s"
+            f"{kind:>11}: {mib:6.1f} MiB  walk {rates['walk']:7.1f} MiB/s  "
+            f"walk and count {rates['count']:7.1f} MiB/s  "
+            f"parse (examples serialized) {rates['parse']:7.1f} MiB/s"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak resident {peak:.0f} MiB")

@@ -79,6 +79,7 @@ def publish_spread_model(registry: Path, name: str) -> None:
 @dataclass(frozen=True)
 class MergingGateways:
     server: ModelServer
+    registry: Path
     offloading: GatewayProcess
     """The default threshold: large merged answers cut off the event loop."""
     parsing: GatewayProcess
@@ -104,8 +105,7 @@ def merging_gateways(folder: Path) -> Iterator[MergingGateways]:
         log_path=folder / "model-server.log",
     ) as server:
         env = {"GATEWAY_REGISTRY": str(registry)}
-        rest = f'{{"{server.grpc_target}": "127.0.0.1:{server.rest_port}"}}'
-        flags = [f"--default-backend={server.grpc_target}", f"--rest-backends={rest}"]
+        flags = gateway_flags(server)
         with (
             running_gateway(folder / "offloading", env=env, flags=flags) as offloading,
             running_gateway(
@@ -114,10 +114,17 @@ def merging_gateways(folder: Path) -> Iterator[MergingGateways]:
                 flags=[*flags, "--grpc-parse-offload-bytes=0"],
             ) as parsing,
         ):
-            yield MergingGateways(server, offloading, parsing)
+            yield MergingGateways(server, registry, offloading, parsing)
             for gateway in (offloading, parsing):
                 assert_no_traceback(gateway.process)
         assert_no_traceback(server.process)
+
+
+def gateway_flags(server: ModelServer) -> list[str]:
+    """The flags of a gateway in front of ``server``, called as gRPC-Web on
+    its REST port."""
+    rest = f'{{"{server.grpc_target}": "127.0.0.1:{server.rest_port}"}}'
+    return [f"--default-backend={server.grpc_target}", f"--rest-backends={rest}"]
 
 
 def spread_request(

@@ -218,6 +218,14 @@ def test_the_wire_count_is_what_the_parsed_request_holds() -> None:
         data = writer.request()
         request = messages.RegressionRequest.FromString(data)
         elements, size, mixed = counted(request)
+        # Both passes of the walk find the examples the parser keeps.
+        located = examplewire.locate(memoryview(data))
+        handed_out = examplewire.examples(memoryview(data), located)
+        assert located.examples == sum(count for _, count in handed_out)
+        assert located.examples == len(
+            request.input.example_list.examples
+            or request.input.example_list_with_context.examples
+        )
         if not size:  # no example
             assert check(data, TensorLimits(max_elements=0, max_bytes=0))
             continue

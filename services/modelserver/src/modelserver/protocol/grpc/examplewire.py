@@ -53,7 +53,7 @@ _LIST_TAG = 1 << 3 | _LENGTH
 _WITH_CONTEXT_TAG = 2 << 3 | _LENGTH
 """``Input.example_list_with_context``; ``context`` in that list."""
 
-_KIND, _EXAMPLE, _CONTEXT = range(3)
+_KIND, _EXAMPLE, _CONTEXT, _SUMMED = range(4)
 
 
 class Malformed(Exception):
@@ -163,57 +163,90 @@ def _skip_group(data: memoryview, pos: int, end: int, number: int, depth: int) -
 
 Event = tuple[int, int, int, int]
 """(what, start, stop, count): a list (``_KIND``, its tag), ``count``
-examples alike one after the other (the first's bytes), a piece of context."""
+examples alike one after the other (the first's bytes), a piece of context,
+or the examples of a list summed (``_SUMMED``: ``stop`` their wire bytes)."""
 
 
-def _walk(data: memoryview, level: int) -> Iterator[Event]:
+def _walk(data: memoryview, level: int, summed: bool) -> Iterator[Event]:
     """Each list, run of examples and piece of context, in the order of the
     bytes."""
     end = len(data)
     if level == INPUT:
-        yield from _input(data, 0, end, 0)
+        yield from _input(data, 0, end, 0, summed)
         return
     pos = 0
     while pos < end:
         tag, pos = _field_tag(data, pos, end)
         if tag == _INPUT_TAG:
             length, pos = _length(data, pos, end)
-            yield from _input(data, pos, pos + length, 1)
+            yield from _input(data, pos, pos + length, 1, summed)
             pos += length
         else:
             pos = _skip(data, pos, end, tag, 0)
 
 
-def _input(data: memoryview, pos: int, end: int, depth: int) -> Iterator[Event]:
+def _input(
+    data: memoryview, pos: int, end: int, depth: int, summed: bool
+) -> Iterator[Event]:
     while pos < end:
         tag, pos = _field_tag(data, pos, end)
         if tag in (_LIST_TAG, _WITH_CONTEXT_TAG):
             length, pos = _length(data, pos, end)
             yield _KIND, tag, 0, 0
-            yield from _list(data, pos, pos + length, depth + 1, tag)
+            yield from _list(data, pos, pos + length, depth + 1, tag, summed)
             pos += length
         else:
             pos = _skip(data, pos, end, tag, depth)
 
 
 def _list(
-    data: memoryview, pos: int, end: int, depth: int, kind: int
+    data: memoryview, pos: int, end: int, depth: int, kind: int, summed: bool
 ) -> Iterator[Event]:
+    # Summed, the examples of the list are one event (_SUMMED, 0, their wire
+    # bytes, their count) after the pieces of context.
+    examples = 0
+    wire_bytes = 0
     while pos < end:
         field_start = pos
-        tag, pos = _field_tag(data, pos, end)
-        if tag == _LIST_TAG:
-            length, pos = _length(data, pos, end)
-            stop = pos + length
-            count = 1 + _repeats(data, field_start, stop, end)
-            yield _EXAMPLE, pos, stop, count
-            pos = stop + (count - 1) * (stop - field_start)
-        elif tag == _WITH_CONTEXT_TAG and kind == _WITH_CONTEXT_TAG:
-            length, pos = _length(data, pos, end)
-            yield _CONTEXT, pos, pos + length, 1
-            pos += length
+        # An example of under 128 bytes (most of a message of small ones),
+        # read here: a step of Python an example is most of the walk's time.
+        if data[pos] == _LIST_TAG and pos + 1 < end and data[pos + 1] < 0x80:
+            pos += 2
+            stop = pos + data[pos - 1]
+            if stop > end:
+                raise Malformed
         else:
-            pos = _skip(data, pos, end, tag, depth)
+            tag, pos = _field_tag(data, pos, end)
+            if tag == _LIST_TAG:
+                length, pos = _length(data, pos, end)
+                stop = pos + length
+            elif tag == _WITH_CONTEXT_TAG and kind == _WITH_CONTEXT_TAG:
+                length, pos = _length(data, pos, end)
+                yield _CONTEXT, pos, pos + length, 1
+                pos += length
+                continue
+            else:
+                pos = _skip(data, pos, end, tag, depth)
+                continue
+        size = stop - field_start
+        count = 1
+        # Its last bytes first: examples of one shape often differ there
+        # (the last value), and a view compares a byte at a time.
+        tail = min(size, 16)
+        if (
+            stop + size <= end
+            and data[stop + size - 1] == data[stop - 1]
+            and data[stop + size - tail : stop + size] == data[stop - tail : stop]
+        ):
+            count += _repeats(data, field_start, stop, end)
+        if summed:
+            examples += count
+            wire_bytes += (stop - pos + 2) * count
+        else:
+            yield _EXAMPLE, pos, stop, count
+        pos = stop + (count - 1) * size
+    if examples:
+        yield _SUMMED, 0, wire_bytes, examples
 
 
 def _repeats(data: memoryview, start: int, stop: int, end: int) -> int:
@@ -223,8 +256,6 @@ def _repeats(data: memoryview, start: int, stop: int, end: int) -> int:
     bytes, not a step of Python an example."""
     size = stop - start
     most = (end - stop) // size
-    if not most or data[stop + size - 1] != data[stop - 1]:
-        return 0
     copies = 0
     step = 1
     while copies < most:
@@ -252,10 +283,10 @@ def locate(data: memoryview, level: int = REQUEST) -> Located:
     examples = 0
     wire_bytes = 0
     context: bytearray | None = None
-    for what, start, stop, count in _walk(data, level):
-        if what == _EXAMPLE:
+    for what, start, stop, count in _walk(data, level, summed=True):
+        if what == _SUMMED:
             examples += count
-            wire_bytes += (stop - start + 2) * count
+            wire_bytes += stop
         elif what == _CONTEXT:
             context = context if context is not None else bytearray()
             context += data[start:stop]
@@ -276,7 +307,7 @@ def examples(
     view of ``data``, in order, with how many times it is sent in a row."""
     run = 0
     kind = 0
-    for what, start, stop, count in _walk(data, level):
+    for what, start, stop, count in _walk(data, level, summed=False):
         if what == _KIND:
             if start != kind:
                 kind = start
