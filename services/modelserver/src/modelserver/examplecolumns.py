@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -198,3 +199,47 @@ def to_examples(columns: ExampleColumns) -> list[Example]:
     """The examples as dicts (their context merged in), for a runtime that
     takes them so."""
     return list(iter_examples(columns))
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnHead:
+    """A column besides its numeric arrays: what :func:`to_arrays` leaves for
+    a worker to send back pickled (its name, whether it has ``present``, and
+    its values when they are Python objects)."""
+
+    name: str
+    has_present: bool
+    objects: Tensor | None
+
+
+def to_arrays(columns: ExampleColumns) -> tuple[dict[str, Tensor], list[ColumnHead]]:
+    """The columns' numeric arrays, named by the column's index, and their
+    heads: what crosses back from a worker through a segment, and what is
+    pickled (:func:`from_arrays` puts them together again)."""
+    numeric: dict[str, Tensor] = {}
+    heads = []
+    for index, (name, column) in enumerate(columns.features.items()):
+        numeric[f"{index}.lengths"] = column.lengths
+        if column.present is not None:
+            numeric[f"{index}.present"] = column.present
+        objects = column.values if column.values.dtype == object else None
+        if objects is None:
+            numeric[f"{index}.values"] = column.values
+        heads.append(ColumnHead(name, column.present is not None, objects))
+    return numeric, heads
+
+
+def from_arrays(
+    rows: int, heads: Sequence[ColumnHead], arrays: dict[str, Tensor]
+) -> ExampleColumns:
+    """The :class:`~modelserver.types.ExampleColumns` :func:`to_arrays` took
+    apart."""
+    features = {}
+    for index, head in enumerate(heads):
+        values = head.objects if head.objects is not None else arrays[f"{index}.values"]
+        features[head.name] = FeatureColumn(
+            values,
+            arrays[f"{index}.lengths"],
+            arrays[f"{index}.present"] if head.has_present else None,
+        )
+    return ExampleColumns(rows, features)

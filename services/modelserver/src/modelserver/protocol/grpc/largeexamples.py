@@ -50,8 +50,6 @@ from modelserver.protocol.grpc.largerequests import (
 )
 from modelserver.types import (
     ClassifyRequest,
-    ExampleColumns,
-    FeatureColumn,
     InferenceTask,
     ModelSpec,
     MultiInferenceRequest,
@@ -72,20 +70,12 @@ _MESSAGES: dict[str, Any] = {
 
 
 @dataclass(frozen=True, slots=True)
-class _Feature:
-    # A column without its numeric arrays (those travel through the segment).
-    name: str
-    has_present: bool
-    objects: np.ndarray[Any, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
 class _DecodedExamples:
     method: str
     spec: ModelSpec | None
     tasks: tuple[InferenceTask, ...]
     rows: int
-    features: list[_Feature] = field(default_factory=list)
+    features: list[examplecolumns.ColumnHead] = field(default_factory=list)
     slots: list[segments.ArraySlot] = field(default_factory=list)
     error: str = ""
     carried: dict[str, CarriedArray] = field(default_factory=dict)
@@ -149,16 +139,7 @@ def decode_examples(
         None if context is None else example_codec.to_dict(context),
     )
     del request, context
-    numeric: dict[str, np.ndarray[Any, Any]] = {}
-    features = []
-    for index, (name, column) in enumerate(columns.features.items()):
-        numeric[f"{index}.lengths"] = column.lengths
-        if column.present is not None:
-            numeric[f"{index}.present"] = column.present
-        objects = column.values if column.values.dtype == object else None
-        if objects is None:
-            numeric[f"{index}.values"] = column.values
-        features.append(_Feature(name, column.present is not None, objects))
+    numeric, features = examplecolumns.to_arrays(columns)
     slots, carried = write_or_carry(arrays_segment, numeric)
     return _DecodedExamples(
         method, spec, tasks, columns.rows, features, slots, carried=carried
@@ -185,19 +166,7 @@ class ExamplesDecoder(SegmentDecoder[DecodedExamples]):
         assert isinstance(decoded, _DecodedExamples)
         if decoded.error:
             return Decoded(None, decoded.error)
-        features = {}
-        for index, feature in enumerate(decoded.features):
-            values = (
-                feature.objects
-                if feature.objects is not None
-                else arrays[f"{index}.values"]
-            )
-            features[feature.name] = FeatureColumn(
-                values,
-                arrays[f"{index}.lengths"],
-                arrays[f"{index}.present"] if feature.has_present else None,
-            )
-        columns = ExampleColumns(decoded.rows, features)
+        columns = examplecolumns.from_arrays(decoded.rows, decoded.features, arrays)
         request: ExamplesRequest
         if decoded.method == MULTI_INFERENCE:
             request = MultiInferenceRequest(decoded.tasks, columns)

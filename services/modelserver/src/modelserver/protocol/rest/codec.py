@@ -210,32 +210,12 @@ async def encode_predict(
         raise InvalidInput(exc.message) from exc
 
 
-async def decode_examples(
-    body: bytes, parsers: json_codec.BodyParsers, limits: TensorLimits | None = None
-) -> tuple[str, list[Example], Example | None]:
-    """Read a ``:classify``/``:regress`` body: signature name, examples, context;
-    ``parsers`` parses a large one off the event loop.
-
-    Args:
-        body: The request body.
-        parsers: The JSON workers.
-        limits: The most the examples may make once merged with the context,
-            checked before they are read (None for no limit).
-
-    Raises:
-        InvalidInput: Malformed JSON, no ``examples`` list, bad features, or
-            examples over ``limits``.
-    """
-    try:
-        return await _read_body(parsers, examples_of, body, limits)
-    except ParserUnavailable as exc:
-        raise Overloaded(exc.message) from exc
-
-
 def examples_of(
     body: bytes, limits: TensorLimits | None = None
 ) -> tuple[str, list[Example], Example | None]:
-    """:func:`decode_examples` in place.
+    """A ``:classify``/``:regress`` body's signature name, examples and
+    context, read in place (:mod:`~modelserver.protocol.rest.examplebodies`
+    reads a large one in a worker).
 
     Raises:
         InvalidInput: Malformed JSON, no ``examples`` list, bad features, or

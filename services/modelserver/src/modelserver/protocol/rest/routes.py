@@ -17,7 +17,7 @@ from servekit_protocol.logs import bind_model
 
 from modelserver.dataplane import DataPlane
 from modelserver.errors import InvalidInput
-from modelserver.protocol.rest import codec
+from modelserver.protocol.rest import codec, examplebodies
 from modelserver.types import (
     ClassifyRequest,
     ModelSpec,
@@ -124,7 +124,7 @@ class Routes:
         Raises:
             ServingError: Anything the dataplane raises.
         """
-        signature_name, examples, context = await codec.decode_examples(
+        signature_name, examples, context = await examplebodies.decode_examples(
             body, self._parsers, self._dataplane.tensor_limits
         )
         response = await self._dataplane.classify(
@@ -143,7 +143,7 @@ class Routes:
         Raises:
             ServingError: Anything the dataplane raises.
         """
-        signature_name, examples, context = await codec.decode_examples(
+        signature_name, examples, context = await examplebodies.decode_examples(
             body, self._parsers, self._dataplane.tensor_limits
         )
         response = await self._dataplane.regress(
