@@ -7,6 +7,8 @@
 - `silent_backend`: a port that accepts connections and never answers.
 - `garbled_backend`: a gRPC-Web port whose Predict answers are not
   PredictResponses: well formed at the top level, garbage inside.
+- `EndlessBackend`: a port answering every POST 200 with a chunked body that
+  does not end (up to ``ENDLESS_CAP_BYTES``), counting what it sent.
 
 Each binds 127.0.0.1 on a port it picks itself.
 """
@@ -235,3 +237,59 @@ def garbled_backend() -> Iterator[str]:
     server.daemon_threads = True
     with serving(server):
         yield f"127.0.0.1:{server.server_address[1]}"
+
+
+ENDLESS_CAP_BYTES = 256 * 1024 * 1024
+"""Most bytes an `EndlessBackend` answer sends before it waits for the client
+to go: a client that never stops reading fails its test rather than filling
+the machine's memory."""
+
+
+class EndlessBackend(ThreadingHTTPServer):
+    """Every POST answered 200, ``content-type`` as a gRPC-Web or REST answer
+    by its path, with a chunked body of zero bytes that goes on until the
+    client closes the connection (or ``ENDLESS_CAP_BYTES``, then silence
+    until it does). ``sent``: body bytes each answer sent, in order."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _EndlessHandler)
+        self.sent: list[int] = []
+        self.lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _EndlessHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EndlessBackend
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        web = self.path.startswith("/tensorflow.serving.")
+        self.send_response(200)
+        self.send_header(
+            "content-type", "application/grpc-web+proto" if web else "application/json"
+        )
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        piece = 64 * 1024
+        chunk = b"%x\r\n" % piece + bytes(piece) + b"\r\n"
+        sent = 0
+        try:
+            while sent < ENDLESS_CAP_BYTES:
+                self.wfile.write(chunk)
+                sent += piece
+            # Silent until the client goes.
+            self.rfile.read(1)
+        except OSError:
+            pass
+        with self.server.lock:
+            self.server.sent.append(sent)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass

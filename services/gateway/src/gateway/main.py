@@ -169,6 +169,7 @@ def build_gateway(settings: Settings, metrics: GatewayMetrics | None = None) -> 
         ),
         settings.rest_backends,
         grpc_web=settings.backend_grpc_web,
+        max_answer_bytes=settings.backend_max_answer_bytes,
         h2_max_answer_bytes=(
             settings.backend_max_answer_bytes
             if settings.backend_grpc_client == "h2"

@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     large answer frame by frame instead of holding the event loop while grpcio
     copies it (64 MiB: 85-100 ms). Health checks use grpcio either way."""
     backend_max_answer_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
-    """Largest answer message the `h2` client accepts from a backend
+    """Largest answer message the `h2` client accepts from a backend, and
+    largest answer body over HTTP/1.1 (gRPC-Web and forwarded REST calls)
     (RESOURCE_EXHAUSTED beyond); grpcio's calls have no limit. The default is
     four times the servekit model server's default message limit."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)

@@ -7,8 +7,11 @@ import socket
 from collections.abc import Awaitable, Callable
 
 import pytest
-from gateway.clients.http import ConnectionFailed, HttpBackend
+from gateway.clients.http import AnswerTooLarge, ConnectionFailed, HttpBackend
 from servekit_protocol.buffers import JOIN_IN_THREAD_BYTES
+
+LIMIT = 1024 * 1024 * 1024
+"""The answer cap of the clients here, unless a test says otherwise."""
 
 Answer = Callable[[bytes], bytes]
 """Request head and body (as received) -> the raw bytes to answer."""
@@ -30,6 +33,7 @@ async def serve(
     answer: Answer,
     scenario: Callable[[HttpBackend, list[int]], Awaitable[None]],
     close_after_each: bool = False,
+    max_answer_bytes: int = LIMIT,
 ) -> list[int]:
     """Run `scenario` against a server; return the connection number of each
     request it received."""
@@ -62,7 +66,7 @@ async def serve(
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    backend = HttpBackend(f"127.0.0.1:{port}")
+    backend = HttpBackend(f"127.0.0.1:{port}", max_answer_bytes)
     try:
         await scenario(backend, seen)
     finally:
@@ -161,14 +165,14 @@ def test_nothing_listening_is_connection_failed() -> None:
 
     async def scenario() -> None:
         with pytest.raises(ConnectionFailed, match="cannot connect"):
-            await HttpBackend(f"127.0.0.1:{port}").request("POST", "/x", b"{}")
+            await HttpBackend(f"127.0.0.1:{port}", LIMIT).request("POST", "/x", b"{}")
 
     asyncio.run(scenario())
 
 
 def test_an_address_without_a_port_is_refused() -> None:
     with pytest.raises(ValueError, match="host:port"):
-        HttpBackend("localhost")
+        HttpBackend("localhost", LIMIT)
 
 
 def test_a_large_body_is_joined_or_left_as_its_chunks() -> None:
@@ -184,3 +188,72 @@ def test_a_large_body_is_joined_or_left_as_its_chunks() -> None:
         assert b"".join(left.chunks) == body
 
     asyncio.run(serve(fixed(body), scenario))
+
+
+def test_an_answer_at_the_limit_is_read_and_one_over_it_refused() -> None:
+    """The limit counts body bytes; one announced over it is refused from its
+    headers, and the next call gets a fresh connection."""
+    cap = 4096
+    answers = iter([b"x" * cap, b"y" * (cap + 1), b"z"])
+
+    def answer(_request: bytes) -> bytes:
+        return fixed(next(answers))(_request)
+
+    async def scenario(backend: HttpBackend, _seen: list[int]) -> None:
+        assert (await backend.request("POST", "/x", b"{}")).body == b"x" * cap
+        with pytest.raises(AnswerTooLarge, match="declared 4097 bytes"):
+            await backend.request("POST", "/x", b"{}")
+        assert (await backend.request("POST", "/x", b"{}")).body == b"z"
+
+    seen = asyncio.run(serve(answer, scenario, max_answer_bytes=cap))
+    assert seen == [1, 1, 2]
+
+
+def test_an_endless_answer_stops_at_the_limit() -> None:
+    """A chunked body sent without end: refused once past the limit, its
+    connection closed (the sender sees it), not read until a deadline."""
+    cap = 8 * 1024 * 1024
+    chunk = b"%x\r\n%s\r\n" % (65536, b"e" * 65536)
+    sent = 0
+    ended: asyncio.Event | None = None
+
+    async def handle(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                writer.write(chunk)
+                await writer.drain()
+                sent += 65536
+        except ConnectionError:
+            pass
+        writer.close()
+        assert ended is not None
+        ended.set()
+
+    async def scenario() -> None:
+        nonlocal ended
+        ended = asyncio.Event()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        backend = HttpBackend(f"127.0.0.1:{port}", cap)
+        try:
+            with pytest.raises(AnswerTooLarge, match="over the gateway's limit"):
+                # Generous: the refusal comes after 8 MiB over loopback.
+                async with asyncio.timeout(60):
+                    await backend.request("POST", "/x", b"{}")
+            async with asyncio.timeout(60):
+                await ended.wait()
+        finally:
+            backend.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    # What was in flight (socket buffers) when the client closed, on top of
+    # the limit: far from the gigabytes an unbounded read takes in a minute.
+    assert cap < sent < 4 * cap

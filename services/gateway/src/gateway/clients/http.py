@@ -36,6 +36,11 @@ class Refused(ConnectionFailed):
     the gRPC status."""
 
 
+class AnswerTooLarge(Exception):
+    """The backend's answer is over the client's ``max_answer_bytes``: it
+    was not read further, and its connection is closed."""
+
+
 def error_text(body: bytes) -> str:
     """The message of a TF Serving error body (`{"error": ...}`), else its start."""
     try:
@@ -61,12 +66,15 @@ class HttpAnswer:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; `exchange` sends a request and awaits its answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_answer_bytes: int) -> None:
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[HttpAnswer] | None = None
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
+        self._received = 0
+        self._max_answer_bytes = max_answer_bytes
+        self._refused = False
         self.reusable = True
 
     # -- asyncio.Protocol --------------------------------------------------------
@@ -91,8 +99,34 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.lower()] = value
 
+    def on_headers_complete(self) -> None:
+        declared = self._headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self._max_answer_bytes:
+            self._refuse(f"declared {int(declared)} bytes")
+
     def on_body(self, body: bytes) -> None:
+        if self._refused:
+            # The rest of this read is dropped.
+            return
+        self._received += len(body)
+        if self._received > self._max_answer_bytes:
+            self._refuse(f"{self._received} bytes received")
+            return
         self._body.append(body)
+
+    def _refuse(self, seen: str) -> None:
+        """Stop at an answer over the limit: a backend sending without end
+        (or announcing more than the limit) would otherwise be buffered until
+        the call's deadline, at loopback speed."""
+        self._refused = True
+        self._body = []
+        self._fail(
+            AnswerTooLarge(
+                f"the backend's answer is over the gateway's limit of "
+                f"{self._max_answer_bytes} bytes ({seen})"
+            )
+        )
+        self.close()
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -107,6 +141,7 @@ class _Connection(asyncio.Protocol):
             self.reusable = False
         self._headers = {}
         self._body = []
+        self._received = 0
         future, self._answer = self._answer, None
         if future is not None and not future.done():
             future.set_result(answer)
@@ -137,9 +172,10 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpBackend:
-    """Keep-alive connections to one `host:port`."""
+    """Keep-alive connections to one `host:port`; an answer body over
+    ``max_answer_bytes`` raises `AnswerTooLarge`."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, max_answer_bytes: int) -> None:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"not a host:port address: {address!r}")
@@ -148,12 +184,13 @@ class HttpBackend:
         self._port = int(port)
         self._host_header = address.encode("latin-1")
         self._idle: list[_Connection] = []
+        self._max_answer_bytes = max_answer_bytes
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
-                _Connection, self._host, self._port
+                lambda: _Connection(self._max_answer_bytes), self._host, self._port
             )
         except OSError as exc:
             raise ConnectionFailed(
@@ -181,6 +218,7 @@ class HttpBackend:
 
         Raises:
             ConnectionFailed: no answer came back.
+            AnswerTooLarge: the answer's body is over ``max_answer_bytes``.
         """
         answer = await self._answer(self._head(method, target, body, headers), body)
         if joined and answer.chunks:

@@ -22,7 +22,7 @@ from servekit_protocol.services import ModelServiceStub, PredictionServiceStub
 from gateway.clients import grpcweb
 from gateway.clients.breaker import BreakerState, CircuitBreaker
 from gateway.clients.h2grpc import H2Channel
-from gateway.clients.http import ConnectionFailed, HttpBackend
+from gateway.clients.http import AnswerTooLarge, ConnectionFailed, HttpBackend
 from gateway.errors import BackendError, BackendUnavailable, DeadlineExceeded
 from gateway.observability.metrics import GatewayMetrics
 
@@ -68,6 +68,8 @@ class Backend:
         rest_address: str | None = None,
         grpc_web: bool = True,
         h2_max_answer_bytes: int | None = None,
+        *,
+        max_answer_bytes: int,
     ) -> None:
         self.address = address
         # The health checks (clients/health.py) stay on grpcio's stub: one small
@@ -83,7 +85,11 @@ class Backend:
         self.prediction = PredictionServiceStub(self.channel)
         self._raw: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self.models = ModelServiceStub(self.channel)
-        self.http = HttpBackend(rest_address) if rest_address is not None else None
+        self.http = (
+            HttpBackend(rest_address, max_answer_bytes)
+            if rest_address is not None
+            else None
+        )
         """The same server's REST API, when the settings name it."""
         self.grpc_web = grpc_web and self.http is not None
         """Whether gRPC calls go as gRPC-Web to `http` (until it proves not to
@@ -127,10 +133,15 @@ class BackendPool:
         rest_addresses: Mapping[str, str] | None = None,
         grpc_web: bool = True,
         h2_max_answer_bytes: int | None = None,
+        *,
+        max_answer_bytes: int,
     ) -> None:
         """``h2_max_answer_bytes``: call the backends' gRPC ports with
-        `clients.h2grpc`, answers capped at that size (None: grpc.aio)."""
+        `clients.h2grpc`, answers capped at that size (None: grpc.aio);
+        ``max_answer_bytes``: the cap on answers over HTTP/1.1 (gRPC-Web and
+        REST)."""
         self._metrics = metrics
+        self._max_answer_bytes = max_answer_bytes
         self._grpc_web = grpc_web
         self._h2_max_answer_bytes = h2_max_answer_bytes
         self._retry = retry
@@ -149,6 +160,7 @@ class BackendPool:
                 self.rest_addresses.get(address),
                 self._grpc_web,
                 self._h2_max_answer_bytes,
+                max_answer_bytes=self._max_answer_bytes,
             )
             self._backends[address] = backend
         return backend
@@ -211,9 +223,17 @@ class BackendPool:
             started = time.perf_counter()
             try:
                 response = await invoke(backend, remaining, metadata)
-            except (grpc.aio.AioRpcError, grpcweb.RpcFailed, ConnectionFailed) as exc:
+            except (
+                grpc.aio.AioRpcError,
+                grpcweb.RpcFailed,
+                ConnectionFailed,
+                AnswerTooLarge,
+            ) as exc:
                 if isinstance(exc, ConnectionFailed):
                     code, detail = grpc.StatusCode.UNAVAILABLE, str(exc)
+                elif isinstance(exc, AnswerTooLarge):
+                    # As grpcio and the h2 client answer a message over their limit.
+                    code, detail = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
                 elif isinstance(exc, grpcweb.RpcFailed):
                     code, detail = exc.code, exc.details
                 else:
