@@ -8,6 +8,9 @@ a temporary one when absent) and each input format, side by side in one run:
 - **in process**: ``servekit batch predict``'s job (reading the file, counting
   its rows, writing the results in each ``--output-formats`` format with the
   instances, manifest), model load excluded;
+- **N workers**: the same job with ``--workers`` worker processes, each with the
+  version loaded (started before the clock, as the model load is excluded above;
+  their start time is reported apart);
 - **target**: the same job against a ``servekit-model-server`` on 127.0.0.1
   (``--concurrency`` requests in flight), or with ``--through-gateway`` against
   the gateway in front of it.
@@ -60,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="worker processes of the second in-process job (default: the CPUs)",
+    )
     parser.add_argument("--no-target", action="store_true")
     parser.add_argument(
         "--through-gateway",
@@ -168,7 +177,8 @@ def runtime_limit(predictor: Any, frame: pd.DataFrame, batch_size: int) -> float
 
 
 def job_rate(predictor: Any, path: Path, output: Path, args: argparse.Namespace,
-             *, workers: int = 1, output_format: str = "jsonl") -> float:  # fmt: skip
+             *, workers: int = 1, output_format: str = "jsonl",
+             processes: Any = None) -> float:  # fmt: skip
     from servekit.batch import job, refs, sources
 
     started = time.perf_counter()
@@ -179,9 +189,9 @@ def job_rate(predictor: Any, path: Path, output: Path, args: argparse.Namespace,
         batch_size=args.batch_size,
         rows_per_shard=args.rows_per_shard,
         shard=refs.ShardSlice(),
-        workers=workers,
+        concurrency=workers,
     )
-    manifest = job.run_job(files, predictor, settings)
+    manifest = job.run_job(files, predictor, settings, processes=processes)
     seconds = time.perf_counter() - started
     assert manifest["completion_stats"]["successful_count"] == args.rows, manifest
     rows: int = args.rows
@@ -241,6 +251,7 @@ def model_server(registry: Path, folder: Path, *, gateway: bool) -> Iterator[str
 def main(argv: list[str] | None = None) -> int:
     from servekit.batch import versions
     from servekit.batch.inprocess import InProcessPredictor
+    from servekit.batch.processes import ShardProcesses
     from servekit.batch.remote import RemotePredictor
 
     args = parse_args(argv)
@@ -257,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 version = versions.resolve_version(registry, refs_of(name))
                 local = InProcessPredictor(registry, name, version, "")
+                pool_started = time.perf_counter()
+                pool = ShardProcesses(registry, name, version, "", args.workers)
+                pool.__enter__()
+                pool_seconds = time.perf_counter() - pool_started
                 remote = (
                     None
                     if target is None
@@ -278,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     inputs.items(), args.output_formats
                 ):
                     limits, jobs, ratios, targets = [], [], [], []
+                    spread, spread_ratios = [], []
                     limit_cpu, job_cpu = [], []
                     load_before = os.getloadavg()[0]
                     for round_number in range(args.rounds):
@@ -291,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
                         limits.append(limit)
                         jobs.append(rate)
                         ratios.append(rate / limit)
+                        parallel = job_rate(
+                            local, path, where.with_name(where.name + "-w"), args,
+                            output_format=written, processes=pool,
+                        )  # fmt: skip
+                        spread.append(parallel)
+                        spread_ratios.append(parallel / limit)
                         if remote is not None:
                             targets.append(
                                 job_rate(
@@ -309,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
                         "in_process_rows_per_s": statistics.median(jobs),
                         "ratio": statistics.median(ratios),
                         "ratios": [round(ratio, 3) for ratio in ratios],
+                        "workers": args.workers,
+                        "workers_rows_per_s": statistics.median(spread),
+                        "workers_ratio": statistics.median(spread_ratios),
+                        "workers_ratios": [round(r, 3) for r in spread_ratios],
+                        "workers_start_s": round(pool_seconds, 3),
                         # The 1-minute load average before and after the rounds:
                         # how busy the machine's cores were around the figures.
                         "load_average": [load_before, os.getloadavg()[0]],
@@ -326,15 +353,16 @@ def main(argv: list[str] | None = None) -> int:
                         )  # fmt: skip
                     results.append(row)
                     print(json.dumps(row), flush=True)
+                pool.__exit__(None, None, None)
                 local.close()
                 if remote is not None:
                     remote.close()
     print()
     print(
-        "| model | input | output | runtime limit (rows/s) | in process (rows/s) "
-        "| ratio | --target (rows/s) |"
+        "| model | input | output | runtime limit (rows/s) | in process, 1 worker "
+        "(rows/s) | ratio | in process, N workers (rows/s) | ratio | --target (rows/s) |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in results:
         target_text = (
             f"{row['target_rows_per_s']:,.0f}" if row["target_rows_per_s"] else "-"
@@ -342,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| {row['model']} | {row['format']} | {row['output_format']} | "
             f"{row['limit_rows_per_s']:,.0f} | "
-            f"{row['in_process_rows_per_s']:,.0f} | {row['ratio']:.0%} | {target_text} |"
+            f"{row['in_process_rows_per_s']:,.0f} | {row['ratio']:.0%} | "
+            f"{row['workers_rows_per_s']:,.0f} ({row['workers']}) | "
+            f"{row['workers_ratio']:.0%} | {target_text} |"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

@@ -79,6 +79,9 @@ def check_indexed_job(objects: Objects, name: str) -> dict[str, str]:
         assert claim == "servekit-batch-data"
         assert not data["mount"].get("readOnly", False)
     find(objects, "PersistentVolumeClaim", "servekit-batch-data")
+    # One worker process per CPU the pod may use, not per CPU of the node.
+    workers = args[args.index("--workers") + 1]
+    assert workers == str(container["resources"]["limits"]["cpu"])
     return settings
 
 

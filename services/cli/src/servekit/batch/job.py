@@ -18,7 +18,7 @@ Each stage holds a bounded backlog, so that a long step in one (a Parquet
 piece of many chunks read and converted at once, a row group encoded) does not
 leave the model waiting: the reader keeps at most ``READ_AHEAD`` chunks and
 ``READ_AHEAD_BYTES`` of model arrays ready, the model gets at most
-``PREDICT_AHEAD`` chunks queued besides the ``workers`` it runs, and the writer
+``PREDICT_AHEAD`` chunks queued besides the ``concurrency`` it runs, and the writer
 holds the row group it writes and the one being gathered. The input is read
 once, from the first row this process needs to the last, whatever the number
 of shards, and the results land in input order.
@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from servekit.batch.outcomes import Predictions
 from servekit.batch.outputs import RESULTS, ShardWriter, shard_name
@@ -80,7 +80,7 @@ class JobSettings:
     rows_per_shard: int
     """Rows per output shard: the unit of resuming and of ``--shard`` splitting."""
     shard: ShardSlice
-    workers: int = 1
+    concurrency: int = 1
     """Chunks predicted at the same time (the ``--target`` concurrency)."""
     mode: str = "in-process"
     target: str | None = None
@@ -113,8 +113,14 @@ def run_job(
     predictor: Predictor,
     settings: JobSettings,
     progress: Progress | None = None,
+    processes: ShardWriters | None = None,
 ) -> dict[str, Any]:
     """Write this process's missing shards, then the job manifest; return it.
+
+    With ``processes``, the missing shards are cut into as many consecutive
+    blocks as it has workers (each block read once, from its first row), and
+    each worker process writes one block with its own loaded copy of the
+    version; each shard's file is the same whichever process writes it.
 
     Raises:
         CommandError: The output folder holds another job, or the job failed.
@@ -125,19 +131,87 @@ def run_job(
     output = settings.output
     (output / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     _check_plan(output, _plan_document(files, predictor, settings, plan))
-    mine = [index for index in range(plan.count) if settings.shard.owns(index)]
-    todo = [
-        index
-        for index in mine
-        if not (
-            output / shard_name(RESULTS, index, plan.count, settings.output_format)
-        ).exists()
-        or not _stats_path(output, index).exists()
-    ]
+    todo = missing_shards(plan, settings)
     rows_todo = sum(plan.bounds(index)[1] - plan.bounds(index)[0] for index in todo)
     done_rows = 0
     if progress is not None:
         progress(0, rows_todo)
+
+    def advance(rows: int) -> None:
+        nonlocal done_rows
+        done_rows += rows
+        if progress is not None:
+            progress(done_rows, rows_todo)
+
+    blocks = split_blocks(todo, 1 if processes is None else processes.count)
+    if processes is not None and len(blocks) > 1:
+        processes.write(files, settings, plan, blocks, advance)
+    else:
+        write_shards(files, predictor, settings, plan, todo, advance)
+    manifest = _manifest(
+        files, predictor, settings, plan, started, len(todo), rows_todo
+    )
+    manifest["this_run"]["workers"] = max(1, len(blocks))
+    _write_json(output / MANIFEST_FILE, manifest)
+    return manifest
+
+
+class ShardWriters(Protocol):
+    """Worker processes that write blocks of output shards (see
+    :mod:`servekit.batch.processes`)."""
+
+    @property
+    def count(self) -> int:
+        """How many workers."""
+        ...
+
+    def write(
+        self,
+        files: list[InputFile],
+        settings: JobSettings,
+        plan: ShardPlan,
+        blocks: list[list[int]],
+        advance: Callable[[int], None],
+    ) -> None:
+        """Write each block in a worker; ``advance`` gets the rows written."""
+        ...
+
+
+def missing_shards(plan: ShardPlan, settings: JobSettings) -> list[int]:
+    """This process's shards not yet written (results file and counts)."""
+    output = settings.output
+    return [
+        index
+        for index in range(plan.count)
+        if settings.shard.owns(index)
+        and not (
+            (
+                output / shard_name(RESULTS, index, plan.count, settings.output_format)
+            ).exists()
+            and _stats_path(output, index).exists()
+        )
+    ]
+
+
+def split_blocks(shards: list[int], count: int) -> list[list[int]]:
+    """``shards`` cut into at most ``count`` consecutive non-empty blocks whose
+    sizes differ by one at most."""
+    parts = min(count, len(shards))
+    bounds = [len(shards) * part // parts for part in range(parts + 1)]
+    return [shards[bounds[part] : bounds[part + 1]] for part in range(parts)]
+
+
+def write_shards(
+    files: list[InputFile],
+    predictor: Predictor,
+    settings: JobSettings,
+    plan: ShardPlan,
+    todo: list[int],
+    advance: Callable[[int], None],
+) -> None:
+    """Write the output shards ``todo`` (ascending), each with its counts;
+    ``advance`` gets the rows of each chunk written."""
+    output = settings.output
     chunks = _prepared(
         read_ranges(
             files,
@@ -156,7 +230,7 @@ def run_job(
             size=_held_bytes,
         ) as ahead,
         ThreadPoolExecutor(
-            max_workers=settings.workers, thread_name_prefix="predict"
+            max_workers=settings.concurrency, thread_name_prefix="predict"
         ) as pool,
     ):
         answered = _predicted(iter(ahead), predictor, pool, settings)
@@ -168,9 +242,7 @@ def run_job(
                 while upcoming is not None and upcoming[0] == position:
                     _, chunk, outcomes = upcoming
                     writer.write(chunk, outcomes)
-                    done_rows += len(chunk)
-                    if progress is not None:
-                        progress(done_rows, rows_todo)
+                    advance(len(chunk))
                     upcoming = next(answered, None)
                 writer.commit()
             except BaseException:
@@ -188,11 +260,6 @@ def run_job(
                     "results": writer.results_path.name,
                 },
             )
-    manifest = _manifest(
-        files, predictor, settings, plan, started, len(todo), rows_todo
-    )
-    _write_json(output / MANIFEST_FILE, manifest)
-    return manifest
 
 
 def _prepared(
@@ -222,11 +289,11 @@ def _predicted(
     settings: JobSettings,
 ) -> Iterator[tuple[int, Chunk, Predictions]]:
     """Chunks (with their shard's place) and outcomes, in input order,
-    ``workers`` in flight."""
+    ``concurrency`` in flight."""
     window: deque[tuple[int, Chunk, Future[Predictions]]] = deque()
     for position, chunk in chunks:
         window.append((position, chunk, pool.submit(predictor.predict_chunk, chunk)))
-        if len(window) > settings.workers + PREDICT_AHEAD:
+        if len(window) > settings.concurrency + PREDICT_AHEAD:
             done, chunk_done, future = window.popleft()
             yield done, chunk_done, future.result()
     while window:

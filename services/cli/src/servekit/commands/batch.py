@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -103,6 +104,14 @@ def register(subparsers: Any) -> None:
         help="requests in flight with --target (default 4)",
     )
     sub.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="in process: worker processes writing this process's shards in "
+        "parallel, each with the version loaded (default: the CPUs this process "
+        "may use, at most one per shard left to write)",
+    )
+    sub.add_argument(
         "--retries",
         type=int,
         default=4,
@@ -127,6 +136,7 @@ def _predict(args: argparse.Namespace) -> int:
         inprocess,
         job,
         predictors,
+        processes,
         refs,
         remote,
         sources,
@@ -165,14 +175,27 @@ def _predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             rows_per_shard=args.rows_per_shard,
             shard=shard,
-            workers=args.concurrency if args.target else 1,
+            concurrency=args.concurrency if args.target else 1,
             mode="target" if args.target else "in-process",
             target=args.target,
         )
-        if args.no_progress:
-            manifest = job.run_job(files, predictor, settings)
-        else:
-            manifest = _with_progress(files, predictor, settings)
+        workers = _workers(args, files, settings)
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if workers > 1:
+                pool = stack.enter_context(
+                    processes.ShardProcesses(
+                        registry_path(args),
+                        predictor.model.name,
+                        predictor.model.version,
+                        args.signature,
+                        workers,
+                    )
+                )
+            if args.no_progress:
+                manifest = job.run_job(files, predictor, settings, processes=pool)
+            else:
+                manifest = _with_progress(files, predictor, settings, pool)
     finally:
         predictor.close()
     if args.json:
@@ -182,13 +205,36 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(args: argparse.Namespace, files: Any, settings: Any) -> int:
+    """The worker processes for this run: none (1) with --target."""
+    from servekit.batch import job
+
+    if args.target:
+        if args.workers is not None:
+            raise CommandError(
+                "--workers is for jobs run in process; use --concurrency with --target"
+            )
+        return 1
+    wanted = args.workers or _usable_cpus()
+    plan = job.ShardPlan(sum(source.rows for source in files), settings.rows_per_shard)
+    return max(1, min(wanted, len(job.missing_shards(plan, settings))))
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class _RowsPerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text("-- rows/s" if speed is None else f"{speed:,.0f} rows/s")
 
 
-def _with_progress(files: Any, predictor: Any, settings: Any) -> dict[str, Any]:
+def _with_progress(
+    files: Any, predictor: Any, settings: Any, pool: Any
+) -> dict[str, Any]:
     from servekit.batch import job
 
     with Progress(
@@ -209,7 +255,9 @@ def _with_progress(files: Any, predictor: Any, settings: Any) -> dict[str, Any]:
         def update(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        manifest: dict[str, Any] = job.run_job(files, predictor, settings, update)
+        manifest: dict[str, Any] = job.run_job(
+            files, predictor, settings, update, processes=pool
+        )
         return manifest
 
 

@@ -139,19 +139,30 @@ def _identity(spec: Spec, _source: StepSource | None) -> Kernel:
     return run
 
 
-def _is_missing(item: Any) -> bool:
-    # object columns: None and NaN (x != x) are missing, as in SimpleImputer.
-    return item is None or bool(item != item)
+def missing_objects(matrix: Array) -> Array:
+    """Where an object matrix holds None or NaN (``x != x``), as SimpleImputer.
+
+    numpy compares object cells in its C loop, one Python comparison a cell with
+    no identity shortcut (NaN stays unequal to itself) and the truth of each
+    result taken as ``bool()`` takes it (``pd.NA`` raises the same TypeError),
+    instead of one Python function call a cell. ``== None`` is ``is None`` for
+    every value a request or a file can carry (str, numbers, None, lists).
+    """
+    mask: Array = np.not_equal(matrix, matrix)
+    mask |= np.equal(matrix, _NONE)
+    return mask
+
+
+_NONE = np.array(None, dtype=object)
 
 
 def _impute(spec: Spec, _source: StepSource | None) -> Kernel:
     text = bool(spec["text"])
     statistics = np.asarray(spec["statistics"], dtype=object if text else np.float64)
-    missing_in = np.frompyfunc(_is_missing, 1, 1)
 
     def run(value: Value, order: list[str]) -> Array:
         matrix = as_matrix(value, order, text)
-        mask = missing_in(matrix).astype(bool) if text else np.isnan(matrix)
+        mask = missing_objects(matrix) if text else np.isnan(matrix)
         if mask.any():
             matrix = matrix.copy()
             rows, columns = np.nonzero(mask)
