@@ -154,8 +154,10 @@ def check_input(request_input: messages.Input, limits: TensorLimits) -> None:
         InvalidInput: Above the limits.
     """
     data = memoryview(request_input.SerializeToString())
-    # Serialized by protobuf, it can always be walked and its parts parsed.
-    _check(data, examplewire.INPUT, limits)
+    # Serialized by protobuf, it can always be walked and its parts parsed;
+    # were it not, its examples would go uncounted, so it is refused.
+    if not _check(data, examplewire.INPUT, limits):
+        raise InvalidInput("The request's examples could not be counted")
 
 
 def _check(data: memoryview, level: int, limits: TensorLimits) -> bool:

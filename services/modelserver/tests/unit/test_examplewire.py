@@ -232,6 +232,14 @@ def test_the_wire_count_is_what_the_parsed_request_holds() -> None:
         seen_context += bool(request.input.example_list_with_context.context.features)
         seen_mixed += bool(mixed)
         assert_counts(data, elements, size)
+        # The parsed Input (REST, small gRPC messages) counts the same.
+        examplesize.check_input(
+            request.input, TensorLimits(max_elements=elements, max_bytes=size)
+        )
+        with pytest.raises(InvalidInput, match="^The request's examples hold"):
+            examplesize.check_input(
+                request.input, TensorLimits(max_elements=elements, max_bytes=size - 1)
+            )
     # The cases the generator is for did come up.
     assert seen_context > 20
     assert seen_mixed > 20
