@@ -307,8 +307,8 @@ def measure_receive(sizes: list[int], rounds: int) -> None:
         )
 
 
-def _no_room(name: str, data: bytes | bytearray | memoryview) -> None:  # noqa: ARG001
-    raise OSError(errno.ENOSPC, "No space left on device", name)
+def _no_room(path: str, data: bytes | bytearray | memoryview) -> None:  # noqa: ARG001
+    raise OSError(errno.ENOSPC, "No space left on device", path)
 
 
 def main() -> None:

@@ -58,7 +58,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
 def _segments_of(pid: int) -> list[str]:
     prefix = f"servekit-{pid}-"
     return [
-        name for name in os.listdir(segments.SEGMENT_DIR) if name.startswith(prefix)
+        name
+        for name in os.listdir(segments.default_directory())
+        if name.startswith(prefix)
     ]
 
 

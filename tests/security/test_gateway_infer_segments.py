@@ -5,7 +5,7 @@ Through the pipe, the gateway copied and pickled the message, and unpickled
 the encoded Predict, holding the GIL (and so its event loop) about 160 ms at
 64 MiB (``python -m benchmarks.grpcparse --target gateway --method infer``).
 The tests see the segments the gateway makes (named for its process id in
-:data:`~servekit_protocol.segments.SEGMENT_DIR`) while it answers, find none
+:func:`~servekit_protocol.segments.default_directory`) while it answers, find none
 left once it has answered, errors and abandoned calls included, and check
 that BYTES inputs answer as a gateway parsing every message on its loop
 answers.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from servekit_protocol import oip_messages as oip
-from servekit_protocol.segments import SEGMENT_DIR
+from servekit_protocol.segments import default_directory
 
 from tests.security.forwarding_stack import BODY_LIMIT, Gateways, grpc_call
 from tests.security.test_gateway_large_grpc import MODEL_INFER
@@ -117,7 +117,7 @@ def test_a_large_bytes_model_infer_is_answered_as_one_parsed_on_the_loop(
 
 def _segments_of(gateway: GatewayProcess) -> set[str]:
     prefix = f"servekit-{gateway.process.pid}-"
-    return {path.name for path in Path(SEGMENT_DIR).glob(prefix + "*")}
+    return {path.name for path in Path(default_directory()).glob(prefix + "*")}
 
 
 def _seen_during(gateway: GatewayProcess, call: Callable[[], object]) -> set[str]:

@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 import pytest
 from servekit_protocol import messages
-from servekit_protocol.segments import SEGMENT_DIR
+from servekit_protocol.segments import default_directory
 
 from tests.security.figures import record
 from tests.security.stack import assert_no_traceback, rss_bytes
@@ -137,7 +137,9 @@ LEFTOVER_BYTES = 3 * 1024 * 1024
 
 
 def _segment_of(pid: int) -> Path:
-    return Path(SEGMENT_DIR) / (f"servekit-{pid}-{secrets.token_hex(8)}-message")
+    return Path(default_directory()) / (
+        f"servekit-{pid}-{secrets.token_hex(8)}-message"
+    )
 
 
 def _ended_process_id() -> int:
@@ -289,7 +291,7 @@ def test_a_large_message_parsed_off_the_loop_does_not_hold_up_other_clients(
     np.testing.assert_allclose(predictions, expected, rtol=1e-9, atol=1e-9)
     assert growth < MEMORY_GROWTH_LIMIT, f"+{growth >> 20} MiB"
     assert len(spawned_workers(server.process.pid)) == 2
-    leftovers = list(Path(SEGMENT_DIR).glob(f"servekit-{server.process.pid}-*"))
+    leftovers = list(Path(default_directory()).glob(f"servekit-{server.process.pid}-*"))
     assert not leftovers, leftovers
 
 

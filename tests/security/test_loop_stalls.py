@@ -9,9 +9,13 @@ of the call landed above the 50 ms bucket: whatever the loop did for that call
 (receiving, copying, parsing, handing over, answering, freeing), no single
 stretch of it kept other clients waiting longer than that.
 
-CPU time is what is asserted: on 2 loaded cores the wall clock also counts
-the time the scheduler gave other processes (the sender, the workers, other
-test runs), so the lag is recorded as a figure and not bounded. Each kind of
+CPU time is what is asserted everywhere: on 2 loaded cores the wall clock
+also counts the time the scheduler gave other processes (the sender, the
+workers, other test runs). Where a call's copies run in other threads of the
+server (segments written and read, the pipe's pickles), holding the GIL shows
+as lag and not as busy time, so the lag is bounded too, against a probe
+process that measures at the same moment how late the machine wakes a
+sleeping thread (:func:`lag_limit`). Each kind of
 call is made once at a small size first: the first call of a kind starts what
 it needs (threads, imports in the workers), a one-off that is not what is
 bounded.
@@ -48,6 +52,7 @@ from tests.security.test_large_grpc import (
     predict_request,
     publish_wide_model,
 )
+from tests.security.wakeups import latest_wakeup
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_regression
 from tests.support.modelserver import (
@@ -89,6 +94,18 @@ BYTES_ENTRY = 8 * 1024
 so 32 rows are 64 MiB in 8,192 entries."""
 BYTES_ROWS_PER_ROW = BYTES_ENTRY // 8
 """FP64 rows whose bytes one BYTES row has."""
+LAG_FLOOR = 0.15
+"""Lag any bounded call may cause (seconds), however quiet the machine. With
+their copies in threads (segments) the bounded families lagged 15-100 ms beside
+probes waking 17-98 ms late, and once 1,000 ms beside a probe that woke 1,001 ms
+late (load 7-17, two CPU hogs running); through the workers' pipe, as before
+segments, the typed and BYTES ModelInfer and the REST body lagged 250-1,000 ms
+beside probes waking 39-167 ms late."""
+LAG_FACTOR = 2.0
+"""Lag allowed per second of a probe's latest wake-up beside the call, above
+the floor: the loop, woken by its timer like the probe, waits for a core about
+as long (measured up to 1.4 times the probe's wait above 30 ms), and its own
+server's workers compete for the same two cores."""
 SETTLE_SECONDS = 0.3
 """Wait after an answer before the metrics are read: the server may still be
 freeing the call's buffers, and a stretch is recorded at the next beat."""
@@ -139,15 +156,41 @@ def stretches_of(url: str, name: str, call: Callable[[], None]) -> tuple[float, 
     return longest(busy, busy_after), longest(lag, lag_after)
 
 
-def assert_no_stall(url: str, name: str, family: str, call: Callable[[], None]) -> None:
-    """Record the call's stretches and assert none was busy over the limit."""
-    busy, lag = stretches_of(url, name, call)
+def assert_no_stall(
+    url: str,
+    name: str,
+    family: str,
+    call: Callable[[], None],
+    *,
+    bound_lag: bool = False,
+) -> None:
+    """Record the call's stretches and assert none was busy over the limit;
+    with ``bound_lag``, that the loop's lag stayed under :func:`lag_limit` too
+    (for calls whose copies run in other threads of the server, where a
+    regression shows as lag and not as busy time)."""
+    with latest_wakeup() as machine:
+        busy, lag = stretches_of(url, name, call)
     record(f"{family}: longest event loop CPU stretch s (at most)", busy)
     record(f"{family}: longest event loop lag s (at most)", lag)
+    record(f"{family}: latest wake-up of a probe beside it s", machine())
     assert busy <= STALL_LIMIT, (
         f"{family}: the event loop was busy for over {STALL_LIMIT * 1e3:.0f} ms "
         f"at a stretch (up to {busy * 1e3:.0f} ms; lag up to {lag * 1e3:.0f} ms)"
     )
+    if bound_lag:
+        limit = lag_limit(machine())
+        assert lag <= limit, (
+            f"{family}: the event loop ran up to {lag * 1e3:.0f} ms late (limit "
+            f"{limit * 1e3:.0f} ms; a probe beside it woke up to "
+            f"{machine() * 1e3:.0f} ms late; busy up to {busy * 1e3:.0f} ms)"
+        )
+
+
+def lag_limit(machine: float) -> float:
+    """How late the loop may run during a large call, given how late a probe
+    process beside it woke (:mod:`tests.security.wakeups`): LAG_FACTOR times
+    that, and never under LAG_FLOOR."""
+    return max(LAG_FLOOR, LAG_FACTOR * machine)
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +355,15 @@ MODEL_SERVER_CALLS: dict[str, Callable[[ModelServer, int], None]] = {
 }
 
 
+LAG_BOUNDED = ("gRPC Predict", "REST JSON predict")
+"""The families whose lag is bounded: their message or body is written to a
+segment and its arrays read back in threads (through the pipe, pickled there:
+a 157 MiB body held the loop 409 ms at load 8-9). A gRPC-Web text or gzip
+message is decoded or inflated in a thread first; their lag followed the
+machine's (150 and 500 ms beside probes waking 138 and 176 ms late), too
+noisy to bound."""
+
+
 @pytest.mark.parametrize("family", list(MODEL_SERVER_CALLS))
 def test_a_large_body_does_not_stall_the_model_servers_loop(
     server: ModelServer, family: str
@@ -323,6 +375,7 @@ def test_a_large_body_does_not_stall_the_model_servers_loop(
         "modelserver",
         f"model server, 64 MiB {family}",
         lambda: call(server, ROWS),
+        bound_lag=family in LAG_BOUNDED,
     )
 
 
@@ -427,6 +480,9 @@ def test_a_large_message_does_not_stall_the_gateways_loop(
         "gateway",
         f"gateway, 64 MiB {family}",
         lambda: call(gateway, ROWS),
+        # The typed and BYTES messages are copied into and out of the workers'
+        # segments in threads (through the pipe they were pickled there).
+        bound_lag=family in ("typed ModelInfer", "BYTES ModelInfer"),
     )
 
 

@@ -19,7 +19,12 @@ import httpx
 
 from tests.support.metrics import sample_sum
 from tests.support.modelserver import model_server
-from tests.support.processes import VENV_BIN, ServerProcess, running_process
+from tests.support.processes import (
+    VENV_BIN,
+    ServerProcess,
+    file_size_limited,
+    running_process,
+)
 
 
 @dataclass
@@ -110,6 +115,7 @@ def running_gateway(
     flags: Sequence[str] = (),
     python_options: Sequence[str] = (),
     ready_timeout: float = 60.0,
+    file_size_limit: int | None = None,
 ) -> Iterator[GatewayProcess]:
     """Start the gateway (``python [python_options] -m gateway``) until the block ends.
 
@@ -117,6 +123,8 @@ def running_gateway(
         env: ``GATEWAY_*`` settings (added to the current environment).
         flags: extra command-line flags.
         python_options: interpreter options, e.g. ``("-X", "importtime")``.
+        file_size_limit: run it under
+            :func:`~tests.support.processes.file_size_limited`.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     ready_file = log_dir / "gateway-ready.json"
@@ -132,6 +140,8 @@ def running_gateway(
         f"--ready-file={ready_file}",
         *flags,
     ]
+    if file_size_limit is not None:
+        argv = file_size_limited(argv, file_size_limit)
     with running_process(
         argv,
         log_path=log_dir / "gateway.log",

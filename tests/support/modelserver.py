@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.processes import (
     VENV_BIN,
     ServerProcess,
+    file_size_limited,
     free_port,
     running_process,
 )
@@ -82,8 +83,10 @@ def model_server(
     *,
     log_path: Path,
     ready_timeout: float = 120.0,
+    file_size_limit: int | None = None,
 ) -> Iterator[ModelServer]:
-    """Start the server with ``flags`` (ports and host are added) until exit."""
+    """Start the server with ``flags`` (ports and host are added) until exit;
+    with ``file_size_limit``, under :func:`~tests.support.processes.file_size_limited`."""
     grpc_port = free_port()
     rest_port = free_port()
     while rest_port == grpc_port:
@@ -104,6 +107,8 @@ def model_server(
             seen.append(status)
         return status == "SERVING"
 
+    if file_size_limit is not None:
+        argv = [*file_size_limited(argv, file_size_limit)]
     with running_process(
         argv, log_path=log_path, ready=ready, ready_timeout=ready_timeout
     ) as process:

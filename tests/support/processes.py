@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +31,33 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
+
+
+_FILE_SIZE_LIMITED = (
+    "import os, resource, signal, sys; "
+    "limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def file_size_limited(
+    argv: Sequence[str | os.PathLike[str]], limit_bytes: int
+) -> list[str]:
+    """``argv`` run with no file it writes allowed past ``limit_bytes``
+    (``RLIMIT_FSIZE``, inherited by its children): a ``write`` beyond fails
+    with ``EFBIG`` (``SIGXFSZ`` ignored, as Python does anyway), the way one
+    to a full tmpfs fails with ``ENOSPC``, for any user and file system. The
+    limit is set by a launcher that then becomes the program (same process
+    id), not by ``preexec_fn``, which is unsafe in a process with threads."""
+    return [
+        sys.executable,
+        "-c",
+        _FILE_SIZE_LIMITED,
+        str(limit_bytes),
+        *(os.fspath(arg) for arg in argv),
+    ]
 
 
 def free_port() -> int:

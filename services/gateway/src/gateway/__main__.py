@@ -81,6 +81,7 @@ _FLAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "--api-keys-file": ("api_keys_file", str),
     "--default-backend": ("default_backend", str),
     "--max-body-bytes": ("max_body_bytes", int),
+    "--shared-memory-dir": ("shared_memory_dir", str),
     "--json-offload-bytes": ("json_offload_bytes", int),
     "--grpc-parse-offload-bytes": ("grpc_parse_offload_bytes", int),
     "--json-workers": ("json_workers", int),
@@ -262,7 +263,7 @@ async def serve(settings: Settings) -> None:
     if grpc_port == 0:
         raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
     # Before the gRPC port can make segments of this process's own id.
-    await segments.sweep_at_start(logger)
+    await segments.sweep_at_start(logger, settings.shared_memory_dir)
     await grpc_server.start()
     # NOT_SERVING until the JSON workers have started and the backends are
     # ready; from then on health follows /readyz.

@@ -89,6 +89,7 @@ class Gateway:
             settings.json_offload_bytes,
             settings.json_workers,
             settings.json_answer_offload_elements,
+            settings.shared_memory_dir,
         )
         # `coalesced_requests` records how many callers each backend call served.
         self.coalescer = Coalescer(

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from servekit_protocol import http1, loop_heartbeat, tensor_limits
+from servekit_protocol import http1, loop_heartbeat, segments, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.json_codec import offload as json_offload
 
@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     A backend's answer of this size or more is kept as its bytes and parsed
     (for REST callers: decoded into arrays) in a worker thread. 0 parses
     every message on the loop."""
+    shared_memory_dir: str = Field(default_factory=segments.default_directory)
+    """Folder of the shared memory files through which large ModelInfer
+    messages and their Predicts cross to and from the JSON workers (default
+    `/dev/shm`, a tmpfs; the temporary folder where there is none). It needs
+    room for about twice the largest message at once, per call in flight;
+    where it has none a call goes through the workers' pipe instead, slower
+    and holding the event loop longer, with a warning. Checked at start: it
+    must exist and be writable."""
     json_offload_bytes: int = Field(default=json_offload.DEFAULT_THRESHOLD_BYTES, gt=0)
     """Size from which a JSON body the gateway translates is parsed (and turned
     into arrays) in a worker process rather than on the event loop, so that a
@@ -189,6 +197,12 @@ class Settings(BaseSettings):
                     f"{rest_address!r}"
                 )
         return value
+
+    @field_validator("shared_memory_dir")
+    @classmethod
+    def _check_shared_memory_dir(cls, value: str) -> str:
+        # Found at start-up rather than as a warning on every large call.
+        return segments.check_directory(value)
 
     @model_validator(mode="after")
     def _check_auth_has_keys(self) -> Settings:

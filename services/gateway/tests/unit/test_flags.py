@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from gateway.__main__ import serve_parser, settings_overrides
 from gateway.settings import Settings
 from pydantic import ValidationError
+from servekit_protocol import segments
 from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.grpc_server.limits import described_fields
 
@@ -32,6 +35,19 @@ def test_rest_backends_come_as_json_and_need_host_and_port() -> None:
         Settings(rest_backends={"127.0.0.1:8500": "modelserver"})
     with pytest.raises(ValidationError, match="not host:port"):
         Settings(rest_backends={"127.0.0.1:8500": "http://127.0.0.1:8501"})
+
+
+def test_the_shared_memory_dir_is_a_flag_checked_as_the_settings_are_built(
+    tmp_path: Path,
+) -> None:
+    parsed = serve_parser().parse_args(["--shared-memory-dir", str(tmp_path)])
+    assert Settings(**settings_overrides(parsed)).shared_memory_dir == str(tmp_path)
+    assert Settings().shared_memory_dir == segments.default_directory()
+    with pytest.raises(ValidationError, match="does not exist"):
+        Settings(shared_memory_dir=str(tmp_path / "missing"))
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ValidationError, match="is not a directory"):
+        Settings(shared_memory_dir=str(tmp_path / "file"))
 
 
 def test_every_http2_limit_has_a_described_flag() -> None:

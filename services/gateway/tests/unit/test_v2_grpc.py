@@ -181,7 +181,8 @@ def test_a_message_over_the_tensor_limits_is_refused_in_the_worker() -> None:
 @pytest.mark.parametrize("raw", [False, True])
 def test_a_message_in_a_segment_encodes_as_its_bytes_do(raw: bool) -> None:
     data = _large_request(raw).SerializeToString()
-    message, predict = segments.new_name("message"), segments.new_name("predict")
+    message = segments.new_path(segments.default_directory(), "message")
+    predict = segments.new_path(segments.default_directory(), "predict")
     wanted = {"x": np.dtype(np.float64)}
     try:
         segments.write_bytes(message, data)
@@ -200,22 +201,24 @@ def test_a_message_in_a_segment_encodes_as_its_bytes_do(raw: bool) -> None:
 
 def test_a_segment_over_the_tensor_limits_writes_no_predict() -> None:
     data = _large_request(raw=False).SerializeToString()
-    message, predict = segments.new_name("message"), segments.new_name("predict")
+    message = segments.new_path(segments.default_directory(), "message")
+    predict = segments.new_path(segments.default_directory(), "predict")
     try:
         segments.write_bytes(message, data)
         with pytest.raises(InvalidArgument, match="13 elements"):
             encode_infer_segment(message, predict, None, TensorLimits(max_elements=12))
-        assert not (Path(segments.SEGMENT_DIR) / predict).exists()
+        assert not Path(predict).exists()
     finally:
         segments.unlink(message)
 
 
 def test_a_predict_with_no_room_in_shared_memory_comes_back_itself() -> None:
     data = _large_request(raw=False).SerializeToString()
-    message = segments.new_name("message")
+    message = segments.new_path(segments.default_directory(), "message")
     # A segment in a folder that does not exist: writing it fails as a full
     # /dev/shm does, with an OSError.
-    predict = f"missing-{segments.new_name('folder')}/predict"
+    missing = segments.new_path(segments.default_directory(), "folder")
+    predict = segments.new_path(missing, "predict")
     try:
         segments.write_bytes(message, data)
         written = encode_infer_segment(message, predict, None, TensorLimits())

@@ -152,6 +152,7 @@ async def serve(settings: Settings) -> int:
         settings.rest_api_json_offload_bytes,
         settings.rest_api_json_workers,
         settings.rest_api_json_answer_offload_elements,
+        settings.shared_memory_dir,
     )
     grpc_server: GrpcServer | None = None
     rest_server: RestServer | None = None
@@ -228,7 +229,7 @@ async def serve(settings: Settings) -> int:
         # Before the gRPC port can make segments of this process's own id.
         from servekit_protocol import segments
 
-        await segments.sweep_at_start(logger)
+        await segments.sweep_at_start(logger, settings.shared_memory_dir)
         for server in (grpc_server, rest_server):
             if server is not None:
                 await server.start()

@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from servekit_protocol import http1, loop_heartbeat, tensor_limits
+from servekit_protocol import http1, loop_heartbeat, segments, tensor_limits
 from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.json_codec import offload as json_offload
 
@@ -132,6 +132,15 @@ class Settings(BaseSettings):
     ``--rest_api_json_workers``) rather than on the event loop, so that a large
     message does not hold up other clients' calls; 0 parses every message on
     the event loop."""
+
+    shared_memory_dir: str = Field(default_factory=segments.default_directory)
+    """servekit extension: folder of the shared memory files through which
+    large gRPC messages, REST bodies and answers cross to and from the JSON
+    workers (default ``/dev/shm``, a tmpfs; the temporary folder where there
+    is none). It needs room for about twice the largest message at once, per
+    call in flight; where it has none a call goes through the workers' pipe
+    instead, slower and holding the event loop longer, with a warning. Checked
+    at start: it must exist and be writable."""
 
     enable_grpc_healthcheck_service: bool = True
     """Serve ``grpc.health.v1.Health`` (TF Serving defaults to off; servekit on)."""
@@ -322,6 +331,12 @@ class Settings(BaseSettings):
     """Log what native libraries (TensorFlow, gRPC core) write to stderr as JSON
     lines of the ``native`` logger (:mod:`modelserver.observability.native_logs`).
     Off leaves their lines as they are."""
+
+    @field_validator("shared_memory_dir")
+    @classmethod
+    def _check_shared_memory_dir(cls, value: str) -> str:
+        # Found at start-up rather than as a warning on every large call.
+        return segments.check_directory(value)
 
     @model_validator(mode="after")
     def _read_config_files(self) -> Settings:

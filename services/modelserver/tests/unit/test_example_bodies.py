@@ -34,7 +34,9 @@ def parsers() -> Iterator[BodyParsers]:
 def _own_segments() -> list[str]:
     prefix = f"servekit-{os.getpid()}-"
     return [
-        name for name in os.listdir(segments.SEGMENT_DIR) if name.startswith(prefix)
+        name
+        for name in os.listdir(segments.default_directory())
+        if name.startswith(prefix)
     ]
 
 

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 from modelserver.__main__ import main
-from modelserver.flags import FlagError, parse_bool, parse_flags
+from modelserver.flags import (
+    FlagError,
+    parse_bool,
+    parse_flags,
+    validation_message,
+)
 from modelserver.settings import Settings
 from pydantic import ValidationError
+from servekit_protocol import segments
 from servekit_protocol.grpc_server import Http2Limits
 from servekit_protocol.grpc_server.limits import described_fields
 
@@ -89,6 +95,29 @@ def test_main_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert "servekit-model-server" in capsys.readouterr().out
     assert main(["--nope"]) == 255
     assert "unknown argument: --nope" in capsys.readouterr().err
+
+
+def test_a_shared_memory_dir_that_is_not_a_folder_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    values, _ = parse_flags(["--model_base_path=/m", f"--shared_memory_dir={tmp_path}"])
+    assert Settings(**values).shared_memory_dir == str(tmp_path)
+    assert Settings(model_base_path="/m").shared_memory_dir == (
+        segments.default_directory()
+    )
+    # Not main(): it configures the process's logging, which later tests see.
+    missing, _ = parse_flags(
+        ["--model_base_path=/m", f"--shared_memory_dir={tmp_path / 'missing'}"]
+    )
+    with pytest.raises(ValidationError) as refused:
+        Settings(**missing)
+    assert validation_message(refused.value) == (
+        f"--shared_memory_dir: shared memory directory "
+        f"'{tmp_path / 'missing'}' does not exist"
+    )
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ValidationError, match="is not a directory"):
+        Settings(model_base_path="/m", shared_memory_dir=str(tmp_path / "file"))
 
 
 def test_help_describes_every_flag_with_its_settings_docstring() -> None:

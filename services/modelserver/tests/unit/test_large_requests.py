@@ -168,11 +168,13 @@ async def test_arrays_without_room_come_back_through_the_pipe(
     # The worker's write of the arrays segment fails for real (O_EXCL on an
     # existing name) and the worker removes the file, as it would a part
     # written to a full /dev/shm.
-    taken = segments.new_name("taken")
+    taken = segments.new_path(segments.default_directory(), "taken")
     segments.write_bytes(taken, b"")
-    new_name = segments.new_name
+    new_path = segments.new_path
     monkeypatch.setattr(
-        segments, "new_name", lambda role: taken if role == "arrays" else new_name(role)
+        segments,
+        "new_path",
+        lambda folder, role: taken if role == "arrays" else new_path(folder, role),
     )
     with caplog.at_level(logging.WARNING):
         through_the_pipe = await _decode(decoder, data)

@@ -73,8 +73,8 @@ async def _write(
     arrays: dict[str, Array],
     args: tuple[Any, ...],
 ) -> bytes:
-    arrays_segment = segments.new_name("outputs")
-    answer_segment = segments.new_name("answer")
+    arrays_segment = segments.new_path(parsers.segment_dir, "outputs")
+    answer_segment = segments.new_path(parsers.segment_dir, "answer")
     numeric = {key: value for key, value in arrays.items() if value.dtype != object}
     try:
         try:
@@ -85,14 +85,14 @@ async def _write(
             )
             pickled = {k: v for k, v in arrays.items() if k not in numeric}
         except OSError as exc:
-            _warn("its arrays", exc)
+            _warn("its arrays", exc, parsers.segment_dir)
             slots, pickled = [], arrays
         sent = _Arrays(arrays_segment, slots, pickled, tuple(arrays))
         answer = await parsers.in_worker(
             write_answer, answer_segment, sent, function, *args
         )
         if isinstance(answer, bytes):
-            _warn("the answer", None)
+            _warn("the answer", None, parsers.segment_dir)
             return answer
         return await asyncio.to_thread(read_answer, answer_segment, answer)
     finally:
@@ -120,14 +120,14 @@ def write_answer(
     return len(answer)
 
 
-def read_answer(name: str, size: int) -> bytes:
-    """The ``size`` bytes of segment ``name`` (blocking: run it in a thread;
+def read_answer(path: str, size: int) -> bytes:
+    """The ``size`` bytes of segment ``path`` (blocking: run it in a thread;
     ``read`` fills the new bytes object with the GIL released).
 
     Raises:
         OSError: The segment is missing or shorter than ``size``.
     """
-    fd = os.open(os.path.join(segments.SEGMENT_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, size)
         if len(data) == size:
@@ -138,7 +138,7 @@ def read_answer(name: str, size: int) -> bytes:
         while read < size:
             part = os.read(fd, size - read)
             if not part:
-                raise OSError(f"segment {name} ended early")
+                raise OSError(f"segment {path} ended early")
             parts.append(part)
             read += len(part)
         return b"".join(parts)
@@ -146,12 +146,12 @@ def read_answer(name: str, size: int) -> bytes:
         os.close(fd)
 
 
-def _warn(what: str, exc: OSError | None) -> None:
+def _warn(what: str, exc: OSError | None, directory: str) -> None:
     logger.warning(
         "A large answer's %s went through the worker pipe, copies that hold "
         "the GIL and so the event loop: its shared memory segment could not be "
         "written (%s); give %s more room",
         what,
-        exc if exc is not None else "no space",
-        segments.SEGMENT_DIR,
+        exc if exc is not None else "no room",
+        directory,
     )

@@ -72,19 +72,19 @@ async def _parse(
     specs: SpecSource,
     limits: TensorLimits | None,
 ) -> PredictBody:
-    body_segment = segments.new_name("body")
-    arrays_segment = segments.new_name("inputs")
+    body_segment = segments.new_path(parsers.segment_dir, "body")
+    arrays_segment = segments.new_path(parsers.segment_dir, "inputs")
     try:
         try:
             await asyncio.to_thread(segments.write_bytes, body_segment, body)
         except OSError as exc:
-            _warn(exc)
+            _warn(exc, parsers.segment_dir)
             return await parsers.in_worker(parse_predict_request, body, specs, limits)
         parsed = await parsers.in_worker(
             parse_in_worker, body_segment, len(body), arrays_segment, specs, limits
         )
         if isinstance(parsed, PredictBody):
-            _warn(None)
+            _warn(None, parsers.segment_dir)
             return parsed
         arrays = (
             await asyncio.to_thread(segments.read_arrays, arrays_segment, parsed.slots)
@@ -150,12 +150,12 @@ async def _run_on_body(
     body: bytes,
     args: tuple[Any, ...],
 ) -> _Result:
-    body_segment = segments.new_name("body")
+    body_segment = segments.new_path(parsers.segment_dir, "body")
     try:
         try:
             await asyncio.to_thread(segments.write_bytes, body_segment, body)
         except OSError as exc:
-            _warn(exc)
+            _warn(exc, parsers.segment_dir)
             return await parsers.in_worker(function, body, *args)
         return await parsers.in_worker(
             call_on_segment, body_segment, len(body), function, *args
@@ -171,11 +171,11 @@ def call_on_segment(
     return function(segment_answers.read_answer(body_segment, size), *args)
 
 
-def _warn(exc: OSError | None) -> None:
+def _warn(exc: OSError | None, directory: str) -> None:
     logger.warning(
         "A large request body went through the worker pipe, copies that hold "
         "the GIL and so the event loop: its shared memory segment could not be "
         "written (%s); give %s more room",
-        exc if exc is not None else "no space",
-        segments.SEGMENT_DIR,
+        exc if exc is not None else "no room",
+        directory,
     )

@@ -1,16 +1,17 @@
 """Bytes and arrays handed between processes through shared memory segments.
 
 A large request message goes to a worker process, and its decoded arrays come
-back, through POSIX shared memory (the files of ``/dev/shm``) rather than a
-pipe: sending 256 MiB through a process pool's pipe pickles it first, a copy
+back, through POSIX shared memory (files of a tmpfs folder, ``/dev/shm``
+unless a server is told another) rather than a pipe: sending 256 MiB through a process pool's pipe pickles it first, a copy
 made holding the GIL (tens of milliseconds on a loaded machine) on top of the
 copies into and out of the pipe. Here the server's side only calls ``write``
 and ``readv`` on the segment, in a thread: the kernel copies the bytes with the
 GIL released, so the event loop keeps running meanwhile. The worker maps the
 message and writes each array with one ``write``.
 
-Segments are files created by name (``O_EXCL``, mode 0600) by whichever side
-writes them; the server's side names both and unlinks both once the worker
+Segments are files created by path (``O_EXCL``, mode 0600) by whichever side
+writes them; the server's side makes both paths, in the folder it was given
+(the worker gets them whole, so it needs no setting of its own), and unlinks both once the worker
 has answered, on every path (errors and cancelled calls included); what a
 server killed meanwhile leaves, the next one to start removes
 (:func:`sweep_leftovers`). These are
@@ -36,8 +37,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-SEGMENT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-"""Where segments live: tmpfs on Linux, the temporary folder elsewhere."""
 _CHUNK_BYTES = 16 * 1024 * 1024
 """Bytes a single ``write`` or ``readv`` moves, so that one system call's
 copy stays short."""
@@ -45,14 +44,46 @@ copy stays short."""
 Array = np.ndarray[Any, Any]
 
 
-def new_name(role: str) -> str:
-    """A fresh segment name (the process id, for finding the leftovers of a
-    process that crashed, and 64 random bits)."""
-    return f"servekit-{os.getpid()}-{secrets.token_hex(8)}-{role}"
+def default_directory() -> str:
+    """Where segments live unless a server is told otherwise: tmpfs on Linux
+    (``/dev/shm``), the temporary folder elsewhere."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+def check_directory(directory: str) -> str:
+    """``directory`` itself once it is known to be a folder where this process
+    can create segments (a server checks it as it starts, rather than warning
+    on every large call).
+
+    Raises:
+        ValueError: It does not exist, is not a folder, or no file can be
+            created in it.
+    """
+    if not os.path.exists(directory):
+        raise ValueError(f"shared memory directory {directory!r} does not exist")
+    if not os.path.isdir(directory):
+        raise ValueError(f"shared memory directory {directory!r} is not a directory")
+    # A file really created, not os.access: a read-only mount passes that.
+    probe = new_path(directory, "probe")
+    try:
+        os.close(_create(probe))
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"shared memory directory {directory!r} is not writable: {exc.strerror}"
+        ) from exc
+    return directory
+
+
+def new_path(directory: str, role: str) -> str:
+    """A fresh segment's path in ``directory``: its name holds the process id,
+    for finding the leftovers of a process that crashed, and 64 random bits."""
+    name = f"servekit-{os.getpid()}-{secrets.token_hex(8)}-{role}"
+    return os.path.join(directory, name)
 
 
 _NAME = re.compile(r"servekit-([0-9]{1,10})-[0-9a-f]{16}-[a-z]+")
-"""What :func:`new_name` makes: the only names :func:`sweep_leftovers` touches."""
+"""The names :func:`new_path` makes: the only names :func:`sweep_leftovers` touches."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +94,9 @@ class Swept:
     bytes: int
 
 
-def sweep_leftovers(directory: str = SEGMENT_DIR) -> Swept:
+def sweep_leftovers(directory: str) -> Swept:
     """Remove the segments that crashed processes left in ``directory``: those
-    named by :func:`new_name` for a process id that is not running, or for this
+    named by :func:`new_path` for a process id that is not running, or for this
     process's own id (a server calls this as it starts, before it has made any:
     a restarted container's server often gets its predecessor's id). Segments
     of a running process, files of another user and every other name are left
@@ -91,17 +122,17 @@ def sweep_leftovers(directory: str = SEGMENT_DIR) -> Swept:
     return Swept(removed, freed)
 
 
-async def sweep_at_start(logger: logging.Logger) -> Swept:
-    """:func:`sweep_leftovers` in a thread, as a server starts, with one log
-    line on ``logger`` when it removed anything."""
-    swept = await asyncio.to_thread(sweep_leftovers)
+async def sweep_at_start(logger: logging.Logger, directory: str) -> Swept:
+    """:func:`sweep_leftovers` of ``directory`` in a thread, as a server
+    starts, with one log line on ``logger`` when it removed anything."""
+    swept = await asyncio.to_thread(sweep_leftovers, directory)
     if swept.segments:
         logger.info(
             "Removed shared memory segments left by stopped servers",
             extra={
                 "segments": swept.segments,
                 "bytes_freed": swept.bytes,
-                "directory": SEGMENT_DIR,
+                "directory": directory,
             },
         )
     return swept
@@ -121,14 +152,10 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def _path(name: str) -> str:
-    return os.path.join(SEGMENT_DIR, name)
-
-
-def unlink(name: str) -> None:
+def unlink(path: str) -> None:
     """Remove a segment if it exists (its pages go once nothing maps them)."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_path(name))
+        os.unlink(path)
 
 
 _T = TypeVar("_T")
@@ -149,20 +176,18 @@ def _consume_error(task: asyncio.Future[Any]) -> None:
             task.exception()
 
 
-def unlink_soon(*names: str) -> None:
-    """:func:`unlink` each of ``names`` in the running loop's default executor,
+def unlink_soon(*paths: str) -> None:
+    """:func:`unlink` each of ``paths`` in the running loop's default executor,
     not awaited: unlinking frees a segment's pages there and then, about 50 ms
     for 256 MiB with the calling thread blocked (the GIL is released, but the
     loop would be the caller)."""
     loop = asyncio.get_running_loop()
-    for name in names:
-        loop.run_in_executor(None, unlink, name)
+    for path in paths:
+        loop.run_in_executor(None, unlink, path)
 
 
-def _create(name: str) -> int:
-    return os.open(
-        _path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-    )
+def _create(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -171,13 +196,13 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[written:]
 
 
-def write_bytes(name: str, data: bytes | bytearray | memoryview) -> None:
-    """Create segment ``name`` holding ``data`` (blocking: run it in a thread).
+def write_bytes(path: str, data: bytes | bytearray | memoryview) -> None:
+    """Create segment ``path`` holding ``data`` (blocking: run it in a thread).
 
     Raises:
         OSError: The segment exists already or cannot be written (no space).
     """
-    fd = _create(name)
+    fd = _create(path)
     try:
         _write_all(fd, memoryview(data).cast("B"))
     finally:
@@ -185,13 +210,13 @@ def write_bytes(name: str, data: bytes | bytearray | memoryview) -> None:
 
 
 @contextlib.contextmanager
-def mapped(name: str) -> Iterator[memoryview]:
-    """Segment ``name`` mapped read-only, for as long as the block runs.
+def mapped(path: str) -> Iterator[memoryview]:
+    """Segment ``path`` mapped read-only, for as long as the block runs.
 
     Raises:
         OSError: No such segment.
     """
-    with open(_path(name), "rb") as segment:
+    with open(path, "rb") as segment:
         size = os.fstat(segment.fileno()).st_size
         if size == 0:
             # mmap refuses an empty mapping.
@@ -222,8 +247,8 @@ def _bytes_of(array: Array) -> memoryview:
     return array.reshape(-1).view(np.uint8).data
 
 
-def write_arrays(name: str, arrays: Mapping[str, Array]) -> list[ArraySlot]:
-    """Create segment ``name`` holding ``arrays`` one after the other, in C
+def write_arrays(path: str, arrays: Mapping[str, Array]) -> list[ArraySlot]:
+    """Create segment ``path`` holding ``arrays`` one after the other, in C
     order; their slots, in the order of ``arrays``.
 
     Raises:
@@ -231,7 +256,7 @@ def write_arrays(name: str, arrays: Mapping[str, Array]) -> list[ArraySlot]:
     """
     slots: list[ArraySlot] = []
     offset = 0
-    fd = _create(name)
+    fd = _create(path)
     try:
         for key, array in arrays.items():
             contiguous = np.ascontiguousarray(array)
@@ -244,15 +269,15 @@ def write_arrays(name: str, arrays: Mapping[str, Array]) -> list[ArraySlot]:
     return slots
 
 
-def read_arrays(name: str, slots: list[ArraySlot]) -> dict[str, Array]:
+def read_arrays(path: str, slots: list[ArraySlot]) -> dict[str, Array]:
     """New arrays (writable, C order, owning their memory) read from segment
-    ``name`` (blocking: run it in a thread; the reads hold no GIL).
+    ``path`` (blocking: run it in a thread; the reads hold no GIL).
 
     Raises:
         OSError: The segment is missing or shorter than ``slots`` say.
     """
     arrays: dict[str, Array] = {}
-    fd = os.open(_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for slot in slots:
             array: Array = np.empty(slot.shape, slot.dtype)
@@ -261,7 +286,7 @@ def read_arrays(name: str, slots: list[ArraySlot]) -> dict[str, Array]:
             while view:
                 count = os.preadv(fd, [view[:_CHUNK_BYTES]], position)
                 if count == 0:
-                    raise OSError(f"segment {name} ended early")
+                    raise OSError(f"segment {path} ended early")
                 view = view[count:]
                 position += count
             arrays[slot.key] = array

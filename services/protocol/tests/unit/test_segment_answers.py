@@ -22,7 +22,7 @@ Array = np.ndarray[Any, Any]
 def _own_segments(pid: int) -> list[str]:
     return sorted(
         name
-        for name in os.listdir(segments.SEGMENT_DIR)
+        for name in os.listdir(segments.default_directory())
         if name.startswith(f"servekit-{pid}-")
     )
 
@@ -143,7 +143,7 @@ async def test_a_cancelled_call_removes_its_segments_once_the_worker_is_done(
 
 
 def test_an_answer_whose_segment_cannot_be_written_is_returned_itself() -> None:
-    taken = segments.new_name("answer")
+    taken = segments.new_path(segments.default_directory(), "answer")
     segments.write_bytes(taken, b"someone else's")
     try:
         sent = segment_answers._Arrays("unused", [], {}, ())
@@ -154,7 +154,7 @@ def test_an_answer_whose_segment_cannot_be_written_is_returned_itself() -> None:
 
 
 def test_read_answer_reads_the_segment_s_bytes() -> None:
-    name = segments.new_name("answer")
+    name = segments.new_path(segments.default_directory(), "answer")
     data = os.urandom(3 * 1024 * 1024 + 7)
     segments.write_bytes(name, data)
     try:

@@ -36,7 +36,9 @@ def parsers() -> Iterator[BodyParsers]:
 def _own_segments() -> list[str]:
     prefix = f"servekit-{os.getpid()}-"
     return [
-        name for name in os.listdir(segments.SEGMENT_DIR) if name.startswith(prefix)
+        name
+        for name in os.listdir(segments.default_directory())
+        if name.startswith(prefix)
     ]
 
 
@@ -109,7 +111,7 @@ def _read_in_worker(body: bytes, parent: int, note: str) -> tuple[int, str, str,
     prefix = f"servekit-{parent}-"
     in_segment = any(
         name.startswith(prefix) and name.endswith("-body")
-        for name in os.listdir(segments.SEGMENT_DIR)
+        for name in os.listdir(segments.default_directory())
     )
     return os.getpid(), note, str(document.get("signature_name", "")), in_segment
 

@@ -73,7 +73,7 @@ async def read_infer(parsers: BodyParsers, message: memoryview) -> InferMessage:
 
 
 async def _read(parsers: BodyParsers, message: memoryview) -> InferMessage:
-    name = segments.new_name("infer")
+    name = segments.new_path(parsers.segment_dir, "infer")
     try:
         await asyncio.to_thread(segments.write_bytes, name, message)
     except OSError as exc:
@@ -82,7 +82,7 @@ async def _read(parsers: BodyParsers, message: memoryview) -> InferMessage:
             "A large ModelInfer message goes to a worker through its pipe: its "
             "shared memory segment could not be written (%s); give %s more room",
             exc,
-            segments.SEGMENT_DIR,
+            parsers.segment_dir,
         )
         data = bytes(message)
         head = await _in_worker(parsers, read_infer_message, data)
@@ -127,7 +127,7 @@ async def _encode(
     wanted: Mapping[str, np.dtype[Any]] | None,
     limits: TensorLimits,
 ) -> EncodedInfer:
-    predict = segments.new_name("predict")
+    predict = segments.new_path(parsers.segment_dir, "predict")
     try:
         written: WrittenInfer = await parsers.in_worker(
             encode_infer_segment, request.segment, predict, wanted, limits
@@ -137,7 +137,7 @@ async def _encode(
                 "A large ModelInfer's Predict came back through the workers' "
                 "pipe: its shared memory segment could not be written; give %s "
                 "more room",
-                segments.SEGMENT_DIR,
+                parsers.segment_dir,
             )
             data: bytes | memoryview = written.message
         else:

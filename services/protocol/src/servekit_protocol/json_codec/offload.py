@@ -41,6 +41,7 @@ from concurrent.futures.process import BrokenProcessPool
 from http import HTTPStatus
 from typing import Any, TypeVar
 
+from servekit_protocol import segments
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.json_codec import parent_watch
 
@@ -79,6 +80,10 @@ class BodyParsers:
         workers: Most worker processes.
         answer_threshold_elements: Answers with this many tensor elements or
             more are written in a worker.
+        segment_dir: The folder of the shared memory segments through which
+            large bodies, messages and answers cross to and from the workers
+            (:mod:`servekit_protocol.segments`); by default
+            :func:`~servekit_protocol.segments.default_directory`.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class BodyParsers:
         threshold_bytes: int = DEFAULT_THRESHOLD_BYTES,
         workers: int = DEFAULT_WORKERS,
         answer_threshold_elements: int = DEFAULT_ANSWER_THRESHOLD_ELEMENTS,
+        segment_dir: str | None = None,
     ) -> None:
         if threshold_bytes <= 0 or workers <= 0 or answer_threshold_elements <= 0:
             raise ValueError(
@@ -95,6 +101,9 @@ class BodyParsers:
         self.threshold_bytes = threshold_bytes
         self.workers = workers
         self.answer_threshold_elements = answer_threshold_elements
+        self.segment_dir = (
+            segments.default_directory() if segment_dir is None else segment_dir
+        )
         self._pool: ProcessPoolExecutor | None = None
         self._starting: list[Future[None]] = []
 

@@ -23,7 +23,7 @@ a second costs no measurable CPU.
 
 Either way the worker leaves with ``os._exit`` (nothing of its state is worth
 saving, and its server is gone). A segment of shared memory it was writing is
-named after the server's pid (:func:`servekit_protocol.segments.new_name`), so
+named after the server's pid (:func:`servekit_protocol.segments.new_path`), so
 the next server to start removes it
 (:func:`servekit_protocol.segments.sweep_leftovers`).
 """

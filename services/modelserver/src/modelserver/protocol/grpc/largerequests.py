@@ -123,7 +123,7 @@ class MessageBytes:
 
 
 WorkerMessage = str | ReceivedBytes
-"""What a worker gets: the name of the message's segment, or its bytes."""
+"""What a worker gets: the path of the message's segment, or its bytes."""
 
 
 @contextlib.contextmanager
@@ -269,8 +269,8 @@ class SegmentDecoder(Generic[Result]):
     Args:
         parsers: The worker processes.
         worker: The module-level function the worker runs on the message
-            (:data:`WorkerMessage`) and the arrays' segment name (None: carry them
-            back), then ``worker_args``; what it returns has ``slots`` and
+            (:data:`WorkerMessage`) and the arrays' segment path (None: carry
+            them back), then ``worker_args``; what it returns has ``slots`` and
             ``carried`` (see :func:`write_or_carry`).
         worker_args: Its other arguments.
     """
@@ -301,20 +301,21 @@ class SegmentDecoder(Generic[Result]):
         raise NotImplementedError
 
     async def _decode(self, message: memoryview) -> Result:
-        message_segment = segments.new_name("message")
-        arrays_segment = segments.new_name("arrays")
+        directory = self._parsers.segment_dir
+        message_segment = segments.new_path(directory, "message")
+        arrays_segment = segments.new_path(directory, "arrays")
         try:
             try:
                 await asyncio.to_thread(segments.write_bytes, message_segment, message)
             except OSError as exc:
                 segments.unlink_soon(message_segment)
-                _warn("the message went to its worker", exc)
+                _warn("the message went to its worker", exc, directory)
                 decoded = await self._in_worker(MessageBytes(message), None)
             else:
                 decoded = await self._in_worker(message_segment, arrays_segment)
                 segments.unlink_soon(message_segment)
                 if decoded.carried:
-                    _warn("its arrays came back from its worker", None)
+                    _warn("its arrays came back from its worker", None, directory)
             arrays = (
                 await asyncio.to_thread(
                     segments.read_arrays, arrays_segment, decoded.slots
@@ -369,12 +370,12 @@ class PredictDecoder(SegmentDecoder[DecodedPredict]):
         )
 
 
-def _warn(what: str, exc: OSError | None) -> None:
+def _warn(what: str, exc: OSError | None, directory: str) -> None:
     logger.warning(
         "A large gRPC message went through the worker pipe (%s), copies made "
         "holding the GIL in the pool's threads: its shared memory segment "
         "could not be written (%s); give %s more room",
         what,
-        exc if exc is not None else "no space",
-        segments.SEGMENT_DIR,
+        exc if exc is not None else "no room",
+        directory,
     )

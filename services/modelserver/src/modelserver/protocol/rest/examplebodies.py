@@ -113,7 +113,7 @@ async def decode_large_examples(
 async def _decode(
     parsers: BodyParsers, body: bytes, limits: TensorLimits | None
 ) -> tuple[str, ExampleColumns]:
-    arrays_segment = segments.new_name("inputs")
+    arrays_segment = segments.new_path(parsers.segment_dir, "inputs")
     try:
         decoded = await segment_bodies.run_on_body(
             parsers, columns_of, body, limits, arrays_segment
@@ -130,7 +130,7 @@ async def _decode(
             "A large body's examples came back from their worker through the "
             "pipe, copies that hold the GIL and so the event loop: their shared "
             "memory segment could not be written; give %s more room",
-            segments.SEGMENT_DIR,
+            parsers.segment_dir,
         )
     arrays.update({name: carried.array for name, carried in decoded.carried.items()})
     return decoded.signature_name, examplecolumns.from_arrays(

@@ -1,0 +1,288 @@
+"""With no room in their shared memory folder, both servers still answer large
+calls, through their workers' pipe, exactly as servers with room do.
+
+Each service is started twice on the same registry: once as usual, and once
+with ``--shared_memory_dir`` / ``--shared-memory-dir`` naming a folder of the
+test's own and a file size limit (``RLIMIT_FSIZE``, see
+:func:`tests.support.processes.file_size_limited`) below every segment the
+calls need. A segment's ``write`` then fails part way with ``EFBIG``, the
+``OSError`` a full ``/dev/shm`` gives as ``ENOSPC``, caught by the same
+``except OSError`` of each path (the warnings below quote the error, so the
+test knows which branch ran). The limit needs no privilege and no tmpfs of
+the test's own, so the test runs on any CI machine.
+
+Each call is made on both stacks: the same status, message and bytes; the
+servers without room log one warning line per fallback (JSON, with the error
+and the folder), the others none; no segment is left in the folders once the
+call is over; both processes stay up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+from modelregistry.layout import SERVEKIT_CONFIG_FILE
+
+from tests.security.forwarding_stack import Outcome, grpc_call
+from tests.security.stack import assert_no_traceback
+from tests.security.test_gateway_infer_segments import _bytes_infer, _typed_infer
+from tests.security.test_gateway_large_grpc import MODEL_INFER
+from tests.security.test_large_grpc import (
+    FEATURES,
+    PREDICT,
+    predict_request,
+    publish_wide_model,
+)
+from tests.security.test_loop_stalls import _small_predict_message, publish_line_model
+from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.modelserver import ModelServer, model_server
+from tests.support.processes import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+FILE_SIZE_LIMIT = 2 * 1024 * 1024
+"""Largest file the servers without room may write: every segment of the
+calls below is at least 8 MiB, while their logs stay under 100 KiB."""
+MESSAGE_LIMIT = 64 * 1024 * 1024
+"""gRPC message and body limit of all four servers."""
+PREDICT_ROWS = 8_192
+"""Rows of the large Predict: 16 MiB of ``double_val``, answered with 8,192
+values (under the answer threshold, so only the message takes the pipe)."""
+ANSWER_ROWS = 2 * 1024 * 1024
+"""Rows of the large answer to a few-byte Predict: 16 MiB of doubles."""
+JSON_ROWS = 2_048
+"""Rows of the large REST ``:predict`` body: about 10 MiB of JSON, answered
+with 2,048 values (an answer written in place)."""
+TYPED_ROWS = 8_192
+"""Rows of the typed ModelInfer: 16 MiB of ``fp64_contents``, which the gateway
+encodes as a 16 MiB Predict for the model server."""
+SETTLE_SECONDS = 30.0
+"""Most time the servers may take to remove a call's segments after
+answering: threads unlink them (milliseconds on an idle machine; the margin
+is for a loaded 2-core runner)."""
+
+ERRNO_TEXT = "[Errno 27] File too large"
+"""How the server-side warnings quote the failed ``write`` (``EFBIG``)."""
+MESSAGE_WARNING = "A large gRPC message went through the worker pipe (the message"
+ARRAYS_WARNING = "A large answer's its arrays went through the worker pipe"
+ANSWER_WARNING = "A large answer's the answer went through the worker pipe"
+BODY_WARNING = "A large request body went through the worker pipe"
+INFER_WARNING = "A large ModelInfer message goes to a worker through its pipe"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A model server and a gateway in front of it."""
+
+    server: ModelServer
+    gateway: GatewayProcess
+    folders: tuple[Path, ...] = ()
+    """Their shared memory folders, when the test gave them ones."""
+
+
+Call = Callable[[Stack], Outcome]
+"""One call on a stack, and what it answered."""
+
+
+@dataclass(frozen=True)
+class Stacks:
+    roomy: Stack
+    tight: Stack
+
+
+@contextlib.contextmanager
+def _stack(registry: Path, folder: Path, shared_memory: Path | None) -> Iterator[Stack]:
+    """The stack logging to ``folder``; with ``shared_memory``, its two
+    servers get folders in it and the file size limit."""
+    server_flags = [
+        f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
+        f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
+    ]
+    gateway_flags = [f"--max-body-bytes={MESSAGE_LIMIT}"]
+    folders: tuple[Path, ...] = ()
+    limit = None
+    if shared_memory is not None:
+        folders = (shared_memory / "model-server", shared_memory / "gateway")
+        for made in folders:
+            made.mkdir(parents=True)
+        server_flags.append(f"--shared_memory_dir={folders[0]}")
+        gateway_flags.append(f"--shared-memory-dir={folders[1]}")
+        limit = FILE_SIZE_LIMIT
+    with model_server(
+        server_flags, log_path=folder / "model-server.log", file_size_limit=limit
+    ) as server:
+        rest = f'{{"{server.grpc_target}": "127.0.0.1:{server.rest_port}"}}'
+        with running_gateway(
+            folder / "gateway",
+            env={"GATEWAY_REGISTRY": str(registry)},
+            flags=[
+                f"--default-backend={server.grpc_target}",
+                f"--rest-backends={rest}",
+                *gateway_flags,
+            ],
+            file_size_limit=limit,
+        ) as gateway:
+            yield Stack(server, gateway, folders)
+            assert_no_traceback(gateway.process)
+        assert_no_traceback(server.process)
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stacks]:
+    directory = tmp_path_factory.mktemp("no-room")
+    registry = directory / "models"
+    publish_wide_model(registry, "wide")
+    publish_line_model(registry, "line")
+    roomy = _stack(registry, directory / "roomy", None)
+    tight = _stack(registry, directory / "tight", directory / "shared-memory")
+    with contextlib.ExitStack() as running:
+        yield Stacks(running.enter_context(roomy), running.enter_context(tight))
+
+
+def _warnings(process: ServerProcess, since: int) -> list[dict[str, Any]]:
+    """The JSON warning lines ``process`` logged from byte ``since``."""
+    lines = process.log_path.read_bytes()[since:].decode(errors="replace")
+    found = []
+    for line in lines.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("level") == "WARNING":
+                found.append(record)
+    return found
+
+
+def _log_size(process: ServerProcess) -> int:
+    return process.log_path.stat().st_size
+
+
+def _leftovers(folders: tuple[Path, ...]) -> list[str]:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        left = [path.name for folder in folders for path in folder.iterdir()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _grpc(method: str, data: Callable[[], bytes], on: str) -> Call:
+    def call(stack: Stack) -> Outcome:
+        target = stack.server.grpc_target if on == "server" else stack.gateway
+        return grpc_call(target, data(), method, timeout=120)
+
+    return call
+
+
+def _rest_predict(stack: Stack) -> Outcome:
+    values = np.random.default_rng(5).normal(size=(JSON_ROWS, FEATURES))
+    body = orjson.dumps({"instances": values}, option=orjson.OPT_SERIALIZE_NUMPY)
+    answer = httpx.post(
+        f"{stack.server.rest_url}/v1/models/wide:predict",
+        content=body,
+        headers={"content-type": "application/json"},
+        timeout=120,
+    )
+    status = "OK" if answer.status_code == 200 else str(answer.status_code)
+    return status, "", answer.content
+
+
+def _small_predict() -> bytes:
+    return _small_predict_message(ANSWER_ROWS)
+
+
+@dataclass(frozen=True)
+class Case:
+    call: Call
+    server_warnings: tuple[str, ...]
+    """What the model server without room warns, once each."""
+    gateway_warnings: tuple[str, ...] = ()
+    """What the gateway without room warns, once each."""
+
+
+CASES: dict[str, Case] = {
+    "16 MiB gRPC Predict": Case(
+        _grpc(
+            PREDICT, lambda: predict_request(PREDICT_ROWS).SerializeToString(), "server"
+        ),
+        (MESSAGE_WARNING,),
+    ),
+    "16 MiB answer to a small gRPC Predict": Case(
+        _grpc(PREDICT, _small_predict, "server"), (ARRAYS_WARNING, ANSWER_WARNING)
+    ),
+    "10 MiB REST :predict body": Case(_rest_predict, (BODY_WARNING,)),
+    "16 MiB gRPC Predict through the gateway": Case(
+        _grpc(
+            PREDICT,
+            lambda: predict_request(PREDICT_ROWS).SerializeToString(),
+            "gateway",
+        ),
+        (MESSAGE_WARNING,),
+    ),
+    "16 MiB typed ModelInfer through the gateway": Case(
+        _grpc(MODEL_INFER, lambda: _typed_infer(TYPED_ROWS), "gateway"),
+        (MESSAGE_WARNING,),
+        (INFER_WARNING,),
+    ),
+    # The backend's Predict keeps the values as strings (DT_STRING, cast by
+    # the model server): a 14 MiB message there too.
+    "14 MiB BYTES ModelInfer through the gateway": Case(
+        _grpc(MODEL_INFER, lambda: _bytes_infer().SerializeToString(), "gateway"),
+        (MESSAGE_WARNING,),
+        (INFER_WARNING,),
+    ),
+}
+
+
+def _assert_warned(
+    found: list[dict[str, Any]], expected: tuple[str, ...], folder: Path
+) -> None:
+    messages = [str(record["message"]) for record in found]
+    assert len(messages) == len(expected), messages
+    for text in expected:
+        [message] = [message for message in messages if message.startswith(text)]
+        # The folder the server was given, and the error of the write when the
+        # server's side made it (the worker's side only says there was none).
+        assert str(folder) in message, message
+        if text != ANSWER_WARNING:
+            assert ERRNO_TEXT in message, message
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_large_call_without_room_is_answered_as_one_with_room(
+    stacks: Stacks, case: str
+) -> None:
+    tight = stacks.tight
+    call = CASES[case]
+    server_since = _log_size(tight.server.process)
+    gateway_since = _log_size(tight.gateway.process)
+    roomy_since = (
+        _log_size(stacks.roomy.server.process),
+        _log_size(stacks.roomy.gateway.process),
+    )
+    expected = call.call(stacks.roomy)
+    assert expected[0] == "OK", expected[:2]
+    assert call.call(tight) == expected
+    _assert_warned(
+        _warnings(tight.server.process, server_since),
+        call.server_warnings,
+        tight.folders[0],
+    )
+    _assert_warned(
+        _warnings(tight.gateway.process, gateway_since),
+        call.gateway_warnings,
+        tight.folders[1],
+    )
+    assert _warnings(stacks.roomy.server.process, roomy_since[0]) == []
+    assert _warnings(stacks.roomy.gateway.process, roomy_since[1]) == []
+    assert _leftovers(tight.folders) == []
+    for process in (tight.server.process, tight.gateway.process):
+        assert process.popen.poll() is None, process.log_tail()
