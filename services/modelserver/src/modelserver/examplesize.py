@@ -86,6 +86,9 @@ TensorFlow: a bytes object's header and slot)."""
 _OBJECT_VALUE_BYTES = 56
 """Bytes of a float or int64 value in a column of mixed kinds (a Python
 object and two slots)."""
+_WALKED_FLOOR = 1 << 20
+"""Examples the wire walk always counts before it may stop (about a second of
+it), however low the limit."""
 _BYTES_PER_WIRE_BYTE = 24
 """The most bytes one byte of a serialized example makes (see above)."""
 _KINDS = {
@@ -161,10 +164,17 @@ def check_input(request_input: messages.Input, limits: TensorLimits) -> None:
 
 
 def _check(data: memoryview, level: int, limits: TensorLimits) -> bool:
+    # Every example costs _EXAMPLE_BYTES at least, so more than this many are
+    # over the limit whatever they hold; the walk stops there. Lists a later
+    # one replaces count too (upb builds them first), which the floor keeps
+    # to requests no client sends.
+    most = max(limits.max_bytes // _EXAMPLE_BYTES, _WALKED_FLOOR)
     try:
-        located = examplewire.locate(data, level)
+        located = examplewire.locate(data, level, most)
     except examplewire.Malformed:
         return False
+    except examplewire.TooMany as exc:
+        raise _refusal(0, exc.examples * _EXAMPLE_BYTES, limits) from None
     context_bytes = len(located.context or b"")
     if within_bound(
         located.wire_bytes + (located.examples + 1) * context_bytes, limits

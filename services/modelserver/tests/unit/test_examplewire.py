@@ -226,7 +226,7 @@ def test_the_wire_count_is_what_the_parsed_request_holds() -> None:
             request.input.example_list.examples
             or request.input.example_list_with_context.examples
         )
-        if not size:  # no example
+        if not size:  # no example kept
             assert check(data, TensorLimits(max_elements=0, max_bytes=0))
             continue
         seen_context += bool(request.input.example_list_with_context.context.features)
@@ -434,3 +434,31 @@ def test_mutated_requests_are_read_as_upb_reads_them_and_never_counted_less() ->
             check(data, TensorLimits(max_elements=elements, max_bytes=size - 1))
     # Each outcome came up often.
     assert min(outcomes.values()) > MUTATED // 20, outcomes
+
+
+def test_the_walk_stops_once_its_lists_hold_more_examples_than_it_may_count() -> None:
+    tiny = b"\x0a\x00\x0a\x02\x0a\x00" * 1000  # 2,000 examples, unlike in a row
+    head = delimited(1, delimited(1, b"m"))
+    whole = head + delimited(2, delimited(1, tiny))
+    assert examplewire.locate(memoryview(whole), most=2000).examples == 2000
+    with pytest.raises(examplewire.TooMany) as stopped:
+        examplewire.locate(memoryview(whole), most=1999)
+    assert stopped.value.examples == 2000
+    # Bytes past that point are not walked: a broken tail is not seen.
+    broken = head + delimited(2, delimited(1, tiny + b"\x0a\x7f"))
+    with pytest.raises(examplewire.Malformed):
+        examplewire.locate(memoryview(broken))
+    with pytest.raises(examplewire.TooMany):
+        examplewire.locate(memoryview(broken), most=100)
+
+
+def test_replaced_lists_count_toward_the_examples_walked() -> None:
+    # 200 empty examples in an ExampleList, replaced by one example with
+    # context: the parser keeps one, but builds all 201 first.
+    head = delimited(1, delimited(1, b"m"))
+    replaced = delimited(2, delimited(1, b"\x0a\x00" * 200))
+    kept = delimited(2, delimited(2, b"\x0a\x00"))
+    data = memoryview(head + replaced + kept)
+    assert examplewire.locate(data, most=201).examples == 1
+    with pytest.raises(examplewire.TooMany):
+        examplewire.locate(data, most=200)

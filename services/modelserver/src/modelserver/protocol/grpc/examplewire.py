@@ -31,6 +31,14 @@ rule checked against upb by the tests):
 
 Bytes it cannot walk raise :class:`Malformed`; the caller then parses the
 message, so that the client gets upb's own error.
+
+The first pass steps through the examples one at a time (a run of alike ones
+at once), about half a microsecond of Python an example: a message of tiny
+examples, each unlike the one before (two to four bytes each), cost a worker
+44 s of CPU for 64 MiB when every example was walked. Given ``most``, the walk stops once the lists it has
+seen hold more examples than that, replaced lists included (upb builds those
+too before a later list replaces them), and raises :class:`TooMany`; the
+bytes after that point are not walked.
 """
 
 from __future__ import annotations
@@ -58,6 +66,15 @@ _KIND, _EXAMPLE, _CONTEXT, _SUMMED = range(4)
 
 class Malformed(Exception):
     """The bytes are not a message upb parses."""
+
+
+class TooMany(Exception):
+    """The lists walked so far hold more examples than :func:`locate` was
+    given as ``most``."""
+
+    def __init__(self, examples: int) -> None:
+        super().__init__(examples)
+        self.examples = examples
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,40 +184,53 @@ examples alike one after the other (the first's bytes), a piece of context,
 or the examples of a list summed (``_SUMMED``: ``stop`` their wire bytes)."""
 
 
-def _walk(data: memoryview, level: int, summed: bool) -> Iterator[Event]:
+def _walk(
+    data: memoryview, level: int, summed: bool, most: int | None = None
+) -> Iterator[Event]:
     """Each list, run of examples and piece of context, in the order of the
     bytes."""
     end = len(data)
     if level == INPUT:
-        yield from _input(data, 0, end, 0, summed)
+        yield from _input(data, 0, end, 0, summed, most)
         return
     pos = 0
     while pos < end:
         tag, pos = _field_tag(data, pos, end)
         if tag == _INPUT_TAG:
             length, pos = _length(data, pos, end)
-            yield from _input(data, pos, pos + length, 1, summed)
+            yield from _input(data, pos, pos + length, 1, summed, most)
             pos += length
         else:
             pos = _skip(data, pos, end, tag, 0)
 
 
 def _input(
-    data: memoryview, pos: int, end: int, depth: int, summed: bool
+    data: memoryview,
+    pos: int,
+    end: int,
+    depth: int,
+    summed: bool,
+    most: int | None,
 ) -> Iterator[Event]:
     while pos < end:
         tag, pos = _field_tag(data, pos, end)
         if tag in (_LIST_TAG, _WITH_CONTEXT_TAG):
             length, pos = _length(data, pos, end)
             yield _KIND, tag, 0, 0
-            yield from _list(data, pos, pos + length, depth + 1, tag, summed)
+            yield from _list(data, pos, pos + length, depth + 1, tag, summed, most)
             pos += length
         else:
             pos = _skip(data, pos, end, tag, depth)
 
 
 def _list(
-    data: memoryview, pos: int, end: int, depth: int, kind: int, summed: bool
+    data: memoryview,
+    pos: int,
+    end: int,
+    depth: int,
+    kind: int,
+    summed: bool,
+    most: int | None,
 ) -> Iterator[Event]:
     # Summed, the examples of the list are one event (_SUMMED, 0, their wire
     # bytes, their count) after the pieces of context.
@@ -242,6 +272,8 @@ def _list(
         if summed:
             examples += count
             wire_bytes += (stop - pos + 2) * count
+            if most is not None and examples > most:
+                break
         else:
             yield _EXAMPLE, pos, stop, count
         pos = stop + (count - 1) * size
@@ -272,21 +304,26 @@ def _repeats(data: memoryview, start: int, stop: int, end: int) -> int:
     return copies
 
 
-def locate(data: memoryview, level: int = REQUEST) -> Located:
+def locate(data: memoryview, level: int = REQUEST, most: int | None = None) -> Located:
     """Walk the request (or ``Input``, by ``level``) in ``data``.
 
     Raises:
         Malformed: upb would not parse it.
+        TooMany: Its lists hold more than ``most`` examples in all.
     """
     kind = 0
     run = 0
     examples = 0
     wire_bytes = 0
+    walked = 0
     context: bytearray | None = None
-    for what, start, stop, count in _walk(data, level, summed=True):
+    for what, start, stop, count in _walk(data, level, summed=True, most=most):
         if what == _SUMMED:
             examples += count
             wire_bytes += stop
+            walked += count
+            if most is not None and walked > most:
+                raise TooMany(walked)
         elif what == _CONTEXT:
             context = context if context is not None else bytearray()
             context += data[start:stop]
