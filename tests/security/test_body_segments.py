@@ -27,8 +27,9 @@ import orjson
 import pytest
 from servekit_protocol import segments
 
+from tests.security.loopstall import assert_no_stall
 from tests.security.stack import assert_no_traceback
-from tests.security.test_loop_stalls import assert_no_stall, publish_line_model
+from tests.security.test_loop_stalls import publish_line_model
 from tests.support.compiledmodels import models_config
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import (

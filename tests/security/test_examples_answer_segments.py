@@ -25,13 +25,13 @@ import orjson
 import pytest
 from servekit_protocol import messages
 
+from tests.security.loopstall import assert_no_stall
 from tests.security.stack import assert_no_traceback
 from tests.security.test_body_segments import settled_segments, watching_segments
 from tests.security.test_gateway_large_examples import (
     SERVICE,
     large_examples_request,
 )
-from tests.security.test_loop_stalls import assert_no_stall
 from tests.support.compiledmodels import models_config
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import (

@@ -26,10 +26,10 @@ from tests.security.h2_backend_stack import (
     line_infer,
     line_predict,
 )
+from tests.security.loopstall import assert_no_stall, stretches_of
 from tests.security.recording import PREDICT
 from tests.security.test_examples_limits import SERVICE
 from tests.security.test_gateway_large_grpc import MODEL_INFER
-from tests.security.test_loop_stalls import assert_no_stall, stretches_of
 
 pytestmark = pytest.mark.integration
 

@@ -29,6 +29,7 @@ from servekit_protocol import oip_messages as oip
 
 from tests.security.figures import record
 from tests.security.forwarding_stack import Gateways, grpc_call
+from tests.security.loopstall import assert_no_stall
 from tests.security.stack import (
     Listener,
     PeakMemory,
@@ -37,7 +38,6 @@ from tests.security.stack import (
     loop_cpu_seconds,
 )
 from tests.security.test_large_grpc import FEATURES
-from tests.security.test_loop_stalls import assert_no_stall
 from tests.support.processes import spawned_workers
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ workers, other test runs). Where a call's copies run in other threads of the
 server (segments written and read, the pipe's pickles), holding the GIL shows
 as lag and not as busy time, so the lag is bounded too, against a probe
 process that measures at the same moment how late the machine wakes a
-sleeping thread (:func:`lag_limit`). Each kind of
+sleeping thread (:func:`tests.security.loopstall.lag_limit`). Each kind of
 call is made once at a small size first: the first call of a kind starts what
 it needs (threads, imports in the workers), a one-off that is not what is
 bounded.
@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import base64
 import math
-import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -40,8 +38,8 @@ from modelregistry.layout import SERVEKIT_CONFIG_FILE
 from servekit_protocol import grpcweb, messages
 from servekit_protocol import oip_messages as oip
 
-from tests.security.figures import record
 from tests.security.http2 import Target
+from tests.security.loopstall import assert_no_stall
 from tests.security.stack import assert_no_traceback
 from tests.security.test_compressed_grpc import framed_call
 from tests.security.test_gateway_large_examples import SERVICE, large_examples_request
@@ -52,7 +50,6 @@ from tests.security.test_large_grpc import (
     predict_request,
     publish_wide_model,
 )
-from tests.security.wakeups import latest_wakeup
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_regression
 from tests.support.modelserver import (
@@ -65,10 +62,6 @@ from tests.support.pipelines import publish_classifier
 
 pytestmark = pytest.mark.integration
 
-STALL_LIMIT = 0.05
-"""The longest CPU stretch a large call may hold the loop for (issue 22: "never
-stalls the event loop (> 50 ms) on a large body"); a bucket bound of the
-histograms."""
 MESSAGE_LIMIT = 160 * 1024 * 1024
 """The model server's message and body limit here: room for the 64 MiB
 message as base64 text."""
@@ -94,103 +87,6 @@ BYTES_ENTRY = 8 * 1024
 so 32 rows are 64 MiB in 8,192 entries."""
 BYTES_ROWS_PER_ROW = BYTES_ENTRY // 8
 """FP64 rows whose bytes one BYTES row has."""
-LAG_FLOOR = 0.15
-"""Lag any bounded call may cause (seconds), however quiet the machine. With
-their copies in threads (segments) the bounded families lagged 15-100 ms beside
-probes waking 17-98 ms late, and once 1,000 ms beside a probe that woke 1,001 ms
-late (load 7-17, two CPU hogs running); through the workers' pipe, as before
-segments, the typed and BYTES ModelInfer and the REST body lagged 250-1,000 ms
-beside probes waking 39-167 ms late."""
-LAG_FACTOR = 2.0
-"""Lag allowed per second of a probe's latest wake-up beside the call, above
-the floor: the loop, woken by its timer like the probe, waits for a core about
-as long (measured up to 1.4 times the probe's wait above 30 ms), and its own
-server's workers compete for the same two cores."""
-SETTLE_SECONDS = 0.3
-"""Wait after an answer before the metrics are read: the server may still be
-freeing the call's buffers, and a stretch is recorded at the next beat."""
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """Cumulative counts of one histogram by upper bound (``+Inf`` last)."""
-
-    counts: dict[float, float]
-
-    def above(self, bound: float) -> float:
-        """Observations over ``bound`` (a bucket bound)."""
-        return self.counts[float("inf")] - self.counts[bound]
-
-
-def read_histograms(url: str, name: str) -> tuple[Histogram, Histogram]:
-    """The busy and lag histograms ``name`` (``modelserver`` or ``gateway``)
-    exports at ``url``."""
-    text = httpx.get(url, timeout=30).text
-    found: dict[str, dict[float, float]] = {"busy": {}, "lag": {}}
-    for line in text.splitlines():
-        for kind, counts in found.items():
-            prefix = f'{name}_event_loop_{kind}_seconds_bucket{{le="'
-            if line.startswith(prefix):
-                bound, _, value = line[len(prefix) :].partition('"} ')
-                counts[float(bound)] = float(value)
-    assert found["busy"] and found["lag"], f"no event loop histograms at {url}"
-    return Histogram(found["busy"]), Histogram(found["lag"])
-
-
-def longest(before: Histogram, after: Histogram) -> float:
-    """The smallest bucket bound no new observation is above: the longest
-    stretch between the two readings is at most that."""
-    for bound in sorted(after.counts):
-        if after.above(bound) == before.above(bound):
-            return bound
-    return float("inf")
-
-
-def stretches_of(url: str, name: str, call: Callable[[], None]) -> tuple[float, float]:
-    """(longest busy stretch, longest lag) of the server at ``url`` while
-    ``call`` runs, as bucket bounds."""
-    busy, lag = read_histograms(url, name)
-    call()
-    time.sleep(SETTLE_SECONDS)
-    busy_after, lag_after = read_histograms(url, name)
-    return longest(busy, busy_after), longest(lag, lag_after)
-
-
-def assert_no_stall(
-    url: str,
-    name: str,
-    family: str,
-    call: Callable[[], None],
-    *,
-    bound_lag: bool = False,
-) -> None:
-    """Record the call's stretches and assert none was busy over the limit;
-    with ``bound_lag``, that the loop's lag stayed under :func:`lag_limit` too
-    (for calls whose copies run in other threads of the server, where a
-    regression shows as lag and not as busy time)."""
-    with latest_wakeup() as machine:
-        busy, lag = stretches_of(url, name, call)
-    record(f"{family}: longest event loop CPU stretch s (at most)", busy)
-    record(f"{family}: longest event loop lag s (at most)", lag)
-    record(f"{family}: latest wake-up of a probe beside it s", machine())
-    assert busy <= STALL_LIMIT, (
-        f"{family}: the event loop was busy for over {STALL_LIMIT * 1e3:.0f} ms "
-        f"at a stretch (up to {busy * 1e3:.0f} ms; lag up to {lag * 1e3:.0f} ms)"
-    )
-    if bound_lag:
-        limit = lag_limit(machine())
-        assert lag <= limit, (
-            f"{family}: the event loop ran up to {lag * 1e3:.0f} ms late (limit "
-            f"{limit * 1e3:.0f} ms; a probe beside it woke up to "
-            f"{machine() * 1e3:.0f} ms late; busy up to {busy * 1e3:.0f} ms)"
-        )
-
-
-def lag_limit(machine: float) -> float:
-    """How late the loop may run during a large call, given how late a probe
-    process beside it woke (:mod:`tests.security.wakeups`): LAG_FACTOR times
-    that, and never under LAG_FLOOR."""
-    return max(LAG_FLOOR, LAG_FACTOR * machine)
 
 
 @pytest.fixture(scope="module")

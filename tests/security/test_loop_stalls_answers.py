@@ -29,6 +29,7 @@ import pytest
 from servekit_protocol import oip_messages as oip
 
 from tests.security.forwarding_stack import grpc_call
+from tests.security.loopstall import assert_no_stall
 from tests.security.merging_stack import (
     FIRST_ROWS,
     SPREAD_OUTPUTS,
@@ -44,7 +45,6 @@ from tests.security.merging_stack import (
 )
 from tests.security.recording import PREDICT
 from tests.security.test_gateway_large_grpc import MODEL_INFER
-from tests.security.test_loop_stalls import assert_no_stall
 from tests.support.gateway import GatewayProcess
 
 pytestmark = pytest.mark.integration
