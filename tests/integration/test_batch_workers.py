@@ -228,18 +228,21 @@ def test_an_interrupted_job_leaves_no_worker_and_no_partial_file(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "models"
-    # 50 ms a model call: the job lasts seconds, long enough to interrupt.
+    # 50 ms a model call of 4 rows: each worker's two shards of 1,000 rows
+    # take 25 s, so the job is still running when it is interrupted however
+    # late this test sees both shard files open (with 100-row shards, 2.5 s,
+    # a loaded machine once saw the job end first, exit status 0).
     publish_linear_pipeline(root, "linear", offset=1.0, sleep_seconds=0.05)
     source = tmp_path / "input.jsonl"
     source.write_text(
-        "".join(json.dumps({"a": row * 0.5, "b": 1.0}) + "\n" for row in range(400))
+        "".join(json.dumps({"a": row * 0.5, "b": 1.0}) + "\n" for row in range(4000))
     )
     output = tmp_path / "out"
     process = subprocess.Popen(
         [
             str(SERVEKIT), "batch", "predict", "--registry", str(root),
             "--model", "linear:1", "--input", str(source), "--output", str(output),
-            "--rows-per-shard", "100", "--batch-size", "4", "--workers", "2",
+            "--rows-per-shard", "1000", "--batch-size", "4", "--workers", "2",
             "--no-progress",
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
