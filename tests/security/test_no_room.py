@@ -45,7 +45,9 @@ from tests.security.test_large_grpc import (
 )
 from tests.security.test_loop_stalls import _small_predict_message, publish_line_model
 from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import ModelServer, model_server
+from tests.support.pipelines import publish_classifier
 from tests.support.processes import ServerProcess
 
 pytestmark = pytest.mark.integration
@@ -63,6 +65,12 @@ ANSWER_ROWS = 2 * 1024 * 1024
 JSON_ROWS = 2_048
 """Rows of the large REST ``:predict`` body: about 10 MiB of JSON, answered
 with 2,048 values (an answer written in place)."""
+CLASSIFY_EXAMPLES = 150_000
+"""Examples of the large REST ``:classify`` body: about 5 MiB of JSON, answered
+with 150,000 results of ten classes (6 MiB of scores)."""
+REGRESS_EXAMPLES = 300_000
+"""Examples of the large REST ``:regress`` body: about 10 MiB of JSON,
+answered with 300,000 values (2.3 MiB of doubles, over the file size limit)."""
 TYPED_ROWS = 8_192
 """Rows of the typed ModelInfer: 16 MiB of ``fp64_contents``, which the gateway
 encodes as a 16 MiB Predict for the model server."""
@@ -77,7 +85,12 @@ MESSAGE_WARNING = "A large gRPC message went through the worker pipe (the messag
 ARRAYS_WARNING = "A large answer's its arrays went through the worker pipe"
 ANSWER_WARNING = "A large answer's the answer went through the worker pipe"
 BODY_WARNING = "A large request body went through the worker pipe"
+EXAMPLES_WARNING = "A large body's examples came back from their worker through"
 INFER_WARNING = "A large ModelInfer message goes to a worker through its pipe"
+GRPC_REQUEST_ID = "large-grpc"
+"""The ``x-request-id`` of every gRPC call (:func:`grpc_call`)."""
+REST_REQUEST_ID = "large-rest"
+"""The ``x-request-id`` of every REST call."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,8 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stacks]:
     registry = directory / "models"
     publish_wide_model(registry, "wide")
     publish_line_model(registry, "line")
+    publish_classifier(registry, "classifier")
+    publish_linear_pipeline(registry, "linear")
     roomy = _stack(registry, directory / "roomy", None)
     tight = _stack(registry, directory / "tight", directory / "shared-memory")
     with contextlib.ExitStack() as running:
@@ -182,17 +197,34 @@ def _grpc(method: str, data: Callable[[], bytes], on: str) -> Call:
     return call
 
 
-def _rest_predict(stack: Stack) -> Outcome:
+def _rest(path: str, body: Callable[[], bytes]) -> Call:
+    def call(stack: Stack) -> Outcome:
+        answer = httpx.post(
+            f"{stack.server.rest_url}/v1/models/{path}",
+            content=body(),
+            headers={
+                "content-type": "application/json",
+                "x-request-id": REST_REQUEST_ID,
+            },
+            timeout=120,
+        )
+        status = "OK" if answer.status_code == 200 else str(answer.status_code)
+        return status, answer.headers["content-type"], answer.content
+
+    return call
+
+
+def _predict_body() -> bytes:
     values = np.random.default_rng(5).normal(size=(JSON_ROWS, FEATURES))
-    body = orjson.dumps({"instances": values}, option=orjson.OPT_SERIALIZE_NUMPY)
-    answer = httpx.post(
-        f"{stack.server.rest_url}/v1/models/wide:predict",
-        content=body,
-        headers={"content-type": "application/json"},
-        timeout=120,
-    )
-    status = "OK" if answer.status_code == 200 else str(answer.status_code)
-    return status, "", answer.content
+    return orjson.dumps({"instances": values}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _examples_body(examples: int) -> Callable[[], bytes]:
+    def body() -> bytes:
+        rows = np.random.default_rng(6).normal(size=(examples, 2)).tolist()
+        return orjson.dumps({"examples": [{"a": [a], "b": [b]} for a, b in rows]})
+
+    return body
 
 
 def _small_predict() -> bytes:
@@ -206,6 +238,8 @@ class Case:
     """What the model server without room warns, once each."""
     gateway_warnings: tuple[str, ...] = ()
     """What the gateway without room warns, once each."""
+    request_id: str = GRPC_REQUEST_ID
+    """The request id the client sent, which every warning names."""
 
 
 CASES: dict[str, Case] = {
@@ -218,7 +252,21 @@ CASES: dict[str, Case] = {
     "16 MiB answer to a small gRPC Predict": Case(
         _grpc(PREDICT, _small_predict, "server"), (ARRAYS_WARNING, ANSWER_WARNING)
     ),
-    "10 MiB REST :predict body": Case(_rest_predict, (BODY_WARNING,)),
+    "10 MiB REST :predict body": Case(
+        _rest("wide:predict", _predict_body),
+        (BODY_WARNING,),
+        request_id=REST_REQUEST_ID,
+    ),
+    "5 MiB REST :classify body": Case(
+        _rest("classifier:classify", _examples_body(CLASSIFY_EXAMPLES)),
+        (BODY_WARNING, EXAMPLES_WARNING, ARRAYS_WARNING, ANSWER_WARNING),
+        request_id=REST_REQUEST_ID,
+    ),
+    "10 MiB REST :regress body": Case(
+        _rest("linear:regress", _examples_body(REGRESS_EXAMPLES)),
+        (BODY_WARNING, EXAMPLES_WARNING, ARRAYS_WARNING, ANSWER_WARNING),
+        request_id=REST_REQUEST_ID,
+    ),
     "16 MiB gRPC Predict through the gateway": Case(
         _grpc(
             PREDICT,
@@ -243,16 +291,24 @@ CASES: dict[str, Case] = {
 
 
 def _assert_warned(
-    found: list[dict[str, Any]], expected: tuple[str, ...], folder: Path
+    found: list[dict[str, Any]],
+    expected: tuple[str, ...],
+    folder: Path,
+    request_id: str,
 ) -> None:
     messages = [str(record["message"]) for record in found]
     assert len(messages) == len(expected), messages
+    # Every server line names its call (the gateway passes the client's id on
+    # to the model server).
+    assert [record.get("request_id") for record in found] == [request_id] * len(
+        found
+    ), found
     for text in expected:
         [message] = [message for message in messages if message.startswith(text)]
         # The folder the server was given, and the error of the write when the
         # server's side made it (the worker's side only says there was none).
         assert str(folder) in message, message
-        if text != ANSWER_WARNING:
+        if text not in (ANSWER_WARNING, EXAMPLES_WARNING):
             assert ERRNO_TEXT in message, message
 
 
@@ -275,11 +331,13 @@ def test_a_large_call_without_room_is_answered_as_one_with_room(
         _warnings(tight.server.process, server_since),
         call.server_warnings,
         tight.folders[0],
+        call.request_id,
     )
     _assert_warned(
         _warnings(tight.gateway.process, gateway_since),
         call.gateway_warnings,
         tight.folders[1],
+        call.request_id,
     )
     assert _warnings(stacks.roomy.server.process, roomy_since[0]) == []
     assert _warnings(stacks.roomy.gateway.process, roomy_since[1]) == []

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError, Message
 from servekit_protocol import grpcweb, messages
 from servekit_protocol.byte_parts import byte_views, take
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.logs import REQUEST_ID_HEADER, bind_request_id
 from servekit_protocol.services import MODEL_SERVICE, PREDICTION_SERVICE
 
 if TYPE_CHECKING:
@@ -66,6 +67,22 @@ class WebContext:
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
+
+    def bind_request_id(self, protocol: str) -> None:
+        """Bind the call's request id before its handler does: decoding a
+        large message may log (a warning when it goes to a worker through the
+        pipe). A fresh id, when the caller sent none or one that is replaced,
+        goes into the metadata, from which the handler binds the same id."""
+        incoming: str | bytes | None = None
+        for key, value in self._metadata:
+            if key == REQUEST_ID_HEADER:
+                # The first, as the handlers read it.
+                incoming = value
+                break
+        request_id = bind_request_id(incoming, protocol)
+        if request_id != incoming:
+            kept = (item for item in self._metadata if item[0] != REQUEST_ID_HEADER)
+            self._metadata = (*kept, (REQUEST_ID_HEADER, request_id))
 
     def time_remaining(self) -> float | None:
         if self._deadline is None:
@@ -211,6 +228,7 @@ async def call_unary(
                 # A view: copying hundreds of MiB would hold the loop too.
                 message = grpcweb.request_message(memoryview(body))  # type: ignore[arg-type]
                 if len(message) >= decoder.threshold_bytes:
+                    context.bind_request_id("grpc-web")
                     request = await decoder.decode(memoryview(message))
                 else:
                     request = request_type.FromString(message)

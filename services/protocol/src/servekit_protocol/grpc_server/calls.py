@@ -298,6 +298,8 @@ async def _parse(call: Call, message: bytes | memoryview) -> Any:
     deserializer = call.handler.request_deserializer
     try:
         if offload is not None and len(message) >= offload.threshold_bytes:
+            assert call.context is not None
+            call.context.bind_request_id("grpc")
             return await offload.decode(memoryview(message))
         if deserializer is None:
             return message
