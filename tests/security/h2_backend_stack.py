@@ -1,7 +1,7 @@
 """Two gateways in front of one model server called over plain gRPC (no REST
 address given to the gateways, as for TF Serving): one with grpcio's client
-(``--backend-grpc-client grpcio``, the default), one with the gateway's own
-HTTP/2 client (``h2``), for ``test_gateway_h2_backend``.
+(``--backend-grpc-client grpcio``), one with the gateway's own HTTP/2 client
+(``h2``, the default), for ``test_gateway_h2_backend``.
 
 The registry holds ``line`` (one ``x`` in, one value out: a small request
 whose answer is as large as its declared shape) and ``classifier`` (ten

@@ -1,5 +1,5 @@
 """The gateway's HTTP/2 client for plain-gRPC backends (``--backend-grpc-client
-h2``, :mod:`gateway.clients.h2grpc`) against grpcio's (the default), on the
+h2``, the default, :mod:`gateway.clients.h2grpc`) against grpcio's, on the
 gateways of :mod:`tests.security.h2_backend_stack`: the same answers byte for
 byte, the same status codes for the same errors, recovery after the backend
 restarts, and a 64 MiB answer read without holding the event loop over the

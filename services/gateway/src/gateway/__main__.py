@@ -320,6 +320,7 @@ async def serve(settings: Settings) -> None:
             "http": f"http://{settings.host}:{http_port}",
             "grpc": f"{settings.host}:{grpc_port}",
             "default_backend": settings.default_backend,
+            "backend_grpc_client": settings.backend_grpc_client,
         },
     )
     stop_requested = asyncio.create_task(stopping.wait())

@@ -55,12 +55,12 @@ class Settings(BaseSettings):
     gRPC-Web on that port: the servekit model server speaks it, and it costs both
     sides less than Python gRPC. A backend that does not (TF Serving) is found out
     on the first call and called over gRPC."""
-    backend_grpc_client: Literal["grpcio", "h2"] = "grpcio"
+    backend_grpc_client: Literal["grpcio", "h2"] = "h2"
     """Client of the calls made to a backend's gRPC port (every call to TF
-    Serving, and to a backend without a REST address): `grpcio` (grpc.aio) or
-    `h2`, the gateway's own HTTP/2 client (`clients/h2grpc.py`), which reads a
-    large answer frame by frame instead of holding the event loop while grpcio
-    copies it (64 MiB: 85-100 ms). Health checks use grpcio either way."""
+    Serving, and to a backend without a REST address): `h2`, the gateway's own
+    HTTP/2 client (`clients/h2grpc.py`), which reads a large answer frame by
+    frame, or `grpcio` (grpc.aio), which holds the event loop while it copies
+    a large answer (64 MiB: 61-100 ms). Health checks use grpcio either way."""
     backend_max_answer_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
     """Largest answer message the `h2` client accepts from a backend, and
     largest answer body over HTTP/1.1 (gRPC-Web and forwarded REST calls)

@@ -270,7 +270,7 @@ def _parquet_batches(
         # job's other threads use the cores meanwhile.
         use_threads=False,
     )
-    return group_start, _converted(batches, schema)
+    return group_start, _converted(batches, schema, wanted - group_start)
 
 
 def _read_rows(metadata: pq.FileMetaData, chunk_rows: int) -> int:
@@ -285,10 +285,17 @@ def _read_rows(metadata: pq.FileMetaData, chunk_rows: int) -> int:
 
 
 def _converted(
-    batches: Iterator[pa.RecordBatch], schema: InputSchema
+    batches: Iterator[pa.RecordBatch], schema: InputSchema, skipped: int
 ) -> Iterator[_Piece]:
+    """The batches, converted from the one holding row ``skipped`` on.
+
+    The batches before it are decoded (a row group is read from its start)
+    but not converted: no range takes their rows (a worker's block that
+    starts half way through the file)."""
+    row = 0
     for batch in batches:
-        piece = TablePiece.converted(batch, schema)
+        row += batch.num_rows
+        piece = None if row <= skipped else TablePiece.converted(batch, schema)
         yield batch if piece is None else piece
 
 

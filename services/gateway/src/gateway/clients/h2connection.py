@@ -7,8 +7,9 @@ the receive windows (acknowledged as each frame is read), the request body
 written within the send window and the socket's back-pressure, each answer
 collected frame by frame (:class:`~gateway.clients.grpc_stream.AnswerReader`,
 capped), the stream reset (CANCEL) when a call ends without its answer, a
-GOAWAY's unprocessed calls failed as retryable, and PINGs on a connection
-with calls under way that has gone quiet.
+backend's GOAWAY (its calls up to the last stream id answered, the others
+failed as not processed, the connection closed once drained), and PINGs on a
+connection with calls under way that has gone quiet.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from servekit_protocol.byte_parts import byte_views, take
 from servekit_protocol.grpc_server import frame_repr
@@ -70,6 +76,33 @@ _FLUSH_BYTES = 256 * 1024
 """Request bytes written to the socket at once."""
 
 
+class Unprocessed(ConnectionFailed):
+    """The call's stream is above the last stream id of the backend's GOAWAY
+    (or was to start on a connection closing): the backend did not process
+    it, so it can be sent again on another connection."""
+
+
+class _DrainableStateMachine(H2ConnectionStateMachine):
+    """h2's connection states, except that a GOAWAY received leaves the
+    client's connection open.
+
+    RFC 9113 6.8: the calls up to the GOAWAY's last stream id may still be
+    answered (a backend draining on SIGTERM answers them), but h2 moves the
+    connection to CLOSED on receiving it (python-hyper/h2#1181) and refuses
+    every later frame, those that came in the same read as the GOAWAY too.
+    Only that one transition changes; new calls are kept off the connection
+    by :attr:`BackendConnection.going_away` instead.
+    """
+
+    _transitions = {
+        **H2ConnectionStateMachine._transitions,
+        (ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY): (
+            None,
+            ConnectionState.CLIENT_OPEN,
+        ),
+    }
+
+
 class ConnectionOwner(Protocol):
     """What a connection reports to and reads from (the channel)."""
 
@@ -85,6 +118,9 @@ class ConnectionOwner(Protocol):
 class _Stream:
     reader: AnswerReader
     done: asyncio.Future[None]
+    unprocessed: bool = False
+    """Above a GOAWAY's last stream id: the backend ignores the stream, so it
+    is not reset."""
 
 
 class BackendConnection(asyncio.Protocol):
@@ -93,6 +129,7 @@ class BackendConnection(asyncio.Protocol):
     def __init__(self, channel: ConnectionOwner) -> None:
         self._channel = channel
         self._h2 = H2Connection(_CONFIG)
+        self._h2.state_machine = _DrainableStateMachine()
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
         self._writable = asyncio.Event()
@@ -216,24 +253,25 @@ class BackendConnection(asyncio.Protocol):
         self._end(number, error)
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        # A backend may send more than one (gRPC servers first announce
+        # 2^31-1, then the real last stream id): each fails what is above it.
         self.going_away = True
         last = event.last_stream_id or 0
         code = getattr(event.error_code, "name", event.error_code)
-        for number in [n for n in self._streams if n > last]:
-            # Not processed by the backend (RFC 9113 6.8): safe to retry.
-            self._end(
-                number,
-                ConnectionFailed(f"the backend is closing the connection ({code})"),
-            )
-        if not self._streams:
-            if self._transport is not None:
-                self._transport.close()
-            return
-        # The calls up to ``last`` are still answered (a backend draining on
-        # SIGTERM), but h2 (4.4.1) moves the connection to CLOSED on a GOAWAY
-        # and would refuse their frames: it is put back to open, and
-        # ``going_away`` keeps new calls off it.
-        self._h2.state_machine.state = ConnectionState.CLIENT_OPEN
+        for number, stream in self._streams.items():
+            if number > last and not stream.done.done():
+                # Not processed by the backend (RFC 9113 6.8): safe to send
+                # again on another connection.
+                stream.unprocessed = True
+                self._end(
+                    number,
+                    Unprocessed(f"the backend is closing the connection ({code})"),
+                )
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.going_away and not self._streams:
+            self.close()
 
     def _end(self, number: int, error: RpcFailed | ConnectionFailed | None) -> None:
         """The call on stream ``number`` is over: answered, or failed."""
@@ -280,6 +318,9 @@ class BackendConnection(asyncio.Protocol):
             RpcFailed, ConnectionFailed: as
                 :meth:`gateway.clients.h2grpc.H2Channel.unary`.
         """
+        if self.closed or self.going_away:
+            # Taken by the caller before the backend's GOAWAY came.
+            raise Unprocessed("the connection to the backend is closing")
         try:
             number = self._h2.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError as exc:
@@ -310,11 +351,12 @@ class BackendConnection(asyncio.Protocol):
             answered = True
             return stream.reader.parts
         finally:
-            if not answered:
+            if not answered and not stream.unprocessed:
                 # The caller gave up (deadline, cancellation) or the call
                 # failed: the backend need not go on with it.
                 self._reset(number)
             del self._streams[number]
+            self._close_if_drained()
             self._channel.room_made()
 
     async def _send_body(
@@ -389,4 +431,4 @@ class BackendConnection(asyncio.Protocol):
             self._transport.write(data)
 
 
-__all__ = ["BackendConnection", "ConnectionOwner"]
+__all__ = ["BackendConnection", "ConnectionOwner", "Unprocessed"]

@@ -15,8 +15,10 @@ backend's SETTINGS_MAX_CONCURRENT_STREAMS (a further connection beyond it,
 up to :data:`MAX_CONNECTIONS`, then callers wait), a reconnect backoff of
 100 ms doubling to 1 s as ``pool.CHANNEL_OPTIONS`` gives grpc.aio, PINGs on a
 connection that has calls under way and has gone quiet, bounded receive
-windows acknowledged as frames are read, a cap on the answer's size, and the
-stream reset (CANCEL) when the caller gives up or its deadline passes.
+windows acknowledged as frames are read, a cap on the answer's size, the
+stream reset (CANCEL) when the caller gives up or its deadline passes, and a
+call the backend did not process (above its GOAWAY's last stream id) sent
+again on another connection.
 
 Errors are raised as the pool expects them of grpc.aio: a gRPC status as
 :class:`~gateway.clients.grpcweb.RpcFailed`, a backend that cannot be reached
@@ -33,7 +35,7 @@ from collections.abc import Sequence
 import grpc
 
 from gateway.clients.grpcweb import RpcFailed
-from gateway.clients.h2connection import BackendConnection
+from gateway.clients.h2connection import BackendConnection, Unprocessed
 from gateway.clients.http import ConnectionFailed
 
 MAX_CONNECTIONS = 8
@@ -47,6 +49,12 @@ backoff (``pool.CHANNEL_OPTIONS``)."""
 CONNECT_TIMEOUT_SECONDS = 5.0
 """Longest wait for a connection and the backend's SETTINGS, within the
 call's own deadline."""
+UNPROCESSED_RESENDS = 2
+"""Times a call the backend did not process (above its GOAWAY's last stream
+id) is sent again at once on another connection, as gRPC's transparent retry
+does, before it fails as UNAVAILABLE to the pool's retry policy: a backend
+draining its connection is not a failure of the backend (nor counted by its
+circuit breaker)."""
 JOIN_IN_THREAD_BYTES = 1024 * 1024
 """Answers from this size up are joined in a thread (the GIL released)."""
 
@@ -93,14 +101,30 @@ class H2Channel:
         deadline = time.monotonic() + timeout
         try:
             async with asyncio.timeout(timeout):
-                connection = await self._connection()
-                answer = await connection.call(path, parts, deadline, metadata)
+                answer = await self._call(path, parts, deadline, metadata)
         except TimeoutError:
             raise RpcFailed(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"deadline exceeded waiting for backend {self.address}",
             ) from None
         return await _joined(answer)
+
+    async def _call(
+        self,
+        path: str,
+        parts: Sequence[bytes | memoryview],
+        deadline: float,
+        metadata: Sequence[tuple[str, str]],
+    ) -> list[bytes | memoryview]:
+        resends = 0
+        while True:
+            connection = await self._connection()
+            try:
+                return await connection.call(path, parts, deadline, metadata)
+            except Unprocessed:
+                if resends >= UNPROCESSED_RESENDS:
+                    raise
+                resends += 1
 
     def room_made(self) -> None:
         """A stream ended, or a backend allowed more: waiting callers go on."""
