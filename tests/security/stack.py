@@ -224,6 +224,16 @@ def loop_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_page_faults(pid: int) -> int:
+    """Page faults the process's main thread (its event loop's) has taken, from
+    ``/proc/<pid>/task/<pid>/stat``: each is a page of memory the loop touched
+    for the first time, which the kernel zeroed on that thread."""
+    path = Path(f"/proc/{pid}/task/{pid}/stat")
+    fields = path.read_text().rpartition(")")[2].split()
+    # minflt and majflt are the 10th and 12th fields; the split starts at the 3rd.
+    return int(fields[7]) + int(fields[9])
+
+
 def timed_predict(
     url: str, headers: Mapping[str, str] | None = None, timeout: float = 10.0
 ) -> tuple[int, float]:

@@ -166,6 +166,43 @@ def test_float_predictions_are_written_without_a_dictionary(tmp_path: Path) -> N
     assert not encodings["prediction_scores.list.element"] & dictionary
 
 
+def test_continuous_float_inputs_are_written_without_a_dictionary(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "in.parquet"
+    rows = 3000
+    generator = np.random.default_rng(5)
+    inputs = pa.table(
+        {
+            "x": pa.array([float(row % 4) for row in range(rows)], pa.float32()),
+            "s": [f"t{row % 3}" for row in range(rows)],
+            "c": generator.standard_normal(rows),
+            "c32": generator.standard_normal(rows).astype(np.float32),
+            "n": generator.integers(0, 2**40, rows),
+        }
+    )
+    pq.write_table(inputs, source)
+    output = tmp_path / "out"
+    output.mkdir()
+    writer = ShardWriter(output, 0, 1, "parquet")
+    for chunk in read_chunks(discover(source), 0, rows, 1024, SCHEMA):
+        kept = np.arange(len(chunk), dtype=np.intp)
+        writer.write(chunk, Predictions({}, Bulk(kept, {"y": kept * 0.5})))
+    writer.commit()
+    results = pq.ParquetFile(output / "prediction.results-00000-of-00001.parquet")
+    table = results.read()
+    # The values, types and order of the input's columns, as read.
+    assert table.select(inputs.column_names).equals(inputs)
+    group = results.metadata.row_group(0)
+    dictionary = {
+        group.column(index).path_in_schema
+        for index in range(group.num_columns)
+        if {"PLAIN_DICTIONARY", "RLE_DICTIONARY"} & set(group.column(index).encodings)
+    }
+    # Repeating floats, text and integers keep pyarrow's default.
+    assert dictionary == {"x", "s", "n"}
+
+
 def test_row_groups_written_behind_land_in_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

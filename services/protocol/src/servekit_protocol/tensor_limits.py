@@ -94,31 +94,67 @@ def check_tensor_protos(inputs: Iterable[TensorProto], limits: TensorLimits) -> 
     limits.check(elements, size)
 
 
+@dataclass(frozen=True, slots=True)
+class DeclaredTensors:
+    """Named TensorProtos whose shapes were read and found within the limits,
+    not decoded yet.
+
+    Attributes:
+        named: Each tensor's name, proto and :func:`~servekit_protocol.tensors.declared_shape`.
+        nbytes: The bytes decoding them allocates and writes, all together;
+            with TensorFlow's fill rule far more than the message may hold.
+    """
+
+    named: list[tuple[str, TensorProto, tuple[tuple[int, ...], int]]]
+    nbytes: int
+
+    def decode(self) -> dict[str, np.ndarray[Any, Any]]:
+        """The tensors decoded into new arrays.
+
+        Raises:
+            InvalidArgument: A tensor that cannot be decoded.
+        """
+        return {
+            name: tensors.to_ndarray(tensor, declared)
+            for name, tensor, declared in self.named
+        }
+
+
+def declare_tensor_protos(
+    inputs: Iterable[tuple[str, TensorProto]], limits: TensorLimits | None
+) -> DeclaredTensors:
+    """Named TensorProtos with their shapes read and their sizes together
+    checked against ``limits`` (None: no limit), before anything is decoded.
+
+    Each shape is read once, for the check and the decoding both: for a request
+    of many one-element tensors, reading it costs as much as decoding.
+
+    Raises:
+        InvalidArgument: above the limits, or a malformed shape.
+    """
+    named = [(name, tensor, tensors.declared_shape(tensor)) for name, tensor in inputs]
+    elements = 0
+    size = 0
+    for _, tensor, declared in named:
+        count, nbytes = declared_size(tensor, declared)
+        elements += count
+        size += nbytes
+    if limits is not None:
+        limits.check(elements, size)
+    return DeclaredTensors(named, size)
+
+
 def decode_tensor_protos(
     inputs: Iterable[tuple[str, TensorProto]], limits: TensorLimits | None
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Named TensorProtos decoded, once their sizes together are within ``limits``
     (None: no limit); nothing is decoded before every shape has been checked.
 
-    Each shape is read once, for the check and the decoding both: for a request
-    of many one-element tensors, reading it costs as much as decoding.
-
     Raises:
         InvalidArgument: above the limits, a malformed shape, or a tensor that
             cannot be decoded.
     """
-    named = [(name, tensor, tensors.declared_shape(tensor)) for name, tensor in inputs]
-    if limits is not None:
-        elements = 0
-        size = 0
-        for _, tensor, declared in named:
-            count, nbytes = declared_size(tensor, declared)
-            elements += count
-            size += nbytes
-        limits.check(elements, size)
-    return {
-        name: tensors.to_ndarray(tensor, declared) for name, tensor, declared in named
-    }
+    return declare_tensor_protos(inputs, limits).decode()
 
 
 def json_elements(value: object) -> int:
@@ -136,8 +172,10 @@ def json_elements(value: object) -> int:
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ELEMENTS",
+    "DeclaredTensors",
     "TensorLimits",
     "check_tensor_protos",
+    "declare_tensor_protos",
     "declared_size",
     "decode_tensor_protos",
     "json_elements",

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from servekit_protocol import json_codec
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_COMMA = ord(",")
 
 
 def prediction_texts(outputs: Mapping[str, NDArray[Any]], rows: int) -> list[bytes]:
@@ -125,8 +126,8 @@ def read_back(array: NDArray[Any]) -> NDArray[np.float64]:
     ``float32``'s exact ``0.100000001490116``).
 
     ``orjson`` writes the values at their shortest, as the codec does; Arrow
-    splits the text at its commas and parses each value correctly rounded
-    (fast_float), in C++ without the GIL. Reading the text back with
+    parses each value of that text correctly rounded (fast_float), in C++
+    without the GIL. Reading the text back with
     ``orjson.loads`` and numpy gives the same values (every one of four million
     random ``float32`` bit patterns checked) for about the same CPU time, but
     holds the GIL throughout (about 0.8 µs a row of ``digits``' ten
@@ -139,12 +140,19 @@ def read_back(array: NDArray[Any]) -> NDArray[np.float64]:
     if not array.size:
         return np.zeros(array.shape, dtype=np.float64)
     text = orjson.dumps(np.ascontiguousarray(array).reshape(-1), option=_OPTIONS)
-    # One string, the text between its brackets, over orjson's bytes as they are.
-    bounds = np.array([1, len(text) - 1], dtype=np.int64)
-    whole = pa.LargeStringArray.from_buffers(
-        1, pa.py_buffer(bounds), pa.py_buffer(text)
+    # A string a value over orjson's bytes as they are, each from its comma
+    # (the first from the bracket) to the next, the comma then trimmed: a
+    # quarter less CPU than splitting the text at its commas, which copies
+    # every value into a list array of its own.
+    commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == _COMMA)
+    bounds = np.empty(array.size + 1, dtype=np.int64)
+    bounds[0] = 1
+    bounds[1:-1] = commas
+    bounds[-1] = len(text) - 1
+    strings = pa.LargeStringArray.from_buffers(
+        array.size, pa.py_buffer(bounds), pa.py_buffer(text)
     )
-    values = pc.cast(pc.split_pattern(whole, ",").flatten(), pa.float64())
+    values = pc.cast(pc.utf8_ltrim(strings, characters=","), pa.float64())
     return np.asarray(values.to_numpy(), dtype=np.float64).reshape(array.shape)
 
 

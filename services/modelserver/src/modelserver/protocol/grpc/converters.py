@@ -13,6 +13,7 @@ it empty); metadata answers carry no signature name.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from servekit_protocol import examples as example_codec
 from servekit_protocol import messages, tensors
@@ -20,7 +21,11 @@ from servekit_protocol.errors import ProtocolError
 from servekit_protocol.metadata import SIGNATURE_DEF_FIELD, pack_signature_def_map
 from servekit_protocol.serving import DEFAULT_SIGNATURE
 from servekit_protocol.status import code_name
-from servekit_protocol.tensor_limits import TensorLimits, decode_tensor_protos
+from servekit_protocol.tensor_limits import (
+    DeclaredTensors,
+    TensorLimits,
+    declare_tensor_protos,
+)
 
 from modelserver import examplesize
 from modelserver.errors import InvalidInput
@@ -71,6 +76,53 @@ def from_resolved_spec(
 # ---- Predict -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class DeclaredPredict:
+    """A PredictRequest whose tensors' shapes are read and within the limits,
+    its tensors not decoded yet (:func:`declare_predict_request`)."""
+
+    proto: messages.PredictRequest
+    tensors: DeclaredTensors
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes decoding its tensors allocates and writes."""
+        return self.tensors.nbytes
+
+    def decode(self) -> PredictRequest:
+        """The request with its tensors decoded.
+
+        Raises:
+            InvalidInput: A tensor cannot be decoded.
+        """
+        try:
+            inputs = self.tensors.decode()
+        except ProtocolError as exc:
+            raise InvalidInput(exc.message) from exc
+        return PredictRequest(
+            spec=to_model_spec(self.proto.model_spec),
+            inputs=inputs,
+            output_filter=tuple(self.proto.output_filter),
+        )
+
+
+def declare_predict_request(
+    proto: messages.PredictRequest, limits: TensorLimits | None = None
+) -> DeclaredPredict:
+    """Read a PredictRequest's tensor shapes and check them against ``limits``
+    (None: no limit), decoding nothing yet.
+
+    Raises:
+        InvalidInput: A malformed shape, or the tensors declare more than
+            ``limits``.
+    """
+    try:
+        declared = declare_tensor_protos(proto.inputs.items(), limits)
+    except ProtocolError as exc:
+        raise InvalidInput(exc.message) from exc
+    return DeclaredPredict(proto, declared)
+
+
 def to_predict_request(
     proto: messages.PredictRequest, limits: TensorLimits | None = None
 ) -> PredictRequest:
@@ -85,15 +137,7 @@ def to_predict_request(
         InvalidInput: A tensor cannot be decoded, or the tensors declare more
             than ``limits``.
     """
-    try:
-        inputs = decode_tensor_protos(proto.inputs.items(), limits)
-    except ProtocolError as exc:
-        raise InvalidInput(exc.message) from exc
-    return PredictRequest(
-        spec=to_model_spec(proto.model_spec),
-        inputs=inputs,
-        output_filter=tuple(proto.output_filter),
-    )
+    return declare_predict_request(proto, limits).decode()
 
 
 def from_predict_response(
