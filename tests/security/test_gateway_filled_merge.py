@@ -8,7 +8,9 @@ lone Predict as it came, but merges concurrent ones of the same model and layout
 decoded, joined and encoded again. From ``DECODE_IN_THREAD_BYTES`` (1 MiB) of
 declared tensor bytes that happens in a worker thread, and so does writing the
 merged message. Page faults of the gateway's main thread (its event loop's) count
-the new memory that thread touches, whatever the machine's load.
+the new memory that thread touches, whatever the machine's load. A merge is held
+to the request limit each caller was checked against, so callers of a few bytes
+cannot together make the gateway write more than one request may hold.
 
 OIP ModelInfer (gRPC and REST) has no fill rule: a tensor carries every element
 it declares, and a short one is refused (``gateway.codecs.v2``); TF Serving's REST
@@ -18,9 +20,12 @@ small message makes the gateway write a large tensor.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
@@ -36,8 +41,14 @@ from tests.security.merging_stack import (
 from tests.security.recording import PREDICT
 from tests.security.stack import assert_no_traceback, loop_page_faults
 from tests.support.gateway import GatewayProcess, running_gateway
+from tests.support.metrics import sample_sum
 from tests.support.models import publish_regression
-from tests.support.modelserver import model_server
+from tests.support.modelserver import (
+    METRICS_PATH,
+    ModelServer,
+    model_server,
+    write_monitoring_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +56,10 @@ FEATURES = 262_144
 """Inputs of the ``broad`` model: a row is 2 MiB of float64, so each merged
 caller's one-row request (a few bytes) declares 2 MiB, over the threshold alone,
 and the merge of ``MERGED_CALLERS`` of them 16 MiB."""
+CAPPED_BYTES = 33 * 1024 * 1024
+"""The capped gateway's request limit: room for the first call (16 rows, 32 MiB)
+and for one caller of ``CAPPED_ROWS`` rows (20 MiB), not for two merged."""
+CAPPED_ROWS = 10
 ROUNDS = 3
 """Most rounds of concurrent calls: the callers merge in each one that finds the
 first call (16 rows, 32 MiB filled in the model server) in flight; one merge is
@@ -58,34 +73,64 @@ next to nothing new."""
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """A gateway merging Predicts (its default) in front of a model server with
-    ``broad``, called as gRPC-Web on the server's REST port."""
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with ``broad``."""
     from sklearn.linear_model import LinearRegression
 
-    folder = tmp_path_factory.mktemp("gateway-filled-merge")
-    registry = folder / "models"
+    registry = tmp_path_factory.mktemp("gateway-filled-merge") / "models"
     rng = np.random.default_rng(5)
     features = rng.normal(size=(8, FEATURES))
     model = LinearRegression().fit(features, features[:, :4].sum(axis=1))
     publish_regression(registry, "broad", model, FEATURES)
-    with (
-        model_server(
-            (
-                f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
-                f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
-            ),
-            log_path=folder / "model-server.log",
-        ) as server,
-        running_gateway(
-            folder / "gateway",
-            env={"GATEWAY_REGISTRY": str(registry)},
-            flags=[*gateway_flags(server), f"--max-body-bytes={MESSAGE_LIMIT}"],
-        ) as gateway,
-    ):
+    return registry
+
+
+@pytest.fixture(scope="module")
+def server(registry: Path) -> Iterator[ModelServer]:
+    with model_server(
+        (
+            f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
+            f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
+            f"--monitoring_config_file={write_monitoring_config(registry.parent)}",
+        ),
+        log_path=registry.parent / "model-server.log",
+    ) as server:
+        yield server
+        assert_no_traceback(server.process)
+
+
+def _gateway(
+    server: ModelServer, registry: Path, folder: Path, *flags: str
+) -> contextlib.AbstractContextManager[GatewayProcess]:
+    """A gateway merging Predicts (its default) in front of ``server``, called
+    as gRPC-Web on the server's REST port."""
+    return running_gateway(
+        folder,
+        env={"GATEWAY_REGISTRY": str(registry)},
+        flags=[*gateway_flags(server), f"--max-body-bytes={MESSAGE_LIMIT}", *flags],
+    )
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    server: ModelServer, registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    with _gateway(server, registry, tmp_path_factory.mktemp("gateway")) as gateway:
         yield gateway
         assert_no_traceback(gateway.process)
-        assert_no_traceback(server.process)
+
+
+@pytest.fixture(scope="module")
+def capped_gateway(
+    server: ModelServer, registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A gateway whose requests may hold ``CAPPED_BYTES`` of tensors: room for
+    one caller's filled row, not for two merged."""
+    folder = tmp_path_factory.mktemp("capped-gateway")
+    flag = f"--max-request-tensor-bytes={CAPPED_BYTES}"
+    with _gateway(server, registry, folder, flag) as gateway:
+        yield gateway
+        assert_no_traceback(gateway.process)
 
 
 def filled_request(caller: int, rows: int) -> bytes:
@@ -141,3 +186,32 @@ def test_merged_filled_tensors_are_not_written_on_the_gateways_loop(
             alone = _predictions(lone(filled_request(caller, 1), timeout=60))
             merged = _predictions(outcomes[caller][1])
             np.testing.assert_allclose(merged, alone, rtol=1e-12)
+
+
+def _backend_predicts(server: ModelServer) -> float:
+    """Predicts the model server has answered so far, whatever their protocol."""
+    text = httpx.get(f"{server.rest_url}{METRICS_PATH}", timeout=10).text
+    return sample_sum(text, "modelserver_request_count_total", api="predict")
+
+
+def test_a_merge_is_held_to_the_request_limit(
+    server: ModelServer, capped_gateway: GatewayProcess
+) -> None:
+    # Each caller's row is within the limit alone; merged, the callers'
+    # tensors would pass it (a few bytes a caller could otherwise make the
+    # gateway write the limit's worth once per caller in one request), so
+    # every caller is served on its own, and correctly.
+    concurrent_calls(capped_gateway, PREDICT, filled_request, rows=CAPPED_ROWS)
+    before = _backend_predicts(server)
+    outcomes = concurrent_calls(
+        capped_gateway, PREDICT, filled_request, rows=CAPPED_ROWS
+    )
+    assert [status for status, _ in outcomes] == ["OK"] * len(outcomes)
+    assert _backend_predicts(server) - before == len(outcomes)
+    options = [("grpc.max_send_message_length", MESSAGE_LIMIT)]
+    with grpc.insecure_channel(capped_gateway.grpc_target, options=options) as channel:
+        lone = channel.unary_unary(PREDICT)
+        for caller in (1, MERGED_CALLERS):
+            request = filled_request(caller, CAPPED_ROWS)
+            alone = _predictions(lone(request, timeout=60))
+            assert _predictions(outcomes[caller][1]) == alone

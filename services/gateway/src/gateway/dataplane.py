@@ -93,7 +93,9 @@ class Gateway:
         )
         # `coalesced_requests` records how many callers each backend call served.
         self.coalescer = Coalescer(
-            backend_strategies(self.client, self.parsers),
+            backend_strategies(
+                self.client, self.parsers, settings.max_request_tensor_bytes
+            ),
             metrics.coalesced_requests.observe,
             max_rows=settings.coalesce_max_rows,
             max_in_flight=settings.coalesce_max_in_flight,

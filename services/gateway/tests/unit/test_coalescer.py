@@ -22,7 +22,8 @@ from gateway.clients.protobatch import (
 )
 from gateway.clients.strategies import array_key, proto_key
 from servekit_protocol import messages
-from servekit_protocol.tensor_limits import DECODE_IN_THREAD_BYTES
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.tensor_limits import DECODE_IN_THREAD_BYTES, DEFAULT_MAX_BYTES
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 
 
@@ -150,12 +151,22 @@ def test_a_written_merge_is_the_merged_request_s_bytes() -> None:
 async def test_a_merge_is_written_in_a_thread_from_the_threshold() -> None:
     rows = DECODE_IN_THREAD_BYTES // (1024 * 8)
     below = [_filled(1, 1.0), _filled(rows - 2, 2.0)]
-    small = await merged_request(below, [1, rows - 2], 1)
+    small = await merged_request(below, [1, rows - 2], 1, DEFAULT_MAX_BYTES)
     assert isinstance(small, messages.PredictRequest)
     at = [_filled(1, 1.0), _filled(rows - 1, 2.0)]
-    large = await merged_request(at, [1, rows - 1], 1)
+    large = await merged_request(at, [1, rows - 1], 1, DEFAULT_MAX_BYTES)
     assert not isinstance(large, messages.PredictRequest)
     assert large.keep_answer_from == 1
+
+
+async def test_a_merge_over_the_request_limit_is_refused() -> None:
+    # Three callers of 2 rows (16 KiB each, by the fill rule), each well within
+    # a 40 KiB limit; merged they would hold 48 KiB.
+    requests = [_filled(2, float(caller)) for caller in range(3)]
+    at_limit = await merged_request(requests[:2], [2, 2], None, 2 * 2 * 1024 * 8)
+    assert isinstance(at_limit, messages.PredictRequest)
+    with pytest.raises(ProtocolError, match="49152 bytes, over the 40960"):
+        await merged_request(requests, [2, 2, 2], None, 40 * 1024)
 
 
 def test_split_gives_each_caller_its_rows() -> None:

@@ -122,15 +122,27 @@ async def merged_request(
     requests: Sequence[messages.PredictRequest],
     rows: Sequence[int],
     keep_answer_from: int | None,
+    max_bytes: int,
 ) -> messages.PredictRequest | ForwardedPredict:
     """`merge_requests`, or `write_merged` in a worker thread once the tensors
     decode to `DECODE_IN_THREAD_BYTES` or more; ``keep_answer_from`` as
     `ForwardedPredict`'s, for the latter.
 
+    Each caller's tensors were checked against the request limit on their own;
+    ``max_bytes`` (that limit) holds for the merge too, since with TensorFlow's
+    fill rule callers of a few bytes each can declare a limit's worth apiece.
+
     Raises:
-        ProtocolError: a tensor cannot be decoded or re-encoded.
+        ProtocolError: a tensor cannot be decoded or re-encoded, or the merged
+            tensors would decode to more than ``max_bytes`` (the callers are
+            then served one by one).
     """
     size = declared_bytes(requests)
+    if size is not None and size > max_bytes:
+        raise ProtocolError(
+            f"merged tensors would hold {size} bytes, over the {max_bytes} a "
+            "request may hold"
+        )
     if size is None or size < DECODE_IN_THREAD_BYTES:
         return merge_requests(requests, rows)
     return await asyncio.to_thread(write_merged, requests, rows, keep_answer_from)

@@ -295,7 +295,12 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
 class ProtoStrategy(
     _TensorStrategy[messages.PredictRequest, messages.PredictResponse | ReceivedAnswer]
 ):
-    """gRPC callers' PredictRequests, merged tensor by tensor."""
+    """gRPC callers' PredictRequests, merged tensor by tensor, into requests
+    whose tensors hold at most ``max_bytes`` (the request limit)."""
+
+    def __init__(self, client: BackendClient, max_bytes: int) -> None:
+        super().__init__(client)
+        self._max_bytes = max_bytes
 
     def key(self, request: messages.PredictRequest) -> tuple[Key, int] | None:
         return proto_key(request)
@@ -318,7 +323,7 @@ class ProtoStrategy(
         rows: Sequence[int],
         keep_from: int | None,
     ) -> messages.PredictRequest | ForwardedPredict:
-        return await merged_request(requests, rows, keep_from)
+        return await merged_request(requests, rows, keep_from, self._max_bytes)
 
     def _split(
         self, response: messages.PredictResponse, rows: Sequence[int]
@@ -477,14 +482,14 @@ class ForwardedStrategy:
 
 
 def backend_strategies(
-    client: BackendClient, parsers: BodyParsers
+    client: BackendClient, parsers: BodyParsers, max_merged_bytes: int
 ) -> dict[type, Strategy[Any, Any]]:
     """The gateway's strategy for each kind of request: protos, arrays and REST
     bodies through `client` (a large merged REST answer cut in one of the JSON
-    workers of `parsers`)."""
+    workers of `parsers`; merged protos' tensors at most ``max_merged_bytes``)."""
     forwarded = ForwardedStrategy(client)
     return {
-        messages.PredictRequest: ProtoStrategy(client),
+        messages.PredictRequest: ProtoStrategy(client, max_merged_bytes),
         ArrayRequest: ArrayStrategy(client),
         RestPredict: RestStrategy(client, parsers),
         ForwardedPredict: forwarded,
