@@ -5,7 +5,9 @@ a thread of its own, whose answer to a call depends on the call's request id:
 - ``silent``: never answers;
 - ``huge``: answers headers and a message prefix announcing 2 GiB - 1 bytes,
   then some of them;
-- ``endless``: announces a 1 MiB message and keeps sending past its end.
+- ``endless``: announces a 1 MiB message and keeps sending past its end;
+- ``spaced``: answers INVALID_ARGUMENT with a ``grpc-message`` that begins
+  and ends with a space (:data:`SPACED_MESSAGE`), as gRPC servers may send.
 
 Any other call is answered UNIMPLEMENTED (the gateway's health checks). The
 server records each stream the client resets, by request id.
@@ -28,6 +30,7 @@ ENDLESS_CAP_BYTES = 256 * 1024 * 1024
 """Most bytes an ``endless`` answer sends: a client that never stops reading
 fails its test rather than running it forever."""
 _CHUNK = 16 * 1024
+SPACED_MESSAGE = " Duplicate evaluation of signature: "
 
 
 @dataclass
@@ -47,7 +50,13 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, backend: HostileBackend) -> None:
         self._backend = backend
         self._h2 = H2Connection(
-            H2Configuration(client_side=False, header_encoding=None)
+            # ``spaced`` sends what RFC 9113 8.2.1 forbids and gRPC allows.
+            H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
         )
         self._transport: asyncio.Transport | None = None
         self._ids: dict[int, str] = {}
@@ -86,12 +95,18 @@ class _Protocol(asyncio.Protocol):
         if mode == "silent":
             return
         if mode not in ("huge", "endless"):
+            status = [(b"grpc-status", b"12")]
+            if mode == "spaced":
+                status = [
+                    (b"grpc-status", b"3"),
+                    (b"grpc-message", SPACED_MESSAGE.encode()),
+                ]
             self._h2.send_headers(
                 number,
                 [
                     (b":status", b"200"),
                     (b"content-type", b"application/grpc"),
-                    (b"grpc-status", b"12"),
+                    *status,
                 ],
                 end_stream=True,
             )

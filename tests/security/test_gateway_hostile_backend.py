@@ -17,7 +17,11 @@ import pytest
 from h2.errors import ErrorCodes
 
 from tests.security.h2_backend_stack import line_predict
-from tests.security.hostile_backend import HostileBackend, hostile_backend
+from tests.security.hostile_backend import (
+    SPACED_MESSAGE,
+    HostileBackend,
+    hostile_backend,
+)
 from tests.security.recording import PREDICT
 from tests.security.stack import assert_no_traceback
 from tests.support.gateway import GatewayProcess, running_gateway
@@ -109,3 +113,23 @@ def test_an_endless_answer_stops_at_the_message_it_announced(
     # The reset comes once the 1 MiB message is followed by more bytes; the
     # backend may have sent up to the windows (4 MiB a stream) meanwhile.
     assert sent < 1024 * 1024 + 16 * 1024 * 1024, sent
+
+
+def test_a_status_message_with_surrounding_spaces_is_passed_on(
+    stack: HostileStack,
+) -> None:
+    # Twice: the first answer must leave the connection usable.
+    for _ in range(2):
+        with (
+            grpc.insecure_channel(stack.gateway.grpc_target) as channel,
+            pytest.raises(grpc.RpcError) as failed,
+        ):
+            channel.unary_unary(PREDICT)(
+                line_predict(4),
+                timeout=DEADLINE_SECONDS,
+                metadata=(("x-request-id", "spaced"),),
+            )
+        assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert SPACED_MESSAGE.strip() in (failed.value.details() or "")
+    log = stack.gateway.process.log_path.read_text()
+    assert "protocol error" not in log
