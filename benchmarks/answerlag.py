@@ -14,11 +14,15 @@ outputs, and a REST ``:predict`` body (256 columns) parsed in the worker
 labels every example shares (a scikit-learn model's: the pipe road pickled
 them whole), gRPC and REST Regress answers of a list of values, a body read
 for its ``signature_name`` and a ``:regress`` body of examples, sent back as
-dicts or as columns (``--kinds examples``). The two roads run in turns, each answer checked
+dicts or as columns (``--kinds examples``); gRPC and REST Classify answers of
+two classes whose labels are ``bytes`` objects (a TensorFlow model's
+``classes``), different in every example or its vocabulary tiled, 16,384
+examples a MiB (``--kinds labels``: the pipe road pickles the object labels,
+the segment road carries them as a buffer and offsets). The two roads run in turns, each answer checked
 equal; medians and maxima of the longest gaps are reported with their ratio.
 
 Run as ``python -m benchmarks.answerlag [--rounds 5] [--sizes 16,64]
-[--kinds all|predict|examples]``.
+[--kinds all|predict|examples|labels]``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 from modelserver import examplecolumns
+from modelserver.protocol import answerarrays
 from modelserver.protocol.grpc import converters, largeanswers
 from modelserver.protocol.grpc.largeanswers import AnswerWriter
 from modelserver.protocol.rest import codec, examplebodies
@@ -161,6 +166,46 @@ def _examples_kinds(parsers: BodyParsers, mib: int) -> Calls:
 
 
 CLASSES = 10
+LABELLED_EXAMPLES_A_MIB = 16_384
+
+
+def _labels_kinds(parsers: BodyParsers, mib: int) -> Calls:
+    examples = mib * LABELLED_EXAMPLES_A_MIB
+    scores = np.random.default_rng(3).random((examples, 2))
+    scores = scores.astype(np.float32).astype(np.float64)
+    distinct = np.empty((examples, 2), object)
+    distinct[:, 0] = [b"yes-%d" % index for index in range(examples)]
+    distinct[:, 1] = [b"no-\xff%d" % index for index in range(examples)]
+    tiled = np.empty((examples, 2), object)
+    tiled[:, 0] = [b"yes"] * examples
+    tiled[:, 1] = [b"no \xff"] * examples
+    calls: Calls = {}
+    for name, labels in (("distinct", distinct), ("tiled", tiled)):
+        calls.update(_labelled_calls(parsers, name, labels, scores))
+    return calls
+
+
+def _labelled_calls(parsers: BodyParsers, name: str, labels: Any, scores: Any) -> Calls:
+    examples = len(labels)
+    results = Classifications(labels, scores, examples, 2)
+    # The pipe road: the object labels pickled by the segment writer.
+    arrays = {"labels": labels, "scores": scores}
+    shape = answerarrays.ClassificationsShape(examples, 2)
+    writer = AnswerWriter(parsers)
+    return {
+        f"gRPC Classify answer {examples} examples, {name} bytes labels": (
+            lambda: segment_answers.write_in_worker(
+                parsers, largeanswers.serialize_classify, arrays, SPEC, shape
+            ),
+            lambda: writer.classify(ClassifyResponse(SPEC, results)),
+        ),
+        f"REST :classify answer {examples} examples, {name} bytes labels": (
+            lambda: segment_answers.write_in_worker(
+                parsers, codec.classify_json_of, arrays, shape
+            ),
+            lambda: codec.encode_classify(results, parsers),
+        ),
+    }
 
 
 def classify_through_pipe(
@@ -220,6 +265,8 @@ async def _run(rounds: int, sizes: list[int], kinds: str) -> None:
                 calls.update(_predict_kinds(parsers, mib))
             if kinds in ("all", "examples"):
                 calls.update(_examples_kinds(parsers, mib))
+            if kinds in ("all", "labels"):
+                calls.update(_labels_kinds(parsers, mib))
             gaps: dict[str, list[float]] = {}
             for _ in range(rounds):
                 for kind, (through_pipe, through_segments) in calls.items():
@@ -241,10 +288,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="16,64", help="MiB of doubles")
     parser.add_argument(
         "--kinds",
-        choices=("all", "predict", "examples"),
+        choices=("all", "predict", "examples", "labels"),
         default="all",
         help="predict: the Predict answers and body; examples: the Classify and "
-        "Regress answers, the signature_name read and the examples body",
+        "Regress answers, the signature_name read and the examples body; labels: "
+        "Classify answers of bytes labels",
     )
     args = parser.parse_args()
     print(f"load average {os.getloadavg()}", flush=True)

@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import orjson
 import pytest
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
+from servekit_protocol import messages
 
 from tests.security.forwarding_stack import Outcome, grpc_call
+from tests.security.loopstall import assert_no_stall
 from tests.security.stack import assert_no_traceback
 from tests.security.test_gateway_infer_segments import _bytes_infer, _typed_infer
 from tests.security.test_gateway_large_grpc import MODEL_INFER
@@ -46,7 +49,12 @@ from tests.security.test_large_grpc import (
 from tests.security.test_loop_stalls import _small_predict_message, publish_line_model
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_linear_pipeline
-from tests.support.modelserver import ModelServer, model_server
+from tests.support.modelserver import (
+    METRICS_PATH,
+    ModelServer,
+    model_server,
+    write_monitoring_config,
+)
 from tests.support.pipelines import publish_classifier
 from tests.support.processes import ServerProcess
 
@@ -71,6 +79,9 @@ with 150,000 results of ten classes (6 MiB of scores)."""
 REGRESS_EXAMPLES = 300_000
 """Examples of the large REST ``:regress`` body: about 10 MiB of JSON,
 answered with 300,000 values (2.3 MiB of doubles, over the file size limit)."""
+LAG_ROWS = 24_576
+"""Rows of the Predict whose lag is bounded: 48 MiB of ``double_val`` (under
+the message limit), answered with 24,576 values."""
 TYPED_ROWS = 8_192
 """Rows of the typed ModelInfer: 16 MiB of ``fp64_contents``, which the gateway
 encodes as a 16 MiB Predict for the model server."""
@@ -117,9 +128,11 @@ class Stacks:
 def _stack(registry: Path, folder: Path, shared_memory: Path | None) -> Iterator[Stack]:
     """The stack logging to ``folder``; with ``shared_memory``, its two
     servers get folders in it and the file size limit."""
+    folder.mkdir(parents=True, exist_ok=True)
     server_flags = [
         f"--model_config_file={registry / SERVEKIT_CONFIG_FILE}",
         f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
+        f"--monitoring_config_file={write_monitoring_config(folder)}",
     ]
     gateway_flags = [f"--max-body-bytes={MESSAGE_LIMIT}"]
     folders: tuple[Path, ...] = ()
@@ -344,3 +357,43 @@ def test_a_large_call_without_room_is_answered_as_one_with_room(
     assert _leftovers(tight.folders) == []
     for process in (tight.server.process, tight.gateway.process):
         assert process.popen.poll() is None, process.log_tail()
+
+
+def test_a_large_message_without_room_does_not_hold_the_model_servers_loop(
+    stacks: Stacks,
+) -> None:
+    """The message goes to its worker, and its arrays come back, through
+    pipes of their own, copied without the GIL (pickled through the pool's
+    pipe, a 256 MiB message made the loop wait 90-960 ms at load 8-10): its
+    lag is bounded as a message's through segments is
+    (:func:`tests.security.loopstall.lag_limit`)."""
+    server = stacks.tight.server
+    data = predict_request(LAG_ROWS).SerializeToString()
+
+    def call() -> None:
+        options = [("grpc.max_send_message_length", MESSAGE_LIMIT)]
+        with grpc.insecure_channel(server.grpc_target, options=options) as channel:
+            answer = channel.unary_unary(PREDICT)(
+                data, timeout=120, metadata=(("x-request-id", GRPC_REQUEST_ID),)
+            )
+        predictions = messages.PredictResponse.FromString(answer).outputs
+        assert len(predictions["predictions"].double_val) == LAG_ROWS
+
+    # The first call of a size starts what it needs (the descriptor sharer's
+    # thread, memory the workers keep).
+    call()
+    since = _log_size(server.process)
+    assert_no_stall(
+        server.rest_url + METRICS_PATH,
+        "modelserver",
+        "model server without room, 48 MiB gRPC Predict",
+        call,
+        bound_lag=True,
+    )
+    _assert_warned(
+        _warnings(server.process, since),
+        (MESSAGE_WARNING,),
+        stacks.tight.folders[0],
+        GRPC_REQUEST_ID,
+    )
+    assert _leftovers(stacks.tight.folders) == []

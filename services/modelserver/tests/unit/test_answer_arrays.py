@@ -60,6 +60,30 @@ def _classifications() -> dict[str, Classifications]:
         "full-bytes-objects": Classifications(
             np.vectorize(str.encode, otypes=[object])(full), None, EXAMPLES, CLASSES
         ),
+        "full-bytes-not-utf-8": Classifications(
+            np.array(
+                [[b"\xff%d" % i, b"caf\xc3\xa9", b"\xc3"] for i in range(EXAMPLES)],
+                dtype=object,
+            ),
+            _scores(),
+            EXAMPLES,
+            CLASSES,
+        ),
+        "tiled-bytes-objects": Classifications(
+            np.array([[b"large", b"\xfe", b""]] * EXAMPLES, dtype=object),
+            _scores(),
+            EXAMPLES,
+            CLASSES,
+        ),
+        "full-str-objects": Classifications(
+            full.astype(object), _scores(), EXAMPLES, CLASSES
+        ),
+        "mixed-objects": Classifications(
+            np.array([["a", b"b", 3]] * EXAMPLES, dtype=object),
+            _scores(),
+            EXAMPLES,
+            CLASSES,
+        ),
         "no-labels": Classifications(None, _scores(), EXAMPLES, CLASSES),
         "one-example": Classifications(
             np.array([["a", "b", "c"]]), _scores()[:1], 1, CLASSES
@@ -73,9 +97,9 @@ VALUES = (
 ).tolist()
 
 
-def test_a_shared_label_row_travels_as_one_row_and_comes_back_broadcast() -> None:
-    results = CLASSIFICATIONS["shared-row"]
-    arrays, shape = answerarrays.classification_arrays(results, "1.")
+async def test_a_shared_label_row_travels_as_one_row_and_comes_back_broadcast() -> None:
+    results = CLASSIFICATIONS["shared-str-row"]
+    arrays, shape = await answerarrays.classification_arrays(results, "1.")
     assert sorted(arrays) == ["1.label_row", "1.scores"]
     assert arrays["1.label_row"].shape == (CLASSES,)
     back = answerarrays.classifications_of(arrays, shape, "1.")
@@ -83,6 +107,38 @@ def test_a_shared_label_row_travels_as_one_row_and_comes_back_broadcast() -> Non
     assert back.labels.strides[0] == 0
     assert back.labels.tolist() == results.labels.tolist()
     assert back.scores is results.scores
+
+
+@pytest.mark.parametrize(
+    ("case", "shared"),
+    [
+        ("shared-row", True),
+        ("tiled-bytes-objects", True),
+        ("full-bytes-objects", False),
+        ("full-bytes-not-utf-8", False),
+        ("full-str-objects", False),
+    ],
+)
+async def test_object_labels_travel_as_numeric_arrays_not_pickled(
+    case: str, shared: bool
+) -> None:
+    results = CLASSIFICATIONS[case]
+    arrays, shape = await answerarrays.classification_arrays(results, "1.")
+    assert all(array.dtype != object for array in arrays.values())
+    labels_count = CLASSES if shared else EXAMPLES * CLASSES
+    assert arrays["1.label_offsets"].shape == (labels_count + 1,)
+    back = answerarrays.classifications_of(arrays, shape, "1.")
+    assert back.labels is not None and results.labels is not None
+    assert back.labels.tolist() == results.labels.tolist()
+    assert (back.labels.strides[0] == 0) is shared
+
+
+async def test_labels_of_mixed_kinds_still_travel_as_objects() -> None:
+    results = CLASSIFICATIONS["mixed-objects"]
+    arrays, shape = await answerarrays.classification_arrays(results)
+    assert arrays["labels"] is results.labels
+    back = answerarrays.classifications_of(arrays, shape)
+    assert back.labels is results.labels
 
 
 def test_regression_values_come_back_as_the_same_floats() -> None:

@@ -9,8 +9,10 @@ argument in one call with the GIL held: a regression list of 8 Mi values, or
 a classifier's labels (one row broadcast to every example pickles as a copy a
 pair), held the event loop as long. Here the scores, the labels (one row
 when every example shares it) and the regression values are arrays the
-segment carries; labels held as Python objects (a TensorFlow model's
-``classes`` output) are still pickled, by the segment writer's own rule.
+segment carries. Labels held as Python objects (a TensorFlow model's
+``classes`` output, ``bytes``) travel as a buffer and offsets
+(:mod:`~modelserver.protocol.labelbuffers`), encoded in a thread; only an
+object array mixing other kinds of labels is still pickled.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from modelserver.protocol import labelbuffers
 from modelserver.types import (
     Classifications,
     ClassifyResponse,
@@ -35,6 +38,8 @@ Array = np.ndarray[Any, Any]
 _SCORES = "scores"
 _LABELS = "labels"
 _LABEL_ROW = "label_row"
+_LABEL_DATA = "label_data"
+_LABEL_OFFSETS = "label_offsets"
 _VALUES = "values"
 _LISTED_AT_ONCE = 65_536
 """Regression values turned into an array by one call (about 1 ms): in
@@ -48,17 +53,29 @@ class ClassificationsShape:
 
     examples: int
     classes: int
+    label_encoding: labelbuffers.LabelEncoding | None = None
+    """How the object labels were encoded into a buffer; None when the
+    labels are a plain array (or none)."""
 
 
-def classification_arrays(
+async def classification_arrays(
     results: Classifications, prefix: str = ""
 ) -> tuple[dict[str, Array], ClassificationsShape]:
     """``results``' scores and labels as arrays named from ``prefix``, and the
-    rest; :func:`classifications_of` puts them back together."""
+    rest; :func:`classifications_of` puts them back together. Object labels
+    are encoded in a thread."""
     arrays: dict[str, Array] = {}
     if results.scores is not None:
         arrays[prefix + _SCORES] = results.scores
     labels = results.labels
+    encoding = None
+    if labels is not None and labels.dtype == object:
+        encoded = await asyncio.to_thread(labelbuffers.encode_labels, labels)
+        if encoded is not None:
+            arrays[prefix + _LABEL_DATA] = encoded.data
+            arrays[prefix + _LABEL_OFFSETS] = encoded.offsets
+            encoding = encoded.encoding
+            labels = None
     if labels is not None:
         if labels.ndim == 2 and labels.shape[0] > 1 and labels.strides[0] == 0:
             # A view of one row for every example (a scikit-learn model's
@@ -66,7 +83,7 @@ def classification_arrays(
             arrays[prefix + _LABEL_ROW] = labels[0].copy()
         else:
             arrays[prefix + _LABELS] = labels
-    return arrays, ClassificationsShape(results.examples, results.classes)
+    return arrays, ClassificationsShape(results.examples, results.classes, encoding)
 
 
 def classifications_of(
@@ -78,6 +95,13 @@ def classifications_of(
     row = arrays.get(prefix + _LABEL_ROW)
     if row is not None:
         labels = np.broadcast_to(row, (shape.examples, shape.classes))
+    if shape.label_encoding is not None:
+        encoded = labelbuffers.EncodedLabels(
+            arrays[prefix + _LABEL_DATA],
+            arrays[prefix + _LABEL_OFFSETS],
+            shape.label_encoding,
+        )
+        labels = labelbuffers.decode_labels(encoded, shape.examples, shape.classes)
     return Classifications(
         labels, arrays.get(prefix + _SCORES), shape.examples, shape.classes
     )
@@ -125,7 +149,7 @@ async def multi_inference_arrays(
     for index, item in enumerate(response.results):
         prefix = f"{index}."
         if isinstance(item, ClassifyResponse):
-            taken, shape = classification_arrays(item.results, prefix)
+            taken, shape = await classification_arrays(item.results, prefix)
             arrays.update(taken)
             tasks.append(TaskShape(item.spec, shape))
         else:

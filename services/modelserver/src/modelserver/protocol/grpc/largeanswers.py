@@ -138,7 +138,7 @@ class AnswerWriter:
         """
         if not self._offloads(response.results.size):
             return converters.from_classify_response(response)
-        arrays, shape = answerarrays.classification_arrays(response.results)
+        arrays, shape = await answerarrays.classification_arrays(response.results)
         return await self._in_worker(serialize_classify, arrays, response.spec, shape)
 
     async def regress(

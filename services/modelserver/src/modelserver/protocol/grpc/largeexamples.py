@@ -40,6 +40,7 @@ from modelserver import examplecolumns, examplesize
 from modelserver.errors import InvalidInput
 from modelserver.protocol.grpc import converters, serializedinput
 from modelserver.protocol.grpc.largerequests import (
+    ArraysRoad,
     CarriedArray,
     Decoded,
     PredictDecoder,
@@ -83,7 +84,7 @@ class _DecodedExamples:
 
 def decode_examples(
     message: WorkerMessage,
-    arrays_segment: str | None,
+    arrays_segment: ArraysRoad,
     method: str,
     limits: TensorLimits | None,
 ) -> _DecodedExamples:

@@ -14,13 +14,15 @@ arrays. The event loop only starts the copies, which run in threads without the
 GIL. String tensors (object arrays, rare in large requests) come back pickled.
 
 When a segment cannot be written (no room: a container's ``/dev/shm`` is
-64 MiB unless given more, and concurrent large messages can fill any size) the
-pool's pipe carries that side instead, with one warning line: the message goes
-pickled (:class:`MessageBytes`, in chunks, by the pool's feeder thread) and the
-arrays come back pickled (unpickled by the pool's result thread). The event
-loop's thread neither parses nor copies the message on any path; those threads
-hold the GIL in short stretches, which delays the loop (lag) without keeping
-it busy.
+64 MiB unless given more, and concurrent large messages can fill any size) a
+pipe carries that side instead, with one warning line: the message goes
+through an OS pipe of its own (:mod:`~modelserver.protocol.grpc.messagepipe`,
+written without a copy or the GIL held; pickled by the pool's feeder thread,
+:class:`MessageBytes`, when no such pipe can be made) and the arrays come
+back pickled through the pool's pipe (unpickled by the pool's result thread).
+The event loop's thread neither parses nor copies the message on any path;
+the pool's threads hold the GIL in short stretches, which delays the loop
+(lag) without keeping it busy.
 
 What a client sees is what the in-place path gives: a message that does not
 parse answers INTERNAL ``Failed to parse the request: ...`` from the server, and
@@ -48,6 +50,12 @@ from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.errors import InvalidInput
 from modelserver.protocol.grpc import converters
+from modelserver.protocol.grpc.messagepipe import (
+    ArraysPipe,
+    MessagePipe,
+    PipedArrays,
+    PipedMessage,
+)
 from modelserver.types import ModelSpec, PredictRequest
 
 logger = logging.getLogger(__name__)
@@ -122,8 +130,9 @@ class MessageBytes:
         return (ReceivedBytes, (), None, pieces)
 
 
-WorkerMessage = str | ReceivedBytes
-"""What a worker gets: the path of the message's segment, or its bytes."""
+WorkerMessage = str | PipedMessage | ReceivedBytes
+"""What a worker gets: the path of the message's segment, its pipe, or its
+bytes."""
 
 
 @contextlib.contextmanager
@@ -136,6 +145,8 @@ def message_view(message: WorkerMessage) -> Iterator[memoryview]:
     if isinstance(message, str):
         with segments.mapped(message) as view:
             yield view
+    elif isinstance(message, PipedMessage):
+        yield memoryview(message.received())
     else:
         yield memoryview(message.joined())
 
@@ -199,12 +210,27 @@ class CarriedArray:
         )
 
 
+ArraysRoad = str | PipedArrays | None
+"""Where a worker's arrays go: a new segment at that path, a pipe of their
+own, or (None) pickled in its answer."""
+
+
 def write_or_carry(
-    arrays_segment: str | None, arrays: dict[str, np.ndarray[Any, Any]]
+    arrays_segment: ArraysRoad, arrays: dict[str, np.ndarray[Any, Any]]
 ) -> tuple[list[segments.ArraySlot], dict[str, CarriedArray]]:
     """In a worker, ``arrays`` written to ``arrays_segment``: their slots, and
-    no arrays to carry; with no segment, or none with room, no slots, and the
-    arrays to carry back through the pipe."""
+    no arrays to carry; sent through their pipe: neither; with no segment, or
+    none with room, no slots, and the arrays to carry back through the pool's
+    pipe."""
+    if isinstance(arrays_segment, PipedArrays):
+        # Not ascontiguousarray: it makes a 0-d array 1-d.
+        arrays_segment.send(
+            {
+                name: array if array.flags.c_contiguous else array.copy(order="C")
+                for name, array in arrays.items()
+            }
+        )
+        return [], {}
     if arrays_segment is not None:
         try:
             return segments.write_arrays(arrays_segment, arrays), {}
@@ -228,7 +254,7 @@ class _Decoded:
 
 
 def decode_predict(
-    message: WorkerMessage, arrays_segment: str | None, limits: TensorLimits | None
+    message: WorkerMessage, arrays_segment: ArraysRoad, limits: TensorLimits | None
 ) -> _Decoded:
     """Parse the PredictRequest in ``message`` and write its numeric arrays to
     a new segment ``arrays_segment`` (runs in a worker process); they come
@@ -304,13 +330,14 @@ class SegmentDecoder(Generic[Result]):
         directory = self._parsers.segment_dir
         message_segment = segments.new_path(directory, "message")
         arrays_segment = segments.new_path(directory, "arrays")
+        piped: dict[str, np.ndarray[Any, Any]] = {}
         try:
             try:
                 await asyncio.to_thread(segments.write_bytes, message_segment, message)
             except OSError as exc:
                 segments.unlink_soon(message_segment)
                 _warn("the message went to its worker", exc, directory)
-                decoded = await self._in_worker(MessageBytes(message), None)
+                decoded, piped = await self._piped(message)
             else:
                 decoded = await self._in_worker(message_segment, arrays_segment)
                 segments.unlink_soon(message_segment)
@@ -325,12 +352,42 @@ class SegmentDecoder(Generic[Result]):
             )
         finally:
             segments.unlink_soon(message_segment, arrays_segment)
+        arrays.update(piped)
         arrays.update(
             {name: carried.array for name, carried in decoded.carried.items()}
         )
         return self.assemble(decoded, arrays)
 
-    async def _in_worker(self, message: str | MessageBytes, arrays: str | None) -> Any:
+    async def _piped(
+        self, message: memoryview
+    ) -> tuple[Any, dict[str, np.ndarray[Any, Any]]]:
+        """The worker's answer and arrays for a message sent, and its arrays
+        received, through pipes of their own; both through the pool's pipe,
+        pickled, when no such pipes can be made."""
+        try:
+            pipes = await asyncio.to_thread(_pipes, message)
+        except OSError as exc:
+            logger.warning("No pipe for a large gRPC message, pickled instead: %s", exc)
+            return await self._in_worker(MessageBytes(message), None), {}
+        sending, receiving = pipes
+        try:
+            decoded = await self._in_worker(sending.message, receiving.arrays)
+        except BaseException:
+            await asyncio.to_thread(_end_quietly, sending, receiving)
+            raise
+        await asyncio.to_thread(sending.close)
+        try:
+            arrays = await asyncio.to_thread(receiving.received)
+        except OSError as exc:
+            raise Aborted(
+                grpc.StatusCode.UNAVAILABLE,
+                "The request message could not be parsed: its worker stopped",
+            ) from exc
+        return decoded, arrays
+
+    async def _in_worker(
+        self, message: str | PipedMessage | MessageBytes, arrays: ArraysRoad
+    ) -> Any:
         try:
             return await self._parsers.in_worker(
                 self._worker, message, arrays, *self._worker_args
@@ -370,12 +427,32 @@ class PredictDecoder(SegmentDecoder[DecodedPredict]):
         )
 
 
+def _pipes(message: memoryview) -> tuple[MessagePipe, ArraysPipe]:
+    sending = MessagePipe(message)
+    try:
+        return sending, ArraysPipe()
+    except BaseException:
+        sending.close()
+        raise
+
+
+def _end_quietly(sending: MessagePipe, receiving: ArraysPipe) -> None:
+    # The call failed already: what its arrays' pipe says adds nothing.
+    sending.close()
+    with contextlib.suppress(OSError):
+        receiving.received()
+
+
 def _warn(what: str, exc: OSError | None, directory: str) -> None:
     logger.warning(
-        "A large gRPC message went through the worker pipe (%s), copies made "
-        "holding the GIL in the pool's threads: its shared memory segment "
-        "could not be written (%s); give %s more room",
+        "A large gRPC message went through the worker pipe (%s), %s: its shared "
+        "memory segment could not be written (%s); give %s more room",
         what,
+        # The message's own pipe copies nothing holding the GIL; the arrays,
+        # pickled, do.
+        "copies made holding the GIL in the pool's threads"
+        if exc is None
+        else "a pipe of its own",
         exc if exc is not None else "no room",
         directory,
     )

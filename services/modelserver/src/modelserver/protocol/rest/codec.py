@@ -244,7 +244,11 @@ async def encode_classify(
         InvalidInput: No results (as in TF Serving).
         Overloaded: The worker writing the answer died.
     """
-    arrays, shape = answerarrays.classification_arrays(results)
+    if results.size < parsers.answer_threshold_elements:
+        return classify_json(results)
+    # The labels and scores as arrays (object labels encoded in a thread),
+    # which the segment carries.
+    arrays, shape = await answerarrays.classification_arrays(results)
     try:
         return await _write_answer(
             parsers, results.size, classify_json_of, arrays, shape

@@ -1,0 +1,98 @@
+"""A large message's own pipe to its worker, and its arrays' pipe back
+(:mod:`modelserver.protocol.grpc.messagepipe`): the bytes and arrays arrive
+whole, and each side stops when the other goes away or never comes.
+
+The reader here is this process (a worker unpickles the same handle and reads
+the same way: see ``test_large_requests``)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from modelserver.protocol.grpc.messagepipe import (
+    ArraysPipe,
+    MessagePipe,
+    PipedArrays,
+    PipedMessage,
+)
+
+CLOSE_SECONDS = 5.0
+"""Most time ``close`` may take once nothing reads: the writer checks every
+0.1 s; the margin is for a loaded 2-core runner."""
+
+
+def _data() -> bytes:
+    return bytes(range(256)) * 40_000  # about 10 MiB, 160 times the pipe's room
+
+
+def test_the_bytes_arrive_whole_through_a_pickled_handle() -> None:
+    data = _data()
+    pipe = MessagePipe(memoryview(data))
+    try:
+        handed = pickle.loads(pickle.dumps(pipe.message))
+        assert isinstance(handed, PipedMessage)
+        assert handed.size == len(data)
+        assert handed.received() == data
+    finally:
+        pipe.close()
+
+
+def test_the_writer_stops_when_its_reader_goes_away() -> None:
+    pipe = MessagePipe(memoryview(_data()))
+    descriptor = pipe.message.reader.detach()
+    assert len(os.read(descriptor, 1024)) == 1024
+    os.close(descriptor)
+    started = time.monotonic()
+    pipe.close()
+    assert time.monotonic() - started < CLOSE_SECONDS
+
+
+def test_the_writer_stops_when_no_reader_comes() -> None:
+    pipe = MessagePipe(memoryview(_data()))
+    started = time.monotonic()
+    pipe.close()
+    assert time.monotonic() - started < CLOSE_SECONDS
+
+
+ARRAYS = {
+    "large": np.arange(3 * 1024 * 1024, dtype=np.float64).reshape(-1, 4),
+    "big-endian": np.arange(12, dtype=">i4").reshape(3, 4),
+    "complex": np.array([1 + 2j, 3j], dtype=np.complex64),
+    "bool": np.array([True, False]),
+    "0-d": np.array(7, dtype=np.int16),
+    "empty": np.zeros((0, 5), dtype=np.float32),
+}
+
+
+def test_arrays_arrive_whole_through_a_pickled_handle() -> None:
+    pipe = ArraysPipe()
+    handed = pickle.loads(pickle.dumps(pipe.arrays))
+    assert isinstance(handed, PipedArrays)
+    handed.send(ARRAYS)
+    received = pipe.received()
+    assert list(received) == list(ARRAYS)
+    for name, array in ARRAYS.items():
+        got: np.ndarray[Any, Any] = received[name]
+        assert (got.dtype, got.shape) == (array.dtype, array.shape), name
+        assert got.tobytes() == array.tobytes(), name
+
+
+def test_no_arrays_come_when_the_worker_sends_none() -> None:
+    pipe = ArraysPipe()
+    started = time.monotonic()
+    assert pipe.received() == {}
+    assert time.monotonic() - started < CLOSE_SECONDS
+
+
+def test_arrays_cut_short_are_an_error() -> None:
+    pipe = ArraysPipe()
+    descriptor = pipe.arrays.writer.detach()
+    os.write(descriptor, (100).to_bytes(8, "big") + b"partial")
+    os.close(descriptor)
+    with pytest.raises(OSError, match="ended early"):
+        pipe.received()
