@@ -154,3 +154,33 @@ def test_reads_before_the_first_row_wanted_are_not_converted(
     read = [c.instance_value(o)["a"] for c in chunks for o in range(len(c))]
     assert read == [float(r) for r in range(start, rows)]
     assert converted and min(converted) == 2 * CHUNK_ROWS * READ_CHUNKS
+
+
+@pytest.mark.parametrize("start", [0, 3, CHUNK_ROWS * READ_CHUNKS - 4])
+def test_the_first_chunk_is_read_before_a_whole_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start: int
+) -> None:
+    """The model waits for the first chunk only: the rows up to its end are
+    read apart (when that is under half a read); the rows come out once, in
+    order."""
+    path = tmp_path / "in.parquet"
+    rows = 3 * CHUNK_ROWS * READ_CHUNKS
+    pq.write_table(pa.table({"a": [float(r) for r in range(rows)]}), path, rows)
+    sizes: list[int] = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def recording(self: pq.ParquetFile, **options: Any) -> Any:
+        sizes.append(options["batch_size"])
+        return iter_batches(self, **options)
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", recording)
+    schema = InputSchema("serving_default", {"a": FLOAT})
+    chunks = list(read_chunks(discover(path), start, rows, CHUNK_ROWS, schema))
+    read = [c.instance_value(o)["a"] for c in chunks for o in range(len(c))]
+    assert read == [float(r) for r in range(start, rows)]
+    assert [c.start for c in chunks] == list(range(start, rows, CHUNK_ROWS))
+    whole = CHUNK_ROWS * READ_CHUNKS
+    if start + CHUNK_ROWS <= whole // 2:
+        assert sorted(sizes) == [start + CHUNK_ROWS, whole]
+    else:
+        assert sizes == [whole]

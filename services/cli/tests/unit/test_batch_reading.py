@@ -94,7 +94,7 @@ def test_a_parquet_file_is_read_from_the_row_group_of_the_first_row_wanted(
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", recording)
     schema = InputSchema("serving_default", {"a": FLOAT})
     chunks = list(read_chunks(discover(path), 25, 32, 4, schema))
-    assert asked == [[2, 3]]
+    assert asked and all(groups == [2, 3] for groups in asked)
     assert [row["a"] for c in chunks for row in rows_of(c)] == list(range(25, 32))
 
 

@@ -12,9 +12,17 @@ from gateway.clients.arrays import (
     merge_arrays,
     split_arrays,
 )
-from gateway.clients.protobatch import merge_requests, split_answer, split_response
+from gateway.clients.protobatch import (
+    declared_bytes,
+    merge_requests,
+    merged_request,
+    split_answer,
+    split_response,
+    write_merged,
+)
 from gateway.clients.strategies import array_key, proto_key
 from servekit_protocol import messages
+from servekit_protocol.tensor_limits import DECODE_IN_THREAD_BYTES
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 
 
@@ -107,6 +115,47 @@ def test_merge_expands_a_value_that_stands_for_the_whole_tensor() -> None:
     tensor.double_val.append(7.0)
     merged = merge_requests([_request({"a": np.array([1.0])}), broadcast], [1, 3])
     np.testing.assert_array_equal(to_ndarray(merged.inputs["a"]), [1, 7, 7, 7])
+
+
+def _filled(rows: int, value: float) -> messages.PredictRequest:
+    """One double value standing for ``rows`` x 1024 elements."""
+    request = messages.PredictRequest()
+    request.model_spec.name = "m"
+    request.output_filter.append("y")
+    tensor = request.inputs["a"]
+    tensor.dtype = messages.DataType.DT_DOUBLE
+    tensor.tensor_shape.dim.add(size=rows)
+    tensor.tensor_shape.dim.add(size=1024)
+    tensor.double_val.append(value)
+    return request
+
+
+def test_declared_bytes_are_read_from_the_shapes() -> None:
+    requests = [_filled(2, 1.0), _request({"b": np.ones(3, dtype=np.float32)})]
+    assert declared_bytes(requests) == 2 * 1024 * 8 + 3 * 4
+    malformed = _filled(1, 1.0)
+    malformed.inputs["a"].tensor_shape.dim[1].size = -2
+    assert declared_bytes([malformed]) is None
+
+
+def test_a_written_merge_is_the_merged_request_s_bytes() -> None:
+    requests = [_filled(1, 1.0), _filled(2, 2.0)]
+    written = write_merged(requests, [1, 2], 4096)
+    assert written.keep_answer_from == 4096
+    assert written.model_spec.name == "m"
+    expected = merge_requests(requests, [1, 2]).SerializeToString()
+    assert written.SerializeToString() == expected
+
+
+async def test_a_merge_is_written_in_a_thread_from_the_threshold() -> None:
+    rows = DECODE_IN_THREAD_BYTES // (1024 * 8)
+    below = [_filled(1, 1.0), _filled(rows - 2, 2.0)]
+    small = await merged_request(below, [1, rows - 2], 1)
+    assert isinstance(small, messages.PredictRequest)
+    at = [_filled(1, 1.0), _filled(rows - 1, 2.0)]
+    large = await merged_request(at, [1, rows - 1], 1)
+    assert not isinstance(large, messages.PredictRequest)
+    assert large.keep_answer_from == 1
 
 
 def test_split_gives_each_caller_its_rows() -> None:

@@ -11,7 +11,7 @@ row that cannot be read is an error row and the other rows go on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -262,15 +262,50 @@ def _parquet_batches(
         group_start += rows
         group += 1
     groups = list(range(group, metadata.num_row_groups))
-    batches = reader.iter_batches(
-        batch_size=_read_rows(metadata, chunk_rows),
+    skipped = wanted - group_start
+    read_rows = _read_rows(metadata, chunk_rows)
+    batches: Iterator[pa.RecordBatch] = _batches(reader, groups, read_rows)
+    if skipped + chunk_rows <= read_rows // 2:
+        batches = _first_chunk_first(reader, groups, skipped + chunk_rows, batches)
+    return group_start, _converted(batches, schema, skipped)
+
+
+def _batches(
+    reader: pq.ParquetFile, groups: list[int], rows: int
+) -> Generator[pa.RecordBatch, None, None]:
+    batches: Generator[pa.RecordBatch, None, None] = reader.iter_batches(
+        batch_size=rows,
         row_groups=groups,
         # One thread decoding column after column costs less CPU than a pool
         # of them (measured: 0.32 against 0.45 µs a row for digits); the
         # job's other threads use the cores meanwhile.
         use_threads=False,
     )
-    return group_start, _converted(batches, schema, wanted - group_start)
+    return batches
+
+
+def _first_chunk_first(
+    reader: pq.ParquetFile,
+    groups: list[int],
+    head_rows: int,
+    batches: Iterator[pa.RecordBatch],
+) -> Iterator[pa.RecordBatch]:
+    """``batches``, the rows up to the end of the first chunk wanted read apart
+    first: the model waits for the first chunk, not for a whole read of
+    READ_CHUNKS chunks decoded and converted (up to 11 ms of CPU for digits).
+    Those rows are decoded twice."""
+    first = _batches(reader, groups, head_rows)
+    head = next(first, None)
+    first.close()
+    if head is None:
+        return
+    yield head
+    for index, batch in enumerate(batches):
+        if index == 0:
+            if batch.num_rows <= head.num_rows:
+                continue
+            batch = batch.slice(head.num_rows)
+        yield batch
 
 
 def _read_rows(metadata: pq.FileMetaData, chunk_rows: int) -> int:

@@ -5,18 +5,28 @@ the batch axis. Packed bytes and complete typed value lists are joined as they
 are, without decoding; only a tensor in another form (one value standing for a
 whole tensor, say) goes through numpy. Splitting cuts each output's rows the same
 way. A large merged answer kept as its bytes is parsed, cut and each share
-serialized in one go (`split_answer`), off the event loop.
+serialized in one go (`split_answer`), off the event loop; so is a merge whose
+tensors decode to `DECODE_IN_THREAD_BYTES` or more (`write_merged`): small
+messages can declare that much through the fill rule, and the loop's thread
+would write it all, new memory the kernel zeroes first.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import numpy as np
 from servekit_protocol import messages
+from servekit_protocol.errors import ProtocolError
+from servekit_protocol.tensor_limits import (
+    DECODE_IN_THREAD_BYTES,
+    declare_tensor_protos,
+)
 from servekit_protocol.tensors import element_field, from_ndarray, to_ndarray
 
 from gateway.clients.answers import ReceivedAnswer
+from gateway.clients.forwarded import ForwardedPredict
 
 Layout = tuple[tuple[str, int, tuple[int, ...]], ...]
 
@@ -106,6 +116,58 @@ def merge_requests(
             [request.inputs[name] for request in requests], rows, merged.inputs[name]
         )
     return merged
+
+
+async def merged_request(
+    requests: Sequence[messages.PredictRequest],
+    rows: Sequence[int],
+    keep_answer_from: int | None,
+) -> messages.PredictRequest | ForwardedPredict:
+    """`merge_requests`, or `write_merged` in a worker thread once the tensors
+    decode to `DECODE_IN_THREAD_BYTES` or more; ``keep_answer_from`` as
+    `ForwardedPredict`'s, for the latter.
+
+    Raises:
+        ProtocolError: a tensor cannot be decoded or re-encoded.
+    """
+    size = declared_bytes(requests)
+    if size is None or size < DECODE_IN_THREAD_BYTES:
+        return merge_requests(requests, rows)
+    return await asyncio.to_thread(write_merged, requests, rows, keep_answer_from)
+
+
+def declared_bytes(requests: Sequence[messages.PredictRequest]) -> int | None:
+    """The bytes the requests' tensors decode to, all together, read from their
+    shapes; None when a shape cannot be read (the merge meets it as before)."""
+    total = 0
+    try:
+        for request in requests:
+            total += declare_tensor_protos(request.inputs.items(), None).nbytes
+    except ProtocolError:
+        return None
+    return total
+
+
+def write_merged(
+    requests: Sequence[messages.PredictRequest],
+    rows: Sequence[int],
+    keep_answer_from: int | None,
+) -> ForwardedPredict:
+    """`merge_requests`, serialized: the bytes the merged request's
+    ``SerializeToString`` gives, sent as they are. Meant for a worker thread,
+    so that neither the tensors filled nor the message written are the event
+    loop's thread's work; ``keep_answer_from`` as `ForwardedPredict`'s.
+
+    Raises:
+        ProtocolError: a tensor cannot be decoded or re-encoded.
+    """
+    merged = merge_requests(requests, rows)
+    spec = messages.ModelSpec()
+    spec.CopyFrom(merged.model_spec)
+    # The spec is field 1, written first; the rest follows it unchanged.
+    merged.ClearField("model_spec")
+    rest = memoryview(merged.SerializeToString())
+    return ForwardedPredict(spec, {}, rest, keep_answer_from)
 
 
 def _split_tensor(

@@ -53,7 +53,7 @@ from gateway.clients.backend import BackendClient, Metadata
 from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.protobatch import (
-    merge_requests,
+    merged_request,
     proto_layout,
     split_answer,
     split_response,
@@ -218,9 +218,9 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
     def __init__(self, client: BackendClient) -> None:
         self._client = client
 
-    def _merge(
-        self, requests: Sequence[RequestT], rows: Sequence[int]
-    ) -> messages.PredictRequest:
+    async def _merge(
+        self, requests: Sequence[RequestT], rows: Sequence[int], keep_from: int | None
+    ) -> messages.PredictRequest | ForwardedPredict:
         raise NotImplementedError
 
     def _split(
@@ -275,7 +275,7 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
         keep_from: int | None = None,
     ) -> Merged[ResponseT]:
         try:
-            merged = self._merge(requests, rows)
+            merged = await self._merge(requests, rows, keep_from)
         except ProtocolError as exc:
             return Separately(exc.message, blame_merge=False)
         try:
@@ -312,10 +312,13 @@ class ProtoStrategy(
             addresses, request, deadline, metadata, keep_from
         )
 
-    def _merge(
-        self, requests: Sequence[messages.PredictRequest], rows: Sequence[int]
-    ) -> messages.PredictRequest:
-        return merge_requests(requests, rows)
+    async def _merge(
+        self,
+        requests: Sequence[messages.PredictRequest],
+        rows: Sequence[int],
+        keep_from: int | None,
+    ) -> messages.PredictRequest | ForwardedPredict:
+        return await merged_request(requests, rows, keep_from)
 
     def _split(
         self, response: messages.PredictResponse, rows: Sequence[int]
@@ -355,10 +358,11 @@ class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse | ReceivedAnswer
             return response
         return ArrayResponse.from_proto(response)
 
-    def _merge(
+    async def _merge(
         self,
         requests: Sequence[ArrayRequest],
         rows: Sequence[int],  # noqa: ARG002 (arrays carry their own row counts)
+        keep_from: int | None,  # noqa: ARG002 (the answer decides, not the merge)
     ) -> messages.PredictRequest:
         return merge_arrays(requests).to_proto()
 

@@ -15,6 +15,7 @@ from servekit_protocol.services import (
     ModelServiceServicer,
     PredictionServiceServicer,
 )
+from servekit_protocol.tensor_limits import DECODE_IN_THREAD_BYTES
 
 from modelserver.dataplane import DataPlane
 from modelserver.protocol.grpc import converters
@@ -28,17 +29,6 @@ from modelserver.types import (
     PredictRequest,
     RegressRequest,
 )
-
-DECODE_IN_THREAD_BYTES = 1 << 20
-"""Decoded tensor bytes from which a Predict message parsed on the event loop
-has its tensors decoded in a thread. Such a message is small (larger ones go
-to the workers), so this is TensorFlow's fill rule: a few bytes declaring up to
-the request limit, one value written over every element. Writing 64 MiB of new
-memory cost the loop's thread 12-36 ms of CPU, and 100-250 ms in about one
-fresh process in four, the kernel's first zeroing of those pages (``perf``:
-``clear_page_erms`` under the huge page fault, ten times its usual time). The
-thread writes them with the GIL released; below this the hand-over costs more
-than the write."""
 
 
 class PredictionServicer(PredictionServiceServicer):
