@@ -32,6 +32,8 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 from servekit_protocol import grpcweb, messages
 
+from tests.security.threadserver import served_in_a_thread
+
 PREDICT_PATH = b"/tensorflow.serving.PredictionService/Predict"
 PADDING_BYTES = 48 * 1024
 """Bytes after the request id in each answer's ``id`` value."""
@@ -197,23 +199,6 @@ class _Protocol(asyncio.Protocol):
 def draining_backend(hold: int) -> Iterator[DrainingBackend]:
     """The backend, listening until the block ends."""
     backend = DrainingBackend(hold)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    stopped = asyncio.Event()
-
-    async def serve() -> None:
-        server = await loop.create_server(lambda: _Protocol(backend), "127.0.0.1", 0)
-        backend.port = server.sockets[0].getsockname()[1]
-        started.set()
-        async with server:
-            await stopped.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
-    thread.start()
-    try:
-        assert started.wait(30), "the draining backend did not start"
+    with served_in_a_thread(lambda: _Protocol(backend), "the draining backend") as port:
+        backend.port = port
         yield backend
-    finally:
-        loop.call_soon_threadsafe(stopped.set)
-        thread.join(30)
-        loop.close()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -25,6 +24,8 @@ import h2.events
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from servekit_protocol import grpcweb
+
+from tests.security.threadserver import served_in_a_thread
 
 ENDLESS_CAP_BYTES = 256 * 1024 * 1024
 """Most bytes an ``endless`` answer sends: a client that never stops reading
@@ -144,23 +145,6 @@ class _Protocol(asyncio.Protocol):
 def hostile_backend() -> Iterator[HostileBackend]:
     """The backend, listening until the block ends."""
     backend = HostileBackend()
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    stopped = asyncio.Event()
-
-    async def serve() -> None:
-        server = await loop.create_server(lambda: _Protocol(backend), "127.0.0.1", 0)
-        backend.port = server.sockets[0].getsockname()[1]
-        started.set()
-        async with server:
-            await stopped.wait()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
-    thread.start()
-    try:
-        assert started.wait(30), "the hostile backend did not start"
+    with served_in_a_thread(lambda: _Protocol(backend), "the hostile backend") as port:
+        backend.port = port
         yield backend
-    finally:
-        loop.call_soon_threadsafe(stopped.set)
-        thread.join(30)
-        loop.close()
