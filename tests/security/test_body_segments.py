@@ -19,7 +19,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
@@ -28,14 +27,13 @@ import pytest
 from servekit_protocol import segments
 
 from tests.security.loopstall import assert_no_stall
-from tests.security.stack import assert_no_traceback
+from tests.security.paired_servers import Servers, offloading_and_in_place
 from tests.security.test_loop_stalls import publish_line_model
 from tests.support.compiledmodels import models_config
 from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import (
     METRICS_PATH,
     ModelServer,
-    model_server,
     write_monitoring_config,
 )
 from tests.support.pipelines import publish_classifier
@@ -56,14 +54,6 @@ a thread once the worker has answered (milliseconds; the margin is for the
 shared 2-core runner)."""
 
 
-@dataclass(frozen=True)
-class Servers:
-    offloading: ModelServer
-    """Default thresholds: large bodies are read in a worker."""
-    in_place: ModelServer
-    """Every body read, and every answer written, on the event loop."""
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     folder = tmp_path_factory.mktemp("body-segments")
@@ -77,21 +67,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         f"--grpc_max_message_bytes={BODY_LIMIT}",
         f"--monitoring_config_file={write_monitoring_config(folder)}",
     )
-    with (
-        model_server(common, log_path=folder / "offloading.log") as offloading,
-        model_server(
-            (
-                *common,
-                f"--rest_api_json_offload_bytes={2**62}",
-                f"--rest_api_json_answer_offload_elements={2**62}",
-            ),
-            log_path=folder / "in-place.log",
-        ) as in_place,
-    ):
-        yield Servers(offloading, in_place)
-        assert_no_traceback(offloading.process)
-        assert_no_traceback(in_place.process)
-        assert "went through the worker pipe" not in offloading.process.log_text()
+    in_place = (
+        f"--rest_api_json_offload_bytes={2**62}",
+        f"--rest_api_json_answer_offload_elements={2**62}",
+    )
+    with offloading_and_in_place(common, folder, in_place) as servers:
+        yield servers
 
 
 def _segments_of(pid: int) -> list[str]:

@@ -16,7 +16,6 @@ bound of ``test_loop_stalls``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import grpc
 import httpx
@@ -26,7 +25,7 @@ import pytest
 from servekit_protocol import messages
 
 from tests.security.loopstall import assert_no_stall
-from tests.security.stack import assert_no_traceback
+from tests.security.paired_servers import Servers, offloading_and_in_place
 from tests.security.test_body_segments import settled_segments, watching_segments
 from tests.security.test_gateway_large_examples import (
     SERVICE,
@@ -37,7 +36,6 @@ from tests.support.models import publish_linear_pipeline
 from tests.support.modelserver import (
     METRICS_PATH,
     ModelServer,
-    model_server,
     write_monitoring_config,
 )
 from tests.support.pipelines import CLASSES, publish_classifier
@@ -52,14 +50,6 @@ classifier and 60,000 regression values, both over the 16,384 elements from
 which an answer is built in a worker."""
 
 
-@dataclass(frozen=True)
-class Servers:
-    offloading: ModelServer
-    """Default thresholds: large answers are built in a worker."""
-    in_place: ModelServer
-    """Every message parsed and every answer built on the event loop."""
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     folder = tmp_path_factory.mktemp("examples-answer-segments")
@@ -72,22 +62,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         f"--grpc_max_message_bytes={MESSAGE_LIMIT}",
         f"--monitoring_config_file={write_monitoring_config(folder)}",
     )
-    with (
-        model_server(common, log_path=folder / "offloading.log") as offloading,
-        model_server(
-            (
-                *common,
-                "--grpc_parse_offload_bytes=0",
-                f"--rest_api_json_offload_bytes={2**62}",
-                f"--rest_api_json_answer_offload_elements={2**62}",
-            ),
-            log_path=folder / "in-place.log",
-        ) as in_place,
-    ):
-        yield Servers(offloading, in_place)
-        assert_no_traceback(offloading.process)
-        assert_no_traceback(in_place.process)
-        assert "went through the worker pipe" not in offloading.process.log_text()
+    with offloading_and_in_place(common, folder) as servers:
+        yield servers
 
 
 def _multi_regress(count: int) -> bytes:
