@@ -24,7 +24,11 @@ from google.protobuf.message import DecodeError, Message
 from servekit_protocol import grpcweb, messages
 from servekit_protocol.byte_parts import byte_views, take
 from servekit_protocol.errors import ProtocolError
-from servekit_protocol.logs import REQUEST_ID_HEADER, bind_request_id
+from servekit_protocol.logs import (
+    REQUEST_ID_HEADER,
+    bind_request_id,
+    incoming_request_id,
+)
 from servekit_protocol.services import MODEL_SERVICE, PREDICTION_SERVICE
 
 if TYPE_CHECKING:
@@ -73,12 +77,7 @@ class WebContext:
         large message may log (a warning when it goes to a worker through the
         pipe). A fresh id, when the caller sent none or one that is replaced,
         goes into the metadata, from which the handler binds the same id."""
-        incoming: str | bytes | None = None
-        for key, value in self._metadata:
-            if key == REQUEST_ID_HEADER:
-                # The first, as the handlers read it.
-                incoming = value
-                break
+        incoming = incoming_request_id(self._metadata)
         request_id = bind_request_id(incoming, protocol)
         if request_id != incoming:
             kept = (item for item in self._metadata if item[0] != REQUEST_ID_HEADER)

@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TextIO
@@ -85,6 +86,17 @@ def bind_request(request_id: str, protocol: str) -> None:
     protocol_var.set(protocol)
     model_var.set(None)
     version_var.set(None)
+
+
+def incoming_request_id(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> str | None:
+    """The caller's ``x-request-id`` in gRPC metadata (the first, as the
+    handlers read it), if any."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER:
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
 
 
 def bind_request_id(incoming: str | bytes | None, protocol: str) -> str:

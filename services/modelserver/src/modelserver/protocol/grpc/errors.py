@@ -22,7 +22,11 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 import grpc
 import grpc.aio
 from servekit_protocol.grpc_codes import to_grpc
-from servekit_protocol.logs import REQUEST_ID_HEADER, bind_request_id
+from servekit_protocol.logs import (
+    REQUEST_ID_HEADER,
+    bind_request_id,
+    incoming_request_id,
+)
 
 from modelserver.errors import ServingError
 
@@ -53,14 +57,6 @@ def truncate_message(message: str) -> str:
     return message
 
 
-def incoming_request_id(context: Context) -> str | None:
-    """The caller's ``x-request-id`` metadata value, if any."""
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER:
-            return value if isinstance(value, str) else value.decode("latin-1")
-    return None
-
-
 def rpc(
     method: Method[ServicerT, RequestT, ResponseT],
 ) -> Method[ServicerT, RequestT, ResponseT]:
@@ -69,7 +65,8 @@ def rpc(
     @functools.wraps(method)
     async def handle(self: ServicerT, request: RequestT, context: Context) -> ResponseT:
         started = time.perf_counter()
-        request_id = bind_request_id(incoming_request_id(context), self.protocol)
+        incoming = incoming_request_id(context.invocation_metadata())
+        request_id = bind_request_id(incoming, self.protocol)
         trailing = ((REQUEST_ID_HEADER, request_id),)
         context.set_trailing_metadata(trailing)
         try:
