@@ -1,5 +1,5 @@
 """A large message's own pipe to its worker, and its arrays' pipe back
-(:mod:`modelserver.protocol.grpc.messagepipe`): the bytes and arrays arrive
+(:mod:`servekit_protocol.messagepipe`): the bytes and arrays arrive
 whole, and each side stops when the other goes away or never comes.
 
 The reader here is this process (a worker unpickles the same handle and reads
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from modelserver.protocol.grpc.messagepipe import (
+from servekit_protocol.messagepipe import (
     ArraysPipe,
     MessagePipe,
     PipedArrays,
