@@ -72,6 +72,7 @@ def _pickled_road(parsers: BodyParsers) -> Road:
         decoded = await parsers.in_worker(
             decode_predict, MessageBytes(memoryview(message)), None, None
         )
+        assert isinstance(decoded.carried, dict)
         return decoded.carried["x"].array
 
     return road
