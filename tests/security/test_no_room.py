@@ -79,6 +79,10 @@ with 150,000 results of ten classes (6 MiB of scores)."""
 REGRESS_EXAMPLES = 300_000
 """Examples of the large REST ``:regress`` body: about 10 MiB of JSON,
 answered with 300,000 values (2.3 MiB of doubles, over the file size limit)."""
+NARROW_ROWS = 6_144
+"""Rows of the Predict whose message fits its segment (1.5 MiB of one-byte
+``int64_val`` values, under the file size limit and over the offload
+threshold) while its arrays do not (12 MiB of int64)."""
 LAG_ROWS = 24_576
 """Rows of the Predict whose lag is bounded: 48 MiB of ``double_val`` (under
 the message limit), answered with 24,576 values."""
@@ -97,6 +101,10 @@ ARRAYS_WARNING = "A large answer's its arrays went through the worker pipe"
 ANSWER_WARNING = "A large answer's the answer went through the worker pipe"
 BODY_WARNING = "A large request body went through the worker pipe"
 EXAMPLES_WARNING = "A large body's examples came back from their worker through"
+MESSAGE_ARRAYS_WARNING = (
+    "A large gRPC message's arrays came back from their worker through a pipe "
+    "of their own"
+)
 INFER_WARNING = "A large ModelInfer message goes to a worker through its pipe"
 GRPC_REQUEST_ID = "large-grpc"
 """The ``x-request-id`` of every gRPC call (:func:`grpc_call`)."""
@@ -240,6 +248,18 @@ def _examples_body(examples: int) -> Callable[[], bytes]:
     return body
 
 
+def _narrow_predict() -> bytes:
+    request = messages.PredictRequest()
+    request.model_spec.name = "wide"
+    tensor = request.inputs["x"]
+    tensor.dtype = messages.DT_INT64
+    tensor.tensor_shape.dim.add(size=NARROW_ROWS)
+    tensor.tensor_shape.dim.add(size=FEATURES)
+    values = np.random.default_rng(7).integers(0, 100, NARROW_ROWS * FEATURES)
+    tensor.int64_val.extend(values.tolist())
+    return request.SerializeToString()
+
+
 def _small_predict() -> bytes:
     return _small_predict_message(ANSWER_ROWS)
 
@@ -261,6 +281,9 @@ CASES: dict[str, Case] = {
             PREDICT, lambda: predict_request(PREDICT_ROWS).SerializeToString(), "server"
         ),
         (MESSAGE_WARNING,),
+    ),
+    "1.5 MiB gRPC Predict with 12 MiB of arrays": Case(
+        _grpc(PREDICT, _narrow_predict, "server"), (MESSAGE_ARRAYS_WARNING,)
     ),
     "16 MiB answer to a small gRPC Predict": Case(
         _grpc(PREDICT, _small_predict, "server"), (ARRAYS_WARNING, ANSWER_WARNING)
@@ -321,7 +344,7 @@ def _assert_warned(
         # The folder the server was given, and the error of the write when the
         # server's side made it (the worker's side only says there was none).
         assert str(folder) in message, message
-        if text not in (ANSWER_WARNING, EXAMPLES_WARNING):
+        if text not in (ANSWER_WARNING, EXAMPLES_WARNING, MESSAGE_ARRAYS_WARNING):
             assert ERRNO_TEXT in message, message
 
 

@@ -1,4 +1,4 @@
-"""A large gRPC message's bytes sent to its worker, and its arrays back,
+"""A large message's bytes sent to a worker process, and arrays sent back,
 through OS pipes of their own, when their shared memory segments find no room.
 
 Pickled through the process pool's pipe, the message is copied twice with the
@@ -14,7 +14,9 @@ arrays come back the same way (:class:`ArraysPipe`): the worker writes a small
 header (names, types, shapes) and their bytes; a thread of the server's reads
 them straight into new arrays (``os.readv``, the GIL released), where the
 pool's result thread would read them into a buffer and unpickle them, copies
-made holding the GIL.
+made holding the GIL. Where only the arrays' segment finds no room, the worker
+learns it first: it makes the pipe itself (:func:`send_back`), its answer
+carries the read end, and a thread of the worker's writes as the server reads.
 """
 
 from __future__ import annotations
@@ -149,15 +151,23 @@ class PipedArrays:
         numeric arrays)."""
         descriptor = self.writer.detach()
         try:
-            header = pickle.dumps(
-                [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
-            )
-            _write_all(descriptor, len(header).to_bytes(_HEADER_SIZE_BYTES, "big"))
-            _write_all(descriptor, header)
-            for array in arrays.values():
-                _write_all(descriptor, array.reshape(-1).view(np.uint8).data)
+            for part in _array_parts(arrays):
+                _write_all(descriptor, part)
         finally:
             os.close(descriptor)
+
+
+def _array_parts(arrays: Arrays) -> list[memoryview]:
+    # The header's length, the header (names, types, shapes), each array's
+    # bytes: what :func:`_read_arrays` reads.
+    header = pickle.dumps(
+        [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
+    )
+    return [
+        memoryview(len(header).to_bytes(_HEADER_SIZE_BYTES, "big")),
+        memoryview(header),
+        *(array.reshape(-1).view(np.uint8).data for array in arrays.values()),
+    ]
 
 
 def _write_all(descriptor: int, data: bytes | memoryview) -> None:
@@ -165,6 +175,37 @@ def _write_all(descriptor: int, data: bytes | memoryview) -> None:
     done = 0
     while done < len(view):
         done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+
+
+def _read_into(descriptor: int, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        read = os.readv(descriptor, [view[done:]])
+        if read == 0:
+            raise OSError("the arrays' pipe ended early")
+        done += read
+
+
+def _read_bytes(descriptor: int, size: int) -> bytearray:
+    buffer = bytearray(size)
+    _read_into(descriptor, memoryview(buffer))
+    return buffer
+
+
+def _read_arrays(descriptor: int) -> Arrays:
+    """The arrays :func:`_array_parts` made, read from ``descriptor``.
+
+    Raises:
+        OSError: The pipe ended before the arrays did.
+    """
+    size = int.from_bytes(_read_bytes(descriptor, _HEADER_SIZE_BYTES), "big")
+    header = pickle.loads(_read_bytes(descriptor, size))
+    received: Arrays = {}
+    for name, dtype, shape in header:
+        array: np.ndarray[Any, Any] = np.empty(shape, np.dtype(dtype))
+        _read_into(descriptor, array.reshape(-1).view(np.uint8).data)
+        received[name] = array
+    return received
 
 
 class ArraysPipe:
@@ -202,31 +243,11 @@ class ArraysPipe:
             while not select.select([descriptor], [], [], _POLL_SECONDS)[0]:
                 if self._stop.is_set():
                     return
-            size = int.from_bytes(self._read_bytes(_HEADER_SIZE_BYTES), "big")
-            header = pickle.loads(self._read_bytes(size))
-            received: Arrays = {}
-            for name, dtype, shape in header:
-                array: np.ndarray[Any, Any] = np.empty(shape, np.dtype(dtype))
-                self._read_into(array.reshape(-1).view(np.uint8).data)
-                received[name] = array
-            self._received = received
+            self._received = _read_arrays(descriptor)
         except OSError as exc:
             self._error = exc
         finally:
             os.close(descriptor)
-
-    def _read_bytes(self, size: int) -> bytearray:
-        buffer = bytearray(size)
-        self._read_into(memoryview(buffer))
-        return buffer
-
-    def _read_into(self, view: memoryview) -> None:
-        done = 0
-        while done < len(view):
-            read = os.readv(self._read_end, [view[done:]])
-            if read == 0:
-                raise OSError("the arrays' pipe ended early")
-            done += read
 
     def received(self) -> Arrays:
         """The arrays the worker sent, once it has answered (none when it sent
@@ -240,3 +261,87 @@ class ArraysPipe:
         if self._error is not None:
             raise self._error
         return self._received or {}
+
+
+_STALLED_SECONDS = 120.0
+"""Most time a worker's thread waits for the server to read a pipe it made
+(:func:`send_back`) without a byte taken: the server reads as soon as the
+worker's answer reaches it, so a pipe that long unread is one nobody will
+read (its call failed on the server's side), and its arrays are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedArrays:
+    """Arrays a worker sends back through a pipe it made, because their
+    segment had no room (:func:`send_back`): what its answer carries.
+
+    Attributes:
+        reader: The pipe's read end, passed as a descriptor.
+    """
+
+    reader: Any
+
+    def received(self) -> Arrays:
+        """The arrays, read whole from the pipe (in the server; blocking: run
+        it in a thread).
+
+        Raises:
+            OSError: The pipe ended before the arrays did (the worker died).
+        """
+        descriptor = self.reader.detach()
+        try:
+            return _read_arrays(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def send_back(arrays: Arrays) -> ReturnedArrays:
+    """In a worker: a pipe for ``arrays`` (C-contiguous numeric arrays), the
+    handle its answer carries, and a thread writing them as the server reads.
+
+    The worker cannot write them before it answers (the server only learns of
+    the pipe from its answer, and the pipe holds 64 KiB), so a thread of the
+    worker's writes while it goes on with other calls.
+
+    Raises:
+        OSError: No pipe, or its descriptor could not be shared (the caller
+            falls back to pickling the arrays).
+    """
+    read_end, write_end = os.pipe()
+    try:
+        reader = reduction.DupFd(read_end)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    parts = _array_parts(arrays)
+    threading.Thread(
+        target=_write_parts, args=(write_end, parts), name="arrays-back", daemon=True
+    ).start()
+    return ReturnedArrays(reader)
+
+
+def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
+    try:
+        os.set_blocking(descriptor, False)
+        for part in parts:
+            view = part.cast("B") if part.format != "B" else part
+            done = 0
+            waited = 0.0
+            while done < len(view):
+                if not select.select([], [descriptor], [], _POLL_SECONDS)[1]:
+                    waited += _POLL_SECONDS
+                    if waited >= _STALLED_SECONDS:
+                        return
+                    continue
+                try:
+                    done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                except BlockingIOError:
+                    continue
+                waited = 0.0
+    except BrokenPipeError:
+        # The server closed its end: its call fails on its own.
+        pass
+    finally:
+        os.close(descriptor)
