@@ -74,6 +74,19 @@ class PipedMessage:
         finally:
             os.close(descriptor)
 
+    def received_arrays(self) -> Arrays:
+        """The arrays a :meth:`MessagePipe.for_arrays` pipe carries, read
+        whole (in the worker).
+
+        Raises:
+            OSError: The pipe ended before the arrays did.
+        """
+        descriptor = self.reader.detach()
+        try:
+            return _read_arrays(descriptor)
+        finally:
+            os.close(descriptor)
+
 
 class MessagePipe:
     """The server's side of a message's pipe: :attr:`message` for the worker,
@@ -88,6 +101,22 @@ class MessagePipe:
     """
 
     def __init__(self, view: memoryview) -> None:
+        self._start([view.cast("B") if view.format != "B" else view])
+
+    @classmethod
+    def for_arrays(cls, arrays: Arrays) -> MessagePipe:
+        """A pipe carrying ``arrays`` (numeric; they must stay unchanged until
+        :meth:`close`) to a worker, which reads them with
+        :meth:`PipedMessage.received_arrays`.
+
+        Raises:
+            OSError: No pipe, or its descriptor could not be shared.
+        """
+        pipe = cls.__new__(cls)
+        pipe._start(_array_parts(arrays))
+        return pipe
+
+    def _start(self, parts: list[memoryview]) -> None:
         read_end, self._write_end = os.pipe()
         try:
             # Duplicated now, registered with the process's descriptor sharer
@@ -99,8 +128,8 @@ class MessagePipe:
             raise
         finally:
             os.close(read_end)
-        self.message = PipedMessage(reader, len(view))
-        self._view = view.cast("B") if view.format != "B" else view
+        self.message = PipedMessage(reader, sum(len(part) for part in parts))
+        self._parts = parts
         self._stop = threading.Event()
         self._writer = threading.Thread(
             target=self._write, name="message-pipe", daemon=True
@@ -109,16 +138,18 @@ class MessagePipe:
 
     def _write(self) -> None:
         descriptor = self._write_end
-        view = self._view
         try:
             os.set_blocking(descriptor, False)
-            done = 0
-            while done < len(view) and not self._stop.is_set():
-                select.select([], [descriptor], [], _POLL_SECONDS)
-                try:
-                    done += os.write(descriptor, view[done : done + _WRITE_BYTES])
-                except BlockingIOError:
-                    continue
+            for view in self._parts:
+                done = 0
+                while done < len(view):
+                    if self._stop.is_set():
+                        return
+                    select.select([], [descriptor], [], _POLL_SECONDS)
+                    try:
+                        done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                    except BlockingIOError:
+                        continue
         except BrokenPipeError:
             # The worker went away: its call fails on its own.
             pass
@@ -156,6 +187,12 @@ class PipedArrays:
         finally:
             os.close(descriptor)
 
+    def discard(self) -> None:
+        """Take the pipe and close it unused (in the worker, which has no
+        arrays to send: the request was refused): the server's reader stops
+        at once, and the descriptor sharer keeps no copy of it."""
+        os.close(self.writer.detach())
+
 
 def _array_parts(arrays: Arrays) -> list[memoryview]:
     # The header's length, the header (names, types, shapes), each array's
@@ -166,6 +203,7 @@ def _array_parts(arrays: Arrays) -> list[memoryview]:
     return [
         memoryview(len(header).to_bytes(_HEADER_SIZE_BYTES, "big")),
         memoryview(header),
+        # A copy in C order for an array that is not one already.
         *(array.reshape(-1).view(np.uint8).data for array in arrays.values()),
     ]
 
@@ -295,6 +333,51 @@ class ReturnedArrays:
             os.close(descriptor)
 
 
+@dataclass(frozen=True, slots=True)
+class ReturnedBytes:
+    """Bytes a worker sends back through a pipe it made, because their
+    segment had no room (:func:`send_back_bytes`): what its answer carries.
+
+    Attributes:
+        reader: The pipe's read end, passed as a descriptor.
+        size: Their length.
+    """
+
+    reader: Any
+    size: int
+
+    def received(self) -> bytes:
+        """The bytes, read whole from the pipe (in the server; blocking: run
+        it in a thread).
+
+        Raises:
+            OSError: The pipe ended before the bytes did (the worker died).
+        """
+        descriptor = self.reader.detach()
+        try:
+            parts = []
+            done = 0
+            while done < self.size:
+                part = os.read(descriptor, min(self.size - done, _WRITE_BYTES))
+                if not part:
+                    raise OSError(f"the answer's pipe ended at {done} bytes")
+                parts.append(part)
+                done += len(part)
+            # Joined without the GIL from 1 MiB up (CPython's bytes.join).
+            return b"".join(parts)
+        finally:
+            os.close(descriptor)
+
+
+def send_back_bytes(data: bytes) -> ReturnedBytes:
+    """In a worker: :func:`send_back` for one buffer of bytes.
+
+    Raises:
+        OSError: No pipe, or its descriptor could not be shared.
+    """
+    return ReturnedBytes(_sending_thread([memoryview(data)]), len(data))
+
+
 def send_back(arrays: Arrays) -> ReturnedArrays:
     """In a worker: a pipe for ``arrays`` (C-contiguous numeric arrays), the
     handle its answer carries, and a thread writing them as the server reads.
@@ -307,6 +390,11 @@ def send_back(arrays: Arrays) -> ReturnedArrays:
         OSError: No pipe, or its descriptor could not be shared (the caller
             falls back to pickling the arrays).
     """
+    return ReturnedArrays(_sending_thread(_array_parts(arrays)))
+
+
+def _sending_thread(parts: list[memoryview]) -> Any:
+    # The pipe's read end, shared; a thread writing ``parts`` to the other.
     read_end, write_end = os.pipe()
     try:
         reader = reduction.DupFd(read_end)
@@ -315,18 +403,16 @@ def send_back(arrays: Arrays) -> ReturnedArrays:
         raise
     finally:
         os.close(read_end)
-    parts = _array_parts(arrays)
     threading.Thread(
-        target=_write_parts, args=(write_end, parts), name="arrays-back", daemon=True
+        target=_write_parts, args=(write_end, parts), name="sending-back", daemon=True
     ).start()
-    return ReturnedArrays(reader)
+    return reader
 
 
 def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
     try:
         os.set_blocking(descriptor, False)
-        for part in parts:
-            view = part.cast("B") if part.format != "B" else part
+        for view in parts:
             done = 0
             waited = 0.0
             while done < len(view):

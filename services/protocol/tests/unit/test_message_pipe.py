@@ -110,7 +110,7 @@ def _same(received: dict[str, Any]) -> None:
 
 
 def _writers() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "arrays-back"]
+    return [t for t in threading.enumerate() if t.name == "sending-back"]
 
 
 def test_arrays_sent_back_arrive_whole_through_a_pickled_handle() -> None:
