@@ -2,7 +2,7 @@
 server's event loop when its shared memory folder has no room
 (:mod:`modelserver.protocol.grpc.largerequests`): the message sent, and its
 arrays received, through pipes of their own
-(:mod:`modelserver.protocol.grpc.messagepipe`; "own pipe"), against both
+(:mod:`servekit_protocol.messagepipe`; "own pipe"), against both
 pickled through the process pool's pipe (:class:`MessageBytes` and
 ``CarriedArray``, the road before the pipes of their own and still their
 fallback; "pickled"), against the message and arrays through segments.
@@ -72,6 +72,7 @@ def _pickled_road(parsers: BodyParsers) -> Road:
         decoded = await parsers.in_worker(
             decode_predict, MessageBytes(memoryview(message)), None, None
         )
+        assert isinstance(decoded.carried, dict)
         return decoded.carried["x"].array
 
     return road

@@ -1,5 +1,5 @@
 """A large message's own pipe to its worker, and its arrays' pipe back
-(:mod:`modelserver.protocol.grpc.messagepipe`): the bytes and arrays arrive
+(:mod:`servekit_protocol.messagepipe`): the bytes and arrays arrive
 whole, and each side stops when the other goes away or never comes.
 
 The reader here is this process (a worker unpickles the same handle and reads
@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from typing import Any
 
 import numpy as np
 import pytest
-from modelserver.protocol.grpc.messagepipe import (
+from servekit_protocol.messagepipe import (
     ArraysPipe,
     MessagePipe,
     PipedArrays,
     PipedMessage,
+    ReturnedArrays,
+    send_back,
 )
 
 CLOSE_SECONDS = 5.0
@@ -96,3 +99,36 @@ def test_arrays_cut_short_are_an_error() -> None:
     os.close(descriptor)
     with pytest.raises(OSError, match="ended early"):
         pipe.received()
+
+
+def _same(received: dict[str, Any]) -> None:
+    assert list(received) == list(ARRAYS)
+    for name, array in ARRAYS.items():
+        got: np.ndarray[Any, Any] = received[name]
+        assert (got.dtype, got.shape) == (array.dtype, array.shape), name
+        assert got.tobytes() == array.tobytes(), name
+
+
+def _writers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sending-back"]
+
+
+def test_arrays_sent_back_arrive_whole_through_a_pickled_handle() -> None:
+    handed = pickle.loads(pickle.dumps(send_back(ARRAYS)))
+    assert isinstance(handed, ReturnedArrays)
+    _same(handed.received())
+    deadline = time.monotonic() + CLOSE_SECONDS
+    while _writers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _writers() == []
+
+
+def test_the_sending_back_thread_stops_when_its_reader_goes_away() -> None:
+    returned = send_back(ARRAYS)
+    descriptor = returned.reader.detach()
+    assert len(os.read(descriptor, 1024)) > 0
+    os.close(descriptor)
+    deadline = time.monotonic() + CLOSE_SECONDS
+    while _writers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _writers() == []

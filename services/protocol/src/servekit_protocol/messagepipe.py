@@ -1,0 +1,433 @@
+"""A large message's bytes sent to a worker process, and arrays sent back,
+through OS pipes of their own, when their shared memory segments find no room.
+
+Pickled through the process pool's pipe, the message is copied twice with the
+GIL held in the pool's feeder thread (into pieces, then into the pickle's
+buffer): 0.3-0.4 s of GIL for 256 MiB, which on a loaded machine made the
+event loop's thread wait 90-960 ms at a time. Here the bytes go from the
+received buffer straight into a pipe made for the call: ``os.write`` of views
+(no copy, the GIL released while the kernel copies), from a thread of the
+call's own. The worker gets the pipe's read end through
+:mod:`multiprocessing`'s descriptor passing (``reduction.DupFd``, a Unix
+socket, no file of any size) and reads the message into one buffer. The
+arrays come back the same way (:class:`ArraysPipe`): the worker writes a small
+header (names, types, shapes) and their bytes; a thread of the server's reads
+them straight into new arrays (``os.readv``, the GIL released), where the
+pool's result thread would read them into a buffer and unpickle them, copies
+made holding the GIL. Where only the arrays' segment finds no room, the worker
+learns it first: it makes the pipe itself (:func:`send_back`), its answer
+carries the read end, and a thread of the worker's writes as the server reads.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import threading
+from dataclasses import dataclass
+from multiprocessing import reduction
+from typing import Any
+
+import numpy as np
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+_WRITE_BYTES = 1 << 20
+"""Most bytes one ``write`` is given: the pipe takes what it has room for
+(64 KiB by default) either way; a bound keeps each call's view small."""
+_POLL_SECONDS = 0.1
+"""How often the writer checks that the call still wants the bytes (its
+worker may have died before reading them all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipedMessage:
+    """What a worker is handed for a message sent through its own pipe.
+
+    Attributes:
+        reader: The pipe's read end, passed as a descriptor.
+        size: The message's length in bytes.
+    """
+
+    reader: Any
+    size: int
+
+    def received(self) -> bytearray:
+        """The message, read whole from the pipe (in the worker).
+
+        Raises:
+            OSError: The pipe ended before the message did.
+        """
+        descriptor = self.reader.detach()
+        try:
+            buffer = bytearray(self.size)
+            view = memoryview(buffer)
+            done = 0
+            while done < self.size:
+                read = os.readv(descriptor, [view[done:]])
+                if read == 0:
+                    raise OSError(f"the message's pipe ended at {done} bytes")
+                done += read
+            view.release()
+            return buffer
+        finally:
+            os.close(descriptor)
+
+    def received_arrays(self) -> Arrays:
+        """The arrays a :meth:`MessagePipe.for_arrays` pipe carries, read
+        whole (in the worker).
+
+        Raises:
+            OSError: The pipe ended before the arrays did.
+        """
+        descriptor = self.reader.detach()
+        try:
+            return _read_arrays(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+class MessagePipe:
+    """The server's side of a message's pipe: :attr:`message` for the worker,
+    a thread writing the bytes as the worker reads them.
+
+    Args:
+        view: The message; it must stay unchanged until :meth:`close`.
+
+    Raises:
+        OSError: No pipe, or its descriptor could not be shared (the caller
+            falls back to pickling the message).
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        self._start([view.cast("B") if view.format != "B" else view])
+
+    @classmethod
+    def for_arrays(cls, arrays: Arrays) -> MessagePipe:
+        """A pipe carrying ``arrays`` (numeric; they must stay unchanged until
+        :meth:`close`) to a worker, which reads them with
+        :meth:`PipedMessage.received_arrays`.
+
+        Raises:
+            OSError: No pipe, or its descriptor could not be shared.
+        """
+        pipe = cls.__new__(cls)
+        pipe._start(_array_parts(arrays))
+        return pipe
+
+    def _start(self, parts: list[memoryview]) -> None:
+        read_end, self._write_end = os.pipe()
+        try:
+            # Duplicated now, registered with the process's descriptor sharer
+            # (a thread and a Unix socket, started once): the worker fetches
+            # it when it unpickles the call.
+            reader = reduction.DupFd(read_end)
+        except BaseException:
+            os.close(self._write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self.message = PipedMessage(reader, sum(len(part) for part in parts))
+        self._parts = parts
+        self._stop = threading.Event()
+        self._writer = threading.Thread(
+            target=self._write, name="message-pipe", daemon=True
+        )
+        self._writer.start()
+
+    def _write(self) -> None:
+        descriptor = self._write_end
+        try:
+            os.set_blocking(descriptor, False)
+            for view in self._parts:
+                done = 0
+                while done < len(view):
+                    if self._stop.is_set():
+                        return
+                    select.select([], [descriptor], [], _POLL_SECONDS)
+                    try:
+                        done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                    except BlockingIOError:
+                        continue
+        except BrokenPipeError:
+            # The worker went away: its call fails on its own.
+            pass
+        finally:
+            os.close(descriptor)
+
+    def close(self) -> None:
+        """Stop writing (the worker has answered, or died) and wait for the
+        writer (blocks up to ``_POLL_SECONDS``: call it in a thread)."""
+        self._stop.set()
+        self._writer.join()
+
+
+_HEADER_SIZE_BYTES = 8
+"""Length prefix of the arrays' header."""
+
+
+@dataclass(frozen=True, slots=True)
+class PipedArrays:
+    """What a worker is handed to send its arrays back through a pipe.
+
+    Attributes:
+        writer: The pipe's write end, passed as a descriptor.
+    """
+
+    writer: Any
+
+    def send(self, arrays: Arrays) -> None:
+        """Write ``arrays`` to the pipe (in the worker; C-contiguous
+        numeric arrays)."""
+        descriptor = self.writer.detach()
+        try:
+            for part in _array_parts(arrays):
+                _write_all(descriptor, part)
+        finally:
+            os.close(descriptor)
+
+    def discard(self) -> None:
+        """Take the pipe and close it unused (in the worker, which has no
+        arrays to send: the request was refused): the server's reader stops
+        at once, and the descriptor sharer keeps no copy of it."""
+        os.close(self.writer.detach())
+
+
+def _array_parts(arrays: Arrays) -> list[memoryview]:
+    # The header's length, the header (names, types, shapes), each array's
+    # bytes: what :func:`_read_arrays` reads.
+    header = pickle.dumps(
+        [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
+    )
+    return [
+        memoryview(len(header).to_bytes(_HEADER_SIZE_BYTES, "big")),
+        memoryview(header),
+        # A copy in C order for an array that is not one already.
+        *(array.reshape(-1).view(np.uint8).data for array in arrays.values()),
+    ]
+
+
+def _write_all(descriptor: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+
+
+def _read_into(descriptor: int, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        read = os.readv(descriptor, [view[done:]])
+        if read == 0:
+            raise OSError("the arrays' pipe ended early")
+        done += read
+
+
+def _read_bytes(descriptor: int, size: int) -> bytearray:
+    buffer = bytearray(size)
+    _read_into(descriptor, memoryview(buffer))
+    return buffer
+
+
+def _read_arrays(descriptor: int) -> Arrays:
+    """The arrays :func:`_array_parts` made, read from ``descriptor``.
+
+    Raises:
+        OSError: The pipe ended before the arrays did.
+    """
+    size = int.from_bytes(_read_bytes(descriptor, _HEADER_SIZE_BYTES), "big")
+    header = pickle.loads(_read_bytes(descriptor, size))
+    received: Arrays = {}
+    for name, dtype, shape in header:
+        array: np.ndarray[Any, Any] = np.empty(shape, np.dtype(dtype))
+        _read_into(descriptor, array.reshape(-1).view(np.uint8).data)
+        received[name] = array
+    return received
+
+
+class ArraysPipe:
+    """The server's side of the arrays' pipe: :attr:`arrays` for the worker, a
+    thread reading what the worker sends into new arrays.
+
+    Raises:
+        OSError: No pipe, or its descriptor could not be shared.
+    """
+
+    def __init__(self) -> None:
+        self._read_end, write_end = os.pipe()
+        try:
+            writer = reduction.DupFd(write_end)
+        except BaseException:
+            os.close(self._read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self.arrays = PipedArrays(writer)
+        self._stop = threading.Event()
+        self._received: Arrays | None = None
+        self._error: OSError | None = None
+        self._reader = threading.Thread(
+            target=self._read, name="arrays-pipe", daemon=True
+        )
+        self._reader.start()
+
+    def _read(self) -> None:
+        descriptor = self._read_end
+        try:
+            # Nothing comes when the worker has no arrays to send (the
+            # request was refused, or did not parse): it never takes the
+            # pipe, whose write end stays with the descriptor sharer.
+            while not select.select([descriptor], [], [], _POLL_SECONDS)[0]:
+                if self._stop.is_set():
+                    return
+            self._received = _read_arrays(descriptor)
+        except OSError as exc:
+            self._error = exc
+        finally:
+            os.close(descriptor)
+
+    def received(self) -> Arrays:
+        """The arrays the worker sent, once it has answered (none when it sent
+        none); blocks until they are read: call it in a thread.
+
+        Raises:
+            OSError: The pipe ended before the arrays did.
+        """
+        self._stop.set()
+        self._reader.join()
+        if self._error is not None:
+            raise self._error
+        return self._received or {}
+
+
+_STALLED_SECONDS = 120.0
+"""Most time a worker's thread waits for the server to read a pipe it made
+(:func:`send_back`) without a byte taken: the server reads as soon as the
+worker's answer reaches it, so a pipe that long unread is one nobody will
+read (its call failed on the server's side), and its arrays are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedArrays:
+    """Arrays a worker sends back through a pipe it made, because their
+    segment had no room (:func:`send_back`): what its answer carries.
+
+    Attributes:
+        reader: The pipe's read end, passed as a descriptor.
+    """
+
+    reader: Any
+
+    def received(self) -> Arrays:
+        """The arrays, read whole from the pipe (in the server; blocking: run
+        it in a thread).
+
+        Raises:
+            OSError: The pipe ended before the arrays did (the worker died).
+        """
+        descriptor = self.reader.detach()
+        try:
+            return _read_arrays(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedBytes:
+    """Bytes a worker sends back through a pipe it made, because their
+    segment had no room (:func:`send_back_bytes`): what its answer carries.
+
+    Attributes:
+        reader: The pipe's read end, passed as a descriptor.
+        size: Their length.
+    """
+
+    reader: Any
+    size: int
+
+    def received(self) -> bytes:
+        """The bytes, read whole from the pipe (in the server; blocking: run
+        it in a thread).
+
+        Raises:
+            OSError: The pipe ended before the bytes did (the worker died).
+        """
+        descriptor = self.reader.detach()
+        try:
+            parts = []
+            done = 0
+            while done < self.size:
+                part = os.read(descriptor, min(self.size - done, _WRITE_BYTES))
+                if not part:
+                    raise OSError(f"the answer's pipe ended at {done} bytes")
+                parts.append(part)
+                done += len(part)
+            # Joined without the GIL from 1 MiB up (CPython's bytes.join).
+            return b"".join(parts)
+        finally:
+            os.close(descriptor)
+
+
+def send_back_bytes(data: bytes) -> ReturnedBytes:
+    """In a worker: :func:`send_back` for one buffer of bytes.
+
+    Raises:
+        OSError: No pipe, or its descriptor could not be shared.
+    """
+    return ReturnedBytes(_sending_thread([memoryview(data)]), len(data))
+
+
+def send_back(arrays: Arrays) -> ReturnedArrays:
+    """In a worker: a pipe for ``arrays`` (C-contiguous numeric arrays), the
+    handle its answer carries, and a thread writing them as the server reads.
+
+    The worker cannot write them before it answers (the server only learns of
+    the pipe from its answer, and the pipe holds 64 KiB), so a thread of the
+    worker's writes while it goes on with other calls.
+
+    Raises:
+        OSError: No pipe, or its descriptor could not be shared (the caller
+            falls back to pickling the arrays).
+    """
+    return ReturnedArrays(_sending_thread(_array_parts(arrays)))
+
+
+def _sending_thread(parts: list[memoryview]) -> Any:
+    # The pipe's read end, shared; a thread writing ``parts`` to the other.
+    read_end, write_end = os.pipe()
+    try:
+        reader = reduction.DupFd(read_end)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    threading.Thread(
+        target=_write_parts, args=(write_end, parts), name="sending-back", daemon=True
+    ).start()
+    return reader
+
+
+def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
+    try:
+        os.set_blocking(descriptor, False)
+        for view in parts:
+            done = 0
+            waited = 0.0
+            while done < len(view):
+                if not select.select([], [descriptor], [], _POLL_SECONDS)[1]:
+                    waited += _POLL_SECONDS
+                    if waited >= _STALLED_SECONDS:
+                        return
+                    continue
+                try:
+                    done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                except BlockingIOError:
+                    continue
+                waited = 0.0
+    except BrokenPipeError:
+        # The server closed its end: its call fails on its own.
+        pass
+    finally:
+        os.close(descriptor)
