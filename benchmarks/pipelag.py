@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 import orjson
+from modelserver.protocol.carriedarrays import carried_back
 from modelserver.protocol.grpc.largerequests import (
     MessageBytes,
     PredictDecoder,
-    carried_back,
     decode_predict,
 )
 from servekit_protocol import (
