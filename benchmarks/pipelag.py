@@ -2,7 +2,7 @@
 server's event loop when its shared memory folder has no room
 (:mod:`modelserver.protocol.grpc.largerequests`): the message sent, and its
 arrays received, through pipes of their own
-(:mod:`modelserver.protocol.grpc.messagepipe`; "own pipe"), against both
+(:mod:`servekit_protocol.messagepipe`; "own pipe"), against both
 pickled through the process pool's pipe (:class:`MessageBytes` and
 ``CarriedArray``, the road before the pipes of their own and still their
 fallback; "pickled"), against the message and arrays through segments.
@@ -29,13 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from modelserver.protocol.grpc.largerequests import (
-    MessageBytes,
-    PredictDecoder,
-    decode_predict,
-)
+from modelserver.protocol.grpc.largerequests import PredictDecoder, decode_predict
 from servekit_protocol import messages
 from servekit_protocol.json_codec import BodyParsers
+from servekit_protocol.messagepipe import MessageBytes
 
 from benchmarks.ticker import loop_intervals
 

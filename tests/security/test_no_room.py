@@ -34,6 +34,7 @@ import orjson
 import pytest
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
 from servekit_protocol import messages
+from servekit_protocol import oip_messages as oip
 
 from tests.security.forwarding_stack import Outcome, grpc_call
 from tests.security.loopstall import assert_no_stall
@@ -394,6 +395,63 @@ def test_a_large_message_without_room_does_not_hold_the_model_servers_loop(
         _warnings(server.process, since),
         (MESSAGE_WARNING,),
         stacks.tight.folders[0],
+        GRPC_REQUEST_ID,
+    )
+    assert _leftovers(stacks.tight.folders) == []
+
+
+INFER_LAG_ROWS = 24_576
+"""Rows of the typed ModelInfer whose lag is bounded: 48 MiB of
+``fp64_contents`` (under the message limit)."""
+INFER_LAG_BYTES_ROWS = 192
+"""Rows of 256 BYTES values of 1 KiB in the BYTES ModelInfer whose lag is
+bounded: 48 MiB."""
+INFER_LAG_CALLS: dict[str, tuple[int, Callable[[], bytes]]] = {
+    "typed": (INFER_LAG_ROWS, lambda: _typed_infer(INFER_LAG_ROWS)),
+    "BYTES": (
+        INFER_LAG_BYTES_ROWS,
+        lambda: _bytes_infer(INFER_LAG_BYTES_ROWS).SerializeToString(),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(INFER_LAG_CALLS))
+def test_a_large_model_infer_without_room_does_not_hold_the_gateways_loop(
+    stacks: Stacks, kind: str
+) -> None:
+    """The message goes to the gateway's workers, and the backend's Predict
+    comes back, through pipes of their own, copied without the GIL (pickled
+    through the pool's pipe, 48 MiB made the gateway's loop wait 300-700 ms
+    at load 4-9, over :func:`tests.security.loopstall.lag_limit`'s floor):
+    the lag is bounded as a message's through segments is."""
+    gateway = stacks.tight.gateway
+    rows, make = INFER_LAG_CALLS[kind]
+    data = make()
+
+    def call() -> None:
+        options = [("grpc.max_send_message_length", MESSAGE_LIMIT)]
+        with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
+            answer = channel.unary_unary(MODEL_INFER)(
+                data, timeout=120, metadata=(("x-request-id", GRPC_REQUEST_ID),)
+            )
+        outputs = oip.ModelInferResponse.FromString(answer).outputs
+        assert [output.shape[0] for output in outputs] == [rows]
+
+    # The first call starts what it needs (the descriptor sharer's thread,
+    # memory the workers keep).
+    call()
+    since = _log_size(gateway.process)
+    assert_no_stall(
+        gateway.url + "/metrics",
+        "gateway",
+        f"gateway without room, 48 MiB {kind} ModelInfer",
+        call,
+        bound_lag=True,
+    )
+    _assert_warned(
+        _warnings(gateway.process, since),
+        (INFER_WARNING,),
+        stacks.tight.folders[1],
         GRPC_REQUEST_ID,
     )
     assert _leftovers(stacks.tight.folders) == []

@@ -16,7 +16,7 @@ GIL. String tensors (object arrays, rare in large requests) come back pickled.
 When a segment cannot be written (no room: a container's ``/dev/shm`` is
 64 MiB unless given more, and concurrent large messages can fill any size) a
 pipe carries that side instead, with one warning line: the message goes
-through an OS pipe of its own (:mod:`~modelserver.protocol.grpc.messagepipe`,
+through an OS pipe of its own (:mod:`servekit_protocol.messagepipe`,
 written without a copy or the GIL held; pickled by the pool's feeder thread,
 :class:`MessageBytes`, when no such pipe can be made) and the arrays come
 back pickled through the pool's pipe (unpickled by the pool's result thread).
@@ -46,16 +46,19 @@ from servekit_protocol import messages, segments
 from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import ParserUnavailable
+from servekit_protocol.messagepipe import (
+    PICKLE_CHUNK_BYTES,
+    MessageBytes,
+    MessagePipes,
+    PipedArrays,
+    PipedMessage,
+    ReceivedBytes,
+    received_message,
+)
 from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.errors import InvalidInput
 from modelserver.protocol.grpc import converters
-from modelserver.protocol.grpc.messagepipe import (
-    ArraysPipe,
-    MessagePipe,
-    PipedArrays,
-    PipedMessage,
-)
 from modelserver.types import ModelSpec, PredictRequest
 
 logger = logging.getLogger(__name__)
@@ -92,44 +95,6 @@ DecodedPredict = Decoded[PredictRequest]
 """A Predict request decoded in a worker."""
 
 
-_PICKLE_CHUNK_BYTES = 4 << 20
-"""Size of the pieces a message is pickled in: the feeder thread copies one
-(about 1 ms) between chances for the loop's thread to take the GIL back."""
-
-
-class ReceivedBytes(list[bytes]):
-    """A message's bytes as a worker receives them (see :class:`MessageBytes`)."""
-
-    def joined(self) -> bytes:
-        """The message in one piece."""
-        return b"".join(self)
-
-
-class MessageBytes:
-    """A message's bytes handed to a worker through the pool's pipe: pickled
-    from the received buffer, without a copy on the caller's thread, in pieces
-    of ``_PICKLE_CHUNK_BYTES`` (a worker gets a :class:`ReceivedBytes`).
-
-    Args:
-        view: The message; it must stay unchanged until the worker answers.
-    """
-
-    __slots__ = ("_view",)
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The pieces are made as the pickler asks for them, in the thread
-        # that pickles (the pool's feeder), never all at once.
-        view = self._view
-        pieces = (
-            view[start : start + _PICKLE_CHUNK_BYTES].tobytes()
-            for start in range(0, len(view), _PICKLE_CHUNK_BYTES)
-        )
-        return (ReceivedBytes, (), None, pieces)
-
-
 WorkerMessage = str | PipedMessage | ReceivedBytes
 """What a worker gets: the path of the message's segment, its pipe, or its
 bytes."""
@@ -145,10 +110,8 @@ def message_view(message: WorkerMessage) -> Iterator[memoryview]:
     if isinstance(message, str):
         with segments.mapped(message) as view:
             yield view
-    elif isinstance(message, PipedMessage):
-        yield memoryview(message.received())
     else:
-        yield memoryview(message.joined())
+        yield memoryview(received_message(message))
 
 
 class _Piece:
@@ -169,7 +132,7 @@ def _piece(data: bytes) -> bytes:
 
 class CarriedArray:
     """An array carried back from a worker through the pool's pipe, pickled
-    in pieces of ``_PICKLE_CHUNK_BYTES`` and unpickled straight into a new
+    in pieces of ``PICKLE_CHUNK_BYTES`` and unpickled straight into a new
     array, so that the pool's result thread never holds the GIL for the whole
     array (a single ndarray is unpickled in one C call, 256 MiB in one go).
 
@@ -199,8 +162,8 @@ class CarriedArray:
     def __reduce__(self) -> tuple[Any, ...]:
         data = self._bytes
         pieces = (
-            _Piece(data[start : start + _PICKLE_CHUNK_BYTES].tobytes())
-            for start in range(0, len(data), _PICKLE_CHUNK_BYTES)
+            _Piece(data[start : start + PICKLE_CHUNK_BYTES].tobytes())
+            for start in range(0, len(data), PICKLE_CHUNK_BYTES)
         )
         return (
             CarriedArray._empty,
@@ -365,25 +328,17 @@ class SegmentDecoder(Generic[Result]):
         received, through pipes of their own; both through the pool's pipe,
         pickled, when no such pipes can be made."""
         try:
-            pipes = await asyncio.to_thread(_pipes, message)
+            pipes = await asyncio.to_thread(MessagePipes, message)
         except OSError as exc:
             logger.warning("No pipe for a large gRPC message, pickled instead: %s", exc)
             return await self._in_worker(MessageBytes(message), None), {}
-        sending, receiving = pipes
         try:
-            decoded = await self._in_worker(sending.message, receiving.arrays)
-        except BaseException:
-            await asyncio.to_thread(_end_quietly, sending, receiving)
-            raise
-        await asyncio.to_thread(sending.close)
-        try:
-            arrays = await asyncio.to_thread(receiving.received)
+            return await pipes.exchange(self._in_worker(pipes.message, pipes.arrays))
         except OSError as exc:
             raise Aborted(
                 grpc.StatusCode.UNAVAILABLE,
                 "The request message could not be parsed: its worker stopped",
             ) from exc
-        return decoded, arrays
 
     async def _in_worker(
         self, message: str | PipedMessage | MessageBytes, arrays: ArraysRoad
@@ -425,22 +380,6 @@ class PredictDecoder(SegmentDecoder[DecodedPredict]):
                 output_filter=decoded.output_filter,
             )
         )
-
-
-def _pipes(message: memoryview) -> tuple[MessagePipe, ArraysPipe]:
-    sending = MessagePipe(message)
-    try:
-        return sending, ArraysPipe()
-    except BaseException:
-        sending.close()
-        raise
-
-
-def _end_quietly(sending: MessagePipe, receiving: ArraysPipe) -> None:
-    # The call failed already: what its arrays' pipe says adds nothing.
-    sending.close()
-    with contextlib.suppress(OSError):
-        receiving.received()
 
 
 def _warn(what: str, exc: OSError | None, directory: str) -> None:

@@ -15,21 +15,32 @@ header (names, types, shapes) and their bytes; a thread of the server's reads
 them straight into new arrays (``os.readv``, the GIL released), where the
 pool's result thread would read them into a buffer and unpickle them, copies
 made holding the GIL.
+
+Both services use it for their large messages when their shared memory
+segments find no room: the model server's gRPC messages
+(``modelserver.protocol.grpc.largerequests``) and the gateway's ModelInfer
+messages (``gateway.grpcfront.infer_segments``). :class:`MessagePipes` opens
+the two for a call and runs it; where no pipe can be made (out of
+descriptors), :class:`MessageBytes` hands the message over pickled instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pickle
 import select
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from multiprocessing import reduction
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+Result = TypeVar("Result")
 
 _WRITE_BYTES = 1 << 20
 """Most bytes one ``write`` is given: the pipe takes what it has room for
@@ -240,3 +251,104 @@ class ArraysPipe:
         if self._error is not None:
             raise self._error
         return self._received or {}
+
+
+class MessagePipes:
+    """A call's two pipes: its message to the worker, its arrays back.
+
+    Args:
+        view: The message; it must stay unchanged until the call is over.
+
+    Raises:
+        OSError: No pipes could be made (the caller hands the message over
+            pickled, :class:`MessageBytes`).
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        self._sending = MessagePipe(view)
+        try:
+            self._receiving = ArraysPipe()
+        except BaseException:
+            self._sending.close()
+            raise
+        self.message = self._sending.message
+        """What the worker reads the message from."""
+        self.arrays = self._receiving.arrays
+        """What the worker sends its arrays through."""
+
+    async def exchange(self, call: Awaitable[Result]) -> tuple[Result, Arrays]:
+        """The worker's answer to ``call`` (made with :attr:`message` and
+        :attr:`arrays`) and the arrays it sent (none when it sent none).
+
+        Raises:
+            OSError: The arrays' pipe ended before the arrays did (the worker
+                died while sending them).
+        """
+        try:
+            answer = await call
+        except BaseException:
+            await asyncio.to_thread(self._end_quietly)
+            raise
+        await asyncio.to_thread(self._sending.close)
+        return answer, await asyncio.to_thread(self._receiving.received)
+
+    def _end_quietly(self) -> None:
+        # The call failed already: what its arrays' pipe says adds nothing.
+        self._sending.close()
+        with contextlib.suppress(OSError):
+            self._receiving.received()
+
+
+PICKLE_CHUNK_BYTES = 4 << 20
+"""Size of the pieces a message is pickled in: the feeder thread copies one
+(about 1 ms) between chances for the loop's thread to take the GIL back."""
+
+
+class ReceivedBytes(list[bytes]):
+    """A message's bytes as a worker receives them (see :class:`MessageBytes`)."""
+
+    def joined(self) -> bytes:
+        """The message in one piece."""
+        return b"".join(self)
+
+
+class MessageBytes:
+    """A message's bytes handed to a worker through the pool's pipe: pickled
+    from the received buffer, without a copy on the caller's thread, in pieces
+    of ``PICKLE_CHUNK_BYTES`` (a worker gets a :class:`ReceivedBytes`). The
+    last fallback, where no pipe of its own can be made: the pool's feeder
+    thread copies the pieces holding the GIL.
+
+    Args:
+        view: The message; it must stay unchanged until the worker answers.
+    """
+
+    __slots__ = ("_view",)
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The pieces are made as the pickler asks for them, in the thread
+        # that pickles (the pool's feeder), never all at once.
+        view = self._view
+        pieces = (
+            view[start : start + PICKLE_CHUNK_BYTES].tobytes()
+            for start in range(0, len(view), PICKLE_CHUNK_BYTES)
+        )
+        return (ReceivedBytes, (), None, pieces)
+
+
+def received_message(
+    message: PipedMessage | ReceivedBytes | bytes,
+) -> bytes | bytearray:
+    """In a worker, the message it was handed, whole.
+
+    Raises:
+        OSError: The message's pipe ended before the message did.
+    """
+    if isinstance(message, PipedMessage):
+        return message.received()
+    if isinstance(message, ReceivedBytes):
+        return message.joined()
+    return message

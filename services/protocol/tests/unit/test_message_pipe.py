@@ -1,9 +1,9 @@
 """A large message's own pipe to its worker, and its arrays' pipe back
-(:mod:`modelserver.protocol.grpc.messagepipe`): the bytes and arrays arrive
+(:mod:`servekit_protocol.messagepipe`): the bytes and arrays arrive
 whole, and each side stops when the other goes away or never comes.
 
 The reader here is this process (a worker unpickles the same handle and reads
-the same way: see ``test_large_requests``)."""
+the same way: see the model server's ``test_large_requests``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from modelserver.protocol.grpc.messagepipe import (
+from servekit_protocol.messagepipe import (
     ArraysPipe,
+    MessageBytes,
     MessagePipe,
     PipedArrays,
     PipedMessage,
+    ReceivedBytes,
 )
 
 CLOSE_SECONDS = 5.0
@@ -96,3 +98,11 @@ def test_arrays_cut_short_are_an_error() -> None:
     os.close(descriptor)
     with pytest.raises(OSError, match="ended early"):
         pipe.received()
+
+
+def test_message_bytes_pickle_to_the_same_bytes_in_pieces() -> None:
+    data = bytes(range(256)) * 40_000  # about 10 MiB: three pieces
+    received = pickle.loads(pickle.dumps(MessageBytes(memoryview(data))))
+    assert isinstance(received, ReceivedBytes)
+    assert len(received) == 3
+    assert received.joined() == data
