@@ -13,7 +13,15 @@ or a file size limit (``EFBIG``) takes. A ticker on the loop (1 ms apart,
 :mod:`benchmarks.ticker`) records the longest gap between its ticks during
 each call; the three roads run in turns and their arrays are checked equal.
 
-Run as ``python -m benchmarks.pipelag [--rounds 3] [--sizes 64,256]``.
+With ``--method infer``, the same for the gateway's large ModelInfer
+messages with typed contents (:mod:`gateway.grpcfront.infer_segments`): the
+message read for its head and encoded as the backend's Predict in a worker,
+through pipes of their own ("own pipe"), against the road before them (the
+message copied on the loop and pickled to the worker twice, the Predict
+unpickled back; "pickled"), against segments. The Predicts are checked equal.
+
+Run as ``python -m benchmarks.pipelag [--rounds 3] [--sizes 64,256]
+[--method predict|infer]``.
 """
 
 from __future__ import annotations
@@ -29,10 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gateway.codecs.v2_grpc import encode_infer_message, read_infer_message
+from gateway.grpcfront.infer_segments import encode_infer, read_infer, release
 from modelserver.protocol.grpc.largerequests import PredictDecoder, decode_predict
 from servekit_protocol import messages
+from servekit_protocol import oip_messages as oip
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.messagepipe import MessageBytes
+from servekit_protocol.tensor_limits import TensorLimits
 
 from benchmarks.ticker import loop_intervals
 
@@ -49,6 +61,17 @@ def predict_message(mib: int) -> bytes:
     tensor.tensor_shape.dim.add(size=rows)
     tensor.tensor_shape.dim.add(size=FEATURES)
     tensor.double_val.extend(np.random.default_rng(3).normal(size=rows * FEATURES))
+    return request.SerializeToString()
+
+
+def infer_message(mib: int) -> bytes:
+    """A ModelInfer message of about ``mib`` MiB of ``fp64_contents``."""
+    rows = mib * 1024 * 1024 // 8 // FEATURES
+    request = oip.ModelInferRequest(model_name="wide", id="large")
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=[rows, FEATURES])
+    tensor.contents.fp64_contents.extend(
+        np.random.default_rng(3).normal(size=rows * FEATURES)
+    )
     return request.SerializeToString()
 
 
@@ -74,31 +97,73 @@ def _pickled_road(parsers: BodyParsers) -> Road:
     return road
 
 
+_LIMITS = TensorLimits(max_bytes=1 << 30)
+
+
+def _infer_road(parsers: BodyParsers) -> Road:
+    async def road(message: bytes) -> Any:
+        head = await read_infer(parsers, memoryview(message))
+        try:
+            encoded = await encode_infer(parsers, head, None, _LIMITS)
+        finally:
+            release(head)
+        return np.frombuffer(encoded.message, np.uint8)
+
+    return road
+
+
+def _pickled_infer_road(parsers: BodyParsers) -> Road:
+    # The gateway's road without room before the pipes of their own.
+    async def road(message: bytes) -> Any:
+        data = bytes(memoryview(message))
+        await parsers.in_worker(read_infer_message, data)
+        encoded = await parsers.in_worker(encode_infer_message, data, None, _LIMITS)
+        return np.frombuffer(encoded.message, np.uint8)
+
+    return road
+
+
 async def _longest(road: Road, message: bytes) -> tuple[float, Any]:
     async with loop_intervals() as gaps:
         array = await road(message)
     return max(gaps), array
 
 
-async def _parsers(directory: str) -> BodyParsers:
+_WORKER_MODULES = {
+    "predict": ["modelserver.protocol.grpc.largerequests"],
+    "infer": ["gateway.codecs.v2_grpc"],
+}
+
+
+async def _parsers(directory: str, method: str) -> BodyParsers:
     parsers = BodyParsers(workers=2, threshold_bytes=1, segment_dir=directory)
-    parsers.start(["modelserver.protocol.grpc.largerequests"])
+    parsers.start(_WORKER_MODULES[method])
     await parsers.wait_started(120)
     return parsers
 
 
-async def _run(rounds: int, sizes: list[int]) -> None:
+def _roads(method: str, tight: BodyParsers, roomy: BodyParsers) -> dict[str, Road]:
+    if method == "infer":
+        return {
+            "own pipe": _infer_road(tight),
+            "pickled": _pickled_infer_road(tight),
+            "segments": _infer_road(roomy),
+        }
+    return {
+        "own pipe": _decoder_road(PredictDecoder(tight, None)),
+        "pickled": _pickled_road(tight),
+        "segments": _decoder_road(PredictDecoder(roomy, None)),
+    }
+
+
+async def _run(rounds: int, sizes: list[int], method: str) -> None:
     with tempfile.TemporaryDirectory() as room:
-        tight = await _parsers(str(Path(room) / "missing"))
-        roomy = await _parsers(room)
+        tight = await _parsers(str(Path(room) / "missing"), method)
+        roomy = await _parsers(room, method)
         try:
-            roads = {
-                "own pipe": _decoder_road(PredictDecoder(tight, None)),
-                "pickled": _pickled_road(tight),
-                "segments": _decoder_road(PredictDecoder(roomy, None)),
-            }
+            roads = _roads(method, tight, roomy)
             for mib in sizes:
-                message = predict_message(mib)
+                message = (infer_message if method == "infer" else predict_message)(mib)
                 # One call of each first: the workers' first large message
                 # maps and touches memory they keep.
                 for road in roads.values():
@@ -113,7 +178,7 @@ async def _run(rounds: int, sizes: list[int]) -> None:
                     assert all(np.array_equal(arrays[0], a) for a in arrays[1:])
                     del arrays
                 print(
-                    f"{len(message) >> 20} MiB Predict message, longest loop gap ms: "
+                    f"{len(message) >> 20} MiB {method} message, longest loop gap ms: "
                     + "; ".join(
                         f"{name} "
                         + ", ".join(f"{gap * 1e3:.1f}" for gap in found)
@@ -132,12 +197,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="64,256", help="MiB of doubles")
+    parser.add_argument(
+        "--method",
+        choices=sorted(_WORKER_MODULES),
+        default="predict",
+        help="the model server's Predict or the gateway's ModelInfer",
+    )
     args = parser.parse_args()
     # The servers' warning for each call without room is not what is measured.
     logging.disable(logging.WARNING)
     print(f"load average {os.getloadavg()}", flush=True)
     sizes = [int(size) for size in args.sizes.split(",")]
-    asyncio.run(_run(args.rounds, sizes))
+    asyncio.run(_run(args.rounds, sizes, args.method))
 
 
 if __name__ == "__main__":
