@@ -1,4 +1,4 @@
-"""A large gRPC message's bytes sent to its worker, and its arrays back,
+"""A large message's bytes sent to a worker process, and arrays sent back,
 through OS pipes of their own, when their shared memory segments find no room.
 
 Pickled through the process pool's pipe, the message is copied twice with the

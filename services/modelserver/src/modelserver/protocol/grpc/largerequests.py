@@ -16,7 +16,7 @@ GIL. String tensors (object arrays, rare in large requests) come back pickled.
 When a segment cannot be written (no room: a container's ``/dev/shm`` is
 64 MiB unless given more, and concurrent large messages can fill any size) a
 pipe carries that side instead, with one warning line: the message goes
-through an OS pipe of its own (:mod:`servekit_protocol.messagepipe`,
+through an OS pipe of its own (:mod:`~servekit_protocol.messagepipe`,
 written without a copy or the GIL held; pickled by the pool's feeder thread,
 :class:`MessageBytes`, when no such pipe can be made) and the arrays come
 back pickled through the pool's pipe (unpickled by the pool's result thread).
