@@ -43,7 +43,7 @@ from modelserver.protocol.grpc.largerequests import PredictDecoder, decode_predi
 from servekit_protocol import messages
 from servekit_protocol import oip_messages as oip
 from servekit_protocol.json_codec import BodyParsers
-from servekit_protocol.messagepipe import MessageBytes
+from servekit_protocol.pickledmessage import MessageBytes
 from servekit_protocol.tensor_limits import TensorLimits
 
 from benchmarks.ticker import loop_intervals
@@ -92,6 +92,7 @@ def _pickled_road(parsers: BodyParsers) -> Road:
         decoded = await parsers.in_worker(
             decode_predict, MessageBytes(memoryview(message)), None, None
         )
+        assert isinstance(decoded.carried, dict)
         return decoded.carried["x"].array
 
     return road

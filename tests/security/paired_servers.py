@@ -46,4 +46,5 @@ def offloading_and_in_place(
         yield Servers(offloading, in_place_server)
         assert_no_traceback(offloading.process)
         assert_no_traceback(in_place_server.process)
-        assert "went through the worker pipe" not in offloading.process.log_text()
+        # Every road without room warns so (the servers have room).
+        assert "segment could not be written" not in offloading.process.log_text()

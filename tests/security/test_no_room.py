@@ -81,6 +81,14 @@ with 150,000 results of ten classes (6 MiB of scores)."""
 REGRESS_EXAMPLES = 300_000
 """Examples of the large REST ``:regress`` body: about 10 MiB of JSON,
 answered with 300,000 values (2.3 MiB of doubles, over the file size limit)."""
+NARROW_ROWS = 6_144
+"""Rows of the Predict whose message fits its segment (1.5 MiB of one-byte
+``int64_val`` values, under the file size limit and over the offload
+threshold) while its arrays do not (12 MiB of int64)."""
+NARROW_JSON_ROWS = 3_072
+"""Rows of the REST ``:predict`` body whose body fits its segment (1.5 MiB of
+one-digit values, under the file size limit and over the body threshold)
+while its arrays do not (6 MiB of doubles)."""
 LAG_ROWS = 24_576
 """Rows of the Predict whose lag is bounded: 48 MiB of ``double_val`` (under
 the message limit), answered with 24,576 values."""
@@ -95,10 +103,22 @@ is for a loaded 2-core runner)."""
 ERRNO_TEXT = "[Errno 27] File too large"
 """How the server-side warnings quote the failed ``write`` (``EFBIG``)."""
 MESSAGE_WARNING = "A large gRPC message went through the worker pipe (the message"
-ARRAYS_WARNING = "A large answer's its arrays went through the worker pipe"
-ANSWER_WARNING = "A large answer's the answer went through the worker pipe"
-BODY_WARNING = "A large request body went through the worker pipe"
-EXAMPLES_WARNING = "A large body's examples came back from their worker through"
+ARRAYS_WARNING = (
+    "A large answer's arrays went to its worker through a pipe of their own"
+)
+ANSWER_WARNING = "A large answer came back from its worker through a pipe of its own"
+BODY_WARNING = "A large request body went to its worker through a pipe of its own"
+BODY_ARRAYS_WARNING = (
+    "A large request body's arrays came back from their worker through a pipe "
+    "of their own"
+)
+EXAMPLES_WARNING = (
+    "A large body's examples came back from their worker through a pipe of their own"
+)
+MESSAGE_ARRAYS_WARNING = (
+    "A large gRPC message's arrays came back from their worker through a pipe "
+    "of their own"
+)
 INFER_WARNING = "A large ModelInfer message goes to a worker through its pipe"
 GRPC_REQUEST_ID = "large-grpc"
 """The ``x-request-id`` of every gRPC call (:func:`grpc_call`)."""
@@ -234,12 +254,29 @@ def _predict_body() -> bytes:
     return orjson.dumps({"instances": values}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _narrow_predict_body() -> bytes:
+    values = np.random.default_rng(8).integers(0, 10, (NARROW_JSON_ROWS, FEATURES))
+    return orjson.dumps({"instances": values}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _examples_body(examples: int) -> Callable[[], bytes]:
     def body() -> bytes:
         rows = np.random.default_rng(6).normal(size=(examples, 2)).tolist()
         return orjson.dumps({"examples": [{"a": [a], "b": [b]} for a, b in rows]})
 
     return body
+
+
+def _narrow_predict() -> bytes:
+    request = messages.PredictRequest()
+    request.model_spec.name = "wide"
+    tensor = request.inputs["x"]
+    tensor.dtype = messages.DT_INT64
+    tensor.tensor_shape.dim.add(size=NARROW_ROWS)
+    tensor.tensor_shape.dim.add(size=FEATURES)
+    values = np.random.default_rng(7).integers(0, 100, NARROW_ROWS * FEATURES)
+    tensor.int64_val.extend(values.tolist())
+    return request.SerializeToString()
 
 
 def _small_predict() -> bytes:
@@ -264,12 +301,20 @@ CASES: dict[str, Case] = {
         ),
         (MESSAGE_WARNING,),
     ),
+    "1.5 MiB gRPC Predict with 12 MiB of arrays": Case(
+        _grpc(PREDICT, _narrow_predict, "server"), (MESSAGE_ARRAYS_WARNING,)
+    ),
     "16 MiB answer to a small gRPC Predict": Case(
         _grpc(PREDICT, _small_predict, "server"), (ARRAYS_WARNING, ANSWER_WARNING)
     ),
     "10 MiB REST :predict body": Case(
         _rest("wide:predict", _predict_body),
         (BODY_WARNING,),
+        request_id=REST_REQUEST_ID,
+    ),
+    "1.5 MiB REST :predict body with 6 MiB of arrays": Case(
+        _rest("wide:predict", _narrow_predict_body),
+        (BODY_ARRAYS_WARNING,),
         request_id=REST_REQUEST_ID,
     ),
     "5 MiB REST :classify body": Case(
@@ -323,7 +368,12 @@ def _assert_warned(
         # The folder the server was given, and the error of the write when the
         # server's side made it (the worker's side only says there was none).
         assert str(folder) in message, message
-        if text not in (ANSWER_WARNING, EXAMPLES_WARNING):
+        if text not in (
+            ANSWER_WARNING,
+            EXAMPLES_WARNING,
+            MESSAGE_ARRAYS_WARNING,
+            BODY_ARRAYS_WARNING,
+        ):
             assert ERRNO_TEXT in message, message
 
 

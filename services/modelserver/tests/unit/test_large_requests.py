@@ -1,5 +1,6 @@
 """A large gRPC message whose shared memory segment finds no room goes to its
-worker, and its arrays come back, through the pool's pipe: decoded the same,
+worker, and its arrays come back, through pipes of their own (through the
+pool's pipe, pickled, where none can be made): decoded the same,
 refused the same, and never parsed or copied on the event loop's thread.
 
 Real worker processes (spawned, so the failures forced here stay in this
@@ -19,6 +20,7 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
+from modelserver.protocol.grpc import largerequests
 from modelserver.protocol.grpc.largeexamples import CLASSIFY, ExamplesDecoder
 from modelserver.protocol.grpc.largerequests import (
     CarriedArray,
@@ -178,7 +180,29 @@ async def test_arrays_without_room_come_back_through_the_pipe(
         through_the_pipe = await _decode(decoder, data)
     assert _fingerprint(through_the_pipe) == _fingerprint(through_segments)
     [warning] = caplog.records
-    assert "its arrays came back from its worker" in warning.getMessage()
+    assert warning.getMessage().startswith(
+        "A large gRPC message's arrays came back from their worker through a "
+        "pipe of their own"
+    )
+
+
+def test_arrays_without_room_or_a_pipe_are_carried_pickled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arrays = {"x": np.arange(12.0).reshape(3, 4)[:, ::2], "n": np.arange(3)}
+    taken = segments.new_path(segments.default_directory(), "taken")
+    segments.write_bytes(taken, b"")
+
+    def no_pipe(sent: Any) -> NoReturn:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(largerequests, "send_back", no_pipe)
+    slots, carried = largerequests.write_or_carry(taken, arrays)
+    assert slots == []
+    assert isinstance(carried, dict)
+    assert {name: array.array.tobytes() for name, array in carried.items()} == {
+        name: array.tobytes() for name, array in arrays.items()
+    }
 
 
 async def test_an_examples_message_without_room_is_decoded_through_the_pipe(

@@ -14,14 +14,17 @@ arrays come back the same way (:class:`ArraysPipe`): the worker writes a small
 header (names, types, shapes) and their bytes; a thread of the server's reads
 them straight into new arrays (``os.readv``, the GIL released), where the
 pool's result thread would read them into a buffer and unpickle them, copies
-made holding the GIL.
+made holding the GIL. Where only the arrays' segment finds no room, the worker
+learns it first: it makes the pipe itself (:func:`send_back`), its answer
+carries the read end, and a thread of the worker's writes as the server reads.
 
 Both services use it for their large messages when their shared memory
-segments find no room: the model server's gRPC messages
-(``modelserver.protocol.grpc.largerequests``) and the gateway's ModelInfer
+segments find no room: the model server's gRPC messages and REST bodies and
+answers (``modelserver``) and the gateway's ModelInfer
 messages (``gateway.grpcfront.infer_segments``). :class:`MessagePipes` opens
 the two for a call and runs it; where no pipe can be made (out of
-descriptors), :class:`MessageBytes` hands the message over pickled instead.
+descriptors), :class:`~servekit_protocol.pickledmessage.MessageBytes` hands
+the message over pickled instead.
 """
 
 from __future__ import annotations
@@ -83,6 +86,19 @@ class PipedMessage:
         finally:
             os.close(descriptor)
 
+    def received_arrays(self) -> Arrays:
+        """The arrays a :meth:`MessagePipe.for_arrays` pipe carries, read
+        whole (in the worker).
+
+        Raises:
+            OSError: The pipe ended before the arrays did.
+        """
+        descriptor = self.reader.detach()
+        try:
+            return _read_arrays(descriptor)
+        finally:
+            os.close(descriptor)
+
 
 class MessagePipe:
     """The server's side of a message's pipe: :attr:`message` for the worker,
@@ -97,6 +113,22 @@ class MessagePipe:
     """
 
     def __init__(self, view: memoryview) -> None:
+        self._start([view.cast("B") if view.format != "B" else view])
+
+    @classmethod
+    def for_arrays(cls, arrays: Arrays) -> MessagePipe:
+        """A pipe carrying ``arrays`` (numeric; they must stay unchanged until
+        :meth:`close`) to a worker, which reads them with
+        :meth:`PipedMessage.received_arrays`.
+
+        Raises:
+            OSError: No pipe, or its descriptor could not be shared.
+        """
+        pipe = cls.__new__(cls)
+        pipe._start(_array_parts(arrays))
+        return pipe
+
+    def _start(self, parts: list[memoryview]) -> None:
         read_end, self._write_end = os.pipe()
         try:
             # Duplicated now, registered with the process's descriptor sharer
@@ -108,8 +140,8 @@ class MessagePipe:
             raise
         finally:
             os.close(read_end)
-        self.message = PipedMessage(reader, len(view))
-        self._view = view.cast("B") if view.format != "B" else view
+        self.message = PipedMessage(reader, sum(len(part) for part in parts))
+        self._parts = parts
         self._stop = threading.Event()
         self._writer = threading.Thread(
             target=self._write, name="message-pipe", daemon=True
@@ -118,16 +150,18 @@ class MessagePipe:
 
     def _write(self) -> None:
         descriptor = self._write_end
-        view = self._view
         try:
             os.set_blocking(descriptor, False)
-            done = 0
-            while done < len(view) and not self._stop.is_set():
-                select.select([], [descriptor], [], _POLL_SECONDS)
-                try:
-                    done += os.write(descriptor, view[done : done + _WRITE_BYTES])
-                except BlockingIOError:
-                    continue
+            for view in self._parts:
+                done = 0
+                while done < len(view):
+                    if self._stop.is_set():
+                        return
+                    select.select([], [descriptor], [], _POLL_SECONDS)
+                    try:
+                        done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                    except BlockingIOError:
+                        continue
         except BrokenPipeError:
             # The worker went away: its call fails on its own.
             pass
@@ -160,15 +194,30 @@ class PipedArrays:
         numeric arrays)."""
         descriptor = self.writer.detach()
         try:
-            header = pickle.dumps(
-                [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
-            )
-            _write_all(descriptor, len(header).to_bytes(_HEADER_SIZE_BYTES, "big"))
-            _write_all(descriptor, header)
-            for array in arrays.values():
-                _write_all(descriptor, array.reshape(-1).view(np.uint8).data)
+            for part in _array_parts(arrays):
+                _write_all(descriptor, part)
         finally:
             os.close(descriptor)
+
+    def discard(self) -> None:
+        """Take the pipe and close it unused (in the worker, which has no
+        arrays to send: the request was refused): the server's reader stops
+        at once, and the descriptor sharer keeps no copy of it."""
+        os.close(self.writer.detach())
+
+
+def _array_parts(arrays: Arrays) -> list[memoryview]:
+    # The header's length, the header (names, types, shapes), each array's
+    # bytes: what :func:`_read_arrays` reads.
+    header = pickle.dumps(
+        [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
+    )
+    return [
+        memoryview(len(header).to_bytes(_HEADER_SIZE_BYTES, "big")),
+        memoryview(header),
+        # A copy in C order for an array that is not one already.
+        *(array.reshape(-1).view(np.uint8).data for array in arrays.values()),
+    ]
 
 
 def _write_all(descriptor: int, data: bytes | memoryview) -> None:
@@ -176,6 +225,37 @@ def _write_all(descriptor: int, data: bytes | memoryview) -> None:
     done = 0
     while done < len(view):
         done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+
+
+def _read_into(descriptor: int, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        read = os.readv(descriptor, [view[done:]])
+        if read == 0:
+            raise OSError("the arrays' pipe ended early")
+        done += read
+
+
+def _read_bytes(descriptor: int, size: int) -> bytearray:
+    buffer = bytearray(size)
+    _read_into(descriptor, memoryview(buffer))
+    return buffer
+
+
+def _read_arrays(descriptor: int) -> Arrays:
+    """The arrays :func:`_array_parts` made, read from ``descriptor``.
+
+    Raises:
+        OSError: The pipe ended before the arrays did.
+    """
+    size = int.from_bytes(_read_bytes(descriptor, _HEADER_SIZE_BYTES), "big")
+    header = pickle.loads(_read_bytes(descriptor, size))
+    received: Arrays = {}
+    for name, dtype, shape in header:
+        array: np.ndarray[Any, Any] = np.empty(shape, np.dtype(dtype))
+        _read_into(descriptor, array.reshape(-1).view(np.uint8).data)
+        received[name] = array
+    return received
 
 
 class ArraysPipe:
@@ -213,31 +293,11 @@ class ArraysPipe:
             while not select.select([descriptor], [], [], _POLL_SECONDS)[0]:
                 if self._stop.is_set():
                     return
-            size = int.from_bytes(self._read_bytes(_HEADER_SIZE_BYTES), "big")
-            header = pickle.loads(self._read_bytes(size))
-            received: Arrays = {}
-            for name, dtype, shape in header:
-                array: np.ndarray[Any, Any] = np.empty(shape, np.dtype(dtype))
-                self._read_into(array.reshape(-1).view(np.uint8).data)
-                received[name] = array
-            self._received = received
+            self._received = _read_arrays(descriptor)
         except OSError as exc:
             self._error = exc
         finally:
             os.close(descriptor)
-
-    def _read_bytes(self, size: int) -> bytearray:
-        buffer = bytearray(size)
-        self._read_into(memoryview(buffer))
-        return buffer
-
-    def _read_into(self, view: memoryview) -> None:
-        done = 0
-        while done < len(view):
-            read = os.readv(self._read_end, [view[done:]])
-            if read == 0:
-                raise OSError("the arrays' pipe ended early")
-            done += read
 
     def received(self) -> Arrays:
         """The arrays the worker sent, once it has answered (none when it sent
@@ -261,7 +321,7 @@ class MessagePipes:
 
     Raises:
         OSError: No pipes could be made (the caller hands the message over
-            pickled, :class:`MessageBytes`).
+            pickled, :class:`~servekit_protocol.pickledmessage.MessageBytes`).
     """
 
     def __init__(self, view: memoryview) -> None:
@@ -299,56 +359,133 @@ class MessagePipes:
             self._receiving.received()
 
 
-PICKLE_CHUNK_BYTES = 4 << 20
-"""Size of the pieces a message is pickled in: the feeder thread copies one
-(about 1 ms) between chances for the loop's thread to take the GIL back."""
+_STALLED_SECONDS = 120.0
+"""Most time a worker's thread waits for the server to read a pipe it made
+(:func:`send_back`) without a byte taken: the server reads as soon as the
+worker's answer reaches it, so a pipe that long unread is one nobody will
+read (its call failed on the server's side), and its arrays are dropped."""
 
 
-class ReceivedBytes(list[bytes]):
-    """A message's bytes as a worker receives them (see :class:`MessageBytes`)."""
+@dataclass(frozen=True, slots=True)
+class ReturnedArrays:
+    """Arrays a worker sends back through a pipe it made, because their
+    segment had no room (:func:`send_back`): what its answer carries.
 
-    def joined(self) -> bytes:
-        """The message in one piece."""
-        return b"".join(self)
-
-
-class MessageBytes:
-    """A message's bytes handed to a worker through the pool's pipe: pickled
-    from the received buffer, without a copy on the caller's thread, in pieces
-    of ``PICKLE_CHUNK_BYTES`` (a worker gets a :class:`ReceivedBytes`). The
-    last fallback, where no pipe of its own can be made: the pool's feeder
-    thread copies the pieces holding the GIL.
-
-    Args:
-        view: The message; it must stay unchanged until the worker answers.
+    Attributes:
+        reader: The pipe's read end, passed as a descriptor.
     """
 
-    __slots__ = ("_view",)
+    reader: Any
 
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
+    def received(self) -> Arrays:
+        """The arrays, read whole from the pipe (in the server; blocking: run
+        it in a thread).
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The pieces are made as the pickler asks for them, in the thread
-        # that pickles (the pool's feeder), never all at once.
-        view = self._view
-        pieces = (
-            view[start : start + PICKLE_CHUNK_BYTES].tobytes()
-            for start in range(0, len(view), PICKLE_CHUNK_BYTES)
-        )
-        return (ReceivedBytes, (), None, pieces)
+        Raises:
+            OSError: The pipe ended before the arrays did (the worker died).
+        """
+        descriptor = self.reader.detach()
+        try:
+            return _read_arrays(descriptor)
+        finally:
+            os.close(descriptor)
 
 
-def received_message(
-    message: PipedMessage | ReceivedBytes | bytes,
-) -> bytes | bytearray:
-    """In a worker, the message it was handed, whole.
+@dataclass(frozen=True, slots=True)
+class ReturnedBytes:
+    """Bytes a worker sends back through a pipe it made, because their
+    segment had no room (:func:`send_back_bytes`): what its answer carries.
+
+    Attributes:
+        reader: The pipe's read end, passed as a descriptor.
+        size: Their length.
+    """
+
+    reader: Any
+    size: int
+
+    def received(self) -> bytes:
+        """The bytes, read whole from the pipe (in the server; blocking: run
+        it in a thread).
+
+        Raises:
+            OSError: The pipe ended before the bytes did (the worker died).
+        """
+        descriptor = self.reader.detach()
+        try:
+            parts = []
+            done = 0
+            while done < self.size:
+                part = os.read(descriptor, min(self.size - done, _WRITE_BYTES))
+                if not part:
+                    raise OSError(f"the answer's pipe ended at {done} bytes")
+                parts.append(part)
+                done += len(part)
+            # Joined without the GIL from 1 MiB up (CPython's bytes.join).
+            return b"".join(parts)
+        finally:
+            os.close(descriptor)
+
+
+def send_back_bytes(data: bytes) -> ReturnedBytes:
+    """In a worker: :func:`send_back` for one buffer of bytes.
 
     Raises:
-        OSError: The message's pipe ended before the message did.
+        OSError: No pipe, or its descriptor could not be shared.
     """
-    if isinstance(message, PipedMessage):
-        return message.received()
-    if isinstance(message, ReceivedBytes):
-        return message.joined()
-    return message
+    return ReturnedBytes(_sending_thread([memoryview(data)]), len(data))
+
+
+def send_back(arrays: Arrays) -> ReturnedArrays:
+    """In a worker: a pipe for ``arrays`` (C-contiguous numeric arrays), the
+    handle its answer carries, and a thread writing them as the server reads.
+
+    The worker cannot write them before it answers (the server only learns of
+    the pipe from its answer, and the pipe holds 64 KiB), so a thread of the
+    worker's writes while it goes on with other calls.
+
+    Raises:
+        OSError: No pipe, or its descriptor could not be shared (the caller
+            falls back to pickling the arrays).
+    """
+    return ReturnedArrays(_sending_thread(_array_parts(arrays)))
+
+
+def _sending_thread(parts: list[memoryview]) -> Any:
+    # The pipe's read end, shared; a thread writing ``parts`` to the other.
+    read_end, write_end = os.pipe()
+    try:
+        reader = reduction.DupFd(read_end)
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    threading.Thread(
+        target=_write_parts, args=(write_end, parts), name="sending-back", daemon=True
+    ).start()
+    return reader
+
+
+def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
+    try:
+        os.set_blocking(descriptor, False)
+        for view in parts:
+            done = 0
+            waited = 0.0
+            while done < len(view):
+                if not select.select([], [descriptor], [], _POLL_SECONDS)[1]:
+                    waited += _POLL_SECONDS
+                    if waited >= _STALLED_SECONDS:
+                        return
+                    continue
+                try:
+                    done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                except BlockingIOError:
+                    continue
+                waited = 0.0
+    except BrokenPipeError:
+        # The server closed its end: its call fails on its own.
+        pass
+    finally:
+        os.close(descriptor)

@@ -14,8 +14,11 @@ still travels pickled.
 Both segments are named by the server's side, which unlinks them once the
 worker has answered, on every path: a call cancelled meanwhile waits for its
 worker in the background first. When a segment cannot be written (a
-container's ``/dev/shm`` is small unless given more) the bytes go through the
-pipe as before, with a warning.
+container's ``/dev/shm`` is small unless given more) a pipe of its own carries
+that side instead (:mod:`servekit_protocol.messagepipe`, copies without the
+GIL), with a warning: the arrays go through one the server makes, the answer
+comes back through one the worker makes. Only where no such pipe can be made
+do the bytes go pickled through the pool's pipe.
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from servekit_protocol import segments
-from servekit_protocol.json_codec.offload import BodyParsers
+from servekit_protocol.json_codec.offload import BodyParsers, ParserUnavailable
+from servekit_protocol.messagepipe import (
+    MessagePipe,
+    PipedMessage,
+    ReturnedBytes,
+    send_back_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +50,9 @@ AnswerFunction = Callable[..., bytes]
 
 @dataclass(frozen=True, slots=True)
 class _Arrays:
-    # How the worker gets the arrays: numeric ones from a segment's slots,
-    # the others pickled, in ``order``.
-    segment: str
+    # How the worker gets the arrays: numeric ones from a segment's slots
+    # (or all of them from their own pipe), the others pickled, in ``order``.
+    segment: str | PipedMessage
     slots: list[segments.ArraySlot]
     pickled: dict[str, Array]
     order: tuple[str, ...]
@@ -75,25 +84,48 @@ async def _write(
 ) -> bytes:
     arrays_segment = segments.new_path(parsers.segment_dir, "outputs")
     answer_segment = segments.new_path(parsers.segment_dir, "answer")
+    directory = parsers.segment_dir
     numeric = {key: value for key, value in arrays.items() if value.dtype != object}
+    pickled = {k: v for k, v in arrays.items() if k not in numeric}
+    sending: MessagePipe | None = None
     try:
+        source: str | PipedMessage = arrays_segment
         try:
             slots = (
                 await asyncio.to_thread(segments.write_arrays, arrays_segment, numeric)
                 if numeric
                 else []
             )
-            pickled = {k: v for k, v in arrays.items() if k not in numeric}
         except OSError as exc:
-            _warn("its arrays", exc, parsers.segment_dir)
-            slots, pickled = [], arrays
-        sent = _Arrays(arrays_segment, slots, pickled, tuple(arrays))
-        answer = await parsers.in_worker(
-            write_answer, answer_segment, sent, function, *args
-        )
+            segments.unlink_soon(arrays_segment)
+            slots = []
+            try:
+                sending = await asyncio.to_thread(MessagePipe.for_arrays, numeric)
+            except OSError as no_pipe:
+                _warn(ARRAYS, exc, directory, _pickled(no_pipe))
+                pickled = arrays
+            else:
+                _warn(ARRAYS, exc, directory, "a pipe of their own")
+                source = sending.message
+        sent = _Arrays(source, slots, pickled, tuple(arrays))
+        try:
+            answer = await parsers.in_worker(
+                write_answer, answer_segment, sent, function, *args
+            )
+        finally:
+            if sending is not None:
+                await asyncio.to_thread(sending.close)
         if isinstance(answer, bytes):
-            _warn("the answer", None, parsers.segment_dir)
+            _warn(ANSWER, None, directory, _pickled(None))
             return answer
+        if isinstance(answer, ReturnedBytes):
+            _warn(ANSWER, None, directory, "a pipe of its own")
+            try:
+                return await asyncio.to_thread(answer.received)
+            except OSError as exc:
+                raise ParserUnavailable(
+                    "The answer could not be written: its worker stopped"
+                ) from exc
         return await asyncio.to_thread(read_answer, answer_segment, answer)
     finally:
         segments.unlink_soon(arrays_segment, answer_segment)
@@ -104,11 +136,15 @@ def write_answer(
     sent: _Arrays,
     function: AnswerFunction,
     *args: Any,
-) -> int | bytes:
+) -> int | ReturnedBytes | bytes:
     """Run in the worker: the answer written to ``answer_segment``, its size
-    returned; the answer itself when the segment cannot be written."""
+    returned; when that segment cannot be written, sent back through a pipe
+    of the worker's (:func:`~servekit_protocol.messagepipe.send_back_bytes`),
+    or returned itself when no such pipe can be made either."""
     arrays: dict[str, Array] = {}
-    if sent.slots:
+    if isinstance(sent.segment, PipedMessage):
+        arrays.update(sent.segment.received_arrays())
+    elif sent.slots:
         arrays.update(segments.read_arrays(sent.segment, sent.slots))
     arrays.update(sent.pickled)
     answer = function({key: arrays[key] for key in sent.order}, *args)
@@ -116,7 +152,10 @@ def write_answer(
         segments.write_bytes(answer_segment, answer)
     except OSError:
         segments.unlink(answer_segment)
-        return answer
+        try:
+            return send_back_bytes(answer)
+        except OSError:
+            return answer
     return len(answer)
 
 
@@ -146,12 +185,21 @@ def read_answer(path: str, size: int) -> bytes:
         os.close(fd)
 
 
-def _warn(what: str, exc: OSError | None, directory: str) -> None:
+ARRAYS = "A large answer's arrays went to its worker"
+ANSWER = "A large answer came back from its worker"
+
+
+def _pickled(no_pipe: OSError | None) -> str:
+    why = "" if no_pipe is None else f" (no pipe of their own: {no_pipe})"
+    return f"the worker pipe{why}, copies that hold the GIL and so the event loop"
+
+
+def _warn(what: str, exc: OSError | None, directory: str, road: str) -> None:
     logger.warning(
-        "A large answer's %s went through the worker pipe, copies that hold "
-        "the GIL and so the event loop: its shared memory segment could not be "
-        "written (%s); give %s more room",
+        "%s through %s: its shared memory segment could not be written (%s); "
+        "give %s more room",
         what,
+        road,
         exc if exc is not None else "no room",
         directory,
     )

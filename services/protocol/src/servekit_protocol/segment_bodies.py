@@ -12,24 +12,40 @@ server only writes the body and reads the arrays, in threads, with the GIL
 released (:mod:`servekit_protocol.segments`); string arrays still travel
 pickled. The segments' lifetime is that of
 :mod:`servekit_protocol.segment_answers`' ones: named by the server's side,
-unlinked once the worker has answered on every path, the pipe used instead with
-a warning when a segment cannot be written.
+unlinked once the worker has answered on every path.
+
+When a segment cannot be written (no room), pipes of their own carry that side
+instead (:mod:`servekit_protocol.messagepipe`, copies without the GIL), with
+one warning line: the body goes to the worker through one, its arrays come
+back through another (or, when only the arrays' segment had no room, through
+one the worker makes). Only where no such pipe can be made do they go pickled
+through the pool's pipe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from servekit_protocol import segment_answers, segments
-from servekit_protocol.json_codec.offload import BodyParsers
+from servekit_protocol.json_codec.offload import BodyParsers, ParserUnavailable
 from servekit_protocol.json_codec.predict import (
     PredictBody,
     SpecSource,
     parse_predict_request,
+)
+from servekit_protocol.messagepipe import (
+    Arrays,
+    ArraysPipe,
+    MessagePipe,
+    PipedArrays,
+    PipedMessage,
+    ReturnedArrays,
+    send_back,
 )
 from servekit_protocol.tensor_limits import TensorLimits
 
@@ -45,6 +61,13 @@ class _Parsed:
     body: PredictBody
     slots: list[segments.ArraySlot]
     order: tuple[str, ...]
+    returned: ReturnedArrays | None = None
+    """The pipe the worker sent the arrays back through, when their segment
+    had no room."""
+
+
+BodyRoad = str | PipedMessage
+"""How a worker gets a body: the path of its segment, or its own pipe."""
 
 
 async def parse_predict(
@@ -74,58 +97,151 @@ async def _parse(
 ) -> PredictBody:
     body_segment = segments.new_path(parsers.segment_dir, "body")
     arrays_segment = segments.new_path(parsers.segment_dir, "inputs")
+    directory = parsers.segment_dir
     try:
         try:
             await asyncio.to_thread(segments.write_bytes, body_segment, body)
         except OSError as exc:
-            _warn(exc, parsers.segment_dir)
-            return await parsers.in_worker(parse_predict_request, body, specs, limits)
+            segments.unlink_soon(body_segment)
+            return await _parse_piped(parsers, body, specs, limits, exc)
         parsed = await parsers.in_worker(
             parse_in_worker, body_segment, len(body), arrays_segment, specs, limits
         )
         if isinstance(parsed, PredictBody):
-            _warn(None, parsers.segment_dir)
+            _warn_arrays(
+                "the worker pipe, copies that hold the GIL and so the event loop",
+                directory,
+            )
             return parsed
         arrays = (
             await asyncio.to_thread(segments.read_arrays, arrays_segment, parsed.slots)
             if parsed.slots
             else {}
         )
-        arrays.update(parsed.body.inputs)
-        return dataclasses.replace(
-            parsed.body, inputs={name: arrays[name] for name in parsed.order}
-        )
+        if parsed.returned is not None:
+            _warn_arrays("a pipe of their own", directory)
+            arrays.update(await _returned(parsed.returned))
+        return _assembled(parsed, arrays)
     finally:
         segments.unlink_soon(body_segment, arrays_segment)
 
 
+async def _parse_piped(
+    parsers: BodyParsers,
+    body: bytes,
+    specs: SpecSource,
+    limits: TensorLimits | None,
+    exc: OSError,
+) -> PredictBody:
+    # The body through a pipe of its own, its arrays back through another;
+    # both pickled through the pool's pipe when no such pipes can be made.
+    try:
+        sending = await asyncio.to_thread(MessagePipe, memoryview(body))
+    except OSError as no_pipe:
+        _warn(exc, parsers.segment_dir, _pickled(no_pipe))
+        return await parsers.in_worker(parse_predict_request, body, specs, limits)
+    try:
+        receiving = await asyncio.to_thread(ArraysPipe)
+    except OSError as no_pipe:
+        await asyncio.to_thread(sending.close)
+        _warn(exc, parsers.segment_dir, _pickled(no_pipe))
+        return await parsers.in_worker(parse_predict_request, body, specs, limits)
+    _warn(exc, parsers.segment_dir, "a pipe of its own")
+    try:
+        parsed = await parsers.in_worker(
+            parse_in_worker,
+            sending.message,
+            len(body),
+            receiving.arrays,
+            specs,
+            limits,
+        )
+    except BaseException:
+        await asyncio.to_thread(_end_quietly, sending, receiving)
+        raise
+    await asyncio.to_thread(sending.close)
+    try:
+        arrays = await asyncio.to_thread(receiving.received)
+    except OSError as stopped:
+        raise _worker_stopped() from stopped
+    assert isinstance(parsed, _Parsed)
+    return _assembled(parsed, arrays)
+
+
+def _end_quietly(sending: MessagePipe, receiving: ArraysPipe) -> None:
+    # The call failed already: what its arrays' pipe says adds nothing.
+    sending.close()
+    with contextlib.suppress(OSError):
+        receiving.received()
+
+
+async def _returned(returned: ReturnedArrays) -> Arrays:
+    try:
+        return await asyncio.to_thread(returned.received)
+    except OSError as exc:
+        raise _worker_stopped() from exc
+
+
+def _worker_stopped() -> ParserUnavailable:
+    return ParserUnavailable("The JSON body could not be handled: its worker stopped")
+
+
+def _assembled(parsed: _Parsed, arrays: Arrays) -> PredictBody:
+    arrays.update(parsed.body.inputs)
+    return dataclasses.replace(
+        parsed.body, inputs={name: arrays[name] for name in parsed.order}
+    )
+
+
 def parse_in_worker(
-    body_segment: str,
+    body: BodyRoad,
     size: int,
-    arrays_segment: str,
+    arrays: str | PipedArrays,
     specs: SpecSource,
     limits: TensorLimits | None,
 ) -> _Parsed | PredictBody:
-    """Run in the worker: the body in ``body_segment`` parsed, its numeric
-    arrays written to ``arrays_segment``; the parsed body itself when that
-    segment cannot be written.
+    """Run in the worker: the body (in a segment, or its pipe) parsed, its
+    numeric arrays written to the segment ``arrays`` (or sent through their
+    pipe); sent back through a pipe of the worker's when that segment has no
+    room, and in the parsed body itself when no such pipe can be made.
 
     Raises:
         InvalidArgument: What parsing raises.
     """
-    body = segment_answers.read_answer(body_segment, size)
-    parsed = parse_predict_request(body, specs, limits)
-    del body
-    numeric = {k: v for k, v in parsed.inputs.items() if v.dtype != object}
     try:
-        slots = segments.write_arrays(arrays_segment, numeric) if numeric else []
-    except OSError:
-        segments.unlink(arrays_segment)
-        return parsed
-    pickled = {k: v for k, v in parsed.inputs.items() if k not in numeric}
-    return _Parsed(
-        dataclasses.replace(parsed, inputs=pickled), slots, tuple(parsed.inputs)
+        parsed = parse_predict_request(received_body(body, size), specs, limits)
+    except BaseException:
+        if isinstance(arrays, PipedArrays):
+            arrays.discard()
+        raise
+    numeric = {k: v for k, v in parsed.inputs.items() if v.dtype != object}
+    pickled = dataclasses.replace(
+        parsed, inputs={k: v for k, v in parsed.inputs.items() if k not in numeric}
     )
+    order = tuple(parsed.inputs)
+    if isinstance(arrays, PipedArrays):
+        arrays.send(numeric)
+        return _Parsed(pickled, [], order)
+    try:
+        slots = segments.write_arrays(arrays, numeric) if numeric else []
+    except OSError:
+        segments.unlink(arrays)
+        try:
+            return _Parsed(pickled, [], order, send_back(numeric))
+        except OSError:
+            return parsed
+    return _Parsed(pickled, slots, order)
+
+
+def received_body(body: BodyRoad, size: int) -> bytes | bytearray:
+    """In the worker, the body it was handed (blocking).
+
+    Raises:
+        OSError: The segment is missing, or the pipe ended early.
+    """
+    if isinstance(body, PipedMessage):
+        return body.received()
+    return segment_answers.read_answer(body, size)
 
 
 async def run_on_body(
@@ -155,27 +271,67 @@ async def _run_on_body(
         try:
             await asyncio.to_thread(segments.write_bytes, body_segment, body)
         except OSError as exc:
-            _warn(exc, parsers.segment_dir)
-            return await parsers.in_worker(function, body, *args)
+            segments.unlink_soon(body_segment)
+            return await _run_piped(parsers, function, body, args, exc)
         return await parsers.in_worker(
-            call_on_segment, body_segment, len(body), function, *args
+            call_on_body, body_segment, len(body), function, *args
         )
     finally:
         segments.unlink_soon(body_segment)
 
 
-def call_on_segment(
-    body_segment: str, size: int, function: Callable[..., _Result], *args: Any
+async def _run_piped(
+    parsers: BodyParsers,
+    function: Callable[..., _Result],
+    body: bytes,
+    args: tuple[Any, ...],
+    exc: OSError,
 ) -> _Result:
-    """Run in the worker: ``function`` of the body in ``body_segment``."""
-    return function(segment_answers.read_answer(body_segment, size), *args)
+    # The body through a pipe of its own; pickled through the pool's pipe
+    # when no such pipe can be made.
+    try:
+        sending = await asyncio.to_thread(MessagePipe, memoryview(body))
+    except OSError as no_pipe:
+        _warn(exc, parsers.segment_dir, _pickled(no_pipe))
+        return await parsers.in_worker(function, body, *args)
+    _warn(exc, parsers.segment_dir, "a pipe of its own")
+    try:
+        return await parsers.in_worker(
+            call_on_body, sending.message, len(body), function, *args
+        )
+    finally:
+        await asyncio.to_thread(sending.close)
 
 
-def _warn(exc: OSError | None, directory: str) -> None:
+def call_on_body(
+    body: BodyRoad, size: int, function: Callable[..., _Result], *args: Any
+) -> _Result:
+    """Run in the worker: ``function`` of the body it was handed."""
+    return function(received_body(body, size), *args)
+
+
+def _pickled(no_pipe: OSError) -> str:
+    return (
+        f"the worker pipe (no pipe of its own: {no_pipe}), copies that hold the "
+        "GIL and so the event loop"
+    )
+
+
+def _warn(exc: OSError, directory: str, road: str) -> None:
     logger.warning(
-        "A large request body went through the worker pipe, copies that hold "
-        "the GIL and so the event loop: its shared memory segment could not be "
-        "written (%s); give %s more room",
-        exc if exc is not None else "no room",
+        "A large request body went to its worker through %s: its shared memory "
+        "segment could not be written (%s); give %s more room",
+        road,
+        exc,
+        directory,
+    )
+
+
+def _warn_arrays(road: str, directory: str) -> None:
+    logger.warning(
+        "A large request body's arrays came back from their worker through %s: "
+        "their shared memory segment could not be written (no room); give %s "
+        "more room",
+        road,
         directory,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from typing import Any
 
@@ -16,12 +17,13 @@ import numpy as np
 import pytest
 from servekit_protocol.messagepipe import (
     ArraysPipe,
-    MessageBytes,
     MessagePipe,
     PipedArrays,
     PipedMessage,
-    ReceivedBytes,
+    ReturnedArrays,
+    send_back,
 )
+from servekit_protocol.pickledmessage import MessageBytes, ReceivedBytes
 
 CLOSE_SECONDS = 5.0
 """Most time ``close`` may take once nothing reads: the writer checks every
@@ -106,3 +108,36 @@ def test_message_bytes_pickle_to_the_same_bytes_in_pieces() -> None:
     assert isinstance(received, ReceivedBytes)
     assert len(received) == 3
     assert received.joined() == data
+
+
+def _same(received: dict[str, Any]) -> None:
+    assert list(received) == list(ARRAYS)
+    for name, array in ARRAYS.items():
+        got: np.ndarray[Any, Any] = received[name]
+        assert (got.dtype, got.shape) == (array.dtype, array.shape), name
+        assert got.tobytes() == array.tobytes(), name
+
+
+def _writers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sending-back"]
+
+
+def test_arrays_sent_back_arrive_whole_through_a_pickled_handle() -> None:
+    handed = pickle.loads(pickle.dumps(send_back(ARRAYS)))
+    assert isinstance(handed, ReturnedArrays)
+    _same(handed.received())
+    deadline = time.monotonic() + CLOSE_SECONDS
+    while _writers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _writers() == []
+
+
+def test_the_sending_back_thread_stops_when_its_reader_goes_away() -> None:
+    returned = send_back(ARRAYS)
+    descriptor = returned.reader.detach()
+    assert len(os.read(descriptor, 1024)) > 0
+    os.close(descriptor)
+    deadline = time.monotonic() + CLOSE_SECONDS
+    while _writers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _writers() == []

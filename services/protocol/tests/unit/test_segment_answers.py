@@ -4,10 +4,13 @@ memory segments (servekit_protocol.segment_answers), real worker processes."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import os
+import pickle
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -15,6 +18,7 @@ import pytest
 from servekit_protocol import segment_answers, segments
 from servekit_protocol.errors import InvalidArgument
 from servekit_protocol.json_codec.offload import BodyParsers
+from servekit_protocol.messagepipe import ReturnedBytes
 
 Array = np.ndarray[Any, Any]
 
@@ -142,15 +146,68 @@ async def test_a_cancelled_call_removes_its_segments_once_the_worker_is_done(
     assert await segment_answers.write_in_worker(parsers, _slow, {}, 0.0) == b"late"
 
 
-def test_an_answer_whose_segment_cannot_be_written_is_returned_itself() -> None:
+def test_an_answer_whose_segment_cannot_be_written_comes_back_through_a_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     taken = segments.new_path(segments.default_directory(), "answer")
     segments.write_bytes(taken, b"someone else's")
     try:
         sent = segment_answers._Arrays("unused", [], {}, ())
         answer = segment_answers.write_answer(taken, sent, _slow, 0.0)
-        assert answer == b"late"
+        assert isinstance(answer, ReturnedBytes)
+        assert pickle.loads(pickle.dumps(answer)).received() == b"late"
+
+        # Where no pipe can be made either, the answer itself.
+        def no_pipe(data: bytes) -> NoReturn:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(segment_answers, "send_back_bytes", no_pipe)
+        segments.write_bytes(taken, b"someone else's")
+        assert segment_answers.write_answer(taken, sent, _slow, 0.0) == b"late"
     finally:
         segments.unlink(taken)
+
+
+@pytest.fixture(scope="module")
+def parsers_without_room(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BodyParsers]:
+    # A folder that does not exist: every segment's open fails, the branch a
+    # full /dev/shm (ENOSPC) takes.
+    missing = tmp_path_factory.mktemp("no-room") / "missing"
+    running = BodyParsers(
+        workers=1, answer_threshold_elements=1, segment_dir=str(missing)
+    )
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+async def test_without_room_arrays_and_answer_go_through_pipes_of_their_own(
+    parsers_without_room: BodyParsers, caplog: pytest.LogCaptureFixture
+) -> None:
+    arrays: dict[str, Array] = {
+        "z": np.random.default_rng(4).normal(size=(1 << 18, 4)).T,  # not C order
+        "labels": np.array([b"a", b"\xff"], dtype=object),
+        "a": np.array([True, False]),
+        "empty": np.zeros((0, 3), np.int32),
+    }
+    with caplog.at_level(logging.WARNING):
+        answer = await segment_answers.write_in_worker(
+            parsers_without_room, _describe, arrays, os.getpid(), "n"
+        )
+    expected = orjson.loads(_describe(arrays, os.getpid(), "n"))
+    seen = orjson.loads(answer)
+    assert (seen["order"], seen["arrays"]) == (expected["order"], expected["arrays"])
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == [
+        "A large answer's arrays went to its worker through a pipe of their own",
+        "A large answer came back from its worker through a pipe of its own",
+    ]
+    with pytest.raises(InvalidArgument, match="no such answer"):
+        await segment_answers.write_in_worker(
+            parsers_without_room, _refuse, {"x": np.zeros(100_000)}
+        )
 
 
 def test_read_answer_reads_the_segment_s_bytes() -> None:

@@ -5,6 +5,7 @@ real worker processes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -162,3 +163,103 @@ async def test_a_cancelled_body_read_removes_its_segment(
         await call
     # The worker still reads it: the segment stays until it has answered.
     assert await _settled(timeout=30) == []
+
+
+@pytest.fixture(scope="module")
+def parsers_without_room(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[BodyParsers]:
+    # A folder that does not exist: every segment's open fails, the branch a
+    # full /dev/shm (ENOSPC) takes.
+    missing = tmp_path_factory.mktemp("no-room") / "missing"
+    running = BodyParsers(workers=1, threshold_bytes=1, segment_dir=str(missing))
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _assert_parsed_as_in_place(parsed: json_codec.PredictBody, body: bytes) -> None:
+    in_place = json_codec.parse_predict_request(body, SPECS, None)
+    assert (parsed.signature_name, parsed.format) == (
+        in_place.signature_name,
+        in_place.format,
+    )
+    assert list(parsed.inputs) == list(in_place.inputs)
+    for name, array in in_place.inputs.items():
+        assert parsed.inputs[name].dtype == array.dtype
+        assert parsed.inputs[name].shape == array.shape
+        assert parsed.inputs[name].tolist() == array.tolist()
+
+
+async def test_a_body_without_room_goes_through_pipes_of_its_own(
+    parsers_without_room: BodyParsers, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = _body(50_000)
+    with caplog.at_level(logging.WARNING):
+        parsed = await segment_bodies.parse_predict(
+            parsers_without_room, body, SPECS, None
+        )
+    _assert_parsed_as_in_place(parsed, body)
+    [warning] = caplog.records
+    assert warning.getMessage().startswith(
+        "A large request body went to its worker through a pipe of its own"
+    )
+
+
+async def test_a_bad_body_without_room_is_refused_as_with_room(
+    parsers_without_room: BodyParsers,
+) -> None:
+    with pytest.raises(InvalidArgument, match="JSON Parse error"):
+        await segment_bodies.parse_predict(
+            parsers_without_room, b'{"inputs": [1,', SPECS, None
+        )
+    with pytest.raises(InvalidArgument):
+        await segment_bodies.parse_predict(
+            parsers_without_room, _body(100), SPECS, TensorLimits(max_elements=10)
+        )
+    # The worker is still there, and its pipes work.
+    body = _body(10)
+    parsed = await segment_bodies.parse_predict(parsers_without_room, body, SPECS, None)
+    _assert_parsed_as_in_place(parsed, body)
+
+
+async def test_arrays_without_room_come_back_through_the_worker_s_pipe(
+    parsers: BodyParsers,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker's write of the arrays' segment fails for real (O_EXCL on an
+    # existing name) and it removes the file, as a part written to a full
+    # /dev/shm; the body's segment has room.
+    taken = segments.new_path(segments.default_directory(), "taken")
+    segments.write_bytes(taken, b"")
+    new_path = segments.new_path
+    monkeypatch.setattr(
+        segments,
+        "new_path",
+        lambda folder, role: taken if role == "inputs" else new_path(folder, role),
+    )
+    body = _body(50_000)
+    with caplog.at_level(logging.WARNING):
+        parsed = await segment_bodies.parse_predict(parsers, body, SPECS, None)
+    _assert_parsed_as_in_place(parsed, body)
+    [warning] = caplog.records
+    assert warning.getMessage().startswith(
+        "A large request body's arrays came back from their worker through a "
+        "pipe of their own"
+    )
+    assert await _settled() == []
+
+
+async def test_a_body_read_without_room_arrives_whole_through_its_pipe(
+    parsers_without_room: BodyParsers,
+) -> None:
+    examples = orjson.dumps({"examples": [{"x": [float(i)]} for i in range(3000)]})
+    assert await segment_bodies.run_on_body(
+        parsers_without_room, json_codec.parse_examples_request, examples
+    ) == json_codec.parse_examples_request(examples)
+    with pytest.raises(InvalidArgument, match="refused 70000 bytes"):
+        await segment_bodies.run_on_body(
+            parsers_without_room, _refuse_body, b"x" * 70_000
+        )

@@ -18,12 +18,8 @@ import numpy as np
 from servekit_protocol import oip_messages as oip
 from servekit_protocol import segments
 from servekit_protocol.errors import ProtocolError
-from servekit_protocol.messagepipe import (
-    PipedArrays,
-    PipedMessage,
-    ReceivedBytes,
-    received_message,
-)
+from servekit_protocol.messagepipe import PipedArrays, PipedMessage
+from servekit_protocol.pickledmessage import ReceivedBytes, received_message
 from servekit_protocol.tensor_limits import TensorLimits
 
 from gateway.clients.arrays import ArrayRequest

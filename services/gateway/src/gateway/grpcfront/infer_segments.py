@@ -17,7 +17,7 @@ limit), the message goes to the worker through OS pipes of its own
 the received buffer by a thread of the call, the GIL released while the kernel
 copies; the Predict comes back through another, read straight into a new
 buffer. Only where no pipe can be made is the message pickled through the
-pool's pipe (:class:`~servekit_protocol.messagepipe.MessageBytes`), with a
+pool's pipe (:class:`~servekit_protocol.pickledmessage.MessageBytes`), with a
 warning line of its own: its copies hold the GIL in the pool's threads, which
 made the loop wait 0.3-1 s for a 48 MiB message.
 
@@ -45,7 +45,8 @@ from servekit_protocol import segments
 from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import ParserUnavailable
-from servekit_protocol.messagepipe import MessageBytes, MessagePipe, MessagePipes
+from servekit_protocol.messagepipe import MessagePipe, MessagePipes
+from servekit_protocol.pickledmessage import MessageBytes
 from servekit_protocol.tensor_limits import TensorLimits
 
 from gateway.codecs.v2_grpc import (

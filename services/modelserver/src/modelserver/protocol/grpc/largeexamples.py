@@ -41,7 +41,7 @@ from modelserver.errors import InvalidInput
 from modelserver.protocol.grpc import converters, serializedinput
 from modelserver.protocol.grpc.largerequests import (
     ArraysRoad,
-    CarriedArray,
+    Carried,
     Decoded,
     PredictDecoder,
     SegmentDecoder,
@@ -79,7 +79,7 @@ class _DecodedExamples:
     features: list[examplecolumns.ColumnHead] = field(default_factory=list)
     slots: list[segments.ArraySlot] = field(default_factory=list)
     error: str = ""
-    carried: dict[str, CarriedArray] = field(default_factory=dict)
+    carried: Carried = field(default_factory=dict)
 
 
 def decode_examples(

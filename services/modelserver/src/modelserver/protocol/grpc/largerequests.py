@@ -16,13 +16,15 @@ GIL. String tensors (object arrays, rare in large requests) come back pickled.
 When a segment cannot be written (no room: a container's ``/dev/shm`` is
 64 MiB unless given more, and concurrent large messages can fill any size) a
 pipe carries that side instead, with one warning line: the message goes
-through an OS pipe of its own (:mod:`~servekit_protocol.messagepipe`,
-written without a copy or the GIL held; pickled by the pool's feeder thread,
-:class:`MessageBytes`, when no such pipe can be made) and the arrays come
-back pickled through the pool's pipe (unpickled by the pool's result thread).
+through an OS pipe of its own (:mod:`servekit_protocol.messagepipe`, written
+without a copy or the GIL held), its arrays come back through another; arrays
+whose own segment has no room come back through a pipe the worker makes
+(:func:`~servekit_protocol.messagepipe.send_back`). Only where no such pipe
+can be made do they go pickled through the pool's pipe (:class:`MessageBytes`
+by the feeder thread, :class:`CarriedArray` unpickled by the result thread).
 The event loop's thread neither parses nor copies the message on any path;
-the pool's threads hold the GIL in short stretches, which delays the loop
-(lag) without keeping it busy.
+the pool's threads hold the GIL in short stretches on the pickled road,
+which delays the loop (lag) without keeping it busy.
 
 What a client sees is what the in-place path gives: a message that does not
 parse answers INTERNAL ``Failed to parse the request: ...`` from the server, and
@@ -47,11 +49,15 @@ from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.messagepipe import (
-    PICKLE_CHUNK_BYTES,
-    MessageBytes,
     MessagePipes,
     PipedArrays,
     PipedMessage,
+    ReturnedArrays,
+    send_back,
+)
+from servekit_protocol.pickledmessage import (
+    PICKLE_CHUNK_BYTES,
+    MessageBytes,
     ReceivedBytes,
     received_message,
 )
@@ -177,22 +183,22 @@ ArraysRoad = str | PipedArrays | None
 """Where a worker's arrays go: a new segment at that path, a pipe of their
 own, or (None) pickled in its answer."""
 
+Carried = dict[str, CarriedArray] | ReturnedArrays
+"""A worker's arrays that did not go the road they were given: back through
+a pipe the worker made (their segment had no room), or pickled in its answer
+(no segment, or no pipe either)."""
+
 
 def write_or_carry(
     arrays_segment: ArraysRoad, arrays: dict[str, np.ndarray[Any, Any]]
-) -> tuple[list[segments.ArraySlot], dict[str, CarriedArray]]:
+) -> tuple[list[segments.ArraySlot], Carried]:
     """In a worker, ``arrays`` written to ``arrays_segment``: their slots, and
-    no arrays to carry; sent through their pipe: neither; with no segment, or
-    none with room, no slots, and the arrays to carry back through the pool's
+    nothing carried; sent through their pipe: neither; with a segment without
+    room, no slots, and the pipe the worker made for them; with no segment (or
+    no pipe either), no slots, and the arrays to carry back through the pool's
     pipe."""
     if isinstance(arrays_segment, PipedArrays):
-        # Not ascontiguousarray: it makes a 0-d array 1-d.
-        arrays_segment.send(
-            {
-                name: array if array.flags.c_contiguous else array.copy(order="C")
-                for name, array in arrays.items()
-            }
-        )
+        arrays_segment.send(_contiguous(arrays))
         return [], {}
     if arrays_segment is not None:
         try:
@@ -200,7 +206,51 @@ def write_or_carry(
         except OSError:
             # What was written frees room for other calls at once.
             segments.unlink(arrays_segment)
+        with contextlib.suppress(OSError):
+            return [], send_back(_contiguous(arrays))
     return [], {name: CarriedArray(array) for name, array in arrays.items()}
+
+
+def _contiguous(
+    arrays: dict[str, np.ndarray[Any, Any]],
+) -> dict[str, np.ndarray[Any, Any]]:
+    # Not ascontiguousarray: it makes a 0-d array 1-d.
+    return {
+        name: array if array.flags.c_contiguous else array.copy(order="C")
+        for name, array in arrays.items()
+    }
+
+
+async def carried_back(carried: Carried) -> dict[str, np.ndarray[Any, Any]]:
+    """The arrays a worker's answer carried (see :func:`write_or_carry`),
+    read from the worker's pipe in a thread.
+
+    Raises:
+        ParserUnavailable: The pipe ended before the arrays did (the worker
+            died).
+    """
+    if isinstance(carried, ReturnedArrays):
+        try:
+            return await asyncio.to_thread(carried.received)
+        except OSError as exc:
+            raise ParserUnavailable(
+                "The request could not be read: its worker stopped"
+            ) from exc
+    return {name: array.array for name, array in carried.items()}
+
+
+def warn_carried(what: str, carried: Carried, directory: str) -> None:
+    """One warning line for ``what`` (the worker's arrays) that found no room
+    in their segment, saying which road they took instead."""
+    logger.warning(
+        "%s came back from their worker through %s: their shared memory "
+        "segment could not be written (no room); give %s more room",
+        what,
+        "a pipe of their own"
+        if isinstance(carried, ReturnedArrays)
+        else "the worker pipe, copies that hold the GIL and so the event loop",
+        directory,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +263,7 @@ class _Decoded:
     slots: list[segments.ArraySlot] = field(default_factory=list)
     objects: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
     error: str = ""
-    carried: dict[str, CarriedArray] = field(default_factory=dict)
+    carried: Carried = field(default_factory=dict)
 
 
 def decode_predict(
@@ -305,7 +355,9 @@ class SegmentDecoder(Generic[Result]):
                 decoded = await self._in_worker(message_segment, arrays_segment)
                 segments.unlink_soon(message_segment)
                 if decoded.carried:
-                    _warn("its arrays came back from its worker", None, directory)
+                    warn_carried(
+                        "A large gRPC message's arrays", decoded.carried, directory
+                    )
             arrays = (
                 await asyncio.to_thread(
                     segments.read_arrays, arrays_segment, decoded.slots
@@ -313,12 +365,13 @@ class SegmentDecoder(Generic[Result]):
                 if decoded.slots
                 else {}
             )
+            try:
+                arrays.update(await carried_back(decoded.carried))
+            except ParserUnavailable as exc:
+                raise _worker_stopped() from exc
         finally:
             segments.unlink_soon(message_segment, arrays_segment)
         arrays.update(piped)
-        arrays.update(
-            {name: carried.array for name, carried in decoded.carried.items()}
-        )
         return self.assemble(decoded, arrays)
 
     async def _piped(
@@ -335,10 +388,7 @@ class SegmentDecoder(Generic[Result]):
         try:
             return await pipes.exchange(self._in_worker(pipes.message, pipes.arrays))
         except OSError as exc:
-            raise Aborted(
-                grpc.StatusCode.UNAVAILABLE,
-                "The request message could not be parsed: its worker stopped",
-            ) from exc
+            raise _worker_stopped() from exc
 
     async def _in_worker(
         self, message: str | PipedMessage | MessageBytes, arrays: ArraysRoad
@@ -348,10 +398,14 @@ class SegmentDecoder(Generic[Result]):
                 self._worker, message, arrays, *self._worker_args
             )
         except ParserUnavailable as exc:
-            raise Aborted(
-                grpc.StatusCode.UNAVAILABLE,
-                "The request message could not be parsed: its worker stopped",
-            ) from exc
+            raise _worker_stopped() from exc
+
+
+def _worker_stopped() -> Aborted:
+    return Aborted(
+        grpc.StatusCode.UNAVAILABLE,
+        "The request message could not be parsed: its worker stopped",
+    )
 
 
 class PredictDecoder(SegmentDecoder[DecodedPredict]):

@@ -28,7 +28,12 @@ from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver import examplecolumns
 from modelserver.errors import Overloaded
-from modelserver.protocol.grpc.largerequests import CarriedArray, write_or_carry
+from modelserver.protocol.grpc.largerequests import (
+    Carried,
+    carried_back,
+    warn_carried,
+    write_or_carry,
+)
 from modelserver.protocol.rest import codec
 from modelserver.types import Example, ExampleColumns, Examples
 
@@ -43,7 +48,7 @@ class _Columns:
     rows: int
     heads: list[examplecolumns.ColumnHead]
     slots: list[segments.ArraySlot]
-    carried: dict[str, CarriedArray] = field(default_factory=dict)
+    carried: Carried = field(default_factory=dict)
 
 
 def columns_of(
@@ -123,16 +128,13 @@ async def _decode(
             if decoded.slots
             else {}
         )
+        if decoded.carried:
+            warn_carried(
+                "A large body's examples", decoded.carried, parsers.segment_dir
+            )
+        arrays.update(await carried_back(decoded.carried))
     finally:
         segments.unlink_soon(arrays_segment)
-    if decoded.carried:
-        logger.warning(
-            "A large body's examples came back from their worker through the "
-            "pipe, copies that hold the GIL and so the event loop: their shared "
-            "memory segment could not be written; give %s more room",
-            parsers.segment_dir,
-        )
-    arrays.update({name: carried.array for name, carried in decoded.carried.items()})
     return decoded.signature_name, examplecolumns.from_arrays(
         decoded.rows, decoded.heads, arrays
     )
