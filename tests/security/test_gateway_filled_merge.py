@@ -8,9 +8,10 @@ lone Predict as it came, but merges concurrent ones of the same model and layout
 decoded, joined and encoded again. From ``DECODE_IN_THREAD_BYTES`` (1 MiB) of
 declared tensor bytes that happens in a worker thread, and so does writing the
 merged message. Page faults of the gateway's main thread (its event loop's) count
-the new memory that thread touches, whatever the machine's load. A merge is held
-to the request limit each caller was checked against, so callers of a few bytes
-cannot together make the gateway write more than one request may hold.
+the new memory that thread touches, whatever the machine's load. A merged call is
+held to the request limit each caller was checked against (a byte budget beside
+the row limit), so callers of a few bytes cannot together make the gateway write
+more than one request may hold, and the callers that fit still merge.
 
 OIP ModelInfer (gRPC and REST) has no fill rule: a tensor carries every element
 it declares, and a short one is refused (``gateway.codecs.v2``); TF Serving's REST
@@ -58,8 +59,10 @@ caller's one-row request (a few bytes) declares 2 MiB, over the threshold alone,
 and the merge of ``MERGED_CALLERS`` of them 16 MiB."""
 CAPPED_BYTES = 33 * 1024 * 1024
 """The capped gateway's request limit: room for the first call (16 rows, 32 MiB)
-and for one caller of ``CAPPED_ROWS`` rows (20 MiB), not for two merged."""
-CAPPED_ROWS = 10
+and for two callers of ``CAPPED_ROWS`` rows (16 MiB each) merged, not three."""
+CAPPED_ROWS = 8
+"""Rows of a capped gateway's caller: four of them fill the default row limit
+(32), so the bytes, not the rows, bound its merges."""
 ROUNDS = 3
 """Most rounds of concurrent calls: the callers merge in each one that finds the
 first call (16 rows, 32 MiB filled in the model server) in flight; one merge is
@@ -146,11 +149,12 @@ def filled_request(caller: int, rows: int) -> bytes:
     return request.SerializeToString()
 
 
-def _merges(gateway: GatewayProcess) -> float:
-    """Backend Predicts the gateway made for more than one caller so far."""
+def _merges(gateway: GatewayProcess, over: int = 1) -> float:
+    """Backend Predicts the gateway made for more than ``over`` callers so far
+    (``over`` one of the histogram's bounds)."""
     calls = gateway.metric("gateway_coalesced_requests_count")
-    alone = gateway.metric("gateway_coalesced_requests_bucket", le="1.0")
-    return calls - alone
+    fewer = gateway.metric("gateway_coalesced_requests_bucket", le=f"{over:.1f}")
+    return calls - fewer
 
 
 def _predictions(data: bytes) -> list[float]:
@@ -194,24 +198,35 @@ def _backend_predicts(server: ModelServer) -> float:
     return sample_sum(text, "modelserver_request_count_total", api="predict")
 
 
-def test_a_merge_is_held_to_the_request_limit(
+def test_callers_merge_as_far_as_the_request_limit_holds(
     server: ModelServer, capped_gateway: GatewayProcess
 ) -> None:
-    # Each caller's row is within the limit alone; merged, the callers'
-    # tensors would pass it (a few bytes a caller could otherwise make the
-    # gateway write the limit's worth once per caller in one request), so
-    # every caller is served on its own, and correctly.
+    # Each caller's rows are within the limit alone, two fit it together,
+    # three do not: a few bytes a caller, they would otherwise make the gateway
+    # write the limit's worth several times in one request. The callers that
+    # fit merge; one that would pass the limit goes in the next call.
     concurrent_calls(capped_gateway, PREDICT, filled_request, rows=CAPPED_ROWS)
-    before = _backend_predicts(server)
-    outcomes = concurrent_calls(
-        capped_gateway, PREDICT, filled_request, rows=CAPPED_ROWS
-    )
-    assert [status for status, _ in outcomes] == ["OK"] * len(outcomes)
-    assert _backend_predicts(server) - before == len(outcomes)
+    merges = _merges(capped_gateway)
+    oversized = _merges(capped_gateway, over=2)
+    predicts = _backend_predicts(server)
+    outcomes: list[tuple[str, bytes]] = []
+    callers = 0
+    for _ in range(ROUNDS):
+        outcomes = concurrent_calls(
+            capped_gateway, PREDICT, filled_request, rows=CAPPED_ROWS
+        )
+        assert [status for status, _ in outcomes] == ["OK"] * len(outcomes)
+        callers += len(outcomes)
+        if _merges(capped_gateway) > merges:
+            break
+    assert _merges(capped_gateway) > merges, "no call was merged"
+    # Merged, not refused and served one by one: fewer backend calls than callers.
+    assert _backend_predicts(server) - predicts < callers
+    assert _merges(capped_gateway, over=2) == oversized, "a merge passed the limit"
     options = [("grpc.max_send_message_length", MESSAGE_LIMIT)]
     with grpc.insecure_channel(capped_gateway.grpc_target, options=options) as channel:
         lone = channel.unary_unary(PREDICT)
-        for caller in (1, MERGED_CALLERS):
-            request = filled_request(caller, CAPPED_ROWS)
-            alone = _predictions(lone(request, timeout=60))
-            assert _predictions(outcomes[caller][1]) == alone
+        for caller in range(1, len(outcomes)):
+            alone = _predictions(lone(filled_request(caller, CAPPED_ROWS), timeout=60))
+            merged = _predictions(outcomes[caller][1])
+            np.testing.assert_allclose(merged, alone, rtol=1e-12)

@@ -93,11 +93,10 @@ class Gateway:
         )
         # `coalesced_requests` records how many callers each backend call served.
         self.coalescer = Coalescer(
-            backend_strategies(
-                self.client, self.parsers, settings.max_request_tensor_bytes
-            ),
+            backend_strategies(self.client, self.parsers),
             metrics.coalesced_requests.observe,
             max_rows=settings.coalesce_max_rows,
+            max_bytes=settings.max_request_tensor_bytes,
             max_in_flight=settings.coalesce_max_in_flight,
         )
         self.signatures = SignatureCache(self.client, settings.metadata_ttl_seconds)

@@ -12,6 +12,7 @@ from gateway.clients.arrays import (
     merge_arrays,
     split_arrays,
 )
+from gateway.clients.batchkeys import array_key, proto_key, rest_key
 from gateway.clients.protobatch import (
     declared_bytes,
     merge_requests,
@@ -20,10 +21,9 @@ from gateway.clients.protobatch import (
     split_response,
     write_merged,
 )
-from gateway.clients.strategies import array_key, proto_key
+from gateway.clients.restbatch import rest_predict
 from servekit_protocol import messages
-from servekit_protocol.errors import ProtocolError
-from servekit_protocol.tensor_limits import DECODE_IN_THREAD_BYTES, DEFAULT_MAX_BYTES
+from servekit_protocol.tensor_limits import DECODE_IN_THREAD_BYTES
 from servekit_protocol.tensors import from_ndarray, to_ndarray
 
 
@@ -42,10 +42,24 @@ def _request(
 def test_requests_of_one_layout_share_a_key_and_report_their_rows() -> None:
     one = _request({"a": np.ones(1), "s": np.array([b"x"], dtype=object)})
     three = _request({"a": np.zeros(3), "s": np.array([b"y"] * 3, dtype=object)})
-    key_one, rows_one = proto_key(one) or ((), 0)
-    key_three, rows_three = proto_key(three) or ((), 0)
-    assert (rows_one, rows_three) == (1, 3)
-    assert key_one == key_three
+    keyed_one, keyed_three = proto_key(one), proto_key(three)
+    assert keyed_one is not None and keyed_three is not None
+    assert (keyed_one.rows, keyed_three.rows) == (1, 3)
+    assert keyed_one.key == keyed_three.key
+    # A string tensor counts a reference per element besides its bytes.
+    assert (keyed_one.nbytes, keyed_three.nbytes) == (8 + 8 + 1, 3 * (8 + 8 + 1))
+
+
+def test_a_filled_tensor_brings_the_bytes_its_shape_declares() -> None:
+    keyed = proto_key(_filled(3, 1.0))
+    assert keyed is not None
+    assert (keyed.rows, keyed.nbytes) == (3, 3 * 1024 * 8)
+
+
+def test_a_request_whose_shape_cannot_be_read_never_merges() -> None:
+    malformed = _filled(1, 1.0)
+    malformed.inputs["a"].tensor_shape.dim[1].size = -2
+    assert proto_key(malformed) is None
 
 
 @pytest.mark.parametrize(
@@ -151,22 +165,12 @@ def test_a_written_merge_is_the_merged_request_s_bytes() -> None:
 async def test_a_merge_is_written_in_a_thread_from_the_threshold() -> None:
     rows = DECODE_IN_THREAD_BYTES // (1024 * 8)
     below = [_filled(1, 1.0), _filled(rows - 2, 2.0)]
-    small = await merged_request(below, [1, rows - 2], 1, DEFAULT_MAX_BYTES)
+    small = await merged_request(below, [1, rows - 2], 1)
     assert isinstance(small, messages.PredictRequest)
     at = [_filled(1, 1.0), _filled(rows - 1, 2.0)]
-    large = await merged_request(at, [1, rows - 1], 1, DEFAULT_MAX_BYTES)
+    large = await merged_request(at, [1, rows - 1], 1)
     assert not isinstance(large, messages.PredictRequest)
     assert large.keep_answer_from == 1
-
-
-async def test_a_merge_over_the_request_limit_is_refused() -> None:
-    # Three callers of 2 rows (16 KiB each, by the fill rule), each well within
-    # a 40 KiB limit; merged they would hold 48 KiB.
-    requests = [_filled(2, float(caller)) for caller in range(3)]
-    at_limit = await merged_request(requests[:2], [2, 2], None, 2 * 2 * 1024 * 8)
-    assert isinstance(at_limit, messages.PredictRequest)
-    with pytest.raises(ProtocolError, match="49152 bytes, over the 40960"):
-        await merged_request(requests, [2, 2, 2], None, 40 * 1024)
 
 
 def test_split_gives_each_caller_its_rows() -> None:
@@ -246,14 +250,16 @@ def test_array_requests_share_keys_with_their_own_kind_only() -> None:
     one = array_key(_arrays({"a": np.ones(1), "b": np.ones((1, 4))}))
     three = array_key(_arrays({"a": np.zeros(3), "b": np.ones((3, 4))}))
     assert one is not None and three is not None
-    assert (one[1], three[1]) == (1, 3)
-    assert one[0] == three[0]
+    assert (one.rows, three.rows) == (1, 3)
+    assert (one.nbytes, three.nbytes) == (5 * 8, 3 * 5 * 8)
+    assert one.key == three.key
     for other in (
         _arrays({"a": np.ones(1, dtype=np.float32), "b": np.ones((1, 4))}),
         _arrays({"a": np.ones(1), "b": np.ones((1, 5))}),
         _arrays({"a": np.ones(1), "b": np.ones((1, 4))}, signature="other"),
     ):
-        assert (array_key(other) or ((), 0))[0] != one[0]
+        keyed = array_key(other)
+        assert keyed is not None and keyed.key != one.key
     for unmergeable in ({"a": np.float64(1)}, {"a": np.ones(2), "b": np.ones(3)}, {}):
         assert array_key(_arrays(unmergeable)) is None
 
@@ -293,3 +299,19 @@ def test_a_copied_array_request_is_routed_on_its_own() -> None:
     copy.model_spec.version_label = "canary"
     assert original.model_spec.version_label == ""
     assert copy.inputs["x"] is original.inputs["x"]
+
+
+def test_array_requests_bring_their_bytes_as_the_request_limit_counts_them() -> None:
+    strings = np.array([b"ab", b"", b"cdef"], dtype=object)
+    keyed = array_key(_arrays({"s": strings, "x": np.ones((3, 2), np.float32)}))
+    assert keyed is not None
+    # References (8 bytes each) and values (6 bytes), then 3 x 2 float32.
+    assert keyed.nbytes == 3 * 8 + 6 + 3 * 2 * 4
+
+
+def test_an_untranslated_rest_body_brings_its_own_bytes() -> None:
+    body = b'{"instances": [[1.0, 2.0], [3.0, 4.0]]}'
+    request = rest_predict("/v1/models/m:predict", body)
+    assert request is not None
+    keyed = rest_key(request)
+    assert (keyed.rows, keyed.nbytes) == (2, len(body))

@@ -2,8 +2,8 @@
 
 The strategy below stands for a backend whose calls the test holds open and
 releases, so each test decides what is in flight when the next request comes. A
-request is a list of numbers (one row each); the answer doubles every number; a
-negative number is a value the backend refuses.
+request is a list of numbers (one row each, of ``ROW_BYTES``); the answer doubles
+every number; a negative number is a value the backend refuses.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 from gateway.clients.backend import Metadata
+from gateway.clients.batchkeys import Keyed
 from gateway.clients.coalescer import Coalescer
 from gateway.clients.strategies import (
-    Key,
     Merged,
     Parts,
     Separately,
@@ -31,6 +31,8 @@ from gateway.errors import BackendError, BackendUnavailable, DeadlineExceeded
 Rows = tuple[float, ...]
 ADDRESSES = ("127.0.0.1:8500",)
 NO_METADATA: Metadata = ()
+ROW_BYTES = 8
+"""A row's tensor bytes (one float64)."""
 
 
 def refused(values: Sequence[float]) -> BackendError:
@@ -57,8 +59,10 @@ class ListStrategy:
     shared_status: int | None = None
     down: bool = False
 
-    def key(self, request: Rows) -> tuple[Key, int] | None:
-        return (("lists",), len(request)) if request else None
+    def key(self, request: Rows) -> Keyed | None:
+        if not request:
+            return None
+        return Keyed(("lists",), len(request), ROW_BYTES * len(request))
 
     async def call(
         self,
@@ -137,13 +141,14 @@ class Core:
         return asyncio.create_task(run())
 
 
-def core(max_rows: int = 64, max_in_flight: int = 1) -> Core:
+def core(max_rows: int = 64, max_in_flight: int = 1, max_bytes: int = 1 << 20) -> Core:
     strategy = ListStrategy()
     callers: list[int] = []
     coalescer = Coalescer(
         {tuple: strategy},
         callers.append,
         max_rows=max_rows,
+        max_bytes=max_bytes,
         max_in_flight=max_in_flight,
     )
     return Core(coalescer, strategy, callers)
@@ -211,6 +216,44 @@ async def test_queued_requests_wait_for_the_answered_caller_to_send_again() -> N
     # answered caller to a call of its own.
     assert tested.strategy.merged == [[(1.0,), (2.0,), (3.0,)]]
     assert tested.callers == [3]
+
+
+async def test_merged_calls_hold_at_most_the_byte_budget() -> None:
+    tested = core(max_bytes=3 * ROW_BYTES)
+    queued = [(1.0,), (2.0, 3.0), (4.0,), (5.0,), (6.0, 7.0, 8.0)]
+    first, waiting = await busy_then_queue(tested, *queued)
+    tested.strategy.open.set()
+    await first
+    answers = await asyncio.gather(*waiting)
+    assert answers == [tuple(2 * value for value in rows) for rows in queued]
+    # The callers that fit merge; the first that would pass the budget starts
+    # the next call, in their order (the rows alone would have made one call).
+    assert tested.strategy.merged == [[(1.0,), (2.0, 3.0)], [(4.0,), (5.0,)]]
+    assert tested.strategy.singles == [(0.5,), (6.0, 7.0, 8.0)]
+    assert tested.callers == [2, 2, 1]
+
+
+async def test_queued_requests_that_fill_the_byte_budget_go_without_waiting() -> None:
+    tested = core(max_bytes=2 * ROW_BYTES)
+    first, waiting = await busy_then_queue(tested, (1.0,), (2.0,))
+    # As in the test above of waiting for the answered caller, it would be
+    # expected back for about 0.5 s; the queue fills a call, so none is waited.
+    await asyncio.sleep(0.5)
+    tested.strategy.open.set()
+    assert await first == (1.0,)
+    await settle()
+    assert tested.strategy.merged == [[(1.0,), (2.0,)]]
+    assert await asyncio.gather(*waiting) == [(2.0,), (4.0,)]
+
+
+async def test_a_request_over_the_byte_budget_alone_is_still_sent() -> None:
+    tested = core(max_bytes=ROW_BYTES)
+    first, waiting = await busy_then_queue(tested, (1.0, 2.0), (3.0,))
+    tested.strategy.open.set()
+    await first
+    assert await asyncio.gather(*waiting) == [(2.0, 4.0), (6.0,)]
+    assert tested.strategy.merged == []
+    assert tested.strategy.singles == [(0.5,), (1.0, 2.0), (3.0,)]
 
 
 async def test_a_merged_call_carries_every_request_id_and_the_latest_deadline() -> None:

@@ -6,6 +6,7 @@ import json
 
 import orjson
 import pytest
+from gateway.clients.batchkeys import rest_key
 from gateway.clients.restbatch import (
     MAX_MERGED_BODY_BYTES,
     RestPredict,
@@ -13,7 +14,6 @@ from gateway.clients.restbatch import (
     rest_predict,
     split_rest,
 )
-from gateway.clients.strategies import rest_key
 
 PATH = "/v1/models/m:predict"
 
@@ -25,9 +25,7 @@ def _parsed(document: object, path: str = PATH) -> RestPredict:
 
 
 def _key(document: object, path: str = PATH) -> object:
-    keyed = rest_key(_parsed(document, path))
-    assert keyed is not None
-    return keyed[0]
+    return rest_key(_parsed(document, path)).key
 
 
 def test_rows_and_columns_report_their_row_count() -> None:

@@ -89,8 +89,19 @@ def frame(message: bytes) -> bytes:
 
 def encode_status_message(text: str) -> str:
     """``grpc-message``'s percent-encoding: UTF-8, with every byte outside
-    printable ASCII, and ``%`` itself, escaped."""
-    return quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~", encoding="utf-8")
+    printable ASCII, ``%`` itself, and spaces at either end escaped."""
+    encoded = quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~", encoding="utf-8")
+    # A field value may not begin or end with a space (RFC 9113 8.2.1): strict
+    # HTTP/2 clients refuse it, and HTTP/1.1 readers of gRPC-Web trailers strip
+    # it. gRPC's grammar lets any byte be escaped, and every conforming client
+    # decodes %20 back to the space (TF Serving's "Duplicate evaluation of
+    # signature: " ends with one).
+    inner = encoded.strip(" ")
+    if not inner:
+        return "%20" * len(encoded)
+    leading = len(encoded) - len(encoded.lstrip(" "))
+    trailing = len(encoded) - len(encoded.rstrip(" "))
+    return "%20" * leading + inner + "%20" * trailing
 
 
 def decode_status_message(value: str) -> str:

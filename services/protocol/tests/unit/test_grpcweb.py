@@ -61,6 +61,24 @@ def test_status_messages_keep_printable_ascii() -> None:
     assert grpcweb.encode_status_message("line\nbreak") == "line%0Abreak"
 
 
+@pytest.mark.parametrize(
+    ("text", "encoded"),
+    [
+        (
+            "Duplicate evaluation of signature: ",
+            "Duplicate evaluation of signature:%20",
+        ),
+        ("  two  inside and ends  ", "%20%20two  inside and ends%20%20"),
+        (" ", "%20"),
+        ("   ", "%20%20%20"),
+        ("\tTab ", "%09Tab%20"),
+    ],
+)
+def test_status_messages_escape_spaces_at_either_end(text: str, encoded: str) -> None:
+    assert grpcweb.encode_status_message(text) == encoded
+    assert grpcweb.decode_status_message(encoded) == text
+
+
 def test_text_bodies_may_be_padded_between_chunks() -> None:
     first, second = grpcweb.frame(b"ab"), grpcweb.frame(b"c")
     chunked = base64.b64encode(first) + base64.b64encode(second)

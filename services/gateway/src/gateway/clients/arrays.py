@@ -10,7 +10,7 @@ decoded answer costs about 3 µs. gRPC callers already hold protos and keep them
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +92,19 @@ def array_layout(inputs: Mapping[str, Array]) -> tuple[tuple[object, ...], int] 
     if rows == -1:
         return None
     return tuple(layout), rows
+
+
+def tensor_size(arrays: Iterable[Array]) -> tuple[int, int]:
+    """The elements and bytes of arrays together, as the request limit counts
+    them: an object array's references plus its values' lengths."""
+    elements = 0
+    size = 0
+    for array in arrays:
+        elements += array.size
+        size += array.nbytes
+        if array.dtype.kind == "O":
+            size += sum(len(item) for item in array.reshape(-1).tolist())
+    return elements, size
 
 
 def merge_arrays(requests: Sequence[ArrayRequest]) -> ArrayRequest:

@@ -9,7 +9,8 @@ the batch dimension, and each caller gets its own rows of the answer. A lone
 request is sent at once. One wait is added on purpose: callers usually send
 their next request as soon as they are answered, so when a call returns, the
 requests that queued meanwhile are held until the callers just answered have
-come back (or the rows fill a call, or one recent call's duration passes).
+come back (or the rows or bytes fill a call, or one recent call's duration
+passes).
 Without it the callers split into two halves whose calls alternate for ever,
 each half the size it could be.
 
@@ -18,6 +19,11 @@ kind of request shares to merge and how it is merged, called and cut back is its
 strategy's (`clients.strategies`: protos from gRPC callers, arrays from REST
 callers whose JSON the gateway typed, REST bodies for the backend's REST API);
 each kind merges only with its own kind and gets its own kind back.
+
+A merged call holds at most ``max_rows`` rows and ``max_bytes`` of tensors (the
+request limit each caller was checked against alone, `clients.batchkeys`):
+waiting callers join the next call in their order while both budgets hold, and
+the first that would pass either starts the call after it.
 
 Correctness comes first:
 - only requests whose inputs all share one leading (batch) dimension merge, and
@@ -52,11 +58,11 @@ from servekit_protocol.logs import REQUEST_ID_HEADER
 from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import ArrayRequest, ArrayResponse
 from gateway.clients.backend import Metadata
+from gateway.clients.batchkeys import Key
 from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer
 from gateway.clients.restbatch import RestPredict
 from gateway.clients.strategies import (
-    Key,
     Parts,
     Separately,
     Shared,
@@ -82,6 +88,7 @@ _SWEEP_AT = 64
 class _Waiter:
     request: Any
     rows: int
+    nbytes: int
     deadline: float
     metadata: Metadata
     future: asyncio.Future[Any]
@@ -102,6 +109,7 @@ class _Group:
     in_flight: int = 0
     waiting: deque[_Waiter] = field(default_factory=deque)
     waiting_rows: int = 0
+    waiting_bytes: int = 0
     returning: int = 0
     """Callers answered by recent calls that have not sent again."""
     returning_until: float = 0.0
@@ -109,6 +117,12 @@ class _Group:
     call_seconds: float = 0.0
     """Recent wall time of one backend call (exponential average)."""
     hold: asyncio.TimerHandle | None = None
+
+    def popleft(self) -> None:
+        """The first waiter leaves the queue (sent, or gone)."""
+        waiter = self.waiting.popleft()
+        self.waiting_rows -= waiter.rows
+        self.waiting_bytes -= waiter.nbytes
 
     def arrived(self, now: float) -> None:
         """A request came: one answered caller fewer to expect."""
@@ -144,6 +158,8 @@ class Coalescer:
         strategies: which strategy serves each request type.
         observe_callers: told how many callers each backend call served.
         max_rows: most rows in one merged call (0 or 1: never merge).
+        max_bytes: most tensor bytes in one merged call (a lone call is the
+            caller's own, checked against the request limit before).
         max_in_flight: calls of one key at once before further ones wait.
     """
 
@@ -153,11 +169,13 @@ class Coalescer:
         observe_callers: Callable[[int], None],
         *,
         max_rows: int,
+        max_bytes: int,
         max_in_flight: int,
     ) -> None:
         self._strategies = strategies
         self._observe_callers = observe_callers
         self._max_rows = max_rows
+        self._max_bytes = max_bytes
         self._max_in_flight = max(1, max_in_flight)
         self._groups: dict[Key, _Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -262,7 +280,7 @@ class Coalescer:
             return await strategy.call(
                 addresses, request, deadline, metadata, keep_from
             )
-        strategy_key, rows = keyed
+        strategy_key, rows, nbytes = keyed
         key = (id(strategy), tuple(addresses), *strategy_key)
         group = self._groups.get(key)
         limit = self._max_rows if group is None else group.max_rows
@@ -293,9 +311,10 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         group.waiting.append(
-            _Waiter(request, rows, deadline, metadata, future, keep_from)
+            _Waiter(request, rows, nbytes, deadline, metadata, future, keep_from)
         )
         group.waiting_rows += rows
+        group.waiting_bytes += nbytes
         self._dispatch(group)
         # A timer on the future itself: asyncio.wait_for wraps it in more
         # futures and callbacks, a visible cost on every merged request.
@@ -309,7 +328,11 @@ class Coalescer:
         """Send what waits, as merged calls, while the key has room in flight
         and no answered caller is still expected."""
         while group.in_flight < self._max_in_flight and group.waiting:
-            if group.returning and group.waiting_rows < group.max_rows:
+            if (
+                group.returning
+                and group.waiting_rows < group.max_rows
+                and group.waiting_bytes < self._max_bytes
+            ):
                 wait = group.returning_until - time.monotonic()
                 if wait > 0:
                     if group.hold is None:
@@ -323,18 +346,21 @@ class Coalescer:
             group.returning = 0
             batch: list[_Waiter] = []
             rows = 0
+            nbytes = 0
             while group.waiting:
                 waiter = group.waiting[0]
                 if waiter.future.done():  # gave up (deadline or disconnect)
-                    group.waiting.popleft()
-                    group.waiting_rows -= waiter.rows
+                    group.popleft()
                     continue
-                if batch and rows + waiter.rows > group.max_rows:
+                if batch and (
+                    rows + waiter.rows > group.max_rows
+                    or nbytes + waiter.nbytes > self._max_bytes
+                ):
                     break
-                group.waiting.popleft()
-                group.waiting_rows -= waiter.rows
+                group.popleft()
                 batch.append(waiter)
                 rows += waiter.rows
+                nbytes += waiter.nbytes
             if not batch:
                 return
             group.in_flight += 1

@@ -28,33 +28,6 @@ from servekit_protocol.tensors import element_field, from_ndarray, to_ndarray
 from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.forwarded import ForwardedPredict
 
-Layout = tuple[tuple[str, int, tuple[int, ...]], ...]
-
-
-def proto_layout(request: messages.PredictRequest) -> tuple[Layout, int] | None:
-    """The inputs' names, dtypes and trailing dimensions, and the row count they
-    share; None without inputs, with a scalar or unknown-rank input, or with
-    inputs whose leading dimensions differ."""
-    rows = -1
-    layout: list[tuple[str, int, tuple[int, ...]]] = []
-    inputs = request.inputs
-    for name in sorted(inputs):
-        tensor = inputs[name]
-        shape = tensor.tensor_shape
-        dims = shape.dim
-        if shape.unknown_rank or not dims:
-            return None
-        leading = dims[0].size
-        if rows == -1:
-            rows = leading
-        if leading != rows or rows < 1:
-            return None
-        trailing = tuple(dim.size for dim in dims[1:]) if len(dims) > 1 else ()
-        layout.append((name, tensor.dtype, trailing))
-    if rows == -1:
-        return None
-    return tuple(layout), rows
-
 
 def _row_size(tensor: messages.TensorProto) -> int:
     size = 1
@@ -122,27 +95,16 @@ async def merged_request(
     requests: Sequence[messages.PredictRequest],
     rows: Sequence[int],
     keep_answer_from: int | None,
-    max_bytes: int,
 ) -> messages.PredictRequest | ForwardedPredict:
     """`merge_requests`, or `write_merged` in a worker thread once the tensors
     decode to `DECODE_IN_THREAD_BYTES` or more; ``keep_answer_from`` as
-    `ForwardedPredict`'s, for the latter.
-
-    Each caller's tensors were checked against the request limit on their own;
-    ``max_bytes`` (that limit) holds for the merge too, since with TensorFlow's
-    fill rule callers of a few bytes each can declare a limit's worth apiece.
+    `ForwardedPredict`'s, for the latter. (The coalescer held the callers to
+    the request limit together: `clients.batchkeys`.)
 
     Raises:
-        ProtocolError: a tensor cannot be decoded or re-encoded, or the merged
-            tensors would decode to more than ``max_bytes`` (the callers are
-            then served one by one).
+        ProtocolError: a tensor cannot be decoded or re-encoded.
     """
     size = declared_bytes(requests)
-    if size is not None and size > max_bytes:
-        raise ProtocolError(
-            f"merged tensors would hold {size} bytes, over the {max_bytes} a "
-            "request may hold"
-        )
     if size is None or size < DECODE_IN_THREAD_BYTES:
         return merge_requests(requests, rows)
     return await asyncio.to_thread(write_merged, requests, rows, keep_answer_from)

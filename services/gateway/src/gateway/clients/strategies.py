@@ -45,23 +45,16 @@ from gateway.clients.answers import ReceivedAnswer
 from gateway.clients.arrays import (
     ArrayRequest,
     ArrayResponse,
-    array_layout,
     merge_arrays,
     split_arrays,
 )
 from gateway.clients.backend import BackendClient, Metadata
+from gateway.clients.batchkeys import Keyed, array_key, proto_key, rest_key
 from gateway.clients.forwarded import ForwardedPredict, WrittenPredict
 from gateway.clients.http import HttpAnswer
-from gateway.clients.protobatch import (
-    merged_request,
-    proto_layout,
-    split_answer,
-    split_response,
-)
+from gateway.clients.protobatch import merged_request, split_answer, split_response
 from gateway.clients.restbatch import RestPredict, merge_rest, split_rest
 from gateway.errors import BackendError, InvalidInput, unreadable_answer
-
-Key = tuple[object, ...]
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -118,9 +111,9 @@ Merged = Parts[ResponseT] | Separately | Unsplittable | Shared[ResponseT]
 class Strategy(Protocol[RequestT_contra, ResponseT]):
     """How one kind of request is keyed, called alone, and called merged."""
 
-    def key(self, request: RequestT_contra) -> tuple[Key, int] | None:
-        """What requests must share to merge, and this one's row count; None
-        when it cannot merge."""
+    def key(self, request: RequestT_contra) -> Keyed | None:
+        """What requests must share to merge, and this one's rows and bytes;
+        None when it cannot merge."""
         ...
 
     async def call(
@@ -169,47 +162,6 @@ def merged_keep_from(sizes: Sequence[int | None]) -> int | None:
     if any(size is None for size in sizes):
         return None
     return min(size for size in sizes if size is not None)
-
-
-def spec_key(spec: messages.ModelSpec, output_filter: Sequence[str]) -> Key:
-    """The part of a key that says which model, version and outputs."""
-    version = spec.version.value if spec.HasField("version") else None
-    return (
-        spec.name,
-        version,
-        spec.version_label,
-        spec.signature_name,
-        tuple(output_filter),
-    )
-
-
-def proto_key(request: messages.PredictRequest) -> tuple[Key, int] | None:
-    """A gRPC caller's key: model spec, output filter, each input's name, dtype
-    and trailing dimensions; and its row count."""
-    layout_rows = proto_layout(request)
-    if layout_rows is None:
-        return None
-    layout, rows = layout_rows
-    return spec_key(request.model_spec, request.output_filter) + (layout,), rows
-
-
-def array_key(request: ArrayRequest) -> tuple[Key, int] | None:
-    """A typed REST caller's key: as `proto_key`, with numpy dtypes."""
-    layout_rows = array_layout(request.inputs)
-    if layout_rows is None:
-        return None
-    layout, rows = layout_rows
-    return spec_key(request.model_spec, request.output_filter) + (layout,), rows
-
-
-def rest_key(request: RestPredict) -> tuple[Key, int] | None:
-    """An untranslated REST body's key: path, signature, format and layout."""
-    return (
-        request.path,
-        request.signature_name,
-        request.columnar,
-        request.layout,
-    ), request.rows
 
 
 class _TensorStrategy(Generic[RequestT, ResponseT]):
@@ -295,14 +247,9 @@ class _TensorStrategy(Generic[RequestT, ResponseT]):
 class ProtoStrategy(
     _TensorStrategy[messages.PredictRequest, messages.PredictResponse | ReceivedAnswer]
 ):
-    """gRPC callers' PredictRequests, merged tensor by tensor, into requests
-    whose tensors hold at most ``max_bytes`` (the request limit)."""
+    """gRPC callers' PredictRequests, merged tensor by tensor."""
 
-    def __init__(self, client: BackendClient, max_bytes: int) -> None:
-        super().__init__(client)
-        self._max_bytes = max_bytes
-
-    def key(self, request: messages.PredictRequest) -> tuple[Key, int] | None:
+    def key(self, request: messages.PredictRequest) -> Keyed | None:
         return proto_key(request)
 
     async def call(
@@ -323,7 +270,7 @@ class ProtoStrategy(
         rows: Sequence[int],
         keep_from: int | None,
     ) -> messages.PredictRequest | ForwardedPredict:
-        return await merged_request(requests, rows, keep_from, self._max_bytes)
+        return await merged_request(requests, rows, keep_from)
 
     def _split(
         self, response: messages.PredictResponse, rows: Sequence[int]
@@ -341,7 +288,7 @@ class ArrayStrategy(_TensorStrategy[ArrayRequest, ArrayResponse | ReceivedAnswer
     call; an answer from ``keep_from`` bytes up (OIP gRPC callers give one)
     comes back as its bytes, to be decoded off the event loop."""
 
-    def key(self, request: ArrayRequest) -> tuple[Key, int] | None:
+    def key(self, request: ArrayRequest) -> Keyed | None:
         return array_key(request)
 
     async def call(
@@ -384,7 +331,7 @@ class RestStrategy:
         self._client = client
         self._parsers = parsers
 
-    def key(self, request: RestPredict) -> tuple[Key, int] | None:
+    def key(self, request: RestPredict) -> Keyed | None:
         return rest_key(request)
 
     async def _split(
@@ -452,7 +399,7 @@ class ForwardedStrategy:
     def key(
         self,
         request: ForwardedPredict,  # noqa: ARG002 (none merges)
-    ) -> tuple[Key, int] | None:
+    ) -> Keyed | None:
         return None
 
     async def call(
@@ -482,14 +429,14 @@ class ForwardedStrategy:
 
 
 def backend_strategies(
-    client: BackendClient, parsers: BodyParsers, max_merged_bytes: int
+    client: BackendClient, parsers: BodyParsers
 ) -> dict[type, Strategy[Any, Any]]:
     """The gateway's strategy for each kind of request: protos, arrays and REST
     bodies through `client` (a large merged REST answer cut in one of the JSON
-    workers of `parsers`; merged protos' tensors at most ``max_merged_bytes``)."""
+    workers of `parsers`)."""
     forwarded = ForwardedStrategy(client)
     return {
-        messages.PredictRequest: ProtoStrategy(client, max_merged_bytes),
+        messages.PredictRequest: ProtoStrategy(client),
         ArrayRequest: ArrayStrategy(client),
         RestPredict: RestStrategy(client, parsers),
         ForwardedPredict: forwarded,

@@ -16,6 +16,7 @@ import numpy as np
 import orjson
 from servekit_protocol.tensor_limits import TensorLimits
 
+from gateway.clients.arrays import tensor_size
 from gateway.codecs.v2_datatypes import NUMPY_TO_V2, V2_TO_NUMPY, v2_datatype
 from gateway.codecs.v2_raw import from_raw
 from gateway.errors import InvalidInput
@@ -310,14 +311,7 @@ def check_tensor_limits(parsed: InferRequest, limits: TensorLimits) -> None:
     """
     # A v2 tensor carries every element it declares (no fill rule), so its size
     # is bounded by the body's; the request-wide cap still applies, as on v1.
-    elements = 0
-    size = 0
-    for array in parsed.inputs.values():
-        elements += array.size
-        size += array.nbytes
-        if array.dtype.kind == "O":
-            size += sum(len(item) for item in array.reshape(-1).tolist())
-    limits.check(elements, size)
+    limits.check(*tensor_size(parsed.inputs.values()))
 
 
 def parse_infer_body(
