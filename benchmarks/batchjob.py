@@ -16,8 +16,10 @@ a temporary one when absent) and each input format, side by side in one run:
   the gateway in front of it.
 
 Rounds alternate limit and job so that both see the same machine load; the ratio
-is the median of the per-round ratios. Results go to stdout as a Markdown table
-and to ``bench-results/batch.json``.
+is the median of the per-round ratios. Beside the rows/s, each gets its CPU time
+in µs a row (all threads; the N-worker job's includes its workers' processes),
+which a busy machine inflates less than it slows the wall clock. Results go to
+stdout as a Markdown table and to ``bench-results/batch.json``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.cpuload import family_cpu_seconds
 from benchmarks.settings import REPO_ROOT
 
 VENV_BIN = Path(sys.executable).parent
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     limits, jobs, ratios, targets = [], [], [], []
                     spread, spread_ratios = [], []
-                    limit_cpu, job_cpu = [], []
+                    limit_cpu, job_cpu, workers_cpu = [], [], []
                     load_before = os.getloadavg()[0]
                     for round_number in range(args.rounds):
                         where = folder / f"{name}-{fmt}-{written}-{round_number}"
@@ -307,10 +310,14 @@ def main(argv: list[str] | None = None) -> int:
                         limits.append(limit)
                         jobs.append(rate)
                         ratios.append(rate / limit)
+                        family_cpu = family_cpu_seconds(os.getpid())
                         parallel = job_rate(
                             local, path, where.with_name(where.name + "-w"), args,
                             output_format=written, processes=pool,
                         )  # fmt: skip
+                        workers_cpu.append(
+                            (family_cpu_seconds(os.getpid()) - family_cpu) / args.rows
+                        )
                         spread.append(parallel)
                         spread_ratios.append(parallel / limit)
                         if remote is not None:
@@ -342,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                         # CPU time of all the process's threads, µs a row.
                         "limit_cpu_us": round(statistics.median(limit_cpu) * 1e6, 3),
                         "job_cpu_us": round(statistics.median(job_cpu) * 1e6, 3),
+                        # The N-worker job's: this process and its workers'.
+                        "workers_cpu_us": round(
+                            statistics.median(workers_cpu) * 1e6, 3
+                        ),
                         "target_rows_per_s": statistics.median(targets)
                         if targets
                         else None,
@@ -360,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         "| model | input | output | runtime limit (rows/s) | in process, 1 worker "
-        "(rows/s) | ratio | in process, N workers (rows/s) | ratio | --target (rows/s) |"
+        "(rows/s) | ratio | in process, N workers (rows/s) | ratio | --target (rows/s) "
+        "| CPU µs a row: limit; 1; N |"
     )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in results:
         target_text = (
             f"{row['target_rows_per_s']:,.0f}" if row["target_rows_per_s"] else "-"
@@ -372,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['limit_rows_per_s']:,.0f} | "
             f"{row['in_process_rows_per_s']:,.0f} | {row['ratio']:.0%} | "
             f"{row['workers_rows_per_s']:,.0f} ({row['workers']}) | "
-            f"{row['workers_ratio']:.0%} | {target_text} |"
+            f"{row['workers_ratio']:.0%} | {target_text} | "
+            f"{row['limit_cpu_us']:.2f}; {row['job_cpu_us']:.2f}; "
+            f"{row['workers_cpu_us']:.2f} |"
         )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")

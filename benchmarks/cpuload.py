@@ -65,6 +65,32 @@ def parse_pid_stat(text: str) -> tuple[int, int]:
     return int(fields[2]), int(fields[11]) + int(fields[12])
 
 
+def parse_pid_parent(text: str) -> tuple[int, int]:
+    """The parent's pid and the user + system clock ticks of a ``/proc/PID/stat``
+    (fields counted as in :func:`parse_pid_stat`: ppid is the 4th of the line)."""
+    fields = text.rpartition(")")[2].split()
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def family_cpu_seconds(parent: int) -> float:
+    """CPU seconds used so far by ``parent`` and its live child processes.
+
+    Threads are included; children that already exited are not, which is fine
+    for long-lived worker processes started before the measured window.
+    """
+    ticks = 0
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid, used = parse_pid_parent((entry / "stat").read_text(encoding="ascii"))
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile, or not readable
+        if ppid == parent or int(entry.name) == parent:
+            ticks += used
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def group_cpu_seconds(groups: Iterable[int]) -> float:
     """CPU seconds used so far by the live processes of the given process groups.
 

@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from benchmarks.cpuload import busy_fractions, parse_pid_stat, parse_proc_stat
+from benchmarks.cpuload import (
+    busy_fractions,
+    parse_pid_parent,
+    parse_pid_stat,
+    parse_proc_stat,
+)
 from benchmarks.interleaved import INPROCESS, Block, Turns, take_turns
 from benchmarks.probes import ProbeError
 from benchmarks.report import (
@@ -343,6 +348,7 @@ def test_drain_waits_for_the_abandoned_requests_at_the_measured_rate() -> None:
 def test_pid_stat_fields_are_counted_after_the_command_name() -> None:
     line = "4242 (python -m x) S 1 4240 4240 0 -1 4194560 9 0 0 0 150 25 0 0 20 0 9 0"
     assert parse_pid_stat(line) == (4240, 175)
+    assert parse_pid_parent(line) == (1, 175)
 
 
 def test_server_cpu_per_request_is_reported_in_milliseconds() -> None:

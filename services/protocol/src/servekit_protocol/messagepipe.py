@@ -421,7 +421,9 @@ class ReturnedBytes:
                     raise OSError(f"the answer's pipe ended at {done} bytes")
                 parts.append(part)
                 done += len(part)
-            # Joined without the GIL from 1 MiB up (CPython's bytes.join).
+            # One copy holding the GIL (bytes.join keeps it on Python 3.11):
+            # an answer is bytes, which cannot be read into in place. The
+            # pickled road copied it several times, and in many GIL turns.
             return b"".join(parts)
         finally:
             os.close(descriptor)
