@@ -12,7 +12,7 @@ clients would see. The kinds, each at 16 and 64 MiB of doubles: a gRPC
 outputs, and a REST ``:predict`` body (256 columns) parsed in the worker
 (``--kinds predict``); gRPC and REST Classify answers of ten classes whose
 labels every example shares (a scikit-learn model's: the pipe road pickled
-them whole), gRPC and REST Regress answers of a list of values, a body read
+them whole), gRPC and REST Regress answers of float32 values, a body read
 for its ``signature_name`` and a ``:regress`` body of examples, sent back as
 dicts or as columns (``--kinds examples``); gRPC and REST Classify answers of
 two classes whose labels are ``bytes`` objects (a TensorFlow model's
@@ -124,7 +124,7 @@ def _examples_kinds(parsers: BodyParsers, mib: int) -> Calls:
         np.broadcast_to(labels, scores.shape), scores, examples, CLASSES
     )
     unscored = replace(results, scores=None)
-    values = rng.normal(size=mib * 131_072).astype(np.float32).astype(float).tolist()
+    values = rng.normal(size=mib * 131_072).astype(np.float32)
     regression = RegressResponse(SPEC, values)
     named = orjson.dumps(
         {"signature_name": "serving_default", "instances": scores.reshape(-1, 1)},
@@ -225,7 +225,7 @@ def classify_json_through_pipe(
 
 
 def regress_through_pipe(response: RegressResponse) -> bytes:
-    """The RegressionResponse's bytes as the pipe road built them (the list
+    """The RegressionResponse's bytes as the pipe road built them (the values
     pickled)."""
     return converters.from_regress_response(response).SerializeToString()
 

@@ -78,9 +78,9 @@ with 2,048 values (an answer written in place)."""
 CLASSIFY_EXAMPLES = 150_000
 """Examples of the large REST ``:classify`` body: about 5 MiB of JSON, answered
 with 150,000 results of ten classes (6 MiB of scores)."""
-REGRESS_EXAMPLES = 300_000
-"""Examples of the large REST ``:regress`` body: about 10 MiB of JSON,
-answered with 300,000 values (2.3 MiB of doubles, over the file size limit)."""
+REGRESS_EXAMPLES = 600_000
+"""Examples of the large REST ``:regress`` body: about 20 MiB of JSON,
+answered with 600,000 values (2.3 MiB of float32, over the file size limit)."""
 NARROW_ROWS = 6_144
 """Rows of the Predict whose message fits its segment (1.5 MiB of one-byte
 ``int64_val`` values, under the file size limit and over the offload
@@ -322,7 +322,7 @@ CASES: dict[str, Case] = {
         (BODY_WARNING, EXAMPLES_WARNING, ARRAYS_WARNING, ANSWER_WARNING),
         request_id=REST_REQUEST_ID,
     ),
-    "10 MiB REST :regress body": Case(
+    "20 MiB REST :regress body": Case(
         _rest("linear:regress", _examples_body(REGRESS_EXAMPLES)),
         (BODY_WARNING, EXAMPLES_WARNING, ARRAYS_WARNING, ANSWER_WARNING),
         request_id=REST_REQUEST_ID,

@@ -99,9 +99,9 @@ async def _post_processed(
 ) -> Result:
     """``convert()`` (a model's outputs turned into classifications or
     regression values), in a thread when ``outputs`` hold ``threshold``
-    elements or more: checking, rounding through float32 and listing the
-    values hold the loop tens of milliseconds from about 100,000 examples,
-    seconds at the request limits. Like the answers the protocols write, and
+    elements or more: checking and rounding through float32 (and a
+    classifier's labels) hold the loop tens of milliseconds from about
+    100,000 examples, seconds at the request limits. Like the answers the protocols write, and
     from the same setting (``--rest_api_json_answer_offload_elements``)."""
     if sum(int(tensor.size) for tensor in outputs) < threshold:
         return convert()

@@ -133,7 +133,7 @@ class FakeDataPlane(DataPlane):
             0.5 * float({**context, **example}["x"][0]) + 2.0
             for example in request.examples
         ]
-        return RegressResponse(resolved, values)
+        return RegressResponse(resolved, np.array(values, np.float32))
 
     async def classify(
         self,

@@ -80,7 +80,8 @@ async def test_classify_regress_and_multi_inference(
     regressed = await dataplane.regress(
         RegressRequest(ModelSpec("linear"), [{"a": [1.0]}], context={"b": [1.0]})
     )
-    assert regressed.results == pytest.approx([6.0])
+    assert regressed.results.dtype == np.float32
+    assert regressed.results.tolist() == pytest.approx([6.0])
     multi = await dataplane.multi_inference(
         MultiInferenceRequest(
             (

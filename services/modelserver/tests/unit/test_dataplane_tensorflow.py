@@ -49,7 +49,7 @@ async def test_predict_classify_regress(
     regressed = await dataplane.regress(
         RegressRequest(ModelSpec("half", signature_name="regress"), [{"x": [4.0]}])
     )
-    assert regressed.results == [4.0]
+    assert regressed.results.tolist() == [4.0]
     classified = await dataplane.classify(
         ClassifyRequest(ModelSpec("half", signature_name="classify"), [{"x": [0.0]}])
     )

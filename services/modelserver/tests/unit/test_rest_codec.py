@@ -93,7 +93,7 @@ def test_a_regression_answer_is_the_message_s_json(size: int) -> None:
 
 def test_no_regression_values_is_refused_as_tf_serving_does() -> None:
     with pytest.raises(InvalidInput, match="empty RegressionResults"):
-        regress_json([])
+        regress_json(np.zeros(0, np.float32))
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,8 @@ def test_regress_on_a_regressor(sklearn_linear_version: Path) -> None:
     call = runtime.prepare_regress(
         "", [{"a": [1.0], "b": [1.0]}, {"a": [0], "b": [2]}], None
     )
-    assert runtime.to_regressions(call, runtime.run(call)) == pytest.approx([6.0, 7.0])
+    values = runtime.to_regressions(call, runtime.run(call))
+    assert values.tolist() == pytest.approx([6.0, 7.0])
 
 
 def test_classify_on_a_regressor_is_refused(sklearn_linear_version: Path) -> None:

@@ -99,7 +99,7 @@ def test_missing_inputs_and_unknown_signature(tf_saved_model: Path) -> None:
 def test_classify_and_regress_from_examples(tf_saved_model: Path) -> None:
     runtime = load(tf_saved_model)
     call = runtime.prepare_regress("regress", [{"x": [2.0]}, {"x": [4.0]}], None)
-    assert runtime.to_regressions(call, runtime.run(call)) == [3.0, 4.0]
+    assert runtime.to_regressions(call, runtime.run(call)).tolist() == [3.0, 4.0]
     call = runtime.prepare_classify("classify", [{"x": [3.0]}], None)
     ((large, small),) = runtime.to_classifications(call, runtime.run(call)).pairs()
     assert large[0] == "large"
@@ -259,10 +259,10 @@ def test_tf_serving_rest_examples(tfserving_models: Path) -> None:
     call = runtime.prepare_classify("classify_x_to_y", [{"x": [2.0]}], None)
     assert runtime.to_classifications(call, runtime.run(call)).pairs() == [[("", 3.0)]]
     call = runtime.prepare_regress("regress_x_to_y", [{"x": [2.0]}], None)
-    assert runtime.to_regressions(call, runtime.run(call)) == [3.0]
+    assert runtime.to_regressions(call, runtime.run(call)).tolist() == [3.0]
     tf2 = load(tfserving_models / "half_plus_two_tf2" / "00000123")
     call = tf2.prepare_regress("regress_x_to_y", [{"x": [2.0]}], None)
-    assert tf2.to_regressions(call, tf2.run(call)) == [3.0]
+    assert tf2.to_regressions(call, tf2.run(call)).tolist() == [3.0]
     assert (
         tf2.signatures["__saved_model_init_op"].outputs["__saved_model_init_op"].dtype
         == "DT_INVALID"

@@ -8,8 +8,8 @@ Through the pipe, the pool's feeder thread in the server pickles the whole
 argument in one call with the GIL held: a regression list of 8 Mi values, or
 a classifier's labels (one row broadcast to every example pickles as a copy a
 pair), held the event loop as long. Here the scores, the labels (one row
-when every example shares it) and the regression values are arrays the
-segment carries. Labels held as Python objects (a TensorFlow model's
+when every example shares it) and the regression values (the runtime's
+float32 array, never a list) are arrays the segment carries. Labels held as Python objects (a TensorFlow model's
 ``classes`` output, ``bytes``) travel as a buffer and offsets
 (:mod:`~modelserver.protocol.labelbuffers`), encoded in a thread; only an
 object array mixing other kinds of labels is still pickled.
@@ -18,7 +18,6 @@ object array mixing other kinds of labels is still pickled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +40,6 @@ _LABEL_ROW = "label_row"
 _LABEL_DATA = "label_data"
 _LABEL_OFFSETS = "label_offsets"
 _VALUES = "values"
-_LISTED_AT_ONCE = 65_536
-"""Regression values turned into an array by one call (about 1 ms): in
-steps, the thread doing it hands the GIL back to the event loop between two."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,27 +103,16 @@ def classifications_of(
     )
 
 
-def regression_array(values: Sequence[float]) -> Array:
-    """Regression values (floats) as a float64 array holding the same values,
-    built a step at a time (blocking: run it in a thread)."""
-    array: Array = np.empty(len(values), np.float64)
-    for start in range(0, len(values), _LISTED_AT_ONCE):
-        array[start : start + _LISTED_AT_ONCE] = values[start : start + _LISTED_AT_ONCE]
-    return array
+def regression_arrays(values: Array, prefix: str = "") -> dict[str, Array]:
+    """``values`` (the float32 array of a
+    :class:`~modelserver.types.RegressResponse`) named from ``prefix``, as
+    :func:`regression_values` reads them."""
+    return {prefix + _VALUES: values}
 
 
-async def regression_arrays(
-    values: Sequence[float], prefix: str = ""
-) -> dict[str, Array]:
-    """``values`` as the array :func:`regression_values` reads, named from
-    ``prefix``, built in a thread."""
-    return {prefix + _VALUES: await asyncio.to_thread(regression_array, values)}
-
-
-def regression_values(arrays: dict[str, Array], prefix: str = "") -> list[float]:
-    """The values :func:`regression_array` put in ``arrays`` at ``prefix``."""
-    values: list[float] = arrays[prefix + _VALUES].tolist()
-    return values
+def regression_values(arrays: dict[str, Array], prefix: str = "") -> Array:
+    """The values :func:`regression_arrays` put in ``arrays`` at ``prefix``."""
+    return arrays[prefix + _VALUES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +127,7 @@ class TaskShape:
 async def multi_inference_arrays(
     response: MultiInferenceResponse,
 ) -> tuple[dict[str, Array], list[TaskShape]]:
-    """Every task's arrays, named by the task's index, and the rest; the
-    regression values turned into arrays in a thread."""
+    """Every task's arrays, named by the task's index, and the rest."""
     arrays: dict[str, Array] = {}
     tasks = []
     for index, item in enumerate(response.results):
@@ -153,7 +137,7 @@ async def multi_inference_arrays(
             arrays.update(taken)
             tasks.append(TaskShape(item.spec, shape))
         else:
-            arrays.update(await regression_arrays(item.results, prefix))
+            arrays.update(regression_arrays(item.results, prefix))
             tasks.append(TaskShape(item.spec, None))
     return arrays, tasks
 

@@ -269,7 +269,7 @@ class SklearnRuntime(Runtime):
 
     def to_regressions(
         self, call: PreparedCall, outputs: Mapping[str, Tensor]
-    ) -> list[float]:
+    ) -> Tensor:
         predictions = outputs[PREDICTIONS]
         if predictions.dtype.kind in "iub":
             predictions = predictions.astype(np.float64)

@@ -45,6 +45,7 @@ from modelserver.types import (
     RegressResponse,
     ResolvedSpec,
     SignatureInfo,
+    Tensor,
     TensorInfo,
     VersionStatus,
 )
@@ -240,9 +241,10 @@ def fill_classifications(
             classifications.classes.add(label=label, score=score)
 
 
-def fill_regressions(results: Iterable[float], into: messages.RegressionResult) -> None:
-    """Append one ``Regression`` per example to a RegressionResult."""
-    for value in results:
+def fill_regressions(results: Tensor, into: messages.RegressionResult) -> None:
+    """Append one ``Regression`` per example (``results``: float32) to a
+    RegressionResult."""
+    for value in results.tolist():
         into.regressions.add(value=value)
 
 

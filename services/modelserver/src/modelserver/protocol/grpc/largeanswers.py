@@ -77,9 +77,7 @@ def serialize_multi_inference(
 
 
 def _size(response: ClassifyResponse | RegressResponse) -> int:
-    if isinstance(response, ClassifyResponse):
-        return response.results.size
-    return len(response.results)
+    return int(response.results.size)
 
 
 class AnswerWriter:
@@ -149,9 +147,9 @@ class AnswerWriter:
         Raises:
             Overloaded: The worker building it died.
         """
-        if not self._offloads(len(response.results)):
+        if not self._offloads(response.results.size):
             return converters.from_regress_response(response)
-        arrays = await answerarrays.regression_arrays(response.results)
+        arrays = answerarrays.regression_arrays(response.results)
         return await self._in_worker(serialize_regress, arrays, response.spec)
 
     async def multi_inference(

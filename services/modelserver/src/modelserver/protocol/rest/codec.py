@@ -257,9 +257,7 @@ async def encode_classify(
         raise Overloaded(exc.message) from exc
 
 
-async def encode_regress(
-    results: Sequence[float], parsers: json_codec.BodyParsers
-) -> bytes:
+async def encode_regress(results: Tensor, parsers: json_codec.BodyParsers) -> bytes:
     """The ``:regress`` answer; ``parsers`` writes a large one (counted in
     values) off the event loop.
 
@@ -267,12 +265,12 @@ async def encode_regress(
         InvalidInput: No results (as in TF Serving).
         Overloaded: The worker writing the answer died.
     """
-    if len(results) < parsers.answer_threshold_elements:
+    if results.size < parsers.answer_threshold_elements:
         return regress_json(results)
-    # The values as an array (built in a thread), which the segment carries.
-    arrays = await answerarrays.regression_arrays(results)
+    # The runtime's array, which the segment carries.
+    arrays = answerarrays.regression_arrays(results)
     try:
-        return await _write_answer(parsers, len(results), regress_json_of, arrays)
+        return await _write_answer(parsers, results.size, regress_json_of, arrays)
     except ParserUnavailable as exc:
         raise Overloaded(exc.message) from exc
 
@@ -383,18 +381,18 @@ def _classify_json_of_message(results: Classifications) -> bytes:
         raise InvalidInput(exc.message) from exc
 
 
-def regress_json(results: Sequence[float]) -> bytes:
+def regress_json(results: Tensor) -> bytes:
     """``{"results": [value, ...]}``, in place or in a worker.
 
     The same bytes as ``json_codec.format_regress_response`` writes from the
-    RegressionResult message (the gRPC answer), whose values are these as
-    float32, without building the message: 70 ns a value instead of 1.5 µs.
+    RegressionResult message (the gRPC answer), whose values are these
+    float32s, without building the message: 70 ns a value instead of 1.5 µs.
 
     Raises:
         InvalidInput: No results (as in TF Serving).
     """
-    if results:
-        values = np.array(results, np.float32)
+    if results.size:
+        values = results.astype(np.float32, copy=False)
         return json_codec.dumps({"results": json_codec.to_jsonable(values)})
     result = messages.RegressionResult()
     converters.fill_regressions(results, result)
