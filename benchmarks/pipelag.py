@@ -50,9 +50,9 @@ import numpy as np
 import orjson
 from gateway.codecs.v2_grpc import encode_infer_message, read_infer_message
 from gateway.grpcfront.infer_segments import encode_infer, read_infer, release
+from modelserver.protocol.carriedarrays import carried_back
 from modelserver.protocol.grpc.largerequests import (
     PredictDecoder,
-    carried_back,
     decode_predict,
 )
 from servekit_protocol import (

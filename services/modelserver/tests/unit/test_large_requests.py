@@ -20,10 +20,10 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
-from modelserver.protocol.grpc import largerequests
+from modelserver.protocol import carriedarrays
+from modelserver.protocol.carriedarrays import CarriedArray
 from modelserver.protocol.grpc.largeexamples import CLASSIFY, ExamplesDecoder
 from modelserver.protocol.grpc.largerequests import (
-    CarriedArray,
     Decoded,
     PredictDecoder,
     SegmentDecoder,
@@ -196,8 +196,8 @@ def test_arrays_without_room_or_a_pipe_are_carried_pickled(
     def no_pipe(sent: Any) -> NoReturn:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(largerequests, "send_back", no_pipe)
-    slots, carried = largerequests.write_or_carry(taken, arrays)
+    monkeypatch.setattr(carriedarrays, "send_back", no_pipe)
+    slots, carried = carriedarrays.write_or_carry(taken, arrays)
     assert slots == []
     assert isinstance(carried, dict)
     assert {name: array.array.tobytes() for name, array in carried.items()} == {

@@ -38,16 +38,14 @@ from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver import examplecolumns, examplesize
 from modelserver.errors import InvalidInput
+from modelserver.protocol.carriedarrays import ArraysRoad, Carried, write_or_carry
 from modelserver.protocol.grpc import converters, serializedinput
 from modelserver.protocol.grpc.largerequests import (
-    ArraysRoad,
-    Carried,
     Decoded,
     PredictDecoder,
     SegmentDecoder,
     WorkerMessage,
     message_view,
-    write_or_carry,
 )
 from modelserver.types import (
     ClassifyRequest,

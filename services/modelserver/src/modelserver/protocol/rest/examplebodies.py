@@ -28,7 +28,7 @@ from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver import examplecolumns
 from modelserver.errors import Overloaded
-from modelserver.protocol.grpc.largerequests import (
+from modelserver.protocol.carriedarrays import (
     Carried,
     carried_back,
     warn_carried,
