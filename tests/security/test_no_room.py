@@ -451,33 +451,22 @@ def test_a_large_message_without_room_does_not_hold_the_model_servers_loop(
     assert _leftovers(stacks.tight.folders) == []
 
 
-INFER_LAG_ROWS = 49_152
-"""Rows of the typed ModelInfer whose lag is bounded: 96 MiB of
-``fp64_contents`` (under the message limit)."""
-INFER_LAG_BYTES_ROWS = 384
-"""Rows of 256 BYTES values of 1 KiB in the BYTES ModelInfer whose lag is
-bounded: 96 MiB."""
 INFER_LAG_CALLS: dict[str, tuple[int, Callable[[], bytes]]] = {
-    "typed": (INFER_LAG_ROWS, lambda: _typed_infer(INFER_LAG_ROWS)),
-    "BYTES": (
-        INFER_LAG_BYTES_ROWS,
-        lambda: _bytes_infer(INFER_LAG_BYTES_ROWS).SerializeToString(),
-    ),
+    "typed": (49_152, lambda: _typed_infer(49_152)),
+    "BYTES": (384, lambda: _bytes_infer(384).SerializeToString()),
 }
+"""The ModelInfers whose lag is bounded, by kind: rows, message (96 MiB of
+``fp64_contents``, or of 1 KiB BYTES values, under the message limit)."""
 
 
 @pytest.mark.parametrize("kind", list(INFER_LAG_CALLS))
 def test_a_large_model_infer_without_room_does_not_hold_the_gateways_loop(
     stacks: Stacks, kind: str
 ) -> None:
-    """The message goes to the gateway's workers, and the backend's Predict
-    comes back, through pipes of their own, copied without the GIL: the loop
-    stays under the busy limit and its lag is bounded as a message's through
-    segments is (:func:`tests.security.loopstall.lag_limit`). Through the
-    pool's pipe (the road before), the message was copied on the loop and
-    pickled, the Predict unpickled: busy 75-100 ms, lag 100-150 ms for 96 MiB
-    at load 9-11 (this test failed both times); now busy at most 20 ms, lag
-    15-50 ms at load 7-11."""
+    """Message to the workers, Predict back, through pipes of their own: busy
+    and lag bounded as through segments. The road before (the message copied
+    on the loop and pickled, the Predict unpickled) failed it twice at load
+    9-11 (busy 75-100 ms, lag 100-150 ms); now busy <= 20 ms, lag 15-50 ms."""
     gateway = stacks.tight.gateway
     rows, make = INFER_LAG_CALLS[kind]
     data = make()
@@ -491,9 +480,7 @@ def test_a_large_model_infer_without_room_does_not_hold_the_gateways_loop(
         outputs = oip.ModelInferResponse.FromString(answer).outputs
         assert [output.shape[0] for output in outputs] == [rows]
 
-    # The first call starts what it needs (the descriptor sharer's thread,
-    # memory the workers keep).
-    call()
+    call()  # starts what the calls need (memory the workers keep)
     since = _log_size(gateway.process)
     assert_no_stall(
         gateway.url + "/metrics",
