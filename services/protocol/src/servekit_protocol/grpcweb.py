@@ -130,43 +130,107 @@ thread: decoding runs at roughly 100-200 MiB/s, so a 16 MiB body would hold the
 event loop for over 100 ms."""
 
 
-def decode_text(body: bytes) -> bytes:
-    """The bytes of a base64 (``grpc-web-text``) body; padding may appear between
-    chunks, so each padded chunk is decoded on its own.
+class TextDecoder:
+    """Decodes a base64 (``grpc-web-text``) body given in parts, as they come.
 
-    The work is done in pieces of at most 1 MiB: run in a thread, each piece is
-    one short C call, so the event loop's thread gets the GIL back between
-    pieces instead of waiting for the whole body.
+    Padding may appear between chunks of the body, so each padded chunk is
+    decoded on its own, in pieces of at most 1 MiB counted from the chunk's
+    start: every piece but a chunk's last is whole base64 groups, and each is
+    one short C call (run in a thread, the event loop's thread gets the GIL back
+    between pieces). The pieces are the same however the body is split into
+    parts, so a bad body gets the same error whichever way it arrived.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._at_padding = False
+        self._decoded: list[bytes] = []
+
+    def add(self, part: bytes | bytearray | memoryview) -> None:
+        """Decode what ``part`` completes; keep the rest for the next part.
+
+        Raises:
+            InvalidArgument: not base64.
+        """
+        data = bytes(part).translate(None, _BASE64_WHITESPACE)
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if not data.rstrip(b"="):
+            # Padding alone decides nothing (it may go on in the next part);
+            # held, a long run of it is not joined again with every part.
+            return
+        # A chunk's end (padding) or a whole piece is ready to decode.
+        if self._at_padding or self._held_bytes >= _TEXT_PIECE_BYTES or b"=" in data:
+            self._decode(final=False)
+
+    def finish(self) -> bytes:
+        """The decoded body, once every part was added.
+
+        Raises:
+            InvalidArgument: not base64.
+        """
+        self._decode(final=True)
+        decoded, self._decoded = self._decoded, []
+        return b"".join(decoded)
+
+    def _decode(self, *, final: bool) -> None:
+        data = b"".join(self._held)
+        view = memoryview(data)
+        start, size = 0, len(data)
+        self._at_padding = False
+        while start < size:
+            end = data.find(b"=", start)
+            if end < 0:
+                if not final:
+                    start = self._whole_pieces(view, start, size)
+                    break
+                end = size
+            else:
+                # A chunk ends after its padding (one or two '='), which may go
+                # on in the next part.
+                pad = end
+                end += 1
+                while end < size and data[end] == _PAD:
+                    end += 1
+                if end == size and not final:
+                    start = self._whole_pieces(view, start, pad)
+                    self._at_padding = True
+                    break
+            self._pieces(view, start, end)
+            start = end
+        self._held = [data[start:]] if start < size else []
+        self._held_bytes = size - start
+
+    def _whole_pieces(self, view: memoryview, start: int, stop: int) -> int:
+        """Decode the whole pieces between ``start`` and ``stop``; where the
+        next piece starts."""
+        stop = start + (stop - start) // _TEXT_PIECE_BYTES * _TEXT_PIECE_BYTES
+        self._pieces(view, start, stop)
+        return stop
+
+    def _pieces(self, view: memoryview, start: int, end: int) -> None:
+        try:
+            for piece in range(start, end, _TEXT_PIECE_BYTES):
+                stop = min(piece + _TEXT_PIECE_BYTES, end)
+                self._decoded.append(
+                    binascii.a2b_base64(view[piece:stop], strict_mode=True)
+                )
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidArgument(f"grpc-web-text body is not base64: {exc}") from exc
+
+
+def decode_text(body: bytes | bytearray | memoryview) -> bytes:
+    """The bytes of a base64 (``grpc-web-text``) body (see :class:`TextDecoder`).
 
     Raises:
         InvalidArgument: not base64.
     """
-    data = b"".join(
-        body[start : start + _TEXT_PIECE_BYTES].translate(None, _BASE64_WHITESPACE)
-        for start in range(0, len(body), _TEXT_PIECE_BYTES)
-    )
-    view = memoryview(data)
-    out: list[bytes] = []
-    start, size = 0, len(data)
-    try:
-        while start < size:
-            end = data.find(b"=", start)
-            if end < 0:
-                end = size
-            else:
-                # A chunk ends after its padding (one or two '=').
-                end += 1
-                while end < size and data[end] == _PAD:
-                    end += 1
-            # Pieces start at multiples of 4 characters from the chunk's start,
-            # so every piece but the chunk's last is whole base64 groups.
-            for piece in range(start, end, _TEXT_PIECE_BYTES):
-                stop = min(piece + _TEXT_PIECE_BYTES, end)
-                out.append(binascii.a2b_base64(view[piece:stop], strict_mode=True))
-            start = end
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidArgument(f"grpc-web-text body is not base64: {exc}") from exc
-    return b"".join(out)
+    decoder = TextDecoder()
+    view = memoryview(body)
+    for start in range(0, len(view), _TEXT_PIECE_BYTES):
+        decoder.add(view[start : start + _TEXT_PIECE_BYTES])
+    return decoder.finish()
 
 
 def split_frames(body: bytes) -> list[tuple[int, bytes]]:

@@ -30,6 +30,7 @@ from servekit_protocol.logs import (
     incoming_request_id,
 )
 from servekit_protocol.services import MODEL_SERVICE, PREDICTION_SERVICE
+from servekit_protocol.text_bodies import TextBody
 
 if TYPE_CHECKING:
     from servekit_protocol.grpc_server.calls import OffloadedDecoder
@@ -190,13 +191,17 @@ async def call_unary(
     methods: UnaryMethods,
     raw_path: str,
     content_type: bytes,
-    body: bytes,
+    received: bytes | TextBody,
     metadata: Sequence[tuple[str, str]],
     timeout_header: str | None,
     offloaded: Mapping[str, OffloadedDecoder] | None = None,
 ) -> WebAnswer:
     """Run one unary call; every outcome is a gRPC status, never an exception
     (a servicer's own unexpected errors are its ``abort`` to make).
+
+    ``received`` is the body as read, or a ``grpc-web-text`` body decoded
+    while it was read; a text body's base64 error is answered here, after the
+    checks that come before it (method, metadata, timeout).
 
     ``offloaded`` gives, by path, the decoders of large messages, as on the
     gRPC port (:meth:`~servekit_protocol.grpc_server.GrpcServer.offload_decoding`).
@@ -216,11 +221,14 @@ async def call_unary(
         if timeout_header is not None:
             deadline = time.monotonic() + grpcweb.decode_timeout(timeout_header)
             context = WebContext(context.invocation_metadata(), deadline)
-        if text:
-            if len(body) >= grpcweb.TEXT_IN_THREAD_BYTES:
-                body = await asyncio.to_thread(grpcweb.decode_text, body)
-            else:
-                body = grpcweb.decode_text(body)
+        if isinstance(received, TextBody):
+            body = await received.decoded()
+        elif text and len(received) >= grpcweb.TEXT_IN_THREAD_BYTES:
+            body = await asyncio.to_thread(grpcweb.decode_text, received)
+        elif text:
+            body = grpcweb.decode_text(received)
+        else:
+            body = received
         decoder = offloaded.get(raw_path) if offloaded else None
         try:
             if decoder is not None and len(body) >= decoder.threshold_bytes:

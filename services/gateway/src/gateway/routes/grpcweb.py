@@ -23,7 +23,7 @@ from gateway.clients.forwarded import forwarding_decoders
 from gateway.dataplane import Gateway
 from gateway.errors import GatewayError
 from gateway.grpcfront.servicer import GrpcFront, ModelProxy, PredictionProxy, needs_key
-from gateway.routes.handling import authenticate, read_body
+from gateway.routes.handling import authenticate, read_grpc_web_body
 
 PROTOCOL = "grpc-web"
 SERVICE_PREFIX = grpcweb_server.SERVICE_PREFIX
@@ -63,7 +63,9 @@ class GrpcWebEndpoint:
                 if needs_key(scope["path"]):
                     # From the headers, before a byte of the body is read.
                     authenticate(self._gateway, scope)
-                body = await read_body(Request(scope, receive), self._limit)
+                body = await read_grpc_web_body(
+                    Request(scope, receive), self._limit, content_type
+                )
             except GatewayError as exc:
                 answer = grpcweb_server.error_answer(
                     content_type, exc.grpc_code, exc.public_message()

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 from servekit_protocol.bodies import BodyTooLarge, coding_of, inflate
 from servekit_protocol.buffers import join_chunks
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpcweb import is_text
 from servekit_protocol.logs import (
     REQUEST_ID_HEADER,
     accept_request_id,
     bind_model,
     bind_request,
 )
+from servekit_protocol.text_bodies import TextBody
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
@@ -146,21 +148,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             before the body ended.
     """
     encoding = check_body_headers(request.scope, limit)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(
-                    f"request body exceeds the limit of {limit} bytes"
-                )
-            chunks.append(chunk)
-    except ClientDisconnect as exc:
-        # The client left (or its body timed out and the listener closed the
-        # connection): nobody reads the answer, and it is no server error.
-        raise InvalidInput("request body incomplete: the connection closed") from exc
-    body = await join_chunks(chunks, size) if chunks else b""
+    chunks = [chunk async for chunk in _received_chunks(request, limit)]
+    body = await join_chunks(chunks, sum(map(len, chunks))) if chunks else b""
     coding = coding_of(encoding) if encoding else None
     if coding is not None:
         # TF Serving inflates gzip bodies; the backends then get plain JSON.
@@ -171,6 +160,49 @@ async def read_body(request: Request, limit: int) -> bytes:
         except ProtocolError as exc:
             raise InvalidInput(exc.message) from exc
     return body
+
+
+async def read_grpc_web_body(
+    request: Request, limit: int, content_type: bytes
+) -> bytes | TextBody:
+    """A gRPC-Web call's body, as :func:`read_body` reads it; a
+    ``grpc-web-text`` one sent without a content coding is decoded as it
+    arrives, in a worker thread.
+
+    Raises:
+        PayloadTooLarge, InvalidInput: as :func:`read_body`.
+    """
+    encoding = check_body_headers(request.scope, limit)
+    if not is_text(content_type) or (encoding and coding_of(encoding) is not None):
+        return await read_body(request, limit)
+    body = TextBody()
+    async for chunk in _received_chunks(request, limit):
+        await body.add(chunk)
+    return body
+
+
+async def _received_chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, refused as soon as they exceed `limit`
+    bytes.
+
+    Raises:
+        PayloadTooLarge: above the limit.
+        InvalidInput: the connection closed before the body ended.
+    """
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {limit} bytes"
+                )
+            if chunk:
+                yield chunk
+    except ClientDisconnect as exc:
+        # The client left (or its body timed out and the listener closed the
+        # connection): nobody reads the answer, and it is no server error.
+        raise InvalidInput("request body incomplete: the connection closed") from exc
 
 
 def parse_json(body: bytes) -> Any:

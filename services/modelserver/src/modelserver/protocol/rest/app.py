@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
@@ -44,7 +44,7 @@ from servekit_protocol.buffers import join_chunks, release_later
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_codes import to_grpc
 from servekit_protocol.grpc_server import OffloadedDecoder
-from servekit_protocol.grpcweb import is_grpc_web
+from servekit_protocol.grpcweb import is_grpc_web, is_text
 from servekit_protocol.logs import (
     REQUEST_ID_HEADER,
     bind_model,
@@ -52,6 +52,7 @@ from servekit_protocol.logs import (
     version_var,
 )
 from servekit_protocol.services import PREDICTION_SERVICE
+from servekit_protocol.text_bodies import TextBody
 
 from modelserver.dataplane import DataPlane
 from modelserver.errors import InvalidInput, ServingError
@@ -280,7 +281,9 @@ class RestApp:
             answer = grpcweb_server.unsupported_media()
         else:
             try:
-                body = await self._read_body(receive, content_encoding)
+                body = await self._read_grpc_web_body(
+                    receive, content_type, content_encoding
+                )
             except ServingError as exc:
                 answer = grpcweb_server.error_answer(
                     content_type, to_grpc(exc.grpc_code), exc.message
@@ -291,13 +294,16 @@ class RestApp:
                 )
                 # The servicer binds the request id from metadata: give it ours.
                 metadata.append((REQUEST_ID_HEADER, request_id))
-                holder = [body]
+                # A text body's chunks were freed as they were decoded; a binary
+                # body is handed over as the only reference to it.
+                text_body = body if isinstance(body, TextBody) else None
+                holder = [body] if isinstance(body, bytes) else []
                 del body
                 answer = await grpcweb_server.call_unary(
                     self._grpc_web,
                     raw_path,
                     content_type,
-                    holder[0],
+                    holder[0] if text_body is None else text_body,
                     metadata,
                     timeout,
                     self._grpc_web_decoders,
@@ -314,23 +320,45 @@ class RestApp:
         for event in answer.body_events():
             await send(event)
 
+    async def _received_chunks(self, receive: Receive) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive, refused past the body limit.
+
+        Raises:
+            PayloadTooLarge: the body is above the limit.
+        """
+        limit = self._max_body_bytes
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(too_large_message(limit))
+            if chunk:
+                yield chunk
+            more = message.get("more_body", False)
+
+    async def _read_grpc_web_body(
+        self, receive: Receive, content_type: bytes, content_encoding: bytes
+    ) -> bytes | TextBody:
+        """A gRPC-Web call's body; a ``grpc-web-text`` one sent without a
+        content coding is decoded as it arrives, in a worker thread.
+
+        Raises:
+            PayloadTooLarge, InvalidInput: as :meth:`_read_body`.
+        """
+        if not is_text(content_type) or coding_of(content_encoding) is not None:
+            return await self._read_body(receive, content_encoding)
+        body = TextBody()
+        async for chunk in self._received_chunks(receive):
+            await body.add(chunk)
+        return body
+
     async def _read_body(self, receive: Receive, content_encoding: bytes) -> bytes:
         limit = self._max_body_bytes
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if message.get("more_body", False):
-            chunks = [body]
-            size = len(body)
-            while message.get("more_body", False):
-                message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(too_large_message(limit))
-                chunks.append(chunk)
-            body = await join_chunks(chunks, size)
-        if len(body) > limit:
-            raise PayloadTooLarge(too_large_message(limit))
+        chunks = [chunk async for chunk in self._received_chunks(receive)]
+        body = await join_chunks(chunks, sum(map(len, chunks))) if chunks else b""
         coding = coding_of(content_encoding)
         if coding is not None:
             try:
