@@ -1,5 +1,5 @@
-"""How long a large message handled in a worker holds the model server's
-event loop when its shared memory folder has no room, through pipes of their
+"""How long a large message handled in a worker holds a server's event loop
+when its shared memory folder has no room, through pipes of their
 own (:mod:`servekit_protocol.messagepipe`; "own pipe"), against pickled
 through the process pool's pipe (the road before the pipes of their own and
 still their fallback; "pickled"), against segments, for three kinds:
@@ -15,7 +15,13 @@ still their fallback; "pickled"), against segments, for three kinds:
   received (pickled: the body and the parsed body as they are);
 - ``rest-answer``: a ``:predict`` answer written in a worker
   (:mod:`servekit_protocol.segment_answers`), its arrays sent and the JSON
-  received (pickled: the arrays and the answer as they are).
+  received (pickled: the arrays and the answer as they are);
+- ``gateway-infer``: the gateway's large ModelInfer with typed contents
+  (:mod:`gateway.grpcfront.infer_segments`), read for its head and encoded as
+  the backend's Predict in a worker, the message sent (twice) and the Predict
+  received (pickled: the road before the pipes of their own, the message
+  copied on the loop and pickled, the Predict unpickled). The Predicts are
+  checked equal.
 
 The folder without room is one that does not exist: every segment's
 ``open`` fails with an ``OSError``, the branch a full ``/dev/shm`` (``ENOSPC``)
@@ -25,7 +31,7 @@ each call; the three roads run in turns and their arrays are checked equal.
 
 Sizes are MiB of the doubles decoded or answered (a JSON body or answer is
 about 2.4 times as large). Run as ``python -m benchmarks.pipelag [--rounds 3]
-[--sizes 64,256] [--kinds grpc,grpc-arrays,rest-body,rest-answer]``.
+[--sizes 64,256] [--kinds grpc,grpc-arrays,rest-body,rest-answer,gateway-infer]``.
 """
 
 from __future__ import annotations
@@ -42,9 +48,10 @@ from typing import Any
 
 import numpy as np
 import orjson
+from gateway.codecs.v2_grpc import encode_infer_message, read_infer_message
+from gateway.grpcfront.infer_segments import encode_infer, read_infer, release
 from modelserver.protocol.carriedarrays import carried_back
 from modelserver.protocol.grpc.largerequests import (
-    MessageBytes,
     PredictDecoder,
     decode_predict,
 )
@@ -55,7 +62,10 @@ from servekit_protocol import (
     segment_bodies,
     segments,
 )
+from servekit_protocol import oip_messages as oip
 from servekit_protocol.json_codec import BodyParsers
+from servekit_protocol.pickledmessage import MessageBytes
+from servekit_protocol.tensor_limits import TensorLimits
 
 from benchmarks.ticker import loop_intervals
 
@@ -151,6 +161,41 @@ def _pickled_road(parsers: BodyParsers) -> Road:
     return road
 
 
+def infer_message(mib: int) -> bytes:
+    """A ModelInfer message of about ``mib`` MiB of ``fp64_contents``."""
+    request = oip.ModelInferRequest(model_name="wide", id="large")
+    values = _values(mib)
+    tensor = request.inputs.add(name="x", datatype="FP64", shape=list(values.shape))
+    tensor.contents.fp64_contents.extend(values.reshape(-1))
+    return request.SerializeToString()
+
+
+_LIMITS = TensorLimits(max_bytes=1 << 30)
+
+
+def _infer_road(parsers: BodyParsers) -> Road:
+    async def road(message: bytes) -> Any:
+        head = await read_infer(parsers, memoryview(message))
+        try:
+            encoded = await encode_infer(parsers, head, None, _LIMITS)
+        finally:
+            release(head)
+        return np.frombuffer(encoded.message, np.uint8)
+
+    return road
+
+
+def _pickled_infer_road(parsers: BodyParsers) -> Road:
+    # The gateway's road without room before the pipes of their own.
+    async def road(message: bytes) -> Any:
+        data = bytes(memoryview(message))
+        await parsers.in_worker(read_infer_message, data)
+        encoded = await parsers.in_worker(encode_infer_message, data, None, _LIMITS)
+        return np.frombuffer(encoded.message, np.uint8)
+
+    return road
+
+
 def _equal(one: Any, other: Any) -> bool:
     if isinstance(one, bytes):
         return bool(one == other)
@@ -187,7 +232,7 @@ async def _longest(road: Road, message: bytes) -> tuple[float, Any]:
 
 async def _parsers(directory: str) -> BodyParsers:
     parsers = BodyParsers(workers=2, threshold_bytes=1, segment_dir=directory)
-    parsers.start(["modelserver.protocol.grpc.largerequests"])
+    parsers.start(["modelserver.protocol.grpc.largerequests", "gateway.codecs.v2_grpc"])
     await parsers.wait_started(120)
     return parsers
 
@@ -198,6 +243,12 @@ def _roads(kind: str, tight: BodyParsers, roomy: BodyParsers) -> dict[str, Road]
             "own pipe": _arrays_road(roomy, tight.segment_dir),
             "pickled": _arrays_road(roomy, None),
             "segments": _decoder_road(PredictDecoder(roomy, None)),
+        }
+    if kind == "gateway-infer":
+        return {
+            "own pipe": _infer_road(tight),
+            "pickled": _pickled_infer_road(tight),
+            "segments": _infer_road(roomy),
         }
     if kind == "rest-body":
         return {
@@ -225,6 +276,8 @@ def _input(kind: str, mib: int) -> bytes:
         key = str(mib).encode()
         _ANSWERED[key] = {"y": _values(mib)}
         return key
+    if kind == "gateway-infer":
+        return infer_message(mib)
     return predict_message(mib)
 
 
@@ -273,7 +326,8 @@ def main() -> None:
     parser.add_argument(
         "--kinds",
         default="grpc,grpc-arrays,rest-body,rest-answer",
-        help="comma-separated: grpc, grpc-arrays, rest-body, rest-answer",
+        help="comma-separated: grpc, grpc-arrays, rest-body, rest-answer, "
+        "gateway-infer",
     )
     args = parser.parse_args()
     # The servers' warning for each call without room is not what is measured.

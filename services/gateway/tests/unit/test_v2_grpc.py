@@ -1,14 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from gateway.clients.arrays import ArrayRequest
 from gateway.codecs.v2 import parse_infer_request
 from gateway.codecs.v2_grpc import (
+    PREDICT_ARRAY,
     encode_infer_message,
+    encode_infer_piped,
     encode_infer_segment,
     format_model_infer,
     parameters_dict,
@@ -20,7 +26,10 @@ from gateway.errors import InvalidInput
 from servekit_protocol import messages, segments
 from servekit_protocol import oip_messages as oip
 from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.messagepipe import MessagePipe, MessagePipes
 from servekit_protocol.tensor_limits import TensorLimits
+
+Result = TypeVar("Result")
 
 
 def _request() -> oip.ModelInferRequest:
@@ -228,3 +237,53 @@ def test_a_predict_with_no_room_in_shared_memory_comes_back_itself() -> None:
     assert written.message == encoded.message
     assert written.size == len(encoded.message)
     assert written.request == encoded.request
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_a_message_through_its_pipes_encodes_as_its_bytes_do(raw: bool) -> None:
+    # This process plays the worker: it takes the pipes' ends as a worker
+    # does, through the pickled handles.
+    data = _large_request(raw).SerializeToString()
+    wanted = {"x": np.dtype(np.float64)}
+    pipes = MessagePipes(memoryview(data))
+    sending = MessagePipe(memoryview(data))
+    try:
+        head = read_infer_message(pickle.loads(pickle.dumps(sending.message)))
+    finally:
+        sending.close()
+    written, arrays = asyncio.run(
+        pipes.exchange(
+            _answered(
+                encode_infer_piped,
+                pickle.loads(pickle.dumps(pipes.message)),
+                pickle.loads(pickle.dumps(pipes.arrays)),
+                wanted,
+                TensorLimits(),
+            )
+        )
+    )
+    encoded = encode_infer_message(data, wanted, TensorLimits())
+    assert head == read_infer_message(data)
+    assert arrays[PREDICT_ARRAY].tobytes() == encoded.message
+    assert written.size == len(encoded.message)
+    assert written.request == encoded.request
+    assert written.message == b""
+
+
+def test_a_piped_message_over_the_tensor_limits_sends_no_predict() -> None:
+    data = _large_request(raw=False).SerializeToString()
+    pipes = MessagePipes(memoryview(data))
+    refused = _answered(
+        encode_infer_piped,
+        pickle.loads(pickle.dumps(pipes.message)),
+        pickle.loads(pickle.dumps(pipes.arrays)),
+        None,
+        TensorLimits(max_elements=12),
+    )
+    with pytest.raises(InvalidArgument, match="13 elements"):
+        asyncio.run(pipes.exchange(refused))
+
+
+async def _answered(function: Callable[..., Result], *args: Any) -> Result:
+    # In a thread, as the pool's worker answers while the pipes' threads run.
+    return await asyncio.to_thread(function, *args)

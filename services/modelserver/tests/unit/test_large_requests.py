@@ -25,9 +25,7 @@ from modelserver.protocol.carriedarrays import CarriedArray
 from modelserver.protocol.grpc.largeexamples import CLASSIFY, ExamplesDecoder
 from modelserver.protocol.grpc.largerequests import (
     Decoded,
-    MessageBytes,
     PredictDecoder,
-    ReceivedBytes,
     SegmentDecoder,
 )
 from servekit_protocol import examples as example_codec
@@ -233,14 +231,6 @@ async def test_an_examples_message_without_room_is_decoded_through_the_pipe(
         assert (column.present is None) == (other.present is None)
         if column.present is not None:
             assert column.present.tobytes() == other.present.tobytes()
-
-
-def test_message_bytes_pickle_to_the_same_bytes_in_pieces() -> None:
-    data = bytes(range(256)) * 40_000  # about 10 MiB: three pieces
-    received = pickle.loads(pickle.dumps(MessageBytes(memoryview(data))))
-    assert isinstance(received, ReceivedBytes)
-    assert len(received) == 3
-    assert received.joined() == data
 
 
 @pytest.mark.parametrize(

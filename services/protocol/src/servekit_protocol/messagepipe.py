@@ -17,21 +17,33 @@ pool's result thread would read them into a buffer and unpickle them, copies
 made holding the GIL. Where only the arrays' segment finds no room, the worker
 learns it first: it makes the pipe itself (:func:`send_back`), its answer
 carries the read end, and a thread of the worker's writes as the server reads.
+
+Both services use it for their large messages when their shared memory
+segments find no room: the model server's gRPC messages and REST bodies and
+answers (``modelserver``) and the gateway's ModelInfer
+messages (``gateway.grpcfront.infer_segments``). :class:`MessagePipes` opens
+the two for a call and runs it; where no pipe can be made (out of
+descriptors), :class:`~servekit_protocol.pickledmessage.MessageBytes` hands
+the message over pickled instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pickle
 import select
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from multiprocessing import reduction
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 Arrays = dict[str, np.ndarray[Any, Any]]
+Result = TypeVar("Result")
 
 _WRITE_BYTES = 1 << 20
 """Most bytes one ``write`` is given: the pipe takes what it has room for
@@ -299,6 +311,52 @@ class ArraysPipe:
         if self._error is not None:
             raise self._error
         return self._received or {}
+
+
+class MessagePipes:
+    """A call's two pipes: its message to the worker, its arrays back.
+
+    Args:
+        view: The message; it must stay unchanged until the call is over.
+
+    Raises:
+        OSError: No pipes could be made (the caller hands the message over
+            pickled, :class:`~servekit_protocol.pickledmessage.MessageBytes`).
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        self._sending = MessagePipe(view)
+        try:
+            self._receiving = ArraysPipe()
+        except BaseException:
+            self._sending.close()
+            raise
+        self.message = self._sending.message
+        """What the worker reads the message from."""
+        self.arrays = self._receiving.arrays
+        """What the worker sends its arrays through."""
+
+    async def exchange(self, call: Awaitable[Result]) -> tuple[Result, Arrays]:
+        """The worker's answer to ``call`` (made with :attr:`message` and
+        :attr:`arrays`) and the arrays it sent (none when it sent none).
+
+        Raises:
+            OSError: The arrays' pipe ended before the arrays did (the worker
+                died while sending them).
+        """
+        try:
+            answer = await call
+        except BaseException:
+            await asyncio.to_thread(self._end_quietly)
+            raise
+        await asyncio.to_thread(self._sending.close)
+        return answer, await asyncio.to_thread(self._receiving.received)
+
+    def _end_quietly(self) -> None:
+        # The call failed already: what its arrays' pipe says adds nothing.
+        self._sending.close()
+        with contextlib.suppress(OSError):
+            self._receiving.received()
 
 
 _STALLED_SECONDS = 120.0

@@ -3,7 +3,7 @@
 whole, and each side stops when the other goes away or never comes.
 
 The reader here is this process (a worker unpickles the same handle and reads
-the same way: see ``test_large_requests``)."""
+the same way: see the model server's ``test_large_requests``)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from servekit_protocol.messagepipe import (
     ReturnedArrays,
     send_back,
 )
+from servekit_protocol.pickledmessage import MessageBytes, ReceivedBytes
 
 CLOSE_SECONDS = 5.0
 """Most time ``close`` may take once nothing reads: the writer checks every
@@ -99,6 +100,14 @@ def test_arrays_cut_short_are_an_error() -> None:
     os.close(descriptor)
     with pytest.raises(OSError, match="ended early"):
         pipe.received()
+
+
+def test_message_bytes_pickle_to_the_same_bytes_in_pieces() -> None:
+    data = bytes(range(256)) * 40_000  # about 10 MiB: three pieces
+    received = pickle.loads(pickle.dumps(MessageBytes(memoryview(data))))
+    assert isinstance(received, ReceivedBytes)
+    assert len(received) == 3
+    assert received.joined() == data
 
 
 def _same(received: dict[str, Any]) -> None:

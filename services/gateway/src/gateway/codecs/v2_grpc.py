@@ -18,6 +18,8 @@ import numpy as np
 from servekit_protocol import oip_messages as oip
 from servekit_protocol import segments
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.messagepipe import PipedArrays, PipedMessage
+from servekit_protocol.pickledmessage import ReceivedBytes, received_message
 from servekit_protocol.tensor_limits import TensorLimits
 
 from gateway.clients.arrays import ArrayRequest
@@ -262,19 +264,27 @@ class InferMessage:
     """The request's parameters as plain values."""
     raw: bool
     """Whether the inputs came in `raw_input_contents` (answered the same way)."""
-    message: bytes = b""
+    message: bytes | memoryview = b""
+    """The message as received, when no segment holds it."""
     segment: str = ""
     """The shared memory segment holding the message (``message`` then
     empty), removed once the request is answered."""
 
 
-def read_infer_message(message: bytes) -> InferMessage:
+WorkerMessage = PipedMessage | ReceivedBytes | bytes
+"""A message as a worker gets it: through a pipe of its own, pickled in
+pieces, or whole."""
+
+
+def read_infer_message(message: WorkerMessage) -> InferMessage:
     """An InferMessage's head, without the bytes (run in a worker process).
 
     Raises:
         DecodeError: the message does not parse.
+        OSError: its pipe ended before the message did.
     """
-    request = oip.ModelInferRequest.FromString(message)
+    # upb parses any buffer; the stubs say bytes.
+    request = oip.ModelInferRequest.FromString(cast(bytes, received_message(message)))
     return InferMessage(
         request.model_name,
         request.model_version,
@@ -322,7 +332,7 @@ class WrittenInfer:
 
 
 def encode_infer_message(
-    message: bytes,
+    message: WorkerMessage,
     wanted: Mapping[str, np.dtype[Any]] | None,
     limits: TensorLimits,
 ) -> EncodedInfer:
@@ -336,7 +346,35 @@ def encode_infer_message(
             that cannot be encoded.
         InvalidArgument: above the tensor limits.
     """
-    return _encoded(oip.ModelInferRequest.FromString(message), wanted, limits)
+    request = oip.ModelInferRequest.FromString(cast(bytes, received_message(message)))
+    return _encoded(request, wanted, limits)
+
+
+PREDICT_ARRAY = "predict"
+"""The name the Predict's bytes go by through an arrays' pipe."""
+
+
+def encode_infer_piped(
+    message: PipedMessage,
+    predict: PipedArrays,
+    wanted: Mapping[str, np.dtype[Any]] | None,
+    limits: TensorLimits,
+) -> WrittenInfer:
+    """:func:`encode_infer_message` of a message read from its own pipe, the
+    Predict's bytes sent back through another (``PREDICT_ARRAY``; run in a
+    worker process when no shared memory segment has room: the gateway's
+    side copies the bytes in and out in threads, with the GIL released,
+    instead of pickling them).
+
+    Raises:
+        InvalidInput: as :func:`encode_infer_message` (nothing sent back).
+        InvalidArgument: above the tensor limits.
+        OSError: a pipe ended early.
+    """
+    encoded = encode_infer_message(message, wanted, limits)
+    data = np.frombuffer(encoded.message, np.uint8)
+    predict.send({PREDICT_ARRAY: data})
+    return WrittenInfer(encoded.request, len(data))
 
 
 def encode_infer_segment(
@@ -399,6 +437,9 @@ __all__ = [
     "EncodedInfer",
     "WrittenInfer",
     "encode_infer_message",
+    "encode_infer_piped",
+    "PREDICT_ARRAY",
+    "WorkerMessage",
     "encode_infer_segment",
     "parse_model_infer",
     "read_infer_message",

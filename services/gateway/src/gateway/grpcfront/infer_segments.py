@@ -11,6 +11,16 @@ Predict unpickled there on its way back: at 64 MiB that held the loop some
 segment, and the Predict read back from another, in threads whose system
 calls release the GIL; the worker maps the one and writes the other.
 
+With no room in shared memory (``ENOSPC``, or ``EFBIG`` past a file size
+limit), the message goes to the worker through OS pipes of its own
+(:mod:`servekit_protocol.messagepipe`, as on the model server): written from
+the received buffer by a thread of the call, the GIL released while the kernel
+copies; the Predict comes back through another, read straight into a new
+buffer. Only where no pipe can be made is the message pickled through the
+pool's pipe (:class:`~servekit_protocol.pickledmessage.MessageBytes`), with a
+warning line of its own: its copies hold the GIL in the pool's threads, which
+made the loop wait 0.3-1 s for a 48 MiB message.
+
 The message's segment lives until its call is answered (the worker reads it
 twice: its head as the call starts, the whole request once the target's
 dtypes are known): the servicer removes it then (:func:`release`), and its
@@ -35,13 +45,17 @@ from servekit_protocol import segments
 from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import ParserUnavailable
+from servekit_protocol.messagepipe import MessagePipe, MessagePipes
+from servekit_protocol.pickledmessage import MessageBytes
 from servekit_protocol.tensor_limits import TensorLimits
 
 from gateway.codecs.v2_grpc import (
+    PREDICT_ARRAY,
     EncodedInfer,
     InferMessage,
     WrittenInfer,
     encode_infer_message,
+    encode_infer_piped,
     encode_infer_segment,
     read_infer_message,
     read_infer_segment,
@@ -84,9 +98,9 @@ async def _read(parsers: BodyParsers, message: memoryview) -> InferMessage:
             exc,
             parsers.segment_dir,
         )
-        data = bytes(message)
-        head = await _in_worker(parsers, read_infer_message, data)
-        return dataclasses.replace(head, message=data)
+        head = await _read_piped(parsers, message)
+        # The received buffer is kept as it is until the call is answered.
+        return dataclasses.replace(head, message=message)
     try:
         head = await _in_worker(parsers, read_infer_segment, name)
     except BaseException:
@@ -95,6 +109,18 @@ async def _read(parsers: BodyParsers, message: memoryview) -> InferMessage:
     read = dataclasses.replace(head, segment=name)
     weakref.finalize(read, _unlink_soon, name)
     return read
+
+
+async def _read_piped(parsers: BodyParsers, message: memoryview) -> InferMessage:
+    try:
+        sending = await asyncio.to_thread(MessagePipe, message)
+    except OSError as exc:
+        _warn_no_pipe(exc)
+        return await _in_worker(parsers, read_infer_message, MessageBytes(message))
+    try:
+        return await _in_worker(parsers, read_infer_message, sending.message)
+    finally:
+        await asyncio.to_thread(sending.close)
 
 
 async def encode_infer(
@@ -111,8 +137,10 @@ async def encode_infer(
         InvalidArgument: above the tensor limits.
     """
     if not request.segment:
-        return await parsers.in_worker(
-            encode_infer_message, request.message, wanted, limits
+        # Shielded: a call cancelled meanwhile still reads the Predict its
+        # worker writes, or the worker would wait on a full pipe.
+        return await segments.run_to_end(
+            _encode_piped(parsers, memoryview(request.message), wanted, limits)
         )
     # Shielded: a call cancelled meanwhile still waits for its worker to
     # write the Predict's segment before removing it.
@@ -145,6 +173,37 @@ async def _encode(
     finally:
         _unlink_soon(predict)
     return EncodedInfer(written.request, data)
+
+
+async def _encode_piped(
+    parsers: BodyParsers,
+    message: memoryview,
+    wanted: Mapping[str, np.dtype[Any]] | None,
+    limits: TensorLimits,
+) -> EncodedInfer:
+    try:
+        pipes = await asyncio.to_thread(MessagePipes, message)
+    except OSError as exc:
+        _warn_no_pipe(exc)
+        return await parsers.in_worker(
+            encode_infer_message, MessageBytes(message), wanted, limits
+        )
+    writing = parsers.in_worker(
+        encode_infer_piped, pipes.message, pipes.arrays, wanted, limits
+    )
+    try:
+        written, arrays = await pipes.exchange(writing)
+    except OSError as exc:
+        raise Aborted(grpc.StatusCode.UNAVAILABLE, _WORKER_STOPPED) from exc
+    return EncodedInfer(written.request, arrays[PREDICT_ARRAY].data)
+
+
+def _warn_no_pipe(exc: OSError) -> None:
+    logger.warning(
+        "No pipe for a large ModelInfer message, pickled through the workers' "
+        "pipe instead (copies made holding the GIL): %s",
+        exc,
+    )
 
 
 def release(request: InferMessage) -> None:

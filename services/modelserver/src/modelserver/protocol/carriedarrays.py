@@ -18,13 +18,9 @@ import numpy as np
 from servekit_protocol import segments
 from servekit_protocol.json_codec.offload import ParserUnavailable
 from servekit_protocol.messagepipe import PipedArrays, ReturnedArrays, send_back
+from servekit_protocol.pickledmessage import PICKLE_CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
-
-PICKLE_CHUNK_BYTES = 4 << 20
-"""Size of the pieces a message or an array is pickled in: the pool's thread
-copies one (about 1 ms) between chances for the loop's thread to take the GIL
-back."""
 
 
 class _Piece:

@@ -49,16 +49,16 @@ from servekit_protocol import messages, segments
 from servekit_protocol.grpcweb_server import Aborted
 from servekit_protocol.json_codec import BodyParsers
 from servekit_protocol.json_codec.offload import ParserUnavailable
-from servekit_protocol.messagepipe import (
-    ArraysPipe,
-    MessagePipe,
-    PipedMessage,
+from servekit_protocol.messagepipe import MessagePipes, PipedMessage
+from servekit_protocol.pickledmessage import (
+    MessageBytes,
+    ReceivedBytes,
+    received_message,
 )
 from servekit_protocol.tensor_limits import TensorLimits
 
 from modelserver.errors import InvalidInput
 from modelserver.protocol.carriedarrays import (
-    PICKLE_CHUNK_BYTES,
     ArraysRoad,
     Carried,
     carried_back,
@@ -102,39 +102,6 @@ DecodedPredict = Decoded[PredictRequest]
 """A Predict request decoded in a worker."""
 
 
-class ReceivedBytes(list[bytes]):
-    """A message's bytes as a worker receives them (see :class:`MessageBytes`)."""
-
-    def joined(self) -> bytes:
-        """The message in one piece."""
-        return b"".join(self)
-
-
-class MessageBytes:
-    """A message's bytes handed to a worker through the pool's pipe: pickled
-    from the received buffer, without a copy on the caller's thread, in pieces
-    of ``PICKLE_CHUNK_BYTES`` (a worker gets a :class:`ReceivedBytes`).
-
-    Args:
-        view: The message; it must stay unchanged until the worker answers.
-    """
-
-    __slots__ = ("_view",)
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The pieces are made as the pickler asks for them, in the thread
-        # that pickles (the pool's feeder), never all at once.
-        view = self._view
-        pieces = (
-            view[start : start + PICKLE_CHUNK_BYTES].tobytes()
-            for start in range(0, len(view), PICKLE_CHUNK_BYTES)
-        )
-        return (ReceivedBytes, (), None, pieces)
-
-
 WorkerMessage = str | PipedMessage | ReceivedBytes
 """What a worker gets: the path of the message's segment, its pipe, or its
 bytes."""
@@ -150,10 +117,8 @@ def message_view(message: WorkerMessage) -> Iterator[memoryview]:
     if isinstance(message, str):
         with segments.mapped(message) as view:
             yield view
-    elif isinstance(message, PipedMessage):
-        yield memoryview(message.received())
     else:
-        yield memoryview(message.joined())
+        yield memoryview(received_message(message))
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,22 +249,14 @@ class SegmentDecoder(Generic[Result]):
         received, through pipes of their own; both through the pool's pipe,
         pickled, when no such pipes can be made."""
         try:
-            pipes = await asyncio.to_thread(_pipes, message)
+            pipes = await asyncio.to_thread(MessagePipes, message)
         except OSError as exc:
             logger.warning("No pipe for a large gRPC message, pickled instead: %s", exc)
             return await self._in_worker(MessageBytes(message), None), {}
-        sending, receiving = pipes
         try:
-            decoded = await self._in_worker(sending.message, receiving.arrays)
-        except BaseException:
-            await asyncio.to_thread(_end_quietly, sending, receiving)
-            raise
-        await asyncio.to_thread(sending.close)
-        try:
-            arrays = await asyncio.to_thread(receiving.received)
+            return await pipes.exchange(self._in_worker(pipes.message, pipes.arrays))
         except OSError as exc:
             raise _worker_stopped() from exc
-        return decoded, arrays
 
     async def _in_worker(
         self, message: str | PipedMessage | MessageBytes, arrays: ArraysRoad
@@ -345,22 +302,6 @@ class PredictDecoder(SegmentDecoder[DecodedPredict]):
                 output_filter=decoded.output_filter,
             )
         )
-
-
-def _pipes(message: memoryview) -> tuple[MessagePipe, ArraysPipe]:
-    sending = MessagePipe(message)
-    try:
-        return sending, ArraysPipe()
-    except BaseException:
-        sending.close()
-        raise
-
-
-def _end_quietly(sending: MessagePipe, receiving: ArraysPipe) -> None:
-    # The call failed already: what its arrays' pipe says adds nothing.
-    sending.close()
-    with contextlib.suppress(OSError):
-        receiving.received()
 
 
 def _warn(what: str, exc: OSError | None, directory: str) -> None:
