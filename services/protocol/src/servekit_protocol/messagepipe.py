@@ -8,8 +8,9 @@ event loop's thread wait 90-960 ms at a time. Here the bytes go from the
 received buffer straight into a pipe made for the call: ``os.write`` of views
 (no copy, the GIL released while the kernel copies), from a thread of the
 call's own. The worker gets the pipe's read end through
-:mod:`multiprocessing`'s descriptor passing (``reduction.DupFd``, a Unix
-socket, no file of any size) and reads the message into one buffer. The
+:mod:`~servekit_protocol.descriptors` (descriptor passing over a Unix
+socket, no file of any size; the server closes its duplicate once the call is
+over, taken or not) and reads the message into one buffer. The
 arrays come back the same way (:class:`ArraysPipe`): the worker writes a small
 header (names, types, shapes) and their bytes; a thread of the server's reads
 them straight into new arrays (``os.readv``, the GIL released), where the
@@ -42,6 +43,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from servekit_protocol.descriptors import SharedDescriptor, process_descriptors
+
 Arrays = dict[str, np.ndarray[Any, Any]]
 Result = TypeVar("Result")
 
@@ -62,7 +65,7 @@ class PipedMessage:
         size: The message's length in bytes.
     """
 
-    reader: Any
+    reader: SharedDescriptor
     size: int
 
     def received(self) -> bytearray:
@@ -131,10 +134,9 @@ class MessagePipe:
     def _start(self, parts: list[memoryview]) -> None:
         read_end, self._write_end = os.pipe()
         try:
-            # Duplicated now, registered with the process's descriptor sharer
-            # (a thread and a Unix socket, started once): the worker fetches
-            # it when it unpickles the call.
-            reader = reduction.DupFd(read_end)
+            # Duplicated now, kept in the process's table (a thread and a
+            # Unix socket, started once): the worker fetches it as it reads.
+            reader = process_descriptors().share(read_end)
         except BaseException:
             os.close(self._write_end)
             raise
@@ -173,6 +175,7 @@ class MessagePipe:
         writer (blocks up to ``_POLL_SECONDS``: call it in a thread)."""
         self._stop.set()
         self._writer.join()
+        process_descriptors().drop(self.message.reader)
 
 
 _HEADER_SIZE_BYTES = 8
@@ -187,7 +190,7 @@ class PipedArrays:
         writer: The pipe's write end, passed as a descriptor.
     """
 
-    writer: Any
+    writer: SharedDescriptor
 
     def send(self, arrays: Arrays) -> None:
         """Write ``arrays`` to the pipe (in the worker; C-contiguous
@@ -269,7 +272,7 @@ class ArraysPipe:
     def __init__(self) -> None:
         self._read_end, write_end = os.pipe()
         try:
-            writer = reduction.DupFd(write_end)
+            writer = process_descriptors().share(write_end)
         except BaseException:
             os.close(self._read_end)
             raise
@@ -289,7 +292,7 @@ class ArraysPipe:
         try:
             # Nothing comes when the worker has no arrays to send (the
             # request was refused, or did not parse): it never takes the
-            # pipe, whose write end stays with the descriptor sharer.
+            # pipe, whose write end stays in the table until received().
             while not select.select([descriptor], [], [], _POLL_SECONDS)[0]:
                 if self._stop.is_set():
                     return
@@ -308,6 +311,7 @@ class ArraysPipe:
         """
         self._stop.set()
         self._reader.join()
+        process_descriptors().drop(self.arrays.writer)
         if self._error is not None:
             raise self._error
         return self._received or {}

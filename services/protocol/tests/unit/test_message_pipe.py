@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from servekit_protocol.descriptors import process_descriptors
 from servekit_protocol.messagepipe import (
     ArraysPipe,
     MessagePipe,
@@ -141,3 +142,41 @@ def test_the_sending_back_thread_stops_when_its_reader_goes_away() -> None:
     while _writers() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _writers() == []
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_pipe_end_nobody_took_is_closed_with_its_call() -> None:
+    # Both ends once, so the table's socket and thread are there before the
+    # count (they live as long as the process).
+    MessagePipe(memoryview(b"x")).close()
+    ArraysPipe().received()
+    before = _open_descriptors()
+    for _ in range(20):
+        # A worker that died before reading, and one that refused its
+        # request: neither takes its pipe's end.
+        MessagePipe(memoryview(_data())).close()
+        assert ArraysPipe().received() == {}
+    assert _open_descriptors() == before
+    assert process_descriptors().waiting() == 0
+
+
+def test_a_dropped_pipe_end_cannot_be_taken() -> None:
+    pipe = ArraysPipe()
+    handed = pickle.loads(pickle.dumps(pipe.arrays))
+    assert pipe.received() == {}
+    with pytest.raises(OSError, match="dropped"):
+        handed.send(ARRAYS)
+
+
+def test_a_pipe_end_is_taken_once() -> None:
+    pipe = MessagePipe(memoryview(_data()))
+    try:
+        handed = pickle.loads(pickle.dumps(pipe.message))
+        assert handed.received() == _data()
+        with pytest.raises(OSError, match="dropped"):
+            handed.received()
+    finally:
+        pipe.close()
