@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import logging
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -26,6 +25,7 @@ from servekit_protocol import grpcweb, messages
 from servekit_protocol.buffers import release_later
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server.hpack_cache import OK_TRAILERS, RESPONSE_HEADERS
+from servekit_protocol.grpc_server.inflating import inflate
 from servekit_protocol.grpcweb_server import Aborted, WebContext
 
 logger = logging.getLogger(__name__)
@@ -281,8 +281,8 @@ async def _inflate_body(body: bytearray, encoding: str, limit: int) -> bytes:
     compressed = memoryview(body)[5:]
     try:
         if len(compressed) > _THREAD_INFLATE_BYTES:
-            return await asyncio.to_thread(_inflate, compressed, encoding, limit)
-        return _inflate(compressed, encoding, limit)
+            return await asyncio.to_thread(inflate, compressed, encoding, limit)
+        return inflate(compressed, encoding, limit)
     finally:
         # The view lets go of the body now, not whenever the thread's work
         # item or a traceback does: the connection gives the body back in a
@@ -308,30 +308,6 @@ async def _parse(call: Call, message: bytes | memoryview) -> Any:
         raise Aborted(
             grpc.StatusCode.INTERNAL, f"Failed to parse the request: {exc}"
         ) from exc
-
-
-def _inflate(data: memoryview, encoding: str, limit: int) -> bytes:
-    if encoding == "gzip":
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = zlib.decompressobj()
-    else:
-        raise Aborted(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"Compression algorithm '{encoding or 'identity'}' is not supported",
-        )
-    try:
-        inflated = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise Aborted(
-            grpc.StatusCode.INTERNAL, f"Bad compressed message: {exc}"
-        ) from exc
-    if len(inflated) > limit:
-        raise Aborted(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"Received message larger than max (more than {limit} bytes inflated)",
-        )
-    return inflated
 
 
 def frame(call: Call, message: Any) -> Framed:
