@@ -25,7 +25,6 @@ through the pool's pipe.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
@@ -40,8 +39,8 @@ from servekit_protocol.json_codec.predict import (
 )
 from servekit_protocol.messagepipe import (
     Arrays,
-    ArraysPipe,
     MessagePipe,
+    MessagePipes,
     PipedArrays,
     PipedMessage,
     ReturnedArrays,
@@ -136,43 +135,21 @@ async def _parse_piped(
     # The body through a pipe of its own, its arrays back through another;
     # both pickled through the pool's pipe when no such pipes can be made.
     try:
-        sending = await asyncio.to_thread(MessagePipe, memoryview(body))
+        pipes = await asyncio.to_thread(MessagePipes, memoryview(body))
     except OSError as no_pipe:
-        _warn(exc, parsers.segment_dir, _pickled(no_pipe))
-        return await parsers.in_worker(parse_predict_request, body, specs, limits)
-    try:
-        receiving = await asyncio.to_thread(ArraysPipe)
-    except OSError as no_pipe:
-        await asyncio.to_thread(sending.close)
         _warn(exc, parsers.segment_dir, _pickled(no_pipe))
         return await parsers.in_worker(parse_predict_request, body, specs, limits)
     _warn(exc, parsers.segment_dir, "a pipe of its own")
     try:
-        parsed = await parsers.in_worker(
-            parse_in_worker,
-            sending.message,
-            len(body),
-            receiving.arrays,
-            specs,
-            limits,
+        parsed, arrays = await pipes.exchange(
+            parsers.in_worker(
+                parse_in_worker, pipes.message, len(body), pipes.arrays, specs, limits
+            )
         )
-    except BaseException:
-        await asyncio.to_thread(_end_quietly, sending, receiving)
-        raise
-    await asyncio.to_thread(sending.close)
-    try:
-        arrays = await asyncio.to_thread(receiving.received)
     except OSError as stopped:
         raise _worker_stopped() from stopped
     assert isinstance(parsed, _Parsed)
     return _assembled(parsed, arrays)
-
-
-def _end_quietly(sending: MessagePipe, receiving: ArraysPipe) -> None:
-    # The call failed already: what its arrays' pipe says adds nothing.
-    sending.close()
-    with contextlib.suppress(OSError):
-        receiving.received()
 
 
 async def _returned(returned: ReturnedArrays) -> Arrays:
