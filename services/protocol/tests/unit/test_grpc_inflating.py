@@ -7,7 +7,13 @@ import zlib
 
 import grpc
 import pytest
-from servekit_protocol.grpc_server.inflating import STEP, inflate
+from servekit_protocol.grpc_server.inflating import (
+    STEP,
+    advance,
+    finish,
+    inflate,
+    inflating,
+)
 from servekit_protocol.grpcweb_server import Aborted
 
 
@@ -97,3 +103,37 @@ def test_an_unknown_encoding_is_unimplemented(encoding: str) -> None:
     assert raised.value.details == (
         f"Compression algorithm '{encoding or 'identity'}' is not supported"
     )
+
+
+@pytest.mark.parametrize("first", [0, 1, 2, 5])
+@pytest.mark.parametrize("name", list(_MESSAGES))
+def test_steps_run_partly_then_finished_answer_as_inflate_does(
+    name: str, first: int
+) -> None:
+    """As the event loop runs a few steps and a thread the rest."""
+    plain = _MESSAGES[name]
+    for case, data in _cases(plain, "gzip").items():
+        for limit in (len(plain) - 1, len(plain), 64 << 20):
+            if limit < 0:
+                continue
+            expected = _stepped(data, "gzip", limit, STEP)
+            try:
+                steps = inflating(memoryview(data), "gzip", limit)
+                done = advance(steps, first)
+                got: bytes | tuple[object, str] = (
+                    done if done is not None else finish(steps)
+                )
+            except Aborted as exc:
+                got = (exc.code, exc.details)
+            assert got == expected, (case, limit)
+
+
+def test_a_bomb_is_not_inflated_whole_in_the_first_steps() -> None:
+    """64 MiB of zeros gzip to about 64 KiB: the few steps a caller runs on
+    its event loop give at most a step's bytes each, not the whole message."""
+    plain = bytes(64 << 20)
+    data = _compressed(plain, "gzip")
+    assert len(data) < 512 * 1024
+    steps = inflating(memoryview(data), "gzip", len(plain))
+    assert advance(steps, 2) is None
+    assert finish(steps) == plain

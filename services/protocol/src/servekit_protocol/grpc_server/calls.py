@@ -24,8 +24,8 @@ from hpack import NeverIndexedHeaderTuple
 from servekit_protocol import grpcweb, messages
 from servekit_protocol.buffers import release_later
 from servekit_protocol.errors import ProtocolError
+from servekit_protocol.grpc_server import inflating
 from servekit_protocol.grpc_server.hpack_cache import OK_TRAILERS, RESPONSE_HEADERS
-from servekit_protocol.grpc_server.inflating import inflate
 from servekit_protocol.grpcweb_server import Aborted, WebContext
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ _CALL_HEADERS = frozenset(
 )
 _THREAD_INFLATE_BYTES = 64 * 1024
 """Compressed requests above this are inflated off the event loop."""
+_LOOP_INFLATE_STEPS = 2
+"""Inflating steps (each at most ``inflating.STEP`` bytes out) a smaller one
+may take on the event loop before the rest goes to a thread."""
 _PATH_IN_MESSAGES = 256
 """Characters of an unknown method's path repeated in its error answer."""
 
@@ -280,9 +283,14 @@ async def _inflate_body(body: bytearray, encoding: str, limit: int) -> bytes:
     one would hold the loop as long as copying it takes)."""
     compressed = memoryview(body)[5:]
     try:
-        if len(compressed) > _THREAD_INFLATE_BYTES:
-            return await asyncio.to_thread(inflate, compressed, encoding, limit)
-        return inflate(compressed, encoding, limit)
+        steps = inflating.inflating(compressed, encoding, limit)
+        if len(compressed) <= _THREAD_INFLATE_BYTES:
+            # A small message usually inflates in a step or two; a bomb (64
+            # MiB of zeros in 64 KiB) would hold the loop for 130-170 ms.
+            message = inflating.advance(steps, _LOOP_INFLATE_STEPS)
+            if message is not None:
+                return message
+        return await asyncio.to_thread(inflating.finish, steps)
     finally:
         # The view lets go of the body now, not whenever the thread's work
         # item or a traceback does: the connection gives the body back in a

@@ -6,11 +6,16 @@ object, faulting its pages in, and the event loop waits 50-100 ms for that
 even when the inflating runs in a thread. Here each step gives at most
 :data:`STEP` bytes and the pieces are joined by ``bytes.join``, which lets go
 of the GIL while copying large joins.
+
+A message's compressed size says nothing of its inflated size (64 MiB of zeros
+gzip to 64 KiB), so a caller on the event loop runs at most a step or two
+(:func:`advance`) and leaves the rest to a thread (:func:`finish`).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Generator
 
 import grpc
 
@@ -24,8 +29,38 @@ input it did not read as a copy (``unconsumed_tail``), so this bounds that
 copy; handed the whole message, each step would copy what is left of it."""
 
 
+Steps = Generator[None, None, bytes]
+"""An inflating in progress: each ``next`` runs one step; the message is the
+value it stops with."""
+
+
 def inflate(data: memoryview, encoding: str, limit: int, step: int = STEP) -> bytes:
-    """The message ``data`` inflated, of at most ``limit`` bytes.
+    """The message ``data`` inflated whole (see :func:`inflating`)."""
+    return finish(inflating(data, encoding, limit, step))
+
+
+def advance(steps: Steps, count: int) -> bytes | None:
+    """Run at most ``count`` more steps: the message if it is done by then."""
+    for _ in range(count):
+        try:
+            next(steps)
+        except StopIteration as done:
+            message: bytes = done.value
+            return message
+    return None
+
+
+def finish(steps: Steps) -> bytes:
+    """Run the steps left: the message."""
+    while True:
+        message = advance(steps, 64)
+        if message is not None:
+            return message
+
+
+def inflating(data: memoryview, encoding: str, limit: int, step: int = STEP) -> Steps:
+    """The message ``data`` inflated, of at most ``limit`` bytes, a step at a
+    time.
 
     It answers as one ``decompress(data, limit + 1)`` call does: what follows
     the end of the stream is ignored and a stream cut short gives what it
@@ -52,6 +87,7 @@ def inflate(data: memoryview, encoding: str, limit: int, step: int = STEP) -> by
             while True:
                 wanted = min(step, limit + 1 - size)
                 piece = inflater.decompress(pending, wanted)
+                yield
                 pieces.append(piece)
                 size += len(piece)
                 pending = inflater.unconsumed_tail
