@@ -425,9 +425,9 @@ class ReturnedBytes:
                     raise OSError(f"the answer's pipe ended at {done} bytes")
                 parts.append(part)
                 done += len(part)
-            # One copy holding the GIL (bytes.join keeps it on Python 3.11):
-            # an answer is bytes, which cannot be read into in place. The
-            # pickled road copied it several times, and in many GIL turns.
+            # One copy: an answer is bytes, which cannot be read into in
+            # place (bytes.join lets go of the GIL while it copies a large
+            # join; the pickled road copied it several times holding it).
             return b"".join(parts)
         finally:
             os.close(descriptor)
