@@ -33,7 +33,10 @@ from typing import Any
 import numpy as np
 
 from servekit_protocol import segments
-from servekit_protocol.json_codec.offload import BodyParsers, ParserUnavailable
+from servekit_protocol.json_codec.offload import (
+    BodyParsers,
+    received_from_worker,
+)
 from servekit_protocol.messagepipe import (
     MessagePipe,
     PipedMessage,
@@ -120,12 +123,9 @@ async def _write(
             return answer
         if isinstance(answer, ReturnedBytes):
             _warn(ANSWER, None, directory, "a pipe of its own")
-            try:
-                return await asyncio.to_thread(answer.received)
-            except OSError as exc:
-                raise ParserUnavailable(
-                    "The answer could not be written: its worker stopped"
-                ) from exc
+            return await received_from_worker(
+                answer, "The answer could not be written: its worker stopped"
+            )
         return await asyncio.to_thread(read_answer, answer_segment, answer)
     finally:
         segments.unlink_soon(arrays_segment, answer_segment)

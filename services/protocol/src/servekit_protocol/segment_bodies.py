@@ -31,7 +31,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from servekit_protocol import segment_answers, segments
-from servekit_protocol.json_codec.offload import BodyParsers, ParserUnavailable
+from servekit_protocol.json_codec.offload import (
+    BodyParsers,
+    ParserUnavailable,
+    received_from_worker,
+)
 from servekit_protocol.json_codec.predict import (
     PredictBody,
     SpecSource,
@@ -119,7 +123,7 @@ async def _parse(
         )
         if parsed.returned is not None:
             _warn_arrays("a pipe of their own", directory)
-            arrays.update(await _returned(parsed.returned))
+            arrays.update(await received_from_worker(parsed.returned, _WORKER_STOPPED))
         return _assembled(parsed, arrays)
     finally:
         segments.unlink_soon(body_segment, arrays_segment)
@@ -152,15 +156,11 @@ async def _parse_piped(
     return _assembled(parsed, arrays)
 
 
-async def _returned(returned: ReturnedArrays) -> Arrays:
-    try:
-        return await asyncio.to_thread(returned.received)
-    except OSError as exc:
-        raise _worker_stopped() from exc
+_WORKER_STOPPED = "The JSON body could not be handled: its worker stopped"
 
 
 def _worker_stopped() -> ParserUnavailable:
-    return ParserUnavailable("The JSON body could not be handled: its worker stopped")
+    return ParserUnavailable(_WORKER_STOPPED)
 
 
 def _assembled(parsed: _Parsed, arrays: Arrays) -> PredictBody:

@@ -9,14 +9,13 @@ bodies (:mod:`~modelserver.protocol.rest.examplebodies`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
 
 import numpy as np
 from servekit_protocol import segments
-from servekit_protocol.json_codec.offload import ParserUnavailable
+from servekit_protocol.json_codec.offload import received_from_worker
 from servekit_protocol.messagepipe import PipedArrays, ReturnedArrays, send_back
 from servekit_protocol.pickledmessage import PICKLE_CHUNK_BYTES
 
@@ -133,12 +132,9 @@ async def carried_back(carried: Carried) -> dict[str, np.ndarray[Any, Any]]:
             died).
     """
     if isinstance(carried, ReturnedArrays):
-        try:
-            return await asyncio.to_thread(carried.received)
-        except OSError as exc:
-            raise ParserUnavailable(
-                "The request could not be read: its worker stopped"
-            ) from exc
+        return await received_from_worker(
+            carried, "The request could not be read: its worker stopped"
+        )
     return {name: array.array for name, array in carried.items()}
 
 

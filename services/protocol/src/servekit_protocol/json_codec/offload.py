@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from servekit_protocol import segments
 from servekit_protocol.errors import ProtocolError
@@ -60,12 +60,30 @@ DEFAULT_START_TIMEOUT_SECONDS = 60.0
 (they take 1-7 s on a loaded 2-core machine)."""
 
 Result = TypeVar("Result")
+_Sent = TypeVar("_Sent", covariant=True)
 
 
 class ParserUnavailable(ProtocolError):
     """A worker died while parsing a body (killed, out of memory)."""
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class _SentBack(Protocol[_Sent]):
+    def received(self) -> _Sent: ...
+
+
+async def received_from_worker(sent: _SentBack[_Sent], failure: str) -> _Sent:
+    """What a worker sent back through a pipe of its own (``received``, which
+    blocks, run in a thread).
+
+    Raises:
+        ParserUnavailable: ``failure``: the pipe ended early (the worker died).
+    """
+    try:
+        return await asyncio.to_thread(sent.received)
+    except OSError as exc:
+        raise ParserUnavailable(failure) from exc
 
 
 class WorkersNotStarted(RuntimeError):
