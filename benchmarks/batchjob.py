@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from servekit.batch.remote import RemotePredictor
 
     args = parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
     registry = ensure_models(args.registry, args.models)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as scratch:
@@ -382,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
                                     output_format=written,
                                 )
                             )  # fmt: skip
+                    cheapest = min(
+                        statistics.median(values)
+                        for values in (limit_cpu, single_cpu)
+                        if values
+                    )
                     row = {
                         "model": f"{name}:{version}",
                         "format": fmt,
@@ -408,6 +414,14 @@ def main(argv: list[str] | None = None) -> int:
                         "floor_ratio": median_or_none(floor_ratios),
                         "floor_ratios": [round(r, 3) for r in floor_ratios],
                         "floor_cpu_us": median_or_none(floor_cpu, 1e6),
+                        # The floor's ratio were its processes to share all the
+                        # cores and the limit to have one to itself, each at the
+                        # CPU a row measured here (the cheaper limit): a load
+                        # inflates CPU time far less than it slows the wall clock.
+                        "floor_cpu_bound": None
+                        if not floor_cpu
+                        else cores * cheapest / statistics.median(floor_cpu),
+                        "cores": cores,
                         # The 1-minute load average before and after the rounds:
                         # how busy the machine's cores were around the figures.
                         "load_average": [load_before, os.getloadavg()[0]],

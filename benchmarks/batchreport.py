@@ -10,8 +10,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print(
         "| model | input | output | runtime limit (rows/s): used (default; 1 "
         "thread) | in process, 1 worker (rows/s) | ratio | in process, N workers "
-        "(rows/s) | ratio | floor, N processes (rows/s) | ratio | --target (rows/s) "
-        "| CPU µs a row: limit (1 thread); 1; N; floor |"
+        "(rows/s) | ratio | floor, N processes (rows/s) | ratio | floor by CPU on "
+        "all cores | --target (rows/s) | CPU µs a row: limit (1 thread); 1; N; floor |"
     )
     print("| --- | --- | --- |" + " ---: |" * 10)
     for row in results:
@@ -35,7 +35,12 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{limits} | {row['in_process_rows_per_s']:,.0f} | {row['ratio']:.0%} | "
             f"{row['workers_rows_per_s']:,.0f} ({row['workers']}) | "
             f"{row['workers_ratio']:.0%} | "
-            + (f"{floor:,.0f} | {row['floor_ratio']:.0%} | " if floor else "- | - | ")
+            + (
+                f"{floor:,.0f} | {row['floor_ratio']:.0%} | "
+                f"{row['floor_cpu_bound']:.0%} ({row['cores']}) | "
+                if floor
+                else "- | - | - | "
+            )
             + (f"{row['target_rows_per_s']:,.0f}" if row["target_rows_per_s"] else "-")
             + f" | {'; '.join(cpu)} |"
         )

@@ -133,6 +133,8 @@ def test_the_benchmark_runs_the_floor_beside_the_job(
             assert row["floor_rows_per_s"] > 0
             assert len(row["floor_ratios"]) == 1
             assert row["floor_cpu_us"] > 0
+            assert row["floor_cpu_bound"] > 0
         else:
             assert row["floor_rows_per_s"] is None
             assert row["floor_ratios"] == []
+            assert row["floor_cpu_bound"] is None
