@@ -415,13 +415,16 @@ def main(argv: list[str] | None = None) -> int:
                         "floor_ratios": [round(r, 3) for r in floor_ratios],
                         "floor_cpu_us": median_or_none(floor_cpu, 1e6),
                         # The floor's ratio were its processes to share all the
-                        # cores and the limit to have one to itself, each at the
-                        # CPU a row measured here (the cheaper limit): a load
-                        # inflates CPU time far less than it slows the wall clock.
+                        # cores they can use (one each: they run on one thread)
+                        # and the limit to have one to itself, each at the CPU a
+                        # row measured here (the cheaper limit): a load inflates
+                        # CPU time far less than it slows the wall clock.
                         "floor_cpu_bound": None
                         if not floor_cpu
-                        else cores * cheapest / statistics.median(floor_cpu),
-                        "cores": cores,
+                        else min(cores, args.workers)
+                        * cheapest
+                        / statistics.median(floor_cpu),
+                        "cores": min(cores, args.workers),
                         # The 1-minute load average before and after the rounds:
                         # how busy the machine's cores were around the figures.
                         "load_average": [load_before, os.getloadavg()[0]],

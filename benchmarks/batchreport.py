@@ -11,7 +11,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "| model | input | output | runtime limit (rows/s): used (default; 1 "
         "thread) | in process, 1 worker (rows/s) | ratio | in process, N workers "
         "(rows/s) | ratio | floor, N processes (rows/s) | ratio | floor by CPU on "
-        "all cores | --target (rows/s) | CPU µs a row: limit (1 thread); 1; N; floor |"
+        "its cores | --target (rows/s) | CPU µs a row: limit (1 thread); 1; N; floor |"
     )
     print("| --- | --- | --- |" + " ---: |" * 10)
     for row in results:
