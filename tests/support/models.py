@@ -279,10 +279,11 @@ def publish_regression(
     features: int,
     metrics: dict[str, float] | None = None,
     outputs: int | None = None,
+    input_dtype: str = "float64",
 ) -> None:
     """Publish a fitted scikit-learn regression on one ``[-1, features]``
-    float64 input ``x``, answering float64 ``predictions`` (``[-1]``, or
-    ``[-1, outputs]`` when given)."""
+    input ``x`` of ``input_dtype``, answering float64 ``predictions``
+    (``[-1]``, or ``[-1, outputs]`` when given)."""
     import joblib
     from modelregistry import Registry
 
@@ -296,7 +297,7 @@ def publish_regression(
             signatures={
                 "serving_default": {
                     "method": "predict",
-                    "inputs": {"x": {"dtype": "float64", "shape": [-1, features]}},
+                    "inputs": {"x": {"dtype": input_dtype, "shape": [-1, features]}},
                     "outputs": {"predictions": {"dtype": "float64", "shape": shape}},
                 }
             },

@@ -96,6 +96,7 @@ class Gateway:
             backend_strategies(self.client, self.parsers),
             metrics.coalesced_requests.observe,
             max_rows=settings.coalesce_max_rows,
+            max_elements=settings.max_request_tensor_elements,
             max_bytes=settings.max_request_tensor_bytes,
             max_in_flight=settings.coalesce_max_in_flight,
         )

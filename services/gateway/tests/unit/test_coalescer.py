@@ -3,6 +3,8 @@ splitting tensors."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from gateway.clients.answers import ReceivedAnswer
@@ -48,12 +50,13 @@ def test_requests_of_one_layout_share_a_key_and_report_their_rows() -> None:
     assert keyed_one.key == keyed_three.key
     # A string tensor counts a reference per element besides its bytes.
     assert (keyed_one.nbytes, keyed_three.nbytes) == (8 + 8 + 1, 3 * (8 + 8 + 1))
+    assert (keyed_one.elements, keyed_three.elements) == (2, 6)
 
 
 def test_a_filled_tensor_brings_the_bytes_its_shape_declares() -> None:
     keyed = proto_key(_filled(3, 1.0))
     assert keyed is not None
-    assert (keyed.rows, keyed.nbytes) == (3, 3 * 1024 * 8)
+    assert (keyed.rows, keyed.nbytes, keyed.elements) == (3, 3 * 1024 * 8, 3 * 1024)
 
 
 def test_a_request_whose_shape_cannot_be_read_never_merges() -> None:
@@ -252,6 +255,7 @@ def test_array_requests_share_keys_with_their_own_kind_only() -> None:
     assert one is not None and three is not None
     assert (one.rows, three.rows) == (1, 3)
     assert (one.nbytes, three.nbytes) == (5 * 8, 3 * 5 * 8)
+    assert (one.elements, three.elements) == (5, 3 * 5)
     assert one.key == three.key
     for other in (
         _arrays({"a": np.ones(1, dtype=np.float32), "b": np.ones((1, 4))}),
@@ -307,6 +311,7 @@ def test_array_requests_bring_their_bytes_as_the_request_limit_counts_them() -> 
     assert keyed is not None
     # References (8 bytes each) and values (6 bytes), then 3 x 2 float32.
     assert keyed.nbytes == 3 * 8 + 6 + 3 * 2 * 4
+    assert keyed.elements == 3 + 3 * 2
 
 
 def test_an_untranslated_rest_body_brings_its_own_bytes() -> None:
@@ -314,4 +319,25 @@ def test_an_untranslated_rest_body_brings_its_own_bytes() -> None:
     request = rest_predict("/v1/models/m:predict", body)
     assert request is not None
     keyed = rest_key(request)
-    assert (keyed.rows, keyed.nbytes) == (2, len(body))
+    assert (keyed.rows, keyed.nbytes, keyed.elements) == (2, len(body), 4)
+
+
+@pytest.mark.parametrize(
+    ("document", "rows", "elements"),
+    [
+        ({"instances": [[[1, 2, 3]], [[4, 5, 6]]]}, 2, 6),
+        ({"instances": [{"a": [1, 2], "b": 3}, {"a": [4, 5], "b": 6}]}, 2, 6),
+        ({"instances": [{"a": {"b64": "AA=="}}] * 3}, 3, 3),
+        ({"inputs": {"a": [[1, 2], [3, 4], [5, 6]], "b": [1, 2, 3]}}, 3, 9),
+        ({"inputs": [[1, 2, 3, 4]] * 5, "signature_name": "s"}, 5, 20),
+        ({"instances": [[], []]}, 2, 0),
+    ],
+)
+def test_an_untranslated_rest_body_brings_the_elements_its_nesting_declares(
+    document: dict[str, object], rows: int, elements: int
+) -> None:
+    # What the backend's REST check counts: the rows times the first row's.
+    request = rest_predict("/v1/models/m:predict", json.dumps(document).encode())
+    assert request is not None
+    keyed = rest_key(request)
+    assert (keyed.rows, keyed.elements) == (rows, elements)

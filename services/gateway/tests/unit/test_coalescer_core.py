@@ -32,7 +32,7 @@ Rows = tuple[float, ...]
 ADDRESSES = ("127.0.0.1:8500",)
 NO_METADATA: Metadata = ()
 ROW_BYTES = 8
-"""A row's tensor bytes (one float64)."""
+"""A row's tensor bytes (one float64, one element)."""
 
 
 def refused(values: Sequence[float]) -> BackendError:
@@ -62,7 +62,7 @@ class ListStrategy:
     def key(self, request: Rows) -> Keyed | None:
         if not request:
             return None
-        return Keyed(("lists",), len(request), ROW_BYTES * len(request))
+        return Keyed(("lists",), len(request), ROW_BYTES * len(request), len(request))
 
     async def call(
         self,
@@ -141,13 +141,19 @@ class Core:
         return asyncio.create_task(run())
 
 
-def core(max_rows: int = 64, max_in_flight: int = 1, max_bytes: int = 1 << 20) -> Core:
+def core(
+    max_rows: int = 64,
+    max_in_flight: int = 1,
+    max_bytes: int = 1 << 20,
+    max_elements: int = 1 << 20,
+) -> Core:
     strategy = ListStrategy()
     callers: list[int] = []
     coalescer = Coalescer(
         {tuple: strategy},
         callers.append,
         max_rows=max_rows,
+        max_elements=max_elements,
         max_bytes=max_bytes,
         max_in_flight=max_in_flight,
     )
@@ -231,6 +237,35 @@ async def test_merged_calls_hold_at_most_the_byte_budget() -> None:
     assert tested.strategy.merged == [[(1.0,), (2.0, 3.0)], [(4.0,), (5.0,)]]
     assert tested.strategy.singles == [(0.5,), (6.0, 7.0, 8.0)]
     assert tested.callers == [2, 2, 1]
+
+
+async def test_merged_calls_hold_at_most_the_element_budget() -> None:
+    # Bytes and rows to spare: only the elements bound the merge.
+    tested = core(max_elements=3)
+    queued = [(1.0,), (2.0, 3.0), (4.0,), (5.0,), (6.0, 7.0, 8.0)]
+    first, waiting = await busy_then_queue(tested, *queued)
+    tested.strategy.open.set()
+    await first
+    answers = await asyncio.gather(*waiting)
+    assert answers == [tuple(2 * value for value in rows) for rows in queued]
+    assert tested.strategy.merged == [[(1.0,), (2.0, 3.0)], [(4.0,), (5.0,)]]
+    assert tested.strategy.singles == [(0.5,), (6.0, 7.0, 8.0)]
+    assert tested.callers == [2, 2, 1]
+
+
+async def test_queued_requests_that_fill_the_element_budget_go_without_waiting() -> (
+    None
+):
+    tested = core(max_elements=2)
+    first, waiting = await busy_then_queue(tested, (1.0,), (2.0,))
+    # As in the test below of the byte budget: the queue fills a call, so the
+    # answered caller, expected back for about 0.5 s, is not waited for.
+    await asyncio.sleep(0.5)
+    tested.strategy.open.set()
+    assert await first == (1.0,)
+    await settle()
+    assert tested.strategy.merged == [[(1.0,), (2.0,)]]
+    assert await asyncio.gather(*waiting) == [(2.0,), (4.0,)]
 
 
 async def test_queued_requests_that_fill_the_byte_budget_go_without_waiting() -> None:

@@ -8,16 +8,21 @@ stays open in the server for good, one descriptor a call. Here the server
 keeps its duplicates in a table of its own, hands each to the first process
 that asks with its token (``socket.send_fds`` over a Unix socket it listens
 on), and :meth:`Descriptors.drop` closes the one nobody took once its call is
-over.
+over. One thread serves every connection as its bytes come, each given a few
+seconds to send its token: a local process that connects and sends nothing
+(the socket is abstract, so any local process can reach it) holds up no
+worker.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import selectors
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 _TOKEN_BYTES = 16
 """A handle's token: unguessable, so only the worker handed the handle (or the
@@ -26,6 +31,21 @@ permissions guard it)."""
 _TAKE_SECONDS = 30.0
 """Most a worker waits for the server to answer: the server's thread answers
 at once, unless the server is gone."""
+_TOKEN_SECONDS = 5.0
+"""Most time an asker has, once connected, to send its whole token: a worker
+sends it with its connection (microseconds); the margin is for a loaded
+2-core machine. An asker silent that long is dropped; meanwhile it delays no
+other, as every connection is served by one loop as its bytes come."""
+_ASKERS = 256
+"""Most connections waiting for their tokens at once: past it the oldest is
+dropped, so that a local process opening connections and sending nothing
+holds a bounded number of the server's descriptors."""
+_CONNECT_RETRY_SECONDS = 0.01
+"""Pause before a worker connects again when the listener's backlog is
+full."""
+_ACCEPT_RETRY_SECONDS = 0.05
+"""Pause before accepting again when the server is out of descriptors (the
+listener stays readable, so the loop would spin)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +66,20 @@ class SharedDescriptor:
         Raises:
             OSError: The server is gone, or the descriptor was dropped.
         """
+        deadline = time.monotonic() + _TAKE_SECONDS
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(_TAKE_SECONDS)
-            conn.connect(self.address)
+            while True:
+                try:
+                    conn.connect(self.address)
+                    break
+                except BlockingIOError:
+                    # The listener's backlog is full (a burst of askers): a
+                    # Unix socket with a timeout is refused at once, not
+                    # made to wait.
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(_CONNECT_RETRY_SECONDS)
             conn.sendall(self.token)
             _, fds, _, _ = socket.recv_fds(conn, 1, 1)
         if not fds:
@@ -63,14 +94,17 @@ class Descriptors:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiting: dict[bytes, int] = {}
-        self._listener: socket.socket | None = None
         self._address = ""
+        self._wake: socket.socket | None = None
+        self._server: threading.Thread | None = None
+        self._closed = False
 
     def share(self, descriptor: int) -> SharedDescriptor:
         """A handle on a duplicate of ``descriptor`` (the caller keeps its own).
 
         Raises:
-            OSError: No duplicate, or no socket to hand it out.
+            OSError: No duplicate, or no socket to hand it out (or the table
+                is closed).
         """
         token = secrets.token_bytes(_TOKEN_BYTES)
         with self._lock:
@@ -90,56 +124,153 @@ class Descriptors:
         with self._lock:
             return len(self._waiting)
 
+    def close(self) -> None:
+        """Close the duplicates still waiting (a worker asking later is told
+        they were dropped, or finds no socket), the socket and its thread."""
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = self._waiting, {}
+            wake, self._wake = self._wake, None
+            server, self._server = self._server, None
+        for descriptor in waiting.values():
+            os.close(descriptor)
+        if wake is not None:
+            # Its peer turns readable: the thread closes the socket and ends.
+            wake.close()
+        if server is not None:
+            server.join()
+
     def _listening(self) -> str:
-        if self._listener is None:
+        if self._closed:
+            raise OSError("the descriptor table is closed")
+        if self._server is None:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            wake, woken = socket.socketpair()
             try:
                 # Linux's abstract namespace: no file to remove, none left
                 # behind by a killed server.
                 address = f"\0servekit-descriptors-{os.getpid()}-{secrets.token_hex(8)}"
                 listener.bind(address)
                 listener.listen(64)
+                listener.setblocking(False)
+                server = threading.Thread(
+                    target=self._serve,
+                    args=(listener, woken),
+                    name="descriptors",
+                    daemon=True,
+                )
+                server.start()
             except BaseException:
-                listener.close()
+                for end in (listener, wake, woken):
+                    end.close()
                 raise
-            self._listener, self._address = listener, address
-            threading.Thread(
-                target=self._serve, args=(listener,), name="descriptors", daemon=True
-            ).start()
+            self._address, self._wake, self._server = address, wake, server
         return self._address
 
-    def _serve(self, listener: socket.socket) -> None:
-        while True:
+    def _serve(self, listener: socket.socket, woken: socket.socket) -> None:
+        # One loop for every connection, each read as its bytes come: an
+        # asker that sends nothing (or part of a token) holds up no other.
+        askers: dict[socket.socket, _Asker] = {}
+        with selectors.DefaultSelector() as selector, listener, woken:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(woken, selectors.EVENT_READ)
             try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.settimeout(_TAKE_SECONDS)
-                    token = _receive(conn, _TOKEN_BYTES)
-                    with self._lock:
-                        descriptor = self._waiting.pop(token, None)
-                    if descriptor is None:
-                        conn.sendall(b"-")
-                        continue
-                    try:
-                        socket.send_fds(conn, [b"+"], [descriptor])
-                    finally:
-                        os.close(descriptor)
-                except OSError:
-                    # The asker went away: its call fails on its own.
-                    continue
+                while True:
+                    timeout = None
+                    if askers:
+                        # In order of arrival, so the first is due first.
+                        first = next(iter(askers.values()))
+                        timeout = max(0.0, first.deadline - time.monotonic())
+                    for key, _ in selector.select(timeout):
+                        if key.fileobj is woken:
+                            return
+                        if key.fileobj is listener:
+                            self._accept(listener, selector, askers)
+                        else:
+                            conn = key.fileobj
+                            assert isinstance(conn, socket.socket)
+                            # None: dropped by an accept of this round.
+                            asker = askers.get(conn)
+                            if asker is not None and self._read(conn, asker):
+                                _forget(conn, selector, askers)
+                    now = time.monotonic()
+                    while askers:
+                        conn, asker = next(iter(askers.items()))
+                        if asker.deadline > now:
+                            break
+                        _forget(conn, selector, askers)
+            finally:
+                for conn in list(askers):
+                    _forget(conn, selector, askers)
 
+    def _accept(
+        self,
+        listener: socket.socket,
+        selector: selectors.BaseSelector,
+        askers: dict[socket.socket, _Asker],
+    ) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            # Out of descriptors: the calls asking fail on their own (their
+            # timeout) unless some close meanwhile.
+            time.sleep(_ACCEPT_RETRY_SECONDS)
+            return
+        conn.setblocking(False)
+        if len(askers) >= _ASKERS:
+            _forget(next(iter(askers)), selector, askers)
+        askers[conn] = _Asker(time.monotonic() + _TOKEN_SECONDS)
+        selector.register(conn, selectors.EVENT_READ)
 
-def _receive(conn: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        part = conn.recv(size - len(data))
+    def _read(self, conn: socket.socket, asker: _Asker) -> bool:
+        """Read what ``conn`` sent; answer it once its token is whole.
+        Whether the connection is done with."""
+        try:
+            part = conn.recv(_TOKEN_BYTES - len(asker.token))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
         if not part:
-            break
-        data += part
-    return data
+            return True
+        asker.token += part
+        if len(asker.token) < _TOKEN_BYTES:
+            return False
+        with self._lock:
+            descriptor = self._waiting.pop(bytes(asker.token), None)
+        try:
+            # One byte on a fresh connection: the socket's buffer has room.
+            if descriptor is None:
+                conn.send(b"-")
+            else:
+                socket.send_fds(conn, [b"+"], [descriptor])
+        except OSError:
+            # The asker went away: its call fails on its own.
+            pass
+        finally:
+            if descriptor is not None:
+                os.close(descriptor)
+        return True
+
+
+@dataclass(slots=True)
+class _Asker:
+    """A connection's token so far, and when it must be whole."""
+
+    deadline: float
+    token: bytearray = field(default_factory=bytearray)
+
+
+def _forget(
+    conn: socket.socket,
+    selector: selectors.BaseSelector,
+    askers: dict[socket.socket, _Asker],
+) -> None:
+    selector.unregister(conn)
+    del askers[conn]
+    conn.close()
 
 
 _tables: dict[int, Descriptors] = {}

@@ -1,12 +1,14 @@
 """What Predict requests must share to merge, and what each brings to a merge.
 
-The coalescer groups requests by key and fills each merged call up to two
-budgets: rows (``--coalesce-max-rows``) and tensor bytes (the request limit,
-``--max-request-tensor-bytes``). Every caller was checked against that limit on
-its own; a merge is one request to the backend, so it is held to it too. With
-TensorFlow's fill rule a Predict of a few bytes can declare the limit's worth,
-and without the budget 31 such callers made the gateway write a request of
-nearly 8 GiB.
+The coalescer groups requests by key and fills each merged call up to three
+budgets: rows (``--coalesce-max-rows``), tensor elements and tensor bytes (the
+request limits, ``--max-request-tensor-elements`` and
+``--max-request-tensor-bytes``; `clients.mergequeue`). Every caller was checked
+against those limits on its own; a merge is one request to the backend, which
+holds it to them too, so each caller's share is counted as the backend counts
+it. With TensorFlow's fill rule a Predict of a few bytes can declare the limit's
+worth, and without the byte budget 31 such callers made the gateway write a
+request of nearly 8 GiB.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Keyed(NamedTuple):
     nbytes: int
     """The bytes its tensors hold once decoded, as the request limit counts
     them (declared by the shapes, whatever the message's own size)."""
+    elements: int
+    """The elements its tensors hold, as the request limit counts them."""
 
 
 def spec_key(spec: messages.ModelSpec, output_filter: Sequence[str]) -> Key:
@@ -49,11 +53,12 @@ def spec_key(spec: messages.ModelSpec, output_filter: Sequence[str]) -> Key:
 
 def proto_key(request: messages.PredictRequest) -> Keyed | None:
     """A gRPC caller's key: model spec, output filter, each input's name, dtype
-    and trailing dimensions; its row count and declared bytes. None without
+    and trailing dimensions; its row count, declared bytes and elements. None without
     inputs, with a scalar, unknown-rank or negative-sized input, or with inputs
     whose leading dimensions differ."""
     rows = -1
     nbytes = 0
+    elements = 0
     layout: list[tuple[str, int, tuple[int, ...]]] = []
     inputs = request.inputs
     for name in sorted(inputs):
@@ -70,12 +75,14 @@ def proto_key(request: messages.PredictRequest) -> Keyed | None:
             rows = sizes[0]
         if sizes[0] != rows or rows < 1:
             return None
-        nbytes += declared_size(tensor, declared)[1]
+        count, size = declared_size(tensor, declared)
+        elements += count
+        nbytes += size
         layout.append((name, tensor.dtype, sizes[1:]))
     if rows == -1:
         return None
     key = spec_key(request.model_spec, request.output_filter) + (tuple(layout),)
-    return Keyed(key, rows, nbytes)
+    return Keyed(key, rows, nbytes, elements)
 
 
 def array_key(request: ArrayRequest) -> Keyed | None:
@@ -84,14 +91,14 @@ def array_key(request: ArrayRequest) -> Keyed | None:
     if layout_rows is None:
         return None
     layout, rows = layout_rows
-    _, nbytes = tensor_size(request.inputs.values())
+    elements, nbytes = tensor_size(request.inputs.values())
     key = spec_key(request.model_spec, request.output_filter) + (layout,)
-    return Keyed(key, rows, nbytes)
+    return Keyed(key, rows, nbytes, elements)
 
 
 def rest_key(request: RestPredict) -> Keyed:
     """An untranslated REST body's key: path, signature, format and layout.
     The backend types its values, so what it brings is the bytes the gateway
-    writes for it: its body's."""
+    writes for it, its body's, and the elements its rows' nesting declares."""
     key = (request.path, request.signature_name, request.columnar, request.layout)
-    return Keyed(key, request.rows, len(request.body))
+    return Keyed(key, request.rows, len(request.body), request.elements)

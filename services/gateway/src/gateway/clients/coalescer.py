@@ -20,10 +20,10 @@ strategy's (`clients.strategies`: protos from gRPC callers, arrays from REST
 callers whose JSON the gateway typed, REST bodies for the backend's REST API);
 each kind merges only with its own kind and gets its own kind back.
 
-A merged call holds at most ``max_rows`` rows and ``max_bytes`` of tensors (the
-request limit each caller was checked against alone, `clients.batchkeys`):
-waiting callers join the next call in their order while both budgets hold, and
-the first that would pass either starts the call after it.
+A merged call holds at most ``max_rows`` rows, and no more tensor elements and
+bytes than the backend accepts in one request (`clients.mergequeue`): waiting
+callers join the next call in their order while every budget holds, and the
+first that would pass one starts the call after it.
 
 Correctness comes first:
 - only requests whose inputs all share one leading (batch) dimension merge, and
@@ -46,9 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, overload
 
 from servekit_protocol import messages
@@ -61,6 +59,7 @@ from gateway.clients.backend import Metadata
 from gateway.clients.batchkeys import Key
 from gateway.clients.forwarded import ForwardedPredict
 from gateway.clients.http import HttpAnswer
+from gateway.clients.mergequeue import Budget, Group, Waiter
 from gateway.clients.restbatch import RestPredict
 from gateway.clients.strategies import (
     Parts,
@@ -84,73 +83,6 @@ _SWEEP_AT = 64
 """Groups kept before idle ones are looked for and dropped."""
 
 
-@dataclass(slots=True)
-class _Waiter:
-    request: Any
-    rows: int
-    nbytes: int
-    deadline: float
-    metadata: Metadata
-    future: asyncio.Future[Any]
-    keep_from: int | None = None
-
-
-@dataclass(slots=True)
-class _Group:
-    """The calls of one key: how many are in flight, who waits, how many rows.
-
-    Kept while busy, while callers it answered may come back, or while it
-    remembers a lowered row limit, so keys seen once do not accumulate."""
-
-    key: Key
-    strategy: Strategy[Any, Any]
-    addresses: tuple[str, ...]
-    max_rows: int
-    in_flight: int = 0
-    waiting: deque[_Waiter] = field(default_factory=deque)
-    waiting_rows: int = 0
-    waiting_bytes: int = 0
-    returning: int = 0
-    """Callers answered by recent calls that have not sent again."""
-    returning_until: float = 0.0
-    """When to stop expecting them (monotonic seconds)."""
-    call_seconds: float = 0.0
-    """Recent wall time of one backend call (exponential average)."""
-    hold: asyncio.TimerHandle | None = None
-
-    def popleft(self) -> None:
-        """The first waiter leaves the queue (sent, or gone)."""
-        waiter = self.waiting.popleft()
-        self.waiting_rows -= waiter.rows
-        self.waiting_bytes -= waiter.nbytes
-
-    def arrived(self, now: float) -> None:
-        """A request came: one answered caller fewer to expect."""
-        if now >= self.returning_until:
-            self.returning = 0
-        elif self.returning:
-            self.returning -= 1
-
-    def answered(self, callers: int, started: float) -> None:
-        """A call that served `callers` ended."""
-        now = time.monotonic()
-        elapsed = now - started
-        self.call_seconds = (
-            elapsed
-            if not self.call_seconds
-            else 0.8 * self.call_seconds + 0.2 * elapsed
-        )
-        self.returning += callers
-        self.returning_until = now + self.call_seconds
-
-    def idle(self, now: float) -> bool:
-        return (
-            self.in_flight == 0
-            and not self.waiting
-            and (not self.returning or now >= self.returning_until)
-        )
-
-
 class Coalescer:
     """Predict calls merged per key while one is in flight.
 
@@ -158,8 +90,10 @@ class Coalescer:
         strategies: which strategy serves each request type.
         observe_callers: told how many callers each backend call served.
         max_rows: most rows in one merged call (0 or 1: never merge).
-        max_bytes: most tensor bytes in one merged call (a lone call is the
-            caller's own, checked against the request limit before).
+        max_elements: most tensor elements in one merged call (the backend's
+            request limit; a lone call is the caller's own, checked against it
+            before).
+        max_bytes: most tensor bytes in one merged call, likewise.
         max_in_flight: calls of one key at once before further ones wait.
     """
 
@@ -169,15 +103,16 @@ class Coalescer:
         observe_callers: Callable[[int], None],
         *,
         max_rows: int,
+        max_elements: int,
         max_bytes: int,
         max_in_flight: int,
     ) -> None:
         self._strategies = strategies
         self._observe_callers = observe_callers
         self._max_rows = max_rows
-        self._max_bytes = max_bytes
+        self._budget = Budget(max_elements, max_bytes)
         self._max_in_flight = max(1, max_in_flight)
-        self._groups: dict[Key, _Group] = {}
+        self._groups: dict[Key, Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -280,7 +215,7 @@ class Coalescer:
             return await strategy.call(
                 addresses, request, deadline, metadata, keep_from
             )
-        strategy_key, rows, nbytes = keyed
+        strategy_key, rows, nbytes, elements = keyed
         key = (id(strategy), tuple(addresses), *strategy_key)
         group = self._groups.get(key)
         limit = self._max_rows if group is None else group.max_rows
@@ -292,7 +227,7 @@ class Coalescer:
         if group is None:
             if len(self._groups) >= _SWEEP_AT:
                 self._forget_idle(now)
-            group = _Group(key, strategy, tuple(addresses), self._max_rows)
+            group = Group(key, strategy, tuple(addresses), self._max_rows)
             self._groups[key] = group
         group.arrived(now)
         if (
@@ -310,11 +245,11 @@ class Coalescer:
                 self._release(group)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        group.waiting.append(
-            _Waiter(request, rows, nbytes, deadline, metadata, future, keep_from)
+        group.append(
+            Waiter(
+                request, rows, nbytes, elements, deadline, metadata, future, keep_from
+            )
         )
-        group.waiting_rows += rows
-        group.waiting_bytes += nbytes
         self._dispatch(group)
         # A timer on the future itself: asyncio.wait_for wraps it in more
         # futures and callbacks, a visible cost on every merged request.
@@ -324,15 +259,11 @@ class Coalescer:
         finally:
             timer.cancel()
 
-    def _dispatch(self, group: _Group) -> None:
+    def _dispatch(self, group: Group) -> None:
         """Send what waits, as merged calls, while the key has room in flight
         and no answered caller is still expected."""
         while group.in_flight < self._max_in_flight and group.waiting:
-            if (
-                group.returning
-                and group.waiting_rows < group.max_rows
-                and group.waiting_bytes < self._max_bytes
-            ):
+            if group.returning and not group.fills_a_call(self._budget):
                 wait = group.returning_until - time.monotonic()
                 if wait > 0:
                     if group.hold is None:
@@ -344,23 +275,7 @@ class Coalescer:
                 group.hold.cancel()
                 group.hold = None
             group.returning = 0
-            batch: list[_Waiter] = []
-            rows = 0
-            nbytes = 0
-            while group.waiting:
-                waiter = group.waiting[0]
-                if waiter.future.done():  # gave up (deadline or disconnect)
-                    group.popleft()
-                    continue
-                if batch and (
-                    rows + waiter.rows > group.max_rows
-                    or nbytes + waiter.nbytes > self._max_bytes
-                ):
-                    break
-                group.popleft()
-                batch.append(waiter)
-                rows += waiter.rows
-                nbytes += waiter.nbytes
+            batch = group.next_call(self._budget)
             if not batch:
                 return
             group.in_flight += 1
@@ -368,7 +283,7 @@ class Coalescer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _end_hold(self, group: _Group) -> None:
+    def _end_hold(self, group: Group) -> None:
         group.hold = None
         group.returning = 0
         self._dispatch(group)
@@ -378,11 +293,11 @@ class Coalescer:
             if self._forgettable(group, now):
                 del self._groups[key]
 
-    def _forgettable(self, group: _Group, now: float) -> bool:
+    def _forgettable(self, group: Group, now: float) -> bool:
         """Idle, and with nothing to remember (its row limit is the default)."""
         return group.idle(now) and group.max_rows == self._max_rows
 
-    async def _serve(self, group: _Group, batch: list[_Waiter]) -> None:
+    async def _serve(self, group: Group, batch: list[Waiter]) -> None:
         started = time.monotonic()
         try:
             self._observe_callers(len(batch))
@@ -401,14 +316,14 @@ class Coalescer:
             group.answered(len(batch), started)
             self._release(group)
 
-    def _release(self, group: _Group) -> None:
+    def _release(self, group: Group) -> None:
         """One call of the group ended: send what waits, forget an idle group."""
         group.in_flight -= 1
         self._dispatch(group)
         if self._forgettable(group, time.monotonic()):
             self._groups.pop(group.key, None)
 
-    async def _one(self, group: _Group, waiter: _Waiter) -> bool:
+    async def _one(self, group: Group, waiter: Waiter) -> bool:
         """Serve one caller on its own; True when it got a successful answer."""
         try:
             response = await group.strategy.call(
@@ -426,11 +341,11 @@ class Coalescer:
             waiter.future.set_result(response)
         return group.strategy.succeeded(response)
 
-    async def _one_by_one(self, group: _Group, batch: list[_Waiter]) -> bool:
+    async def _one_by_one(self, group: Group, batch: list[Waiter]) -> bool:
         results = await asyncio.gather(*(self._one(group, w) for w in batch))
         return all(results)
 
-    async def _merged(self, group: _Group, batch: list[_Waiter]) -> None:
+    async def _merged(self, group: Group, batch: list[Waiter]) -> None:
         rows = [waiter.rows for waiter in batch]
         try:
             outcome = await group.strategy.call_merged(
@@ -464,7 +379,7 @@ class Coalescer:
             await self._separate(group, batch, outcome)
 
     async def _separate(
-        self, group: _Group, batch: list[_Waiter], outcome: Separately
+        self, group: Group, batch: list[Waiter], outcome: Separately
     ) -> None:
         """Serve a refused merge's callers one by one; if they all succeed and the
         merge is to blame, halve the key's row limit."""
@@ -478,7 +393,7 @@ class Coalescer:
             )
 
 
-def _merged_call(batch: Sequence[_Waiter]) -> tuple[float, Metadata]:
+def _merged_call(batch: Sequence[Waiter]) -> tuple[float, Metadata]:
     """Deadline and metadata of a merged call: the latest deadline, and every
     caller's request id."""
     ids = ",".join(

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
+from math import prod
 from typing import Any
 
 import orjson
@@ -49,6 +50,9 @@ class RestPredict:
     layout: Layout
     """What another body must share to merge: format, input names, row shapes."""
     rows: int
+    elements: int
+    """What the backend's request limit counts of it: the rows times the
+    elements its first row declares by its nesting, every input together."""
 
 
 def _dims(value: Any) -> tuple[int, ...]:
@@ -68,6 +72,10 @@ def _row_layout(row: Any) -> Layout | None:
             return None
         return tuple((name, _dims(row[name])) for name in sorted(row))
     return ("value", _dims(row))
+
+
+def _row_elements(shapes: Sequence[tuple[int, ...]]) -> int:
+    return sum(prod(shape) for shape in shapes)
 
 
 def _batch(value: Any) -> tuple[int, tuple[int, ...]] | None:
@@ -102,8 +110,17 @@ def rest_predict(path: str, body: bytes) -> RestPredict | None:
         layout = _row_layout(instances[0])
         if layout is None:
             return None
+        first = instances[0]
+        # A row of named inputs counts each one's values; the backend counts
+        # those its signature names, so never more.
+        row = _row_elements(
+            [_dims(first[name]) for name in first]
+            if type(first) is dict
+            else [_dims(first)]
+        )
+        rows = len(instances)
         return RestPredict(
-            path, body, signature_name, False, instances, layout, len(instances)
+            path, body, signature_name, False, instances, layout, rows, rows * row
         )
     inputs = document.get("inputs")
     if type(inputs) is dict:
@@ -117,14 +134,23 @@ def rest_predict(path: str, body: bytes) -> RestPredict | None:
                 return None
             rows = batch[0]
             shapes.append((name, batch[1]))
+        elements = rows * _row_elements([shape for _, shape in shapes])
         return RestPredict(
-            path, body, signature_name, True, inputs, ("named", *shapes), rows
+            path, body, signature_name, True, inputs, ("named", *shapes), rows, elements
         )
     batch = _batch(inputs)
     if batch is None:
         return None
+    rows, shape = batch
     return RestPredict(
-        path, body, signature_name, True, inputs, ("single", batch[1]), batch[0]
+        path,
+        body,
+        signature_name,
+        True,
+        inputs,
+        ("single", shape),
+        rows,
+        rows * prod(shape),
     )
 
 
