@@ -163,8 +163,8 @@ class InferAnswer:
     the request set `CallContext.keep_answer_from`."""
 
 
-def _check_limits(gateway: Gateway, parsed: InferRequest) -> None:
-    check_tensor_limits(parsed, gateway.gatekeeper.tensor_limits)
+def _check_limits(gateway: Gateway, parsed: InferRequest) -> tuple[int, int]:
+    return check_tensor_limits(parsed, gateway.gatekeeper.tensor_limits)
 
 
 async def infer(
@@ -214,9 +214,11 @@ async def infer(
             parsed_holder[:] = [parsed.request]
             spec = messages.ModelSpec(signature_name=signature)
             return WrittenPredict(spec, {}, memoryview(b""), parts=parsed.parts)
-        _check_limits(gateway, parsed)
+        size = _check_limits(gateway, parsed)
         parsed_holder[:] = [parsed]
-        request = ArrayRequest(parsed.inputs, output_filter=tuple(parsed.outputs or ()))
+        request = ArrayRequest(
+            parsed.inputs, output_filter=tuple(parsed.outputs or ()), size=size
+        )
         if signature:
             request.model_spec.signature_name = signature
         return request

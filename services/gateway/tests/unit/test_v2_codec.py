@@ -4,13 +4,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gateway.clients.arrays import ArrayRequest
+from gateway.clients.batchkeys import array_key
 from gateway.codecs.v2 import (
     V2_TO_NUMPY,
+    check_tensor_limits,
     format_infer_response,
     parse_infer_request,
     v2_datatype,
 )
 from gateway.errors import InvalidInput
+from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.tensor_limits import TensorLimits
 
 
 @pytest.mark.parametrize(
@@ -94,6 +99,40 @@ def test_bytes_are_utf8_text_and_binary_stays_b64() -> None:
     out = format_infer_response("m", "1", {"t": parsed.inputs["t"]})["outputs"][0]
     assert out["datatype"] == "BYTES"
     assert out["data"] == ["héllo", {"b64": "AP8="}]
+
+
+def test_the_limit_check_hands_its_count_to_the_merge_key() -> None:
+    parsed = parse_infer_request(
+        {
+            "inputs": [
+                {
+                    "name": "t",
+                    "shape": [2, 2],
+                    "datatype": "BYTES",
+                    "data": ["héllo", "", {"b64": "AP8="}, "abc"],
+                },
+                {"name": "x", "shape": [2, 3], "datatype": "UINT8", "data": [1] * 6},
+            ]
+        }
+    )
+    # A reference (8 bytes) per string besides its UTF-8 bytes, as the request
+    # limit counts them; then six uint8 values.
+    counted = (4 + 6, 4 * 8 + (6 + 0 + 2 + 3) + 6)
+    assert check_tensor_limits(parsed, TensorLimits(10, 49)) == counted
+    for tight in (TensorLimits(9, 49), TensorLimits(10, 48)):
+        with pytest.raises(InvalidArgument):
+            check_tensor_limits(parsed, tight)
+    carried = ArrayRequest(parsed.inputs, size=counted)
+    walked = ArrayRequest(parsed.inputs)
+    assert array_key(carried) == array_key(walked)
+    # The key takes the carried count as it is: the strings are not walked again.
+    stated = array_key(ArrayRequest(parsed.inputs, size=(1, 2)))
+    assert stated is not None and (stated.elements, stated.nbytes) == (1, 2)
+    keyed = array_key(carried.copy())
+    assert keyed is not None and (keyed.rows, keyed.elements, keyed.nbytes) == (
+        2,
+        *counted,
+    )
 
 
 def test_outputs_id_and_parameters_are_kept() -> None:

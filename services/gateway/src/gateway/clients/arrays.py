@@ -32,6 +32,10 @@ class ArrayRequest:
     inputs: dict[str, Array]
     model_spec: messages.ModelSpec = field(default_factory=messages.ModelSpec)
     output_filter: tuple[str, ...] = ()
+    size: tuple[int, int] | None = None
+    """The inputs' `tensor_size`, when the request limit was checked on it
+    already: counting a string tensor's bytes walks every value, on the event
+    loop, and the coalescer needs the same count."""
 
     def to_proto(self) -> messages.PredictRequest:
         """The request as the backend receives it.
@@ -51,7 +55,7 @@ class ArrayRequest:
         """Another request with the same (shared, never modified) arrays."""
         spec = messages.ModelSpec()
         spec.CopyFrom(self.model_spec)
-        return ArrayRequest(dict(self.inputs), spec, self.output_filter)
+        return ArrayRequest(dict(self.inputs), spec, self.output_filter, self.size)
 
 
 @dataclass(slots=True)

@@ -91,7 +91,8 @@ def array_key(request: ArrayRequest) -> Keyed | None:
     if layout_rows is None:
         return None
     layout, rows = layout_rows
-    elements, nbytes = tensor_size(request.inputs.values())
+    size = request.size
+    elements, nbytes = tensor_size(request.inputs.values()) if size is None else size
     key = spec_key(request.model_spec, request.output_filter) + (layout,)
     return Keyed(key, rows, nbytes, elements)
 

@@ -303,15 +303,18 @@ def read_parameters(header: bytes) -> dict[str, Any]:
     return parameters
 
 
-def check_tensor_limits(parsed: InferRequest, limits: TensorLimits) -> None:
-    """Refuse a request whose inputs hold more than ``limits``, together.
+def check_tensor_limits(parsed: InferRequest, limits: TensorLimits) -> tuple[int, int]:
+    """Refuse a request whose inputs hold more than ``limits``, together; the
+    elements and bytes counted (`ArrayRequest.size`).
 
     Raises:
         InvalidArgument: above the limits.
     """
     # A v2 tensor carries every element it declares (no fill rule), so its size
     # is bounded by the body's; the request-wide cap still applies, as on v1.
-    limits.check(*tensor_size(parsed.inputs.values()))
+    size = tensor_size(parsed.inputs.values())
+    limits.check(*size)
+    return size
 
 
 def parse_infer_body(
