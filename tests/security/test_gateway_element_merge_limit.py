@@ -12,8 +12,8 @@ INVALID_ARGUMENT and the gateway served its callers one by one. The merged call
 is now filled while both hold, so callers that fit still merge and the first
 that would pass the elements goes in the next call.
 
-Over gRPC Predict, REST v1 and v2 typed by the gateway (no REST backend), and
-REST v1 bodies merged as JSON for the backend's REST port.
+Over gRPC Predict, and ModelInfer, REST v1 and v2 typed by the gateway (no REST
+backend), and REST v1 bodies merged as JSON for the backend's REST port.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
 from servekit_protocol import messages
+from servekit_protocol import oip_messages as oip
 
 from tests.security.merging_stack import (
     CALLER_ROWS,
@@ -41,6 +42,7 @@ from tests.security.merging_stack import (
 )
 from tests.security.recording import PREDICT
 from tests.security.stack import assert_no_traceback
+from tests.security.test_gateway_large_grpc import MODEL_INFER
 from tests.support.gateway import GatewayProcess, running_gateway
 from tests.support.models import publish_regression
 from tests.support.modelserver import ModelServer, model_server
@@ -151,9 +153,21 @@ def _inputs(caller: int, rows: int) -> dict[str, Any]:
     }
 
 
+def _infer(caller: int, rows: int) -> bytes:
+    request = oip.ModelInferRequest(model_name=MODEL)
+    tensor = request.inputs.add(name="x", datatype="UINT8", shape=[rows, 1])
+    tensor.contents.uint_contents.extend(_values(caller, rows))
+    return request.SerializeToString()
+
+
 def _predict_values(data: bytes) -> np.ndarray:
     output = messages.PredictResponse.FromString(data).outputs["predictions"]
     return np.asarray(output.double_val or np.frombuffer(output.tensor_content))
+
+
+def _infer_values(data: bytes) -> np.ndarray:
+    output = oip.ModelInferResponse.FromString(data).outputs[0]
+    return np.asarray(output.contents.fp64_contents, dtype=np.float64)
 
 
 def _v1_values(body: bytes) -> np.ndarray:
@@ -167,18 +181,28 @@ def _v2_values(body: bytes) -> np.ndarray:
 Outcomes = list[tuple[bool, bytes]]
 
 
-def _grpc(gateway: GatewayProcess) -> Outcomes:
-    outcomes = concurrent_calls(gateway, PREDICT, _predict)
-    return [(status == "OK", data) for status, data in outcomes]
+def _calls(
+    method: str, request: Callable[[int, int], bytes]
+) -> Callable[[GatewayProcess], Outcomes]:
+    def run(gateway: GatewayProcess) -> Outcomes:
+        outcomes = concurrent_calls(gateway, method, request)
+        return [(status == "OK", data) for status, data in outcomes]
+
+    return run
 
 
-def _lone_grpc(gateway: GatewayProcess, caller: int) -> bytes:
-    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
-    with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
-        data: bytes = channel.unary_unary(PREDICT)(
-            _predict(caller, CALLER_ROWS), timeout=60
-        )
-    return data
+def _lone_call(
+    method: str, request: Callable[[int, int], bytes]
+) -> Callable[[GatewayProcess, int], bytes]:
+    def run(gateway: GatewayProcess, caller: int) -> bytes:
+        options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
+        with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
+            data: bytes = channel.unary_unary(method)(
+                request(caller, CALLER_ROWS), timeout=60
+            )
+        return data
+
+    return run
 
 
 def _posts(
@@ -207,7 +231,18 @@ def _lone_post(
 V1 = f"/v1/models/{MODEL}:predict"
 V2 = f"/v2/models/{MODEL}/infer"
 CASES = {
-    "grpc-predict": ("typed", _grpc, _lone_grpc, _predict_values),
+    "grpc-predict": (
+        "typed",
+        _calls(PREDICT, _predict),
+        _lone_call(PREDICT, _predict),
+        _predict_values,
+    ),
+    "grpc-model-infer": (
+        "typed",
+        _calls(MODEL_INFER, _infer),
+        _lone_call(MODEL_INFER, _infer),
+        _infer_values,
+    ),
     "v1-json-typed": (
         "typed",
         _posts(V1, _instances),

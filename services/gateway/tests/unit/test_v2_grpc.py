@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,11 +25,19 @@ from gateway.codecs.v2_grpc import (
 from gateway.errors import InvalidInput
 from servekit_protocol import messages, segments
 from servekit_protocol import oip_messages as oip
+from servekit_protocol.descriptors import Descriptors
 from servekit_protocol.errors import InvalidArgument
 from servekit_protocol.messagepipe import MessagePipe, MessagePipes
 from servekit_protocol.tensor_limits import TensorLimits
 
 Result = TypeVar("Result")
+
+
+@pytest.fixture
+def descriptors() -> Iterator[Descriptors]:
+    table = Descriptors()
+    yield table
+    table.close()
 
 
 def _request() -> oip.ModelInferRequest:
@@ -240,13 +248,15 @@ def test_a_predict_with_no_room_in_shared_memory_comes_back_itself() -> None:
 
 
 @pytest.mark.parametrize("raw", [False, True])
-def test_a_message_through_its_pipes_encodes_as_its_bytes_do(raw: bool) -> None:
+def test_a_message_through_its_pipes_encodes_as_its_bytes_do(
+    raw: bool, descriptors: Descriptors
+) -> None:
     # This process plays the worker: it takes the pipes' ends as a worker
     # does, through the pickled handles.
     data = _large_request(raw).SerializeToString()
     wanted = {"x": np.dtype(np.float64)}
-    pipes = MessagePipes(memoryview(data))
-    sending = MessagePipe(memoryview(data))
+    pipes = MessagePipes(memoryview(data), descriptors)
+    sending = MessagePipe(memoryview(data), descriptors)
     try:
         head = read_infer_message(pickle.loads(pickle.dumps(sending.message)))
     finally:
@@ -270,9 +280,11 @@ def test_a_message_through_its_pipes_encodes_as_its_bytes_do(raw: bool) -> None:
     assert written.message == b""
 
 
-def test_a_piped_message_over_the_tensor_limits_sends_no_predict() -> None:
+def test_a_piped_message_over_the_tensor_limits_sends_no_predict(
+    descriptors: Descriptors,
+) -> None:
     data = _large_request(raw=False).SerializeToString()
-    pipes = MessagePipes(memoryview(data))
+    pipes = MessagePipes(memoryview(data), descriptors)
     refused = _answered(
         encode_infer_piped,
         pickle.loads(pickle.dumps(pipes.message)),

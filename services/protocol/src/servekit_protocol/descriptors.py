@@ -89,7 +89,13 @@ class SharedDescriptor:
 
 class Descriptors:
     """The server's side: duplicates waiting for their workers, and the
-    thread handing them out (started with the first)."""
+    thread handing them out (started with the first, stopped by
+    :meth:`close`; a later :meth:`share` starts another).
+
+    Made with the workers it serves
+    (:class:`~servekit_protocol.json_codec.BodyParsers`) and handed to each
+    pipe a call opens.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -97,14 +103,13 @@ class Descriptors:
         self._address = ""
         self._wake: socket.socket | None = None
         self._server: threading.Thread | None = None
-        self._closed = False
+        self._pid = os.getpid()
 
     def share(self, descriptor: int) -> SharedDescriptor:
         """A handle on a duplicate of ``descriptor`` (the caller keeps its own).
 
         Raises:
-            OSError: No duplicate, or no socket to hand it out (or the table
-                is closed).
+            OSError: No duplicate, or no socket to hand it out.
         """
         token = secrets.token_bytes(_TOKEN_BYTES)
         with self._lock:
@@ -128,7 +133,6 @@ class Descriptors:
         """Close the duplicates still waiting (a worker asking later is told
         they were dropped, or finds no socket), the socket and its thread."""
         with self._lock:
-            self._closed = True
             waiting, self._waiting = self._waiting, {}
             wake, self._wake = self._wake, None
             server, self._server = self._server, None
@@ -141,8 +145,11 @@ class Descriptors:
             server.join()
 
     def _listening(self) -> str:
-        if self._closed:
-            raise OSError("the descriptor table is closed")
+        if self._pid != os.getpid():
+            # A forked child: its parent's thread does not run here, and the
+            # socket is the parent's.
+            self._waiting, self._wake, self._server = {}, None, None
+            self._pid = os.getpid()
         if self._server is None:
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             wake, woken = socket.socketpair()
@@ -271,15 +278,3 @@ def _forget(
     selector.unregister(conn)
     del askers[conn]
     conn.close()
-
-
-_tables: dict[int, Descriptors] = {}
-_tables_lock = threading.Lock()
-
-
-def process_descriptors() -> Descriptors:
-    """The running process's table: one socket and thread a process, as
-    :mod:`multiprocessing` keeps one resource sharer (a forked child gets a
-    new one: its parent's thread does not run there)."""
-    with _tables_lock:
-        return _tables.setdefault(os.getpid(), Descriptors())

@@ -7,10 +7,11 @@ buffer): 0.3-0.4 s of GIL for 256 MiB, which on a loaded machine made the
 event loop's thread wait 90-960 ms at a time. Here the bytes go from the
 received buffer straight into a pipe made for the call: ``os.write`` of views
 (no copy, the GIL released while the kernel copies), from a thread of the
-call's own. The worker gets the pipe's read end through
-:mod:`~servekit_protocol.descriptors` (descriptor passing over a Unix
-socket, no file of any size; the server closes its duplicate once the call is
-over, taken or not) and reads the message into one buffer. The
+call's own. The worker gets the pipe's read end through the table each pipe
+is handed (:class:`~servekit_protocol.descriptors.Descriptors`, the workers'
+own: descriptor passing over a Unix socket, no file of any size; the server
+closes its duplicate once the call is over, taken or not) and reads the
+message into one buffer. The
 arrays come back the same way (:class:`ArraysPipe`): the worker writes a small
 header (names, types, shapes) and their bytes; a thread of the server's reads
 them straight into new arrays (``os.readv``, the GIL released), where the
@@ -33,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pickle
 import select
 import threading
 from collections.abc import Awaitable
@@ -41,16 +41,17 @@ from dataclasses import dataclass
 from multiprocessing import reduction
 from typing import Any, TypeVar
 
-import numpy as np
+from servekit_protocol.descriptors import Descriptors, SharedDescriptor
+from servekit_protocol.pipeframes import (
+    WRITE_BYTES,
+    Arrays,
+    array_parts,
+    read_arrays,
+    write_all,
+)
 
-from servekit_protocol.descriptors import SharedDescriptor, process_descriptors
-
-Arrays = dict[str, np.ndarray[Any, Any]]
 Result = TypeVar("Result")
 
-_WRITE_BYTES = 1 << 20
-"""Most bytes one ``write`` is given: the pipe takes what it has room for
-(64 KiB by default) either way; a bound keeps each call's view small."""
 _POLL_SECONDS = 0.1
 """How often the writer checks that the call still wants the bytes (its
 worker may have died before reading them all)."""
@@ -98,7 +99,7 @@ class PipedMessage:
         """
         descriptor = self.reader.detach()
         try:
-            return _read_arrays(descriptor)
+            return read_arrays(descriptor)
         finally:
             os.close(descriptor)
 
@@ -109,17 +110,18 @@ class MessagePipe:
 
     Args:
         view: The message; it must stay unchanged until :meth:`close`.
+        descriptors: The table the worker takes the pipe's end from.
 
     Raises:
         OSError: No pipe, or its descriptor could not be shared (the caller
             falls back to pickling the message).
     """
 
-    def __init__(self, view: memoryview) -> None:
-        self._start([view.cast("B") if view.format != "B" else view])
+    def __init__(self, view: memoryview, descriptors: Descriptors) -> None:
+        self._start([view.cast("B") if view.format != "B" else view], descriptors)
 
     @classmethod
-    def for_arrays(cls, arrays: Arrays) -> MessagePipe:
+    def for_arrays(cls, arrays: Arrays, descriptors: Descriptors) -> MessagePipe:
         """A pipe carrying ``arrays`` (numeric; they must stay unchanged until
         :meth:`close`) to a worker, which reads them with
         :meth:`PipedMessage.received_arrays`.
@@ -128,15 +130,16 @@ class MessagePipe:
             OSError: No pipe, or its descriptor could not be shared.
         """
         pipe = cls.__new__(cls)
-        pipe._start(_array_parts(arrays))
+        pipe._start(array_parts(arrays), descriptors)
         return pipe
 
-    def _start(self, parts: list[memoryview]) -> None:
+    def _start(self, parts: list[memoryview], descriptors: Descriptors) -> None:
+        self._descriptors = descriptors
         read_end, self._write_end = os.pipe()
         try:
-            # Duplicated now, kept in the process's table (a thread and a
-            # Unix socket, started once): the worker fetches it as it reads.
-            reader = process_descriptors().share(read_end)
+            # Duplicated now, kept in the table (a thread and a Unix socket,
+            # started once): the worker fetches it as it reads.
+            reader = descriptors.share(read_end)
         except BaseException:
             os.close(self._write_end)
             raise
@@ -161,7 +164,7 @@ class MessagePipe:
                         return
                     select.select([], [descriptor], [], _POLL_SECONDS)
                     try:
-                        done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                        done += os.write(descriptor, view[done : done + WRITE_BYTES])
                     except BlockingIOError:
                         continue
         except BrokenPipeError:
@@ -175,11 +178,7 @@ class MessagePipe:
         writer (blocks up to ``_POLL_SECONDS``: call it in a thread)."""
         self._stop.set()
         self._writer.join()
-        process_descriptors().drop(self.message.reader)
-
-
-_HEADER_SIZE_BYTES = 8
-"""Length prefix of the arrays' header."""
+        self._descriptors.drop(self.message.reader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +196,8 @@ class PipedArrays:
         numeric arrays)."""
         descriptor = self.writer.detach()
         try:
-            for part in _array_parts(arrays):
-                _write_all(descriptor, part)
+            for part in array_parts(arrays):
+                write_all(descriptor, part)
         finally:
             os.close(descriptor)
 
@@ -209,70 +208,22 @@ class PipedArrays:
         os.close(self.writer.detach())
 
 
-def _array_parts(arrays: Arrays) -> list[memoryview]:
-    # The header's length, the header (names, types, shapes), each array's
-    # bytes: what :func:`_read_arrays` reads.
-    header = pickle.dumps(
-        [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
-    )
-    return [
-        memoryview(len(header).to_bytes(_HEADER_SIZE_BYTES, "big")),
-        memoryview(header),
-        # A copy in C order for an array that is not one already.
-        *(array.reshape(-1).view(np.uint8).data for array in arrays.values()),
-    ]
-
-
-def _write_all(descriptor: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.write(descriptor, view[done : done + _WRITE_BYTES])
-
-
-def _read_into(descriptor: int, view: memoryview) -> None:
-    done = 0
-    while done < len(view):
-        read = os.readv(descriptor, [view[done:]])
-        if read == 0:
-            raise OSError("the arrays' pipe ended early")
-        done += read
-
-
-def _read_bytes(descriptor: int, size: int) -> bytearray:
-    buffer = bytearray(size)
-    _read_into(descriptor, memoryview(buffer))
-    return buffer
-
-
-def _read_arrays(descriptor: int) -> Arrays:
-    """The arrays :func:`_array_parts` made, read from ``descriptor``.
-
-    Raises:
-        OSError: The pipe ended before the arrays did.
-    """
-    size = int.from_bytes(_read_bytes(descriptor, _HEADER_SIZE_BYTES), "big")
-    header = pickle.loads(_read_bytes(descriptor, size))
-    received: Arrays = {}
-    for name, dtype, shape in header:
-        array: np.ndarray[Any, Any] = np.empty(shape, np.dtype(dtype))
-        _read_into(descriptor, array.reshape(-1).view(np.uint8).data)
-        received[name] = array
-    return received
-
-
 class ArraysPipe:
     """The server's side of the arrays' pipe: :attr:`arrays` for the worker, a
     thread reading what the worker sends into new arrays.
+
+    Args:
+        descriptors: The table the worker takes the pipe's end from.
 
     Raises:
         OSError: No pipe, or its descriptor could not be shared.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, descriptors: Descriptors) -> None:
+        self._descriptors = descriptors
         self._read_end, write_end = os.pipe()
         try:
-            writer = process_descriptors().share(write_end)
+            writer = descriptors.share(write_end)
         except BaseException:
             os.close(self._read_end)
             raise
@@ -296,7 +247,7 @@ class ArraysPipe:
             while not select.select([descriptor], [], [], _POLL_SECONDS)[0]:
                 if self._stop.is_set():
                     return
-            self._received = _read_arrays(descriptor)
+            self._received = read_arrays(descriptor)
         except OSError as exc:
             self._error = exc
         finally:
@@ -311,7 +262,7 @@ class ArraysPipe:
         """
         self._stop.set()
         self._reader.join()
-        process_descriptors().drop(self.arrays.writer)
+        self._descriptors.drop(self.arrays.writer)
         if self._error is not None:
             raise self._error
         return self._received or {}
@@ -322,16 +273,17 @@ class MessagePipes:
 
     Args:
         view: The message; it must stay unchanged until the call is over.
+        descriptors: The table the worker takes the pipes' ends from.
 
     Raises:
         OSError: No pipes could be made (the caller hands the message over
             pickled, :class:`~servekit_protocol.pickledmessage.MessageBytes`).
     """
 
-    def __init__(self, view: memoryview) -> None:
-        self._sending = MessagePipe(view)
+    def __init__(self, view: memoryview, descriptors: Descriptors) -> None:
+        self._sending = MessagePipe(view, descriptors)
         try:
-            self._receiving = ArraysPipe()
+            self._receiving = ArraysPipe(descriptors)
         except BaseException:
             self._sending.close()
             raise
@@ -390,7 +342,7 @@ class ReturnedArrays:
         """
         descriptor = self.reader.detach()
         try:
-            return _read_arrays(descriptor)
+            return read_arrays(descriptor)
         finally:
             os.close(descriptor)
 
@@ -420,7 +372,7 @@ class ReturnedBytes:
             parts = []
             done = 0
             while done < self.size:
-                part = os.read(descriptor, min(self.size - done, _WRITE_BYTES))
+                part = os.read(descriptor, min(self.size - done, WRITE_BYTES))
                 if not part:
                     raise OSError(f"the answer's pipe ended at {done} bytes")
                 parts.append(part)
@@ -454,7 +406,7 @@ def send_back(arrays: Arrays) -> ReturnedArrays:
         OSError: No pipe, or its descriptor could not be shared (the caller
             falls back to pickling the arrays).
     """
-    return ReturnedArrays(_sending_thread(_array_parts(arrays)))
+    return ReturnedArrays(_sending_thread(array_parts(arrays)))
 
 
 def _sending_thread(parts: list[memoryview]) -> Any:
@@ -486,7 +438,7 @@ def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
                         return
                     continue
                 try:
-                    done += os.write(descriptor, view[done : done + _WRITE_BYTES])
+                    done += os.write(descriptor, view[done : done + WRITE_BYTES])
                 except BlockingIOError:
                     continue
                 waited = 0.0

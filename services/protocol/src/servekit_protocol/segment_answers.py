@@ -103,7 +103,9 @@ async def _write(
             segments.unlink_soon(arrays_segment)
             slots = []
             try:
-                sending = await asyncio.to_thread(MessagePipe.for_arrays, numeric)
+                sending = await asyncio.to_thread(
+                    MessagePipe.for_arrays, numeric, parsers.descriptors
+                )
             except OSError as no_pipe:
                 _warn(ARRAYS, exc, directory, _pickled(no_pipe))
                 pickled = arrays

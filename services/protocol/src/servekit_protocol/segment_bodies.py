@@ -42,7 +42,6 @@ from servekit_protocol.json_codec.predict import (
     parse_predict_request,
 )
 from servekit_protocol.messagepipe import (
-    Arrays,
     MessagePipe,
     MessagePipes,
     PipedArrays,
@@ -50,6 +49,7 @@ from servekit_protocol.messagepipe import (
     ReturnedArrays,
     send_back,
 )
+from servekit_protocol.pipeframes import Arrays
 from servekit_protocol.tensor_limits import TensorLimits
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,9 @@ async def _parse_piped(
     # The body through a pipe of its own, its arrays back through another;
     # both pickled through the pool's pipe when no such pipes can be made.
     try:
-        pipes = await asyncio.to_thread(MessagePipes, memoryview(body))
+        pipes = await asyncio.to_thread(
+            MessagePipes, memoryview(body), parsers.descriptors
+        )
     except OSError as no_pipe:
         _warn(exc, parsers.segment_dir, _pickled(no_pipe))
         return await parsers.in_worker(parse_predict_request, body, specs, limits)
@@ -267,7 +269,9 @@ async def _run_piped(
     # The body through a pipe of its own; pickled through the pool's pipe
     # when no such pipe can be made.
     try:
-        sending = await asyncio.to_thread(MessagePipe, memoryview(body))
+        sending = await asyncio.to_thread(
+            MessagePipe, memoryview(body), parsers.descriptors
+        )
     except OSError as no_pipe:
         _warn(exc, parsers.segment_dir, _pickled(no_pipe))
         return await parsers.in_worker(function, body, *args)

@@ -1,13 +1,18 @@
 """The table handing a pipe's end to its worker
 (:mod:`servekit_protocol.descriptors`): a connection that sends nothing, or
-part of a token, holds up no other asker, and is dropped soon."""
+part of a token, holds up no other asker, and is dropped soon; a closed table
+holds no descriptor."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 import time
+from collections.abc import Iterator
 
+import pytest
+from servekit_protocol.descriptors import Descriptors
 from servekit_protocol.messagepipe import MessagePipe, PipedMessage
 
 TAKEN_SECONDS = 5.0
@@ -21,6 +26,13 @@ DROPPED_SECONDS = 20.0
 under the 30 s a worker would wait for its answer."""
 SILENT_ASKERS = 300
 """More connections than the table keeps waiting for their tokens (256)."""
+
+
+@pytest.fixture
+def descriptors() -> Iterator[Descriptors]:
+    table = Descriptors()
+    yield table
+    table.close()
 
 
 def _data() -> bytes:
@@ -54,8 +66,8 @@ def _taken_promptly(handed: PipedMessage) -> None:
     assert time.monotonic() - started < TAKEN_SECONDS
 
 
-def test_a_silent_asker_holds_up_no_other() -> None:
-    pipe = MessagePipe(memoryview(_data()))
+def test_a_silent_asker_holds_up_no_other(descriptors: Descriptors) -> None:
+    pipe = MessagePipe(memoryview(_data()), descriptors)
     try:
         handed = pickle.loads(pickle.dumps(pipe.message))
         address, token = handed.reader.address, handed.reader.token
@@ -71,8 +83,8 @@ def test_a_silent_asker_holds_up_no_other() -> None:
         pipe.close()
 
 
-def test_many_silent_askers_hold_up_no_other() -> None:
-    pipe = MessagePipe(memoryview(_data()))
+def test_many_silent_askers_hold_up_no_other(descriptors: Descriptors) -> None:
+    pipe = MessagePipe(memoryview(_data()), descriptors)
     silent: list[socket.socket] = []
     try:
         handed = pickle.loads(pickle.dumps(pipe.message))
@@ -83,3 +95,32 @@ def test_many_silent_askers_hold_up_no_other() -> None:
         for conn in silent:
             conn.close()
         pipe.close()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_closed_table_holds_no_descriptor() -> None:
+    before = _open_descriptors()
+    table = Descriptors()
+    taken = MessagePipe(memoryview(_data()), table)
+    untaken = MessagePipe(memoryview(_data()), table)
+    handed = pickle.loads(pickle.dumps(untaken.message))
+    assert pickle.loads(pickle.dumps(taken.message)).received() == _data()
+    taken.close()
+    # Its socket, its thread's wake-up pair, the duplicate nobody took.
+    assert _open_descriptors() > before
+    table.close()
+    untaken.close()
+    assert table.waiting() == 0
+    assert _open_descriptors() == before
+    with pytest.raises(OSError):
+        handed.received()
+    # A closed table starts again with the next call's pipe.
+    again = MessagePipe(memoryview(_data()), table)
+    try:
+        assert pickle.loads(pickle.dumps(again.message)).received() == _data()
+    finally:
+        again.close()
+        table.close()

@@ -11,11 +11,12 @@ import os
 import pickle
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from servekit_protocol.descriptors import process_descriptors
+from servekit_protocol.descriptors import Descriptors
 from servekit_protocol.messagepipe import (
     ArraysPipe,
     MessagePipe,
@@ -31,13 +32,22 @@ CLOSE_SECONDS = 5.0
 0.1 s; the margin is for a loaded 2-core runner."""
 
 
+@pytest.fixture
+def descriptors() -> Iterator[Descriptors]:
+    table = Descriptors()
+    yield table
+    table.close()
+
+
 def _data() -> bytes:
     return bytes(range(256)) * 40_000  # about 10 MiB, 160 times the pipe's room
 
 
-def test_the_bytes_arrive_whole_through_a_pickled_handle() -> None:
+def test_the_bytes_arrive_whole_through_a_pickled_handle(
+    descriptors: Descriptors,
+) -> None:
     data = _data()
-    pipe = MessagePipe(memoryview(data))
+    pipe = MessagePipe(memoryview(data), descriptors)
     try:
         handed = pickle.loads(pickle.dumps(pipe.message))
         assert isinstance(handed, PipedMessage)
@@ -47,8 +57,8 @@ def test_the_bytes_arrive_whole_through_a_pickled_handle() -> None:
         pipe.close()
 
 
-def test_the_writer_stops_when_its_reader_goes_away() -> None:
-    pipe = MessagePipe(memoryview(_data()))
+def test_the_writer_stops_when_its_reader_goes_away(descriptors: Descriptors) -> None:
+    pipe = MessagePipe(memoryview(_data()), descriptors)
     descriptor = pipe.message.reader.detach()
     assert len(os.read(descriptor, 1024)) == 1024
     os.close(descriptor)
@@ -57,8 +67,8 @@ def test_the_writer_stops_when_its_reader_goes_away() -> None:
     assert time.monotonic() - started < CLOSE_SECONDS
 
 
-def test_the_writer_stops_when_no_reader_comes() -> None:
-    pipe = MessagePipe(memoryview(_data()))
+def test_the_writer_stops_when_no_reader_comes(descriptors: Descriptors) -> None:
+    pipe = MessagePipe(memoryview(_data()), descriptors)
     started = time.monotonic()
     pipe.close()
     assert time.monotonic() - started < CLOSE_SECONDS
@@ -74,8 +84,8 @@ ARRAYS = {
 }
 
 
-def test_arrays_arrive_whole_through_a_pickled_handle() -> None:
-    pipe = ArraysPipe()
+def test_arrays_arrive_whole_through_a_pickled_handle(descriptors: Descriptors) -> None:
+    pipe = ArraysPipe(descriptors)
     handed = pickle.loads(pickle.dumps(pipe.arrays))
     assert isinstance(handed, PipedArrays)
     handed.send(ARRAYS)
@@ -87,15 +97,15 @@ def test_arrays_arrive_whole_through_a_pickled_handle() -> None:
         assert got.tobytes() == array.tobytes(), name
 
 
-def test_no_arrays_come_when_the_worker_sends_none() -> None:
-    pipe = ArraysPipe()
+def test_no_arrays_come_when_the_worker_sends_none(descriptors: Descriptors) -> None:
+    pipe = ArraysPipe(descriptors)
     started = time.monotonic()
     assert pipe.received() == {}
     assert time.monotonic() - started < CLOSE_SECONDS
 
 
-def test_arrays_cut_short_are_an_error() -> None:
-    pipe = ArraysPipe()
+def test_arrays_cut_short_are_an_error(descriptors: Descriptors) -> None:
+    pipe = ArraysPipe(descriptors)
     descriptor = pipe.arrays.writer.detach()
     os.write(descriptor, (100).to_bytes(8, "big") + b"partial")
     os.close(descriptor)
@@ -148,31 +158,33 @@ def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_a_pipe_end_nobody_took_is_closed_with_its_call() -> None:
+def test_a_pipe_end_nobody_took_is_closed_with_its_call(
+    descriptors: Descriptors,
+) -> None:
     # Both ends once, so the table's socket and thread are there before the
     # count (they live as long as the process).
-    MessagePipe(memoryview(b"x")).close()
-    ArraysPipe().received()
+    MessagePipe(memoryview(b"x"), descriptors).close()
+    ArraysPipe(descriptors).received()
     before = _open_descriptors()
     for _ in range(20):
         # A worker that died before reading, and one that refused its
         # request: neither takes its pipe's end.
-        MessagePipe(memoryview(_data())).close()
-        assert ArraysPipe().received() == {}
+        MessagePipe(memoryview(_data()), descriptors).close()
+        assert ArraysPipe(descriptors).received() == {}
     assert _open_descriptors() == before
-    assert process_descriptors().waiting() == 0
+    assert descriptors.waiting() == 0
 
 
-def test_a_dropped_pipe_end_cannot_be_taken() -> None:
-    pipe = ArraysPipe()
+def test_a_dropped_pipe_end_cannot_be_taken(descriptors: Descriptors) -> None:
+    pipe = ArraysPipe(descriptors)
     handed = pickle.loads(pickle.dumps(pipe.arrays))
     assert pipe.received() == {}
     with pytest.raises(OSError, match="dropped"):
         handed.send(ARRAYS)
 
 
-def test_a_pipe_end_is_taken_once() -> None:
-    pipe = MessagePipe(memoryview(_data()))
+def test_a_pipe_end_is_taken_once(descriptors: Descriptors) -> None:
+    pipe = MessagePipe(memoryview(_data()), descriptors)
     try:
         handed = pickle.loads(pickle.dumps(pipe.message))
         assert handed.received() == _data()

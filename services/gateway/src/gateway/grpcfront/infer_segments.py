@@ -113,7 +113,7 @@ async def _read(parsers: BodyParsers, message: memoryview) -> InferMessage:
 
 async def _read_piped(parsers: BodyParsers, message: memoryview) -> InferMessage:
     try:
-        sending = await asyncio.to_thread(MessagePipe, message)
+        sending = await asyncio.to_thread(MessagePipe, message, parsers.descriptors)
     except OSError as exc:
         _warn_no_pipe(exc)
         return await _in_worker(parsers, read_infer_message, MessageBytes(message))
@@ -182,7 +182,7 @@ async def _encode_piped(
     limits: TensorLimits,
 ) -> EncodedInfer:
     try:
-        pipes = await asyncio.to_thread(MessagePipes, message)
+        pipes = await asyncio.to_thread(MessagePipes, message, parsers.descriptors)
     except OSError as exc:
         _warn_no_pipe(exc)
         return await parsers.in_worker(

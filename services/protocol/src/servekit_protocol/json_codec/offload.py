@@ -42,6 +42,7 @@ from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 
 from servekit_protocol import segments
+from servekit_protocol.descriptors import Descriptors
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.json_codec import parent_watch
 
@@ -124,6 +125,9 @@ class BodyParsers:
         )
         self._pool: ProcessPoolExecutor | None = None
         self._starting: list[Future[None]] = []
+        self.descriptors = Descriptors()
+        """The table the workers take their calls' pipe ends from (where
+        shared memory has no room); closed with the workers."""
 
     def start(self, preload: Sequence[str] = ()) -> None:
         """Start the worker processes in the background: this returns once they
@@ -251,10 +255,12 @@ class BodyParsers:
             ) from exc
 
     def close(self) -> None:
-        """Stop the workers (queued parses are cancelled)."""
+        """Stop the workers (queued parses are cancelled) and close the
+        descriptor table (blocks briefly while its thread ends)."""
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        self.descriptors.close()
 
 
 def _prepare_worker(server_pid: int) -> None:

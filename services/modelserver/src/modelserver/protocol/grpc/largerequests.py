@@ -249,7 +249,9 @@ class SegmentDecoder(Generic[Result]):
         received, through pipes of their own; both through the pool's pipe,
         pickled, when no such pipes can be made."""
         try:
-            pipes = await asyncio.to_thread(MessagePipes, message)
+            pipes = await asyncio.to_thread(
+                MessagePipes, message, self._parsers.descriptors
+            )
         except OSError as exc:
             logger.warning("No pipe for a large gRPC message, pickled instead: %s", exc)
             return await self._in_worker(MessageBytes(message), None), {}
