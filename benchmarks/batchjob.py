@@ -4,13 +4,20 @@ For each model (default ``tabular`` and ``digits`` from the registry, trained in
 a temporary one when absent) and each input format, side by side in one run:
 
 - **limit**: the runtime called directly (``prepare_predict`` + ``run``) on
-  ready arrays, ``--batch-size`` rows a call: the most a job could do;
+  ready arrays, ``--batch-size`` rows a call: the most a job could do. For a
+  TensorFlow version it is measured twice, with TensorFlow's default thread
+  pools and with one thread each (intra- and inter-op), and the higher of the
+  two in each round is the limit the ratios are taken against: the best one
+  stream of calls does;
 - **in process**: ``servekit batch predict``'s job (reading the file, counting
   its rows, writing the results in each ``--output-formats`` format with the
   instances, manifest), model load excluded;
 - **N workers**: the same job with ``--workers`` worker processes, each with the
   version loaded (started before the clock, as the model load is excluded above;
   their start time is reported apart);
+- **floor** (Parquet input to Parquet results only): the same file scored in
+  ``--workers`` processes by code with no job logic (:mod:`benchmarks.batchfloor`),
+  what any job reading and writing these files in that many processes spends;
 - **target**: the same job against a ``servekit-model-server`` on 127.0.0.1
   (``--concurrency`` requests in flight), or with ``--through-gateway`` against
   the gateway in front of it.
@@ -41,6 +48,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.batchfloor import FloorProcesses
+from benchmarks.batchreport import print_table
 from benchmarks.cpuload import family_cpu_seconds
 from benchmarks.settings import REPO_ROOT
 
@@ -71,6 +80,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=len(os.sched_getaffinity(0)),
         help="worker processes of the second in-process job (default: the CPUs)",
+    )
+    parser.add_argument(
+        "--workers-session-threads",
+        type=int,
+        default=0,
+        help="a TensorFlow version's thread pools in each worker and floor process "
+        "(default 0: TensorFlow's, as the job's workers)",
     )
     parser.add_argument("--no-target", action="store_true")
     parser.add_argument(
@@ -258,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from servekit.batch.remote import RemotePredictor
 
     args = parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
     registry = ensure_models(args.registry, args.models)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as scratch:
@@ -271,10 +288,28 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 version = versions.resolve_version(registry, refs_of(name))
                 local = InProcessPredictor(registry, name, version, "")
+                single = (
+                    InProcessPredictor(registry, name, version, "", session_threads=1)
+                    if is_tensorflow(local.runtime)
+                    else None
+                )
                 pool_started = time.perf_counter()
-                pool = ShardProcesses(registry, name, version, "", args.workers)
+                pool = ShardProcesses(
+                    registry, name, version, "", args.workers,
+                    session_threads=args.workers_session_threads,
+                )  # fmt: skip
                 pool.__enter__()
                 pool_seconds = time.perf_counter() - pool_started
+                floor = (
+                    FloorProcesses(
+                        registry, name, version, args.workers,
+                        session_threads=pool.session_threads,
+                    )
+                    if "parquet" in args.formats and "parquet" in args.output_formats
+                    else None
+                )  # fmt: skip
+                if floor is not None:
+                    floor.__enter__()
                 remote = (
                     None
                     if target is None
@@ -298,12 +333,23 @@ def main(argv: list[str] | None = None) -> int:
                     limits, jobs, ratios, targets = [], [], [], []
                     spread, spread_ratios = [], []
                     limit_cpu, job_cpu, workers_cpu = [], [], []
+                    defaults, singles, single_cpu = [], [], []
+                    floors, floor_ratios, floor_cpu = [], [], []
+                    with_floor = floor is not None and fmt == written == "parquet"
                     load_before = os.getloadavg()[0]
                     for round_number in range(args.rounds):
                         where = folder / f"{name}-{fmt}-{written}-{round_number}"
                         cpu = time.process_time()
                         limit = runtime_limit(local, frame, args.batch_size)
                         limit_cpu.append((time.process_time() - cpu) / args.rows)
+                        defaults.append(limit)
+                        if single is not None:
+                            cpu = time.process_time()
+                            singles.append(
+                                runtime_limit(single, frame, args.batch_size)
+                            )
+                            single_cpu.append((time.process_time() - cpu) / args.rows)
+                            limit = max(limit, singles[-1])
                         cpu = time.process_time()
                         rate = job_rate(local, path, where, args, output_format=written)
                         job_cpu.append((time.process_time() - cpu) / args.rows)
@@ -320,6 +366,15 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         spread.append(parallel)
                         spread_ratios.append(parallel / limit)
+                        if with_floor:
+                            assert floor is not None
+                            done = floor.run(
+                                path, where.with_name(where.name + "-f"), args.rows,
+                                args.batch_size,
+                            )  # fmt: skip
+                            floors.append(args.rows / done.seconds)
+                            floor_ratios.append(floors[-1] / limit)
+                            floor_cpu.append(done.cpu_seconds / args.rows)
                         if remote is not None:
                             targets.append(
                                 job_rate(
@@ -328,13 +383,23 @@ def main(argv: list[str] | None = None) -> int:
                                     output_format=written,
                                 )
                             )  # fmt: skip
+                    cheapest = min(
+                        statistics.median(values)
+                        for values in (limit_cpu, single_cpu)
+                        if values
+                    )
                     row = {
                         "model": f"{name}:{version}",
                         "format": fmt,
                         "output_format": written,
                         "rows": args.rows,
                         "batch_size": args.batch_size,
+                        # The higher of the two below in each round, for a
+                        # TensorFlow version; the ratios are taken against it.
                         "limit_rows_per_s": statistics.median(limits),
+                        "limit_default_threads_rows_per_s": statistics.median(defaults),
+                        "limit_one_thread_rows_per_s": median_or_none(singles),
+                        "limit_one_thread_cpu_us": median_or_none(single_cpu, 1e6),
                         "in_process_rows_per_s": statistics.median(jobs),
                         "ratio": statistics.median(ratios),
                         "ratios": [round(ratio, 3) for ratio in ratios],
@@ -343,6 +408,20 @@ def main(argv: list[str] | None = None) -> int:
                         "workers_ratio": statistics.median(spread_ratios),
                         "workers_ratios": [round(r, 3) for r in spread_ratios],
                         "workers_start_s": round(pool_seconds, 3),
+                        "workers_session_threads": pool.session_threads,
+                        # Code with no job logic, in as many processes.
+                        "floor_rows_per_s": median_or_none(floors),
+                        "floor_ratio": median_or_none(floor_ratios),
+                        "floor_ratios": [round(r, 3) for r in floor_ratios],
+                        "floor_cpu_us": median_or_none(floor_cpu, 1e6),
+                        # The floor's ratio were its processes to share all the
+                        # cores and the limit to have one to itself, each at the
+                        # CPU a row measured here (the cheaper limit): a load
+                        # inflates CPU time far less than it slows the wall clock.
+                        "floor_cpu_bound": None
+                        if not floor_cpu
+                        else cores * cheapest / statistics.median(floor_cpu),
+                        "cores": cores,
                         # The 1-minute load average before and after the rounds:
                         # how busy the machine's cores were around the figures.
                         "load_average": [load_before, os.getloadavg()[0]],
@@ -365,32 +444,29 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(row)
                     print(json.dumps(row), flush=True)
                 pool.__exit__(None, None, None)
+                if floor is not None:
+                    floor.__exit__(None, None, None)
                 local.close()
+                if single is not None:
+                    single.close()
                 if remote is not None:
                     remote.close()
     print()
-    print(
-        "| model | input | output | runtime limit (rows/s) | in process, 1 worker "
-        "(rows/s) | ratio | in process, N workers (rows/s) | ratio | --target (rows/s) "
-        "| CPU µs a row: limit; 1; N |"
-    )
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for row in results:
-        target_text = (
-            f"{row['target_rows_per_s']:,.0f}" if row["target_rows_per_s"] else "-"
-        )
-        print(
-            f"| {row['model']} | {row['format']} | {row['output_format']} | "
-            f"{row['limit_rows_per_s']:,.0f} | "
-            f"{row['in_process_rows_per_s']:,.0f} | {row['ratio']:.0%} | "
-            f"{row['workers_rows_per_s']:,.0f} ({row['workers']}) | "
-            f"{row['workers_ratio']:.0%} | {target_text} | "
-            f"{row['limit_cpu_us']:.2f}; {row['job_cpu_us']:.2f}; "
-            f"{row['workers_cpu_us']:.2f} |"
-        )
+    print_table(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def median_or_none(values: list[float], scale: float = 1.0) -> float | None:
+    """The median of ``values`` times ``scale`` (``None`` when there are none)."""
+    return statistics.median(values) * scale if values else None
+
+
+def is_tensorflow(runtime: Any) -> bool:
+    """Whether ``runtime`` runs a SavedModel (its thread pools can be set)."""
+    module = sys.modules.get("modelserver.runtimes.tensorflow")
+    return module is not None and isinstance(runtime, module.TensorFlowRuntime)
 
 
 def refs_of(name: str) -> Any:

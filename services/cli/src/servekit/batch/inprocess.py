@@ -37,9 +37,22 @@ from servekit.console import CommandError
 
 
 class InProcessPredictor:
-    """A registry version loaded in this process by the model server's loader."""
+    """A registry version loaded in this process by the model server's loader.
 
-    def __init__(self, registry: Path, name: str, version: int, signature: str) -> None:
+    ``session_threads``: a TensorFlow version's intra- and inter-op thread pools
+    (0: TensorFlow's default, one thread a core), as the model server's
+    ``--tensorflow_intra_op_parallelism`` sets them; other runtimes ignore it.
+    """
+
+    def __init__(
+        self,
+        registry: Path,
+        name: str,
+        version: int,
+        signature: str,
+        *,
+        session_threads: int = 0,
+    ) -> None:
         from modelregistry import MANIFEST_FILE, read_manifest
         from modelserver.errors import ServingError
         from modelserver.registry.repository import LoadOptions, load_runtime
@@ -54,7 +67,9 @@ class InProcessPredictor:
                 version=version,
                 path=path,
                 platform="",
-                options=LoadOptions(),
+                options=LoadOptions(
+                    intra_op_threads=session_threads, inter_op_threads=session_threads
+                ),
             )
         except ServingError as exc:
             raise CommandError(f"{name} version {version} cannot load: {exc}") from exc

@@ -177,7 +177,7 @@ class ShardWriter:
             self._parquet = pq.ParquetWriter(
                 self._results_tmp,
                 table.schema,
-                use_dictionary=_dictionary_columns(table),
+                use_dictionary=dictionary_columns(table),
             )
         elif table.schema != self._parquet.schema:
             schema = self._parquet.schema
@@ -258,7 +258,7 @@ class ShardWriter:
                     os.fsync(handle.fileno())
 
 
-def _dictionary_columns(table: pa.Table) -> list[str]:
+def dictionary_columns(table: pa.Table) -> list[str]:
     """The columns written with dictionary encoding, judged on a shard's first
     rows: all but float predictions and float inputs with no value twice.
 

@@ -70,9 +70,16 @@ class ShardProcesses:
     manager: entering starts them and waits until every one has loaded it)."""
 
     def __init__(
-        self, registry: Path, name: str, version: int, signature: str, count: int
+        self,
+        registry: Path,
+        name: str,
+        version: int,
+        signature: str,
+        count: int,
+        *,
+        session_threads: int = 0,
     ) -> None:
-        self._arguments = (registry, name, version, signature)
+        self._arguments = (registry, name, version, signature, session_threads)
         self._count = count
         self._context: ForkContext | SpawnContext = (
             multiprocessing.get_context("fork")
@@ -86,6 +93,12 @@ class ShardProcesses:
     def count(self) -> int:
         """How many workers."""
         return self._count
+
+    @property
+    def session_threads(self) -> int:
+        """A TensorFlow version's thread pools in each worker (0: TensorFlow's
+        default)."""
+        return int(self._arguments[-1])
 
     def __enter__(self) -> ShardProcesses:
         try:
@@ -224,6 +237,7 @@ def _work(
     name: str,
     version: int,
     signature: str,
+    session_threads: int,
     parent: int,
     tasks: Connection,
     events: Any,
@@ -238,7 +252,9 @@ def _work(
     # Ctrl-C reaches the whole process group: the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        predictor = InProcessPredictor(registry, name, version, signature)
+        predictor = InProcessPredictor(
+            registry, name, version, signature, session_threads=session_threads
+        )
     except Exception as exc:
         events.put(("failed", number, _reason(exc)))
         return
