@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
+import time
 import zlib
 
 import pytest
+from servekit_protocol import inflating
 from servekit_protocol.bodies import (
-    INFLATE_STEP,
     BodyTooLarge,
     Coding,
     coding_of,
@@ -17,6 +19,7 @@ from servekit_protocol.bodies import (
     is_gzip,
 )
 from servekit_protocol.errors import InvalidArgument
+from servekit_protocol.inflating import STEP
 
 
 def test_a_gzip_body_inflates_to_its_bytes() -> None:
@@ -60,26 +63,53 @@ def test_deflate_is_the_zlib_format() -> None:
         asyncio.run(inflate(gzip.compress(body), Coding.DEFLATE, 100))
 
 
-def test_inflate_lets_the_event_loop_run_between_steps() -> None:
-    # 64 steps of output: a ticker task must get the loop between them, and the
-    # limit is found as soon as the output passes it.
-    bomb = gzip.compress(bytes(64 * INFLATE_STEP))
-    ticks = 0
+def test_a_bomb_is_inflated_off_the_event_loop() -> None:
+    # 64 MiB of zeros in 64 KiB of gzip: inflated in one go on this thread,
+    # then by inflate, whose steps but the first two run in another thread.
+    bomb = gzip.compress(bytes(64 * STEP))
+    assert len(bomb) <= inflating.THREAD_BYTES
+    started = time.thread_time()
+    assert len(gunzip(bomb, 64 * STEP)) == 64 * STEP
+    whole = time.thread_time() - started
 
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    async def run() -> None:
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0)
+    async def run() -> float:
+        started = time.thread_time()
+        inflated = await inflate(bomb, Coding.GZIP, 64 * STEP)
+        spent = time.thread_time() - started
+        assert len(inflated) == 64 * STEP
         with pytest.raises(BodyTooLarge):
-            await inflate(bomb, Coding.GZIP, 16 * INFLATE_STEP)
-        inflated = await inflate(bomb, Coding.GZIP, 64 * INFLATE_STEP)
-        ticker.cancel()
-        assert len(inflated) == 64 * INFLATE_STEP
+            await inflate(bomb, Coding.GZIP, 16 * STEP)
+        return spent
 
-    asyncio.run(run())
-    assert ticks >= 16 + 63
+    on_loop = asyncio.run(run())
+    # Two steps of 64 on the loop: a thirty-second of the work, CPU time (which
+    # load stretches little); a quarter leaves room for the clock's ticks.
+    assert on_loop < whole / 4, (on_loop, whole)
+
+
+def test_a_body_is_judged_after_the_step_that_passes_the_limit() -> None:
+    # A wrong checksum is found at the stream's end: 1.5 MiB in, so within the
+    # step that passes a 1 MiB limit (refused as corrupt, as it always was) but
+    # not within the one that passes a limit a byte lower.
+    body = bytearray(gzip.compress(bytes(STEP + STEP // 2)))
+    body[-8] ^= 0xFF
+    with pytest.raises(InvalidArgument, match="incorrect data check"):
+        gunzip(bytes(body), limit=STEP)
+    with pytest.raises(BodyTooLarge):
+        gunzip(bytes(body), limit=STEP - 1)
+
+
+@pytest.mark.parametrize("size", [0, 1, STEP - 1, STEP, STEP + 1, 3 * STEP])
+@pytest.mark.parametrize("coding", list(Coding))
+def test_bodies_inflate_whole_at_the_limit_and_refuse_a_byte_more(
+    size: int, coding: Coding
+) -> None:
+    data = random.Random(size).randbytes(size // 2) + bytes(size - size // 2)
+    body = zlib.compress(data, 6, wbits=coding.value)
+    assert asyncio.run(inflate(body, coding, size)) == data
+    if size:
+        with pytest.raises(BodyTooLarge, match=f"limit of {size - 1} bytes"):
+            asyncio.run(inflate(body, coding, size - 1))
+    # A stream cut short is refused, whatever it holds.
+    with pytest.raises(InvalidArgument, match="truncated data"):
+        asyncio.run(inflate(body[:-4], coding, size))

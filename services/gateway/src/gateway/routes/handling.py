@@ -138,9 +138,9 @@ def replay_body(body: bytes, receive: Receive) -> Receive:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes.
 
-    A gzip or deflate body (`Content-Encoding`) is inflated a step at a time (the
-    event loop serves others in between), and the limit applies to the inflated
-    size too.
+    A gzip or deflate body (`Content-Encoding`) is inflated a step at a time,
+    mostly in a thread (the event loop serves others meanwhile), and the limit
+    applies to the inflated size too.
 
     Raises:
         PayloadTooLarge: declared, actual or inflated size above the limit.

@@ -22,6 +22,7 @@ from google.protobuf.message import DecodeError
 from hpack import NeverIndexedHeaderTuple
 
 from servekit_protocol import grpcweb, messages
+from servekit_protocol import inflating as stepwise
 from servekit_protocol.buffers import release_later
 from servekit_protocol.errors import ProtocolError
 from servekit_protocol.grpc_server import inflating
@@ -39,11 +40,6 @@ Authenticate = Callable[[str, Metadata, str], None]
 _CALL_HEADERS = frozenset(
     ("content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding")
 )
-_THREAD_INFLATE_BYTES = 64 * 1024
-"""Compressed requests above this are inflated off the event loop."""
-_LOOP_INFLATE_STEPS = 2
-"""Inflating steps (each at most ``inflating.STEP`` bytes out) a smaller one
-may take on the event loop before the rest goes to a thread."""
 _PATH_IN_MESSAGES = 256
 """Characters of an unknown method's path repeated in its error answer."""
 
@@ -284,13 +280,7 @@ async def _inflate_body(body: bytearray, encoding: str, limit: int) -> bytes:
     compressed = memoryview(body)[5:]
     try:
         steps = inflating.inflating(compressed, encoding, limit)
-        if len(compressed) <= _THREAD_INFLATE_BYTES:
-            # A small message usually inflates in a step or two; a bomb (64
-            # MiB of zeros in 64 KiB) would hold the loop for 130-170 ms.
-            message = inflating.advance(steps, _LOOP_INFLATE_STEPS)
-            if message is not None:
-                return message
-        return await asyncio.to_thread(inflating.finish, steps)
+        return await stepwise.inflated(steps, len(compressed))
     finally:
         # The view lets go of the body now, not whenever the thread's work
         # item or a traceback does: the connection gives the body back in a

@@ -14,7 +14,7 @@ application/grpc-web`` runs the gRPC port's servicer
 gRPC API's. Not in TF Serving: browsers can call it without a proxy, and the
 gateway reaches its backends this way, an HTTP/1.1 exchange costing both sides
 less than a Python gRPC call. Bodies sent with ``Content-Encoding: gzip`` are
-inflated (as TF Serving does; ``deflate`` too), a step at a time so the event
+inflated (as TF Serving does; ``deflate`` too), mostly in a thread so the event
 loop keeps serving others. Request bodies, inflated or not, are limited to
 ``max_body_bytes`` (413 beyond). Every answer carries ``x-request-id``.
 
