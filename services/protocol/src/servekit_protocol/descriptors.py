@@ -8,10 +8,12 @@ stays open in the server for good, one descriptor a call. Here the server
 keeps its duplicates in a table of its own, hands each to the first process
 that asks with its token (``socket.send_fds`` over a Unix socket it listens
 on), and :meth:`Descriptors.drop` closes the one nobody took once its call is
-over. One thread serves every connection as its bytes come, each given a few
-seconds to send its token: a local process that connects and sends nothing
-(the socket is abstract, so any local process can reach it) holds up no
-worker.
+over. A worker sending arrays back through a pipe it made keeps the pipe's
+read end the same way, in a table of the call's own that its writer closes
+(:func:`~servekit_protocol.messagepipe.send_back`). One thread serves every
+connection as its bytes come, each given a few seconds to send its token: a
+local process that connects and sends nothing (the socket is abstract, so any
+local process can reach it) holds up no worker.
 """
 
 from __future__ import annotations

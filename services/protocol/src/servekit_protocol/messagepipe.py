@@ -36,10 +36,10 @@ import contextlib
 import os
 import select
 import threading
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from multiprocessing import reduction
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from servekit_protocol.descriptors import Descriptors, SharedDescriptor
 from servekit_protocol.pipeframes import (
@@ -319,7 +319,8 @@ _STALLED_SECONDS = 120.0
 """Most time a worker's thread waits for the server to read a pipe it made
 (:func:`send_back`) without a byte taken: the server reads as soon as the
 worker's answer reaches it, so a pipe that long unread is one nobody will
-read (its call failed on the server's side), and its arrays are dropped."""
+read (its call failed on the server's side), and its arrays are dropped,
+the duplicate of its read end with them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +332,7 @@ class ReturnedArrays:
         reader: The pipe's read end, passed as a descriptor.
     """
 
-    reader: Any
+    reader: SharedDescriptor
 
     def received(self) -> Arrays:
         """The arrays, read whole from the pipe (in the server; blocking: run
@@ -357,7 +358,7 @@ class ReturnedBytes:
         size: Their length.
     """
 
-    reader: Any
+    reader: SharedDescriptor
     size: int
 
     def received(self) -> bytes:
@@ -385,47 +386,72 @@ class ReturnedBytes:
             os.close(descriptor)
 
 
-def send_back_bytes(data: bytes) -> ReturnedBytes:
+def send_back_bytes(
+    data: bytes, stalled_seconds: float = _STALLED_SECONDS
+) -> ReturnedBytes:
     """In a worker: :func:`send_back` for one buffer of bytes.
 
     Raises:
         OSError: No pipe, or its descriptor could not be shared.
     """
-    return ReturnedBytes(_sending_thread([memoryview(data)]), len(data))
+    reader = _sending_thread([memoryview(data)], stalled_seconds)
+    return ReturnedBytes(reader, len(data))
 
 
-def send_back(arrays: Arrays) -> ReturnedArrays:
+def send_back(
+    arrays: Arrays, stalled_seconds: float = _STALLED_SECONDS
+) -> ReturnedArrays:
     """In a worker: a pipe for ``arrays`` (C-contiguous numeric arrays), the
     handle its answer carries, and a thread writing them as the server reads.
 
     The worker cannot write them before it answers (the server only learns of
     the pipe from its answer, and the pipe holds 64 KiB), so a thread of the
-    worker's writes while it goes on with other calls.
+    worker's writes while it goes on with other calls. The read end waits for
+    the server in a table of the call's own
+    (:class:`~servekit_protocol.descriptors.Descriptors`), closed with the
+    writer: a pipe nobody reads for ``stalled_seconds`` leaves no descriptor
+    behind in the worker.
 
     Raises:
         OSError: No pipe, or its descriptor could not be shared (the caller
             falls back to pickling the arrays).
     """
-    return ReturnedArrays(_sending_thread(array_parts(arrays)))
+    return ReturnedArrays(_sending_thread(array_parts(arrays), stalled_seconds))
 
 
-def _sending_thread(parts: list[memoryview]) -> Any:
+def _sending_thread(
+    parts: list[memoryview], stalled_seconds: float
+) -> SharedDescriptor:
     # The pipe's read end, shared; a thread writing ``parts`` to the other.
+    # The table is the call's, not the worker's: a call has no way to a
+    # table of its worker's (the pool runs functions of their arguments
+    # alone), and the no-room road is rare enough for a socket and a thread
+    # of its own.
+    descriptors = Descriptors()
     read_end, write_end = os.pipe()
     try:
-        reader = reduction.DupFd(read_end)
+        reader = descriptors.share(read_end)
     except BaseException:
         os.close(write_end)
+        descriptors.close()
         raise
     finally:
         os.close(read_end)
     threading.Thread(
-        target=_write_parts, args=(write_end, parts), name="sending-back", daemon=True
+        target=_write_parts,
+        args=(write_end, parts, descriptors, stalled_seconds),
+        name="sending-back",
+        daemon=True,
     ).start()
     return reader
 
 
-def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
+def _write_parts(
+    descriptor: int,
+    parts: list[memoryview],
+    descriptors: Descriptors,
+    stalled_seconds: float,
+) -> None:
     try:
         os.set_blocking(descriptor, False)
         for view in parts:
@@ -434,7 +460,7 @@ def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
             while done < len(view):
                 if not select.select([], [descriptor], [], _POLL_SECONDS)[1]:
                     waited += _POLL_SECONDS
-                    if waited >= _STALLED_SECONDS:
+                    if waited >= stalled_seconds:
                         return
                     continue
                 try:
@@ -442,8 +468,16 @@ def _write_parts(descriptor: int, parts: list[memoryview]) -> None:
                 except BlockingIOError:
                     continue
                 waited = 0.0
+        # All of it fitted in the pipe (under 64 KiB): the read end must stay
+        # in the table until the server takes it.
+        waited = 0.0
+        while descriptors.waiting() and waited < stalled_seconds:
+            time.sleep(_POLL_SECONDS)
+            waited += _POLL_SECONDS
     except BrokenPipeError:
         # The server closed its end: its call fails on its own.
         pass
     finally:
         os.close(descriptor)
+        # Drops the read end if the server never took it.
+        descriptors.close()

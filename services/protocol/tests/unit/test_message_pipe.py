@@ -24,6 +24,7 @@ from servekit_protocol.messagepipe import (
     PipedMessage,
     ReturnedArrays,
     send_back,
+    send_back_bytes,
 )
 from servekit_protocol.pickledmessage import MessageBytes, ReceivedBytes
 
@@ -192,3 +193,36 @@ def test_a_pipe_end_is_taken_once(descriptors: Descriptors) -> None:
             handed.received()
     finally:
         pipe.close()
+
+
+STALLED_SECONDS = 0.5
+"""How long the writer of a pipe sent back waits for its reader in the tests
+below (the services wait 120 s)."""
+
+
+def _writers_gone() -> None:
+    deadline = time.monotonic() + STALLED_SECONDS + CLOSE_SECONDS
+    while _writers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _writers() == []
+
+
+def test_a_pipe_sent_back_that_nobody_reads_leaves_no_descriptor() -> None:
+    # A worker whose call failed on the server's side: nobody takes the
+    # pipe's read end, which its table closes when the writer gives up.
+    before = _open_descriptors()
+    returned = send_back(ARRAYS, stalled_seconds=STALLED_SECONDS)
+    assert _open_descriptors() > before
+    _writers_gone()
+    assert _open_descriptors() == before
+    with pytest.raises(OSError):
+        returned.received()
+
+
+def test_a_small_answer_sent_back_waits_for_its_reader() -> None:
+    returned = send_back_bytes(b"small", stalled_seconds=CLOSE_SECONDS)
+    # Its writer is done at once (the pipe has room for it all): the read end
+    # must stay in its table until the server takes it.
+    time.sleep(STALLED_SECONDS)
+    assert pickle.loads(pickle.dumps(returned)).received() == b"small"
+    _writers_gone()
