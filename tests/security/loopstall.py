@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+from servekit_protocol.loop_heartbeat import STALL_BUCKETS
 
 from tests.security.figures import record
 from tests.security.wakeups import latest_wakeup
@@ -107,11 +108,24 @@ def assert_no_stall(
     )
     if bound_lag:
         limit = lag_limit(machine(), lag_floor)
-        assert lag <= limit, (
-            f"{family}: the event loop ran up to {lag * 1e3:.0f} ms late (limit "
-            f"{limit * 1e3:.0f} ms; a probe beside it woke up to "
-            f"{machine() * 1e3:.0f} ms late; busy up to {busy * 1e3:.0f} ms)"
+        assert bucket_below(lag) < limit, (
+            f"{family}: the event loop ran over {bucket_below(lag) * 1e3:.0f} ms "
+            f"and up to {lag * 1e3:.0f} ms late (limit {limit * 1e3:.0f} ms; a "
+            f"probe beside it woke up to {machine() * 1e3:.0f} ms late; busy up "
+            f"to {busy * 1e3:.0f} ms)"
         )
+
+
+def bucket_below(bound: float) -> float:
+    """The bucket bound under ``bound``: a stretch recorded in the bucket up to
+    ``bound`` was longer than this, and may have been no longer. The lag is
+    known only to its bucket, and the buckets are coarse above 50 ms (0.15,
+    0.25, 0.5 s), so a limit counts as passed unless the whole bucket lies
+    above it. Compared with the bucket's top instead, a lag somewhere in
+    150-250 ms failed a 249 ms limit (a probe 125 ms late, load 11-16). While
+    the limit is itself a bucket bound (the 150 ms floor) both comparisons
+    agree; above it, the limit moves with the probe."""
+    return max((edge for edge in STALL_BUCKETS if edge < bound), default=0.0)
 
 
 def lag_limit(machine: float, floor: float = LAG_FLOOR) -> float:

@@ -70,6 +70,7 @@ _WITH_CONTEXT_TAG = 2 << 3 | _LENGTH
 """``Input.example_list_with_context``; ``context`` in that list."""
 
 _KIND, _EXAMPLE, _CONTEXT, _SUMMED = range(4)
+_STARTS = fieldruns.STARTS
 _WINDOW = 1 << 20
 """Bytes of a list whose examples are counted at once (about 350,000 at the
 most, a list of their lengths of 2.8 MB)."""
@@ -158,7 +159,12 @@ def _length(data: memoryview, pos: int, end: int) -> tuple[int, int]:
 
 
 def _skip(
-    data: memoryview, pos: int, end: int, tag: int, depth: int, runs: bool
+    data: memoryview,
+    pos: int,
+    end: int,
+    tag: int,
+    depth: int,
+    grouped: fieldruns.Skipper | None,
 ) -> int:
     """The position after the value of a field of ``tag`` that starts at
     ``pos``, in a message (or group) ``depth`` deep that ends at ``end``."""
@@ -169,7 +175,7 @@ def _skip(
         length, pos = _length(data, pos, end)
         return pos + length
     if wire_type == _START_GROUP:
-        return _skip_group(data, pos, end, tag >> 3, depth + 1, runs)
+        return _skip_group(data, pos, end, tag >> 3, depth + 1, grouped)
     if wire_type == _END_GROUP:
         raise Malformed  # one that closes no group
     pos += 8 if wire_type == _FIXED64 else 4
@@ -179,13 +185,18 @@ def _skip(
 
 
 def _skip_group(
-    data: memoryview, pos: int, end: int, number: int, depth: int, runs: bool
+    data: memoryview,
+    pos: int,
+    end: int,
+    number: int,
+    depth: int,
+    grouped: fieldruns.Skipper | None,
 ) -> int:
     if depth > _DEPTH_LIMIT:
         raise Malformed
-    skipper = fieldruns.skipper(in_group=True) if runs else None
+    skipper = grouped
     while pos < end:
-        if skipper is not None:
+        if skipper is not None and _STARTS[data[pos]]:
             pos = skipper.skip(data, pos, end)
             if pos >= end:
                 break
@@ -194,7 +205,7 @@ def _skip_group(
             if tag >> 3 != number:
                 raise Malformed
             return pos
-        pos = _skip(data, pos, end, tag, depth, runs)
+        pos = _skip(data, pos, end, tag, depth, grouped)
     raise Malformed
 
 
@@ -214,9 +225,10 @@ def _walk(
         yield from _input(data, 0, end, 0, summed, most, runs)
         return
     skipper = fieldruns.skipper(_INPUT_TAG) if runs else None
+    grouped = fieldruns.skipper(in_group=True) if runs else None
     pos = 0
     while pos < end:
-        if skipper is not None:
+        if skipper is not None and _STARTS[data[pos]]:
             pos = skipper.skip(data, pos, end)
             if pos >= end:
                 break
@@ -226,7 +238,7 @@ def _walk(
             yield from _input(data, pos, pos + length, 1, summed, most, runs)
             pos += length
         else:
-            pos = _skip(data, pos, end, tag, 0, runs)
+            pos = _skip(data, pos, end, tag, 0, grouped)
 
 
 def _input(
@@ -239,8 +251,9 @@ def _input(
     runs: bool,
 ) -> Iterator[Event]:
     skipper = fieldruns.skipper(_LIST_TAG, _WITH_CONTEXT_TAG) if runs else None
+    grouped = fieldruns.skipper(in_group=True) if runs else None
     while pos < end:
-        if skipper is not None:
+        if skipper is not None and _STARTS[data[pos]]:
             pos = skipper.skip(data, pos, end)
             if pos >= end:
                 break
@@ -253,7 +266,7 @@ def _input(
             )
             pos += length
         else:
-            pos = _skip(data, pos, end, tag, depth, runs)
+            pos = _skip(data, pos, end, tag, depth, grouped)
 
 
 def _list(
@@ -271,6 +284,7 @@ def _list(
     examples = 0
     wire_bytes = 0
     skipper = None
+    grouped = fieldruns.skipper(in_group=True) if runs else None
     read: tuple[int, ...] = (_LIST_TAG,)
     if kind == _WITH_CONTEXT_TAG:
         read = (_LIST_TAG, _WITH_CONTEXT_TAG)
@@ -278,11 +292,12 @@ def _list(
         skipper = fieldruns.skipper(*read)
         if summed:
             alone, mixed = fieldruns.example_runs(*read)
+    counting = summed and skipper is not None
     while pos < end:
         # A run of examples counted a window at a time, so that it stops
         # soon after ``most``; an example followed by its copies is left to
         # the step below, which counts them at once.
-        while summed and skipper is not None and pos < end:
+        while counting and pos < end and _STARTS[data[pos]]:
             # Each pattern is tried only where its run may start: a call that
             # matches nothing costs about as much as a step.
             if data[pos] == _LIST_TAG:
@@ -299,6 +314,7 @@ def _list(
             if most is not None and examples + count > most:
                 # Up to the example past ``most`` and the copies of it that
                 # follow, as the step below counts them.
+                assert skipper is not None
                 past = skipper.skip(
                     data, counter.after(data, pos, end, most - examples), end
                 )
@@ -311,7 +327,7 @@ def _list(
             pos = stop
         if pos >= end:
             break
-        if skipper is not None and data[pos] not in read:
+        if skipper is not None and _STARTS[data[pos]] and data[pos] not in read:
             pos = skipper.skip(data, pos, end)
             if pos >= end:
                 break
@@ -334,7 +350,7 @@ def _list(
                 pos += length
                 continue
             else:
-                pos = _skip(data, pos, end, tag, depth, runs)
+                pos = _skip(data, pos, end, tag, depth, grouped)
                 continue
         size = stop - field_start
         count = 1
