@@ -276,3 +276,18 @@ def spread_infer(rows: int, caller: int = 0) -> bytes:
         float(caller * rows + row) for row in range(rows)
     )
     return request.SerializeToString()
+
+
+def lone_post(
+    path: str, body: Callable[[int, int], dict[str, Any]]
+) -> Callable[[GatewayProcess, int], bytes]:
+    """One caller's REST call alone (what a merged call's answer must equal)."""
+
+    def run(gateway: GatewayProcess, caller: int) -> bytes:
+        answer = httpx.post(
+            gateway.url + path, json=body(caller, CALLER_ROWS), timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.content
+
+    return run

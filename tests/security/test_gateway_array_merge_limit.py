@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
@@ -30,6 +29,7 @@ from tests.security.merging_stack import (
     MESSAGE_LIMIT,
     concurrent_calls,
     concurrent_posts,
+    lone_post,
     publish_spread_model,
     spread_infer,
     spread_inputs,
@@ -118,19 +118,6 @@ def _infers(gateway: GatewayProcess) -> list[tuple[bool, bytes]]:
     return [(status == "OK", data) for status, data in outcomes]
 
 
-def _lone_post(
-    path: str, body: Callable[[int, int], dict[str, object]]
-) -> Callable[[GatewayProcess, int], bytes]:
-    def run(gateway: GatewayProcess, caller: int) -> bytes:
-        answer = httpx.post(
-            gateway.url + path, json=body(caller, CALLER_ROWS), timeout=60
-        )
-        assert answer.status_code == 200, answer.text
-        return answer.content
-
-    return run
-
-
 def _lone_infer(gateway: GatewayProcess, caller: int) -> bytes:
     options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
     with grpc.insecure_channel(gateway.grpc_target, options=options) as channel:
@@ -144,10 +131,10 @@ V2 = "/v2/models/spread/infer"
 PROTOCOLS = {
     "v1-json": (
         _posts(V1, spread_instances),
-        _lone_post(V1, spread_instances),
+        lone_post(V1, spread_instances),
         _v1_values,
     ),
-    "v2-json": (_posts(V2, spread_inputs), _lone_post(V2, spread_inputs), _v2_values),
+    "v2-json": (_posts(V2, spread_inputs), lone_post(V2, spread_inputs), _v2_values),
     "v2-grpc": (_infers, _lone_infer, _infer_values),
 }
 

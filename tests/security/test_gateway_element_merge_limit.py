@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 from modelregistry.layout import SERVEKIT_CONFIG_FILE
@@ -39,6 +38,7 @@ from tests.security.merging_stack import (
     SPREAD_OUTPUTS,
     concurrent_calls,
     concurrent_posts,
+    lone_post,
 )
 from tests.security.recording import PREDICT
 from tests.security.stack import assert_no_traceback
@@ -215,19 +215,6 @@ def _posts(
     return run
 
 
-def _lone_post(
-    path: str, body: Callable[[int, int], dict[str, Any]]
-) -> Callable[[GatewayProcess, int], bytes]:
-    def run(gateway: GatewayProcess, caller: int) -> bytes:
-        answer = httpx.post(
-            gateway.url + path, json=body(caller, CALLER_ROWS), timeout=60
-        )
-        assert answer.status_code == 200, answer.text
-        return answer.content
-
-    return run
-
-
 V1 = f"/v1/models/{MODEL}:predict"
 V2 = f"/v2/models/{MODEL}/infer"
 CASES = {
@@ -246,14 +233,14 @@ CASES = {
     "v1-json-typed": (
         "typed",
         _posts(V1, _instances),
-        _lone_post(V1, _instances),
+        lone_post(V1, _instances),
         _v1_values,
     ),
-    "v2-json": ("typed", _posts(V2, _inputs), _lone_post(V2, _inputs), _v2_values),
+    "v2-json": ("typed", _posts(V2, _inputs), lone_post(V2, _inputs), _v2_values),
     "v1-json-forwarded": (
         "forwarding",
         _posts(V1, _instances),
-        _lone_post(V1, _instances),
+        lone_post(V1, _instances),
         _v1_values,
     ),
 }
